@@ -1,0 +1,129 @@
+"""Unit constants and the parsers that turn user strings into base units.
+
+Models: the one place where unit constants live. Inside tierplan every quantity is
+bytes (int), seconds (float), FLOPs (float) or a rate of those; conversion to GiB, GB/s,
+ms or TFLOP/s happens only when printing or plotting.
+Assumes: vendors quote decimal units (GB, GB/s, TFLOP/s); allocators report bytes and we
+print binary units (GiB). Sequence lengths use binary suffixes (64K = 65536 tokens,
+1M = 1048576 tokens), as long-context papers and our measurements do.
+Ignores: locale formats ("1,024").
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+KiB = 1024
+MiB = 1024**2
+GiB = 1024**3
+TiB = 1024**4
+KB = 10**3
+MB = 10**6
+GB = 10**9
+TB = 10**12
+GFLOPS = 1e9
+TFLOPS = 1e12
+PFLOPS = 1e15
+US_PER_S = 1e6
+MS_PER_S = 1e3
+
+
+class UserInputError(ValueError):
+    """A problem with what a user gave us (a file, a flag, a field).
+
+    The CLI prints ``str(err)`` as one line and exits with code 2; it never shows a traceback.
+    Messages name the field (and file, where there is one) and the reason.
+    """
+
+
+_BYTE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kib": KiB,
+    "mib": MiB,
+    "gib": GiB,
+    "tib": TiB,
+    "kb": KB,
+    "mb": MB,
+    "gb": GB,
+    "tb": TB,
+    "k": KiB,
+    "m": MiB,
+    "g": GiB,
+    "t": TiB,
+}
+
+_COUNT_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+_NUM_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
+
+
+def parse_bytes(value: str | int | float, *, field: str = "size") -> int:
+    """Parse ``"60GiB"``, ``"2 GB"``, ``"512MiB"``, ``4096`` into bytes (int).
+
+    Binary suffixes (KiB, MiB, GiB, TiB, and the bare K/M/G/T) are powers of 1024; decimal
+    ones (KB, MB, GB, TB) powers of 1000. Negative, non-finite or fractional-byte results are
+    rejected with a message naming ``field``.
+    """
+    if isinstance(value, bool):
+        raise UserInputError(f"{field}: expected a size such as 80GiB, got {value!r}")
+    if isinstance(value, int | float):
+        number, unit = float(value), ""
+    else:
+        m = _NUM_RE.match(str(value))
+        if not m:
+            raise UserInputError(f"{field}: expected a size such as 80GiB or 4096, got {value!r}")
+        number, unit = float(m.group(1)), m.group(2).lower()
+        if unit not in _BYTE_UNITS:
+            raise UserInputError(f"{field}: unknown size unit {m.group(2)!r} in {value!r}")
+    if not math.isfinite(number) or number < 0:
+        raise UserInputError(f"{field}: size must be a non-negative number, got {value!r}")
+    result = number * _BYTE_UNITS[unit]
+    if abs(result - round(result)) > 1e-6 * max(1.0, result):
+        raise UserInputError(f"{field}: {value!r} is not a whole number of bytes")
+    return int(round(result))
+
+
+def parse_count(value: str | int, *, field: str = "length", minimum: int = 1) -> int:
+    """Parse token counts and lengths: ``"128K"`` -> 131072, ``"1M"`` -> 1048576, ``"4096"``.
+
+    Suffixes are binary (K = 1024). Rejects values below ``minimum`` with a message naming
+    ``field``.
+    """
+    if isinstance(value, bool):
+        raise UserInputError(f"{field}: expected a count such as 64K, got {value!r}")
+    if isinstance(value, int):
+        number, unit = float(value), ""
+    else:
+        m = _NUM_RE.match(str(value))
+        if not m:
+            raise UserInputError(f"{field}: expected a count such as 64K or 4096, got {value!r}")
+        number, unit = float(m.group(1)), m.group(2).lower()
+        if unit not in _COUNT_UNITS:
+            raise UserInputError(f"{field}: unknown suffix {m.group(2)!r} in {value!r} (use K, M)")
+    result = number * _COUNT_UNITS[unit]
+    if result != int(result):
+        raise UserInputError(f"{field}: {value!r} is not a whole number")
+    if result < minimum:
+        raise UserInputError(f"{field}: must be at least {minimum}, got {value!r}")
+    return int(result)
+
+
+def format_bytes(num_bytes: float) -> str:
+    """Human-readable binary size for tables: ``1.50 GiB``."""
+    n = float(num_bytes)
+    for unit, scale in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def format_seconds(seconds: float) -> str:
+    """Human-readable duration for tables: ``12.3 ms``, ``1.25 s``, ``45.0 us``."""
+    s = float(seconds)
+    if abs(s) >= 1.0:
+        return f"{s:.3f} s"
+    if abs(s) >= 1e-3:
+        return f"{s * MS_PER_S:.2f} ms"
+    return f"{s * US_PER_S:.1f} us"

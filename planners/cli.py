@@ -1,0 +1,83 @@
+"""The `tierplan` command line.
+
+One console script with subcommands. Each subcommand lives in ``planners/commands/<name>.py``
+and exposes ``register(subparsers)`` (cheap: argparse only) and ``run(args) -> int`` (heavy
+imports such as torch or pulp happen there), so ``tierplan --help`` answers instantly.
+
+Bad input raises ``hwmodels.units.UserInputError`` (or a pydantic ``ValidationError``) and is
+printed as one line naming the field, with exit code 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Subcommand modules, in the order `tierplan --help` lists them.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line (exit 2) without the usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"tierplan: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="tierplan",
+        description=(
+            "Simulate and plan memory, time and cost of long-context LLM training and inference "
+            "across GPU HBM, host DRAM, CXL, NVMe and the links between them."
+        ),
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def format_validation_error(err: Exception) -> str:
+    """One line from a pydantic ValidationError: the first failing field and why."""
+    errors = getattr(err, "errors", None)
+    if callable(errors):
+        items = errors()
+        if items:
+            first = items[0]
+            loc = ".".join(str(p) for p in first.get("loc", ())) or "input"
+            title = getattr(err, "title", "")
+            more = f" (+{len(items) - 1} more)" if len(items) > 1 else ""
+            where = f"{title}: " if title else ""
+            return f"{where}{loc}: {first.get('msg', 'invalid')}{more}"
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    from hwmodels.units import UserInputError
+
+    try:
+        return int(args.run(args) or EXIT_OK)
+    except UserInputError as err:
+        print(f"tierplan {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as err:  # pydantic errors without importing pydantic up front
+        if type(err).__name__ == "ValidationError":
+            print(f"tierplan {args.command}: error: {format_validation_error(err)}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
