@@ -1,0 +1,225 @@
+"""Workload: the ops and tensors of one training or inference step, in execution order.
+
+Models: one step on one GPU as a sequence of ops on the compute stream; every op names the
+tensors (storages) it allocates when it starts, the tensors freed when it ends, and, in the
+forward pass, the tensors it saves for backward. Walking the sequence gives live bytes over
+time, the peak and the op at the peak, exactly as `torch.cuda.max_memory_allocated` counts
+them once each request is rounded like the caching allocator (512-byte granularity).
+Two producers build Workloads and must agree: analytical templates
+(`simulator.templates`) and tracing a real torch module on the meta device
+(`simulator.trace`).
+Assumes: one compute stream, ops in the order PyTorch eager runs them; a tensor is a storage
+(views share their base's storage and are never counted twice).
+Ignores: copies on side streams (the discrete-event simulator adds those from a Plan), and
+allocator fragmentation (`reserved` > `allocated`), which the allocator model predicts.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+ALLOCATOR_ROUND_BYTES = 512  # PyTorch CUDA caching allocator: every block is a multiple of 512 B
+
+
+def allocator_rounded_bytes(num_bytes: int) -> int:
+    """Bytes the caching allocator accounts for a request (``allocated_bytes`` statistics).
+
+    Source: c10/cuda/CUDACachingAllocator.cpp ``round_size``: requests below 512 B take 512 B,
+    larger ones round up to a multiple of 512 B. A zero-byte request allocates nothing.
+    """
+    if num_bytes <= 0:
+        return 0
+    return -(-num_bytes // ALLOCATOR_ROUND_BYTES) * ALLOCATOR_ROUND_BYTES
+
+
+class Phase(StrEnum):
+    FWD = "fwd"
+    LOSS = "loss"
+    BWD = "bwd"
+    RECOMPUTE = "recompute"
+    OPTIM = "optim"
+
+
+class Role(StrEnum):
+    """What a tensor is, for breakdowns and for planners choosing what to offload."""
+
+    WEIGHT = "weight"
+    GRAD = "grad"
+    OPTIMIZER_STATE = "optimizer_state"
+    MASTER_WEIGHT = "master_weight"
+    INPUT = "input"  # token ids, labels, or the input activation of a bare layer stack
+    LAYER_INPUT = "layer_input"  # residual stream entering a decoder layer (or mid-layer residual)
+    NORM_OUT = "norm_out"
+    NORM_STAT = "norm_stat"  # rstd / mean saved by a norm
+    ATTN_QKV = "attn_qkv"  # q, k, v projections (and rotary outputs)
+    ATTN_OUT = "attn_out"  # attention kernel output (before the output projection)
+    ATTN_STAT = "attn_stat"  # logsumexp and RNG state saved by FlashAttention
+    MLP_HIDDEN = "mlp_hidden"  # gate/up projections, activation outputs, their product
+    LOGITS = "logits"
+    LOGITS_FP32 = "logits_fp32"
+    LOSS = "loss"
+    ACTIVATION_GRAD = "activation_grad"  # gradients flowing backward, transient
+    WORKSPACE = "workspace"  # kernel workspaces and other transients
+    KV_CACHE = "kv_cache"
+    OTHER = "other"
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One storage. ``num_bytes`` is the requested size; rounding happens in the walk."""
+
+    tid: int
+    name: str
+    num_bytes: int
+    role: Role
+    layer: int | None = None  # decoder layer index; None for embedding, head, loss, globals
+    persistent: bool = False  # lives across steps (weights, grads kept, optimizer states)
+
+
+@dataclass(frozen=True, slots=True)
+class OpSpec:
+    """One kernel (or a short fused sequence) on the compute stream."""
+
+    oid: int
+    name: str  # e.g. "layers.3.mlp.down_proj"
+    kind: str  # e.g. "linear", "sdpa", "rmsnorm", "silu_mul", "cross_entropy", aten op name
+    phase: Phase
+    layer: int | None
+    flops: float = 0.0  # matmul/attention FLOPs actually executed (FlopCounterMode convention)
+    hbm_bytes: int = 0  # bytes read + written in HBM
+    op_class: str = "memory"  # "gemm" | "attention_fwd" | "attention_bwd" | "memory" | "copy"
+    allocs: tuple[int, ...] = ()  # tensors allocated when the op starts
+    frees: tuple[int, ...] = ()  # tensors freed when the op ends
+    saves: tuple[int, ...] = ()  # tensors saved for backward (forward and recompute ops)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A step: tensors, ops in order, and the tensors live before the first op."""
+
+    tensors: tuple[TensorSpec, ...]
+    ops: tuple[OpSpec, ...]
+    initial: tuple[int, ...] = ()  # tids live at step start (weights, persisting grads, inputs)
+    meta: dict = field(default_factory=dict)  # free-form provenance: model, job, producer
+
+    def tensor(self, tid: int) -> TensorSpec:
+        return self._by_id()[tid]
+
+    def _by_id(self) -> dict[int, TensorSpec]:
+        cache = self.__dict__.get("_tensor_index")
+        if cache is None:
+            cache = {t.tid: t for t in self.tensors}
+            object.__setattr__(self, "_tensor_index", cache)
+        return cache
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryPoint:
+    """Live bytes just after op ``oid`` allocated its outputs (before its frees)."""
+
+    oid: int
+    op_name: str
+    phase: Phase
+    live_bytes: int
+
+
+@dataclass(frozen=True)
+class MemoryWalk:
+    """Result of walking a Workload: peak, where it happens, and what is live then."""
+
+    peak_bytes: int
+    peak_oid: int  # -1 when the peak is the initial state
+    peak_op_name: str
+    peak_phase: Phase | None
+    peak_breakdown_bytes: dict[str, int]  # role -> live bytes at the peak
+    initial_bytes: int
+    final_bytes: int
+    timeline: tuple[MemoryPoint, ...]
+
+
+class WorkloadError(ValueError):
+    """A Workload that cannot happen: a tensor freed twice, used before allocation, etc."""
+
+
+def walk_memory(workload: Workload, *, rounded: bool = True) -> MemoryWalk:
+    """Walk the ops in order and track live bytes per role.
+
+    ``rounded`` applies the caching allocator's 512-byte rounding to every tensor, which is what
+    ``torch.cuda.max_memory_allocated`` reports. Raises WorkloadError on an impossible sequence.
+    """
+    index = workload._by_id()
+    size = {
+        tid: (allocator_rounded_bytes(t.num_bytes) if rounded else t.num_bytes)
+        for tid, t in index.items()
+    }
+    live: set[int] = set()
+    by_role: dict[str, int] = defaultdict(int)
+    total = 0
+    for tid in workload.initial:
+        if tid in live:
+            raise WorkloadError(f"tensor {index[tid].name} listed twice in initial")
+        live.add(tid)
+        by_role[index[tid].role.value] += size[tid]
+        total += size[tid]
+    initial_bytes = total
+    peak = total
+    peak_oid, peak_name, peak_phase = -1, "<step start>", None
+    peak_roles = dict(by_role)
+    timeline: list[MemoryPoint] = []
+    for op in workload.ops:
+        for tid in op.allocs:
+            if tid in live:
+                raise WorkloadError(f"op {op.name} allocates {index[tid].name}, already live")
+            live.add(tid)
+            by_role[index[tid].role.value] += size[tid]
+            total += size[tid]
+        timeline.append(MemoryPoint(op.oid, op.name, op.phase, total))
+        if total > peak:
+            peak, peak_oid, peak_name, peak_phase = total, op.oid, op.name, op.phase
+            peak_roles = dict(by_role)
+        for tid in op.frees:
+            if tid not in live:
+                raise WorkloadError(f"op {op.name} frees {index[tid].name}, which is not live")
+            live.remove(tid)
+            by_role[index[tid].role.value] -= size[tid]
+            total -= size[tid]
+    return MemoryWalk(
+        peak_bytes=peak,
+        peak_oid=peak_oid,
+        peak_op_name=peak_name,
+        peak_phase=peak_phase,
+        peak_breakdown_bytes={k: v for k, v in sorted(peak_roles.items()) if v},
+        initial_bytes=initial_bytes,
+        final_bytes=total,
+        timeline=tuple(timeline),
+    )
+
+
+def saved_bytes_by_layer(workload: Workload, *, phase: Phase = Phase.FWD) -> dict[int | None, int]:
+    """Bytes of distinct storages saved for backward by the ops of each layer in ``phase``.
+
+    A storage saved by several ops (a layer input saved by both a norm and a residual) counts
+    once, for the layer of the first op that saves it.
+    """
+    index = workload._by_id()
+    seen: set[int] = set()
+    out: dict[int | None, int] = defaultdict(int)
+    for op in workload.ops:
+        if op.phase != phase:
+            continue
+        for tid in op.saves:
+            if tid in seen:
+                continue
+            seen.add(tid)
+            out[op.layer] += index[tid].num_bytes
+    return dict(out)
+
+
+def flops_by_phase(workload: Workload) -> dict[str, float]:
+    """Total matmul/attention FLOPs per phase."""
+    out: dict[str, float] = defaultdict(float)
+    for op in workload.ops:
+        out[op.phase.value] += op.flops
+    return dict(out)
