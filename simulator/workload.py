@@ -87,12 +87,18 @@ class OpSpec:
     kind: str  # e.g. "linear", "sdpa", "rmsnorm", "silu_mul", "cross_entropy", aten op name
     phase: Phase
     layer: int | None
-    flops: float = 0.0  # matmul/attention FLOPs actually executed (FlopCounterMode convention)
+    flops: float = 0.0  # matmul/attention FLOPs as FlopCounterMode counts them (causal = full)
     hbm_bytes: int = 0  # bytes read + written in HBM
     op_class: str = "memory"  # "gemm" | "attention_fwd" | "attention_bwd" | "memory" | "copy"
     allocs: tuple[int, ...] = ()  # tensors allocated when the op starts
     frees: tuple[int, ...] = ()  # tensors freed when the op ends
     saves: tuple[int, ...] = ()  # tensors saved for backward (forward and recompute ops)
+    exec_flops: float | None = None  # FLOPs the kernel executes (causal ~ half); None: = flops
+    time_s: float | None = None  # predicted duration on the target hardware, when known
+
+    @property
+    def executed_flops(self) -> float:
+        return self.flops if self.exec_flops is None else self.exec_flops
 
 
 @dataclass(frozen=True)
