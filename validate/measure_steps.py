@@ -1,0 +1,283 @@
+"""Measure real training steps of Hugging Face causal LMs: peak memory and step time.
+
+Models: nothing; this script measures. For each case it builds a randomly initialised model
+from a published config (``validate/measurements/h200/hf_configs.json``, no download) with
+``attn_implementation="sdpa"`` in bf16 on the GPU, then times one training step at batch 1:
+forward with ``labels=input_ids`` (the Hugging Face loss, which upcasts logits to fp32) and
+backward; optionally an AdamW step. It records memory after load (weights), the peak allocated
+and reserved over the step (peak stats reset just before; grads set to None before), memory
+after the step, selected ``torch.cuda.memory_stats()`` keys, and the median step time of 3 after
+one warm-up (CUDA events). Each case runs with and without gradient checkpointing
+(``use_reentrant=False``). An out-of-memory case is recorded as ``"status": "oom"``.
+Assumes: batch 1, random token ids, ``use_cache=False``, ``model.train()`` (dropout active
+where the config has it, as in GPT-2), bf16 parameters and bf16 grads (no fp32 master copy).
+Ignores: data loading, the optimizer unless the case names one, multi-GPU.
+Source: the simulator's predictions are checked against these files.
+
+Imports only torch, transformers and the standard library so that it runs on a bare GPU
+machine. ``--smoke`` runs tiny models on the CPU to check the logic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from kernels.microbench import provenance, sync  # noqa: E402
+
+CONFIGS_PATH = REPO / "validate" / "measurements" / "h200" / "hf_configs.json"
+K = 1024
+MEMORY_STAT_KEYS = (
+    "num_alloc_retries", "num_ooms", "active_bytes.all.peak", "reserved_bytes.all.peak",
+    "allocated_bytes.all.peak", "segment.all.peak", "segment.all.current",
+    "segment.large_pool.peak", "segment.small_pool.peak", "inactive_split_bytes.all.peak",
+    "requested_bytes.all.peak",
+)
+
+# (case name, model key, overrides, seq lens, checkpointing options, optimizer)
+FULL_CASES = (
+    ("llama-3.2-1b", "llama-3.2-1b", {}, (4 * K, 16 * K, 32 * K), (False, True), None),
+    ("llama-2-7b-4l", "llama-2-7b", {"num_hidden_layers": 4}, (4 * K, 16 * K), (False, True),
+     None),
+    ("mistral-7b-v0.3-4l", "mistral-7b-v0.3", {"num_hidden_layers": 4}, (4 * K, 16 * K),
+     (False, True), None),
+    ("mistral-7b-v0.1-4l", "mistral-7b-v0.1", {"num_hidden_layers": 4}, (16 * K,), (False,),
+     None),
+    ("qwen2-7b-4l", "qwen2-7b", {"num_hidden_layers": 4}, (4 * K, 16 * K), (False, True), None),
+    ("gpt2-medium", "gpt2-medium", {"n_positions": "S", "n_ctx": "S"}, (4 * K,), (False, True),
+     None),
+    ("llama-3.2-1b-adamw", "llama-3.2-1b", {}, (4 * K,), (False,), "adamw_foreach"),
+    ("llama-3.2-1b-adamw-fused", "llama-3.2-1b", {}, (4 * K,), (False,), "adamw_fused"),
+)
+
+SMOKE_SHRINK = {
+    "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "head_dim": 16,
+    "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2,
+    "max_position_embeddings": 256, "bos_token_id": 1, "eos_token_id": 2,
+    "n_embd": 64, "n_head": 4, "n_layer": 2,
+}
+
+
+def load_configs(path: Path = CONFIGS_PATH) -> dict:
+    return json.loads(path.read_text())["models"]
+
+
+def build_config_dict(base: dict, overrides: dict, seq_len: int, smoke: bool) -> dict:
+    """The exact config dict a case uses: published values, then overrides ("S" = seq_len)."""
+    cfg = copy.deepcopy(base)
+    if smoke:
+        for key, val in SMOKE_SHRINK.items():
+            if key in cfg:
+                cfg[key] = val
+        if cfg.get("model_type") == "gpt2":
+            cfg["n_inner"] = None
+        if cfg.get("num_key_value_heads") is not None and "num_attention_heads" in cfg:
+            cfg["num_key_value_heads"] = min(cfg["num_key_value_heads"],
+                                             cfg["num_attention_heads"])
+        if isinstance(cfg.get("rope_scaling"), dict):
+            cfg["rope_scaling"]["original_max_position_embeddings"] = 64
+        if cfg.get("sliding_window") and cfg.get("model_type") == "mistral":
+            cfg["sliding_window"] = 32
+    for key, val in overrides.items():
+        cfg[key] = seq_len if val == "S" else val
+    if smoke and "num_hidden_layers" in overrides:
+        cfg["num_hidden_layers"] = min(cfg["num_hidden_layers"], 2)
+    return cfg
+
+
+def build_model(cfg_dict: dict, device: torch.device):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    d = dict(cfg_dict)
+    config = AutoConfig.for_model(d.pop("model_type"), **d)
+    with torch.device(device):
+        try:
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16,
+                                                     attn_implementation="sdpa")
+        except TypeError:  # older transformers spell it torch_dtype
+            model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.bfloat16,
+                                                     attn_implementation="sdpa")
+    model.to(device)
+    model.train()
+    return model
+
+
+def _mem(device: torch.device) -> dict:
+    if device.type != "cuda":
+        return {}
+    stats = torch.cuda.memory_stats(device)
+    return {
+        "peak_allocated_bytes": torch.cuda.max_memory_allocated(device),
+        "peak_reserved_bytes": torch.cuda.max_memory_reserved(device),
+        "allocated_after_step_bytes": torch.cuda.memory_allocated(device),
+        "reserved_after_step_bytes": torch.cuda.memory_reserved(device),
+        "memory_stats": {k: stats.get(k) for k in MEMORY_STAT_KEYS},
+    }
+
+
+def run_case(*, name: str, model_key: str, cfg_dict: dict, overrides: dict, seq_len: int,
+             checkpointing: bool, optimizer: str | None, device: torch.device,
+             num_timed: int) -> dict:
+    """One case: build, warm-up step, timed steps; memory of the last timed step."""
+    rec: dict = {"case": name, "model": model_key, "seq_len": seq_len, "batch": 1,
+                 "dtype": "bf16", "gradient_checkpointing": checkpointing,
+                 "optimizer": optimizer, "use_cache": False, "config": cfg_dict,
+                 "overrides": overrides, "sliding_window": cfg_dict.get("sliding_window")}
+    model = opt = ids = None
+    try:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            torch.cuda.reset_accumulated_memory_stats(device)
+        model = build_model(cfg_dict, device)
+        sync(device)
+        rec["attn_implementation"] = model.config._attn_implementation
+        rec["num_params"] = sum(p.numel() for p in model.parameters())
+        rec["param_bytes"] = sum(p.numel() * p.element_size() for p in model.parameters())
+        if device.type == "cuda":
+            rec["weights_allocated_bytes"] = torch.cuda.memory_allocated(device)
+        if checkpointing:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+        if optimizer == "adamw_foreach":
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        elif optimizer == "adamw_fused":
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
+        vocab = model.config.vocab_size
+        gen = torch.Generator(device="cpu").manual_seed(seq_len)
+        ids = torch.randint(0, vocab, (1, seq_len), generator=gen).to(device)
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            out = model(input_ids=ids, labels=ids, use_cache=False)
+            out.loss.backward()
+            if opt is not None:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            return out.loss.detach()
+
+        times = []
+        for i in range(1 + num_timed):
+            model.zero_grad(set_to_none=True)
+            sync(device)
+            if device.type == "cuda":
+                rec["before_step_allocated_bytes"] = torch.cuda.memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+            t0 = time.perf_counter()
+            loss = step()
+            if device.type == "cuda":
+                end.record()
+            sync(device)
+            dt = (start.elapsed_time(end) / 1e3 if device.type == "cuda"
+                  else time.perf_counter() - t0)
+            if i == 0:
+                rec["warmup_step_time_s"] = dt
+                if device.type == "cuda":
+                    rec["warmup_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+                    rec["warmup_peak_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
+            else:
+                times.append(dt)
+        rec.update(_mem(device))
+        rec["loss"] = float(loss)
+        rec["step_times_s"] = times
+        rec["step_time_s"] = statistics.median(times)
+        rec["status"] = "ok"
+    except torch.cuda.OutOfMemoryError as err:
+        rec["status"] = "oom"
+        rec["error"] = str(err).splitlines()[0][:300]
+        rec.update(_mem(device))
+    except (ValueError, ImportError, NotImplementedError) as err:
+        # e.g. a model class without sdpa support in this transformers version
+        rec["status"] = "skipped"
+        rec["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+    except RuntimeError as err:  # keep measuring the other cases; the record says why
+        rec["status"] = "error"
+        rec["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
+    finally:
+        model = opt = ids = None  # drop the references (closure cells too) before freeing
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.empty_cache()
+    return rec
+
+
+def summary_lines(records: list[dict]) -> list[str]:
+    gib = 1024**3
+    lines = [f"{'case':26s} {'S':>6s} ckpt  {'params':>7s} {'weights':>7s} {'peak':>7s} "
+             f"{'reserv':>7s} {'step_s':>7s} status"]
+    for r in records:
+        def g(key, r=r):
+            v = r.get(key)
+            return f"{v / gib:7.2f}" if isinstance(v, int) else f"{'-':>7s}"
+        step = f"{r['step_time_s']:7.3f}" if "step_time_s" in r else f"{'-':>7s}"
+        params = f"{r['num_params'] / 1e9:6.2f}B" if "num_params" in r else f"{'-':>7s}"
+        lines.append(f"{r['case']:26s} {r['seq_len']:6d} {'yes ' if r['gradient_checkpointing'] else 'no  '} "
+                     f"{params} {g('weights_allocated_bytes')} {g('peak_allocated_bytes')} "
+                     f"{g('peak_reserved_bytes')} {step} {r['status']}")
+    return lines
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="output JSON path")
+    ap.add_argument("--smoke", action="store_true", help="tiny models on the CPU")
+    ap.add_argument("--cases", default="", help="comma list of case names (default: all)")
+    args = ap.parse_args(argv)
+    device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
+    if device.type != "cuda" and not args.smoke:
+        print("no CUDA device; use --smoke for a CPU logic check", file=sys.stderr)
+        return 2
+    import transformers
+
+    torch.manual_seed(0)
+    models = load_configs()
+    prov = provenance([sys.argv[0], *argv], device)
+    prov["transformers"] = transformers.__version__
+    wanted = set(filter(None, args.cases.split(",")))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    records: list[dict] = []
+    t_start = time.perf_counter()
+    for name, key, overrides, seqs, ckpts, optimizer in FULL_CASES:
+        if wanted and name not in wanted:
+            continue
+        for s in seqs:
+            seq = 64 if args.smoke else s
+            for ckpt in ckpts:
+                cfg = build_config_dict(models[key]["config"], overrides, seq, args.smoke)
+                t0 = time.perf_counter()
+                rec = run_case(name=name, model_key=key, cfg_dict=cfg, overrides=overrides,
+                               seq_len=seq, checkpointing=ckpt, optimizer=optimizer,
+                               device=device, num_timed=1 if args.smoke else 3)
+                rec["wall_s"] = time.perf_counter() - t0
+                records.append(rec)
+                print(summary_lines([rec])[1], f"({rec['wall_s']:.1f} s)", flush=True)
+                prov["wall_s"] = time.perf_counter() - t_start
+                out.write_text(json.dumps({"provenance": prov, "records": records},
+                                          indent=1) + "\n")
+            if args.smoke:
+                break  # one length per case is enough for a logic check
+    print("\n".join(summary_lines(records)))
+    print(f"[measure_steps] wrote {len(records)} records to {out} "
+          f"in {time.perf_counter() - t_start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
