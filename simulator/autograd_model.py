@@ -1,0 +1,541 @@
+"""A small model of PyTorch eager autograd memory, used to build analytical Workloads.
+
+Models: a forward program written as ops over tensors (inputs, outputs, tensors saved for
+backward), and the backward pass that PyTorch's autograd engine derives from it:
+  * forward: an op allocates its outputs when it starts; a tensor is freed after its last
+    forward consumer unless it is saved for backward or held by the caller;
+  * backward: ops run in reverse creation order (the engine's order for the sequential,
+    residual programs of decoder LLMs); each allocates the gradients of its differentiable
+    inputs (or passes the incoming gradient through, for add and views), plus a declared
+    workspace; a gradient that reaches a tensor a second time is accumulated in place (the
+    engine's InputBuffer does so when it holds the only reference); the incoming gradient is
+    freed once consumed; a saved tensor is freed when the last node that saved it has run;
+  * parameter gradients: allocated by the first contribution and kept (``.grad``), or, when
+    grads persist across steps, computed into a temporary and added in place;
+  * activation checkpointing (``torch.utils.checkpoint``, non-reentrant): a checkpointed region
+    saves only its inputs; just before its first backward op the region's forward is re-run
+    (``Phase.RECOMPUTE``) and re-allocates what it saves.
+Assumes: every tensor is one storage; views are expressed by reusing the same tensor id.
+Ignores: engine multithreading (one device, one thread), and the order of independent
+branches (decoder programs have none that matter for memory).
+Source: torch/csrc/autograd/engine.cpp (ready queue ordered by sequence number),
+input_buffer.cpp (in-place accumulation), torch/utils/checkpoint.py (non-reentrant recompute).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from simulator.workload import OpSpec, Phase, Role, TensorSpec, Workload
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """FLOPs (FlopCounterMode convention), executed FLOPs, HBM bytes and op class of one kernel."""
+
+    flops: float = 0.0
+    hbm_bytes: int = 0
+    op_class: str = "memory"
+    exec_flops: float | None = None
+    time_s: float | None = None
+
+
+ZERO_COST = Cost()
+
+
+@dataclass
+class _Tensor:
+    tid: int
+    name: str
+    num_bytes: int
+    role: Role
+    layer: int | None
+    requires_grad: bool
+    is_param: bool = False
+    persistent: bool = False
+    leaf_grad: bool = False  # a leaf that requires grad: its .grad accumulates like a weight's
+    view_of: int | None = None  # a view shares the storage of this base tensor (0 bytes itself)
+    grad_bytes: int | None = None  # size of its gradient when it differs from num_bytes (views)
+
+
+@dataclass
+class _FwdOp:
+    name: str
+    kind: str
+    layer: int | None
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    saves: tuple[int, ...]
+    cost: Cost
+    # Backward description
+    has_backward: bool
+    grad_inputs: tuple[int, ...]  # inputs that receive a newly allocated gradient
+    passthrough: tuple[int, ...]  # inputs that receive the output gradient itself (add, view)
+    bwd_cost: Cost
+    bwd_workspace_bytes: int
+    fwd_workspace_bytes: int
+    region: int | None  # checkpoint region id
+    seq: int = 0
+
+
+@dataclass
+class _Region:
+    rid: int
+    inputs: tuple[int, ...]
+    first_op: int = -1
+    last_op: int = -1
+
+
+@dataclass
+class ProgramBuilder:
+    """Write a forward program; ``build()`` derives backward and returns a Workload."""
+
+    grads_persist: bool = False
+    _tensors: list[_Tensor] = field(default_factory=list)
+    _ops: list[_FwdOp] = field(default_factory=list)
+    _held: set[int] = field(default_factory=set)
+    _initial: list[int] = field(default_factory=list)
+    _regions: list[_Region] = field(default_factory=list)
+    _open_region: _Region | None = None
+    _persistent_extra: list[int] = field(default_factory=list)
+    _loss_backward_cost: Cost = ZERO_COST
+
+    # ---- tensors -------------------------------------------------------------------------
+    def tensor(
+        self,
+        name: str,
+        num_bytes: int,
+        role: Role,
+        layer: int | None = None,
+        *,
+        requires_grad: bool = True,
+    ) -> int:
+        """An activation produced by a later op (or an input, via ``input``)."""
+        if num_bytes < 0:
+            raise ValueError(f"tensor {name}: negative size {num_bytes}")
+        tid = len(self._tensors)
+        self._tensors.append(_Tensor(tid, name, int(num_bytes), role, layer, requires_grad))
+        return tid
+
+    def view(self, name: str, base: int, logical_bytes: int, role: Role, layer: int | None = None) -> int:
+        """A view of ``base`` (chunk, split, transpose): no storage of its own, but it keeps the
+        base's storage alive while it lives, and its gradient has ``logical_bytes``."""
+        tid = self.tensor(name, 0, role, layer)
+        t = self._tensors[tid]
+        t.view_of = base
+        t.grad_bytes = int(logical_bytes)
+        return tid
+
+    def input(self, name: str, num_bytes: int, role: Role = Role.INPUT, *, requires_grad: bool = False) -> int:
+        """A tensor live at step start and held by the caller through the step."""
+        tid = self.tensor(name, num_bytes, role, None, requires_grad=requires_grad)
+        self._tensors[tid].leaf_grad = requires_grad
+        self._initial.append(tid)
+        self._held.add(tid)
+        return tid
+
+    def param(self, name: str, num_bytes: int, layer: int | None = None) -> int:
+        """A weight: persistent, requires grad, gets a ``.grad`` of the same size."""
+        tid = self.tensor(name, num_bytes, Role.WEIGHT, layer, requires_grad=True)
+        t = self._tensors[tid]
+        t.is_param = True
+        t.leaf_grad = True
+        t.persistent = True
+        self._initial.append(tid)
+        self._held.add(tid)
+        return tid
+
+    def state(self, name: str, num_bytes: int, role: Role) -> int:
+        """A persistent tensor that no op touches in this step (optimizer states, master weights)."""
+        tid = self.tensor(name, num_bytes, role, None, requires_grad=False)
+        self._tensors[tid].persistent = True
+        self._initial.append(tid)
+        self._held.add(tid)
+        return tid
+
+    def hold(self, tid: int) -> None:
+        """The caller keeps a reference to ``tid`` until the step ends (e.g. HF outputs.logits)."""
+        self._held.add(tid)
+
+    # ---- ops -----------------------------------------------------------------------------
+    def op(
+        self,
+        name: str,
+        kind: str,
+        layer: int | None,
+        *,
+        inputs: tuple[int, ...] | list[int],
+        outputs: tuple[int, ...] | list[int] = (),
+        saves: tuple[int, ...] | list[int] = (),
+        cost: Cost = ZERO_COST,
+        grad_inputs: tuple[int, ...] | list[int] | None = None,
+        passthrough: tuple[int, ...] | list[int] = (),
+        bwd_cost: Cost = ZERO_COST,
+        bwd_workspace_bytes: int = 0,
+        fwd_workspace_bytes: int = 0,
+        has_backward: bool | None = None,
+    ) -> None:
+        """Record a forward op.
+
+        ``grad_inputs`` default: every input that requires grad and is not in ``passthrough``.
+        An op whose inputs need no grad has no backward node.
+        """
+        inputs = tuple(inputs)
+        outputs = tuple(outputs)
+        needs = [i for i in inputs if self._tensors[i].requires_grad]
+        if grad_inputs is None:
+            grad_inputs = tuple(i for i in needs if i not in passthrough)
+        if has_backward is None:
+            has_backward = bool(needs)
+        for o in outputs:
+            self._tensors[o].requires_grad = bool(needs)
+        rid = None
+        if self._open_region is not None:
+            rid = self._open_region.rid
+            if self._open_region.first_op < 0:
+                self._open_region.first_op = len(self._ops)
+            self._open_region.last_op = len(self._ops)
+        self._ops.append(
+            _FwdOp(
+                name=name,
+                kind=kind,
+                layer=layer,
+                inputs=inputs,
+                outputs=outputs,
+                saves=tuple(saves),
+                cost=cost,
+                has_backward=has_backward,
+                grad_inputs=tuple(grad_inputs),
+                passthrough=tuple(passthrough),
+                bwd_cost=bwd_cost,
+                bwd_workspace_bytes=int(bwd_workspace_bytes),
+                fwd_workspace_bytes=int(fwd_workspace_bytes),
+                region=rid,
+                seq=len(self._ops),
+            )
+        )
+
+    def begin_checkpoint(self, inputs: tuple[int, ...] | list[int]) -> None:
+        """Start a ``torch.utils.checkpoint`` region whose forward takes ``inputs``."""
+        if self._open_region is not None:
+            raise ValueError("nested checkpoint regions are not modelled")
+        region = _Region(len(self._regions), tuple(inputs))
+        self._regions.append(region)
+        self._open_region = region
+
+    def end_checkpoint(self) -> None:
+        self._open_region = None
+
+    def set_loss_backward_cost(self, cost: Cost) -> None:
+        self._loss_backward_cost = cost
+
+    # ---- derivation ----------------------------------------------------------------------
+    def build(self, meta: dict | None = None) -> Workload:
+        """Derive forward frees, recompute and backward; return the Workload."""
+        return _Deriver(self).run(meta or {})
+
+
+class _Deriver:
+    def __init__(self, b: ProgramBuilder):
+        self.b = b
+        self.tensors: list[TensorSpec] = []
+        self.ops: list[OpSpec] = []
+        self.next_tid = len(b._tensors)
+        self.extra: list[TensorSpec] = []
+        self.view_of: dict[int, int] = {t.tid: t.view_of for t in b._tensors if t.view_of is not None}
+
+    def _new_tensor(self, name: str, num_bytes: int, role: Role, layer: int | None, persistent=False) -> int:
+        tid = self.next_tid
+        self.next_tid += 1
+        self.extra.append(TensorSpec(tid, name, int(num_bytes), role, layer, persistent))
+        return tid
+
+    def _emit(self, name, kind, phase, layer, cost: Cost, allocs=(), frees=(), saves=()):
+        self.ops.append(
+            OpSpec(
+                oid=len(self.ops),
+                name=name,
+                kind=kind,
+                phase=phase,
+                layer=layer,
+                flops=cost.flops,
+                hbm_bytes=cost.hbm_bytes,
+                op_class=cost.op_class,
+                allocs=tuple(allocs),
+                frees=tuple(frees),
+                saves=tuple(saves),
+                exec_flops=cost.exec_flops,
+                time_s=cost.time_s,
+            )
+        )
+
+    def run(self, meta: dict) -> Workload:
+        b = self.b
+        T = b._tensors
+        ops = b._ops
+        region_of_op = {i: op.region for i, op in enumerate(ops)}
+        regions = b._regions
+
+        # What each checkpoint region really saves: its inputs (that are not params).
+        ckpt_saved: dict[int, tuple[int, ...]] = {
+            r.rid: tuple(i for i in r.inputs if not T[i].is_param) for r in regions
+        }
+
+        # Forward liveness: last forward consumer of each tensor.
+        last_use: dict[int, int] = {}
+        for i, op in enumerate(ops):
+            for t in op.inputs:
+                last_use[t] = i
+        # Saved-tensor owners in the forward: which ops save it (outside checkpoint regions,
+        # or region inputs, which the region saves).
+        saved_by: dict[int, list[int]] = {}
+        for i, op in enumerate(ops):
+            if op.region is None and op.has_backward:
+                for t in op.saves:
+                    saved_by.setdefault(t, []).append(i)
+        region_first = {r.rid: r.first_op for r in regions}
+        for r in regions:
+            for t in ckpt_saved[r.rid]:
+                saved_by.setdefault(t, []).append(r.first_op)
+
+        held = b._held
+        live: set[int] = set(b._initial)
+
+        # ---- forward ----
+        for i, op in enumerate(ops):
+            allocs = [o for o in op.outputs if o not in live]
+            live.update(allocs)
+            ws = []
+            if op.fwd_workspace_bytes:
+                ws = [self._new_tensor(f"{op.name}.workspace", op.fwd_workspace_bytes, Role.WORKSPACE, op.layer)]
+            frees = list(ws)
+            for t in set(op.inputs) | set(op.outputs):
+                if t in held or t not in live:
+                    continue
+                if last_use.get(t, -1) > i:
+                    continue
+                if t in op.outputs and last_use.get(t, -1) == -1 and t not in saved_by:
+                    # An output nobody consumes and nobody saves: freed at once (rare).
+                    frees.append(t)
+                    continue
+                if t in saved_by:
+                    continue
+                if last_use.get(t, -1) == i:
+                    frees.append(t)
+            for t in frees:
+                live.discard(t)
+            if op.region is None:
+                saves = op.saves if op.has_backward else ()
+            else:
+                saves = ckpt_saved[op.region] if i == region_first[op.region] else ()
+            phase = Phase.LOSS if op.kind.startswith("loss") else Phase.FWD
+            self._emit(op.name, op.kind, phase, op.layer, op.cost, allocs + ws, frees, saves)
+
+        # ---- backward ----
+        grad_of: dict[int, int] = {}  # activation tid -> its gradient tensor tid
+        remaining_savers: dict[int, int] = {t: len(v) for t, v in saved_by.items()}
+        param_grad: dict[int, int] = {}
+        for t in T:
+            if t.leaf_grad and b.grads_persist:
+                gid = self._new_tensor(f"{t.name}.grad", _grad_bytes(t), Role.GRAD, t.layer, persistent=True)
+                param_grad[t.tid] = gid
+                live.add(gid)
+        initial = list(b._initial) + [param_grad[p] for p in sorted(param_grad)]
+
+        # The loss tensor's gradient: a scalar of ones, allocated by backward().
+        loss_ops = [i for i, op in enumerate(ops) if op.kind.startswith("loss")]
+        final_out = ops[-1].outputs[0] if ops and ops[-1].outputs else None
+        if final_out is not None:
+            gid = self._new_tensor("loss.grad", 4, Role.ACTIVATION_GRAD, None)
+            grad_of[final_out] = gid
+            self._emit("backward.start", "ones_like", Phase.BWD, None, self.b._loss_backward_cost, [gid])
+            live.add(gid)
+        del loss_ops
+
+        recomputed: set[int] = set()
+        # Regions' saved tensors during recompute: tensors that the inner ops save.
+        for i in range(len(ops) - 1, -1, -1):
+            op = ops[i]
+            if not op.has_backward:
+                continue
+            rid = region_of_op[i]
+            if rid is not None and rid not in recomputed:
+                recomputed.add(rid)
+                self._recompute(regions[rid], ops, live, saved_by, remaining_savers, held)
+            out_grads = [grad_of.get(o) for o in op.outputs]
+            if all(g is None for g in out_grads):
+                # No gradient reached this op (e.g. an output not on the loss path).
+                self._release_saved(op, i, live, remaining_savers, held, [])
+                continue
+            allocs: list[int] = []
+            frees: list[int] = []
+            # Gradients for inputs.
+            incoming = next(g for g in out_grads if g is not None)
+            passed = False
+            for t in op.inputs:
+                tt = T[t]
+                if not tt.requires_grad:
+                    continue
+                if tt.leaf_grad:
+                    if t in param_grad:
+                        tmp = self._new_tensor(f"{tt.name}.grad_tmp", _grad_bytes(tt), Role.WORKSPACE, tt.layer)
+                        allocs.append(tmp)
+                        frees.append(tmp)
+                    else:
+                        gid = self._new_tensor(f"{tt.name}.grad", _grad_bytes(tt), Role.GRAD, tt.layer, persistent=True)
+                        param_grad[t] = gid
+                        allocs.append(gid)
+                    continue
+                if t in op.passthrough:
+                    if t not in grad_of and not passed:
+                        grad_of[t] = incoming
+                        passed = True
+                    elif t not in grad_of:
+                        # Second pass-through of the same gradient (x + x): a new tensor.
+                        gid = self._new_tensor(f"{tt.name}.grad", _grad_bytes(tt), Role.ACTIVATION_GRAD, tt.layer)
+                        grad_of[t] = gid
+                        allocs.append(gid)
+                    continue
+                if t not in op.grad_inputs:
+                    continue
+                if t in grad_of:
+                    # Accumulate: compute into a temporary, add in place, free the temporary.
+                    tmp = self._new_tensor(f"{tt.name}.grad_part", _grad_bytes(tt), Role.ACTIVATION_GRAD, tt.layer)
+                    allocs.append(tmp)
+                    frees.append(tmp)
+                else:
+                    gid = self._new_tensor(f"{tt.name}.grad", _grad_bytes(tt), Role.ACTIVATION_GRAD, tt.layer)
+                    grad_of[t] = gid
+                    allocs.append(gid)
+            if op.bwd_workspace_bytes:
+                ws = self._new_tensor(f"{op.name}.bwd_workspace", op.bwd_workspace_bytes, Role.WORKSPACE, op.layer)
+                allocs.append(ws)
+                frees.append(ws)
+            # Incoming gradients are consumed unless passed through to an input.
+            for o, g in zip(op.outputs, out_grads, strict=True):
+                if g is None:
+                    continue
+                if passed and g == incoming:
+                    continue
+                if g in live and g not in frees:
+                    frees.append(g)
+            live.update(a for a in allocs)
+            self._release_saved(op, i, live, remaining_savers, held, frees)
+            for t in frees:
+                live.discard(t)
+            phase = Phase.BWD
+            self._emit(f"{op.name}.backward", op.kind, phase, op.layer, op.bwd_cost, allocs, frees)
+        # Gradients of held inputs that require grad (e.g. the input of a bare stack) stay.
+        tensors = tuple(
+            TensorSpec(t.tid, t.name, t.num_bytes, t.role, t.layer, t.persistent) for t in T
+        ) + tuple(self.extra)
+        workload_meta = dict(meta)
+        ops_out = _extend_base_lifetimes(self.ops, self.view_of)
+        return Workload(tensors=tensors, ops=tuple(ops_out), initial=tuple(initial), meta=workload_meta)
+
+    def _release_saved(self, op, i, live, remaining_savers, held, frees):
+        """Free tensors whose last saving node is op ``i`` (or its checkpoint region)."""
+        b = self.b
+        saves = op.saves if op.region is None else ()
+        if op.region is not None:
+            r = b._regions[op.region]
+            if r.first_op == i:
+                saves = tuple(t for t in r.inputs if not b._tensors[t].is_param)
+        for t in saves:
+            if t not in remaining_savers:
+                continue
+            remaining_savers[t] -= 1
+            if remaining_savers[t] == 0 and t in live and t not in held and t not in frees:
+                frees.append(t)
+        # Tensors re-saved by a recomputed region are released by the inner ops' backward.
+        for t in getattr(self, "_recompute_saves", {}).get(i, ()):
+            if t in live and t not in held and t not in frees:
+                frees.append(t)
+
+    def _recompute(self, region, ops, live, saved_by, remaining_savers, held):
+        """Re-run a checkpoint region's forward; keep only what its ops save.
+
+        Recomputed tensors are new storages (fresh ids); each is freed by the backward of the
+        earliest inner op that saves it, or at once when no inner op saves it.
+        """
+        if not hasattr(self, "_recompute_saves"):
+            self._recompute_saves = {}
+        T = self.b._tensors
+        inner = range(region.first_op, region.last_op + 1)
+        first_saver: dict[int, int] = {}
+        for j in inner:
+            op = ops[j]
+            if not op.has_backward:
+                continue
+            for t in op.saves:
+                if t in region.inputs or T[t].is_param:
+                    continue
+                first_saver.setdefault(t, j)
+        last_use: dict[int, int] = {}
+        for j in inner:
+            for t in ops[j].inputs:
+                last_use[t] = j
+        fresh: dict[int, int] = {}
+        for j in inner:
+            op = ops[j]
+            allocs = []
+            for o in op.outputs:
+                if o in fresh:
+                    continue  # in-place style op re-emitting a tensor
+                src = T[o]
+                fresh[o] = self._new_tensor(f"{src.name}.recomputed", src.num_bytes, src.role, src.layer)
+                if src.view_of is not None:
+                    self.view_of[fresh[o]] = fresh.get(src.view_of, src.view_of)
+                allocs.append(fresh[o])
+                live.add(fresh[o])
+            frees = []
+            for t in list(fresh):
+                f = fresh[t]
+                if f not in live or t in first_saver:
+                    continue
+                if last_use.get(t, -1) <= j:
+                    frees.append(f)
+                    live.discard(f)
+            saves = tuple(fresh[t] for t in op.saves if t in first_saver) if op.has_backward else ()
+            self._emit(f"{op.name}.recompute", op.kind, Phase.RECOMPUTE, op.layer, op.cost, allocs, frees, saves)
+        for t, j in first_saver.items():
+            self._recompute_saves.setdefault(j, []).append(fresh[t])
+
+
+def _grad_bytes(t: _Tensor) -> int:
+    return t.num_bytes if t.grad_bytes is None else t.grad_bytes
+
+
+def _extend_base_lifetimes(ops: list[OpSpec], view_of: dict[int, int]) -> list[OpSpec]:
+    """A storage lives while its base tensor or any view of it lives: move each base's free to
+    the op that frees its last live view."""
+    if not view_of:
+        return ops
+    views_of: dict[int, set[int]] = {}
+    live_views: dict[int, set[int]] = {}
+    for v, base in view_of.items():
+        views_of.setdefault(base, set()).add(v)
+    dead_base: set[int] = set()
+    new_frees: list[list[int]] = [list(op.frees) for op in ops]
+    for k, op in enumerate(ops):
+        for t in op.allocs:
+            base = view_of.get(t)
+            if base is not None:
+                live_views.setdefault(base, set()).add(t)
+        for t in list(new_frees[k]):
+            if t in views_of and live_views.get(t):
+                new_frees[k].remove(t)  # the base dies with its last view
+                dead_base.add(t)
+            base = view_of.get(t)
+            if base is not None:
+                live_views[base].discard(t)
+                if not live_views[base] and base in dead_base:
+                    new_frees[k].append(base)
+                    dead_base.discard(base)
+    return [
+        op if list(op.frees) == new_frees[k] else OpSpec(
+            oid=op.oid, name=op.name, kind=op.kind, phase=op.phase, layer=op.layer, flops=op.flops,
+            hbm_bytes=op.hbm_bytes, op_class=op.op_class, allocs=op.allocs, frees=tuple(new_frees[k]),
+            saves=op.saves, exec_flops=op.exec_flops, time_s=op.time_s)
+        for k, op in enumerate(ops)
+    ]
