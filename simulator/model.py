@@ -375,7 +375,7 @@ def _hf_decoder(r: _Reader, family: str) -> dict:
 
 
 def _qwen_window(r: _Reader, num_layers: int) -> int | None:
-    """Qwen2/Qwen3: the window applies only with use_sliding_window, to layers >= max_window_layers."""
+    """Qwen2/Qwen3: with use_sliding_window, layers >= max_window_layers use the window."""
     if not r.bool("use_sliding_window", False):
         return None
     window = r.int("sliding_window", None)

@@ -1,0 +1,403 @@
+"""Job specs: what a step does (train or infer), in which dtypes, split how, on which node.
+
+Models: ``TrainJob`` (one optimizer step over ``micro_batch`` sequences of ``seq_len`` tokens),
+``InferJob`` (prefill of ``prompt_len`` then ``gen_len`` decode steps for ``batch`` sequences,
+with an optionally quantized KV cache), ``Parallelism`` (tensor, sequence, context and data
+parallel degrees, ZeRO stage), ``Job`` (either, tagged by ``mode``), and ``Scenario`` (model +
+job + hardware node), loadable from YAML or JSON.
+Assumes:
+- Element sizes come from one table, ``DTYPE_BYTES``; int4 packs two elements per byte.
+- ``sgd`` is momentum-free SGD (torch's default): no optimizer state. ``adamw`` keeps two
+  moments per parameter in ``optimizer_state_dtype``.
+- ``sequence_parallel`` with ``tp == 1`` and ``zero_stage > 0`` with ``dp == 1`` are allowed and
+  change nothing (there is nothing to split), as in Megatron-LM and DeepSpeed.
+- Tensor parallelism splits heads, so ``num_heads % tp == 0``; KV heads either split
+  (``num_kv_heads % tp == 0``) or are replicated (``tp % num_kv_heads == 0``). Ulysses context
+  parallelism also scatters heads over ``cp``. Ring (and Ulysses) context parallelism splits the
+  sequence, so ``seq_len % cp == 0``; sequence parallelism splits it over ``tp``.
+- A learned position table cannot index past ``max_position_embeddings``; rotary models may run
+  longer sequences (context extension), so no limit is checked for them.
+Ignores: pipeline parallelism, expert parallelism, gradient accumulation across micro-batches
+(``grads_persist`` covers its memory effect), loss scaling.
+Source: PyTorch optimizer docs (SGD/AdamW state), Megatron-LM arguments (tp, sp, cp, cp_kind),
+DeepSpeed ZeRO stages, KIVI (per-group KV quantization).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from hwmodels.units import UserInputError, parse_count
+from simulator.model import ModelSpec, load_model
+
+SCHEMA_VERSION = 1
+DEFAULT_KV_GROUP_SIZE = 128  # elements per scale for int8/int4 KV (KIVI uses 32-128)
+
+DTYPE_BYTES: dict[str, float] = {
+    "fp32": 4,
+    "tf32": 4,
+    "bf16": 2,
+    "fp16": 2,
+    "fp8": 1,
+    "int8": 1,
+    "int4": 0.5,
+}
+DType = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4"]
+
+
+def dtype_bytes(name: str) -> float:
+    """Bytes per element of a dtype name in ``DTYPE_BYTES`` (int4: 0.5)."""
+    try:
+        return DTYPE_BYTES[name]
+    except (KeyError, TypeError):
+        raise UserInputError(
+            f"dtype: unknown dtype {name!r} (supported: {', '.join(DTYPE_BYTES)})"
+        ) from None
+
+
+def tensor_bytes(num_elements: int, dtype: str) -> int:
+    """Bytes of ``num_elements`` of ``dtype``, rounded up to whole bytes (int4 packs two)."""
+    return math.ceil(num_elements * dtype_bytes(dtype))
+
+
+def _count(minimum: int):
+    def parse(value: Any, info: ValidationInfo) -> Any:
+        return parse_count(value, field=info.field_name or "length", minimum=minimum)
+
+    return BeforeValidator(parse)
+
+
+Length = Annotated[int, _count(1), Field(ge=1)]
+"""Token count: an int or a string with binary suffixes ("64K" = 65536, "1M")."""
+LengthOrZero = Annotated[int, _count(0), Field(ge=0)]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Parallelism(_Spec):
+    """How one model replica's step is split over GPUs (total GPUs = tp * cp * dp)."""
+
+    tp: int = Field(default=1, ge=1)
+    """Tensor-parallel degree: weights and heads split over tp GPUs."""
+    sequence_parallel: bool = False
+    """Megatron sequence parallelism: norms, dropout and residuals split over tp along tokens
+    (a no-op when tp == 1)."""
+    cp: int = Field(default=1, ge=1)
+    """Context-parallel degree: the sequence split over cp GPUs."""
+    cp_kind: Literal["ring", "ulysses"] = "ring"
+    """ring: KV blocks passed around a ring (P2P); ulysses: all-to-all from sequence to head
+    split."""
+    dp: int = Field(default=1, ge=1)
+    """Data-parallel degree (replicas)."""
+    zero_stage: int = Field(default=0, ge=0, le=3)
+    """ZeRO stage over dp: 1 optimizer states, 2 + grads, 3 + weights sharded (no-op at dp 1)."""
+
+    @property
+    def num_gpus(self) -> int:
+        return self.tp * self.cp * self.dp
+
+    def check(
+        self, model: ModelSpec, *, seq_len: int | None = None, field: str = "parallelism"
+    ) -> None:
+        """Raise UserInputError naming ``<field>.<name>`` if model/seq_len cannot be split so."""
+        tp, cp = self.tp, self.cp
+        if model.num_heads % tp:
+            raise UserInputError(
+                f"{field}.tp: {tp} does not divide {model.name}'s {model.num_heads} heads"
+            )
+        if model.num_kv_heads % tp and tp % model.num_kv_heads:
+            raise UserInputError(
+                f"{field}.tp: {tp} neither divides nor is a multiple of {model.name}'s"
+                f" {model.num_kv_heads} kv heads"
+            )
+        if model.intermediate_size % tp:
+            raise UserInputError(
+                f"{field}.tp: {tp} does not divide {model.name}'s intermediate_size"
+                f" {model.intermediate_size}"
+            )
+        if self.cp_kind == "ulysses" and model.num_heads % (tp * cp):
+            raise UserInputError(
+                f"{field}.cp: ulysses needs tp*cp = {tp * cp} to divide {model.name}'s"
+                f" {model.num_heads} heads"
+            )
+        if seq_len is not None:
+            if seq_len % cp:
+                raise UserInputError(f"{field}.cp: {cp} does not divide seq_len {seq_len}")
+            if self.sequence_parallel and seq_len % (tp * cp):
+                raise UserInputError(
+                    f"{field}.sequence_parallel: tp*cp = {tp * cp} does not divide"
+                    f" seq_len {seq_len}"
+                )
+
+
+class _JobBase(_Spec):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    """Version of this schema; files written by a newer tierplan are rejected."""
+    parallelism: Parallelism = Parallelism()
+    """How the step is split over GPUs."""
+    param_dtype: DType = "bf16"
+    """dtype of the weights the kernels read."""
+
+
+class TrainJob(_JobBase):
+    """One training step (forward, loss, backward, optimizer) of one micro-batch."""
+
+    mode: Literal["train"] = "train"
+    """Tag of the Job union."""
+    seq_len: Length
+    """Tokens per sequence ("128K" accepted)."""
+    micro_batch: int = Field(default=1, ge=1)
+    """Sequences per step on each data-parallel replica."""
+    grad_dtype: DType = None  # type: ignore[assignment]  # filled from param_dtype
+    """dtype of the weight gradients (default: param_dtype)."""
+    optimizer: Literal["none", "sgd", "adamw"] = "adamw"
+    """none: forward+backward only; sgd: momentum-free, no state; adamw: two moments."""
+    optimizer_state_dtype: DType = "fp32"
+    """dtype of AdamW's moments."""
+    master_weights: bool = False
+    """Keep an fp32 master copy of low-precision weights (Megatron/DeepSpeed mixed precision);
+    False for a model loaded in bf16 and stepped directly (plain PyTorch, HF Trainer in bf16)."""
+    checkpointing: Literal["none", "full", "selective"] = "none"
+    """Activation recomputation: none, full (each layer's input only), selective (Megatron:
+    recompute attention internals, keep the rest)."""
+    grads_persist: bool = False
+    """Weight gradients stay allocated between steps (zero_grad(set_to_none=False) or gradient
+    accumulation); PyTorch's and HF Trainer's default set_to_none=True frees them: False."""
+    loss: Literal["cross_entropy", "mean_square_fp32"] = "cross_entropy"
+    """cross_entropy over the LM head's logits, or ``x.float().pow(2).mean()`` of a bare layer
+    stack's output (the H200 probe's loss)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _grad_dtype_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("grad_dtype") is None:
+            data = {**data, "grad_dtype": data.get("param_dtype", "bf16")}
+        return data
+
+    @model_validator(mode="after")
+    def _master_needs_low_precision(self) -> TrainJob:
+        if self.master_weights and self.param_dtype == "fp32":
+            raise ValueError("master_weights: parameters are already fp32; set it false")
+        return self
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens per step on one data-parallel replica (before context parallelism)."""
+        return self.seq_len * self.micro_batch
+
+    @property
+    def num_optimizer_states(self) -> int:
+        """Optimizer tensors per parameter (AdamW: exp_avg and exp_avg_sq)."""
+        return {"none": 0, "sgd": 0, "adamw": 2}[self.optimizer]
+
+    def check(self, model: ModelSpec) -> None:
+        """Raise UserInputError (naming the field) if this job cannot run on ``model``."""
+        if self.loss == "cross_entropy" and not model.has_lm_head:
+            raise UserInputError(
+                f"job.loss: cross_entropy needs an LM head; {model.name} has none"
+                " (use mean_square_fp32 for a bare layer stack)"
+            )
+        if self.loss == "mean_square_fp32" and model.has_lm_head:
+            raise UserInputError(
+                f"job.loss: mean_square_fp32 is for bare layer stacks; {model.name} has an LM head"
+            )
+        _check_positions(model, self.seq_len, "job.seq_len")
+        self.parallelism.check(model, seq_len=self.seq_len, field="job.parallelism")
+
+
+class InferJob(_JobBase):
+    """Serving ``batch`` sequences: one prefill of ``prompt_len`` tokens, ``gen_len`` decodes."""
+
+    mode: Literal["infer"] = "infer"
+    """Tag of the Job union."""
+    prompt_len: Length
+    """Prompt tokens per sequence ("32K" accepted)."""
+    gen_len: LengthOrZero = 0
+    """Generated tokens per sequence (0: prefill only)."""
+    batch: int = Field(default=1, ge=1)
+    """Sequences served together."""
+    kv_dtype: DType = "bf16"
+    """dtype of K and V as attention computes them (and as stored when kv_quant is none)."""
+    kv_quant: Literal["none", "int8", "int4", "fp8"] = "none"
+    """Storage format of the KV cache; quantized formats add one scale per group."""
+    kv_group_size: int | None = Field(default=None, ge=1)
+    """Elements per quantization scale (int8/int4 default 128; fp8 default: one per tensor)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _group_size_default(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("kv_group_size") is None:
+            if data.get("kv_quant") in ("int8", "int4"):
+                data = {**data, "kv_group_size": DEFAULT_KV_GROUP_SIZE}
+        return data
+
+    @model_validator(mode="after")
+    def _group_size_needs_quant(self) -> InferJob:
+        if self.kv_quant == "none" and self.kv_group_size is not None:
+            raise ValueError("kv_group_size needs kv_quant int8, int4 or fp8")
+        return self
+
+    @property
+    def max_seq_len(self) -> int:
+        """Tokens per sequence at the last decode step: the KV cache's final length."""
+        return self.prompt_len + self.gen_len
+
+    @property
+    def kv_storage_dtype(self) -> str:
+        """dtype the KV cache is stored in."""
+        return self.kv_dtype if self.kv_quant == "none" else self.kv_quant
+
+    def check(self, model: ModelSpec) -> None:
+        """Raise UserInputError (naming the field) if this job cannot run on ``model``."""
+        _check_positions(model, self.max_seq_len, "job.prompt_len + job.gen_len")
+        self.parallelism.check(model, field="job.parallelism")
+
+
+def _check_positions(model: ModelSpec, num_tokens: int, field: str) -> None:
+    if model.position == "learned" and num_tokens > model.max_position_embeddings:
+        raise UserInputError(
+            f"{field}: {num_tokens} tokens exceed {model.name}'s learned position table of"
+            f" {model.max_position_embeddings}"
+        )
+
+
+Job = Annotated[TrainJob | InferJob, Field(discriminator="mode")]
+"""A train or infer job, chosen by its ``mode`` field."""
+_JOB_ADAPTER: TypeAdapter = TypeAdapter(Job)
+
+
+def parse_job(data: dict) -> TrainJob | InferJob:
+    """Validate a job dict (``mode`` picks the kind)."""
+    return _JOB_ADAPTER.validate_python(data)
+
+
+class Scenario(_Spec):
+    """One question: this model, this job, on this hardware node."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    """Version of the scenario schema."""
+    name: str | None = None
+    """Label for tables and file names."""
+    model: Annotated[
+        Annotated[str, Tag("named")] | Annotated[ModelSpec, Tag("inline")],
+        Discriminator(lambda v: "named" if isinstance(v, str) else "inline"),
+    ]
+    """A model preset name, a path to a config.json (relative to the scenario file), or an
+    inline ModelSpec."""
+    job: Job
+    """What the step does."""
+    hardware: str = Field(min_length=1)
+    """A node preset name from hwmodels (e.g. "1xH200") or a path to a node file."""
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _resolve_model_path(cls, value: Any, info: ValidationInfo) -> Any:
+        base = (info.context or {}).get("base_dir")
+        if isinstance(value, str) and value.lower().endswith(".json") and base is not None:
+            path = pathlib.Path(value)
+            if not path.is_absolute():
+                return str(pathlib.Path(base) / path)
+        return value
+
+    @model_validator(mode="after")
+    def _job_fits_model(self) -> Scenario:
+        self.job.check(self.model_spec())
+        return self
+
+    def model_spec(self) -> ModelSpec:
+        """The ModelSpec this scenario names or holds."""
+        return self.model if isinstance(self.model, ModelSpec) else load_model(self.model)
+
+
+def load_scenario(path: str | pathlib.Path) -> Scenario:
+    """Read a scenario from a .yaml/.yml/.json file; errors name the file and the field."""
+    path = pathlib.Path(path)
+    where = str(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserInputError(f"{where}: file not found") from None
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserInputError(
+                f"{where}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}"
+            ) from None
+    elif suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            at = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+            reason = getattr(err, "problem", None) or "cannot parse"
+            raise UserInputError(f"{where}: malformed YAML{at}: {reason}") from None
+    else:
+        raise UserInputError(f"{where}: unknown scenario format {suffix!r} (use .yaml or .json)")
+    if not isinstance(data, dict):
+        raise UserInputError(f"{where}: expected a mapping of scenario fields")
+    return scenario_from_dict(data, where=where, base_dir=path.parent)
+
+
+_UNION_TAGS = ("train", "infer", "named", "inline")  # union branch names pydantic puts in locs
+
+
+def scenario_from_dict(
+    data: dict, *, where: str = "scenario", base_dir: str | pathlib.Path | None = None
+) -> Scenario:
+    """Validate a scenario dict; UserInputError names ``where`` and the failing field."""
+    try:
+        return Scenario.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as err:
+        first = err.errors()[0]
+        loc = ".".join(str(p) for p in first.get("loc", ()) if p not in _UNION_TAGS)
+        msg = first.get("msg", "invalid").removeprefix("Value error, ")
+        cause = (first.get("ctx") or {}).get("error")
+        if isinstance(cause, UserInputError):
+            # the cause already names its field: say it once
+            msg, field = str(cause), loc.rsplit(".", 1)[-1]
+            if loc and msg.startswith(f"{field}: "):
+                msg = msg[len(field) + 2 :]
+            else:
+                loc = ""
+        raise UserInputError(f"{where}: {loc + ': ' if loc else ''}{msg}") from None
+
+
+DEFAULT_SCENARIO = Scenario(
+    name="llama-3.1-8b-train-128k-1xh200",
+    model="llama-3.1-8b",
+    job=TrainJob(
+        seq_len=128 * 1024,
+        optimizer="adamw",
+        param_dtype="bf16",
+        checkpointing="none",
+    ),
+    hardware="1xH200",
+)
+
+
+def default_scenario() -> Scenario:
+    """Llama-3.1-8B, one training step at 128K tokens, AdamW, bf16, no recompute, on 1xH200."""
+    return DEFAULT_SCENARIO
