@@ -307,3 +307,59 @@ def test_direct_construction_validates():
     # an explicit head_dim need not divide hidden (Qwen3-0.6B: h 1024, 16 heads of 128)
     ok = ModelSpec.model_validate({**base, "num_heads": 16, "num_kv_heads": 8, "head_dim": 128})
     assert ok.q_size == 2048
+
+
+def test_mixed_layer_types_rejected(tmp_path):
+    cfg = get_model("qwen3-8b").to_hf_config()
+    cfg["layer_types"] = ["full_attention"] * 35 + ["sliding_attention"]
+    path = _write(tmp_path, cfg)
+    with pytest.raises(UserInputError, match=r"cfg\.json: layer_types: mixed attention kinds"):
+        ModelSpec.from_hf_config(path)
+    cfg["layer_types"] = ["full_attention"] * 36  # uniform (transformers writes this) is fine
+    assert ModelSpec.from_hf_config(cfg).sliding_window is None
+
+
+def test_qwen2_sliding_window_on_every_layer_matches_transformers():
+    transformers = pytest.importorskip("transformers")
+    cfg = get_model("qwen2-7b").to_hf_config()
+    cfg.update(use_sliding_window=True, sliding_window=4096, max_window_layers=0)
+    spec = ModelSpec.from_hf_config(cfg)
+    assert spec.sliding_window == 4096
+    hf = transformers.AutoConfig.for_model(**spec.to_hf_config())
+    assert set(hf.layer_types) == {"sliding_attention"} and hf.sliding_window == 4096
+    cfg["max_window_layers"] = 28  # every layer below the first sliding one: full attention
+    assert ModelSpec.from_hf_config(cfg).sliding_window is None
+
+
+def test_megatron_gpt_keys_swiglu_rmsnorm_gqa():
+    cfg = {
+        "model_type": "gpt",
+        "num_layers": 2,
+        "hidden_size": 1024,
+        "ffn_hidden_size": 2816,
+        "num_attention_heads": 16,
+        "num_query_groups": 4,
+        "padded_vocab_size": 32000,
+        "max_position_embeddings": 4096,
+        "position_embedding_type": "rope",
+        "normalization": "RMSNorm",
+        "swiglu": True,
+        "add_bias_linear": False,
+        "untie_embeddings_and_output_weights": True,
+    }
+    m = ModelSpec.from_hf_config(cfg, name="tiny")
+    assert (m.mlp, m.norm, m.gate_up_fused, m.qkv_fused) == ("swiglu", "rmsnorm", True, True)
+    assert (m.num_kv_heads, m.head_dim, m.qkv_bias, m.tie_word_embeddings) == (4, 64, False, False)
+    h, f, kv = 1024, 2816, 4 * 64
+    assert m.num_params_per_layer() == 2 * h * h + 2 * h * kv + 3 * h * f + 2 * h
+    assert ModelSpec.from_hf_config(m.to_hf_config()) == m
+    with pytest.raises(UserInputError, match="position_embedding_type: unsupported value 'alibi'"):
+        ModelSpec.from_hf_config({**cfg, "position_embedding_type": "alibi"})
+
+
+def test_bare_stack_keeps_head_when_only_embedding_is_missing():
+    """A last pipeline stage: no embedding, so a tied head owns its own matrix."""
+    m = get_model("llama-3.2-1b").model_copy(update={"has_embedding": False})
+    assert m.embedding_params() == 0
+    assert m.lm_head_params() == 128256 * 2048
+    assert m.final_norm_params() == 2048
