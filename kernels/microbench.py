@@ -229,6 +229,28 @@ def _sdpa_backends():
     return SDPBackend, sdpa_kernel
 
 
+def default_sdpa_backend(q, k, v, **kw) -> str:
+    """The backend F.scaled_dot_product_attention picks with nothing forced (as HF calls it)."""
+    try:
+        choice = int(torch._fused_sdp_choice(q, k, v, **kw))
+    except (AttributeError, RuntimeError, TypeError) as err:
+        return f"unknown ({type(err).__name__})"
+    names = {-1: "error", 0: "math", 1: "flash", 2: "efficient", 3: "cudnn", 4: "overrideable"}
+    return names.get(choice, str(choice))
+
+
+def sdpa_default_records(seq_lens: Sequence[int], shapes: Sequence[tuple[int, int, int]],
+                         device: torch.device) -> list[dict]:
+    """Causal SDPA with the default backend choice, for (heads, kv heads, head dim) shapes."""
+    recs = []
+    for s in seq_lens:
+        for num_heads, nkv, head_dim in shapes:
+            recs += _sdpa_case(s, nkv, "default", device, num_heads=num_heads,
+                               head_dim=head_dim, long_reps_cap=3)
+            free(device)
+    return recs
+
+
 def _sdpa_case(s: int, nkv: int, backend: str, device: torch.device, *, num_heads: int,
                head_dim: int, long_reps_cap: int) -> list[dict]:
     SDPBackend, sdpa_kernel = _sdpa_backends()
@@ -239,7 +261,7 @@ def _sdpa_case(s: int, nkv: int, backend: str, device: torch.device, *, num_head
     kw = {"is_causal": True}
     if nkv != num_heads:
         kw["enable_gqa"] = True
-    if device.type == "cuda" and sdpa_kernel is not None:
+    if device.type == "cuda" and sdpa_kernel is not None and backend != "default":
         chosen = {"flash": SDPBackend.FLASH_ATTENTION,
                   "cudnn": SDPBackend.CUDNN_ATTENTION}[backend]
 
@@ -251,6 +273,8 @@ def _sdpa_case(s: int, nkv: int, backend: str, device: torch.device, *, num_head
     base = {"op": "sdpa", "batch": 1, "seq_len": s, "num_heads": num_heads,
             "num_kv_heads": nkv, "head_dim": head_dim, "causal": True, "dtype": "bf16",
             "backend": label}
+    if backend == "default":
+        base["default_backend"] = default_sdpa_backend(q, k, v, **kw)
     max_reps = long_reps_cap if s >= 65536 else 20
     warm = 1 if s >= 65536 else 2
 
@@ -577,11 +601,12 @@ def summary_lines(records: list[dict]) -> list[str]:
         lines.append("SDPA causal TFLOP/s (fwd/bwd/fwdbwd)")
         by = {}
         for r in sd:
-            by.setdefault((r["backend"], r["num_kv_heads"], r["seq_len"]), {})[r["pass"]] = (
-                sdpa_flops(r) / r["time_s"])
-        for (b, nkv, s), d in by.items():
+            b = r["backend"] + (f"->{r['default_backend']}" if "default_backend" in r else "")
+            key = (b, r["num_heads"], r["num_kv_heads"], r["head_dim"], r["seq_len"])
+            by.setdefault(key, {})[r["pass"]] = sdpa_flops(r) / r["time_s"]
+        for (b, nh, nkv, hd, s), d in by.items():
             vals = "/".join(f"{d.get(p, 0) / 1e12:.0f}" for p in ("fwd", "bwd", "fwdbwd"))
-            lines.append(f"  {b:11s} kv={nkv:2d} S={s:>7d}  {vals}")
+            lines.append(f"  {b:17s} h={nh:2d} kv={nkv:2d} d={hd:3d} S={s:>7d}  {vals}")
     mem = [r for r in records if "hbm_bytes" in r and r["op"] != "hbm_copy"]
     if mem:
         lines.append("memory-bound ops GB/s of minimal bytes (time us)")
@@ -610,6 +635,7 @@ def plan(smoke: bool) -> dict:
     """Sizes for a full GPU run and for the tiny CPU smoke run."""
     if smoke:
         return {"gemm_tokens": [64, 128], "lm_tokens": [64], "sdpa_seq": [64, 128],
+                "sdpa_default_seq": [64], "sdpa_default_shapes": [(4, 4, 8), (4, 1, 8)],
                 "mem_tokens": [64, 128], "ce_tokens": [64],
                 "pinned_mib": [1], "pageable_mib": [1], "bidir_mib": [1], "hbm_mib": [1, 2],
                 "dims": {"linears": (("qkv", 32, 96), ("o", 32, 32), ("gate_up", 32, 176),
@@ -619,6 +645,10 @@ def plan(smoke: bool) -> dict:
     return {"gemm_tokens": [4 * K, 8 * K, 16 * K, 32 * K, 64 * K, 128 * K],
             "lm_tokens": [4 * K, 8 * K, 16 * K],
             "sdpa_seq": [4 * K, 8 * K, 16 * K, 32 * K, 64 * K, 128 * K],
+            "sdpa_default_seq": [4 * K, 16 * K, 32 * K],
+            # Llama-2-7B, Mistral-7B, Llama-3.2-1B, Qwen2-7B, GPT-2 medium attention shapes
+            "sdpa_default_shapes": [(32, 32, 128), (32, 8, 128), (32, 8, 64), (28, 4, 128),
+                                    (16, 16, 64)],
             "mem_tokens": [4 * K, 8 * K, 16 * K, 32 * K, 64 * K],
             "ce_tokens": [4 * K, 8 * K, 16 * K],
             "pinned_mib": [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048],
@@ -634,8 +664,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="output JSON path")
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU")
-    ap.add_argument("--only", default="gemm,sdpa,mem,copy,launch",
-                    help="comma list of sections to run (gemm,sdpa,mem,copy,launch)")
+    ap.add_argument("--only", default="launch,gemm,sdpa,sdpa_default,mem,copy",
+                    help="comma list of sections to run "
+                         "(launch,gemm,sdpa,sdpa_default,mem,copy)")
     args = ap.parse_args(argv)
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
     if device.type != "cuda" and not args.smoke:
@@ -659,6 +690,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("sdpa", lambda: sdpa_records(p["sdpa_seq"], device, num_heads=d["num_heads"],
                                       head_dim=d["head_dim"],
                                       kv_heads=(d["num_heads"], d["num_heads"] // 4))),
+        ("sdpa_default", lambda: sdpa_default_records(p["sdpa_default_seq"],
+                                                      p["sdpa_default_shapes"], device)),
         ("mem", lambda: memory_bound_records(p["mem_tokens"], p["ce_tokens"], device, l2,
                                              hidden=d["hidden"], intermediate=d["intermediate"],
                                              vocab=d["vocab"], num_heads=d["num_heads"])),

@@ -140,6 +140,9 @@ def run_case(*, name: str, model_key: str, cfg_dict: dict, overrides: dict, seq_
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             torch.cuda.reset_accumulated_memory_stats(device)
+        if device.type == "cuda":
+            # left over from earlier cases (cuBLAS/cuDNN workspaces); part of "weights" below
+            rec["allocated_before_build_bytes"] = torch.cuda.memory_allocated(device)
         model = build_model(cfg_dict, device)
         sync(device)
         rec["attn_implementation"] = model.config._attn_implementation
