@@ -1,6 +1,7 @@
 """ModelSpec: hand-checked parameter counts, presets vs real transformers models, errors."""
 
 import json
+import pathlib
 
 import pytest
 
@@ -363,3 +364,28 @@ def test_bare_stack_keeps_head_when_only_embedding_is_missing():
     assert m.embedding_params() == 0
     assert m.lm_head_params() == 128256 * 2048
     assert m.final_norm_params() == 2048
+
+
+MEASURED = pathlib.Path(__file__).resolve().parents[2] / "validate" / "measurements" / "h200"
+
+
+def test_num_params_match_models_measured_on_h200():
+    """Every step record holds the exact config it ran and the parameter count torch reported."""
+    data = json.loads((MEASURED / "steps-h200-2026-11-28.json").read_text())
+    checked = {}
+    for rec in data["records"]:
+        if "config" in rec and "num_params" in rec:
+            spec = ModelSpec.from_hf_config(rec["config"], name=rec["case"])
+            assert spec.num_params() == rec["num_params"], rec["case"]
+            checked[rec["case"]] = rec["num_params"]
+    assert len(checked) >= 6  # llama, mistral v0.1/v0.3, qwen2, gpt2 cases
+
+
+def test_presets_agree_with_independently_recorded_configs():
+    models = json.loads((MEASURED / "hf_configs.json").read_text())["models"]
+    same = {"llama-3.2-1b": "llama-3.2-1b", "llama-2-7b": "llama-2-7b"}
+    same |= {"mistral-7b-v0.1": "mistral-7b", "qwen2-7b": "qwen2-7b", "gpt2-medium": "gpt2-medium"}
+    for key, preset in same.items():
+        spec = get_model(preset)
+        recorded = ModelSpec.from_hf_config(models[key]["config"], name=preset)
+        assert recorded == spec.model_copy(update={"source": None}), key
