@@ -269,7 +269,7 @@ class InferJob(_JobBase):
     def check(self, model: ModelSpec) -> None:
         """Raise UserInputError (naming the field) if this job cannot run on ``model``."""
         _check_positions(model, self.max_seq_len, "job.prompt_len + job.gen_len")
-        self.parallelism.check(model, field="job.parallelism")
+        self.parallelism.check(model, seq_len=self.prompt_len, field="job.parallelism")
 
 
 def _check_positions(model: ModelSpec, num_tokens: int, field: str) -> None:

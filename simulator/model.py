@@ -299,7 +299,7 @@ class _Reader:
     def _fail(self, key: str, reason: str) -> UserInputError:
         return UserInputError(f"{self.where}: {key}: {reason}")
 
-    def int(self, key: str, default: Any = ..., *, minimum: int = 1) -> int | None:
+    def get_int(self, key: str, default: Any = ..., *, minimum: int = 1) -> int | None:
         value = self.cfg.get(key, default)
         if value is ...:
             raise self._fail(key, "missing")
@@ -311,7 +311,7 @@ class _Reader:
             raise self._fail(key, f"must be at least {minimum}, got {value}")
         return value
 
-    def bool(self, key: str, default: bool) -> bool:
+    def get_bool(self, key: str, default: bool) -> bool:
         value = self.cfg.get(key, default)
         if value is None:
             return default
@@ -319,7 +319,7 @@ class _Reader:
             raise self._fail(key, f"expected true or false, got {value!r}")
         return value
 
-    def float(self, key: str, default: float) -> float:
+    def get_float(self, key: str, default: float) -> float:
         value = self.cfg.get(key, default)
         if value is None:
             return default
@@ -327,15 +327,15 @@ class _Reader:
             raise self._fail(key, f"expected a positive number, got {value!r}")
         return float(value)
 
-    def choice(self, key: str, default: str, table: dict[str, str]) -> str:
+    def get_choice(self, key: str, default: str, table: dict[str, str]) -> str:
         value = self.cfg.get(key, default)
         if value not in table:
             raise self._fail(key, f"unsupported value {value!r} (supported: {', '.join(table)})")
         return table[value]
 
     def heads(self, hidden_key: str, heads_key: str, head_dim_key: str) -> tuple[int, int]:
-        hidden, heads = self.int(hidden_key), self.int(heads_key)
-        head_dim = self.int(head_dim_key, None)
+        hidden, heads = self.get_int(hidden_key), self.get_int(heads_key)
+        head_dim = self.get_int(head_dim_key, None)
         if head_dim is None:
             if hidden % heads:
                 raise self._fail(heads_key, f"{heads} heads do not divide {hidden_key} {hidden}")
@@ -343,7 +343,7 @@ class _Reader:
         return heads, head_dim
 
     def kv_heads(self, key: str, num_heads: int) -> int:
-        kv = self.int(key, None) or num_heads
+        kv = self.get_int(key, None) or num_heads
         if num_heads % kv:
             raise self._fail(key, f"{kv} kv heads do not divide {num_heads} attention heads")
         return kv
@@ -358,30 +358,30 @@ def _hf_decoder(r: _Reader, family: str) -> dict:
     heads, head_dim = r.heads("hidden_size", "num_attention_heads", "head_dim")
     return {
         "family": family,
-        "num_layers": r.int("num_hidden_layers"),
-        "hidden_size": r.int("hidden_size"),
-        "intermediate_size": r.int("intermediate_size"),
+        "num_layers": r.get_int("num_hidden_layers"),
+        "hidden_size": r.get_int("hidden_size"),
+        "intermediate_size": r.get_int("intermediate_size"),
         "num_heads": heads,
         "num_kv_heads": r.kv_heads("num_key_value_heads", heads),
         "head_dim": head_dim,
-        "vocab_size": r.int("vocab_size"),
-        "max_position_embeddings": r.int("max_position_embeddings"),
-        "tie_word_embeddings": r.bool("tie_word_embeddings", False),
+        "vocab_size": r.get_int("vocab_size"),
+        "max_position_embeddings": r.get_int("max_position_embeddings"),
+        "tie_word_embeddings": r.get_bool("tie_word_embeddings", False),
         "norm": "rmsnorm",
-        "norm_eps": r.float("rms_norm_eps", 1e-6),
-        "mlp": r.choice("hidden_act", "silu", _SWIGLU_ACTS),
+        "norm_eps": r.get_float("rms_norm_eps", 1e-6),
+        "mlp": r.get_choice("hidden_act", "silu", _SWIGLU_ACTS),
         "position": "rope",
     }
 
 
 def _qwen_window(r: _Reader, num_layers: int) -> int | None:
     """Qwen2/Qwen3: with use_sliding_window, layers >= max_window_layers use the window."""
-    if not r.bool("use_sliding_window", False):
+    if not r.get_bool("use_sliding_window", False):
         return None
-    window = r.int("sliding_window", None)
+    window = r.get_int("sliding_window", None)
     if window is None:
         return None
-    first_sliding = r.int("max_window_layers", 28, minimum=0)  # transformers' default
+    first_sliding = r.get_int("max_window_layers", 28, minimum=0)  # transformers' default
     if first_sliding >= num_layers:
         return None
     if first_sliding > 0:
@@ -401,14 +401,14 @@ def _check_uniform_layer_types(r: _Reader) -> None:
 
 def _parse_llama(r: _Reader) -> dict:
     out = _hf_decoder(r, "llama")
-    bias = r.bool("attention_bias", False)
-    out.update(qkv_bias=bias, o_bias=bias, mlp_bias=r.bool("mlp_bias", False))
+    bias = r.get_bool("attention_bias", False)
+    out.update(qkv_bias=bias, o_bias=bias, mlp_bias=r.get_bool("mlp_bias", False))
     return out
 
 
 def _parse_mistral(r: _Reader) -> dict:
     out = _hf_decoder(r, "mistral")
-    out["sliding_window"] = r.int("sliding_window", None)
+    out["sliding_window"] = r.get_int("sliding_window", None)
     return out
 
 
@@ -423,7 +423,7 @@ def _parse_qwen2(r: _Reader) -> dict:
 def _parse_qwen3(r: _Reader) -> dict:
     out = _hf_decoder(r, "qwen3")
     _check_uniform_layer_types(r)
-    bias = r.bool("attention_bias", False)
+    bias = r.get_bool("attention_bias", False)
     out.update(
         qkv_bias=bias,
         o_bias=bias,
@@ -434,22 +434,22 @@ def _parse_qwen3(r: _Reader) -> dict:
 
 
 def _parse_gpt2(r: _Reader) -> dict:
-    hidden = r.int("n_embd")
+    hidden = r.get_int("n_embd")
     heads, head_dim = r.heads("n_embd", "n_head", "head_dim")
     return {
         "family": "gpt2",
-        "num_layers": r.int("n_layer"),
+        "num_layers": r.get_int("n_layer"),
         "hidden_size": hidden,
-        "intermediate_size": r.int("n_inner", None) or 4 * hidden,
+        "intermediate_size": r.get_int("n_inner", None) or 4 * hidden,
         "num_heads": heads,
         "num_kv_heads": heads,
         "head_dim": head_dim,
-        "vocab_size": r.int("vocab_size"),
-        "max_position_embeddings": r.int("n_positions"),
-        "tie_word_embeddings": r.bool("tie_word_embeddings", True),
+        "vocab_size": r.get_int("vocab_size"),
+        "max_position_embeddings": r.get_int("n_positions"),
+        "tie_word_embeddings": r.get_bool("tie_word_embeddings", True),
         "norm": "layernorm",
-        "norm_eps": r.float("layer_norm_epsilon", 1e-5),
-        "mlp": r.choice("activation_function", "gelu_new", _GELU_ACTS),
+        "norm_eps": r.get_float("layer_norm_epsilon", 1e-5),
+        "mlp": r.get_choice("activation_function", "gelu_new", _GELU_ACTS),
         "position": "learned",
         "qkv_bias": True,
         "o_bias": True,
@@ -464,29 +464,31 @@ _MEGATRON_NORMS = {"LayerNorm": "layernorm", "RMSNorm": "rmsnorm"}
 
 def _parse_gpt(r: _Reader) -> dict:
     heads, head_dim = r.heads("hidden_size", "num_attention_heads", "kv_channels")
-    bias = r.bool("add_bias_linear", True)
-    swiglu = r.bool("swiglu", False)
-    hidden = r.int("hidden_size")
+    bias = r.get_bool("add_bias_linear", True)
+    swiglu = r.get_bool("swiglu", False)
+    hidden = r.get_int("hidden_size")
     return {
         "family": "gpt",
-        "num_layers": r.int("num_layers"),
+        "num_layers": r.get_int("num_layers"),
         "hidden_size": hidden,
-        "intermediate_size": r.int("ffn_hidden_size", None) or 4 * hidden,
+        "intermediate_size": r.get_int("ffn_hidden_size", None) or 4 * hidden,
         "num_heads": heads,
         "num_kv_heads": r.kv_heads("num_query_groups", heads),
         "head_dim": head_dim,
-        "vocab_size": r.int("padded_vocab_size"),
-        "max_position_embeddings": r.int("max_position_embeddings"),
-        "tie_word_embeddings": not r.bool("untie_embeddings_and_output_weights", False),
-        "norm": r.choice("normalization", "LayerNorm", _MEGATRON_NORMS),
-        "norm_eps": r.float("norm_epsilon", 1e-5),
+        "vocab_size": r.get_int("padded_vocab_size"),
+        "max_position_embeddings": r.get_int("max_position_embeddings"),
+        "tie_word_embeddings": not r.get_bool("untie_embeddings_and_output_weights", False),
+        "norm": r.get_choice("normalization", "LayerNorm", _MEGATRON_NORMS),
+        "norm_eps": r.get_float("norm_epsilon", 1e-5),
         "mlp": "swiglu" if swiglu else "gelu",
-        "position": r.choice("position_embedding_type", "learned_absolute", _MEGATRON_POSITIONS),
-        "qkv_bias": bias or r.bool("add_qkv_bias", False),
+        "position": r.get_choice(
+            "position_embedding_type", "learned_absolute", _MEGATRON_POSITIONS
+        ),
+        "qkv_bias": bias or r.get_bool("add_qkv_bias", False),
         "o_bias": bias,
         "mlp_bias": bias,
-        "qk_norm": r.bool("qk_layernorm", False),
-        "sliding_window": r.int("window_size", None),
+        "qk_norm": r.get_bool("qk_layernorm", False),
+        "sliding_window": r.get_int("window_size", None),
         "qkv_fused": True,  # Megatron's linear_qkv
         "gate_up_fused": swiglu,  # Megatron's linear_fc1 holds gate and up
     }
