@@ -116,7 +116,12 @@ class Parallelism(_Spec):
         return self.tp * self.cp * self.dp
 
     def check(
-        self, model: ModelSpec, *, seq_len: int | None = None, field: str = "parallelism"
+        self,
+        model: ModelSpec,
+        *,
+        seq_len: int | None = None,
+        field: str = "parallelism",
+        seq_field: str = "seq_len",
     ) -> None:
         """Raise UserInputError naming ``<field>.<name>`` if model/seq_len cannot be split so."""
         tp, cp = self.tp, self.cp
@@ -141,11 +146,11 @@ class Parallelism(_Spec):
             )
         if seq_len is not None:
             if seq_len % cp:
-                raise UserInputError(f"{field}.cp: {cp} does not divide seq_len {seq_len}")
+                raise UserInputError(f"{field}.cp: {cp} does not divide {seq_field} {seq_len}")
             if self.sequence_parallel and seq_len % (tp * cp):
                 raise UserInputError(
                     f"{field}.sequence_parallel: tp*cp = {tp * cp} does not divide"
-                    f" seq_len {seq_len}"
+                    f" {seq_field} {seq_len}"
                 )
 
 
@@ -269,7 +274,9 @@ class InferJob(_JobBase):
     def check(self, model: ModelSpec) -> None:
         """Raise UserInputError (naming the field) if this job cannot run on ``model``."""
         _check_positions(model, self.max_seq_len, "job.prompt_len + job.gen_len")
-        self.parallelism.check(model, seq_len=self.prompt_len, field="job.parallelism")
+        self.parallelism.check(
+            model, seq_len=self.prompt_len, field="job.parallelism", seq_field="prompt_len"
+        )
 
 
 def _check_positions(model: ModelSpec, num_tokens: int, field: str) -> None:

@@ -146,6 +146,10 @@ def test_train_job_check_loss_and_positions():
     TrainJob(seq_len="1M").check(get_model("llama-2-7b"))  # rotary: no table to overrun
     with pytest.raises(UserInputError, match=r"^job\.prompt_len \+ job\.gen_len: 1025 tokens"):
         InferJob(prompt_len=1000, gen_len=25).check(get_model("gpt2"))
+    with pytest.raises(
+        UserInputError, match=r"^job\.parallelism\.cp: 3 does not divide prompt_len"
+    ):
+        InferJob(prompt_len=1000, parallelism=Parallelism(cp=3)).check(get_model("llama-2-7b"))
 
 
 def test_default_scenario():
