@@ -6,7 +6,8 @@ with an optionally quantized KV cache), ``Parallelism`` (tensor, sequence, conte
 parallel degrees, ZeRO stage), ``Job`` (either, tagged by ``mode``), and ``Scenario`` (model +
 job + hardware node), loadable from YAML or JSON.
 Assumes:
-- Element sizes come from one table, ``DTYPE_BYTES``; int4 packs two elements per byte.
+- Element sizes come from one table (``kernels.cost.DTYPE_BITS``); ``DTYPE_BYTES`` is its view
+  for the dtypes a job may name; int4 packs two elements per byte.
 - ``sgd`` is momentum-free SGD (torch's default): no optimizer state. ``adamw`` keeps two
   moments per parameter in ``optimizer_state_dtype``.
 - ``sequence_parallel`` with ``tp == 1`` and ``zero_stage > 0`` with ``dp == 1`` are allowed and
@@ -26,9 +27,8 @@ DeepSpeed ZeRO stages, KIVI (per-group KV quantization).
 from __future__ import annotations
 
 import json
-import math
 import pathlib
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -45,36 +45,29 @@ from pydantic import (
 )
 
 from hwmodels.units import UserInputError, parse_count
+from kernels.cost import DTYPE_BITS, tensor_bytes  # noqa: F401  (tensor_bytes re-exported)
 from simulator.model import ModelSpec, load_model
 
 SCHEMA_VERSION = 1
 DEFAULT_KV_GROUP_SIZE = 128  # elements per scale for int8/int4 KV (KIVI uses 32-128)
 
-DTYPE_BYTES: dict[str, float] = {
-    "fp32": 4,
-    "tf32": 4,
-    "bf16": 2,
-    "fp16": 2,
-    "fp8": 1,
-    "int8": 1,
-    "int4": 0.5,
-}
 DType = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4"]
+"""dtypes a job may name; their sizes come from kernels.cost.DTYPE_BITS (one table)."""
+DTYPE_BYTES: dict[str, float] = {
+    name: DTYPE_BITS[name] // 8 if DTYPE_BITS[name] % 8 == 0 else DTYPE_BITS[name] / 8
+    for name in get_args(DType)
+}
+"""Bytes per element: fp32 4, tf32 4, bf16 2, fp16 2, fp8 1, int8 1, int4 0.5."""
 
 
 def dtype_bytes(name: str) -> float:
-    """Bytes per element of a dtype name in ``DTYPE_BYTES`` (int4: 0.5)."""
+    """Bytes per element of a job dtype in ``DTYPE_BYTES`` (int4: 0.5)."""
     try:
         return DTYPE_BYTES[name]
     except (KeyError, TypeError):
         raise UserInputError(
             f"dtype: unknown dtype {name!r} (supported: {', '.join(DTYPE_BYTES)})"
         ) from None
-
-
-def tensor_bytes(num_elements: int, dtype: str) -> int:
-    """Bytes of ``num_elements`` of ``dtype``, rounded up to whole bytes (int4 packs two)."""
-    return math.ceil(num_elements * dtype_bytes(dtype))
 
 
 def _count(minimum: int):
