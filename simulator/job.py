@@ -49,7 +49,6 @@ from kernels.cost import DTYPE_BITS, tensor_bytes  # noqa: F401  (tensor_bytes r
 from simulator.model import ModelSpec, load_model
 
 SCHEMA_VERSION = 1
-DEFAULT_KV_GROUP_SIZE = 128  # elements per scale for int8/int4 KV (KIVI uses 32-128)
 
 DType = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4"]
 """dtypes a job may name; their sizes come from kernels.cost.DTYPE_BITS (one table)."""
@@ -238,15 +237,8 @@ class InferJob(_JobBase):
     kv_quant: Literal["none", "int8", "int4", "fp8"] = "none"
     """Storage format of the KV cache; quantized formats add one scale per group."""
     kv_group_size: int | None = Field(default=None, ge=1)
-    """Elements per quantization scale (int8/int4 default 128; fp8 default: one per tensor)."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _group_size_default(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("kv_group_size") is None:
-            if data.get("kv_quant") in ("int8", "int4"):
-                data = {**data, "kv_group_size": DEFAULT_KV_GROUP_SIZE}
-        return data
+    """Elements per quantization scale; None: the kernels.quant default (int8/int4: one scale
+    per token and head, i.e. head_dim elements; fp8: one per tensor)."""
 
     @model_validator(mode="after")
     def _group_size_needs_quant(self) -> InferJob:

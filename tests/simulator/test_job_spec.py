@@ -80,7 +80,7 @@ def test_infer_job():
     assert job.max_seq_len == 33 * 1024 and job.kv_storage_dtype == "bf16"
     assert job.kv_group_size is None
     q = InferJob(prompt_len=100, kv_quant="int4")
-    assert q.kv_group_size == 128 and q.kv_storage_dtype == "int4" and q.gen_len == 0
+    assert q.kv_group_size is None and q.kv_storage_dtype == "int4" and q.gen_len == 0
     assert InferJob(prompt_len=100, kv_quant="int8", kv_group_size=32).kv_group_size == 32
     assert InferJob(prompt_len=100, kv_quant="fp8").kv_group_size is None
     with pytest.raises(ValidationError, match="kv_group_size needs kv_quant"):
