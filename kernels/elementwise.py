@@ -5,7 +5,11 @@ Hq / Hkv query / key-value heads, d head dim.
 
 Models: each layer as one fused kernel forward and one backward, every input read once and every
 output written once (the compulsory traffic), plus the small side tensors the fused kernels keep
-(per-row fp32 statistics of the norms, the norm weights and their gradients).
+(per-row fp32 statistics of the norms, the norm weights and their gradients). Two exceptions
+follow PyTorch's CUDA kernels, which the executor runs: the norm backward is two kernels
+(grad-input, then the grad-weight column reduction), each reading dY and X; the embedding
+backward sums each token's rows into an fp32 buffer of [T, H] before adding them to the weight
+gradient.
 Assumes: fused kernels (Apex / Transformer Engine / Liger style): a norm or activation reads its
 input once. Hugging Face's eager RMSNorm, rotate_half and SiLU run several kernels with fp32 or
 copied intermediates; their traffic is a multiple of these figures (the microbenchmarks in
@@ -16,7 +20,9 @@ Ignores: the cross-block reduction of the norm weight gradients (per-block parti
 KiB), index sorting in the embedding backward.
 Source: Zhang and Sennrich, "Root Mean Square Layer Normalization", 2019; Ba et al., "Layer
 Normalization", 2016; Su et al., "RoFormer", 2021; Shazeer, "GLU Variants Improve Transformer",
-2020; PyTorch embedding_dense_backward (zero-filled full-size gradient, scatter-add of rows).
+2020; PyTorch aten/src/ATen/native/cuda/layer_norm_kernel.cu (LayerNorm and fused RMSNorm
+backward: grad-input kernel + GammaBeta backward kernel) and EmbeddingBackwardKernel.cu
+(zero-filled full-size gradient, sorted indices, fp32 ``grad_weight_per_segment`` partial sums).
 """
 
 from __future__ import annotations
@@ -64,7 +70,8 @@ def rmsnorm_cost(
     """RMSNorm y = x / rms(x) * w over [T, H].
 
     fwd: read x, w; write y and fp32 1/rms per row (4 FLOPs/element: square, sum, scale, weight).
-    bwd: read dy, x, w, 1/rms; write dx and dw in ``grad_dtype`` (8 FLOPs/element).
+    bwd: grad-input and grad-weight kernels each read dy and x (and w, 1/rms); write dx and dw in
+    ``grad_dtype`` (8 FLOPs/element).
     """
     require_positive("num_tokens", num_tokens)
     require_positive("hidden_size", hidden_size)
@@ -82,7 +89,7 @@ def rmsnorm_cost(
     bwd = elementwise_cost(
         num_elements=n,
         dtype=dtype,
-        num_inputs=2,
+        num_inputs=4,  # dy, x by the grad-input kernel and again by the grad-weight kernel
         flops_per_element=8.0,
         extra_read_bytes=w_bytes + stats_bytes,
         extra_write_bytes=tensor_bytes(hidden_size, grad_dtype or dtype),
@@ -102,7 +109,8 @@ def layernorm_cost(
     """LayerNorm y = (x - mean) / std * w + b over [T, H].
 
     fwd: read x, w (, b); write y, fp32 mean and 1/std per row (8 FLOPs/element).
-    bwd: read dy, x, w, mean, 1/std; write dx, dw (, db) (11 FLOPs/element).
+    bwd: grad-input and grad-weight kernels each read dy and x (and w, mean, 1/std); write dx,
+    dw (, db) (11 FLOPs/element).
     """
     require_positive("num_tokens", num_tokens)
     require_positive("hidden_size", hidden_size)
@@ -121,7 +129,7 @@ def layernorm_cost(
     bwd = elementwise_cost(
         num_elements=n,
         dtype=dtype,
-        num_inputs=2,
+        num_inputs=4,  # dy, x by the grad-input kernel and again by the grad-weight kernel
         flops_per_element=11.0,
         extra_read_bytes=tensor_bytes(hidden_size, dtype) + stats_bytes,
         extra_write_bytes=num_params * tensor_bytes(hidden_size, grad_dtype or dtype),
@@ -231,7 +239,8 @@ def embedding_cost(
 
     fwd (gather): read T ids and T rows, write [T, H].
     bwd (scatter-add into a full-size gradient): write the zero-filled [V, H] gradient, read the
-    ids and dY [T, H], read-modify-write the T touched gradient rows (1 FLOP/element).
+    ids and dY [T, H], sum the rows of each distinct token into fp32 partial sums (write and read
+    [T, H] fp32), read-modify-write the T touched gradient rows (1 FLOP/element).
     """
     for field, value in (
         ("num_tokens", num_tokens),
@@ -242,6 +251,7 @@ def embedding_cost(
     grad_dtype = grad_dtype or dtype
     ids_bytes = tensor_bytes(num_tokens, index_dtype, field="index_dtype")
     rows = num_tokens * hidden_size
+    partial_bytes = FP32_BYTES * rows
     fwd = KernelCost(
         name="embedding_fwd",
         op_class="memory",
@@ -254,8 +264,12 @@ def embedding_cost(
         name="embedding_bwd",
         op_class="memory",
         flops=float(rows),
-        hbm_read_bytes=ids_bytes + tensor_bytes(rows, dtype) + tensor_bytes(rows, grad_dtype),
+        hbm_read_bytes=ids_bytes
+        + tensor_bytes(rows, dtype)
+        + partial_bytes
+        + tensor_bytes(rows, grad_dtype),
         hbm_write_bytes=tensor_bytes(vocab_size * hidden_size, grad_dtype)
+        + partial_bytes
         + tensor_bytes(rows, grad_dtype),
         dtype=dtype,
     )

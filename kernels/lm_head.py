@@ -9,8 +9,10 @@ saved for backward) + nll_loss. Backward: nll_loss_backward writes a zero-filled
 with one non-zero per row; log_softmax_backward reads it and the log-probabilities and writes the
 gradient of the fp32 logits [T, V]; the cast back to the model dtype writes [T, V]; then the head's
 input-grad and weight-grad GEMMs.
-Assumes: log_softmax reads its input once (one-pass online softmax); labels are int64;
-``loss_dtype`` fp32 whenever logits are upcast.
+Assumes: rows of V fp32 values do not fit in shared memory, so PyTorch's log_softmax reads its
+input three times (row max, sum of exponentials, output) and its backward reads the incoming
+gradient twice (row sum, output) and the saved log-probabilities once; labels are int64; the loss
+runs in fp32 whenever logits are upcast.
 Ignores: the label shift (a [T] copy), ignore_index masking, the final scalar reduction, chunked /
 fused linear-cross-entropy kernels (Liger, Cut Cross-Entropy) that never materialize [T, V]: model
 those by calling this with ``num_tokens`` = the chunk size.
@@ -77,7 +79,9 @@ def lm_head_loss_cost(
     """LM head GEMM, fp32 upcast, cross-entropy forward and backward (module docstring).
 
     Loss kernels run in fp32 with ``upcast_logits`` (Hugging Face) and in ``dtype`` without.
-    FLOPs/element: log_softmax + nll 4 forward, 4 backward; the casts 0.
+    FLOPs/element: log_softmax + nll 4 forward, 4 backward; the casts 0. Traffic per [T, V]
+    element in the loss dtype: forward 3 reads + 1 write; backward 3 reads + 2 writes (the
+    zero-filled nll gradient and the log_softmax gradient).
     """
     require_positive("num_tokens", num_tokens)
     require_positive("vocab_size", vocab_size)
@@ -106,15 +110,16 @@ def lm_head_loss_cost(
     loss_fwd = elementwise_cost(
         num_elements=n,
         dtype=loss_dtype,
+        num_inputs=3,  # row max, sum of exponentials, output pass
         flops_per_element=4.0,
         extra_read_bytes=labels_bytes,
         name="cross_entropy_fwd",
     )
-    # nll backward writes the [T, V] grad; log_softmax backward reads it and the log-probs.
+    # nll backward writes the [T, V] grad; log_softmax backward reads it twice and the log-probs.
     loss_bwd = elementwise_cost(
         num_elements=n,
         dtype=loss_dtype,
-        num_inputs=2,
+        num_inputs=3,
         num_outputs=2,
         flops_per_element=4.0,
         extra_read_bytes=labels_bytes,

@@ -35,14 +35,14 @@ def test_rmsnorm_and_layernorm():
     f, b = rmsnorm_cost(num_tokens=4, hidden_size=8)
     assert f.hbm_read_bytes == 32 * 2 + 8 * 2  # x, w
     assert f.hbm_write_bytes == 32 * 2 + 4 * 4  # y, fp32 1/rms per row
-    assert b.hbm_read_bytes == 2 * 32 * 2 + 8 * 2 + 4 * 4  # dy, x, w, 1/rms
+    assert b.hbm_read_bytes == 4 * 32 * 2 + 8 * 2 + 4 * 4  # dy, x twice (two kernels), w, 1/rms
     assert b.hbm_write_bytes == 32 * 2 + 8 * 2  # dx, dw
     assert (
         rmsnorm_cost(num_tokens=4, hidden_size=8, grad_dtype="fp32").bwd.hbm_write_bytes == 64 + 32
     )
     lf, lb = layernorm_cost(num_tokens=4, hidden_size=8)
     assert lf.hbm_read_bytes == 64 + 2 * 16 and lf.hbm_write_bytes == 64 + 2 * 16
-    assert lb.hbm_read_bytes == 2 * 64 + 16 + 2 * 16 and lb.hbm_write_bytes == 64 + 2 * 16
+    assert lb.hbm_read_bytes == 4 * 64 + 16 + 2 * 16 and lb.hbm_write_bytes == 64 + 2 * 16
     assert layernorm_cost(num_tokens=4, hidden_size=8, bias=False).fwd.hbm_read_bytes == 64 + 16
 
 
@@ -77,10 +77,13 @@ def test_silu_mul_and_gelu():
 def test_embedding_backward_writes_a_full_size_gradient():
     f, b = embedding_cost(num_tokens=6, vocab_size=100, hidden_size=4)
     assert f.hbm_read_bytes == 6 * 8 + 6 * 4 * 2 and f.hbm_write_bytes == 6 * 4 * 2
-    assert b.hbm_write_bytes == 100 * 4 * 2 + 6 * 4 * 2  # zero-fill [V, H] + touched rows
-    assert b.hbm_read_bytes == 6 * 8 + 2 * 6 * 4 * 2  # ids, dY, touched rows
+    partial = 6 * 4 * 4  # fp32 per-token partial sums, written then read
+    assert (
+        b.hbm_write_bytes == 100 * 4 * 2 + partial + 6 * 4 * 2
+    )  # zero-fill [V, H], partials, rows
+    assert b.hbm_read_bytes == 6 * 8 + 2 * 6 * 4 * 2 + partial  # ids, dY, touched rows, partials
     fp32 = embedding_cost(num_tokens=6, vocab_size=100, hidden_size=4, grad_dtype="fp32").bwd
-    assert fp32.hbm_write_bytes == 100 * 4 * 4 + 6 * 4 * 4
+    assert fp32.hbm_write_bytes == 100 * 4 * 4 + partial + 6 * 4 * 4
 
 
 def test_lm_head_loss_sizes_and_kernels():
@@ -90,7 +93,9 @@ def test_lm_head_loss_sizes_and_kernels():
     assert c.upcast_logits_bytes == c.log_probs_bytes == c.grad_loss_logits_bytes == t * v * 4
     assert c.head_fwd.flops == 2 * t * h * v
     assert c.upcast_fwd.hbm_read_bytes == t * v * 2 and c.upcast_fwd.hbm_write_bytes == t * v * 4
-    assert c.loss_fwd.hbm_read_bytes == t * v * 4 + t * 8
+    assert c.loss_fwd.hbm_read_bytes == 3 * t * v * 4 + t * 8  # max, sum-exp, output passes
+    assert c.loss_fwd.hbm_write_bytes == t * v * 4
+    assert c.loss_bwd.hbm_read_bytes == 3 * t * v * 4 + t * 8
     assert c.loss_bwd.hbm_write_bytes == 2 * t * v * 4
     assert [k.name for k in c.fwd_kernels] == ["linear_fwd", "logits_upcast", "cross_entropy_fwd"]
     assert [k.name for k in c.bwd_kernels] == [
