@@ -57,7 +57,7 @@ attention. ``torch.utils.flop_counter.FlopCounterMode`` in torch 2.13 counts the
 as full (non-causal) attention, forward 4 B H Nq Nkv d and backward 2.5x that, and counts GQA by
 query heads; the CPU flash kernel (``_scaled_dot_product_flash_attention_for_cpu``) has no FLOP
 formula and is counted as zero; the math path is counted through its bmm calls (full attention,
-backward 2x). tests/kernels/test_flop_counter.py checks each of these.
+backward 2x). tests/kernels/test_kernels_flop_counter.py checks each of these.
 """
 
 from __future__ import annotations
