@@ -127,3 +127,61 @@ def format_seconds(seconds: float) -> str:
     if abs(s) >= 1e-3:
         return f"{s * MS_PER_S:.2f} ms"
     return f"{s * US_PER_S:.1f} us"
+
+
+_RATE_RE = re.compile(
+    r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*(?:/\s*s|ps)?\s*$"
+)
+_BYTE_RATE_UNITS = {"": 1.0, "b": 1.0, "kb": KB, "mb": MB, "gb": GB, "tb": TB,
+                    "kib": KiB, "mib": MiB, "gib": GiB, "tib": TiB}
+_FLOP_RATE_UNITS = {"": 1.0, "flop": 1.0, "flops": 1.0, "gflop": GFLOPS, "gflops": GFLOPS,
+                    "tflop": TFLOPS, "tflops": TFLOPS, "pflop": PFLOPS, "pflops": PFLOPS}
+_SECOND_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+
+
+def _parse_scaled(value: str | int | float, *, field: str, units: dict[str, float],
+                  example: str, regex: re.Pattern[str]) -> float:
+    if isinstance(value, bool):
+        raise UserInputError(f"{field}: expected a value such as {example}, got {value!r}")
+    if isinstance(value, int | float):
+        number, unit = float(value), ""
+    else:
+        m = regex.match(str(value))
+        if not m:
+            raise UserInputError(f"{field}: expected a value such as {example}, got {value!r}")
+        number, unit = float(m.group(1)), m.group(2).lower()
+        if unit not in units:
+            raise UserInputError(f"{field}: unknown unit {m.group(2)!r} in {value!r}")
+    if not math.isfinite(number) or number < 0:
+        raise UserInputError(f"{field}: must be a non-negative number, got {value!r}")
+    return number * units[unit]
+
+
+def parse_rate(value: str | int | float, *, field: str = "rate", kind: str = "bytes") -> float:
+    """Parse a rate into base units per second.
+
+    ``kind="bytes"``: ``"55GB/s"`` -> 5.5e10 bytes/s (decimal GB, as vendors quote; GiB/s is
+    binary). ``kind="flops"``: ``"989TFLOP/s"`` or ``"989 TFLOPS"`` -> 9.89e14 FLOP/s. A bare
+    number is already in base units. Negative or non-finite values are rejected naming ``field``.
+    """
+    if kind == "bytes":
+        return _parse_scaled(value, field=field, units=_BYTE_RATE_UNITS, example="55GB/s",
+                             regex=_RATE_RE)
+    if kind == "flops":
+        return _parse_scaled(value, field=field, units=_FLOP_RATE_UNITS, example="989TFLOP/s",
+                             regex=_RATE_RE)
+    raise ValueError(f"parse_rate: kind must be 'bytes' or 'flops', got {kind!r}")
+
+
+def parse_seconds(value: str | int | float, *, field: str = "time") -> float:
+    """Parse ``"10us"``, ``"1.5ms"``, ``"120ns"``, ``0.002`` into seconds (float)."""
+    return _parse_scaled(value, field=field, units=_SECOND_UNITS, example="10us", regex=_NUM_RE)
+
+
+def format_rate(bytes_per_s: float) -> str:
+    """Human-readable decimal rate for tables, as vendors quote it: ``54.8 GB/s``."""
+    r = float(bytes_per_s)
+    for unit, scale in (("TB/s", TB), ("GB/s", GB), ("MB/s", MB)):
+        if abs(r) >= scale:
+            return f"{r / scale:.3g} {unit}" if r / scale < 100 else f"{r / scale:.0f} {unit}"
+    return f"{r:.0f} B/s"

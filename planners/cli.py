@@ -16,7 +16,9 @@ import sys
 from collections.abc import Sequence
 
 # Subcommand modules, in the order `tierplan --help` lists them.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "planners.commands.hw",
+)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

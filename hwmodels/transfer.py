@@ -1,0 +1,141 @@
+"""Time to move bytes over a link: GPU<->host copies, GPU<->GPU copies, any `LinkSpec`.
+
+Models: one transfer of ``n`` bytes takes ``latency_s + n / rate`` (the alpha-beta form of
+`hwmodels.specs.alpha_beta_time_s`), so small transfers reach a fraction of the rate and half
+of it at ``n = latency_s * rate``. When the opposite direction runs at the same time, each
+direction gets ``min(one-way rate, both-ways ceiling / 2)``.
+With a calibrated `AchievedProfile`, host copies use its ``copy_h2d`` / ``copy_d2h`` /
+``copy_bidir`` fits and GPU peer copies its ``p2p_copy`` / ``p2p_bidir`` fits. Without one,
+the rate is the link's datasheet rate times the efficiency measured for that link kind
+(`LINK_EFFICIENCY_FRAC`, `BIDIR_EFFICIENCY_FRAC`) and the latency is the link's ``latency_s``.
+Assumes: pinned host memory and copy engines (pageable copies ran 6-14 GB/s on the reference
+H200 and are not modelled here); transfers on different links do not slow each other (the
+simulator adds contention from the node topology).
+Ignores: IOMMU/ATS effects, PCIe payload-size tuning, copy-engine count limits.
+Source: validate/measurements/reference/h200-probe-2026-11-28.json (PCIe Gen5 x16:
+54.8/55.3 GB/s one way at 2 GiB, 88.9 GB/s both ways) and h200x2-p2p-probe-2026-11-28.json
+(NVLink 4 x18: 394 GB/s one way, 762 GB/s both ways).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from hwmodels.specs import AchievedProfile, LinkSpec, NodeSpec, OpClassFit
+from hwmodels.units import GB, UserInputError
+
+Direction = Literal["h2d", "d2h", "p2p"]
+
+# Achieved / datasheet per-direction rate of large pinned copies, by link kind.
+LINK_EFFICIENCY_FRAC: dict[str, float] = {
+    "pcie": 54.8 * GB / 63.015e9,  # H200 probe, Gen5 x16 H2D at 512 MiB-2 GiB (D2H: 55.3)
+    "nvlink": 393.8 * GB / 450e9,  # 2xH200 probe, NVLink 4 x18, one way, 1 GiB
+    "c2c": 393.8 * GB / 450e9,  # assumed as NVLink (same signalling family); not measured
+    "cxl": 54.8 * GB / 63.015e9,  # assumed as PCIe (CXL runs on the PCIe PHY); not measured
+    "network": 0.9,  # assumed: large RDMA messages reach about 90% of the port rate
+}
+# Achieved both-ways total / datasheet both-ways ceiling, by link kind.
+BIDIR_EFFICIENCY_FRAC: dict[str, float] = {
+    "pcie": 88.9 * GB / 126.03e9,  # H200 probe: 1 GiB each way at once, 88.9 GB/s total
+    "nvlink": 761.9 * GB / 900e9,  # 2xH200 probe: 1 GiB each way at once, 762 GB/s total
+    "c2c": 761.9 * GB / 900e9,  # assumed as NVLink
+    "cxl": 88.9 * GB / 126.03e9,  # assumed as PCIe
+    "network": 0.9,  # assumed: full duplex at the one-way efficiency
+}
+
+
+def link_efficiency_frac(kind: str) -> float:
+    """Default achieved fraction of a link kind's per-direction datasheet rate."""
+    return LINK_EFFICIENCY_FRAC[kind]
+
+
+def _check_direction(direction: str) -> None:
+    if direction not in ("h2d", "d2h", "p2p"):
+        raise UserInputError(f"direction: expected h2d, d2h or p2p, got {direction!r}")
+
+
+def copy_fit(
+    *,
+    link: LinkSpec,
+    direction: str = "h2d",
+    concurrent_opposite: bool = False,
+    profile: AchievedProfile | None = None,
+) -> OpClassFit:
+    """Alpha-beta parameters (per direction) of a copy in ``direction`` over ``link``."""
+    _check_direction(direction)
+    one_cls = "p2p_copy" if direction == "p2p" else f"copy_{direction}"
+    both_cls = "p2p_bidir" if direction == "p2p" else "copy_bidir"
+    if profile is not None and one_cls in profile.fits:
+        one = profile.fits[one_cls]
+        assert one.bandwidth_bytes_per_s is not None
+        if not concurrent_opposite or both_cls not in profile.fits:
+            return one
+        both = profile.fits[both_cls]
+        assert both.bandwidth_bytes_per_s is not None
+        rate = min(one.bandwidth_bytes_per_s, both.bandwidth_bytes_per_s / 2)
+        return one.model_copy(update={"bandwidth_bytes_per_s": rate, "latency_s": both.latency_s})
+    rate = link.per_direction_bandwidth_bytes_per_s * LINK_EFFICIENCY_FRAC[link.kind]
+    if concurrent_opposite:
+        both_rate = link.bidirectional_bandwidth_bytes_per_s * BIDIR_EFFICIENCY_FRAC[link.kind]
+        rate = min(rate, both_rate / 2)
+    return OpClassFit(
+        bandwidth_bytes_per_s=rate, latency_s=link.latency_s, num_points=1, max_abs_rel_error=0.0
+    )
+
+
+def transfer_time_s(
+    *,
+    num_bytes: float,
+    link: LinkSpec,
+    direction: str = "h2d",
+    concurrent_opposite: bool = False,
+    profile: AchievedProfile | None = None,
+) -> float:
+    """Seconds to move ``num_bytes`` one way; ``concurrent_opposite``: the other way is busy too."""
+    if num_bytes < 0:
+        raise UserInputError(f"num_bytes: must be >= 0, got {num_bytes}")
+    if num_bytes == 0:
+        return 0.0
+    fit = copy_fit(
+        link=link, direction=direction, concurrent_opposite=concurrent_opposite, profile=profile
+    )
+    return fit.time_s(num_bytes)
+
+
+def effective_bandwidth_bytes_per_s(
+    *,
+    num_bytes: float,
+    link: LinkSpec,
+    direction: str = "h2d",
+    concurrent_opposite: bool = False,
+    profile: AchievedProfile | None = None,
+) -> float:
+    """``num_bytes / transfer_time_s``: the size curve of a link (per direction)."""
+    t = transfer_time_s(
+        num_bytes=num_bytes,
+        link=link,
+        direction=direction,
+        concurrent_opposite=concurrent_opposite,
+        profile=profile,
+    )
+    return num_bytes / t if t > 0 else 0.0
+
+
+def host_transfer_time_s(
+    node: NodeSpec,
+    num_bytes: float,
+    direction: str,
+    *,
+    gpu_index: int = 0,
+    concurrent_opposite: bool = False,
+) -> float:
+    """GPU<->host copy on ``node``: its GPU's bottleneck host link and its profile if measured."""
+    if direction not in ("h2d", "d2h"):
+        raise UserInputError(f"direction: expected h2d or d2h, got {direction!r}")
+    return transfer_time_s(
+        num_bytes=num_bytes,
+        link=node.host_link(gpu_index),
+        direction=direction,
+        concurrent_opposite=concurrent_opposite,
+        profile=node.profile,
+    )
