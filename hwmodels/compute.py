@@ -1,6 +1,6 @@
 """Time of one GPU kernel from its FLOPs and HBM bytes: a roofline with fitted efficiencies.
 
-Models: ``time_s = max(compute side, memory side)`` where each side is the alpha-beta form of
+Models: ``time_s = max(compute side, memory side, launch overhead)`` where each side is the alpha-beta form of
 `hwmodels.specs.OpClassFit`: compute side ``latency_s + flops / achieved_flops_per_s`` for the
 op class (``gemm``, ``attention_fwd``, ``attention_bwd``), memory side
 ``latency_s + hbm_bytes / achieved_bandwidth`` (class ``memory``; ``hbm_copy`` for copies).
@@ -108,13 +108,17 @@ def compute_time_s(
     """Predicted time of one kernel: max(compute side, memory side), latency included once.
 
     ``flops``: arithmetic of the kernel; ``hbm_bytes``: bytes read plus written in HBM.
+    No kernel takes less than the GPU's ``kernel_launch_overhead_s`` (fits of large kernels
+    can have a zero latency, which must not make tiny kernels free).
     """
     if flops < 0 or hbm_bytes < 0:
         raise UserInputError(f"flops/hbm_bytes: must be >= 0, got {flops}, {hbm_bytes}")
     if op_class.split(".")[0] in FLOP_CLASSES:
         compute = kernel_fit(op_class, dtype=dtype, node=node)
         memory = kernel_fit("memory", dtype=dtype, node=node)
-        return max(compute.time_s(flops), memory.time_s(hbm_bytes))
-    memory = kernel_fit(op_class, dtype=dtype, node=node)
-    cuda_core_s = flops / peak_flops_per_s(node, "fp32")
-    return max(memory.time_s(hbm_bytes), memory.latency_s + cuda_core_s)
+        t = max(compute.time_s(flops), memory.time_s(hbm_bytes))
+    else:
+        memory = kernel_fit(op_class, dtype=dtype, node=node)
+        cuda_core_s = flops / peak_flops_per_s(node, "fp32")
+        t = max(memory.time_s(hbm_bytes), memory.latency_s + cuda_core_s)
+    return max(t, node.gpu.kernel_launch_overhead_s)

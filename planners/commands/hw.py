@@ -203,10 +203,12 @@ def _rows(spec: Any, prefix: str = "") -> list[tuple[str, str, str]]:
             rows += _rows(value, f"{prefix}{field}.")
         elif isinstance(value, list) and value and isinstance(value[0], Connection):
             for i, edge in enumerate(value):
+                shared = spec.num_gpus_sharing(edge)
+                note = f" (host path of {shared} GPUs)" if shared > 1 else ""
                 rows.append(
                     (
                         f"{prefix}{field}.{i}",
-                        f"{edge.a} <-> {edge.b} via {edge.link}",
+                        f"{edge.a} <-> {edge.b} via {edge.link}{note}",
                         sources.get(field, ""),
                     )
                 )

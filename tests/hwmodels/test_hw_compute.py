@@ -65,3 +65,29 @@ def test_mfu_is_against_datasheet_peak():
     assert mfu_frac(
         model_flops=989.5e12 * 8 * 0.5, step_time_s=1.0, node=node, dtype="bf16", num_gpus=8
     ) == pytest.approx(0.5)
+
+
+def test_variants_fall_back_and_tiny_kernels_cost_a_launch():
+    node = get_node("1xH200")
+    prof = node.profile
+    flash = kernel_fit("attention_fwd.flash", dtype="bf16", node=node)
+    assert flash.flops_per_s == prof.fits["attention_fwd.flash"].flops_per_s
+    assert flash.flops_per_s < 0.7 * prof.fits["attention_fwd"].flops_per_s  # cuDNN is default
+    # an unmeasured variant falls back to its class; an unmeasured norm to the HBM copy
+    assert (
+        kernel_fit("attention_fwd.xformers", dtype="bf16", node=node).flops_per_s
+        == prof.fits["attention_fwd"].flops_per_s
+    )
+    assert (
+        kernel_fit("memory.layernorm.fused.fwd", dtype="bf16", node=node) == prof.fits["hbm_copy"]
+    )
+    rms = compute_time_s(
+        flops=0, hbm_bytes=1e9, op_class="memory.rmsnorm.hf_eager.fwd", dtype="bf16", node=node
+    )
+    fit = prof.fits["memory.rmsnorm.hf_eager.fwd"]
+    assert rms == pytest.approx(fit.latency_s + 1e9 / fit.bandwidth_bytes_per_s)
+    assert prof.fits["gemm"].latency_s == 0.0
+    tiny = compute_time_s(flops=2 * 64**3, hbm_bytes=0, op_class="gemm", dtype="bf16", node=node)
+    # the GEMM fit alone would say 1 ns; the floor is the launch (or the memory side's latency)
+    assert prof.fits["gemm"].time_s(2 * 64**3) < 1e-8
+    assert tiny == max(node.gpu.kernel_launch_overhead_s, prof.fits["hbm_copy"].latency_s)
