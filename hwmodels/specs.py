@@ -113,7 +113,8 @@ class GpuSpec(_Sourced):
     name: str
     """Marketing name and form factor, e.g. ``H200-SXM``."""
     hbm_capacity_bytes: Bytes = Field(gt=0)
-    """HBM capacity as the driver reports it, bytes."""
+    """HBM capacity as the driver reports it (nvidia-smi memory.total), bytes; the CUDA context
+    and driver keep roughly 0.5 GiB of it (torch's total_memory is that much smaller)."""
     hbm_bandwidth_bytes_per_s: ByteRate = Field(gt=0)
     """Datasheet HBM bandwidth, bytes/s (decimal, as quoted)."""
     num_sms: int = Field(gt=0)
