@@ -53,6 +53,13 @@ def register(subparsers: Any) -> None:
     cal.add_argument("--name", default="measured", help="profile name (default: measured)")
     cal.add_argument("--gpu", default="H200-SXM", help="GPU preset measured (default H200-SXM)")
     cal.add_argument("--output", metavar="PROFILE.json", help="write the fitted profile here")
+    cal.add_argument(
+        "--worst",
+        type=int,
+        default=12,
+        metavar="N",
+        help="table shows the N largest residuals (default 12; 0 = all); --json has all",
+    )
     cal.add_argument("--json", action="store_true", help="print one JSON object")
     cal.set_defaults(run=run_calibrate)
     # `tierplan hw` with no action prints this parser's help.
@@ -341,6 +348,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     from hwmodels.calibrate import fit_profile, load_points, profile_json, residuals
     from hwmodels.catalog import get_gpu
+    from hwmodels.units import UserInputError
 
     get_gpu(args.gpu)  # unknown GPU -> one-line error with close matches
     skipped: list[str] = []
@@ -381,10 +389,18 @@ def run_calibrate(args: argparse.Namespace) -> int:
             str(fit.num_points),
             f"{fit.max_abs_rel_error:.1%}",
         )
-    table = Table(title="residuals (predicted vs measured)")
+    if args.worst < 0:
+        raise UserInputError(f"--worst: must be >= 0, got {args.worst}")
+    shown = sorted(res, key=lambda r: -abs(r.rel_error))[: args.worst or None]
+    within = sum(abs(r.rel_error) <= 0.10 for r in res)
+    title = (
+        f"residuals, {'all' if not args.worst else f'{len(shown)} largest'} of {len(res)} "
+        f"(predicted vs measured; {within} within 10%)"
+    )
+    table = Table(title=title)
     for col in ("op class", "record", "measured", "predicted", "rel err"):
         table.add_column(col)
-    for r in res:
+    for r in shown:
         table.add_row(
             r.op_class,
             r.label,

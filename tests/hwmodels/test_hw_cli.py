@@ -103,6 +103,17 @@ def test_transfer_table(capsys):
         ),
         (["hw", "calibrate", "--measurements", "/nonexistent.json"], "no such file"),
         (["hw", "calibrate", "--measurements", "x.json", "--gpu", "H201"], "unknown gpu preset"),
+        (
+            [
+                "hw",
+                "calibrate",
+                "--worst",
+                "-1",
+                "--measurements",
+                str(REPO_ROOT / "validate/measurements/reference/h200-probe-2026-11-28.json"),
+            ],
+            "--worst",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2(capsys, argv, needle):
@@ -174,4 +185,5 @@ def test_calibrate_writes_the_committed_profile(capsys, tmp_path):
         )
         == 0
     )
-    assert "residuals" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "largest" in out and "within 10%" in out and "wrote" not in out
