@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 # Subcommand modules, in the order `tierplan --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
+    "planners.commands.kernels",
     "planners.commands.hw",
 )
 
