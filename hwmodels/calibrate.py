@@ -108,6 +108,13 @@ def sdpa_fwd_flops(
 SDPA_BWD_OVER_FWD = 2.5  # backward = 2.5x forward FLOPs, so fwd+bwd = 3.5x (probe convention)
 
 
+def _num(value: Any) -> float:
+    """A measured number from a probe file; anything else is a malformed file."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
+
+
 def records_from_reference_probe(data: dict[str, Any]) -> list[dict[str, Any]]:
     """Records of the reference probes (hwprobe.py and hostprobe.py --p2p output formats)."""
     out: list[dict[str, Any]] = []
@@ -126,7 +133,7 @@ def records_from_reference_probe(data: dict[str, Any]) -> list[dict[str, Any]]:
                             "direction": direction,
                             "pinned": pinned,
                             "bytes": n,
-                            "time_s": n / (gbps * GB),
+                            "time_s": n / (_num(gbps) * GB),
                         }
                     )
     if "bidir_1GiB_each_total_GBps" in copies:
@@ -138,13 +145,17 @@ def records_from_reference_probe(data: dict[str, Any]) -> list[dict[str, Any]]:
                 "pinned": True,
                 "bytes": 2 * n,
                 "bytes_each_way": n,
-                "time_s": 2 * n / (copies["bidir_1GiB_each_total_GBps"] * GB),
+                "time_s": 2 * n / (_num(copies["bidir_1GiB_each_total_GBps"]) * GB),
             }
         )
     if "hbm_copy_rw_TBps" in data:
         n = 4 * 1024 * MiB  # hwprobe.py copies a 4 GiB tensor
         out.append(
-            {"op": "hbm_copy", "bytes": n, "time_s": 2 * n / (data["hbm_copy_rw_TBps"] * 1e12)}
+            {
+                "op": "hbm_copy",
+                "bytes": n,
+                "time_s": 2 * n / (_num(data["hbm_copy_rw_TBps"]) * 1e12),
+            }
         )
     for shape, tflops in data.get("gemm_bf16_TFLOPs", {}).items():
         m, k, n_ = (int(v) for v in shape.split("x"))  # hwprobe.py names them m x k x n
@@ -156,7 +167,7 @@ def records_from_reference_probe(data: dict[str, Any]) -> list[dict[str, Any]]:
                 "n": n_,
                 "k": k,
                 "dtype": "bf16",
-                "time_s": flops / (tflops * TFLOPS),
+                "time_s": flops / (_num(tflops) * TFLOPS),
             }
         )
     for seq, row in data.get("sdpa_causal", {}).items():
@@ -172,7 +183,7 @@ def records_from_reference_probe(data: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"op": "sdpa", "pass": "fwdbwd", **shape, "time_s": row["fwdbwd_s"]})
     if "p2p_0to1_GBps" in data:
         n = 1024 * MiB  # hostprobe.py --p2p copies 1 GiB
-        out.append({"op": "p2p_copy", "bytes": n, "time_s": n / (data["p2p_0to1_GBps"] * GB)})
+        out.append({"op": "p2p_copy", "bytes": n, "time_s": n / (_num(data["p2p_0to1_GBps"]) * GB)})
     if "p2p_bidir_total_GBps" in data:
         n = 1024 * MiB
         out.append(
@@ -180,7 +191,7 @@ def records_from_reference_probe(data: dict[str, Any]) -> list[dict[str, Any]]:
                 "op": "p2p_bidir",
                 "bytes": 2 * n,
                 "bytes_each_way": n,
-                "time_s": 2 * n / (data["p2p_bidir_total_GBps"] * GB),
+                "time_s": 2 * n / (_num(data["p2p_bidir_total_GBps"]) * GB),
             }
         )
     nccl = data.get("nccl")
@@ -339,6 +350,8 @@ def points_from_records(
                 skipped.append(f"{where}: unknown op {op!r}")
         except KeyError as err:
             raise UserInputError(f"{where}: missing field {err.args[0]!r} for op {op!r}") from None
+        except (TypeError, ValueError, ZeroDivisionError) as err:
+            raise UserInputError(f"{where}: bad value for op {op!r} ({err})") from None
     return pts
 
 
@@ -352,11 +365,16 @@ def load_points(
         if not isinstance(data, dict):
             raise UserInputError(f"{path}: expected a JSON object")
         if "records" in data:
-            if not isinstance(data["records"], list):
-                raise UserInputError(f"{path}: records: expected a list")
             records = data["records"]
+            if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+                raise UserInputError(f"{path}: records: expected a list of objects")
         else:
-            records = records_from_reference_probe(data)
+            try:
+                records = records_from_reference_probe(data)
+            except (TypeError, ValueError, KeyError, AttributeError) as err:
+                raise UserInputError(
+                    f"{path}: neither a records file nor a reference probe ({err!r})"
+                ) from None
         if not records:
             raise UserInputError(f"{path}: no measurement records found")
         pts += points_from_records(records, source=str(path), skipped=skipped)
@@ -377,9 +395,9 @@ def _fit_class(points: list[CalibrationPoint], fixed_latency_s: float | None) ->
         x = work / t
         inv_rate = float(max(np.dot(x, y) / np.dot(x, x), 0.0))
     if inv_rate <= 0:
-        raise UserInputError(
-            f"{points[0].op_class}: the fit found no finite rate (times do not grow with size)"
-        )
+        # times do not grow with size: a latency cannot be told apart, fit the rate alone
+        latency, x = 0.0, work / t
+        inv_rate = float(np.dot(x, np.ones_like(t)) / np.dot(x, x))
     # 6 significant digits: far below measurement noise, and stable across BLAS builds
     latency, inv_rate = _sig(latency), 1.0 / _sig(1.0 / inv_rate)
     pred = latency * units + work * inv_rate

@@ -71,10 +71,11 @@ def format_validation_error(err: ValidationError, where: str) -> str:
     """One line: ``FILE: field.path: reason`` for the first error (and how many more)."""
     items = err.errors()
     first = items[0]
-    loc = ".".join(str(p) for p in first.get("loc", ())) or "input"
+    loc = ".".join(str(p) for p in first.get("loc", ()))
     msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
     more = f" (+{len(items) - 1} more)" if len(items) > 1 else ""
-    return f"{where}: {loc}: {msg}{more}"
+    # checks across fields (topology, sources) put the field names in the message itself
+    return f"{where}: {loc}: {msg}{more}" if loc else f"{where}: {msg}{more}"
 
 
 def validate_file_data(model: type[BaseModel], data: Any, path: Path) -> Any:

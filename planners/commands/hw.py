@@ -356,7 +356,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
     profile = fit_profile(args.measurements, name=args.name, gpu=args.gpu)
     res = residuals(profile, points)
     if args.output:
-        Path(args.output).write_text(profile_json(profile))
+        try:
+            Path(args.output).write_text(profile_json(profile))
+        except OSError as err:
+            raise UserInputError(f"--output: cannot write {args.output}: {err.strerror}") from None
     if args.json:
         print(
             json.dumps(

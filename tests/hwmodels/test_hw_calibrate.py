@@ -184,3 +184,25 @@ def test_bad_records_name_file_and_field(tmp_path):
     empty.write_text(json.dumps({"records": []}))
     with pytest.raises(UserInputError, match="no measurement records"):
         load_points([empty])
+
+
+def test_malformed_files_are_one_line_errors(tmp_path):
+    cases = {
+        "strings.json": {"records": ["gemm"]},
+        "types.json": {"records": [{"op": "gemm", "m": "big", "n": 1, "k": 1, "time_s": 1.0}]},
+        "probe.json": {"copies_GBps": {"64": {"h2d_pinned": "fast"}}},
+    }
+    for name, data in cases.items():
+        path = tmp_path / name
+        path.write_text(json.dumps(data))
+        with pytest.raises(UserInputError, match=name):
+            load_points([path])
+
+
+def test_times_that_do_not_grow_still_give_a_rate():
+    records = [
+        {"op": "hbm_copy", "bytes": n, "hbm_bytes": 2 * n, "time_s": t}
+        for n, t in ((2**20, 2e-3), (2**30, 1e-3))
+    ]
+    fit = fit_fits(points_from_records(records))["hbm_copy"]
+    assert fit.latency_s == 0.0 and fit.bandwidth_bytes_per_s > 0

@@ -138,3 +138,13 @@ def test_bad_json_and_missing_file(tmp_path):
         load_node_file(bad)
     with pytest.raises(UserInputError, match="no such file"):
         load_node_file(tmp_path / "absent.json")
+
+
+def test_topology_error_in_a_file_is_one_clean_line(tmp_path):
+    path = _node_file(tmp_path, topology=[{"a": "gpu0", "b": "cpu3", "link": "pcie"}])
+    with pytest.raises(UserInputError) as err:
+        load_node_file(path)
+    assert str(err.value).endswith(
+        "topology.0: unknown device 'cpu3' (known: ['cpu0', 'cpu1', 'gpu0'])"
+    )
+    assert "input" not in str(err.value)
