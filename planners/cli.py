@@ -19,6 +19,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "planners.commands.kernels",
     "planners.commands.hw",
+    "planners.commands.estimate",
 )
 
 EXIT_OK = 0

@@ -38,6 +38,7 @@ class Cost:
     op_class: str = "memory"
     exec_flops: float | None = None
     time_s: float | None = None
+    model_flops: float | None = None
 
 
 ZERO_COST = Cost()
@@ -91,6 +92,7 @@ class ProgramBuilder:
     """Write a forward program; ``build()`` derives backward and returns a Workload."""
 
     grads_persist: bool = False
+    no_grad: bool = False  # inference: no backward, nothing saved (torch.no_grad / inference_mode)
     _tensors: list[_Tensor] = field(default_factory=list)
     _ops: list[_FwdOp] = field(default_factory=list)
     _held: set[int] = field(default_factory=set)
@@ -134,10 +136,12 @@ class ProgramBuilder:
         self._held.add(tid)
         return tid
 
-    def param(self, name: str, num_bytes: int, layer: int | None = None) -> int:
-        """A weight: persistent, requires grad, gets a ``.grad`` of the same size."""
+    def param(self, name: str, num_bytes: int, layer: int | None = None, *, grad_bytes: int | None = None) -> int:
+        """A weight: persistent, requires grad, gets a ``.grad`` (of ``grad_bytes``, default the
+        weight's size)."""
         tid = self.tensor(name, num_bytes, Role.WEIGHT, layer, requires_grad=True)
         t = self._tensors[tid]
+        t.grad_bytes = grad_bytes
         t.is_param = True
         t.leaf_grad = True
         t.persistent = True
@@ -152,6 +156,10 @@ class ProgramBuilder:
         self._initial.append(tid)
         self._held.add(tid)
         return tid
+
+    def set_role(self, tid: int, role: Role) -> None:
+        """Re-label a tensor (e.g. a key projection that becomes the KV cache)."""
+        self._tensors[tid].role = role
 
     def hold(self, tid: int) -> None:
         """The caller keeps a reference to ``tid`` until the step ends (e.g. HF outputs.logits)."""
@@ -182,7 +190,9 @@ class ProgramBuilder:
         """
         inputs = tuple(inputs)
         outputs = tuple(outputs)
-        needs = [i for i in inputs if self._tensors[i].requires_grad]
+        if self.no_grad:
+            saves, has_backward = (), False
+        needs = [] if self.no_grad else [i for i in inputs if self._tensors[i].requires_grad]
         if grad_inputs is None:
             grad_inputs = tuple(i for i in needs if i not in passthrough)
         if has_backward is None:
@@ -266,6 +276,7 @@ class _Deriver:
                 saves=tuple(saves),
                 exec_flops=cost.exec_flops,
                 time_s=cost.time_s,
+                model_flops_=cost.model_flops,
             )
         )
 
@@ -345,7 +356,7 @@ class _Deriver:
         # The loss tensor's gradient: a scalar of ones, allocated by backward().
         loss_ops = [i for i, op in enumerate(ops) if op.kind.startswith("loss")]
         final_out = ops[-1].outputs[0] if ops and ops[-1].outputs else None
-        if final_out is not None:
+        if final_out is not None and not b.no_grad:
             gid = self._new_tensor("loss.grad", 4, Role.ACTIVATION_GRAD, None)
             grad_of[final_out] = gid
             self._emit("backward.start", "ones_like", Phase.BWD, None, self.b._loss_backward_cost, [gid])
@@ -412,7 +423,7 @@ class _Deriver:
                 allocs.append(ws)
                 frees.append(ws)
             # Incoming gradients are consumed unless passed through to an input.
-            for o, g in zip(op.outputs, out_grads, strict=True):
+            for g in out_grads:
                 if g is None:
                     continue
                 if passed and g == incoming:
@@ -462,15 +473,15 @@ class _Deriver:
             self._recompute_saves = {}
         T = self.b._tensors
         inner = range(region.first_op, region.last_op + 1)
+        produced = {o for j in inner for o in ops[j].outputs}
         first_saver: dict[int, int] = {}
         for j in inner:
             op = ops[j]
             if not op.has_backward:
                 continue
             for t in op.saves:
-                if t in region.inputs or T[t].is_param:
-                    continue
-                first_saver.setdefault(t, j)
+                if t in produced:  # tensors from outside the region are not recomputed
+                    first_saver.setdefault(t, j)
         last_use: dict[int, int] = {}
         for j in inner:
             for t in ops[j].inputs:
@@ -536,6 +547,6 @@ def _extend_base_lifetimes(ops: list[OpSpec], view_of: dict[int, int]) -> list[O
         op if list(op.frees) == new_frees[k] else OpSpec(
             oid=op.oid, name=op.name, kind=op.kind, phase=op.phase, layer=op.layer, flops=op.flops,
             hbm_bytes=op.hbm_bytes, op_class=op.op_class, allocs=op.allocs, frees=tuple(new_frees[k]),
-            saves=op.saves, exec_flops=op.exec_flops, time_s=op.time_s)
+            saves=op.saves, exec_flops=op.exec_flops, time_s=op.time_s, model_flops_=op.model_flops_)
         for k, op in enumerate(ops)
     ]

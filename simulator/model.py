@@ -88,6 +88,15 @@ class ModelSpec(BaseModel):
     """Norm epsilon (numerics only)."""
     mlp: Literal["swiglu", "gelu"] = "swiglu"
     """swiglu: down(silu(gate(x)) * up(x)), three h x f matrices; gelu: two h x f matrices."""
+    gelu_composite: bool = False
+    """The GeLU is HF's Python-level tanh formula (``gelu_new``: NewGELUActivation), one aten op
+    per term, each allocating (and several saving) a full [tokens, f] tensor; False: one fused
+    ``aten.gelu`` kernel (``gelu``, ``gelu_pytorch_tanh``)."""
+    dropout_frac: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Dropout probability on embeddings and on each residual branch while training (HF GPT-2's
+    embd_pdrop / resid_pdrop); a dropout saves a bool mask and allocates its output."""
+    attention_dropout_frac: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Dropout on attention probabilities (inside the fused attention kernel: no stored mask)."""
     position: Literal["rope", "learned", "none"] = "rope"
     """Position encoding: rotary, a learned absolute table (max_position x h params), or none."""
     qkv_bias: bool = False
@@ -351,6 +360,15 @@ class _Reader:
 
 _SWIGLU_ACTS = {"silu": "swiglu", "swish": "swiglu"}
 _GELU_ACTS = {a: "gelu" for a in ("gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh")}
+_COMPOSITE_GELU_ACTS = ("gelu_new", "gelu_fast")  # transformers activations.py: Python formulas
+
+
+def _dropout(r: _Reader, key: str) -> float:
+    """A dropout probability (GPT-2's resid_pdrop, embd_pdrop, attn_pdrop; default 0.1)."""
+    value = r.get_float(key, 0.1)
+    if not 0.0 <= value < 1.0:
+        raise r._fail(key, f"must be in [0, 1), got {value}")
+    return value
 
 
 def _hf_decoder(r: _Reader, family: str) -> dict:
@@ -450,6 +468,9 @@ def _parse_gpt2(r: _Reader) -> dict:
         "norm": "layernorm",
         "norm_eps": r.get_float("layer_norm_epsilon", 1e-5),
         "mlp": r.get_choice("activation_function", "gelu_new", _GELU_ACTS),
+        "gelu_composite": r.cfg.get("activation_function", "gelu_new") in _COMPOSITE_GELU_ACTS,
+        "dropout_frac": _dropout(r, "resid_pdrop"),
+        "attention_dropout_frac": _dropout(r, "attn_pdrop"),
         "position": "learned",
         "qkv_bias": True,
         "o_bias": True,
@@ -554,7 +575,10 @@ def _write_gpt2(m: ModelSpec) -> dict:
         "n_positions": m.max_position_embeddings,
         "tie_word_embeddings": m.tie_word_embeddings,
         "layer_norm_epsilon": m.norm_eps,
-        "activation_function": "gelu_new",
+        "activation_function": "gelu_new" if m.gelu_composite else "gelu_pytorch_tanh",
+        "resid_pdrop": m.dropout_frac,
+        "embd_pdrop": m.dropout_frac,
+        "attn_pdrop": m.attention_dropout_frac,
     }
 
 

@@ -95,10 +95,15 @@ class OpSpec:
     saves: tuple[int, ...] = ()  # tensors saved for backward (forward and recompute ops)
     exec_flops: float | None = None  # FLOPs the kernel executes (causal ~ half); None: = flops
     time_s: float | None = None  # predicted duration on the target hardware, when known
+    model_flops_: float | None = None  # MFU convention (causal attention half); None: = flops
 
     @property
     def executed_flops(self) -> float:
         return self.flops if self.exec_flops is None else self.exec_flops
+
+    @property
+    def model_flops(self) -> float:
+        return self.flops if self.model_flops_ is None else self.model_flops_
 
 
 @dataclass(frozen=True)

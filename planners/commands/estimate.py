@@ -1,0 +1,227 @@
+"""`tierplan estimate`: memory, time and fit of one training or inference step, in about a second.
+
+tierplan estimate [SCENARIO.yaml] [--model NAME|config.json] [--layers N] [--seq-len 128K]
+                  [--batch N] [--mode train|infer] [--checkpointing none|full|selective]
+                  [--optimizer none|sgd|adamw] [--tp N] [--sp] [--cp N] [--cp-kind ring|ulysses]
+                  [--dp N] [--zero N] [--prompt-len N] [--gen-len N] [--kv-quant ...]
+                  [--hardware NODE] [--json]
+
+With neither a scenario nor --model, the built-in default scenario is used. Flags override the
+scenario's fields; everything is validated by the scenario schema (simulator.job), so a bad
+value is reported as one line naming the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "estimate",
+        help="peak memory, step time, MFU and fit of one step",
+        description="Analytical estimate of one training step or one inference request.",
+    )
+    p.add_argument("scenario", nargs="?", help="scenario file (YAML or JSON); default: built-in")
+    p.add_argument("--model", help="model preset name or path to a Hugging Face config.json")
+    p.add_argument("--layers", help="override the model's number of decoder layers")
+    p.add_argument("--mode", choices=("train", "infer"), help="training step or inference")
+    p.add_argument("--seq-len", help="training sequence length, e.g. 128K (train)")
+    p.add_argument("--batch", help="micro-batch (train) or batch (infer)")
+    p.add_argument("--checkpointing", choices=("none", "full", "selective"))
+    p.add_argument("--optimizer", choices=("none", "sgd", "adamw"))
+    p.add_argument("--optimizer-state-dtype", help="dtype of AdamW moments (default fp32)")
+    p.add_argument("--master-weights", action="store_true", default=None,
+                   help="keep an fp32 master copy of the weights")
+    p.add_argument("--grads-persist", action="store_true", default=None,
+                   help="gradients stay allocated between steps (zero_grad(set_to_none=False))")
+    p.add_argument("--dtype", help="parameter / activation dtype (default bf16)")
+    p.add_argument("--tp", help="tensor-parallel degree")
+    p.add_argument("--sp", action="store_true", default=None, help="sequence parallelism (with --tp)")
+    p.add_argument("--cp", help="context-parallel degree")
+    p.add_argument("--cp-kind", choices=("ring", "ulysses"))
+    p.add_argument("--dp", help="data-parallel degree")
+    p.add_argument("--zero", help="ZeRO stage 0-3")
+    p.add_argument("--prompt-len", help="prompt tokens per sequence (infer)")
+    p.add_argument("--gen-len", help="generated tokens per sequence (infer)")
+    p.add_argument("--kv-dtype", help="KV-cache dtype (infer)")
+    p.add_argument("--kv-quant", choices=("none", "int8", "int4", "fp8"))
+    p.add_argument("--hardware", help="node preset (see `tierplan hw list`) or node JSON file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run)
+
+
+_JOB_FLAGS = {
+    "seq_len": "seq_len",
+    "checkpointing": "checkpointing",
+    "optimizer": "optimizer",
+    "optimizer_state_dtype": "optimizer_state_dtype",
+    "master_weights": "master_weights",
+    "grads_persist": "grads_persist",
+    "dtype": "param_dtype",
+    "prompt_len": "prompt_len",
+    "gen_len": "gen_len",
+    "kv_dtype": "kv_dtype",
+    "kv_quant": "kv_quant",
+}
+_PAR_FLAGS = {"tp": "tp", "sp": "sequence_parallel", "cp": "cp", "cp_kind": "cp_kind", "dp": "dp",
+              "zero": "zero_stage"}
+_TRAIN_ONLY = ("seq_len", "checkpointing", "optimizer", "optimizer_state_dtype", "master_weights",
+               "grads_persist")
+_INFER_ONLY = ("prompt_len", "gen_len", "kv_dtype", "kv_quant")
+
+
+def _int_flag(value: str | None, field: str) -> int | None:
+    from hwmodels.units import UserInputError
+
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UserInputError(f"{field}: expected an integer, got {value!r}") from None
+
+
+def build_scenario(args: argparse.Namespace):
+    """Scenario from a file (or the default, or --model) with the flags applied on top."""
+    from hwmodels.units import UserInputError
+    from simulator.job import default_scenario, load_scenario, scenario_from_dict
+
+    if args.scenario:
+        base = load_scenario(args.scenario)
+        where = args.scenario
+    else:
+        base = default_scenario()
+        where = "arguments"
+    data = base.model_dump(mode="json")
+    if args.model is not None:
+        data["model"] = args.model
+        if not args.scenario:
+            where = "arguments"
+    mode = args.mode or data["job"]["mode"]
+    job = dict(data["job"])
+    if mode != job["mode"]:
+        keep = {"parallelism", "param_dtype", "schema_version"}
+        job = {k: v for k, v in job.items() if k in keep}
+        job["mode"] = mode
+        if mode == "infer":
+            job.setdefault("prompt_len", data["job"].get("seq_len", 4096))
+        else:
+            job.setdefault("seq_len", data["job"].get("prompt_len", 4096))
+    for flag, field in _JOB_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        if mode == "train" and flag in _INFER_ONLY or mode == "infer" and flag in _TRAIN_ONLY:
+            raise UserInputError(f"--{flag.replace('_', '-')}: only for --mode "
+                                 f"{'infer' if flag in _INFER_ONLY else 'train'}")
+        job[field] = value
+    if args.batch is not None:
+        job["micro_batch" if mode == "train" else "batch"] = _int_flag(args.batch, "--batch")
+    par = dict(job.get("parallelism") or {})
+    for flag, field in _PAR_FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is None:
+            continue
+        par[field] = value if flag in ("sp", "cp_kind") else _int_flag(value, f"--{flag}")
+    job["parallelism"] = par
+    if mode == "train" and "loss" not in (base.job.model_fields_set if args.scenario else set()):
+        # a bare layer stack has no LM head: its loss is the probe's mean of squares
+        from simulator.model import load_model
+
+        probe = data["model"] if isinstance(data["model"], dict) else load_model(data["model"])
+        has_head = probe.get("has_lm_head", True) if isinstance(probe, dict) else probe.has_lm_head
+        job["loss"] = "cross_entropy" if has_head else "mean_square_fp32"
+    data["job"] = job
+    if args.hardware is not None:
+        data["hardware"] = args.hardware
+    scenario = scenario_from_dict(data, where=where)
+    model = scenario.model_spec()
+    if args.layers is not None:
+        n = _int_flag(args.layers, "--layers")
+        if n is None or n < 1:
+            raise UserInputError(f"--layers: must be at least 1, got {args.layers!r}")
+        model = model.with_layers(n)
+    return scenario, model
+
+
+def run(args: argparse.Namespace) -> int:
+    from hwmodels.catalog import load_node
+
+    scenario, model = build_scenario(args)
+    node = load_node(scenario.hardware)
+    if scenario.job.mode == "train":
+        from simulator.estimator import estimate_training
+
+        est = estimate_training(model, scenario.job, node)
+    else:
+        from simulator.estimator import estimate_inference
+
+        est = estimate_inference(model, scenario.job, node)
+    if args.json:
+        print(json.dumps(est.to_dict(), sort_keys=True))
+        return 0
+    _print(est, scenario)
+    return 0
+
+
+def _print(est, scenario) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from hwmodels.units import format_bytes, format_seconds
+
+    console = Console(soft_wrap=False)
+    if not console.is_terminal:
+        console = Console(soft_wrap=False, width=120)
+    job = scenario.job
+    par = job.parallelism
+    layout = f"tp={par.tp}{' +sp' if par.sequence_parallel else ''} cp={par.cp}" \
+             f"{'(' + par.cp_kind + ')' if par.cp > 1 else ''} dp={par.dp} zero={par.zero_stage}"
+    if job.mode == "train":
+        title = (f"{est.model} - train seq {est.seq_len:,} x {est.micro_batch} - "
+                 f"checkpointing {est.checkpointing} - {est.hardware} ({layout})")
+        peak = est.peak_allocated_bytes
+    else:
+        title = (f"{est.model} - infer prompt {est.prompt_len:,} + gen {est.gen_len:,} x {est.batch} - "
+                 f"KV {est.kv_quant if est.kv_quant != 'none' else est.kv_dtype} - {est.hardware} ({layout})")
+        peak = max(est.prefill_peak_allocated_bytes, est.decode_peak_allocated_bytes)
+    mem = Table(title=title, title_justify="left")
+    mem.add_column("memory at the peak (per GPU)")
+    mem.add_column("bytes", justify="right")
+    mem.add_column("share", justify="right")
+    for name, value in sorted(est.breakdown_bytes.items(), key=lambda kv: -kv[1]):
+        mem.add_row(name, format_bytes(value), f"{value / peak:5.1%}")
+    mem.add_row("[bold]peak allocated[/bold]", f"[bold]{format_bytes(peak)}[/bold]", "")
+    cap = est.hbm_capacity_bytes
+    verdict = "[green]fits[/green]" if est.fits else "[red]does not fit[/red]"
+    mem.add_row("HBM capacity", format_bytes(cap), f"{verdict} ({peak / cap:.0%} used)")
+    console.print(mem)
+    perf = Table(show_header=False)
+    perf.add_column("figure")
+    perf.add_column("value", justify="right")
+    if job.mode == "train":
+        perf.add_row("peak happens at", f"{est.peak_op} ({est.peak_phase}, t={format_seconds(est.peak_at_s)})")
+        perf.add_row("step time", format_seconds(est.step_time_s))
+        for phase, t in est.compute_time_s.items():
+            if t > 0:
+                perf.add_row(f"  {phase}", format_seconds(t))
+        if est.comm_time_s:
+            perf.add_row("  exposed communication", format_seconds(est.comm_time_s))
+        perf.add_row("MFU (datasheet peak)", f"{est.mfu:.1%}")
+        perf.add_row("tokens/s (whole job)", f"{est.tokens_per_s:,.0f}")
+        perf.add_row("GPUs", str(est.num_gpus))
+    else:
+        perf.add_row("KV cache per token", format_bytes(est.kv_cache_bytes_per_token))
+        perf.add_row("KV cache per request", format_bytes(est.kv_cache_bytes_per_request))
+        perf.add_row("prefill time / peak", f"{format_seconds(est.prefill_time_s)} / "
+                     f"{format_bytes(est.prefill_peak_allocated_bytes)}")
+        perf.add_row("decode time per token / peak", f"{format_seconds(est.decode_time_per_token_s)} / "
+                     f"{format_bytes(est.decode_peak_allocated_bytes)}")
+        perf.add_row("decode tokens/s", f"{est.decode_tokens_per_s:,.0f}")
+        perf.add_row("request time", format_seconds(est.total_time_s))
+        perf.add_row("max batch at this length", str(est.max_batch))
+        perf.add_row("max context at this batch", f"{est.max_context_len:,}")
+    console.print(perf)

@@ -1,0 +1,291 @@
+"""The analytical estimator: memory, time and throughput of one step, in a fraction of a second.
+
+Models: training - the peak of allocated GPU memory (what ``torch.cuda.max_memory_allocated``
+reports) from the exact walk of the analytical Workload, with the moment it happens and what is
+live then; the step time as the sum of kernel times on the compute stream (roofline with the
+node's calibrated efficiencies) plus exposed collectives; MFU against the datasheet peak.
+Inference - KV-cache bytes per token and per request, prefill time and peak, time per decoded
+token, and the largest batch and context that fit.
+Assumes: one process per GPU; kernels on one stream run back to back; collectives of tensor and
+context parallelism are exposed (not overlapped with compute), data-parallel gradient reduction
+is exposed too unless ZeRO-3 prefetch hides the parameter gathers (not modelled: exposed).
+PyTorch's runtime adds ``RUNTIME_WORKSPACE_BYTES`` of cuBLAS workspaces (one per thread that
+runs GEMMs: the main thread for forward, the autograd thread for backward).
+Ignores: CPU launch overhead beyond the per-kernel launch latency, allocator fragmentation
+(``reserved`` > ``allocated``), stragglers.
+Source: PyTorch c10/cuda/CUDACachingAllocator.cpp (512-byte rounding), aten/src/ATen/cuda/
+CublasHandlePool.cpp (32 MiB workspace per handle on Hopper), Megatron MFU convention
+(Narayanan et al. 2021: 3x forward FLOPs, causal attention counted half).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from hwmodels.units import MiB, UserInputError
+from simulator.workload import Phase, Role, Workload, walk_memory
+
+RUNTIME_WORKSPACE_BYTES = 2 * 32 * MiB
+"""cuBLAS workspaces allocated through the caching allocator: 32 MiB per handle on Hopper
+(CUBLAS_WORKSPACE_CONFIG default :4096:8), one handle for the forward (main thread) and one for
+the backward (autograd engine thread). Measured: a constant 64 MiB over the analytical peak in
+every H200 run in validate/measurements (tests/simulator/test_estimator_vs_measured.py)."""
+
+BREAKDOWN_GROUPS: dict[str, tuple[str, ...]] = {
+    "weights": (Role.WEIGHT.value,),
+    "grads": (Role.GRAD.value,),
+    "optimizer_states": (Role.OPTIMIZER_STATE.value,),
+    "master_weights": (Role.MASTER_WEIGHT.value,),
+    "inputs": (Role.INPUT.value,),
+    "activations_layer_inputs": (Role.LAYER_INPUT.value,),
+    "activations_norm": (Role.NORM_OUT.value, Role.NORM_STAT.value),
+    "activations_attention": (Role.ATTN_QKV.value, Role.ATTN_OUT.value, Role.ATTN_STAT.value),
+    "activations_mlp": (Role.MLP_HIDDEN.value,),
+    "logits_and_loss": (Role.LOGITS.value, Role.LOGITS_FP32.value, Role.LOSS.value),
+    "activation_grads": (Role.ACTIVATION_GRAD.value,),
+    "transient_workspace": (Role.WORKSPACE.value,),
+    "kv_cache": (Role.KV_CACHE.value,),
+    "other": (Role.OTHER.value,),
+}
+
+
+def group_breakdown(by_role: dict[str, int], runtime_bytes: int = 0) -> dict[str, int]:
+    """Fold a per-role byte map into the user-facing breakdown groups."""
+    out = {g: sum(by_role.get(r, 0) for r in roles) for g, roles in BREAKDOWN_GROUPS.items()}
+    out["runtime_workspace"] = runtime_bytes
+    return {k: v for k, v in out.items() if v}
+
+
+@dataclass(frozen=True)
+class TrainEstimate:
+    """Prediction for one training step on one GPU (every GPU of the job does the same)."""
+
+    model: str
+    hardware: str
+    seq_len: int
+    micro_batch: int
+    checkpointing: str
+    tp: int
+    cp: int
+    dp: int
+    zero_stage: int
+    peak_allocated_bytes: int
+    peak_op: str
+    peak_phase: str
+    peak_at_s: float  # time from step start to the op at the peak
+    breakdown_bytes: dict[str, int]
+    hbm_capacity_bytes: int
+    fits: bool
+    step_time_s: float
+    compute_time_s: dict[str, float]  # per phase: fwd, loss, bwd, recompute, optim
+    comm_time_s: float
+    model_flops: float  # per GPU per step (3x forward, causal attention half, no recompute)
+    executed_flops: float  # per GPU per step, recompute included
+    mfu: float
+    tokens_per_s: float  # whole job (all data-parallel replicas)
+    num_gpus: int
+    num_ops: int
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["notes"] = list(self.notes)
+        return d
+
+
+def _op_time(op) -> float:
+    return float(op.time_s or 0.0)
+
+
+def estimate_training(model, job, node, *, workload: Workload | None = None) -> TrainEstimate:
+    """Peak memory, step time and MFU of one training step of ``model`` under ``job`` on ``node``."""
+    from hwmodels.compute import peak_flops_per_s
+    from simulator.templates import training_workload
+
+    if job.mode != "train":
+        raise UserInputError("job.mode: estimate_training needs a training job")
+    job.check(model)
+    par = job.parallelism
+    num_gpus = par.tp * par.cp * par.dp
+    if num_gpus > node.num_gpus and num_gpus % node.num_gpus:
+        raise UserInputError(
+            f"job.parallelism: tp*cp*dp = {num_gpus} GPUs does not fill whole {node.name} nodes"
+            f" of {node.num_gpus} GPUs"
+        )
+    wl = workload if workload is not None else training_workload(model, job, node=node)
+    walk = walk_memory(wl)
+    peak = walk.peak_bytes + RUNTIME_WORKSPACE_BYTES
+    phase_time: dict[str, float] = {}
+    comm = 0.0
+    t = 0.0
+    peak_at = 0.0
+    for op in wl.ops:
+        if op.oid == walk.peak_oid:
+            peak_at = t
+        dt = _op_time(op)
+        t += dt
+        if op.op_class == "comm":
+            comm += dt
+        else:
+            phase_time[op.phase.value] = phase_time.get(op.phase.value, 0.0) + dt
+    step = t
+    model_flops = 3.0 * sum(op.model_flops for op in wl.ops if op.phase == Phase.FWD)
+    model_flops += 3.0 * sum(op.model_flops for op in wl.ops if op.phase == Phase.LOSS)
+    executed = sum(op.executed_flops for op in wl.ops)
+    dtype = job.param_dtype
+    mfu = model_flops / step / peak_flops_per_s(node, dtype) if step > 0 else 0.0
+    tokens = job.seq_len * job.micro_batch * par.dp
+    notes = []
+    if job.checkpointing == "selective":
+        notes.append("selective recompute is modelled as Megatron's: attention internals recomputed")
+    return TrainEstimate(
+        model=model.name,
+        hardware=node.name,
+        seq_len=job.seq_len,
+        micro_batch=job.micro_batch,
+        checkpointing=job.checkpointing,
+        tp=par.tp,
+        cp=par.cp,
+        dp=par.dp,
+        zero_stage=par.zero_stage,
+        peak_allocated_bytes=peak,
+        peak_op=walk.peak_op_name,
+        peak_phase=walk.peak_phase.value if walk.peak_phase else "start",
+        peak_at_s=peak_at,
+        breakdown_bytes=group_breakdown(walk.peak_breakdown_bytes, RUNTIME_WORKSPACE_BYTES),
+        hbm_capacity_bytes=node.gpu.hbm_capacity_bytes,
+        fits=peak <= node.gpu.hbm_capacity_bytes,
+        step_time_s=step,
+        compute_time_s=phase_time,
+        comm_time_s=comm,
+        model_flops=model_flops,
+        executed_flops=executed,
+        mfu=mfu,
+        tokens_per_s=tokens / step if step > 0 else 0.0,
+        num_gpus=num_gpus,
+        num_ops=len(wl.ops),
+        notes=tuple(notes),
+    )
+
+
+@dataclass(frozen=True)
+class InferEstimate:
+    """Prediction for serving one batch: a prefill, then ``gen_len`` decode steps."""
+
+    model: str
+    hardware: str
+    prompt_len: int
+    gen_len: int
+    batch: int
+    kv_dtype: str
+    kv_quant: str
+    tp: int
+    kv_cache_bytes_per_token: int  # per GPU, all layers
+    kv_cache_bytes_per_request: int  # per GPU, prompt + generated tokens
+    weights_bytes: int  # per GPU
+    prefill_peak_allocated_bytes: int
+    prefill_time_s: float
+    decode_peak_allocated_bytes: int  # at the last decode step (full cache)
+    decode_time_per_token_s: float  # at the mean context length of the generation
+    total_time_s: float
+    decode_tokens_per_s: float  # batch / time per decode step
+    hbm_capacity_bytes: int
+    fits: bool
+    max_batch: int  # largest batch whose prefill and decode fit, at this prompt and gen length
+    max_context_len: int  # longest prompt + gen that fits at this batch
+    breakdown_bytes: dict[str, int]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _peak(workload: Workload) -> tuple[int, dict[str, int]]:
+    walk = walk_memory(workload)
+    return walk.peak_bytes + RUNTIME_WORKSPACE_BYTES, walk.peak_breakdown_bytes
+
+
+def estimate_inference(model, job, node) -> InferEstimate:
+    """KV cache, prefill and decode time and memory, and what fits, for an InferJob."""
+    from simulator.templates import decode_workload, kv_cache_bytes_per_token, prefill_workload
+
+    if job.mode != "infer":
+        raise UserInputError("job.mode: estimate_inference needs an inference job")
+    job.check(model)
+    capacity = node.gpu.hbm_capacity_bytes
+    per_token = kv_cache_bytes_per_token(model, job)
+    total_len = job.prompt_len + job.gen_len
+
+    def peaks(batch: int, prompt: int, gen: int) -> tuple[int, int]:
+        pre, _ = _peak(prefill_workload(model, job, batch=batch, prompt_len=prompt))
+        if gen == 0:
+            return pre, pre
+        dec, _ = _peak(decode_workload(model, job, context_len=prompt + gen, batch=batch))
+        return pre, dec
+
+    pre_wl = prefill_workload(model, job, node)
+    pre_peak, pre_roles = _peak(pre_wl)
+    prefill_s = sum(op.time_s or 0.0 for op in pre_wl.ops)
+    if job.gen_len:
+        mean_ctx = job.prompt_len + max(1, job.gen_len // 2)
+        dec_wl = decode_workload(model, job, node, context_len=mean_ctx)
+        decode_s = sum(op.time_s or 0.0 for op in dec_wl.ops)
+        dec_peak, dec_roles = _peak(decode_workload(model, job, context_len=total_len))
+    else:
+        decode_s, dec_peak, dec_roles = 0.0, pre_peak, pre_roles
+    weights = walk_memory(pre_wl).initial_bytes
+
+    def fits(batch: int, prompt: int, gen: int) -> bool:
+        return max(peaks(batch, prompt, gen)) <= capacity
+
+    max_batch = _largest(lambda b: fits(b, job.prompt_len, job.gen_len), hi_start=job.batch)
+    frac = job.prompt_len / total_len
+
+    def fits_len(n: int) -> bool:
+        prompt = max(job.parallelism.cp, int(n * frac) // job.parallelism.cp * job.parallelism.cp)
+        return fits(job.batch, prompt, n - prompt)
+
+    max_ctx = _largest(fits_len, hi_start=total_len)
+    breakdown = group_breakdown(dec_roles if dec_peak >= pre_peak else pre_roles, RUNTIME_WORKSPACE_BYTES)
+    total_s = prefill_s + decode_s * job.gen_len
+    return InferEstimate(
+        model=model.name,
+        hardware=node.name,
+        prompt_len=job.prompt_len,
+        gen_len=job.gen_len,
+        batch=job.batch,
+        kv_dtype=job.kv_dtype,
+        kv_quant=job.kv_quant,
+        tp=job.parallelism.tp,
+        kv_cache_bytes_per_token=per_token,
+        kv_cache_bytes_per_request=per_token * total_len,
+        weights_bytes=weights,
+        prefill_peak_allocated_bytes=pre_peak,
+        prefill_time_s=prefill_s,
+        decode_peak_allocated_bytes=dec_peak,
+        decode_time_per_token_s=decode_s,
+        total_time_s=total_s,
+        decode_tokens_per_s=job.batch / decode_s if decode_s > 0 else 0.0,
+        hbm_capacity_bytes=capacity,
+        fits=max(pre_peak, dec_peak) <= capacity,
+        max_batch=max_batch,
+        max_context_len=max_ctx,
+        breakdown_bytes=breakdown,
+    )
+
+
+def _largest(ok, *, hi_start: int, limit: int = 1 << 24) -> int:
+    """Largest n >= 1 with ok(n) (ok monotone decreasing in n); 0 when even n = 1 fails."""
+    if not ok(1):
+        return 0
+    lo, hi = 1, max(2, hi_start)
+    while hi < limit and ok(hi):
+        lo, hi = hi, hi * 2
+    if hi >= limit and ok(limit):
+        return limit
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo

@@ -1,0 +1,932 @@
+"""Analytical workload templates: one training step of a decoder LLM, op by op.
+
+Models: the forward program PyTorch eager runs for the supported families, at the granularity
+of the tensors that matter for memory (every activation of size tokens x hidden or larger, every
+saved tensor, every transient that PyTorch allocates through the caching allocator), with the
+FLOPs and HBM bytes of each kernel from ``kernels``. ``simulator.autograd_model`` derives the
+backward pass, activation checkpointing and the alloc/free sequence.
+Implementations modelled (they differ in what they save, and that is most of the memory):
+  * Hugging Face Llama / Mistral / Qwen2 / Qwen3 (``modeling_llama.py`` and its copies):
+    RMSNorm upcasts to fp32 in Python (saves the fp32 input and the bf16 normalized tensor),
+    separate q/k/v and gate/up projections, rotary via ``rotate_half`` (saves only cos/sin),
+    SDPA dispatching to FlashAttention-2 (GQA with ``enable_gqa``), the loss upcasts logits to
+    fp32 and runs log_softmax + nll_loss; ``outputs.logits`` is held by the caller through
+    backward (``out = model(...); out.loss.backward()``).
+  * A bare stack of decoder layers (``has_embedding = has_lm_head = False``) with ``nn.RMSNorm``
+    (``torch.rms_norm``: on CUDA the fused kernel, which saves its input and rstd), fused qkv
+    and gate/up projections, no rotary, and the loss ``x.float().pow(2).mean()``.
+  * GPT-2 / Megatron GPT: LayerNorm (fused, saves input, mean, rstd), GeLU MLP, learned
+    positions, fused qkv; the same attention and loss paths.
+Parallelism: tensor parallel shards heads, the MLP width and the vocabulary; sequence parallel
+shards the norm / residual activations by tp; context parallel shards the sequence; ZeRO shards
+model states across dp. Collectives are ops with their cost from ``hwmodels.collectives``.
+Assumes: bf16 activations (the job's param dtype), FlashAttention-2 kernels, batch padding free.
+Ignores: dropout (LLM pretraining and fine-tuning run without it), the cuBLAS workspace (a
+constant handful of MiB), and CPU-side tensors.
+Source: transformers 5.x modeling_llama.py / modeling_gpt2.py, integrations/sdpa_attention.py,
+loss/loss_utils.py; PyTorch aten/src/ATen/native/transformers/cuda/flash_attn/flash_api.cpp
+(backward allocates an fp32 dq accumulator, seq rounded to 128 and head_dim to 32 (hdim <= 128)
+or 64, plus dk/dv expanded to all query heads under GQA); Korthikanti et al. 2022 for tp/sp.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hwmodels.units import UserInputError
+from kernels.attention import attention_bwd_cost, attention_fwd_cost, attention_fwd_flops
+from kernels.cost import KernelCost, combine
+from kernels.gemm import linear_bwd_costs, linear_fwd_cost
+from simulator.autograd_model import ZERO_COST, Cost, ProgramBuilder
+from simulator.workload import Role, Workload
+
+FP32_BYTES = 4
+INT64_BYTES = 8
+DP_LAST_BUCKET_FRAC = 0.05
+"""Share of the data-parallel gradient reduction that backward cannot hide: the last bucket
+(PyTorch DDP buckets are 25 MB; for a 7B model's 13 GB of bf16 gradients that is 0.2%, so 5%
+is a deliberately cautious bound until multi-GPU runs calibrate it)."""
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+@dataclass(frozen=True)
+class Shapes:
+    """Per-GPU shapes of one training step after parallel sharding."""
+
+    batch: int
+    seq_len: int  # local sequence length (after context parallel)
+    hidden: int
+    q_heads: int  # local query heads (after tp)
+    kv_heads: int  # local kv heads (after tp; replicated when fewer than tp)
+    head_dim: int
+    ffn: int  # local intermediate size (after tp)
+    vocab: int  # local vocabulary (after tp)
+    act_bytes: int  # bytes per activation element (bf16: 2)
+    norm_tokens: int  # tokens held by norm / residual activations (sequence parallel: / tp)
+
+    @property
+    def tokens(self) -> int:
+        return self.batch * self.seq_len
+
+
+def _scaled(cost: KernelCost, frac: float) -> KernelCost:
+    """``frac`` of a kernel's work (a context-parallel rank's share)."""
+    if frac == 1.0:
+        return cost
+    return KernelCost(name=cost.name, op_class=cost.op_class, flops=cost.flops * frac,
+                      hbm_read_bytes=int(cost.hbm_read_bytes * frac),
+                      hbm_write_bytes=int(cost.hbm_write_bytes * frac), dtype=cost.dtype)
+
+
+def _with_time(cost: Cost, time_s: float) -> Cost:
+    return Cost(flops=cost.flops, hbm_bytes=cost.hbm_bytes, op_class=cost.op_class,
+                exec_flops=cost.exec_flops, time_s=time_s, model_flops=cost.model_flops)
+
+
+def _mem(name: str, *, read_bytes: int, write_bytes: int, dtype: str = "bf16") -> KernelCost:
+    """A bandwidth-bound kernel described by the bytes it reads and writes."""
+    return KernelCost(name=name, op_class="memory", flops=0.0, hbm_read_bytes=int(read_bytes),
+                      hbm_write_bytes=int(write_bytes), dtype=dtype)
+
+
+class _Timer:
+    """Turns KernelCosts into autograd_model Costs, with a time when a node is given."""
+
+    def __init__(self, node, dtype: str):
+        self.node = node
+        self.dtype = dtype
+
+    def __call__(self, *costs: KernelCost, flop_counter_flops: float | None = None,
+                 model_flops: float | None = None) -> Cost:
+        items = [c for c in costs if c is not None]
+        if not items:
+            return ZERO_COST
+        time_s = None
+        if self.node is not None:
+            from kernels.cost import kernel_time_s
+
+            time_s = sum(kernel_time_s(c, self.node) for c in items)
+        total = items[0] if len(items) == 1 else combine(items, name=items[0].name)
+        matmul = sum(c.flops for c in items if c.op_class in ("gemm", "attention_fwd", "attention_bwd"))
+        counted = matmul if flop_counter_flops is None else flop_counter_flops
+        return Cost(
+            flops=counted,
+            hbm_bytes=total.hbm_bytes,
+            op_class=total.op_class,
+            exec_flops=total.flops,
+            time_s=time_s,
+            model_flops=model_flops if model_flops is not None else matmul,
+        )
+
+
+class _Program:
+    """Builds the forward program of one model on one GPU."""
+
+    def __init__(self, model, job, parallel, node, *, grads_persist: bool = False,
+                 inference: bool = False, seq_len: int | None = None, batch: int | None = None,
+                 decode_context_len: int | None = None):
+        from simulator.job import dtype_bytes
+
+        self.m = model
+        self.job = job
+        self.p = parallel
+        self.inference = inference
+        self.decode_context_len = decode_context_len  # decode step: one query token per sequence
+        self.b = ProgramBuilder(grads_persist=grads_persist, no_grad=inference)
+        self.dtype = job.param_dtype
+        self.cost = _Timer(node, self.dtype)
+        tp = parallel.tp if parallel is not None else 1
+        cp = parallel.cp if parallel is not None else 1
+        sp = bool(parallel is not None and parallel.sequence_parallel and tp > 1)
+        seq_len = job.seq_len if seq_len is None else seq_len
+        batch = job.micro_batch if batch is None else batch
+        seq_local = seq_len // cp
+        act = int(dtype_bytes(self.dtype))
+        grad_dtype = getattr(job, "grad_dtype", None) or job.param_dtype
+        self.s = Shapes(
+            batch=batch,
+            seq_len=seq_local,
+            hidden=model.hidden_size,
+            q_heads=model.num_heads // tp,
+            kv_heads=max(1, model.num_kv_heads // tp),
+            head_dim=model.head_dim,
+            ffn=model.intermediate_size // tp,
+            vocab=-(-model.vocab_size // tp),
+            act_bytes=act,
+            norm_tokens=(batch * seq_local) // (tp if sp else 1),
+        )
+        self.tp, self.cp, self.sp = tp, cp, sp
+        self.node = node
+        self.mask = None
+        self.param_bytes = act  # parameters live in the param dtype
+        self.grad_elem_bytes = dtype_bytes(grad_dtype)
+        self.num_local_params = 0  # parameters this GPU holds (after tp, before ZeRO-3)
+        self.dp = parallel.dp if parallel is not None else 1
+        self.zero = parallel.zero_stage if parallel is not None and self.dp > 1 else 0
+
+    def weight(self, name: str, numel: int, layer) -> int:
+        """A parameter of ``numel`` elements on this GPU; ZeRO-2 shards its gradient and ZeRO-3
+        the weight itself across data-parallel ranks (the walk counts the shard; ZeRO-3's
+        gathered copies are the layer's transient all-gather buffer)."""
+        self.num_local_params += numel
+        w_bytes = numel * self.param_bytes
+        g_bytes = int(numel * self.grad_elem_bytes)
+        if self.zero >= 3:
+            w_bytes = -(-w_bytes // self.dp)
+        if self.zero >= 2:
+            g_bytes = -(-g_bytes // self.dp)
+        return self.b.param(name, w_bytes, layer, grad_bytes=g_bytes)
+
+    # ---- communication ----------------------------------------------------------------------
+    def comm_time_s(self, op: str, num_bytes: int, num_gpus: int, *, network: bool = False) -> float:
+        """Time of one collective over ``num_gpus`` GPUs (``hwmodels.collectives``)."""
+        if num_gpus <= 1 or self.node is None:
+            return 0.0
+        from hwmodels.collectives import collective_time_s
+
+        link = gpu_link(self.node, network=network)
+        return collective_time_s(op, num_bytes=num_bytes, num_gpus=num_gpus, link=link,
+                                 profile=self.node.profile)
+
+    def tp_enter(self, name: str, x: int, layer) -> tuple[int, int]:
+        """Before a column-parallel block (Megatron's f). Returns (tensor the GEMMs read, tensor
+        they save). Sequence parallel: all-gather the sequence shards; the GEMMs save the shard
+        and gather it again in backward, whose input gradient is reduce-scattered. Plain tensor
+        parallel: identity forward, all-reduce of the input gradient in backward."""
+        s = self.s
+        if self.tp <= 1:
+            return x, x
+        full = s.tokens * s.hidden * s.act_bytes
+        if self.sp:
+            y = self.act(f"{name}.gathered", s.tokens * s.hidden, Role.NORM_OUT, layer)
+            bwd = self.comm_time_s("reduce_scatter", full, self.tp) + self.comm_time_s("all_gather", full, self.tp)
+            self.b.op(f"{name}.all_gather", "all_gather", layer, inputs=[x], outputs=[y],
+                      cost=Cost(op_class="comm", time_s=self.comm_time_s("all_gather", full, self.tp)),
+                      bwd_cost=Cost(op_class="comm", time_s=bwd))
+            return y, x
+        alias = self.b.view(f"{name}.tp_f", x, s.tokens * s.hidden * s.act_bytes, Role.NORM_OUT, layer)
+        self.b.op(f"{name}.tp_f", "identity", layer, inputs=[x], outputs=[alias], passthrough=[x],
+                  bwd_cost=Cost(op_class="comm", time_s=self.comm_time_s("all_reduce", full, self.tp)))
+        return alias, alias
+
+    def tp_exit(self, name: str, y: int, layer) -> int:
+        """After a row-parallel projection (Megatron's g): reduce-scatter to sequence shards
+        (sequence parallel; all-gather in backward) or all-reduce (identity in backward)."""
+        s = self.s
+        if self.tp <= 1:
+            return y
+        full = s.tokens * s.hidden * s.act_bytes
+        if self.sp:
+            out = self.act(f"{name}.scattered", s.norm_tokens * s.hidden, Role.LAYER_INPUT, layer)
+            self.b.op(f"{name}.reduce_scatter", "reduce_scatter", layer, inputs=[y], outputs=[out],
+                      cost=Cost(op_class="comm", time_s=self.comm_time_s("reduce_scatter", full, self.tp)),
+                      bwd_cost=Cost(op_class="comm", time_s=self.comm_time_s("all_gather", full, self.tp)))
+            return out
+        self.b.op(f"{name}.all_reduce", "all_reduce", layer, inputs=[], outputs=[], has_backward=False,
+                  cost=Cost(op_class="comm", time_s=self.comm_time_s("all_reduce", full, self.tp)))
+        return y
+
+    # ---- building blocks --------------------------------------------------------------------
+    def act(self, name: str, num_elems: int, role: Role, layer: int | None, elem_bytes: int | None = None) -> int:
+        return self.b.tensor(name, num_elems * (elem_bytes or self.s.act_bytes), role, layer)
+
+    def linear(self, name: str, x: int, in_f: int, out_f: int, layer, *, tokens: int, role: Role,
+               bias: bool = False, weight: int | None = None, save_input: int | None = None) -> int:
+        b = self.b
+        w = weight if weight is not None else self.weight(f"{name}.weight", in_f * out_f, layer)
+        inputs = [x, w]
+        if bias:
+            inputs.append(self.weight(f"{name}.bias", out_f, layer))
+        y = self.act(f"{name}.out", tokens * out_f, role, layer)
+        fwd = linear_fwd_cost(num_tokens=tokens, in_features=in_f, out_features=out_f, dtype=self.dtype, bias=bias)
+        bwd = linear_bwd_costs(num_tokens=tokens, in_features=in_f, out_features=out_f, dtype=self.dtype, bias=bias,
+                               input_requires_grad=True)
+        saved_x = x if save_input is None else save_input
+        b.op(name, "linear", layer, inputs=inputs + ([saved_x] if saved_x != x else []), outputs=[y],
+             saves=[saved_x, w], grad_inputs=[x],
+             cost=self.cost(fwd), bwd_cost=self.cost(bwd.input_grad, bwd.weight_grad))
+        return y
+
+    def fused_rmsnorm(self, name: str, x: int, layer) -> int:
+        """``torch.rms_norm`` on CUDA: one kernel; saves input and rstd (fp32 per row)."""
+        b, s = self.b, self.s
+        n = s.norm_tokens * s.hidden
+        w = self.weight(f"{name}.weight", s.hidden, layer)
+        rstd = self.act(f"{name}.rstd", s.norm_tokens, Role.NORM_STAT, layer, FP32_BYTES)
+        y = self.act(f"{name}.out", n, Role.NORM_OUT, layer)
+        io = n * s.act_bytes
+        b.op(name, "rmsnorm", layer, inputs=[x, w], outputs=[y, rstd], saves=[x, w, rstd],
+             cost=self.cost(_mem(name, read_bytes=io, write_bytes=io)),
+             grad_inputs=[x],
+             bwd_cost=self.cost(_mem(f"{name}.bwd", read_bytes=2 * io, write_bytes=io)),
+             # the weight gradient is reduced from an fp32 [rows, hidden] partial buffer
+             bwd_workspace_bytes=n * FP32_BYTES)
+        return y
+
+    def hf_rmsnorm(self, name: str, x: int, layer) -> int:
+        """Hugging Face LlamaRMSNorm: fp32 upcast in Python, one aten op per line."""
+        b, s = self.b, self.s
+        n = s.norm_tokens * s.hidden
+        rows = s.norm_tokens
+        w = self.weight(f"{name}.weight", s.hidden, layer)
+        io16, io32 = n * s.act_bytes, n * FP32_BYTES
+        x32 = self.act(f"{name}.x_fp32", n, Role.NORM_OUT, layer, FP32_BYTES)
+        b.op(f"{name}.to_fp32", "to_copy", layer, inputs=[x], outputs=[x32],
+             cost=self.cost(_mem(name, read_bytes=io16, write_bytes=io32)),
+             bwd_cost=self.cost(_mem(name, read_bytes=io32, write_bytes=io16)))
+        sq = self.act(f"{name}.pow", n, Role.WORKSPACE, layer, FP32_BYTES)
+        b.op(f"{name}.pow", "pow", layer, inputs=[x32], outputs=[sq], saves=[x32],
+             cost=self.cost(_mem(name, read_bytes=io32, write_bytes=io32)),
+             bwd_cost=self.cost(_mem(name, read_bytes=2 * io32, write_bytes=io32)),
+             bwd_workspace_bytes=2 * io32)  # pow_backward: self.pow(1), 2 * that, then * grad
+        var = self.act(f"{name}.var", rows, Role.NORM_STAT, layer, FP32_BYTES)
+        b.op(f"{name}.mean", "mean", layer, inputs=[sq], outputs=[var],
+             cost=self.cost(_mem(name, read_bytes=io32, write_bytes=rows * FP32_BYTES)),
+             bwd_cost=self.cost(_mem(name, read_bytes=rows * FP32_BYTES, write_bytes=io32)))
+        var_eps = self.act(f"{name}.var_eps", rows, Role.NORM_STAT, layer, FP32_BYTES)
+        b.op(f"{name}.add_eps", "add", layer, inputs=[var], outputs=[var_eps], passthrough=[var])
+        rstd = self.act(f"{name}.rstd", rows, Role.NORM_STAT, layer, FP32_BYTES)
+        b.op(f"{name}.rsqrt", "rsqrt", layer, inputs=[var_eps], outputs=[rstd], saves=[rstd])
+        y32 = self.act(f"{name}.normed_fp32", n, Role.WORKSPACE, layer, FP32_BYTES)
+        b.op(f"{name}.mul_rstd", "mul", layer, inputs=[x32, rstd], outputs=[y32], saves=[x32, rstd],
+             cost=self.cost(_mem(name, read_bytes=io32, write_bytes=io32)),
+             bwd_cost=self.cost(_mem(name, read_bytes=3 * io32, write_bytes=io32)),
+             bwd_workspace_bytes=io32)  # grad * x32 before the row sum for grad(rstd)
+        y16 = self.act(f"{name}.normed", n, Role.NORM_OUT, layer)
+        b.op(f"{name}.to_bf16", "to_copy", layer, inputs=[y32], outputs=[y16],
+             cost=self.cost(_mem(name, read_bytes=io32, write_bytes=io16)),
+             bwd_cost=self.cost(_mem(name, read_bytes=io16, write_bytes=io32)))
+        out = self.act(f"{name}.out", n, Role.NORM_OUT, layer)
+        b.op(f"{name}.mul_weight", "mul", layer, inputs=[w, y16], outputs=[out], saves=[w, y16],
+             cost=self.cost(_mem(name, read_bytes=io16, write_bytes=io16)),
+             bwd_cost=self.cost(_mem(name, read_bytes=2 * io16, write_bytes=io16)),
+             bwd_workspace_bytes=io16)  # grad * normed before the row reduction for grad(weight)
+        return out
+
+    def layernorm(self, name: str, x: int, layer) -> int:
+        """``nn.LayerNorm`` (native_layer_norm): saves input, mean and rstd."""
+        b, s = self.b, self.s
+        n = s.norm_tokens * s.hidden
+        w = self.weight(f"{name}.weight", s.hidden, layer)
+        bias = self.weight(f"{name}.bias", s.hidden, layer)
+        mean = self.act(f"{name}.mean", s.norm_tokens, Role.NORM_STAT, layer, FP32_BYTES)
+        rstd = self.act(f"{name}.rstd", s.norm_tokens, Role.NORM_STAT, layer, FP32_BYTES)
+        y = self.act(f"{name}.out", n, Role.NORM_OUT, layer)
+        io = n * s.act_bytes
+        b.op(name, "layernorm", layer, inputs=[x, w, bias], outputs=[y, mean, rstd], saves=[x, w, mean, rstd],
+             cost=self.cost(_mem(name, read_bytes=io, write_bytes=io)), grad_inputs=[x],
+             bwd_cost=self.cost(_mem(f"{name}.bwd", read_bytes=2 * io, write_bytes=io)))
+        return y
+
+    def norm(self, name: str, x: int, layer) -> int:
+        if self.m.norm == "layernorm":
+            return self.layernorm(name, x, layer)
+        if self.hf:
+            return self.hf_rmsnorm(name, x, layer)
+        return self.fused_rmsnorm(name, x, layer)
+
+    def dropout(self, name: str, x: int, layer, num_elems: int) -> int:
+        """``nn.Dropout`` while training (aten.native_dropout): allocates the output and a bool
+        mask, saves the mask; backward multiplies the gradient by it."""
+        p = self.m.dropout_frac
+        if p <= 0.0 or self.inference:
+            return x
+        io = num_elems * self.s.act_bytes
+        y = self.act(f"{name}.out", num_elems, Role.LAYER_INPUT, layer)
+        mask = self.act(f"{name}.mask", num_elems, Role.OTHER, layer, 1)
+        self.b.op(name, "dropout", layer, inputs=[x], outputs=[y, mask], saves=[mask], grad_inputs=[x],
+                  cost=self.cost(_mem(name, read_bytes=io, write_bytes=io + num_elems)),
+                  bwd_cost=self.cost(_mem(name, read_bytes=io + num_elems, write_bytes=io)))
+        return y
+
+    def gelu_composite(self, name: str, x: int, layer, num_elems: int) -> int:
+        """HF NewGELUActivation, 0.5*x*(1+tanh(sqrt(2/pi)*(x+0.044715*x^3))), one aten op per
+        term: pow (saves x), mul, add, mul, tanh (saves its output), add, mul(0.5, x), and the
+        final mul (saves both factors)."""
+        b, io = self.b, num_elems * self.s.act_bytes
+        t = {}
+        steps = (  # (name, inputs, saves) in execution order; x is the projection output
+            ("cube", ["x"], ["x"]),
+            ("scaled_cube", ["cube"], []),
+            ("inner", ["x", "scaled_cube"], []),
+            ("arg", ["inner"], []),
+            ("tanh", ["arg"], ["tanh"]),
+            ("one_plus", ["tanh"], []),
+            ("half_x", ["x"], []),
+            ("out", ["half_x", "one_plus"], ["half_x", "one_plus"]),
+        )
+        t["x"] = x
+        for step, ins, saved in steps:
+            t[step] = self.act(f"{name}.{step}", num_elems, Role.MLP_HIDDEN, layer)
+            inputs = [t[i] for i in ins]
+            passthrough = [t["x"]] if step == "inner" else []
+            b.op(f"{name}.{step}", step, layer, inputs=inputs, outputs=[t[step]], saves=[t[k] for k in saved],
+                 passthrough=passthrough,
+                 cost=self.cost(_mem(step, read_bytes=len(ins) * io, write_bytes=io)),
+                 bwd_cost=self.cost(_mem(step, read_bytes=(len(ins) + 1) * io, write_bytes=len(ins) * io)),
+                 bwd_workspace_bytes=io if step in ("cube", "tanh") else 0)
+        return t["out"]
+
+    def split(self, name: str, x: int, widths: list[int], layer, tokens: int, role: Role, *,
+              contiguous_grad_copy: bool = False) -> list[int]:
+        """chunk / unbind of a fused projection into views. Backward writes the pieces'
+        gradients into one buffer (cat / stack); a permuted stack is copied once more by the
+        view's reshape when ``contiguous_grad_copy``."""
+        eb = self.s.act_bytes
+        views = [self.b.view(f"{name}.{j}", x, tokens * w * eb, role, layer) for j, w in enumerate(widths)]
+        total = tokens * sum(widths) * eb
+        self.b.op(name, "split", layer, inputs=[x], outputs=views, grad_inputs=[x],
+                  bwd_cost=self.cost(_mem(name, read_bytes=total, write_bytes=total)),
+                  bwd_workspace_bytes=total if contiguous_grad_copy else 0)
+        return views
+
+    def add(self, name: str, a: int, c: int, layer, num_elems: int, role: Role = Role.LAYER_INPUT) -> int:
+        io = num_elems * self.s.act_bytes
+        y = self.act(name, num_elems, role, layer)
+        self.b.op(name, "add", layer, inputs=[a, c], outputs=[y], passthrough=[a, c],
+                  cost=self.cost(_mem(name, read_bytes=2 * io, write_bytes=io)))
+        return y
+
+    def rotary(self, name: str, x: int, cos: int, sin: int, layer, num_elems: int) -> int:
+        """HF apply_rotary_pos_emb for one of q / k: x*cos + rotate_half(x)*sin.
+
+        Forward transients: x*cos, cat(-x2, x1), its product with sin (three x-sized buffers at
+        the add). Backward: grad*sin, the slice-backward zero buffers and grad*cos.
+        """
+        io = num_elems * self.s.act_bytes
+        y = self.act(f"{name}.out", num_elems, Role.ATTN_QKV, layer)
+        if not self.hf:  # one fused kernel each way (Megatron / Transformer Engine apply_rope)
+            self.b.op(name, "rotary", layer, inputs=[x, cos, sin], outputs=[y], saves=[cos, sin],
+                      grad_inputs=[x], cost=self.cost(_mem(name, read_bytes=io, write_bytes=io)),
+                      bwd_cost=self.cost(_mem(name, read_bytes=io, write_bytes=io)))
+            return y
+        self.b.op(name, "rotary", layer, inputs=[x, cos, sin], outputs=[y], saves=[cos, sin],
+                  grad_inputs=[x],
+                  cost=self.cost(_mem(name, read_bytes=4 * io, write_bytes=4 * io)),
+                  bwd_cost=self.cost(_mem(name, read_bytes=5 * io, write_bytes=4 * io)),
+                  fwd_workspace_bytes=2 * io, bwd_workspace_bytes=2 * io)
+        return y
+
+    def attention(self, name: str, q: int, k: int, v: int, layer) -> int:
+        """FlashAttention-2 forward / backward, with context parallelism.
+
+        Ring (cp > 1): each rank attends its query shard to every key/value shard as they pass
+        around the ring, with the causal load balanced over ranks (zigzag), so each does 1/cp of
+        the causal work; the K/V exchange overlaps the attention kernels and only its excess is
+        exposed. Ulysses: all-to-alls turn sequence shards of all heads into the whole sequence
+        of a head shard before attention and back after it.
+        """
+        b, s = self.b, self.s
+        if self.decode_context_len is not None:
+            return self.decode_attention(name, q, layer)
+        if self.mask is not None:
+            return self.masked_attention(name, q, k, v, layer)
+        causal = True
+        window = self.m.sliding_window if self.hf and self.m.family in ("mistral",) else None
+        cp = self.cp
+        ulysses = cp > 1 and self.p is not None and self.p.cp_kind == "ulysses"
+        heads, kv_heads = s.q_heads, s.kv_heads
+        seq_full = s.seq_len * cp
+        kv_bytes_local = 2 * s.tokens * s.kv_heads * s.head_dim * s.act_bytes  # K and V shards
+        q_bytes_local = s.tokens * s.q_heads * s.head_dim * s.act_bytes
+        if ulysses:
+            heads, kv_heads = heads // cp, max(1, kv_heads // cp)
+            a2a = [self.comm_time_s("all_to_all", q_bytes_local + kv_bytes_local, cp),
+                   self.comm_time_s("all_to_all", q_bytes_local, cp)]
+            seq_q = seq_kv = seq_full
+            scale = 1.0
+        else:
+            seq_q = seq_kv = seq_full
+            scale = 1.0 / cp
+        fwd = _scaled(attention_fwd_cost(batch=s.batch, seq_len_q=seq_q, seq_len_kv=seq_kv, num_heads=heads,
+                                         num_kv_heads=kv_heads, head_dim=s.head_dim, causal=causal,
+                                         dtype=self.dtype, window=window), scale)
+        bwd = [_scaled(c, scale) for c in attention_bwd_cost(
+            batch=s.batch, seq_len_q=seq_q, seq_len_kv=seq_kv, num_heads=heads, num_kv_heads=kv_heads,
+            head_dim=s.head_dim, causal=causal, dtype=self.dtype, window=window).kernels]
+        # FlopCounterMode counts SDPA as full (non-causal) attention: 4*b*h*sq*skv*d forward,
+        # twice that backward (flop_counter.sdpa_backward_flop).
+        full_fwd = 4.0 * s.batch * heads * seq_q * seq_kv * s.head_dim * scale
+        model_fwd = scale * attention_fwd_flops(batch=s.batch, seq_len_q=seq_q, seq_len_kv=seq_kv, num_heads=heads,
+                                                head_dim=s.head_dim, causal=causal, window=window)
+        fwd_cost = self.cost(fwd, flop_counter_flops=full_fwd, model_flops=model_fwd)
+        bwd_cost = self.cost(*bwd, flop_counter_flops=2.0 * full_fwd, model_flops=2.0 * model_fwd)
+        fwd_ws = 0
+        if cp > 1 and not ulysses and fwd_cost.time_s is not None:
+            ring_fwd = (cp - 1) * self.comm_time_s("send_recv", kv_bytes_local, 2)
+            ring_bwd = 2 * ring_fwd  # K, V travel again and dK, dV come back
+            fwd_cost = _with_time(fwd_cost, max(fwd_cost.time_s, ring_fwd))
+            bwd_cost = _with_time(bwd_cost, max(bwd_cost.time_s, ring_bwd))
+            fwd_ws = 2 * kv_bytes_local  # double-buffered K/V receive
+        if ulysses and fwd_cost.time_s is not None:
+            fwd_cost = _with_time(fwd_cost, fwd_cost.time_s + sum(a2a))
+            bwd_cost = _with_time(bwd_cost, bwd_cost.time_s + sum(a2a))
+        out = self.act(f"{name}.out", s.tokens * s.q_heads * s.head_dim, Role.ATTN_OUT, layer)
+        lse = self.act(f"{name}.lse", s.batch * s.q_heads * s.seq_len, Role.ATTN_STAT, layer, FP32_BYTES)
+        # flash backward workspace: fp32 dq accumulator [b, round128(s), h, round(d)], softmax_d
+        # [b, h, round128(s)] fp32, and dk/dv expanded to the query heads under GQA.
+        s_round = _round_up(s.seq_len, 128)
+        d_round = _round_up(s.head_dim, 32) if s.head_dim <= 128 else _round_up(s.head_dim, 64)
+        ws = s.batch * s_round * s.q_heads * d_round * FP32_BYTES + s.batch * s.q_heads * s_round * FP32_BYTES
+        if s.q_heads != s.kv_heads:
+            ws += 2 * s.tokens * s.q_heads * s.head_dim * s.act_bytes
+        if cp > 1 and not ulysses:
+            ws += 2 * kv_bytes_local + 2 * kv_bytes_local * FP32_BYTES // s.act_bytes  # K/V + fp32 dK/dV
+        qkv = [q, k, v]
+        b.op(name, "sdpa", layer, inputs=qkv, outputs=[out, lse], saves=qkv + [out, lse],
+             cost=fwd_cost, bwd_cost=bwd_cost, grad_inputs=qkv, bwd_workspace_bytes=ws,
+             fwd_workspace_bytes=fwd_ws)
+        return out
+
+    @property
+    def needs_mask(self) -> bool:
+        """transformers passes an explicit mask (not is_causal) when a sliding window is shorter
+        than the sequence: SDPA then leaves the causal fast path."""
+        w = self.m.sliding_window
+        return self.hf and w is not None and self.s.seq_len > w and self.decode_context_len is None
+
+    def masked_attention(self, name: str, q: int, k: int, v: int, layer) -> int:
+        """SDPA with an explicit mask (Hugging Face sliding window shorter than the sequence).
+
+        With a mask, transformers repeats K and V to every query head (``repeat_kv``: copies),
+        SDPA turns the bool mask into an additive mask in the model dtype (a [b, 1, s, s] tensor
+        per call, saved for backward) and runs the memory-efficient kernel over the whole s x s
+        square (no causal block skipping).
+        """
+        b, s = self.b, self.s
+        heads = s.q_heads
+        full_kv = s.tokens * heads * s.head_dim
+        if s.kv_heads != heads:
+            reps = []
+            for t, n in ((k, "k"), (v, "v")):
+                r = self.act(f"{name}.repeat_{n}", full_kv, Role.ATTN_QKV, layer)
+                b.op(f"{name}.repeat_kv_{n}", "repeat_kv", layer, inputs=[t], outputs=[r], grad_inputs=[t],
+                     cost=self.cost(_mem("repeat_kv", read_bytes=full_kv * s.act_bytes // (heads // s.kv_heads),
+                                         write_bytes=full_kv * s.act_bytes)))
+                reps.append(r)
+            k, v = reps
+        fmask = self.act(f"{name}.float_mask", s.batch * s.seq_len * s.seq_len, Role.ATTN_STAT, layer)
+        b.op(f"{name}.mask_to_float", "to_copy", layer, inputs=[self.mask], outputs=[fmask],
+             cost=self.cost(_mem("mask", read_bytes=s.batch * s.seq_len * s.seq_len,
+                                 write_bytes=s.batch * s.seq_len * s.seq_len * s.act_bytes)))
+        out = self.act(f"{name}.out", s.tokens * heads * s.head_dim, Role.ATTN_OUT, layer)
+        lse = self.act(f"{name}.lse", s.batch * heads * _round_up(s.seq_len, 32), Role.ATTN_STAT, layer, FP32_BYTES)
+        kw = dict(batch=s.batch, seq_len_q=s.seq_len, seq_len_kv=s.seq_len, num_heads=heads, num_kv_heads=heads,
+                  head_dim=s.head_dim, causal=False, dtype=self.dtype)
+        full_fwd = 4.0 * s.batch * heads * s.seq_len * s.seq_len * s.head_dim
+        b.op(name, "sdpa_masked", layer, inputs=[q, k, v, fmask], outputs=[out, lse], saves=[q, k, v, fmask, out, lse],
+             grad_inputs=[q, k, v],
+             cost=self.cost(attention_fwd_cost(**kw), flop_counter_flops=full_fwd),
+             bwd_cost=self.cost(*attention_bwd_cost(**kw).kernels, flop_counter_flops=2 * full_fwd),
+             bwd_workspace_bytes=s.tokens * heads * s.head_dim * FP32_BYTES)
+        return out
+
+    def kv_cache_store(self, i: int, k: int, v: int) -> tuple[int, int]:
+        """Prefill writes K and V (after rotary) into the cache, held for the decode steps;
+        a quantized cache stores packed values plus scales and frees the bf16 copies."""
+        job, s = self.job, self.s
+        if job.kv_quant == "none":
+            for t in (k, v):
+                self.b.set_role(t, Role.KV_CACHE)
+                self.b.hold(t)
+            return k, v
+        from kernels.quant import kv_quantize_cost, kv_quantized_bytes
+
+        q_bytes = kv_quantized_bytes(num_tokens=s.tokens, num_kv_heads=s.kv_heads, head_dim=s.head_dim,
+                                     kv_dtype=job.kv_quant, group_size=job.kv_group_size)
+        for name, t in (("k", k), ("v", v)):
+            kq = self.b.tensor(f"layers.{i}.kv_cache.{name}", q_bytes, Role.KV_CACHE, i, requires_grad=False)
+            cost = kv_quantize_cost(num_tokens=s.tokens, num_kv_heads=s.kv_heads, head_dim=s.head_dim,
+                                    kv_dtype=job.kv_quant, dtype=self.dtype, group_size=job.kv_group_size)
+            self.b.op(f"layers.{i}.kv_quantize_{name}", "kv_quantize", i, inputs=[t], outputs=[kq],
+                      cost=self.cost(cost))
+            self.b.hold(kq)
+        return k, v
+
+    def decode_attention(self, name: str, q: int, layer) -> int:
+        """One decode step: each sequence's single query attends its whole cached context."""
+        from kernels.attention import decode_attention_cost
+
+        s, job = self.s, self.job
+        costs = decode_attention_cost(batch=s.batch, context_len=self.decode_context_len, num_heads=s.q_heads,
+                                      num_kv_heads=s.kv_heads, head_dim=s.head_dim, dtype=self.dtype,
+                                      kv_dtype=job.kv_storage_dtype, kv_group_size=job.kv_group_size)
+        out = self.act(f"{name}.out", s.tokens * s.q_heads * s.head_dim, Role.ATTN_OUT, layer)
+        self.b.op(name, "decode_attention", layer, inputs=[q], outputs=[out],
+                  cost=self.cost(*[c for c in costs if c is not None]))
+        return out
+
+    # ---- layers ---------------------------------------------------------------------------
+    @property
+    def impl(self) -> str:
+        """Which code base's ops: "megatron" (MEMO's GPT), "hf" (transformers), "stack" (a bare
+        layer stack of torch modules, as the H200 probe)."""
+        if self.m.family == "gpt":
+            return "megatron"
+        return "hf" if (self.m.has_embedding or self.m.has_lm_head) else "stack"
+
+    @property
+    def hf(self) -> bool:
+        return self.impl == "hf"
+
+    def decoder_layer(self, i: int, x: int, cos: int | None, sin: int | None) -> int:
+        m, s = self.m, self.s
+        T = s.tokens
+        h = s.hidden
+        q_size, kv_size = s.q_heads * s.head_dim, s.kv_heads * s.head_dim
+        nrm = self.norm(f"layers.{i}.input_norm", x, i)
+        nrm, nrm_saved = self.tp_enter(f"layers.{i}.attn", nrm, i)
+        if m.qkv_fused:
+            qkv = self.linear(f"layers.{i}.attn.qkv_proj", nrm, h, q_size + 2 * kv_size, i, tokens=T,
+                              role=Role.ATTN_QKV, bias=m.qkv_bias, save_input=nrm_saved)
+            q, k, v = self.split(f"layers.{i}.attn.split_qkv", qkv, [q_size, kv_size, kv_size], i, T,
+                                 Role.ATTN_QKV, contiguous_grad_copy=self.impl == "stack")
+        else:
+            q, k, v = (
+                self.linear(f"layers.{i}.attn.{n}_proj", nrm, h, size, i, tokens=T, role=Role.ATTN_QKV,
+                            bias=m.qkv_bias, save_input=nrm_saved)
+                for n, size in (("q", q_size), ("k", kv_size), ("v", kv_size))
+            )
+        if m.position == "rope" and cos is not None:
+            q = self.rotary(f"layers.{i}.attn.rotary_q", q, cos, sin, i, T * q_size)
+            k = self.rotary(f"layers.{i}.attn.rotary_k", k, cos, sin, i, T * kv_size)
+        if self.inference:
+            k, v = self.kv_cache_store(i, k, v)
+        a = self.attention(f"layers.{i}.attn.sdpa", q, k, v, i)
+        o = self.linear(f"layers.{i}.attn.o_proj", a, q_size, h, i, tokens=T, role=Role.LAYER_INPUT, bias=m.o_bias)
+        o = self.tp_exit(f"layers.{i}.attn.o_proj", o, i)
+        o = self.dropout(f"layers.{i}.attn.resid_dropout", o, i, s.norm_tokens * h)
+        x2 = self.add(f"layers.{i}.attn_residual", x, o, i, s.norm_tokens * h)
+        selective = getattr(self.job, "checkpointing", "none") == "selective"
+        if selective:
+            self.b.begin_checkpoint([x2])
+        nrm2 = self.norm(f"layers.{i}.post_attention_norm", x2, i)
+        nrm2, nrm2_saved = self.tp_enter(f"layers.{i}.mlp", nrm2, i)
+        f = s.ffn
+        if m.mlp == "swiglu":
+            if m.gate_up_fused:
+                gu = self.linear(f"layers.{i}.mlp.gate_up_proj", nrm2, h, 2 * f, i, tokens=T,
+                                 role=Role.MLP_HIDDEN, bias=m.mlp_bias, save_input=nrm2_saved)
+                gate, up = self.split(f"layers.{i}.mlp.chunk", gu, [f, f], i, T, Role.MLP_HIDDEN)
+            else:
+                gate, up = (
+                    self.linear(f"layers.{i}.mlp.{n}_proj", nrm2, h, f, i, tokens=T, role=Role.MLP_HIDDEN,
+                                bias=m.mlp_bias, save_input=nrm2_saved)
+                    for n in ("gate", "up")
+                )
+            io = T * f * s.act_bytes
+            act = self.act(f"layers.{i}.mlp.silu", T * f, Role.MLP_HIDDEN, i)
+            self.b.op(f"layers.{i}.mlp.silu", "silu", i, inputs=[gate], outputs=[act], saves=[gate],
+                      cost=self.cost(_mem("silu", read_bytes=io, write_bytes=io)),
+                      bwd_cost=self.cost(_mem("silu_bwd", read_bytes=2 * io, write_bytes=io)))
+            prod = self.act(f"layers.{i}.mlp.mul", T * f, Role.MLP_HIDDEN, i)
+            self.b.op(f"layers.{i}.mlp.mul", "mul", i, inputs=[act, up], outputs=[prod], saves=[act, up],
+                      cost=self.cost(_mem("mul", read_bytes=2 * io, write_bytes=io)),
+                      bwd_cost=self.cost(_mem("mul_bwd", read_bytes=3 * io, write_bytes=2 * io)))
+        else:
+            up = self.linear(f"layers.{i}.mlp.fc_in", nrm2, h, f, i, tokens=T, role=Role.MLP_HIDDEN,
+                             bias=m.mlp_bias, save_input=nrm2_saved)
+            io = T * f * s.act_bytes
+            if m.gelu_composite:
+                prod = self.gelu_composite(f"layers.{i}.mlp.gelu", up, i, T * f)
+            else:
+                prod = self.act(f"layers.{i}.mlp.gelu", T * f, Role.MLP_HIDDEN, i)
+                self.b.op(f"layers.{i}.mlp.gelu", "gelu", i, inputs=[up], outputs=[prod], saves=[up],
+                          cost=self.cost(_mem("gelu", read_bytes=io, write_bytes=io)),
+                          bwd_cost=self.cost(_mem("gelu_bwd", read_bytes=2 * io, write_bytes=io)))
+        down = self.linear(f"layers.{i}.mlp.down_proj", prod, f, h, i, tokens=T, role=Role.LAYER_INPUT, bias=m.mlp_bias)
+        down = self.tp_exit(f"layers.{i}.mlp.down_proj", down, i)
+        down = self.dropout(f"layers.{i}.mlp.resid_dropout", down, i, s.norm_tokens * h)
+        if selective:
+            self.b.end_checkpoint()
+        return self.add(f"layers.{i}.mlp_residual", x2, down, i, s.norm_tokens * h)
+
+    def hf_loss(self, logits: int, labels: int, tv: int) -> int:
+        """transformers ForCausalLMLoss: logits.float(), log_softmax, nll_loss. The caller holds
+        ``outputs.logits`` (bf16) through backward."""
+        b, s, T = self.b, self.s, self.s.tokens
+        b.hold(logits)
+        l32 = self.act("loss.logits_fp32", tv, Role.LOGITS_FP32, None, FP32_BYTES)
+        b.op("loss.to_fp32", "to_copy", None, inputs=[logits], outputs=[l32],
+             cost=self.cost(_mem("upcast", read_bytes=tv * s.act_bytes, write_bytes=tv * FP32_BYTES)),
+             bwd_cost=self.cost(_mem("downcast", read_bytes=tv * FP32_BYTES, write_bytes=tv * s.act_bytes)))
+        lsm = self.act("loss.log_softmax", tv, Role.LOGITS_FP32, None, FP32_BYTES)
+        b.op("loss.log_softmax", "log_softmax", None, inputs=[l32], outputs=[lsm], saves=[lsm],
+             cost=self.cost(_mem("log_softmax", read_bytes=tv * FP32_BYTES, write_bytes=tv * FP32_BYTES)),
+             bwd_cost=self.cost(_mem("log_softmax_bwd", read_bytes=2 * tv * FP32_BYTES, write_bytes=tv * FP32_BYTES)))
+        loss = self.act("loss.value", 1, Role.LOSS, None, FP32_BYTES)
+        # nll_loss backward materializes a dense [T, V] fp32 gradient (zeros + scatter)
+        b.op("loss.nll", "loss_nll", None, inputs=[lsm, labels], outputs=[loss], saves=[lsm, labels],
+             cost=self.cost(_mem("nll", read_bytes=T * FP32_BYTES, write_bytes=FP32_BYTES)),
+             bwd_cost=self.cost(_mem("nll_bwd", read_bytes=0, write_bytes=tv * FP32_BYTES)),
+             grad_inputs=[lsm])
+        return loss
+
+    def megatron_loss(self, logits: int, labels: int, tv: int) -> int:
+        """Megatron's vocab-parallel cross entropy: an fp32 copy of the logits shard becomes the
+        softmax in place and is saved; backward turns it into the gradient in place and casts it
+        to the model dtype. Three all-reduces of [T] fp32 (max, sum, target logit) over tp."""
+        b, s, T = self.b, self.s, self.s.tokens
+        soft = self.act("loss.softmax_fp32", tv, Role.LOGITS_FP32, None, FP32_BYTES)
+        reduce_t = 3 * self.comm_time_s("all_reduce", T * FP32_BYTES, self.tp)
+        cost = self.cost(_mem("vocab_parallel_ce", read_bytes=tv * (s.act_bytes + 2 * FP32_BYTES),
+                              write_bytes=tv * FP32_BYTES))
+        b.op("loss.softmax", "softmax", None, inputs=[logits], outputs=[soft], saves=[soft],
+             cost=_with_time(cost, (cost.time_s or 0.0) + reduce_t) if cost.time_s is not None else cost,
+             bwd_cost=self.cost(_mem("vocab_parallel_ce_bwd", read_bytes=tv * FP32_BYTES,
+                                     write_bytes=tv * s.act_bytes)))
+        loss = self.act("loss.value", T, Role.LOSS, None, FP32_BYTES)
+        # backward writes the gradient into the saved softmax buffer in place: no new storage
+        b.op("loss.nll", "loss_nll", None, inputs=[soft, labels], outputs=[loss], saves=[labels],
+             passthrough=[soft])
+        return loss
+
+    def optimizer(self) -> None:
+        """Optimizer states (persistent) and the optimizer step after backward.
+
+        AdamW keeps two moments per parameter in ``optimizer_state_dtype`` (torch.optim.AdamW on
+        bf16 weights keeps them in bf16: set the job's dtype accordingly) and, with master
+        weights, an fp32 copy; ZeRO-1+ shards both over data-parallel ranks. torch's foreach
+        implementation allocates one temporary per parameter (sqrt of the second moment);
+        the fused one (and Megatron's distributed optimizer) none.
+        """
+        from simulator.job import dtype_bytes
+
+        job = self.job
+        n = self.num_local_params
+        shard = self.dp if self.zero >= 1 else 1
+        n_opt = -(-n // shard)
+        state_b = dtype_bytes(job.optimizer_state_dtype)
+        b = self.b
+        reads = writes = 0
+        if job.master_weights:
+            b.state("master_weights", int(n_opt * 4), Role.MASTER_WEIGHT)
+            reads += n_opt * 4
+            writes += n_opt * 4
+        transient = 0
+        if job.optimizer == "adamw":
+            for j in range(2):
+                b.state(f"adamw.moment{j + 1}", int(n_opt * state_b), Role.OPTIMIZER_STATE)
+            reads += int(n_opt * (2 * state_b + self.grad_elem_bytes + self.param_bytes))
+            writes += int(n_opt * (2 * state_b + self.param_bytes))
+            transient = 0 if job.master_weights else int(n_opt * state_b)
+        elif job.optimizer == "sgd":
+            reads += int(n_opt * (self.grad_elem_bytes + self.param_bytes))
+            writes += int(n_opt * self.param_bytes)
+        if job.optimizer == "none":
+            return
+        # data-parallel gradient reduction before the step, then (ZeRO-1/2) all-gather of the
+        # updated parameter shards after it
+        grad_bytes = int(n * self.grad_elem_bytes)
+        multi_node = self.node is not None and self.tp * self.cp * self.dp > self.node.num_gpus
+        if self.zero == 0:
+            comm = self.comm_time_s("all_reduce", grad_bytes, self.dp, network=multi_node)
+        else:
+            comm = self.comm_time_s("reduce_scatter", grad_bytes, self.dp, network=multi_node)
+            if self.zero in (1, 2):
+                comm += self.comm_time_s("all_gather", int(n * self.param_bytes), self.dp, network=multi_node)
+        step = self.cost(_mem("optimizer_step", read_bytes=reads, write_bytes=writes))
+        ws = self.b.tensor("optimizer.workspace", transient, Role.WORKSPACE, None, requires_grad=False) if transient else None
+        self._optimizer_op = (step, comm, ws)
+
+    # ---- whole step -----------------------------------------------------------------------
+    def embed(self):
+        """Token embedding (+ rotary tables or learned positions). Returns (x, cos, sin, ids, emb_w)."""
+        m, s, b = self.m, self.s, self.b
+        T, h = s.tokens, s.hidden
+        cos = sin = None
+        ids = b.input("input_ids", T * INT64_BYTES)
+        emb_w = self.weight("embed_tokens.weight", s.vocab * h, None)
+        x = self.act("embed_tokens.out", s.norm_tokens * h, Role.LAYER_INPUT, None)
+        io = T * h * s.act_bytes
+        b.op("embed_tokens", "embedding", None, inputs=[ids, emb_w], outputs=[x], saves=[ids],
+             cost=self.cost(_mem("embedding", read_bytes=io, write_bytes=io)),
+             bwd_cost=self.cost(_mem("embedding_bwd", read_bytes=io, write_bytes=s.vocab * h * s.act_bytes)),
+             grad_inputs=[emb_w])
+        if m.position == "rope":
+            # LlamaRotaryEmbedding: cos, sin [b, s, d] in the model dtype, shared by all layers.
+            cos = self.act("rotary.cos", T * s.head_dim, Role.OTHER, None)
+            sin = self.act("rotary.sin", T * s.head_dim, Role.OTHER, None)
+            b.op("rotary_emb", "rotary_emb", None, inputs=[ids], outputs=[cos, sin],
+                 fwd_workspace_bytes=3 * T * s.head_dim * FP32_BYTES, has_backward=False)
+            b.hold(cos)
+            b.hold(sin)
+        elif m.position == "learned":
+            pos_w = self.weight("embed_positions.weight", m.max_position_embeddings * h, None)
+            pe = self.act("embed_positions.out", s.seq_len * h, Role.OTHER, None)
+            b.op("embed_positions", "embedding", None, inputs=[pos_w], outputs=[pe], grad_inputs=[pos_w])
+            x = self.add("embed_add_positions", x, pe, None, s.norm_tokens * h)
+            x = self.dropout("embed_dropout", x, None, s.norm_tokens * h)
+        return x, cos, sin, ids, emb_w
+
+    def layers(self, x: int, cos, sin, checkpointing: str = "none") -> int:
+        self.mask = None
+        if self.needs_mask:
+            s = self.s
+            self.mask = self.b.tensor("sliding_window_mask", s.batch * s.seq_len * s.seq_len, Role.OTHER, None,
+                                      requires_grad=False)
+            self.b.op("create_mask", "mask", None, inputs=[], outputs=[self.mask], has_backward=False,
+                      cost=self.cost(_mem("mask", read_bytes=0, write_bytes=s.batch * s.seq_len * s.seq_len)))
+        for i in range(self.m.num_layers):
+            if checkpointing == "full":
+                self.b.begin_checkpoint([x] + ([cos, sin] if cos is not None else []))
+            x = self.decoder_layer(i, x, cos, sin)
+            if checkpointing == "full":
+                self.b.end_checkpoint()
+        if self.mask is not None:  # the model's forward drops its mask when it returns
+            self.b.op("release_mask", "release", None, inputs=[self.mask], has_backward=False)
+        return x
+
+    def training_step(self) -> Workload:
+        m, s, b, job = self.m, self.s, self.b, self.job
+        T = s.tokens
+        h = s.hidden
+        cos = sin = None
+        if m.has_embedding:
+            x, cos, sin, ids, emb_w = self.embed()
+            labels = b.input("labels", T * INT64_BYTES)
+        else:
+            x = b.input("hidden_in", s.norm_tokens * h * s.act_bytes, Role.INPUT, requires_grad=True)
+        x = self.layers(x, cos, sin, job.checkpointing)
+        if m.has_lm_head:
+            x = self.norm("final_norm", x, None)
+            tied = m.tie_word_embeddings and m.has_embedding
+            logits = self.linear("lm_head", x, h, s.vocab, None, tokens=T, role=Role.LOGITS,
+                                 weight=emb_w if tied else None)
+            tv = T * s.vocab
+            if self.impl == "megatron":
+                loss = self.megatron_loss(logits, labels, tv)
+            else:
+                loss = self.hf_loss(logits, labels, tv)
+        else:
+            n = s.norm_tokens * h
+            x32 = self.act("loss.x_fp32", n, Role.LOGITS_FP32, None, FP32_BYTES)
+            b.hold(x)  # the caller's variable keeps the stack output alive through backward
+            b.op("loss.to_fp32", "loss_to_copy", None, inputs=[x], outputs=[x32],
+                 cost=self.cost(_mem("upcast", read_bytes=n * s.act_bytes, write_bytes=n * FP32_BYTES)),
+                 bwd_cost=self.cost(_mem("downcast", read_bytes=n * FP32_BYTES, write_bytes=n * s.act_bytes)))
+            sq = self.act("loss.pow", n, Role.LOGITS_FP32, None, FP32_BYTES)
+            b.op("loss.pow", "loss_pow", None, inputs=[x32], outputs=[sq], saves=[x32],
+                 cost=self.cost(_mem("pow", read_bytes=n * FP32_BYTES, write_bytes=n * FP32_BYTES)),
+                 bwd_cost=self.cost(_mem("pow_bwd", read_bytes=2 * n * FP32_BYTES, write_bytes=n * FP32_BYTES)),
+                 bwd_workspace_bytes=2 * n * FP32_BYTES)  # self.pow(1), 2 * that, then * grad
+            loss = self.act("loss.value", 1, Role.LOSS, None, FP32_BYTES)
+            b.op("loss.mean", "loss_mean", None, inputs=[sq], outputs=[loss],
+                 cost=self.cost(_mem("mean", read_bytes=n * FP32_BYTES, write_bytes=FP32_BYTES)),
+                 bwd_cost=self.cost(_mem("mean_bwd", read_bytes=0, write_bytes=n * FP32_BYTES)))
+        b.hold(loss)
+        self.optimizer()
+        wl = b.build(meta={"producer": "templates", "model": m.name})
+        return _append_optimizer(wl, getattr(self, "_optimizer_op", None))
+
+    def inference_step(self) -> Workload:
+        """Prefill (``decode_context_len`` None) or one decode step, under torch.no_grad.
+
+        Prefill keeps K and V of every layer as the KV cache; the LM head runs on the last
+        position only (``logits_to_keep=1`` in ``generate``). A decode step starts with the whole
+        cache resident (its bytes for ``decode_context_len`` tokens) and computes one token per
+        sequence.
+        """
+        m, s, b = self.m, self.s, self.b
+        if not (m.has_embedding and m.has_lm_head):
+            raise UserInputError(f"model: inference needs an embedding and an LM head; {m.name} is a bare stack")
+        if self.decode_context_len is not None:
+            per_layer = self.kv_bytes_per_layer(self.decode_context_len * s.batch)
+            for i in range(m.num_layers):
+                b.state(f"layers.{i}.kv_cache", per_layer, Role.KV_CACHE)
+        x, cos, sin, ids, emb_w = self.embed()
+        x = self.layers(x, cos, sin)
+        x = self.norm("final_norm", x, None)
+        last = self.act("final_norm.last_token", s.batch * s.hidden, Role.LOGITS, None)
+        b.op("slice_last_token", "slice", None, inputs=[x], outputs=[last])
+        tied = m.tie_word_embeddings
+        logits = self.linear("lm_head", last, s.hidden, s.vocab, None, tokens=s.batch, role=Role.LOGITS,
+                             weight=emb_w if tied else None)
+        l32 = self.act("logits_fp32", s.batch * s.vocab, Role.LOGITS_FP32, None, FP32_BYTES)
+        b.op("logits.float", "to_copy", None, inputs=[logits], outputs=[l32],
+             cost=self.cost(_mem("upcast", read_bytes=s.batch * s.vocab * s.act_bytes,
+                                 write_bytes=s.batch * s.vocab * FP32_BYTES)))
+        b.hold(l32)
+        return b.build(meta={"producer": "templates", "model": m.name,
+                             "phase": "decode" if self.decode_context_len else "prefill"})
+
+    def kv_bytes_per_layer(self, num_tokens: int) -> int:
+        """Bytes of one layer's K and V cache for ``num_tokens`` tokens on this GPU."""
+        s, job = self.s, self.job
+        if job.kv_quant == "none":
+            from simulator.job import dtype_bytes
+
+            return int(2 * num_tokens * s.kv_heads * s.head_dim * dtype_bytes(job.kv_dtype))
+        from kernels.quant import kv_quantized_bytes
+
+        return 2 * kv_quantized_bytes(num_tokens=num_tokens, num_kv_heads=s.kv_heads, head_dim=s.head_dim,
+                                      kv_dtype=job.kv_quant, group_size=job.kv_group_size)
+
+
+def _append_optimizer(wl: Workload, spec) -> Workload:
+    """Add the data-parallel gradient reduction and the optimizer step after backward."""
+    if spec is None:
+        return wl
+    from simulator.workload import OpSpec, Phase
+
+    step, comm_s, ws = spec
+    ops = list(wl.ops)
+    if comm_s:
+        # Gradient buckets are reduced while backward still runs (DDP, ZeRO): only what does not
+        # fit under the backward compute, and at least the last bucket's share, is exposed.
+        bwd_s = sum(op.time_s or 0.0 for op in ops if op.phase == Phase.BWD)
+        exposed = max(comm_s - bwd_s, comm_s * DP_LAST_BUCKET_FRAC)
+        ops.append(OpSpec(len(ops), "dp.grad_reduce", "dp_collective", Phase.OPTIM, None,
+                          op_class="comm", time_s=exposed))
+    allocs = frees = (ws,) if ws is not None else ()
+    ops.append(OpSpec(len(ops), "optimizer.step", "optimizer", Phase.OPTIM, None, hbm_bytes=step.hbm_bytes,
+                      op_class="memory", allocs=allocs, frees=frees, time_s=step.time_s))
+    return Workload(tensors=wl.tensors, ops=tuple(ops), initial=wl.initial, meta=wl.meta)
+
+
+def training_workload(model, job, node=None) -> Workload:
+    """The analytical Workload of one training step of ``model`` under ``job`` on one GPU.
+
+    ``node`` (a hwmodels NodeSpec) adds a predicted duration to every op and collective.
+    """
+    prog = _Program(model, job, job.parallelism, node, grads_persist=job.grads_persist)
+    return prog.training_step()
+
+
+def gpu_link(node, *, network: bool = False):
+    """The link collectives between GPUs use: NVLink (or C2C) inside a node, PCIe where GPUs have
+    no NVLink, the network NIC across nodes (``network=True``)."""
+    from hwmodels.catalog import get_link
+
+    if network:
+        nics = [link for link in node.links.values() if link.kind == "network"]
+        return nics[0] if nics else get_link("ib-ndr-400")
+    for kind in ("nvlink", "c2c", "pcie"):
+        for link in node.links.values():
+            if link.kind == kind:
+                return link
+    raise UserInputError(f"hardware: {node.name} has no link between GPUs")
+
+
+def prefill_workload(model, job, node=None, *, batch: int | None = None, prompt_len: int | None = None) -> Workload:
+    """Forward-only Workload of the prefill of ``job`` (an InferJob); overrides for sweeps."""
+    prog = _Program(model, job, job.parallelism, node, inference=True,
+                    seq_len=job.prompt_len if prompt_len is None else prompt_len,
+                    batch=job.batch if batch is None else batch)
+    return prog.inference_step()
+
+
+def decode_workload(model, job, node=None, *, context_len: int, batch: int | None = None) -> Workload:
+    """One decode step of ``job``'s batch with ``context_len`` tokens already cached."""
+    prog = _Program(model, job, job.parallelism, node, inference=True, seq_len=job.parallelism.cp,
+                    batch=job.batch if batch is None else batch, decode_context_len=context_len)
+    return prog.inference_step()
+
+
+def kv_cache_bytes_per_token(model, job) -> int:
+    """KV-cache bytes one token occupies on one GPU (all layers; tensor parallel shards heads)."""
+    prog = _Program(model, job, job.parallelism, None, inference=True, seq_len=job.parallelism.cp, batch=1)
+    return prog.kv_bytes_per_layer(1) * model.num_layers
