@@ -186,6 +186,28 @@ def flash_attention_tiling(
     lengths (Dao et al. 2022, Algorithm 1, with equal tiles). Traffic in bytes:
     Q and O: Nq d each; LSE: 4 Nq; K and V: d * (key rows read per query tile, summed).
     """
+    tiling, _ = _tiling(
+        seq_len_q=seq_len_q,
+        seq_len_kv=seq_len_kv,
+        head_dim=head_dim,
+        sram_bytes=sram_bytes,
+        dtype=dtype,
+        causal=causal,
+        window=window,
+    )
+    return tiling
+
+
+def _tiling(
+    *,
+    seq_len_q: int,
+    seq_len_kv: int,
+    head_dim: int,
+    sram_bytes: int,
+    dtype: str,
+    causal: bool,
+    window: int | None,
+) -> tuple[FlashTiling, _BlockWork]:
     require_positive("seq_len_q", seq_len_q)
     require_positive("seq_len_kv", seq_len_kv)
     require_positive("head_dim", head_dim)
@@ -209,7 +231,7 @@ def flash_attention_tiling(
         window=window,
     )
     kv_rows_read = int(work.kv_rows.sum())
-    return FlashTiling(
+    tiling = FlashTiling(
         block_q=block_q,
         block_kv=block_kv,
         num_q_blocks=len(work.q_rows),
@@ -222,6 +244,7 @@ def flash_attention_tiling(
         o_write_bytes=tensor_bytes(seq_len_q * head_dim, dtype),
         lse_write_bytes=FP32_BYTES * seq_len_q,
     )
+    return tiling, work
 
 
 def _unmasked_area(*, seq_len_q: int, seq_len_kv: int, causal: bool, window: int | None) -> float:
@@ -314,7 +337,7 @@ def attention_fwd_cost(
     """
     require_positive("batch", batch)
     _check_heads(num_heads, num_kv_heads)
-    tiling = flash_attention_tiling(
+    tiling, _ = _tiling(
         seq_len_q=seq_len_q,
         seq_len_kv=seq_len_kv,
         head_dim=head_dim,
@@ -374,20 +397,12 @@ def attention_bwd_cost(
     """
     require_positive("batch", batch)
     _check_heads(num_heads, num_kv_heads)
-    tiling = flash_attention_tiling(
+    tiling, work = _tiling(
         seq_len_q=seq_len_q,
         seq_len_kv=seq_len_kv,
         head_dim=head_dim,
         sram_bytes=DEFAULT_SRAM_BYTES if sram_bytes is None else sram_bytes,
         dtype=dtype,
-        causal=causal,
-        window=window,
-    )
-    work = _block_work(
-        seq_len_q=seq_len_q,
-        seq_len_kv=seq_len_kv,
-        block_q=tiling.block_q,
-        block_kv=tiling.block_kv,
         causal=causal,
         window=window,
     )
