@@ -212,15 +212,9 @@ def _run_attention(args: argparse.Namespace) -> int:
         sram_bytes=sram_bytes,
         window=window,
     )
-    model_shape = dict(
-        batch=batch,
-        seq_len_q=seq_len,
-        seq_len_kv=seq_len_kv,
-        num_heads=num_heads,
-        head_dim=head_dim,
-        causal=args.causal,
-        window=window,
-    )
+    model_shape = {
+        k: v for k, v in shape.items() if k not in ("num_kv_heads", "dtype", "sram_bytes")
+    }
     costs = []
     model_flops = 0.0
     if args.attention_pass in ("fwd", "fwdbwd"):
@@ -230,13 +224,7 @@ def _run_attention(args: argparse.Namespace) -> int:
         costs.extend(attention_bwd_cost(**shape).kernels)
         model_flops += attention_bwd_flops(**model_shape)
     tiling = flash_attention_tiling(
-        seq_len_q=seq_len,
-        seq_len_kv=seq_len_kv,
-        head_dim=head_dim,
-        sram_bytes=sram_bytes,
-        dtype=args.dtype,
-        causal=args.causal,
-        window=window,
+        **{k: v for k, v in shape.items() if k not in ("batch", "num_heads", "num_kv_heads")}
     )
     rows, totals = _timed(costs, node)
     result = {
