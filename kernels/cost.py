@@ -25,7 +25,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from hwmodels.specs import NodeSpec
 
 OP_CLASSES: tuple[str, ...] = ("gemm", "attention_fwd", "attention_bwd", "memory", "copy")
-"""Op classes the roofline knows efficiencies for (hwmodels profiles are keyed by these)."""
+"""Op classes the roofline knows efficiencies for; "copy" (device-to-device) is the roofline's
+"hbm_copy", the others have the same names in hwmodels.compute."""
 
 MATMUL_OP_CLASSES: frozenset[str] = frozenset({"gemm", "attention_fwd", "attention_bwd"})
 """Op classes whose FLOPs are matmul FLOPs: what FlopCounterMode and MFU conventions count."""
