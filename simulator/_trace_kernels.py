@@ -1,0 +1,239 @@
+"""CUDA-faithful stand-ins used while tracing on the meta device (see `simulator.trace`).
+
+Models: the allocations of the kernels that PyTorch 2.11 runs on an H200 where the meta device
+runs something else: scaled-dot-product attention (cuDNN or FlashAttention-2 instead of the
+math path), RMSNorm (the fused CUDA kernel instead of the composite), and the fp32 partial-sum
+buffer of the CUDA embedding backward. Each stand-in is an ``autograd.Function`` that allocates,
+on the meta device, exactly the tensors the CUDA kernel allocates (outputs, tensors saved for
+backward, and workspaces that live only inside the kernel) inside one traced kernel, so the
+tracer records one op per CUDA kernel.
+Shapes: B batch, S sequence (Sq queries, Sk keys), H query heads, Hk key/value heads, D head dim.
+Assumes: bf16/fp16 activations; dropout 0; one attention backend for the whole step.
+Ignores: cuDNN's own internal workspace if any (not visible in our measurements beyond the
+fp32 dQ accumulator below), the cub sort scratch of the embedding backward (6.6 MiB of 70.6 MiB
+unexplained at 4K tokens, hidden 4096, on H200), and cuDNN/flash numerics.
+Source:
+- Measured on one H200, torch 2.11.0+cu130 (per-op ``torch.cuda.memory_allocated`` and in-op
+  ``max_memory_allocated`` under a TorchDispatchMode, 2026-11-28): ``F.scaled_dot_product_attention``
+  dispatches to ``aten._scaled_dot_product_cudnn_attention`` for MHA, for ``enable_gqa=True`` and
+  for a float additive mask, never to the flash kernel. Forward allocates the output as
+  [B, Sq, H, D] storage returned as a [B, H, Sq, D] view, logsumexp fp32 [B, H, Sq, 1] and two
+  int64 philox scalars (512 B each after allocator rounding). Backward allocates dQ, dK, dV
+  (dK, dV with Hk heads: GQA is native) and, inside the kernel, fp32 [B, Sq, H, D] plus fp32
+  [B, H, Sq] (at Sq=8192, H=32, D=128 the in-kernel transient was exactly 129 MiB), plus two
+  [B, Sk, H, D] buffers for GQA and a contiguous copy of dO when dO is not dense in
+  [B, Sq, H, D] (at Sq=1024, H=32, Hk=8: 40.125 MiB = 16 + 0.125 + 8 + 8 + 8).
+- FlashAttention-2 in PyTorch, aten/src/ATen/native/transformers/cuda/flash_attn/flash_api.cpp
+  ``mha_fwd``/``mha_bwd``: out = empty_like(q) in [B, Sq, H, D], softmax_lse fp32 [B, H, Sq],
+  rng_state uint64[2] and an unused uint64 scalar; backward dq_accum fp32
+  [B, round128(Sq), H, round32(D)] (round64 above D=128), softmax_d fp32 [B, H, round128(Sq)],
+  dk_expanded / dv_expanded [B, Sk, H, D] when Hk != H (summed into dK, dV after the kernel);
+  attention_backward.cu calls ``grad_out.contiguous()`` first.
+- RMSNorm: torch 2.11 on CUDA runs ``aten._fused_rms_norm`` (measured: saves input, weight and
+  rstd fp32 [..., 1]; output in the input dtype) and ``aten._fused_rms_norm_backward``
+  (grad input, grad weight, no other transient). On meta the composite path runs instead
+  (fp32 copies of the input), so the stand-in replaces ``F.rms_norm``. Hugging Face's
+  ``LlamaRMSNorm`` is composite on CUDA too (fp32 upcast, measured) and is traced as is.
+- Embedding backward: aten/src/ATen/native/cuda/EmbeddingBackwardKernel.cu allocates
+  ``grad_weight_per_segment`` in the accumulation type (fp32), up to [num_indices, D]:
+  measured 70.6 MiB transient at 4096 tokens x 4096 on H200, of which 64 MiB is this buffer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+from simulator.workload import Role
+
+ATTENTION_BACKENDS = ("cudnn", "flash")
+
+
+def _round_up(x: int, multiple: int) -> int:
+    return -(-x // multiple) * multiple
+
+
+def _active():
+    from simulator.trace import active_tracer
+
+    return active_tracer()
+
+
+def _bshd_empty_like(t: torch.Tensor, *, heads: int, head_dim: int, dtype=None) -> torch.Tensor:
+    """A [B, H, S, D] tensor whose storage is [B, S, H, D], as flash and cuDNN allocate it."""
+    b, _, s, _ = t.shape
+    out = torch.empty(b, s, heads, head_dim, dtype=dtype or t.dtype, device=t.device)
+    return out.transpose(1, 2)
+
+
+class _Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, bias, is_causal, scale, backend):
+        tracer = _active()
+        b, h, s_q, d = q.shape
+        s_k, d_v = k.shape[2], v.shape[3]
+        flops = sdpa_flop_count((b, h, s_q, d), (b, h, s_k, d), (b, h, s_k, d_v))
+        kind = f"_scaled_dot_product_{'cudnn' if backend == 'cudnn' else 'flash'}_attention"
+        with tracer.kernel(kind, op_class="attention_fwd", flops=flops, inputs=(q, k, v)) as kern:
+            out = _bshd_empty_like(q, heads=h, head_dim=d_v)
+            lse_shape = (b, h, s_q, 1) if backend == "cudnn" else (b, h, s_q)
+            lse = torch.empty(lse_shape, dtype=torch.float32, device=q.device)
+            rng_dtype = torch.int64 if backend == "cudnn" else torch.uint64
+            seed = torch.empty(
+                (() if backend == "cudnn" else (2,)), dtype=rng_dtype, device=q.device
+            )
+            offset = torch.empty((), dtype=rng_dtype, device=q.device)
+            kern.role(out, Role.ATTN_OUT)
+            for t in (lse, seed, offset):
+                kern.role(t, Role.ATTN_STAT)
+            kern.reads(q, k, v, bias)
+        ctx.backend, ctx.is_causal, ctx.scale = backend, is_causal, scale
+        ctx.has_bias = bias is not None
+        tensors = (q, k, v, out, lse, seed, offset) + ((bias,) if bias is not None else ())
+        ctx.save_for_backward(*tensors)
+        tracer.note_saves(tensors)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        tracer = _active()
+        q, k, v, out, lse, seed, offset, *rest = ctx.saved_tensors
+        b, h, s_q, d = q.shape
+        hk, s_k, d_v = k.shape[1], k.shape[2], v.shape[3]
+        flops = sdpa_backward_flop_count(
+            (b, h, s_q, d_v), (b, h, s_q, d), (b, h, s_k, d), (b, h, s_k, d_v)
+        )
+        kind = f"_scaled_dot_product_{'cudnn' if ctx.backend == 'cudnn' else 'flash'}_attention_backward"
+        with tracer.kernel(kind, op_class="attention_bwd", flops=flops) as kern:
+            workspaces = []
+            if not dout.transpose(1, 2).is_contiguous():
+                workspaces.append(torch.empty(b, s_q, h, d_v, dtype=dout.dtype, device=dout.device))
+            dq = _bshd_empty_like(q, heads=h, head_dim=d)
+            dk = _bshd_empty_like(k, heads=hk, head_dim=d)
+            dv = _bshd_empty_like(v, heads=hk, head_dim=d_v)
+            s_q_rounded = _round_up(s_q, 128)
+            d_rounded = _round_up(d, 32 if d <= 128 else 64)
+            if ctx.backend == "cudnn":  # measured: fp32 [B, Sq, H, D] + fp32 [B, H, Sq]
+                s_q_rounded, d_rounded = s_q, d
+            workspaces.append(
+                torch.empty(b, s_q_rounded, h, d_rounded, dtype=torch.float32, device=q.device)
+            )
+            workspaces.append(torch.empty(b, h, s_q_rounded, dtype=torch.float32, device=q.device))
+            if hk != h:
+                for _ in range(2):
+                    workspaces.append(torch.empty(b, s_k, h, d, dtype=q.dtype, device=q.device))
+            for t in (dq, dk, dv):
+                kern.role(t, Role.ACTIVATION_GRAD)
+            for t in workspaces:
+                kern.role(t, Role.WORKSPACE)
+            kern.reads(dout, q, k, v, out, lse)
+            del workspaces
+        return dq, dk, dv, None, None, None, None
+
+
+def flash_faithful_sdpa(original):
+    """A drop-in for ``F.scaled_dot_product_attention`` that allocates like the CUDA kernels."""
+
+    def sdpa(
+        query,
+        key,
+        value,
+        attn_mask=None,
+        dropout_p=0.0,
+        is_causal=False,
+        scale=None,
+        enable_gqa=False,
+    ):
+        tracer = _active()
+        if tracer is None or query.device.type != "meta" or query.dim() != 4:
+            return original(
+                query,
+                key,
+                value,
+                attn_mask=attn_mask,
+                dropout_p=dropout_p,
+                is_causal=is_causal,
+                scale=scale,
+                enable_gqa=enable_gqa,
+            )
+        backend = tracer.attention_backend
+        if key.shape[1] != query.shape[1] and not enable_gqa:
+            raise ValueError(
+                f"scaled_dot_product_attention: {query.shape[1]} query heads but "
+                f"{key.shape[1]} key heads and enable_gqa=False"
+            )
+        bias = None
+        if attn_mask is not None:
+            if backend == "flash":
+                raise ValueError(
+                    "attention_backend='flash' takes no attention mask (PyTorch picks another "
+                    "kernel when a mask is given); use attention_backend='cudnn'"
+                )
+            if attn_mask.dtype == torch.bool:  # sdpa's convert_boolean_attn_mask
+                bias = torch.where(
+                    attn_mask,
+                    torch.zeros((), dtype=query.dtype, device=query.device),
+                    torch.full((), -math.inf, dtype=query.dtype, device=query.device),
+                )
+            else:
+                bias = attn_mask
+        return _Attention.apply(query, key, value, bias, is_causal, scale, backend)
+
+    sdpa.__wrapped__ = original
+    return sdpa
+
+
+class _FusedRMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, normalized_shape, weight, eps):
+        tracer = _active()
+        ndim = len(normalized_shape)
+        with tracer.kernel("_fused_rms_norm", op_class="memory", flops=0.0, inputs=(x,)) as kern:
+            y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+            rstd = torch.empty(
+                tuple(x.shape[: x.dim() - ndim]) + (1,) * ndim, dtype=torch.float32, device=x.device
+            )
+            kern.role(y, Role.NORM_OUT)
+            kern.role(rstd, Role.NORM_STAT)
+            kern.reads(x, weight)
+        ctx.has_weight = weight is not None
+        tensors = (x, rstd) + ((weight,) if weight is not None else ())
+        ctx.save_for_backward(*tensors)
+        tracer.note_saves(tensors)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        tracer = _active()
+        x, rstd, *w = ctx.saved_tensors
+        weight = w[0] if w else None
+        with tracer.kernel("_fused_rms_norm_backward", op_class="memory", flops=0.0) as kern:
+            dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+            kern.role(dx, Role.ACTIVATION_GRAD)
+            dw = None
+            if weight is not None and ctx.needs_input_grad[2]:
+                dw = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device)
+                kern.role(dw, Role.ACTIVATION_GRAD)  # becomes GRAD if it ends in .grad
+            kern.reads(dy, x, rstd, weight)
+        return dx, None, dw, None
+
+
+def fused_rms_norm(original):
+    """A drop-in for ``F.rms_norm`` that allocates like torch 2.11's fused CUDA kernel."""
+
+    def rms_norm(input, normalized_shape, weight=None, eps=None):
+        tracer = _active()
+        if tracer is None or input.device.type != "meta":
+            return original(input, normalized_shape, weight, eps)
+        return _FusedRMSNorm.apply(input, tuple(normalized_shape), weight, eps)
+
+    rms_norm.__wrapped__ = original
+    return rms_norm
+
+
+def embedding_backward_workspace_bytes(args) -> int:
+    """fp32 partial sums of the CUDA embedding backward: [num_indices, D] (see Source)."""
+    grad, indices = args[0], args[1]
+    return indices.numel() * grad.shape[-1] * 4
