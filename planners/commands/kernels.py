@@ -324,13 +324,15 @@ def _run_tiling(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     mask = "causal" if args.causal else "full"
     table = Table(
         title=f"FlashAttention fwd HBM traffic per (batch, head): Nq={seq_len} Nkv={seq_len_kv} "
-        f"d={head_dim} {mask} {args.dtype}"
+        f"d={head_dim} {mask} {args.dtype}",
+        box=box.SIMPLE_HEAD,
     )
     for col in ("SRAM/SM", "Br x Bc", "K/V passes", "HBM bytes", "x minimum"):
         table.add_column(col, justify="right")
