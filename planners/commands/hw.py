@@ -39,6 +39,11 @@ def register(subparsers: Any) -> None:
     tr.add_argument("--direction", required=True, choices=("h2d", "d2h", "bidir"))
     tr.add_argument("--hardware", required=True, help="node preset or node JSON file")
     tr.add_argument("--gpu-index", type=int, default=0, help="which GPU of the node (default 0)")
+    tr.add_argument(
+        "--device",
+        default="cpu0",
+        help="other end: cpu0 (host DRAM, default), cxl0, nvme0, csd0, ... of the node",
+    )
     tr.add_argument("--json", action="store_true", help="print one JSON object")
     tr.set_defaults(run=run_transfer)
 
@@ -276,6 +281,11 @@ def run_transfer(args: argparse.Namespace) -> int:
     node = load_node(args.hardware)
     if not 0 <= args.gpu_index < node.num_gpus:
         raise UserInputError(f"--gpu-index: {node.name} has GPUs 0..{node.num_gpus - 1}")
+    if not args.device.startswith("cpu"):
+        return _device_transfer(args, node, num_bytes)
+    from hwmodels.transfer import device_rate_bytes_per_s
+
+    device_rate_bytes_per_s(node, args.device, "h2d")  # an unknown socket is a one-line error
     link = node.host_link(args.gpu_index)
     both = args.direction == "bidir"
     direction = "h2d" if both else args.direction
@@ -339,6 +349,45 @@ def run_transfer(args: argparse.Namespace) -> int:
     )
     table.add_row("GPUs sharing the host path", str(out["num_gpus_sharing_host_path"]))
     table.add_row("rates from", out["rates_from"])
+    _console().print(table)
+    return 0
+
+
+def _device_transfer(args: argparse.Namespace, node: Any, num_bytes: int) -> int:
+    """``hw transfer --device cxl0|nvme0|csd0``: one direction, along the topology path."""
+    from hwmodels.transfer import device_rate_bytes_per_s, tier_transfer_time_s
+    from hwmodels.units import UserInputError, format_bytes, format_rate, format_seconds
+
+    if args.direction == "bidir":
+        raise UserInputError("--direction: bidir is only modelled for host memory (--device cpu0)")
+    time_s = tier_transfer_time_s(
+        node, num_bytes, args.direction, device=args.device, gpu_index=args.gpu_index
+    )
+    path = node.path(f"gpu{args.gpu_index}", args.device)
+    out = {
+        "hardware": node.name,
+        "device": args.device,
+        "direction": args.direction,
+        "num_bytes": num_bytes,
+        "total_bytes": num_bytes,
+        "time_s": time_s,
+        "bandwidth_bytes_per_s": num_bytes / time_s,
+        "device_bandwidth_bytes_per_s": device_rate_bytes_per_s(node, args.device, args.direction),
+        "path": [f"{e.a}<->{e.b}:{node.links[e.link].name}" for e in path],
+    }
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    from rich.table import Table
+
+    verb = "to GPU" if args.direction == "h2d" else "from GPU"
+    table = Table(title=f"{format_bytes(num_bytes)} {args.device} {verb} on {node.name}")
+    table.add_column("quantity")
+    table.add_column("value")
+    table.add_row("time", format_seconds(time_s))
+    table.add_row("bandwidth", format_rate(out["bandwidth_bytes_per_s"]))
+    table.add_row("device's own rate", format_rate(out["device_bandwidth_bytes_per_s"]))
+    table.add_row("path", ", ".join(out["path"]))
     _console().print(table)
     return 0
 

@@ -187,3 +187,29 @@ def test_calibrate_writes_the_committed_profile(capsys, tmp_path):
     )
     out = capsys.readouterr().out
     assert "largest" in out and "within 10%" in out and "wrote" not in out
+
+
+def test_transfer_to_a_storage_device(capsys):
+    argv = [
+        "hw",
+        "transfer",
+        "--bytes",
+        "1GB",
+        "--direction",
+        "d2h",
+        "--hardware",
+        "1xH200-tiered",
+        "--device",
+        "nvme0",
+        "--json",
+    ]
+    assert main(argv) == 0
+    data = _json(capsys)
+    assert data["path"] == ["gpu0<->cpu0:pcie-gen5-x16", "nvme0<->cpu0:pcie-gen5-x4"]
+    assert data["bandwidth_bytes_per_s"] < data["device_bandwidth_bytes_per_s"] == 6.75e9
+    assert main(argv[:-3] + ["--device", "csd0"]) == 0
+    assert "csd0" in capsys.readouterr().out
+    assert main(argv[:-3] + ["--device", "cxl7"]) == 2
+    assert "cxl7" in capsys.readouterr().err
+    assert main(argv[:-3] + ["--device", "cpu1"]) == 2  # one socket
+    assert "cpu1" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from hwmodels.transfer import (
     LINK_EFFICIENCY_FRAC,
     effective_bandwidth_bytes_per_s,
     host_transfer_time_s,
+    tier_transfer_time_s,
     transfer_time_s,
 )
 from hwmodels.units import GB, MiB, UserInputError
@@ -138,3 +139,24 @@ def test_a800_node_without_profile_uses_gen4_defaults():
         10e-6 + 1e9 / rate, rel=1e-3
     )
     assert Path(PROBE).exists()
+
+
+def test_tiers_by_hand_on_the_tiered_node():
+    node = get_node("1xH200-tiered")
+    pcie = LINK_EFFICIENCY_FRAC["pcie"]
+    h2d = node.profile.fits["copy_h2d"]
+    # CXL: min(profile H2D 55.4, CXL x8 31.5 GB/s x 0.87, card 36 GB/s read); latencies add up
+    cxl_rate = 31.508e9 * pcie
+    expected = h2d.latency_s + 10e-6 + 250e-9 + 1e9 / cxl_rate
+    assert tier_transfer_time_s(node, 1e9, "h2d", device="cxl0") == pytest.approx(
+        expected, rel=1e-3
+    )
+    # Gen5 NVMe: reads bound by its x4 link (13.7 GB/s), writes by the drive (6.75 GB/s)
+    t_read = tier_transfer_time_s(node, 1e9, "h2d", device="nvme0")
+    t_write = tier_transfer_time_s(node, 1e9, "d2h", device="nvme0")
+    assert 1e9 / t_read == pytest.approx(15.754e9 * pcie, rel=0.01)
+    assert 1e9 / t_write == pytest.approx(6.75e9, rel=0.01)
+    # host DRAM is the host copy itself
+    assert tier_transfer_time_s(node, 1e9, "h2d") == host_transfer_time_s(node, 1e9, "h2d")
+    with pytest.raises(UserInputError, match="no memory or storage device 'nvme3'"):
+        tier_transfer_time_s(node, 1e9, "h2d", device="nvme3")
