@@ -43,7 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     att.add_argument("--causal", action="store_true", help="causal mask")
     att.add_argument("--window", default=None, help="causal sliding window, tokens")
     att.add_argument("--batch", default="1", help="batch size (default 1)")
-    att.add_argument("--pass", dest="attention_pass", required=True, choices=PASSES)
+    att.add_argument(
+        "--pass", dest="attention_pass", required=True, choices=PASSES, help="fwd, bwd or fwdbwd"
+    )
     att.add_argument("--dtype", default="bf16", help="dtype of Q, K, V (default bf16)")
     att.add_argument("--sram", default=None, help="SRAM per SM for tiling (default: the GPU's)")
     att.add_argument("--hardware", required=True, help="node preset name or node JSON file")
