@@ -2,8 +2,9 @@
 
 Models: the allocations of the kernels that PyTorch 2.11 runs on an H200 where the meta device
 runs something else: scaled-dot-product attention (cuDNN or FlashAttention-2 instead of the
-math path), RMSNorm (the fused CUDA kernel instead of the composite), and the fp32 partial-sum
-buffer of the CUDA embedding backward. Each stand-in is an ``autograd.Function`` that allocates,
+math path), RMSNorm (the fused CUDA kernel instead of the composite), dropout (the fused
+``native_dropout`` with a bool mask instead of a mask in the input dtype), and the fp32
+partial-sum buffer of the CUDA embedding backward. Each stand-in is an ``autograd.Function`` that allocates,
 on the meta device, exactly the tensors the CUDA kernel allocates (outputs, tensors saved for
 backward, and workspaces that live only inside the kernel) inside one traced kernel, so the
 tracer records one op per CUDA kernel.
@@ -34,6 +35,10 @@ Source:
   (grad input, grad weight, no other transient). On meta the composite path runs instead
   (fp32 copies of the input), so the stand-in replaces ``F.rms_norm``. Hugging Face's
   ``LlamaRMSNorm`` is composite on CUDA too (fp32 upcast, measured) and is traced as is.
+- Dropout: aten/src/ATen/native/Dropout.cpp ``dropout`` takes ``native_dropout`` when
+  ``is_fused_kernel_acceptable`` (CUDA input, 0 < p < 1); its CUDA kernel returns a bool mask.
+  Measured: GPT-2 medium at 4K (49 dropouts of [4096, 1024]) peaked 194 MiB lower on H200 than
+  the composite path predicts.
 - Embedding backward: aten/src/ATen/native/cuda/EmbeddingBackwardKernel.cu allocates
   ``grad_weight_per_segment`` in the accumulation type (fp32), up to [num_indices, D]:
   measured 70.6 MiB transient at 4096 tokens x 4096 on H200, of which 64 MiB is this buffer.
@@ -231,6 +236,26 @@ def fused_rms_norm(original):
 
     rms_norm.__wrapped__ = original
     return rms_norm
+
+
+def fused_dropout(original):
+    """A drop-in for ``F.dropout`` that runs ``aten.native_dropout`` as CUDA does.
+
+    On meta (as on CPU) dropout is composite: a mask in the input dtype from ``bernoulli_``.
+    On CUDA ``dropout`` takes the fused ``native_dropout`` kernel, which saves a bool mask
+    (1 byte per element instead of 2 in bf16).
+    """
+
+    def dropout(input, p=0.5, training=True, inplace=False):
+        tracer = _active()
+        if tracer is None or input.device.type != "meta" or inplace or not training:
+            return original(input, p, training, inplace)
+        if p <= 0.0 or p >= 1.0 or input.numel() == 0:
+            return original(input, p, training, inplace)
+        return torch.ops.aten.native_dropout(input, p, True)[0]
+
+    dropout.__wrapped__ = original
+    return dropout
 
 
 def embedding_backward_workspace_bytes(args) -> int:

@@ -26,6 +26,7 @@ CUDA-faithful substitutions (meta kernels differ from what an H200 runs; details
   and those copies are traced as they happen. Both kernels take GQA natively.
 - ``F.rms_norm`` / ``nn.RMSNorm`` -> the fused CUDA kernel (saves input, weight, fp32 rstd).
   Hugging Face ``LlamaRMSNorm`` is composite on CUDA as on meta (fp32 copies) and is traced as is.
+- ``F.dropout`` / ``nn.Dropout`` in training -> ``native_dropout`` (bool mask, not bf16).
 - ``embedding_dense_backward`` -> plus its fp32 [tokens, hidden] partial-sum workspace.
 - cuBLAS workspace: torch sets ``:4096:8`` (32 MiB) per cuBLAS handle and stream on Hopper
   (CublasHandlePool.cpp ``getChosenWorkspaceSize``), allocated through the caching allocator at
@@ -580,6 +581,7 @@ def _patched_functions():
     patches: list[tuple[Any, str, Any]] = []
     sdpa = tk.flash_faithful_sdpa(F.scaled_dot_product_attention)
     rms = tk.fused_rms_norm(F.rms_norm)
+    patches.append((F, "dropout", tk.fused_dropout(F.dropout)))
     patches.append((F, "scaled_dot_product_attention", sdpa))
     patches.append((F, "rms_norm", rms))
     patches.append((torch.nn.modules.normalization.F, "rms_norm", rms))

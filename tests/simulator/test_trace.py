@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn as nn
@@ -317,3 +320,51 @@ def test_probe_stack_peak_matches_h200(tokens, mode):
     measured = H200_PROBE_PEAK_BYTES[(tokens, mode)]
     peak = walk_memory(w).peak_bytes
     assert abs(peak - measured) / measured < 0.03, (peak / GiB, measured / GiB)
+
+
+STEPS_H200 = (
+    Path(__file__).resolve().parents[2]
+    / "validate"
+    / "measurements"
+    / "h200"
+    / "steps-h200-2026-11-28-r2.json"
+)
+
+
+def _hf_step_records():
+    if not STEPS_H200.exists():
+        return []
+    records = json.loads(STEPS_H200.read_text())["records"]
+    return [r for r in records if r.get("status") == "ok" and not r["optimizer"]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "record",
+    _hf_step_records(),
+    ids=lambda r: f"{r['case']}-{r['seq_len']}-gc{int(r['gradient_checkpointing'])}",
+)
+def test_hugging_face_step_peak_matches_h200(record):
+    """validate/measure_steps.py on one H200: grads set to None before the step, no KV cache."""
+    transformers = pytest.importorskip("transformers")
+    cfg_dict = dict(record["config"])
+    config = transformers.AutoConfig.for_model(cfg_dict.pop("model_type"), **cfg_dict)
+    config._attn_implementation = "sdpa"
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    tokens = record["seq_len"]
+
+    def inputs():
+        ids = torch.zeros(1, tokens, dtype=torch.long)
+        return {"input_ids": ids, "labels": ids, "use_cache": False}
+
+    mode = "full" if record["gradient_checkpointing"] else "none"
+    walk = walk_memory(trace_training_step(model, inputs, checkpointing=mode))
+    measured = record["peak_allocated_bytes"]
+    assert abs(walk.peak_bytes - measured) / measured < 0.03, (
+        walk.peak_bytes / GiB,
+        measured / GiB,
+    )
+    # what the step adds on top of weights and workspaces, to within 4 MiB
+    added = record["peak_allocated_bytes"] - record["before_step_allocated_bytes"]
+    assert abs((walk.peak_bytes - walk.initial_bytes) - added) < 4 * MiB
