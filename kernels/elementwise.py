@@ -274,3 +274,50 @@ def embedding_cost(
         dtype=dtype,
     )
     return FwdBwd(fwd, bwd)
+
+
+def minimal_traffic_bytes(
+    op: str,
+    *,
+    num_tokens: int,
+    width: int,
+    dtype: str = "bf16",
+    head_dim: int | None = None,
+) -> tuple[int, int]:
+    """(forward, forward + backward) minimal HBM bytes of an eager op or op sequence.
+
+    This is the convention in which ``kernels/microbench.py`` records memory-bound ops and in
+    which hwmodels fits their achieved rates (``memory.<op>.<impl>.fwd|fwdbwd``): every input read
+    once and every output written once, whatever the eager sequence really moves. Time one with
+    ``compute_time_s(flops=0, hbm_bytes=..., op_class="memory.<op>.<impl>.<pass>")``.
+
+    op: "rmsnorm" (width = hidden; reads x and w, writes y; backward reads dy and x, writes dx
+    and dw); "silu_mul" (width = intermediate; reads gate and up, writes h; backward reads dh,
+    gate and up, writes dgate and dup); "rotary" (q and k together: width = (heads + kv_heads)
+    * head_dim, plus the cos and sin rows of ``head_dim`` read once); "cross_entropy" (width = vocab: reads the logits and
+    int64 labels; backward writes dlogits); "embedding" (width = hidden: reads ids and rows,
+    writes y; backward reads dy and ids, writes the whole table's gradient: pass the table rows
+    as ``head_dim``).
+    """
+    require_positive("num_tokens", num_tokens)
+    require_positive("width", width)
+    x = tensor_bytes(num_tokens * width, dtype)
+    ids = tensor_bytes(num_tokens, "int64")
+    if op == "rmsnorm":
+        w = tensor_bytes(width, dtype)
+        return 2 * x + w, 5 * x + 2 * w
+    if op == "silu_mul":
+        return 3 * x, 8 * x
+    if op == "rotary":
+        if head_dim is None:
+            raise ValueError("rotary: head_dim is required")
+        tables = 2 * tensor_bytes(num_tokens * head_dim, dtype)
+        return 2 * x + tables, 4 * x + tables
+    if op == "cross_entropy":
+        return x + ids, 2 * x + ids
+    if op == "embedding":
+        if head_dim is None:
+            raise ValueError("embedding: pass the vocabulary size as head_dim")
+        table = tensor_bytes(head_dim * width, dtype)
+        return 2 * x + ids, 2 * x + ids + x + ids + table
+    raise ValueError(f"minimal_traffic_bytes: unknown op {op!r}")

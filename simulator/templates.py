@@ -31,11 +31,13 @@ or 64, plus dk/dv expanded to all query heads under GQA); Korthikanti et al. 202
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from hwmodels.units import UserInputError
 from kernels.attention import attention_bwd_cost, attention_fwd_cost, attention_fwd_flops
 from kernels.cost import KernelCost, combine
+from kernels.elementwise import minimal_traffic_bytes
 from kernels.gemm import linear_bwd_costs, linear_fwd_cost
 from simulator.autograd_model import ZERO_COST, Cost, ProgramBuilder
 from simulator.workload import Role, Workload
@@ -99,16 +101,45 @@ class _Timer:
         self.node = node
         self.dtype = dtype
 
+    def measured(self, variant: str) -> bool:
+        """The node's profile holds a fit for exactly this op variant."""
+        prof = getattr(self.node, "profile", None)
+        return prof is not None and variant in prof.fits
+
+    def composite_times(self, variant: str, fwd_bytes: int, fwdbwd_bytes: int) -> tuple[float, float] | None:
+        """(forward, backward) time of an eager op sequence from its measured rate over minimal
+        bytes (``kernels.elementwise.minimal_traffic_bytes``); None when the profile lacks it."""
+        if not (self.measured(f"{variant}.fwd") and self.measured(f"{variant}.fwdbwd")):
+            return None
+        from hwmodels.compute import compute_time_s
+
+        f = compute_time_s(flops=0.0, hbm_bytes=fwd_bytes, op_class=f"{variant}.fwd", dtype=self.dtype,
+                           node=self.node)
+        fb = compute_time_s(flops=0.0, hbm_bytes=fwdbwd_bytes, op_class=f"{variant}.fwdbwd", dtype=self.dtype,
+                            node=self.node)
+        return f, max(0.0, fb - f)
+
     def __call__(self, *costs: KernelCost, flop_counter_flops: float | None = None,
-                 model_flops: float | None = None) -> Cost:
+                 model_flops: float | None = None, variant: str | None = None,
+                 time_s: float | None = None) -> Cost:
+        """``variant`` refines the op class for timing (``attention_fwd.d64``); ``time_s``
+        replaces the roofline time (a share of a measured composite)."""
         items = [c for c in costs if c is not None]
         if not items:
             return ZERO_COST
-        time_s = None
-        if self.node is not None:
+        if time_s is None and self.node is not None:
+            from hwmodels.compute import compute_time_s
             from kernels.cost import kernel_time_s
 
-            time_s = sum(kernel_time_s(c, self.node) for c in items)
+            if variant is None:
+                time_s = sum(kernel_time_s(c, self.node) for c in items)
+            else:
+                time_s = sum(
+                    compute_time_s(flops=c.flops, hbm_bytes=c.hbm_bytes,
+                                   op_class=f"{c.op_class}.{variant}" if c.op_class.startswith("attention")
+                                   else c.op_class, dtype=c.dtype, node=self.node)
+                    for c in items
+                )
         total = items[0] if len(items) == 1 else combine(items, name=items[0].name)
         matmul = sum(c.flops for c in items if c.op_class in ("gemm", "attention_fwd", "attention_bwd"))
         counted = matmul if flop_counter_flops is None else flop_counter_flops
@@ -179,6 +210,32 @@ class _Program:
         if self.zero >= 2:
             g_bytes = -(-g_bytes // self.dp)
         return self.b.param(name, w_bytes, layer, grad_bytes=g_bytes)
+
+    @contextmanager
+    def measured_group(self, variant: str, *, op: str, width: int, head_dim: int | None = None,
+                       num_tokens: int | None = None):
+        """Time the eager ops built inside the block as one measured composite (``variant``, e.g.
+        ``memory.rmsnorm.hf_eager``): a dozen small eager kernels run far below HBM bandwidth,
+        and the profile measured the sequence as a whole. The first op carries the time."""
+        start = len(self.b._ops)
+        yield
+        if self.node is None:
+            return
+        tokens = self.s.norm_tokens if num_tokens is None else num_tokens
+        fwd_b, fb_b = minimal_traffic_bytes(op, num_tokens=tokens, width=width, dtype=self.dtype,
+                                            head_dim=head_dim)
+        times = self.cost.composite_times(variant, fwd_b, fb_b)
+        if times is None:
+            return
+        for j, fop in enumerate(self.b._ops[start:]):
+            fop.cost = _with_time(fop.cost, times[0] if j == 0 else 0.0)
+            fop.bwd_cost = _with_time(fop.bwd_cost, times[1] if j == 0 else 0.0)
+
+    @property
+    def attention_variant(self) -> str:
+        """Which measured attention kernel: the default SDPA backend on Hopper with torch 2.11 is
+        cuDNN for head_dim 128; head_dim 64 runs markedly slower and is fitted on its own."""
+        return "d64" if self.s.head_dim <= 64 else "cudnn"
 
     # ---- communication ----------------------------------------------------------------------
     def comm_time_s(self, op: str, num_bytes: int, num_gpus: int, *, network: bool = False) -> float:
@@ -252,6 +309,10 @@ class _Program:
 
     def fused_rmsnorm(self, name: str, x: int, layer) -> int:
         """``torch.rms_norm`` on CUDA: one kernel; saves input and rstd (fp32 per row)."""
+        with self.measured_group("memory.rmsnorm.torch_rms_norm", op="rmsnorm", width=self.s.hidden):
+            return self._fused_rmsnorm_op(name, x, layer)
+
+    def _fused_rmsnorm_op(self, name: str, x: int, layer) -> int:
         b, s = self.b, self.s
         n = s.norm_tokens * s.hidden
         w = self.weight(f"{name}.weight", s.hidden, layer)
@@ -268,6 +329,10 @@ class _Program:
 
     def hf_rmsnorm(self, name: str, x: int, layer) -> int:
         """Hugging Face LlamaRMSNorm: fp32 upcast in Python, one aten op per line."""
+        with self.measured_group("memory.rmsnorm.hf_eager", op="rmsnorm", width=self.s.hidden):
+            return self._hf_rmsnorm_ops(name, x, layer)
+
+    def _hf_rmsnorm_ops(self, name: str, x: int, layer) -> int:
         b, s = self.b, self.s
         n = s.norm_tokens * s.hidden
         rows = s.norm_tokens
@@ -452,8 +517,9 @@ class _Program:
         full_fwd = 4.0 * s.batch * heads * seq_q * seq_kv * s.head_dim * scale
         model_fwd = scale * attention_fwd_flops(batch=s.batch, seq_len_q=seq_q, seq_len_kv=seq_kv, num_heads=heads,
                                                 head_dim=s.head_dim, causal=causal, window=window)
-        fwd_cost = self.cost(fwd, flop_counter_flops=full_fwd, model_flops=model_fwd)
-        bwd_cost = self.cost(*bwd, flop_counter_flops=2.0 * full_fwd, model_flops=2.0 * model_fwd)
+        var = self.attention_variant
+        fwd_cost = self.cost(fwd, flop_counter_flops=full_fwd, model_flops=model_fwd, variant=var)
+        bwd_cost = self.cost(*bwd, flop_counter_flops=2.0 * full_fwd, model_flops=2.0 * model_fwd, variant=var)
         fwd_ws = 0
         if cp > 1 and not ulysses and fwd_cost.time_s is not None:
             ring_fwd = (cp - 1) * self.comm_time_s("send_recv", kv_bytes_local, 2)
@@ -591,8 +657,11 @@ class _Program:
                 for n, size in (("q", q_size), ("k", kv_size), ("v", kv_size))
             )
         if m.position == "rope" and cos is not None:
-            q = self.rotary(f"layers.{i}.attn.rotary_q", q, cos, sin, i, T * q_size)
-            k = self.rotary(f"layers.{i}.attn.rotary_k", k, cos, sin, i, T * kv_size)
+            variant = "memory.rotary.hf_rotate_half" if self.hf else "memory.rotary.fused"
+            with self.measured_group(variant, op="rotary", width=q_size + kv_size, head_dim=s.head_dim,
+                                     num_tokens=T):
+                q = self.rotary(f"layers.{i}.attn.rotary_q", q, cos, sin, i, T * q_size)
+                k = self.rotary(f"layers.{i}.attn.rotary_k", k, cos, sin, i, T * kv_size)
         if self.inference:
             k, v = self.kv_cache_store(i, k, v)
         a = self.attention(f"layers.{i}.attn.sdpa", q, k, v, i)
@@ -618,6 +687,8 @@ class _Program:
                     for n in ("gate", "up")
                 )
             io = T * f * s.act_bytes
+            group = self.measured_group("memory.silu_mul.eager", op="silu_mul", width=f, num_tokens=T)
+            group.__enter__()
             act = self.act(f"layers.{i}.mlp.silu", T * f, Role.MLP_HIDDEN, i)
             self.b.op(f"layers.{i}.mlp.silu", "silu", i, inputs=[gate], outputs=[act], saves=[gate],
                       cost=self.cost(_mem("silu", read_bytes=io, write_bytes=io)),
@@ -626,6 +697,7 @@ class _Program:
             self.b.op(f"layers.{i}.mlp.mul", "mul", i, inputs=[act, up], outputs=[prod], saves=[act, up],
                       cost=self.cost(_mem("mul", read_bytes=2 * io, write_bytes=io)),
                       bwd_cost=self.cost(_mem("mul_bwd", read_bytes=3 * io, write_bytes=2 * io)))
+            group.__exit__(None, None, None)
         else:
             up = self.linear(f"layers.{i}.mlp.fc_in", nrm2, h, f, i, tokens=T, role=Role.MLP_HIDDEN,
                              bias=m.mlp_bias, save_input=nrm2_saved)
@@ -647,6 +719,11 @@ class _Program:
     def hf_loss(self, logits: int, labels: int, tv: int) -> int:
         """transformers ForCausalLMLoss: logits.float(), log_softmax, nll_loss. The caller holds
         ``outputs.logits`` (bf16) through backward."""
+        with self.measured_group("memory.cross_entropy.hf_float_upcast", op="cross_entropy",
+                                 width=self.s.vocab, num_tokens=self.s.tokens):
+            return self._hf_loss_ops(logits, labels, tv)
+
+    def _hf_loss_ops(self, logits: int, labels: int, tv: int) -> int:
         b, s, T = self.b, self.s, self.s.tokens
         b.hold(logits)
         l32 = self.act("loss.logits_fp32", tv, Role.LOGITS_FP32, None, FP32_BYTES)
