@@ -84,3 +84,23 @@ def test_reference_probe_stack(seq_len, mode, rec):
     time_err = est.step_time_s / rec["step_s"] - 1
     assert abs(peak_err) <= PEAK_TOL_PROBE, f"peak error {peak_err:+.2%}"
     assert abs(time_err) <= TIME_TOL_PROBE, f"step time error {time_err:+.2%}"
+
+
+# Step time. Known gaps carry their own bound so they cannot grow unnoticed:
+#  - mistral-7b-v0.1 (sliding window 4096 < 16K): SDPA leaves the cuDNN causal path for the
+#    memory-efficient kernel with an explicit mask, whose rate is not in the profile;
+#  - gpt2-medium: a 0.36B model at 4K tokens is CPU-launch bound (24 layers of small kernels,
+#    dropout RNG state saved per checkpointed layer), which a GPU kernel model does not see.
+TIME_TOL_HF = 0.10
+TIME_KNOWN_GAPS = {"mistral-7b-v0.1-4l": 0.30, "gpt2-medium": 0.60}
+
+
+@pytest.mark.parametrize("rec", _hf_records())
+def test_hf_step_time(rec):
+    model = ModelSpec.from_hf_config(rec["config"])
+    est = estimate_training(model, _hf_job(rec), get_node("1xH200"))
+    err = est.step_time_s / rec["step_time_s"] - 1
+    tol = TIME_KNOWN_GAPS.get(rec["case"], TIME_TOL_HF)
+    if rec.get("optimizer") == "adamw_foreach":
+        tol = 0.20  # torch's foreach AdamW launches ~10 kernels per tensor group: launch bound
+    assert abs(err) <= tol, f"predicted {est.step_time_s:.4f} s vs measured {rec['step_time_s']:.4f} s ({err:+.1%})"
