@@ -1,0 +1,376 @@
+"""PyTorch's CUDA caching allocator, replayed: reserved memory of an allocation/free sequence.
+
+Models: the native caching allocator of one device. Requests round up to 512 B; requests of
+at most 1 MiB go to the small pool, larger ones to the large pool; each pool is per stream.
+A request takes the best-fitting cached free block of its pool (smallest size, then lowest
+address); when none fits, a new segment is cudaMalloc'ed: 2 MiB for small requests, 20 MiB
+for 1-10 MiB requests, the request rounded up to 2 MiB from 10 MiB on. A block larger than the
+request is split (the request takes the front) when the rest is at least 512 B (small pool)
+or more than 1 MiB (large pool). A freed block merges with its free neighbours in the same
+segment and stays cached (reserved). When a new segment would exceed the device capacity, the
+allocator frees one cached unsplit segment large enough, then every cached unsplit segment,
+and retries (``num_alloc_retries``); if that fails too it is an out-of-memory error.
+With ``expandable_segments`` each (stream, pool) has one virtual segment that grows by mapping
+2 MiB (small) or 20 MiB (large) pages at its end instead of cudaMalloc'ing new segments.
+Assumes: ``max_split_size`` unlimited (the default), no ``roundup_power2_divisions``, no
+garbage-collection threshold, frees complete immediately (no cross-stream events pending),
+a freshly emptied cache unless the caller pre-allocates.
+Ignores: CUDA graphs' private pools, ``cudaMallocAsync`` backend, segments' real addresses
+(virtual addresses grow from 0; they only break ties between equal-size blocks), unmapping of
+expandable pages (only ``empty_cache`` does that).
+Source: PyTorch c10/cuda/CUDACachingAllocator.cpp (kMinBlockSize 512, kSmallSize 1 MiB,
+kSmallBuffer 2 MiB, kLargeBuffer 20 MiB, kMinLargeAlloc 10 MiB, kRoundLarge 2 MiB;
+``round_size``, ``get_allocation_size``, ``get_free_block`` on a set ordered by (stream, size,
+address), ``should_split``, ``free_block`` merging, ``release_available_cached_blocks``,
+``try_allocate_expandable_block``).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from hwmodels.units import MiB
+from simulator.workload import ALLOCATOR_ROUND_BYTES, Workload, allocator_rounded_bytes
+
+MIN_BLOCK_BYTES = ALLOCATOR_ROUND_BYTES  # kMinBlockSize
+SMALL_REQUEST_MAX_BYTES = 1 * MiB  # kSmallSize: largest request served by the small pool
+SMALL_SEGMENT_BYTES = 2 * MiB  # kSmallBuffer
+LARGE_SEGMENT_BYTES = 20 * MiB  # kLargeBuffer: segment for 1-10 MiB requests
+MIN_LARGE_ALLOC_BYTES = 10 * MiB  # kMinLargeAlloc: from here a request gets its own segment
+ROUND_LARGE_BYTES = 2 * MiB  # kRoundLarge
+
+CUBLAS_WORKSPACE_BYTES = 32 * MiB
+"""One cuBLAS workspace on Hopper, allocated through the caching allocator per (handle, stream)
+and kept for the life of the process (see simulator.estimator.RUNTIME_WORKSPACE_BYTES)."""
+
+
+class AllocEvent(NamedTuple):
+    """One request to the allocator: ``action`` is "alloc" or "free"; ``key`` names the block."""
+
+    action: str
+    key: Hashable
+    num_bytes: int = 0  # requested bytes (alloc only)
+    stream: int = 0
+
+
+class AllocatorOOM(RuntimeError):
+    """The sequence does not fit the device capacity even after releasing the cache."""
+
+
+def allocation_size(num_bytes: int) -> int:
+    """Bytes cudaMalloc'ed for a new segment serving a request (``get_allocation_size``)."""
+    size = allocator_rounded_bytes(num_bytes)
+    if size <= SMALL_REQUEST_MAX_BYTES:
+        return SMALL_SEGMENT_BYTES
+    if size < MIN_LARGE_ALLOC_BYTES:
+        return LARGE_SEGMENT_BYTES
+    return -(-size // ROUND_LARGE_BYTES) * ROUND_LARGE_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class AllocatorReplay:
+    """What ``torch.cuda.memory_stats`` would report after replaying a sequence."""
+
+    peak_reserved_bytes: int  # max_memory_reserved
+    peak_allocated_bytes: int  # max_memory_allocated
+    final_reserved_bytes: int
+    final_allocated_bytes: int
+    peak_num_segments: int
+    num_segment_allocs: int  # cudaMalloc calls (or page-mapping calls with expandable segments)
+    num_alloc_retries: int
+    expandable_segments: bool
+
+    @property
+    def stranded_frac(self) -> float:
+        """Share of peak reserved memory that peak allocated memory never used."""
+        if self.peak_reserved_bytes == 0:
+            return 0.0
+        return 1.0 - self.peak_allocated_bytes / self.peak_reserved_bytes
+
+
+class _Block:
+    __slots__ = ("addr", "size", "pool", "allocated", "prev", "next")
+
+    def __init__(self, addr: int, size: int, pool: tuple[int, bool]):
+        self.addr = addr
+        self.size = size
+        self.pool = pool  # (stream, is_small)
+        self.allocated = False
+        self.prev: _Block | None = None
+        self.next: _Block | None = None
+
+
+class CachingAllocator:
+    """Stateful replay of the caching allocator; feed it with ``malloc``/``free`` or ``replay``."""
+
+    def __init__(self, *, capacity_bytes: int | None = None, expandable_segments: bool = False):
+        self.capacity_bytes = capacity_bytes
+        self.expandable_segments = expandable_segments
+        self._free: dict[tuple[int, bool], list[tuple[int, int]]] = {}  # pool -> sorted (size, addr)
+        self._blocks: dict[int, _Block] = {}  # addr -> block (every block, free or not)
+        self._live: dict[Hashable, _Block] = {}
+        self._next_addr = 0
+        self._expandable_end: dict[tuple[int, bool], _Block] = {}  # pool -> last block of segment
+        self.reserved_bytes = 0
+        self.allocated_bytes = 0
+        self.peak_reserved_bytes = 0
+        self.peak_allocated_bytes = 0
+        self.num_segments = 0
+        self.peak_num_segments = 0
+        self.num_segment_allocs = 0
+        self.num_alloc_retries = 0
+        self._zero_keys: set[Hashable] = set()  # zero-byte requests: nothing allocated
+
+    # --- free-list bookkeeping (a sorted list per pool stands in for the std::set) ---
+    def _insert_free(self, b: _Block) -> None:
+        bisect.insort(self._free.setdefault(b.pool, []), (b.size, b.addr))
+
+    def _remove_free(self, b: _Block) -> None:
+        lst = self._free[b.pool]
+        i = bisect.bisect_left(lst, (b.size, b.addr))
+        del lst[i]
+
+    def _best_fit(self, pool: tuple[int, bool], size: int) -> _Block | None:
+        lst = self._free.get(pool)
+        if not lst:
+            return None
+        i = bisect.bisect_left(lst, (size, -1))
+        if i == len(lst):
+            return None
+        _, addr = lst.pop(i)
+        return self._blocks[addr]
+
+    # --- segments ---
+    def _fits_device(self, num_bytes: int) -> bool:
+        return self.capacity_bytes is None or self.reserved_bytes + num_bytes <= self.capacity_bytes
+
+    def _new_segment(self, pool: tuple[int, bool], size: int) -> _Block | None:
+        if not self._fits_device(size):
+            return None
+        b = _Block(self._next_addr, size, pool)
+        self._next_addr += size
+        self._blocks[b.addr] = b
+        self.reserved_bytes += size
+        self.num_segments += 1
+        self.num_segment_allocs += 1
+        return b
+
+    def _release_segment(self, b: _Block) -> None:
+        self._remove_free(b)
+        del self._blocks[b.addr]
+        self.reserved_bytes -= b.size
+        self.num_segments -= 1
+
+    def _release_cached(self, size: int | None) -> bool:
+        """Free one unsplit cached segment >= size (or, with size None, all of them)."""
+        whole = [self._blocks[a] for lst in self._free.values() for _, a in lst]
+        whole = [b for b in whole if b.prev is None and b.next is None]
+        if size is not None:
+            fitting = sorted((b for b in whole if b.size >= size), key=lambda b: (b.size, b.addr))
+            if not fitting:
+                return False
+            whole = fitting[:1]
+        for b in whole:
+            self._release_segment(b)
+        return bool(whole)
+
+    def _grow_expandable(self, pool: tuple[int, bool], size: int) -> _Block | None:
+        """Map pages at the end of the pool's one segment; returns a free block >= size."""
+        page = SMALL_SEGMENT_BYTES if pool[1] else LARGE_SEGMENT_BYTES
+        last = self._expandable_end.get(pool)
+        tail_free = last.size if last is not None and not last.allocated else 0
+        grow = -(-(size - tail_free) // page) * page
+        if not self._fits_device(grow):
+            return None
+        self.reserved_bytes += grow
+        self.num_segment_allocs += 1
+        if last is None:
+            # one virtual address range per pool: far apart so that pools never touch
+            base = (len(self._expandable_end) + 1) << 50
+            b = _Block(base, grow, pool)
+            self._blocks[b.addr] = b
+            self.num_segments += 1
+        elif tail_free:
+            self._remove_free(last)
+            del self._blocks[last.addr]
+            b = _Block(last.addr, last.size + grow, pool)
+            b.prev = last.prev
+            if b.prev is not None:
+                b.prev.next = b
+            self._blocks[b.addr] = b
+        else:
+            b = _Block(last.addr + last.size, grow, pool)
+            b.prev = last
+            last.next = b
+            self._blocks[b.addr] = b
+        self._expandable_end[pool] = b
+        return b
+
+    # --- the two calls ---
+    def malloc(self, key: Hashable, num_bytes: int, stream: int = 0) -> None:
+        if key in self._live:
+            raise ValueError(f"allocation {key!r} is already live")
+        size = allocator_rounded_bytes(num_bytes)
+        if size == 0:
+            return  # PyTorch returns a null pointer for an empty tensor
+        small = size <= SMALL_REQUEST_MAX_BYTES
+        pool = (stream, small)
+        block = self._best_fit(pool, size)
+        if block is None:
+            if self.expandable_segments:
+                block = self._grow_expandable(pool, size)
+            else:
+                seg = allocation_size(size)
+                block = self._new_segment(pool, seg)
+                if block is None and self._release_cached(seg):
+                    self.num_alloc_retries += 1
+                    block = self._new_segment(pool, seg)
+                if block is None and self._release_cached(None):
+                    self.num_alloc_retries += 1
+                    block = self._new_segment(pool, seg)
+            if block is None:
+                raise AllocatorOOM(
+                    f"cannot allocate {size} B: {self.reserved_bytes} B reserved of "
+                    f"{self.capacity_bytes} B")
+        remaining = block.size - size
+        split = remaining >= MIN_BLOCK_BYTES if small else remaining > SMALL_REQUEST_MAX_BYTES
+        if split:
+            rest = _Block(block.addr + size, remaining, pool)
+            rest.prev, rest.next = block, block.next
+            if block.next is not None:
+                block.next.prev = rest
+            block.next = rest
+            block.size = size
+            self._blocks[rest.addr] = rest
+            self._insert_free(rest)
+            if self._expandable_end.get(pool) is block:
+                self._expandable_end[pool] = rest
+        block.allocated = True
+        self._live[key] = block
+        self.allocated_bytes += block.size
+        self.peak_allocated_bytes = max(self.peak_allocated_bytes, self.allocated_bytes)
+        self.peak_reserved_bytes = max(self.peak_reserved_bytes, self.reserved_bytes)
+        self.peak_num_segments = max(self.peak_num_segments, self.num_segments)
+
+    def free(self, key: Hashable) -> None:
+        block = self._live.pop(key, None)
+        if block is None:
+            if key in self._zero_keys:
+                self._zero_keys.discard(key)
+                return
+            raise ValueError(f"free of {key!r}, which is not live")
+        block.allocated = False
+        self.allocated_bytes -= block.size
+        for nb in (block.prev, block.next):
+            if nb is None or nb.allocated:
+                continue
+            self._remove_free(nb)
+            del self._blocks[nb.addr]
+            if nb is block.prev:
+                del self._blocks[block.addr]
+                nb.size += block.size
+                nb.next = block.next
+                if block.next is not None:
+                    block.next.prev = nb
+                if self._expandable_end.get(block.pool) is block:
+                    self._expandable_end[block.pool] = nb
+                self._blocks[nb.addr] = nb
+                block = nb
+            else:
+                block.size += nb.size
+                block.next = nb.next
+                if nb.next is not None:
+                    nb.next.prev = block
+                if self._expandable_end.get(block.pool) is nb:
+                    self._expandable_end[block.pool] = block
+        self._insert_free(block)
+
+    def replay(self, events: Iterable[AllocEvent]) -> AllocatorReplay:
+        for ev in events:
+            if ev.action == "alloc":
+                if allocator_rounded_bytes(ev.num_bytes) == 0:
+                    self._zero_keys.add(ev.key)
+                    continue
+                self.malloc(ev.key, ev.num_bytes, ev.stream)
+            elif ev.action == "free":
+                self.free(ev.key)
+            else:
+                raise ValueError(f"unknown allocator action {ev.action!r}")
+        return self.result()
+
+    def result(self) -> AllocatorReplay:
+        return AllocatorReplay(
+            peak_reserved_bytes=self.peak_reserved_bytes,
+            peak_allocated_bytes=self.peak_allocated_bytes,
+            final_reserved_bytes=self.reserved_bytes,
+            final_allocated_bytes=self.allocated_bytes,
+            peak_num_segments=self.peak_num_segments,
+            num_segment_allocs=self.num_segment_allocs,
+            num_alloc_retries=self.num_alloc_retries,
+            expandable_segments=self.expandable_segments,
+        )
+
+
+def replay_caching_allocator(
+    events: Iterable[AllocEvent],
+    *,
+    capacity_bytes: int | None = None,
+    expandable_segments: bool = False,
+) -> AllocatorReplay:
+    """Peak reserved / allocated memory of ``events`` under the caching allocator."""
+    alloc = CachingAllocator(capacity_bytes=capacity_bytes, expandable_segments=expandable_segments)
+    return alloc.replay(events)
+
+
+def workload_events(
+    workload: Workload,
+    *,
+    num_steps: int = 1,
+    preallocated_bytes: Sequence[int] = (),
+) -> list[AllocEvent]:
+    """The allocation/free sequence of running ``workload`` ``num_steps`` times in one process.
+
+    ``preallocated_bytes`` are blocks allocated before anything else and never freed (cuBLAS
+    workspaces left by earlier work). The step's initial tensors (weights, inputs) are
+    allocated once, in order; every step then replays the ops' allocs and frees. Tensors still
+    live at the end of a step that were not initial (gradients, a kept loss) are freed at the
+    start of the next step, as ``zero_grad(set_to_none=True)`` and dropping the outputs do.
+    Keys: ("pre", i), ("t", tid) for initial tensors, ("t", tid, step) for the others.
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps: must be at least 1, got {num_steps}")
+    index = workload._by_id()
+    events = [AllocEvent("alloc", ("pre", i), n) for i, n in enumerate(preallocated_bytes)]
+    initial = set(workload.initial)
+    events += [AllocEvent("alloc", ("t", tid), index[tid].num_bytes) for tid in workload.initial]
+    leftover: list[tuple] = []
+    for step in range(num_steps):
+        events += [AllocEvent("free", key) for key in leftover]
+        live: dict[int, tuple] = {}
+        for op in workload.ops:
+            for tid in op.allocs:
+                key = ("t", tid) if tid in initial else ("t", tid, step)
+                live[tid] = key
+                events.append(AllocEvent("alloc", key, index[tid].num_bytes))
+            for tid in op.frees:
+                key = live.pop(tid, ("t", tid))
+                events.append(AllocEvent("free", key))
+        leftover = [key for tid, key in live.items() if tid not in initial]
+    return events
+
+
+def predict_workload_reserved(
+    workload: Workload,
+    *,
+    num_steps: int = 2,
+    preallocated_bytes: Sequence[int] = (CUBLAS_WORKSPACE_BYTES, CUBLAS_WORKSPACE_BYTES),
+    capacity_bytes: int | None = None,
+    expandable_segments: bool = False,
+) -> AllocatorReplay:
+    """Peak reserved memory of ``num_steps`` steps of ``workload`` (the steady state from 2 on)."""
+    events = workload_events(workload, num_steps=num_steps, preallocated_bytes=preallocated_bytes)
+    return replay_caching_allocator(events, capacity_bytes=capacity_bytes,
+                                    expandable_segments=expandable_segments)
