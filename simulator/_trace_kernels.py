@@ -138,7 +138,7 @@ class _Attention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None
 
 
-def flash_faithful_sdpa(original):
+def cuda_faithful_sdpa(original):
     """A drop-in for ``F.scaled_dot_product_attention`` that allocates like the CUDA kernels."""
 
     def sdpa(

@@ -29,7 +29,8 @@ CUDA-faithful substitutions (meta kernels differ from what an H200 runs; details
 - ``F.dropout`` / ``nn.Dropout`` in training -> ``native_dropout`` (bool mask, not bf16).
 - ``embedding_dense_backward`` -> plus its fp32 [tokens, hidden] partial-sum workspace.
 - cuBLAS workspace: torch sets ``:4096:8`` (32 MiB) per cuBLAS handle and stream on Hopper
-  (CublasHandlePool.cpp ``getChosenWorkspaceSize``), allocated through the caching allocator at
+  (aten/src/ATen/cuda/CublasHandlePool.cpp ``parseChosenWorkspaceSize``: 32 MiB on sm90+, else
+  8.125 MiB; one workspace per handle and stream), allocated through the caching allocator at
   the first matmul; forward runs on the main thread and backward on the autograd device thread,
   each with its own handle, so two workspaces (measured on H200: +32 MiB at the first forward
   matmul, +32 MiB more at the first backward matmul). Recorded as persistent workspace tensors
@@ -42,16 +43,23 @@ to ``param_dtype`` in place. One CUDA stream. A model that reads a boolean tenso
 (transformers asks whether position ids show packed sequences) reads True: one unpadded
 sequence per row. ``checkpointing="full"`` wraps every decoder layer (``layers.N``) in
 non-reentrant ``torch.utils.checkpoint`` and turns a Hugging Face KV cache off, as
-transformers' own gradient checkpointing does. Parameters are not counted as saved tensors. With ``grads_persist=True`` every leaf that
-requires grad (parameters and inputs) has its ``.grad`` at step start and backward accumulates
-into it (the reference probe reuses one input tensor, so its grad accumulates too); with False
-grads are allocated during backward (``zero_grad(set_to_none=True)`` semantics).
+transformers' own gradient checkpointing does. Parameters are not counted as saved tensors.
+With ``grads_persist=True`` every leaf that requires grad (parameters and inputs) has its
+``.grad`` at step start and backward accumulates into it (the reference probe reuses one input
+tensor, so its grad accumulates too); with False grads are allocated during backward
+(``zero_grad(set_to_none=True)`` semantics).
 Ignores: CUDA-only transients we have not modelled (the CUDA reduction scratch of a
 ``sum`` over leading dims, seen as up to 2x the fp32 input size in Hugging Face RMSNorm weight
 grads), optimizer step, side streams, allocator fragmentation.
-Source: measurements on one H200 (torch 2.11.0+cu130, transformers 5.17) of the reference
-probe's 4-layer Llama-7B-shaped stack (validated by tests/simulator/test_trace.py) and per-op
-allocation logs; PyTorch sources named in ``simulator._trace_kernels``.
+Evaluated and not used: ``torch.distributed._tools.mem_tracker.MemTracker`` (per-module
+snapshots by category, no ordered per-op allocation/free log, no saved-tensor view, and the
+same multi-grad-hook module tracking as ModuleTracker).
+Source: measurements on one H200 (torch 2.11.0+cu130, transformers 5.17): the reference
+probe's 4-layer Llama-7B-shaped stack (traced peaks equal ``max_memory_allocated`` to the byte
+at 8K/32K/64K tokens, with and without checkpointing), the Hugging Face steps in
+``validate/measurements/h200/steps-h200-2026-11-28-r2.json`` (all 21 within 0.11%; both checked
+in tests/simulator/test_trace.py) and per-op allocation logs; PyTorch sources named in
+``simulator._trace_kernels``.
 """
 
 from __future__ import annotations
@@ -214,7 +222,6 @@ class _Tracer(TorchDispatchMode):
         self._node_label: dict[int, str] = {}  # id(autograd node) -> module path
         self._nodes: list[Any] = []  # keeps labelled nodes alive so their ids stay unique
         self._boundary: dict[str, list[set[int]]] = {}
-        self._suspend = 0
         hidden = {
             m.weight.shape[-1]
             for m in root.modules()
@@ -451,8 +458,6 @@ class _Tracer(TorchDispatchMode):
         if func is torch.ops.aten._local_scalar_dense.default:
             return self._read_scalar(args[0])
         self._sweep()
-        if self._suspend:
-            return func(*args, **kwargs)
         flat_in = [a for a in tree_flatten((args, kwargs))[0] if isinstance(a, torch.Tensor)]
         mine = self._take_input_saves(flat_in) if self._group is None else []
         out = func(*args, **kwargs)
@@ -577,32 +582,25 @@ def _default_loss(output, inputs) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _patched_functions():
-    """Install the CUDA-faithful stand-ins where models look them up, and restore them."""
-    patches: list[tuple[Any, str, Any]] = []
-    sdpa = tk.flash_faithful_sdpa(F.scaled_dot_product_attention)
-    rms = tk.fused_rms_norm(F.rms_norm)
-    patches.append((F, "dropout", tk.fused_dropout(F.dropout)))
-    patches.append((F, "scaled_dot_product_attention", sdpa))
-    patches.append((F, "rms_norm", rms))
-    patches.append((torch.nn.modules.normalization.F, "rms_norm", rms))
-    try:
-        import transformers.integrations.sdpa_attention as hf_sdpa
+    """Install the CUDA-faithful stand-ins in ``torch.nn.functional``, and restore them.
 
-        if getattr(hf_sdpa, "torch", None) is not None:
-            pass  # it calls torch.nn.functional.scaled_dot_product_attention: covered by F
-        for name in ("scaled_dot_product_attention",):
-            if hasattr(hf_sdpa, name):
-                patches.append((hf_sdpa, name, sdpa))
-    except ImportError:
-        pass
-    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
+    Models look these up as module attributes at call time (``nn.RMSNorm``, ``nn.Dropout`` and
+    transformers' ``sdpa_attention_forward`` all call ``torch.nn.functional.<name>``), so
+    patching the module covers them.
+    """
+    patches = {
+        "scaled_dot_product_attention": tk.cuda_faithful_sdpa(F.scaled_dot_product_attention),
+        "rms_norm": tk.fused_rms_norm(F.rms_norm),
+        "dropout": tk.fused_dropout(F.dropout),
+    }
+    saved = {name: getattr(F, name) for name in patches}
     try:
-        for obj, name, new in patches:
-            setattr(obj, name, new)
+        for name, new in patches.items():
+            setattr(F, name, new)
         yield
     finally:
-        for obj, name, old in reversed(saved):
-            setattr(obj, name, old)
+        for name, old in saved.items():
+            setattr(F, name, old)
 
 
 @contextlib.contextmanager
