@@ -94,7 +94,7 @@ class _Attention(torch.autograd.Function):
             for t in (lse, seed, offset):
                 kern.role(t, Role.ATTN_STAT)
             kern.reads(q, k, v, bias)
-        ctx.backend, ctx.is_causal, ctx.scale = backend, is_causal, scale
+        ctx.tracer, ctx.backend, ctx.is_causal, ctx.scale = tracer, backend, is_causal, scale
         ctx.has_bias = bias is not None
         tensors = (q, k, v, out, lse, seed, offset) + ((bias,) if bias is not None else ())
         ctx.save_for_backward(*tensors)
@@ -103,7 +103,7 @@ class _Attention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
-        tracer = _active()
+        tracer = ctx.tracer
         q, k, v, out, lse, seed, offset, *rest = ctx.saved_tensors
         b, h, s_q, d = q.shape
         hk, s_k, d_v = k.shape[1], k.shape[2], v.shape[3]
@@ -203,7 +203,7 @@ class _FusedRMSNorm(torch.autograd.Function):
             kern.role(y, Role.NORM_OUT)
             kern.role(rstd, Role.NORM_STAT)
             kern.reads(x, weight)
-        ctx.has_weight = weight is not None
+        ctx.tracer, ctx.has_weight = tracer, weight is not None
         tensors = (x, rstd) + ((weight,) if weight is not None else ())
         ctx.save_for_backward(*tensors)
         tracer.note_saves(tensors)
@@ -211,7 +211,7 @@ class _FusedRMSNorm(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        tracer = _active()
+        tracer = ctx.tracer
         x, rstd, *w = ctx.saved_tensors
         weight = w[0] if w else None
         with tracer.kernel("_fused_rms_norm_backward", op_class="memory", flops=0.0) as kern:

@@ -211,6 +211,7 @@ class _Tracer(TorchDispatchMode):
         self.initial: list[int] = []
         self._live: dict[int, tuple[int, StorageWeakRef]] = {}  # storage cdata -> (tid, ref)
         self._pending_saves: list[int] = []
+        self._next_op_saves: list[int] = []
         self._claimed_saves: dict[int, list[_OpRec]] = {}  # tid -> kernel ops saving it
         self._group: _OpRec | None = None
         self._names = {m: n for n, m in root.named_modules()}
@@ -378,6 +379,10 @@ class _Tracer(TorchDispatchMode):
                     op = claims.pop(0)
                     if op.phase in (Phase.FWD, Phase.LOSS) and tid not in op.saves:
                         op.saves.append(tid)
+                elif self.ops and self.ops[-1].name != (self._path() or "<root>"):
+                    # saved on entering a new module before its first op (checkpoint keeps a
+                    # layer's inputs this way): the save belongs to that module's first op
+                    self._next_op_saves.append(tid)
                 else:
                     self._pending_saves.append(tid)
         return t
@@ -419,6 +424,10 @@ class _Tracer(TorchDispatchMode):
         )
 
     def _append(self, op: _OpRec) -> None:
+        if self._next_op_saves:
+            if op.phase in (Phase.FWD, Phase.LOSS):
+                op.saves.extend(t for t in self._next_op_saves if t not in op.saves)
+            self._next_op_saves = []
         self.ops.append(op)
 
     def _take_input_saves(self, inputs) -> list[int]:
