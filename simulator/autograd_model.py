@@ -288,8 +288,9 @@ class _Deriver:
         regions = b._regions
 
         # What each checkpoint region really saves: its inputs (that are not params).
+        # (tensors the caller holds anyway, such as rotary tables, are not counted as saved)
         ckpt_saved: dict[int, tuple[int, ...]] = {
-            r.rid: tuple(i for i in r.inputs if not T[i].is_param) for r in regions
+            r.rid: tuple(i for i in r.inputs if not T[i].is_param and i not in b._held) for r in regions
         }
 
         # Forward liveness: last forward consumer of each tensor.
@@ -338,7 +339,10 @@ class _Deriver:
             if op.region is None:
                 saves = op.saves if op.has_backward else ()
             else:
-                saves = ckpt_saved[op.region] if i == region_first[op.region] else ()
+                # reported as saved: the region inputs autograd needs gradients for; the others
+                # (rotary tables, masks) stay alive through the closure all the same
+                saves = (tuple(t for t in ckpt_saved[op.region] if T[t].requires_grad)
+                         if i == region_first[op.region] else ())
             phase = Phase.LOSS if op.kind.startswith("loss") else Phase.FWD
             self._emit(op.name, op.kind, phase, op.layer, op.cost, allocs + ws, frees, saves)
 
@@ -451,7 +455,7 @@ class _Deriver:
         if op.region is not None:
             r = b._regions[op.region]
             if r.first_op == i:
-                saves = tuple(t for t in r.inputs if not b._tensors[t].is_param)
+                saves = tuple(t for t in r.inputs if not b._tensors[t].is_param and t not in b._held)
         for t in saves:
             if t not in remaining_savers:
                 continue
@@ -472,10 +476,20 @@ class _Deriver:
         if not hasattr(self, "_recompute_saves"):
             self._recompute_saves = {}
         T = self.b._tensors
-        inner = range(region.first_op, region.last_op + 1)
+        # Early stop (torch.utils.checkpoint, non-reentrant): recomputation ends as soon as the
+        # last saved tensor is packed again. Inputs are packed before an op runs, outputs after,
+        # so the last saving op is skipped when it saves only its inputs (a Linear).
+        last = region.last_op
+        while last > region.first_op and not (ops[last].has_backward and ops[last].saves):
+            last -= 1
+        tail = ops[last]
+        if tail.has_backward and tail.saves and not set(tail.saves) & set(tail.outputs):
+            last -= 1
+        inner = range(region.first_op, last + 1)
+        whole = range(region.first_op, region.last_op + 1)
         produced = {o for j in inner for o in ops[j].outputs}
         first_saver: dict[int, int] = {}
-        for j in inner:
+        for j in whole:  # a skipped tail op still holds what it saved until its backward
             op = ops[j]
             if not op.has_backward:
                 continue

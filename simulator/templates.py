@@ -44,6 +44,12 @@ from simulator.workload import Role, Workload
 
 FP32_BYTES = 4
 INT64_BYTES = 8
+FLOP_COUNTER_SDPA_BWD = 2.5
+"""FlopCounterMode counts a fused SDPA backward (flash, cuDNN, memory-efficient) as 2.5x the
+forward's full-square FLOPs (it recomputes the scores); the math path would count 2x."""
+PHILOX_STATE_BYTES = 8
+"""cuDNN / flash attention return the dropout RNG seed and offset as two int64 scalars and save
+them for backward, even with dropout off."""
 DP_LAST_BUCKET_FRAC = 0.05
 """Share of the data-parallel gradient reduction that backward cannot hide: the last bucket
 (PyTorch DDP buckets are 25 MB; for a 7B model's 13 GB of bf16 gradients that is 0.2%, so 5%
@@ -512,14 +518,15 @@ class _Program:
         bwd = [_scaled(c, scale) for c in attention_bwd_cost(
             batch=s.batch, seq_len_q=seq_q, seq_len_kv=seq_kv, num_heads=heads, num_kv_heads=kv_heads,
             head_dim=s.head_dim, causal=causal, dtype=self.dtype, window=window).kernels]
-        # FlopCounterMode counts SDPA as full (non-causal) attention: 4*b*h*sq*skv*d forward,
-        # twice that backward (flop_counter.sdpa_backward_flop).
+        # FlopCounterMode counts SDPA as full (non-causal) attention: 4*b*h*sq*skv*d forward and,
+        # for the fused GPU kernels, 2.5x that backward (torch.utils.flop_counter).
         full_fwd = 4.0 * s.batch * heads * seq_q * seq_kv * s.head_dim * scale
         model_fwd = scale * attention_fwd_flops(batch=s.batch, seq_len_q=seq_q, seq_len_kv=seq_kv, num_heads=heads,
                                                 head_dim=s.head_dim, causal=causal, window=window)
         var = self.attention_variant
         fwd_cost = self.cost(fwd, flop_counter_flops=full_fwd, model_flops=model_fwd, variant=var)
-        bwd_cost = self.cost(*bwd, flop_counter_flops=2.0 * full_fwd, model_flops=2.0 * model_fwd, variant=var)
+        bwd_cost = self.cost(*bwd, flop_counter_flops=FLOP_COUNTER_SDPA_BWD * full_fwd, model_flops=2.0 * model_fwd,
+                             variant=var)
         fwd_ws = 0
         if cp > 1 and not ulysses and fwd_cost.time_s is not None:
             ring_fwd = (cp - 1) * self.comm_time_s("send_recv", kv_bytes_local, 2)
@@ -541,8 +548,9 @@ class _Program:
             ws += 2 * s.tokens * s.q_heads * s.head_dim * s.act_bytes
         if cp > 1 and not ulysses:
             ws += 2 * kv_bytes_local + 2 * kv_bytes_local * FP32_BYTES // s.act_bytes  # K/V + fp32 dK/dV
+        rng = [self.act(f"{name}.philox_{j}", 1, Role.ATTN_STAT, layer, PHILOX_STATE_BYTES) for j in ("seed", "offset")]
         qkv = [q, k, v]
-        b.op(name, "sdpa", layer, inputs=qkv, outputs=[out, lse], saves=qkv + [out, lse],
+        b.op(name, "sdpa", layer, inputs=qkv, outputs=[out, lse, *rng], saves=qkv + [out, lse, *rng],
              cost=fwd_cost, bwd_cost=bwd_cost, grad_inputs=qkv, bwd_workspace_bytes=ws,
              fwd_workspace_bytes=fwd_ws)
         return out
@@ -586,7 +594,7 @@ class _Program:
         b.op(name, "sdpa_masked", layer, inputs=[q, k, v, fmask], outputs=[out, lse], saves=[q, k, v, fmask, out, lse],
              grad_inputs=[q, k, v],
              cost=self.cost(attention_fwd_cost(**kw), flop_counter_flops=full_fwd),
-             bwd_cost=self.cost(*attention_bwd_cost(**kw).kernels, flop_counter_flops=2 * full_fwd),
+             bwd_cost=self.cost(*attention_bwd_cost(**kw).kernels, flop_counter_flops=FLOP_COUNTER_SDPA_BWD * full_fwd),
              bwd_workspace_bytes=s.tokens * heads * s.head_dim * FP32_BYTES)
         return out
 
@@ -727,11 +735,11 @@ class _Program:
         b, s, T = self.b, self.s, self.s.tokens
         b.hold(logits)
         l32 = self.act("loss.logits_fp32", tv, Role.LOGITS_FP32, None, FP32_BYTES)
-        b.op("loss.to_fp32", "to_copy", None, inputs=[logits], outputs=[l32],
+        b.op("loss.to_fp32", "loss_to_copy", None, inputs=[logits], outputs=[l32],
              cost=self.cost(_mem("upcast", read_bytes=tv * s.act_bytes, write_bytes=tv * FP32_BYTES)),
              bwd_cost=self.cost(_mem("downcast", read_bytes=tv * FP32_BYTES, write_bytes=tv * s.act_bytes)))
         lsm = self.act("loss.log_softmax", tv, Role.LOGITS_FP32, None, FP32_BYTES)
-        b.op("loss.log_softmax", "log_softmax", None, inputs=[l32], outputs=[lsm], saves=[lsm],
+        b.op("loss.log_softmax", "loss_log_softmax", None, inputs=[l32], outputs=[lsm], saves=[lsm],
              cost=self.cost(_mem("log_softmax", read_bytes=tv * FP32_BYTES, write_bytes=tv * FP32_BYTES)),
              bwd_cost=self.cost(_mem("log_softmax_bwd", read_bytes=2 * tv * FP32_BYTES, write_bytes=tv * FP32_BYTES)))
         loss = self.act("loss.value", 1, Role.LOSS, None, FP32_BYTES)
@@ -751,7 +759,7 @@ class _Program:
         reduce_t = 3 * self.comm_time_s("all_reduce", T * FP32_BYTES, self.tp)
         cost = self.cost(_mem("vocab_parallel_ce", read_bytes=tv * (s.act_bytes + 2 * FP32_BYTES),
                               write_bytes=tv * FP32_BYTES))
-        b.op("loss.softmax", "softmax", None, inputs=[logits], outputs=[soft], saves=[soft],
+        b.op("loss.softmax", "loss_softmax", None, inputs=[logits], outputs=[soft], saves=[soft],
              cost=_with_time(cost, (cost.time_s or 0.0) + reduce_t) if cost.time_s is not None else cost,
              bwd_cost=self.cost(_mem("vocab_parallel_ce_bwd", read_bytes=tv * FP32_BYTES,
                                      write_bytes=tv * s.act_bytes)))
@@ -822,15 +830,20 @@ class _Program:
         b.op("embed_tokens", "embedding", None, inputs=[ids, emb_w], outputs=[x], saves=[ids],
              cost=self.cost(_mem("embedding", read_bytes=io, write_bytes=io)),
              bwd_cost=self.cost(_mem("embedding_bwd", read_bytes=io, write_bytes=s.vocab * h * s.act_bytes)),
-             grad_inputs=[emb_w])
+             grad_inputs=[emb_w],
+             # CUDA embedding backward: fp32 per-index partial sums [tokens, hidden]
+             # (EmbeddingBackwardKernel.cu grad_weight_per_segment; 64 of the 70.6 MiB transient
+             # measured at 4096 x 4096 on the H200)
+             bwd_workspace_bytes=T * h * FP32_BYTES)
         if m.position == "rope":
             # LlamaRotaryEmbedding: cos, sin [b, s, d] in the model dtype, shared by all layers.
             cos = self.act("rotary.cos", T * s.head_dim, Role.OTHER, None)
             sin = self.act("rotary.sin", T * s.head_dim, Role.OTHER, None)
             b.op("rotary_emb", "rotary_emb", None, inputs=[ids], outputs=[cos, sin],
                  fwd_workspace_bytes=3 * T * s.head_dim * FP32_BYTES, has_backward=False)
-            b.hold(cos)
-            b.hold(sin)
+            if self.inference:
+                b.hold(cos)
+                b.hold(sin)
         elif m.position == "learned":
             pos_w = self.weight("embed_positions.weight", m.max_position_embeddings * h, None)
             pe = self.act("embed_positions.out", s.seq_len * h, Role.OTHER, None)
