@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "planners.commands.kernels",
     "planners.commands.hw",
     "planners.commands.estimate",
+    "planners.commands.simulate",
 )
 
 EXIT_OK = 0

@@ -24,6 +24,14 @@ def register(subparsers: Any) -> None:
         help="peak memory, step time, MFU and fit of one step",
         description="Analytical estimate of one training step or one inference request.",
     )
+    add_scenario_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run)
+
+
+def add_scenario_args(p: argparse.ArgumentParser) -> None:
+    """The scenario and override flags shared by every command that takes a model, a job and a
+    node (estimate, simulate); `build_scenario` reads them."""
     p.add_argument("scenario", nargs="?", help="scenario file (YAML or JSON); default: built-in")
     p.add_argument("--model", help="model preset name or path to a Hugging Face config.json")
     p.add_argument("--layers", help="override the model's number of decoder layers")
@@ -49,8 +57,6 @@ def register(subparsers: Any) -> None:
     p.add_argument("--kv-dtype", help="KV-cache dtype (infer)")
     p.add_argument("--kv-quant", choices=("none", "int8", "int4", "fp8"))
     p.add_argument("--hardware", help="node preset (see `tierplan hw list`) or node JSON file")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(run=run)
 
 
 _JOB_FLAGS = {

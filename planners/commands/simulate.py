@@ -1,0 +1,170 @@
+"""`tierplan simulate`: replay one training step on the discrete-event engine.
+
+tierplan simulate [SCENARIO.yaml] [the scenario flags of `tierplan estimate`] [--gpus N]
+                  [--offload FRAC] [--offload-tier host|cxl|nvme] [--lookahead N]
+                  [--trace out.json] [--plot out.png] [--json]
+
+Builds the scenario exactly as `estimate` does, maps its Workload onto one compute stream per
+GPU (`simulator.des.schedule_from_workload`), optionally offloads a fraction of every layer's
+saved activations (all but the top ``lookahead + 1`` layers, which MEMO keeps too) with
+prefetch, and reports step time, exposed transfer stall, per-tier peaks and OOM events.
+``--plan plan.json`` will replace ``--offload`` once planners write plans.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    from planners.commands.estimate import add_scenario_args
+
+    p = subparsers.add_parser(
+        "simulate",
+        help="discrete-event replay of one training step: overlap, contention, stalls, OOM",
+        description="Replay one training step with streams, copy engines, shared links and "
+                    "memory tiers; write a Chrome trace and a memory/Gantt PNG.",
+    )
+    add_scenario_args(p)
+    p.add_argument("--gpus", help="GPUs of the node to simulate (default: the job's, at most "
+                                  "the node's)")
+    p.add_argument("--offload", help="fraction (0-1) of each layer's saved activations to offload")
+    p.add_argument("--offload-tier", choices=("host", "cxl", "nvme"), default="host",
+                   help="where offloaded activations go (default host)")
+    p.add_argument("--lookahead", default="1",
+                   help="prefetch a layer when the backward of the layer this many above it starts")
+    p.add_argument("--trace", metavar="OUT.json", help="write a Chrome trace (open in Perfetto)")
+    p.add_argument("--plot", metavar="OUT.png", help="write memory over time and a stream Gantt")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run)
+
+
+def _frac(value: str | None, field: str) -> float | None:
+    from hwmodels.units import UserInputError
+
+    if value is None:
+        return None
+    try:
+        x = float(value)
+    except ValueError:
+        raise UserInputError(f"{field}: expected a number between 0 and 1, got {value!r}") from None
+    if not 0.0 <= x <= 1.0:
+        raise UserInputError(f"{field}: must lie between 0 and 1, got {value!r}")
+    return x
+
+
+def run(args: argparse.Namespace) -> int:
+    from hwmodels.catalog import load_node
+    from hwmodels.units import UserInputError
+    from planners.commands.estimate import _int_flag, build_scenario
+    from simulator.des import add_offload, offload_candidates, schedule_from_workload, simulate
+    from simulator.estimator import estimate_training
+    from simulator.templates import training_workload
+
+    scenario, model = build_scenario(args)
+    if scenario.job.mode != "train":
+        raise UserInputError("--mode: simulate replays training steps; use estimate for inference")
+    node = load_node(scenario.hardware)
+    offload = _frac(args.offload, "--offload")
+    lookahead = _int_flag(args.lookahead, "--lookahead")
+    if lookahead is None or lookahead < 0:
+        raise UserInputError(f"--lookahead: must be >= 0, got {args.lookahead!r}")
+    job_gpus = scenario.job.parallelism.num_gpus
+    gpus = _int_flag(args.gpus, "--gpus") if args.gpus is not None else min(job_gpus, node.num_gpus)
+    if gpus is None or not 1 <= gpus <= node.num_gpus:
+        raise UserInputError(f"--gpus: must be between 1 and {node.num_gpus} ({node.name}), "
+                             f"got {args.gpus!r}")
+    workload = training_workload(model, scenario.job, node)
+    est = estimate_training(model, scenario.job, node, workload=workload)
+    schedule = schedule_from_workload(workload, node, num_gpus=gpus)
+    if offload:
+        layers = sorted(offload_candidates(workload))
+        top = len(layers) - (lookahead + 1)
+        schedule = add_offload(schedule, fraction_by_layer={L: offload for L in layers[:max(top, 0)]},
+                               tier=args.offload_tier, lookahead=lookahead)
+    result = simulate(schedule, record_timeline=bool(args.plot or args.trace or not args.json))
+    if args.trace:
+        from simulator.des.trace import write_chrome_trace
+
+        write_chrome_trace(result, args.trace)
+    if args.plot:
+        from simulator.des.trace import plot_step
+
+        plot_step(result, args.plot)
+    summary = _summary(result, est, gpus)
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+        return 0
+    _print(summary, model.name, scenario, node.name)
+    return 0
+
+
+def _summary(result, est, gpus: int) -> dict:
+    peak_pool = {}
+    for p in result.pools:
+        if p.peak_bytes and (p.tier not in peak_pool or p.peak_bytes > peak_pool[p.tier].peak_bytes):
+            peak_pool[p.tier] = p
+    return {
+        "step_time_s": result.step_time_s,
+        "estimate_step_time_s": est.step_time_s,
+        "peak_bytes": {tier: p.peak_bytes for tier, p in peak_pool.items()},
+        "peak": {tier: {"pool": p.name, "at_s": p.peak_at_s, "task": p.peak_task,
+                        "capacity_bytes": p.capacity_bytes} for tier, p in peak_pool.items()},
+        "stall_s": result.stall_s,
+        "collective_wait_s": max((s.collective_wait_s for s in result.streams), default=0.0),
+        "num_events": result.num_events,
+        "num_gpus_simulated": gpus,
+        "oom": [{"time_s": o.time_s, "pool": o.pool, "tier": o.tier, "tensor": o.tensor,
+                 "task": o.task, "live_bytes": o.live_bytes, "capacity_bytes": o.capacity_bytes}
+                for o in result.oom],
+        "streams": {s.name: {"busy_s": s.busy_s, "idle_s": s.idle_s, "stall_s": s.stall_s}
+                    for s in result.streams if s.num_tasks},
+        "links": {lk.name: {"busy_s": lk.busy_s, "bytes": lk.bytes_moved,
+                            "utilization_frac": lk.utilization_frac}
+                  for lk in result.links if lk.bytes_moved > 0},
+    }
+
+
+def _print(summary: dict, model: str, scenario, node: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from hwmodels.units import format_bytes, format_rate, format_seconds
+
+    console = Console(soft_wrap=False)
+    if not console.is_terminal:
+        console = Console(soft_wrap=False, width=120)
+    job = scenario.job
+    t = Table(title=f"{model} - train seq {job.seq_len:,} x {job.micro_batch} - checkpointing "
+                    f"{job.checkpointing} - {node}, {summary['num_gpus_simulated']} GPU(s) simulated",
+              title_justify="left", show_header=False)
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    t.add_row("step time (simulated)", format_seconds(summary["step_time_s"]))
+    t.add_row("step time (analytical estimate)", format_seconds(summary["estimate_step_time_s"]))
+    t.add_row("exposed transfer stall", format_seconds(summary["stall_s"]))
+    if summary["collective_wait_s"]:
+        t.add_row("collective wait", format_seconds(summary["collective_wait_s"]))
+    for tier, peak in summary["peak"].items():
+        t.add_row(f"peak {tier} ({peak['pool']})",
+                  f"{format_bytes(summary['peak_bytes'][tier])} of {format_bytes(peak['capacity_bytes'])}"
+                  f" at {format_seconds(peak['at_s'])} ({peak['task']})")
+    t.add_row("events", f"{summary['num_events']:,}")
+    console.print(t)
+    if summary["links"]:
+        lt = Table(title="busiest links", title_justify="left")
+        for col in ("link", "busy", "moved", "mean rate while busy"):
+            lt.add_column(col, justify="left" if col == "link" else "right")
+        busiest = sorted(summary["links"].items(), key=lambda kv: -kv[1]["bytes"])[:6]
+        for name, lk in busiest:
+            rate = lk["bytes"] / lk["busy_s"] if lk["busy_s"] > 0 else 0.0
+            lt.add_row(name, format_seconds(lk["busy_s"]), format_bytes(lk["bytes"]), format_rate(rate))
+        console.print(lt)
+    if summary["oom"]:
+        first = summary["oom"][0]
+        console.print(f"[red]OOM[/red] {len(summary['oom'])} time(s); first: {first['tier']} pool "
+                      f"{first['pool']} at {format_seconds(first['time_s'])} allocating "
+                      f"{first['tensor']} ({format_bytes(first['live_bytes'])} live > "
+                      f"{format_bytes(first['capacity_bytes'])})")
