@@ -11,8 +11,8 @@ tracer records one op per CUDA kernel.
 Shapes: B batch, S sequence (Sq queries, Sk keys), H query heads, Hk key/value heads, D head dim.
 Assumes: bf16/fp16 activations; dropout 0; one attention backend for the whole step.
 Ignores: cuDNN's own internal workspace if any (not visible in our measurements beyond the
-fp32 dQ accumulator below), the cub sort scratch of the embedding backward (6.6 MiB of 70.6 MiB
-unexplained at 4K tokens, hidden 4096, on H200), and cuDNN/flash numerics.
+fp32 dQ accumulator below), about 9% of the embedding backward's transient (below), and
+cuDNN/flash numerics.
 Source:
 - Measured on one H200, torch 2.11.0+cu130 (per-op ``torch.cuda.memory_allocated`` and in-op
   ``max_memory_allocated`` under a TorchDispatchMode, 2026-11-28): ``F.scaled_dot_product_attention``
@@ -23,7 +23,12 @@ Source:
   (dK, dV with Hk heads: GQA is native) and, inside the kernel, fp32 [B, Sq, H, D] plus fp32
   [B, H, Sq] (at Sq=8192, H=32, D=128 the in-kernel transient was exactly 129 MiB), plus two
   [B, Sk, H, D] buffers for GQA and a contiguous copy of dO when dO is not dense in
-  [B, Sq, H, D] (at Sq=1024, H=32, Hk=8: 40.125 MiB = 16 + 0.125 + 8 + 8 + 8).
+  [B, Sq, H, D] (at Sq=1024, H=32, Hk=8: 40.125 MiB = 16 + 0.125 + 8 + 8 + 8). dO is copied
+  only when its strides differ from the output's (a stride-0 gradient here; never in the
+  probe stack or Hugging Face models).
+- FlashAttention forced with ``sdpa_kernel(FLASH_ATTENTION)`` on H200: the probe stack peaks
+  at the same bytes as with cuDNN at 8192 tokens, and at 9017525248 / 5281326080 B (none /
+  checkpoint) at 8000 tokens, where the 128-row rounding of the dQ accumulator shows.
 - FlashAttention-2 in PyTorch, aten/src/ATen/native/transformers/cuda/flash_attn/flash_api.cpp
   ``mha_fwd``/``mha_bwd``: out = empty_like(q) in [B, Sq, H, D], softmax_lse fp32 [B, H, Sq],
   rng_state uint64[2] and an unused uint64 scalar; backward dq_accum fp32
@@ -40,8 +45,11 @@ Source:
   Measured: GPT-2 medium at 4K (49 dropouts of [4096, 1024]) peaked 194 MiB lower on H200 than
   the composite path predicts.
 - Embedding backward: aten/src/ATen/native/cuda/EmbeddingBackwardKernel.cu allocates
-  ``grad_weight_per_segment`` in the accumulation type (fp32), up to [num_indices, D]:
-  measured 70.6 MiB transient at 4096 tokens x 4096 on H200, of which 64 MiB is this buffer.
+  ``grad_weight_per_segment`` in the accumulation type (fp32), up to [num_indices, D], on the
+  sort path (more than 3072 indices; Embedding.cu). Measured transient above the weight grad on
+  H200: 0 at 2048 tokens; 70.6 / 141.2 / 282.4 MiB at 4K / 8K / 16K tokens x 4096, of which
+  64 / 128 / 256 MiB is this buffer; the rest (about 1.7 KB per token at D=4096, 0.46 KB at
+  D=1024) is not modelled.
 """
 
 from __future__ import annotations
@@ -66,10 +74,16 @@ def _active():
     return active_tracer()
 
 
-def _bshd_empty_like(t: torch.Tensor, *, heads: int, head_dim: int, dtype=None) -> torch.Tensor:
-    """A [B, H, S, D] tensor whose storage is [B, S, H, D], as flash and cuDNN allocate it."""
+def _bshd_empty_like(t: torch.Tensor, *, heads: int, head_dim: int) -> torch.Tensor:
+    """A [B, H, S, D] tensor laid out as flash and cuDNN allocate it: ``empty_like`` of the
+    [B, S, H, D] view of ``t`` (keeps a dense input's layout, else [B, S, H, D] storage).
+    Measured on H200: a [B, S, H, D]-stored or strided q gives [B, S, H, D] storage, a
+    contiguous [B, H, S, D] q gives [B, H, S, D]."""
     b, _, s, _ = t.shape
-    out = torch.empty(b, s, heads, head_dim, dtype=dtype or t.dtype, device=t.device)
+    like = t.transpose(1, 2)
+    if like.shape[2] == heads and like.shape[3] == head_dim:
+        return torch.empty_like(like).transpose(1, 2)
+    out = torch.empty(b, s, heads, head_dim, dtype=t.dtype, device=t.device)
     return out.transpose(1, 2)
 
 
@@ -113,8 +127,15 @@ class _Attention(torch.autograd.Function):
         kind = f"_scaled_dot_product_{'cudnn' if ctx.backend == 'cudnn' else 'flash'}_attention_backward"
         with tracer.kernel(kind, op_class="attention_bwd", flops=flops) as kern:
             workspaces = []
-            if not dout.transpose(1, 2).is_contiguous():
-                workspaces.append(torch.empty(b, s_q, h, d_v, dtype=dout.dtype, device=dout.device))
+            if ctx.backend == "cudnn":  # dO is copied into o's layout when the strides differ
+                if dout.stride() != out.stride():
+                    workspaces.append(torch.empty_like(out))
+            else:  # attention_backward.cu: grad_out.contiguous(), out.contiguous() in [B,S,H,D]
+                for t in (dout, out):
+                    if not t.transpose(1, 2).is_contiguous():
+                        workspaces.append(
+                            torch.empty(b, s_q, h, d_v, dtype=t.dtype, device=t.device)
+                        )
             dq = _bshd_empty_like(q, heads=h, head_dim=d)
             dk = _bshd_empty_like(k, heads=hk, head_dim=d)
             dv = _bshd_empty_like(v, heads=hk, head_dim=d_v)
@@ -258,7 +279,16 @@ def fused_dropout(original):
     return dropout
 
 
+EMBEDDING_BACKWARD_DIRECT_MAX_INDICES = 3072  # Embedding.cu: at most this many, no sort path
+
+
 def embedding_backward_workspace_bytes(args) -> int:
-    """fp32 partial sums of the CUDA embedding backward: [num_indices, D] (see Source)."""
+    """fp32 partial sums of the CUDA embedding backward: [num_indices, D] (see Source).
+
+    ``embedding_dense_backward_cuda`` takes a direct kernel without workspace for at most 3072
+    indices (measured: 0 B at 2048 tokens) and the sort-and-segment path above that.
+    """
     grad, indices = args[0], args[1]
+    if indices.numel() <= EMBEDDING_BACKWARD_DIRECT_MAX_INDICES:
+        return 0
     return indices.numel() * grad.shape[-1] * 4

@@ -496,7 +496,7 @@ class _Tracer(TorchDispatchMode):
         view = _is_view_op(func)
         if not view:
             op.hbm_bytes += sum(_nbytes(t) for t in flat_in) + sum(_nbytes(t) for t in flat_out)
-        if kind == "embedding_dense_backward":
+        if kind == "embedding_dense_backward" and tk.embedding_backward_workspace_bytes(args):
             self.add_synthetic(
                 op,
                 name=f"{op.name}:embedding_backward_partials",

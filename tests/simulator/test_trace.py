@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from hwmodels.units import GiB, MiB, UserInputError
+from simulator._trace_kernels import embedding_backward_workspace_bytes
 from simulator.trace import (
     CUBLAS_WORKSPACE_BYTES,
     layer_of_path,
@@ -82,6 +83,14 @@ def test_layer_index_from_module_path():
     assert layer_of_path("transformer.h.3.attn") == 3
     assert layer_of_path("lm_head") is None
     assert layer_of_path("model.norm") is None
+
+
+def test_embedding_backward_workspace_only_on_the_sort_path():
+    grad = torch.empty(1, 4096, 4096, device="meta")
+    assert embedding_backward_workspace_bytes((grad, torch.empty(1, 4096, device="meta"))) == (
+        64 * MiB
+    )
+    assert embedding_backward_workspace_bytes((grad, torch.empty(1, 3072, device="meta"))) == 0
 
 
 def test_attention_allocates_like_cudnn_on_h200():
@@ -294,7 +303,7 @@ def test_hugging_face_llama_traces_with_roles_and_loss():
         attn = _ops(w, "_scaled_dot_product_cudnn_attention")
         assert len(attn) == (2 if mode == "none" else 4)  # GQA native: no repeat_kv copies
         emb = _ops(w, "embedding_dense_backward")[0]
-        assert _bytes(w, [t for t in emb.frees if t in emb.allocs]) == S * 64 * 4
+        assert not [t for t in emb.frees if t in emb.allocs]  # <= 3072 tokens: direct kernel
     assert model.config.use_cache is True  # restored after checkpointing
 
 
