@@ -20,7 +20,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "planners.commands.kernels",
     "planners.commands.hw",
     "planners.commands.estimate",
+    "planners.commands.validate",
     "planners.commands.simulate",
+    "planners.commands.layout",
+    "planners.commands.plan",
 )
 
 EXIT_OK = 0
