@@ -1,0 +1,163 @@
+"""Greedy offset assignment: place buffers one by one in a chosen order, each at a gap that fits.
+
+Models: the classic DSA heuristics. An order (largest first = "greedy by size"; longest-lived
+first; largest size x lifetime first; earliest start first, which is what an online allocator
+sees) and a placement rule: first fit (lowest offset whose gap among the already placed,
+time-overlapping buffers holds the buffer) or best fit (the smallest such gap; the space above
+everything counts as infinite). ``greedy_layout`` runs every (order, rule) pair and keeps the
+lowest peak; ties go to the earlier pair in ``STRATEGIES``, so the result is deterministic.
+Assumes: nothing beyond the instance; offsets are sums of sizes (alignment follows sizes).
+Ignores: moving a buffer once placed (no compaction).
+Source: Sekiyama et al. 2018 (greedy by size for DNN memory), TensorFlow Lite's
+"greedy by size" and "greedy by breadth" arena planners, Pisarchyk & Lee 2020.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from planners.layout.instance import LayoutInstance
+
+ORDERS = ("size", "area", "duration", "start")
+RULES = ("first_fit", "best_fit")
+STRATEGIES: tuple[tuple[str, str], ...] = tuple((o, r) for o in ORDERS for r in RULES)
+
+
+@dataclass(frozen=True, slots=True)
+class GreedyResult:
+    offsets: dict[str, int]
+    peak_bytes: int
+    strategy: str  # "order/rule"
+
+
+def _order(instance: LayoutInstance, key: str) -> list[int]:
+    bufs = instance.buffers
+    n = len(bufs)
+    if key == "size":
+        k = lambda i: (-bufs[i].size_bytes, -(bufs[i].upper - bufs[i].lower), bufs[i].lower, i)  # noqa: E731
+    elif key == "area":
+        k = lambda i: (-bufs[i].size_bytes * (bufs[i].upper - bufs[i].lower), bufs[i].lower, i)  # noqa: E731
+    elif key == "duration":
+        k = lambda i: (-(bufs[i].upper - bufs[i].lower), -bufs[i].size_bytes, bufs[i].lower, i)  # noqa: E731
+    elif key == "start":
+        k = lambda i: (bufs[i].lower, -bufs[i].size_bytes, i)  # noqa: E731
+    else:
+        raise ValueError(f"unknown greedy order {key!r}")
+    return sorted(range(n), key=k)
+
+
+def place_in_order(instance: LayoutInstance, order: list[int], rule: str) -> np.ndarray:
+    """Offsets (int64, indexed like ``instance.buffers``) from placing ``order`` with ``rule``."""
+    bufs = instance.buffers
+    n = len(bufs)
+    lo = np.fromiter((b.lower for b in bufs), dtype=np.int64, count=n)
+    hi = np.fromiter((b.upper for b in bufs), dtype=np.int64, count=n)
+    size = np.fromiter((b.size_bytes for b in bufs), dtype=np.int64, count=n)
+    off = np.full(n, -1, dtype=np.int64)
+    placed = np.zeros(n, dtype=bool)
+    best = rule == "best_fit"
+    for i in order:
+        mask = placed & (lo < hi[i]) & (lo[i] < hi)
+        idx = np.nonzero(mask)[0]
+        s = size[i]
+        if idx.size == 0:
+            off[i] = 0
+        else:
+            starts = off[idx]
+            ends = starts + size[idx]
+            srt = np.argsort(starts, kind="stable")
+            starts, ends = starts[srt], ends[srt]
+            # gaps between the running maximum end and the next start
+            reach = np.maximum.accumulate(ends)
+            gap_lo = np.concatenate(([0], reach))
+            gap_hi = np.concatenate((starts, [np.iinfo(np.int64).max]))
+            room = gap_hi - gap_lo
+            ok = np.nonzero(room >= s)[0]
+            if best:
+                finite = ok[ok < len(room) - 1]
+                if finite.size:
+                    pick = finite[np.argmin(room[finite])]  # first of equal gaps: lowest
+                else:
+                    pick = ok[-1]
+            else:
+                pick = ok[0]
+            off[i] = gap_lo[pick]
+        placed[i] = True
+    return off
+
+
+def greedy_layout(instance: LayoutInstance,
+                  strategies: tuple[tuple[str, str], ...] = STRATEGIES) -> GreedyResult:
+    """The best layout over ``strategies`` (lowest peak; earlier strategy wins ties)."""
+    bufs = instance.buffers
+    if not bufs:
+        return GreedyResult({}, 0, "empty")
+    size = np.fromiter((b.size_bytes for b in bufs), dtype=np.int64, count=len(bufs))
+    best_off, best_peak, best_name = None, None, ""
+    for order_key, rule in strategies:
+        off = place_in_order(instance, _order(instance, order_key), rule)
+        peak = int((off + size).max())
+        if best_peak is None or peak < best_peak:
+            best_off, best_peak, best_name = off, peak, f"{order_key}/{rule}"
+    assert best_off is not None and best_peak is not None
+    return GreedyResult({b.bid: int(o) for b, o in zip(bufs, best_off, strict=True)}, best_peak,
+                        best_name)
+
+
+def search_order(
+    instance: LayoutInstance,
+    start: GreedyResult,
+    *,
+    max_evals: int,
+    deadline_s: float | None = None,
+    seed: int = 0,
+) -> GreedyResult:
+    """Local search over placement orders, from the best greedy strategy's order.
+
+    A move takes a buffer that touches the current peak and moves it earlier in the order
+    (or, every other move, swaps two random buffers) and re-places everything with the same
+    rule; a move is kept when the peak does not grow. First fit in the right order reaches an
+    optimal layout (place an optimal layout's buffers by increasing offset), so searching
+    orders loses nothing. Deterministic for a given ``seed`` and ``max_evals``; ``deadline_s``
+    (a ``time.perf_counter()`` value) cuts it short on slow machines.
+    """
+    import time
+
+    order_key, rule = start.strategy.split("/")
+    bufs = instance.buffers
+    n = len(bufs)
+    if n < 2 or max_evals <= 0:
+        return start
+    size = np.fromiter((b.size_bytes for b in bufs), dtype=np.int64, count=n)
+    rng = np.random.default_rng(seed)
+    order = _order(instance, order_key)
+    off = place_in_order(instance, order, rule)
+    peak = int((off + size).max())
+    best_off, best_peak = off, peak
+    for it in range(max_evals):
+        if deadline_s is not None and time.perf_counter() > deadline_s:
+            break
+        cand = list(order)
+        if it % 2 == 0:
+            top = np.nonzero(off + size == peak)[0]
+            i = int(top[rng.integers(len(top))])
+            pos = cand.index(i)
+            if pos == 0:
+                continue
+            cand.pop(pos)
+            cand.insert(int(rng.integers(0, pos)), i)
+        else:
+            a, b = (int(x) for x in rng.choice(n, size=2, replace=False))
+            cand[a], cand[b] = cand[b], cand[a]
+        c_off = place_in_order(instance, cand, rule)
+        c_peak = int((c_off + size).max())
+        if c_peak <= peak:
+            order, off, peak = cand, c_off, c_peak
+            if peak < best_peak:
+                best_off, best_peak = off, peak
+    if best_peak >= start.peak_bytes:
+        return start
+    return GreedyResult({b.bid: int(o) for b, o in zip(bufs, best_off, strict=True)}, best_peak,
+                        f"{start.strategy}+search")

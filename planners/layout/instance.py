@@ -1,0 +1,217 @@
+"""Offset-assignment (dynamic storage allocation) instances, their lower bound, and the checker.
+
+Models: a set of buffers, each with a size in bytes and a lifetime, the half-open interval
+[lower, upper) of integer time steps (op indices of a Workload, event indices of a snapshot,
+or whatever a CSV file says). A layout gives every buffer a byte offset in one arena; it is
+valid when no two buffers that are live at the same time share a byte. The lower bound on any
+layout's peak is the maximum over time of the bytes live at once.
+Assumes: sizes are already rounded as the target allocator would round them (a Workload's
+requests are rounded to 512 B, like the caching allocator's ``allocated_bytes``), so offsets
+that are sums of sizes stay aligned.
+Ignores: alignment beyond the sizes' own granularity.
+Source: Garey & Johnson's DYNAMIC STORAGE ALLOCATION [SR2]; MEMO (Zhao et al., 2024) for the
+Workload view (one buffer per tensor, lifetimes in op indices).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+
+from hwmodels.units import UserInputError
+from simulator.workload import Workload, allocator_rounded_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Buffer:
+    """One buffer: ``size_bytes`` live during [lower, upper)."""
+
+    bid: str
+    lower: int
+    upper: int
+    size_bytes: int
+
+    def overlaps(self, other: Buffer) -> bool:
+        return self.lower < other.upper and other.lower < self.upper
+
+
+@dataclass(frozen=True)
+class LayoutInstance:
+    """Buffers in a stable order (ties in every heuristic break by this order)."""
+
+    buffers: tuple[Buffer, ...]
+    name: str = "instance"
+    source: str = ""  # "workload" | "csv" | "snapshot" | "generated"
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for b in self.buffers:
+            if b.bid in seen:
+                raise ValueError(f"buffer id {b.bid!r} appears twice")
+            seen.add(b.bid)
+            if b.upper <= b.lower or b.size_bytes <= 0:
+                raise ValueError(f"buffer {b.bid!r}: needs lower < upper and size > 0")
+
+    @property
+    def num_buffers(self) -> int:
+        return len(self.buffers)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(b.size_bytes for b in self.buffers)
+
+    def num_overlapping_pairs(self) -> int:
+        return len(overlapping_pairs(self.buffers))
+
+
+def live_bytes_profile(buffers: tuple[Buffer, ...] | list[Buffer]) -> list[tuple[int, int]]:
+    """(time, bytes live from that time on) at every time where the live set changes."""
+    delta: dict[int, int] = {}
+    for b in buffers:
+        delta[b.lower] = delta.get(b.lower, 0) + b.size_bytes
+        delta[b.upper] = delta.get(b.upper, 0) - b.size_bytes
+    out, live = [], 0
+    for t in sorted(delta):
+        live += delta[t]
+        out.append((t, live))
+    return out
+
+
+def lower_bound_bytes(buffers: tuple[Buffer, ...] | list[Buffer]) -> int:
+    """The maximum of live bytes over time: no layout can peak below it."""
+    return max((live for _, live in live_bytes_profile(buffers)), default=0)
+
+
+def overlapping_pairs(buffers: tuple[Buffer, ...] | list[Buffer]) -> list[tuple[int, int]]:
+    """Index pairs (i < j) of buffers whose lifetimes intersect, by a sweep over start times."""
+    order = sorted(range(len(buffers)), key=lambda i: (buffers[i].lower, i))
+    active: list[int] = []
+    pairs = []
+    for i in order:
+        b = buffers[i]
+        active = [j for j in active if buffers[j].upper > b.lower]
+        pairs.extend((min(i, j), max(i, j)) for j in active)
+        active.append(i)
+    return sorted(pairs)
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutCheck:
+    """Verdict of the independent checker."""
+
+    valid: bool
+    peak_bytes: int  # highest end address of any buffer
+    first_conflict: tuple[str, str] | None  # two buffers that share bytes while both live
+    message: str
+
+
+def check_layout(instance: LayoutInstance, offsets: dict[str, int]) -> LayoutCheck:
+    """Independent overlap checker: every buffer placed, offsets >= 0, no shared byte in time.
+
+    Sweeps time; at each start, the new buffer is compared with every live buffer's address
+    range. It shares no code with the solvers.
+    """
+    bufs = instance.buffers
+    for b in bufs:
+        off = offsets.get(b.bid)
+        if off is None:
+            return LayoutCheck(False, 0, None, f"buffer {b.bid!r} has no offset")
+        if not isinstance(off, int) or off < 0:
+            return LayoutCheck(False, 0, None, f"buffer {b.bid!r}: offset {off!r} is not a byte offset")
+    extra = set(offsets) - {b.bid for b in bufs}
+    if extra:
+        return LayoutCheck(False, 0, None, f"offset for unknown buffer {sorted(extra)[0]!r}")
+    peak = max((offsets[b.bid] + b.size_bytes for b in bufs), default=0)
+    events = sorted(range(len(bufs)), key=lambda i: (bufs[i].lower, i))
+    live: list[int] = []
+    for i in events:
+        b = bufs[i]
+        live = [j for j in live if bufs[j].upper > b.lower]
+        lo, hi = offsets[b.bid], offsets[b.bid] + b.size_bytes
+        for j in live:
+            c = bufs[j]
+            clo = offsets[c.bid]
+            if lo < clo + c.size_bytes and clo < hi:
+                return LayoutCheck(False, peak, (c.bid, b.bid),
+                                   f"buffers {c.bid!r} and {b.bid!r} share bytes at time {b.lower}")
+        live.append(i)
+    return LayoutCheck(True, peak, None, "ok")
+
+
+def instance_from_workload(workload: Workload, *, name: str | None = None) -> LayoutInstance:
+    """One buffer per tensor of the step, sizes rounded to 512 B, times in op indices.
+
+    A tensor allocated by op i and freed when op j ends lives in [i, j + 1); tensors live at the
+    step start begin at 0 and tensors never freed end at len(ops). Zero-byte tensors are left out.
+    The lower bound of the result equals ``walk_memory(workload).peak_bytes``.
+    """
+    index = workload._by_id()
+    end = len(workload.ops)
+    start: dict[int, int] = {tid: 0 for tid in workload.initial}
+    stop: dict[int, int] = {}
+    for k, op in enumerate(workload.ops):
+        for tid in op.allocs:
+            start[tid] = k
+        for tid in op.frees:
+            stop[tid] = k + 1
+    buffers = []
+    for tid, lo in sorted(start.items(), key=lambda kv: (kv[1], kv[0])):
+        size = allocator_rounded_bytes(index[tid].num_bytes)
+        if size == 0:
+            continue
+        buffers.append(Buffer(f"{tid}:{index[tid].name}", lo, stop.get(tid, end), size))
+    return LayoutInstance(tuple(buffers), name=name or str(workload.meta.get("model", "workload")),
+                          source="workload")
+
+
+CSV_FIELDS = ("id", "lower", "upper", "size")
+
+
+def load_csv_instance(path: str) -> LayoutInstance:
+    """Read ``id,lower,upper,size`` rows (a header line first); a buffer lives in [lower, upper)."""
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.reader(fh))
+    except OSError as err:
+        raise UserInputError(f"{path}: cannot read: {err.strerror or err}") from None
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise UserInputError(f"{path}: not a text CSV file ({type(err).__name__})") from None
+    rows = [r for r in rows if r and any(c.strip() for c in r)]
+    if not rows:
+        raise UserInputError(f"{path}: empty file; expected a header {','.join(CSV_FIELDS)}")
+    header = [c.strip().lower() for c in rows[0]]
+    if header != list(CSV_FIELDS):
+        raise UserInputError(f"{path}: line 1: header must be {','.join(CSV_FIELDS)}, got {','.join(header)}")
+    buffers, seen = [], set()
+    for n, row in enumerate(rows[1:], start=2):
+        if len(row) != 4:
+            raise UserInputError(f"{path}: line {n}: expected 4 fields, got {len(row)}")
+        bid = row[0].strip()
+        if not bid:
+            raise UserInputError(f"{path}: line {n}: id: empty")
+        if bid in seen:
+            raise UserInputError(f"{path}: line {n}: id: {bid!r} appears twice")
+        seen.add(bid)
+        vals = []
+        for field, text in zip(CSV_FIELDS[1:], row[1:], strict=True):
+            try:
+                vals.append(int(text.strip()))
+            except ValueError:
+                raise UserInputError(f"{path}: line {n}: {field}: expected an integer, got {text.strip()!r}") from None
+        lo, hi, size = vals
+        if hi <= lo:
+            raise UserInputError(f"{path}: line {n}: upper: must be greater than lower ({lo}), got {hi}")
+        if size <= 0:
+            raise UserInputError(f"{path}: line {n}: size: must be positive, got {size}")
+        buffers.append(Buffer(bid, lo, hi, size))
+    if not buffers:
+        raise UserInputError(f"{path}: no buffers after the header")
+    return LayoutInstance(tuple(buffers), name=path, source="csv")
+
+
+def write_csv_instance(instance: LayoutInstance, path: str) -> None:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(CSV_FIELDS)
+        for b in instance.buffers:
+            w.writerow((b.bid, b.lower, b.upper, b.size_bytes))

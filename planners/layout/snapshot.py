@@ -1,0 +1,162 @@
+"""Read a PyTorch memory snapshot without executing it: allocation events and a layout instance.
+
+Models: ``torch.cuda.memory._dump_snapshot`` writes a pickle of plain dicts, lists, strings and
+numbers: ``{"segments": [...], "device_traces": [[{"action", "addr", "size", "stream",
+"time_us", "frames"}, ...], ...]}``. The trace's "alloc" and "free_completed" entries (or
+"free_requested" when a trace has no completions) are the allocation/free sequence of the
+program; an allocation freed in the trace but never allocated in it was live when recording
+started, one never freed is live at the end.
+Assumes: one device per file (the first device with a trace is read, or ``device``); the
+trace's event order is the program's order; time is the event index.
+Ignores: segment_alloc / segment_free / segment_map / oom / snapshot entries (they are what the
+real allocator did, which the allocator model predicts), stack frames.
+Source: PyTorch torch/cuda/memory.py (``_record_memory_history``, ``_snapshot``,
+``_dump_snapshot``) and c10/cuda/CUDACachingAllocator.h (TraceEntry actions).
+Security: the file is read with an unpickler whose ``find_class`` refuses everything, so a
+pickle that names any callable (os.system via __reduce__, a torch class) is refused before
+anything runs; only the pickle opcodes for plain containers, strings, bytes and numbers work.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from dataclasses import dataclass
+
+from hwmodels.units import UserInputError
+from planners.layout.instance import Buffer, LayoutInstance
+from simulator.allocator import AllocEvent
+from simulator.workload import allocator_rounded_bytes
+
+MAX_SNAPSHOT_BYTES = 4 * 1024**3  # refuse to read anything larger into memory
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Admits only plain containers and numbers: any global reference is refused."""
+
+    def find_class(self, module: str, name: str):  # noqa: D401
+        raise pickle.UnpicklingError(f"refers to {module}.{name}")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("uses a persistent id")
+
+
+def load_plain_pickle(path: str) -> object:
+    """Unpickle ``path`` admitting only plain data; one-line UserInputError otherwise."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_SNAPSHOT_BYTES + 1)
+    except OSError as err:
+        raise UserInputError(f"{path}: cannot read: {err.strerror or err}") from None
+    if len(data) > MAX_SNAPSHOT_BYTES:
+        raise UserInputError(f"{path}: larger than {MAX_SNAPSHOT_BYTES} bytes; not a memory snapshot")
+    if not data:
+        raise UserInputError(f"{path}: empty file; expected a memory snapshot pickle")
+    try:
+        return _PlainUnpickler(io.BytesIO(data)).load()
+    except pickle.UnpicklingError as err:
+        msg = str(err)
+        if msg.startswith("refers to") or "persistent" in msg:
+            raise UserInputError(
+                f"{path}: refused: the pickle {msg}; a memory snapshot holds only plain "
+                "containers and numbers, so this file could run code and is not read") from None
+        raise UserInputError(f"{path}: not a valid memory snapshot pickle ({msg})") from None
+    except EOFError:
+        raise UserInputError(f"{path}: truncated memory snapshot (pickle ends early)") from None
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
+            MemoryError, RecursionError, UnicodeDecodeError) as err:
+        raise UserInputError(f"{path}: not a valid memory snapshot pickle "
+                             f"({type(err).__name__}: {str(err)[:80]})") from None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What tierplan takes from a memory snapshot."""
+
+    path: str
+    device: int
+    events: tuple[AllocEvent, ...]  # allocator requests, in order
+    instance: LayoutInstance  # one buffer per allocation, times in event indices
+    reserved_bytes: int  # sum of segment sizes at dump time (0 without segments)
+    num_trace_entries: int
+
+
+def _int_field(entry: dict, key: str, path: str, n: int) -> int:
+    value = entry.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserInputError(f"{path}: device_traces entry {n}: {key}: expected an integer, got "
+                             f"{type(value).__name__}")
+    if value < 0:
+        raise UserInputError(f"{path}: device_traces entry {n}: {key}: must not be negative")
+    return value
+
+
+def load_snapshot(path: str, *, device: int | None = None) -> Snapshot:
+    """Parse a ``_dump_snapshot`` file into allocator events and a layout instance."""
+    data = load_plain_pickle(path)
+    if not isinstance(data, dict):
+        raise UserInputError(f"{path}: expected a dict with 'segments' and 'device_traces', got "
+                             f"{type(data).__name__}")
+    traces = data.get("device_traces")
+    if not isinstance(traces, list) or not all(isinstance(t, list) for t in traces):
+        raise UserInputError(f"{path}: device_traces: expected a list of per-device lists "
+                             "(record with torch.cuda.memory._record_memory_history())")
+    if device is None:
+        device = next((d for d, t in enumerate(traces) if t), 0)
+    if not 0 <= device < len(traces) or not traces[device]:
+        raise UserInputError(f"{path}: device_traces: no allocation trace for device {device}")
+    trace = traces[device]
+    has_completed = any(isinstance(e, dict) and e.get("action") == "free_completed" for e in trace)
+    free_action = "free_completed" if has_completed else "free_requested"
+    live: dict[int, tuple[int, int, int, int]] = {}  # addr -> (buffer no., start, size, stream)
+    events: list[AllocEvent] = []
+    before: list[AllocEvent] = []  # allocations live when recording started
+    closed: list[tuple[int, Buffer]] = []
+    count = 0
+    t = 0
+    for n, entry in enumerate(trace):
+        if not isinstance(entry, dict):
+            raise UserInputError(f"{path}: device_traces entry {n}: expected a dict, got "
+                                 f"{type(entry).__name__}")
+        action = entry.get("action")
+        if action not in ("alloc", free_action):
+            continue
+        addr = _int_field(entry, "addr", path, n)
+        size = _int_field(entry, "size", path, n)
+        stream = entry.get("stream", 0)
+        stream = stream if isinstance(stream, int) and not isinstance(stream, bool) else 0
+        if action == "alloc":
+            if addr in live:
+                raise UserInputError(f"{path}: device_traces entry {n}: alloc at {addr:#x}, "
+                                     "which is already allocated")
+            live[addr] = (count, t, size, stream)
+            events.append(AllocEvent("alloc", count, size, stream))
+            count += 1
+        else:
+            if addr in live:
+                k, start, size0, _ = live.pop(addr)
+                events.append(AllocEvent("free", k))
+                closed.append((k, Buffer(f"a{k}", start, t + 1, allocator_rounded_bytes(size0))))
+            else:  # allocated before recording started
+                k = count
+                count += 1
+                before.append(AllocEvent("alloc", k, size, stream))
+                events.append(AllocEvent("free", k))
+                closed.append((k, Buffer(f"a{k}", 0, t + 1, allocator_rounded_bytes(size))))
+        t += 1
+    end = t + 1
+    for k, start, size, _ in live.values():
+        closed.append((k, Buffer(f"a{k}", start, end, allocator_rounded_bytes(size))))
+    buffers = [b for _, b in sorted(closed, key=lambda kb: (kb[1].lower, kb[0])) if b.size_bytes > 0]
+    if not buffers:
+        raise UserInputError(f"{path}: device_traces: no alloc/free entries for device {device}")
+    reserved = 0
+    segments = data.get("segments", [])
+    if isinstance(segments, list):
+        for seg in segments:
+            if isinstance(seg, dict) and seg.get("device", device) == device:
+                size = seg.get("total_size", 0)
+                reserved += size if isinstance(size, int) and not isinstance(size, bool) else 0
+    return Snapshot(path=path, device=device, events=tuple(before + events),
+                    instance=LayoutInstance(tuple(buffers), name=path, source="snapshot"),
+                    reserved_bytes=reserved, num_trace_entries=len(trace))
