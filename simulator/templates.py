@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from hwmodels.units import UserInputError
 from kernels.attention import attention_bwd_cost, attention_fwd_cost, attention_fwd_flops
 from kernels.cost import KernelCost, combine
-from kernels.elementwise import minimal_traffic_bytes
+from kernels.elementwise import embedding_backward_workspace_bytes, minimal_traffic_bytes
 from kernels.gemm import linear_bwd_costs, linear_fwd_cost
 from simulator.autograd_model import ZERO_COST, Cost, ProgramBuilder
 from simulator.workload import Role, Workload
@@ -831,10 +831,7 @@ class _Program:
              cost=self.cost(_mem("embedding", read_bytes=io, write_bytes=io)),
              bwd_cost=self.cost(_mem("embedding_bwd", read_bytes=io, write_bytes=s.vocab * h * s.act_bytes)),
              grad_inputs=[emb_w],
-             # CUDA embedding backward: fp32 per-index partial sums [tokens, hidden]
-             # (EmbeddingBackwardKernel.cu grad_weight_per_segment; 64 of the 70.6 MiB transient
-             # measured at 4096 x 4096 on the H200)
-             bwd_workspace_bytes=T * h * FP32_BYTES)
+             bwd_workspace_bytes=embedding_backward_workspace_bytes(num_indices=T, hidden_size=h))
         if m.position == "rope":
             # LlamaRotaryEmbedding: cos, sin [b, s, d] in the model dtype, shared by all layers.
             cos = self.act("rotary.cos", T * s.head_dim, Role.OTHER, None)
