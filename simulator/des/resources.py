@@ -49,39 +49,43 @@ def water_fill(routes: list[tuple[int, ...]], caps: list[float], capacity: list[
     """
     n = len(routes)
     rates = [0.0] * n
-    residual: dict[int, float] = {}
     users: dict[int, list[int]] = {}
     for i, route in enumerate(routes):
         for r in route:
-            if r not in users:
-                users[r] = []
-                residual[r] = capacity[r]
-            users[r].append(i)
+            u = users.get(r)
+            if u is None:
+                users[r] = [i]
+            else:
+                u.append(i)
+    residual = {r: capacity[r] for r in users}
     count = {r: len(u) for r, u in users.items()}
     frozen = [False] * n
     left = n
     while left:
         level = math.inf
+        binding = []
         for r, k in count.items():
             if k:
                 lv = residual[r] / k
                 if lv < level:
-                    level = lv
-        for i in range(n):
-            if not frozen[i] and caps[i] < level:
-                level = caps[i]
+                    level, binding = lv, [r]
+                elif lv == level:
+                    binding.append(r)
         newly = [i for i in range(n) if not frozen[i] and caps[i] <= level]
-        for r, k in count.items():
-            if k and residual[r] / k <= level:
-                newly += [i for i in users[r] if not frozen[i]]
+        if newly:
+            level = min(caps[i] for i in newly)
+            newly = [i for i in newly if caps[i] == level]
+        else:
+            newly = [i for r in binding for i in users[r] if not frozen[i]]
+        rate = level if level > 0 else 0.0
         for i in newly:
             if frozen[i]:
                 continue
             frozen[i] = True
             left -= 1
-            rates[i] = level if level > 0 else 0.0
+            rates[i] = rate
             for r in routes[i]:
-                residual[r] -= rates[i]
+                residual[r] -= rate
                 count[r] -= 1
     return rates
 

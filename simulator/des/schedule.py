@@ -204,7 +204,8 @@ def validate_schedule(schedule: Schedule) -> None:
 def _check_acyclic(schedule: Schedule) -> None:
     """Kahn's algorithm over deps + stream order, with each collective group as one node."""
     tasks = schedule.tasks
-    node_of = list(range(len(tasks)))
+    n = len(tasks)
+    node_of = list(range(n))
     groups: dict[int, list[int]] = defaultdict(list)
     for t in tasks:
         if isinstance(t, Op) and t.group is not None:
@@ -216,24 +217,23 @@ def _check_acyclic(schedule: Schedule) -> None:
                                  "two members of one collective on the same stream")
         for m in members:
             node_of[m] = members[0]
-    succ: dict[int, set[int]] = defaultdict(set)
-    indeg: dict[int, int] = {node_of[t.tid]: 0 for t in tasks}
+    succ: list[list[int]] = [[] for _ in range(n)]
+    indeg = [0] * n
     last_on: dict[str, int] = {}
-
-    def edge(a: int, b: int) -> None:
-        a, b = node_of[a], node_of[b]
-        if b not in succ[a]:
-            succ[a].add(b)
-            indeg[b] += 1
-
     for t in tasks:
+        i = node_of[t.tid]
         prev = last_on.get(t.stream)
-        if prev is not None:
-            edge(prev, t.tid)
         last_on[t.stream] = t.tid
-        for d in t.deps:
-            edge(d, t.tid)
-    ready = [v for v, k in indeg.items() if k == 0]
+        preds = t.deps if prev is None else (prev, *t.deps)
+        for d in preds:
+            a = node_of[d]
+            if a == i:  # waits for a member of its own collective
+                raise UserInputError(f"schedule: dependency cycle: {t.name} waits for "
+                                     f"{tasks[d].name} of its own collective")
+            succ[a].append(i)
+            indeg[i] += 1
+    nodes = set(node_of)
+    ready = [v for v in nodes if indeg[v] == 0]
     seen = 0
     while ready:
         v = ready.pop()
@@ -242,8 +242,8 @@ def _check_acyclic(schedule: Schedule) -> None:
             indeg[w] -= 1
             if indeg[w] == 0:
                 ready.append(w)
-    if seen < len(indeg):
-        stuck = sorted(v for v, k in indeg.items() if k > 0)
+    if seen < len(nodes):
+        stuck = sorted(v for v in nodes if indeg[v] > 0)
         names = ", ".join(tasks[v].name for v in stuck[:3])
         raise UserInputError(f"schedule: dependency cycle among {len(stuck)} tasks (e.g. {names})")
 
