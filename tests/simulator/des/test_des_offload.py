@@ -23,11 +23,10 @@ from simulator.des.schedule import Link, device_route, node_links, node_pools
 from simulator.estimator import estimate_training
 from simulator.templates import training_workload
 from simulator.workload import Phase, Role
-from tests.simulator.des.test_des_vs_estimator import scenario
 
 
 @pytest.fixture(scope="module")
-def small():
+def small(scenario):
     m, j, node = scenario("llama-2-7b", 32768, "1xH200", layers=4)
     wl = training_workload(m, j, node)
     return wl, node, estimate_training(m, j, node, workload=wl)
@@ -104,7 +103,7 @@ def test_a_slow_link_exposes_the_copies(small):
     assert pcie.bytes_moved == pytest.approx(moved) and pcie.busy_s == pytest.approx(moved / GB)
 
 
-def test_full_checkpointing_prefetches_before_the_recompute():
+def test_full_checkpointing_prefetches_before_the_recompute(scenario):
     m, j, node = scenario("llama-3.2-1b", 16384, "1xH200", layers=3, checkpointing="full")
     wl = training_workload(m, j, node)
     sched = add_offload(schedule_from_workload(wl, node), fraction_by_layer={0: 1.0})
@@ -156,7 +155,7 @@ def test_two_gpus_behind_one_pcie_switch_halve_each_other():
     assert pair(0, 2) == pytest.approx([alone] * 2, rel=1e-12)
 
 
-def test_offload_to_nvme_uses_each_gpus_drive():
+def test_offload_to_nvme_uses_each_gpus_drive(scenario):
     m, j, node = scenario("llama-3.2-1b", 8192, "8xH200", layers=2, parallelism={"dp": 2})
     wl = training_workload(m, j, node)
     sched = add_offload(schedule_from_workload(wl, node, num_gpus=2), fraction_by_layer={0: 1.0},

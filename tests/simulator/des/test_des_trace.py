@@ -7,16 +7,15 @@ import json
 import matplotlib.image
 import pytest
 
-from hwmodels.units import GiB, US_PER_S
+from hwmodels.units import US_PER_S, GiB
 from planners.cli import main
 from simulator.des import Transfer, add_offload, schedule_from_workload, simulate
 from simulator.des.trace import TRACE_PHASES, chrome_trace, plot_step, write_chrome_trace
 from simulator.templates import training_workload
-from tests.simulator.des.test_des_vs_estimator import scenario
 
 
 @pytest.fixture(scope="module")
-def result():
+def result(scenario):
     m, j, node = scenario("llama-3.2-1b", 16384, "8xH200", layers=3, parallelism={"dp": 2})
     wl = training_workload(m, j, node)
     sched = add_offload(schedule_from_workload(wl, node, num_gpus=2), fraction_by_layer={0: 1.0, 1: 0.5})

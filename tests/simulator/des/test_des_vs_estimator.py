@@ -4,27 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from hwmodels.catalog import load_node
 from simulator.des import schedule_from_workload, simulate
 from simulator.estimator import estimate_training
-from simulator.job import default_scenario, scenario_from_dict
 from simulator.templates import training_workload
-
-
-def scenario(model: str, seq_len: int, hardware: str = "1xH200", *, layers: int | None = None,
-             **job):
-    data = default_scenario().model_dump(mode="json")
-    data["model"], data["hardware"] = model, hardware
-    data["job"]["seq_len"] = seq_len
-    par = job.pop("parallelism", {})
-    data["job"]["parallelism"].update(par)
-    data["job"].update(job)
-    sc = scenario_from_dict(data, where="test")
-    model_spec = sc.model_spec()
-    if layers is not None:
-        model_spec = model_spec.with_layers(layers)
-    return model_spec, sc.job, load_node(sc.hardware)
-
 
 CASES = [
     ("gpt2", 1024, "1xH200", None, {}),
@@ -40,7 +22,7 @@ CASES = [
 
 
 @pytest.mark.parametrize(("model", "seq_len", "hardware", "layers", "job"), CASES)
-def test_replay_equals_estimate(model, seq_len, hardware, layers, job):
+def test_replay_equals_estimate(scenario, model, seq_len, hardware, layers, job):
     m, j, node = scenario(model, seq_len, hardware, layers=layers, **job)
     wl = training_workload(m, j, node)
     est = estimate_training(m, j, node, workload=wl)
@@ -61,7 +43,7 @@ def test_replay_equals_estimate(model, seq_len, hardware, layers, job):
 
 
 @pytest.mark.parametrize("par", [{"tp": 2, "sequence_parallel": True}, {"dp": 2, "zero_stage": 1}])
-def test_comm_ops_become_collectives_over_the_simulated_gpus(par):
+def test_comm_ops_become_collectives_over_the_simulated_gpus(scenario, par):
     m, j, node = scenario("llama-3.2-1b", 16384, "8xH200", layers=2, parallelism=par)
     wl = training_workload(m, j, node)
     sched = schedule_from_workload(wl, node, num_gpus=2)
