@@ -141,9 +141,9 @@ def _records():
 def test_predicted_reserved_matches_h200(rec):
     from simulator.model import ModelSpec
     from simulator.templates import training_workload
-    from tests.simulator.test_estimator_vs_measured import _hf_job
+    from validate.compare import job_for_step_record
 
-    wl = training_workload(ModelSpec.from_hf_config(rec["config"]), _hf_job(rec))
+    wl = training_workload(ModelSpec.from_hf_config(rec["config"]), job_for_step_record(rec))
     rep = predict_workload_reserved(wl, num_steps=4)  # measure_steps: 1 warm-up + 3 timed
     err = rep.peak_reserved_bytes / rec["peak_reserved_bytes"] - 1
     assert abs(err) <= RESERVED_TOL, f"reserved {err:+.2%}"
