@@ -347,15 +347,35 @@ def device_route(node, gpu_index: int, device: str, direction: str) -> Route:
             latency += copy_fit(link=node.links[e.link], direction=direction,
                                 profile=node.profile if e in host_edges else None).latency_s
         tail = f"{device}.{'write' if direction == 'd2h' else 'read'}"
+    return Route(_edge_names(edges, gpu, outbound=direction == "d2h") + (tail,), latency)
+
+
+def _edge_names(edges, start: str, *, outbound: bool) -> tuple[str, ...]:
+    """Link names of a path walked from ``start``: each edge's direction (away from ``start``
+    when ``outbound``, towards it otherwise) and its both-ways ceiling."""
     names: list[str] = []
-    here = gpu
-    for e in edges:  # walk GPU -> device, naming each edge in the GPU's outbound direction
+    here = start
+    for e in edges:
         there = e.b if here == e.a else e.a
-        names.append(f"{here}>{there}" if direction == "d2h" else f"{there}>{here}")
+        names.append(f"{here}>{there}" if outbound else f"{there}>{here}")
         names.append(f"{e.a}<>{e.b}")
         here = there
-    names.append(tail)
-    return Route(tuple(names), latency)
+    return tuple(names)
+
+
+def peer_route(node, src_gpu: int, dst_gpu: int) -> Route:
+    """Route of a GPU -> GPU copy (NVLink through NVSwitch, or PCIe where there is none).
+
+    Alone it takes `hwmodels.transfer.transfer_time_s` over the node's peer link in direction
+    ``p2p`` (the profile's measured peer copy when there is one).
+    """
+    from hwmodels.transfer import copy_fit
+
+    edges = node.path(f"gpu{src_gpu}", f"gpu{dst_gpu}")
+    if src_gpu == dst_gpu or not edges:
+        raise UserInputError(f"gpu: {node.name} has no path from gpu{src_gpu} to gpu{dst_gpu}")
+    latency = copy_fit(link=node.gpu_peer_link(), direction="p2p", profile=node.profile).latency_s
+    return Route(_edge_names(edges, f"gpu{src_gpu}", outbound=True), latency)
 
 
 # ---- from a Workload ------------------------------------------------------------------------

@@ -143,7 +143,8 @@ def plot_step(result: SimResult, path: str | Path, *, max_gpus_shown: int = 2) -
     ax_g.set_ylim(len(shown) - 0.5, -0.5)
     ax_g.set_xlabel("time (s)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
-    ax_g.legend(handles, list(colors), loc="lower right", fontsize=7, ncol=len(colors))
+    ax_g.legend(handles, list(colors), loc="lower left", bbox_to_anchor=(0.0, 1.0), fontsize=7,
+                ncol=len(colors), frameon=False, borderaxespad=0.1)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from hwmodels.catalog import load_node
-from hwmodels.transfer import host_transfer_time_s, tier_transfer_time_s
+from hwmodels.transfer import host_transfer_time_s, tier_transfer_time_s, transfer_time_s
 from hwmodels.units import GB, GiB, UserInputError
 from simulator.des import (
     Pool,
@@ -19,7 +19,7 @@ from simulator.des import (
     schedule_from_workload,
     simulate,
 )
-from simulator.des.schedule import Link, device_route, node_links, node_pools
+from simulator.des.schedule import Link, device_route, node_links, node_pools, peer_route
 from simulator.estimator import estimate_training
 from simulator.templates import training_workload
 from simulator.workload import Phase, Role
@@ -179,3 +179,23 @@ def test_add_offload_rejects_bad_requests(small):
     bare = Schedule(streams=(), tasks=(), pools=(Pool("host", "host", 1),))
     with pytest.raises(UserInputError, match="schedule_from_workload"):
         add_offload(bare, fraction_by_layer={0: 0.5})
+
+
+def test_peer_copies_share_the_receivers_nvlink_port():
+    node = load_node("8xH200")
+    n = 4 * GiB
+    alone = transfer_time_s(num_bytes=n, link=node.gpu_peer_link(), direction="p2p", profile=node.profile)
+    routes = [peer_route(node, src, 1) for src in (0, 2)]
+    sched = Schedule(
+        streams=(Stream("a", "d2h", "gpu0"), Stream("b", "d2h", "gpu2")),
+        tasks=tuple(Transfer(i, f"to gpu1 from {src}", "ab"[i], n, f"gpu{src}.hbm", "gpu1.hbm", r.links,
+                             r.latency_s) for i, (src, r) in enumerate(zip((0, 2), routes, strict=True))),
+        pools=node_pools(node, 8), links=node_links(node))
+    ends = simulate(sched).task_end_s
+    # both flows end on nvswitch>gpu1: it carries one port's rate, so each copy takes twice as long
+    latency = routes[0].latency_s
+    assert list(ends) == pytest.approx([latency + 2 * (alone - latency)] * 2, rel=1e-12)
+    lone = Schedule(streams=sched.streams[:1], tasks=sched.tasks[:1], pools=sched.pools, links=sched.links)
+    assert simulate(lone).step_time_s == pytest.approx(alone, rel=1e-12)
+    with pytest.raises(UserInputError, match="no path from gpu3 to gpu3"):
+        peer_route(node, 3, 3)
