@@ -134,6 +134,7 @@ _MLP_TOKENS = {
 _MLP_OUT_PROJ = {"down_proj", "fc2", "w2", "d", "dense_4h_to_h"}
 
 _ACTIVE = threading.local()
+_NODE_KEY = "tierplan.trace.module"  # autograd node metadata: the module whose forward made it
 
 
 def active_tracer() -> _Tracer | None:
@@ -220,8 +221,6 @@ class _Tracer(TorchDispatchMode):
         self.phase = Phase.FWD
         self.after_head = False
         self._bwd_path = ""
-        self._node_label: dict[int, str] = {}  # id(autograd node) -> module path
-        self._nodes: list[Any] = []  # keeps labelled nodes alive so their ids stay unique
         self._boundary: dict[str, list[set[int]]] = {}
         hidden = {
             m.weight.shape[-1]
@@ -337,10 +336,9 @@ class _Tracer(TorchDispatchMode):
             if node is None or id(node) in seen or id(node) in boundary:
                 continue
             seen.add(id(node))
-            label = self._node_label.get(id(node))
+            label = node.metadata.get(_NODE_KEY)  # on the node: no reference that outlives it
             if label is None:
-                self._node_label[id(node)] = name
-                self._nodes.append(node)
+                node.metadata[_NODE_KEY] = name
                 node.register_prehook(self._make_bwd_hook(name))
             elif not (label.startswith(prefix) or name == ""):
                 continue
