@@ -158,22 +158,32 @@ def run(args: argparse.Namespace) -> int:
 
     scenario, model = build_scenario(args)
     node = load_node(scenario.hardware)
+    strategies = []
     if scenario.job.mode == "train":
         from simulator.estimator import estimate_training
 
         est = estimate_training(model, scenario.job, node)
+        # the same step under each activation-checkpointing strategy: which ones fit
+        for ck in ("none", "selective", "full"):
+            alt = est if ck == scenario.job.checkpointing else estimate_training(
+                model, scenario.job.model_copy(update={"checkpointing": ck}), node)
+            strategies.append({"checkpointing": ck, "peak_allocated_bytes": alt.peak_allocated_bytes,
+                               "fits": alt.fits, "step_time_s": alt.step_time_s, "mfu": alt.mfu})
     else:
         from simulator.estimator import estimate_inference
 
         est = estimate_inference(model, scenario.job, node)
     if args.json:
-        print(json.dumps(est.to_dict(), sort_keys=True))
+        out = est.to_dict()
+        if strategies:
+            out["strategies"] = strategies
+        print(json.dumps(out, sort_keys=True))
         return 0
-    _print(est, scenario)
+    _print(est, scenario, strategies)
     return 0
 
 
-def _print(est, scenario) -> None:
+def _print(est, scenario, strategies=()) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -231,3 +241,12 @@ def _print(est, scenario) -> None:
         perf.add_row("max batch at this length", str(est.max_batch))
         perf.add_row("max context at this batch", f"{est.max_context_len:,}")
     console.print(perf)
+    if strategies:
+        alt = Table(title="activation checkpointing strategies (same job otherwise)", title_justify="left")
+        for col in ("checkpointing", "peak allocated", "fits", "step time", "MFU"):
+            alt.add_column(col, justify="left" if col == "checkpointing" else "right")
+        for row in strategies:
+            alt.add_row(row["checkpointing"], format_bytes(row["peak_allocated_bytes"]),
+                        "[green]yes[/green]" if row["fits"] else "[red]no[/red]",
+                        format_seconds(row["step_time_s"]), f"{row['mfu']:.1%}")
+        console.print(alt)

@@ -20,6 +20,11 @@ def test_estimate_json_has_the_promised_keys(capsys):
         assert key in d
     assert d["fits"] is True and 0 < d["mfu"] < 1
     assert sum(d["breakdown_bytes"].values()) == d["peak_allocated_bytes"]
+    by_ck = {row["checkpointing"]: row for row in d["strategies"]}
+    assert set(by_ck) == {"none", "selective", "full"}
+    assert by_ck["none"]["peak_allocated_bytes"] == d["peak_allocated_bytes"]
+    assert by_ck["full"]["peak_allocated_bytes"] < by_ck["none"]["peak_allocated_bytes"]
+    assert by_ck["full"]["step_time_s"] > by_ck["none"]["step_time_s"]
 
 
 def test_layers_override_and_length_suffixes(capsys):
@@ -48,6 +53,7 @@ def test_memo_scenario_prints_breakdown_and_fit(capsys):
     assert code == 0
     assert "peak allocated" in out and "8xA800" in out
     assert "does not fit" in out or "fits (" in out
+    assert "activation checkpointing strategies" in out
 
 
 def test_inference_json(capsys):
