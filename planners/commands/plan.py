@@ -1,0 +1,161 @@
+"""`tierplan plan`: what to keep, offload or recompute per layer, every strategy side by side.
+
+tierplan plan [SCENARIO.yaml] [--model NAME|config.json] [--layers N] [--seq-len 1M] [--batch N]
+              [--tp N] [--sp] [--cp N] [--dp N] [--zero N] [--hardware NODE]
+              [--gpu-budget 80GiB] [--host-budget 2TB] [--time-limit 10] [--out DIR] [--json]
+
+Prints one table of the strategies (none, full_recompute, selective, offload_all, memo, mip) with
+the replayed step time, MFU, HBM and host peaks, and why an infeasible one does not fit; with
+--out writes plan.json, trace.json (Perfetto) and memory.png for the fastest feasible strategy.
+With neither a scenario nor --model, MEMO's setting is planned: its 7B GPT at 1M tokens on
+8xA800 with tp=8 and sequence parallelism. When nothing fits, the binding constraint is printed,
+no plan is written, and the exit code is 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+EXIT_INFEASIBLE = 3
+
+MEMO_DEFAULTS: dict[str, Any] = {"model": "memo-7b", "seq_len": "1M", "tp": "8", "sp": True,
+                                 "hardware": "8xA800"}
+"""MEMO's headline run (Zhao et al. 2025, section 6): GPT 7B, 1M tokens, 8 A800 with tp=8 and
+sequence parallelism, 2 TB host memory (the 8xA800 preset); AdamW and bf16 as the built-in
+scenario. Used when neither a scenario file nor --model is given; other flags still apply."""
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "plan",
+        help="per-layer keep / offload / recompute plan, all strategies compared",
+        description="Plan activation memory of one training step: baselines, MEMO's rule and "
+                    "tierplan's MIP, each replayed by the discrete-event simulator.",
+    )
+    p.add_argument("scenario", nargs="?", help="scenario file (YAML or JSON); default: MEMO's setting")
+    p.add_argument("--model", help="model preset name or path to a Hugging Face config.json")
+    p.add_argument("--layers", help="override the model's number of decoder layers")
+    p.add_argument("--seq-len", help="sequence length, e.g. 512K")
+    p.add_argument("--batch", help="micro-batch")
+    p.add_argument("--optimizer", choices=("none", "sgd", "adamw"))
+    p.add_argument("--tp", help="tensor-parallel degree")
+    p.add_argument("--sp", action="store_true", default=None, help="sequence parallelism (with --tp)")
+    p.add_argument("--cp", help="context-parallel degree")
+    p.add_argument("--dp", help="data-parallel degree")
+    p.add_argument("--zero", help="ZeRO stage 0-3")
+    p.add_argument("--hardware", help="node preset (see `tierplan hw list`) or node JSON file")
+    p.add_argument("--gpu-budget", help="HBM per GPU, e.g. 80GiB (default: the GPU's capacity)")
+    p.add_argument("--host-budget", help="host memory of the node, e.g. 2TB (default: installed)")
+    p.add_argument("--time-limit", default="10", help="MIP time limit in seconds (default 10)")
+    p.add_argument("--solver", choices=("highs", "cbc"), default="highs", help="MIP solver")
+    p.add_argument("--out", help="directory for plan.json, trace.json and memory.png")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run, mode="train")
+
+
+def _scenario(args: argparse.Namespace):
+    from planners.commands.estimate import build_scenario
+
+    if not args.scenario and not args.model:
+        for key, value in MEMO_DEFAULTS.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+    return build_scenario(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hwmodels.catalog import load_node
+    from hwmodels.units import UserInputError, parse_bytes
+    from planners.swap import plan_training
+
+    scenario, model = _scenario(args)
+    if scenario.job.mode != "train":
+        raise UserInputError("job.mode: tierplan plan plans training steps")
+    node = load_node(scenario.hardware)
+    gpu_budget = parse_bytes(args.gpu_budget, field="--gpu-budget") if args.gpu_budget else None
+    host_budget = parse_bytes(args.host_budget, field="--host-budget") if args.host_budget else None
+    for value, flag in ((gpu_budget, "--gpu-budget"), (host_budget, "--host-budget")):
+        if value is not None and value <= 0:
+            raise UserInputError(f"{flag}: must be positive")
+    try:
+        time_limit = float(args.time_limit)
+    except ValueError:
+        raise UserInputError(f"--time-limit: expected seconds, got {args.time_limit!r}") from None
+    if time_limit <= 0:
+        raise UserInputError("--time-limit: must be positive")
+    report = plan_training(model, scenario.job, node, gpu_budget_bytes=gpu_budget,
+                           host_budget_bytes=host_budget, time_limit_s=time_limit, solver=args.solver)
+    if args.json:
+        out = report.to_dict()
+        if report.best is None:
+            out["binding"] = report.binding
+        print(json.dumps(out, sort_keys=True))
+    else:
+        _print(report, scenario, model, node)
+    if report.best is None:
+        import sys
+
+        print(f"tierplan plan: infeasible: {report.binding}", file=sys.stderr)
+        return EXIT_INFEASIBLE
+    if args.out:
+        written = write_outputs(report, args.out)
+        if not args.json:
+            print(f"best: {report.best}; wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def write_outputs(report, out_dir) -> list:
+    """plan.json, trace.json and memory.png of the best strategy into ``out_dir``."""
+    from pathlib import Path
+
+    from planners.plan import write_plan
+    from simulator.des.trace import plot_step, write_chrome_trace
+
+    best = report.result(report.best)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_plan(best.plan, out / "plan.json")
+    write_chrome_trace(best.replay.sim, out / "trace.json")
+    plot_step(best.replay.sim, out / "memory.png")
+    return [out / "plan.json", out / "trace.json", out / "memory.png"]
+
+
+def _print(report, scenario, model, node) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from hwmodels.units import format_bytes, format_seconds
+
+    console = Console(soft_wrap=False)
+    if not console.is_terminal:
+        console = Console(soft_wrap=False, width=160)
+    job = scenario.job
+    par = job.parallelism
+    mip = report.result("mip")
+    prov = mip.plan.provenance if mip.plan is not None else None
+    title = (f"{model.name} - train seq {job.seq_len:,} x {job.micro_batch} - {node.name} "
+             f"(tp={par.tp}{' +sp' if par.sequence_parallel else ''} cp={par.cp} dp={par.dp})")
+    if prov is not None:
+        title += (f" - budgets {format_bytes(prov.gpu_budget_bytes)} HBM/GPU, "
+                  f"{format_bytes(prov.host_budget_bytes)} host")
+    table = Table(title=title, title_justify="left")
+    for col, justify in (("strategy", "left"), ("feasible", "left"), ("step time", "right"),
+                         ("MFU", "right"), ("HBM peak", "right"), ("host peak", "right"),
+                         ("why not / note", "left")):
+        table.add_column(col, justify=justify)
+    for r in report.strategies:
+        mark = "[green]yes[/green]" if r.feasible else "[red]no[/red]"
+        name = f"[bold]{r.name}[/bold]" if r.name == report.best else r.name
+        table.add_row(name, mark,
+                      format_seconds(r.step_time_s) if r.step_time_s is not None else "-",
+                      f"{r.mfu:.1%}" if r.mfu is not None else "-",
+                      format_bytes(r.peak_hbm_bytes) if r.peak_hbm_bytes is not None else "-",
+                      format_bytes(r.peak_host_bytes) if r.peak_host_bytes is not None else "-",
+                      r.reason)
+    console.print(table)
+    if prov is not None and prov.solver:
+        gap = f"{prov.gap:.2%}" if prov.gap is not None else "n/a"
+        console.print(f"mip: {prov.solver} {prov.status}, gap {gap}, solved and replayed in "
+                      f"{format_seconds(prov.solve_time_s)}; replayed by {mip.replay.replayed_by}")

@@ -1,0 +1,835 @@
+"""Swap / recompute planning for one training step: profile, apply a Plan, replay it, and the MIP.
+
+Models:
+  * the step profile: per decoder layer, the saved tensors grouped as MEMO groups them (the
+    layer input; the attention output and its statistics; every other skeletal tensor), their
+    bytes, and the forward, attention and backward times of the analytical Workload;
+  * applying a Plan to the analytical Workload: an offloaded part of a tensor leaves HBM when its
+    D2H copy is done (the end of the next layer's forward: two rotating staging buffers) and is
+    allocated again when layer l+k's backward starts (prefetch, lookahead k); a recomputed part
+    leaves HBM at the end of the layer's forward and comes back in a recompute op just before the
+    layer's backward, costing that fraction of the layer's non-attention forward (token-wise, as
+    MEMO; the attention output is not recomputed unless the layer is fully checkpointed);
+  * the replay: the transformed Workload and its copies on the discrete-event simulator
+    (`simulator.des`: every GPU of the node that the job uses, copy streams per direction, links
+    shared fluidly with both-ways ceilings); compute waits where a copy must be done (a staging
+    buffer is reused, a layer's backward needs its bytes);
+  * tierplan's MIP (HiGHS through planners.solvers): per layer binaries (full checkpoint,
+    offload input, offload attention output) and token fractions of the other skeletal bytes
+    (keep / offload / recompute); HBM capacity at every segment of the schedule between two
+    release/restore points, host capacity shared by the node's GPUs, the same copy queues as the
+    replay written as linear max-plus constraints; objective: the step's end time.
+Assumes: every GPU of the job runs the same schedule at the same time, so copies of the GPUs of
+a node share the host-path edges they have in common; host copies use a pinned pool allocated
+once (no per-step allocation cost); layers of one model have the same shape.
+Ignores: the CPU side of copies (pinned memory bandwidth is not the bottleneck on the presets),
+recompute workspaces beyond the recomputed tensors themselves, allocator fragmentation.
+Source: MEMO (Zhao et al., SIGMOD 2025, arXiv 2407.12117) sections 3-4 (token-wise recompute,
+three streams, two buffers); Korthikanti et al. 2022 (selective recompute); checkmate (Jain et
+al. 2020) for a MIP over a replayable plan.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+from hwmodels.units import GiB, UserInputError, format_bytes
+from planners.plan import KEEP, LayerPlan, Plan, Prediction, Provenance, RoleAction
+from simulator.workload import OpSpec, Phase, Role, TensorSpec, Workload, walk_memory
+
+ATTN_ROLES = (Role.ATTN_OUT.value, Role.ATTN_STAT.value)
+"""MEMO offloads the attention output whole: recomputing it means re-running attention."""
+NOT_ACTIVATIONS = (Role.WEIGHT.value, Role.GRAD.value, Role.OPTIMIZER_STATE.value,
+                   Role.MASTER_WEIGHT.value)
+EPS_FRAC = 1e-6
+MAX_REPAIRS = 4
+BUDGET_MARGIN_FRAC = 1e-3
+"""The MIP plans against budgets 0.1% below the user's: fractions are rounded to 6 decimals
+and token slices to whole bytes after solving, which must not tip a plan over a budget."""
+STRATEGIES = ("none", "full_recompute", "selective", "offload_all", "memo", "mip")
+
+
+# ---- hardware: copy rates --------------------------------------------------------------------
+@dataclass(frozen=True)
+class CopyRates:
+    """Per-GPU GPU<->host copy rates when every GPU of the job on the node copies at once."""
+
+    d2h_bytes_per_s: float
+    h2d_bytes_per_s: float
+    bidir_bytes_per_s: float  # both directions together, per GPU
+    latency_s: float
+    num_gpus_sharing_host: int  # GPUs of the job on one node: they share its host memory
+
+
+def host_copy_rates(node, *, num_active_gpus: int) -> CopyRates:
+    """Rates of one GPU's host copies while ``num_active_gpus`` GPUs of ``node`` copy too.
+
+    Each edge of the GPU's host path is split among the active GPUs whose host paths cross it
+    (two A800s behind one PCIe switch get half its uplink each).
+    """
+    from hwmodels.transfer import BIDIR_EFFICIENCY_FRAC, copy_fit, link_efficiency_frac
+
+    n_active = max(1, min(num_active_gpus, node.num_gpus))
+    link = node.host_link(0)
+    d2h = copy_fit(link=link, direction="d2h", profile=node.profile)
+    h2d = copy_fit(link=link, direction="h2d", profile=node.profile)
+    both = copy_fit(link=link, direction="h2d", concurrent_opposite=True, profile=node.profile)
+    rates = [d2h.bandwidth_bytes_per_s, h2d.bandwidth_bytes_per_s, 2 * both.bandwidth_bytes_per_s]
+    paths = [set(node.host_path(i)) for i in range(n_active)]
+    for edge in node.host_path(0):
+        sharing = sum(edge in p for p in paths)
+        lk = node.links[edge.link]
+        one = lk.per_direction_bandwidth_bytes_per_s * link_efficiency_frac(lk.kind) / sharing
+        bid = lk.bidirectional_bandwidth_bytes_per_s * BIDIR_EFFICIENCY_FRAC[lk.kind] / sharing
+        rates = [min(rates[0], one), min(rates[1], one), min(rates[2], bid)]
+    return CopyRates(d2h_bytes_per_s=float(rates[0]), h2d_bytes_per_s=float(rates[1]),
+                     bidir_bytes_per_s=float(rates[2]), latency_s=float(d2h.latency_s),
+                     num_gpus_sharing_host=n_active)
+
+
+# ---- profile ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerProfile:
+    """One decoder layer of a base Workload (op indices refer to that Workload)."""
+
+    layer: int
+    input_tids: tuple[int, ...]  # saved tensors produced before the layer (its input)
+    role_tids: dict[str, tuple[int, ...]]  # saved tensors produced in the layer, by role
+    input_bytes: int
+    attn_bytes: int  # attention output + statistics
+    other_bytes: int  # every other skeletal tensor
+    fwd_s: float
+    attn_fwd_s: float
+    bwd_s: float  # backward ops of the layer (recompute ops of a checkpoint excluded)
+    recompute_s: float  # recompute ops the base Workload already has (checkpointing)
+    fwd_flops: float
+    attn_fwd_flops: float
+    first_fwd: int
+    last_fwd: int
+    first_bwd: int  # first op of the layer's backward stage (recompute included)
+    last_bwd: int
+
+    @property
+    def saved_bytes(self) -> int:
+        return self.input_bytes + self.attn_bytes + self.other_bytes
+
+    @property
+    def other_fwd_s(self) -> float:
+        """Token-wise recompute of the whole layer but attention (MEMO)."""
+        return self.fwd_s - self.attn_fwd_s
+
+
+@dataclass(frozen=True)
+class StepProfile:
+    """The layers of a base Workload and the fixed parts around them."""
+
+    workload: Workload
+    layers: tuple[LayerProfile, ...]
+    last_fwd_op: int  # last op before the first backward op (end of forward and loss)
+    first_bwd_op: int
+    alloc_op: dict[int, int]
+    free_op: dict[int, int]
+    live_bytes: tuple[int, ...]  # walk timeline: live bytes at each op (after its allocs)
+    persistent_bytes: int  # weights + grads + optimizer states + master weights
+
+    @property
+    def op_times_s(self) -> list[float]:
+        return [float(op.time_s or 0.0) for op in self.workload.ops]
+
+
+def profile_workload(wl: Workload) -> StepProfile:
+    """Group the saved tensors of each decoder layer and time its forward and backward."""
+    index = wl._by_id()
+    ops = wl.ops
+    alloc_op: dict[int, int] = {}
+    free_op: dict[int, int] = {}
+    for k, op in enumerate(ops):
+        for t in op.allocs:
+            alloc_op[t] = k
+        for t in op.frees:
+            free_op[t] = k
+    layer_ids = sorted({op.layer for op in ops if op.layer is not None and op.phase == Phase.FWD})
+    first_bwd_op = next(k for k, op in enumerate(ops) if op.phase in (Phase.BWD, Phase.RECOMPUTE))
+    by_layer: dict[int, list[int]] = {}
+    for k, op in enumerate(ops):
+        if op.layer is not None:
+            by_layer.setdefault(op.layer, []).append(k)
+    layers = []
+    for i in layer_ids:
+        fwd = [k for k in by_layer[i] if ops[k].phase == Phase.FWD]
+        bwd = [k for k in by_layer[i] if ops[k].phase in (Phase.BWD, Phase.RECOMPUTE)]
+        lo, hi = fwd[0], fwd[-1]
+        b_lo, b_hi = bwd[0], bwd[-1]
+        # Skeletal tensors, by what the allocation walk does with them (views keep their base
+        # storage alive, so "saved" is read from lifetimes, not from the saves lists): the
+        # layer's own are allocated in its forward and freed by its backward; its input is a
+        # residual-stream tensor allocated before it and freed by its backward. (The last
+        # layer's output, freed by the head's backward, belongs to no layer.)
+        inputs: list[int] = []
+        by_role: dict[str, list[int]] = {}
+        for t, k in alloc_op.items():
+            spec = index[t]
+            if spec.persistent or spec.role.value in NOT_ACTIVATIONS or spec.num_bytes == 0:
+                continue
+            f = free_op.get(t)
+            if f is None or f < first_bwd_op:
+                continue
+            if lo <= k <= hi and b_lo <= f <= b_hi:
+                by_role.setdefault(spec.role.value, []).append(t)
+            elif k < lo and b_lo <= f <= b_hi and spec.role in (Role.LAYER_INPUT, Role.INPUT):
+                inputs.append(t)
+        attn = sum(index[t].num_bytes for r in ATTN_ROLES for t in by_role.get(r, ()))
+        other = sum(index[t].num_bytes for r, ts in by_role.items() if r not in ATTN_ROLES for t in ts)
+        fwd_ops = [ops[k] for k in fwd]
+        attn_ops = [op for op in fwd_ops if op.op_class.startswith("attention")]
+        layers.append(LayerProfile(
+            layer=i,
+            input_tids=tuple(sorted(inputs)),
+            role_tids={r: tuple(sorted(ts)) for r, ts in sorted(by_role.items())},
+            input_bytes=sum(index[t].num_bytes for t in inputs),
+            attn_bytes=attn,
+            other_bytes=other,
+            fwd_s=sum(op.time_s or 0.0 for op in fwd_ops),
+            attn_fwd_s=sum(op.time_s or 0.0 for op in attn_ops),
+            bwd_s=sum(ops[k].time_s or 0.0 for k in bwd if ops[k].phase == Phase.BWD),
+            recompute_s=sum(ops[k].time_s or 0.0 for k in bwd if ops[k].phase == Phase.RECOMPUTE),
+            fwd_flops=sum(op.executed_flops for op in fwd_ops),
+            attn_fwd_flops=sum(op.executed_flops for op in attn_ops),
+            first_fwd=lo, last_fwd=hi, first_bwd=bwd[0], last_bwd=bwd[-1],
+        ))
+    walk = walk_memory(wl)
+    persistent = sum(t.num_bytes for t in wl.tensors if t.persistent)
+    return StepProfile(workload=wl, layers=tuple(layers), last_fwd_op=first_bwd_op - 1,
+                       first_bwd_op=first_bwd_op, alloc_op=alloc_op, free_op=free_op,
+                       live_bytes=tuple(p.live_bytes for p in walk.timeline),
+                       persistent_bytes=persistent)
+
+
+# ---- applying a plan -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Transfer:
+    """One copy of one layer's offloaded bytes; op indices refer to the transformed Workload."""
+
+    layer: int
+    direction: str  # "d2h" | "h2d"
+    num_bytes: int
+    ready_op: int  # d2h: starts when this op ends; h2d: starts when this op starts
+    needed_op: int  # compute cannot start this op before the copy is done
+    stream: str  # "d2h" (side streams, overlapped) | "compute" (synchronous)
+
+
+@dataclass(frozen=True)
+class AppliedPlan:
+    workload: Workload
+    transfers: tuple[Transfer, ...]
+    offloaded_bytes: int  # per GPU, all layers (host bytes one GPU holds at the peak)
+    staging_bytes: int  # largest layer's offloaded bytes
+
+
+def release_restore_ops(prof: StepProfile, layer: int, *, stream: str, lookahead: int) -> tuple[int, int]:
+    """Base-Workload op indices where layer ``layer``'s offloaded bytes leave HBM (after that op)
+    and come back (at that op's start)."""
+    n = len(prof.layers)
+    lp = prof.layers[layer]
+    if stream == "compute":
+        return lp.last_fwd, lp.first_bwd
+    release = prof.layers[layer + 1].last_fwd if layer + 1 < n else prof.last_fwd_op
+    restore = prof.layers[layer + lookahead].first_bwd if layer + lookahead < n else prof.first_bwd_op
+    return release, restore
+
+
+def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int = 1) -> AppliedPlan:
+    """The Workload of ``prof`` with ``layers``' offloads and recomputes, and its copies.
+
+    A full checkpoint on a base Workload without one is applied the same way: every saved tensor
+    but the input leaves HBM at the layer's end and the whole forward is re-run before backward.
+    """
+    wl = prof.workload
+    index = wl._by_id()
+    if len(layers) != len(prof.layers):
+        raise UserInputError(f"plan: {len(layers)} layers for a model of {len(prof.layers)}")
+    sizes = {t.tid: t.num_bytes for t in wl.tensors}
+    extra: list[TensorSpec] = []
+    next_tid = max(sizes) + 1
+    add_allocs: dict[int, list[int]] = {}
+    add_frees: dict[int, list[int]] = {}
+    stage_allocs: dict[int, list[int]] = {}  # base restore op -> prefetched tensors allocated there
+    recompute_ops: dict[int, OpSpec] = {}  # base first_bwd index -> recompute op (oid fixed later)
+    rec_allocs: dict[int, list[int]] = {}
+    pending: list[tuple[int, str, int, str]] = []  # (layer, stream, bytes, kind)
+    total_off = 0
+    staging = 0
+
+    def part(t: int, num_bytes: int, name: str, alloc_at: int | None, free_at: int) -> int:
+        """A new storage for a token slice of ``t``; ``alloc_at`` None: placed by the caller."""
+        nonlocal next_tid
+        spec = index[t]
+        tid = next_tid
+        next_tid += 1
+        extra.append(TensorSpec(tid, f"{spec.name}.{name}", num_bytes, spec.role, spec.layer))
+        if alloc_at is not None:
+            add_allocs.setdefault(alloc_at, []).append(tid)
+        add_frees.setdefault(free_at, []).append(tid)
+        return tid
+
+    for lp, dec in zip(prof.layers, layers, strict=True):
+        i = lp.layer
+        emulate_full = dec.checkpoint == "full" and lp.recompute_s == 0.0
+        if dec.checkpoint == "selective" and lp.recompute_s == 0.0:
+            raise UserInputError(f"plan: layers.{i}: selective checkpoints need a selective base Workload")
+        groups: list[tuple[tuple[int, ...], RoleAction]] = []
+        if dec.input == "offload":
+            groups.append((lp.input_tids, RoleAction(action="offload", alpha_frac=1.0,
+                                                     stream=dec.input_stream)))
+        for role, tids in lp.role_tids.items():
+            if emulate_full:
+                groups.append((tids, RoleAction(action="recompute")))
+            elif dec.checkpoint == "none":
+                groups.append((tids, dec.action(role)))
+        layer_off: dict[str, int] = {}
+        max_rec = 0.0
+        attn_rec = 0.0
+        for tids, act in groups:
+            if act.action == "keep":
+                continue
+            for t in tids:
+                nb = sizes[t]
+                off = int(round(nb * act.alpha_frac))
+                keep = int(round(nb * act.keep_frac))
+                rec = max(0, nb - off - keep)
+                sizes[t] = keep
+                if off:
+                    rel, res = release_restore_ops(prof, i, stream=act.stream, lookahead=lookahead)
+                    part(t, off, "offloaded", prof.alloc_op[t], rel)
+                    stage_allocs.setdefault(res, []).append(part(t, off, "prefetched", None, prof.free_op[t]))
+                    layer_off[act.stream] = layer_off.get(act.stream, 0) + off
+                if rec:
+                    part(t, rec, "dropped", prof.alloc_op[t], lp.last_fwd)
+                    rec_allocs.setdefault(i, []).append(part(t, rec, "recomputed", None, prof.free_op[t]))
+                    frac = act.recompute_frac if not emulate_full else 1.0
+                    if index[t].role.value in ATTN_ROLES:
+                        attn_rec = max(attn_rec, frac)
+                    else:
+                        max_rec = max(max_rec, frac)
+        if emulate_full:
+            rec_s, rec_flops = lp.fwd_s, lp.fwd_flops
+        else:
+            rec_s = max_rec * lp.other_fwd_s + attn_rec * lp.attn_fwd_s
+            rec_flops = max_rec * (lp.fwd_flops - lp.attn_fwd_flops) + attn_rec * lp.attn_fwd_flops
+        if rec_s > 0 or i in rec_allocs:
+            recompute_ops[lp.first_bwd] = OpSpec(
+                -1, f"layers.{i}.token_recompute", "recompute", Phase.RECOMPUTE, i,
+                exec_flops=rec_flops, flops=0.0, op_class="gemm", time_s=rec_s,
+                allocs=tuple(rec_allocs.get(i, ())))
+        for stream, nbytes in sorted(layer_off.items()):
+            pending.append((i, stream, nbytes, "off"))
+            total_off += nbytes
+            staging = max(staging, nbytes)
+
+    # Rebuild the op list: a recompute op before each layer's first backward op.
+    new_index: dict[int, int] = {}
+    stage_index: dict[int, int] = {}  # layer -> new index of its backward stage's first op
+    first_bwd_of = {lp.first_bwd: lp.layer for lp in prof.layers}
+    out: list[OpSpec] = []
+    for k, op in enumerate(wl.ops):
+        if k in recompute_ops:
+            out.append(_renumber(recompute_ops[k], len(out)))
+        if k in first_bwd_of:
+            stage_index[first_bwd_of[k]] = len(out) - (1 if k in recompute_ops else 0)
+        new_index[k] = len(out)
+        allocs = list(op.allocs) + add_allocs.get(k, [])
+        frees = list(op.frees) + add_frees.get(k, [])
+        out.append(_renumber(op, len(out), allocs=allocs, frees=frees))
+
+    def stage_start(base_op: int) -> int:
+        """New index of a base op, or of its layer's backward stage when it opens one."""
+        return stage_index[first_bwd_of[base_op]] if base_op in first_bwd_of else new_index[base_op]
+
+    # Prefetched bytes are allocated at the start of the stage that fetches them.
+    for key, tids in sorted(stage_allocs.items()):
+        pos = stage_start(key)
+        out[pos] = _renumber(out[pos], pos, allocs=list(out[pos].allocs) + tids, frees=list(out[pos].frees))
+    transfers = []
+    for i, stream, nbytes, _ in pending:
+        lp = prof.layers[i]
+        rel, res = release_restore_ops(prof, i, stream=stream, lookahead=lookahead)
+        transfers.append(Transfer(i, "d2h", nbytes, new_index[lp.last_fwd], new_index[rel] + 1, stream))
+        transfers.append(Transfer(i, "h2d", nbytes, stage_start(res), stage_index[i], stream))
+    tensors = tuple(TensorSpec(t.tid, t.name, sizes[t.tid], t.role, t.layer, t.persistent) for t in wl.tensors)
+    new_wl = Workload(tensors=tensors + tuple(extra), ops=tuple(out), initial=wl.initial,
+                      meta={**wl.meta, "plan_applied": True})
+    return AppliedPlan(workload=new_wl, transfers=tuple(transfers), offloaded_bytes=total_off,
+                       staging_bytes=staging)
+
+
+def _renumber(op: OpSpec, oid: int, *, allocs=None, frees=None) -> OpSpec:
+    return OpSpec(oid=oid, name=op.name, kind=op.kind, phase=op.phase, layer=op.layer, flops=op.flops,
+                  hbm_bytes=op.hbm_bytes, op_class=op.op_class,
+                  allocs=tuple(op.allocs if allocs is None else allocs),
+                  frees=tuple(op.frees if frees is None else frees), saves=op.saves,
+                  exec_flops=op.exec_flops, time_s=op.time_s, model_flops_=op.model_flops_)
+
+
+# ---- replay ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Replay:
+    """What the discrete-event replay of one plan measured."""
+
+    step_time_s: float
+    stall_s: float
+    recompute_s: float
+    peak_hbm_bytes: int  # one GPU's allocated peak, runtime workspaces included
+    peak_host_bytes: int  # the node's host pool (every simulated GPU's copies)
+    peak_op: str
+    model_flops: float
+    sim: object = field(repr=False, compare=False)  # simulator.des.SimResult (trace, plot)
+    replayed_by: str = "simulator.des"
+
+
+def replay(applied: AppliedPlan, node, *, num_gpus: int) -> Replay:
+    """Replay the transformed Workload on ``num_gpus`` GPUs of ``node`` with the plan's copies.
+
+    Each copy is a DES transfer on the GPU's D2H or H2D copy stream (FIFO) over its host route
+    (links shared with the other GPUs' copies): a D2H starts after its ``ready_op`` and reserves
+    host memory; an H2D starts when its ``ready_op`` starts (and after its D2H) and frees it;
+    the compute op ``needed_op`` waits for the copy. HBM allocations are the Workload's own.
+    """
+    from simulator.des import MemEvent, schedule_from_workload, simulate
+    from simulator.des import Transfer as DesTransfer
+    from simulator.des.schedule import device_route
+
+    wl = applied.workload
+    sched = schedule_from_workload(wl, node, num_gpus=num_gpus)
+    tasks = list(sched.tasks)
+    extra: dict[int, list[int]] = {}
+    order = sorted(range(len(applied.transfers)),
+                   key=lambda k: (applied.transfers[k].direction == "h2d",
+                                  applied.transfers[k].ready_op, -applied.transfers[k].layer))
+    for g in range(num_gpus):
+        ctids = sched.compute_tids[g]
+        routes = {d: device_route(node, g, "host", d) for d in ("d2h", "h2d")}
+        d2h_tid: dict[tuple[int, str], int] = {}
+        for k in order:
+            tr = applied.transfers[k]
+            route = routes[tr.direction]
+            host = MemEvent("host", tr.num_bytes, f"layers.{tr.layer}.offloaded")
+            tid = len(tasks)
+            if tr.direction == "d2h":
+                deps = (ctids[tr.ready_op],)
+                allocs, frees = (host,), ()
+                d2h_tid[(tr.layer, tr.stream)] = tid
+            else:
+                deps = (d2h_tid[(tr.layer, tr.stream)],) + ((ctids[tr.ready_op - 1],) if tr.ready_op else ())
+                allocs, frees = (), (host,)
+            tasks.append(DesTransfer(tid, f"{tr.direction} layers.{tr.layer}", f"gpu{g}.{tr.direction}",
+                                     tr.num_bytes, f"gpu{g}.hbm" if tr.direction == "d2h" else "host",
+                                     "host" if tr.direction == "d2h" else f"gpu{g}.hbm",
+                                     route.links, route.latency_s, deps, allocs, frees, tr.layer))
+            extra.setdefault(ctids[tr.needed_op], []).append(tid)
+    for tid, deps in extra.items():
+        tasks[tid] = replace(tasks[tid], deps=tasks[tid].deps + tuple(deps))
+    sim = simulate(replace(sched, tasks=tuple(tasks)))
+    hbm = sim.pool("gpu0.hbm")
+    model_flops = 3.0 * sum(op.model_flops for op in wl.ops if op.phase in (Phase.FWD, Phase.LOSS))
+    recompute = sum(op.time_s or 0.0 for op in wl.ops if op.phase == Phase.RECOMPUTE)
+    return Replay(step_time_s=sim.step_time_s, stall_s=sim.stall_s, recompute_s=recompute,
+                  peak_hbm_bytes=hbm.peak_bytes, peak_host_bytes=sim.pool("host").peak_bytes,
+                  peak_op=hbm.peak_task, model_flops=model_flops, sim=sim)
+
+
+# ---- the planning context ----------------------------------------------------------------------
+@dataclass
+class PlanContext:
+    """Everything the strategies share for one (model, job, node, budgets) request."""
+
+    model: object
+    job: object
+    node: object
+    gpu_budget_bytes: int
+    host_budget_bytes: int
+    lookahead: int = 1
+    _profiles: dict[str, StepProfile] = field(default_factory=dict)
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.num_layers
+
+    @property
+    def rates(self) -> CopyRates:
+        par = self.job.parallelism
+        return host_copy_rates(self.node, num_active_gpus=par.tp * par.cp * par.dp)
+
+    @property
+    def host_budget_per_gpu_bytes(self) -> int:
+        return self.host_budget_bytes // self.rates.num_gpus_sharing_host
+
+    def profile(self, checkpointing: str = "none") -> StepProfile:
+        if checkpointing not in self._profiles:
+            from simulator.templates import training_workload
+
+            job = self.job.model_copy(update={"checkpointing": checkpointing})
+            self._profiles[checkpointing] = profile_workload(training_workload(self.model, job, self.node))
+        return self._profiles[checkpointing]
+
+    def base_checkpointing(self, layers: Sequence[LayerPlan]) -> str:
+        """The template Workload a plan applies to: a checkpoint every layer shares, else none."""
+        modes = {lp.checkpoint for lp in layers}
+        return modes.pop() if len(modes) == 1 else "none"
+
+
+@dataclass(frozen=True)
+class StrategyResult:
+    """One row of the strategy table: the same type for every baseline and the MIP."""
+
+    name: str
+    feasible: bool
+    step_time_s: float | None
+    mfu: float | None
+    peak_hbm_bytes: int | None
+    peak_host_bytes: int | None
+    reason: str  # why not feasible (or how it was chosen)
+    plan: Plan | None = None
+    replay: Replay | None = None
+    applied: AppliedPlan | None = None
+
+    def row(self) -> dict:
+        return {"name": self.name, "feasible": self.feasible, "step_time_s": self.step_time_s,
+                "mfu": self.mfu, "peak_hbm_bytes": self.peak_hbm_bytes,
+                "peak_host_bytes": self.peak_host_bytes, "reason": self.reason}
+
+
+def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver: str | None = None,
+             status: str = "rule", gap: float | None = None, solve_time_s: float = 0.0) -> StrategyResult:
+    """Replay ``layers`` and wrap the outcome as a Plan and a table row."""
+    from hwmodels.compute import peak_flops_per_s
+
+    prof = ctx.profile(ctx.base_checkpointing(layers))
+    applied = apply_plan(prof, layers, lookahead=ctx.lookahead)
+    rep = replay(applied, ctx.node, num_gpus=ctx.rates.num_gpus_sharing_host)
+    host_peak = rep.peak_host_bytes
+    mfu = rep.model_flops / rep.step_time_s / peak_flops_per_s(ctx.node, ctx.job.param_dtype)
+    reasons = []
+    if rep.peak_hbm_bytes > ctx.gpu_budget_bytes:
+        reasons.append(f"HBM peak {format_bytes(rep.peak_hbm_bytes)} > {format_bytes(ctx.gpu_budget_bytes)}"
+                       f" gpu budget (at {rep.peak_op})")
+    if host_peak > ctx.host_budget_bytes:
+        reasons.append(f"host {format_bytes(host_peak)} > {format_bytes(ctx.host_budget_bytes)} host budget")
+    feasible = not reasons
+    prediction = Prediction(step_time_s=rep.step_time_s, mfu=mfu, peak_hbm_bytes=rep.peak_hbm_bytes,
+                            peak_host_bytes=host_peak, stall_s=rep.stall_s, recompute_s=rep.recompute_s,
+                            feasible=feasible, replayed_by=rep.replayed_by)
+    plan = Plan(layers=list(layers), prefetch_lookahead_layers=ctx.lookahead,
+                staging_buffer_bytes=applied.staging_bytes, num_staging_buffers=2,
+                provenance=_provenance(ctx, name, solver=solver, status=status, gap=gap,
+                                       solve_time_s=solve_time_s),
+                prediction=prediction)
+    return StrategyResult(name=name, feasible=feasible, step_time_s=rep.step_time_s, mfu=mfu,
+                          peak_hbm_bytes=rep.peak_hbm_bytes, peak_host_bytes=host_peak,
+                          reason="; ".join(reasons), plan=plan, replay=rep, applied=applied)
+
+
+def _provenance(ctx: PlanContext, planner: str, **kw) -> Provenance:
+    from planners.plan import tierplan_version
+
+    return Provenance(tierplan_version=tierplan_version(), model=ctx.model.name,
+                      job=ctx.job.model_dump(mode="json"), hardware=ctx.node.name, planner=planner,
+                      gpu_budget_bytes=ctx.gpu_budget_bytes, host_budget_bytes=ctx.host_budget_bytes, **kw)
+
+
+# ---- the MIP ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MipSolution:
+    layers: tuple[LayerPlan, ...]
+    objective_s: float | None  # the MIP's own step time (for the replay-agreement check)
+    status: str
+    solver: str | None
+    gap: float | None
+    solve_time_s: float
+    binding: str  # the constraint that makes the request infeasible, when it is
+
+
+def solve_mip(ctx: PlanContext, *, budget_bytes: int | None = None, host_budget_bytes: int | None = None,
+              time_limit_s: float = 10.0, solver: str = "highs", lp_path: str | None = None) -> MipSolution:
+    """tierplan's MIP over the profile of the un-checkpointed step (see the module docstring)."""
+    import pulp
+
+    from planners.solvers import solve
+    from simulator.estimator import RUNTIME_WORKSPACE_BYTES
+
+    t0 = time.perf_counter()
+    prof = ctx.profile("none")
+    full_prof = ctx.profile("full")
+    rates = ctx.rates
+    budget = (ctx.gpu_budget_bytes if budget_bytes is None else budget_bytes) * (1 - BUDGET_MARGIN_FRAC)
+    budget -= RUNTIME_WORKSPACE_BYTES
+    host_budget = (ctx.host_budget_bytes if host_budget_bytes is None else host_budget_bytes)
+    host_budget *= 1 - BUDGET_MARGIN_FRAC
+    n = len(prof.layers)
+    L = prof.layers
+    times = prof.op_times_s
+    prob = pulp.LpProblem("swap_recompute", pulp.LpMinimize)
+    g = float(GiB)
+    b_d2h = rates.d2h_bytes_per_s / g  # GiB/s
+    b_h2d = rates.h2d_bytes_per_s / g
+    var = prob.add_variable
+    full = [var(f"full_{i}", cat="Binary") for i in range(n)]
+    o_in = [var(f"offload_input_{i}", cat="Binary") for i in range(n)]
+    o_at = [var(f"offload_attn_{i}", cat="Binary") for i in range(n)]
+    keep = [var(f"keep_frac_{i}", 0, 1) for i in range(n)]
+    off = [var(f"alpha_frac_{i}", 0, 1) for i in range(n)]
+    rec = [var(f"recompute_frac_{i}", 0, 1) for i in range(n)]
+    r_off, r_rec, t_rec = [], [], []
+    for i, lp in enumerate(L):
+        prob += keep[i] + off[i] + rec[i] + full[i] == 1, f"fractions_{i}"
+        prob += o_at[i] + full[i] <= 1, f"attn_offload_without_checkpoint_{i}"
+        if lp.input_bytes == 0:
+            prob += o_in[i] == 0, f"no_input_to_offload_{i}"
+        r_off.append((lp.input_bytes * o_in[i] + lp.attn_bytes * o_at[i] + lp.other_bytes * off[i]) / g)
+        # a full checkpoint keeps the input only; measured on the checkpointed template
+        full_saved = full_prof.layers[i].saved_bytes if i < len(full_prof.layers) else lp.input_bytes
+        r_rec.append(((lp.saved_bytes - full_saved) * full[i] + lp.other_bytes * rec[i]) / g)
+        t_rec.append(lp.fwd_s * full[i] + lp.other_fwd_s * rec[i])
+
+    # HBM capacity at every segment between release / restore points of the schedule
+    windows = []  # (open lo, open hi, expr)
+    for i, lp in enumerate(L):
+        rel, res = release_restore_ops(prof, i, stream="d2h", lookahead=ctx.lookahead)
+        windows.append((rel, res, r_off[i], i))
+        windows.append((lp.last_fwd, lp.first_bwd, r_rec[i], i))
+    points = sorted({0, len(times) - 1} | {w[0] for w in windows} | {w[1] for w in windows})
+    segments = []
+    for a, b in zip(points, points[1:], strict=False):
+        segments.append((a, a))
+        if b - a > 1:
+            segments.append((a + 1, b - 1))
+    segments.append((points[-1], points[-1]))
+    live = prof.live_bytes
+    binding_seg = None
+    worst_left = None
+    for lo, hi in segments:
+        peak = max(live[lo:hi + 1])
+        if peak <= budget:
+            continue
+        removable = [w for w in windows if w[0] < lo and hi < w[1]]
+        k = max(range(lo, hi + 1), key=lambda j: live[j])
+        name = f"hbm_capacity_at_{prof.workload.ops[k].name}"
+        prob += peak / g - pulp.lpSum(w[2] for w in removable) <= budget / g, name
+        # what is left when everything removable is removed (for the infeasibility message)
+        max_removed = _max_removed_bytes(L, full_prof, [w[3] for w in removable if w[2] is r_off[w[3]]],
+                                         [w[3] for w in removable if w[2] is r_rec[w[3]]])
+        left = peak - max_removed
+        if left > budget and (worst_left is None or left > worst_left):
+            worst_left, binding_seg = left, prof.workload.ops[k]
+
+    # host memory shared by the node's GPUs
+    prob += pulp.lpSum(r_off) * rates.num_gpus_sharing_host <= host_budget / g, "host_capacity"
+
+    # time: forward with the D2H queue, then backward with the H2D queue (seconds)
+    e = [var(f"fwd_end_{i}", 0) for i in range(n)]
+    d = [var(f"d2h_done_{i}", 0) for i in range(n)]
+    h = [var(f"h2d_done_{i}", 0) for i in range(n)]
+    s = [var(f"bwd_stage_start_{i}", 0) for i in range(n)]
+    fwd_end = var("fwd_and_loss_end", 0)
+    step = var("step_end", 0)
+    pre = sum(times[: L[0].first_fwd])
+    for i, lp in enumerate(L):
+        gap_before = pre if i == 0 else sum(times[L[i - 1].last_fwd + 1: lp.first_fwd])
+        prev = e[i - 1] if i else 0
+        prob += e[i] >= prev + gap_before + lp.fwd_s, f"fwd_compute_{i}"
+        prob += d[i] >= e[i] + r_off[i] / b_d2h, f"d2h_after_fwd_{i}"
+        if i:
+            prob += d[i] >= d[i - 1] + r_off[i] / b_d2h, f"d2h_fifo_{i}"
+        if i + 1 < n:
+            prob += e[i + 1] >= d[i], f"staging_buffer_reuse_{i}"
+        else:
+            prob += fwd_end >= d[i], f"staging_buffer_reuse_{i}"
+    prob += fwd_end >= e[n - 1] + sum(times[L[-1].last_fwd + 1: prof.first_bwd_op]), "loss_compute"
+    head_bwd = sum(times[prof.first_bwd_op: L[-1].first_bwd])
+    for i in range(n - 1, -1, -1):
+        lp = L[i]
+        j = i + ctx.lookahead
+        start = s[j] if j < n else fwd_end
+        prob += h[i] >= start + r_off[i] / b_h2d, f"prefetch_after_stage_start_{i}"
+        if i + 1 < n:
+            prob += h[i] >= h[i + 1] + r_off[i] / b_h2d, f"h2d_fifo_{i}"
+            between = sum(times[L[i + 1].last_bwd + 1: lp.first_bwd])
+            prob += s[i] >= s[i + 1] + t_rec[i + 1] + L[i + 1].bwd_s + between, f"bwd_compute_{i}"
+        else:
+            prob += s[i] >= fwd_end + head_bwd, f"bwd_compute_{i}"
+        prob += s[i] >= h[i], f"bwd_needs_prefetch_{i}"
+    tail = sum(times[L[0].last_bwd + 1:])
+    prob += step >= s[0] + t_rec[0] + L[0].bwd_s + tail, "step_end"
+    prob += step
+    result = solve(prob, time_limit_s=time_limit_s, solver=solver, lp_path=lp_path)
+    elapsed = time.perf_counter() - t0
+    if not result.has_solution:
+        binding = ""
+        if binding_seg is not None:
+            user_budget = ctx.gpu_budget_bytes if budget_bytes is None else budget_bytes
+            what = ("weights + grads + optimizer states + the optimizer step's workspace"
+                    if binding_seg.phase == Phase.OPTIM else "what is live")
+            binding = (f"{what} at {binding_seg.name} need {format_bytes(worst_left + RUNTIME_WORKSPACE_BYTES)}"
+                       f" > {format_bytes(user_budget)} gpu budget even with every layer"
+                       " recomputed and its input offloaded")
+        elif result.status == "infeasible":
+            binding = "host_capacity: offloading needed to fit HBM exceeds the host budget"
+        return MipSolution(layers=(), objective_s=None, status=result.status, solver=result.solver,
+                           gap=result.gap, solve_time_s=elapsed, binding=binding or result.status)
+    layers = tuple(_layer_from_solution(i, L[i], full[i].value(), o_in[i].value(), o_at[i].value(),
+                                        keep[i].value(), off[i].value(), rec[i].value())
+                   for i in range(n))
+    return MipSolution(layers=layers, objective_s=float(step.value()), status=result.status,
+                       solver=result.solver, gap=result.gap, solve_time_s=elapsed, binding="")
+
+
+def _max_removed_bytes(L, full_prof, off_layers, rec_layers) -> int:
+    """Most bytes the windows could remove: a full checkpoint and an offloaded input everywhere."""
+    out = 0
+    for i in off_layers:
+        out += L[i].input_bytes + L[i].attn_bytes + L[i].other_bytes
+    for i in rec_layers:
+        full_saved = full_prof.layers[i].saved_bytes if i < len(full_prof.layers) else L[i].input_bytes
+        out += max(L[i].saved_bytes - full_saved, L[i].other_bytes)
+    # a layer cannot remove the same bytes through both windows
+    for i in set(off_layers) & set(rec_layers):
+        out -= L[i].attn_bytes + L[i].other_bytes
+    return out
+
+
+def _frac(x) -> float:
+    v = round(min(1.0, max(0.0, float(x or 0.0))), 6)
+    return 0.0 if v < EPS_FRAC else v
+
+
+def _layer_from_solution(i, lp: LayerProfile, full, o_in, o_at, keep, off, rec) -> LayerPlan:
+    inp = "offload" if round(o_in or 0) == 1 and lp.input_bytes > 0 else "keep"
+    if round(full or 0) == 1:
+        return LayerPlan(layer=i, checkpoint="full", input=inp)
+    keep, off = _frac(keep), _frac(off)
+    if off > 0:
+        other = RoleAction(action="offload", alpha_frac=off, keep_frac=min(keep, 1.0 - off))
+    elif keep >= 1.0:
+        other = KEEP
+    else:
+        other = RoleAction(action="recompute", keep_frac=keep)
+    attn = RoleAction(action="offload", alpha_frac=1.0) if round(o_at or 0) == 1 else KEEP
+    roles = {r: (attn if r in ATTN_ROLES else other) for r in lp.role_tids}
+    roles = {r: a for r, a in sorted(roles.items()) if a != KEEP}
+    return LayerPlan(layer=i, input=inp, roles=roles)
+
+
+def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "highs",
+             fallbacks: Sequence[StrategyResult] = ()) -> tuple[StrategyResult, MipSolution | None]:
+    """Solve, replay, and tighten the HBM budget by the replay's overshoot until the plan fits.
+
+    Returns the best of the MIP's plan and the feasible ``fallbacks`` (a baseline is a point of
+    the MIP's space the linear model may have misjudged), and the MIP's last solution.
+    """
+    t0 = time.perf_counter()
+    budget, host_budget = ctx.gpu_budget_bytes, ctx.host_budget_bytes
+    sol = None
+    best: StrategyResult | None = None
+    for _ in range(MAX_REPAIRS):
+        remaining = max(0.1, time_limit_s - (time.perf_counter() - t0))
+        sol = solve_mip(ctx, budget_bytes=budget, host_budget_bytes=host_budget, time_limit_s=remaining,
+                        solver=solver)
+        if not sol.layers:
+            break
+        res = evaluate(ctx, "mip", sol.layers, solver=sol.solver, status=sol.status, gap=sol.gap,
+                       solve_time_s=time.perf_counter() - t0)
+        if res.feasible or best is None:
+            best = res
+        if res.feasible:
+            break
+        budget -= max(0, res.peak_hbm_bytes - ctx.gpu_budget_bytes) + 64 * 2**20
+        host_budget -= max(0, res.peak_host_bytes - ctx.host_budget_bytes)
+    candidates = [r for r in fallbacks if r.feasible]
+    if best is not None and best.feasible:
+        candidates.append(best)
+    if not candidates:
+        reason = (best.reason if best is not None else (sol.binding if sol else "no solution"))
+        return (StrategyResult(name="mip", feasible=False, step_time_s=best.step_time_s if best else None,
+                               mfu=best.mfu if best else None,
+                               peak_hbm_bytes=best.peak_hbm_bytes if best else None,
+                               peak_host_bytes=best.peak_host_bytes if best else None,
+                               reason=reason, plan=best.plan if best else None,
+                               replay=best.replay if best else None, applied=best.applied if best else None),
+                sol)
+    winner = min(candidates, key=lambda r: (r.step_time_s, r.name != "mip"))
+    if winner.name == "mip":
+        return winner, sol
+    # a baseline replays faster than the MIP's plan: return it, saying so
+    elapsed = time.perf_counter() - t0
+    res = evaluate(ctx, "mip", winner.plan.layers, solver=sol.solver if sol else None,
+                   status=f"fallback:{winner.name}", gap=sol.gap if sol else None, solve_time_s=elapsed)
+    return (StrategyResult(**{**res.__dict__, "reason": f"{winner.name}'s plan (replays faster than the MIP's)"}),
+            sol)
+
+
+# ---- all strategies ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PlanReport:
+    strategies: tuple[StrategyResult, ...]
+    best: str | None  # name of the fastest feasible strategy
+    binding: str  # why nothing fits, when nothing does
+
+    def result(self, name: str) -> StrategyResult:
+        return next(r for r in self.strategies if r.name == name)
+
+    def to_dict(self) -> dict:
+        return {"strategies": [r.row() for r in self.strategies], "best": self.best}
+
+
+def static_bytes_check(ctx: PlanContext) -> str:
+    """Non-empty when the model states alone exceed the GPU budget (no plan can help)."""
+    prof = ctx.profile("none")
+    index = prof.workload._by_id()
+    groups = {"weights": 0, "grads": 0, "optimizer states": 0}
+    for t in index.values():
+        if not t.persistent:
+            continue
+        key = {Role.WEIGHT: "weights", Role.GRAD: "grads"}.get(t.role, "optimizer states")
+        groups[key] += t.num_bytes
+    total = sum(groups.values())
+    if total <= ctx.gpu_budget_bytes:
+        return ""
+    names = " + ".join(k for k, v in groups.items() if v)
+    return f"{names} need {total / GiB:.1f} GiB > {ctx.gpu_budget_bytes / GiB:.1f} GiB gpu budget"
+
+
+def plan_training(model, job, node, *, gpu_budget_bytes: int | None = None,
+                  host_budget_bytes: int | None = None, time_limit_s: float = 10.0,
+                  solver: str = "highs", lookahead: int = 1) -> PlanReport:
+    """Every strategy for one training step, replayed; the fastest feasible one is ``best``."""
+    from planners import baselines
+
+    if job.mode != "train":
+        raise UserInputError("job.mode: planning needs a training job")
+    job.check(model)
+    ctx = PlanContext(model=model, job=job.model_copy(update={"checkpointing": "none"}), node=node,
+                      gpu_budget_bytes=gpu_budget_bytes or node.gpu.hbm_capacity_bytes,
+                      host_budget_bytes=host_budget_bytes or node.host_memory.capacity_bytes,
+                      lookahead=lookahead)
+    static = static_bytes_check(ctx)
+    results: list[StrategyResult] = []
+    for name in STRATEGIES[:-1]:
+        layers, why_not = baselines.BASELINES[name](ctx)
+        if layers is None:
+            results.append(StrategyResult(name=name, feasible=False, step_time_s=None, mfu=None,
+                                          peak_hbm_bytes=None, peak_host_bytes=None, reason=why_not))
+            continue
+        results.append(evaluate(ctx, name, layers))
+    if static:
+        results.append(StrategyResult(name="mip", feasible=False, step_time_s=None, mfu=None,
+                                      peak_hbm_bytes=None, peak_host_bytes=None, reason=static))
+    else:
+        mip, _ = plan_mip(ctx, time_limit_s=time_limit_s, solver=solver, fallbacks=results)
+        results.append(mip)
+    feasible = [r for r in results if r.feasible]
+    best = min(feasible, key=lambda r: (r.step_time_s, STRATEGIES.index(r.name))).name if feasible else None
+    binding = ""
+    if best is None:
+        binding = static or next((r.reason for r in results if r.name == "mip"), "")
+    return PlanReport(strategies=tuple(results), best=best, binding=binding)
