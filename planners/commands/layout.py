@@ -1,0 +1,191 @@
+"""`tierplan layout`: plan buffer offsets in one arena and compare with PyTorch's caching allocator.
+
+tierplan layout (--snapshot FILE | --trace FILE.csv | [SCENARIO] [model/job options as in
+                `tierplan estimate`]) [--time-limit S] [--method auto|flat|bilevel]
+                [--solver highs|cbc] [--expandable-segments] [--out layout.json] [--png FILE]
+                [--json]
+
+Prints the lower bound (maximum of live bytes), the planned peak and its gap, the caching
+allocator's predicted reserved memory for the same requests and its excess; writes the layout
+JSON (buffer id -> byte offset) and a PNG of address over time. A CSV buffer lives in
+[lower, upper). A snapshot is read without executing code (see planners.layout.snapshot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def _scenario_parent() -> argparse.ArgumentParser:
+    """The scenario flags of `tierplan estimate`, reused so the two commands cannot drift."""
+    from planners.commands import estimate
+
+    sub = argparse.ArgumentParser(add_help=False).add_subparsers()
+    estimate.register(sub)
+    return sub.choices["estimate"]
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "layout",
+        parents=[_scenario_parent()],
+        add_help=False,
+        help="plan tensor offsets in one arena; compare with the caching allocator",
+        description=("Offsets for every buffer of a step (or a snapshot, or a CSV of "
+                     "id,lower,upper,size) with peak, lower bound and gap, and the caching "
+                     "allocator's predicted reserved memory for the same requests."),
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--snapshot", help="PyTorch memory snapshot (torch.cuda.memory._dump_snapshot)")
+    src.add_argument("--trace", help="CSV file with a header id,lower,upper,size")
+    p.add_argument("--time-limit", default="60", help="seconds for the solver (default 60)")
+    p.add_argument("--method", choices=("auto", "flat", "bilevel"), default="auto",
+                   help="workload input: flat instance, MEMO bi-level, or the better (auto)")
+    p.add_argument("--solver", choices=("highs", "cbc"), default="highs")
+    p.add_argument("--no-mip", action="store_true", help="greedy heuristics only")
+    p.add_argument("--expandable-segments", action="store_true",
+                   help="predict the caching allocator with expandable_segments:True")
+    p.add_argument("--out", default="layout.json", help="layout JSON path (default layout.json)")
+    p.add_argument("--png", help="address-over-time picture (default: --out with .png)")
+    p.add_argument("--no-png", action="store_true", help="do not draw the picture")
+    p.set_defaults(run=run)
+
+
+def _time_limit(text: str) -> float:
+    from hwmodels.units import UserInputError
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserInputError(f"--time-limit: expected seconds, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise UserInputError(f"--time-limit: must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    import pathlib
+
+    from hwmodels.units import UserInputError
+    from planners.layout.instance import instance_from_workload, load_csv_instance
+    from planners.layout.plan import instance_events, plan_layout, plan_workload_layout
+    from simulator.allocator import predict_workload_reserved, replay_caching_allocator
+
+    limit = _time_limit(args.time_limit)
+    scenario_flags = [f for f in ("scenario", "model", "layers", "seq_len", "batch", "mode")
+                      if getattr(args, f, None) is not None]
+    if (args.snapshot or args.trace) and scenario_flags:
+        raise UserInputError(f"--{scenario_flags[0].replace('_', '-')}: not with "
+                             f"{'--snapshot' if args.snapshot else '--trace'} (one input at a time)")
+    use_mip = not args.no_mip
+    if args.snapshot or args.trace:
+        if args.snapshot:
+            from planners.layout.snapshot import load_snapshot
+
+            snap = load_snapshot(args.snapshot)
+            instance, events, source = snap.instance, list(snap.events), "snapshot"
+        else:
+            instance = load_csv_instance(args.trace)
+            events, source = instance_events(instance), "csv"
+        result = plan_layout(instance, time_limit_s=limit, solver=args.solver, use_mip=use_mip)
+        replay = replay_caching_allocator(events, expandable_segments=args.expandable_segments)
+    else:
+        from planners.commands.estimate import build_scenario
+
+        scenario, model = build_scenario(args)
+        job = scenario.job
+        if job.mode == "train":
+            from simulator.templates import training_workload
+
+            job.check(model)
+            wl = training_workload(model, job)
+            what = f"train seq {job.seq_len} x {job.micro_batch}, checkpointing {job.checkpointing}"
+        else:
+            from simulator.templates import prefill_workload
+
+            job.check(model)
+            wl = prefill_workload(model, job)
+            what = f"prefill {job.prompt_len} x {job.batch}"
+        name = f"{model.name} {what}"
+        instance = instance_from_workload(wl, name=name)
+        source = "workload"
+        result = plan_workload_layout(wl, time_limit_s=limit, solver=args.solver,
+                                      use_mip=use_mip, method=args.method, name=name)
+        # steady state of the same requests: a second step reuses the first one's cache
+        replay = predict_workload_reserved(wl, num_steps=2, preallocated_bytes=(),
+                                           expandable_segments=args.expandable_segments)
+    out = pathlib.Path(args.out)
+    try:
+        out.write_text(result.model_dump_json(indent=1) + "\n")
+    except OSError as err:
+        raise UserInputError(f"--out: cannot write {out}: {err.strerror or err}") from None
+    png = None
+    if not args.no_png:
+        from planners.layout.plot import plot_layout
+
+        png = pathlib.Path(args.png) if args.png else out.with_suffix(".png")
+        try:
+            plot_layout(instance, result.offsets, str(png), lower_bound_bytes=result.lower_bound_bytes,
+                        title=f"{result.name}: {result.method}")
+        except OSError as err:
+            raise UserInputError(f"--png: cannot write {png}: {err.strerror or err}") from None
+    reserved = replay.peak_reserved_bytes
+    summary = {
+        "source": source,
+        "reserved_bytes": reserved,
+        "reserved_over_lower_bound": reserved / result.lower_bound_bytes - 1 if result.lower_bound_bytes else 0.0,
+        "reserved_over_peak": reserved / result.peak_bytes - 1 if result.peak_bytes else 0.0,
+        "allocator_peak_allocated_bytes": replay.peak_allocated_bytes,
+        "expandable_segments": args.expandable_segments,
+        "layout_path": str(out),
+        "png_path": str(png) if png else None,
+    }
+    if source == "snapshot" and snap.reserved_bytes:
+        summary["snapshot_reserved_bytes"] = snap.reserved_bytes
+    if args.json:
+        print(json.dumps({**result.model_dump(mode="json"), **summary}, sort_keys=True))
+        return 0
+    _print(result, summary)
+    return 0
+
+
+def _print(result, summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from hwmodels.units import format_bytes, format_seconds
+
+    console = Console(soft_wrap=False)
+    if not console.is_terminal:
+        console = Console(soft_wrap=False, width=120)
+    lb = result.lower_bound_bytes
+    t = Table(title=f"layout of {result.name} ({result.num_buffers:,} buffers, "
+                    f"{result.num_overlapping_pairs:,} overlapping pairs)", title_justify="left")
+    t.add_column("")
+    t.add_column("bytes", justify="right")
+    t.add_column("over lower bound", justify="right")
+    t.add_row("lower bound (max live bytes)", format_bytes(lb), "")
+    if result.best_bound_bytes > lb:
+        t.add_row("proven bound (MIP)", format_bytes(result.best_bound_bytes),
+                  f"{result.best_bound_bytes / lb - 1:+.2%}")
+    t.add_row(f"planned peak ({result.method})", format_bytes(result.peak_bytes),
+              f"{result.peak_bytes / lb - 1:+.2%}" if lb else "")
+    t.add_row("best greedy heuristic", format_bytes(result.greedy_peak_bytes),
+              f"{result.greedy_peak_bytes / lb - 1:+.2%}" if lb else "")
+    es = " (expandable segments)" if summary["expandable_segments"] else ""
+    t.add_row(f"caching allocator reserved{es}", format_bytes(summary["reserved_bytes"]),
+              f"{summary['reserved_over_lower_bound']:+.2%}")
+    if "snapshot_reserved_bytes" in summary:
+        t.add_row("reserved in the snapshot", format_bytes(summary["snapshot_reserved_bytes"]),
+                  f"{summary['snapshot_reserved_bytes'] / lb - 1:+.2%}" if lb else "")
+    console.print(t)
+    console.print(f"status {result.status}, gap {result.gap:.3%}"
+                  + (f", MIP {result.mip_status}" if result.mip_status else "")
+                  + f", solved in {format_seconds(result.solve_time_s)} "
+                  f"(limit {format_seconds(result.time_limit_s)}); the arena saves "
+                  f"{format_bytes(max(0, summary['reserved_bytes'] - result.peak_bytes))} "
+                  f"({summary['reserved_over_peak']:.1%} of the planned peak) against the caching allocator")
+    files = summary["layout_path"] + (f", {summary['png_path']}" if summary["png_path"] else "")
+    console.print(f"wrote {files}")

@@ -1,0 +1,112 @@
+"""Memory snapshots are read without executing code; bad files fail as one line."""
+
+import os
+import pickle
+
+import pytest
+
+from hwmodels.units import UserInputError
+from planners.cli import main
+from planners.layout.instance import lower_bound_bytes
+from planners.layout.snapshot import load_snapshot
+from simulator.allocator import replay_caching_allocator
+
+MiB = 2**20
+
+
+def _snapshot_dict() -> dict:
+    """The structure torch.cuda.memory._snapshot() returns, trimmed to what matters."""
+    trace = [
+        {"action": "segment_alloc", "addr": 0x7F0000000000, "size": 20 * MiB, "stream": 0},
+        {"action": "alloc", "addr": 0x7F0000000000, "size": 4 * MiB, "stream": 0, "time_us": 1,
+         "frames": [{"filename": "train.py", "line": 3, "name": "step"}]},
+        {"action": "alloc", "addr": 0x7F0000400000, "size": 6 * MiB, "stream": 0, "time_us": 2},
+        {"action": "free_requested", "addr": 0x7F0000000000, "size": 4 * MiB, "stream": 0},
+        {"action": "free_completed", "addr": 0x7F0000000000, "size": 4 * MiB, "stream": 0},
+        {"action": "alloc", "addr": 0x7F0000A00000, "size": 1000, "stream": 0},
+        # freed, never allocated in the trace: live when recording started
+        {"action": "free_completed", "addr": 0x7E0000000000, "size": 3 * MiB, "stream": 0},
+    ]
+    segments = [{"device": 0, "address": 0x7F0000000000, "total_size": 20 * MiB, "stream": 0,
+                 "segment_type": "large", "allocated_size": 6 * MiB + 1024, "blocks": []}]
+    return {"segments": segments, "device_traces": [trace]}
+
+
+def test_valid_snapshot_gives_events_and_instance(tmp_path):
+    path = tmp_path / "snap.pickle"
+    path.write_bytes(pickle.dumps(_snapshot_dict()))
+    snap = load_snapshot(str(path))
+    assert snap.reserved_bytes == 20 * MiB
+    sizes = sorted(b.size_bytes for b in snap.instance.buffers)
+    assert sizes == [1024, 3 * MiB, 4 * MiB, 6 * MiB]
+    # the pre-existing 3 MiB block, the 4 MiB and the 6 MiB are live together at the start
+    assert lower_bound_bytes(snap.instance.buffers) == 13 * MiB
+    assert [e.action for e in snap.events][:2] == ["alloc", "alloc"]
+    rep = replay_caching_allocator(snap.events)
+    assert rep.peak_allocated_bytes == 13 * MiB
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_malicious_pickle_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pickle"
+    path.write_bytes(pickle.dumps({"segments": [], "device_traces": [[_Evil()]]}))
+    with pytest.raises(UserInputError, match="refused: the pickle refers to posix.system") as err:
+        load_snapshot(str(path))
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: pickle.dumps(_snapshot_dict())[:-7], "truncated|not a valid"),
+    (lambda: b"this is not a pickle at all", "not a valid memory snapshot"),
+    (lambda: b"", "empty file"),
+    (lambda: pickle.dumps([1, 2, 3]), "expected a dict"),
+    (lambda: pickle.dumps({"segments": []}), "device_traces: expected a list"),
+    (lambda: pickle.dumps({"device_traces": [[]]}), "no allocation trace"),
+    (lambda: pickle.dumps({"device_traces": [[{"action": "alloc", "addr": "x", "size": 4}]]}),
+     "entry 0: addr: expected an integer"),
+    (lambda: pickle.dumps({"device_traces": [[{"action": "segment_alloc", "addr": 0, "size": 4}]]}),
+     "no alloc/free entries"),
+])
+def test_malformed_snapshots_fail_as_one_line(tmp_path, make, match):
+    path = tmp_path / "bad.pickle"
+    path.write_bytes(make())
+    with pytest.raises(UserInputError, match=match) as err:
+        load_snapshot(str(path))
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_cli_refuses_a_malicious_snapshot_without_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pickle"
+    path.write_bytes(pickle.dumps(_Evil()))
+    assert main(["layout", "--snapshot", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "refused" in err and "Traceback" not in err
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_cli_truncated_snapshot_is_a_clear_error(tmp_path, capsys):
+    path = tmp_path / "cut.pickle"
+    path.write_bytes(pickle.dumps(_snapshot_dict())[:40])
+    assert main(["layout", "--snapshot", str(path), "--out", str(tmp_path / "l.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tierplan layout: error:") and err.count("\n") == 1
+
+
+def test_cli_snapshot_json(tmp_path, capsys):
+    import json
+
+    path = tmp_path / "snap.pickle"
+    path.write_bytes(pickle.dumps(_snapshot_dict()))
+    out = tmp_path / "layout.json"
+    assert main(["layout", "--snapshot", str(path), "--out", str(out), "--no-png", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["lower_bound_bytes"] == doc["peak_bytes"] == 13 * MiB
+    assert doc["snapshot_reserved_bytes"] == 20 * MiB
+    assert doc["source"] == "snapshot" and len(doc["offsets"]) == 4
