@@ -109,7 +109,7 @@ def _summary(result, est, gpus: int) -> dict:
     return {
         "step_time_s": result.step_time_s,
         "estimate_step_time_s": est.step_time_s,
-        "peak_bytes": {tier: p.peak_bytes for tier, p in peak_pool.items()},
+        "peak_bytes": result.peak_bytes_by_tier(),
         "peak": {tier: {"pool": p.name, "at_s": p.peak_at_s, "task": p.peak_task,
                         "capacity_bytes": p.capacity_bytes} for tier, p in peak_pool.items()},
         "stall_s": result.stall_s,
