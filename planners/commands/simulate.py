@@ -1,14 +1,16 @@
 """`tierplan simulate`: replay one training step on the discrete-event engine.
 
 tierplan simulate [SCENARIO.yaml] [the scenario flags of `tierplan estimate`] [--gpus N]
-                  [--offload FRAC] [--offload-tier host|cxl|nvme] [--lookahead N]
-                  [--trace out.json] [--plot out.png] [--json]
+                  [--plan plan.json | --offload FRAC [--offload-tier host|cxl|nvme]]
+                  [--lookahead N] [--trace out.json] [--plot out.png] [--json]
 
 Builds the scenario exactly as `estimate` does, maps its Workload onto one compute stream per
-GPU (`simulator.des.schedule_from_workload`), optionally offloads a fraction of every layer's
-saved activations (all but the top ``lookahead + 1`` layers, which MEMO keeps too) with
-prefetch, and reports step time, exposed transfer stall, per-tier peaks and OOM events.
-``--plan plan.json`` will replace ``--offload`` once planners write plans.
+GPU (`simulator.des.schedule_from_workload`) and replays it with, either, the per-layer keep /
+offload / recompute decisions of a plan written by `tierplan plan` (applied and replayed by
+`planners.swap`, the same path the planner's own prediction takes), or a uniform offload of a
+fraction of every layer's saved activations (all but the top ``lookahead + 1`` layers, which
+MEMO keeps too) with prefetch. Reports step time, exposed transfer stall, per-tier peaks and
+OOM events.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def register(subparsers: Any) -> None:
     add_scenario_args(p)
     p.add_argument("--gpus", help="GPUs of the node to simulate (default: the job's, at most "
                                   "the node's)")
+    p.add_argument("--plan", metavar="PLAN.json", help="replay a plan written by `tierplan plan`")
     p.add_argument("--offload", help="fraction (0-1) of each layer's saved activations to offload")
     p.add_argument("--offload-tier", choices=("host", "cxl", "nvme"), default="host",
                    help="where offloaded activations go (default host)")
@@ -78,13 +81,18 @@ def run(args: argparse.Namespace) -> int:
                              f"got {args.gpus!r}")
     workload = training_workload(model, scenario.job, node)
     est = estimate_training(model, scenario.job, node, workload=workload)
-    schedule = schedule_from_workload(workload, node, num_gpus=gpus)
-    if offload:
-        layers = sorted(offload_candidates(workload))
-        top = len(layers) - (lookahead + 1)
-        schedule = add_offload(schedule, fraction_by_layer={L: offload for L in layers[:max(top, 0)]},
-                               tier=args.offload_tier, lookahead=lookahead)
-    result = simulate(schedule, record_timeline=bool(args.plot or args.trace or not args.json))
+    if args.plan is not None:
+        if offload is not None:
+            raise UserInputError("--offload: give either --plan or --offload, not both")
+        result = _replay_plan(args.plan, model, scenario.job, node, gpus)
+    else:
+        schedule = schedule_from_workload(workload, node, num_gpus=gpus)
+        if offload:
+            layers = sorted(offload_candidates(workload))
+            top = len(layers) - (lookahead + 1)
+            schedule = add_offload(schedule, fraction_by_layer={L: offload for L in layers[:max(top, 0)]},
+                                   tier=args.offload_tier, lookahead=lookahead)
+        result = simulate(schedule, record_timeline=bool(args.plot or args.trace or not args.json))
     if args.trace:
         from simulator.des.trace import write_chrome_trace
 
@@ -99,6 +107,27 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print(summary, model.name, scenario, node.name)
     return 0
+
+
+def _replay_plan(path: str, model, job, node, gpus: int):
+    """The DES replay of a plan file's decisions on this scenario (``planners.swap.replay``)."""
+    from hwmodels.units import UserInputError
+    from planners.plan import load_plan
+    from planners.swap import PlanContext, apply_plan, replay
+
+    plan = load_plan(path)
+    if len(plan.layers) != model.num_layers:
+        raise UserInputError(f"{path}: layers: the plan has {len(plan.layers)} layers, "
+                             f"{model.name} here has {model.num_layers}")
+    if plan.provenance.model != model.name:
+        raise UserInputError(f"{path}: provenance.model: the plan is for {plan.provenance.model}, "
+                             f"the scenario is {model.name}")
+    ctx = PlanContext(model=model, job=job, node=node, gpu_budget_bytes=node.gpu.hbm_capacity_bytes,
+                      host_budget_bytes=node.host_memory.capacity_bytes,
+                      lookahead=plan.prefetch_lookahead_layers)
+    applied = apply_plan(ctx.profile(ctx.base_checkpointing(plan.layers)), plan.layers,
+                         lookahead=plan.prefetch_lookahead_layers)
+    return replay(applied, node, num_gpus=gpus).sim
 
 
 def _summary(result, est, gpus: int) -> dict:

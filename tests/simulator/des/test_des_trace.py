@@ -93,3 +93,21 @@ def test_transfers_carry_their_rates_in_the_trace(result):
         if e["ph"] == "X" and e["cat"] == "transfer":
             assert 0 < e["args"]["GB_per_s"] <= 55.5  # never above one GPU's measured PCIe rate
     assert any(isinstance(t, Transfer) for t in result.schedule.tasks)
+
+
+def test_cli_replays_a_plan_file_as_the_planner_predicted(capsys, tmp_path):
+    flags = ["--model", "llama-2-7b", "--layers", "4", "--seq-len", "64K", "--hardware", "1xH200"]
+    assert main(["plan", *flags, "--gpu-budget", "70GiB", "--out", str(tmp_path), "--json"]) == 0
+    capsys.readouterr()
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["provenance"]["planner"] == "mip" and plan["prediction"]["peak_host_bytes"] > 0
+    assert main(["simulate", *flags, "--plan", str(tmp_path / "plan.json"), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["step_time_s"] == pytest.approx(plan["prediction"]["step_time_s"], abs=1e-6)
+    assert data["peak_bytes"]["hbm"] == plan["prediction"]["peak_hbm_bytes"]
+    assert data["peak_bytes"]["host"] == plan["prediction"]["peak_host_bytes"]
+    # a plan for another depth, or with --offload, is refused as one line
+    assert main(["simulate", *flags[:2], "--layers", "3", *flags[4:], "--plan", str(tmp_path / "plan.json")]) == 2
+    assert "the plan has 4 layers, llama-2-7b here has 3" in capsys.readouterr().err
+    assert main(["simulate", *flags, "--plan", str(tmp_path / "plan.json"), "--offload", "0.5"]) == 2
+    assert "either --plan or --offload" in capsys.readouterr().err
