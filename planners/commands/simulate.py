@@ -7,7 +7,7 @@ tierplan simulate [SCENARIO.yaml] [the scenario flags of `tierplan estimate`] [-
 Builds the scenario exactly as `estimate` does, maps its Workload onto one compute stream per
 GPU (`simulator.des.schedule_from_workload`) and replays it with, either, the per-layer keep /
 offload / recompute decisions of a plan written by `tierplan plan` (applied and replayed by
-`planners.swap`, the same path the planner's own prediction takes), or a uniform offload of a
+`planners.swap.evaluate`, the path of the planner's own prediction), or a uniform offload of a
 fraction of every layer's saved activations (all but the top ``lookahead + 1`` layers, which
 MEMO keeps too) with prefetch. Reports step time, exposed transfer stall, per-tier peaks and
 OOM events.
@@ -84,7 +84,10 @@ def run(args: argparse.Namespace) -> int:
     if args.plan is not None:
         if offload is not None:
             raise UserInputError("--offload: give either --plan or --offload, not both")
-        result = _replay_plan(args.plan, model, scenario.job, node, gpus)
+        if args.gpus is not None:
+            raise UserInputError("--gpus: a plan is replayed on the GPUs its job shares the host with")
+        result = _replay_plan(args.plan, model, scenario.job, node)
+        gpus = sum(1 for s in result.schedule.streams if s.kind == "compute")
     else:
         schedule = schedule_from_workload(workload, node, num_gpus=gpus)
         if offload:
@@ -109,11 +112,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _replay_plan(path: str, model, job, node, gpus: int):
-    """The DES replay of a plan file's decisions on this scenario (``planners.swap.replay``)."""
+def _replay_plan(path: str, model, job, node):
+    """The DES replay of a plan file's decisions on this scenario, exactly as the planner replays
+    its candidates (``planners.swap.evaluate``: the job's GPUs that share the host)."""
     from hwmodels.units import UserInputError
     from planners.plan import load_plan
-    from planners.swap import PlanContext, apply_plan, replay
+    from planners.swap import PlanContext, evaluate
 
     plan = load_plan(path)
     if len(plan.layers) != model.num_layers:
@@ -125,9 +129,7 @@ def _replay_plan(path: str, model, job, node, gpus: int):
     ctx = PlanContext(model=model, job=job, node=node, gpu_budget_bytes=node.gpu.hbm_capacity_bytes,
                       host_budget_bytes=node.host_memory.capacity_bytes,
                       lookahead=plan.prefetch_lookahead_layers)
-    applied = apply_plan(ctx.profile(ctx.base_checkpointing(plan.layers)), plan.layers,
-                         lookahead=plan.prefetch_lookahead_layers)
-    return replay(applied, node, num_gpus=gpus).sim
+    return evaluate(ctx, plan.provenance.planner, plan.layers).replay.sim
 
 
 def _summary(result, est, gpus: int) -> dict:

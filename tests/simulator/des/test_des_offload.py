@@ -10,6 +10,7 @@ from hwmodels.catalog import load_node
 from hwmodels.transfer import host_transfer_time_s, tier_transfer_time_s, transfer_time_s
 from hwmodels.units import GB, GiB, UserInputError
 from simulator.des import (
+    Op,
     Pool,
     Schedule,
     Stream,
@@ -199,3 +200,25 @@ def test_peer_copies_share_the_receivers_nvlink_port():
     assert simulate(lone).step_time_s == pytest.approx(alone, rel=1e-12)
     with pytest.raises(UserInputError, match="no path from gpu3 to gpu3"):
         peer_route(node, 3, 3)
+
+
+def test_a_drive_scan_and_a_gpu_read_share_the_csd_flash():
+    node = load_node("1xH200-tiered")
+    flash = next(lk for lk in node_links(node) if lk.name == "csd0.read").capacity_bytes_per_s
+    to_gpu = device_route(node, 0, "csd0", "h2d")
+    n = int(flash / 4)  # each flow gets half of the flash rate (below the drive's host link): 0.5 s
+    sched = Schedule(
+        streams=(Stream("gpu0.compute", "compute", "gpu0"), Stream("gpu0.h2d", "h2d", "gpu0"),
+                 Stream("csd0.compute", "csd", "csd0")),
+        tasks=(Op(0, "gemm", "gpu0.compute", 1.0),
+               Transfer(1, "kv to gpu", "gpu0.h2d", n, "csd0", "gpu0.hbm", to_gpu.links, 0.0),
+               Transfer(2, "kv scan", "csd0.compute", n, "csd0", "csd0", ("csd0.read",), 0.0),
+               Op(3, "attention in drive", "csd0.compute", 0.25)),
+        pools=node_pools(node, 1), links=node_links(node))
+    r = simulate(sched)
+    assert [(round(t, 9), kind, name) for t, kind, _s, name in r.events()] == [
+        (0.0, "start", "gemm"), (0.0, "start", "kv to gpu"), (0.0, "start", "kv scan"),
+        (0.5, "end", "kv to gpu"), (0.5, "end", "kv scan"), (0.5, "start", "attention in drive"),
+        (0.75, "end", "attention in drive"), (1.0, "end", "gemm")]
+    assert r.stream("csd0.compute").busy_s == pytest.approx(0.75)
+    assert r.stream("gpu0.compute").stall_s == 0.0
