@@ -129,7 +129,7 @@ def simulate(schedule: Schedule, *, record_timeline: bool = True, validate: bool
     # Flat per-task arrays: the hot loop touches no dataclass attribute lookups it can avoid.
     per_stream: list[list[int]] = [[] for _ in schedule.streams]
     is_op = [False] * n
-    duration = [0.0] * n
+    duration: list[float | None] = [None] * n  # None: a transfer
     cross_deps: list[tuple[int, ...]] = [()] * n
     allocs: list[tuple] = [()] * n
     frees: list[tuple] = [()] * n
@@ -174,56 +174,57 @@ def simulate(schedule: Schedule, *, record_timeline: bool = True, validate: bool
     append = log.append
 
     def run_stream(si: int, tids: list[int]):
-        prev_end = 0.0
+        # env._now is SimPy 4's clock behind the ``now`` property (simpy is pinned < 5): read
+        # directly, it saves a call on every task of the hot loop.
+        prev_end = busy_s = 0.0
         for t in tids:
-            waited_copy = False
-            for d in cross_deps[t]:
-                if not done[d]:
-                    ev = waiters.get(d)
-                    if ev is None:
-                        ev = waiters[d] = event()
-                    yield ev
-                    if not is_op[d]:
-                        waited_copy = True
+            deps = cross_deps[t]
             g = group[t]
-            if g >= 0:
-                ready = env.now
-                b = barrier[g]
-                b[0] -= 1
-                if b[0] == 0:
-                    b[1].succeed()
-                else:
-                    yield b[1]
-                coll_wait[si] += env.now - ready
-                ready_wait = ready - prev_end
-            else:
-                ready_wait = env.now - prev_end
-            now = env.now
-            if ready_wait > 0 and waited_copy:
-                stall[si] += ready_wait
+            if deps or g >= 0:
+                waited_copy = False
+                for d in deps:
+                    if not done[d]:
+                        ev = waiters.get(d)
+                        if ev is None:
+                            ev = waiters[d] = event()
+                        yield ev
+                        if not is_op[d]:
+                            waited_copy = True
+                ready = env._now
+                if g >= 0:
+                    b = barrier[g]
+                    b[0] -= 1
+                    if b[0] == 0:
+                        b[1].succeed()
+                    else:
+                        yield b[1]
+                    coll_wait[si] += env._now - ready
+                if waited_copy and ready > prev_end:
+                    stall[si] += ready - prev_end
+            now = env._now
             start_s[t] = now
             if allocs[t]:
                 p_alloc(allocs[t], now, t, names[t])
             append((now, START, t))
-            if is_op[t]:
-                if duration[t] > 0:
-                    yield timeout(duration[t])
-            else:
+            dur = duration[t]
+            if dur is None:  # a transfer
                 if latency[t] > 0:
                     yield timeout(latency[t])
                 if num_bytes[t] > 0:
                     yield transfer(route[t], num_bytes[t], tid=t)
-            now = env.now
-            end_s[t] = now
-            busy[si] += now - start_s[t]
+            elif dur > 0:
+                yield timeout(dur)
+            end = env._now
+            end_s[t] = end
+            busy_s += end - now
             if frees[t]:
-                p_free(frees[t], now, names[t])
-            append((now, END, t))
+                p_free(frees[t], end, names[t])
+            append((end, END, t))
             done[t] = True
-            ev = waiters.pop(t, None)
-            if ev is not None:
-                ev.succeed()
-            prev_end = now
+            if t in waiters:
+                waiters.pop(t).succeed()
+            prev_end = end
+        busy[si] = busy_s
 
     for si, tids in enumerate(per_stream):
         if tids:
