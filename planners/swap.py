@@ -243,8 +243,9 @@ def release_restore_ops(prof: StepProfile, layer: int, *, stream: str, lookahead
 def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int = 1) -> AppliedPlan:
     """The Workload of ``prof`` with ``layers``' offloads and recomputes, and its copies.
 
-    A full checkpoint on a base Workload without one is applied the same way: every saved tensor
-    but the input leaves HBM at the layer's end and the whole forward is re-run before backward.
+    ``prof`` must come from the template Workload with the plan's checkpoints
+    (`PlanContext.profile_for`): a checkpointed layer's recompute is already in it, and only its
+    input (the checkpoint's saved tensor) may be offloaded.
     """
     wl = prof.workload
     index = wl._by_id()
@@ -276,18 +277,15 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
 
     for lp, dec in zip(prof.layers, layers, strict=True):
         i = lp.layer
-        emulate_full = dec.checkpoint == "full" and lp.recompute_s == 0.0
-        if dec.checkpoint == "selective" and lp.recompute_s == 0.0:
-            raise UserInputError(f"plan: layers.{i}: selective checkpoints need a selective base Workload")
+        if (dec.checkpoint != "none") != (lp.recompute_s > 0.0):
+            raise ValueError(f"apply_plan: layers.{i}: checkpoint {dec.checkpoint} but the profile's "
+                             f"layer {'has' if lp.recompute_s else 'has no'} recompute ops")
         groups: list[tuple[tuple[int, ...], RoleAction]] = []
         if dec.input == "offload":
             groups.append((lp.input_tids, RoleAction(action="offload", alpha_frac=1.0,
                                                      stream=dec.input_stream)))
-        for role, tids in lp.role_tids.items():
-            if emulate_full:
-                groups.append((tids, RoleAction(action="recompute")))
-            elif dec.checkpoint == "none":
-                groups.append((tids, dec.action(role)))
+        if dec.checkpoint == "none":
+            groups += [(tids, dec.action(role)) for role, tids in lp.role_tids.items()]
         layer_off: dict[str, int] = {}
         max_rec = 0.0
         attn_rec = 0.0
@@ -308,16 +306,12 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
                 if rec:
                     part(t, rec, "dropped", prof.alloc_op[t], lp.last_fwd)
                     rec_allocs.setdefault(i, []).append(part(t, rec, "recomputed", None, prof.free_op[t]))
-                    frac = act.recompute_frac if not emulate_full else 1.0
                     if index[t].role.value in ATTN_ROLES:
-                        attn_rec = max(attn_rec, frac)
+                        attn_rec = max(attn_rec, act.recompute_frac)
                     else:
-                        max_rec = max(max_rec, frac)
-        if emulate_full:
-            rec_s, rec_flops = lp.fwd_s, lp.fwd_flops
-        else:
-            rec_s = max_rec * lp.other_fwd_s + attn_rec * lp.attn_fwd_s
-            rec_flops = max_rec * (lp.fwd_flops - lp.attn_fwd_flops) + attn_rec * lp.attn_fwd_flops
+                        max_rec = max(max_rec, act.recompute_frac)
+        rec_s = max_rec * lp.other_fwd_s + attn_rec * lp.attn_fwd_s
+        rec_flops = max_rec * (lp.fwd_flops - lp.attn_fwd_flops) + attn_rec * lp.attn_fwd_flops
         if rec_s > 0 or i in rec_allocs:
             recompute_ops[lp.first_bwd] = OpSpec(
                 -1, f"layers.{i}.token_recompute", "recompute", Phase.RECOMPUTE, i,
@@ -450,7 +444,7 @@ class PlanContext:
     gpu_budget_bytes: int
     host_budget_bytes: int
     lookahead: int = 1
-    _profiles: dict[str, StepProfile] = field(default_factory=dict)
+    _profiles: dict[tuple[str, ...], StepProfile] = field(default_factory=dict)
 
     @property
     def num_layers(self) -> int:
@@ -466,17 +460,20 @@ class PlanContext:
         return self.host_budget_bytes // self.rates.num_gpus_sharing_host
 
     def profile(self, checkpointing: str = "none") -> StepProfile:
-        if checkpointing not in self._profiles:
+        """The profile of the step with the same checkpoint on every layer."""
+        return self.profile_for((checkpointing,) * self.num_layers)
+
+    def profile_for(self, modes: Sequence[str]) -> StepProfile:
+        """The profile of the step with per-layer checkpoints ``modes`` (template Workload)."""
+        modes = tuple(modes)
+        if modes not in self._profiles:
             from simulator.templates import training_workload
 
-            job = self.job.model_copy(update={"checkpointing": checkpointing})
-            self._profiles[checkpointing] = profile_workload(training_workload(self.model, job, self.node))
-        return self._profiles[checkpointing]
-
-    def base_checkpointing(self, layers: Sequence[LayerPlan]) -> str:
-        """The template Workload a plan applies to: a checkpoint every layer shares, else none."""
-        modes = {lp.checkpoint for lp in layers}
-        return modes.pop() if len(modes) == 1 else "none"
+            job = self.job.model_copy(update={"checkpointing": "none"})
+            per_layer = {i: m for i, m in enumerate(modes) if m != "none"}
+            wl = training_workload(self.model, job, self.node, layer_checkpointing=per_layer)
+            self._profiles[modes] = profile_workload(wl)
+        return self._profiles[modes]
 
 
 @dataclass(frozen=True)
@@ -505,7 +502,7 @@ def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver
     """Replay ``layers`` and wrap the outcome as a Plan and a table row."""
     from hwmodels.compute import peak_flops_per_s
 
-    prof = ctx.profile(ctx.base_checkpointing(layers))
+    prof = ctx.profile_for([lp.checkpoint for lp in layers])
     applied = apply_plan(prof, layers, lookahead=ctx.lookahead)
     rep = replay(applied, ctx.node, num_gpus=ctx.rates.num_gpus_sharing_host)
     host_peak = rep.peak_host_bytes
@@ -576,21 +573,24 @@ def solve_mip(ctx: PlanContext, *, budget_bytes: int | None = None, host_budget_
     var = prob.add_variable
     full = [var(f"full_{i}", cat="Binary") for i in range(n)]
     o_in = [var(f"offload_input_{i}", cat="Binary") for i in range(n)]
+    o_inf = [var(f"offload_checkpoint_input_{i}", cat="Binary") for i in range(n)]
     o_at = [var(f"offload_attn_{i}", cat="Binary") for i in range(n)]
     keep = [var(f"keep_frac_{i}", 0, 1) for i in range(n)]
     off = [var(f"alpha_frac_{i}", 0, 1) for i in range(n)]
     rec = [var(f"recompute_frac_{i}", 0, 1) for i in range(n)]
     r_off, r_rec, t_rec = [], [], []
     for i, lp in enumerate(L):
+        fp = full_prof.layers[i]  # the same layer under a full checkpoint: keeps its input only
         prob += keep[i] + off[i] + rec[i] + full[i] == 1, f"fractions_{i}"
         prob += o_at[i] + full[i] <= 1, f"attn_offload_without_checkpoint_{i}"
+        prob += o_in[i] + full[i] <= 1, f"input_offload_without_checkpoint_{i}"
+        prob += o_inf[i] <= full[i], f"checkpoint_input_offload_{i}"
         if lp.input_bytes == 0:
             prob += o_in[i] == 0, f"no_input_to_offload_{i}"
-        r_off.append((lp.input_bytes * o_in[i] + lp.attn_bytes * o_at[i] + lp.other_bytes * off[i]) / g)
-        # a full checkpoint keeps the input only; measured on the checkpointed template
-        full_saved = full_prof.layers[i].saved_bytes if i < len(full_prof.layers) else lp.input_bytes
-        r_rec.append(((lp.saved_bytes - full_saved) * full[i] + lp.other_bytes * rec[i]) / g)
-        t_rec.append(lp.fwd_s * full[i] + lp.other_fwd_s * rec[i])
+        r_off.append((lp.input_bytes * o_in[i] + fp.input_bytes * o_inf[i] + lp.attn_bytes * o_at[i]
+                      + lp.other_bytes * off[i]) / g)
+        r_rec.append(((lp.saved_bytes - fp.input_bytes) * full[i] + lp.other_bytes * rec[i]) / g)
+        t_rec.append(fp.recompute_s * full[i] + lp.other_fwd_s * rec[i])
 
     # HBM capacity at every segment between release / restore points of the schedule
     windows = []  # (open lo, open hi, expr)
@@ -677,24 +677,25 @@ def solve_mip(ctx: PlanContext, *, budget_bytes: int | None = None, host_budget_
             binding = "host_capacity: offloading needed to fit HBM exceeds the host budget"
         return MipSolution(layers=(), objective_s=None, status=result.status, solver=result.solver,
                            gap=result.gap, solve_time_s=elapsed, binding=binding or result.status)
-    layers = tuple(_layer_from_solution(i, L[i], full[i].value(), o_in[i].value(), o_at[i].value(),
-                                        keep[i].value(), off[i].value(), rec[i].value())
+    layers = tuple(_layer_from_solution(i, L[i], full[i].value(),
+                                        max(o_in[i].value() or 0, o_inf[i].value() or 0),
+                                        o_at[i].value(), keep[i].value(), off[i].value(), rec[i].value())
                    for i in range(n))
     return MipSolution(layers=layers, objective_s=float(step.value()), status=result.status,
                        solver=result.solver, gap=result.gap, solve_time_s=elapsed, binding="")
 
 
 def _max_removed_bytes(L, full_prof, off_layers, rec_layers) -> int:
-    """Most bytes the windows could remove: a full checkpoint and an offloaded input everywhere."""
+    """Most bytes the windows covering one moment could remove (every layer at its best mode)."""
     out = 0
-    for i in off_layers:
-        out += L[i].input_bytes + L[i].attn_bytes + L[i].other_bytes
-    for i in rec_layers:
-        full_saved = full_prof.layers[i].saved_bytes if i < len(full_prof.layers) else L[i].input_bytes
-        out += max(L[i].saved_bytes - full_saved, L[i].other_bytes)
-    # a layer cannot remove the same bytes through both windows
-    for i in set(off_layers) & set(rec_layers):
-        out -= L[i].attn_bytes + L[i].other_bytes
+    for i in set(off_layers) | set(rec_layers):
+        saved, full_in = L[i].saved_bytes, full_prof.layers[i].input_bytes
+        if i in off_layers and i in rec_layers:
+            out += saved
+        elif i in off_layers:
+            out += max(saved, full_in)
+        else:
+            out += max(L[i].other_bytes, saved - full_in)
     return out
 
 
@@ -704,9 +705,10 @@ def _frac(x) -> float:
 
 
 def _layer_from_solution(i, lp: LayerProfile, full, o_in, o_at, keep, off, rec) -> LayerPlan:
-    inp = "offload" if round(o_in or 0) == 1 and lp.input_bytes > 0 else "keep"
+    inp = "offload" if round(o_in or 0) == 1 else "keep"
     if round(full or 0) == 1:
         return LayerPlan(layer=i, checkpoint="full", input=inp)
+    inp = inp if lp.input_bytes > 0 else "keep"
     keep, off = _frac(keep), _frac(off)
     if off > 0:
         other = RoleAction(action="offload", alpha_frac=off, keep_frac=min(keep, 1.0 - off))
