@@ -1,11 +1,13 @@
 """Speed of the discrete-event engine on a large step: events per second and wall time.
 
 Scenario: Llama-2-7B (32 layers), one training step at 1M tokens with context parallelism over
-the 8 GPUs of an 8xH200 node, every layer but the top two offloading a fraction of its saved
-activations to host DRAM after its forward and prefetching it one layer ahead in backward
-(MEMO's runtime), all eight GPUs simulated with their copies sharing PCIe switches and DRAM.
+the 8 GPUs of an 8xH200 node and selective recompute, every layer but the top two offloading
+its saved activations to host DRAM after its forward and prefetching them one layer ahead in
+backward (MEMO's runtime), all eight GPUs simulated with their copies sharing PCIe switches
+and DRAM.
 
-Run: .venv/bin/python benchmarks/des_speed.py [--fraction 0.25] [--repeats 3] [--json]
+Run: .venv/bin/python benchmarks/des_speed.py [--fraction 1] [--checkpointing selective]
+     [--repeats 3] [--json]
 Timed: `simulate` alone (validation, compilation and the replay), best of ``--repeats``; building
 the Workload and the Schedule is reported separately. One Python thread.
 """
@@ -22,8 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="llama-2-7b")
     ap.add_argument("--seq-len", default="1M")
     ap.add_argument("--hardware", default="8xH200")
-    ap.add_argument("--fraction", type=float, default=0.25,
+    ap.add_argument("--fraction", type=float, default=1.0,
                     help="offloaded fraction of each layer's saved activations")
+    ap.add_argument("--checkpointing", choices=("none", "selective", "full"), default="selective")
     ap.add_argument("--lookahead", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", action="store_true")
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     data["model"], data["hardware"] = args.model, args.hardware
     data["job"]["seq_len"] = parse_count(args.seq_len, field="--seq-len")
     data["job"]["parallelism"]["cp"] = node.num_gpus
+    data["job"]["checkpointing"] = args.checkpointing
     scenario = scenario_from_dict(data, where="benchmark")
     model = scenario.model_spec()
 
@@ -65,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     num_transfers = sum(1 for t in schedule.tasks if type(t).__name__ == "Transfer")
     report = {
         "scenario": f"{model.name} ({model.num_layers} layers), seq {scenario.job.seq_len:,}, "
-                    f"cp={node.num_gpus} on {node.name}, offload {args.fraction:g} of layers "
+                    f"cp={node.num_gpus} on {node.name}, checkpointing {args.checkpointing}, "
+                    f"offload {args.fraction:g} of layers "
                     f"0..{len(fractions) - 1} to host, lookahead {args.lookahead}",
         "num_gpus": node.num_gpus,
         "num_tasks": len(schedule.tasks),
@@ -80,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         "events_per_s_no_timeline": result.num_events / best_lean,
         "step_time_s": result.step_time_s,
         "stall_s": result.stall_s,
-        "peak_GiB": {k: v / GiB for k, v in result.peak_bytes_by_tier().items()},
+        "peak_GiB": {k: v / GiB for k, v in result.peak_bytes_by_tier().items() if v},
         "num_oom": len(result.oom),
+        "first_oom": ({"tier": result.oom[0].tier, "tensor": result.oom[0].tensor,
+                       "time_s": result.oom[0].time_s} if result.oom else None),
     }
     if args.json:
         print(json.dumps(report, sort_keys=True))
@@ -93,7 +100,9 @@ def main(argv: list[str] | None = None) -> int:
           f"(without the memory timeline: {best_lean:.3f} s, {report['events_per_s_no_timeline']:,.0f} events/s)")
     print(f"  simulated step {result.step_time_s:.3f} s, exposed stall {result.stall_s:.3f} s, peaks "
           + ", ".join(f"{k} {v:.1f} GiB" for k, v in report["peak_GiB"].items())
-          + f", {len(result.oom)} OOM events")
+          + f", {len(result.oom)} OOM events"
+          + (f" (first: {result.oom[0].tier}, {result.oom[0].tensor} at {result.oom[0].time_s:.3f} s)"
+             if result.oom else ""))
     return 0
 
 
