@@ -137,6 +137,7 @@ def simulate(schedule: Schedule, *, record_timeline: bool = True, validate: bool
     route: list[tuple[int, ...]] = [()] * n
     num_bytes = [0] * n
     latency = [0.0] * n
+    rate_cap = [math.inf] * n
     names = [t.name for t in tasks]
     barrier: dict[int, list] = {}
     for t in tasks:
@@ -157,6 +158,7 @@ def simulate(schedule: Schedule, *, record_timeline: bool = True, validate: bool
             route[i] = tuple(link_ix[name] for name in t.route)
             num_bytes[i] = t.num_bytes
             latency[i] = t.latency_s
+            rate_cap[i] = t.max_rate_bytes_per_s
     for b in barrier.values():
         b[1] = env.event()
 
@@ -211,7 +213,7 @@ def simulate(schedule: Schedule, *, record_timeline: bool = True, validate: bool
                 if latency[t] > 0:
                     yield timeout(latency[t])
                 if num_bytes[t] > 0:
-                    yield transfer(route[t], num_bytes[t], tid=t)
+                    yield transfer(route[t], num_bytes[t], cap=rate_cap[t], tid=t)
             elif dur > 0:
                 yield timeout(dur)
             end = env._now

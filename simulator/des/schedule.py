@@ -115,6 +115,7 @@ class Transfer:
     allocs: tuple[MemEvent, ...] = ()
     frees: tuple[MemEvent, ...] = ()
     layer: int | None = None
+    max_rate_bytes_per_s: float = math.inf  # the flow's own cap (a pageable copy, one engine)
 
 
 Task = Op | Transfer
@@ -186,6 +187,9 @@ def validate_schedule(schedule: Schedule) -> None:
                 raise UserInputError(f"{where(t)}.num_bytes: must be >= 0, got {t.num_bytes}")
             if not t.latency_s >= 0:
                 raise UserInputError(f"{where(t)}.latency_s: must be >= 0, got {t.latency_s}")
+            if not t.max_rate_bytes_per_s > 0:
+                raise UserInputError(f"{where(t)}.max_rate_bytes_per_s: must be > 0, "
+                                     f"got {t.max_rate_bytes_per_s}")
             for name in t.route:
                 if name not in links:
                     raise UserInputError(f"{where(t)}.route: unknown link {name!r}")

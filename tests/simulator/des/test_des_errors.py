@@ -35,6 +35,8 @@ def sched(*tasks, initial=()):
     ((Op(0, "a", "gpu0.compute", 1.0, group=1), Op(1, "b", "gpu0.compute", 1.0, group=1)),
      "two members of one collective on the same stream"),
     ((Op(3, "a", "gpu0.compute", 1.0),), r"tid: must equal its index"),
+    ((Transfer(0, "t", "gpu0.d2h", 10, "gpu0.hbm", "host", ("pcie",), max_rate_bytes_per_s=0.0),),
+     r"max_rate_bytes_per_s: must be > 0"),
 ])
 def test_bad_schedules_are_rejected(tasks, message):
     with pytest.raises(UserInputError, match=message) as info:

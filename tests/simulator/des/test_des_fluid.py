@@ -128,3 +128,15 @@ def test_a_collective_starts_when_its_last_member_is_ready():
     assert r.stream("gpu1.compute").collective_wait_s == pytest.approx(0.2)
     assert r.stream("gpu0.compute").collective_wait_s == 0.0
     assert r.stream("gpu1.compute").idle_s == pytest.approx(0.2)
+
+
+def test_a_capped_flow_leaves_the_rest_of_the_link_to_the_others():
+    # a pageable copy (2 GB/s cap) and a pinned one share 10 GB/s: 2 and 8 GB/s
+    s = Schedule(
+        streams=(Stream("a", "d2h", "gpu0"), Stream("b", "d2h", "gpu1")),
+        tasks=(Transfer(0, "pageable", "a", GB, "gpu0.hbm", "host", ("pcie",), max_rate_bytes_per_s=2 * GB),
+               xfer(1, "pinned", "b", 2 * GB, ("pcie",))),
+        pools=POOLS, links=(Link("pcie", 10 * GB),))
+    # pinned: 2 GB at 8 GB/s ends at 0.25; pageable has 0.5 GB left, still capped at 2: ends 0.5
+    assert log(simulate(s)) == [(0.0, "start", "pageable"), (0.0, "start", "pinned"),
+                                (0.25, "end", "pinned"), (0.5, "end", "pageable")]
