@@ -67,7 +67,7 @@ def host_copy_rates(node, *, num_active_gpus: int) -> CopyRates:
     """Rates of one GPU's host copies while ``num_active_gpus`` GPUs of ``node`` copy too.
 
     Each edge of the GPU's host path is split among the active GPUs whose host paths cross it
-    (two A800s behind one PCIe switch get half its uplink each).
+    (two A800s behind one PCIe switch get half its uplink each), and so is host DRAM.
     """
     from hwmodels.transfer import BIDIR_EFFICIENCY_FRAC, copy_fit, link_efficiency_frac
 
@@ -77,6 +77,9 @@ def host_copy_rates(node, *, num_active_gpus: int) -> CopyRates:
     h2d = copy_fit(link=link, direction="h2d", profile=node.profile)
     both = copy_fit(link=link, direction="h2d", concurrent_opposite=True, profile=node.profile)
     rates = [d2h.bandwidth_bytes_per_s, h2d.bandwidth_bytes_per_s, 2 * both.bandwidth_bytes_per_s]
+    # every GPU<->host copy also crosses host DRAM, one rate for all GPUs and both directions
+    dram = node.host_memory.bandwidth_bytes_per_s / n_active
+    rates = [min(r, dram) for r in rates]
     paths = [set(node.host_path(i)) for i in range(n_active)]
     for edge in node.host_path(0):
         sharing = sum(edge in p for p in paths)
@@ -87,6 +90,24 @@ def host_copy_rates(node, *, num_active_gpus: int) -> CopyRates:
     return CopyRates(d2h_bytes_per_s=float(rates[0]), h2d_bytes_per_s=float(rates[1]),
                      bidir_bytes_per_s=float(rates[2]), latency_s=float(d2h.latency_s),
                      num_gpus_sharing_host=n_active)
+
+
+def with_host_link(node, link_name: str):
+    """What-if: ``node`` with every link on its GPUs' host paths replaced by preset ``link_name``
+    (e.g. PCIe Gen4 vs Gen5, or NVLink-C2C). The measured copy fits of its profile describe the
+    old link and are dropped (copies then run at the new link's datasheet rate times the
+    efficiency measured for its kind); every other fit (GEMM, attention, memory) is kept."""
+    from hwmodels.catalog import get_link
+
+    link = get_link(link_name)
+    keys = {e.link for g in range(node.num_gpus) for e in node.host_path(g)}
+    links = {k: (link if k in keys else v) for k, v in node.links.items()}
+    profile = node.profile
+    if profile is not None:
+        profile = profile.model_copy(update={"fits": {k: v for k, v in profile.fits.items()
+                                                       if not k.startswith("copy_")}})
+    return node.model_copy(update={"links": links, "profile": profile,
+                                   "name": f"{node.name}+{link_name}"})
 
 
 # ---- profile ---------------------------------------------------------------------------------
