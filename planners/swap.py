@@ -45,6 +45,7 @@ NOT_ACTIVATIONS = (Role.WEIGHT.value, Role.GRAD.value, Role.OPTIMIZER_STATE.valu
                    Role.MASTER_WEIGHT.value)
 EPS_FRAC = 1e-6
 MAX_REPAIRS = 4
+TIE_BREAK_FRAC = 1e-7
 BUDGET_MARGIN_FRAC = 1e-3
 """The MIP plans against budgets 0.1% below the user's: fractions are rounded to 6 decimals
 and token slices to whole bytes after solving, which must not tip a plan over a budget."""
@@ -682,7 +683,10 @@ def solve_mip(ctx: PlanContext, *, budget_bytes: int | None = None, host_budget_
         prob += s[i] >= h[i], f"bwd_needs_prefetch_{i}"
     tail = sum(times[L[0].last_bwd + 1:])
     prob += step >= s[0] + t_rec[0] + L[0].bwd_s + tail, "step_end"
-    prob += step
+    # Among plans of equal step time prefer less copy traffic and fewer checkpoints (a tie-break
+    # far below any step-time difference: TIE_BREAK_FRAC of the step per GiB or per layer).
+    eps = TIE_BREAK_FRAC * sum(times)
+    prob += step + eps * (pulp.lpSum(r_off) + pulp.lpSum(full))
     result = solve(prob, time_limit_s=time_limit_s, solver=solver, lp_path=lp_path)
     elapsed = time.perf_counter() - t0
     if not result.has_solution:
@@ -691,7 +695,8 @@ def solve_mip(ctx: PlanContext, *, budget_bytes: int | None = None, host_budget_
             user_budget = ctx.gpu_budget_bytes if budget_bytes is None else budget_bytes
             what = ("weights + grads + optimizer states + the optimizer step's workspace"
                     if binding_seg.phase == Phase.OPTIM else "what is live")
-            binding = (f"{what} at {binding_seg.name} need {format_bytes(worst_left + RUNTIME_WORKSPACE_BYTES)}"
+            verb = "need" if binding_seg.phase == Phase.OPTIM else "needs"
+            binding = (f"{what} at {binding_seg.name} {verb} {format_bytes(worst_left + RUNTIME_WORKSPACE_BYTES)}"
                        f" > {format_bytes(user_budget)} gpu budget even with every layer"
                        " recomputed and its input offloaded")
         elif result.status == "infeasible":
