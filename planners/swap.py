@@ -760,7 +760,7 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
     sol = None
     best: StrategyResult | None = None
     for _ in range(MAX_REPAIRS):
-        remaining = max(0.1, time_limit_s - (time.perf_counter() - t0))
+        remaining = max(1e-3, time_limit_s - (time.perf_counter() - t0))
         sol = solve_mip(ctx, budget_bytes=budget, host_budget_bytes=host_budget, time_limit_s=remaining,
                         solver=solver)
         if not sol.layers:
@@ -788,12 +788,14 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
     winner = min(candidates, key=lambda r: (r.step_time_s, r.name != "mip"))
     if winner.name == "mip":
         return winner, sol
-    # a baseline replays faster than the MIP's plan: return it, saying so
+    # a baseline replays faster than the MIP's plan, or the MIP stopped without one: return the
+    # baseline, saying so
     elapsed = time.perf_counter() - t0
     res = evaluate(ctx, "mip", winner.plan.layers, solver=sol.solver if sol else None,
                    status=f"fallback:{winner.name}", gap=sol.gap if sol else None, solve_time_s=elapsed)
-    return (StrategyResult(**{**res.__dict__, "reason": f"{winner.name}'s plan (replays faster than the MIP's)"}),
-            sol)
+    why = ("replays faster than the MIP's" if best is not None and best.feasible
+           else f"the MIP returned no feasible plan: {sol.status if sol else 'not run'}")
+    return StrategyResult(**{**res.__dict__, "reason": f"{winner.name}'s plan ({why})"}), sol
 
 
 # ---- all strategies ----------------------------------------------------------------------------

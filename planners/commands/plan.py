@@ -52,7 +52,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--solver", choices=("highs", "cbc"), default="highs", help="MIP solver")
     p.add_argument("--out", help="directory for plan.json, trace.json and memory.png")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(run=run, mode="train")
+    p.set_defaults(run=run, mode=None)
 
 
 def _scenario(args: argparse.Namespace):

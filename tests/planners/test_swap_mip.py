@@ -144,3 +144,19 @@ def test_mip_respects_a_small_host_budget():
     assert mip.feasible and mip.peak_host_bytes <= 64 * GiB
     assert mip.step_time_s >= roomy.step_time_s
     assert not report.result("memo").feasible
+
+
+def test_a_timed_out_mip_returns_the_best_feasible_baseline():
+    m, job, node = _setup("memo-7b", "8xA800", "1M", MEMO_PAR, layers=6)
+    report = plan_training(m, job, node, gpu_budget_bytes=80 * GiB, time_limit_s=1e-4)
+    mip = report.result("mip")
+    baselines = [r for r in report.strategies if r.name != "mip" and r.feasible]
+    fastest = min(baselines, key=lambda r: r.step_time_s)
+    assert mip.feasible
+    prov = mip.plan.provenance
+    if prov.status.startswith("fallback"):  # HiGHS stopped before its first incumbent
+        assert prov.status == f"fallback:{fastest.name}"
+        assert mip.step_time_s == fastest.step_time_s
+        assert "no feasible plan" in mip.reason
+    else:  # it found one within the limit after all: still never worse than the baselines
+        assert mip.step_time_s <= fastest.step_time_s
