@@ -235,36 +235,45 @@ def plan_workload_layout(
     """Layout of a step's tensors.
 
     ``method``: "flat" plans the whole step's tensors as one instance; "bilevel" uses MEMO's
-    decomposition only; "auto" plans flat and, unless that is already optimal, also bi-level,
-    and returns the lower peak (flat on ties).
+    decomposition only; "auto" runs the flat greedy heuristics, then (unless they meet the
+    lower bound) the bi-level plan with 60% of the time, then (unless that meets the bound)
+    the flat plan's order search and MIP with the rest, and returns the lowest peak (flat on
+    ties).
     """
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
     t0 = time.perf_counter()
     instance = instance_from_workload(workload, name=name)
     lb = lower_bound_bytes(instance.buffers)
-    if method == "bilevel":
-        flat = None
-        greedy_peak = greedy_layout(instance).peak_bytes
-    else:
-        share = time_limit_s if method == "flat" else time_limit_s / 2
-        flat = plan_layout(instance, time_limit_s=share, solver=solver, use_mip=use_mip)
-        greedy_peak = flat.greedy_peak_bytes
-        if method == "flat" or flat.status == "optimal":
-            return flat.model_copy(update={"solve_time_s": time.perf_counter() - t0,
-                                           "time_limit_s": time_limit_s})
-    left = max(0.1, time_limit_s - (time.perf_counter() - t0))
-    offsets, _ = bilevel_layout(workload, instance, time_limit_s=left, solver=solver,
+    num_pairs = instance.num_overlapping_pairs()
+
+    def done(res: LayoutResult) -> LayoutResult:
+        return res.model_copy(update={"solve_time_s": time.perf_counter() - t0,
+                                      "time_limit_s": time_limit_s})
+
+    if method == "flat":
+        return done(plan_layout(instance, time_limit_s=time_limit_s, solver=solver,
+                                use_mip=use_mip))
+    quick = plan_layout(instance, time_limit_s=time_limit_s, use_mip=False, search_evals=0)
+    if method == "auto" and quick.status == "optimal":
+        return done(quick)
+    share = time_limit_s if method == "bilevel" else 0.6 * time_limit_s
+    offsets, _ = bilevel_layout(workload, instance, time_limit_s=share, solver=solver,
                                 use_mip=use_mip)
-    bi_peak = max((offsets[b.bid] + b.size_bytes for b in instance.buffers), default=0)
-    if flat is None or bi_peak < flat.peak_bytes:
-        return _result(instance, offsets=offsets, method="bilevel", lb=lb,
-                       bound=flat.best_bound_bytes if flat else lb, greedy_peak=greedy_peak,
-                       t0=t0, time_limit_s=time_limit_s,
-                       mip_status=flat.mip_status if flat else None,
-                       num_pairs=instance.num_overlapping_pairs())
-    return flat.model_copy(update={"solve_time_s": time.perf_counter() - t0,
-                                   "time_limit_s": time_limit_s})
+    bilevel = _result(instance, offsets=offsets, method="bilevel", lb=lb, bound=lb,
+                      greedy_peak=quick.greedy_peak_bytes, t0=t0, time_limit_s=time_limit_s,
+                      mip_status=None, num_pairs=num_pairs)
+    if method == "bilevel" or bilevel.status == "optimal":
+        return done(bilevel)
+    left = max(0.1, time_limit_s - (time.perf_counter() - t0))
+    flat = plan_layout(instance, time_limit_s=left, solver=solver, use_mip=use_mip)
+    if bilevel.peak_bytes < flat.peak_bytes:
+        bound = max(lb, min(flat.best_bound_bytes, bilevel.peak_bytes))
+        return done(bilevel.model_copy(update={
+            "best_bound_bytes": bound, "mip_status": flat.mip_status,
+            "gap": _gap(bilevel.peak_bytes, bound),
+            "status": "optimal" if bilevel.peak_bytes <= bound else "feasible"}))
+    return done(flat)
 
 
 def instance_events(instance: LayoutInstance) -> list[AllocEvent]:
