@@ -118,6 +118,7 @@ class LayerProfile:
 
     layer: int
     input_tids: tuple[int, ...]  # saved tensors produced before the layer (its input)
+    hold_tids: tuple[int, ...]  # its input when the layer does not save it (freed in forward)
     role_tids: dict[str, tuple[int, ...]]  # saved tensors produced in the layer, by role
     input_bytes: int
     attn_bytes: int  # attention output + statistics
@@ -132,10 +133,16 @@ class LayerProfile:
     last_fwd: int
     first_bwd: int  # first op of the layer's backward stage (recompute included)
     last_bwd: int
+    hold_bytes_: int = 0
 
     @property
     def saved_bytes(self) -> int:
         return self.input_bytes + self.attn_bytes + self.other_bytes
+
+    @property
+    def hold_bytes(self) -> int:
+        """Bytes of the input a token-wise recompute must keep when the layer does not save it."""
+        return self.hold_bytes_ if not self.input_tids else 0
 
     @property
     def other_fwd_s(self) -> float:
@@ -190,12 +197,15 @@ def profile_workload(wl: Workload) -> StepProfile:
         # residual-stream tensor allocated before it and freed by its backward. (The last
         # layer's output, freed by the head's backward, belongs to no layer.)
         inputs: list[int] = []
+        holds: list[int] = []
         by_role: dict[str, list[int]] = {}
         for t, k in alloc_op.items():
             spec = index[t]
             if spec.persistent or spec.role.value in NOT_ACTIVATIONS or spec.num_bytes == 0:
                 continue
             f = free_op.get(t)
+            if f is not None and k < lo <= f <= hi and spec.role in (Role.LAYER_INPUT, Role.INPUT):
+                holds.append(t)  # an input the layer uses in forward and does not save
             if f is None or f < first_bwd_op:
                 continue
             if lo <= k <= hi and b_lo <= f <= b_hi:
@@ -209,6 +219,7 @@ def profile_workload(wl: Workload) -> StepProfile:
         layers.append(LayerProfile(
             layer=i,
             input_tids=tuple(sorted(inputs)),
+            hold_tids=tuple(sorted(holds)) if not inputs else (),
             role_tids={r: tuple(sorted(ts)) for r, ts in sorted(by_role.items())},
             input_bytes=sum(index[t].num_bytes for t in inputs),
             attn_bytes=attn,
@@ -220,6 +231,7 @@ def profile_workload(wl: Workload) -> StepProfile:
             fwd_flops=sum(op.executed_flops for op in fwd_ops),
             attn_fwd_flops=sum(op.executed_flops for op in attn_ops),
             first_fwd=lo, last_fwd=hi, first_bwd=bwd[0], last_bwd=bwd[-1],
+            hold_bytes_=sum(index[t].num_bytes for t in holds),
         ))
     walk = walk_memory(wl)
     persistent = sum(t.num_bytes for t in wl.tensors if t.persistent)
@@ -267,10 +279,13 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
 
     ``prof`` must come from the template Workload with the plan's checkpoints
     (`PlanContext.profile_for`): a checkpointed layer's recompute is already in it, and only its
-    input (the checkpoint's saved tensor) may be offloaded.
+    input (the checkpoint's saved tensor) may be offloaded. A token-wise recompute re-runs the
+    layer from its input: where eager autograd does not save that input (Hugging Face layers
+    save an fp32 copy instead), the plan keeps it (or offloads it) until the recompute op.
     """
     wl = prof.workload
-    index = wl._by_id()
+    index = dict(wl._by_id())
+    alloc_of = dict(prof.alloc_op)
     if len(layers) != len(prof.layers):
         raise UserInputError(f"plan: {len(layers)} layers for a model of {len(prof.layers)}")
     sizes = {t.tid: t.num_bytes for t in wl.tensors}
@@ -281,20 +296,23 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
     stage_allocs: dict[int, list[int]] = {}  # base restore op -> prefetched tensors allocated there
     recompute_ops: dict[int, OpSpec] = {}  # base first_bwd index -> recompute op (oid fixed later)
     rec_allocs: dict[int, list[int]] = {}
+    rec_frees: dict[int, list[int]] = {}
     pending: list[tuple[int, str, int, str]] = []  # (layer, stream, bytes, kind)
     total_off = 0
     staging = 0
 
-    def part(t: int, num_bytes: int, name: str, alloc_at: int | None, free_at: int) -> int:
-        """A new storage for a token slice of ``t``; ``alloc_at`` None: placed by the caller."""
+    def part(t: int, num_bytes: int, name: str, alloc_at: int | None, free_at: int | None) -> int:
+        """A new storage for a token slice of ``t``; None: placed by the caller."""
         nonlocal next_tid
         spec = index[t]
         tid = next_tid
         next_tid += 1
         extra.append(TensorSpec(tid, f"{spec.name}.{name}", num_bytes, spec.role, spec.layer))
+        sizes[tid] = num_bytes
         if alloc_at is not None:
             add_allocs.setdefault(alloc_at, []).append(tid)
-        add_frees.setdefault(free_at, []).append(tid)
+        if free_at is not None:
+            add_frees.setdefault(free_at, []).append(tid)
         return tid
 
     for lp, dec in zip(prof.layers, layers, strict=True):
@@ -303,9 +321,23 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
             raise ValueError(f"apply_plan: layers.{i}: checkpoint {dec.checkpoint} but the profile's "
                              f"layer {'has' if lp.recompute_s else 'has no'} recompute ops")
         groups: list[tuple[tuple[int, ...], RoleAction]] = []
+        inputs = lp.input_tids
+        held: set[int] = set()
+        hold_frac = max((dec.action(r).recompute_frac for r in lp.role_tids), default=0.0)
+        if dec.checkpoint == "none" and lp.hold_bytes and hold_frac > 0:
+            # the recomputed tokens' rows of the input stay until the recompute op
+            inputs = []
+            for t in lp.hold_tids:
+                h = part(t, int(round(sizes[t] * hold_frac)), "held", prof.alloc_op[t], None)
+                sizes[t] -= sizes[h]
+                index[h] = extra[-1]
+                alloc_of[h] = prof.alloc_op[t]
+                held.add(h)
+                rec_frees.setdefault(i, []).append(h)
+                inputs.append(h)
+            inputs = tuple(inputs)
         if dec.input == "offload":
-            groups.append((lp.input_tids, RoleAction(action="offload", alpha_frac=1.0,
-                                                     stream=dec.input_stream)))
+            groups.append((inputs, RoleAction(action="offload", alpha_frac=1.0, stream=dec.input_stream)))
         if dec.checkpoint == "none":
             groups += [(tids, dec.action(role)) for role, tids in lp.role_tids.items()]
         layer_off: dict[str, int] = {}
@@ -322,11 +354,15 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
                 sizes[t] = keep
                 if off:
                     rel, res = release_restore_ops(prof, i, stream=act.stream, lookahead=lookahead)
-                    part(t, off, "offloaded", prof.alloc_op[t], rel)
-                    stage_allocs.setdefault(res, []).append(part(t, off, "prefetched", None, prof.free_op[t]))
+                    part(t, off, "offloaded", alloc_of[t], rel)
+                    back = part(t, off, "prefetched", None, None if t in held else prof.free_op[t])
+                    if t in held:
+                        rec_frees[i].remove(t)
+                        rec_frees[i] += [t, back]
+                    stage_allocs.setdefault(res, []).append(back)
                     layer_off[act.stream] = layer_off.get(act.stream, 0) + off
                 if rec:
-                    part(t, rec, "dropped", prof.alloc_op[t], lp.last_fwd)
+                    part(t, rec, "dropped", alloc_of[t], lp.last_fwd)
                     rec_allocs.setdefault(i, []).append(part(t, rec, "recomputed", None, prof.free_op[t]))
                     if index[t].role.value in ATTN_ROLES:
                         attn_rec = max(attn_rec, act.recompute_frac)
@@ -338,7 +374,7 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
             recompute_ops[lp.first_bwd] = OpSpec(
                 -1, f"layers.{i}.token_recompute", "recompute", Phase.RECOMPUTE, i,
                 exec_flops=rec_flops, flops=0.0, op_class="gemm", time_s=rec_s,
-                allocs=tuple(rec_allocs.get(i, ())))
+                allocs=tuple(rec_allocs.get(i, ())), frees=tuple(rec_frees.get(i, ())))
         for stream, nbytes in sorted(layer_off.items()):
             pending.append((i, stream, nbytes, "off"))
             total_off += nbytes
@@ -373,8 +409,9 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
         rel, res = release_restore_ops(prof, i, stream=stream, lookahead=lookahead)
         transfers.append(Transfer(i, "d2h", nbytes, new_index[lp.last_fwd], new_index[rel] + 1, stream))
         transfers.append(Transfer(i, "h2d", nbytes, stage_start(res), stage_index[i], stream))
-    tensors = tuple(TensorSpec(t.tid, t.name, sizes[t.tid], t.role, t.layer, t.persistent) for t in wl.tensors)
-    new_wl = Workload(tensors=tensors + tuple(extra), ops=tuple(out), initial=wl.initial,
+    tensors = tuple(TensorSpec(t.tid, t.name, sizes[t.tid], t.role, t.layer, t.persistent)
+                    for t in wl.tensors + tuple(extra))
+    new_wl = Workload(tensors=tensors, ops=tuple(out), initial=wl.initial,
                       meta={**wl.meta, "plan_applied": True})
     return AppliedPlan(workload=new_wl, transfers=tuple(transfers), offloaded_bytes=total_off,
                        staging_bytes=staging)
@@ -596,6 +633,8 @@ def solve_mip(ctx: PlanContext, *, budget_bytes: int | None = None, host_budget_
     full = [var(f"full_{i}", cat="Binary") for i in range(n)]
     o_in = [var(f"offload_input_{i}", cat="Binary") for i in range(n)]
     o_inf = [var(f"offload_checkpoint_input_{i}", cat="Binary") for i in range(n)]
+    # offloaded share of a held input: rec * o_in, linearised (McCormick, exact for a binary)
+    held_off = [var(f"held_input_offloaded_frac_{i}", 0, 1) for i in range(n)]
     o_at = [var(f"offload_attn_{i}", cat="Binary") for i in range(n)]
     keep = [var(f"keep_frac_{i}", 0, 1) for i in range(n)]
     off = [var(f"alpha_frac_{i}", 0, 1) for i in range(n)]
@@ -607,11 +646,17 @@ def solve_mip(ctx: PlanContext, *, budget_bytes: int | None = None, host_budget_
         prob += o_at[i] + full[i] <= 1, f"attn_offload_without_checkpoint_{i}"
         prob += o_in[i] + full[i] <= 1, f"input_offload_without_checkpoint_{i}"
         prob += o_inf[i] <= full[i], f"checkpoint_input_offload_{i}"
-        if lp.input_bytes == 0:
+        # a token-wise recompute needs the recomputed tokens' input rows; a layer that does not
+        # save its input (hold_bytes > 0) holds them, or offloads them with the rest
+        prob += held_off[i] <= rec[i], f"held_input_offload_le_recompute_{i}"
+        prob += held_off[i] <= o_in[i], f"held_input_offload_le_offload_{i}"
+        prob += held_off[i] >= rec[i] + o_in[i] - 1, f"held_input_offload_ge_both_{i}"
+        if lp.input_bytes == 0 and lp.hold_bytes == 0:
             prob += o_in[i] == 0, f"no_input_to_offload_{i}"
-        r_off.append((lp.input_bytes * o_in[i] + fp.input_bytes * o_inf[i] + lp.attn_bytes * o_at[i]
-                      + lp.other_bytes * off[i]) / g)
-        r_rec.append(((lp.saved_bytes - fp.input_bytes) * full[i] + lp.other_bytes * rec[i]) / g)
+        r_off.append((lp.input_bytes * o_in[i] + lp.hold_bytes * held_off[i] + fp.input_bytes * o_inf[i]
+                      + lp.attn_bytes * o_at[i] + lp.other_bytes * off[i]) / g)
+        r_rec.append(((lp.saved_bytes - fp.input_bytes) * full[i] + lp.other_bytes * rec[i]
+                      - lp.hold_bytes * rec[i]) / g)
         t_rec.append(fp.recompute_s * full[i] + lp.other_fwd_s * rec[i])
 
     # HBM capacity at every segment between release / restore points of the schedule
@@ -632,9 +677,10 @@ def solve_mip(ctx: PlanContext, *, budget_bytes: int | None = None, host_budget_
     worst_left = None
     for lo, hi in segments:
         peak = max(live[lo:hi + 1])
-        if peak <= budget:
-            continue
         removable = [w for w in windows if w[0] < lo and hi < w[1]]
+        held = sum(L[w[3]].hold_bytes for w in removable if w[2] is r_rec[w[3]])
+        if peak + held <= budget:
+            continue
         k = max(range(lo, hi + 1), key=lambda j: live[j])
         name = f"hbm_capacity_at_{prof.workload.ops[k].name}"
         prob += peak / g - pulp.lpSum(w[2] for w in removable) <= budget / g, name
@@ -734,7 +780,6 @@ def _layer_from_solution(i, lp: LayerProfile, full, o_in, o_at, keep, off, rec) 
     inp = "offload" if round(o_in or 0) == 1 else "keep"
     if round(full or 0) == 1:
         return LayerPlan(layer=i, checkpoint="full", input=inp)
-    inp = inp if lp.input_bytes > 0 else "keep"
     keep, off = _frac(keep), _frac(off)
     if off > 0:
         other = RoleAction(action="offload", alpha_frac=off, keep_frac=min(keep, 1.0 - off))

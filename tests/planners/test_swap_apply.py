@@ -132,3 +132,47 @@ def test_copies_of_gpus_behind_one_switch_share_its_uplink():
     alone = copy_fit(link=link, direction="d2h").bandwidth_bytes_per_s
     assert rates.num_gpus_sharing_host == 2
     assert rates.d2h_bytes_per_s == pytest.approx(alone / 2)
+
+
+def test_token_recompute_holds_an_input_the_layer_does_not_save(ctx):
+    # Hugging Face layers save an fp32 copy of their input, not the input: recomputing the layer
+    # token-wise needs it, so the plan keeps it until the recompute op (and frees it there).
+    prof = ctx.profile("none")
+    lp, nxt = prof.layers[1], prof.layers[2]
+    assert lp.input_tids == () and len(lp.hold_tids) == 1 and lp.hold_bytes > 0
+    (x,) = lp.hold_tids
+    layers = _keep(ctx.num_layers)
+    layers[1] = LayerPlan(layer=1, roles={r: RoleAction(action="recompute")
+                                          for r in lp.role_tids if r not in ATTN_ROLES})
+    applied = apply_plan(prof, layers)
+    index = prof.workload._by_id()
+    dropped = sum(allocator_rounded_bytes(index[t].num_bytes)
+                  for r, ts in lp.role_tids.items() if r not in ATTN_ROLES for t in ts)
+    base = walk_memory(prof.workload).timeline
+    new = walk_memory(applied.workload)
+    k = nxt.first_fwd  # no op was inserted before layer 1's backward stage
+    assert new.timeline[k].live_bytes == base[k].live_bytes - dropped + allocator_rounded_bytes(lp.hold_bytes)
+    (rec_op,) = [op for op in applied.workload.ops if op.phase == Phase.RECOMPUTE]
+    new_index = applied.workload._by_id()
+    (held,) = [t for t in rec_op.frees if new_index[t].name == index[x].name + ".held"]
+    assert new_index[held].num_bytes == lp.hold_bytes  # every token is recomputed here
+    assert new_index[x].num_bytes == 0
+
+
+def test_a_partial_token_recompute_holds_only_those_tokens_input(ctx):
+    prof = ctx.profile("none")
+    lp = prof.layers[1]
+    layers = _keep(ctx.num_layers)
+    layers[1] = LayerPlan(layer=1, input="offload",
+                          roles={r: RoleAction(action="offload", alpha_frac=0.75)
+                                 for r in lp.role_tids if r not in ATTN_ROLES})
+    applied = apply_plan(prof, layers)
+    index = applied.workload._by_id()
+    (x,) = lp.hold_tids
+    names = {index[t].name: index[t].num_bytes for t in index}
+    base = index[x].name
+    # a quarter of the tokens are recomputed: their input rows are held, and offloaded with the rest
+    assert names[base + ".held"] == 0
+    assert names[base + ".held.offloaded"] == names[base + ".held.prefetched"] == round(lp.hold_bytes / 4)
+    assert index[x].num_bytes == lp.hold_bytes - round(lp.hold_bytes / 4)
+    walk_memory(applied.workload)  # a consistent allocation sequence
