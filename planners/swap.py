@@ -1,29 +1,36 @@
 """Swap / recompute planning for one training step: profile, apply a Plan, replay it, and the MIP.
 
 Models:
-  * the step profile: per decoder layer, the saved tensors grouped as MEMO groups them (the
-    layer input; the attention output and its statistics; every other skeletal tensor), their
-    bytes, and the forward, attention and backward times of the analytical Workload;
-  * applying a Plan to the analytical Workload: an offloaded part of a tensor leaves HBM when its
-    D2H copy is done (the end of the next layer's forward: two rotating staging buffers) and is
-    allocated again when layer l+k's backward starts (prefetch, lookahead k); a recomputed part
-    leaves HBM at the end of the layer's forward and comes back in a recompute op just before the
-    layer's backward, costing that fraction of the layer's non-attention forward (token-wise, as
-    MEMO; the attention output is not recomputed unless the layer is fully checkpointed);
+  * the step profile: per decoder layer, the tensors kept from its forward to its backward,
+    grouped as MEMO groups them (the layer input; the attention output and its statistics;
+    every other skeletal tensor), read from the lifetimes of the analytical Workload (views keep
+    their base alive), their bytes, and the layer's forward, attention and backward times;
+  * applying a Plan to the analytical Workload (built with the plan's per-layer checkpoints):
+    an offloaded part of a tensor leaves HBM when its D2H copy is done (the end of the next
+    layer's forward: two rotating staging buffers) and is allocated again when layer l+k's
+    backward starts (prefetch, lookahead k); a recomputed part leaves HBM at the end of the
+    layer's forward and comes back in a recompute op just before the layer's backward, costing
+    that fraction of the layer's non-attention forward (token-wise, as MEMO: norms, projections
+    and MLP are per-token; the attention output is kept or offloaded, never recomputed, unless
+    the layer is checkpointed whole). A layer that does not save its input (Hugging Face layers
+    save an fp32 copy) holds the recomputed tokens' input rows until its recompute op;
   * the replay: the transformed Workload and its copies on the discrete-event simulator
     (`simulator.des`: every GPU of the node that the job uses, copy streams per direction, links
-    shared fluidly with both-ways ceilings); compute waits where a copy must be done (a staging
-    buffer is reused, a layer's backward needs its bytes);
+    and host DRAM shared fluidly); compute waits where a copy must be done (a staging buffer is
+    reused, a layer's backward needs its bytes);
   * tierplan's MIP (HiGHS through planners.solvers): per layer binaries (full checkpoint,
     offload input, offload attention output) and token fractions of the other skeletal bytes
     (keep / offload / recompute); HBM capacity at every segment of the schedule between two
-    release/restore points, host capacity shared by the node's GPUs, the same copy queues as the
-    replay written as linear max-plus constraints; objective: the step's end time.
+    release/restore points, host capacity shared by the node's GPUs, the D2H and H2D queues of
+    the replay as linear max-plus constraints (staging-buffer reuse in forward, prefetch before
+    each layer's backward); objective: the step's end time.
 Assumes: every GPU of the job runs the same schedule at the same time, so copies of the GPUs of
-a node share the host-path edges they have in common; host copies use a pinned pool allocated
-once (no per-step allocation cost); layers of one model have the same shape.
-Ignores: the CPU side of copies (pinned memory bandwidth is not the bottleneck on the presets),
-recompute workspaces beyond the recomputed tensors themselves, allocator fragmentation.
+a node share the host-path edges and the host DRAM they have in common; host copies use a
+pinned pool allocated once (no per-step allocation cost). Every D2H copy ends before the
+backward starts and every H2D copy starts after it, so the two directions never overlap and a
+link's both-ways ceiling cannot bind (the replay applies it all the same).
+Ignores: recompute workspaces beyond the recomputed tensors themselves, allocator
+fragmentation, CXL / NVMe tiers for activations (the DES models them; plans use host DRAM).
 Source: MEMO (Zhao et al., SIGMOD 2025, arXiv 2407.12117) sections 3-4 (token-wise recompute,
 three streams, two buffers); Korthikanti et al. 2022 (selective recompute); checkmate (Jain et
 al. 2020) for a MIP over a replayable plan.
