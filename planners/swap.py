@@ -74,30 +74,27 @@ class CopyRates:
 def host_copy_rates(node, *, num_active_gpus: int) -> CopyRates:
     """Rates of one GPU's host copies while ``num_active_gpus`` GPUs of ``node`` copy too.
 
-    Each edge of the GPU's host path is split among the active GPUs whose host paths cross it
-    (two A800s behind one PCIe switch get half its uplink each), and so is host DRAM.
+    Read off the discrete-event simulator's own resources (`simulator.des.schedule.node_links`,
+    `device_route`), so that the MIP and the replay share one link model: every link on the
+    GPU's host route (each edge per direction, its both-ways ceiling, host DRAM) is split evenly
+    among the active GPUs whose routes cross it, as the simulator's fair sharing does when all
+    GPUs copy at once (two A800s behind one PCIe switch get half its uplink each).
     """
-    from hwmodels.transfer import BIDIR_EFFICIENCY_FRAC, copy_fit, link_efficiency_frac
+    from simulator.des.schedule import device_route, node_links
 
     n_active = max(1, min(num_active_gpus, node.num_gpus))
-    link = node.host_link(0)
-    d2h = copy_fit(link=link, direction="d2h", profile=node.profile)
-    h2d = copy_fit(link=link, direction="h2d", profile=node.profile)
-    both = copy_fit(link=link, direction="h2d", concurrent_opposite=True, profile=node.profile)
-    rates = [d2h.bandwidth_bytes_per_s, h2d.bandwidth_bytes_per_s, 2 * both.bandwidth_bytes_per_s]
-    # every GPU<->host copy also crosses host DRAM, one rate for all GPUs and both directions
-    dram = node.host_memory.bandwidth_bytes_per_s / n_active
-    rates = [min(r, dram) for r in rates]
-    paths = [set(node.host_path(i)) for i in range(n_active)]
-    for edge in node.host_path(0):
-        sharing = sum(edge in p for p in paths)
-        lk = node.links[edge.link]
-        one = lk.per_direction_bandwidth_bytes_per_s * link_efficiency_frac(lk.kind) / sharing
-        bid = lk.bidirectional_bandwidth_bytes_per_s * BIDIR_EFFICIENCY_FRAC[lk.kind] / sharing
-        rates = [min(rates[0], one), min(rates[1], one), min(rates[2], bid)]
-    return CopyRates(d2h_bytes_per_s=float(rates[0]), h2d_bytes_per_s=float(rates[1]),
-                     bidir_bytes_per_s=float(rates[2]), latency_s=float(d2h.latency_s),
-                     num_gpus_sharing_host=n_active)
+    caps = {lk.name: lk.capacity_bytes_per_s for lk in node_links(node)}
+    routes = {d: [device_route(node, g, "host", d) for g in range(n_active)] for d in ("d2h", "h2d")}
+
+    def share(link: str, directions: tuple[str, ...]) -> float:
+        return caps[link] / sum(link in r.links for d in directions for r in routes[d])
+
+    one = {d: min(share(lk, (d,)) for lk in routes[d][0].links) for d in ("d2h", "h2d")}
+    common = set(routes["d2h"][0].links) & set(routes["h2d"][0].links)
+    both = 2 * min((share(lk, ("d2h", "h2d")) for lk in common), default=min(one.values()))
+    return CopyRates(d2h_bytes_per_s=float(one["d2h"]), h2d_bytes_per_s=float(one["h2d"]),
+                     bidir_bytes_per_s=float(min(both, one["d2h"] + one["h2d"])),
+                     latency_s=float(routes["d2h"][0].latency_s), num_gpus_sharing_host=n_active)
 
 
 def with_host_link(node, link_name: str):
