@@ -48,17 +48,37 @@ def _order(instance: LayoutInstance, key: str) -> list[int]:
     return sorted(range(n), key=k)
 
 
-def place_in_order(instance: LayoutInstance, order: list[int], rule: str) -> np.ndarray:
-    """Offsets (int64, indexed like ``instance.buffers``) from placing ``order`` with ``rule``."""
-    bufs = instance.buffers
-    n = len(bufs)
-    lo = np.fromiter((b.lower for b in bufs), dtype=np.int64, count=n)
-    hi = np.fromiter((b.upper for b in bufs), dtype=np.int64, count=n)
-    size = np.fromiter((b.size_bytes for b in bufs), dtype=np.int64, count=n)
+def _arrays(instance: LayoutInstance) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    cache = instance.__dict__.get("_greedy_arrays")
+    if cache is None:
+        bufs = instance.buffers
+        n = len(bufs)
+        cache = (np.fromiter((b.lower for b in bufs), dtype=np.int64, count=n),
+                 np.fromiter((b.upper for b in bufs), dtype=np.int64, count=n),
+                 np.fromiter((b.size_bytes for b in bufs), dtype=np.int64, count=n))
+        object.__setattr__(instance, "_greedy_arrays", cache)
+    return cache
+
+
+def place_in_order(instance: LayoutInstance, order: list[int], rule: str, *, start: int = 0,
+                   prev: np.ndarray | None = None, bound: int | None = None) -> np.ndarray | None:
+    """Offsets (int64, indexed like ``instance.buffers``) from placing ``order`` with ``rule``.
+
+    With ``start`` > 0 the first ``start`` buffers of ``order`` keep their offsets in ``prev``
+    (they were placed in the same order before). With ``bound``, gives up (None) as soon as a
+    buffer would end above it.
+    """
+    lo, hi, size = _arrays(instance)
+    n = len(size)
     off = np.full(n, -1, dtype=np.int64)
     placed = np.zeros(n, dtype=bool)
+    if start:
+        assert prev is not None
+        head = np.asarray(order[:start], dtype=np.int64)
+        off[head] = prev[head]
+        placed[head] = True
     best = rule == "best_fit"
-    for i in order:
+    for i in order[start:]:
         mask = placed & (lo < hi[i]) & (lo[i] < hi)
         idx = np.nonzero(mask)[0]
         s = size[i]
@@ -84,6 +104,8 @@ def place_in_order(instance: LayoutInstance, order: list[int], rule: str) -> np.
             else:
                 pick = ok[0]
             off[i] = gap_lo[pick]
+        if bound is not None and off[i] + s > bound:
+            return None
         placed[i] = True
     return off
 
@@ -98,6 +120,7 @@ def greedy_layout(instance: LayoutInstance,
     best_off, best_peak, best_name = None, None, ""
     for order_key, rule in strategies:
         off = place_in_order(instance, _order(instance, order_key), rule)
+        assert off is not None  # no bound given
         peak = int((off + size).max())
         if best_peak is None or peak < best_peak:
             best_off, best_peak, best_name = off, peak, f"{order_key}/{rule}"
@@ -134,6 +157,7 @@ def search_order(
     rng = np.random.default_rng(seed)
     order = _order(instance, order_key)
     off = place_in_order(instance, order, rule)
+    assert off is not None
     peak = int((off + size).max())
     best_off, best_peak = off, peak
     for it in range(max_evals):
@@ -146,12 +170,17 @@ def search_order(
             pos = cand.index(i)
             if pos == 0:
                 continue
+            first = int(rng.integers(0, pos))
             cand.pop(pos)
-            cand.insert(int(rng.integers(0, pos)), i)
+            cand.insert(first, i)
         else:
-            a, b = (int(x) for x in rng.choice(n, size=2, replace=False))
+            a, b = sorted(int(x) for x in rng.choice(n, size=2, replace=False))
             cand[a], cand[b] = cand[b], cand[a]
-        c_off = place_in_order(instance, cand, rule)
+            first = a
+        # the order before ``first`` is unchanged, and so are its offsets
+        c_off = place_in_order(instance, cand, rule, start=first, prev=off, bound=peak)
+        if c_off is None:
+            continue
         c_peak = int((c_off + size).max())
         if c_peak <= peak:
             order, off, peak = cand, c_off, c_peak

@@ -38,8 +38,8 @@ from simulator.workload import Workload
 
 LAYOUT_SCHEMA_VERSION = 1
 MIP_MAX_PAIRS = 4000  # above this many overlapping pairs the MIP is not attempted
-SEARCH_EVALS = 4000  # most re-placements the order search tries
-SEARCH_WORK = 1_500_000  # fewer evaluations for large instances: evals x buffers <= this
+SEARCH_EVALS = 20000  # most re-placements the order search tries
+SEARCH_WORK = 6_000_000  # fewer evaluations for large instances: evals x buffers <= this
 
 Status = Literal["optimal", "feasible"]
 
