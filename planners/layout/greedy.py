@@ -135,6 +135,7 @@ def search_order(
     *,
     max_evals: int,
     deadline_s: float | None = None,
+    target_bytes: int = 0,
     seed: int = 0,
 ) -> GreedyResult:
     """Local search over placement orders, from the best greedy strategy's order.
@@ -143,8 +144,9 @@ def search_order(
     (or, every other move, swaps two random buffers) and re-places everything with the same
     rule; a move is kept when the peak does not grow. First fit in the right order reaches an
     optimal layout (place an optimal layout's buffers by increasing offset), so searching
-    orders loses nothing. Deterministic for a given ``seed`` and ``max_evals``; ``deadline_s``
-    (a ``time.perf_counter()`` value) cuts it short on slow machines.
+    orders loses nothing. Stops at ``target_bytes`` (the lower bound: nothing better exists).
+    Deterministic for a given ``seed`` and ``max_evals``; ``deadline_s`` (a
+    ``time.perf_counter()`` value) cuts it short on slow machines.
     """
     import time
 
@@ -161,7 +163,7 @@ def search_order(
     peak = int((off + size).max())
     best_off, best_peak = off, peak
     for it in range(max_evals):
-        if deadline_s is not None and time.perf_counter() > deadline_s:
+        if best_peak <= target_bytes or (deadline_s is not None and time.perf_counter() > deadline_s):
             break
         cand = list(order)
         if it % 2 == 0:

@@ -97,6 +97,7 @@ def plan_layout(
     if best.peak_bytes > lb and search_evals > 0:
         share = 0.5 if mip_ok else 0.95
         best = search_order(instance, greedy, seed=0, deadline_s=t0 + share * time_limit_s,
+                            target_bytes=lb,
                             max_evals=min(search_evals, max(50, SEARCH_WORK // instance.num_buffers)))
     offsets, peak, method = best.offsets, best.peak_bytes, f"greedy/{best.strategy}"
     bound, mip_status = lb, None
@@ -112,8 +113,6 @@ def plan_layout(
         if mip.offsets is not None and mip.peak_bytes is not None and mip.peak_bytes < peak:
             if check_layout(instance, mip.offsets).valid:
                 offsets, peak, method = mip.offsets, mip.peak_bytes, "mip"
-        if mip.status == "optimal" and mip.peak_bytes is not None and mip.peak_bytes <= peak:
-            bound = max(bound, min(peak, mip.peak_bytes))
     return _result(instance, offsets=offsets, method=method, lb=lb, bound=bound,
                    greedy_peak=greedy.peak_bytes, t0=t0, time_limit_s=time_limit_s,
                    mip_status=mip_status, num_pairs=num_pairs)
