@@ -120,8 +120,9 @@ class Provenance(_Frozen):
     """Solver status (optimal, feasible, ...), "rule" for a baseline, or "fallback:<name>"."""
     gap: float | None = None
     """Relative MIP gap of the returned solution (None for a rule)."""
-    solve_time_s: float = Field(default=0.0, ge=0.0)
-    """Wall time spent planning, seconds."""
+    time_limit_s: float | None = Field(default=None, gt=0.0)
+    """The solver's time limit in seconds (None for a rule). The wall time a run took is reported
+    by ``tierplan plan``, not stored: equal inputs must give byte-identical plans."""
     gpu_budget_bytes: int = Field(gt=0)
     """HBM budget per GPU the plan was made for."""
     host_budget_bytes: int = Field(gt=0)

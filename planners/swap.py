@@ -553,15 +553,18 @@ class StrategyResult:
     plan: Plan | None = None
     replay: Replay | None = None
     applied: AppliedPlan | None = None
+    solve_time_s: float = 0.0  # wall time of planning this row (a run's figure, not the plan's)
 
     def row(self) -> dict:
         return {"name": self.name, "feasible": self.feasible, "step_time_s": self.step_time_s,
                 "mfu": self.mfu, "peak_hbm_bytes": self.peak_hbm_bytes,
-                "peak_host_bytes": self.peak_host_bytes, "reason": self.reason}
+                "peak_host_bytes": self.peak_host_bytes, "reason": self.reason,
+                "solve_time_s": self.solve_time_s}
 
 
 def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver: str | None = None,
-             status: str = "rule", gap: float | None = None, solve_time_s: float = 0.0) -> StrategyResult:
+             status: str = "rule", gap: float | None = None, solve_time_s: float = 0.0,
+             time_limit_s: float | None = None) -> StrategyResult:
     """Replay ``layers`` and wrap the outcome as a Plan and a table row."""
     from hwmodels.compute import peak_flops_per_s
 
@@ -583,11 +586,12 @@ def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver
     plan = Plan(layers=list(layers), prefetch_lookahead_layers=ctx.lookahead,
                 staging_buffer_bytes=applied.staging_bytes, num_staging_buffers=2,
                 provenance=_provenance(ctx, name, solver=solver, status=status, gap=gap,
-                                       solve_time_s=solve_time_s),
+                                       time_limit_s=time_limit_s),
                 prediction=prediction)
     return StrategyResult(name=name, feasible=feasible, step_time_s=rep.step_time_s, mfu=mfu,
                           peak_hbm_bytes=rep.peak_hbm_bytes, peak_host_bytes=host_peak,
-                          reason="; ".join(reasons), plan=plan, replay=rep, applied=applied)
+                          reason="; ".join(reasons), plan=plan, replay=rep, applied=applied,
+                          solve_time_s=solve_time_s)
 
 
 def _provenance(ctx: PlanContext, planner: str, **kw) -> Provenance:
@@ -815,7 +819,7 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
         if not sol.layers:
             break
         res = evaluate(ctx, "mip", sol.layers, solver=sol.solver, status=sol.status, gap=sol.gap,
-                       solve_time_s=time.perf_counter() - t0)
+                       solve_time_s=time.perf_counter() - t0, time_limit_s=time_limit_s)
         if res.feasible or best is None:
             best = res
         if res.feasible:
@@ -841,7 +845,8 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
     # baseline, saying so
     elapsed = time.perf_counter() - t0
     res = evaluate(ctx, "mip", winner.plan.layers, solver=sol.solver if sol else None,
-                   status=f"fallback:{winner.name}", gap=sol.gap if sol else None, solve_time_s=elapsed)
+                   status=f"fallback:{winner.name}", gap=sol.gap if sol else None, solve_time_s=elapsed,
+                   time_limit_s=time_limit_s)
     why = ("replays faster than the MIP's" if best is not None and best.feasible
            else f"the MIP returned no feasible plan: {sol.status if sol else 'not run'}")
     return StrategyResult(**{**res.__dict__, "reason": f"{winner.name}'s plan ({why})"}), sol

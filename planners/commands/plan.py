@@ -158,4 +158,4 @@ def _print(report, scenario, model, node) -> None:
     if prov is not None and prov.solver:
         gap = f"{prov.gap:.2%}" if prov.gap is not None else "n/a"
         console.print(f"mip: {prov.solver} {prov.status}, gap {gap}, solved and replayed in "
-                      f"{format_seconds(prov.solve_time_s)}; replayed by {mip.replay.replayed_by}")
+                      f"{format_seconds(mip.solve_time_s)}; replayed by {mip.replay.replayed_by}")

@@ -22,7 +22,7 @@ from planners.plan import (
 
 def _provenance(**kw):
     base = dict(tierplan_version="0.1.0", model="m", job={"mode": "train"}, hardware="1xH200",
-                planner="mip", solver="highs", status="optimal", gap=0.0, solve_time_s=0.25,
+                planner="mip", solver="highs", status="optimal", gap=0.0, time_limit_s=10.0,
                 gpu_budget_bytes=80 * 2**30, host_budget_bytes=2**40)
     base.update(kw)
     return Provenance(**base)

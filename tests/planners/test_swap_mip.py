@@ -117,14 +117,8 @@ def test_plans_are_deterministic():
     a = plan_training(m, job, node, gpu_budget_bytes=80 * GiB).result("mip").plan
     b = plan_training(m, job, node, gpu_budget_bytes=80 * GiB).result("mip").plan
 
-    def without_wall_clock(plan):
-        d = json.loads(plan.to_json())
-        d["provenance"].pop("solve_time_s")
-        return d
-
     assert a.offloads
-    assert without_wall_clock(a) == without_wall_clock(b)
-    assert a.model_copy(update={"provenance": b.provenance}).to_json() == b.to_json()
+    assert a.to_json() == b.to_json()  # byte-identical: no wall-clock figure in a plan
 
 
 def test_model_states_beyond_the_budget_name_the_binding_constraint():
