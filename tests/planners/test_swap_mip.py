@@ -1,7 +1,6 @@
 """MEMO's rule, tierplan's MIP and the strategy table: hand-checked rule, the MIP agrees with its
 replay, and over a sweep of budgets and lengths it is never slower than a feasible baseline."""
 
-import json
 
 import pytest
 
