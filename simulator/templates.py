@@ -399,6 +399,21 @@ class _Program:
             return self.hf_rmsnorm(name, x, layer)
         return self.fused_rmsnorm(name, x, layer)
 
+    def silu_mul(self, name: str, gate: int, up: int, layer, tokens: int, f: int) -> int:
+        """SwiGLU's activation as eager PyTorch runs it: silu(gate) (saves gate), then times up
+        (saves both factors); timed as one measured composite."""
+        io = tokens * f * self.s.act_bytes
+        with self.measured_group("memory.silu_mul.eager", op="silu_mul", width=f, num_tokens=tokens):
+            act = self.act(f"{name}.silu", tokens * f, Role.MLP_HIDDEN, layer)
+            self.b.op(f"{name}.silu", "silu", layer, inputs=[gate], outputs=[act], saves=[gate],
+                      cost=self.cost(_mem("silu", read_bytes=io, write_bytes=io)),
+                      bwd_cost=self.cost(_mem("silu_bwd", read_bytes=2 * io, write_bytes=io)))
+            prod = self.act(f"{name}.mul", tokens * f, Role.MLP_HIDDEN, layer)
+            self.b.op(f"{name}.mul", "mul", layer, inputs=[act, up], outputs=[prod], saves=[act, up],
+                      cost=self.cost(_mem("mul", read_bytes=2 * io, write_bytes=io)),
+                      bwd_cost=self.cost(_mem("mul_bwd", read_bytes=3 * io, write_bytes=2 * io)))
+        return prod
+
     def dropout(self, name: str, x: int, layer, num_elems: int) -> int:
         """``nn.Dropout`` while training (aten.native_dropout): allocates the output and a bool
         mask, saves the mask; backward multiplies the gradient by it."""
@@ -694,18 +709,7 @@ class _Program:
                                 bias=m.mlp_bias, save_input=nrm2_saved)
                     for n in ("gate", "up")
                 )
-            io = T * f * s.act_bytes
-            group = self.measured_group("memory.silu_mul.eager", op="silu_mul", width=f, num_tokens=T)
-            group.__enter__()
-            act = self.act(f"layers.{i}.mlp.silu", T * f, Role.MLP_HIDDEN, i)
-            self.b.op(f"layers.{i}.mlp.silu", "silu", i, inputs=[gate], outputs=[act], saves=[gate],
-                      cost=self.cost(_mem("silu", read_bytes=io, write_bytes=io)),
-                      bwd_cost=self.cost(_mem("silu_bwd", read_bytes=2 * io, write_bytes=io)))
-            prod = self.act(f"layers.{i}.mlp.mul", T * f, Role.MLP_HIDDEN, i)
-            self.b.op(f"layers.{i}.mlp.mul", "mul", i, inputs=[act, up], outputs=[prod], saves=[act, up],
-                      cost=self.cost(_mem("mul", read_bytes=2 * io, write_bytes=io)),
-                      bwd_cost=self.cost(_mem("mul_bwd", read_bytes=3 * io, write_bytes=2 * io)))
-            group.__exit__(None, None, None)
+            prod = self.silu_mul(f"layers.{i}.mlp", gate, up, i, T, f)
         else:
             up = self.linear(f"layers.{i}.mlp.fc_in", nrm2, h, f, i, tokens=T, role=Role.MLP_HIDDEN,
                              bias=m.mlp_bias, save_input=nrm2_saved)
