@@ -15,9 +15,9 @@ With ``expandable_segments`` each (stream, pool) has one virtual segment that gr
 Assumes: ``max_split_size`` unlimited (the default), no ``roundup_power2_divisions``, no
 garbage-collection threshold, frees complete immediately (no cross-stream events pending),
 a freshly emptied cache unless the caller pre-allocates.
-Ignores: CUDA graphs' private pools, ``cudaMallocAsync`` backend, segments' real addresses
-(virtual addresses grow from 0; they only break ties between equal-size blocks), unmapping of
-expandable pages (only ``empty_cache`` does that).
+Ignores: CUDA graphs' private pools, ``cudaMallocAsync`` backend, unmapping of expandable
+pages (only ``empty_cache`` does that). Segment addresses only break ties between equal-size
+free blocks: they grow from 0 unless the caller passes the device's (a snapshot has them).
 Source: PyTorch c10/cuda/CUDACachingAllocator.cpp (kMinBlockSize 512, kSmallSize 1 MiB,
 kSmallBuffer 2 MiB, kLargeBuffer 20 MiB, kMinLargeAlloc 10 MiB, kRoundLarge 2 MiB;
 ``round_size``, ``get_allocation_size``, ``get_free_block`` on a set ordered by (stream, size,
@@ -106,8 +106,14 @@ class _Block:
 class CachingAllocator:
     """Stateful replay of the caching allocator; feed it with ``malloc``/``free`` or ``replay``."""
 
-    def __init__(self, *, capacity_bytes: int | None = None, expandable_segments: bool = False):
+    def __init__(self, *, capacity_bytes: int | None = None, expandable_segments: bool = False,
+                 segment_addresses: Sequence[tuple[int, int]] = ()):
+        """``segment_addresses``: (size, address) of the segments cudaMalloc returned, in order
+        (a snapshot's segment_alloc entries); the n-th new segment takes the n-th address when
+        its size matches, so best-fit ties break as they did on the device."""
         self.capacity_bytes = capacity_bytes
+        self._segment_addresses = list(segment_addresses)
+        self._num_new_segments = 0
         self.expandable_segments = expandable_segments
         self._free: dict[tuple[int, bool], list[tuple[int, int]]] = {}  # pool -> sorted (size, addr)
         self._blocks: dict[int, _Block] = {}  # addr -> block (every block, free or not)
@@ -150,8 +156,13 @@ class CachingAllocator:
     def _new_segment(self, pool: tuple[int, bool], size: int) -> _Block | None:
         if not self._fits_device(size):
             return None
-        b = _Block(self._next_addr, size, pool)
-        self._next_addr += size
+        k = self._num_new_segments
+        self._num_new_segments += 1
+        if k < len(self._segment_addresses) and self._segment_addresses[k][0] == size:
+            b = _Block(self._segment_addresses[k][1], size, pool)
+        else:
+            b = _Block(self._next_addr, size, pool)
+            self._next_addr += size
         self._blocks[b.addr] = b
         self.reserved_bytes += size
         self.num_segments += 1
@@ -319,9 +330,11 @@ def replay_caching_allocator(
     *,
     capacity_bytes: int | None = None,
     expandable_segments: bool = False,
+    segment_addresses: Sequence[tuple[int, int]] = (),
 ) -> AllocatorReplay:
     """Peak reserved / allocated memory of ``events`` under the caching allocator."""
-    alloc = CachingAllocator(capacity_bytes=capacity_bytes, expandable_segments=expandable_segments)
+    alloc = CachingAllocator(capacity_bytes=capacity_bytes, expandable_segments=expandable_segments,
+                             segment_addresses=segment_addresses)
     return alloc.replay(events)
 
 

@@ -86,11 +86,13 @@ def run(args: argparse.Namespace) -> int:
 
             snap = load_snapshot(args.snapshot)
             instance, events, source = snap.instance, list(snap.events), "snapshot"
+            addresses = snap.segment_addresses  # the device's cudaMalloc addresses break ties
         else:
             instance = load_csv_instance(args.trace)
-            events, source = instance_events(instance), "csv"
+            events, source, addresses = instance_events(instance), "csv", ()
         result = plan_layout(instance, time_limit_s=limit, solver=args.solver, use_mip=use_mip)
-        replay = replay_caching_allocator(events, expandable_segments=args.expandable_segments)
+        replay = replay_caching_allocator(events, expandable_segments=args.expandable_segments,
+                                          segment_addresses=addresses)
     else:
         from planners.commands.estimate import build_scenario
 

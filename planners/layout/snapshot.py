@@ -8,8 +8,9 @@ program; an allocation freed in the trace but never allocated in it was live whe
 started, one never freed is live at the end.
 Assumes: one device per file (the first device with a trace is read, or ``device``); the
 trace's event order is the program's order; time is the event index.
-Ignores: segment_alloc / segment_free / segment_map / oom / snapshot entries (they are what the
-real allocator did, which the allocator model predicts), stack frames.
+Ignores: what the real allocator did (segment_free / segment_map / oom / snapshot entries: the
+allocator model predicts that) except the addresses cudaMalloc returned (segment_alloc), which
+the model may reuse to break best-fit ties as the device did; stack frames.
 Source: PyTorch torch/cuda/memory.py (``_record_memory_history``, ``_snapshot``,
 ``_dump_snapshot``) and c10/cuda/CUDACachingAllocator.h (TraceEntry actions).
 Security: the file is read with an unpickler whose ``find_class`` refuses everything, so a
@@ -79,6 +80,7 @@ class Snapshot:
     instance: LayoutInstance  # one buffer per allocation, times in event indices
     reserved_bytes: int  # sum of segment sizes at dump time (0 without segments)
     num_trace_entries: int
+    segment_addresses: tuple[tuple[int, int], ...] = ()  # (size, addr) of segment_alloc, in order
 
 
 def _int_field(entry: dict, key: str, path: str, n: int) -> int:
@@ -112,6 +114,7 @@ def load_snapshot(path: str, *, device: int | None = None) -> Snapshot:
     events: list[AllocEvent] = []
     before: list[AllocEvent] = []  # allocations live when recording started
     closed: list[tuple[int, Buffer]] = []
+    segment_addresses: list[tuple[int, int]] = []
     count = 0
     t = 0
     for n, entry in enumerate(trace):
@@ -119,6 +122,10 @@ def load_snapshot(path: str, *, device: int | None = None) -> Snapshot:
             raise UserInputError(f"{path}: device_traces entry {n}: expected a dict, got "
                                  f"{type(entry).__name__}")
         action = entry.get("action")
+        if action == "segment_alloc":
+            segment_addresses.append((_int_field(entry, "size", path, n),
+                                      _int_field(entry, "addr", path, n)))
+            continue
         if action not in ("alloc", free_action):
             continue
         addr = _int_field(entry, "addr", path, n)
@@ -159,4 +166,5 @@ def load_snapshot(path: str, *, device: int | None = None) -> Snapshot:
                 reserved += size if isinstance(size, int) and not isinstance(size, bool) else 0
     return Snapshot(path=path, device=device, events=tuple(before + events),
                     instance=LayoutInstance(tuple(buffers), name=path, source="snapshot"),
-                    reserved_bytes=reserved, num_trace_entries=len(trace))
+                    reserved_bytes=reserved, num_trace_entries=len(trace),
+                    segment_addresses=tuple(segment_addresses))
