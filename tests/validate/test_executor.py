@@ -1,0 +1,166 @@
+"""The plan executor on the CPU (the CPU as both sides of every copy): gradients equal the
+no-plan baseline, bitwise where nothing is recomputed; bad plans are refused with one line."""
+
+import pytest
+import torch
+
+from hwmodels.units import UserInputError
+from planners.plan import LayerPlan, Plan, Provenance, RoleAction
+from simulator.model import ModelSpec, get_model
+from validate.executor import PlanExecutor, check_fits
+from validate.model import build_model, make_batch
+
+SEQ = 24
+ROLES = ("layer_input", "norm_out", "norm_stat", "attn_qkv", "attn_out", "mlp_hidden")
+
+
+def tiny(preset: str, layers: int = 3) -> ModelSpec:
+    s = get_model(preset)
+    kv = 2 if s.num_kv_heads != s.num_heads else 4
+    return ModelSpec.model_validate(
+        {
+            **s.model_dump(),
+            "num_layers": layers,
+            "hidden_size": 64,
+            "intermediate_size": 96,
+            "num_heads": 4,
+            "num_kv_heads": kv,
+            "head_dim": 16,
+            "vocab_size": 128,
+        }
+    )
+
+
+def plan_of(layers: list[LayerPlan], lookahead: int = 1) -> Plan:
+    prov = Provenance(
+        tierplan_version="test",
+        model="tiny",
+        job={},
+        hardware="cpu",
+        planner="test",
+        gpu_budget_bytes=1 << 30,
+        host_budget_bytes=1 << 30,
+    )
+    return Plan(layers=layers, provenance=prov, prefetch_lookahead_layers=lookahead)
+
+
+def offload(alpha: float, keep: float = 0.0) -> RoleAction:
+    return RoleAction(action="offload", alpha_frac=alpha, keep_frac=keep)
+
+
+def grads(spec: ModelSpec, plan: Plan | None, dtype=torch.bfloat16) -> list[torch.Tensor]:
+    model = build_model(spec, dtype=dtype, seed=3)
+    batch = make_batch(spec, seq_len=SEQ, dtype=dtype, seed=4)
+    if plan is None:
+        model(batch).backward()
+    else:
+        ex = PlanExecutor(model, plan, device="cpu")
+        ex.step(batch)
+        assert ex.pool.used_bytes == 0
+    out = [p.grad.clone() for p in model.parameters()]
+    if batch.requires_grad:
+        out.append(batch.grad.clone())
+    return out
+
+
+def assert_bitwise(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y), (x - y).abs().max()
+
+
+@pytest.fixture(scope="module", params=["probe-llama7b-stack", "llama-3.2-1b"])
+def spec_and_base(request):
+    spec = tiny(request.param)
+    return spec, grads(spec, None)
+
+
+def test_whole_role_offload_is_bitwise(spec_and_base):
+    spec, base = spec_and_base
+    roles = {r: offload(1.0) for r in ROLES}
+    layers = [
+        LayerPlan(layer=0, input="offload", roles=roles),
+        LayerPlan(layer=1, roles=roles),
+        LayerPlan(layer=2),
+    ]
+    assert_bitwise(grads(spec, plan_of(layers)), base)
+
+
+def test_token_split_offload_keep_is_bitwise(spec_and_base):
+    spec, base = spec_and_base
+    roles = {r: offload(0.625, 0.375) for r in ROLES}
+    layers = [LayerPlan(layer=i, roles=roles) for i in range(3)]
+    assert_bitwise(grads(spec, plan_of(layers, lookahead=2)), base)
+
+
+def test_recompute_and_partial_offload_match(spec_and_base):
+    spec, base = spec_and_base
+    layers = [
+        LayerPlan(layer=0, roles={r: offload(0.5, 0.25) for r in ROLES}),
+        LayerPlan(
+            layer=1, input="offload", roles={r: RoleAction(action="recompute") for r in ROLES}
+        ),
+        LayerPlan(layer=2, roles={"mlp_hidden": RoleAction(action="recompute", keep_frac=0.5)}),
+    ]
+    got = grads(spec, plan_of(layers))
+    for x, y in zip(got, base, strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)  # the CPU replays the same kernels
+
+
+def test_checkpoints_match(spec_and_base):
+    spec, base = spec_and_base
+    layers = [
+        LayerPlan(layer=0, checkpoint="full"),
+        LayerPlan(layer=1, checkpoint="full", input="offload"),
+        LayerPlan(layer=2, checkpoint="selective", input="offload"),
+    ]
+    for x, y in zip(grads(spec, plan_of(layers)), base, strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+def test_offload_really_leaves_the_layer():
+    spec = tiny("probe-llama7b-stack")
+    model = build_model(spec, dtype=torch.float32)
+    batch = make_batch(spec, seq_len=SEQ, dtype=torch.float32)
+    roles = {r: offload(1.0) for r in ROLES}
+    ex = PlanExecutor(
+        model,
+        plan_of([LayerPlan(layer=i, input="offload", roles=roles) for i in range(3)]),
+        device="cpu",
+    )
+    pool_bytes = ex.prepare(batch)
+    h, f, T = 64, 96, SEQ
+    # per layer, fp32, every token row: input, mid residual, two norm outputs, q k v, the
+    # attention output and its [T, h] reshape; gate and up, silu, product (each a multiple of
+    # the pool's 512-byte alignment). Untagged tensors (rstd, logsumexp) stay.
+    per_layer = 4 * T * (h + h + 2 * h + 3 * h + 2 * h + 2 * f + f + f)
+    assert pool_bytes == 3 * per_layer
+    ex.step(batch)
+    assert ex.pool.peak_bytes == pool_bytes
+
+
+def test_wrong_layer_count_is_refused():
+    spec = tiny("probe-llama7b-stack")
+    model = build_model(spec, dtype=torch.float32)
+    with pytest.raises(UserInputError, match=r"^plan.layers: 2 layers, the model has 3$"):
+        PlanExecutor(model, plan_of([LayerPlan(layer=0), LayerPlan(layer=1)]), device="cpu")
+
+
+def test_host_pool_and_gpu_budget_are_checked():
+    p = plan_of([LayerPlan(layer=0)])
+    with pytest.raises(UserInputError, match="exceeds available host memory"):
+        check_fits(p, num_layers=1, host_pool_bytes=2 << 30, host_available_bytes=1 << 30)
+    check_fits(p, num_layers=1, host_pool_bytes=1 << 20, host_available_bytes=1 << 30)
+
+
+def test_small_pool_is_reported_not_overrun():
+    spec = tiny("probe-llama7b-stack")
+    model = build_model(spec, dtype=torch.float32)
+    ex = PlanExecutor(
+        model,
+        plan_of([LayerPlan(layer=i, input="offload") for i in range(3)]),
+        device="cpu",
+        host_pool_bytes=4096,
+    )
+    with pytest.raises(UserInputError, match="offload pool of 4.00 KiB is full"):
+        ex.step(make_batch(spec, seq_len=SEQ, dtype=torch.float32))

@@ -1,0 +1,415 @@
+"""Run a Plan on a real model: per layer keep, offload (token-wise) or recompute saved tensors.
+
+Models: one training step of ``validate.model.Decoder`` under a ``planners.plan.Plan``. Each
+decoder layer runs inside ``torch.autograd.graph.saved_tensors_hooks`` of its own. The pack hook
+only records the saved tensor; when the layer's forward returns, every saved tensor gets its
+role (from the tags the layer put on the tensors it produced; the layer input is ``input``) and
+the plan's decision for that role cuts it along its token dimension into three row ranges:
+``alpha_frac`` of the tokens are copied into ONE offload pool allocated once (pinned host memory
+on CUDA, a plain CPU tensor on the CPU: the same code with the CPU as both sides) on a D2H
+stream that waits for an event recorded on the compute stream; ``keep_frac`` of the tokens stay
+in HBM (a copy of those rows); the rest is dropped. During backward, a gradient hook on layer
+m's output (the moment backward reaches layer m) issues on an H2D stream the prefetch of every
+layer l >= m - ``prefetch_lookahead_layers`` not yet fetched, into tensors of the saved
+tensor's own size and strides (so kernels see the same layout and the gradients stay bitwise
+equal); the unpack hook makes the compute stream wait for that layer's H2D event, puts back the
+kept rows and, where rows were dropped, recomputes them. ``checkpoint: full`` with the input
+kept is ``torch.utils.checkpoint`` (non-reentrant); ``selective`` checkpoints the MLP block.
+Assumes: the model's control flow does not depend on data (recomputation replays the same
+sequence of saved tensors); a saved tensor's token dimension is its unique dimension of size
+seq_len; tensors without one (weights, RNG state) and tensors no tag names (FlashAttention's
+logsumexp, the fused RMSNorm's rstd) are kept.
+Ignores: token-wise recomputation. Dropped rows are recomputed by re-running the layer's whole
+forward before its backward (as torch.utils.checkpoint does) and taking those rows: the
+gradients are those of the plan, the time is one layer forward per such layer (more than the
+planner's token-wise estimate) and the HBM one layer's saved tensors at that moment. The plan's
+staging buffers: prefetched tensors come from the caching allocator on the H2D stream.
+Source: MEMO (Zhao et al., SIGMOD 2025) section 4 (token-wise offload, pinned pool, three
+streams); torch.utils.checkpoint's non-reentrant implementation for replaying a forward.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from hwmodels.units import UserInputError, format_bytes
+from planners.plan import LayerPlan, Plan, RoleAction
+
+POOL_ALIGN_BYTES = 512
+INPUT_ROLE = "input"
+
+
+class OffloadPool:
+    """One buffer allocated once; slots handed out in order during a step, all freed at its end.
+
+    Host DRAM (pinned on CUDA). Another tier (CXL, a file) implements alloc/reset/peak_bytes."""
+
+    def __init__(self, capacity_bytes: int, *, pin: bool) -> None:
+        self.capacity_bytes = int(capacity_bytes)
+        self.buffer = torch.empty(self.capacity_bytes, dtype=torch.uint8, pin_memory=pin)
+        self.used_bytes = 0
+        self.peak_bytes = 0
+
+    def alloc(self, shape: torch.Size, dtype: torch.dtype, *, where: str) -> torch.Tensor:
+        nbytes = math.prod(shape) * dtype.itemsize
+        start = -(-self.used_bytes // POOL_ALIGN_BYTES) * POOL_ALIGN_BYTES
+        if start + nbytes > self.capacity_bytes:
+            raise UserInputError(
+                f"{where}: offload pool of {format_bytes(self.capacity_bytes)} is full "
+                f"(needs {format_bytes(start + nbytes)})"
+            )
+        self.used_bytes = start + nbytes
+        self.peak_bytes = max(self.peak_bytes, self.used_bytes)
+        return self.buffer[start : start + nbytes].view(dtype).view(shape)
+
+    def reset(self) -> None:
+        self.used_bytes = 0
+
+
+@dataclass
+class _Entry:
+    """One saved tensor of one layer and what the plan does with its rows."""
+
+    tensor: torch.Tensor | None
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    dtype: torch.dtype
+    role: str = "other"
+    tdim: int | None = None
+    n_off: int = 0
+    n_keep: int = 0
+    n_rec: int = 0
+    on_compute_stream: bool = False
+    whole: torch.Tensor | None = None  # kept as is
+    kept: torch.Tensor | None = None  # rows [n_off, n_off + n_keep)
+    host: torch.Tensor | None = None  # rows [0, n_off) in the pool
+    fetched: torch.Tensor | None = None  # full-size tensor, offloaded rows filled by the prefetch
+    full: torch.Tensor | None = None  # materialised for backward
+    rec: torch.Tensor | None = None  # the recomputed tensor
+
+
+@dataclass
+class _LayerState:
+    index: int
+    plan: LayerPlan
+    entries: list[_Entry] = field(default_factory=list)
+    keys: dict[tuple, int] = field(default_factory=dict)
+    order: list[int] = field(default_factory=list)  # pack call k -> entry index
+    tags: dict[int, str] = field(default_factory=dict)  # storage ptr -> role
+    tagged: list[torch.Tensor] = field(
+        default_factory=list
+    )  # held to the layer's end: no ptr reuse
+    input_entry: int | None = None
+    input_requires_grad: bool = False
+    rope: Any = None
+    d2h_event: Any = None
+    h2d_event: Any = None
+    prefetched: bool = False
+    waited: bool = False
+    recomputed: bool = False
+    offload_bytes: int = 0
+
+
+def _split(action: RoleAction, tokens: int) -> tuple[int, int, int]:
+    n_off = round(action.alpha_frac * tokens)
+    n_keep = min(tokens - n_off, round(action.keep_frac * tokens))
+    return n_off, n_keep, tokens - n_off - n_keep
+
+
+def _needs_recompute(lp: LayerPlan) -> bool:
+    return any(a.recompute_frac > 0 for a in lp.roles.values())
+
+
+def _uses_hooks(lp: LayerPlan) -> bool:
+    if lp.checkpoint == "full":
+        return lp.input == "offload"
+    return lp.input == "offload" or any(a.action != "keep" for a in lp.roles.values())
+
+
+def check_fits(
+    plan: Plan,
+    *,
+    num_layers: int,
+    gpu_budget_bytes: int | None = None,
+    host_pool_bytes: int = 0,
+    host_available_bytes: int | None = None,
+) -> None:
+    """Refuse, with one line, a plan this model or device cannot run (before any step)."""
+    if len(plan.layers) != num_layers:
+        raise UserInputError(f"plan.layers: {len(plan.layers)} layers, the model has {num_layers}")
+    if host_available_bytes is None:
+        host_available_bytes = host_memory_bytes()
+    if host_pool_bytes > host_available_bytes:
+        raise UserInputError(
+            f"plan: offload pool {format_bytes(host_pool_bytes)} exceeds available host memory "
+            f"{format_bytes(host_available_bytes)}"
+        )
+    pred = plan.prediction
+    if gpu_budget_bytes is not None and pred is not None and pred.peak_hbm_bytes > gpu_budget_bytes:
+        raise UserInputError(
+            f"plan.prediction.peak_hbm_bytes: {format_bytes(pred.peak_hbm_bytes)} exceeds the GPU "
+            f"budget {format_bytes(gpu_budget_bytes)}"
+        )
+
+
+def host_memory_bytes() -> int:
+    """Host memory available now (Linux sysconf)."""
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+class PlanExecutor:
+    """Runs training steps of ``model`` (a validate.model.Decoder) under ``plan``.
+
+    ``host_pool_bytes=None`` sizes the pool by one counting forward on the first batch
+    (``prepare``); the pool is allocated once and reused by every step."""
+
+    def __init__(
+        self, model: torch.nn.Module, plan: Plan, *, device: Any, host_pool_bytes: int | None = None
+    ) -> None:
+        check_fits(plan, num_layers=len(model.layers), host_available_bytes=1 << 62)
+        self.model = model
+        self.plan = plan
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.pool: OffloadPool | None = None
+        self.host_pool_bytes = host_pool_bytes
+        self._param_ptrs = {p.data_ptr() for p in model.parameters()}
+        self._states: dict[int, _LayerState] = {}
+        self._counting = False
+        self._seq_len = 0
+        if self.cuda:
+            self.d2h = torch.cuda.Stream(self.device)
+            self.h2d = torch.cuda.Stream(self.device)
+
+    # ---- public ------------------------------------------------------------------------------
+
+    def prepare(self, batch: torch.Tensor) -> int:
+        """Allocate the offload pool (sized by a counting forward unless given); its bytes."""
+        if self.pool is not None:
+            return self.pool.capacity_bytes
+        if self.host_pool_bytes is None:
+            self._counting = True
+            try:
+                self._run(batch).detach()
+                need = sum(s.offload_bytes for s in self._states.values())
+            finally:
+                self._counting = False
+                self._states.clear()
+            self.host_pool_bytes = need
+        self.pool = OffloadPool(self.host_pool_bytes, pin=self.cuda)
+        return self.host_pool_bytes
+
+    def step(self, batch: torch.Tensor) -> torch.Tensor:
+        """Forward and backward of one step; returns the (detached) loss."""
+        self.prepare(batch)
+        try:
+            loss = self._run(batch)
+            loss.backward()
+        finally:
+            self._states.clear()
+            self.pool.reset()
+        return loss.detach()
+
+    # ---- forward -----------------------------------------------------------------------------
+
+    def _run(self, batch: torch.Tensor) -> torch.Tensor:
+        self._seq_len = batch.shape[1]
+        return self.model(batch, layer_fn=self._layer)
+
+    def _layer(self, i: int, layer: torch.nn.Module, x: torch.Tensor, rope: Any) -> torch.Tensor:
+        lp = self.plan.layers[i]
+        layer.checkpoint_mlp = lp.checkpoint == "selective"
+        if lp.checkpoint == "full" and lp.input == "keep":
+            y = checkpoint(layer, x, rope, use_reentrant=False)
+        elif not _uses_hooks(lp) or not torch.is_grad_enabled():
+            y = layer(x, rope)
+        else:
+            st = _LayerState(i, lp, rope=rope, input_requires_grad=x.requires_grad)
+            self._states[i] = st
+            if lp.input == "offload" or _needs_recompute(lp) or lp.checkpoint == "full":
+                st.input_entry = self._entry(st, x)
+            layer.tagger = lambda role, t: self._tag(st, role, t)
+            try:
+                with torch.autograd.graph.saved_tensors_hooks(
+                    lambda t: self._pack(st, t), self._unpack
+                ):
+                    y = layer(x, rope)
+            finally:
+                layer.tagger = None
+            self._finish_forward(st)
+        if y.requires_grad and not self._counting:
+            y.register_hook(lambda grad, m=i: self._reached(m))
+        return y
+
+    @staticmethod
+    def _tag(st: _LayerState, role: str, t: torch.Tensor) -> None:
+        st.tags[t.untyped_storage().data_ptr()] = str(role)
+        st.tagged.append(t)
+
+    def _entry(self, st: _LayerState, t: torch.Tensor) -> int:
+        key = (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+        idx = st.keys.get(key)
+        if idx is None:
+            idx = st.keys[key] = len(st.entries)
+            st.entries.append(
+                _Entry(tensor=t, shape=tuple(t.shape), stride=t.stride(), dtype=t.dtype)
+            )
+        return idx
+
+    def _pack(self, st: _LayerState, t: torch.Tensor) -> Any:
+        if t.data_ptr() in self._param_ptrs or t.device != self.device:
+            return t
+        idx = self._entry(st, t)
+        st.order.append(idx)
+        return (st.index, idx)
+
+    def _finish_forward(self, st: _LayerState) -> None:
+        lp, T = st.plan, self._seq_len
+        for idx, e in enumerate(st.entries):
+            t = e.tensor
+            role = st.tags.get(t.untyped_storage().data_ptr(), "other")
+            e.role = INPUT_ROLE if idx == st.input_entry else role
+            dims = [d for d, n in enumerate(t.shape) if n == T]
+            if len(dims) > 1 and T > 1:
+                raise UserInputError(
+                    f"plan.layers.{st.index}: saved tensor of shape {tuple(t.shape)} has more than one "
+                    f"dimension of seq_len {T}; use another seq_len"
+                )
+            e.tdim = dims[0] if dims else None
+            if e.tdim is None:
+                e.whole = t
+            elif e.role == INPUT_ROLE:
+                e.n_off = T if lp.input == "offload" else 0
+                e.n_keep = T - e.n_off
+                e.on_compute_stream = lp.input_stream == "compute"
+            elif lp.checkpoint == "full":
+                e.n_rec = T
+            else:
+                a = lp.action(e.role)
+                e.n_off, e.n_keep, e.n_rec = _split(a, T)
+                e.on_compute_stream = a.stream == "compute"
+            if e.tdim is not None and e.n_keep == T:
+                e.whole = t
+            elif e.tdim is not None and e.n_keep:
+                e.kept = t.narrow(e.tdim, e.n_off, e.n_keep).clone()
+            if e.n_off:
+                off = t.narrow(e.tdim, 0, e.n_off)
+                nbytes = off.numel() * t.dtype.itemsize
+                st.offload_bytes += -(-nbytes // POOL_ALIGN_BYTES) * POOL_ALIGN_BYTES
+                if not self._counting:
+                    e.host = self.pool.alloc(
+                        off.shape, t.dtype, where=f"plan.layers.{st.index}.{e.role}"
+                    )
+        st.tags.clear()
+        st.tagged.clear()
+        if self._counting:
+            st.entries.clear()
+            return
+        offloads = [e for e in st.entries if e.n_off]
+        if self.cuda and offloads:
+            ready = torch.cuda.current_stream(self.device).record_event()
+            self.d2h.wait_event(ready)
+        for e in offloads:
+            src = e.tensor.narrow(e.tdim, 0, e.n_off)
+            if self.cuda and not e.on_compute_stream:
+                with torch.cuda.stream(self.d2h):
+                    e.host.copy_(src, non_blocking=True)
+                e.tensor.record_stream(self.d2h)
+            else:
+                e.host.copy_(src)
+        if self.cuda and offloads:
+            st.d2h_event = self.d2h.record_event()
+        for e in st.entries:
+            e.tensor = None
+
+    # ---- backward ----------------------------------------------------------------------------
+
+    def _reached(self, m: int) -> None:
+        """Backward is about to run layer m: free layer m+1's tensors, prefetch ahead."""
+        self._states.pop(m + 1, None)
+        k = self.plan.prefetch_lookahead_layers
+        for li in range(max(0, m - k), m + 1):
+            st = self._states.get(li)
+            if st is not None and not st.prefetched:
+                self._prefetch(st)
+
+    def _prefetch(self, st: _LayerState) -> None:
+        st.prefetched = True
+        todo = [e for e in st.entries if e.n_off and not e.on_compute_stream]
+        if not todo:
+            return
+        if self.cuda:
+            self.h2d.wait_event(st.d2h_event)
+            with torch.cuda.stream(self.h2d):
+                for e in todo:
+                    e.fetched = self._fill_offloaded(e)
+            st.h2d_event = self.h2d.record_event()
+        else:
+            for e in todo:
+                e.fetched = self._fill_offloaded(e)
+
+    def _fill_offloaded(self, e: _Entry) -> torch.Tensor:
+        out = torch.empty_strided(e.shape, e.stride, dtype=e.dtype, device=self.device)
+        out.narrow(e.tdim, 0, e.n_off).copy_(e.host, non_blocking=True)
+        return out
+
+    def _unpack(self, handle: Any) -> torch.Tensor:
+        if isinstance(handle, torch.Tensor):
+            return handle
+        st = self._states[handle[0]]
+        return self._materialise(st, handle[1])
+
+    def _materialise(self, st: _LayerState, idx: int) -> torch.Tensor:
+        e = st.entries[idx]
+        if e.whole is not None:
+            return e.whole
+        if e.full is not None:
+            return e.full
+        if not st.prefetched:
+            self._prefetch(st)
+        if self.cuda and st.h2d_event is not None and not st.waited:
+            torch.cuda.current_stream(self.device).wait_event(st.h2d_event)
+            st.waited = True
+        out = e.fetched
+        if out is None:
+            out = torch.empty_strided(e.shape, e.stride, dtype=e.dtype, device=self.device)
+            if e.n_off:
+                out.narrow(e.tdim, 0, e.n_off).copy_(e.host)
+        elif self.cuda:
+            out.record_stream(torch.cuda.current_stream(self.device))
+        if e.n_keep:
+            out.narrow(e.tdim, e.n_off, e.n_keep).copy_(e.kept)
+        if e.n_rec:
+            self._recompute(st)
+            start = e.n_off + e.n_keep
+            out.narrow(e.tdim, start, e.n_rec).copy_(e.rec.narrow(e.tdim, start, e.n_rec))
+            e.rec = None
+        e.full, e.fetched, e.kept, e.host = out, None, None, None
+        return out
+
+    def _recompute(self, st: _LayerState) -> None:
+        if st.recomputed:
+            return
+        st.recomputed = True
+        x = self._materialise(st, st.input_entry).detach().requires_grad_(st.input_requires_grad)
+        calls = iter(st.order)
+
+        def pack(t: torch.Tensor) -> None:
+            if t.data_ptr() in self._param_ptrs or t.device != self.device:
+                return None
+            e = st.entries[next(calls)]
+            if e.n_rec and e.rec is None:
+                if tuple(t.shape) != e.shape or t.dtype != e.dtype:
+                    raise RuntimeError(f"layer {st.index}: recomputation diverged from the forward")
+                e.rec = t
+            return None
+
+        layer = self.model.layers[st.index]
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda h: None):
+            layer(x, st.rope)

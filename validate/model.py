@@ -1,0 +1,275 @@
+"""A reference Llama-family decoder built from a ModelSpec, for running plans for real.
+
+Models: two variants of one decoder. (1) The Hugging Face Llama math (RMSNorm with an fp32
+upcast, rotate_half RoPE, GQA through ``F.scaled_dot_product_attention(..., enable_gqa=True)``,
+SwiGLU, optional q/k/v and MLP biases, Qwen3's per-head q/k norms, an LM head and a
+cross-entropy loss on fp32 logits); (2) the probe stack of ``/work/shared/reference/hwprobe.py``
+(no embedding, no head: ``nn.RMSNorm``, fused qkv and gate_up Linears, no rotary, loss
+``x.float().pow(2).mean()``), chosen when the spec has neither an embedding nor an LM head.
+Each layer names the saved-tensor role (``simulator.workload.Role`` values) of the tensors it
+produces through ``self.tag(role, tensor)``: a no-op unless an executor installs a tagger, so
+that a plan's per-role decisions find their tensors.
+Assumes: causal self-attention over one sequence per batch row; weights initialised from a seed
+(normal, std 0.02; norms at 1) on the target device, so equal seeds give equal models.
+Ignores: sliding windows, dropout, rotary scaling (none of them is needed to check that a plan
+keeps the gradients), the GPT families (``family`` gpt/gpt2 is refused).
+Source: transformers 5.x modeling_llama.py / modeling_qwen3.py; hwprobe.py class Layer.
+
+Shapes: B batch, T tokens, H query heads, K kv heads, D head_dim, h hidden, f intermediate, V vocab.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hwmodels.units import UserInputError
+from simulator.model import ModelSpec
+from simulator.workload import Role
+
+LLAMA_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+INIT_STD = 0.02
+ROPE_THETA = 10000.0
+
+Tagger = Callable[[str, torch.Tensor], None]
+
+
+class HFRMSNorm(nn.Module):
+    """transformers' LlamaRMSNorm: statistics in fp32, the scale applied in the input dtype."""
+
+    def __init__(self, dim: int, eps: float, *, device: Any, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, tag: Tagger) -> torch.Tensor:
+        x32 = x.float()
+        tag(Role.NORM_OUT, x32)
+        rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        tag(Role.NORM_STAT, rstd)
+        normed = (x32 * rstd).to(x.dtype)
+        tag(Role.NORM_OUT, normed)
+        out = self.weight * normed
+        tag(Role.NORM_OUT, out)
+        return out
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def rope_tables(
+    seq_len: int, head_dim: int, *, device: Any, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [T, D] as transformers builds them (fp32 angles, cast to the model dtype)."""
+    inv_freq = 1.0 / (
+        ROPE_THETA ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    )
+    angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    emb = torch.cat((angles, angles), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+class DecoderLayer(nn.Module):
+    """One pre-norm decoder layer; ``forward(x [B,T,h], rope) -> [B,T,h]``."""
+
+    def __init__(self, spec: ModelSpec, *, probe: bool, device: Any, dtype: torch.dtype) -> None:
+        super().__init__()
+        h, f, q, kv = spec.hidden_size, spec.intermediate_size, spec.q_size, spec.kv_size
+        lin = dict(device=device, dtype=dtype)
+        self.spec = spec
+        self.probe = probe
+        self.tagger: Tagger | None = None
+        self.checkpoint_mlp = False
+        if probe:
+            self.input_layernorm = nn.RMSNorm(h, eps=spec.norm_eps, **lin)
+            self.post_attention_layernorm = nn.RMSNorm(h, eps=spec.norm_eps, **lin)
+        else:
+            self.input_layernorm = HFRMSNorm(h, spec.norm_eps, **lin)
+            self.post_attention_layernorm = HFRMSNorm(h, spec.norm_eps, **lin)
+        if spec.qkv_fused:
+            self.qkv_proj = nn.Linear(h, q + 2 * kv, bias=spec.qkv_bias, **lin)
+        else:
+            self.q_proj = nn.Linear(h, q, bias=spec.qkv_bias, **lin)
+            self.k_proj = nn.Linear(h, kv, bias=spec.qkv_bias, **lin)
+            self.v_proj = nn.Linear(h, kv, bias=spec.qkv_bias, **lin)
+        self.o_proj = nn.Linear(q, h, bias=spec.o_bias, **lin)
+        if spec.qk_norm:
+            self.q_norm = HFRMSNorm(spec.head_dim, spec.norm_eps, **lin)
+            self.k_norm = HFRMSNorm(spec.head_dim, spec.norm_eps, **lin)
+        if spec.gate_up_fused:
+            self.gate_up_proj = nn.Linear(h, 2 * f, bias=spec.mlp_bias, **lin)
+        else:
+            self.gate_proj = nn.Linear(h, f, bias=spec.mlp_bias, **lin)
+            self.up_proj = nn.Linear(h, f, bias=spec.mlp_bias, **lin)
+        self.down_proj = nn.Linear(f, h, bias=spec.mlp_bias, **lin)
+
+    def tag(self, role: str, t: torch.Tensor) -> torch.Tensor:
+        if self.tagger is not None:
+            self.tagger(role, t)
+        return t
+
+    def _norm(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(norm, HFRMSNorm):
+            return norm(x, self.tag)
+        return self.tag(Role.NORM_OUT, norm(x))
+
+    def _attention(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> torch.Tensor:
+        s = self.spec
+        B, T, _ = x.shape
+        n = self._norm(self.input_layernorm, x)
+        if s.qkv_fused:
+            qkv = self.tag(Role.ATTN_QKV, self.qkv_proj(n))
+            q, k, v = qkv.split([s.q_size, s.kv_size, s.kv_size], dim=-1)
+        else:
+            q, k, v = (p(n) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q = q.view(B, T, s.num_heads, s.head_dim)  # B T H D
+        k = k.view(B, T, s.num_kv_heads, s.head_dim)
+        v = v.view(B, T, s.num_kv_heads, s.head_dim)
+        if s.qk_norm:
+            q, k = self.q_norm(q, self.tag), self.k_norm(k, self.tag)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # B H T D
+        if rope is not None:
+            cos, sin = rope
+            q = q * cos + _rotate_half(q) * sin
+            k = k * cos + _rotate_half(k) * sin
+        for t in (
+            q,
+            k,
+            v,
+        ):  # tag only what attention saves: a tag holds its tensor to the layer's end
+            self.tag(Role.ATTN_QKV, t)
+        a = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, enable_gqa=s.num_kv_heads != s.num_heads
+        )
+        self.tag(Role.ATTN_OUT, a)
+        a = self.tag(Role.ATTN_OUT, a.transpose(1, 2).reshape(B, T, s.q_size))
+        return self.o_proj(a)
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        n = self._norm(self.post_attention_layernorm, x)
+        if self.spec.gate_up_fused:
+            gu = self.tag(Role.MLP_HIDDEN, self.gate_up_proj(n))
+            g, u = gu.chunk(2, dim=-1)
+        else:
+            g = self.tag(Role.MLP_HIDDEN, self.gate_proj(n))
+            u = self.tag(Role.MLP_HIDDEN, self.up_proj(n))
+        act = self.tag(Role.MLP_HIDDEN, F.silu(g))
+        return self.down_proj(self.tag(Role.MLP_HIDDEN, act * u))
+
+    def forward(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        self.tag("input", x)
+        x = self.tag(Role.LAYER_INPUT, x + self._attention(x, rope))
+        if self.checkpoint_mlp:
+            from torch.utils.checkpoint import checkpoint
+
+            return x + checkpoint(self._mlp, x, use_reentrant=False)
+        return x + self._mlp(x)
+
+
+class Decoder(nn.Module):
+    """Stem (embedding + rotary tables), ``layers`` (a ModuleList) and head + loss.
+
+    ``forward(batch, layer_fn=None) -> loss``: ``batch`` is token ids [B, T] (long) with an
+    embedding, else hidden states [B, T, h]. ``layer_fn(i, layer, x, rope) -> x`` lets an
+    executor wrap each layer; None runs them plainly.
+    """
+
+    def __init__(self, spec: ModelSpec, *, device: Any, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.spec = spec
+        self.probe = not spec.has_embedding and not spec.has_lm_head
+        lin = dict(device=device, dtype=dtype)
+        if spec.has_embedding:
+            self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size, **lin)
+        self.layers = nn.ModuleList(
+            DecoderLayer(spec, probe=self.probe, device=device, dtype=dtype)
+            for _ in range(spec.num_layers)
+        )
+        if spec.has_lm_head:
+            self.norm = HFRMSNorm(spec.hidden_size, spec.norm_eps, **lin)
+            if not (spec.tie_word_embeddings and spec.has_embedding):
+                self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False, **lin)
+
+    def stem(
+        self, batch: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        x = self.embed_tokens(batch) if self.spec.has_embedding else batch
+        rope = None
+        if self.spec.position == "rope":
+            rope = rope_tables(x.shape[1], self.spec.head_dim, device=x.device, dtype=x.dtype)
+        return x, rope
+
+    def head_loss(self, x: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        if not self.spec.has_lm_head:
+            return x.float().pow(2).mean()
+        x = self.norm(x, lambda role, t: None)
+        weight = self.lm_head.weight if hasattr(self, "lm_head") else self.embed_tokens.weight
+        logits = F.linear(x, weight).float()  # B T V, fp32 as HF's loss upcasts
+        if self.spec.has_embedding:
+            labels = batch[:, 1:]
+        else:  # a head without an embedding: predict token 0 (a fixed, checkable target)
+            labels = torch.zeros(x.shape[0], x.shape[1] - 1, dtype=torch.long, device=x.device)
+        return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1))
+
+    def forward(self, batch: torch.Tensor, layer_fn: Callable | None = None) -> torch.Tensor:
+        x, rope = self.stem(batch)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rope) if layer_fn is None else layer_fn(i, layer, x, rope)
+        return self.head_loss(x, batch)
+
+
+def build_model(
+    spec: ModelSpec, *, device: Any = "cpu", dtype: torch.dtype = torch.bfloat16, seed: int = 0
+) -> Decoder:
+    """The reference decoder of ``spec`` on ``device``, weights drawn from ``seed``."""
+    if spec.family not in LLAMA_FAMILIES:
+        raise UserInputError(
+            f"model.family: {spec.family!r} is not a Llama-family decoder ({', '.join(LLAMA_FAMILIES)})"
+        )
+    if spec.sliding_window is not None:
+        raise UserInputError(
+            "model.sliding_window: the reference decoder has full causal attention only"
+        )
+    if spec.norm != "rmsnorm" or spec.mlp != "swiglu" or spec.position == "learned":
+        raise UserInputError(
+            "model: the reference decoder needs rmsnorm, swiglu and rope or no positions"
+        )
+    model = Decoder(spec, device=device, dtype=dtype)
+    gen = torch.Generator(device=torch.device(device)).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
+            else:
+                p.normal_(0.0, INIT_STD, generator=gen)
+    return model
+
+
+def make_batch(
+    spec: ModelSpec,
+    *,
+    seq_len: int,
+    batch: int = 1,
+    device: Any = "cpu",
+    dtype: torch.dtype = torch.bfloat16,
+    seed: int = 1,
+) -> torch.Tensor:
+    """A deterministic input: token ids [B, T] with an embedding, else hidden states [B, T, h]
+    that require grad (as the probe's ``x0``)."""
+    gen = torch.Generator(device=torch.device(device)).manual_seed(seed)
+    if spec.has_embedding:
+        return torch.randint(0, spec.vocab_size, (batch, seq_len), generator=gen, device=device)
+    x = torch.randn(batch, seq_len, spec.hidden_size, generator=gen, device=device, dtype=dtype)
+    return x.requires_grad_(True)
