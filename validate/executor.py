@@ -132,6 +132,10 @@ def _uses_hooks(lp: LayerPlan) -> bool:
     return lp.input == "offload" or any(a.action != "keep" for a in lp.roles.values())
 
 
+def _base(t: torch.Tensor) -> torch.Tensor:
+    return t if t._base is None else t._base
+
+
 def check_fits(
     plan: Plan,
     *,
@@ -253,6 +257,8 @@ class PlanExecutor:
         st.tagged.append(t)
 
     def _entry(self, st: _LayerState, t: torch.Tensor) -> int:
+        """The entry of ``t``'s base: views of one tensor (q, k, v of a fused qkv) share it."""
+        t = _base(t)
         key = (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
         idx = st.keys.get(key)
         if idx is None:
@@ -267,7 +273,8 @@ class PlanExecutor:
             return t
         idx = self._entry(st, t)
         st.order.append(idx)
-        return (st.index, idx)
+        rel = t.storage_offset() - _base(t).storage_offset()
+        return (st.index, idx, tuple(t.shape), t.stride(), rel)
 
     def _finish_forward(self, st: _LayerState) -> None:
         lp, T = st.plan, self._seq_len
@@ -362,8 +369,11 @@ class PlanExecutor:
     def _unpack(self, handle: Any) -> torch.Tensor:
         if isinstance(handle, torch.Tensor):
             return handle
-        st = self._states[handle[0]]
-        return self._materialise(st, handle[1])
+        layer, idx, shape, stride, rel = handle
+        full = self._materialise(self._states[layer], idx)
+        if shape == tuple(full.shape) and stride == full.stride() and rel == 0:
+            return full
+        return full.as_strided(shape, stride, full.storage_offset() + rel)
 
     def _materialise(self, st: _LayerState, idx: int) -> torch.Tensor:
         e = st.entries[idx]
@@ -404,6 +414,7 @@ class PlanExecutor:
             if t.data_ptr() in self._param_ptrs or t.device != self.device:
                 return None
             e = st.entries[next(calls)]
+            t = _base(t)
             if e.n_rec and e.rec is None:
                 if tuple(t.shape) != e.shape or t.dtype != e.dtype:
                     raise RuntimeError(f"layer {st.index}: recomputation diverged from the forward")

@@ -130,10 +130,11 @@ def test_offload_really_leaves_the_layer():
     )
     pool_bytes = ex.prepare(batch)
     h, f, T = 64, 96, SEQ
-    # per layer, fp32, every token row: input, mid residual, two norm outputs, q k v, the
-    # attention output and its [T, h] reshape; gate and up, silu, product (each a multiple of
-    # the pool's 512-byte alignment). Untagged tensors (rstd, logsumexp) stay.
-    per_layer = 4 * T * (h + h + 2 * h + 3 * h + 2 * h + 2 * f + f + f)
+    # per layer, fp32, every token row, each base tensor once: input, mid residual, two norm
+    # outputs, the fused qkv (q, k, v are views of it), the attention output (its [T, h]
+    # reshape is a view); gate_up, silu, product (each a multiple of the pool's 512-byte
+    # alignment). Untagged tensors (rstd, logsumexp) stay.
+    per_layer = 4 * T * (h + h + 2 * h + 3 * h + h + 2 * f + f + f)
     assert pool_bytes == 3 * per_layer
     ex.step(batch)
     assert ex.pool.peak_bytes == pool_bytes
