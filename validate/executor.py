@@ -48,13 +48,39 @@ INPUT_ROLE = "input"
 class OffloadPool:
     """One buffer allocated once; slots handed out in order during a step, all freed at its end.
 
-    Host DRAM (pinned on CUDA). Another tier (CXL, a file) implements alloc/reset/peak_bytes."""
+    Host DRAM, page-locked on CUDA with ``cudaHostRegister`` (exactly the bytes asked for: the
+    caching host allocator behind ``pin_memory=True`` may round a block up to a power of two).
+    Another tier (CXL, a file) implements alloc/reset/peak_bytes/close."""
 
     def __init__(self, capacity_bytes: int, *, pin: bool) -> None:
         self.capacity_bytes = int(capacity_bytes)
-        self.buffer = torch.empty(self.capacity_bytes, dtype=torch.uint8, pin_memory=pin)
+        self.buffer = torch.empty(self.capacity_bytes, dtype=torch.uint8)
         self.used_bytes = 0
         self.peak_bytes = 0
+        self._registered = False
+        if pin and self.capacity_bytes:
+            err = torch.cuda.cudart().cudaHostRegister(
+                self.buffer.data_ptr(), self.capacity_bytes, 0
+            )
+            if int(err) != 0:
+                raise UserInputError(
+                    f"offload pool: cannot page-lock {format_bytes(self.capacity_bytes)} "
+                    f"of host memory (cudaHostRegister error {int(err)})"
+                )
+            self._registered = True
+
+    def close(self) -> None:
+        """Unpin (CUDA) and drop the buffer."""
+        if self._registered:
+            torch.cuda.synchronize()
+            torch.cuda.cudart().cudaHostUnregister(self.buffer.data_ptr())
+            self._registered = False
+        self.buffer = torch.empty(0, dtype=torch.uint8)
+        self.capacity_bytes = 0
+
+    def __del__(self) -> None:
+        if getattr(self, "_registered", False):
+            self.close()
 
     def alloc(self, shape: torch.Size, dtype: torch.dtype, *, where: str) -> torch.Tensor:
         nbytes = math.prod(shape) * dtype.itemsize
@@ -193,10 +219,8 @@ class PlanExecutor:
 
     # ---- public ------------------------------------------------------------------------------
 
-    def prepare(self, batch: torch.Tensor) -> int:
-        """Allocate the offload pool (sized by a counting forward unless given); its bytes."""
-        if self.pool is not None:
-            return self.pool.capacity_bytes
+    def size_pool(self, batch: torch.Tensor) -> int:
+        """Bytes the pool needs for ``batch`` (one counting forward, nothing copied) unless given."""
         if self.host_pool_bytes is None:
             self._counting = True
             try:
@@ -206,8 +230,19 @@ class PlanExecutor:
                 self._counting = False
                 self._states.clear()
             self.host_pool_bytes = need
-        self.pool = OffloadPool(self.host_pool_bytes, pin=self.cuda)
         return self.host_pool_bytes
+
+    def prepare(self, batch: torch.Tensor) -> int:
+        """Allocate the offload pool once (``size_pool`` decides its bytes); its bytes."""
+        if self.pool is None:
+            self.pool = OffloadPool(self.size_pool(batch), pin=self.cuda)
+        return self.pool.capacity_bytes
+
+    def close(self) -> None:
+        """Give the pool back."""
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
 
     def step(self, batch: torch.Tensor) -> torch.Tensor:
         """Forward and backward of one step; returns the (detached) loss."""

@@ -1,0 +1,330 @@
+"""Run plans for real on a GPU: step time, peak HBM and host pool, against the plan's prediction.
+
+Models: nothing; this script measures. For each plan file (read only through
+``planners.plan.load_plan``) it builds ``validate.model`` for the plan's model with one layer
+per plan layer, bf16, and a batch of the plan's job (micro-batch x seq_len), caps the GPU at the
+plan's budget with ``torch.cuda.set_per_process_memory_fraction``, sizes and allocates the
+executor's pinned pool (one counting forward), refuses a plan that does not fit (``check_fits``:
+host memory, predicted peak vs budget) before any step runs, then times ``--warmup`` steps and
+the median of ``--repeats`` steps by CUDA events, with the peak allocated and reserved over the
+timed steps (stats reset after the warm-up, grads set to None before each step) and the pool's
+peak. Baselines run through the same executor with plans made here: ``none`` (keep all) and
+``checkpoint`` (``torch.utils.checkpoint`` on every layer). ``--check-grads T`` compares, at T
+tokens, each plan's gradients with the no-plan ones (bitwise flag and max |difference|).
+An out-of-memory step is recorded as ``"status": "oom"`` with the plan and the step.
+Writes ``measured.json`` (every case) and ``comparison.json`` (predicted, measured, relative
+error of step time, peak HBM and peak host bytes, for plans that carry a prediction).
+Assumes: a Llama-family ModelSpec preset named by the plan's provenance; one GPU.
+Ignores: optimizer steps (plans for ``optimizer: none`` jobs), data loading.
+Source: the plan's own ``prediction`` (simulator.des replay).
+
+``--smoke`` runs a tiny copy of each plan's model on the CPU (the same code path) for CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from hwmodels.units import UserInputError  # noqa: E402
+from planners.plan import LayerPlan, Plan, load_plan  # noqa: E402
+from simulator.model import ModelSpec, get_model  # noqa: E402
+from validate.executor import PlanExecutor, check_fits, host_memory_bytes  # noqa: E402
+from validate.model import build_model, make_batch  # noqa: E402
+
+SMOKE_SHAPE = {
+    "hidden_size": 64,
+    "intermediate_size": 96,
+    "num_heads": 4,
+    "num_kv_heads": 4,
+    "head_dim": 16,
+    "vocab_size": 128,
+}
+SMOKE_SEQ_LEN = 48
+BASELINES = ("none", "checkpoint")
+
+
+def _spec(plan: Plan, smoke: bool) -> ModelSpec:
+    spec = get_model(plan.provenance.model).with_layers(len(plan.layers))
+    if smoke:
+        kv = min(spec.num_kv_heads, SMOKE_SHAPE["num_heads"])
+        spec = ModelSpec.model_validate({**spec.model_dump(), **SMOKE_SHAPE, "num_kv_heads": kv})
+    return spec
+
+
+def baseline_plan(plan: Plan, name: str) -> Plan:
+    """The same job with every layer kept (``none``) or checkpointed (``checkpoint``)."""
+    ckpt = "full" if name == "checkpoint" else "none"
+    layers = [LayerPlan(layer=i, checkpoint=ckpt) for i in range(len(plan.layers))]
+    prov = plan.provenance.model_copy(
+        update={"planner": f"baseline:{name}", "solver": None, "status": "rule", "gap": None}
+    )
+    return Plan(layers=layers, provenance=prov, prediction=None)
+
+
+def _tokens(plan: Plan, smoke: bool) -> tuple[int, int]:
+    job = plan.provenance.job
+    return int(job.get("micro_batch", 1)), SMOKE_SEQ_LEN if smoke else int(job["seq_len"])
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        if hasattr(torch._C, "_host_emptyCache"):
+            torch._C._host_emptyCache()  # pinned pools of earlier cases go back to the OS
+
+
+def run_case(
+    label: str,
+    plan: Plan,
+    *,
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    smoke: bool,
+    check_grads_tokens: int | None = None,
+) -> dict[str, Any]:
+    """One plan: refuse it, or time it; never raises for a refusal or an OOM."""
+    spec = _spec(plan, smoke)
+    batch_size, seq_len = _tokens(plan, smoke)
+    case: dict[str, Any] = {
+        "case": label,
+        "planner": plan.provenance.planner,
+        "model": spec.name,
+        "num_layers": spec.num_layers,
+        "seq_len": seq_len,
+        "micro_batch": batch_size,
+        "gpu_budget_bytes": plan.provenance.gpu_budget_bytes,
+        "prediction": plan.prediction.model_dump() if plan.prediction else None,
+    }
+    dtype = torch.float32 if smoke else torch.bfloat16
+    step_no = "setup"
+    model = ex = batch = None
+    try:
+        model = build_model(spec, device=device, dtype=dtype, seed=0)
+        batch = make_batch(spec, seq_len=seq_len, batch=batch_size, device=device, dtype=dtype)
+        ex = PlanExecutor(model, plan, device=device)
+        step_no = "pool sizing"
+        pool_bytes = ex.size_pool(batch)
+        case["host_pool_bytes"] = pool_bytes
+        check_fits(
+            plan,
+            num_layers=spec.num_layers,
+            host_pool_bytes=pool_bytes,
+            gpu_budget_bytes=None if smoke else plan.provenance.gpu_budget_bytes,
+            host_available_bytes=host_memory_bytes(),
+        )
+        step_no = "pool allocation"
+        t0 = time.perf_counter()
+        ex.prepare(batch)
+        case["host_pool_setup_s"] = time.perf_counter() - t0
+        times: list[float] = []
+        for i in range(warmup + repeats):
+            step_no = f"step {i}"
+            model.zero_grad(set_to_none=True)
+            if batch.requires_grad:
+                batch.grad = None
+            if i == warmup and device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            if device.type == "cuda":
+                start, end = (
+                    torch.cuda.Event(enable_timing=True),
+                    torch.cuda.Event(enable_timing=True),
+                )
+                start.record()
+                ex.step(batch)
+                end.record()
+                end.synchronize()
+                elapsed = start.elapsed_time(end) / 1e3
+            else:
+                t0 = time.perf_counter()
+                ex.step(batch)
+                elapsed = time.perf_counter() - t0
+            if i >= warmup:
+                times.append(elapsed)
+        case.update(
+            status="ok",
+            step_time_s=statistics.median(times),
+            step_times_s=times,
+            host_pool_peak_bytes=ex.pool.peak_bytes,
+        )
+        if device.type == "cuda":
+            case.update(
+                peak_allocated_bytes=torch.cuda.max_memory_allocated(device),
+                peak_reserved_bytes=torch.cuda.max_memory_reserved(device),
+            )
+    except UserInputError as err:
+        case.update(status="refused", message=str(err))
+    except torch.OutOfMemoryError as err:
+        first = str(err).splitlines()[0] if str(err) else "out of memory"
+        case.update(status="oom", message=f"{label}: out of memory at {step_no}: {first}")
+    finally:
+        if ex is not None:
+            ex.close()
+        del model, ex, batch
+        _free(device)
+    if check_grads_tokens and case.get("status") == "ok":
+        case["grad_check"] = check_grads(
+            plan, device=device, seq_len=check_grads_tokens, smoke=smoke
+        )
+        _free(device)
+    return case
+
+
+def check_grads(plan: Plan, *, device: torch.device, seq_len: int, smoke: bool) -> dict[str, Any]:
+    """Gradients under ``plan`` vs no plan at ``seq_len`` tokens (same weights, same batch)."""
+    spec = _spec(plan, smoke)
+    dtype = torch.float32 if smoke else torch.bfloat16
+    model = build_model(spec, device=device, dtype=dtype, seed=0)
+    batch = make_batch(spec, seq_len=seq_len, device=device, dtype=dtype)
+    model(batch).backward()
+    ref = [p.grad for p in model.parameters()] + ([batch.grad] if batch.requires_grad else [])
+    model.zero_grad(set_to_none=True)
+    if batch.requires_grad:
+        batch.grad = None
+    ex = PlanExecutor(model, plan, device=device)
+    ex.step(batch)
+    ex.close()
+    got = [p.grad for p in model.parameters()] + ([batch.grad] if batch.requires_grad else [])
+    bitwise = all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
+    max_abs = max(float((a.float() - b.float()).abs().max()) for a, b in zip(ref, got, strict=True))
+    return {
+        "seq_len": seq_len,
+        "bitwise_equal": bitwise,
+        "max_abs_diff": max_abs,
+        "num_tensors": len(ref),
+    }
+
+
+def compare(case: dict[str, Any]) -> list[dict[str, Any]]:
+    """Predicted vs measured rows for one measured case with a prediction."""
+    pred = case.get("prediction")
+    if not pred or case.get("status") != "ok":
+        return []
+    pairs = [
+        ("step_time_s", pred["step_time_s"], case["step_time_s"]),
+        ("peak_host_bytes", pred["peak_host_bytes"], case["host_pool_peak_bytes"]),
+    ]
+    if "peak_allocated_bytes" in case:
+        pairs.insert(1, ("peak_hbm_bytes", pred["peak_hbm_bytes"], case["peak_allocated_bytes"]))
+    return [
+        {
+            "case": case["case"],
+            "figure": fig,
+            "predicted": p,
+            "measured": m,
+            "rel_error": (p / m - 1.0) if m else None,
+        }
+        for fig, p, m in pairs
+    ]
+
+
+def run(
+    plan_paths: list[str],
+    *,
+    out_dir: str,
+    warmup: int = 1,
+    repeats: int = 3,
+    baselines: tuple[str, ...] = (),
+    smoke: bool = False,
+    check_grads_tokens: int | None = None,
+    argv: list[str] | None = None,
+) -> dict[str, Any]:
+    """Measure every plan (and the baselines of the first plan's job); write the two files."""
+    from kernels.microbench import provenance
+
+    if not smoke and not torch.cuda.is_available():
+        raise UserInputError("validate plan: no CUDA device here (use --smoke for a CPU check)")
+    device = torch.device("cpu" if smoke else "cuda")
+    plans = [(Path(p).stem, load_plan(p)) for p in plan_paths]
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        budget = plans[0][1].provenance.gpu_budget_bytes
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), device)
+    cases = []
+    jobs: list[tuple[str, Plan]] = []
+    for name in baselines:
+        jobs.append((f"{plans[0][0]}:{name}", baseline_plan(plans[0][1], name)))
+    jobs += plans
+    for label, plan in jobs:
+        cases.append(
+            run_case(
+                label,
+                plan,
+                device=device,
+                warmup=warmup,
+                repeats=repeats,
+                smoke=smoke,
+                check_grads_tokens=check_grads_tokens if plan.prediction else None,
+            )
+        )
+        print(json.dumps({k: v for k, v in cases[-1].items() if k != "prediction"}), flush=True)
+    prov = provenance(argv if argv is not None else sys.argv, device)
+    measured = {"provenance": prov, "warmup": warmup, "repeats": repeats, "cases": cases}
+    comparison = {"provenance": prov, "rows": [r for c in cases for r in compare(c)]}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "measured.json").write_text(json.dumps(measured, indent=1, sort_keys=True) + "\n")
+    (out / "comparison.json").write_text(json.dumps(comparison, indent=1, sort_keys=True) + "\n")
+    return {"measured": measured, "comparison": comparison}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--plan", nargs="+", required=True, help="plan.json files (tierplan plan --out)"
+    )
+    ap.add_argument("--out", required=True, help="directory for measured.json and comparison.json")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--baselines", default="", help="comma list of: none, checkpoint")
+    ap.add_argument(
+        "--check-grads",
+        type=int,
+        default=None,
+        metavar="TOKENS",
+        help="compare each plan's gradients with no plan at this many tokens",
+    )
+    ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU")
+    args = ap.parse_args(argv)
+    names = tuple(b for b in args.baselines.split(",") if b)
+    bad = [b for b in names if b not in BASELINES]
+    if bad:
+        print(
+            f"--baselines: unknown {bad[0]!r} (choose from {', '.join(BASELINES)})", file=sys.stderr
+        )
+        return 2
+    try:
+        run(
+            args.plan,
+            out_dir=args.out,
+            warmup=args.warmup,
+            repeats=args.repeats,
+            baselines=names,
+            smoke=args.smoke,
+            check_grads_tokens=args.check_grads,
+            argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
+        )
+    except UserInputError as err:
+        print(err, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
