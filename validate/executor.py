@@ -108,6 +108,7 @@ class _Entry:
     dtype: torch.dtype
     role: str = "other"
     tdim: int | None = None
+    perm: tuple[int, ...] = ()  # dims in memory order: rows of the token dim are one memcpy
     n_off: int = 0
     n_keep: int = 0
     n_rec: int = 0
@@ -156,6 +157,18 @@ def _uses_hooks(lp: LayerPlan) -> bool:
     if lp.checkpoint == "full":
         return lp.input == "offload"
     return lp.input == "offload" or any(a.action != "keep" for a in lp.roles.values())
+
+
+def _memory_order(t: torch.Tensor) -> tuple[int, ...]:
+    """Dims sorted outermost-first in memory, when that makes ``t`` contiguous (SDPA's output
+    [B, H, T, D] lies in memory as [B, T, H, D]); else the dims as they are."""
+    perm = tuple(sorted(range(t.dim()), key=lambda d: (-t.stride(d), d)))
+    return perm if t.permute(perm).is_contiguous() else tuple(range(t.dim()))
+
+
+def _rows(t: torch.Tensor, e: _Entry, start: int, length: int) -> torch.Tensor:
+    """Token rows [start, start + length) of ``t`` (laid out as entry ``e``), in memory order."""
+    return t.permute(e.perm).narrow(e.perm.index(e.tdim), start, length)
 
 
 def _base(t: torch.Tensor) -> torch.Tensor:
@@ -324,6 +337,8 @@ class PlanExecutor:
                     f"dimension of seq_len {T}; use another seq_len"
                 )
             e.tdim = dims[0] if dims else None
+            if e.tdim is not None:
+                e.perm = _memory_order(t)
             if e.tdim is None:
                 e.whole = t
             elif e.role == INPUT_ROLE:
@@ -339,9 +354,9 @@ class PlanExecutor:
             if e.tdim is not None and e.n_keep == T:
                 e.whole = t
             elif e.tdim is not None and e.n_keep:
-                e.kept = t.narrow(e.tdim, e.n_off, e.n_keep).clone()
+                e.kept = _rows(t, e, e.n_off, e.n_keep).clone()
             if e.n_off:
-                off = t.narrow(e.tdim, 0, e.n_off)
+                off = _rows(t, e, 0, e.n_off)
                 nbytes = off.numel() * t.dtype.itemsize
                 st.offload_bytes += -(-nbytes // POOL_ALIGN_BYTES) * POOL_ALIGN_BYTES
                 if not self._counting:
@@ -358,7 +373,7 @@ class PlanExecutor:
             ready = torch.cuda.current_stream(self.device).record_event()
             self.d2h.wait_event(ready)
         for e in offloads:
-            src = e.tensor.narrow(e.tdim, 0, e.n_off)
+            src = _rows(e.tensor, e, 0, e.n_off)
             if self.cuda and not e.on_compute_stream:
                 with torch.cuda.stream(self.d2h):
                     e.host.copy_(src, non_blocking=True)
@@ -386,20 +401,21 @@ class PlanExecutor:
         todo = [e for e in st.entries if e.n_off and not e.on_compute_stream]
         if not todo:
             return
+        # Allocated on the compute stream (its pool: no second cache on the H2D stream); the
+        # H2D stream starts once the compute stream reaches this point of the backward, when
+        # the blocks handed out here are free in its order.
+        for e in todo:
+            e.fetched = torch.empty_strided(e.shape, e.stride, dtype=e.dtype, device=self.device)
         if self.cuda:
+            self.h2d.wait_event(torch.cuda.current_stream(self.device).record_event())
             self.h2d.wait_event(st.d2h_event)
             with torch.cuda.stream(self.h2d):
                 for e in todo:
-                    e.fetched = self._fill_offloaded(e)
+                    _rows(e.fetched, e, 0, e.n_off).copy_(e.host, non_blocking=True)
             st.h2d_event = self.h2d.record_event()
         else:
             for e in todo:
-                e.fetched = self._fill_offloaded(e)
-
-    def _fill_offloaded(self, e: _Entry) -> torch.Tensor:
-        out = torch.empty_strided(e.shape, e.stride, dtype=e.dtype, device=self.device)
-        out.narrow(e.tdim, 0, e.n_off).copy_(e.host, non_blocking=True)
-        return out
+                _rows(e.fetched, e, 0, e.n_off).copy_(e.host)
 
     def _unpack(self, handle: Any) -> torch.Tensor:
         if isinstance(handle, torch.Tensor):
@@ -425,15 +441,13 @@ class PlanExecutor:
         if out is None:
             out = torch.empty_strided(e.shape, e.stride, dtype=e.dtype, device=self.device)
             if e.n_off:
-                out.narrow(e.tdim, 0, e.n_off).copy_(e.host)
-        elif self.cuda:
-            out.record_stream(torch.cuda.current_stream(self.device))
+                _rows(out, e, 0, e.n_off).copy_(e.host)
         if e.n_keep:
-            out.narrow(e.tdim, e.n_off, e.n_keep).copy_(e.kept)
+            _rows(out, e, e.n_off, e.n_keep).copy_(e.kept)
         if e.n_rec:
             self._recompute(st)
             start = e.n_off + e.n_keep
-            out.narrow(e.tdim, start, e.n_rec).copy_(e.rec.narrow(e.tdim, start, e.n_rec))
+            _rows(out, e, start, e.n_rec).copy_(_rows(e.rec, e, start, e.n_rec))
             e.rec = None
         e.full, e.fetched, e.kept, e.host = out, None, None, None
         return out

@@ -234,6 +234,78 @@ def compare(case: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def measure_one(
+    path: str,
+    baseline: str | None,
+    *,
+    warmup: int,
+    repeats: int,
+    smoke: bool,
+    check_grads_tokens: int | None,
+) -> dict[str, Any]:
+    """One case in this process: the plan at ``path`` (or its ``baseline``) under its budget."""
+    plan = load_plan(path)
+    label = Path(path).stem
+    if baseline:
+        plan, label = baseline_plan(plan, baseline), f"{label}:{baseline}"
+    if smoke:
+        device = torch.device("cpu")
+    else:
+        if not torch.cuda.is_available():
+            raise UserInputError("validate plan: no CUDA device here (use --smoke for a CPU check)")
+        device = torch.device("cuda", torch.cuda.current_device())
+        total = torch.cuda.get_device_properties(device).total_memory
+        budget = plan.provenance.gpu_budget_bytes
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), device)
+    return run_case(
+        label,
+        plan,
+        device=device,
+        warmup=warmup,
+        repeats=repeats,
+        smoke=smoke,
+        check_grads_tokens=check_grads_tokens if plan.prediction else None,
+    )
+
+
+def _in_child(path: str, baseline: str | None, opts: dict[str, Any]) -> dict[str, Any]:
+    """A GPU case in its own process: no cached or leaked memory of an earlier case (an OOM
+    traceback, a pinned pool) can change its peak or its time."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "case.json"
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--plan",
+            path,
+            "--out",
+            tmp,
+            "--case-out",
+            str(out),
+            "--warmup",
+            str(opts["warmup"]),
+            "--repeats",
+            str(opts["repeats"]),
+        ]
+        if baseline:
+            cmd += ["--baselines", baseline]
+        if opts["check_grads_tokens"]:
+            cmd += ["--check-grads", str(opts["check_grads_tokens"])]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if out.is_file():
+            return json.loads(out.read_text())
+    tail = (proc.stderr or proc.stdout).strip().splitlines()
+    label = Path(path).stem + (f":{baseline}" if baseline else "")
+    return {
+        "case": label,
+        "status": "error",
+        "message": f"{label}: exit {proc.returncode}: {tail[-1] if tail else 'no output'}",
+    }
+
+
 def run(
     plan_paths: list[str],
     *,
@@ -245,35 +317,25 @@ def run(
     check_grads_tokens: int | None = None,
     argv: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Measure every plan (and the baselines of the first plan's job); write the two files."""
+    """Measure every plan (and the baselines of the first plan's job); write the two files.
+
+    On the GPU each case runs in a process of its own; ``--smoke`` runs them in this one."""
     from kernels.microbench import provenance
 
     if not smoke and not torch.cuda.is_available():
         raise UserInputError("validate plan: no CUDA device here (use --smoke for a CPU check)")
-    device = torch.device("cpu" if smoke else "cuda")
-    plans = [(Path(p).stem, load_plan(p)) for p in plan_paths]
-    if device.type == "cuda":
-        total = torch.cuda.get_device_properties(device).total_memory
-        budget = plans[0][1].provenance.gpu_budget_bytes
-        torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), device)
+    for p in plan_paths:
+        load_plan(p)  # a malformed plan stops the run before any case
+    jobs = [(plan_paths[0], name) for name in baselines] + [(p, None) for p in plan_paths]
+    opts = {"warmup": warmup, "repeats": repeats, "check_grads_tokens": check_grads_tokens}
     cases = []
-    jobs: list[tuple[str, Plan]] = []
-    for name in baselines:
-        jobs.append((f"{plans[0][0]}:{name}", baseline_plan(plans[0][1], name)))
-    jobs += plans
-    for label, plan in jobs:
-        cases.append(
-            run_case(
-                label,
-                plan,
-                device=device,
-                warmup=warmup,
-                repeats=repeats,
-                smoke=smoke,
-                check_grads_tokens=check_grads_tokens if plan.prediction else None,
-            )
-        )
+    for path, baseline in jobs:
+        if smoke:
+            cases.append(measure_one(path, baseline, smoke=True, **opts))
+        else:
+            cases.append(_in_child(path, baseline, opts))
         print(json.dumps({k: v for k, v in cases[-1].items() if k != "prediction"}), flush=True)
+    device = torch.device("cpu") if smoke else torch.device("cuda", torch.cuda.current_device())
     prov = provenance(argv if argv is not None else sys.argv, device)
     measured = {"provenance": prov, "warmup": warmup, "repeats": repeats, "cases": cases}
     comparison = {"provenance": prov, "rows": [r for c in cases for r in compare(c)]}
@@ -301,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         help="compare each plan's gradients with no plan at this many tokens",
     )
     ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU")
+    ap.add_argument("--case-out", help=argparse.SUPPRESS)  # one case, by run() on the GPU
     args = ap.parse_args(argv)
     names = tuple(b for b in args.baselines.split(",") if b)
     bad = [b for b in names if b not in BASELINES]
@@ -310,6 +373,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
+        if args.case_out:
+            case = measure_one(
+                args.plan[0],
+                names[0] if names else None,
+                warmup=args.warmup,
+                repeats=args.repeats,
+                smoke=args.smoke,
+                check_grads_tokens=args.check_grads,
+            )
+            Path(args.case_out).write_text(json.dumps(case))
+            return 0
         run(
             args.plan,
             out_dir=args.out,
