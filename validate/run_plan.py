@@ -228,7 +228,7 @@ def compare(case: dict[str, Any]) -> list[dict[str, Any]]:
             "figure": fig,
             "predicted": p,
             "measured": m,
-            "rel_error": (p / m - 1.0) if m else None,
+            "rel_error": (p / m - 1.0) if m else (0.0 if p == m else None),
         }
         for fig, p, m in pairs
     ]
@@ -334,11 +334,29 @@ def run(
             cases.append(measure_one(path, baseline, smoke=True, **opts))
         else:
             cases.append(_in_child(path, baseline, opts))
-        print(json.dumps({k: v for k, v in cases[-1].items() if k != "prediction"}), flush=True)
+        print(
+            json.dumps({k: v for k, v in cases[-1].items() if k != "prediction"}),
+            file=sys.stderr,
+            flush=True,
+        )
     device = torch.device("cpu") if smoke else torch.device("cuda", torch.cuda.current_device())
     prov = provenance(argv if argv is not None else sys.argv, device)
     measured = {"provenance": prov, "warmup": warmup, "repeats": repeats, "cases": cases}
-    comparison = {"provenance": prov, "rows": [r for c in cases for r in compare(c)]}
+    failed = [
+        {
+            "case": c["case"],
+            "status": c["status"],
+            "message": c.get("message"),
+            "predicted_feasible": (c.get("prediction") or {}).get("feasible"),
+        }
+        for c in cases
+        if c["status"] != "ok"
+    ]
+    comparison = {
+        "provenance": prov,
+        "rows": [r for c in cases for r in compare(c)],
+        "not_measured": failed,
+    }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "measured.json").write_text(json.dumps(measured, indent=1, sort_keys=True) + "\n")

@@ -2,6 +2,7 @@
 
 tierplan validate ops   [--measurements FILE...] [--hardware 1xH200] [--tolerance 0.10] [--json]
 tierplan validate steps [--measurements FILE...] [--probe FILE...] [--json]
+tierplan validate plan  PLAN... [--out DIR] [--baselines none,checkpoint] [--check-grads T] [--smoke] [--json]
 
 Exit code 0 when every row is within --tolerance, 1 otherwise (the rows outside are listed).
 """
@@ -40,6 +41,23 @@ def register(subparsers: Any) -> None:
     steps.add_argument("--tolerance", type=float, default=0.10, help="relative error counted as a pass")
     steps.add_argument("--json", action="store_true", help="print one JSON object")
     steps.set_defaults(run=run_steps)
+
+    register_plan(sub)
+
+
+def register_plan(sub: Any) -> None:
+    """`tierplan validate plan PLAN...`: run plans on this machine's GPU (validate/run_plan.py)."""
+    plan = sub.add_parser("plan", help="run plans on this GPU: step time and peaks vs their prediction")
+    plan.add_argument("plans", nargs="+", metavar="PLAN", help="plan.json files (tierplan plan --out)")
+    plan.add_argument("--out", default="out/validate-plan", help="directory for measured.json and comparison.json")
+    plan.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    plan.add_argument("--repeats", type=int, default=3, help="timed steps (the median is reported)")
+    plan.add_argument("--baselines", default="", help="also run the first plan's job as: none, checkpoint")
+    plan.add_argument("--check-grads", type=int, default=None, metavar="TOKENS",
+                      help="compare each plan's gradients with no plan at this many tokens")
+    plan.add_argument("--smoke", action="store_true", help="a tiny copy of each model on the CPU")
+    plan.add_argument("--json", action="store_true", help="print one JSON object")
+    plan.set_defaults(run=run_plan)
 
 
 def _paths(given: list[str] | None, kind: str) -> list[pathlib.Path]:
@@ -108,3 +126,55 @@ def run_steps(args: argparse.Namespace) -> int:
     probe = _paths(args.probe, "probe") if args.probe is None or args.probe else []
     rows = compare_steps(_paths(args.measurements, "steps"), probe)
     return _report(rows, args.tolerance, args.json, True, "training steps: predicted vs measured")
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    """Exit 0 when every case ran, 1 when one was refused or ran out of memory."""
+    from hwmodels.units import UserInputError, format_bytes, format_seconds
+    from validate.run_plan import BASELINES, run
+
+    names = tuple(b for b in args.baselines.split(",") if b)
+    for name in names:
+        if name not in BASELINES:
+            raise UserInputError(f"--baselines: unknown {name!r} (choose from {', '.join(BASELINES)})")
+    for path in args.plans:
+        if not pathlib.Path(path).is_file():
+            raise UserInputError(f"PLAN: no such file {path}")
+    result = run(args.plans, out_dir=args.out, warmup=args.warmup, repeats=args.repeats,
+                 baselines=names, smoke=args.smoke, check_grads_tokens=args.check_grads,
+                 argv=["tierplan", "validate", "plan", *args.plans])
+    cases = result["measured"]["cases"]
+    code = 0 if all(c["status"] == "ok" for c in cases) else 1
+    if args.json:
+        print(json.dumps(result, sort_keys=True))
+        return code
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(soft_wrap=False, width=None if Console().is_terminal else 140)
+    table = Table(title="plans run: predicted vs measured", title_justify="left")
+    for col in ("case", "status", "step time", "pred", "HBM peak", "pred", "host pool", "pred"):
+        table.add_column(col, justify="left" if col in ("case", "status") else "right")
+    for c in cases:
+        pred = c.get("prediction") or {}
+        ok = c["status"] == "ok"
+
+        def cell(key: str, fmt, src=c) -> str:
+            return fmt(src[key]) if key in src and src[key] is not None else "-"
+
+        table.add_row(c["case"], c["status"] if ok else f"[red]{c['status']}[/red]",
+                      cell("step_time_s", format_seconds) if ok else "-", cell("step_time_s", format_seconds, pred),
+                      cell("peak_allocated_bytes", format_bytes) if ok else "-",
+                      cell("peak_hbm_bytes", format_bytes, pred),
+                      cell("host_pool_peak_bytes", format_bytes) if ok else "-",
+                      cell("peak_host_bytes", format_bytes, pred))
+    console.print(table)
+    for c in cases:
+        if c["status"] != "ok":
+            console.print(f"{c['case']}: {c.get('message')}")
+        if "grad_check" in c:
+            g = c["grad_check"]
+            console.print(f"{c['case']}: gradients at {g['seq_len']} tokens vs no plan: "
+                          f"{'bitwise equal' if g['bitwise_equal'] else 'max |diff| ' + format(g['max_abs_diff'], '.3g')}")
+    console.print(f"wrote {args.out}/measured.json, {args.out}/comparison.json")
+    return code
