@@ -22,7 +22,7 @@ logsumexp, the fused RMSNorm's rstd) are kept.
 Ignores: token-wise recomputation. Dropped rows are recomputed by re-running the layer's whole
 forward before its backward (as torch.utils.checkpoint does) and taking those rows: the
 gradients are those of the plan, the time is one layer forward per such layer (more than the
-planner's token-wise estimate) and the HBM one layer's saved tensors at that moment. The plan's
+planner's token-wise estimate); only the dropped rows of each saved tensor are held from it. The plan's
 staging buffers: prefetched tensors come from the caching allocator on the H2D stream.
 Source: MEMO (Zhao et al., SIGMOD 2025) section 4 (token-wise offload, pinned pool, three
 streams); torch.utils.checkpoint's non-reentrant implementation for replaying a forward.
@@ -118,7 +118,7 @@ class _Entry:
     host: torch.Tensor | None = None  # rows [0, n_off) in the pool
     fetched: torch.Tensor | None = None  # full-size tensor, offloaded rows filled by the prefetch
     full: torch.Tensor | None = None  # materialised for backward
-    rec: torch.Tensor | None = None  # the recomputed tensor
+    rec: torch.Tensor | None = None  # the recomputed rows [n_off + n_keep, end)
 
 
 @dataclass
@@ -447,7 +447,7 @@ class PlanExecutor:
         if e.n_rec:
             self._recompute(st)
             start = e.n_off + e.n_keep
-            _rows(out, e, start, e.n_rec).copy_(_rows(e.rec, e, start, e.n_rec))
+            _rows(out, e, start, e.n_rec).copy_(e.rec)
             e.rec = None
         e.full, e.fetched, e.kept, e.host = out, None, None, None
         return out
@@ -467,7 +467,7 @@ class PlanExecutor:
             if e.n_rec and e.rec is None:
                 if tuple(t.shape) != e.shape or t.dtype != e.dtype:
                     raise RuntimeError(f"layer {st.index}: recomputation diverged from the forward")
-                e.rec = t
+                e.rec = _rows(t, e, e.n_off + e.n_keep, e.n_rec).clone()  # only the dropped rows
             return None
 
         layer = self.model.layers[st.index]
