@@ -165,3 +165,14 @@ def test_small_pool_is_reported_not_overrun():
     )
     with pytest.raises(UserInputError, match="offload pool of 4.00 KiB is full"):
         ex.step(make_batch(spec, seq_len=SEQ, dtype=torch.float32))
+
+
+def test_compute_stream_copies_are_bitwise(spec_and_base):
+    spec, base = spec_and_base
+    sync = RoleAction(action="offload", alpha_frac=0.5, keep_frac=0.5, stream="compute")
+    layers = [
+        LayerPlan(layer=0, input="offload", input_stream="compute", roles={r: sync for r in ROLES}),
+        LayerPlan(layer=1, roles={"mlp_hidden": sync, "attn_qkv": offload(1.0)}),
+        LayerPlan(layer=2),
+    ]
+    assert_bitwise(grads(spec, plan_of(layers)), base)
