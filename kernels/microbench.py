@@ -324,6 +324,57 @@ def sdpa_records(seq_lens: Sequence[int], device: torch.device, *, num_heads: in
     return recs
 
 
+def sdpa_masked_records(seq_lens: Sequence[int], device: torch.device, *, window: int,
+                        num_heads: int = NUM_HEADS, head_dim: int = HEAD_DIM) -> list[dict]:
+    """SDPA as Hugging Face calls it when a sliding window is shorter than the sequence.
+
+    transformers then passes an explicit [1, 1, S, S] bool mask (causal band of ``window``) and
+    K, V already repeated to every query head (``repeat_kv``); SDPA picks its backend for a
+    masked call (recorded). FLOPs convention of the record: the full S x S square (causal False),
+    which is what a kernel given an arbitrary mask is asked to cover.
+    """
+    recs = []
+    for s in seq_lens:
+        recs += _sdpa_masked_case(s, device, window=window, num_heads=num_heads, head_dim=head_dim)
+        free(device)
+    return recs
+
+
+def _sdpa_masked_case(s: int, device: torch.device, *, window: int, num_heads: int,
+                      head_dim: int) -> list[dict]:
+    q = randn((1, num_heads, s, head_dim), device, requires_grad=True)
+    k = randn((1, num_heads, s, head_dim), device, requires_grad=True)
+    v = randn((1, num_heads, s, head_dim), device, requires_grad=True)
+    do = randn((1, num_heads, s, head_dim), device)
+    i = torch.arange(s, device=device)
+    mask = ((i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window))[None, None]
+    kw = {"attn_mask": mask}
+    base = {"op": "sdpa", "batch": 1, "seq_len": s, "num_heads": num_heads,
+            "num_kv_heads": num_heads, "head_dim": head_dim, "causal": False, "dtype": "bf16",
+            "backend": "masked", "mask": "sliding_window", "window": window,
+            "default_backend": default_sdpa_backend(q, k, v, **kw)}
+
+    def fwd(_):
+        with torch.no_grad():
+            return F.scaled_dot_product_attention(q, k, v, **kw)
+
+    def fwdbwd(_):
+        q.grad = k.grad = v.grad = None
+        F.scaled_dot_product_attention(q, k, v, **kw).backward(do)
+
+    t_fwd = bench(fwd, device, warmup=2, max_reps=10, min_reps=3)
+    o_keep = F.scaled_dot_product_attention(q, k, v, **kw)
+
+    def bwd(_):
+        torch.autograd.grad(o_keep, (q, k, v), do, retain_graph=True)
+
+    t_bwd = bench(bwd, device, warmup=2, max_reps=10, min_reps=3)
+    o_keep = None  # drop the kept graph before timing forward + backward
+    t_fb = bench(fwdbwd, device, warmup=2, max_reps=10, min_reps=3)
+    return [{**base, "pass": p, "status": "ok", **t.as_dict()}
+            for p, t in (("fwd", t_fwd), ("bwd", t_bwd), ("fwdbwd", t_fb))]
+
+
 # ----------------------------------------------------------------------------- memory-bound ops
 def rmsnorm_hf(x: torch.Tensor, w: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """LlamaRMSNorm as Hugging Face writes it (fp32 statistics, eager ops)."""
@@ -636,6 +687,7 @@ def plan(smoke: bool) -> dict:
     if smoke:
         return {"gemm_tokens": [64, 128], "lm_tokens": [64], "sdpa_seq": [64, 128],
                 "sdpa_default_seq": [64], "sdpa_default_shapes": [(4, 4, 8), (4, 1, 8)],
+                "sdpa_masked_seq": [64], "sdpa_masked_window": 16,
                 "mem_tokens": [64, 128], "ce_tokens": [64],
                 "pinned_mib": [1], "pageable_mib": [1], "bidir_mib": [1], "hbm_mib": [1, 2],
                 "dims": {"linears": (("qkv", 32, 96), ("o", 32, 32), ("gate_up", 32, 176),
@@ -646,6 +698,8 @@ def plan(smoke: bool) -> dict:
             "lm_tokens": [4 * K, 8 * K, 16 * K],
             "sdpa_seq": [4 * K, 8 * K, 16 * K, 32 * K, 64 * K, 128 * K],
             "sdpa_default_seq": [4 * K, 16 * K, 32 * K],
+            # Mistral-7B v0.1: sliding window 4096
+            "sdpa_masked_seq": [8 * K, 16 * K, 32 * K], "sdpa_masked_window": 4 * K,
             # Llama-2-7B, Mistral-7B, Llama-3.2-1B, Qwen2-7B, GPT-2 medium attention shapes
             "sdpa_default_shapes": [(32, 32, 128), (32, 8, 128), (32, 8, 64), (28, 4, 128),
                                     (16, 16, 64)],
@@ -666,7 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU")
     ap.add_argument("--only", default="launch,gemm,sdpa,sdpa_default,mem,copy",
                     help="comma list of sections to run "
-                         "(launch,gemm,sdpa,sdpa_default,mem,copy)")
+                         "(launch,gemm,sdpa,sdpa_default,sdpa_masked,mem,copy)")
     args = ap.parse_args(argv)
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
     if device.type != "cuda" and not args.smoke:
@@ -692,6 +746,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                       kv_heads=(d["num_heads"], d["num_heads"] // 4))),
         ("sdpa_default", lambda: sdpa_default_records(p["sdpa_default_seq"],
                                                       p["sdpa_default_shapes"], device)),
+        ("sdpa_masked", lambda: sdpa_masked_records(p["sdpa_masked_seq"], device,
+                                                    window=p["sdpa_masked_window"],
+                                                    num_heads=d["num_heads"], head_dim=d["head_dim"])),
         ("mem", lambda: memory_bound_records(p["mem_tokens"], p["ce_tokens"], device, l2,
                                              hidden=d["hidden"], intermediate=d["intermediate"],
                                              vocab=d["vocab"], num_heads=d["num_heads"])),

@@ -582,8 +582,8 @@ class _Program:
 
         With a mask, transformers repeats K and V to every query head (``repeat_kv``: copies),
         SDPA turns the bool mask into an additive mask in the model dtype (a [b, 1, s, s] tensor
-        per call, saved for backward) and runs the memory-efficient kernel over the whole s x s
-        square (no causal block skipping).
+        per call, saved for backward) and runs a masked kernel (cuDNN on the H200) over the
+        whole s x s square it is given.
         """
         b, s = self.b, self.s
         heads = s.q_heads
@@ -608,8 +608,11 @@ class _Program:
         full_fwd = 4.0 * s.batch * heads * s.seq_len * s.seq_len * s.head_dim
         b.op(name, "sdpa_masked", layer, inputs=[q, k, v, fmask], outputs=[out, lse], saves=[q, k, v, fmask, out, lse],
              grad_inputs=[q, k, v],
-             cost=self.cost(attention_fwd_cost(**kw), flop_counter_flops=full_fwd),
-             bwd_cost=self.cost(*attention_bwd_cost(**kw).kernels, flop_counter_flops=FLOP_COUNTER_SDPA_BWD * full_fwd),
+             # timed by the masked-SDPA fit (cuDNN with a sliding-window mask, measured as a rate
+             # over the full square it is given)
+             cost=self.cost(attention_fwd_cost(**kw), flop_counter_flops=full_fwd, variant="masked"),
+             bwd_cost=self.cost(*attention_bwd_cost(**kw).kernels, flop_counter_flops=FLOP_COUNTER_SDPA_BWD * full_fwd,
+                                variant="masked"),
              bwd_workspace_bytes=s.tokens * heads * s.head_dim * FP32_BYTES)
         return out
 

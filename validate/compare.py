@@ -60,7 +60,7 @@ def _load(path: pathlib.Path) -> dict:
 # ---- operators ---------------------------------------------------------------------------------
 def attention_variant(backend: str | None, head_dim: int) -> str:
     """The profile's attention class variant for a measured backend (default = PyTorch's pick)."""
-    if backend in ("flash", "cudnn"):
+    if backend in ("flash", "cudnn", "masked"):
         return backend if head_dim == 128 else f"{backend}.d{head_dim}"
     return "cudnn" if head_dim == 128 else f"d{head_dim}"
 

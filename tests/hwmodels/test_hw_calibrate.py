@@ -82,7 +82,7 @@ KNOWN_OUTLIERS = {
 
 def test_residuals_within_10pct_except_documented_outliers(committed):
     res = residuals(committed, load_points([REPO_ROOT / p for p in committed.measurements]))
-    assert len(res) == 496  # every point of every committed file is predicted
+    assert len(res) == 502  # every point of every committed file is predicted
     misses = []
     for r in res:
         bound = KNOWN_OUTLIERS.get(
@@ -98,6 +98,8 @@ def test_residuals_within_10pct_except_documented_outliers(committed):
         "attention_bwd.cudnn",
         "attention_fwd.flash",
         "attention_bwd.flash",
+        "attention_fwd.masked",
+        "attention_bwd.masked",
         "copy_bidir",
         "hbm_copy",
         "all_reduce",
