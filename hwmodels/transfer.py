@@ -194,7 +194,7 @@ def tier_transfer_time_s(
     rate = device_rate_bytes_per_s(node, device, direction)
     path = node.path(f"gpu{gpu_index}", device)
     host_edges = set(node.host_path(gpu_index))
-    latency = _device_latency_s(node, device)
+    latency = device_latency_s(node, device)
     for edge in path:
         link = node.links[edge.link]
         profile = node.profile if edge in host_edges else None
@@ -207,7 +207,7 @@ def tier_transfer_time_s(
     return alpha_beta_time_s(latency_s=latency, work=num_bytes, rate=rate)
 
 
-def _device_latency_s(node: NodeSpec, device: str) -> float:
+def device_latency_s(node: NodeSpec, device: str) -> float:
     kind = device.rstrip("0123456789")
     index = int(device[len(kind) :])
     spec = {"cxl": node.cxl, "nvme": node.nvme, "csd": node.csd}[kind][index]

@@ -66,20 +66,7 @@ def parse_bytes(value: str | int | float, *, field: str = "size") -> int:
     ones (KB, MB, GB, TB) powers of 1000. Negative, non-finite or fractional-byte results are
     rejected with a message naming ``field``.
     """
-    if isinstance(value, bool):
-        raise UserInputError(f"{field}: expected a size such as 80GiB, got {value!r}")
-    if isinstance(value, int | float):
-        number, unit = float(value), ""
-    else:
-        m = _NUM_RE.match(str(value))
-        if not m:
-            raise UserInputError(f"{field}: expected a size such as 80GiB or 4096, got {value!r}")
-        number, unit = float(m.group(1)), m.group(2).lower()
-        if unit not in _BYTE_UNITS:
-            raise UserInputError(f"{field}: unknown size unit {m.group(2)!r} in {value!r}")
-    if not math.isfinite(number) or number < 0:
-        raise UserInputError(f"{field}: size must be a non-negative number, got {value!r}")
-    result = number * _BYTE_UNITS[unit]
+    result = _parse_scaled(value, field=field, units=_BYTE_UNITS, example="80GiB or 4096", regex=_NUM_RE)
     if abs(result - round(result)) > 1e-6 * max(1.0, result):
         raise UserInputError(f"{field}: {value!r} is not a whole number of bytes")
     return int(round(result))

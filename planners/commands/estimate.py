@@ -79,7 +79,7 @@ _TRAIN_ONLY = ("seq_len", "checkpointing", "optimizer", "optimizer_state_dtype",
 _INFER_ONLY = ("prompt_len", "gen_len", "kv_dtype", "kv_quant")
 
 
-def _int_flag(value: str | None, field: str) -> int | None:
+def int_flag(value: str | None, field: str) -> int | None:
     from hwmodels.units import UserInputError
 
     if value is None:
@@ -125,13 +125,13 @@ def build_scenario(args: argparse.Namespace):
                                  f"{'infer' if flag in _INFER_ONLY else 'train'}")
         job[field] = value
     if args.batch is not None:
-        job["micro_batch" if mode == "train" else "batch"] = _int_flag(args.batch, "--batch")
+        job["micro_batch" if mode == "train" else "batch"] = int_flag(args.batch, "--batch")
     par = dict(job.get("parallelism") or {})
     for flag, field in _PAR_FLAGS.items():
         value = getattr(args, flag, None)
         if value is None:
             continue
-        par[field] = value if flag in ("sp", "cp_kind") else _int_flag(value, f"--{flag}")
+        par[field] = value if flag in ("sp", "cp_kind") else int_flag(value, f"--{flag}")
     job["parallelism"] = par
     if mode == "train" and "loss" not in (base.job.model_fields_set if args.scenario else set()):
         # a bare layer stack has no LM head: its loss is the probe's mean of squares
@@ -146,7 +146,7 @@ def build_scenario(args: argparse.Namespace):
     scenario = scenario_from_dict(data, where=where)
     model = scenario.model_spec()
     if args.layers is not None:
-        n = _int_flag(args.layers, "--layers")
+        n = int_flag(args.layers, "--layers")
         if n is None or n < 1:
             raise UserInputError(f"--layers: must be at least 1, got {args.layers!r}")
         model = model.with_layers(n)

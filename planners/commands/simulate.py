@@ -61,7 +61,7 @@ def _frac(value: str | None, field: str) -> float | None:
 def run(args: argparse.Namespace) -> int:
     from hwmodels.catalog import load_node
     from hwmodels.units import UserInputError
-    from planners.commands.estimate import _int_flag, build_scenario
+    from planners.commands.estimate import build_scenario, int_flag
     from simulator.des import add_offload, offload_candidates, schedule_from_workload, simulate
     from simulator.estimator import estimate_training
     from simulator.templates import training_workload
@@ -71,11 +71,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError("--mode: simulate replays training steps; use estimate for inference")
     node = load_node(scenario.hardware)
     offload = _frac(args.offload, "--offload")
-    lookahead = _int_flag(args.lookahead, "--lookahead")
+    lookahead = int_flag(args.lookahead, "--lookahead")
     if lookahead is None or lookahead < 0:
         raise UserInputError(f"--lookahead: must be >= 0, got {args.lookahead!r}")
     job_gpus = scenario.job.parallelism.num_gpus
-    gpus = _int_flag(args.gpus, "--gpus") if args.gpus is not None else min(job_gpus, node.num_gpus)
+    gpus = int_flag(args.gpus, "--gpus") if args.gpus is not None else min(job_gpus, node.num_gpus)
     if gpus is None or not 1 <= gpus <= node.num_gpus:
         raise UserInputError(f"--gpus: must be between 1 and {node.num_gpus} ({node.name}), "
                              f"got {args.gpus!r}")

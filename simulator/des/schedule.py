@@ -338,7 +338,7 @@ def device_route(node, gpu_index: int, device: str, direction: str) -> Route:
     that function's (the host link's fitted latency; or the path's link latencies plus the
     device's access latency) and the rate the smallest capacity on the route.
     """
-    from hwmodels.transfer import _device_latency_s, copy_fit
+    from hwmodels.transfer import copy_fit, device_latency_s
 
     if direction not in ("h2d", "d2h"):
         raise UserInputError(f"direction: expected h2d or d2h, got {direction!r}")
@@ -353,7 +353,7 @@ def device_route(node, gpu_index: int, device: str, direction: str) -> Route:
         if not edges:
             raise UserInputError(f"tier: {node.name} has no path from {gpu} to {device!r}")
         host_edges = set(node.host_path(gpu_index))
-        latency = _device_latency_s(node, device)
+        latency = device_latency_s(node, device)
         for e in edges:
             latency += copy_fit(link=node.links[e.link], direction=direction,
                                 profile=node.profile if e in host_edges else None).latency_s
