@@ -19,11 +19,17 @@ Assumes: the model's control flow does not depend on data (recomputation replays
 sequence of saved tensors); a saved tensor's token dimension is its unique dimension of size
 seq_len; tensors without one (weights, RNG state) and tensors no tag names (FlashAttention's
 logsumexp, the fused RMSNorm's rstd) are kept.
-Ignores: token-wise recomputation. Dropped rows are recomputed by re-running the layer's whole
-forward before its backward (as torch.utils.checkpoint does) and taking those rows: the
-gradients are those of the plan, the time is one layer forward per such layer (more than the
-planner's token-wise estimate); only the dropped rows of each saved tensor are held from it. The plan's
-staging buffers: prefetched tensors come from the caching allocator on the H2D stream.
+Recompute: when backward first reaches a layer with dropped rows, MEMO's token-wise recompute
+runs the layer's per-token ops on rows [r0, T) only (r0 the first dropped row of any tensor),
+from the input's rows and the saved attention output's rows (``DecoderLayer.attn_rows``: no
+attention), under no_grad, and takes each tagged tensor's rows in tag order. Where attention
+itself or an untagged tensor is dropped, or the input is, the layer's whole forward is replayed
+instead (as torch.utils.checkpoint does) and only the dropped rows are held from it. Each saved
+tensor is released after its last unpack (autograd holds it from there).
+Measures (CUDA): per step, D2H / H2D bytes and busy time (timing events around each layer's
+batch of copies on its stream), the compute stream's exposed wait for prefetches (events on
+either side of the wait) and the recompute ops' time.
+Ignores: the plan's staging buffers (prefetched tensors come from the caching allocator).
 Source: MEMO (Zhao et al., SIGMOD 2025) section 4 (token-wise offload, pinned pool, three
 streams); torch.utils.checkpoint's non-reentrant implementation for replaying a forward.
 """
@@ -40,6 +46,8 @@ from torch.utils.checkpoint import checkpoint
 
 from hwmodels.units import UserInputError, format_bytes
 from planners.plan import LayerPlan, Plan, RoleAction
+from planners.swap import ATTN_ROLES
+from simulator.workload import Role
 
 POOL_ALIGN_BYTES = 512
 INPUT_ROLE = "input"
@@ -113,6 +121,8 @@ class _Entry:
     n_keep: int = 0
     n_rec: int = 0
     on_compute_stream: bool = False
+    tag_idx: int | None = None  # the layer's tag call that first named this storage
+    uses: int = 0  # saved-tensor handles still to be unpacked
     whole: torch.Tensor | None = None  # kept as is
     kept: torch.Tensor | None = None  # rows [n_off, n_off + n_keep)
     host: torch.Tensor | None = None  # rows [0, n_off) in the pool
@@ -129,6 +139,10 @@ class _LayerState:
     keys: dict[tuple, int] = field(default_factory=dict)
     order: list[int] = field(default_factory=list)  # pack call k -> entry index
     tags: dict[int, str] = field(default_factory=dict)  # storage ptr -> role
+    tag_index: dict[int, int] = field(default_factory=dict)  # storage ptr -> first tag call
+    num_tags: int = 0
+    attn_ptr: int | None = None  # storage of the attention kernel's output
+    attn_entry: int | None = None
     tagged: list[torch.Tensor] = field(
         default_factory=list
     )  # held to the layer's end: no ptr reuse
@@ -141,6 +155,27 @@ class _LayerState:
     waited: bool = False
     recomputed: bool = False
     offload_bytes: int = 0
+
+
+@dataclass
+class StepStats:
+    """What one step's copies and recomputes did: bytes per direction; on CUDA, per-stream busy
+    time (events around each layer's batch of copies), the compute stream's exposed wait for
+    prefetches, and the time of the recompute ops."""
+
+    d2h_bytes: int = 0
+    h2d_bytes: int = 0
+    d2h_busy_s: float | None = None
+    h2d_busy_s: float | None = None
+    stall_s: float | None = None
+    recompute_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.__dict__)
+        for d in ("d2h", "h2d"):
+            busy = out[f"{d}_busy_s"]
+            out[f"{d}_bytes_per_s"] = out[f"{d}_bytes"] / busy if busy else None
+        return out
 
 
 def _split(action: RoleAction, tokens: int) -> tuple[int, int, int]:
@@ -226,6 +261,11 @@ class PlanExecutor:
         self._states: dict[int, _LayerState] = {}
         self._counting = False
         self._seq_len = 0
+        self.stats = StepStats()
+        self._d2h_spans: list[tuple[Any, Any]] = []
+        self._h2d_spans: list[tuple[Any, Any]] = []
+        self._stall_spans: list[tuple[Any, Any]] = []
+        self._recompute_spans: list[tuple[Any, Any]] = []
         if self.cuda:
             self.d2h = torch.cuda.Stream(self.device)
             self.h2d = torch.cuda.Stream(self.device)
@@ -258,8 +298,12 @@ class PlanExecutor:
             self.pool = None
 
     def step(self, batch: torch.Tensor) -> torch.Tensor:
-        """Forward and backward of one step; returns the (detached) loss."""
+        """Forward and backward of one step; returns the (detached) loss. ``last_stats()``
+        tells what its copies and recomputes did."""
         self.prepare(batch)
+        self.stats = StepStats()
+        for spans in (self._d2h_spans, self._h2d_spans, self._stall_spans, self._recompute_spans):
+            spans.clear()
         try:
             loss = self._run(batch)
             loss.backward()
@@ -267,6 +311,26 @@ class PlanExecutor:
             self._states.clear()
             self.pool.reset()
         return loss.detach()
+
+    def last_stats(self) -> StepStats:
+        """The last step's StepStats (on CUDA this waits for the step's events)."""
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+            def total(spans: list[tuple[Any, Any]]) -> float:
+                return sum(a.elapsed_time(b) for a, b in spans) / 1e3
+
+            self.stats.d2h_busy_s = total(self._d2h_spans)
+            self.stats.h2d_busy_s = total(self._h2d_spans)
+            self.stats.stall_s = total(self._stall_spans)
+            self.stats.recompute_s = total(self._recompute_spans)
+        return self.stats
+
+    @staticmethod
+    def _timed_event(stream: Any) -> Any:
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record(stream)
+        return ev
 
     # ---- forward -----------------------------------------------------------------------------
 
@@ -301,7 +365,12 @@ class PlanExecutor:
 
     @staticmethod
     def _tag(st: _LayerState, role: str, t: torch.Tensor) -> None:
-        st.tags[t.untyped_storage().data_ptr()] = str(role)
+        ptr = t.untyped_storage().data_ptr()
+        st.tags[ptr] = str(role)
+        st.tag_index.setdefault(ptr, st.num_tags)
+        if role == Role.ATTN_OUT and st.attn_ptr is None:
+            st.attn_ptr = ptr
+        st.num_tags += 1
         st.tagged.append(t)
 
     def _entry(self, st: _LayerState, t: torch.Tensor) -> int:
@@ -321,6 +390,7 @@ class PlanExecutor:
             return t
         idx = self._entry(st, t)
         st.order.append(idx)
+        st.entries[idx].uses += 1
         rel = t.storage_offset() - _base(t).storage_offset()
         return (st.index, idx, tuple(t.shape), t.stride(), rel)
 
@@ -328,8 +398,12 @@ class PlanExecutor:
         lp, T = st.plan, self._seq_len
         for idx, e in enumerate(st.entries):
             t = e.tensor
-            role = st.tags.get(t.untyped_storage().data_ptr(), "other")
+            ptr = t.untyped_storage().data_ptr()
+            role = st.tags.get(ptr, "other")
             e.role = INPUT_ROLE if idx == st.input_entry else role
+            e.tag_idx = st.tag_index.get(ptr)
+            if ptr == st.attn_ptr:
+                st.attn_entry = idx
             dims = [d for d, n in enumerate(t.shape) if n == T]
             if len(dims) > 1 and T > 1:
                 raise UserInputError(
@@ -353,8 +427,6 @@ class PlanExecutor:
                 e.on_compute_stream = a.stream == "compute"
             if e.tdim is not None and e.n_keep == T:
                 e.whole = t
-            elif e.tdim is not None and e.n_keep:
-                e.kept = _rows(t, e, e.n_off, e.n_keep).clone()
             if e.n_off:
                 off = _rows(t, e, 0, e.n_off)
                 nbytes = off.numel() * t.dtype.itemsize
@@ -368,22 +440,29 @@ class PlanExecutor:
         if self._counting:
             st.entries.clear()
             return
-        offloads = [e for e in st.entries if e.n_off]
-        if self.cuda and offloads:
-            ready = torch.cuda.current_stream(self.device).record_event()
-            self.d2h.wait_event(ready)
-        for e in offloads:
-            src = _rows(e.tensor, e, 0, e.n_off)
-            if self.cuda and not e.on_compute_stream:
-                with torch.cuda.stream(self.d2h):
-                    e.host.copy_(src, non_blocking=True)
-                e.tensor.record_stream(self.d2h)
-            else:
-                e.host.copy_(src)
-        if self.cuda and offloads:
-            st.d2h_event = self.d2h.record_event()
+        side = self.cuda and any(e.n_off and not e.on_compute_stream for e in st.entries)
+        if side:
+            self.d2h.wait_event(torch.cuda.current_stream(self.device).record_event())
+            start = self._timed_event(self.d2h)
+        # One saved tensor at a time: its kept rows are copied out and its storage released
+        # (after its D2H copy, in that stream's order) before the next one's copy is made.
         for e in st.entries:
-            e.tensor = None
+            t, e.tensor = e.tensor, None
+            if e.tdim is not None and 0 < e.n_keep < e.shape[e.tdim]:
+                e.kept = _rows(t, e, e.n_off, e.n_keep).clone()
+            if e.n_off:
+                src = _rows(t, e, 0, e.n_off)
+                self.stats.d2h_bytes += src.numel() * e.dtype.itemsize
+                if side and not e.on_compute_stream:
+                    with torch.cuda.stream(self.d2h):
+                        e.host.copy_(src, non_blocking=True)
+                    t.record_stream(self.d2h)
+                else:
+                    e.host.copy_(src)
+            del t
+        if side:
+            st.d2h_event = self._timed_event(self.d2h)
+            self._d2h_spans.append((start, st.d2h_event))
 
     # ---- backward ----------------------------------------------------------------------------
 
@@ -406,13 +485,16 @@ class PlanExecutor:
         # the blocks handed out here are free in its order.
         for e in todo:
             e.fetched = torch.empty_strided(e.shape, e.stride, dtype=e.dtype, device=self.device)
+        self.stats.h2d_bytes += sum(e.host.numel() * e.dtype.itemsize for e in todo)
         if self.cuda:
             self.h2d.wait_event(torch.cuda.current_stream(self.device).record_event())
             self.h2d.wait_event(st.d2h_event)
+            start = self._timed_event(self.h2d)
             with torch.cuda.stream(self.h2d):
                 for e in todo:
                     _rows(e.fetched, e, 0, e.n_off).copy_(e.host, non_blocking=True)
-            st.h2d_event = self.h2d.record_event()
+            st.h2d_event = self._timed_event(self.h2d)
+            self._h2d_spans.append((start, st.h2d_event))
         else:
             for e in todo:
                 _rows(e.fetched, e, 0, e.n_off).copy_(e.host)
@@ -421,7 +503,14 @@ class PlanExecutor:
         if isinstance(handle, torch.Tensor):
             return handle
         layer, idx, shape, stride, rel = handle
-        full = self._materialise(self._states[layer], idx)
+        st = self._states[layer]
+        if not st.recomputed and any(e.n_rec for e in st.entries):
+            self._recompute(st)  # before the layer's backward, as the plan has it
+        full = self._materialise(st, idx)
+        e = st.entries[idx]
+        e.uses -= 1
+        if e.uses <= 0:  # autograd holds it from here; the last handle lets it go after use
+            e.full = e.whole = None
         if shape == tuple(full.shape) and stride == full.stride() and rel == 0:
             return full
         return full.as_strided(shape, stride, full.storage_offset() + rel)
@@ -435,9 +524,14 @@ class PlanExecutor:
         if not st.prefetched:
             self._prefetch(st)
         if self.cuda and st.h2d_event is not None and not st.waited:
-            torch.cuda.current_stream(self.device).wait_event(st.h2d_event)
+            compute = torch.cuda.current_stream(self.device)
+            before = self._timed_event(compute)
+            compute.wait_event(st.h2d_event)
+            self._stall_spans.append((before, self._timed_event(compute)))
             st.waited = True
         out = e.fetched
+        if out is None and e.host is None and e.kept is None and e.n_off + e.n_keep:
+            raise RuntimeError(f"layer {st.index}: saved tensor {idx} unpacked after its last use")
         if out is None:
             out = torch.empty_strided(e.shape, e.stride, dtype=e.dtype, device=self.device)
             if e.n_off:
@@ -456,6 +550,63 @@ class PlanExecutor:
         if st.recomputed:
             return
         st.recomputed = True
+        layer = self.model.layers[st.index]
+        compute = torch.cuda.current_stream(self.device) if self.cuda else None
+        before = self._timed_event(compute) if self.cuda else None
+        if self._token_wise(st, layer):
+            self._recompute_rows(st, layer)
+        else:
+            self._replay_layer(st, layer)
+        if self.cuda:
+            self._recompute_spans.append((before, self._timed_event(compute)))
+
+    @staticmethod
+    def _token_wise(st: _LayerState, layer: torch.nn.Module) -> bool:
+        """Whether the dropped rows can be recomputed from the input's and the attention
+        output's rows alone (every recomputed tensor named by a tag, attention not recomputed)."""
+        if not hasattr(layer, "attn_rows") or st.input_entry is None or st.attn_entry is None:
+            return False
+        inp, att = st.entries[st.input_entry], st.entries[st.attn_entry]
+        if inp.tdim is None or att.tdim is None or inp.n_rec or att.n_rec:
+            return False
+        return all(
+            e.tag_idx is not None and e.role not in ATTN_ROLES for e in st.entries if e.n_rec
+        )
+
+    def _recompute_rows(self, st: _LayerState, layer: torch.nn.Module) -> None:
+        """MEMO's token-wise recompute: the layer's per-token ops on rows [r0, T) only."""
+        inp, att = st.entries[st.input_entry], st.entries[st.attn_entry]
+        seq = inp.shape[inp.tdim]
+        r0 = min(e.n_off + e.n_keep for e in st.entries if e.n_rec)
+        n = seq - r0
+        x = self._materialise(st, st.input_entry).narrow(inp.tdim, r0, n)
+        a = self._materialise(st, st.attn_entry).narrow(att.tdim, r0, n)
+        rope = None if st.rope is None else tuple(r.narrow(0, r0, n) for r in st.rope)
+        tagged: list[torch.Tensor] = []
+        layer.tagger = lambda role, t: tagged.append(t)
+        layer.attn_rows = a
+        try:
+            with torch.no_grad():
+                layer(x, rope)
+        finally:
+            layer.tagger = None
+            layer.attn_rows = None
+        for e in st.entries:
+            if not e.n_rec:
+                continue
+            want = e.shape[: e.tdim] + (n,) + e.shape[e.tdim + 1 :]
+            t = tagged[e.tag_idx] if e.tag_idx < len(tagged) else None
+            if t is not None and tuple(t.shape) != want:
+                t = t._base
+            if t is None or tuple(t.shape) != want or t.dtype != e.dtype:
+                raise RuntimeError(
+                    f"layer {st.index}: token-wise recompute diverged from the forward"
+                )
+            e.rec = _rows(t, e, e.n_off + e.n_keep - r0, e.n_rec)
+
+    def _replay_layer(self, st: _LayerState, layer: torch.nn.Module) -> None:
+        """The whole layer forward again (dropped rows of the attention output, or a layer
+        without ``attn_rows``), keeping only the dropped rows of each saved tensor."""
         x = self._materialise(st, st.input_entry).detach().requires_grad_(st.input_requires_grad)
         calls = iter(st.order)
 
@@ -470,6 +621,5 @@ class PlanExecutor:
                 e.rec = _rows(t, e, e.n_off + e.n_keep, e.n_rec).clone()  # only the dropped rows
             return None
 
-        layer = self.model.layers[st.index]
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda h: None):
             layer(x, st.rope)

@@ -8,7 +8,10 @@ cross-entropy loss on fp32 logits); (2) the probe stack of ``/work/shared/refere
 ``x.float().pow(2).mean()``), chosen when the spec has neither an embedding nor an LM head.
 Each layer names the saved-tensor role (``simulator.workload.Role`` values) of the tensors it
 produces through ``self.tag(role, tensor)``: a no-op unless an executor installs a tagger, so
-that a plan's per-role decisions find their tensors.
+that a plan's per-role decisions find their tensors. Everything but attention is per token: a
+layer run on token rows [r, T) (with the rotary rows of those positions) and ``attn_rows`` set to
+the saved attention output of those rows reproduces the rows of every tagged tensor, in the same
+tag order (MEMO's token-wise recompute).
 Assumes: causal self-attention over one sequence per batch row; weights initialised from a seed
 (normal, std 0.02; norms at 1) on the target device, so equal seeds give equal models.
 Ignores: sliding windows, dropout, rotary scaling (none of them is needed to check that a plan
@@ -86,6 +89,7 @@ class DecoderLayer(nn.Module):
         self.probe = probe
         self.tagger: Tagger | None = None
         self.checkpoint_mlp = False
+        self.attn_rows: torch.Tensor | None = None
         if probe:
             self.input_layernorm = nn.RMSNorm(h, eps=spec.norm_eps, **lin)
             self.post_attention_layernorm = nn.RMSNorm(h, eps=spec.norm_eps, **lin)
@@ -146,9 +150,12 @@ class DecoderLayer(nn.Module):
             v,
         ):  # tag only what attention saves: a tag holds its tensor to the layer's end
             self.tag(Role.ATTN_QKV, t)
-        a = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, enable_gqa=s.num_kv_heads != s.num_heads
-        )
+        if self.attn_rows is None:
+            a = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, enable_gqa=s.num_kv_heads != s.num_heads
+            )
+        else:  # token-wise recompute: the saved attention output of these rows
+            a = self.attn_rows
         self.tag(Role.ATTN_OUT, a)
         a = self.tag(Role.ATTN_OUT, a.transpose(1, 2).reshape(B, T, s.q_size))
         return self.o_proj(a)

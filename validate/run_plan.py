@@ -7,8 +7,9 @@ plan's budget with ``torch.cuda.set_per_process_memory_fraction``, sizes and all
 executor's pinned pool (one counting forward), refuses a plan that does not fit (``check_fits``:
 host memory, predicted peak vs budget) before any step runs, then times ``--warmup`` steps and
 the median of ``--repeats`` steps by CUDA events, with the peak allocated and reserved over the
-timed steps (stats reset after the warm-up, grads set to None before each step) and the pool's
-peak. Baselines run through the same executor with plans made here: ``none`` (keep all) and
+timed steps (stats reset after the warm-up, grads set to None before each step), the pool's
+peak and the last step's copy statistics (bytes, per-stream busy time and bandwidth, exposed
+stall, recompute time: ``PlanExecutor.last_stats``). Baselines run through the same executor with plans made here: ``none`` (keep all) and
 ``checkpoint`` (``torch.utils.checkpoint`` on every layer). ``--check-grads T`` compares, at T
 tokens, each plan's gradients with the no-plan ones (bitwise flag and max |difference|).
 An out-of-memory step is recorded as ``"status": "oom"`` with the plan and the step.
@@ -162,6 +163,7 @@ def run_case(
             step_time_s=statistics.median(times),
             step_times_s=times,
             host_pool_peak_bytes=ex.pool.peak_bytes,
+            copy_stats=ex.last_stats().to_dict(),
         )
         if device.type == "cuda":
             case.update(
