@@ -1,7 +1,8 @@
 """`tierplan layout`: plan buffer offsets in one arena and compare with PyTorch's caching allocator.
 
-tierplan layout (--snapshot FILE | --trace FILE.csv | [SCENARIO] [model/job options as in
-                `tierplan estimate`]) [--time-limit S] [--method auto|flat|bilevel]
+tierplan layout (--snapshot FILE | --trace FILE.csv | --plan PLAN.json [--buffers-only] |
+                [SCENARIO] [model/job options as in `tierplan estimate`])
+                [--time-limit S] [--method auto|flat|bilevel]
                 [--solver highs|cbc] [--expandable-segments] [--out layout.json] [--png FILE]
                 [--json]
 
@@ -9,6 +10,12 @@ Prints the lower bound (maximum of live bytes), the planned peak and its gap, th
 allocator's predicted reserved memory for the same requests and its excess; writes the layout
 JSON (buffer id -> byte offset) and a PNG of address over time. A CSV buffer lives in
 [lower, upper). A snapshot is read without executing code (see planners.layout.snapshot).
+A plan file's step is the plan's scenario (its provenance) with the plan applied; with
+--buffers-only only the plan's own restore and recompute buffers are laid out. For a plan the
+command also prints the predicted peak when those buffers live in one planned arena (held the
+whole step, or allocated per step from the first buffer to the last) next to the ordinary peak,
+and the caching allocator's reserved memory with and without the arena
+(planners.layout.plan_buffers).
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ def register(subparsers: Any) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--snapshot", help="PyTorch memory snapshot (torch.cuda.memory._dump_snapshot)")
     src.add_argument("--trace", help="CSV file with a header id,lower,upper,size")
+    src.add_argument("--plan", help="plan JSON (tierplan plan): the step with the plan applied")
+    p.add_argument("--buffers-only", action="store_true",
+                   help="with --plan: lay out only the plan's restore and recompute buffers")
     p.add_argument("--time-limit", default="60", help="seconds for the solver (default 60)")
     p.add_argument("--method", choices=("auto", "flat", "bilevel"), default="auto",
                    help="workload input: flat instance, MEMO bi-level, or the better (auto)")
@@ -76,11 +86,36 @@ def run(args: argparse.Namespace) -> int:
     limit = _time_limit(args.time_limit)
     scenario_flags = [f for f in ("scenario", "model", "layers", "seq_len", "batch", "mode")
                       if getattr(args, f, None) is not None]
-    if (args.snapshot or args.trace) and scenario_flags:
+    file_flag = "--snapshot" if args.snapshot else "--trace" if args.trace else "--plan" if args.plan else None
+    if file_flag and scenario_flags:
         raise UserInputError(f"--{scenario_flags[0].replace('_', '-')}: not with "
-                             f"{'--snapshot' if args.snapshot else '--trace'} (one input at a time)")
+                             f"{file_flag} (one input at a time)")
+    if args.buffers_only and not args.plan:
+        raise UserInputError("--buffers-only: only with --plan")
     use_mip = not args.no_mip
-    if args.snapshot or args.trace:
+    arena = None
+    if args.plan:
+        from planners.layout import plan_buffers as pb
+
+        step = pb.load_plan_step(args.plan)
+        buffers = pb.plan_buffers_instance(step)
+        buffers_result = plan_layout(buffers, time_limit_s=limit, solver=args.solver, use_mip=use_mip)
+        if args.buffers_only:
+            instance, result, source = buffers, buffers_result, "plan buffers"
+            replay = replay_caching_allocator(instance_events(instance),
+                                              expandable_segments=args.expandable_segments)
+        else:
+            instance, source = pb.step_instance(step), "plan"
+            result = plan_workload_layout(step.workload, time_limit_s=limit, solver=args.solver,
+                                          use_mip=use_mip, method=args.method, name=step.name)
+            replay = predict_workload_reserved(step.workload, num_steps=2, preallocated_bytes=(),
+                                               expandable_segments=args.expandable_segments)
+        arena = pb.compare_arena(step, arena_bytes=buffers_result.peak_bytes,
+                                 expandable_segments=args.expandable_segments)
+        arena_layout = {"arena_status": buffers_result.status, "arena_gap": buffers_result.gap,
+                        "arena_method": buffers_result.method,
+                        "arena_solve_time_s": buffers_result.solve_time_s}
+    elif args.snapshot or args.trace:
         if args.snapshot:
             from planners.layout.snapshot import load_snapshot
 
@@ -146,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
     }
     if source == "snapshot" and snap.reserved_bytes:
         summary["snapshot_reserved_bytes"] = snap.reserved_bytes
+    if arena is not None:
+        summary.update({"plan_path": args.plan, **arena.model_dump(), **arena_layout})
     if args.json:
         print(json.dumps({**result.model_dump(mode="json"), **summary}, sort_keys=True))
         return 0
@@ -189,5 +226,37 @@ def _print(result, summary: dict) -> None:
                   f"(limit {format_seconds(result.time_limit_s)}); the arena saves "
                   f"{format_bytes(max(0, summary['reserved_bytes'] - result.peak_bytes))} "
                   f"({summary['reserved_over_peak']:.1%} of the planned peak) against the caching allocator")
+    if "arena_bytes" in summary:
+        _print_arena(console, summary)
     files = summary["layout_path"] + (f", {summary['png_path']}" if summary["png_path"] else "")
     console.print(f"wrote {files}")
+
+
+def _print_arena(console, summary: dict) -> None:
+    from rich.table import Table
+
+    from hwmodels.units import format_bytes
+
+    ordinary = summary["ordinary_peak_bytes"]
+    t = Table(title=f"plan buffers in one arena ({summary['num_plan_buffers']:,} restore/recompute "
+                    f"buffers, {format_bytes(summary['plan_buffer_bytes'])} in all)", title_justify="left")
+    t.add_column("")
+    t.add_column("peak HBM", justify="right")
+    t.add_column("vs ordinary", justify="right")
+    t.add_column("caching allocator reserved", justify="right")
+
+    def rel(x: int) -> str:
+        return f"{x / ordinary - 1:+.2%}" if ordinary else ""
+
+    t.add_row("ordinary (every tensor on its own)", format_bytes(ordinary), "",
+              format_bytes(summary["reserved_bytes"]))
+    t.add_row("arena held all step", format_bytes(summary["arena_peak_bytes"]),
+              rel(summary["arena_peak_bytes"]), format_bytes(summary["arena_reserved_bytes"]))
+    t.add_row("arena per step (first to last buffer)", format_bytes(summary["window_arena_peak_bytes"]),
+              rel(summary["window_arena_peak_bytes"]), format_bytes(summary["window_arena_reserved_bytes"]))
+    console.print(t)
+    lb = summary["arena_lower_bound_bytes"]
+    console.print(f"arena {format_bytes(summary['arena_bytes'])} ({summary['arena_method']}, "
+                  f"{summary['arena_status']}, gap {summary['arena_gap']:.3%}) for buffers live at most "
+                  f"{format_bytes(lb)} at once; every other tensor peaks at "
+                  f"{format_bytes(summary['other_peak_bytes'])}")
