@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "planners.commands.simulate",
     "planners.commands.layout",
     "planners.commands.plan",
+    "planners.commands.bench",
 )
 
 EXIT_OK = 0

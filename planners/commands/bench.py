@@ -1,0 +1,37 @@
+"""`tierplan bench`: the plan benchmark of validate/bench.py (plan, run on a GPU, report).
+
+tierplan bench make-plans --out validate/plans/bench [--lengths 16K,...] [--budgets full,48GiB]
+tierplan bench run --plans validate/plans/bench --out DIR [--lengths ..] [--budgets ..] [--modes ..]
+                   [--warmup 1] [--repeats 3] [--max-step-s 20] [--no-ideal] [--smoke]
+tierplan bench report --measured FILE... [--plans DIR] [--out FILE.md] [--json]
+
+The arguments are those of ``python3 validate/bench.py`` (one parser, defined there).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="the plan benchmark: make-plans | run | report (see validate/bench.py)",
+        description="Plan, run and report the benchmark grid (lengths x budgets x modes).",
+    )
+    p.add_argument(
+        "rest",
+        nargs=argparse.REMAINDER,
+        metavar="make-plans|run|report ...",
+        help="a sub-command and its arguments (`tierplan bench run --help`)",
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from validate import bench
+
+    argv = list(args.rest)
+    ns = bench.build_parser(prog="tierplan bench").parse_args(argv)
+    return bench.dispatch(ns, ["tierplan", "bench", *argv])
