@@ -138,6 +138,9 @@ class Prediction(_Frozen):
     """Model FLOPs utilisation against the datasheet peak."""
     peak_hbm_bytes: int = Field(ge=0)
     """Peak allocated HBM per GPU (with the runtime workspaces)."""
+    peak_reserved_bytes: int | None = Field(default=None, ge=0)
+    """Peak HBM the caching allocator reserves for two steps of the plan's allocation sequence
+    (simulator.allocator, no cap): what ``torch.cuda.max_memory_reserved`` would report."""
     peak_host_bytes: int = Field(ge=0)
     """Peak host bytes of the node (all GPUs' offloaded activations)."""
     stall_s: float = Field(ge=0.0)
@@ -145,7 +148,8 @@ class Prediction(_Frozen):
     recompute_s: float = Field(ge=0.0)
     """Time spent recomputing activations."""
     feasible: bool
-    """Fits the GPU and host budgets."""
+    """Fits the GPU and host budgets: peak allocated within the GPU budget, and the caching
+    allocator, capped at the budget, serves every request (fragmentation included)."""
     replayed_by: str
     """Which simulator produced the numbers."""
 

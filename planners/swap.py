@@ -29,8 +29,12 @@ a node share the host-path edges and the host DRAM they have in common; host cop
 pinned pool allocated once (no per-step allocation cost). Every D2H copy ends before the
 backward starts and every H2D copy starts after it, so the two directions never overlap and a
 link's both-ways ceiling cannot bind (the replay applies it all the same).
-Ignores: recompute workspaces beyond the recomputed tensors themselves, allocator
-fragmentation, CXL / NVMe tiers for activations (the DES models them; plans use host DRAM).
+  * memory: the allocated peak of the replay, and the reserved peak of the caching allocator
+    replaying the transformed Workload's allocations (simulator.allocator); with
+    ``allocator="caching"`` a plan fits only when that allocator, capped at the budget, serves
+    every request (fragmentation included); the MIP then backs its budget off in steps.
+Ignores: recompute workspaces beyond the recomputed tensors themselves, CXL / NVMe tiers for
+activations (the DES models them; plans use host DRAM).
 Source: MEMO (Zhao et al., SIGMOD 2025, arXiv 2407.12117) sections 3-4 (token-wise recompute,
 three streams, two buffers); Korthikanti et al. 2022 (selective recompute); checkmate (Jain et
 al. 2020) for a MIP over a replayable plan.
@@ -44,6 +48,7 @@ from dataclasses import dataclass, field, replace
 
 from hwmodels.units import GiB, UserInputError, format_bytes
 from planners.plan import KEEP, LayerPlan, Plan, Prediction, Provenance, RoleAction
+from simulator.allocator import AllocatorOOM, predict_workload_reserved
 from simulator.workload import OpSpec, Phase, Role, TensorSpec, Workload, walk_memory
 
 ATTN_ROLES = (Role.ATTN_OUT.value, Role.ATTN_STAT.value)
@@ -51,11 +56,15 @@ ATTN_ROLES = (Role.ATTN_OUT.value, Role.ATTN_STAT.value)
 NOT_ACTIVATIONS = (Role.WEIGHT.value, Role.GRAD.value, Role.OPTIMIZER_STATE.value,
                    Role.MASTER_WEIGHT.value)
 EPS_FRAC = 1e-6
-MAX_REPAIRS = 4
+MAX_REPAIRS = 6
+FRAGMENTATION_STEP_FRAC = 0.02
+"""A plan whose caching-allocator replay does not fit the budget is solved again against a
+budget 2%, then 4%, 8%, ... lower."""
 TIE_BREAK_FRAC = 1e-7
 BUDGET_MARGIN_FRAC = 1e-3
 """The MIP plans against budgets 0.1% below the user's: fractions are rounded to 6 decimals
 and token slices to whole bytes after solving, which must not tip a plan over a budget."""
+ALLOCATORS = ("planned", "caching")
 STRATEGIES = ("none", "full_recompute", "selective", "offload_all", "memo", "mip")
 
 
@@ -507,6 +516,11 @@ class PlanContext:
     gpu_budget_bytes: int
     host_budget_bytes: int
     lookahead: int = 1
+    allocator: str = "planned"
+    """planned: addresses planned ahead (MEMO's layout, ``tierplan layout``): a plan fits when
+    its allocated peak does; caching: PyTorch's caching allocator (what a plain torch run and
+    validate.executor use): it must also serve every request under the budget, fragmentation
+    included (simulator.allocator)."""
     _profiles: dict[tuple[str, ...], StepProfile] = field(default_factory=dict)
 
     @property
@@ -554,10 +568,12 @@ class StrategyResult:
     replay: Replay | None = None
     applied: AppliedPlan | None = None
     solve_time_s: float = 0.0  # wall time of planning this row (a run's figure, not the plan's)
+    peak_reserved_bytes: int | None = None  # the caching allocator's, two steps, no cap
 
     def row(self) -> dict:
         return {"name": self.name, "feasible": self.feasible, "step_time_s": self.step_time_s,
                 "mfu": self.mfu, "peak_hbm_bytes": self.peak_hbm_bytes,
+                "peak_reserved_bytes": self.peak_reserved_bytes,
                 "peak_host_bytes": self.peak_host_bytes, "reason": self.reason,
                 "solve_time_s": self.solve_time_s}
 
@@ -577,11 +593,18 @@ def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver
     if rep.peak_hbm_bytes > ctx.gpu_budget_bytes:
         reasons.append(f"HBM peak {format_bytes(rep.peak_hbm_bytes)} > {format_bytes(ctx.gpu_budget_bytes)}"
                        f" gpu budget (at {rep.peak_op})")
+    reserved = predict_workload_reserved(applied.workload).peak_reserved_bytes
+    if ctx.allocator == "caching" and not reasons and reserved > ctx.gpu_budget_bytes:
+        try:  # over the cap the allocator frees its cache and retries: does that suffice?
+            predict_workload_reserved(applied.workload, capacity_bytes=ctx.gpu_budget_bytes)
+        except AllocatorOOM:
+            reasons.append(f"caching allocator: {format_bytes(reserved)} reserved (fragmentation) > "
+                           f"{format_bytes(ctx.gpu_budget_bytes)} gpu budget")
     if host_peak > ctx.host_budget_bytes:
         reasons.append(f"host {format_bytes(host_peak)} > {format_bytes(ctx.host_budget_bytes)} host budget")
     feasible = not reasons
     prediction = Prediction(step_time_s=rep.step_time_s, mfu=mfu, peak_hbm_bytes=rep.peak_hbm_bytes,
-                            peak_host_bytes=host_peak, stall_s=rep.stall_s, recompute_s=rep.recompute_s,
+                            peak_reserved_bytes=reserved, peak_host_bytes=host_peak, stall_s=rep.stall_s, recompute_s=rep.recompute_s,
                             feasible=feasible, replayed_by=rep.replayed_by)
     plan = Plan(layers=list(layers), prefetch_lookahead_layers=ctx.lookahead,
                 staging_buffer_bytes=applied.staging_bytes, num_staging_buffers=2,
@@ -590,6 +613,7 @@ def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver
                 prediction=prediction)
     return StrategyResult(name=name, feasible=feasible, step_time_s=rep.step_time_s, mfu=mfu,
                           peak_hbm_bytes=rep.peak_hbm_bytes, peak_host_bytes=host_peak,
+                          peak_reserved_bytes=reserved,
                           reason="; ".join(reasons), plan=plan, replay=rep, applied=applied,
                           solve_time_s=solve_time_s)
 
@@ -803,7 +827,8 @@ def _layer_from_solution(i, lp: LayerProfile, full, o_in, o_at, keep, off, rec) 
 
 def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "highs",
              fallbacks: Sequence[StrategyResult] = ()) -> tuple[StrategyResult, MipSolution | None]:
-    """Solve, replay, and tighten the HBM budget by the replay's overshoot until the plan fits.
+    """Solve, replay, and tighten the HBM budget by the replay's overshoot (allocated bytes) or
+    by a growing step (the caching allocator's fragmentation) until the plan fits.
 
     Returns the best of the MIP's plan and the feasible ``fallbacks`` (a baseline is a point of
     the MIP's space the linear model may have misjudged), and the MIP's last solution.
@@ -812,6 +837,7 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
     budget, host_budget = ctx.gpu_budget_bytes, ctx.host_budget_bytes
     sol = None
     best: StrategyResult | None = None
+    frag_repairs = 0
     for _ in range(MAX_REPAIRS):
         remaining = max(1e-3, time_limit_s - (time.perf_counter() - t0))
         sol = solve_mip(ctx, budget_bytes=budget, host_budget_bytes=host_budget, time_limit_s=remaining,
@@ -824,7 +850,12 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
             best = res
         if res.feasible:
             break
-        budget -= max(0, res.peak_hbm_bytes - ctx.gpu_budget_bytes) + 64 * 2**20
+        over = res.peak_hbm_bytes - ctx.gpu_budget_bytes
+        if over > 0:  # the linear model misjudged allocated bytes: take the overshoot off
+            budget -= over + 64 * 2**20
+        else:  # fragmentation, not linear in the budget: back off 2%, 4%, 8%, ... of it
+            budget -= int(FRAGMENTATION_STEP_FRAC * ctx.gpu_budget_bytes * 2**frag_repairs)
+            frag_repairs += 1
         host_budget -= max(0, res.peak_host_bytes - ctx.host_budget_bytes)
     candidates = [r for r in fallbacks if r.feasible]
     if best is not None and best.feasible:
@@ -847,8 +878,13 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
     res = evaluate(ctx, "mip", winner.plan.layers, solver=sol.solver if sol else None,
                    status=f"fallback:{winner.name}", gap=sol.gap if sol else None, solve_time_s=elapsed,
                    time_limit_s=time_limit_s)
-    why = ("replays faster than the MIP's" if best is not None and best.feasible
-           else f"the MIP returned no feasible plan: {sol.status if sol else 'not run'}")
+    if best is not None and best.feasible:
+        why = "replays faster than the MIP's"
+    elif best is not None:
+        why = f"the MIP's plans do not fit: {best.reason}"
+    else:
+        why = f"the MIP returned no feasible plan: {sol.status if sol else 'not run'}"
+
     return StrategyResult(**{**res.__dict__, "reason": f"{winner.name}'s plan ({why})"}), sol
 
 
@@ -885,9 +921,13 @@ def static_bytes_check(ctx: PlanContext) -> str:
 
 def plan_training(model, job, node, *, gpu_budget_bytes: int | None = None,
                   host_budget_bytes: int | None = None, time_limit_s: float = 10.0,
-                  solver: str = "highs", lookahead: int = 1) -> PlanReport:
-    """Every strategy for one training step, replayed; the fastest feasible one is ``best``."""
+                  solver: str = "highs", lookahead: int = 1, allocator: str = "planned") -> PlanReport:
+    """Every strategy for one training step, replayed; the fastest feasible one is ``best``.
+    ``allocator``: "planned" or "caching" (see PlanContext.allocator)."""
     from planners import baselines
+
+    if allocator not in ALLOCATORS:
+        raise UserInputError(f"allocator: {allocator!r} is not one of {', '.join(ALLOCATORS)}")
 
     if job.mode != "train":
         raise UserInputError("job.mode: planning needs a training job")
@@ -895,7 +935,7 @@ def plan_training(model, job, node, *, gpu_budget_bytes: int | None = None,
     ctx = PlanContext(model=model, job=job.model_copy(update={"checkpointing": "none"}), node=node,
                       gpu_budget_bytes=gpu_budget_bytes or node.gpu.hbm_capacity_bytes,
                       host_budget_bytes=host_budget_bytes or node.host_memory.capacity_bytes,
-                      lookahead=lookahead)
+                      lookahead=lookahead, allocator=allocator)
     static = static_bytes_check(ctx)
     results: list[StrategyResult] = []
     for name in STRATEGIES[:-1]:

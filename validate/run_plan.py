@@ -224,6 +224,8 @@ def compare(case: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     if "peak_allocated_bytes" in case:
         pairs.insert(1, ("peak_hbm_bytes", pred["peak_hbm_bytes"], case["peak_allocated_bytes"]))
+        if pred.get("peak_reserved_bytes") is not None:
+            pairs.insert(2, ("peak_reserved_bytes", pred["peak_reserved_bytes"], case["peak_reserved_bytes"]))
     return [
         {
             "case": case["case"],

@@ -49,6 +49,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--gpu-budget", help="HBM per GPU, e.g. 80GiB (default: the GPU's capacity)")
     p.add_argument("--host-budget", help="host memory of the node, e.g. 2TB (default: installed)")
     p.add_argument("--time-limit", default="10", help="MIP time limit in seconds (default 10)")
+    p.add_argument("--allocator", choices=("planned", "caching"), default="planned",
+                   help="planned: addresses planned ahead, a plan fits when its allocated peak does "
+                        "(default); caching: PyTorch's caching allocator must also fit, fragmentation "
+                        "included")
     p.add_argument("--solver", choices=("highs", "cbc"), default="highs", help="MIP solver")
     p.add_argument("--out", help="directory for plan.json, trace.json and memory.png")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -86,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     if time_limit <= 0:
         raise UserInputError("--time-limit: must be positive")
     report = plan_training(model, scenario.job, node, gpu_budget_bytes=gpu_budget,
-                           host_budget_bytes=host_budget, time_limit_s=time_limit, solver=args.solver)
+                           host_budget_bytes=host_budget, time_limit_s=time_limit, solver=args.solver,
+                           allocator=args.allocator)
     if args.json:
         out = report.to_dict()
         if report.best is None:

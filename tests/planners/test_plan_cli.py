@@ -21,7 +21,8 @@ def test_json_lists_every_strategy_and_the_best(capsys, tmp_path):
     d = json.loads(out)
     assert [s["name"] for s in d["strategies"]] == list(STRATEGIES)
     for s in d["strategies"]:
-        assert set(s) == {"name", "feasible", "step_time_s", "mfu", "peak_hbm_bytes", "peak_host_bytes", "reason",
+        assert set(s) == {"name", "feasible", "step_time_s", "mfu", "peak_hbm_bytes", "peak_reserved_bytes",
+                          "peak_host_bytes", "reason",
                           "solve_time_s"}
         assert s["feasible"] or s["reason"]
     best = next(s for s in d["strategies"] if s["name"] == d["best"])
