@@ -16,10 +16,11 @@ card, 48 GiB), five modes:
 Three sub-commands. ``make-plans`` (CPU) runs ``plan_training`` once per (length, budget) and
 writes one plan per mode plus, per length, the ``none`` plan of the largest L <= 8 layers whose
 predicted peak fits the full card (the ideal: ``8 * t(L) / L``), and ``index.json`` (every cell:
-its plan file or why there is none; predictions; model FLOPs). Plans are made for a GPU budget
-``PLANNING_MARGIN_FRAC`` below the cap the run enforces: the cap
-(``torch.cuda.set_per_process_memory_fraction``) bounds reserved bytes, plans bound allocated
-bytes. ``run`` (GPU; ``--smoke`` on the CPU with a tiny model) runs the cells in one process,
+its plan file or why there is none; predictions; model FLOPs). Plans are made for PyTorch's
+caching allocator (``allocator="caching"``: the cap the run sets with
+``torch.cuda.set_per_process_memory_fraction`` bounds reserved bytes, so a plan fits only when
+the allocator model, capped, serves every request) and a GPU budget ``PLANNING_MARGIN_FRAC``
+below that cap (the executor's own transients: kept-row copies, row-recompute workspaces). ``run`` (GPU; ``--smoke`` on the CPU with a tiny model) runs the cells in one process,
 caps the GPU per cell, refuses a cell whose predicted peak HBM is over the cap or whose
 predicted host peak is over the host memory available, and writes ``bench-measured.json``.
 ``report`` (CPU) re-predicts every measured cell from its committed plan with the current
@@ -65,7 +66,7 @@ MODE_STRATEGY = {
     "memo": "memo",
     "mip": "mip",
 }
-PLANNING_MARGIN_FRAC = 0.04
+PLANNING_MARGIN_FRAC = 0.02
 """Plans are made for (1 - this) x the cap the run enforces: the cap bounds reserved bytes
 (allocated + the caching allocator's slack), a plan bounds allocated bytes."""
 HOST_BUDGET_BYTES = 96 * GiB
@@ -189,6 +190,7 @@ def make_plans(
                 gpu_budget_bytes=planning,
                 host_budget_bytes=HOST_BUDGET_BYTES,
                 time_limit_s=time_limit_s,
+                allocator="caching",
             )
             for mode in MODES:
                 res = rep.result(MODE_STRATEGY[mode])
@@ -233,6 +235,7 @@ def make_plans(
                 node=node,
                 gpu_budget_bytes=planning,
                 host_budget_bytes=HOST_BUDGET_BYTES,
+                allocator="caching",
             )
             layers, _ = baselines.BASELINES["none"](ctx)
             res = evaluate(ctx, "none", layers)
