@@ -182,7 +182,9 @@ def run(args: argparse.Namespace) -> int:
     if source == "snapshot" and snap.reserved_bytes:
         summary["snapshot_reserved_bytes"] = snap.reserved_bytes
     if arena is not None:
-        summary.update({"plan_path": args.plan, **arena.model_dump(), **arena_layout})
+        extra = {"plan_path": args.plan, **arena.model_dump(), **arena_layout}
+        assert not set(extra) & set(summary), "arena keys must not replace the layout's"
+        summary.update(extra)
     if args.json:
         print(json.dumps({**result.model_dump(mode="json"), **summary}, sort_keys=True))
         return 0
@@ -249,7 +251,7 @@ def _print_arena(console, summary: dict) -> None:
         return f"{x / ordinary - 1:+.2%}" if ordinary else ""
 
     t.add_row("ordinary (every tensor on its own)", format_bytes(ordinary), "",
-              format_bytes(summary["reserved_bytes"]))
+              format_bytes(summary["ordinary_reserved_bytes"]))
     t.add_row("arena held all step", format_bytes(summary["arena_peak_bytes"]),
               rel(summary["arena_peak_bytes"]), format_bytes(summary["arena_reserved_bytes"]))
     t.add_row("arena per step (first to last buffer)", format_bytes(summary["window_arena_peak_bytes"]),

@@ -191,7 +191,7 @@ class ArenaComparison(BaseModel):
     arena_peak_bytes: int = Field(ge=0, description="other_peak_bytes + arena_bytes: the arena held all step")
     window_arena_peak_bytes: int = Field(
         ge=0, description="peak with the arena allocated from the first plan buffer to the last one, each step")
-    reserved_bytes: int = Field(ge=0, description="caching allocator reserved, every tensor on its own")
+    ordinary_reserved_bytes: int = Field(ge=0, description="caching allocator reserved, every tensor on its own")
     arena_reserved_bytes: int = Field(ge=0, description="caching allocator reserved, arena held all step")
     window_arena_reserved_bytes: int = Field(ge=0, description="caching allocator reserved, arena per step")
 
@@ -227,7 +227,7 @@ def compare_arena(step: PlanStep, *, arena_bytes: int, expandable_segments: bool
         ordinary_peak_bytes=walk_memory(wl).peak_bytes,
         arena_peak_bytes=step_peak,
         window_arena_peak_bytes=walk_memory(window_wl).peak_bytes,
-        reserved_bytes=reserved(wl),
+        ordinary_reserved_bytes=reserved(wl),
         arena_reserved_bytes=reserved(step_wl),
         window_arena_reserved_bytes=reserved(window_wl),
     )

@@ -8,7 +8,7 @@ import pytest
 from hwmodels.units import UserInputError
 from planners.cli import main
 from planners.layout.instance import check_layout, lower_bound_bytes
-from planners.layout.plan import plan_layout
+from planners.layout.plan import instance_events, plan_layout
 from planners.layout.plan_buffers import (
     PLAN_BUFFER_SUFFIXES,
     arena_peak_bytes,
@@ -21,6 +21,7 @@ from planners.layout.plan_buffers import (
     without_tensors,
 )
 from planners.plan import load_plan
+from simulator.allocator import replay_caching_allocator
 from simulator.workload import walk_memory
 
 PLANS = pathlib.Path(__file__).parents[2] / "validate" / "plans"
@@ -64,7 +65,7 @@ def test_a_plan_that_keeps_everything_has_no_buffers_and_no_arena_cost():
     assert plan_buffers_instance(step).num_buffers == 0
     cmp = compare_arena(step, arena_bytes=0)
     assert cmp.arena_peak_bytes == cmp.ordinary_peak_bytes == cmp.window_arena_peak_bytes
-    assert cmp.arena_reserved_bytes == cmp.reserved_bytes
+    assert cmp.arena_reserved_bytes == cmp.ordinary_reserved_bytes
 
 
 def test_arena_peak_is_other_tensors_plus_arena_and_deterministic(memo_step):
@@ -122,6 +123,9 @@ def test_cli_plan_buffers_only_json_and_table(tmp_path, capsys):
     assert check_layout(inst, doc["offsets"]).valid
     assert doc["peak_bytes"] == doc["arena_bytes"] >= doc["lower_bound_bytes"] == lower_bound_bytes(inst.buffers)
     assert doc["arena_peak_bytes"] == doc["other_peak_bytes"] + doc["arena_bytes"]
+    # the caching allocator's row is for the same requests as the layout: the buffers alone
+    alone = replay_caching_allocator(instance_events(inst)).peak_reserved_bytes
+    assert doc["reserved_bytes"] == alone < doc["ordinary_reserved_bytes"]
     assert main(["layout", "--plan", str(MEMO), "--buffers-only", "--time-limit", "10", "--out", str(out),
                  "--no-png"]) == 0
     text = capsys.readouterr().out
