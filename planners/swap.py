@@ -354,6 +354,7 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
         if dec.checkpoint == "none":
             groups += [(tids, dec.action(role)) for role, tids in lp.role_tids.items()]
         layer_off: dict[str, int] = {}
+        assemble, assemble_t = 0, -1  # the largest tensor put together from kept and recomputed rows
         max_rec = 0.0
         attn_rec = 0.0
         for tids, act in groups:
@@ -365,22 +366,43 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
                 keep = int(round(nb * act.keep_frac))
                 rec = max(0, nb - off - keep)
                 sizes[t] = keep
-                if off:
+                if off and t not in held:
+                    # The executor's order: the whole tensor stays until its D2H copy is done,
+                    # its kept rows are copied out at the layer's end and move into the
+                    # full-size prefetch buffer, the recomputed rows pass through it.
+                    rel, res = release_restore_ops(prof, i, stream=act.stream, lookahead=lookahead)
+                    sizes[t] = 0
+                    part(t, nb, "offloaded", alloc_of[t], rel)
+                    if keep:
+                        part(t, keep, "kept", lp.last_fwd, res)
+                    stage_allocs.setdefault(res, []).append(part(t, nb, "prefetched", None, prof.free_op[t]))
+                    layer_off[act.stream] = layer_off.get(act.stream, 0) + off
+                    if rec:
+                        tmp = part(t, rec, "recomputed", None, None)
+                        rec_allocs.setdefault(i, []).append(tmp)
+                        rec_frees.setdefault(i, []).append(tmp)
+                elif off:
                     rel, res = release_restore_ops(prof, i, stream=act.stream, lookahead=lookahead)
                     part(t, off, "offloaded", alloc_of[t], rel)
-                    back = part(t, off, "prefetched", None, None if t in held else prof.free_op[t])
-                    if t in held:
-                        rec_frees[i].remove(t)
-                        rec_frees[i] += [t, back]
+                    back = part(t, off, "prefetched", None, None)
+                    rec_frees[i].remove(t)
+                    rec_frees[i] += [t, back]
                     stage_allocs.setdefault(res, []).append(back)
                     layer_off[act.stream] = layer_off.get(act.stream, 0) + off
-                if rec:
+                if rec and not (off and t not in held):
                     part(t, rec, "dropped", alloc_of[t], lp.last_fwd)
                     rec_allocs.setdefault(i, []).append(part(t, rec, "recomputed", None, prof.free_op[t]))
+                    if keep and nb > assemble:  # put together in a new tensor while its parts exist
+                        assemble, assemble_t = nb, t
+                if rec:
                     if index[t].role.value in ATTN_ROLES:
                         attn_rec = max(attn_rec, act.recompute_frac)
                     else:
                         max_rec = max(max_rec, act.recompute_frac)
+        if assemble:
+            tmp = part(assemble_t, assemble, "assembled", None, None)
+            rec_allocs.setdefault(i, []).append(tmp)
+            rec_frees.setdefault(i, []).append(tmp)
         rec_s = max_rec * lp.other_fwd_s + attn_rec * lp.attn_fwd_s
         rec_flops = max_rec * (lp.fwd_flops - lp.attn_fwd_flops) + attn_rec * lp.attn_fwd_flops
         if rec_s > 0 or i in rec_allocs:
@@ -671,7 +693,14 @@ def solve_mip(ctx: PlanContext, *, budget_bytes: int | None = None, host_budget_
     keep = [var(f"keep_frac_{i}", 0, 1) for i in range(n)]
     off = [var(f"alpha_frac_{i}", 0, 1) for i in range(n)]
     rec = [var(f"recompute_frac_{i}", 0, 1) for i in range(n)]
-    r_off, r_rec, t_rec = [], [], []
+    # The executor holds an offloading tensor whole until its D2H copy is done (the recomputed
+    # rows leave with the offloaded ones, the kept rows have a copy meanwhile) and prefetches
+    # it whole (the recomputed rows come back with the offloaded ones): u = "other" offloads,
+    # rec_u = rec * u and keep_u = keep * u, linearised (McCormick, exact for a binary u).
+    u = [var(f"other_offloads_{i}", cat="Binary") for i in range(n)]
+    rec_u = [var(f"recompute_frac_offloading_{i}", 0, 1) for i in range(n)]
+    keep_u = [var(f"keep_frac_offloading_{i}", 0, 1) for i in range(n)]
+    r_off, r_rec, t_rec, r_rec_late, r_kept = [], [], [], [], []
     for i, lp in enumerate(L):
         fp = full_prof.layers[i]  # the same layer under a full checkpoint: keeps its input only
         prob += keep[i] + off[i] + rec[i] + full[i] == 1, f"fractions_{i}"
@@ -685,18 +714,29 @@ def solve_mip(ctx: PlanContext, *, budget_bytes: int | None = None, host_budget_
         prob += held_off[i] >= rec[i] + o_in[i] - 1, f"held_input_offload_ge_both_{i}"
         if lp.input_bytes == 0 and lp.hold_bytes == 0:
             prob += o_in[i] == 0, f"no_input_to_offload_{i}"
+        prob += off[i] <= u[i], f"other_offloads_{i}"
+        for name, x, y in (("rec", rec_u, rec), ("keep", keep_u, keep)):
+            prob += x[i] <= y[i], f"{name}_offloading_le_frac_{i}"
+            prob += x[i] <= u[i], f"{name}_offloading_le_offloads_{i}"
+            prob += x[i] >= y[i] + u[i] - 1, f"{name}_offloading_ge_both_{i}"
+        r_rec_late.append(lp.other_bytes * rec_u[i] / g)
+        r_kept.append(lp.other_bytes * keep_u[i] / g)
         r_off.append((lp.input_bytes * o_in[i] + lp.hold_bytes * held_off[i] + fp.input_bytes * o_inf[i]
                       + lp.attn_bytes * o_at[i] + lp.other_bytes * off[i]) / g)
-        r_rec.append(((lp.saved_bytes - fp.input_bytes) * full[i] + lp.other_bytes * rec[i]
+        r_rec.append(((lp.saved_bytes - fp.input_bytes) * full[i] + lp.other_bytes * (rec[i] - rec_u[i])
                       - lp.hold_bytes * rec[i]) / g)
         t_rec.append(fp.recompute_s * full[i] + lp.other_fwd_s * rec[i])
 
     # HBM capacity at every segment between release / restore points of the schedule
-    windows = []  # (open lo, open hi, expr)
+    windows = []  # (open lo, open hi, expr removed in between, layer, kind)
+    adds = []  # (closed lo, closed hi, expr added in between, layer)
     for i, lp in enumerate(L):
         rel, res = release_restore_ops(prof, i, stream="d2h", lookahead=ctx.lookahead)
-        windows.append((rel, res, r_off[i], i))
-        windows.append((lp.last_fwd, lp.first_bwd, r_rec[i], i))
+        windows.append((rel, res, r_off[i], i, "off"))
+        windows.append((rel, res, r_rec_late[i], i, "rec_late"))
+        windows.append((lp.last_fwd, lp.first_bwd, r_rec[i], i, "rec"))
+        if lp.last_fwd + 1 <= rel:
+            adds.append((lp.last_fwd + 1, rel, r_kept[i], i))
     points = sorted({0, len(times) - 1} | {w[0] for w in windows} | {w[1] for w in windows})
     segments = []
     for a, b in zip(points, points[1:], strict=False):
@@ -710,15 +750,17 @@ def solve_mip(ctx: PlanContext, *, budget_bytes: int | None = None, host_budget_
     for lo, hi in segments:
         peak = max(live[lo:hi + 1])
         removable = [w for w in windows if w[0] < lo and hi < w[1]]
-        held = sum(L[w[3]].hold_bytes for w in removable if w[2] is r_rec[w[3]])
-        if peak + held <= budget:
+        added = [a for a in adds if a[0] <= lo and hi <= a[1]]
+        held = sum(L[w[3]].hold_bytes for w in removable if w[4] == "rec")
+        if peak + held + sum(L[a[3]].other_bytes for a in added) <= budget:
             continue
         k = max(range(lo, hi + 1), key=lambda j: live[j])
         name = f"hbm_capacity_at_{prof.workload.ops[k].name}"
-        prob += peak / g - pulp.lpSum(w[2] for w in removable) <= budget / g, name
+        prob += (peak / g - pulp.lpSum(w[2] for w in removable) + pulp.lpSum(a[2] for a in added)
+                 <= budget / g), name
         # what is left when everything removable is removed (for the infeasibility message)
-        max_removed = _max_removed_bytes(L, full_prof, [w[3] for w in removable if w[2] is r_off[w[3]]],
-                                         [w[3] for w in removable if w[2] is r_rec[w[3]]])
+        max_removed = _max_removed_bytes(L, full_prof, [w[3] for w in removable if w[4] == "off"],
+                                         [w[3] for w in removable if w[4] == "rec"])
         left = peak - max_removed
         if left > budget and (worst_left is None or left > worst_left):
             worst_left, binding_seg = left, prof.workload.ops[k]

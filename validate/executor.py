@@ -8,12 +8,14 @@ the plan's decision for that role cuts it along its token dimension into three r
 ``alpha_frac`` of the tokens are copied into ONE offload pool allocated once (pinned host memory
 on CUDA, a plain CPU tensor on the CPU: the same code with the CPU as both sides) on a D2H
 stream that waits for an event recorded on the compute stream; ``keep_frac`` of the tokens stay
-in HBM (a copy of those rows); the rest is dropped. During backward, a gradient hook on layer
-m's output (the moment backward reaches layer m) issues on an H2D stream the prefetch of every
-layer l >= m - ``prefetch_lookahead_layers`` not yet fetched, into tensors of the saved
-tensor's own size and strides (so kernels see the same layout and the gradients stay bitwise
-equal); the unpack hook makes the compute stream wait for that layer's H2D event, puts back the
-kept rows and, where rows were dropped, recomputes them. ``checkpoint: full`` with the input
+in HBM (a copy of those rows); the rest is dropped. A tensor copied on the D2H stream is given
+back at the end of the next layer's forward, after the compute stream waits for the copy (the
+planner's two staging buffers). During backward, a gradient hook on layer m's output (the
+moment backward reaches layer m) issues on an H2D stream the prefetch of every layer
+l >= m - ``prefetch_lookahead_layers`` not yet fetched, into tensors of the saved tensor's own
+size and strides (so kernels see the same layout and the gradients stay bitwise equal), and
+moves the kept rows in; at the layer's first unpack the dropped rows are recomputed and moved
+in; the unpack hook makes the compute stream wait for that layer's H2D event. ``checkpoint: full`` with the input
 kept is ``torch.utils.checkpoint`` (non-reentrant); ``selective`` checkpoints the MLP block.
 Assumes: the model's control flow does not depend on data (recomputation replays the same
 sequence of saved tensors); a saved tensor's token dimension is its unique dimension of size
@@ -155,6 +157,7 @@ class _LayerState:
     waited: bool = False
     recomputed: bool = False
     offload_bytes: int = 0
+    sources: list[torch.Tensor] = field(default_factory=list)  # read by D2H copies in flight
 
 
 @dataclass
@@ -306,6 +309,7 @@ class PlanExecutor:
             spans.clear()
         try:
             loss = self._run(batch)
+            self._release_sources()
             loss.backward()
         finally:
             self._states.clear()
@@ -359,9 +363,26 @@ class PlanExecutor:
             finally:
                 layer.tagger = None
             self._finish_forward(st)
+        self._release_sources(before=i)
         if y.requires_grad and not self._counting:
             y.register_hook(lambda grad, m=i: self._reached(m))
         return y
+
+    def _release_sources(self, before: int | None = None) -> None:
+        """Give back the tensors layers < ``before`` (all: None) offloaded from, once their D2H
+        copies are done in the compute stream's order (a wait, timed as a stall, when a copy
+        is slower than the next layer's forward). Freed in the compute stream's order, their
+        blocks are reused at once; ``record_stream`` would hold them until the allocator
+        polls the copy's event, and it allocates new segments meanwhile."""
+        for st in self._states.values():
+            if not st.sources or (before is not None and st.index >= before):
+                continue
+            if self.cuda:
+                compute = torch.cuda.current_stream(self.device)
+                start = self._timed_event(compute)
+                compute.wait_event(st.d2h_event)
+                self._stall_spans.append((start, self._timed_event(compute)))
+            st.sources.clear()
 
     @staticmethod
     def _tag(st: _LayerState, role: str, t: torch.Tensor) -> None:
@@ -456,7 +477,7 @@ class PlanExecutor:
                 if side and not e.on_compute_stream:
                     with torch.cuda.stream(self.d2h):
                         e.host.copy_(src, non_blocking=True)
-                    t.record_stream(self.d2h)
+                    st.sources.append(t)  # released at the next layer's end (_release_sources)
                 else:
                     e.host.copy_(src)
             del t
@@ -483,8 +504,11 @@ class PlanExecutor:
         # Allocated on the compute stream (its pool: no second cache on the H2D stream); the
         # H2D stream starts once the compute stream reaches this point of the backward, when
         # the blocks handed out here are free in its order.
-        for e in todo:
+        for e in todo:  # the kept rows move in now: the layer holds one copy of each row
             e.fetched = torch.empty_strided(e.shape, e.stride, dtype=e.dtype, device=self.device)
+            if e.kept is not None:
+                _rows(e.fetched, e, e.n_off, e.n_keep).copy_(e.kept)
+                e.kept = None
         self.stats.h2d_bytes += sum(e.host.numel() * e.dtype.itemsize for e in todo)
         if self.cuda:
             self.h2d.wait_event(torch.cuda.current_stream(self.device).record_event())
@@ -516,19 +540,34 @@ class PlanExecutor:
         return full.as_strided(shape, stride, full.storage_offset() + rel)
 
     def _materialise(self, st: _LayerState, idx: int) -> torch.Tensor:
+        """The whole saved tensor, for a kernel: its prefetched rows waited for."""
         e = st.entries[idx]
         if e.whole is not None:
             return e.whole
-        if e.full is not None:
-            return e.full
-        if not st.prefetched:
+        if e.n_off and not e.on_compute_stream:
+            if not st.prefetched:
+                self._prefetch(st)
+            if self.cuda and st.h2d_event is not None and not st.waited:
+                compute = torch.cuda.current_stream(self.device)
+                before = self._timed_event(compute)
+                compute.wait_event(st.h2d_event)
+                self._stall_spans.append((before, self._timed_event(compute)))
+                st.waited = True
+        if e.full is None:
+            self._assemble(st, idx)
+        return e.full
+
+    def _assemble(self, st: _LayerState, idx: int) -> None:
+        """Put a split tensor's rows together (the kept rows, the offloaded ones from the
+        prefetch or, on the compute stream, the pool, the recomputed ones) and drop the parts.
+        The H2D stream may still be writing the offloaded rows: the caller waits for them."""
+        e = st.entries[idx]
+        if e.n_rec and e.rec is None:
+            self._recompute(st)
+            if e.full is not None:
+                return
+        if e.n_off and not e.on_compute_stream and not st.prefetched:
             self._prefetch(st)
-        if self.cuda and st.h2d_event is not None and not st.waited:
-            compute = torch.cuda.current_stream(self.device)
-            before = self._timed_event(compute)
-            compute.wait_event(st.h2d_event)
-            self._stall_spans.append((before, self._timed_event(compute)))
-            st.waited = True
         out = e.fetched
         if out is None and e.host is None and e.kept is None and e.n_off + e.n_keep:
             raise RuntimeError(f"layer {st.index}: saved tensor {idx} unpacked after its last use")
@@ -536,15 +575,11 @@ class PlanExecutor:
             out = torch.empty_strided(e.shape, e.stride, dtype=e.dtype, device=self.device)
             if e.n_off:
                 _rows(out, e, 0, e.n_off).copy_(e.host)
-        if e.n_keep:
+        if e.kept is not None:
             _rows(out, e, e.n_off, e.n_keep).copy_(e.kept)
-        if e.n_rec:
-            self._recompute(st)
-            start = e.n_off + e.n_keep
-            _rows(out, e, start, e.n_rec).copy_(e.rec)
-            e.rec = None
-        e.full, e.fetched, e.kept, e.host = out, None, None, None
-        return out
+        if e.rec is not None:
+            _rows(out, e, e.n_off + e.n_keep, e.n_rec).copy_(e.rec)
+        e.full, e.fetched, e.kept, e.host, e.rec = out, None, None, None, None
 
     def _recompute(self, st: _LayerState) -> None:
         if st.recomputed:
@@ -557,6 +592,9 @@ class PlanExecutor:
             self._recompute_rows(st, layer)
         else:
             self._replay_layer(st, layer)
+        for idx, e in enumerate(st.entries):  # the recomputed rows go in now, then are freed
+            if e.n_rec and e.full is None:
+                self._assemble(st, idx)
         if self.cuda:
             self._recompute_spans.append((before, self._timed_event(compute)))
 
