@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from hwmodels.units import TFLOPS, GiB, MiB, UserInputError, parse_bytes, parse_count  # noqa: E402
+from hwmodels.units import TFLOPS, GiB, MiB, UserInputError, format_bytes, parse_bytes, parse_count  # noqa: E402
 
 MODEL = "probe-llama7b-stack"
 NUM_LAYERS = 8
@@ -428,7 +428,12 @@ MEASURED_KEYS = (
     "host_pool_bytes",
     "host_pool_peak_bytes",
     "host_allocator_peak_bytes",
+    "copy_stats",
 )
+LEAK_TOLERANCE_BYTES = 256 * 2**20
+"""After a cell, memory still allocated beyond this over what was allocated before it means the
+cell's tensors were not given back (seen on the H200 after an out-of-memory step: +32 GiB
+in the cells that followed): the run stops measuring rather than report inflated peaks."""
 
 
 def run_bench(
@@ -456,6 +461,7 @@ def run_bench(
 
     from kernels.microbench import provenance
     from planners.plan import load_plan
+    from validate import run_plan
     from validate.executor import host_memory_bytes
     from validate.run_plan import run_case
 
@@ -491,6 +497,8 @@ def run_bench(
             total = torch.cuda.get_device_properties(device).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, fraction_bytes / total), device)
 
+    leaked: dict[str, Any] = {"bytes": 0, "why": ""}
+
     def one(cell: dict[str, Any], mode: str, label: str) -> dict[str, Any]:
         rec = _cell_record(cell, mode)
         if not cell["plan"]:
@@ -507,7 +515,11 @@ def run_bench(
         if dry_run:
             rec.update(status="planned", estimated_s=(warmup + reps) * predicted_s)
             return rec
+        if leaked["bytes"]:
+            rec.update(status="skipped", message=f"{label}: not measured: {leaked['why']}")
+            return rec
         cap(cell["budget_bytes"] if cell.get("budget", "full") != "full" else 1 << 62)
+        before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
         t0 = time.perf_counter()
         if mode == "save_on_cpu":
             case = run_save_on_cpu(
@@ -523,6 +535,14 @@ def run_bench(
             case = run_case(label, plan, device=device, warmup=warmup, repeats=reps, smoke=smoke)
         rec["wall_s"] = time.perf_counter() - t0
         rec.update({k: case[k] for k in MEASURED_KEYS if k in case})
+        if device.type == "cuda":
+            run_plan._free(device)
+            left = torch.cuda.memory_allocated(device) - before
+            if left > LEAK_TOLERANCE_BYTES:
+                leaked["bytes"] = left
+                leaked["why"] = (f"{format_bytes(left)} of cell {label} ({rec['status']}) still "
+                                 "allocated after it; rerun the remaining cells in a new process")
+                rec["leaked_bytes"] = left
         return rec
 
     out = Path(out_dir)
@@ -639,8 +659,15 @@ def report_rows(measured_files: list[str | Path], plans_dir: str | Path) -> dict
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
             raise UserInputError(f"--measured: {f}: not a bench-measured file: {err}") from None
         provs.append(data.get("provenance", {}))
+        after_oom = False
         for c in cells:
-            merged[(c["seq_len"], c["budget"], c["mode"])] = c
+            key = (c["seq_len"], c["budget"], c["mode"])
+            # an out-of-memory step may leave its tensors allocated (runs before the leak check
+            # existed): what the same process measured after it replaces no cleaner record
+            if after_oom and key in merged:
+                continue
+            merged[key] = {**c, "after_oom": True} if after_oom else c
+            after_oom = after_oom or c.get("status") == "oom"
     plans = Path(plans_dir)
     if not plans.is_dir():
         raise UserInputError(f"--plans: {plans} is not a directory")
@@ -676,6 +703,7 @@ def report_rows(measured_files: list[str | Path], plans_dir: str | Path) -> dict
                 "num_layers": c["num_layers"],
                 "status": c.get("status"),
                 "message": c.get("message"),
+                "after_oom": bool(c.get("after_oom")),
                 "step_time_s": step,
                 "model_tflops_per_s": flops / step / TFLOPS if (flops and step) else None,
                 "ideal_step_s": ideal_s.get(seq_len),
@@ -760,7 +788,7 @@ def markdown(rep: dict[str, Any]) -> str:
         where = prov.get("device") or prov.get("device_type", "?")
         lines.append(
             f"Measured on {where}, {prov.get('date_utc', '?')}, commit "
-            f"{str(prov.get('git_commit') or '?')[:10]}: `{prov.get('command', '?')}`  "
+            f"{str(prov.get('tree_commit') or prov.get('git_commit') or '?')[:10]}: `{prov.get('command', '?')}`  "
         )
     if lines:
         lines += ["Predictions: the committed plans replayed by the current cost model.", ""]
