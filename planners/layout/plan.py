@@ -13,7 +13,7 @@ Every returned layout passes ``check_layout``, an independent overlap checker; t
 reports the lower bound, the planned peak, the gap and the solve time.
 Assumes: time limits are wall-clock seconds for the whole call (greedy always runs to the end,
 it takes well under a second per few thousand buffers).
-Ignores: a Plan's offload buffers (the Plan schema does not exist yet), alignment beyond sizes.
+Ignores: alignment beyond sizes (a Plan's buffers are laid out by planners.layout.plan_buffers).
 Source: MEMO (Zhao et al., 2024), section 4.3 bi-level MIP; planners.layout.mip / .greedy.
 """
 
