@@ -50,8 +50,10 @@ from hwmodels.units import UserInputError, format_bytes
 from planners.plan import LayerPlan, Plan, RoleAction
 from planners.swap import ATTN_ROLES
 from simulator.workload import Role
+from validate.arena import Arena, ArenaMismatch
 
 POOL_ALIGN_BYTES = 512
+ARENA_TIME_LIMIT_S = 10.0
 INPUT_ROLE = "input"
 
 
@@ -129,6 +131,7 @@ class _Entry:
     kept: torch.Tensor | None = None  # rows [n_off, n_off + n_keep)
     host: torch.Tensor | None = None  # rows [0, n_off) in the pool
     fetched: torch.Tensor | None = None  # full-size tensor, offloaded rows filled by the prefetch
+    arena_key: str | None = None  # its buffer's key in the executor's arena
     full: torch.Tensor | None = None  # materialised for backward
     rec: torch.Tensor | None = None  # the recomputed rows [n_off + n_keep, end)
 
@@ -239,6 +242,13 @@ def check_fits(
         )
 
 
+def _have_pulp() -> bool:
+    """Whether the exact layout MIP can run here (a GPU machine may lack pulp: heuristics)."""
+    import importlib.util
+
+    return importlib.util.find_spec("pulp") is not None
+
+
 def host_memory_bytes() -> int:
     """Host memory available now (Linux sysconf)."""
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -251,7 +261,13 @@ class PlanExecutor:
     (``prepare``); the pool is allocated once and reused by every step."""
 
     def __init__(
-        self, model: torch.nn.Module, plan: Plan, *, device: Any, host_pool_bytes: int | None = None
+        self,
+        model: torch.nn.Module,
+        plan: Plan,
+        *,
+        device: Any,
+        host_pool_bytes: int | None = None,
+        arena: bool = False,
     ) -> None:
         check_fits(plan, num_layers=len(model.layers), host_available_bytes=1 << 62)
         self.model = model
@@ -265,6 +281,10 @@ class PlanExecutor:
         self._counting = False
         self._seq_len = 0
         self.stats = StepStats()
+        self.arena: Arena | None = None
+        self.arena_fallback = ""
+        if arena:
+            self.arena = Arena(self.device, time_limit_s=ARENA_TIME_LIMIT_S, use_mip=_have_pulp())
         self._d2h_spans: list[tuple[Any, Any]] = []
         self._h2d_spans: list[tuple[Any, Any]] = []
         self._stall_spans: list[tuple[Any, Any]] = []
@@ -312,9 +332,54 @@ class PlanExecutor:
             self._release_sources()
             loss.backward()
         finally:
+            for st in self._states.values():
+                for e in st.entries:
+                    self._free_buffer(e)
             self._states.clear()
             self.pool.reset()
+        if self.arena is not None and not self.arena.planned:
+            self.arena.finish_recording()  # the first step recorded the buffers; plan them
         return loss.detach()
+
+    def arena_stats(self) -> dict[str, Any] | None:
+        """The arena's layout (None without one): bytes, lower bound, status, gap; or why the
+        executor fell back to ordinary allocation."""
+        if self.arena is None:
+            return {"fallback": self.arena_fallback} if self.arena_fallback else None
+        if not self.arena.planned:
+            return {"status": "recording"}
+        return {
+            "capacity_bytes": self.arena.capacity_bytes,
+            "lower_bound_bytes": self.arena.lower_bound_bytes,
+            "status": self.arena.status,
+            "gap": self.arena.gap,
+            "solve_time_s": self.arena.solve_time_s,
+        }
+
+    def _buffer(self, st: _LayerState, idx: int) -> torch.Tensor:
+        """A full-size tensor for entry ``idx`` of ``st``: at its planned arena offset, or from
+        the caching allocator (no arena, or the step differs from the recorded one)."""
+        e = st.entries[idx]
+        if self.arena is not None:
+            key = f"{st.index}.{idx}"
+            try:
+                out = self.arena.alloc(key, e.shape, e.stride, e.dtype)
+                e.arena_key = key
+                return out
+            except ArenaMismatch as err:
+                self.arena_fallback = str(err)
+                self.arena = None
+        return torch.empty_strided(e.shape, e.stride, dtype=e.dtype, device=self.device)
+
+    def _free_buffer(self, e: _Entry) -> None:
+        """Give an entry's arena bytes back, once the kernels of its layer's backward are
+        queued (not at its last unpack: the node that unpacks it may unpack, and allocate, more
+        before its kernels are queued): later users of the bytes queue after them, on the
+        compute stream or on the H2D stream behind an event the compute stream records."""
+        if e.arena_key is not None:
+            if self.arena is not None:
+                self.arena.free(e.arena_key)
+            e.arena_key = None
 
     def last_stats(self) -> StepStats:
         """The last step's StepStats (on CUDA this waits for the step's events)."""
@@ -489,7 +554,10 @@ class PlanExecutor:
 
     def _reached(self, m: int) -> None:
         """Backward is about to run layer m: free layer m+1's tensors, prefetch ahead."""
-        self._states.pop(m + 1, None)
+        done = self._states.pop(m + 1, None)
+        if done is not None:  # every kernel of layer m+1's backward is queued by now
+            for e in done.entries:
+                self._free_buffer(e)
         k = self.plan.prefetch_lookahead_layers
         for li in range(max(0, m - k), m + 1):
             st = self._states.get(li)
@@ -505,7 +573,7 @@ class PlanExecutor:
         # H2D stream starts once the compute stream reaches this point of the backward, when
         # the blocks handed out here are free in its order.
         for e in todo:  # the kept rows move in now: the layer holds one copy of each row
-            e.fetched = torch.empty_strided(e.shape, e.stride, dtype=e.dtype, device=self.device)
+            e.fetched = self._buffer(st, st.entries.index(e))
             if e.kept is not None:
                 _rows(e.fetched, e, e.n_off, e.n_keep).copy_(e.kept)
                 e.kept = None
@@ -534,7 +602,7 @@ class PlanExecutor:
         e = st.entries[idx]
         e.uses -= 1
         if e.uses <= 0:  # autograd holds it from here; the last handle lets it go after use
-            e.full = e.whole = None
+            e.full = e.whole = None  # (its arena bytes: when backward leaves the layer)
         if shape == tuple(full.shape) and stride == full.stride() and rel == 0:
             return full
         return full.as_strided(shape, stride, full.storage_offset() + rel)
@@ -572,7 +640,7 @@ class PlanExecutor:
         if out is None and e.host is None and e.kept is None and e.n_off + e.n_keep:
             raise RuntimeError(f"layer {st.index}: saved tensor {idx} unpacked after its last use")
         if out is None:
-            out = torch.empty_strided(e.shape, e.stride, dtype=e.dtype, device=self.device)
+            out = self._buffer(st, idx)
             if e.n_off:
                 _rows(out, e, 0, e.n_off).copy_(e.host)
         if e.kept is not None:

@@ -55,6 +55,7 @@ SMOKE_SHAPE = {
 }
 SMOKE_SEQ_LEN = 48
 BASELINES = ("none", "checkpoint")
+ARENA_PREDICT_TIME_LIMIT_S = 5.0
 
 
 def _spec(plan: Plan, smoke: bool) -> ModelSpec:
@@ -98,8 +99,10 @@ def run_case(
     repeats: int,
     smoke: bool,
     check_grads_tokens: int | None = None,
+    arena: bool = False,
 ) -> dict[str, Any]:
-    """One plan: refuse it, or time it; never raises for a refusal or an OOM."""
+    """One plan: refuse it, or time it; never raises for a refusal or an OOM. ``arena``: the
+    executor's buffers at planned offsets in one allocation (the warm-up steps record them)."""
     spec = _spec(plan, smoke)
     batch_size, seq_len = _tokens(plan, smoke)
     case: dict[str, Any] = {
@@ -118,7 +121,9 @@ def run_case(
     try:
         model = build_model(spec, device=device, dtype=dtype, seed=0)
         batch = make_batch(spec, seq_len=seq_len, batch=batch_size, device=device, dtype=dtype)
-        ex = PlanExecutor(model, plan, device=device)
+        if arena and warmup < 1:
+            raise UserInputError("--arena: needs --warmup 1 or more (the first step records the buffers)")
+        ex = PlanExecutor(model, plan, device=device, arena=arena)
         step_no = "pool sizing"
         pool_bytes = ex.size_pool(batch)
         case["host_pool_bytes"] = pool_bytes
@@ -164,7 +169,10 @@ def run_case(
             step_times_s=times,
             host_pool_peak_bytes=ex.pool.peak_bytes,
             copy_stats=ex.last_stats().to_dict(),
+            arena=ex.arena_stats(),
         )
+        if arena and plan.prediction and (case["arena"] or {}).get("capacity_bytes"):
+            case["prediction_arena"] = predict_with_arena(plan)
         if device.type == "cuda":
             case.update(
                 peak_allocated_bytes=torch.cuda.max_memory_allocated(device),
@@ -186,6 +194,22 @@ def run_case(
         )
         _free(device)
     return case
+
+
+def predict_with_arena(plan: Plan) -> dict[str, Any]:
+    """The plan's peak allocated and reserved HBM when its buffers live in one arena sized by
+    the layout planner (planners.layout.plan_buffers.predict_arena), as the executor runs it."""
+    from planners.layout.plan_buffers import plan_step, predict_arena
+    from simulator.estimator import RUNTIME_WORKSPACE_BYTES
+    from validate.executor import _have_pulp
+
+    cmp = predict_arena(plan_step(plan), time_limit_s=ARENA_PREDICT_TIME_LIMIT_S, use_mip=_have_pulp())
+    return {
+        "arena_bytes": cmp.arena_bytes,
+        "peak_hbm_bytes": cmp.arena_peak_bytes + RUNTIME_WORKSPACE_BYTES,
+        "peak_reserved_bytes": cmp.arena_reserved_bytes,
+        "peak_hbm_bytes_without_arena": cmp.ordinary_peak_bytes + RUNTIME_WORKSPACE_BYTES,
+    }
 
 
 def check_grads(plan: Plan, *, device: torch.device, seq_len: int, smoke: bool) -> dict[str, Any]:
@@ -218,6 +242,7 @@ def compare(case: dict[str, Any]) -> list[dict[str, Any]]:
     pred = case.get("prediction")
     if not pred or case.get("status") != "ok":
         return []
+    pred = {**pred, **case.get("prediction_arena", {})}  # the arena's layout, when one was used
     pairs = [
         ("step_time_s", pred["step_time_s"], case["step_time_s"]),
         ("peak_host_bytes", pred["peak_host_bytes"], case["host_pool_peak_bytes"]),
@@ -246,6 +271,7 @@ def measure_one(
     repeats: int,
     smoke: bool,
     check_grads_tokens: int | None,
+    arena: bool = False,
 ) -> dict[str, Any]:
     """One case in this process: the plan at ``path`` (or its ``baseline``) under its budget."""
     plan = load_plan(path)
@@ -269,6 +295,7 @@ def measure_one(
         repeats=repeats,
         smoke=smoke,
         check_grads_tokens=check_grads_tokens if plan.prediction else None,
+        arena=arena and baseline is None,
     )
 
 
@@ -298,6 +325,8 @@ def _in_child(path: str, baseline: str | None, opts: dict[str, Any]) -> dict[str
             cmd += ["--baselines", baseline]
         if opts["check_grads_tokens"]:
             cmd += ["--check-grads", str(opts["check_grads_tokens"])]
+        if opts.get("arena"):
+            cmd += ["--arena"]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if out.is_file():
             return json.loads(out.read_text())
@@ -319,6 +348,7 @@ def run(
     baselines: tuple[str, ...] = (),
     smoke: bool = False,
     check_grads_tokens: int | None = None,
+    arena: bool = False,
     argv: list[str] | None = None,
 ) -> dict[str, Any]:
     """Measure every plan (and the baselines of the first plan's job); write the two files.
@@ -331,7 +361,12 @@ def run(
     for p in plan_paths:
         load_plan(p)  # a malformed plan stops the run before any case
     jobs = [(plan_paths[0], name) for name in baselines] + [(p, None) for p in plan_paths]
-    opts = {"warmup": warmup, "repeats": repeats, "check_grads_tokens": check_grads_tokens}
+    opts = {
+        "warmup": warmup,
+        "repeats": repeats,
+        "check_grads_tokens": check_grads_tokens,
+        "arena": arena,
+    }
     cases = []
     for path, baseline in jobs:
         if smoke:
@@ -385,6 +420,11 @@ def main(argv: list[str] | None = None) -> int:
         help="compare each plan's gradients with no plan at this many tokens",
     )
     ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU")
+    ap.add_argument(
+        "--arena",
+        action="store_true",
+        help="the executor's buffers at planned offsets in one allocation (the warm-up records them)",
+    )
     ap.add_argument("--case-out", help=argparse.SUPPRESS)  # one case, by run() on the GPU
     args = ap.parse_args(argv)
     names = tuple(b for b in args.baselines.split(",") if b)
@@ -403,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
                 repeats=args.repeats,
                 smoke=args.smoke,
                 check_grads_tokens=args.check_grads,
+                arena=args.arena,
             )
             Path(args.case_out).write_text(json.dumps(case))
             return 0
@@ -414,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
             baselines=names,
             smoke=args.smoke,
             check_grads_tokens=args.check_grads,
+            arena=args.arena,
             argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
         )
     except UserInputError as err:

@@ -56,6 +56,9 @@ def register_plan(sub: Any) -> None:
     plan.add_argument("--check-grads", type=int, default=None, metavar="TOKENS",
                       help="compare each plan's gradients with no plan at this many tokens")
     plan.add_argument("--smoke", action="store_true", help="a tiny copy of each model on the CPU")
+    plan.add_argument("--arena", action="store_true",
+                      help="the executor's prefetch and assembly buffers at planned offsets in one "
+                           "allocation (the warm-up step records them)")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
     plan.set_defaults(run=run_plan)
 
@@ -142,7 +145,7 @@ def run_plan(args: argparse.Namespace) -> int:
             raise UserInputError(f"PLAN: no such file {path}")
     result = run(args.plans, out_dir=args.out, warmup=args.warmup, repeats=args.repeats,
                  baselines=names, smoke=args.smoke, check_grads_tokens=args.check_grads,
-                 argv=["tierplan", "validate", "plan", *args.plans])
+                 arena=args.arena, argv=["tierplan", "validate", "plan", *args.plans])
     cases = result["measured"]["cases"]
     code = 0 if all(c["status"] == "ok" for c in cases) else 1
     if args.json:

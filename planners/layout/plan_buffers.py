@@ -233,6 +233,18 @@ def compare_arena(step: PlanStep, *, arena_bytes: int, expandable_segments: bool
     )
 
 
-__all__ = ["PLAN_BUFFER_SUFFIXES", "ArenaComparison", "PlanStep", "arena_peak_bytes",
-           "arena_workload", "compare_arena", "load_plan_step", "plan_buffer_tids", "plan_buffers_instance", "plan_step",
-           "step_instance", "without_tensors"]
+def predict_arena(step: PlanStep, *, time_limit_s: float = 10.0, use_mip: bool = True) -> ArenaComparison:
+    """The plan's buffers laid out by the layout planner, and the step's peaks and reserved memory
+    with them in one arena of that size held all step (what an executor with an arena runs)."""
+    from planners.layout.plan import plan_layout
+
+    inst = plan_buffers_instance(step)
+    arena_bytes = plan_layout(inst, time_limit_s=time_limit_s, use_mip=use_mip).peak_bytes if inst.buffers else 0
+    return compare_arena(step, arena_bytes=arena_bytes)
+
+
+__all__ = [
+    "PLAN_BUFFER_SUFFIXES", "ArenaComparison", "PlanStep", "arena_peak_bytes", "arena_workload",
+    "compare_arena", "load_plan_step", "plan_buffer_tids", "plan_buffers_instance", "plan_step",
+    "predict_arena", "step_instance", "without_tensors",
+]

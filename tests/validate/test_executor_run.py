@@ -100,3 +100,38 @@ def test_committed_gpu_runs_are_consistent(path):
         assert row["rel_error"] == pytest.approx(
             case["prediction"]["step_time_s"] / case["step_time_s"] - 1
         )
+
+
+def test_validate_plan_smoke_with_an_arena(tmp_path, capsys):
+    code = main(
+        [
+            "validate",
+            "plan",
+            str(PLANS / "probe8-32k-memo.json"),
+            "--smoke",
+            "--arena",
+            "--repeats",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ]
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    case = out["measured"]["cases"][0]
+    assert case["status"] == "ok"
+    assert case["arena"]["status"] in ("optimal", "feasible")
+    assert case["arena"]["capacity_bytes"] >= case["arena"]["lower_bound_bytes"] > 0
+    # the prediction with the arena: the full-size plan's buffers in one arena held all step
+    pa = case["prediction_arena"]
+    assert pa["arena_bytes"] > 0 and pa["peak_hbm_bytes"] >= pa["peak_hbm_bytes_without_arena"]
+
+
+def test_arena_without_a_warmup_step_is_one_line(tmp_path):
+    res = run_plan.run(
+        [str(PLANS / "probe8-32k-memo.json")], out_dir=str(tmp_path), smoke=True, warmup=0, arena=True
+    )
+    case = res["measured"]["cases"][0]
+    assert case["status"] == "refused"
+    assert case["message"] == "--arena: needs --warmup 1 or more (the first step records the buffers)"
