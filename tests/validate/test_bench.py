@@ -18,20 +18,13 @@ BUDGETS = "full,48GiB,7GiB"  # 7 GiB: the `none` plan (8.1 GiB predicted) is ove
 @pytest.fixture(scope="module")
 def plans(tmp_path_factory):
     out = tmp_path_factory.mktemp("plans")
-    args = [
-        "bench",
-        "make-plans",
-        "--out",
-        str(out),
-        "--lengths",
-        "4K",
-        "--budgets",
-        BUDGETS,
-        "--time-limit",
-        "5",
-    ]
-    assert main(args) == 0
+    assert main(make_plans_args(out)) == 0
     return out
+
+
+def make_plans_args(out) -> list[str]:
+    return ["bench", "make-plans", "--out", str(out), "--lengths", "4K", "--budgets", BUDGETS,
+            "--time-limit", "5"]
 
 
 @pytest.fixture(scope="module")
@@ -53,20 +46,7 @@ def measured(plans, tmp_path_factory):
 def test_make_plans_is_deterministic_and_indexes_every_cell(plans, tmp_path):
     again = tmp_path / "again"
     assert (
-        main(
-            [
-                "bench",
-                "make-plans",
-                "--out",
-                str(again),
-                "--lengths",
-                "4K",
-                "--budgets",
-                BUDGETS,
-                "--time-limit",
-                "5",
-            ]
-        )
+        main(make_plans_args(again))
         == 0
     )
     names = sorted(p.name for p in plans.iterdir())

@@ -103,20 +103,8 @@ def test_committed_gpu_runs_are_consistent(path):
 
 
 def test_validate_plan_smoke_with_an_arena(tmp_path, capsys):
-    code = main(
-        [
-            "validate",
-            "plan",
-            str(PLANS / "probe8-32k-memo.json"),
-            "--smoke",
-            "--arena",
-            "--repeats",
-            "2",
-            "--out",
-            str(tmp_path),
-            "--json",
-        ]
-    )
+    plan = str(PLANS / "probe8-32k-memo.json")
+    code = main(["validate", "plan", plan, "--smoke", "--arena", "--repeats", "2", "--out", str(tmp_path), "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0
     case = out["measured"]["cases"][0]
