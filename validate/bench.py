@@ -574,7 +574,7 @@ def run_bench(
         cells.append(rec)
         if dry_run:
             return
-        brief = {
+        line = {
             k: rec.get(k)
             for k in (
                 "seq_len",
@@ -587,7 +587,7 @@ def run_bench(
                 "message",
             )
         }
-        print(json.dumps(brief), file=sys.stderr, flush=True)
+        print(json.dumps(line), file=sys.stderr, flush=True)
         # rewritten after every cell: a run cut short still leaves every finished cell
         (out / MEASURED).write_text(json.dumps(measured, indent=1, sort_keys=True) + "\n")
 
