@@ -110,7 +110,7 @@ class OffloadPool:
         self.used_bytes = 0
 
 
-@dataclass
+@dataclass(eq=False)
 class _Entry:
     """One saved tensor of one layer and what the plan does with its rows."""
 
@@ -136,7 +136,7 @@ class _Entry:
     rec: torch.Tensor | None = None  # the recomputed rows [n_off + n_keep, end)
 
 
-@dataclass
+@dataclass(eq=False)
 class _LayerState:
     index: int
     plan: LayerPlan
@@ -566,17 +566,18 @@ class PlanExecutor:
 
     def _prefetch(self, st: _LayerState) -> None:
         st.prefetched = True
-        todo = [e for e in st.entries if e.n_off and not e.on_compute_stream]
+        todo = [(i, e) for i, e in enumerate(st.entries) if e.n_off and not e.on_compute_stream]
         if not todo:
             return
         # Allocated on the compute stream (its pool: no second cache on the H2D stream); the
         # H2D stream starts once the compute stream reaches this point of the backward, when
         # the blocks handed out here are free in its order.
-        for e in todo:  # the kept rows move in now: the layer holds one copy of each row
-            e.fetched = self._buffer(st, st.entries.index(e))
+        for i, e in todo:  # the kept rows move in now: the layer holds one copy of each row
+            e.fetched = self._buffer(st, i)
             if e.kept is not None:
                 _rows(e.fetched, e, e.n_off, e.n_keep).copy_(e.kept)
                 e.kept = None
+        todo = [e for _, e in todo]
         self.stats.h2d_bytes += sum(e.host.numel() * e.dtype.itemsize for e in todo)
         if self.cuda:
             self.h2d.wait_event(torch.cuda.current_stream(self.device).record_event())
