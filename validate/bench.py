@@ -336,63 +336,40 @@ def run_save_on_cpu(
     from validate import run_plan
     from validate.model import build_model, make_batch
 
-    spec = run_plan._spec(plan, smoke)
-    batch_size, seq_len = run_plan._tokens(plan, smoke)
+    spec = run_plan.spec_for_plan(plan, smoke)
+    batch_size, seq_len = run_plan.tokens_for_plan(plan, smoke)
     dtype = torch.float32 if smoke else torch.bfloat16
     cuda = device.type == "cuda"
     case: dict[str, Any] = {"case": label, "seq_len": seq_len}
-    step_no = "setup"
+    where = ["setup"]
     model = batch = None
     try:
         model = build_model(spec, device=device, dtype=dtype, seed=0)
         batch = make_batch(spec, seq_len=seq_len, batch=batch_size, device=device, dtype=dtype)
-        times: list[float] = []
         host_bytes = [0]
         host_peak_bytes = 0
-        total = warmup + repeats
-        i = 0
-        while i < total:
-            step_no = f"step {i}"
-            model.zero_grad(set_to_none=True)
-            if batch.requires_grad:
-                batch.grad = None
-            if i == warmup and cuda:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats(device)
-                if hasattr(torch.cuda, "reset_peak_host_memory_stats"):
-                    torch.cuda.reset_peak_host_memory_stats()
+
+        def step(model: Any = model, batch: Any = batch) -> None:
+            nonlocal host_peak_bytes
             hooks = torch.autograd.graph.save_on_cpu(pin_memory=True)
             pack = hooks.pack_hook
             host_bytes[0] = 0
 
-            def counting_pack(t: Any, pack: Any = pack) -> Any:
+            def counting_pack(t: Any) -> Any:
                 dev, packed = pack(t)
                 host_bytes[0] += packed.numel() * packed.element_size()
                 return dev, packed
 
             hooks.pack_hook = counting_pack
-            if cuda:
-                start = torch.cuda.Event(enable_timing=True)
-                end = torch.cuda.Event(enable_timing=True)
-                start.record()
-            else:
-                t0 = time.perf_counter()
             with hooks:
                 loss = model(batch)
             host_peak_bytes = max(host_peak_bytes, host_bytes[0])
             loss.backward()
-            del loss
-            if cuda:
-                end.record()
-                end.synchronize()
-                elapsed = start.elapsed_time(end) / 1e3
-            else:
-                elapsed = time.perf_counter() - t0
-            if i >= warmup:
-                times.append(elapsed)
-            elif i == warmup - 1 and elapsed > max_step_s:
-                total = warmup + 1
-            i += 1
+
+        times = run_plan.time_steps(
+            step, model=model, batch=batch, device=device, warmup=warmup, repeats=repeats,
+            max_step_s=max_step_s, where=where,
+        )
         case.update(
             status="ok",
             step_time_s=statistics.median(times),
@@ -411,10 +388,10 @@ def run_save_on_cpu(
         first = str(err).splitlines()[0] if str(err) else "out of memory"
         if not isinstance(err, torch.OutOfMemoryError) and "out of memory" not in first.lower():
             raise
-        case.update(status="oom", message=f"{label}: out of memory at {step_no}: {first}")
+        case.update(status="oom", message=f"{label}: out of memory at {where[0]}: {first}")
     finally:
         del model, batch
-        run_plan._free(device)
+        run_plan.free_device_memory(device)
     return case
 
 
@@ -536,7 +513,7 @@ def run_bench(
         rec["wall_s"] = time.perf_counter() - t0
         rec.update({k: case[k] for k in MEASURED_KEYS if k in case})
         if device.type == "cuda":
-            run_plan._free(device)
+            run_plan.free_device_memory(device)
             left = torch.cuda.memory_allocated(device) - before
             if left > LEAK_TOLERANCE_BYTES:
                 leaked["bytes"] = left

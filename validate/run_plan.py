@@ -30,6 +30,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ BASELINES = ("none", "checkpoint")
 ARENA_PREDICT_TIME_LIMIT_S = 5.0
 
 
-def _spec(plan: Plan, smoke: bool) -> ModelSpec:
+def spec_for_plan(plan: Plan, smoke: bool) -> ModelSpec:
     spec = get_model(plan.provenance.model).with_layers(len(plan.layers))
     if smoke:
         kv = min(spec.num_kv_heads, SMOKE_SHAPE["num_heads"])
@@ -76,18 +77,69 @@ def baseline_plan(plan: Plan, name: str) -> Plan:
     return Plan(layers=layers, provenance=prov, prediction=None)
 
 
-def _tokens(plan: Plan, smoke: bool) -> tuple[int, int]:
+def tokens_for_plan(plan: Plan, smoke: bool) -> tuple[int, int]:
     job = plan.provenance.job
     return int(job.get("micro_batch", 1)), SMOKE_SEQ_LEN if smoke else int(job["seq_len"])
 
 
-def _free(device: torch.device) -> None:
+def free_device_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         if hasattr(torch._C, "_host_emptyCache"):
             torch._C._host_emptyCache()  # pinned pools of earlier cases go back to the OS
+
+
+def time_steps(
+    step: Callable[[], Any],
+    *,
+    model: torch.nn.Module,
+    batch: torch.Tensor,
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    max_step_s: float | None = None,
+    where: list[str] | None = None,
+) -> list[float]:
+    """Seconds of each timed step of ``step()`` (CUDA events on the GPU, wall time on the CPU).
+
+    ``warmup`` untimed steps first; the peak memory statistics (device and pinned host) are reset
+    after them; gradients are set to None before every step. When the last warm-up step took
+    longer than ``max_step_s``, one step is timed. ``where[0]`` names the step running (for an
+    out-of-memory report)."""
+    times: list[float] = []
+    total = warmup + repeats
+    cuda = device.type == "cuda"
+    i = 0
+    while i < total:
+        if where is not None:
+            where[0] = f"step {i}"
+        model.zero_grad(set_to_none=True)
+        if batch.requires_grad:
+            batch.grad = None
+        if i == warmup and cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(device)
+            if hasattr(torch.cuda, "reset_peak_host_memory_stats"):
+                torch.cuda.reset_peak_host_memory_stats()
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+            elapsed = start.elapsed_time(end) / 1e3
+        else:
+            t0 = time.perf_counter()
+            step()
+            elapsed = time.perf_counter() - t0
+        if i >= warmup:
+            times.append(elapsed)
+        elif i == warmup - 1 and max_step_s is not None and elapsed > max_step_s:
+            total = warmup + 1
+        i += 1
+    return times
 
 
 def run_case(
@@ -103,8 +155,8 @@ def run_case(
 ) -> dict[str, Any]:
     """One plan: refuse it, or time it; never raises for a refusal or an OOM. ``arena``: the
     executor's buffers at planned offsets in one allocation (the warm-up steps record them)."""
-    spec = _spec(plan, smoke)
-    batch_size, seq_len = _tokens(plan, smoke)
+    spec = spec_for_plan(plan, smoke)
+    batch_size, seq_len = tokens_for_plan(plan, smoke)
     case: dict[str, Any] = {
         "case": label,
         "planner": plan.provenance.planner,
@@ -116,7 +168,7 @@ def run_case(
         "prediction": plan.prediction.model_dump() if plan.prediction else None,
     }
     dtype = torch.float32 if smoke else torch.bfloat16
-    step_no = "setup"
+    where = ["setup"]
     model = ex = batch = None
     try:
         model = build_model(spec, device=device, dtype=dtype, seed=0)
@@ -124,7 +176,7 @@ def run_case(
         if arena and warmup < 1:
             raise UserInputError("--arena: needs --warmup 1 or more (the first step records the buffers)")
         ex = PlanExecutor(model, plan, device=device, arena=arena)
-        step_no = "pool sizing"
+        where[0] = "pool sizing"
         pool_bytes = ex.size_pool(batch)
         case["host_pool_bytes"] = pool_bytes
         check_fits(
@@ -134,35 +186,14 @@ def run_case(
             gpu_budget_bytes=None if smoke else plan.provenance.gpu_budget_bytes,
             host_available_bytes=host_memory_bytes(),
         )
-        step_no = "pool allocation"
+        where[0] = "pool allocation"
         t0 = time.perf_counter()
         ex.prepare(batch)
         case["host_pool_setup_s"] = time.perf_counter() - t0
-        times: list[float] = []
-        for i in range(warmup + repeats):
-            step_no = f"step {i}"
-            model.zero_grad(set_to_none=True)
-            if batch.requires_grad:
-                batch.grad = None
-            if i == warmup and device.type == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            if device.type == "cuda":
-                start, end = (
-                    torch.cuda.Event(enable_timing=True),
-                    torch.cuda.Event(enable_timing=True),
-                )
-                start.record()
-                ex.step(batch)
-                end.record()
-                end.synchronize()
-                elapsed = start.elapsed_time(end) / 1e3
-            else:
-                t0 = time.perf_counter()
-                ex.step(batch)
-                elapsed = time.perf_counter() - t0
-            if i >= warmup:
-                times.append(elapsed)
+        times = time_steps(
+            lambda ex=ex, batch=batch: ex.step(batch), model=model, batch=batch, device=device, warmup=warmup,
+            repeats=repeats, where=where,
+        )
         case.update(
             status="ok",
             step_time_s=statistics.median(times),
@@ -182,17 +213,17 @@ def run_case(
         case.update(status="refused", message=str(err))
     except torch.OutOfMemoryError as err:
         first = str(err).splitlines()[0] if str(err) else "out of memory"
-        case.update(status="oom", message=f"{label}: out of memory at {step_no}: {first}")
+        case.update(status="oom", message=f"{label}: out of memory at {where[0]}: {first}")
     finally:
         if ex is not None:
             ex.close()
         del model, ex, batch
-        _free(device)
+        free_device_memory(device)
     if check_grads_tokens and case.get("status") == "ok":
         case["grad_check"] = check_grads(
             plan, device=device, seq_len=check_grads_tokens, smoke=smoke
         )
-        _free(device)
+        free_device_memory(device)
     return case
 
 
@@ -214,7 +245,7 @@ def predict_with_arena(plan: Plan) -> dict[str, Any]:
 
 def check_grads(plan: Plan, *, device: torch.device, seq_len: int, smoke: bool) -> dict[str, Any]:
     """Gradients under ``plan`` vs no plan at ``seq_len`` tokens (same weights, same batch)."""
-    spec = _spec(plan, smoke)
+    spec = spec_for_plan(plan, smoke)
     dtype = torch.float32 if smoke else torch.bfloat16
     model = build_model(spec, device=device, dtype=dtype, seed=0)
     batch = make_batch(spec, seq_len=seq_len, device=device, dtype=dtype)
