@@ -545,6 +545,37 @@ class PlanContext:
     included (simulator.allocator)."""
     _profiles: dict[tuple[str, ...], StepProfile] = field(default_factory=dict)
 
+    @classmethod
+    def from_plan(cls, plan: Plan, *, source: str = "plan") -> PlanContext:
+        """The scenario a plan was made for, rebuilt from its provenance (model preset with the
+        plan's layer count, job, hardware, budgets); ``source`` names the plan in errors."""
+        from pydantic import ValidationError
+
+        from hwmodels.catalog import load_node
+        from simulator.job import TrainJob
+        from simulator.model import get_model
+
+        prov = plan.provenance
+        try:
+            model = get_model(prov.model).with_layers(len(plan.layers))
+        except UserInputError as err:
+            raise UserInputError(f"{source}: provenance.model: {err}") from None
+        try:
+            job = TrainJob.model_validate(prov.job)
+        except ValidationError as err:
+            first = err.errors()[0]
+            loc = ".".join(str(x) for x in first.get("loc", ()))
+            raise UserInputError(f"{source}: provenance.job.{loc}: {first.get('msg')}") from None
+        if job.mode != "train":
+            raise UserInputError(f"{source}: provenance.job.mode: a plan is for a training job, got {job.mode!r}")
+        try:
+            node = load_node(prov.hardware)
+            job.check(model)
+        except UserInputError as err:
+            raise UserInputError(f"{source}: provenance: {err}") from None
+        return cls(model=model, job=job, node=node, gpu_budget_bytes=prov.gpu_budget_bytes,
+                   host_budget_bytes=prov.host_budget_bytes, lookahead=plan.prefetch_lookahead_layers)
+
     @property
     def num_layers(self) -> int:
         return self.model.num_layers

@@ -599,23 +599,12 @@ def run_bench(
 # ---- report ------------------------------------------------------------------------------------
 def repredict(plan_path: Path) -> dict[str, Any]:
     """Replay a committed plan's layers with the current cost model."""
-    from hwmodels.catalog import load_node
     from planners.plan import load_plan
     from planners.swap import PlanContext, evaluate
-    from simulator.job import TrainJob
-    from simulator.model import get_model
 
     plan = load_plan(plan_path)
-    prov = plan.provenance
-    ctx = PlanContext(
-        model=get_model(prov.model).with_layers(len(plan.layers)),
-        job=TrainJob.model_validate(prov.job),
-        node=load_node(prov.hardware),
-        gpu_budget_bytes=prov.gpu_budget_bytes,
-        host_budget_bytes=prov.host_budget_bytes,
-        lookahead=plan.prefetch_lookahead_layers,
-    )
-    res = evaluate(ctx, prov.planner, plan.layers)
+    ctx = PlanContext.from_plan(plan, source=str(plan_path))
+    res = evaluate(ctx, plan.provenance.planner, plan.layers)
     return {**_predicted(res), "model_flops": res.replay.model_flops}
 
 

@@ -31,7 +31,6 @@ from dataclasses import dataclass, replace
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hwmodels.units import UserInputError
 from planners.layout.instance import LayoutInstance, instance_from_workload, lower_bound_bytes
 from planners.plan import Plan
 from planners.swap import AppliedPlan
@@ -62,33 +61,10 @@ def plan_step(plan: Plan, *, source: str = "plan") -> PlanStep:
 
     ``source`` names the plan (its file) in error messages.
     """
-    from pydantic import ValidationError
-
-    from hwmodels.catalog import load_node
     from planners.swap import PlanContext, apply_plan
-    from simulator.job import TrainJob
-    from simulator.model import get_model
 
-    prov = plan.provenance
-    try:
-        model = get_model(prov.model).with_layers(len(plan.layers))
-    except UserInputError as err:
-        raise UserInputError(f"{source}: provenance.model: {err}") from None
-    try:
-        job = TrainJob.model_validate(prov.job)
-    except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(x) for x in first.get("loc", ()))
-        raise UserInputError(f"{source}: provenance.job.{loc}: {first.get('msg')}") from None
-    if job.mode != "train":
-        raise UserInputError(f"{source}: provenance.job.mode: a plan is for a training job, got {job.mode!r}")
-    try:
-        node = load_node(prov.hardware)
-        job.check(model)
-    except UserInputError as err:
-        raise UserInputError(f"{source}: provenance: {err}") from None
-    ctx = PlanContext(model=model, job=job, node=node, gpu_budget_bytes=prov.gpu_budget_bytes,
-                      host_budget_bytes=prov.host_budget_bytes, lookahead=plan.prefetch_lookahead_layers)
+    ctx = PlanContext.from_plan(plan, source=source)
+    model, job, node, prov = ctx.model, ctx.job, ctx.node, plan.provenance
     prof = ctx.profile_for([lp.checkpoint for lp in plan.layers])
     applied = apply_plan(prof, plan.layers, lookahead=ctx.lookahead)
     name = f"{model.name} seq {job.seq_len} x {job.micro_batch}, plan {prov.planner}"

@@ -42,11 +42,7 @@ def test_the_plan_step_is_the_plans_replayed_step(memo_step):
     # cost model), less the runtime workspaces the replay adds, never more
     from planners.swap import PlanContext, evaluate
 
-    ctx = PlanContext(model=memo_step.model, job=memo_step.job, node=memo_step.node,
-                      gpu_budget_bytes=plan.provenance.gpu_budget_bytes,
-                      host_budget_bytes=plan.provenance.host_budget_bytes,
-                      lookahead=plan.prefetch_lookahead_layers)
-    replayed = evaluate(ctx, "memo", plan.layers)
+    replayed = evaluate(PlanContext.from_plan(plan), "memo", plan.layers)
     assert walk_memory(wl).peak_bytes <= replayed.peak_hbm_bytes
     assert replayed.peak_hbm_bytes - walk_memory(wl).peak_bytes <= 128 * 2**20
 
