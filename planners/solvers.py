@@ -51,6 +51,16 @@ class SolveResult:
         return self.status in (OPTIMAL, FEASIBLE)
 
 
+def pulp_available() -> bool:
+    """Whether PuLP can be imported here (a GPU machine may lack it: heuristics only)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("pulp") is not None
+    except ValueError:  # sys.modules["pulp"] is None: imports of it are blocked
+        return False
+
+
 def available_solvers() -> tuple[str, ...]:
     import pulp
 

@@ -48,6 +48,7 @@ from torch.utils.checkpoint import checkpoint
 
 from hwmodels.units import UserInputError, format_bytes
 from planners.plan import LayerPlan, Plan, RoleAction
+from planners.solvers import pulp_available
 from planners.swap import ATTN_ROLES
 from simulator.workload import Role
 from validate.arena import Arena, ArenaMismatch
@@ -242,13 +243,6 @@ def check_fits(
         )
 
 
-def _have_pulp() -> bool:
-    """Whether the exact layout MIP can run here (a GPU machine may lack pulp: heuristics)."""
-    import importlib.util
-
-    return importlib.util.find_spec("pulp") is not None
-
-
 def host_memory_bytes() -> int:
     """Host memory available now (Linux sysconf)."""
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -284,7 +278,7 @@ class PlanExecutor:
         self.arena: Arena | None = None
         self.arena_fallback = ""
         if arena:
-            self.arena = Arena(self.device, time_limit_s=ARENA_TIME_LIMIT_S, use_mip=_have_pulp())
+            self.arena = Arena(self.device, time_limit_s=ARENA_TIME_LIMIT_S, use_mip=pulp_available())
         self._d2h_spans: list[tuple[Any, Any]] = []
         self._h2d_spans: list[tuple[Any, Any]] = []
         self._stall_spans: list[tuple[Any, Any]] = []

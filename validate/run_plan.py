@@ -231,10 +231,10 @@ def predict_with_arena(plan: Plan) -> dict[str, Any]:
     """The plan's peak allocated and reserved HBM when its buffers live in one arena sized by
     the layout planner (planners.layout.plan_buffers.predict_arena), as the executor runs it."""
     from planners.layout.plan_buffers import plan_step, predict_arena
+    from planners.solvers import pulp_available
     from simulator.estimator import RUNTIME_WORKSPACE_BYTES
-    from validate.executor import _have_pulp
 
-    cmp = predict_arena(plan_step(plan), time_limit_s=ARENA_PREDICT_TIME_LIMIT_S, use_mip=_have_pulp())
+    cmp = predict_arena(plan_step(plan), time_limit_s=ARENA_PREDICT_TIME_LIMIT_S, use_mip=pulp_available())
     return {
         "arena_bytes": cmp.arena_bytes,
         "peak_hbm_bytes": cmp.arena_peak_bytes + RUNTIME_WORKSPACE_BYTES,
