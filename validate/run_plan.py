@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import statistics
 import sys
 import time
@@ -152,9 +153,15 @@ def run_case(
     smoke: bool,
     check_grads_tokens: int | None = None,
     arena: bool = False,
+    memory_trace: Path | None = None,
+    kernel_profile: Path | None = None,
 ) -> dict[str, Any]:
     """One plan: refuse it, or time it; never raises for a refusal or an OOM. ``arena``: the
-    executor's buffers at planned offsets in one allocation (the warm-up steps record them)."""
+    executor's buffers at planned offsets in one allocation (the warm-up steps record them).
+    Diagnostics (CUDA only; they slow the steps they watch): ``memory_trace`` writes the
+    allocator's history of the whole case (``torch.cuda.memory._dump_snapshot``, also after an
+    OOM) for ``tierplan layout --snapshot``; ``kernel_profile`` times one extra step under
+    torch.profiler and writes its kernels (``profile_kernels``)."""
     spec = spec_for_plan(plan, smoke)
     batch_size, seq_len = tokens_for_plan(plan, smoke)
     case: dict[str, Any] = {
@@ -170,6 +177,9 @@ def run_case(
     dtype = torch.float32 if smoke else torch.bfloat16
     where = ["setup"]
     model = ex = batch = None
+    tracing = memory_trace is not None and device.type == "cuda"
+    if tracing:
+        torch.cuda.memory._record_memory_history(max_entries=4_000_000, context=None)
     try:
         model = build_model(spec, device=device, dtype=dtype, seed=0)
         batch = make_batch(spec, seq_len=seq_len, batch=batch_size, device=device, dtype=dtype)
@@ -209,12 +219,23 @@ def run_case(
                 peak_allocated_bytes=torch.cuda.max_memory_allocated(device),
                 peak_reserved_bytes=torch.cuda.max_memory_reserved(device),
             )
+        if kernel_profile is not None and device.type == "cuda":
+            where[0] = "profiled step"
+            model.zero_grad(set_to_none=True)
+            case["kernel_profile"] = profile_kernels(
+                lambda ex=ex, batch=batch: ex.step(batch), kernel_profile
+            )
     except UserInputError as err:
         case.update(status="refused", message=str(err))
     except torch.OutOfMemoryError as err:
         first = str(err).splitlines()[0] if str(err) else "out of memory"
         case.update(status="oom", message=f"{label}: out of memory at {where[0]}: {first}")
     finally:
+        if tracing:
+            torch.cuda.synchronize()
+            torch.cuda.memory._dump_snapshot(str(memory_trace))
+            torch.cuda.memory._record_memory_history(enabled=None)
+            case["memory_trace"] = memory_trace.name
         if ex is not None:
             ex.close()
         del model, ex, batch
@@ -225,6 +246,34 @@ def run_case(
         )
         free_device_memory(device)
     return case
+
+
+def profile_kernels(step: Callable[[], Any], path: Path, top: int = 60) -> dict[str, Any]:
+    """One ``step()`` under torch.profiler (CUDA activity): the step's wall time, the summed
+    kernel time (the GPU's busy time if kernels do not overlap), and the ``top`` kernels by
+    total time (name, count, total seconds), written to ``path``; returns the summary."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        wall_s = time.perf_counter() - t0
+    kernels: dict[str, list[float]] = {}
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            k = kernels.setdefault(ev.name, [0, 0.0])
+            k[0] += 1
+            k[1] += ev.device_time / 1e6
+    rows = sorted(([n, c, t] for n, (c, t) in kernels.items()), key=lambda r: -r[2])
+    summary = {
+        "wall_s": wall_s,
+        "kernel_s": sum(r[2] for r in rows),
+        "num_kernels": sum(r[1] for r in rows),
+    }
+    path.write_text(json.dumps({**summary, "kernels": rows[:top]}, indent=1) + "\n")
+    return summary
 
 
 def predict_with_arena(plan: Plan) -> dict[str, Any]:
@@ -303,8 +352,14 @@ def measure_one(
     smoke: bool,
     check_grads_tokens: int | None,
     arena: bool = False,
+    diagnostics_dir: Path | None = None,
+    memory_trace: bool = False,
+    kernel_profile: bool = False,
+    cap: bool = True,
 ) -> dict[str, Any]:
-    """One case in this process: the plan at ``path`` (or its ``baseline``) under its budget."""
+    """One case in this process: the plan at ``path`` (or its ``baseline``) under its budget
+    (``cap=False``: the whole device, a diagnostic). ``memory_trace`` / ``kernel_profile``
+    write ``<case>.snapshot.pickle`` / ``<case>.kernels.json`` into ``diagnostics_dir``."""
     plan = load_plan(path)
     label = Path(path).stem
     if baseline:
@@ -317,7 +372,10 @@ def measure_one(
         device = torch.device("cuda", torch.cuda.current_device())
         total = torch.cuda.get_device_properties(device).total_memory
         budget = plan.provenance.gpu_budget_bytes
-        torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), device)
+        if cap:
+            torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), device)
+    stem = label.replace(":", "-")
+    diag = Path(diagnostics_dir) if diagnostics_dir is not None else None
     return run_case(
         label,
         plan,
@@ -327,6 +385,8 @@ def measure_one(
         smoke=smoke,
         check_grads_tokens=check_grads_tokens if plan.prediction else None,
         arena=arena and baseline is None,
+        memory_trace=diag / f"{stem}.snapshot.pickle" if diag and memory_trace else None,
+        kernel_profile=diag / f"{stem}.kernels.json" if diag and kernel_profile else None,
     )
 
 
@@ -356,9 +416,16 @@ def _in_child(path: str, baseline: str | None, opts: dict[str, Any]) -> dict[str
             cmd += ["--baselines", baseline]
         if opts["check_grads_tokens"]:
             cmd += ["--check-grads", str(opts["check_grads_tokens"])]
-        if opts.get("arena"):
-            cmd += ["--arena"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        for flag in ("arena", "memory_trace", "kernel_profile", "no_cap", "expandable_segments"):
+            if opts.get(flag):
+                cmd += ["--" + flag.replace("_", "-")]
+        if opts.get("memory_trace") or opts.get("kernel_profile"):
+            cmd += ["--diagnostics-dir", str(opts["out_dir"])]
+        env = dict(os.environ)
+        if opts.get("expandable_segments"):  # read when the child's allocator starts
+            conf = env.get("PYTORCH_CUDA_ALLOC_CONF", "")
+            env["PYTORCH_CUDA_ALLOC_CONF"] = ",".join(filter(None, [conf, "expandable_segments:True"]))
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         if out.is_file():
             return json.loads(out.read_text())
     tail = (proc.stderr or proc.stdout).strip().splitlines()
@@ -380,11 +447,18 @@ def run(
     smoke: bool = False,
     check_grads_tokens: int | None = None,
     arena: bool = False,
+    memory_trace: bool = False,
+    kernel_profile: bool = False,
+    no_cap: bool = False,
+    expandable_segments: bool = False,
     argv: list[str] | None = None,
 ) -> dict[str, Any]:
     """Measure every plan (and the baselines of the first plan's job); write the two files.
 
-    On the GPU each case runs in a process of its own; ``--smoke`` runs them in this one."""
+    On the GPU each case runs in a process of its own; ``--smoke`` runs them in this one.
+    Diagnostics (GPU): ``memory_trace`` and ``kernel_profile`` (see ``run_case``) write their
+    files into ``out_dir``; ``no_cap`` runs without the budget cap; ``expandable_segments``
+    starts each case's allocator with ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True``."""
     from kernels.microbench import provenance
 
     if not smoke and not torch.cuda.is_available():
@@ -397,11 +471,20 @@ def run(
         "repeats": repeats,
         "check_grads_tokens": check_grads_tokens,
         "arena": arena,
+        "memory_trace": memory_trace,
+        "kernel_profile": kernel_profile,
+        "no_cap": no_cap,
+        "expandable_segments": expandable_segments,
+        "out_dir": str(Path(out_dir).resolve()),
     }
+    if smoke and (memory_trace or kernel_profile or no_cap or expandable_segments):
+        raise UserInputError("--memory-trace, --kernel-profile, --no-cap, --expandable-segments: need a GPU (not --smoke)")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     cases = []
     for path, baseline in jobs:
         if smoke:
-            cases.append(measure_one(path, baseline, smoke=True, **opts))
+            cases.append(measure_one(path, baseline, smoke=True, warmup=warmup, repeats=repeats,
+                                     check_grads_tokens=check_grads_tokens, arena=arena))
         else:
             cases.append(_in_child(path, baseline, opts))
         print(
@@ -456,7 +539,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the executor's buffers at planned offsets in one allocation (the warm-up records them)",
     )
+    diag = ap.add_argument_group("diagnostics (GPU; they change what they watch, so time runs without them)")
+    diag.add_argument("--memory-trace", action="store_true",
+                      help="write each case's allocator history, <case>.snapshot.pickle, into --out")
+    diag.add_argument("--kernel-profile", action="store_true",
+                      help="time one extra step under torch.profiler; <case>.kernels.json into --out")
+    diag.add_argument("--no-cap", action="store_true", help="run without the plan's GPU budget cap")
+    diag.add_argument("--expandable-segments", action="store_true",
+                      help="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True for each case")
     ap.add_argument("--case-out", help=argparse.SUPPRESS)  # one case, by run() on the GPU
+    ap.add_argument("--diagnostics-dir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     names = tuple(b for b in args.baselines.split(",") if b)
     bad = [b for b in names if b not in BASELINES]
@@ -475,6 +567,10 @@ def main(argv: list[str] | None = None) -> int:
                 smoke=args.smoke,
                 check_grads_tokens=args.check_grads,
                 arena=args.arena,
+                diagnostics_dir=Path(args.diagnostics_dir) if args.diagnostics_dir else None,
+                memory_trace=args.memory_trace,
+                kernel_profile=args.kernel_profile,
+                cap=not args.no_cap,
             )
             Path(args.case_out).write_text(json.dumps(case))
             return 0
@@ -487,6 +583,10 @@ def main(argv: list[str] | None = None) -> int:
             smoke=args.smoke,
             check_grads_tokens=args.check_grads,
             arena=args.arena,
+            memory_trace=args.memory_trace,
+            kernel_profile=args.kernel_profile,
+            no_cap=args.no_cap,
+            expandable_segments=args.expandable_segments,
             argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
         )
     except UserInputError as err:
