@@ -249,13 +249,15 @@ def run_case(
 
 
 def profile_kernels(step: Callable[[], Any], path: Path, top: int = 60) -> dict[str, Any]:
-    """One ``step()`` under torch.profiler (CUDA activity): the step's wall time, the summed
-    kernel time (the GPU's busy time if kernels do not overlap), and the ``top`` kernels by
-    total time (name, count, total seconds), written to ``path``; returns the summary."""
+    """One ``step()`` under torch.profiler: the step's wall time, the summed kernel time (the
+    GPU's busy time if kernels do not overlap), the ``top`` kernels by total time (name, count,
+    total seconds) and every aten op with its input shapes and the device time of the kernels
+    it launched (name, shapes, count, seconds: the in-step times of GEMMs and attention, for
+    ``hwmodels.calibrate``), written to ``path``; returns the summary."""
     from torch.profiler import ProfilerActivity, profile
 
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         t0 = time.perf_counter()
         step()
         torch.cuda.synchronize()
@@ -267,12 +269,18 @@ def profile_kernels(step: Callable[[], Any], path: Path, top: int = 60) -> dict[
             k[0] += 1
             k[1] += ev.device_time / 1e6
     rows = sorted(([n, c, t] for n, (c, t) in kernels.items()), key=lambda r: -r[2])
+    ops = []
+    for avg in prof.key_averages(group_by_input_shape=True):
+        dev_s = getattr(avg, "self_device_time_total", 0.0) / 1e6
+        if dev_s > 0 and avg.key.startswith("aten::"):
+            ops.append([avg.key, str(avg.input_shapes), avg.count, dev_s])
+    ops.sort(key=lambda r: -r[3])
     summary = {
         "wall_s": wall_s,
         "kernel_s": sum(r[2] for r in rows),
         "num_kernels": sum(r[1] for r in rows),
     }
-    path.write_text(json.dumps({**summary, "kernels": rows[:top]}, indent=1) + "\n")
+    path.write_text(json.dumps({**summary, "kernels": rows[:top], "ops": ops}, indent=1) + "\n")
     return summary
 
 
