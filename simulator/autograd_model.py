@@ -24,7 +24,8 @@ input_buffer.cpp (in-place accumulation), torch/utils/checkpoint.py (non-reentra
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from simulator.workload import OpSpec, Phase, Role, TensorSpec, Workload
 
@@ -101,6 +102,9 @@ class ProgramBuilder:
     _open_region: _Region | None = None
     _persistent_extra: list[int] = field(default_factory=list)
     _loss_backward_cost: Cost = ZERO_COST
+    accumulate_time_s: Callable[[int], float] | None = None
+    """Time of adding ``n`` gradient bytes into a gradient in place (``add_``: reads 2n, writes
+    n), charged to the backward op whose input gradient is accumulated; None: not timed."""
 
     # ---- tensors -------------------------------------------------------------------------
     def tensor(
@@ -384,6 +388,7 @@ class _Deriver:
                 continue
             allocs: list[int] = []
             frees: list[int] = []
+            accumulated_bytes = 0
             # Gradients for inputs.
             incoming = next(g for g in out_grads if g is not None)
             passed = False
@@ -418,6 +423,7 @@ class _Deriver:
                     tmp = self._new_tensor(f"{tt.name}.grad_part", _grad_bytes(tt), Role.ACTIVATION_GRAD, tt.layer)
                     allocs.append(tmp)
                     frees.append(tmp)
+                    accumulated_bytes += _grad_bytes(tt)
                 else:
                     gid = self._new_tensor(f"{tt.name}.grad", _grad_bytes(tt), Role.ACTIVATION_GRAD, tt.layer)
                     grad_of[t] = gid
@@ -439,7 +445,11 @@ class _Deriver:
             for t in frees:
                 live.discard(t)
             phase = Phase.BWD
-            self._emit(f"{op.name}.backward", op.kind, phase, op.layer, op.bwd_cost, allocs, frees)
+            cost = op.bwd_cost
+            if accumulated_bytes and b.accumulate_time_s is not None and cost.time_s is not None:
+                cost = replace(cost, time_s=cost.time_s + b.accumulate_time_s(accumulated_bytes),
+                               hbm_bytes=cost.hbm_bytes + 3 * accumulated_bytes)
+            self._emit(f"{op.name}.backward", op.kind, phase, op.layer, cost, allocs, frees)
         # Gradients of held inputs that require grad (e.g. the input of a bare stack) stay.
         tensors = tuple(
             TensorSpec(t.tid, t.name, t.num_bytes, t.role, t.layer, t.persistent) for t in T

@@ -176,6 +176,9 @@ class _Program:
         self.b = ProgramBuilder(grads_persist=grads_persist, no_grad=inference)
         self.dtype = job.param_dtype
         self.cost = _Timer(node, self.dtype)
+        if node is not None:  # autograd's in-place add of a second gradient contribution
+            self.b.accumulate_time_s = lambda n: self.cost(
+                _mem("grad_accumulate", read_bytes=2 * n, write_bytes=n)).time_s
         tp = parallel.tp if parallel is not None else 1
         cp = parallel.cp if parallel is not None else 1
         sp = bool(parallel is not None and parallel.sequence_parallel and tp > 1)
@@ -399,11 +402,18 @@ class _Program:
             return self.hf_rmsnorm(name, x, layer)
         return self.fused_rmsnorm(name, x, layer)
 
-    def silu_mul(self, name: str, gate: int, up: int, layer, tokens: int, f: int) -> int:
+    def silu_mul(self, name: str, gate: int, up: int, layer, tokens: int, f: int, *,
+                 chunked: bool = False) -> int:
         """SwiGLU's activation as eager PyTorch runs it: silu(gate) (saves gate), then times up
-        (saves both factors); timed as one measured composite."""
+        (saves both factors); timed as one measured composite. ``chunked``: gate and up are the
+        halves of one fused projection, strided views that take the slower non-vectorized
+        elementwise kernels (``memory.silu_mul.eager_chunked``, measured inside training steps,
+        validate/instep.py; the contiguous ``eager`` fit where the profile lacks it)."""
         io = tokens * f * self.s.act_bytes
-        with self.measured_group("memory.silu_mul.eager", op="silu_mul", width=f, num_tokens=tokens):
+        variant = "memory.silu_mul.eager"
+        if chunked and self.cost.measured(f"{variant}_chunked.fwd"):
+            variant += "_chunked"
+        with self.measured_group(variant, op="silu_mul", width=f, num_tokens=tokens):
             act = self.act(f"{name}.silu", tokens * f, Role.MLP_HIDDEN, layer)
             self.b.op(f"{name}.silu", "silu", layer, inputs=[gate], outputs=[act], saves=[gate],
                       cost=self.cost(_mem("silu", read_bytes=io, write_bytes=io)),
@@ -712,7 +722,7 @@ class _Program:
                                 bias=m.mlp_bias, save_input=nrm2_saved)
                     for n in ("gate", "up")
                 )
-            prod = self.silu_mul(f"layers.{i}.mlp", gate, up, i, T, f)
+            prod = self.silu_mul(f"layers.{i}.mlp", gate, up, i, T, f, chunked=m.gate_up_fused)
         else:
             up = self.linear(f"layers.{i}.mlp.fc_in", nrm2, h, f, i, tokens=T, role=Role.MLP_HIDDEN,
                              bias=m.mlp_bias, save_input=nrm2_saved)

@@ -1,6 +1,6 @@
 """Hand-checked toy programs for the autograd memory model."""
 
-from simulator.autograd_model import ProgramBuilder
+from simulator.autograd_model import Cost, ProgramBuilder
 from simulator.workload import Phase, Role, walk_memory
 
 
@@ -87,3 +87,34 @@ def test_view_keeps_base_alive_until_last_view_dies():
     chunk_bwd = next(op for op in wl.ops if op.name == "chunk.backward")
     assert sorted(wl.tensor(t).num_bytes for t in chunk_bwd.allocs) == [8192]
     assert walk.final_bytes == 1024 + 512 + 1024  # x, loss, x.grad (leaf)
+
+
+def test_second_gradient_contribution_is_accumulated_and_timed():
+    """x feeds a branch and a residual add: its gradient arrives twice, the second time into a
+    temporary added in place (autograd's InputBuffer); that add_ reads 2n and writes n bytes and
+    its time is charged to the backward op that produced the second contribution."""
+
+    def build(accumulate):
+        b = ProgramBuilder(accumulate_time_s=accumulate)
+        x0 = b.input("x0", 1024, requires_grad=True)
+        w = b.param("w", 2048)
+        x = b.tensor("x", 1024, Role.LAYER_INPUT)
+        b.op("scale", "mul", 0, inputs=[x0], outputs=[x], grad_inputs=[x0])
+        y = b.tensor("y", 1024, Role.MLP_HIDDEN)
+        b.op("lin", "linear", 0, inputs=[x, w], outputs=[y], saves=[x, w], grad_inputs=[x],
+             bwd_cost=Cost(hbm_bytes=100, time_s=1.0))
+        z = b.tensor("z", 1024, Role.LAYER_INPUT)
+        b.op("res", "add", 0, inputs=[x, y], outputs=[z], passthrough=[x, y])
+        loss = b.tensor("loss", 512, Role.LOSS)
+        b.op("loss", "loss_sum", None, inputs=[z], outputs=[loss])
+        b.hold(loss)
+        return b.build()
+
+    seen = []
+    wl = build(lambda n: seen.append(n) or 0.25)
+    lin_bwd = next(op for op in wl.ops if op.name == "lin.backward")
+    assert any(wl.tensor(t).name == "x.grad_part" for t in lin_bwd.allocs)
+    assert seen == [1024]
+    assert lin_bwd.time_s == 1.25 and lin_bwd.hbm_bytes == 100 + 3 * 1024
+    untimed = next(op for op in build(None).ops if op.name == "lin.backward")
+    assert untimed.time_s == 1.0 and untimed.hbm_bytes == 100
