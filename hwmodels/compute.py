@@ -16,8 +16,9 @@ Assumes: one kernel at a time owns the GPU; copies on copy engines do not slow i
 probe saw a GEMM stream and two copy streams overlap with no visible slowdown).
 Ignores: tile and wave quantization beyond what the fit absorbs (GEMM shapes of equal FLOPs can
 differ by about 7%), clocks under power capping, L2 reuse between kernels.
-Source: defaults are the committed H200 fit (profile H200-measured: the reference probe and
-validate/measurements/h200/microbench-h200-2026-11-28*.json) divided by the H200 datasheet
+Source: defaults are the committed H200 fit (profile H200-measured: the reference probe,
+validate/measurements/h200/microbench-h200-2026-11-28*.json and the in-step kernel times
+instep-h200-2026-11-28.json) divided by the H200 datasheet
 (989.5 TFLOP/s bf16, 4.8 TB/s); tests/hwmodels checks that they stay within 2% of that profile.
 """
 
@@ -30,7 +31,8 @@ KERNEL_CLASSES: tuple[str, ...] = FLOP_CLASSES + ("memory", "hbm_copy")
 
 # Achieved / datasheet-peak compute rate of large kernels, from the H200 bf16 fit.
 DEFAULT_FLOPS_EFFICIENCY_FRAC: dict[str, float] = {
-    "gemm": 0.698,  # 690 / 989.5 TFLOP/s: 167 bf16 GEMMs of Llama-7B layers, 4K-128K tokens
+    "gemm": 0.706,  # 699 / 989.5 TFLOP/s: 167 bf16 GEMMs of Llama-7B layers, 4K-128K tokens,
+    # and 55 timed inside training steps of 16K-256K tokens
     "attention_fwd": 0.631,  # 624 / 989.5: default SDPA backend (cuDNN), causal, head dim 128
     "attention_bwd": 0.546,  # 540 / 989.5: the same, backward
 }

@@ -13,9 +13,9 @@ from hwmodels.units import TFLOPS, UserInputError
 
 
 def test_compute_bound_gemm_by_hand(toy_node):
-    # 5 us launch + 1e12 / (100 TFLOP/s * 0.698); memory side 5 us + 1e9 / (1 TB/s * 0.900)
+    # 5 us launch + 1e12 / (100 TFLOP/s * 0.706); memory side 5 us + 1e9 / (1 TB/s * 0.900)
     t = compute_time_s(flops=1e12, hbm_bytes=1e9, op_class="gemm", dtype="bf16", node=toy_node)
-    assert t == pytest.approx(5e-6 + 1e12 / (100e12 * 0.698))
+    assert t == pytest.approx(5e-6 + 1e12 / (100e12 * 0.706))
 
 
 def test_memory_bound_kernel_by_hand(toy_node):

@@ -1,0 +1,147 @@
+"""Calibration records from kernels timed inside real training steps (``run_plan --kernel-profile``).
+
+Models: nothing; this converts. A kernel profile (``<case>.kernels.json``) lists every aten op of
+one profiled step with its input shapes, its number of calls and the device time of the kernels
+it launched. Each shape becomes one record of ``hwmodels.calibrate``'s format, timed per call:
+* ``aten::mm`` ``[[m, k], [k, n]]`` -> ``gemm`` m, n, k;
+* ``aten::_cudnn_attention_forward`` / ``_backward`` with query ``[b, h, s, d]`` and key
+  ``[b, h_kv, s, d]`` -> ``sdpa`` causal, backend ``cudnn`` (the kernel PyTorch picked: its
+  fits are the ``.cudnn`` variants the templates use), pass ``fwd`` / ``bwd``;
+* SwiGLU's eager ops on the halves of a fused gate_up projection (strided views:
+  ``aten::silu``, ``aten::silu_backward`` and the three ``aten::mul`` of ``[b, s, f]`` by
+  ``[b, s, f]`` per layer, one forward and two backward) -> ``silu_mul`` impl ``eager_chunked``,
+  ``fwd`` = silu + one mul and ``fwdbwd`` = that + silu_backward + two muls, over the minimal
+  traffic ``kernels.elementwise.minimal_traffic_bytes`` counts (as the templates time it).
+Standalone microbenchmarks feed the same fits contiguous tensors in a loop; in a step the
+kernels meet strided views, other kernels' cache state and sustained clocks, which is what the
+step-time prediction has to match.
+Assumes: profiles of steps without checkpointing (``torch.utils.checkpoint`` stops a layer's
+recompute once the tensors backward needs exist, so its calls of one shape are not all alike:
+pass only the ``none`` plans' profiles); bf16, causal, one micro-batch; the three
+``[b, s, f]`` muls of a layer take equal time (same shapes and bytes).
+Ignores: aten ops of other shapes (norms, residual adds, copies: the templates time them from
+their own fits).
+Source: run_plan.profile_kernels (torch.profiler, ``key_averages(group_by_input_shape=True)``).
+
+Run (CPU): python3 validate/instep.py --profiles DIR/*.kernels.json --out FILE.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from hwmodels.units import UserInputError  # noqa: E402
+
+SDPA_OPS = {"aten::_cudnn_attention_forward": "fwd", "aten::_cudnn_attention_backward": "bwd"}
+
+
+def _shapes(text: str, where: str) -> list[list[int]]:
+    try:
+        shapes = ast.literal_eval(text)  # a literal list of lists of ints, never code
+    except (ValueError, SyntaxError):
+        raise UserInputError(f"{where}: input shapes {text[:60]!r} are not a list literal") from None
+    if not isinstance(shapes, list):
+        raise UserInputError(f"{where}: input shapes must be a list")
+    return shapes
+
+
+def records_from_profile(data: dict[str, Any], *, source: str, dtype: str = "bf16") -> list[dict[str, Any]]:
+    """The records of one kernel profile (see the module docstring)."""
+    from kernels.elementwise import minimal_traffic_bytes
+
+    ops = data.get("ops")
+    if not isinstance(ops, list):
+        raise UserInputError(f"{source}: ops: expected the per-op list of run_plan --kernel-profile")
+    records: list[dict[str, Any]] = []
+    silu: dict[tuple[int, int, int], dict[str, float]] = {}
+    for i, row in enumerate(ops):
+        where = f"{source}: ops.{i}"
+        try:
+            name, shape_text, count, total_s = row
+        except (TypeError, ValueError):
+            raise UserInputError(f"{where}: expected [name, shapes, count, seconds]") from None
+        if not (isinstance(count, int) and count > 0 and isinstance(total_s, int | float) and total_s > 0):
+            raise UserInputError(f"{where}: count and seconds must be positive")
+        per_call_s = total_s / count
+        base = {"dtype": dtype, "time_s": per_call_s, "num_calls": count, "source": "in-step"}
+        if name == "aten::mm":
+            shapes = _shapes(shape_text, where)
+            if len(shapes) == 2 and len(shapes[0]) == 2 and len(shapes[1]) == 2:
+                (m, k), (k2, n) = shapes
+                if k == k2:
+                    records.append({"op": "gemm", "m": m, "n": n, "k": k, **base})
+        elif name in SDPA_OPS:
+            shapes = _shapes(shape_text, where)
+            (b, h, s, d), (_, h_kv, s_kv, _) = shapes[0], shapes[1]
+            records.append({"op": "sdpa", "batch": b, "seq_len": s, "num_heads": h,
+                            "num_kv_heads": h_kv, "head_dim": d, "causal": True,
+                            "kv_len": None if s_kv == s else s_kv, "backend": "cudnn",
+                            "pass": SDPA_OPS[name], **base})
+        elif name in ("aten::silu", "aten::silu_backward", "aten::mul"):
+            shapes = _shapes(shape_text, where)
+            if len(shapes[0]) != 3:
+                continue
+            if name == "aten::mul" and (len(shapes) != 2 or shapes[1] != shapes[0]):
+                continue
+            key = tuple(shapes[0])
+            silu.setdefault(key, {})[name] = per_call_s
+    for (b, s, f), t in sorted(silu.items()):
+        if not {"aten::silu", "aten::silu_backward", "aten::mul"} <= set(t):
+            continue
+        fwd_bytes, fwdbwd_bytes = minimal_traffic_bytes("silu_mul", num_tokens=b * s, width=f, dtype=dtype)
+        fwd_s = t["aten::silu"] + t["aten::mul"]
+        for pass_, hbm, secs in (("fwd", fwd_bytes, fwd_s),
+                                 ("fwdbwd", fwdbwd_bytes, fwd_s + t["aten::silu_backward"] + 2 * t["aten::mul"])):
+            records.append({"op": "silu_mul", "impl": "eager_chunked", "pass": pass_, "tokens": b * s,
+                            "width": f, "hbm_bytes": hbm, "dtype": dtype, "time_s": secs,
+                            "source": "in-step"})
+    return records
+
+
+def build(profile_paths: list[str], measured_path: str | None) -> dict[str, Any]:
+    """One records file from kernel profiles (and the run's measured.json for provenance)."""
+    records: list[dict[str, Any]] = []
+    for p in sorted(profile_paths):
+        try:
+            data = json.loads(Path(p).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise UserInputError(f"--profiles: {p}: cannot read: {err}") from None
+        case = Path(p).name.removesuffix(".kernels.json")
+        for r in records_from_profile(data, source=p):
+            records.append({**r, "case": case})
+    prov: dict[str, Any] = {}
+    if measured_path:
+        try:
+            prov = json.loads(Path(measured_path).read_text())["provenance"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+            raise UserInputError(f"--measured: {measured_path}: not a run_plan measured.json: {err}") from None
+    return {"provenance": {**prov, "converted_by": "python3 validate/instep.py"}, "records": records}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profiles", nargs="+", required=True, help="<case>.kernels.json files")
+    ap.add_argument("--measured", help="the run's measured.json (its provenance is copied)")
+    ap.add_argument("--out", required=True, help="records file to write")
+    args = ap.parse_args(argv)
+    try:
+        out = build(args.profiles, args.measured)
+    except UserInputError as err:
+        print(err, file=sys.stderr)
+        return 2
+    Path(args.out).write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+    print(f"{len(out['records'])} records -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
