@@ -614,8 +614,37 @@ def _err(pred: float | None, meas: float | None) -> float | None:
     return pred / meas - 1.0
 
 
+REPORT_HOST_AVAILABLE_BYTES = 120 * GiB
+"""Host memory the report's refusals of unmeasured cells assume (what the H200 runs gave)."""
+
+
+def _unmeasured(plans: Path, measured: set[tuple]) -> dict[tuple, dict[str, Any]]:
+    """Index cells no measured file has: refused (no plan, or the plan's own prediction over
+    the cap or the host), or ``not run``."""
+    from planners.plan import load_plan
+
+    index = load_index(plans)
+    out: dict[tuple, dict[str, Any]] = {}
+    for cell in index["cells"]:
+        key = (cell["seq_len"], cell["budget"], cell["mode"])
+        if key in measured:
+            continue
+        rec = _cell_record(cell, cell["mode"])
+        label = f"{length_label(cell['seq_len'])}-{cell['budget']}-{cell['mode']}"
+        if not cell["plan"]:
+            rec.update(status="refused", message=f"{label}: no plan: {cell['reason']}")
+        else:
+            why = _refusal(load_plan(plans / cell["plan"]), cell["budget_bytes"],
+                           REPORT_HOST_AVAILABLE_BYTES)
+            rec.update(status="refused" if why else "not run",
+                       message=f"{label}: {why}" if why else None)
+        out[key] = rec
+    return out
+
+
 def report_rows(measured_files: list[str | Path], plans_dir: str | Path) -> dict[str, Any]:
-    """Merge measured files (a later one replaces a cell of an earlier one) and re-predict."""
+    """Merge measured files (a later one replaces a cell of an earlier one) and re-predict; the
+    index's other cells are listed as refused (with the reason) or not run."""
     merged: dict[tuple, dict[str, Any]] = {}
     provs = []
     for f in measured_files:
@@ -637,6 +666,7 @@ def report_rows(measured_files: list[str | Path], plans_dir: str | Path) -> dict
     plans = Path(plans_dir)
     if not plans.is_dir():
         raise UserInputError(f"--plans: {plans} is not a directory")
+    merged.update(_unmeasured(plans, set(merged)))
     ideal_s: dict[int, float] = {}
     for (seq_len, _, mode), c in merged.items():
         if mode == "ideal" and c.get("status") == "ok":
@@ -649,7 +679,7 @@ def report_rows(measured_files: list[str | Path], plans_dir: str | Path) -> dict
         c = merged[key]
         seq_len, budget, mode = key
         pred = None
-        if c.get("plan"):
+        if c.get("plan") and c.get("status") != "not run":
             path = plans / c["plan"]
             if not path.is_file():
                 raise UserInputError(

@@ -185,6 +185,14 @@ def run_case(
         batch = make_batch(spec, seq_len=seq_len, batch=batch_size, device=device, dtype=dtype)
         if arena and warmup < 1:
             raise UserInputError("--arena: needs --warmup 1 or more (the first step records the buffers)")
+        arena_pred = predict_with_arena(plan) if arena and plan.prediction else None
+        budget = plan.provenance.gpu_budget_bytes
+        if arena_pred and not smoke and budget and arena_pred["peak_hbm_bytes"] > budget:
+            raise UserInputError(
+                f"--arena: the plan's peak with its buffers in one arena, "
+                f"{arena_pred['peak_hbm_bytes'] / 2**30:.2f} GiB, exceeds the GPU budget "
+                f"{budget / 2**30:.2f} GiB (the arena holds every buffer for the whole step)"
+            )
         ex = PlanExecutor(model, plan, device=device, arena=arena)
         where[0] = "pool sizing"
         pool_bytes = ex.size_pool(batch)
@@ -212,8 +220,8 @@ def run_case(
             copy_stats=ex.last_stats().to_dict(),
             arena=ex.arena_stats(),
         )
-        if arena and plan.prediction and (case["arena"] or {}).get("capacity_bytes"):
-            case["prediction_arena"] = predict_with_arena(plan)
+        if arena_pred and (case["arena"] or {}).get("capacity_bytes"):
+            case["prediction_arena"] = arena_pred
         if device.type == "cuda":
             case.update(
                 peak_allocated_bytes=torch.cuda.max_memory_allocated(device),

@@ -141,7 +141,13 @@ def test_report_ratios_by_hand(plans, tmp_path, capsys):
         == 0
     )
     rep = json.loads(capsys.readouterr().out)
-    rows = {r["mode"]: r for r in rep["rows"]}
+    rows = {r["mode"]: r for r in rep["rows"] if r["budget"] == "full"}
+    # the index's cells no file measured are listed: refused with the reason, or not run
+    other = {(r["budget"], r["mode"]): r for r in rep["rows"] if r["budget"] != "full"}
+    assert other[("7g", "none")]["status"] == "refused"
+    assert "exceeds the GPU budget 7.00 GiB" in other[("7g", "none")]["message"]
+    assert other[("7g", "checkpoint")]["status"] == "not run"
+    assert other[("7g", "checkpoint")]["step_time_s"] is None
     assert rep["ideal_step_s"] == {"4096": pytest.approx(0.4)}
     mip = rows["mip"]
     assert mip["x_ideal"] == pytest.approx(0.5)
