@@ -69,6 +69,7 @@ class CalibrationPoint(NamedTuple):
     time_s: float
     label: str  # human description of the record
     dtype: str | None
+    in_step: bool = False  # timed inside a training step (record "source": "in-step")
 
 
 class Residual(NamedTuple):
@@ -267,10 +268,13 @@ def points_from_records(
                     f"h{r['num_heads']}/{r.get('num_kv_heads', r['num_heads'])} d{r['head_dim']}"
                 )
                 dtype = r.get("dtype", "bf16")
+                in_step = r.get("source") == "in-step"
+                if in_step:
+                    label += " in-step"
                 if r.get("pass") == "fwd":
                     pts.append(
                         CalibrationPoint(
-                            "attention_fwd" + variant, fwd, 1, t, label + " fwd", dtype
+                            "attention_fwd" + variant, fwd, 1, t, label + " fwd", dtype, in_step
                         )
                     )
                 elif r.get("pass") == "bwd":
@@ -282,6 +286,7 @@ def points_from_records(
                             t,
                             label + " bwd",
                             dtype,
+                            in_step,
                         )
                     )
                 elif r.get("pass") == "fwdbwd":
@@ -412,6 +417,36 @@ def _fit_class(points: list[CalibrationPoint], fixed_latency_s: float | None) ->
     )
 
 
+CURVE_CLASSES = ("attention_fwd", "attention_bwd")
+"""Classes fitted with a rate curve as well: their achieved rate changes with size beyond the
+latency ramp (cuDNN's causal attention on the H200: forward 534 TFLOP/s at 4K tokens, 614-657
+at 8K-64K, 565 at 128K, 517 at 256K). GEMMs are not: their rate varies with shape, which a
+curve over FLOPs would mistake for size."""
+CURVE_MIN_SIZES = 3
+CURVE_MERGE_FRAC = 0.02
+"""Points whose work is within this fraction of each other are one size of the curve (the
+median of their rates): shapes of equal work (GQA at equal query heads, repeated runs). Where
+a size has points timed inside a training step, only those count: that is the condition the
+predictions are for (cuDNN's causal forward at 16K tokens: 657 TFLOP/s alone, 614 in a step)."""
+
+
+def _rate_curve(points: list[CalibrationPoint]) -> tuple[tuple[float, float], ...] | None:
+    """(work, median rate) per distinct size, or None below ``CURVE_MIN_SIZES`` sizes."""
+    groups: list[list[CalibrationPoint]] = []
+    for p in sorted(points, key=lambda p: p.work):
+        if groups and p.work <= groups[-1][0].work * (1.0 + CURVE_MERGE_FRAC):
+            groups[-1].append(p)
+        else:
+            groups.append([p])
+    if len(groups) < CURVE_MIN_SIZES:
+        return None
+    groups = [[p for p in g if p.in_step] or g for g in groups]
+    return tuple(
+        (_sig(float(np.median([p.work for p in g]))), _sig(float(np.median([p.work / p.time_s for p in g]))))
+        for g in groups
+    )
+
+
 def _sig(x: float, digits: int = 6) -> float:
     return float(f"{x:.{digits}g}")
 
@@ -431,7 +466,12 @@ def fit_fits(points: list[CalibrationPoint]) -> dict[str, OpClassFit]:
         if len({(p.work, p.num_latency_units) for p in pts}) < 2:
             sib = [fits[s].latency_s for s in _SIBLING_LATENCY.get(cls, ()) if s in fits]
             fixed = float(np.mean(sib)) if sib else 0.0
-        fits[cls] = _fit_class(pts, fixed)
+        fit = _fit_class(pts, fixed)
+        if cls.split(".")[0] in CURVE_CLASSES and (curve := _rate_curve(pts)) is not None:
+            fit = fit.model_copy(update={"rate_curve": curve})
+            worst = max(abs(fit.time_s(p.work) / p.time_s - 1.0) for p in pts)
+            fit = fit.model_copy(update={"max_abs_rel_error": _sig(worst)})
+        fits[cls] = fit
     return dict(sorted(fits.items()))
 
 

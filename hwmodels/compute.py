@@ -82,7 +82,7 @@ def kernel_fit(op_class: str, *, dtype: str, node: NodeSpec) -> OpClassFit:
         if fit is not None:
             assert fit.flops_per_s is not None
             scale = peak / peak_flops_per_s(node, fit.dtype or "bf16")
-            return fit.model_copy(update={"flops_per_s": fit.flops_per_s * scale, "dtype": dtype})
+            return fit.scaled(scale).model_copy(update={"dtype": dtype})
         return OpClassFit(
             flops_per_s=peak * DEFAULT_FLOPS_EFFICIENCY_FRAC[base],
             latency_s=gpu.kernel_launch_overhead_s,

@@ -277,20 +277,60 @@ class OpClassFit(_Spec):
     """Measurements the fit used."""
     max_abs_rel_error: float = Field(ge=0)
     """Worst |predicted/measured - 1| over those measurements."""
+    rate_curve: tuple[tuple[float, float], ...] | None = None
+    """(work, achieved rate = work / time) at the measured sizes, work increasing, for classes
+    whose rate changes with size beyond the latency ramp (attention: cuDNN's causal forward runs
+    at 600-660 TFLOP/s at 8K-64K tokens and 517 at 256K on the H200). From the first point on,
+    the rate is interpolated linearly in log(work) and held at the last point's beyond it;
+    below the first point the alpha-beta form applies."""
 
     @model_validator(mode="after")
     def _one_rate(self) -> OpClassFit:
         if (self.flops_per_s is None) == (self.bandwidth_bytes_per_s is None):
             raise ValueError("exactly one of flops_per_s and bandwidth_bytes_per_s must be set")
+        curve = self.rate_curve
+        if curve is not None:
+            if len(curve) < 2 or any(w <= 0 or r <= 0 for w, r in curve):
+                raise ValueError("rate_curve: at least two (work, rate) points, all positive")
+            if any(b[0] <= a[0] for a, b in zip(curve, curve[1:], strict=False)):
+                raise ValueError("rate_curve: work must increase")
         return self
 
     def time_s(self, work: float, *, num_latency_units: float = 1.0) -> float:
-        """Predicted time of ``work`` FLOPs (or bytes) for this class: the one alpha-beta form."""
+        """Predicted time of ``work`` FLOPs (or bytes) for this class: the rate curve where it
+        covers ``work``, else the one alpha-beta form."""
+        curve = self.rate_curve
+        if curve is not None and work >= curve[0][0]:
+            return work / curve_rate(curve, work)
         rate = self.flops_per_s if self.flops_per_s is not None else self.bandwidth_bytes_per_s
         assert rate is not None
         return alpha_beta_time_s(
             latency_s=self.latency_s, work=work, rate=rate, num_latency_units=num_latency_units
         )
+
+    def scaled(self, factor: float) -> OpClassFit:
+        """The same fit with every rate times ``factor`` (another dtype's datasheet peak)."""
+        update: dict[str, Any] = {}
+        if self.flops_per_s is not None:
+            update["flops_per_s"] = self.flops_per_s * factor
+        if self.bandwidth_bytes_per_s is not None:
+            update["bandwidth_bytes_per_s"] = self.bandwidth_bytes_per_s * factor
+        if self.rate_curve is not None:
+            update["rate_curve"] = tuple((w, r * factor) for w, r in self.rate_curve)
+        return self.model_copy(update=update)
+
+
+def curve_rate(curve: tuple[tuple[float, float], ...], work: float) -> float:
+    """Rate of a ``rate_curve`` at ``work``: log-linear between points, flat past the ends."""
+    import math
+
+    if work <= curve[0][0]:
+        return curve[0][1]
+    for (w0, r0), (w1, r1) in zip(curve, curve[1:], strict=False):
+        if work <= w1:
+            f = math.log(work / w0) / math.log(w1 / w0)
+            return r0 + f * (r1 - r0)
+    return curve[-1][1]
 
 
 class AchievedProfile(_Spec):

@@ -35,6 +35,7 @@ def test_committed_profile_is_exactly_the_fit(committed, refit):
     assert set(committed.fits) == set(refit.fits)
     for cls, fit in committed.fits.items():
         again = refit.fits[cls]
+        assert fit.rate_curve == again.rate_curve, cls
         for field in ("flops_per_s", "bandwidth_bytes_per_s", "latency_s", "max_abs_rel_error"):
             a, b = getattr(fit, field), getattr(again, field)
             assert (a is None) == (b is None), (cls, field)
@@ -77,10 +78,11 @@ KNOWN_OUTLIERS = {
     ("attention_bwd", "sdpa default(?) b1 s4096 h32/32 d128 bwd (fwdbwd - fwd)"): 0.35,
     ("memory.embedding.eager.fwdbwd", None): 0.20,
     ("gemm", None): 0.20,
-    # in a training step cuDNN's causal forward slows down past 64K tokens (613 TFLOP/s at 16K,
-    # 517 at 256K) where the one-rate fit sits near 600
-    ("attention_fwd.cudnn", "sdpa cudnn b1 s262144 h32/32 d128 fwd"): 0.15,
-    ("attention_fwd.cudnn", "sdpa cudnn b1 s16384 h32/32 d128 fwd"): 0.12,
+    # the rate curve takes the in-step time where a size has one: cuDNN's causal backward at 32K
+    # tokens ran at 489 TFLOP/s inside a step and 536-538 alone, so the standalone points are
+    # predicted 9-10% slow
+    ("attention_bwd.cudnn", "sdpa cudnn b1 s32768 h32/32 d128 bwd"): 0.11,
+    ("attention_bwd.cudnn", "sdpa cudnn b1 s32768 h32/8 d128 bwd"): 0.11,
 }
 
 
@@ -97,9 +99,9 @@ def test_residuals_within_10pct_except_documented_outliers(committed):
     assert misses == []
     gemm = sorted(abs(r.rel_error) for r in res if r.op_class == "gemm")
     assert len(gemm) == 222 and gemm[int(0.9 * len(gemm))] < 0.10  # 90% of GEMMs within 10%
-    assert committed.fits["attention_fwd.cudnn"].max_abs_rel_error <= 0.15
+    assert committed.fits["attention_bwd.cudnn"].max_abs_rel_error <= 0.11
     for cls in (
-        "attention_bwd.cudnn",
+        "attention_fwd.cudnn",
         "attention_fwd.flash",
         "attention_bwd.flash",
         "attention_fwd.masked",
@@ -212,3 +214,29 @@ def test_times_that_do_not_grow_still_give_a_rate():
     ]
     fit = fit_fits(points_from_records(records))["hbm_copy"]
     assert fit.latency_s == 0.0 and fit.bandwidth_bytes_per_s > 0
+
+
+def test_attention_rate_curve_by_hand():
+    """Attention classes get a rate curve: one point per size (median rate, in-step points
+    taking precedence), log-linear between sizes, flat beyond the last, alpha-beta below."""
+    from hwmodels.calibrate import CalibrationPoint, fit_fits
+    from hwmodels.specs import curve_rate
+
+    def pt(work, rate, in_step=False):
+        return CalibrationPoint("attention_fwd.cudnn", work, 1, work / rate, "x", "bf16", in_step)
+
+    points = [pt(1e12, 600e12), pt(1e12, 620e12), pt(1e13, 600e12), pt(1e14, 500e12),
+              pt(1e14, 560e12, in_step=True)]
+    fit = fit_fits(points)["attention_fwd.cudnn"]
+    assert fit.rate_curve == ((1e12, 610e12), (1e13, 600e12), (1e14, 560e12))
+    assert fit.time_s(1e14) == pytest.approx(1e14 / 560e12)
+    mid = 10 ** 13.5  # halfway in log(work) between 1e13 and 1e14
+    assert curve_rate(fit.rate_curve, mid) == pytest.approx(580e12)
+    assert fit.time_s(1e16) == pytest.approx(1e16 / 560e12)  # held past the last size
+    assert fit.time_s(1e9) == pytest.approx(fit.latency_s + 1e9 / fit.flops_per_s)
+    # a GEMM class is never curved; two sizes are too few for a curve
+    gemm = [CalibrationPoint("gemm", w, 1, w / 700e12, "g", "bf16") for w in (1e12, 1e13, 1e14)]
+    assert fit_fits(gemm)["gemm"].rate_curve is None
+    assert fit_fits(points[:3])["attention_fwd.cudnn"].rate_curve is None
+    # another dtype scales the curve with the datasheet peak
+    assert fit.scaled(2.0).rate_curve == ((1e12, 1220e12), (1e13, 1200e12), (1e14, 1120e12))

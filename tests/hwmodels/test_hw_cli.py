@@ -166,6 +166,10 @@ def test_calibrate_writes_the_committed_profile(capsys, tmp_path):
             if isinstance(value, str):
                 assert written["fits"][cls][key] == value
                 continue
+            if key == "rate_curve":  # [[work, rate], ...]
+                got = [x for point in written["fits"][cls][key] for x in point]
+                assert got == pytest.approx([x for point in value for x in point], rel=1e-5), cls
+                continue
             assert written["fits"][cls][key] == pytest.approx(value, rel=1e-5, abs=1e-12), (
                 cls,
                 key,

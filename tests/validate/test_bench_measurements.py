@@ -22,7 +22,7 @@ RUNS = [  # later runs replace a cell of an earlier one
     "bench-h200-2026-11-28-r3-256k-mip.json",
     "bench-h200-2026-11-28-r4-memo-16k-64k.json",
 ]
-STEP_TOL = {"save_on_cpu": 0.15}  # default 0.07
+STEP_TOL = {"save_on_cpu": 0.15}  # default 0.05
 PEAK_TOL = {"save_on_cpu": 0.45}  # default 0.04
 
 
@@ -38,7 +38,7 @@ def test_every_measured_cell_is_re_predicted_within_tolerance(rows):
     misses = []
     for r in measured:
         label = f"{r['seq_len'] // 1024}K {r['budget']} {r['mode']}"
-        if abs(r["step_err"]) > STEP_TOL.get(r["mode"], 0.07):
+        if abs(r["step_err"]) > STEP_TOL.get(r["mode"], 0.05):
             misses.append(f"{label}: step {r['step_err']:+.1%}")
         if abs(r["peak_err"]) > PEAK_TOL.get(r["mode"], 0.04):
             misses.append(f"{label}: peak {r['peak_err']:+.1%}")
