@@ -162,7 +162,12 @@ class Plan(_Frozen):
     layers: list[LayerPlan]
     """One entry per decoder layer, in order."""
     prefetch_lookahead_layers: int = Field(default=1, ge=1)
-    """Layer l's offloaded bytes are fetched back when layer l+k's backward starts."""
+    """Layer l's offloaded bytes are fetched back from layer l+k's backward on."""
+    prefetch_at: Literal["layer", "attention"] = "layer"
+    """Where in layer l+k's backward the prefetch of layer l starts: ``layer``, when it starts;
+    ``attention``, when it reaches its attention block (after the MLP's backward, whose
+    activations are free by then: less HBM at the peak, less time to hide the copy). Omitted
+    from the file when ``layer``."""
     staging_buffer_bytes: int = Field(default=0, ge=0)
     """Size of each GPU staging buffer for copies (the largest layer's offloaded bytes)."""
     num_staging_buffers: int = Field(default=2, ge=1)
@@ -186,7 +191,10 @@ class Plan(_Frozen):
 
     def to_json(self) -> str:
         """Deterministic JSON: sorted keys, floats rounded to FLOAT_DIGITS decimals."""
-        return json.dumps(_rounded(self.model_dump(mode="json")), sort_keys=True, indent=1) + "\n"
+        data = self.model_dump(mode="json")
+        if data.get("prefetch_at") == "layer":  # the default: files of earlier plans unchanged
+            del data["prefetch_at"]
+        return json.dumps(_rounded(data), sort_keys=True, indent=1) + "\n"
 
 
 def _rounded(value: Any) -> Any:

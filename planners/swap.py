@@ -158,6 +158,8 @@ class LayerProfile:
     first_bwd: int  # first op of the layer's backward stage (recompute included)
     last_bwd: int
     hold_bytes_: int = 0
+    first_attn_bwd: int = -1  # first backward op of the attention block (-1: first_bwd)
+    mlp_bwd_s: float = 0.0  # backward ops before it (the MLP block and its norm)
 
     @property
     def saved_bytes(self) -> int:
@@ -240,6 +242,9 @@ def profile_workload(wl: Workload) -> StepProfile:
         other = sum(index[t].num_bytes for r, ts in by_role.items() if r not in ATTN_ROLES for t in ts)
         fwd_ops = [ops[k] for k in fwd]
         attn_ops = [op for op in fwd_ops if op.op_class.startswith("attention")]
+        attn_prefix = f"layers.{i}.attn."
+        first_attn = next((k for k in bwd if ops[k].phase == Phase.BWD
+                           and ops[k].name.startswith(attn_prefix)), b_lo)
         layers.append(LayerProfile(
             layer=i,
             input_tids=tuple(sorted(inputs)),
@@ -256,6 +261,8 @@ def profile_workload(wl: Workload) -> StepProfile:
             attn_fwd_flops=sum(op.executed_flops for op in attn_ops),
             first_fwd=lo, last_fwd=hi, first_bwd=bwd[0], last_bwd=bwd[-1],
             hold_bytes_=sum(index[t].num_bytes for t in holds),
+            first_attn_bwd=first_attn,
+            mlp_bwd_s=sum(ops[k].time_s or 0.0 for k in bwd if k < first_attn and ops[k].phase == Phase.BWD),
         ))
     walk = walk_memory(wl)
     persistent = sum(t.num_bytes for t in wl.tensors if t.persistent)
@@ -286,19 +293,29 @@ class AppliedPlan:
     staging_bytes: int  # largest layer's offloaded bytes
 
 
-def release_restore_ops(prof: StepProfile, layer: int, *, stream: str, lookahead: int) -> tuple[int, int]:
+PREFETCH_POINTS = ("layer", "attention")
+
+
+def release_restore_ops(prof: StepProfile, layer: int, *, stream: str, lookahead: int,
+                        prefetch_at: str = "layer") -> tuple[int, int]:
     """Base-Workload op indices where layer ``layer``'s offloaded bytes leave HBM (after that op)
-    and come back (at that op's start)."""
+    and come back (at that op's start): the start of layer l+k's backward, or with
+    ``prefetch_at="attention"`` the start of its attention block's backward."""
     n = len(prof.layers)
     lp = prof.layers[layer]
     if stream == "compute":
         return lp.last_fwd, lp.first_bwd
     release = prof.layers[layer + 1].last_fwd if layer + 1 < n else prof.last_fwd_op
-    restore = prof.layers[layer + lookahead].first_bwd if layer + lookahead < n else prof.first_bwd_op
-    return release, restore
+    if layer + lookahead >= n:
+        return release, prof.first_bwd_op
+    ahead = prof.layers[layer + lookahead]
+    if prefetch_at == "attention" and ahead.first_attn_bwd >= 0:
+        return release, ahead.first_attn_bwd
+    return release, ahead.first_bwd
 
 
-def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int = 1) -> AppliedPlan:
+def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int = 1,
+               prefetch_at: str = "layer") -> AppliedPlan:
     """The Workload of ``prof`` with ``layers``' offloads and recomputes, and its copies.
 
     ``prof`` must come from the template Workload with the plan's checkpoints
@@ -381,7 +398,8 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
                     # The executor's order: the whole tensor stays until its D2H copy is done,
                     # its kept rows are copied out at the layer's end and move into the
                     # full-size prefetch buffer, the recomputed rows pass through it.
-                    rel, res = release_restore_ops(prof, i, stream=act.stream, lookahead=lookahead)
+                    rel, res = release_restore_ops(prof, i, stream=act.stream, lookahead=lookahead,
+                                                   prefetch_at=prefetch_at)
                     sizes[t] = 0
                     part(t, nb, "offloaded", alloc_of[t], rel)
                     if keep:
@@ -393,7 +411,8 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
                         rec_allocs.setdefault(i, []).append(tmp)
                         rec_frees.setdefault(i, []).append(tmp)
                 elif off:
-                    rel, res = release_restore_ops(prof, i, stream=act.stream, lookahead=lookahead)
+                    rel, res = release_restore_ops(prof, i, stream=act.stream, lookahead=lookahead,
+                                                   prefetch_at=prefetch_at)
                     part(t, off, "offloaded", alloc_of[t], rel)
                     back = part(t, off, "prefetched", None, None)
                     rec_frees[i].remove(t)
@@ -452,7 +471,8 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
     transfers = []
     for i, stream, nbytes, _ in pending:
         lp = prof.layers[i]
-        rel, res = release_restore_ops(prof, i, stream=stream, lookahead=lookahead)
+        rel, res = release_restore_ops(prof, i, stream=stream, lookahead=lookahead,
+                                       prefetch_at=prefetch_at)
         transfers.append(Transfer(i, "d2h", nbytes, new_index[lp.last_fwd], new_index[rel] + 1, stream))
         transfers.append(Transfer(i, "h2d", nbytes, stage_start(res), stage_index[i], stream))
     tensors = tuple(TensorSpec(t.tid, t.name, sizes[t.tid], t.role, t.layer, t.persistent)
@@ -554,6 +574,8 @@ class PlanContext:
     its allocated peak does; caching: PyTorch's caching allocator (what a plain torch run and
     validate.executor use): it must also serve every request under the budget, fragmentation
     included (simulator.allocator)."""
+    prefetch_at: str = "layer"
+    """Where the prefetch of layer l starts in layer l+k's backward (``Plan.prefetch_at``)."""
     _profiles: dict[tuple[str, ...], StepProfile] = field(default_factory=dict)
 
     @classmethod
@@ -585,7 +607,8 @@ class PlanContext:
         except UserInputError as err:
             raise UserInputError(f"{source}: provenance: {err}") from None
         return cls(model=model, job=job, node=node, gpu_budget_bytes=prov.gpu_budget_bytes,
-                   host_budget_bytes=prov.host_budget_bytes, lookahead=plan.prefetch_lookahead_layers)
+                   host_budget_bytes=prov.host_budget_bytes, lookahead=plan.prefetch_lookahead_layers,
+                   prefetch_at=plan.prefetch_at)
 
     @property
     def num_layers(self) -> int:
@@ -649,7 +672,7 @@ def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver
     from hwmodels.compute import peak_flops_per_s
 
     prof = ctx.profile_for([lp.checkpoint for lp in layers])
-    applied = apply_plan(prof, layers, lookahead=ctx.lookahead)
+    applied = apply_plan(prof, layers, lookahead=ctx.lookahead, prefetch_at=ctx.prefetch_at)
     rep = replay(applied, ctx.node, num_gpus=ctx.rates.num_gpus_sharing_host)
     host_peak = rep.peak_host_bytes
     mfu = rep.model_flops / rep.step_time_s / peak_flops_per_s(ctx.node, ctx.job.param_dtype)
@@ -670,7 +693,7 @@ def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver
     prediction = Prediction(step_time_s=rep.step_time_s, mfu=mfu, peak_hbm_bytes=rep.peak_hbm_bytes,
                             peak_reserved_bytes=reserved, peak_host_bytes=host_peak, stall_s=rep.stall_s, recompute_s=rep.recompute_s,
                             feasible=feasible, replayed_by=rep.replayed_by)
-    plan = Plan(layers=list(layers), prefetch_lookahead_layers=ctx.lookahead,
+    plan = Plan(layers=list(layers), prefetch_lookahead_layers=ctx.lookahead, prefetch_at=ctx.prefetch_at,
                 staging_buffer_bytes=applied.staging_bytes, num_staging_buffers=2,
                 provenance=_provenance(ctx, name, solver=solver, status=status, gap=gap,
                                        time_limit_s=time_limit_s),
@@ -786,7 +809,8 @@ def solve_mip(ctx: PlanContext, *, budget_bytes: int | None = None, host_budget_
     windows = []  # (open lo, open hi, expr removed in between, layer, kind)
     adds = []  # (closed lo, closed hi, expr added in between, layer)
     for i, lp in enumerate(L):
-        rel, res = release_restore_ops(prof, i, stream="d2h", lookahead=ctx.lookahead)
+        rel, res = release_restore_ops(prof, i, stream="d2h", lookahead=ctx.lookahead,
+                                       prefetch_at=ctx.prefetch_at)
         windows.append((rel, res, r_off[i], i, "off"))
         windows.append((rel, res, r_rec_late[i], i, "rec_late"))
         windows.append((lp.last_fwd, lp.first_bwd, r_rec[i], i, "rec"))
@@ -848,6 +872,8 @@ def solve_mip(ctx: PlanContext, *, budget_bytes: int | None = None, host_budget_
         lp = L[i]
         j = i + ctx.lookahead
         start = s[j] if j < n else fwd_end
+        if j < n and ctx.prefetch_at == "attention":  # after layer j's recompute and MLP backward
+            start = start + t_rec[j] + L[j].mlp_bwd_s
         prob += h[i] >= start + r_off[i] / b_h2d, f"prefetch_after_stage_start_{i}"
         if i + 1 < n:
             prob += h[i] >= h[i + 1] + r_off[i] / b_h2d, f"h2d_fifo_{i}"
@@ -985,6 +1011,24 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
     return StrategyResult(**{**res.__dict__, "reason": f"{winner.name}'s plan ({why})"}), sol
 
 
+def plan_mip_prefetch_points(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "highs",
+                             fallbacks: Sequence[StrategyResult] = ()) -> StrategyResult:
+    """The MIP with the prefetch starting at each point of ``PREFETCH_POINTS`` (half the time
+    limit each); the faster feasible plan, the plain prefetch on a tie or when neither fits."""
+    from dataclasses import replace as dc_replace
+
+    out = []
+    for point in PREFETCH_POINTS:
+        c = ctx if point == ctx.prefetch_at else dc_replace(ctx, prefetch_at=point, _profiles=ctx._profiles)
+        res, _ = plan_mip(c, time_limit_s=time_limit_s / len(PREFETCH_POINTS), solver=solver,
+                          fallbacks=fallbacks)
+        out.append(res)
+    feasible = [r for r in out if r.feasible]
+    if not feasible:
+        return out[0]
+    return min(feasible, key=lambda r: r.step_time_s)
+
+
 # ---- all strategies ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class PlanReport:
@@ -1046,8 +1090,8 @@ def plan_training(model, job, node, *, gpu_budget_bytes: int | None = None,
         results.append(StrategyResult(name="mip", feasible=False, step_time_s=None, mfu=None,
                                       peak_hbm_bytes=None, peak_host_bytes=None, reason=static))
     else:
-        mip, _ = plan_mip(ctx, time_limit_s=time_limit_s, solver=solver, fallbacks=results)
-        results.append(mip)
+        results.append(plan_mip_prefetch_points(ctx, time_limit_s=time_limit_s, solver=solver,
+                                                fallbacks=results))
     feasible = [r for r in results if r.feasible]
     best = min(feasible, key=lambda r: (r.step_time_s, STRATEGIES.index(r.name))).name if feasible else None
     binding = ""

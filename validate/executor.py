@@ -12,7 +12,9 @@ in HBM (a copy of those rows); the rest is dropped. A tensor copied on the D2H s
 back at the end of the next layer's forward, after the compute stream waits for the copy (the
 planner's two staging buffers). During backward, a gradient hook on layer m's output (the
 moment backward reaches layer m) issues on an H2D stream the prefetch of every layer
-l >= m - ``prefetch_lookahead_layers`` not yet fetched, into tensors of the saved tensor's own
+l >= m - ``prefetch_lookahead_layers`` not yet fetched (with ``prefetch_at: attention``, a hook
+on layer m's attention residual issues that of the layers below m once the MLP block's
+backward is done, and layer m's own hook only a layer nothing fetched), into tensors of the saved tensor's own
 size and strides (so kernels see the same layout and the gradients stay bitwise equal), and
 moves the kept rows in; at the layer's first unpack the dropped rows are recomputed and moved
 in; the unpack hook makes the compute stream wait for that layer's H2D event. ``checkpoint: full`` with the input
@@ -404,6 +406,9 @@ class PlanExecutor:
     def _layer(self, i: int, layer: torch.nn.Module, x: torch.Tensor, rope: Any) -> torch.Tensor:
         lp = self.plan.layers[i]
         layer.checkpoint_mlp = lp.checkpoint == "selective"
+        layer.attn_hook = None
+        if self.plan.prefetch_at == "attention" and not self._counting:
+            layer.attn_hook = lambda m=i: self._attention_reached(m)
         if lp.checkpoint == "full" and lp.input == "keep":
             y = checkpoint(layer, x, rope, use_reentrant=False)
         elif not _uses_hooks(lp) or not torch.is_grad_enabled():
@@ -547,13 +552,22 @@ class PlanExecutor:
     # ---- backward ----------------------------------------------------------------------------
 
     def _reached(self, m: int) -> None:
-        """Backward is about to run layer m: free layer m+1's tensors, prefetch ahead."""
+        """Backward is about to run layer m: free layer m+1's tensors, prefetch ahead (with
+        ``prefetch_at: attention``, layer m itself if nothing fetched it yet)."""
         done = self._states.pop(m + 1, None)
         if done is not None:  # every kernel of layer m+1's backward is queued by now
             for e in done.entries:
                 self._free_buffer(e)
+        k = 0 if self.plan.prefetch_at == "attention" else self.plan.prefetch_lookahead_layers
+        self._prefetch_layers(range(max(0, m - k), m + 1))
+
+    def _attention_reached(self, m: int) -> None:
+        """Backward of layer m has left its MLP block: prefetch the layers below it."""
         k = self.plan.prefetch_lookahead_layers
-        for li in range(max(0, m - k), m + 1):
+        self._prefetch_layers(range(max(0, m - k), m))
+
+    def _prefetch_layers(self, layers: range) -> None:
+        for li in layers:
             st = self._states.get(li)
             if st is not None and not st.prefetched:
                 self._prefetch(st)

@@ -88,6 +88,7 @@ class DecoderLayer(nn.Module):
         self.spec = spec
         self.probe = probe
         self.tagger: Tagger | None = None
+        self.attn_hook: Any = None  # called when backward reaches the attention block
         self.checkpoint_mlp = False
         self.attn_rows: torch.Tensor | None = None
         if probe:
@@ -176,6 +177,9 @@ class DecoderLayer(nn.Module):
     ) -> torch.Tensor:
         self.tag("input", x)
         x = self.tag(Role.LAYER_INPUT, x + self._attention(x, rope))
+        if self.attn_hook is not None and x.requires_grad:
+            # its gradient is complete once the MLP block's backward is done
+            x.register_hook(lambda grad, hook=self.attn_hook: hook())
         if self.checkpoint_mlp:
             from torch.utils.checkpoint import checkpoint
 

@@ -128,7 +128,7 @@ def _replay_plan(path: str, model, job, node):
                              f"the scenario is {model.name}")
     ctx = PlanContext(model=model, job=job, node=node, gpu_budget_bytes=node.gpu.hbm_capacity_bytes,
                       host_budget_bytes=node.host_memory.capacity_bytes,
-                      lookahead=plan.prefetch_lookahead_layers)
+                      lookahead=plan.prefetch_lookahead_layers, prefetch_at=plan.prefetch_at)
     return evaluate(ctx, plan.provenance.planner, plan.layers).replay.sim
 
 

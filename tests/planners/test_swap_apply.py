@@ -176,3 +176,28 @@ def test_a_partial_token_recompute_holds_only_those_tokens_input(ctx):
     assert names[base + ".held.offloaded"] == names[base + ".held.prefetched"] == round(lp.hold_bytes / 4)
     assert index[x].num_bytes == lp.hold_bytes - round(lp.hold_bytes / 4)
     walk_memory(applied.workload)  # a consistent allocation sequence
+
+
+def test_prefetch_at_the_attention_block_comes_back_later_and_holds_less():
+    """``prefetch_at="attention"``: layer 0's bytes come back when layer 1's backward reaches
+    o_proj's backward (the MLP block's activations are free by then), not at its start."""
+    from dataclasses import replace
+
+    ctx = _ctx(layers=3)
+    prof = ctx.profile("none")
+    whole = RoleAction(action="offload", alpha_frac=1.0)
+    layers = _keep(3)
+    layers[0] = LayerPlan(layer=0, roles={r: whole for r in prof.layers[0].role_tids})
+    early = apply_plan(prof, layers)
+    late = apply_plan(prof, layers, prefetch_at="attention")
+    (h2d_early,) = [t for t in early.transfers if t.direction == "h2d"]
+    (h2d_late,) = [t for t in late.transfers if t.direction == "h2d"]
+    assert late.workload.ops[h2d_late.ready_op].name == "layers.1.attn.o_proj.backward"
+    assert early.workload.ops[h2d_early.ready_op].name.startswith("layers.1.mlp_residual")
+    assert h2d_late.ready_op > h2d_early.ready_op
+    lp1 = prof.layers[1]
+    assert lp1.first_bwd < lp1.first_attn_bwd and lp1.mlp_bwd_s > 0
+    assert walk_memory(late.workload).peak_bytes <= walk_memory(early.workload).peak_bytes
+    res = evaluate(replace(ctx, prefetch_at="attention"), "x", layers)
+    assert res.plan.prefetch_at == "attention" and '"prefetch_at": "attention"' in res.plan.to_json()
+    assert '"prefetch_at"' not in evaluate(ctx, "x", layers).plan.to_json()  # the default

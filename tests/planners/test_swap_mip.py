@@ -179,6 +179,31 @@ def test_caching_allocator_plans_leave_room_for_fragmentation():
     assert caching.step_time_s >= planned.step_time_s
 
 
+def test_prefetch_at_the_attention_block_gives_a_plan_where_the_layer_start_cannot():
+    """128K tokens, 48 GiB, PyTorch's caching allocator: with the prefetch starting at the
+    layer's backward, no MIP plan survives the fragmentation band and the MIP returns
+    checkpointing's plan; starting it at the attention block frees the MLP block's activations
+    first, and a MIP plan fits and beats checkpointing."""
+    from planners.swap import PlanContext, plan_mip
+    from simulator.job import TrainJob
+
+    m = get_model("probe-llama7b-stack").with_layers(8)
+    job = TrainJob(seq_len=128 * 1024, optimizer="none", loss="mean_square_fp32")
+    node = load_node("1xH200")
+    budget = int(48 * GiB * 0.98)
+    rep = plan_training(m, job, node, gpu_budget_bytes=budget, host_budget_bytes=96 * GiB,
+                        allocator="caching")
+    mip, ckpt = rep.result("mip"), rep.result("full_recompute")
+    assert mip.feasible and mip.plan.prefetch_at == "attention"
+    assert not mip.plan.provenance.status.startswith("fallback")
+    assert mip.step_time_s < 0.9 * ckpt.step_time_s
+    ctx = PlanContext(model=m, job=job, node=node, gpu_budget_bytes=budget,
+                      host_budget_bytes=96 * GiB, allocator="caching")
+    at_start, _ = plan_mip(ctx, fallbacks=[ckpt])
+    assert at_start.plan.provenance.status == "fallback:full_recompute"
+    assert mip.step_time_s < at_start.step_time_s
+
+
 def test_unknown_allocator_is_one_line():
     m, job, node = _setup("llama-2-7b", "1xH200", "16K", layers=2)
     with pytest.raises(UserInputError, match=r"^allocator: 'slab' is not one of planned, caching$"):

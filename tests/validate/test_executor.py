@@ -258,3 +258,43 @@ def test_buffers_in_a_planned_arena_keep_the_gradients():
     ex.step(make_batch(spec, seq_len=SEQ - 4, dtype=torch.float32, seed=4))
     assert ex.arena is None and "arena" in ex.arena_stats()["fallback"]
     del model
+
+
+def test_prefetch_at_the_attention_block_keeps_the_gradients_and_fetches_later(spec_and_base, monkeypatch):
+    """``prefetch_at: attention``: layer l's rows come back once layer l+1's backward has left
+    its MLP block (a hook on its attention residual), not when it starts; same gradients."""
+    spec, base = spec_and_base
+    roles = {r: offload(1.0) for r in ROLES}
+    layers = [LayerPlan(layer=0, input="offload", roles=roles), LayerPlan(layer=1, roles=roles),
+              LayerPlan(layer=2)]
+    events = []
+    real_prefetch = PlanExecutor._prefetch
+    real_reached = PlanExecutor._reached
+
+    def logged_prefetch(self, st):
+        events.append(("prefetch", st.index))
+        return real_prefetch(self, st)
+
+    def logged_reached(self, m):
+        events.append(("reached", m))
+        return real_reached(self, m)
+
+    real_attention = PlanExecutor._attention_reached
+
+    def logged_attention(self, m):
+        events.append(("attention", m))
+        return real_attention(self, m)
+
+    monkeypatch.setattr(PlanExecutor, "_prefetch", logged_prefetch)
+    monkeypatch.setattr(PlanExecutor, "_reached", logged_reached)
+    monkeypatch.setattr(PlanExecutor, "_attention_reached", logged_attention)
+    plan = plan_of(layers).model_copy(update={"prefetch_at": "attention"})
+    assert_bitwise(grads(spec, plan), base)
+    # layer 0 is fetched when layer 1's backward reaches its attention block, then layer 0 starts
+    i = events.index(("prefetch", 0))
+    assert events[i - 1] == ("attention", 1) and events[i - 2] == ("reached", 1)
+    assert events.index(("reached", 0)) > i
+    events.clear()
+    assert_bitwise(grads(spec, plan_of(layers)), base)  # the default: when layer 1's starts
+    assert not [e for e in events if e[0] == "attention"]
+    assert events[events.index(("prefetch", 0)) - 1] == ("reached", 1)
