@@ -21,6 +21,9 @@ RUNS = [  # later runs replace a cell of an earlier one
     "bench-h200-2026-11-28-r3-128k-48g-mip.json",
     "bench-h200-2026-11-28-r3-256k-mip.json",
     "bench-h200-2026-11-28-r4-memo-16k-64k.json",
+    "bench-h200-2026-11-28-r5-128k-48g-mip.json",
+    "bench-h200-2026-11-28-r5-64k-48g-mip.json",
+    "bench-h200-2026-11-28-r5-256k-mip.json",
 ]
 STEP_TOL = {"save_on_cpu": 0.15}  # default 0.05
 PEAK_TOL = {"save_on_cpu": 0.45}  # default 0.04

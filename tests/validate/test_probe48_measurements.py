@@ -76,11 +76,17 @@ def test_band_check_refuses_the_plan_that_ran_out_of_memory_and_passes_the_one_t
     predict_workload_reserved(wl, capacity_bytes=budget)
     failed = capped_replay_failure(wl, budget)
     assert failed is not None and budget * (1 - CAP_BAND_FRAC) - 1 <= failed < budget
-    # the bench's plan for the cell now: made with the band, ran under the 48 GiB cap
+    # the bench's plan for the cell now: its allocator replay never reaches the budget (so no
+    # cap is tried), and it ran under the 48 GiB cap
     plan, wl = _workload(BENCH / "probe8-64k-48g-mip.json")
+    assert predict_workload_reserved(wl).peak_reserved_bytes <= plan.provenance.gpu_budget_bytes
+    # the bench's 128K plan (prefetch at the attention block): over the budget uncapped,
+    # served across the band, and it ran under the cap
+    plan, wl = _workload(BENCH / "probe8-128k-48g-mip.json")
+    assert predict_workload_reserved(wl).peak_reserved_bytes > plan.provenance.gpu_budget_bytes
     assert capped_replay_failure(wl, plan.provenance.gpu_budget_bytes) is None
-    r3 = json.loads((H200 / "bench-h200-2026-11-28-r3-64k-48g-mip.json").read_text())
-    (cell,) = r3["cells"]
+    r5 = json.loads((H200 / "bench-h200-2026-11-28-r5-64k-48g-mip.json").read_text())
+    (cell,) = r5["cells"]
     assert cell["status"] == "ok" and cell["peak_reserved_bytes"] < 48 * GiB
 
 
