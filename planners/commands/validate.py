@@ -2,7 +2,8 @@
 
 tierplan validate ops   [--measurements FILE...] [--hardware 1xH200] [--tolerance 0.10] [--json]
 tierplan validate steps [--measurements FILE...] [--probe FILE...] [--json]
-tierplan validate plan  PLAN... [--out DIR] [--baselines none,checkpoint] [--check-grads T] [--smoke] [--json]
+tierplan validate plan  PLAN... [--out DIR] [--baselines none,checkpoint] [--check-grads T] [--smoke]
+                        [--arena] [--memory-trace] [--kernel-profile] [--no-cap] [--expandable-segments] [--json]
 
 Exit code 0 when every row is within --tolerance, 1 otherwise (the rows outside are listed).
 """
@@ -59,6 +60,14 @@ def register_plan(sub: Any) -> None:
     plan.add_argument("--arena", action="store_true",
                       help="the executor's prefetch and assembly buffers at planned offsets in one "
                            "allocation (the warm-up step records them)")
+    diag = plan.add_argument_group("diagnostics (GPU; they slow what they watch, so time runs without them)")
+    diag.add_argument("--memory-trace", action="store_true",
+                      help="each case's allocator history, <case>.snapshot.pickle, into --out")
+    diag.add_argument("--kernel-profile", action="store_true",
+                      help="one extra step under torch.profiler: <case>.kernels.json into --out")
+    diag.add_argument("--no-cap", action="store_true", help="run without the plan's GPU budget cap")
+    diag.add_argument("--expandable-segments", action="store_true",
+                      help="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True for each case")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
     plan.set_defaults(run=run_plan)
 
@@ -145,7 +154,9 @@ def run_plan(args: argparse.Namespace) -> int:
             raise UserInputError(f"PLAN: no such file {path}")
     result = run(args.plans, out_dir=args.out, warmup=args.warmup, repeats=args.repeats,
                  baselines=names, smoke=args.smoke, check_grads_tokens=args.check_grads,
-                 arena=args.arena, argv=["tierplan", "validate", "plan", *args.plans])
+                 arena=args.arena, memory_trace=args.memory_trace, kernel_profile=args.kernel_profile,
+                 no_cap=args.no_cap, expandable_segments=args.expandable_segments,
+                 argv=["tierplan", "validate", "plan", *args.plans])
     cases = result["measured"]["cases"]
     code = 0 if all(c["status"] == "ok" for c in cases) else 1
     if args.json:

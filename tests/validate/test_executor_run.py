@@ -123,3 +123,12 @@ def test_arena_without_a_warmup_step_is_one_line(tmp_path):
     case = res["measured"]["cases"][0]
     assert case["status"] == "refused"
     assert case["message"] == "--arena: needs --warmup 1 or more (the first step records the buffers)"
+
+
+@pytest.mark.parametrize("flag", ["--memory-trace", "--kernel-profile", "--no-cap", "--expandable-segments"])
+def test_gpu_diagnostics_are_refused_in_one_line_on_the_cpu(flag, tmp_path, capsys):
+    plan = str(PLANS / "probe8-32k-memo.json")
+    code = main(["validate", "plan", plan, "--smoke", flag, "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "need a GPU (not --smoke)" in err[0]
+    assert not (tmp_path / "measured.json").exists()
