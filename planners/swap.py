@@ -8,7 +8,9 @@ Models:
   * applying a Plan to the analytical Workload (built with the plan's per-layer checkpoints):
     an offloaded part of a tensor leaves HBM when its D2H copy is done (the end of the next
     layer's forward: two rotating staging buffers) and is allocated again when layer l+k's
-    backward starts (prefetch, lookahead k); a recomputed part leaves HBM at the end of the
+    backward starts (prefetch, lookahead k), or with ``prefetch_at="attention"`` when that
+    backward reaches its attention block (the MLP block's activations are free by then; the MIP
+    is solved for both points and keeps the faster plan); a recomputed part leaves HBM at the end of the
     layer's forward and comes back in a recompute op just before the layer's backward, costing
     that fraction of the layer's non-attention forward (token-wise, as MEMO: norms, projections
     and MLP are per-token; the attention output is kept or offloaded, never recomputed, unless
