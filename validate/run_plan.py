@@ -44,6 +44,7 @@ if str(REPO) not in sys.path:
 from hwmodels.units import UserInputError  # noqa: E402
 from planners.plan import LayerPlan, Plan, load_plan  # noqa: E402
 from simulator.model import ModelSpec, get_model  # noqa: E402
+from validate.diagnostics import add_diagnostic_args, diagnostic_kwargs  # noqa: E402
 from validate.executor import PlanExecutor, check_fits, host_memory_bytes  # noqa: E402
 from validate.model import build_model, make_batch  # noqa: E402
 
@@ -555,14 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the executor's buffers at planned offsets in one allocation (the warm-up records them)",
     )
-    diag = ap.add_argument_group("diagnostics (GPU; they change what they watch, so time runs without them)")
-    diag.add_argument("--memory-trace", action="store_true",
-                      help="write each case's allocator history, <case>.snapshot.pickle, into --out")
-    diag.add_argument("--kernel-profile", action="store_true",
-                      help="time one extra step under torch.profiler; <case>.kernels.json into --out")
-    diag.add_argument("--no-cap", action="store_true", help="run without the plan's GPU budget cap")
-    diag.add_argument("--expandable-segments", action="store_true",
-                      help="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True for each case")
+    add_diagnostic_args(ap)
     ap.add_argument("--case-out", help=argparse.SUPPRESS)  # one case, by run() on the GPU
     ap.add_argument("--diagnostics-dir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -599,10 +593,7 @@ def main(argv: list[str] | None = None) -> int:
             smoke=args.smoke,
             check_grads_tokens=args.check_grads,
             arena=args.arena,
-            memory_trace=args.memory_trace,
-            kernel_profile=args.kernel_profile,
-            no_cap=args.no_cap,
-            expandable_segments=args.expandable_segments,
+            **diagnostic_kwargs(args),
             argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
         )
     except UserInputError as err:

@@ -60,14 +60,9 @@ def register_plan(sub: Any) -> None:
     plan.add_argument("--arena", action="store_true",
                       help="the executor's prefetch and assembly buffers at planned offsets in one "
                            "allocation (the warm-up step records them)")
-    diag = plan.add_argument_group("diagnostics (GPU; they slow what they watch, so time runs without them)")
-    diag.add_argument("--memory-trace", action="store_true",
-                      help="each case's allocator history, <case>.snapshot.pickle, into --out")
-    diag.add_argument("--kernel-profile", action="store_true",
-                      help="one extra step under torch.profiler: <case>.kernels.json into --out")
-    diag.add_argument("--no-cap", action="store_true", help="run without the plan's GPU budget cap")
-    diag.add_argument("--expandable-segments", action="store_true",
-                      help="PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True for each case")
+    from validate.diagnostics import add_diagnostic_args
+
+    add_diagnostic_args(plan)
     plan.add_argument("--json", action="store_true", help="print one JSON object")
     plan.set_defaults(run=run_plan)
 
@@ -143,6 +138,7 @@ def run_steps(args: argparse.Namespace) -> int:
 def run_plan(args: argparse.Namespace) -> int:
     """Exit 0 when every case ran, 1 when one was refused or ran out of memory."""
     from hwmodels.units import UserInputError, format_bytes, format_seconds
+    from validate.diagnostics import diagnostic_kwargs
     from validate.run_plan import BASELINES, run
 
     names = tuple(b for b in args.baselines.split(",") if b)
@@ -154,8 +150,7 @@ def run_plan(args: argparse.Namespace) -> int:
             raise UserInputError(f"PLAN: no such file {path}")
     result = run(args.plans, out_dir=args.out, warmup=args.warmup, repeats=args.repeats,
                  baselines=names, smoke=args.smoke, check_grads_tokens=args.check_grads,
-                 arena=args.arena, memory_trace=args.memory_trace, kernel_profile=args.kernel_profile,
-                 no_cap=args.no_cap, expandable_segments=args.expandable_segments,
+                 arena=args.arena, **diagnostic_kwargs(args),
                  argv=["tierplan", "validate", "plan", *args.plans])
     cases = result["measured"]["cases"]
     code = 0 if all(c["status"] == "ok" for c in cases) else 1
