@@ -12,7 +12,9 @@ Models:
     backward reaches its attention block (the MLP block's activations are free by then; the MIP
     is solved for both points and keeps the faster plan); a recomputed part leaves HBM at the end of the
     layer's forward and comes back in a recompute op just before the layer's backward, costing
-    that fraction of the layer's non-attention forward (token-wise, as MEMO: norms, projections
+    that fraction of the layer's non-attention forward plus an HBM copy of the rows it puts
+    into full-size tensors (the executor measures 0.055-0.70 s of recompute on the H200 bench
+    plans where this predicts within -3% .. +4%) (token-wise, as MEMO: norms, projections
     and MLP are per-token; the attention output is kept or offloaded, never recomputed, unless
     the layer is checkpointed whole). A layer that does not save its input (Hugging Face layers
     save an fp32 copy) holds the recomputed tokens' input rows until its recompute op;
@@ -317,7 +319,7 @@ def release_restore_ops(prof: StepProfile, layer: int, *, stream: str, lookahead
 
 
 def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int = 1,
-               prefetch_at: str = "layer") -> AppliedPlan:
+               prefetch_at: str = "layer", copy_s_per_byte: float = 0.0) -> AppliedPlan:
     """The Workload of ``prof`` with ``layers``' offloads and recomputes, and its copies.
 
     ``prof`` must come from the template Workload with the plan's checkpoints
@@ -325,6 +327,9 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
     input (the checkpoint's saved tensor) may be offloaded. A token-wise recompute re-runs the
     layer from its input: where eager autograd does not save that input (Hugging Face layers
     save an fp32 copy instead), the plan keeps it (or offloads it) until the recompute op.
+    ``copy_s_per_byte``: HBM copy time per byte moved (read + write); the recompute op also puts
+    the recomputed rows (and a tensor's kept rows, where they are not moved by the prefetch)
+    into the full-size tensor backward reads.
     """
     wl = prof.workload
     index = dict(wl._by_id())
@@ -385,6 +390,7 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
             groups += [(tids, dec.action(role)) for role, tids in lp.role_tids.items()]
         layer_off: dict[str, int] = {}
         assemble, assemble_t = 0, -1  # the largest tensor put together from kept and recomputed rows
+        assembled_bytes = 0  # rows the recompute op copies into full-size tensors
         max_rec = 0.0
         attn_rec = 0.0
         for tids, act in groups:
@@ -427,6 +433,7 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
                     if keep and nb > assemble:  # put together in a new tensor while its parts exist
                         assemble, assemble_t = nb, t
                 if rec:
+                    assembled_bytes += rec + (keep if not (off and t not in held) else 0)
                     if index[t].role.value in ATTN_ROLES:
                         attn_rec = max(attn_rec, act.recompute_frac)
                     else:
@@ -435,7 +442,7 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
             tmp = part(assemble_t, assemble, "assembled", None, None)
             rec_allocs.setdefault(i, []).append(tmp)
             rec_frees.setdefault(i, []).append(tmp)
-        rec_s = max_rec * lp.other_fwd_s + attn_rec * lp.attn_fwd_s
+        rec_s = max_rec * lp.other_fwd_s + attn_rec * lp.attn_fwd_s + assembled_bytes * copy_s_per_byte
         rec_flops = max_rec * (lp.fwd_flops - lp.attn_fwd_flops) + attn_rec * lp.attn_fwd_flops
         if rec_s > 0 or i in rec_allocs:
             recompute_ops[lp.first_bwd] = OpSpec(
@@ -622,6 +629,14 @@ class PlanContext:
         return host_copy_rates(self.node, num_active_gpus=par.tp * par.cp * par.dp)
 
     @property
+    def copy_s_per_byte(self) -> float:
+        """HBM copy time per byte moved (read + write), from a 1 GiB copy on the node's GPU."""
+        from hwmodels.compute import compute_time_s
+
+        return compute_time_s(flops=0.0, hbm_bytes=2 * GiB, op_class="hbm_copy",
+                              dtype=self.job.param_dtype, node=self.node) / GiB
+
+    @property
     def host_budget_per_gpu_bytes(self) -> int:
         return self.host_budget_bytes // self.rates.num_gpus_sharing_host
 
@@ -674,7 +689,8 @@ def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver
     from hwmodels.compute import peak_flops_per_s
 
     prof = ctx.profile_for([lp.checkpoint for lp in layers])
-    applied = apply_plan(prof, layers, lookahead=ctx.lookahead, prefetch_at=ctx.prefetch_at)
+    applied = apply_plan(prof, layers, lookahead=ctx.lookahead, prefetch_at=ctx.prefetch_at,
+                         copy_s_per_byte=ctx.copy_s_per_byte)
     rep = replay(applied, ctx.node, num_gpus=ctx.rates.num_gpus_sharing_host)
     host_peak = rep.peak_host_bytes
     mfu = rep.model_flops / rep.step_time_s / peak_flops_per_s(ctx.node, ctx.job.param_dtype)
@@ -781,6 +797,7 @@ def solve_mip(ctx: PlanContext, *, budget_bytes: int | None = None, host_budget_
     rec_u = [var(f"recompute_frac_offloading_{i}", 0, 1) for i in range(n)]
     keep_u = [var(f"keep_frac_offloading_{i}", 0, 1) for i in range(n)]
     r_off, r_rec, t_rec, r_rec_late, r_kept = [], [], [], [], []
+    copy_s = ctx.copy_s_per_byte
     for i, lp in enumerate(L):
         fp = full_prof.layers[i]  # the same layer under a full checkpoint: keeps its input only
         prob += keep[i] + off[i] + rec[i] + full[i] == 1, f"fractions_{i}"
@@ -805,7 +822,9 @@ def solve_mip(ctx: PlanContext, *, budget_bytes: int | None = None, host_budget_
                       + lp.attn_bytes * o_at[i] + lp.other_bytes * off[i]) / g)
         r_rec.append(((lp.saved_bytes - fp.input_bytes) * full[i] + lp.other_bytes * (rec[i] - rec_u[i])
                       - lp.hold_bytes * rec[i]) / g)
-        t_rec.append(fp.recompute_s * full[i] + lp.other_fwd_s * rec[i])
+        # token-wise recompute: the layer's per-token ops on the dropped rows, then those rows
+        # copied into the full-size tensors (apply_plan's assembly)
+        t_rec.append(fp.recompute_s * full[i] + (lp.other_fwd_s + copy_s * lp.other_bytes) * rec[i])
 
     # HBM capacity at every segment between release / restore points of the schedule
     windows = []  # (open lo, open hi, expr removed in between, layer, kind)

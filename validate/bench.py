@@ -605,7 +605,8 @@ def repredict(plan_path: Path) -> dict[str, Any]:
     plan = load_plan(plan_path)
     ctx = PlanContext.from_plan(plan, source=str(plan_path))
     res = evaluate(ctx, plan.provenance.planner, plan.layers)
-    return {**_predicted(res), "model_flops": res.replay.model_flops}
+    return {**_predicted(res), "model_flops": res.replay.model_flops,
+            "recompute_s": res.replay.recompute_s}
 
 
 def _err(pred: float | None, meas: float | None) -> float | None:
@@ -712,6 +713,8 @@ def report_rows(measured_files: list[str | Path], plans_dir: str | Path) -> dict
                 "predicted_peak_hbm_bytes": pred["peak_hbm_bytes"] if pred else None,
                 "predicted_peak_host_bytes": pred["peak_host_bytes"] if pred else None,
                 "predicted_peak_reserved_bytes": pred["peak_reserved_bytes"] if pred else None,
+                "recompute_s": (c.get("copy_stats") or {}).get("recompute_s") if ok else None,
+                "predicted_recompute_s": pred.get("recompute_s") if pred else None,
                 "step_err": _err(pred["step_time_s"] if pred else None, step),
                 "peak_err": _err(
                     pred["peak_hbm_bytes"] if pred else None,

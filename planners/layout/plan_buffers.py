@@ -66,7 +66,8 @@ def plan_step(plan: Plan, *, source: str = "plan") -> PlanStep:
     ctx = PlanContext.from_plan(plan, source=source)
     model, job, node, prov = ctx.model, ctx.job, ctx.node, plan.provenance
     prof = ctx.profile_for([lp.checkpoint for lp in plan.layers])
-    applied = apply_plan(prof, plan.layers, lookahead=ctx.lookahead, prefetch_at=ctx.prefetch_at)
+    applied = apply_plan(prof, plan.layers, lookahead=ctx.lookahead, prefetch_at=ctx.prefetch_at,
+                         copy_s_per_byte=ctx.copy_s_per_byte)
     name = f"{model.name} seq {job.seq_len} x {job.micro_batch}, plan {prov.planner}"
     return PlanStep(plan=plan, model=model, job=job, node=node, applied=applied, name=name)
 

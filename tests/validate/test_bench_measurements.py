@@ -55,3 +55,12 @@ def test_long_sequences_train_where_pytorch_options_cannot(rows):
     assert cell[(k256, "full", "save_on_cpu")]["status"] == "refused"
     mip = cell[(k256, "full", "mip")]
     assert mip["status"] == "ok" and mip["x_ideal"] >= 0.95 and mip["x_checkpoint"] >= 1.2
+
+
+def test_token_wise_recompute_time_is_re_predicted_within_10pct(rows):
+    """The executor times its recompute (the per-token ops on the dropped rows and the copy of
+    those rows into full-size tensors); the replay's recompute op predicts it."""
+    timed = [r for r in rows if r["status"] == "ok" and (r["recompute_s"] or 0) > 0.02]
+    assert len(timed) >= 8
+    for r in timed:
+        assert r["predicted_recompute_s"] == pytest.approx(r["recompute_s"], rel=0.10), r

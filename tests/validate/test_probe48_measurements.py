@@ -66,7 +66,8 @@ def _workload(path):
     plan = load_plan(path)
     ctx = PlanContext.from_plan(plan)
     prof = ctx.profile_for([lp.checkpoint for lp in plan.layers])
-    return plan, apply_plan(prof, plan.layers, lookahead=ctx.lookahead, prefetch_at=ctx.prefetch_at).workload
+    return plan, apply_plan(prof, plan.layers, lookahead=ctx.lookahead, prefetch_at=ctx.prefetch_at,
+                            copy_s_per_byte=ctx.copy_s_per_byte).workload
 
 
 def test_band_check_refuses_the_plan_that_ran_out_of_memory_and_passes_the_one_that_ran():
