@@ -18,6 +18,7 @@ source in the ``sources`` mapping of the model that holds it.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
@@ -322,8 +323,6 @@ class OpClassFit(_Spec):
 
 def curve_rate(curve: tuple[tuple[float, float], ...], work: float) -> float:
     """Rate of a ``rate_curve`` at ``work``: log-linear between points, flat past the ends."""
-    import math
-
     if work <= curve[0][0]:
         return curve[0][1]
     for (w0, r0), (w1, r1) in zip(curve, curve[1:], strict=False):

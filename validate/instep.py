@@ -49,8 +49,11 @@ def _shapes(text: str, where: str) -> list[list[int]]:
         shapes = ast.literal_eval(text)  # a literal list of lists of ints, never code
     except (ValueError, SyntaxError):
         raise UserInputError(f"{where}: input shapes {text[:60]!r} are not a list literal") from None
-    if not isinstance(shapes, list):
-        raise UserInputError(f"{where}: input shapes must be a list")
+    if not isinstance(shapes, list) or not all(
+        isinstance(sh, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in sh)
+        for sh in shapes
+    ):
+        raise UserInputError(f"{where}: input shapes must be a list of lists of sizes")
     return shapes
 
 
@@ -81,6 +84,8 @@ def records_from_profile(data: dict[str, Any], *, source: str, dtype: str = "bf1
                     records.append({"op": "gemm", "m": m, "n": n, "k": k, **base})
         elif name in SDPA_OPS:
             shapes = _shapes(shape_text, where)
+            if len(shapes) < 2 or len(shapes[0]) != 4 or len(shapes[1]) != 4:
+                raise UserInputError(f"{where}: {name}: expected query and key shapes [b, h, s, d]")
             (b, h, s, d), (_, h_kv, s_kv, _) = shapes[0], shapes[1]
             records.append({"op": "sdpa", "batch": b, "seq_len": s, "num_heads": h,
                             "num_kv_heads": h_kv, "head_dim": d, "causal": True,
@@ -88,7 +93,7 @@ def records_from_profile(data: dict[str, Any], *, source: str, dtype: str = "bf1
                             "pass": SDPA_OPS[name], **base})
         elif name in ("aten::silu", "aten::silu_backward", "aten::mul"):
             shapes = _shapes(shape_text, where)
-            if len(shapes[0]) != 3:
+            if not shapes or len(shapes[0]) != 3 or 0 in shapes[0]:
                 continue
             if name == "aten::mul" and (len(shapes) != 2 or shapes[1] != shapes[0]):
                 continue

@@ -9,6 +9,7 @@ from planners.plan import LayerPlan, Plan, Provenance, RoleAction
 from simulator.model import ModelSpec, get_model
 from validate.executor import PlanExecutor, check_fits
 from validate.model import build_model, make_batch
+from validate.run_plan import SMOKE_SHAPE
 
 SEQ = 24
 ROLES = ("layer_input", "norm_out", "norm_stat", "attn_qkv", "attn_out", "mlp_hidden")
@@ -18,16 +19,7 @@ def tiny(preset: str, layers: int = 3) -> ModelSpec:
     s = get_model(preset)
     kv = 2 if s.num_kv_heads != s.num_heads else 4
     return ModelSpec.model_validate(
-        {
-            **s.model_dump(),
-            "num_layers": layers,
-            "hidden_size": 64,
-            "intermediate_size": 96,
-            "num_heads": 4,
-            "num_kv_heads": kv,
-            "head_dim": 16,
-            "vocab_size": 128,
-        }
+        {**s.model_dump(), **SMOKE_SHAPE, "num_layers": layers, "num_kv_heads": kv}
     )
 
 

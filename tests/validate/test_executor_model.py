@@ -7,23 +7,14 @@ import torch
 from hwmodels.units import UserInputError
 from simulator.model import ModelSpec, get_model
 from validate.model import build_model, make_batch
+from validate.run_plan import SMOKE_SHAPE
 
 
 def tiny(preset: str, **over) -> ModelSpec:
     s = get_model(preset)
     kv = 2 if s.num_kv_heads != s.num_heads else 4
     return ModelSpec.model_validate(
-        {
-            **s.model_dump(),
-            "num_layers": 2,
-            "hidden_size": 64,
-            "intermediate_size": 96,
-            "num_heads": 4,
-            "num_kv_heads": kv,
-            "head_dim": 16,
-            "vocab_size": 128,
-            **over,
-        }
+        {**s.model_dump(), **SMOKE_SHAPE, "num_layers": 2, "num_kv_heads": kv, **over}
     )
 
 

@@ -55,6 +55,8 @@ def test_records_by_hand():
         ([["aten::mm", "[[1, 2]]"]], "expected \\[name, shapes, count, seconds\\]"),
         ([["aten::mm", "[[1, 2], [2, 3]]", 0, 1.0]], "count and seconds must be positive"),
         ([["aten::mm", "__import__('os').system('true')", 1, 1.0]], "not a list literal"),
+        ([["aten::mm", "[[1, 'x']]", 1, 1.0]], "must be a list of lists of sizes"),
+        ([["aten::_cudnn_attention_forward", "[[1, 2]]", 1, 1.0]], "expected query and key shapes"),
     ],
 )
 def test_malformed_profiles_are_one_line_errors(ops, match):
