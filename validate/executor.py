@@ -406,6 +406,7 @@ class PlanExecutor:
     def _layer(self, i: int, layer: torch.nn.Module, x: torch.Tensor, rope: Any) -> torch.Tensor:
         lp = self.plan.layers[i]
         layer.checkpoint_mlp = lp.checkpoint == "selective"
+        layer.recompute_mlp_act = self.plan.mlp_activation == "recomputed"
         layer.attn_hook = None
         if self.plan.prefetch_at == "attention" and not self._counting:
             layer.attn_hook = lambda m=i: self._attention_reached(m)

@@ -61,6 +61,55 @@ class HFRMSNorm(nn.Module):
         return out
 
 
+class SwiGLUDown(torch.autograd.Function):
+    """``down_proj(silu(gate) * up)`` as one autograd node that saves only its input (the fused
+    gate_up output, or gate and up) and the down projection's weight: backward recomputes
+    silu(gate) and the product (two elementwise kernels) instead of holding them, 2 x tokens x
+    intermediate activation bytes per layer. The gradients are those of the eager ops, bitwise:
+    the same kernels on the same operands (the down projection's backward as autograd's
+    ``mm`` backward takes it for a row-major weight; silu's with ``aten.silu_backward``), the
+    input's gradient written in place of the chunk backward's concatenation.
+
+    ``forward(ctx, weight, bias, *acts)``: ``acts`` is (gate_up,) or (gate, up).
+    """
+
+    @staticmethod
+    def _halves(acts: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        return acts[0].chunk(2, dim=-1) if len(acts) == 1 else (acts[0], acts[1])
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, bias: torch.Tensor | None, *acts: torch.Tensor) -> torch.Tensor:
+        g, u = SwiGLUDown._halves(acts)
+        prod = F.silu(g) * u
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(weight, *acts)
+        return F.linear(prod, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        weight, *acts = ctx.saved_tensors
+        g, u = SwiGLUDown._halves(tuple(acts))
+        act = F.silu(g)
+        prod = act * u
+        dy2 = dy.reshape(-1, dy.shape[-1])
+        grad_w = dy2.t().mm(prod.reshape(-1, prod.shape[-1]))
+        grad_b = dy2.sum(0) if ctx.has_bias else None
+        del prod
+        grad_prod = dy2.mm(weight).view(act.shape)
+        if len(acts) == 1:
+            grad_acts = [torch.empty_like(acts[0])]
+            grad_g, grad_u = grad_acts[0].chunk(2, dim=-1)
+            torch.mul(grad_prod, act, out=grad_u)
+        else:
+            grad_u = grad_prod * act
+            grad_g = torch.empty_like(g)
+            grad_acts = [grad_g, grad_u]
+        del act
+        grad_prod.mul_(u)  # now the gradient of silu(gate)
+        torch.ops.aten.silu_backward.grad_input(grad_prod, g, grad_input=grad_g)
+        return (grad_w, grad_b, *grad_acts)
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -90,6 +139,7 @@ class DecoderLayer(nn.Module):
         self.tagger: Tagger | None = None
         self.attn_hook: Any = None  # called when backward reaches the attention block
         self.checkpoint_mlp = False
+        self.recompute_mlp_act = False  # SwiGLUDown: silu(gate) * up recomputed in backward
         self.attn_rows: torch.Tensor | None = None
         if probe:
             self.input_layernorm = nn.RMSNorm(h, eps=spec.norm_eps, **lin)
@@ -164,11 +214,15 @@ class DecoderLayer(nn.Module):
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         n = self._norm(self.post_attention_layernorm, x)
         if self.spec.gate_up_fused:
-            gu = self.tag(Role.MLP_HIDDEN, self.gate_up_proj(n))
-            g, u = gu.chunk(2, dim=-1)
+            acts = (self.tag(Role.MLP_HIDDEN, self.gate_up_proj(n)),)
+            g, u = acts[0].chunk(2, dim=-1)
         else:
-            g = self.tag(Role.MLP_HIDDEN, self.gate_proj(n))
-            u = self.tag(Role.MLP_HIDDEN, self.up_proj(n))
+            acts = g, u = (
+                self.tag(Role.MLP_HIDDEN, self.gate_proj(n)),
+                self.tag(Role.MLP_HIDDEN, self.up_proj(n)),
+            )
+        if self.recompute_mlp_act:
+            return SwiGLUDown.apply(self.down_proj.weight, self.down_proj.bias, *acts)
         act = self.tag(Role.MLP_HIDDEN, F.silu(g))
         return self.down_proj(self.tag(Role.MLP_HIDDEN, act * u))
 

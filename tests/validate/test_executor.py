@@ -7,8 +7,9 @@ import torch
 from hwmodels.units import UserInputError
 from planners.plan import LayerPlan, Plan, Provenance, RoleAction
 from simulator.model import ModelSpec, get_model
+from simulator.workload import Role
 from validate.executor import PlanExecutor, check_fits
-from validate.model import build_model, make_batch
+from validate.model import SwiGLUDown, build_model, make_batch
 from validate.run_plan import SMOKE_SHAPE
 
 SEQ = 24
@@ -290,3 +291,90 @@ def test_prefetch_at_the_attention_block_keeps_the_gradients_and_fetches_later(s
     assert_bitwise(grads(spec, plan_of(layers)), base)  # the default: when layer 1's starts
     assert not [e for e in events if e[0] == "attention"]
     assert events[events.index(("prefetch", 0)) - 1] == ("reached", 1)
+
+
+# ---- SwiGLU activation recomputed in backward (plan mlp_activation: recomputed) ----
+RECOMPUTED = "recomputed"
+
+
+def plan_with(layers: list[LayerPlan], mlp_activation: str = RECOMPUTED, **kw) -> Plan:
+    prov = Provenance(tierplan_version="test", model="tiny", job={"mlp_activation": mlp_activation},
+                      hardware="cpu", planner="test", gpu_budget_bytes=1 << 30,
+                      host_budget_bytes=1 << 30)
+    return Plan(layers=layers, provenance=prov, mlp_activation=mlp_activation, **kw)
+
+
+def test_recomputed_mlp_activation_is_bitwise(spec_and_base):
+    spec, base = spec_and_base
+    layers = [LayerPlan(layer=i) for i in range(spec.num_layers)]
+    assert_bitwise(grads(spec, plan_with(layers)), base)
+
+
+def test_recomputed_mlp_activation_with_offload_recompute_and_checkpoints_is_bitwise(spec_and_base):
+    spec, base = spec_and_base
+    layers = [
+        LayerPlan(layer=0, roles={r: offload(0.5, 0.25) for r in ROLES}),
+        LayerPlan(layer=1, input="offload", roles={r: RoleAction(action="recompute") for r in ROLES}),
+        LayerPlan(layer=2, checkpoint="selective", input="offload"),
+    ]
+    assert_bitwise(grads(spec, plan_with(layers, prefetch_at="attention")), base)
+    layers[2] = LayerPlan(layer=2, roles={"mlp_hidden": RoleAction(action="recompute", keep_frac=0.5)})
+    assert_bitwise(grads(spec, plan_with(layers)), base)
+
+
+def test_swiglu_down_alone_matches_eager_with_bias():
+    torch.manual_seed(0)
+    w = torch.randn(6, 10, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    for fused in (True, False):
+        acts = [torch.randn(2, 5, 20 if fused else 10, dtype=torch.float64, requires_grad=True)
+                for _ in range(1 if fused else 2)]
+        g, u = acts[0].chunk(2, dim=-1) if fused else acts
+        ref = torch.nn.functional.linear(torch.nn.functional.silu(g) * u, w, b)
+        dy = torch.randn_like(ref)
+        want = torch.autograd.grad(ref, [w, b, *acts], dy)
+        got = torch.autograd.grad(SwiGLUDown.apply(w, b, *acts), [w, b, *acts], dy)
+        for x, y in zip(got, want, strict=True):
+            torch.testing.assert_close(x, y)
+    assert torch.autograd.gradcheck(lambda *a: SwiGLUDown.apply(w, b, *a), tuple(acts))
+
+
+def _saved_bytes(spec, recompute: bool) -> int:
+    model = build_model(spec, seed=3)
+    for layer in model.layers:
+        layer.recompute_mlp_act = recompute
+    batch = make_batch(spec, seq_len=SEQ, seed=4)
+    seen: dict[int, int] = {}
+    params = {p.data_ptr() for p in model.parameters()}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in params:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(batch)
+    loss.backward()
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("preset", ["probe-llama7b-stack", "llama-3.2-1b"])
+def test_two_activations_per_layer_fewer_are_saved(preset):
+    spec = tiny(preset)
+    saved, recomputed = _saved_bytes(spec, False), _saved_bytes(spec, True)
+    per_layer = 2 * SEQ * spec.intermediate_size * 2  # silu(gate) and the product, bf16
+    assert saved - recomputed == spec.num_layers * per_layer
+
+
+def test_token_wise_recompute_finds_the_rows_of_a_recomputed_mlp_activation(spec_and_base):
+    """The recompute's tags line up with the forward's: only the projection output is tagged."""
+    spec, base = spec_and_base
+    layers = [LayerPlan(layer=i, roles={Role.MLP_HIDDEN.value: RoleAction(action="recompute")})
+              for i in range(spec.num_layers)]
+    model = build_model(spec, seed=3)
+    ex = PlanExecutor(model, plan_with(layers), device="cpu")
+    batch = make_batch(spec, seq_len=SEQ, seed=4)
+    ex.step(batch)
+    got = [p.grad.clone() for p in model.parameters()] + ([batch.grad] if batch.requires_grad else [])
+    assert_bitwise(got, base)
