@@ -168,6 +168,11 @@ class Plan(_Frozen):
     ``attention``, when it reaches its attention block (after the MLP's backward, whose
     activations are free by then: less HBM at the peak, less time to hide the copy). Omitted
     from the file when ``layer``."""
+    mlp_activation: Literal["saved", "recomputed"] = "saved"
+    """SwiGLU's silu(gate) and product in every layer: ``saved`` for backward (eager autograd),
+    or ``recomputed`` in backward by one fused activation + down-projection node that saves
+    only the gate/up projection's output (``validate.model.SwiGLUDown``; the job's
+    ``mlp_activation``). Omitted from the file when ``saved``."""
     staging_buffer_bytes: int = Field(default=0, ge=0)
     """Size of each GPU staging buffer for copies (the largest layer's offloaded bytes)."""
     num_staging_buffers: int = Field(default=2, ge=1)
@@ -182,6 +187,9 @@ class Plan(_Frozen):
         for i, lp in enumerate(self.layers):
             if lp.layer != i:
                 raise ValueError(f"layers.{i}.layer: expected {i}, got {lp.layer}")
+        job_act = self.provenance.job.get("mlp_activation", "saved")
+        if job_act != self.mlp_activation:
+            raise ValueError(f"mlp_activation: {self.mlp_activation!r}, but provenance.job says {job_act!r}")
         return self
 
     @property
@@ -192,8 +200,13 @@ class Plan(_Frozen):
     def to_json(self) -> str:
         """Deterministic JSON: sorted keys, floats rounded to FLOAT_DIGITS decimals."""
         data = self.model_dump(mode="json")
-        if data.get("prefetch_at") == "layer":  # the default: files of earlier plans unchanged
+        # defaults that earlier plans lack are left out: their files stay unchanged
+        if data.get("prefetch_at") == "layer":
             del data["prefetch_at"]
+        if data.get("mlp_activation") == "saved":
+            del data["mlp_activation"]
+            if data["provenance"]["job"].get("mlp_activation") == "saved":
+                del data["provenance"]["job"]["mlp_activation"]
         return json.dumps(_rounded(data), sort_keys=True, indent=1) + "\n"
 
 

@@ -45,6 +45,20 @@ class Cost:
 ZERO_COST = Cost()
 
 
+def add_costs(first: Cost, second: Cost) -> Cost:
+    """Two kernels run back to back as one op: work and times add; the op class is the
+    second's (the op's main kernel); a time is known only when both are."""
+    def _sum(a: float | None, b: float | None, default_a: float, default_b: float) -> float:
+        return (default_a if a is None else a) + (default_b if b is None else b)
+
+    time_s = None if first.time_s is None or second.time_s is None else first.time_s + second.time_s
+    return Cost(flops=first.flops + second.flops, hbm_bytes=first.hbm_bytes + second.hbm_bytes,
+                op_class=second.op_class,
+                exec_flops=_sum(first.exec_flops, second.exec_flops, first.flops, second.flops),
+                time_s=time_s,
+                model_flops=_sum(first.model_flops, second.model_flops, first.flops, second.flops))
+
+
 @dataclass
 class _Tensor:
     tid: int

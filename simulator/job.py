@@ -179,6 +179,11 @@ class TrainJob(_JobBase):
     grads_persist: bool = False
     """Weight gradients stay allocated between steps (zero_grad(set_to_none=False) or gradient
     accumulation); PyTorch's and HF Trainer's default set_to_none=True frees them: False."""
+    mlp_activation: Literal["saved", "recomputed"] = "saved"
+    """SwiGLU's silu(gate) and product: saved for backward as eager autograd does, or
+    recomputed in backward from the gate/up projection's output by one fused activation +
+    down-projection node (two elementwise kernels per layer; 2 x tokens x intermediate bytes
+    per layer fewer activations)."""
     loss: Literal["cross_entropy", "mean_square_fp32"] = "cross_entropy"
     """cross_entropy over the LM head's logits, or ``x.float().pow(2).mean()`` of a bare layer
     stack's output (the H200 probe's loss)."""
@@ -212,6 +217,10 @@ class TrainJob(_JobBase):
             raise UserInputError(
                 f"job.loss: cross_entropy needs an LM head; {model.name} has none"
                 " (use mean_square_fp32 for a bare layer stack)"
+            )
+        if self.mlp_activation == "recomputed" and model.mlp != "swiglu":
+            raise UserInputError(
+                f"job.mlp_activation: recomputed is for SwiGLU MLPs; {model.name} has {model.mlp}"
             )
         if self.loss == "mean_square_fp32" and model.has_lm_head:
             raise UserInputError(

@@ -39,7 +39,7 @@ from kernels.attention import attention_bwd_cost, attention_fwd_cost, attention_
 from kernels.cost import KernelCost, combine
 from kernels.elementwise import embedding_backward_workspace_bytes, minimal_traffic_bytes
 from kernels.gemm import linear_bwd_costs, linear_fwd_cost
-from simulator.autograd_model import ZERO_COST, Cost, ProgramBuilder
+from simulator.autograd_model import ZERO_COST, Cost, ProgramBuilder, add_costs
 from simulator.workload import Role, Workload
 
 FP32_BYTES = 4
@@ -301,7 +301,10 @@ class _Program:
         return self.b.tensor(name, num_elems * (elem_bytes or self.s.act_bytes), role, layer)
 
     def linear(self, name: str, x: int, in_f: int, out_f: int, layer, *, tokens: int, role: Role,
-               bias: bool = False, weight: int | None = None, save_input: int | None = None) -> int:
+               bias: bool = False, weight: int | None = None, save_input: int | None = None,
+               input_recompute: tuple[Cost, int] | None = None) -> int:
+        """``input_recompute``: (cost, workspace bytes) of recomputing the input in backward
+        instead of saving it (``silu_mul_recomputed``)."""
         b = self.b
         w = weight if weight is not None else self.weight(f"{name}.weight", in_f * out_f, layer)
         inputs = [x, w]
@@ -312,9 +315,14 @@ class _Program:
         bwd = linear_bwd_costs(num_tokens=tokens, in_features=in_f, out_features=out_f, dtype=self.dtype, bias=bias,
                                input_requires_grad=True)
         saved_x = x if save_input is None else save_input
+        bwd_cost, ws = self.cost(bwd.input_grad, bwd.weight_grad), 0
+        saves = [saved_x, w]
+        if input_recompute is not None:
+            rec, ws = input_recompute
+            saves = [w]
+            bwd_cost = add_costs(rec, bwd_cost)
         b.op(name, "linear", layer, inputs=inputs + ([saved_x] if saved_x != x else []), outputs=[y],
-             saves=[saved_x, w], grad_inputs=[x],
-             cost=self.cost(fwd), bwd_cost=self.cost(bwd.input_grad, bwd.weight_grad))
+             saves=saves, grad_inputs=[x], cost=self.cost(fwd), bwd_cost=bwd_cost, bwd_workspace_bytes=ws)
         return y
 
     def fused_rmsnorm(self, name: str, x: int, layer) -> int:
@@ -423,6 +431,35 @@ class _Program:
                       cost=self.cost(_mem("mul", read_bytes=2 * io, write_bytes=io)),
                       bwd_cost=self.cost(_mem("mul_bwd", read_bytes=3 * io, write_bytes=2 * io)))
         return prod
+
+    def silu_mul_recomputed(self, name: str, acts: list[int], layer, tokens: int, f: int, *,
+                            chunked: bool) -> tuple[int, Cost, int]:
+        """SwiGLU's activation inside ``validate.model.SwiGLUDown`` (``job.mlp_activation:
+        recomputed``): one autograd node for silu(gate) * up and the down projection that saves
+        only its input (``acts``: the fused gate_up output, or gate and up) and the weight.
+        Forward runs the same two eager kernels (silu's output is a transient); backward
+        recomputes both, then the down projection's backward, then writes silu's and the
+        product's gradients into the input's gradient (no chunk/cat copy).
+
+        Returns the product (not saved: freed after the down projection's forward), the
+        recompute's cost and its workspace (silu(gate) and the product), both charged to the
+        down projection's backward; this op's own backward holds silu(gate) until it is done.
+        """
+        io = tokens * f * self.s.act_bytes
+        variant = "memory.silu_mul.eager"
+        if chunked and self.cost.measured(f"{variant}_chunked.fwd"):
+            variant += "_chunked"
+        fwd_b, fb_b = minimal_traffic_bytes("silu_mul", num_tokens=tokens, width=f, dtype=self.dtype)
+        times = self.cost.composite_times(variant, fwd_b, fb_b) if self.node is not None else None
+        fwd = [_mem("silu", read_bytes=io, write_bytes=io), _mem("mul", read_bytes=2 * io, write_bytes=io)]
+        bwd = [_mem("silu_bwd", read_bytes=2 * io, write_bytes=io),
+               _mem("mul_bwd", read_bytes=3 * io, write_bytes=2 * io)]
+        fwd_cost = self.cost(*fwd, time_s=None if times is None else times[0])
+        bwd_cost = self.cost(*bwd, time_s=None if times is None else times[1])
+        prod = self.act(f"{name}.mul", tokens * f, Role.MLP_HIDDEN, layer)
+        self.b.op(f"{name}.silu_mul", "silu_mul", layer, inputs=acts, outputs=[prod], saves=acts,
+                  cost=fwd_cost, bwd_cost=bwd_cost, fwd_workspace_bytes=io, bwd_workspace_bytes=io)
+        return prod, fwd_cost, 2 * io
 
     def dropout(self, name: str, x: int, layer, num_elems: int) -> int:
         """``nn.Dropout`` while training (aten.native_dropout): allocates the output and a bool
@@ -711,18 +748,27 @@ class _Program:
         nrm2 = self.norm(f"layers.{i}.post_attention_norm", x2, i)
         nrm2, nrm2_saved = self.tp_enter(f"layers.{i}.mlp", nrm2, i)
         f = s.ffn
+        down_rec = None
         if m.mlp == "swiglu":
+            recompute_act = getattr(self.job, "mlp_activation", "saved") == "recomputed"
             if m.gate_up_fused:
                 gu = self.linear(f"layers.{i}.mlp.gate_up_proj", nrm2, h, 2 * f, i, tokens=T,
                                  role=Role.MLP_HIDDEN, bias=m.mlp_bias, save_input=nrm2_saved)
-                gate, up = self.split(f"layers.{i}.mlp.chunk", gu, [f, f], i, T, Role.MLP_HIDDEN)
+                acts = [gu]
+                if not recompute_act:
+                    acts = self.split(f"layers.{i}.mlp.chunk", gu, [f, f], i, T, Role.MLP_HIDDEN)
             else:
-                gate, up = (
+                acts = [
                     self.linear(f"layers.{i}.mlp.{n}_proj", nrm2, h, f, i, tokens=T, role=Role.MLP_HIDDEN,
                                 bias=m.mlp_bias, save_input=nrm2_saved)
                     for n in ("gate", "up")
-                )
-            prod = self.silu_mul(f"layers.{i}.mlp", gate, up, i, T, f, chunked=m.gate_up_fused)
+                ]
+            if recompute_act:
+                prod, rec_cost, rec_ws = self.silu_mul_recomputed(f"layers.{i}.mlp", acts, i, T, f,
+                                                                  chunked=m.gate_up_fused)
+                down_rec = (rec_cost, rec_ws)
+            else:
+                prod = self.silu_mul(f"layers.{i}.mlp", *acts, i, T, f, chunked=m.gate_up_fused)
         else:
             up = self.linear(f"layers.{i}.mlp.fc_in", nrm2, h, f, i, tokens=T, role=Role.MLP_HIDDEN,
                              bias=m.mlp_bias, save_input=nrm2_saved)
@@ -734,7 +780,8 @@ class _Program:
                 self.b.op(f"layers.{i}.mlp.gelu", "gelu", i, inputs=[up], outputs=[prod], saves=[up],
                           cost=self.cost(_mem("gelu", read_bytes=io, write_bytes=io)),
                           bwd_cost=self.cost(_mem("gelu_bwd", read_bytes=2 * io, write_bytes=io)))
-        down = self.linear(f"layers.{i}.mlp.down_proj", prod, f, h, i, tokens=T, role=Role.LAYER_INPUT, bias=m.mlp_bias)
+        down = self.linear(f"layers.{i}.mlp.down_proj", prod, f, h, i, tokens=T, role=Role.LAYER_INPUT,
+                           bias=m.mlp_bias, input_recompute=down_rec)
         down = self.tp_exit(f"layers.{i}.mlp.down_proj", down, i)
         down = self.dropout(f"layers.{i}.mlp.resid_dropout", down, i, s.norm_tokens * h)
         if selective:
