@@ -41,6 +41,7 @@ def add_scenario_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpointing", choices=("none", "full", "selective"))
     p.add_argument("--optimizer", choices=("none", "sgd", "adamw"))
     p.add_argument("--optimizer-state-dtype", help="dtype of AdamW moments (default fp32)")
+    p.add_argument("--mlp-activation", choices=MLP_ACTIVATIONS, help=MLP_ACTIVATION_HELP)
     p.add_argument("--master-weights", action="store_true", default=None,
                    help="keep an fp32 master copy of the weights")
     p.add_argument("--grads-persist", action="store_true", default=None,
@@ -59,6 +60,10 @@ def add_scenario_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hardware", help="node preset (see `tierplan hw list`) or node JSON file")
 
 
+MLP_ACTIVATIONS = ("saved", "recomputed")
+MLP_ACTIVATION_HELP = ("SwiGLU's silu(gate) and product: saved for backward (default) or recomputed "
+                       "in backward from the gate/up output (train)")
+
 _JOB_FLAGS = {
     "seq_len": "seq_len",
     "checkpointing": "checkpointing",
@@ -66,6 +71,7 @@ _JOB_FLAGS = {
     "optimizer_state_dtype": "optimizer_state_dtype",
     "master_weights": "master_weights",
     "grads_persist": "grads_persist",
+    "mlp_activation": "mlp_activation",
     "dtype": "param_dtype",
     "prompt_len": "prompt_len",
     "gen_len": "gen_len",
@@ -75,7 +81,7 @@ _JOB_FLAGS = {
 _PAR_FLAGS = {"tp": "tp", "sp": "sequence_parallel", "cp": "cp", "cp_kind": "cp_kind", "dp": "dp",
               "zero": "zero_stage"}
 _TRAIN_ONLY = ("seq_len", "checkpointing", "optimizer", "optimizer_state_dtype", "master_weights",
-               "grads_persist")
+               "grads_persist", "mlp_activation")
 _INFER_ONLY = ("prompt_len", "gen_len", "kv_dtype", "kv_quant")
 
 

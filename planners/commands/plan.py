@@ -18,6 +18,8 @@ import argparse
 import json
 from typing import Any
 
+from planners.commands.estimate import MLP_ACTIVATION_HELP, MLP_ACTIVATIONS
+
 EXIT_INFEASIBLE = 3
 
 MEMO_DEFAULTS: dict[str, Any] = {"model": "memo-7b", "seq_len": "1M", "tp": "8", "sp": True,
@@ -40,6 +42,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seq-len", help="sequence length, e.g. 512K")
     p.add_argument("--batch", help="micro-batch")
     p.add_argument("--optimizer", choices=("none", "sgd", "adamw"))
+    p.add_argument("--mlp-activation", choices=MLP_ACTIVATIONS,
+                   help=MLP_ACTIVATION_HELP + "; the baselines use it, the MIP also tries recomputed")
     p.add_argument("--tp", help="tensor-parallel degree")
     p.add_argument("--sp", action="store_true", default=None, help="sequence parallelism (with --tp)")
     p.add_argument("--cp", help="context-parallel degree")
@@ -163,4 +167,5 @@ def _print(report, scenario, model, node) -> None:
     if prov is not None and prov.solver:
         gap = f"{prov.gap:.2%}" if prov.gap is not None else "n/a"
         console.print(f"mip: {prov.solver} {prov.status}, gap {gap}, solved and replayed in "
-                      f"{format_seconds(mip.solve_time_s)}; replayed by {mip.replay.replayed_by}")
+                      f"{format_seconds(mip.solve_time_s)}; replayed by {mip.replay.replayed_by}; "
+                      f"prefetch_at {mip.plan.prefetch_at}, mlp_activation {mip.plan.mlp_activation}")

@@ -61,3 +61,19 @@ def test_bad_budget_is_one_line(capsys):
     code, _, err = _run(capsys, "plan", "--gpu-budget", "80XB")
     assert code == 2
     assert "--gpu-budget" in err and len(err.strip().splitlines()) == 1
+
+
+def test_mlp_activation_flag_reaches_the_plan_file(capsys, tmp_path):
+    code, out, _ = _run(capsys, "plan", "--model", "probe-llama7b-stack", "--layers", "2", "--seq-len", "8K",
+                        "--optimizer", "none", "--hardware", "1xH200", "--mlp-activation", "recomputed",
+                        "--out", str(tmp_path))
+    assert code == 0 and "mlp_activation recomputed" in out
+    plan = load_plan(tmp_path / "plan.json")
+    assert plan.mlp_activation == "recomputed" == plan.provenance.job["mlp_activation"]
+
+
+def test_mlp_activation_recomputed_needs_swiglu_in_one_line(capsys, tmp_path):
+    code, out, err = _run(capsys, "plan", "--model", "gpt2", "--mlp-activation", "recomputed",
+                          "--out", str(tmp_path))
+    assert code == 2 and not out and not list(tmp_path.iterdir())
+    assert err.count("\n") == 1 and "job.mlp_activation" in err

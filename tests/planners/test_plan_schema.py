@@ -102,3 +102,24 @@ def test_load_plan_reports_file_and_field(tmp_path):
     (tmp_path / "junk.json").write_text("{")
     with pytest.raises(UserInputError, match="junk.json"):
         load_plan(tmp_path / "junk.json")
+
+
+def test_mlp_activation_is_written_only_when_recomputed(tmp_path):
+    saved = json.loads(_plan().to_json())
+    assert "mlp_activation" not in saved and "mlp_activation" not in saved["provenance"]["job"]
+    plan = _plan().model_copy(update={
+        "mlp_activation": "recomputed",
+        "provenance": _provenance(job={"mode": "train", "mlp_activation": "recomputed"})})
+    write_plan(plan, tmp_path / "a.json")
+    data = json.loads((tmp_path / "a.json").read_text())
+    assert data["mlp_activation"] == "recomputed" == data["provenance"]["job"]["mlp_activation"]
+    assert load_plan(tmp_path / "a.json").to_json() == plan.to_json()
+
+
+def test_mlp_activation_must_agree_with_the_job(tmp_path):
+    data = json.loads(_plan().to_json())
+    data["mlp_activation"] = "recomputed"  # the job (provenance) still saves it
+    (tmp_path / "p.json").write_text(json.dumps(data))
+    with pytest.raises(UserInputError) as err:
+        load_plan(tmp_path / "p.json")
+    assert "mlp_activation" in str(err.value) and "\n" not in str(err.value)
