@@ -81,9 +81,9 @@ def test_band_check_refuses_the_plan_that_ran_out_of_memory_and_passes_the_one_t
     # cap is tried), and it ran under the 48 GiB cap
     plan, wl = _workload(BENCH / "probe8-64k-48g-mip.json")
     assert predict_workload_reserved(wl).peak_reserved_bytes <= plan.provenance.gpu_budget_bytes
-    # the bench's 128K plan (prefetch at the attention block): over the budget uncapped,
-    # served across the band, and it ran under the cap
-    plan, wl = _workload(BENCH / "probe8-128k-48g-mip.json")
+    # the bench's 128K plan of run r5 (prefetch at the attention block): over the budget
+    # uncapped, served across the band, and it ran under the cap
+    plan, wl = _workload(PROBE / "probe8-128k-48g-mip-r5.json")
     assert predict_workload_reserved(wl).peak_reserved_bytes > plan.provenance.gpu_budget_bytes
     assert capped_replay_failure(wl, plan.provenance.gpu_budget_bytes) is None
     r5 = json.loads((H200 / "bench-h200-2026-11-28-r5-64k-48g-mip.json").read_text())
