@@ -37,7 +37,9 @@ link's both-ways ceiling cannot bind (the replay applies it all the same).
     replaying the transformed Workload's allocations (simulator.allocator); with
     ``allocator="caching"`` a plan fits only when that allocator, capped anywhere in a band
     just below the budget, serves every request (fragmentation included; CAP_BAND_FRAC); the
-    MIP then backs its budget off in steps.
+    MIP then backs its budget off in steps and bisects back towards the last budget that failed.
+  * variants: the MIP is solved per prefetch point (``PREFETCH_POINTS``) and, for a SwiGLU model,
+    with the MLP activation saved and recomputed (``mip_variants``); the fastest plan wins.
 Ignores: recompute workspaces beyond the recomputed tensors themselves, CXL / NVMe tiers for
 activations (the DES models them; plans use host DRAM).
 Source: MEMO (Zhao et al., SIGMOD 2025, arXiv 2407.12117) sections 3-4 (token-wise recompute,

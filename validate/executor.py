@@ -18,7 +18,9 @@ backward is done, and layer m's own hook only a layer nothing fetched), into ten
 size and strides (so kernels see the same layout and the gradients stay bitwise equal), and
 moves the kept rows in; at the layer's first unpack the dropped rows are recomputed and moved
 in; the unpack hook makes the compute stream wait for that layer's H2D event. ``checkpoint: full`` with the input
-kept is ``torch.utils.checkpoint`` (non-reentrant); ``selective`` checkpoints the MLP block.
+kept is ``torch.utils.checkpoint`` (non-reentrant); ``selective`` checkpoints the MLP block. With the
+plan's ``mlp_activation: recomputed`` every layer's SwiGLU runs as ``validate.model.SwiGLUDown``
+(silu(gate) and the product recomputed in backward, not saved).
 Assumes: the model's control flow does not depend on data (recomputation replays the same
 sequence of saved tensors); a saved tensor's token dimension is its unique dimension of size
 seq_len; tensors without one (weights, RNG state) and tensors no tag names (FlashAttention's
