@@ -611,7 +611,7 @@ class PlanContext:
         except UserInputError as err:
             raise UserInputError(f"{source}: provenance.model: {err}") from None
         try:
-            job = TrainJob.model_validate({**prov.job, "mlp_activation": plan.mlp_activation})
+            job = TrainJob.model_validate(prov.job)  # its mlp_activation is the plan's (Plan checks)
         except ValidationError as err:
             first = err.errors()[0]
             loc = ".".join(str(x) for x in first.get("loc", ()))

@@ -410,6 +410,20 @@ class _Program:
             return self.hf_rmsnorm(name, x, layer)
         return self.fused_rmsnorm(name, x, layer)
 
+    def _silu_mul_variant(self, chunked: bool) -> str:
+        """The measured composite that times SwiGLU's activation (see ``silu_mul``)."""
+        variant = "memory.silu_mul.eager"
+        if chunked and self.cost.measured(f"{variant}_chunked.fwd"):
+            variant += "_chunked"
+        return variant
+
+    @staticmethod
+    def _silu_mul_kernels(io: int) -> tuple[KernelCost, KernelCost, KernelCost, KernelCost]:
+        """silu, mul, silu's backward, mul's backward over ``io`` bytes per operand."""
+        return (_mem("silu", read_bytes=io, write_bytes=io), _mem("mul", read_bytes=2 * io, write_bytes=io),
+                _mem("silu_bwd", read_bytes=2 * io, write_bytes=io),
+                _mem("mul_bwd", read_bytes=3 * io, write_bytes=2 * io))
+
     def silu_mul(self, name: str, gate: int, up: int, layer, tokens: int, f: int, *,
                  chunked: bool = False) -> int:
         """SwiGLU's activation as eager PyTorch runs it: silu(gate) (saves gate), then times up
@@ -417,19 +431,14 @@ class _Program:
         halves of one fused projection, strided views that take the slower non-vectorized
         elementwise kernels (``memory.silu_mul.eager_chunked``, measured inside training steps,
         validate/instep.py; the contiguous ``eager`` fit where the profile lacks it)."""
-        io = tokens * f * self.s.act_bytes
-        variant = "memory.silu_mul.eager"
-        if chunked and self.cost.measured(f"{variant}_chunked.fwd"):
-            variant += "_chunked"
-        with self.measured_group(variant, op="silu_mul", width=f, num_tokens=tokens):
+        silu, mul, silu_bwd, mul_bwd = self._silu_mul_kernels(tokens * f * self.s.act_bytes)
+        with self.measured_group(self._silu_mul_variant(chunked), op="silu_mul", width=f, num_tokens=tokens):
             act = self.act(f"{name}.silu", tokens * f, Role.MLP_HIDDEN, layer)
             self.b.op(f"{name}.silu", "silu", layer, inputs=[gate], outputs=[act], saves=[gate],
-                      cost=self.cost(_mem("silu", read_bytes=io, write_bytes=io)),
-                      bwd_cost=self.cost(_mem("silu_bwd", read_bytes=2 * io, write_bytes=io)))
+                      cost=self.cost(silu), bwd_cost=self.cost(silu_bwd))
             prod = self.act(f"{name}.mul", tokens * f, Role.MLP_HIDDEN, layer)
             self.b.op(f"{name}.mul", "mul", layer, inputs=[act, up], outputs=[prod], saves=[act, up],
-                      cost=self.cost(_mem("mul", read_bytes=2 * io, write_bytes=io)),
-                      bwd_cost=self.cost(_mem("mul_bwd", read_bytes=3 * io, write_bytes=2 * io)))
+                      cost=self.cost(mul), bwd_cost=self.cost(mul_bwd))
         return prod
 
     def silu_mul_recomputed(self, name: str, acts: list[int], layer, tokens: int, f: int, *,
@@ -439,27 +448,21 @@ class _Program:
         only its input (``acts``: the fused gate_up output, or gate and up) and the weight.
         Forward runs the same two eager kernels (silu's output is a transient); backward
         recomputes both, then the down projection's backward, then writes silu's and the
-        product's gradients into the input's gradient (no chunk/cat copy).
+        product's gradients into the input's gradient (no chunk/cat copy). Timed by the same
+        measured composite as ``silu_mul``.
 
         Returns the product (not saved: freed after the down projection's forward), the
         recompute's cost and its workspace (silu(gate) and the product), both charged to the
         down projection's backward; this op's own backward holds silu(gate) until it is done.
         """
         io = tokens * f * self.s.act_bytes
-        variant = "memory.silu_mul.eager"
-        if chunked and self.cost.measured(f"{variant}_chunked.fwd"):
-            variant += "_chunked"
-        fwd_b, fb_b = minimal_traffic_bytes("silu_mul", num_tokens=tokens, width=f, dtype=self.dtype)
-        times = self.cost.composite_times(variant, fwd_b, fb_b) if self.node is not None else None
-        fwd = [_mem("silu", read_bytes=io, write_bytes=io), _mem("mul", read_bytes=2 * io, write_bytes=io)]
-        bwd = [_mem("silu_bwd", read_bytes=2 * io, write_bytes=io),
-               _mem("mul_bwd", read_bytes=3 * io, write_bytes=2 * io)]
-        fwd_cost = self.cost(*fwd, time_s=None if times is None else times[0])
-        bwd_cost = self.cost(*bwd, time_s=None if times is None else times[1])
+        silu, mul, silu_bwd, mul_bwd = self._silu_mul_kernels(io)
         prod = self.act(f"{name}.mul", tokens * f, Role.MLP_HIDDEN, layer)
-        self.b.op(f"{name}.silu_mul", "silu_mul", layer, inputs=acts, outputs=[prod], saves=acts,
-                  cost=fwd_cost, bwd_cost=bwd_cost, fwd_workspace_bytes=io, bwd_workspace_bytes=io)
-        return prod, fwd_cost, 2 * io
+        with self.measured_group(self._silu_mul_variant(chunked), op="silu_mul", width=f, num_tokens=tokens):
+            self.b.op(f"{name}.silu_mul", "silu_mul", layer, inputs=acts, outputs=[prod], saves=acts,
+                      cost=self.cost(silu, mul), bwd_cost=self.cost(silu_bwd, mul_bwd),
+                      fwd_workspace_bytes=io, bwd_workspace_bytes=io)
+        return prod, self.b._ops[-1].cost, 2 * io
 
     def dropout(self, name: str, x: int, layer, num_elems: int) -> int:
         """``nn.Dropout`` while training (aten.native_dropout): allocates the output and a bool

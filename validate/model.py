@@ -65,7 +65,8 @@ class SwiGLUDown(torch.autograd.Function):
     """``down_proj(silu(gate) * up)`` as one autograd node that saves only its input (the fused
     gate_up output, or gate and up) and the down projection's weight: backward recomputes
     silu(gate) and the product (two elementwise kernels) instead of holding them, 2 x tokens x
-    intermediate activation bytes per layer. The gradients are those of the eager ops, bitwise:
+    intermediate activation bytes per layer. The gradients are those of the eager ops, bitwise
+    (tested on the CPU; on the GPU a run under any plan differs from a plain one by rounding):
     the same kernels on the same operands (the down projection's backward as autograd's
     ``mm`` backward takes it for a row-major weight; silu's with ``aten.silu_backward``), the
     input's gradient written in place of the chunk backward's concatenation.
