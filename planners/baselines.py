@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING
 
 from hwmodels.units import format_bytes
 from planners.plan import LayerPlan, RoleAction
+from simulator.workload import ATTN_ROLES
 
 if TYPE_CHECKING:
     from planners.swap import PlanContext
 
-ATTN_ROLES = ("attn_out", "attn_stat")
 
 
 def keep_all(ctx: PlanContext) -> tuple[list[LayerPlan], str]:

@@ -66,6 +66,14 @@ class Role(StrEnum):
     OTHER = "other"
 
 
+ATTN_ROLES: tuple[str, ...] = (Role.ATTN_OUT.value, Role.ATTN_STAT.value)
+"""The attention output and its statistics: MEMO offloads them whole (recomputing them means
+re-running attention)."""
+NOT_ACTIVATIONS: tuple[str, ...] = (Role.WEIGHT.value, Role.GRAD.value, Role.OPTIMIZER_STATE.value,
+                                    Role.MASTER_WEIGHT.value)
+"""Model-state roles: never saved activations."""
+
+
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
     """One storage. ``num_bytes`` is the requested size; rounding happens in the walk."""

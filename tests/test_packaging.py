@@ -8,7 +8,7 @@ import sys
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-PACKAGES = ["hwmodels", "kernels", "simulator", "planners", "validate"]
+PACKAGES = ["hwmodels", "kernels", "simulator", "planners", "validate", "tierplan"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)
@@ -23,7 +23,7 @@ def test_cli_help_is_instant_and_light():
     """`tierplan --help` must not import torch or pulp (heavy imports live in subcommands)."""
     code = (
         "import sys\n"
-        "from planners.cli import build_parser\n"
+        "from tierplan.cli import build_parser\n"
         "build_parser()\n"
         "heavy = [m for m in ('torch', 'pulp', 'simpy', 'matplotlib', 'scipy') if m in sys.modules]\n"
         "print(','.join(heavy))\n"

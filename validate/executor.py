@@ -53,8 +53,7 @@ from torch.utils.checkpoint import checkpoint
 from hwmodels.units import UserInputError, format_bytes
 from planners.plan import LayerPlan, Plan, RoleAction
 from planners.solvers import pulp_available
-from planners.swap import ATTN_ROLES
-from simulator.workload import Role
+from simulator.workload import ATTN_ROLES, Role
 from validate.arena import Arena, ArenaMismatch
 
 POOL_ALIGN_BYTES = 512

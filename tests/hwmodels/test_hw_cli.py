@@ -5,7 +5,7 @@ import pytest
 from hwmodels.catalog import PRESET_DIR, REPO_ROOT, get_node
 from hwmodels.transfer import host_transfer_time_s
 from hwmodels.units import GiB
-from planners.cli import main
+from tierplan.cli import main
 
 
 def _json(capsys):

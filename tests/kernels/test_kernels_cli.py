@@ -11,7 +11,7 @@ from kernels.attention import (
     attention_fwd_flops,
     flash_attention_tiling,
 )
-from planners.cli import main
+from tierplan.cli import main
 
 ATT = [
     "kernels",

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from planners.cli import main
+from tierplan.cli import main
 
 
 def _run(capsys, *argv):

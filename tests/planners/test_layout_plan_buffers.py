@@ -6,7 +6,6 @@ import pathlib
 import pytest
 
 from hwmodels.units import UserInputError
-from planners.cli import main
 from planners.layout.instance import check_layout, lower_bound_bytes
 from planners.layout.plan import instance_events, plan_layout
 from planners.layout.plan_buffers import (
@@ -23,6 +22,7 @@ from planners.layout.plan_buffers import (
 from planners.plan import load_plan
 from simulator.allocator import replay_caching_allocator
 from simulator.workload import walk_memory
+from tierplan.cli import main
 
 PLANS = pathlib.Path(__file__).parents[2] / "validate" / "plans"
 MEMO = PLANS / "probe8-32k-memo.json"  # offloads a fraction of 6 layers, recomputes the rest

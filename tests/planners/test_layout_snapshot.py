@@ -8,11 +8,11 @@ import pickle
 import pytest
 
 from hwmodels.units import UserInputError
-from planners.cli import main
 from planners.layout.instance import lower_bound_bytes
 from planners.layout.plan import plan_layout
 from planners.layout.snapshot import load_snapshot
 from simulator.allocator import replay_caching_allocator
+from tierplan.cli import main
 
 MiB = 2**20
 

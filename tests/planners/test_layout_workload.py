@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from planners.cli import main
 from planners.layout.instance import check_layout, instance_from_workload, lower_bound_bytes
 from planners.layout.plan import bilevel_layout, layer_blocks, plan_workload_layout
 from simulator.job import TrainJob
 from simulator.model import get_model
 from simulator.templates import training_workload
 from simulator.workload import walk_memory
+from tierplan.cli import main
 
 
 @pytest.fixture(scope="module")

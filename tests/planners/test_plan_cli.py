@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from planners.cli import main
 from planners.plan import load_plan
 from planners.swap import STRATEGIES
+from tierplan.cli import main
 
 
 def _run(capsys, *argv):

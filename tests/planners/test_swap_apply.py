@@ -7,10 +7,10 @@ import pytest
 from hwmodels.catalog import load_node
 from hwmodels.transfer import copy_fit
 from planners.plan import LayerPlan, RoleAction
-from planners.swap import ATTN_ROLES, PlanContext, apply_plan, evaluate, replay
+from planners.swap import PlanContext, apply_plan, evaluate, replay
 from simulator.estimator import estimate_training
 from simulator.job import scenario_from_dict
-from simulator.workload import Phase, allocator_rounded_bytes, walk_memory
+from simulator.workload import ATTN_ROLES, Phase, allocator_rounded_bytes, walk_memory
 
 
 def _ctx(*, seq="16K", layers=4, hardware="1xH200", par=None, model="llama-3.2-1b", budget=None):

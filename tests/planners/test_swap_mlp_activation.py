@@ -47,7 +47,7 @@ def test_bench_cell_plans_the_recomputed_activation_and_replays_from_its_file(tm
 def test_bisection_after_a_fragmentation_back_off_finds_a_faster_plan(monkeypatch):
     ctx = _ctx("recomputed", "attention")
     refined, _ = swap.plan_mip(ctx)
-    monkeypatch.setattr(swap, "REFINE_SOLVES", 0)
+    monkeypatch.setattr(swap.mip, "REFINE_SOLVES", 0)
     doubled, _ = swap.plan_mip(swap.PlanContext(**{**ctx.__dict__, "_profiles": {}}))
     assert refined.feasible and doubled.feasible
     assert refined.peak_hbm_bytes > doubled.peak_hbm_bytes

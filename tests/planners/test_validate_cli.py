@@ -1,6 +1,6 @@
 import json
 
-from planners.cli import main
+from tierplan.cli import main
 
 
 def test_validate_steps_json(capsys):

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from hwmodels.units import GiB
-from planners.cli import main
+from tierplan.cli import main
 from validate import bench
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

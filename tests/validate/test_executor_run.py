@@ -5,7 +5,7 @@ import pathlib
 
 import pytest
 
-from planners.cli import main
+from tierplan.cli import main
 from validate import run_plan
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hwmodels.units import UserInputError
-from planners.cli import main
 from simulator.des import Link, MemEvent, Op, Pool, Schedule, Stream, Transfer, simulate
+from tierplan.cli import main
 
 STREAMS = (Stream("gpu0.compute", "compute", "gpu0"), Stream("gpu0.d2h", "d2h", "gpu0"))
 POOLS = (Pool("gpu0.hbm", "hbm", 1000), Pool("host", "host", 1000))

@@ -8,10 +8,10 @@ import matplotlib.image
 import pytest
 
 from hwmodels.units import US_PER_S, GiB
-from planners.cli import main
 from simulator.des import Transfer, add_offload, schedule_from_workload, simulate
 from simulator.des.trace import TRACE_PHASES, chrome_trace, plot_step, write_chrome_trace
 from simulator.templates import training_workload
+from tierplan.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
-    from planners.commands.estimate import add_scenario_args
+    from tierplan.commands.estimate import add_scenario_args
 
     p = subparsers.add_parser(
         "simulate",
@@ -61,10 +61,10 @@ def _frac(value: str | None, field: str) -> float | None:
 def run(args: argparse.Namespace) -> int:
     from hwmodels.catalog import load_node
     from hwmodels.units import UserInputError
-    from planners.commands.estimate import build_scenario, int_flag
     from simulator.des import add_offload, offload_candidates, schedule_from_workload, simulate
     from simulator.estimator import estimate_training
     from simulator.templates import training_workload
+    from tierplan.commands.estimate import build_scenario, int_flag
 
     scenario, model = build_scenario(args)
     if scenario.job.mode != "train":

@@ -27,7 +27,7 @@ from typing import Any
 
 def _scenario_parent() -> argparse.ArgumentParser:
     """The scenario flags of `tierplan estimate`, reused so the two commands cannot drift."""
-    from planners.commands import estimate
+    from tierplan.commands import estimate
 
     sub = argparse.ArgumentParser(add_help=False).add_subparsers()
     estimate.register(sub)
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         replay = replay_caching_allocator(events, expandable_segments=args.expandable_segments,
                                           segment_addresses=addresses)
     else:
-        from planners.commands.estimate import build_scenario
+        from tierplan.commands.estimate import build_scenario
 
         scenario, model = build_scenario(args)
         job = scenario.job

@@ -1,6 +1,6 @@
 """The `tierplan` command line.
 
-One console script with subcommands. Each subcommand lives in ``planners/commands/<name>.py``
+One console script with subcommands. Each subcommand lives in ``tierplan/commands/<name>.py``
 and exposes ``register(subparsers)`` (cheap: argparse only) and ``run(args) -> int`` (heavy
 imports such as torch or pulp happen there), so ``tierplan --help`` answers instantly.
 
@@ -17,14 +17,14 @@ from collections.abc import Sequence
 
 # Subcommand modules, in the order `tierplan --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
-    "planners.commands.kernels",
-    "planners.commands.hw",
-    "planners.commands.estimate",
-    "planners.commands.validate",
-    "planners.commands.simulate",
-    "planners.commands.layout",
-    "planners.commands.plan",
-    "planners.commands.bench",
+    "tierplan.commands.kernels",
+    "tierplan.commands.hw",
+    "tierplan.commands.estimate",
+    "tierplan.commands.validate",
+    "tierplan.commands.simulate",
+    "tierplan.commands.layout",
+    "tierplan.commands.plan",
+    "tierplan.commands.bench",
 )
 
 EXIT_OK = 0

@@ -18,7 +18,7 @@ import argparse
 import json
 from typing import Any
 
-from planners.commands.estimate import MLP_ACTIVATION_HELP, MLP_ACTIVATIONS
+from tierplan.commands.estimate import MLP_ACTIVATION_HELP, MLP_ACTIVATIONS
 
 EXIT_INFEASIBLE = 3
 
@@ -64,7 +64,7 @@ def register(subparsers: Any) -> None:
 
 
 def _scenario(args: argparse.Namespace):
-    from planners.commands.estimate import build_scenario
+    from tierplan.commands.estimate import build_scenario
 
     if not args.scenario and not args.model:
         for key, value in MEMO_DEFAULTS.items():

@@ -1,0 +1,101 @@
+"""The planning context: one (model, job, node, budgets) request and its cached step profiles."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from hwmodels.units import GiB, UserInputError
+from planners.plan import Plan
+from planners.swap.profile import StepProfile, profile_workload
+from planners.swap.rates import CopyRates, host_copy_rates
+
+
+@dataclass
+class PlanContext:
+    """Everything the strategies share for one (model, job, node, budgets) request."""
+
+    model: object
+    job: object
+    node: object
+    gpu_budget_bytes: int
+    host_budget_bytes: int
+    lookahead: int = 1
+    allocator: str = "planned"
+    """planned: addresses planned ahead (MEMO's layout, ``tierplan layout``): a plan fits when
+    its allocated peak does; caching: PyTorch's caching allocator (what a plain torch run and
+    validate.executor use): it must also serve every request under the budget, fragmentation
+    included (simulator.allocator)."""
+    prefetch_at: str = "layer"
+    """Where the prefetch of layer l starts in layer l+k's backward (``Plan.prefetch_at``)."""
+    _profiles: dict[tuple[str, ...], StepProfile] = field(default_factory=dict)
+    _variant_profiles: dict[str, dict] = field(default_factory=dict)  # other mlp_activation -> profiles
+
+    @classmethod
+    def from_plan(cls, plan: Plan, *, source: str = "plan") -> PlanContext:
+        """The scenario a plan was made for, rebuilt from its provenance (model preset with the
+        plan's layer count, job, hardware, budgets); ``source`` names the plan in errors."""
+        from pydantic import ValidationError
+
+        from hwmodels.catalog import load_node
+        from simulator.job import TrainJob
+        from simulator.model import get_model
+
+        prov = plan.provenance
+        try:
+            model = get_model(prov.model).with_layers(len(plan.layers))
+        except UserInputError as err:
+            raise UserInputError(f"{source}: provenance.model: {err}") from None
+        try:
+            job = TrainJob.model_validate(prov.job)  # its mlp_activation is the plan's (Plan checks)
+        except ValidationError as err:
+            first = err.errors()[0]
+            loc = ".".join(str(x) for x in first.get("loc", ()))
+            raise UserInputError(f"{source}: provenance.job.{loc}: {first.get('msg')}") from None
+        if job.mode != "train":
+            raise UserInputError(f"{source}: provenance.job.mode: a plan is for a training job, got {job.mode!r}")
+        try:
+            node = load_node(prov.hardware)
+            job.check(model)
+        except UserInputError as err:
+            raise UserInputError(f"{source}: provenance: {err}") from None
+        return cls(model=model, job=job, node=node, gpu_budget_bytes=prov.gpu_budget_bytes,
+                   host_budget_bytes=prov.host_budget_bytes, lookahead=plan.prefetch_lookahead_layers,
+                   prefetch_at=plan.prefetch_at)
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.num_layers
+
+    @property
+    def rates(self) -> CopyRates:
+        par = self.job.parallelism
+        return host_copy_rates(self.node, num_active_gpus=par.tp * par.cp * par.dp)
+
+    @property
+    def copy_s_per_byte(self) -> float:
+        """HBM copy time per byte moved (read + write), from a 1 GiB copy on the node's GPU."""
+        from hwmodels.compute import compute_time_s
+
+        return compute_time_s(flops=0.0, hbm_bytes=2 * GiB, op_class="hbm_copy",
+                              dtype=self.job.param_dtype, node=self.node) / GiB
+
+    @property
+    def host_budget_per_gpu_bytes(self) -> int:
+        return self.host_budget_bytes // self.rates.num_gpus_sharing_host
+
+    def profile(self, checkpointing: str = "none") -> StepProfile:
+        """The profile of the step with the same checkpoint on every layer."""
+        return self.profile_for((checkpointing,) * self.num_layers)
+
+    def profile_for(self, modes: Sequence[str]) -> StepProfile:
+        """The profile of the step with per-layer checkpoints ``modes`` (template Workload)."""
+        modes = tuple(modes)
+        if modes not in self._profiles:
+            from simulator.templates import training_workload
+
+            job = self.job.model_copy(update={"checkpointing": "none"})
+            per_layer = {i: m for i, m in enumerate(modes) if m != "none"}
+            wl = training_workload(self.model, job, self.node, layer_checkpointing=per_layer)
+            self._profiles[modes] = profile_workload(wl)
+        return self._profiles[modes]

@@ -1,0 +1,120 @@
+"""Strategy evaluation: replay a plan's layers and wrap the outcome as a Plan and a table row.
+
+Models: the allocated peak of the replay, and the reserved peak of the caching allocator
+replaying the transformed Workload (simulator.allocator); with ``allocator="caching"`` a plan
+fits only when that allocator, capped anywhere in a band just below the budget, serves every
+request (CAP_BAND_FRAC). Source: H200 measurements in validate/measurements/h200/probe48-*.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hwmodels.units import format_bytes
+from planners.plan import LayerPlan, Plan, Prediction, Provenance
+from planners.swap.apply import AppliedPlan, apply_plan
+from planners.swap.context import PlanContext
+from planners.swap.replay import Replay, replay
+from simulator.allocator import AllocatorOOM, predict_workload_reserved
+from simulator.workload import Workload
+
+ALLOCATORS = ("planned", "caching")
+CAP_BAND_FRAC = 0.04
+CAP_BAND_POINTS = 5
+"""With ``allocator="caching"`` a plan fits when the capped allocator replay serves every
+request at each of ``CAP_BAND_POINTS`` caps spread over the band from the budget down to
+(1 - ``CAP_BAND_FRAC``) x the budget, not at the budget alone. Under a cap, whether a
+fragmented sequence fits flips with small changes of the cap or of the request order (the
+replay is not monotone in the cap), and the executor's order differs in details from the
+simulated one. On the H200 (2026-11-28, validate/measurements/h200/probe48-*): the 64K MIP
+plan the single-cap check passed at 47.04 GiB ran out of memory under a 48 GiB cap, as the
+replay of its own recorded trace does; the plans that pass the band ran."""
+
+
+@dataclass(frozen=True)
+class StrategyResult:
+    """One row of the strategy table: the same type for every baseline and the MIP."""
+
+    name: str
+    feasible: bool
+    step_time_s: float | None
+    mfu: float | None
+    peak_hbm_bytes: int | None
+    peak_host_bytes: int | None
+    reason: str  # why not feasible (or how it was chosen)
+    plan: Plan | None = None
+    replay: Replay | None = None
+    applied: AppliedPlan | None = None
+    solve_time_s: float = 0.0  # wall time of planning this row (a run's figure, not the plan's)
+    peak_reserved_bytes: int | None = None  # the caching allocator's, two steps, no cap
+
+    def row(self) -> dict:
+        return {"name": self.name, "feasible": self.feasible, "step_time_s": self.step_time_s,
+                "mfu": self.mfu, "peak_hbm_bytes": self.peak_hbm_bytes,
+                "peak_reserved_bytes": self.peak_reserved_bytes,
+                "peak_host_bytes": self.peak_host_bytes, "reason": self.reason,
+                "solve_time_s": self.solve_time_s}
+
+
+def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver: str | None = None,
+             status: str = "rule", gap: float | None = None, solve_time_s: float = 0.0,
+             time_limit_s: float | None = None) -> StrategyResult:
+    """Replay ``layers`` and wrap the outcome as a Plan and a table row."""
+    from hwmodels.compute import peak_flops_per_s
+
+    prof = ctx.profile_for([lp.checkpoint for lp in layers])
+    applied = apply_plan(prof, layers, lookahead=ctx.lookahead, prefetch_at=ctx.prefetch_at,
+                         copy_s_per_byte=ctx.copy_s_per_byte)
+    rep = replay(applied, ctx.node, num_gpus=ctx.rates.num_gpus_sharing_host)
+    host_peak = rep.peak_host_bytes
+    mfu = rep.model_flops / rep.step_time_s / peak_flops_per_s(ctx.node, ctx.job.param_dtype)
+    reasons = []
+    if rep.peak_hbm_bytes > ctx.gpu_budget_bytes:
+        reasons.append(f"HBM peak {format_bytes(rep.peak_hbm_bytes)} > {format_bytes(ctx.gpu_budget_bytes)}"
+                       f" gpu budget (at {rep.peak_op})")
+    reserved = predict_workload_reserved(applied.workload).peak_reserved_bytes
+    if ctx.allocator == "caching" and not reasons and reserved > ctx.gpu_budget_bytes:
+        failed = capped_replay_failure(applied.workload, ctx.gpu_budget_bytes)
+        if failed is not None:
+            reasons.append(f"caching allocator: {format_bytes(reserved)} reserved (fragmentation) > "
+                           f"{format_bytes(ctx.gpu_budget_bytes)} gpu budget and the allocator, "
+                           f"capped at {format_bytes(failed)}, cannot serve every request")
+    if host_peak > ctx.host_budget_bytes:
+        reasons.append(f"host {format_bytes(host_peak)} > {format_bytes(ctx.host_budget_bytes)} host budget")
+    feasible = not reasons
+    prediction = Prediction(step_time_s=rep.step_time_s, mfu=mfu, peak_hbm_bytes=rep.peak_hbm_bytes,
+                            peak_reserved_bytes=reserved, peak_host_bytes=host_peak, stall_s=rep.stall_s, recompute_s=rep.recompute_s,
+                            feasible=feasible, replayed_by=rep.replayed_by)
+    plan = Plan(layers=list(layers), prefetch_lookahead_layers=ctx.lookahead, prefetch_at=ctx.prefetch_at,
+                mlp_activation=ctx.job.mlp_activation,
+                staging_buffer_bytes=applied.staging_bytes, num_staging_buffers=2,
+                provenance=_provenance(ctx, name, solver=solver, status=status, gap=gap,
+                                       time_limit_s=time_limit_s),
+                prediction=prediction)
+    return StrategyResult(name=name, feasible=feasible, step_time_s=rep.step_time_s, mfu=mfu,
+                          peak_hbm_bytes=rep.peak_hbm_bytes, peak_host_bytes=host_peak,
+                          peak_reserved_bytes=reserved,
+                          reason="; ".join(reasons), plan=plan, replay=rep, applied=applied,
+                          solve_time_s=solve_time_s)
+
+
+def capped_replay_failure(workload: Workload, budget_bytes: int) -> int | None:
+    """The first cap of the band (see ``CAP_BAND_FRAC``) under which the caching allocator's
+    replay of ``workload`` runs out of memory (over the cap it frees its cache and retries, as
+    PyTorch does); None when every cap of the band serves every request."""
+    for j in range(CAP_BAND_POINTS):
+        cap = int(budget_bytes * (1.0 - CAP_BAND_FRAC * j / max(1, CAP_BAND_POINTS - 1)))
+        try:
+            predict_workload_reserved(workload, capacity_bytes=cap)
+        except AllocatorOOM:
+            return cap
+    return None
+
+
+def _provenance(ctx: PlanContext, planner: str, **kw) -> Provenance:
+    from planners.plan import tierplan_version
+
+    return Provenance(tierplan_version=tierplan_version(), model=ctx.model.name,
+                      job=ctx.job.model_dump(mode="json"), hardware=ctx.node.name, planner=planner,
+                      gpu_budget_bytes=ctx.gpu_budget_bytes, host_budget_bytes=ctx.host_budget_bytes, **kw)

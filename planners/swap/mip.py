@@ -1,0 +1,378 @@
+"""tierplan's swap / recompute MIP over the profile of the un-checkpointed step.
+
+Models: per layer binaries (full checkpoint, offload input, offload attention output) and token
+fractions of the other skeletal bytes (keep / offload / recompute); HBM capacity at every segment
+of the schedule between two release/restore points, host capacity shared by the node's GPUs, the
+D2H and H2D queues of the replay as linear max-plus constraints; objective: the step's end time.
+Assumes: the replay's copy model (see `planners.swap`). Ignores: what the replay adds (it is
+replayed before it is reported). Source: checkmate (Jain et al. 2020); MEMO section 4.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hwmodels.units import GiB, format_bytes
+from planners.plan import KEEP, LayerPlan, RoleAction
+from planners.swap.apply import PREFETCH_POINTS, release_restore_ops
+from planners.swap.context import PlanContext
+from planners.swap.evaluate import StrategyResult, evaluate
+from planners.swap.profile import LayerProfile
+from simulator.workload import ATTN_ROLES, Phase
+
+EPS_FRAC = 1e-6
+MAX_REPAIRS = 6
+FRAGMENTATION_STEP_FRAC = 0.02
+"""A plan whose caching-allocator replay does not fit the budget is solved again against a
+budget 2%, then 4%, 8%, ... lower."""
+REFINE_SOLVES = 4
+REFINE_MIN_FRAC = 0.005
+"""After a backed-off budget fits, up to ``REFINE_SOLVES`` more solves bisect between it and the
+last budget that did not (down to ``REFINE_MIN_FRAC`` of the budget): the doubling steps
+overshoot, and a plan on a budget up to 8% larger can be markedly faster."""
+TIE_BREAK_FRAC = 1e-7
+BUDGET_MARGIN_FRAC = 1e-3
+"""The MIP plans against budgets 0.1% below the user's: fractions are rounded to 6 decimals
+and token slices to whole bytes after solving, which must not tip a plan over a budget."""
+
+
+@dataclass(frozen=True)
+class MipSolution:
+    layers: tuple[LayerPlan, ...]
+    objective_s: float | None  # the MIP's own step time (for the replay-agreement check)
+    status: str
+    solver: str | None
+    gap: float | None
+    solve_time_s: float
+    binding: str  # the constraint that makes the request infeasible, when it is
+
+
+def solve_mip(ctx: PlanContext, *, budget_bytes: int | None = None, host_budget_bytes: int | None = None,
+              time_limit_s: float = 10.0, solver: str = "highs", lp_path: str | None = None) -> MipSolution:
+    """tierplan's MIP over the profile of the un-checkpointed step (see the module docstring)."""
+    import pulp
+
+    from planners.solvers import solve
+    from simulator.estimator import RUNTIME_WORKSPACE_BYTES
+
+    t0 = time.perf_counter()
+    prof = ctx.profile("none")
+    full_prof = ctx.profile("full")
+    rates = ctx.rates
+    budget = (ctx.gpu_budget_bytes if budget_bytes is None else budget_bytes) * (1 - BUDGET_MARGIN_FRAC)
+    budget -= RUNTIME_WORKSPACE_BYTES
+    host_budget = (ctx.host_budget_bytes if host_budget_bytes is None else host_budget_bytes)
+    host_budget *= 1 - BUDGET_MARGIN_FRAC
+    n = len(prof.layers)
+    L = prof.layers
+    times = prof.op_times_s
+    prob = pulp.LpProblem("swap_recompute", pulp.LpMinimize)
+    g = float(GiB)
+    b_d2h = rates.d2h_bytes_per_s / g  # GiB/s
+    b_h2d = rates.h2d_bytes_per_s / g
+    var = prob.add_variable
+    full = [var(f"full_{i}", cat="Binary") for i in range(n)]
+    o_in = [var(f"offload_input_{i}", cat="Binary") for i in range(n)]
+    o_inf = [var(f"offload_checkpoint_input_{i}", cat="Binary") for i in range(n)]
+    # offloaded share of a held input: rec * o_in, linearised (McCormick, exact for a binary)
+    held_off = [var(f"held_input_offloaded_frac_{i}", 0, 1) for i in range(n)]
+    o_at = [var(f"offload_attn_{i}", cat="Binary") for i in range(n)]
+    keep = [var(f"keep_frac_{i}", 0, 1) for i in range(n)]
+    off = [var(f"alpha_frac_{i}", 0, 1) for i in range(n)]
+    rec = [var(f"recompute_frac_{i}", 0, 1) for i in range(n)]
+    # The executor holds an offloading tensor whole until its D2H copy is done (the recomputed
+    # rows leave with the offloaded ones, the kept rows have a copy meanwhile) and prefetches
+    # it whole (the recomputed rows come back with the offloaded ones): u = "other" offloads,
+    # rec_u = rec * u and keep_u = keep * u, linearised (McCormick, exact for a binary u).
+    u = [var(f"other_offloads_{i}", cat="Binary") for i in range(n)]
+    rec_u = [var(f"recompute_frac_offloading_{i}", 0, 1) for i in range(n)]
+    keep_u = [var(f"keep_frac_offloading_{i}", 0, 1) for i in range(n)]
+    r_off, r_rec, t_rec, r_rec_late, r_kept = [], [], [], [], []
+    copy_s = ctx.copy_s_per_byte
+    for i, lp in enumerate(L):
+        fp = full_prof.layers[i]  # the same layer under a full checkpoint: keeps its input only
+        prob += keep[i] + off[i] + rec[i] + full[i] == 1, f"fractions_{i}"
+        prob += o_at[i] + full[i] <= 1, f"attn_offload_without_checkpoint_{i}"
+        prob += o_in[i] + full[i] <= 1, f"input_offload_without_checkpoint_{i}"
+        prob += o_inf[i] <= full[i], f"checkpoint_input_offload_{i}"
+        # a token-wise recompute needs the recomputed tokens' input rows; a layer that does not
+        # save its input (hold_bytes > 0) holds them, or offloads them with the rest
+        prob += held_off[i] <= rec[i], f"held_input_offload_le_recompute_{i}"
+        prob += held_off[i] <= o_in[i], f"held_input_offload_le_offload_{i}"
+        prob += held_off[i] >= rec[i] + o_in[i] - 1, f"held_input_offload_ge_both_{i}"
+        if lp.input_bytes == 0 and lp.hold_bytes == 0:
+            prob += o_in[i] == 0, f"no_input_to_offload_{i}"
+        prob += off[i] <= u[i], f"other_offloads_{i}"
+        for name, x, y in (("rec", rec_u, rec), ("keep", keep_u, keep)):
+            prob += x[i] <= y[i], f"{name}_offloading_le_frac_{i}"
+            prob += x[i] <= u[i], f"{name}_offloading_le_offloads_{i}"
+            prob += x[i] >= y[i] + u[i] - 1, f"{name}_offloading_ge_both_{i}"
+        r_rec_late.append(lp.other_bytes * rec_u[i] / g)
+        r_kept.append(lp.other_bytes * keep_u[i] / g)
+        r_off.append((lp.input_bytes * o_in[i] + lp.hold_bytes * held_off[i] + fp.input_bytes * o_inf[i]
+                      + lp.attn_bytes * o_at[i] + lp.other_bytes * off[i]) / g)
+        r_rec.append(((lp.saved_bytes - fp.input_bytes) * full[i] + lp.other_bytes * (rec[i] - rec_u[i])
+                      - lp.hold_bytes * rec[i]) / g)
+        # token-wise recompute: the layer's per-token ops on the dropped rows, then those rows
+        # copied into the full-size tensors (apply_plan's assembly)
+        t_rec.append(fp.recompute_s * full[i] + (lp.other_fwd_s + copy_s * lp.other_bytes) * rec[i])
+
+    # HBM capacity at every segment between release / restore points of the schedule
+    windows = []  # (open lo, open hi, expr removed in between, layer, kind)
+    adds = []  # (closed lo, closed hi, expr added in between, layer)
+    for i, lp in enumerate(L):
+        rel, res = release_restore_ops(prof, i, stream="d2h", lookahead=ctx.lookahead,
+                                       prefetch_at=ctx.prefetch_at)
+        windows.append((rel, res, r_off[i], i, "off"))
+        windows.append((rel, res, r_rec_late[i], i, "rec_late"))
+        windows.append((lp.last_fwd, lp.first_bwd, r_rec[i], i, "rec"))
+        if lp.last_fwd + 1 <= rel:
+            adds.append((lp.last_fwd + 1, rel, r_kept[i], i))
+    points = sorted({0, len(times) - 1} | {w[0] for w in windows} | {w[1] for w in windows})
+    segments = []
+    for a, b in zip(points, points[1:], strict=False):
+        segments.append((a, a))
+        if b - a > 1:
+            segments.append((a + 1, b - 1))
+    segments.append((points[-1], points[-1]))
+    live = prof.live_bytes
+    binding_seg = None
+    worst_left = None
+    for lo, hi in segments:
+        peak = max(live[lo:hi + 1])
+        removable = [w for w in windows if w[0] < lo and hi < w[1]]
+        added = [a for a in adds if a[0] <= lo and hi <= a[1]]
+        held = sum(L[w[3]].hold_bytes for w in removable if w[4] == "rec")
+        if peak + held + sum(L[a[3]].other_bytes for a in added) <= budget:
+            continue
+        k = max(range(lo, hi + 1), key=lambda j: live[j])
+        name = f"hbm_capacity_at_{prof.workload.ops[k].name}"
+        prob += (peak / g - pulp.lpSum(w[2] for w in removable) + pulp.lpSum(a[2] for a in added)
+                 <= budget / g), name
+        # what is left when everything removable is removed (for the infeasibility message)
+        max_removed = _max_removed_bytes(L, full_prof, [w[3] for w in removable if w[4] == "off"],
+                                         [w[3] for w in removable if w[4] == "rec"])
+        left = peak - max_removed
+        if left > budget and (worst_left is None or left > worst_left):
+            worst_left, binding_seg = left, prof.workload.ops[k]
+
+    # host memory shared by the node's GPUs
+    prob += pulp.lpSum(r_off) * rates.num_gpus_sharing_host <= host_budget / g, "host_capacity"
+
+    # time: forward with the D2H queue, then backward with the H2D queue (seconds)
+    e = [var(f"fwd_end_{i}", 0) for i in range(n)]
+    d = [var(f"d2h_done_{i}", 0) for i in range(n)]
+    h = [var(f"h2d_done_{i}", 0) for i in range(n)]
+    s = [var(f"bwd_stage_start_{i}", 0) for i in range(n)]
+    fwd_end = var("fwd_and_loss_end", 0)
+    step = var("step_end", 0)
+    pre = sum(times[: L[0].first_fwd])
+    for i, lp in enumerate(L):
+        gap_before = pre if i == 0 else sum(times[L[i - 1].last_fwd + 1: lp.first_fwd])
+        prev = e[i - 1] if i else 0
+        prob += e[i] >= prev + gap_before + lp.fwd_s, f"fwd_compute_{i}"
+        prob += d[i] >= e[i] + r_off[i] / b_d2h, f"d2h_after_fwd_{i}"
+        if i:
+            prob += d[i] >= d[i - 1] + r_off[i] / b_d2h, f"d2h_fifo_{i}"
+        if i + 1 < n:
+            prob += e[i + 1] >= d[i], f"staging_buffer_reuse_{i}"
+        else:
+            prob += fwd_end >= d[i], f"staging_buffer_reuse_{i}"
+    prob += fwd_end >= e[n - 1] + sum(times[L[-1].last_fwd + 1: prof.first_bwd_op]), "loss_compute"
+    head_bwd = sum(times[prof.first_bwd_op: L[-1].first_bwd])
+    for i in range(n - 1, -1, -1):
+        lp = L[i]
+        j = i + ctx.lookahead
+        start = s[j] if j < n else fwd_end
+        if j < n and ctx.prefetch_at == "attention":  # after layer j's recompute and MLP backward
+            start = start + t_rec[j] + L[j].mlp_bwd_s
+        prob += h[i] >= start + r_off[i] / b_h2d, f"prefetch_after_stage_start_{i}"
+        if i + 1 < n:
+            prob += h[i] >= h[i + 1] + r_off[i] / b_h2d, f"h2d_fifo_{i}"
+            between = sum(times[L[i + 1].last_bwd + 1: lp.first_bwd])
+            prob += s[i] >= s[i + 1] + t_rec[i + 1] + L[i + 1].bwd_s + between, f"bwd_compute_{i}"
+        else:
+            prob += s[i] >= fwd_end + head_bwd, f"bwd_compute_{i}"
+        prob += s[i] >= h[i], f"bwd_needs_prefetch_{i}"
+    tail = sum(times[L[0].last_bwd + 1:])
+    prob += step >= s[0] + t_rec[0] + L[0].bwd_s + tail, "step_end"
+    # Among plans of equal step time prefer less copy traffic and fewer checkpoints (a tie-break
+    # far below any step-time difference: TIE_BREAK_FRAC of the step per GiB or per layer).
+    eps = TIE_BREAK_FRAC * sum(times)
+    prob += step + eps * (pulp.lpSum(r_off) + pulp.lpSum(full))
+    result = solve(prob, time_limit_s=time_limit_s, solver=solver, lp_path=lp_path)
+    elapsed = time.perf_counter() - t0
+    if not result.has_solution:
+        binding = ""
+        if binding_seg is not None:
+            user_budget = ctx.gpu_budget_bytes if budget_bytes is None else budget_bytes
+            what = ("weights + grads + optimizer states + the optimizer step's workspace"
+                    if binding_seg.phase == Phase.OPTIM else "what is live")
+            verb = "need" if binding_seg.phase == Phase.OPTIM else "needs"
+            binding = (f"{what} at {binding_seg.name} {verb} {format_bytes(worst_left + RUNTIME_WORKSPACE_BYTES)}"
+                       f" > {format_bytes(user_budget)} gpu budget even with every layer"
+                       " recomputed and its input offloaded")
+        elif result.status == "infeasible":
+            binding = "host_capacity: offloading needed to fit HBM exceeds the host budget"
+        return MipSolution(layers=(), objective_s=None, status=result.status, solver=result.solver,
+                           gap=result.gap, solve_time_s=elapsed, binding=binding or result.status)
+    layers = tuple(_layer_from_solution(i, L[i], full[i].value(),
+                                        max(o_in[i].value() or 0, o_inf[i].value() or 0),
+                                        o_at[i].value(), keep[i].value(), off[i].value(), rec[i].value())
+                   for i in range(n))
+    return MipSolution(layers=layers, objective_s=float(step.value()), status=result.status,
+                       solver=result.solver, gap=result.gap, solve_time_s=elapsed, binding="")
+
+
+def _max_removed_bytes(L, full_prof, off_layers, rec_layers) -> int:
+    """Most bytes the windows covering one moment could remove (every layer at its best mode)."""
+    out = 0
+    for i in set(off_layers) | set(rec_layers):
+        saved, full_in = L[i].saved_bytes, full_prof.layers[i].input_bytes
+        if i in off_layers and i in rec_layers:
+            out += saved
+        elif i in off_layers:
+            out += max(saved, full_in)
+        else:
+            out += max(L[i].other_bytes, saved - full_in)
+    return out
+
+
+def _frac(x) -> float:
+    v = round(min(1.0, max(0.0, float(x or 0.0))), 6)
+    return 0.0 if v < EPS_FRAC else v
+
+
+def _layer_from_solution(i, lp: LayerProfile, full, o_in, o_at, keep, off, rec) -> LayerPlan:
+    inp = "offload" if round(o_in or 0) == 1 else "keep"
+    if round(full or 0) == 1:
+        return LayerPlan(layer=i, checkpoint="full", input=inp)
+    keep, off = _frac(keep), _frac(off)
+    if off > 0:
+        other = RoleAction(action="offload", alpha_frac=off, keep_frac=min(keep, 1.0 - off))
+    elif keep >= 1.0:
+        other = KEEP
+    else:
+        other = RoleAction(action="recompute", keep_frac=keep)
+    attn = RoleAction(action="offload", alpha_frac=1.0) if round(o_at or 0) == 1 else KEEP
+    roles = {r: (attn if r in ATTN_ROLES else other) for r in lp.role_tids}
+    roles = {r: a for r, a in sorted(roles.items()) if a != KEEP}
+    return LayerPlan(layer=i, input=inp, roles=roles)
+
+
+def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "highs",
+             fallbacks: Sequence[StrategyResult] = ()) -> tuple[StrategyResult, MipSolution | None]:
+    """Solve, replay, and tighten the HBM budget by the replay's overshoot (allocated bytes) or
+    by a growing step (the caching allocator's fragmentation) until the plan fits.
+
+    Returns the best of the MIP's plan and the feasible ``fallbacks`` (a baseline is a point of
+    the MIP's space the linear model may have misjudged), and the MIP's last solution.
+    """
+    t0 = time.perf_counter()
+    budget, host_budget = ctx.gpu_budget_bytes, ctx.host_budget_bytes
+    sol = None
+    best: StrategyResult | None = None
+    frag_repairs = 0
+    frag_failed: int | None = None  # the last budget whose plan the caching allocator could not serve
+
+    def attempt(budget_bytes: int) -> tuple[MipSolution, StrategyResult | None]:
+        remaining = max(1e-3, time_limit_s - (time.perf_counter() - t0))
+        s = solve_mip(ctx, budget_bytes=budget_bytes, host_budget_bytes=host_budget, time_limit_s=remaining,
+                      solver=solver)
+        if not s.layers:
+            return s, None
+        return s, evaluate(ctx, "mip", s.layers, solver=s.solver, status=s.status, gap=s.gap,
+                           solve_time_s=time.perf_counter() - t0, time_limit_s=time_limit_s)
+
+    for _ in range(MAX_REPAIRS):
+        sol, res = attempt(budget)
+        if res is None:
+            break
+        if res.feasible or best is None:
+            best = res
+        if res.feasible:
+            break
+        over = res.peak_hbm_bytes - ctx.gpu_budget_bytes
+        if over > 0:  # the linear model misjudged allocated bytes: take the overshoot off
+            budget -= over + 64 * 2**20
+        else:  # fragmentation, not linear in the budget: back off 2%, 4%, 8%, ... of it
+            frag_failed = budget
+            budget -= int(FRAGMENTATION_STEP_FRAC * ctx.gpu_budget_bytes * 2**frag_repairs)
+            frag_repairs += 1
+        host_budget -= max(0, res.peak_host_bytes - ctx.host_budget_bytes)
+    if best is not None and best.feasible and frag_failed is not None:
+        lo, hi = budget, frag_failed
+        for _ in range(REFINE_SOLVES):
+            if hi - lo < REFINE_MIN_FRAC * ctx.gpu_budget_bytes or time.perf_counter() - t0 >= time_limit_s:
+                break
+            mid = (lo + hi) // 2
+            mid_sol, res = attempt(mid)
+            if res is not None and res.feasible:
+                lo = mid
+                if res.step_time_s < best.step_time_s:
+                    best, sol = res, mid_sol
+            else:
+                hi = mid
+    candidates = [r for r in fallbacks if r.feasible]
+    if best is not None and best.feasible:
+        candidates.append(best)
+    if not candidates:
+        reason = (best.reason if best is not None else (sol.binding if sol else "no solution"))
+        return (StrategyResult(name="mip", feasible=False, step_time_s=best.step_time_s if best else None,
+                               mfu=best.mfu if best else None,
+                               peak_hbm_bytes=best.peak_hbm_bytes if best else None,
+                               peak_host_bytes=best.peak_host_bytes if best else None,
+                               reason=reason, plan=best.plan if best else None,
+                               replay=best.replay if best else None, applied=best.applied if best else None),
+                sol)
+    winner = min(candidates, key=lambda r: (r.step_time_s, r.name != "mip"))
+    if winner.name == "mip":
+        return winner, sol
+    # a baseline replays faster than the MIP's plan, or the MIP stopped without one: return the
+    # baseline, saying so
+    elapsed = time.perf_counter() - t0
+    res = evaluate(ctx, "mip", winner.plan.layers, solver=sol.solver if sol else None,
+                   status=f"fallback:{winner.name}", gap=sol.gap if sol else None, solve_time_s=elapsed,
+                   time_limit_s=time_limit_s)
+    if best is not None and best.feasible:
+        why = "replays faster than the MIP's"
+    elif best is not None:
+        why = f"the MIP's plans do not fit: {best.reason}"
+    else:
+        why = f"the MIP returned no feasible plan: {sol.status if sol else 'not run'}"
+
+    return StrategyResult(**{**res.__dict__, "reason": f"{winner.name}'s plan ({why})"}), sol
+
+
+def mip_variants(ctx: PlanContext) -> list[tuple[str, str]]:
+    """(prefetch point, MLP activation) pairs the MIP is solved for: every ``PREFETCH_POINTS``
+    entry, each with the job's ``mlp_activation`` and, for a SwiGLU model whose job saves the
+    activation, with it recomputed."""
+    acts = [ctx.job.mlp_activation]
+    if ctx.model.mlp == "swiglu" and ctx.job.mlp_activation == "saved":
+        acts.append("recomputed")
+    return [(point, act) for act in acts for point in PREFETCH_POINTS]
+
+
+def plan_mip_variants(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "highs",
+                      fallbacks: Sequence[StrategyResult] = ()) -> StrategyResult:
+    """The MIP for each of ``mip_variants`` (an equal share of the time limit each); the
+    fastest feasible plan, the first variant's on a tie or when none fits."""
+    from dataclasses import replace as dc_replace
+
+    out = []
+    variants = mip_variants(ctx)
+    for point, act in variants:
+        if act == ctx.job.mlp_activation:
+            c = ctx if point == ctx.prefetch_at else dc_replace(ctx, prefetch_at=point, _profiles=ctx._profiles)
+        else:  # another template: its own profiles
+            c = dc_replace(ctx, prefetch_at=point, job=ctx.job.model_copy(update={"mlp_activation": act}),
+                           _profiles=ctx._variant_profiles.setdefault(act, {}))
+        res, _ = plan_mip(c, time_limit_s=time_limit_s / len(variants), solver=solver, fallbacks=fallbacks)
+        out.append(res)
+    feasible = [r for r in out if r.feasible]
+    if not feasible:
+        return out[0]
+    return min(feasible, key=lambda r: r.step_time_s)

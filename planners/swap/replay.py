@@ -1,0 +1,80 @@
+"""The discrete-event replay of an applied plan: compute, copy streams, links, HBM and host pools.
+
+Models: every copy as a DES transfer on its GPU's D2H or H2D stream over its host route (links
+shared with the other GPUs' copies); compute waits where a copy must be done.
+Assumes: every GPU of the node that the job uses runs the same schedule. Ignores: CXL / NVMe
+routes for activations. Source: `simulator.des`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from planners.swap.apply import AppliedPlan
+from simulator.workload import Phase
+
+
+@dataclass(frozen=True)
+class Replay:
+    """What the discrete-event replay of one plan measured."""
+
+    step_time_s: float
+    stall_s: float
+    recompute_s: float
+    peak_hbm_bytes: int  # one GPU's allocated peak, runtime workspaces included
+    peak_host_bytes: int  # the node's host pool (every simulated GPU's copies)
+    peak_op: str
+    model_flops: float
+    sim: object = field(repr=False, compare=False)  # simulator.des.SimResult (trace, plot)
+    replayed_by: str = "simulator.des"
+
+
+def replay(applied: AppliedPlan, node, *, num_gpus: int) -> Replay:
+    """Replay the transformed Workload on ``num_gpus`` GPUs of ``node`` with the plan's copies.
+
+    Each copy is a DES transfer on the GPU's D2H or H2D copy stream (FIFO) over its host route
+    (links shared with the other GPUs' copies): a D2H starts after its ``ready_op`` and reserves
+    host memory; an H2D starts when its ``ready_op`` starts (and after its D2H) and frees it;
+    the compute op ``needed_op`` waits for the copy. HBM allocations are the Workload's own.
+    """
+    from simulator.des import MemEvent, schedule_from_workload, simulate
+    from simulator.des import Transfer as DesTransfer
+    from simulator.des.schedule import device_route
+
+    wl = applied.workload
+    sched = schedule_from_workload(wl, node, num_gpus=num_gpus)
+    tasks = list(sched.tasks)
+    extra: dict[int, list[int]] = {}
+    order = sorted(range(len(applied.transfers)),
+                   key=lambda k: (applied.transfers[k].direction == "h2d",
+                                  applied.transfers[k].ready_op, -applied.transfers[k].layer))
+    for g in range(num_gpus):
+        ctids = sched.compute_tids[g]
+        routes = {d: device_route(node, g, "host", d) for d in ("d2h", "h2d")}
+        d2h_tid: dict[tuple[int, str], int] = {}
+        for k in order:
+            tr = applied.transfers[k]
+            route = routes[tr.direction]
+            host = MemEvent("host", tr.num_bytes, f"layers.{tr.layer}.offloaded")
+            tid = len(tasks)
+            if tr.direction == "d2h":
+                deps = (ctids[tr.ready_op],)
+                allocs, frees = (host,), ()
+                d2h_tid[(tr.layer, tr.stream)] = tid
+            else:
+                deps = (d2h_tid[(tr.layer, tr.stream)],) + ((ctids[tr.ready_op - 1],) if tr.ready_op else ())
+                allocs, frees = (), (host,)
+            tasks.append(DesTransfer(tid, f"{tr.direction} layers.{tr.layer}", f"gpu{g}.{tr.direction}",
+                                     tr.num_bytes, f"gpu{g}.hbm" if tr.direction == "d2h" else "host",
+                                     "host" if tr.direction == "d2h" else f"gpu{g}.hbm",
+                                     route.links, route.latency_s, deps, allocs, frees, tr.layer))
+            extra.setdefault(ctids[tr.needed_op], []).append(tid)
+    for tid, deps in extra.items():
+        tasks[tid] = replace(tasks[tid], deps=tasks[tid].deps + tuple(deps))
+    sim = simulate(replace(sched, tasks=tuple(tasks)))
+    hbm = sim.pool("gpu0.hbm")
+    model_flops = 3.0 * sum(op.model_flops for op in wl.ops if op.phase in (Phase.FWD, Phase.LOSS))
+    recompute = sum(op.time_s or 0.0 for op in wl.ops if op.phase == Phase.RECOMPUTE)
+    return Replay(step_time_s=sim.step_time_s, stall_s=sim.stall_s, recompute_s=recompute,
+                  peak_hbm_bytes=hbm.peak_bytes, peak_host_bytes=sim.pool("host").peak_bytes,
+                  peak_op=hbm.peak_task, model_flops=model_flops, sim=sim)

@@ -1,0 +1,84 @@
+"""Every strategy for one training step, replayed; the fastest feasible one is the answer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hwmodels.units import GiB, UserInputError
+from planners.swap.context import PlanContext
+from planners.swap.evaluate import ALLOCATORS, StrategyResult, evaluate
+from planners.swap.mip import plan_mip_variants
+from simulator.workload import Role
+
+STRATEGIES = ("none", "full_recompute", "selective", "offload_all", "memo", "mip")
+
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    strategies: tuple[StrategyResult, ...]
+    best: str | None  # name of the fastest feasible strategy
+    binding: str  # why nothing fits, when nothing does
+
+    def result(self, name: str) -> StrategyResult:
+        return next(r for r in self.strategies if r.name == name)
+
+    def to_dict(self) -> dict:
+        return {"strategies": [r.row() for r in self.strategies], "best": self.best}
+
+
+def static_bytes_check(ctx: PlanContext) -> str:
+    """Non-empty when the model states alone exceed the GPU budget (no plan can help)."""
+    prof = ctx.profile("none")
+    index = prof.workload._by_id()
+    groups = {"weights": 0, "grads": 0, "optimizer states": 0}
+    for t in index.values():
+        if not t.persistent:
+            continue
+        key = {Role.WEIGHT: "weights", Role.GRAD: "grads"}.get(t.role, "optimizer states")
+        groups[key] += t.num_bytes
+    total = sum(groups.values())
+    if total <= ctx.gpu_budget_bytes:
+        return ""
+    names = " + ".join(k for k, v in groups.items() if v)
+    return f"{names} need {total / GiB:.1f} GiB > {ctx.gpu_budget_bytes / GiB:.1f} GiB gpu budget"
+
+
+def plan_training(model, job, node, *, gpu_budget_bytes: int | None = None,
+                  host_budget_bytes: int | None = None, time_limit_s: float = 10.0,
+                  solver: str = "highs", lookahead: int = 1, allocator: str = "planned") -> PlanReport:
+    """Every strategy for one training step, replayed; the fastest feasible one is ``best``.
+    ``allocator``: "planned" or "caching" (see PlanContext.allocator)."""
+    from planners import baselines
+
+    if allocator not in ALLOCATORS:
+        raise UserInputError(f"allocator: {allocator!r} is not one of {', '.join(ALLOCATORS)}")
+
+    if job.mode != "train":
+        raise UserInputError("job.mode: planning needs a training job")
+    job.check(model)
+    ctx = PlanContext(model=model, job=job.model_copy(update={"checkpointing": "none"}), node=node,
+                      gpu_budget_bytes=gpu_budget_bytes or node.gpu.hbm_capacity_bytes,
+                      host_budget_bytes=host_budget_bytes or node.host_memory.capacity_bytes,
+                      lookahead=lookahead, allocator=allocator)
+    static = static_bytes_check(ctx)
+    results: list[StrategyResult] = []
+    for name in STRATEGIES[:-1]:
+        layers, why_not = baselines.BASELINES[name](ctx)
+        if layers is None:
+            results.append(StrategyResult(name=name, feasible=False, step_time_s=None, mfu=None,
+                                          peak_hbm_bytes=None, peak_host_bytes=None, reason=why_not))
+            continue
+        results.append(evaluate(ctx, name, layers))
+    if static:
+        results.append(StrategyResult(name="mip", feasible=False, step_time_s=None, mfu=None,
+                                      peak_hbm_bytes=None, peak_host_bytes=None, reason=static))
+    else:
+        results.append(plan_mip_variants(ctx, time_limit_s=time_limit_s, solver=solver,
+                                                fallbacks=results))
+    feasible = [r for r in results if r.feasible]
+    best = min(feasible, key=lambda r: (r.step_time_s, STRATEGIES.index(r.name))).name if feasible else None
+    binding = ""
+    if best is None:
+        binding = static or next((r.reason for r in results if r.name == "mip"), "")
+    return PlanReport(strategies=tuple(results), best=best, binding=binding)
