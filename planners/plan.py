@@ -1,13 +1,28 @@
-"""The Plan: what a training step keeps in HBM, offloads, or recomputes, per layer and role.
+"""The Plan: where every byte of a step lives and what is recomputed, per layer, on every tier.
 
-Models: one versioned, frozen document that an executor reads and nothing else. Per decoder
-layer it states the activation-checkpoint region (none | selective | full), what happens to the
-layer's input (keep | offload), and, for a layer without a checkpoint, per saved-tensor role an
-action: keep, offload a fraction ``alpha_frac`` of the tokens to a tier on a stream (the rest
-``1 - alpha_frac - keep_frac`` recomputed token-wise from the layer input and attention output
-just before the layer's backward, as MEMO does), or recompute. Plus prefetch lookahead and the
-staging buffers, the provenance (who planned it, with which solver, status, gap, time) and the
-prediction of its replay (step time, per-tier peaks, MFU).
+Models: one versioned, frozen, self-contained document that an executor reads and nothing else.
+It embeds the scenario it was made for (`simulator.scenario.Scenario`: the resolved ModelSpec,
+the typed job, the NodeSpec with its measured compute profile, the budgets) with a content hash
+of each part, so any machine can replay, lay out or execute it without the files or presets it
+was planned from (a preset name is a label only). Per decoder layer it states:
+  * activations: the checkpoint region (none | selective | full), what happens to the layer's
+    input (keep | offload), and, for a layer without a checkpoint, per saved-tensor role (a
+    typed role of `simulator.workload.Role`) an action: keep, offload a fraction ``alpha_frac``
+    of the tokens to a tier on a stream (the rest ``1 - alpha_frac - keep_frac`` recomputed
+    token-wise from the layer input and attention output just before the layer's backward, as
+    MEMO does), or recompute;
+  * model states: the tier of the parameters, gradients, optimizer moments and master weights,
+    where the optimizer step runs (GPU or CPU) and how many layers ahead streamed parameters are
+    fetched;
+  * the KV cache (inference): its dtype, the fraction resident in HBM and the tier of the rest;
+  * compute placement: where attention runs (GPU, CPU, a computational storage drive) and the
+    number of token chunks of the MLP;
+and for the step: the token chunks of the LM head + loss, prefetch lookahead and point, SwiGLU's
+activation, the staging buffers, the provenance (who planned it, with which solver, status, gap,
+time limit) and the prediction of its replay (step time, per-tier peaks, MFU). Tiers are
+``hbm``, ``host``, ``cxl``, ``nvme``, ``csd``, each resolved against the embedded node: a plan
+naming a tier its node lacks is refused. Files of schema version 1 (names instead of content)
+load through ``migrate_v1``, which resolves their names against today's presets.
 Assumes: layers are numbered 0..n-1 in forward order; tensors of one role in one layer share
 one decision; token fractions cut each tensor along its token dimension.
 Ignores: pipeline stages and multiple micro-batches (one step of one micro-batch).
@@ -21,15 +36,31 @@ import json
 import pathlib
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-PLAN_SCHEMA_VERSION = 1
+from simulator.scenario import Scenario, ScenarioHashes
+from simulator.workload import NOT_ACTIVATIONS, Role
+
+PLAN_SCHEMA_VERSION = 2
 SCHEMA_PATH = pathlib.Path(__file__).parent / "schema" / "plan.schema.json"
 FLOAT_DIGITS = 6
 """Fractions and times in a plan are rounded to 6 decimals: solver noise must not change the file."""
 
 Action = Literal["keep", "offload", "recompute"]
 Checkpoint = Literal["none", "selective", "full"]
+Tier = Literal["hbm", "host", "cxl", "nvme", "csd"]
+"""Where bytes can live: GPU HBM, host DRAM, a CXL memory card, an NVMe drive, a computational
+storage drive (`hwmodels.specs.NodeSpec`: ``cxl``, ``nvme``, ``csd``)."""
+OffloadTier = Literal["host", "cxl", "nvme"]
+"""Tiers an activation can be offloaded to."""
+ACTIVATION_ROLES: tuple[str, ...] = tuple(r.value for r in Role if r.value not in NOT_ACTIVATIONS)
+"""Roles a layer's activation decisions may name (every `simulator.workload.Role` but model states)."""
+
+
+def node_tiers(node: Any) -> tuple[str, ...]:
+    """The tiers ``node`` has: HBM and host always, CXL / NVMe / CSD when it has such devices."""
+    extra = tuple(t for t in ("cxl", "nvme", "csd") if getattr(node, t))
+    return ("hbm", "host") + extra
 
 
 class _Frozen(BaseModel):
@@ -48,8 +79,8 @@ class RoleAction(_Frozen):
     """Fraction of the tokens offloaded (0 unless action is offload)."""
     keep_frac: float = Field(default=0.0, ge=0.0, le=1.0)
     """Fraction of the tokens kept in HBM (1 for keep)."""
-    tier: Literal["host"] = "host"
-    """Where offloaded bytes go: host DRAM (pinned pool)."""
+    tier: OffloadTier = "host"
+    """Where offloaded bytes go: host DRAM (a pinned pool), a CXL card or an NVMe drive."""
     stream: Literal["d2h", "compute"] = "d2h"
     """d2h: copy-engine side streams (D2H out, H2D back) overlapped with compute; compute:
     synchronous copies on the compute stream (``torch.autograd.graph.save_on_cpu``)."""
@@ -75,6 +106,60 @@ class RoleAction(_Frozen):
 KEEP = RoleAction(action="keep", keep_frac=1.0)
 
 
+class ModelStatePlacement(_Frozen):
+    """Where one layer's model states live and where its optimizer step runs."""
+
+    params: Tier = "hbm"
+    """bf16 (compute-dtype) parameters: resident in HBM, or streamed from this tier."""
+    params_prefetch_layers: int = Field(default=0, ge=0)
+    """Streamed parameters are fetched this many layers ahead (0 when resident)."""
+    grads: Tier = "hbm"
+    """Weight gradients: kept in HBM, or offloaded to this tier as they are produced."""
+    optimizer_states: Tier = "hbm"
+    """Optimizer moments (AdamW's two)."""
+    master_weights: Tier = "hbm"
+    """fp32 master weights, when the job keeps them."""
+    optimizer_step: Literal["gpu", "cpu"] = "gpu"
+    """Where the optimizer step runs: on the GPU (states streamed in when not in HBM) or on the
+    CPU (states on host-side tiers)."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelStatePlacement:
+        if self.params == "hbm" and self.params_prefetch_layers:
+            raise ValueError("params_prefetch_layers: only for parameters streamed from another tier")
+        if self.optimizer_step == "cpu" and "hbm" in (self.optimizer_states, self.master_weights):
+            raise ValueError("optimizer_step: a CPU step needs optimizer_states and master_weights off HBM")
+        return self
+
+    def tiers(self) -> tuple[str, ...]:
+        return (self.params, self.grads, self.optimizer_states, self.master_weights)
+
+
+RESIDENT = ModelStatePlacement()
+"""Every model state in HBM, the optimizer step on the GPU (what every plan does today)."""
+
+
+class KvPlacement(_Frozen):
+    """Where one layer's KV cache lives (inference)."""
+
+    dtype: Literal["bf16", "fp16", "fp8", "int8", "int4"] = "bf16"
+    """Storage dtype of keys and values (quantized ones carry per-group scales)."""
+    group_size: int | None = Field(default=None, ge=1)
+    """Quantization group size (KIVI: keys per channel, values per token); None unquantized."""
+    resident_frac: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Fraction of the cached tokens resident in HBM."""
+    tier: Tier = "host"
+    """Tier of the non-resident tokens."""
+
+    @model_validator(mode="after")
+    def _quantized(self) -> KvPlacement:
+        if self.group_size is not None and self.dtype in ("bf16", "fp16"):
+            raise ValueError("group_size: only for a quantized dtype (fp8, int8, int4)")
+        if self.tier == "hbm" and self.resident_frac < 1.0:
+            raise ValueError("tier: the non-resident tokens need a tier other than hbm")
+        return self
+
+
 class LayerPlan(_Frozen):
     """Decisions for one decoder layer."""
 
@@ -88,8 +173,27 @@ class LayerPlan(_Frozen):
     input_stream: Literal["d2h", "compute"] = "d2h"
     """Stream of the input's copies when offloaded (see RoleAction.stream)."""
     roles: dict[str, RoleAction] = Field(default_factory=dict)
-    """Role name (simulator.workload.Role) -> action, for a layer without a checkpoint; a role
-    not listed is kept. Empty under a checkpoint region."""
+    """Activation role (one of ``ACTIVATION_ROLES``) -> action, for a layer without a
+    checkpoint; a role not listed is kept. Empty under a checkpoint region."""
+    model_states: ModelStatePlacement = RESIDENT
+    """Where the layer's parameters, gradients, optimizer moments and master weights live."""
+    kv_cache: KvPlacement | None = None
+    """Where the layer's KV cache lives (inference plans); None for a training step."""
+    attention_on: Literal["gpu", "cpu", "csd"] = "gpu"
+    """Where the layer's attention runs: on the GPU, on the host CPU next to a host-resident KV
+    cache, or inside a computational storage drive next to its KV cache."""
+    mlp_chunks: int = Field(default=1, ge=1)
+    """The MLP computed in this many token chunks, forward and backward (only one chunk's
+    intermediates live at a time); 1 computes it whole."""
+
+    @field_validator("roles", mode="before")
+    @classmethod
+    def _known_roles(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for name in value:
+                if name not in ACTIVATION_ROLES:
+                    raise ValueError(f"unknown role {str(name)[:40]!r} (roles: {', '.join(ACTIVATION_ROLES)})")
+        return value
 
     @model_validator(mode="after")
     def _roles_only_without_checkpoint(self) -> LayerPlan:
@@ -100,18 +204,24 @@ class LayerPlan(_Frozen):
     def action(self, role: str) -> RoleAction:
         return self.roles.get(role, KEEP)
 
+    def tiers(self) -> set[str]:
+        """Every tier this layer's decisions name."""
+        out = {a.tier for a in self.roles.values() if a.action == "offload"}
+        if self.input == "offload":
+            out.add("host")
+        out.update(self.model_states.tiers())
+        if self.kv_cache is not None:
+            out.update(("hbm", self.kv_cache.tier) if self.kv_cache.resident_frac < 1.0 else ("hbm",))
+        if self.attention_on == "csd":
+            out.add("csd")
+        return out
+
 
 class Provenance(_Frozen):
     """Where a plan came from."""
 
     tierplan_version: str
     """Version of tierplan that wrote the plan."""
-    model: str
-    """Model name (preset or config)."""
-    job: dict[str, Any]
-    """The training job (simulator.job.TrainJob fields, JSON form)."""
-    hardware: str
-    """Node name."""
     planner: str
     """Strategy that produced the plan: none, full_recompute, selective, offload_all, memo, mip."""
     solver: str | None = None
@@ -123,10 +233,8 @@ class Provenance(_Frozen):
     time_limit_s: float | None = Field(default=None, gt=0.0)
     """The solver's time limit in seconds (None for a rule). The wall time a run took is reported
     by ``tierplan plan``, not stored: equal inputs must give byte-identical plans."""
-    gpu_budget_bytes: int = Field(gt=0)
-    """HBM budget per GPU the plan was made for."""
-    host_budget_bytes: int = Field(gt=0)
-    """Host memory budget of the node (shared by its GPUs) the plan was made for."""
+    migrated_from: int | None = None
+    """Schema version of the file this plan was migrated from (None when written as it is)."""
 
 
 class Prediction(_Frozen):
@@ -155,10 +263,15 @@ class Prediction(_Frozen):
 
 
 class Plan(_Frozen):
-    """A training memory plan. The executor reads this and nothing else."""
+    """A memory plan for one step. The executor reads this and nothing else."""
 
-    schema_version: Literal[1] = PLAN_SCHEMA_VERSION
-    """Version of this format."""
+    schema_version: Literal[2] = PLAN_SCHEMA_VERSION
+    """Version of this format (files of version 1 load through ``migrate_v1``)."""
+    scenario: Scenario
+    """What the plan was made for: model, job, node (with its compute profile), budgets."""
+    scenario_sha256: ScenarioHashes
+    """Content hashes of the embedded model, job and node; a plan whose content does not match
+    them (edited by hand after it was written) is refused."""
     layers: list[LayerPlan]
     """One entry per decoder layer, in order."""
     prefetch_lookahead_layers: int = Field(default=1, ge=1)
@@ -173,6 +286,9 @@ class Plan(_Frozen):
     or ``recomputed`` in backward by one fused activation + down-projection node that saves
     only the gate/up projection's output (``validate.model.SwiGLUDown``; the job's
     ``mlp_activation``). Omitted from the file when ``saved``."""
+    lm_head_chunks: int = Field(default=1, ge=1)
+    """The LM head + loss computed in this many token chunks (the logits are never whole; the
+    head's gradient is accumulated per chunk, as a fused linear cross-entropy does)."""
     staging_buffer_bytes: int = Field(default=0, ge=0)
     """Size of each GPU staging buffer for copies (the largest layer's offloaded bytes)."""
     num_staging_buffers: int = Field(default=2, ge=1)
@@ -182,15 +298,56 @@ class Plan(_Frozen):
     prediction: Prediction | None = None
     """Replayed prediction; None until replayed."""
 
+    @classmethod
+    def for_scenario(cls, scenario: Scenario, **fields: Any) -> Plan:
+        """A plan for ``scenario``, its content hashes computed here."""
+        return cls(scenario=scenario, scenario_sha256=scenario.hashes(), **fields)
+
     @model_validator(mode="after")
-    def _layers_in_order(self) -> Plan:
+    def _consistent(self) -> Plan:
+        changed = self.scenario_sha256.mismatch(self.scenario)
+        if changed:
+            raise ValueError(f"scenario_sha256.{changed}_sha256: does not match the embedded "
+                             f"scenario.{changed} (the plan was edited after it was written)")
+        num_layers = self.scenario.model.num_layers
+        if len(self.layers) != num_layers:
+            raise ValueError(f"layers: {len(self.layers)} entries for a model of {num_layers} layers")
         for i, lp in enumerate(self.layers):
             if lp.layer != i:
                 raise ValueError(f"layers.{i}.layer: expected {i}, got {lp.layer}")
-        job_act = self.provenance.job.get("mlp_activation", "saved")
+        tiers = node_tiers(self.scenario.node)
+        for lp in self.layers:
+            missing = sorted(lp.tiers() - set(tiers))
+            if missing:
+                raise ValueError(f"layers.{lp.layer}: tier {missing[0]!r} is not on node "
+                                 f"{self.scenario.node.name} (it has {', '.join(tiers)})")
+        job = self.scenario.job
+        job_act = getattr(job, "mlp_activation", "saved")
         if job_act != self.mlp_activation:
-            raise ValueError(f"mlp_activation: {self.mlp_activation!r}, but provenance.job says {job_act!r}")
+            raise ValueError(f"mlp_activation: {self.mlp_activation!r}, but scenario.job says {job_act!r}")
+        if job.mode == "train" and any(lp.kv_cache is not None for lp in self.layers):
+            raise ValueError("layers: a training plan has no KV cache placement")
         return self
+
+    def unsupported(self) -> str:
+        """The first decision this version's replay and executor cannot carry out yet, as
+        "field: reason"; "" when there is none. Callers refuse such a plan in one line."""
+        if self.scenario.job.mode != "train":
+            return "scenario.job.mode: plans are replayed and executed for training steps"
+        if self.lm_head_chunks != 1:
+            return "lm_head_chunks: chunked LM head + loss is not replayed yet"
+        for lp in self.layers:
+            where = f"layers.{lp.layer}"
+            if lp.model_states != RESIDENT:
+                return f"{where}.model_states: model states off HBM are not replayed yet"
+            if lp.attention_on != "gpu":
+                return f"{where}.attention_on: attention off the GPU is not replayed yet"
+            if lp.mlp_chunks != 1:
+                return f"{where}.mlp_chunks: a chunked MLP is not replayed yet"
+            for role, act in sorted(lp.roles.items()):
+                if act.action == "offload" and act.tier != "host":
+                    return f"{where}.roles.{role}.tier: offload to {act.tier} is not replayed yet"
+        return ""
 
     @property
     def offloads(self) -> bool:
@@ -198,16 +355,14 @@ class Plan(_Frozen):
                    for lp in self.layers)
 
     def to_json(self) -> str:
-        """Deterministic JSON: sorted keys, floats rounded to FLOAT_DIGITS decimals."""
+        """Deterministic JSON: sorted keys; the decisions' and prediction's floats rounded to
+        FLOAT_DIGITS decimals (solver noise must not change the file), the embedded scenario
+        exact (its hashes are of its exact content)."""
         data = self.model_dump(mode="json")
-        # defaults that earlier plans lack are left out: their files stay unchanged
-        if data.get("prefetch_at") == "layer":
-            del data["prefetch_at"]
-        if data.get("mlp_activation") == "saved":
-            del data["mlp_activation"]
-            if data["provenance"]["job"].get("mlp_activation") == "saved":
-                del data["provenance"]["job"]["mlp_activation"]
-        return json.dumps(_rounded(data), sort_keys=True, indent=1) + "\n"
+        scenario = data.pop("scenario")
+        data = _rounded(data)
+        data["scenario"] = scenario
+        return json.dumps(data, sort_keys=True, indent=1) + "\n"
 
 
 def _rounded(value: Any) -> Any:
@@ -229,23 +384,96 @@ def write_plan(plan: Plan, path: str | pathlib.Path) -> None:
     pathlib.Path(path).write_text(plan.to_json())
 
 
-def load_plan(path: str | pathlib.Path) -> Plan:
-    """Read a plan file; a malformed one raises UserInputError naming the file and field."""
+V1_PROVENANCE_SCENARIO_KEYS = ("model", "job", "hardware", "gpu_budget_bytes", "host_budget_bytes")
+
+
+def migrate_v1(data: dict[str, Any], *, where: str = "plan") -> dict[str, Any]:
+    """A schema-version-1 plan (provenance naming a model preset, a job dict and a node preset)
+    as version 2: the names resolved against this version's presets (the model with the plan's
+    layer count), the scenario embedded with its hashes, the decisions unchanged."""
+    from hwmodels.catalog import load_node
+    from hwmodels.units import UserInputError
+    from simulator.job import parse_job
+    from simulator.model import get_model
+
+    prov = dict(data.get("provenance") or {})
+    missing = [k for k in V1_PROVENANCE_SCENARIO_KEYS if k not in prov]
+    if missing:
+        raise UserInputError(f"{where}: provenance.{missing[0]}: a version-1 plan must name it")
+    layers = data.get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise UserInputError(f"{where}: layers: a version-1 plan must list its layers")
+    def resolved(field: str, build: Any) -> Any:
+        try:
+            return build()
+        except UserInputError as err:
+            raise UserInputError(f"{where}: provenance.{field}: {err}") from None
+        except (ValueError, TypeError) as err:  # a pydantic ValidationError is a ValueError
+            raise UserInputError(f"{where}: provenance.{field}{'.' if field else ''}"
+                                 f"{validation_line(err)}") from None
+
+    job_data = prov["job"] if isinstance(prov["job"], dict) else {}
+    model = resolved("model", lambda: get_model(str(prov["model"])).with_layers(len(layers)))
+    job = resolved("job", lambda: parse_job({**job_data, "mode": job_data.get("mode", "train")}))
+    node = resolved("hardware", lambda: load_node(str(prov["hardware"])))
+    scenario = resolved("", lambda: Scenario(model=model, job=job, node=node,
+                                             gpu_budget_bytes=prov["gpu_budget_bytes"],
+                                             host_budget_bytes=prov["host_budget_bytes"]))
+    for key in V1_PROVENANCE_SCENARIO_KEYS:
+        del prov[key]
+    prov["migrated_from"] = 1
+    out = {k: v for k, v in data.items() if k != "provenance"}
+    out.update(schema_version=PLAN_SCHEMA_VERSION, provenance=prov,
+               scenario=scenario.model_dump(mode="json"),
+               scenario_sha256=scenario.hashes().model_dump(mode="json"))
+    return out
+
+
+def plan_from_data(data: Any, *, where: str = "plan") -> Plan:
+    """Validate plan data of any supported schema version; UserInputError names ``where`` and
+    the first failing field."""
     from pydantic import ValidationError
 
+    from hwmodels.units import UserInputError
+
+    if not isinstance(data, dict):
+        raise UserInputError(f"{where}: expected a JSON object holding a plan")
+    version = data.get("schema_version", PLAN_SCHEMA_VERSION)
+    if version == 1:
+        data = migrate_v1(data, where=where)
+    elif version != PLAN_SCHEMA_VERSION:
+        raise UserInputError(f"{where}: schema_version: {str(version)[:20]!r} is not one of 1, "
+                             f"{PLAN_SCHEMA_VERSION}")
+    try:
+        return Plan.model_validate(data)
+    except ValidationError as err:
+        raise UserInputError(f"{where}: {validation_line(err)}") from None
+
+
+def validation_line(err: Exception) -> str:
+    """The first failing field of a pydantic error as "loc: message"."""
+    errors = getattr(err, "errors", None)
+    if not callable(errors) or not errors():
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+    first = errors()[0]
+    loc = ".".join(str(x) for x in first.get("loc", ()) if x not in ("train", "infer"))
+    msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    last = loc.rsplit(".", 1)[-1]
+    if loc and msg.startswith(f"{last}: "):  # the cause already names its field: say it once
+        msg = msg[len(last) + 2:]
+    return f"{loc}: {msg}" if loc else msg
+
+
+def load_plan(path: str | pathlib.Path) -> Plan:
+    """Read a plan file; a malformed one raises UserInputError naming the file and field."""
     from hwmodels.units import UserInputError
 
     p = pathlib.Path(path)
     try:
         data = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, RecursionError, json.JSONDecodeError) as err:
         raise UserInputError(f"{p}: cannot read a plan: {err}") from None
-    try:
-        return Plan.model_validate(data)
-    except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(x) for x in first.get("loc", ()))
-        raise UserInputError(f"{p}: {loc}: {first.get('msg')}") from None
+    return plan_from_data(data, where=str(p))
 
 
 def tierplan_version() -> str:

@@ -3,7 +3,7 @@
 Models: ``TrainJob`` (one optimizer step over ``micro_batch`` sequences of ``seq_len`` tokens),
 ``InferJob`` (prefill of ``prompt_len`` then ``gen_len`` decode steps for ``batch`` sequences,
 with an optionally quantized KV cache), ``Parallelism`` (tensor, sequence, context and data
-parallel degrees, ZeRO stage), ``Job`` (either, tagged by ``mode``), and ``Scenario`` (model +
+parallel degrees, ZeRO stage), ``Job`` (either, tagged by ``mode``), and ``ScenarioFile`` (model +
 job + hardware node), loadable from YAML or JSON.
 Assumes:
 - Element sizes come from one table (``kernels.cost.DTYPE_BITS``); ``DTYPE_BYTES`` is its view
@@ -291,8 +291,9 @@ def parse_job(data: dict) -> TrainJob | InferJob:
     return _JOB_ADAPTER.validate_python(data)
 
 
-class Scenario(_Spec):
-    """One question: this model, this job, on this hardware node."""
+class ScenarioFile(_Spec):
+    """A scenario as a user writes it: a model (preset, config path or inline), a job and a node
+    (preset or file); `simulator.scenario.Scenario` is what it resolves to."""
 
     schema_version: Literal[1] = SCHEMA_VERSION
     """Version of the scenario schema."""
@@ -320,7 +321,7 @@ class Scenario(_Spec):
         return value
 
     @model_validator(mode="after")
-    def _job_fits_model(self) -> Scenario:
+    def _job_fits_model(self) -> ScenarioFile:
         self.job.check(self.model_spec())
         return self
 
@@ -329,7 +330,7 @@ class Scenario(_Spec):
         return self.model if isinstance(self.model, ModelSpec) else load_model(self.model)
 
 
-def load_scenario(path: str | pathlib.Path) -> Scenario:
+def load_scenario(path: str | pathlib.Path) -> ScenarioFile:
     """Read a scenario from a .yaml/.yml/.json file; errors name the file and the field."""
     path = pathlib.Path(path)
     where = str(path)
@@ -367,10 +368,10 @@ _UNION_TAGS = ("train", "infer", "named", "inline")  # union branch names pydant
 
 def scenario_from_dict(
     data: dict, *, where: str = "scenario", base_dir: str | pathlib.Path | None = None
-) -> Scenario:
+) -> ScenarioFile:
     """Validate a scenario dict; UserInputError names ``where`` and the failing field."""
     try:
-        return Scenario.model_validate(data, context={"base_dir": base_dir})
+        return ScenarioFile.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as err:
         first = err.errors()[0]
         loc = ".".join(str(p) for p in first.get("loc", ()) if p not in _UNION_TAGS)
@@ -386,7 +387,7 @@ def scenario_from_dict(
         raise UserInputError(f"{where}: {loc + ': ' if loc else ''}{msg}") from None
 
 
-DEFAULT_SCENARIO = Scenario(
+DEFAULT_SCENARIO = ScenarioFile(
     name="llama-3.1-8b-train-128k-1xh200",
     model="llama-3.1-8b",
     job=TrainJob(
@@ -399,6 +400,6 @@ DEFAULT_SCENARIO = Scenario(
 )
 
 
-def default_scenario() -> Scenario:
+def default_scenario() -> ScenarioFile:
     """Llama-3.1-8B, one training step at 128K tokens, AdamW, bf16, no recompute, on 1xH200."""
     return DEFAULT_SCENARIO

@@ -15,7 +15,7 @@ tokens, each plan's gradients with the no-plan ones (bitwise flag and max |diffe
 An out-of-memory step is recorded as ``"status": "oom"`` with the plan and the step.
 Writes ``measured.json`` (every case) and ``comparison.json`` (predicted, measured, relative
 error of step time, peak HBM and peak host bytes, for plans that carry a prediction).
-Assumes: a Llama-family ModelSpec preset named by the plan's provenance; one GPU.
+Assumes: a Llama-family model (the one the plan embeds); one GPU.
 Ignores: optimizer steps (plans for ``optimizer: none`` jobs), data loading.
 Source: the plan's own ``prediction`` (simulator.des replay).
 
@@ -43,7 +43,8 @@ if str(REPO) not in sys.path:
 
 from hwmodels.units import UserInputError  # noqa: E402
 from planners.plan import LayerPlan, Plan, load_plan  # noqa: E402
-from simulator.model import ModelSpec, get_model  # noqa: E402
+from simulator.model import ModelSpec  # noqa: E402
+from simulator.scenario import Scenario  # noqa: E402
 from validate.diagnostics import add_diagnostic_args, diagnostic_kwargs  # noqa: E402
 from validate.executor import PlanExecutor, check_fits, host_memory_bytes  # noqa: E402
 from validate.model import build_model, make_batch  # noqa: E402
@@ -62,7 +63,8 @@ ARENA_PREDICT_TIME_LIMIT_S = 5.0
 
 
 def spec_for_plan(plan: Plan, smoke: bool) -> ModelSpec:
-    spec = get_model(plan.provenance.model).with_layers(len(plan.layers))
+    """The model the plan embeds (`Scenario.from_plan`), or for ``smoke`` its tiny CPU copy."""
+    spec = Scenario.from_plan(plan).model
     if smoke:
         kv = min(spec.num_kv_heads, SMOKE_SHAPE["num_heads"])
         spec = ModelSpec.model_validate({**spec.model_dump(), **SMOKE_SHAPE, "num_kv_heads": kv})
@@ -70,18 +72,22 @@ def spec_for_plan(plan: Plan, smoke: bool) -> ModelSpec:
 
 
 def baseline_plan(plan: Plan, name: str) -> Plan:
-    """The same job with every layer kept (``none``) or checkpointed (``checkpoint``)."""
+    """The same scenario with every layer kept (``none``) or checkpointed (``checkpoint``); the
+    plan's MLP activation (saved or recomputed) as in its job."""
     ckpt = "full" if name == "checkpoint" else "none"
     layers = [LayerPlan(layer=i, checkpoint=ckpt) for i in range(len(plan.layers))]
     prov = plan.provenance.model_copy(
         update={"planner": f"baseline:{name}", "solver": None, "status": "rule", "gap": None}
     )
-    return Plan(layers=layers, provenance=prov, prediction=None)
+    return Plan.for_scenario(Scenario.from_plan(plan), layers=layers, mlp_activation=plan.mlp_activation,
+                             provenance=prov, prediction=None)
 
 
 def tokens_for_plan(plan: Plan, smoke: bool) -> tuple[int, int]:
-    job = plan.provenance.job
-    return int(job.get("micro_batch", 1)), SMOKE_SEQ_LEN if smoke else int(job["seq_len"])
+    job = Scenario.from_plan(plan).job
+    if job.mode != "train":
+        raise UserInputError("scenario.job.mode: the plan executor runs training steps")
+    return job.micro_batch, SMOKE_SEQ_LEN if smoke else job.seq_len
 
 
 def free_device_memory(device: torch.device) -> None:
@@ -172,7 +178,7 @@ def run_case(
         "num_layers": spec.num_layers,
         "seq_len": seq_len,
         "micro_batch": batch_size,
-        "gpu_budget_bytes": plan.provenance.gpu_budget_bytes,
+        "gpu_budget_bytes": plan.scenario.gpu_budget_bytes,
         "prediction": plan.prediction.model_dump() if plan.prediction else None,
     }
     dtype = torch.float32 if smoke else torch.bfloat16
@@ -187,7 +193,7 @@ def run_case(
         if arena and warmup < 1:
             raise UserInputError("--arena: needs --warmup 1 or more (the first step records the buffers)")
         arena_pred = predict_with_arena(plan) if arena and plan.prediction else None
-        budget = plan.provenance.gpu_budget_bytes
+        budget = plan.scenario.gpu_budget_bytes
         if arena_pred and not smoke and budget and arena_pred["peak_hbm_bytes"] > budget:
             raise UserInputError(
                 f"--arena: the plan's peak with its buffers in one arena, "
@@ -202,7 +208,7 @@ def run_case(
             plan,
             num_layers=spec.num_layers,
             host_pool_bytes=pool_bytes,
-            gpu_budget_bytes=None if smoke else plan.provenance.gpu_budget_bytes,
+            gpu_budget_bytes=None if smoke else plan.scenario.gpu_budget_bytes,
             host_available_bytes=host_memory_bytes(),
         )
         where[0] = "pool allocation"
@@ -388,7 +394,7 @@ def measure_one(
             raise UserInputError("validate plan: no CUDA device here (use --smoke for a CPU check)")
         device = torch.device("cuda", torch.cuda.current_device())
         total = torch.cuda.get_device_properties(device).total_memory
-        budget = plan.provenance.gpu_budget_bytes
+        budget = plan.scenario.gpu_budget_bytes
         if cap:
             torch.cuda.set_per_process_memory_fraction(min(1.0, budget / total), device)
     stem = label.replace(":", "-")

@@ -57,7 +57,7 @@ class PlanStep:
 
 
 def plan_step(plan: Plan, *, source: str = "plan") -> PlanStep:
-    """Rebuild the plan's scenario from its provenance and apply the plan to its step.
+    """The scenario the plan embeds (`Scenario.from_plan`) with the plan applied to its step.
 
     ``source`` names the plan (its file) in error messages.
     """

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from hwmodels.specs import NodeSpec
 from hwmodels.units import GiB, UserInputError
 from planners.plan import Plan
 from planners.swap.profile import StepProfile, profile_workload
 from planners.swap.rates import CopyRates, host_copy_rates
+from simulator.job import TrainJob
+from simulator.model import ModelSpec
+from simulator.scenario import Scenario
 
 
 @dataclass
 class PlanContext:
     """Everything the strategies share for one (model, job, node, budgets) request."""
 
-    model: object
-    job: object
-    node: object
+    model: ModelSpec
+    job: TrainJob
+    node: NodeSpec
     gpu_budget_bytes: int
     host_budget_bytes: int
     lookahead: int = 1
@@ -32,36 +37,28 @@ class PlanContext:
     _variant_profiles: dict[str, dict] = field(default_factory=dict)  # other mlp_activation -> profiles
 
     @classmethod
+    def from_scenario(cls, scenario: Scenario, **knobs: Any) -> PlanContext:
+        """The context of ``scenario`` with planning knobs (lookahead, allocator, prefetch_at)."""
+        return cls(model=scenario.model, job=scenario.job, node=scenario.node,
+                   gpu_budget_bytes=scenario.gpu_budget_bytes,
+                   host_budget_bytes=scenario.host_budget_bytes, **knobs)
+
+    @classmethod
     def from_plan(cls, plan: Plan, *, source: str = "plan") -> PlanContext:
-        """The scenario a plan was made for, rebuilt from its provenance (model preset with the
-        plan's layer count, job, hardware, budgets); ``source`` names the plan in errors."""
-        from pydantic import ValidationError
+        """What ``plan`` was made for (``Scenario.from_plan``: the scenario it embeds), with its
+        prefetch knobs; a plan this replay cannot carry out is refused in one line naming
+        ``source`` and the field."""
+        unsupported = plan.unsupported()
+        if unsupported:
+            raise UserInputError(f"{source}: {unsupported}")
+        return cls.from_scenario(Scenario.from_plan(plan), lookahead=plan.prefetch_lookahead_layers,
+                                 prefetch_at=plan.prefetch_at)
 
-        from hwmodels.catalog import load_node
-        from simulator.job import TrainJob
-        from simulator.model import get_model
-
-        prov = plan.provenance
-        try:
-            model = get_model(prov.model).with_layers(len(plan.layers))
-        except UserInputError as err:
-            raise UserInputError(f"{source}: provenance.model: {err}") from None
-        try:
-            job = TrainJob.model_validate(prov.job)  # its mlp_activation is the plan's (Plan checks)
-        except ValidationError as err:
-            first = err.errors()[0]
-            loc = ".".join(str(x) for x in first.get("loc", ()))
-            raise UserInputError(f"{source}: provenance.job.{loc}: {first.get('msg')}") from None
-        if job.mode != "train":
-            raise UserInputError(f"{source}: provenance.job.mode: a plan is for a training job, got {job.mode!r}")
-        try:
-            node = load_node(prov.hardware)
-            job.check(model)
-        except UserInputError as err:
-            raise UserInputError(f"{source}: provenance: {err}") from None
-        return cls(model=model, job=job, node=node, gpu_budget_bytes=prov.gpu_budget_bytes,
-                   host_budget_bytes=prov.host_budget_bytes, lookahead=plan.prefetch_lookahead_layers,
-                   prefetch_at=plan.prefetch_at)
+    @property
+    def scenario(self) -> Scenario:
+        """The scenario this context plans for (what its plans embed)."""
+        return Scenario(model=self.model, job=self.job, node=self.node,
+                        gpu_budget_bytes=self.gpu_budget_bytes, host_budget_bytes=self.host_budget_bytes)
 
     @property
     def num_layers(self) -> int:

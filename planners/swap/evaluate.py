@@ -86,12 +86,12 @@ def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver
     prediction = Prediction(step_time_s=rep.step_time_s, mfu=mfu, peak_hbm_bytes=rep.peak_hbm_bytes,
                             peak_reserved_bytes=reserved, peak_host_bytes=host_peak, stall_s=rep.stall_s, recompute_s=rep.recompute_s,
                             feasible=feasible, replayed_by=rep.replayed_by)
-    plan = Plan(layers=list(layers), prefetch_lookahead_layers=ctx.lookahead, prefetch_at=ctx.prefetch_at,
-                mlp_activation=ctx.job.mlp_activation,
-                staging_buffer_bytes=applied.staging_bytes, num_staging_buffers=2,
-                provenance=_provenance(ctx, name, solver=solver, status=status, gap=gap,
-                                       time_limit_s=time_limit_s),
-                prediction=prediction)
+    plan = Plan.for_scenario(ctx.scenario, layers=list(layers), prefetch_lookahead_layers=ctx.lookahead,
+                             prefetch_at=ctx.prefetch_at, mlp_activation=ctx.job.mlp_activation,
+                             staging_buffer_bytes=applied.staging_bytes, num_staging_buffers=2,
+                             provenance=_provenance(ctx, name, solver=solver, status=status, gap=gap,
+                                                    time_limit_s=time_limit_s),
+                             prediction=prediction)
     return StrategyResult(name=name, feasible=feasible, step_time_s=rep.step_time_s, mfu=mfu,
                           peak_hbm_bytes=rep.peak_hbm_bytes, peak_host_bytes=host_peak,
                           peak_reserved_bytes=reserved,
@@ -115,6 +115,4 @@ def capped_replay_failure(workload: Workload, budget_bytes: int) -> int | None:
 def _provenance(ctx: PlanContext, planner: str, **kw) -> Provenance:
     from planners.plan import tierplan_version
 
-    return Provenance(tierplan_version=tierplan_version(), model=ctx.model.name,
-                      job=ctx.job.model_dump(mode="json"), hardware=ctx.node.name, planner=planner,
-                      gpu_budget_bytes=ctx.gpu_budget_bytes, host_budget_bytes=ctx.host_budget_bytes, **kw)
+    return Provenance(tierplan_version=tierplan_version(), planner=planner, **kw)

@@ -138,8 +138,9 @@ def test_cli_plan_buffers_only_json_and_table(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,match", [
     (["--plan", "missing.json"], "missing.json: cannot read a plan"),
-    (["--plan", "bad.json"], "bad.json: layers: Input should be a valid list"),
+    (["--plan", "bad.json"], "bad.json: scenario: Field required"),
     (["--plan", "alien.json"], "alien.json: provenance.model: model: unknown preset 'no-such-model'"),
+    (["--plan", "edited.json"], "edited.json: scenario_sha256.job_sha256: does not match"),
     (["--plan", "x.json", "--model", "llama-3.2-1b"], "--model: not with --plan"),
     (["--trace", "x.csv", "--buffers-only"], "--buffers-only: only with --plan"),
 ])
@@ -149,6 +150,9 @@ def test_cli_bad_plan_is_one_line(tmp_path, monkeypatch, capsys, argv, match):
     doc = json.loads(KEEP_ALL.read_text())
     doc["provenance"]["model"] = "no-such-model"
     (tmp_path / "alien.json").write_text(json.dumps(doc))
+    v2 = json.loads(load_plan(KEEP_ALL).to_json())
+    v2["scenario"]["job"]["seq_len"] *= 2
+    (tmp_path / "edited.json").write_text(json.dumps(v2))
     assert main(["layout", *argv]) == 2
     err = capsys.readouterr().err
     assert match in err and err.count("\n") == 1

@@ -29,8 +29,8 @@ def test_json_lists_every_strategy_and_the_best(capsys, tmp_path):
     assert best["feasible"]
     assert all(best["step_time_s"] <= s["step_time_s"] for s in d["strategies"] if s["feasible"])
     plan = load_plan(tmp_path / "plan.json")
-    assert plan.provenance.model == "memo-7b" and plan.provenance.hardware == "8xA800"
-    assert plan.provenance.job["parallelism"]["tp"] == 8
+    assert plan.scenario.model.name == "memo-7b" and plan.scenario.node.name == "8xA800"
+    assert plan.scenario.job.parallelism.tp == 8
     assert plan.prediction.step_time_s == pytest.approx(best["step_time_s"], rel=1e-6)
     assert plan.prediction.peak_hbm_bytes == best["peak_hbm_bytes"]
     assert len(plan.layers) == 6
@@ -69,7 +69,7 @@ def test_mlp_activation_flag_reaches_the_plan_file(capsys, tmp_path):
                         "--out", str(tmp_path))
     assert code == 0 and "mlp_activation recomputed" in out
     plan = load_plan(tmp_path / "plan.json")
-    assert plan.mlp_activation == "recomputed" == plan.provenance.job["mlp_activation"]
+    assert plan.mlp_activation == "recomputed" == plan.scenario.job.mlp_activation
 
 
 def test_mlp_activation_recomputed_needs_swiglu_in_one_line(capsys, tmp_path):

@@ -204,4 +204,4 @@ def test_prefetch_at_the_attention_block_comes_back_later_and_holds_less():
     assert walk_memory(late.workload).peak_bytes <= walk_memory(early.workload).peak_bytes
     res = evaluate(replace(ctx, prefetch_at="attention"), "x", layers)
     assert res.plan.prefetch_at == "attention" and '"prefetch_at": "attention"' in res.plan.to_json()
-    assert '"prefetch_at"' not in evaluate(ctx, "x", layers).plan.to_json()  # the default
+    assert '"prefetch_at": "layer"' in evaluate(ctx, "x", layers).plan.to_json()  # v2 writes every field

@@ -12,7 +12,7 @@ from simulator.job import (
     DTYPE_BYTES,
     InferJob,
     Parallelism,
-    Scenario,
+    ScenarioFile,
     TrainJob,
     default_scenario,
     dtype_bytes,
@@ -252,4 +252,4 @@ def test_scenario_file_errors(tmp_path):
 
 def test_scenario_validates_when_built_in_python():
     with pytest.raises(ValidationError, match="cross_entropy needs an LM head"):
-        Scenario(model="probe-llama7b-stack", job=TrainJob(seq_len=8), hardware="1xH200")
+        ScenarioFile(model="probe-llama7b-stack", job=TrainJob(seq_len=8), hardware="1xH200")

@@ -3,9 +3,10 @@ no-plan baseline, bitwise where nothing is recomputed; bad plans are refused wit
 
 import pytest
 import torch
+from plan_support import plan_for
 
 from hwmodels.units import UserInputError
-from planners.plan import LayerPlan, Plan, Provenance, RoleAction
+from planners.plan import LayerPlan, Plan, RoleAction
 from simulator.model import ModelSpec, get_model
 from simulator.workload import Role
 from validate.executor import PlanExecutor, check_fits
@@ -25,16 +26,7 @@ def tiny(preset: str, layers: int = 3) -> ModelSpec:
 
 
 def plan_of(layers: list[LayerPlan], lookahead: int = 1) -> Plan:
-    prov = Provenance(
-        tierplan_version="test",
-        model="tiny",
-        job={},
-        hardware="cpu",
-        planner="test",
-        gpu_budget_bytes=1 << 30,
-        host_budget_bytes=1 << 30,
-    )
-    return Plan(layers=layers, provenance=prov, prefetch_lookahead_layers=lookahead)
+    return plan_for(layers, prefetch_lookahead_layers=lookahead)
 
 
 def offload(alpha: float, keep: float = 0.0) -> RoleAction:
@@ -298,10 +290,7 @@ RECOMPUTED = "recomputed"
 
 
 def plan_with(layers: list[LayerPlan], mlp_activation: str = RECOMPUTED, **kw) -> Plan:
-    prov = Provenance(tierplan_version="test", model="tiny", job={"mlp_activation": mlp_activation},
-                      hardware="cpu", planner="test", gpu_budget_bytes=1 << 30,
-                      host_budget_bytes=1 << 30)
-    return Plan(layers=layers, provenance=prov, mlp_activation=mlp_activation, **kw)
+    return plan_for(layers, mlp_activation=mlp_activation, **kw)
 
 
 def test_recomputed_mlp_activation_is_bitwise(spec_and_base):

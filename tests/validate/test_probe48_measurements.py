@@ -72,7 +72,7 @@ def _workload(path):
 
 def test_band_check_refuses_the_plan_that_ran_out_of_memory_and_passes_the_one_that_ran():
     plan, wl = _workload(PROBE / "probe8-64k-48g-mip-single-cap.json")
-    budget = plan.provenance.gpu_budget_bytes
+    budget = plan.scenario.gpu_budget_bytes
     # the one cap the old check tried serves every request (no AllocatorOOM); the band does not
     predict_workload_reserved(wl, capacity_bytes=budget)
     failed = capped_replay_failure(wl, budget)
@@ -80,12 +80,12 @@ def test_band_check_refuses_the_plan_that_ran_out_of_memory_and_passes_the_one_t
     # the bench's plan for the cell now: its allocator replay never reaches the budget (so no
     # cap is tried), and it ran under the 48 GiB cap
     plan, wl = _workload(BENCH / "probe8-64k-48g-mip.json")
-    assert predict_workload_reserved(wl).peak_reserved_bytes <= plan.provenance.gpu_budget_bytes
+    assert predict_workload_reserved(wl).peak_reserved_bytes <= plan.scenario.gpu_budget_bytes
     # the bench's 128K plan of run r5 (prefetch at the attention block): over the budget
     # uncapped, served across the band, and it ran under the cap
     plan, wl = _workload(PROBE / "probe8-128k-48g-mip-r5.json")
-    assert predict_workload_reserved(wl).peak_reserved_bytes > plan.provenance.gpu_budget_bytes
-    assert capped_replay_failure(wl, plan.provenance.gpu_budget_bytes) is None
+    assert predict_workload_reserved(wl).peak_reserved_bytes > plan.scenario.gpu_budget_bytes
+    assert capped_replay_failure(wl, plan.scenario.gpu_budget_bytes) is None
     r5 = json.loads((H200 / "bench-h200-2026-11-28-r5-64k-48g-mip.json").read_text())
     (cell,) = r5["cells"]
     assert cell["status"] == "ok" and cell["peak_reserved_bytes"] < 48 * GiB
@@ -99,14 +99,14 @@ def test_capped_runs_are_re_predicted_within_tolerance(case):
     res = evaluate(PlanContext.from_plan(plan), plan.provenance.planner, plan.layers)
     assert res.step_time_s == pytest.approx(c["step_time_s"], rel=0.05)
     assert res.peak_hbm_bytes == pytest.approx(c["peak_allocated_bytes"], rel=0.04)
-    assert c["peak_reserved_bytes"] <= plan.provenance.gpu_budget_bytes
+    assert c["peak_reserved_bytes"] <= plan.scenario.gpu_budget_bytes
 
 
 def test_the_plan_that_ran_out_of_memory_under_the_cap_is_refused_by_the_band():
     c = _cases("probe48-h200-2026-11-28-cap-measured.json")["t-128k-mip-b47"]
     assert c["status"] == "oom"
     plan, wl = _workload(PROBE / "t-128k-mip-b47.json")
-    assert capped_replay_failure(wl, plan.provenance.gpu_budget_bytes) is not None
+    assert capped_replay_failure(wl, plan.scenario.gpu_budget_bytes) is not None
 
 
 def test_arena_reserved_memory_with_and_without_as_predicted():
@@ -130,4 +130,4 @@ def test_arena_reserved_memory_with_and_without_as_predicted():
     # now refused before it starts)
     assert with_arena["probe8-64k-48g-memo"]["status"] == "oom"
     plan = load_plan(BENCH / "probe8-64k-48g-memo.json")
-    assert predict_with_arena(plan)["peak_hbm_bytes"] > plan.provenance.gpu_budget_bytes
+    assert predict_with_arena(plan)["peak_hbm_bytes"] > plan.scenario.gpu_budget_bytes

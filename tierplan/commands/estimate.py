@@ -60,6 +60,13 @@ def add_scenario_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hardware", help="node preset (see `tierplan hw list`) or node JSON file")
 
 
+def scenario_flag_dests() -> tuple[str, ...]:
+    """The argparse destinations `add_scenario_args` defines (the positional scenario first)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    add_scenario_args(probe)
+    return tuple(a.dest for a in probe._actions)
+
+
 MLP_ACTIVATIONS = ("saved", "recomputed")
 MLP_ACTIVATION_HELP = ("SwiGLU's silu(gate) and product: saved for backward (default) or recomputed "
                        "in backward from the gate/up output (train)")
@@ -80,9 +87,6 @@ _JOB_FLAGS = {
 }
 _PAR_FLAGS = {"tp": "tp", "sp": "sequence_parallel", "cp": "cp", "cp_kind": "cp_kind", "dp": "dp",
               "zero": "zero_stage"}
-_TRAIN_ONLY = ("seq_len", "checkpointing", "optimizer", "optimizer_state_dtype", "master_weights",
-               "grads_persist", "mlp_activation")
-_INFER_ONLY = ("prompt_len", "gen_len", "kv_dtype", "kv_quant")
 
 
 def int_flag(value: str | None, field: str) -> int | None:
@@ -96,74 +100,33 @@ def int_flag(value: str | None, field: str) -> int | None:
         raise UserInputError(f"{field}: expected an integer, got {value!r}") from None
 
 
-def build_scenario(args: argparse.Namespace):
-    """Scenario from a file (or the default, or --model) with the flags applied on top."""
+def build_scenario(args: argparse.Namespace, *, gpu_budget_bytes: int | None = None,
+                   host_budget_bytes: int | None = None):
+    """The request's `simulator.scenario.Scenario`: a file (or the default, or --model) with the
+    flags applied on top (`simulator.scenario.request_scenario` resolves it)."""
     from hwmodels.units import UserInputError
-    from simulator.job import default_scenario, load_scenario, scenario_from_dict
+    from simulator.scenario import request_scenario
 
-    if args.scenario:
-        base = load_scenario(args.scenario)
-        where = args.scenario
-    else:
-        base = default_scenario()
-        where = "arguments"
-    data = base.model_dump(mode="json")
-    if args.model is not None:
-        data["model"] = args.model
-        if not args.scenario:
-            where = "arguments"
-    mode = args.mode or data["job"]["mode"]
-    job = dict(data["job"])
-    if mode != job["mode"]:
-        keep = {"parallelism", "param_dtype", "schema_version"}
-        job = {k: v for k, v in job.items() if k in keep}
-        job["mode"] = mode
-        if mode == "infer":
-            job.setdefault("prompt_len", data["job"].get("seq_len", 4096))
-        else:
-            job.setdefault("seq_len", data["job"].get("prompt_len", 4096))
-    for flag, field in _JOB_FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is None:
-            continue
-        if mode == "train" and flag in _INFER_ONLY or mode == "infer" and flag in _TRAIN_ONLY:
-            raise UserInputError(f"--{flag.replace('_', '-')}: only for --mode "
-                                 f"{'infer' if flag in _INFER_ONLY else 'train'}")
-        job[field] = value
-    if args.batch is not None:
-        job["micro_batch" if mode == "train" else "batch"] = int_flag(args.batch, "--batch")
-    par = dict(job.get("parallelism") or {})
-    for flag, field in _PAR_FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is None:
-            continue
-        par[field] = value if flag in ("sp", "cp_kind") else int_flag(value, f"--{flag}")
-    job["parallelism"] = par
-    if mode == "train" and "loss" not in (base.job.model_fields_set if args.scenario else set()):
-        # a bare layer stack has no LM head: its loss is the probe's mean of squares
-        from simulator.model import load_model
-
-        probe = data["model"] if isinstance(data["model"], dict) else load_model(data["model"])
-        has_head = probe.get("has_lm_head", True) if isinstance(probe, dict) else probe.has_lm_head
-        job["loss"] = "cross_entropy" if has_head else "mean_square_fp32"
-    data["job"] = job
-    if args.hardware is not None:
-        data["hardware"] = args.hardware
-    scenario = scenario_from_dict(data, where=where)
-    model = scenario.model_spec()
+    job_fields = {field: getattr(args, flag, None) for flag, field in _JOB_FLAGS.items()}
+    par = {field: (getattr(args, flag, None) if flag in ("sp", "cp_kind")
+                   else int_flag(getattr(args, flag, None), f"--{flag}"))
+           for flag, field in _PAR_FLAGS.items()}
+    layers = None
     if args.layers is not None:
-        n = int_flag(args.layers, "--layers")
-        if n is None or n < 1:
+        layers = int_flag(args.layers, "--layers")
+        if layers is None or layers < 1:
             raise UserInputError(f"--layers: must be at least 1, got {args.layers!r}")
-        model = model.with_layers(n)
-    return scenario, model
+    return request_scenario(scenario_path=args.scenario, model=args.model, mode=args.mode,
+                            job_fields=job_fields, batch=int_flag(args.batch, "--batch"),
+                            parallelism=par, hardware=args.hardware,
+                            num_layers=layers, gpu_budget_bytes=gpu_budget_bytes,
+                            host_budget_bytes=host_budget_bytes,
+                            labels={field: f"--{flag.replace('_', '-')}" for flag, field in _JOB_FLAGS.items()})
 
 
 def run(args: argparse.Namespace) -> int:
-    from hwmodels.catalog import load_node
-
-    scenario, model = build_scenario(args)
-    node = load_node(scenario.hardware)
+    scenario = build_scenario(args)
+    model, node = scenario.model, scenario.node
     strategies = []
     if scenario.job.mode == "train":
         from simulator.estimator import estimate_training

@@ -131,18 +131,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         from tierplan.commands.estimate import build_scenario
 
-        scenario, model = build_scenario(args)
-        job = scenario.job
+        scenario = build_scenario(args)
+        model, job = scenario.model, scenario.job
         if job.mode == "train":
             from simulator.templates import training_workload
 
-            job.check(model)
             wl = training_workload(model, job)
             what = f"train seq {job.seq_len} x {job.micro_batch}, checkpointing {job.checkpointing}"
         else:
             from simulator.templates import prefill_workload
 
-            job.check(model)
             wl = prefill_workload(model, job)
             what = f"prefill {job.prompt_len} x {job.batch}"
         name = f"{model.name} {what}"

@@ -63,38 +63,39 @@ def register(subparsers: Any) -> None:
     p.set_defaults(run=run, mode=None)
 
 
-def _scenario(args: argparse.Namespace):
+def _scenario(args: argparse.Namespace, *, gpu_budget_bytes: int | None,
+              host_budget_bytes: int | None):
     from tierplan.commands.estimate import build_scenario
 
     if not args.scenario and not args.model:
         for key, value in MEMO_DEFAULTS.items():
             if getattr(args, key) is None:
                 setattr(args, key, value)
-    return build_scenario(args)
+    return build_scenario(args, gpu_budget_bytes=gpu_budget_bytes, host_budget_bytes=host_budget_bytes)
 
 
 def run(args: argparse.Namespace) -> int:
-    from hwmodels.catalog import load_node
     from hwmodels.units import UserInputError, parse_bytes
     from planners.swap import plan_training
 
-    scenario, model = _scenario(args)
-    if scenario.job.mode != "train":
-        raise UserInputError("job.mode: tierplan plan plans training steps")
-    node = load_node(scenario.hardware)
     gpu_budget = parse_bytes(args.gpu_budget, field="--gpu-budget") if args.gpu_budget else None
     host_budget = parse_bytes(args.host_budget, field="--host-budget") if args.host_budget else None
     for value, flag in ((gpu_budget, "--gpu-budget"), (host_budget, "--host-budget")):
         if value is not None and value <= 0:
             raise UserInputError(f"{flag}: must be positive")
+    scenario = _scenario(args, gpu_budget_bytes=gpu_budget, host_budget_bytes=host_budget)
+    model, node = scenario.model, scenario.node
+    if scenario.job.mode != "train":
+        raise UserInputError("job.mode: tierplan plan plans training steps")
     try:
         time_limit = float(args.time_limit)
     except ValueError:
         raise UserInputError(f"--time-limit: expected seconds, got {args.time_limit!r}") from None
     if time_limit <= 0:
         raise UserInputError("--time-limit: must be positive")
-    report = plan_training(model, scenario.job, node, gpu_budget_bytes=gpu_budget,
-                           host_budget_bytes=host_budget, time_limit_s=time_limit, solver=args.solver,
+    report = plan_training(model, scenario.job, node, gpu_budget_bytes=scenario.gpu_budget_bytes,
+                           host_budget_bytes=scenario.host_budget_bytes, time_limit_s=time_limit,
+                           solver=args.solver,
                            allocator=args.allocator)
     if args.json:
         out = report.to_dict()
@@ -145,10 +146,9 @@ def _print(report, scenario, model, node) -> None:
     mip = report.result("mip")
     prov = mip.plan.provenance if mip.plan is not None else None
     title = (f"{model.name} - train seq {job.seq_len:,} x {job.micro_batch} - {node.name} "
-             f"(tp={par.tp}{' +sp' if par.sequence_parallel else ''} cp={par.cp} dp={par.dp})")
-    if prov is not None:
-        title += (f" - budgets {format_bytes(prov.gpu_budget_bytes)} HBM/GPU, "
-                  f"{format_bytes(prov.host_budget_bytes)} host")
+             f"(tp={par.tp}{' +sp' if par.sequence_parallel else ''} cp={par.cp} dp={par.dp})"
+             f" - budgets {format_bytes(scenario.gpu_budget_bytes)} HBM/GPU, "
+             f"{format_bytes(scenario.host_budget_bytes)} host")
     table = Table(title=title, title_justify="left")
     for col, justify in (("strategy", "left"), ("feasible", "left"), ("step time", "right"),
                          ("MFU", "right"), ("HBM peak", "right"), ("host peak", "right"),

@@ -1,12 +1,14 @@
 """`tierplan simulate`: replay one training step on the discrete-event engine.
 
 tierplan simulate [SCENARIO.yaml] [the scenario flags of `tierplan estimate`] [--gpus N]
-                  [--plan plan.json | --offload FRAC [--offload-tier host|cxl|nvme]]
+                  [--offload FRAC [--offload-tier host|cxl|nvme]]
+tierplan simulate --plan plan.json
                   [--lookahead N] [--trace out.json] [--plot out.png] [--json]
 
 Builds the scenario exactly as `estimate` does, maps its Workload onto one compute stream per
 GPU (`simulator.des.schedule_from_workload`) and replays it with, either, the per-layer keep /
-offload / recompute decisions of a plan written by `tierplan plan` (applied and replayed by
+offload / recompute decisions of a plan written by `tierplan plan` (on the scenario the plan
+embeds, so no scenario flag goes with ``--plan``; applied and replayed by
 `planners.swap.evaluate`, the path of the planner's own prediction), or a uniform offload of a
 fraction of every layer's saved activations (all but the top ``lookahead + 1`` layers, which
 MEMO keeps too) with prefetch. Reports step time, exposed transfer stall, per-tier peaks and
@@ -59,17 +61,18 @@ def _frac(value: str | None, field: str) -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from hwmodels.catalog import load_node
     from hwmodels.units import UserInputError
     from simulator.des import add_offload, offload_candidates, schedule_from_workload, simulate
     from simulator.estimator import estimate_training
     from simulator.templates import training_workload
     from tierplan.commands.estimate import build_scenario, int_flag
 
-    scenario, model = build_scenario(args)
+    if args.plan is not None:
+        return _run_plan(args)
+    scenario = build_scenario(args)
+    model, node = scenario.model, scenario.node
     if scenario.job.mode != "train":
         raise UserInputError("--mode: simulate replays training steps; use estimate for inference")
-    node = load_node(scenario.hardware)
     offload = _frac(args.offload, "--offload")
     lookahead = int_flag(args.lookahead, "--lookahead")
     if lookahead is None or lookahead < 0:
@@ -81,21 +84,43 @@ def run(args: argparse.Namespace) -> int:
                              f"got {args.gpus!r}")
     workload = training_workload(model, scenario.job, node)
     est = estimate_training(model, scenario.job, node, workload=workload)
-    if args.plan is not None:
-        if offload is not None:
-            raise UserInputError("--offload: give either --plan or --offload, not both")
-        if args.gpus is not None:
-            raise UserInputError("--gpus: a plan is replayed on the GPUs its job shares the host with")
-        result = _replay_plan(args.plan, model, scenario.job, node)
-        gpus = sum(1 for s in result.schedule.streams if s.kind == "compute")
-    else:
-        schedule = schedule_from_workload(workload, node, num_gpus=gpus)
-        if offload:
-            layers = sorted(offload_candidates(workload))
-            top = len(layers) - (lookahead + 1)
-            schedule = add_offload(schedule, fraction_by_layer={L: offload for L in layers[:max(top, 0)]},
-                                   tier=args.offload_tier, lookahead=lookahead)
-        result = simulate(schedule, record_timeline=bool(args.plot or args.trace or not args.json))
+    schedule = schedule_from_workload(workload, node, num_gpus=gpus)
+    if offload:
+        layers = sorted(offload_candidates(workload))
+        top = len(layers) - (lookahead + 1)
+        schedule = add_offload(schedule, fraction_by_layer={L: offload for L in layers[:max(top, 0)]},
+                               tier=args.offload_tier, lookahead=lookahead)
+    result = simulate(schedule, record_timeline=bool(args.plot or args.trace or not args.json))
+    return _report(args, result, est, gpus, scenario)
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    """``--plan``: replay the plan on the scenario it embeds, exactly as the planner replays its
+    candidates (``planners.swap.evaluate``: the job's GPUs that share the host). The plan holds
+    its model, job and node, so no scenario flag may be given beside it."""
+    from hwmodels.units import UserInputError
+    from planners.plan import load_plan
+    from planners.swap import PlanContext, evaluate
+    from simulator.estimator import estimate_training
+    from tierplan.commands.estimate import scenario_flag_dests
+
+    given = [flag for flag in scenario_flag_dests() if getattr(args, flag, None) is not None]
+    if args.offload is not None:
+        given.insert(0, "offload")
+    if args.gpus is not None:
+        given.insert(0, "gpus")
+    if given:
+        name = "scenario file" if given[0] == "scenario" else f"--{given[0].replace('_', '-')}"
+        raise UserInputError(f"{name}: a plan carries its model, job and node; give --plan alone")
+    plan = load_plan(args.plan)
+    ctx = PlanContext.from_plan(plan, source=args.plan)
+    result = evaluate(ctx, plan.provenance.planner, plan.layers).replay.sim
+    gpus = sum(1 for s in result.schedule.streams if s.kind == "compute")
+    est = estimate_training(ctx.model, ctx.job, ctx.node)
+    return _report(args, result, est, gpus, ctx.scenario)
+
+
+def _report(args: argparse.Namespace, result, est, gpus: int, scenario) -> int:
     if args.trace:
         from simulator.des.trace import write_chrome_trace
 
@@ -108,28 +133,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, sort_keys=True))
         return 0
-    _print(summary, model.name, scenario, node.name)
+    _print(summary, scenario.model.name, scenario, scenario.node.name)
     return 0
-
-
-def _replay_plan(path: str, model, job, node):
-    """The DES replay of a plan file's decisions on this scenario, exactly as the planner replays
-    its candidates (``planners.swap.evaluate``: the job's GPUs that share the host)."""
-    from hwmodels.units import UserInputError
-    from planners.plan import load_plan
-    from planners.swap import PlanContext, evaluate
-
-    plan = load_plan(path)
-    if len(plan.layers) != model.num_layers:
-        raise UserInputError(f"{path}: layers: the plan has {len(plan.layers)} layers, "
-                             f"{model.name} here has {model.num_layers}")
-    if plan.provenance.model != model.name:
-        raise UserInputError(f"{path}: provenance.model: the plan is for {plan.provenance.model}, "
-                             f"the scenario is {model.name}")
-    ctx = PlanContext(model=model, job=job, node=node, gpu_budget_bytes=node.gpu.hbm_capacity_bytes,
-                      host_budget_bytes=node.host_memory.capacity_bytes,
-                      lookahead=plan.prefetch_lookahead_layers, prefetch_at=plan.prefetch_at)
-    return evaluate(ctx, plan.provenance.planner, plan.layers).replay.sim
 
 
 def _summary(result, est, gpus: int) -> dict:
