@@ -132,3 +132,17 @@ def test_gpu_diagnostics_are_refused_in_one_line_on_the_cpu(flag, tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "need a GPU (not --smoke)" in err[0]
     assert not (tmp_path / "measured.json").exists()
+
+
+def test_baselines_run_beside_a_plan_whose_mlp_activation_is_recomputed(tmp_path, capsys):
+    """The baselines keep the plan's scenario, SwiGLU activation included (they used to be
+    built without it, and the recomputed plan's job refused them)."""
+    plan = PLANS / "bench" / "probe8-64k-48g-mip.json"
+    assert json.loads(plan.read_text())["mlp_activation"] == "recomputed"
+    code = main(["validate", "plan", str(plan), "--smoke", "--baselines", "none,checkpoint",
+                 "--repeats", "1", "--out", str(tmp_path), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    cases = {c["case"]: c for c in out["measured"]["cases"]}
+    assert set(cases) == {"probe8-64k-48g-mip", "probe8-64k-48g-mip:none", "probe8-64k-48g-mip:checkpoint"}
+    assert all(c["status"] == "ok" for c in cases.values())
