@@ -45,7 +45,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hwmodels.units import UserInputError
+from hwmodels.units import UserInputError, validation_error_line
 
 PRESET_DIR = pathlib.Path(__file__).resolve().parent / "presets" / "models"
 
@@ -638,10 +638,7 @@ def _build(fields: dict, where: str) -> ModelSpec:
     try:
         return ModelSpec.model_validate(fields)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first.get("loc", ())) or "model"
-        msg = first.get("msg", "invalid").removeprefix("Value error, ")
-        raise UserInputError(f"{where}: {loc}: {msg}") from None
+        raise UserInputError(validation_error_line(err, where, whole="model")) from None
 
 
 # ---- presets ----------------------------------------------------------------------------------
