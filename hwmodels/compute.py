@@ -56,7 +56,12 @@ def peak_flops_per_s(node: NodeSpec, dtype: str) -> float:
 def mfu_frac(
     *, model_flops: float, step_time_s: float, node: NodeSpec, dtype: str, num_gpus: int = 1
 ) -> float:
-    """Model FLOPs utilization: model FLOPs per second over ``num_gpus`` datasheet peaks."""
+    """Model FLOPs utilization: model FLOPs per second over ``num_gpus`` datasheet peaks.
+
+    A step of no time (an empty workload) has an MFU of 0.
+    """
+    if step_time_s <= 0:
+        return 0.0
     return model_flops / step_time_s / (num_gpus * peak_flops_per_s(node, dtype))
 
 
