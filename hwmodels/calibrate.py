@@ -41,7 +41,8 @@ from scipy.optimize import lsq_linear
 
 from hwmodels.catalog import REPO_ROOT, read_json
 from hwmodels.collectives import bus_factor, num_steps
-from hwmodels.specs import FLOP_CLASSES, AchievedProfile, OpClassFit
+from hwmodels.op_classes import FLOP_CLASSES
+from hwmodels.specs import AchievedProfile, OpClassFit
 from hwmodels.units import GB, TFLOPS, MiB, UserInputError
 
 MEMORY_OPS = (

@@ -24,10 +24,9 @@ instep-h200-2026-11-28.json) divided by the H200 datasheet
 
 from __future__ import annotations
 
-from hwmodels.specs import FLOP_CLASSES, NodeSpec, OpClassFit
+from hwmodels.op_classes import FLOP_CLASSES, KERNEL_CLASSES
+from hwmodels.specs import NodeSpec, OpClassFit
 from hwmodels.units import UserInputError
-
-KERNEL_CLASSES: tuple[str, ...] = FLOP_CLASSES + ("memory", "hbm_copy")
 
 # Achieved / datasheet-peak compute rate of large kernels, from the H200 bf16 fit.
 DEFAULT_FLOPS_EFFICIENCY_FRAC: dict[str, float] = {

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 
+from hwmodels.op_classes import FLOP_CLASSES as FLOP_CLASSES
 from hwmodels.units import parse_bytes, parse_rate, parse_seconds
 
 SCHEMA_VERSION = 1
@@ -45,7 +46,6 @@ OpClass = Literal[
     "all_to_all",
 ]
 OP_CLASSES: tuple[str, ...] = OpClass.__args__  # type: ignore[attr-defined]
-FLOP_CLASSES: tuple[str, ...] = ("gemm", "attention_fwd", "attention_bwd")
 
 
 def alpha_beta_time_s(
