@@ -49,7 +49,7 @@ def peak_flops_per_s(node: NodeSpec, dtype: str) -> float:
         raise UserInputError(
             f"dtype: {node.gpu.name} has no {dtype!r} peak (has {', '.join(sorted(peaks))})"
         )
-    return peaks[dtype]  # type: ignore[index]
+    return peaks[dtype]
 
 
 def mfu_frac(

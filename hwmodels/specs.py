@@ -19,14 +19,14 @@ source in the ``sources`` mapping of the model that holds it.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 
 from hwmodels.op_classes import FLOP_CLASSES as FLOP_CLASSES
 from hwmodels.units import parse_bytes, parse_rate, parse_seconds
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 DType = Literal["fp32", "tf32", "fp16", "bf16", "fp8"]
 LinkKind = Literal["pcie", "nvlink", "c2c", "network", "cxl"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 KiB = 1024
@@ -157,7 +157,7 @@ _FLOP_RATE_UNITS = {"": 1.0, "flop": 1.0, "flops": 1.0, "gflop": GFLOPS, "gflops
 _SECOND_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 
 
-def _parse_scaled(value: str | int | float, *, field: str, units: dict[str, float],
+def _parse_scaled(value: str | int | float, *, field: str, units: Mapping[str, float],
                   example: str, regex: re.Pattern[str]) -> float:
     if isinstance(value, bool):
         raise UserInputError(f"{field}: expected a value such as {example}, got {value!r}")

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Final, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -48,7 +48,7 @@ from hwmodels.units import UserInputError, parse_count, validation_error_line
 from kernels.cost import DTYPE_BITS, tensor_bytes  # noqa: F401  (tensor_bytes re-exported)
 from simulator.model import ModelSpec, load_model
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 DType = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4"]
 """dtypes a job may name; their sizes come from kernels.cost.DTYPE_BITS (one table)."""

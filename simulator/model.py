@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -307,6 +307,13 @@ class _Reader:
 
     def _fail(self, key: str, reason: str) -> UserInputError:
         return UserInputError(f"{self.where}: {key}: {reason}")
+
+    @overload
+    def get_int(self, key: str, *, minimum: int = 1) -> int: ...
+    @overload
+    def get_int(self, key: str, default: int, *, minimum: int = 1) -> int: ...
+    @overload
+    def get_int(self, key: str, default: None, *, minimum: int = 1) -> int | None: ...
 
     def get_int(self, key: str, default: Any = ..., *, minimum: int = 1) -> int | None:
         value = self.cfg.get(key, default)

@@ -129,11 +129,13 @@ def _replay_plan(path: str, model, job, node):
     ctx = PlanContext(model=model, job=job, node=node, gpu_budget_bytes=node.gpu.hbm_capacity_bytes,
                       host_budget_bytes=node.host_memory.capacity_bytes,
                       lookahead=plan.prefetch_lookahead_layers, prefetch_at=plan.prefetch_at)
-    return evaluate(ctx, plan.provenance.planner, plan.layers).replay.sim
+    replayed = evaluate(ctx, plan.provenance.planner, plan.layers).replay
+    assert replayed is not None  # evaluate always replays
+    return replayed.sim
 
 
 def _summary(result, est, gpus: int) -> dict:
-    peak_pool = {}
+    peak_pool: dict[str, Any] = {}
     for p in result.pools:
         if p.peak_bytes and (p.tier not in peak_pool or p.peak_bytes > peak_pool[p.tier].peak_bytes):
             peak_pool[p.tier] = p
