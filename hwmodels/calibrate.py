@@ -41,8 +41,9 @@ from scipy.optimize import lsq_linear
 
 from hwmodels.catalog import REPO_ROOT, read_json
 from hwmodels.collectives import bus_factor, num_steps
-from hwmodels.specs import FLOP_CLASSES, AchievedProfile, OpClassFit
-from hwmodels.units import GB, TFLOPS, MiB, UserInputError
+from hwmodels.op_classes import FLOP_CLASSES
+from hwmodels.specs import AchievedProfile, OpClassFit
+from hwmodels.units import GB, TB, TFLOPS, MiB, UserInputError
 
 MEMORY_OPS = (
     "rmsnorm",
@@ -155,7 +156,7 @@ def records_from_reference_probe(data: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "op": "hbm_copy",
                 "bytes": n,
-                "time_s": 2 * n / (_num(data["hbm_copy_rw_TBps"]) * 1e12),
+                "time_s": 2 * n / (_num(data["hbm_copy_rw_TBps"]) * TB),
             }
         )
     for shape, tflops in data.get("gemm_bf16_TFLOPs", {}).items():

@@ -31,7 +31,7 @@ from hwmodels.specs import (
     NodeSpec,
     NvmeSpec,
 )
-from hwmodels.units import UserInputError
+from hwmodels.units import UserInputError, validation_error_line
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 KINDS: tuple[str, ...] = ("gpus", "memory", "storage", "links", "nodes", "profiles")
@@ -67,23 +67,12 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def format_validation_error(err: ValidationError, where: str) -> str:
-    """One line: ``FILE: field.path: reason`` for the first error (and how many more)."""
-    items = err.errors()
-    first = items[0]
-    loc = ".".join(str(p) for p in first.get("loc", ()))
-    msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-    more = f" (+{len(items) - 1} more)" if len(items) > 1 else ""
-    # checks across fields (topology, sources) put the field names in the message itself
-    return f"{where}: {loc}: {msg}{more}" if loc else f"{where}: {msg}{more}"
-
-
 def validate_file_data(model: type[BaseModel], data: Any, path: Path) -> Any:
     """``model.model_validate(data)`` with errors as one-line `UserInputError` naming the file."""
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise UserInputError(format_validation_error(err, _display(path))) from None
+        raise UserInputError(validation_error_line(err, _display(path))) from None
 
 
 def read_json(path: Path) -> Any:

@@ -24,10 +24,9 @@ instep-h200-2026-11-28.json) divided by the H200 datasheet
 
 from __future__ import annotations
 
-from hwmodels.specs import FLOP_CLASSES, NodeSpec, OpClassFit
+from hwmodels.op_classes import FLOP_CLASSES, KERNEL_CLASSES
+from hwmodels.specs import NodeSpec, OpClassFit
 from hwmodels.units import UserInputError
-
-KERNEL_CLASSES: tuple[str, ...] = FLOP_CLASSES + ("memory", "hbm_copy")
 
 # Achieved / datasheet-peak compute rate of large kernels, from the H200 bf16 fit.
 DEFAULT_FLOPS_EFFICIENCY_FRAC: dict[str, float] = {
@@ -50,13 +49,18 @@ def peak_flops_per_s(node: NodeSpec, dtype: str) -> float:
         raise UserInputError(
             f"dtype: {node.gpu.name} has no {dtype!r} peak (has {', '.join(sorted(peaks))})"
         )
-    return peaks[dtype]  # type: ignore[index]
+    return peaks[dtype]
 
 
 def mfu_frac(
     *, model_flops: float, step_time_s: float, node: NodeSpec, dtype: str, num_gpus: int = 1
 ) -> float:
-    """Model FLOPs utilization: model FLOPs per second over ``num_gpus`` datasheet peaks."""
+    """Model FLOPs utilization: model FLOPs per second over ``num_gpus`` datasheet peaks.
+
+    A step of no time (an empty workload) has an MFU of 0.
+    """
+    if step_time_s <= 0:
+        return 0.0
     return model_flops / step_time_s / (num_gpus * peak_flops_per_s(node, dtype))
 
 

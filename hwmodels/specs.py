@@ -19,13 +19,14 @@ source in the ``sources`` mapping of the model that holds it.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 
+from hwmodels.op_classes import FLOP_CLASSES as FLOP_CLASSES
 from hwmodels.units import parse_bytes, parse_rate, parse_seconds
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 DType = Literal["fp32", "tf32", "fp16", "bf16", "fp8"]
 LinkKind = Literal["pcie", "nvlink", "c2c", "network", "cxl"]
@@ -45,7 +46,6 @@ OpClass = Literal[
     "all_to_all",
 ]
 OP_CLASSES: tuple[str, ...] = OpClass.__args__  # type: ignore[attr-defined]
-FLOP_CLASSES: tuple[str, ...] = ("gemm", "attention_fwd", "attention_bwd")
 
 
 def alpha_beta_time_s(

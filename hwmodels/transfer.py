@@ -19,13 +19,16 @@ Source: validate/measurements/reference/h200-probe-2026-11-28.json (PCIe Gen5 x1
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from hwmodels.specs import (
     AchievedProfile,
     CsdSpec,
+    CxlMemorySpec,
     LinkSpec,
     NodeSpec,
+    NvmeSpec,
     OpClassFit,
     alpha_beta_time_s,
 )
@@ -158,7 +161,9 @@ def device_rate_bytes_per_s(node: NodeSpec, device: str, direction: str) -> floa
     kind, index = device.rstrip("0123456789"), device[len(device.rstrip("0123456789")) :]
     if kind == "cpu" and index and int(index) < node.host_memory.num_sockets:
         return node.host_memory.bandwidth_bytes_per_s
-    items = {"cxl": node.cxl, "nvme": node.nvme, "csd": node.csd}.get(kind)
+    by_kind: dict[str, Sequence[CxlMemorySpec | NvmeSpec | CsdSpec]] = {
+        "cxl": node.cxl, "nvme": node.nvme, "csd": node.csd}
+    items = by_kind.get(kind)
     if items is None or not index or int(index) >= len(items):
         raise UserInputError(
             f"device: {node.name} has no memory or storage device {device!r} "
@@ -210,7 +215,9 @@ def tier_transfer_time_s(
 def device_latency_s(node: NodeSpec, device: str) -> float:
     kind = device.rstrip("0123456789")
     index = int(device[len(kind) :])
-    spec = {"cxl": node.cxl, "nvme": node.nvme, "csd": node.csd}[kind][index]
+    by_kind: dict[str, Sequence[CxlMemorySpec | NvmeSpec | CsdSpec]] = {
+        "cxl": node.cxl, "nvme": node.nvme, "csd": node.csd}
+    spec = by_kind[kind][index]
     if isinstance(spec, CsdSpec):
         return spec.host_link.latency_s
     return spec.latency_s

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Collection, Mapping
+from typing import Any
 
 KiB = 1024
 MiB = 1024**2
@@ -35,6 +37,35 @@ class UserInputError(ValueError):
     The CLI prints ``str(err)`` as one line and exits with code 2; it never shows a traceback.
     Messages name the field (and file, where there is one) and the reason.
     """
+
+
+def validation_error_line(
+    err: Any, where: str = "", *, union_tags: Collection[str] = (), whole: str = ""
+) -> str:
+    """One line from a pydantic ``ValidationError``: ``WHERE: field.path: reason (+N more)``.
+
+    The location is the first failing field, dotted, without the branch names ``union_tags`` that
+    pydantic inserts for a union (``job.train.seq_len`` -> ``job.seq_len``); the reason drops
+    pydantic's ``"Value error, "`` prefix, and where a validator raised a `UserInputError` that
+    already names the field, the field is said once. Checks across fields have no location: the
+    line then names ``whole`` (the object as a whole), or nothing. Duck-typed (anything with ``.errors()``), so this module does
+    not import pydantic.
+    """
+    items = err.errors()
+    if not items:
+        return f"{where}: {err}" if where else str(err)
+    first = items[0]
+    loc = ".".join(str(p) for p in first.get("loc", ()) if p not in union_tags) or whole
+    msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    cause = (first.get("ctx") or {}).get("error")
+    if isinstance(cause, UserInputError):
+        msg, field = str(cause), loc.rsplit(".", 1)[-1]
+        if loc and msg.startswith(f"{field}: "):
+            msg = msg[len(field) + 2 :]
+        else:  # the cause names its own field
+            loc = ""
+    more = f" (+{len(items) - 1} more)" if len(items) > 1 else ""
+    return ": ".join(part for part in (where, loc, msg) if part) + more
 
 
 _BYTE_UNITS = {
@@ -126,7 +157,7 @@ _FLOP_RATE_UNITS = {"": 1.0, "flop": 1.0, "flops": 1.0, "gflop": GFLOPS, "gflops
 _SECOND_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 
 
-def _parse_scaled(value: str | int | float, *, field: str, units: dict[str, float],
+def _parse_scaled(value: str | int | float, *, field: str, units: Mapping[str, float],
                   example: str, regex: re.Pattern[str]) -> float:
     if isinstance(value, bool):
         raise UserInputError(f"{field}: expected a value such as {example}, got {value!r}")

@@ -19,16 +19,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
+from hwmodels.op_classes import FLOP_CLASSES, KERNEL_CLASSES
 from hwmodels.units import UserInputError
 
 if TYPE_CHECKING:  # pragma: no cover
     from hwmodels.specs import NodeSpec
 
-OP_CLASSES: tuple[str, ...] = ("gemm", "attention_fwd", "attention_bwd", "memory", "copy")
-"""Op classes the roofline knows efficiencies for; "copy" (device-to-device) is the roofline's
-"hbm_copy", the others have the same names in hwmodels.compute."""
+_ROOFLINE_OP_CLASS = {"copy": "hbm_copy"}
+"""Our op class -> the class name of hwmodels.compute where they differ (device-to-device copy)."""
 
-MATMUL_OP_CLASSES: frozenset[str] = frozenset({"gemm", "attention_fwd", "attention_bwd"})
+OP_CLASSES: tuple[str, ...] = tuple(
+    {ours: roofline for roofline, ours in _ROOFLINE_OP_CLASS.items()}.get(c, c) for c in KERNEL_CLASSES
+)
+"""Op classes the roofline knows efficiencies for: `hwmodels.op_classes.KERNEL_CLASSES` with
+"copy" (device-to-device) for the roofline's "hbm_copy"."""
+
+MATMUL_OP_CLASSES: frozenset[str] = frozenset(FLOP_CLASSES)
 """Op classes whose FLOPs are matmul FLOPs: what FlopCounterMode and MFU conventions count."""
 
 DTYPE_BITS: dict[str, int] = {
@@ -135,9 +141,6 @@ class FwdBwd(NamedTuple):
     fwd: KernelCost
     bwd: KernelCost
 
-
-_ROOFLINE_OP_CLASS = {"copy": "hbm_copy"}
-"""Our op class -> the class name of hwmodels.compute where they differ (device-to-device copy)."""
 
 _ROOFLINE_DTYPE = {"fp8_e4m3": "fp8", "fp8_e5m2": "fp8"}
 """Storage dtypes -> the dtype whose datasheet peak applies."""

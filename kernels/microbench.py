@@ -45,8 +45,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-MiB = 1024**2
-GiB = 1024**3
+from hwmodels.units import MiB
+
 # Fallback L2 size when the device does not report one (CPU smoke runs).
 _DEFAULT_L2_BYTES = 32 * MiB
 # Approximate SM clock used only to size the stream hold before a timed batch.

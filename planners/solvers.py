@@ -85,7 +85,7 @@ def relative_gap(objective: float | None, bound: float | None) -> float | None:
 def _highs_class():
     import pulp
 
-    class _WarmHiGHS(pulp.HiGHS):  # type: ignore[misc, valid-type]
+    class _WarmHiGHS(pulp.HiGHS):
         """pulp.HiGHS that hands the variables' current values to highspy as a start."""
 
         warm_start = False

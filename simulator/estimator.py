@@ -99,7 +99,7 @@ def _op_time(op) -> float:
 
 def estimate_training(model, job, node, *, workload: Workload | None = None) -> TrainEstimate:
     """Peak memory, step time and MFU of one training step of ``model`` under ``job`` on ``node``."""
-    from hwmodels.compute import peak_flops_per_s
+    from hwmodels.compute import mfu_frac
     from simulator.templates import training_workload
 
     if job.mode != "train":
@@ -133,7 +133,7 @@ def estimate_training(model, job, node, *, workload: Workload | None = None) -> 
     model_flops += 3.0 * sum(op.model_flops for op in wl.ops if op.phase == Phase.LOSS)
     executed = sum(op.executed_flops for op in wl.ops)
     dtype = job.param_dtype
-    mfu = model_flops / step / peak_flops_per_s(node, dtype) if step > 0 else 0.0
+    mfu = mfu_frac(model_flops=model_flops, step_time_s=step, node=node, dtype=dtype)
     tokens = job.seq_len * job.micro_batch * par.dp
     notes = []
     if job.checkpointing == "selective":

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Final, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -44,11 +44,11 @@ from pydantic import (
     model_validator,
 )
 
-from hwmodels.units import UserInputError, parse_count
+from hwmodels.units import UserInputError, parse_count, validation_error_line
 from kernels.cost import DTYPE_BITS, tensor_bytes  # noqa: F401  (tensor_bytes re-exported)
 from simulator.model import ModelSpec, load_model
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 DType = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4"]
 """dtypes a job may name; their sizes come from kernels.cost.DTYPE_BITS (one table)."""
@@ -373,18 +373,7 @@ def scenario_from_dict(
     try:
         return ScenarioFile.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first.get("loc", ()) if p not in _UNION_TAGS)
-        msg = first.get("msg", "invalid").removeprefix("Value error, ")
-        cause = (first.get("ctx") or {}).get("error")
-        if isinstance(cause, UserInputError):
-            # the cause already names its field: say it once
-            msg, field = str(cause), loc.rsplit(".", 1)[-1]
-            if loc and msg.startswith(f"{field}: "):
-                msg = msg[len(field) + 2 :]
-            else:
-                loc = ""
-        raise UserInputError(f"{where}: {loc + ': ' if loc else ''}{msg}") from None
+        raise UserInputError(validation_error_line(err, where, union_tags=_UNION_TAGS)) from None
 
 
 DEFAULT_SCENARIO = ScenarioFile(

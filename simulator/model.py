@@ -41,11 +41,11 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hwmodels.units import UserInputError
+from hwmodels.units import UserInputError, validation_error_line
 
 PRESET_DIR = pathlib.Path(__file__).resolve().parent / "presets" / "models"
 
@@ -307,6 +307,13 @@ class _Reader:
 
     def _fail(self, key: str, reason: str) -> UserInputError:
         return UserInputError(f"{self.where}: {key}: {reason}")
+
+    @overload
+    def get_int(self, key: str, *, minimum: int = 1) -> int: ...
+    @overload
+    def get_int(self, key: str, default: int, *, minimum: int = 1) -> int: ...
+    @overload
+    def get_int(self, key: str, default: None, *, minimum: int = 1) -> int | None: ...
 
     def get_int(self, key: str, default: Any = ..., *, minimum: int = 1) -> int | None:
         value = self.cfg.get(key, default)
@@ -638,10 +645,7 @@ def _build(fields: dict, where: str) -> ModelSpec:
     try:
         return ModelSpec.model_validate(fields)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first.get("loc", ())) or "model"
-        msg = first.get("msg", "invalid").removeprefix("Value error, ")
-        raise UserInputError(f"{where}: {loc}: {msg}") from None
+        raise UserInputError(validation_error_line(err, where, whole="model")) from None
 
 
 # ---- presets ----------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from hwmodels.units import UserInputError
 from kernels.attention import attention_bwd_cost, attention_fwd_cost, attention_fwd_flops
-from kernels.cost import KernelCost, combine
+from kernels.cost import MATMUL_OP_CLASSES, KernelCost, combine
 from kernels.elementwise import embedding_backward_workspace_bytes, minimal_traffic_bytes
 from kernels.gemm import linear_bwd_costs, linear_fwd_cost
 from simulator.autograd_model import ZERO_COST, Cost, ProgramBuilder, add_costs
@@ -147,7 +147,7 @@ class _Timer:
                     for c in items
                 )
         total = items[0] if len(items) == 1 else combine(items, name=items[0].name)
-        matmul = sum(c.flops for c in items if c.op_class in ("gemm", "attention_fwd", "attention_bwd"))
+        matmul = sum(c.flops for c in items if c.op_class in MATMUL_OP_CLASSES)
         counted = matmul if flop_counter_flops is None else flop_counter_flops
         return Cost(
             flops=counted,

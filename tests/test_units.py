@@ -32,3 +32,58 @@ def test_parse_count_rejects(bad):
 def test_format_bytes():
     assert format_bytes(3 * GiB // 2) == "1.50 GiB"
     assert format_bytes(100) == "100 B"
+
+
+def _validation_error(data):
+    from typing import Literal
+
+    from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+    class A(BaseModel):
+        kind: Literal["a"] = "a"
+        n: int = Field(gt=0)
+
+        @field_validator("n")
+        @classmethod
+        def _small(cls, v):
+            if v > 100:
+                raise UserInputError(f"n: {v} is more than 100")
+            return v
+
+    class B(BaseModel):
+        kind: Literal["b"] = "b"
+        s: str
+
+    class Outer(BaseModel):
+        job: A | B = Field(discriminator="kind")
+        m: int = 1
+
+        @model_validator(mode="after")
+        def _whole(self):
+            if self.m == 7:
+                raise ValueError("m may not be 7")
+            return self
+
+    try:
+        Outer.model_validate(data)
+    except ValidationError as err:
+        return err
+    raise AssertionError("no error")
+
+
+def test_validation_error_line():
+    from hwmodels.units import validation_error_line
+
+    # union tag dropped from the location, pydantic's message kept, the count of the rest
+    err = _validation_error({"job": {"kind": "a", "n": 0}, "m": "x"})
+    assert validation_error_line(err, "f.json", union_tags=("a", "b")) == (
+        "f.json: job.n: Input should be greater than 0 (+1 more)"
+    )
+    assert validation_error_line(err).startswith("job.a.n: ")
+    # a UserInputError that names its field says the field once, without "Value error, "
+    err = _validation_error({"job": {"kind": "a", "n": 101}})
+    assert validation_error_line(err, "f.json", union_tags=("a",)) == "f.json: job.n: 101 is more than 100"
+    # a check across fields has no location
+    err = _validation_error({"job": {"kind": "b", "s": ""}, "m": 7})
+    assert validation_error_line(err, "f.json") == "f.json: m may not be 7"
+    assert validation_error_line(err, "f.json", whole="outer") == "f.json: outer: m may not be 7"

@@ -53,28 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def format_validation_error(err: Exception) -> str:
-    """One line from a pydantic ValidationError: the first failing field and why."""
-    errors = getattr(err, "errors", None)
-    if callable(errors):
-        items = errors()
-        if items:
-            first = items[0]
-            loc = ".".join(str(p) for p in first.get("loc", ())) or "input"
-            title = getattr(err, "title", "")
-            more = f" (+{len(items) - 1} more)" if len(items) > 1 else ""
-            where = f"{title}: " if title else ""
-            return f"{where}{loc}: {first.get('msg', 'invalid')}{more}"
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USAGE
-    from hwmodels.units import UserInputError
+    from hwmodels.units import UserInputError, validation_error_line
 
     try:
         return int(args.run(args) or EXIT_OK)
@@ -83,7 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except Exception as err:  # pydantic errors without importing pydantic up front
         if type(err).__name__ == "ValidationError":
-            print(f"tierplan {args.command}: error: {format_validation_error(err)}", file=sys.stderr)
+            line = validation_error_line(err, getattr(err, "title", ""))
+            print(f"tierplan {args.command}: error: {line}", file=sys.stderr)
             return EXIT_USAGE
         raise
 

@@ -17,8 +17,9 @@ import json
 import pathlib
 from dataclasses import asdict, dataclass
 
+from hwmodels.units import GiB, MiB
+
 MEASUREMENTS_DIR = pathlib.Path(__file__).resolve().parent / "measurements"
-GiB = 1024**3
 
 
 @dataclass(frozen=True)
@@ -122,9 +123,9 @@ def _op_label(rec: dict) -> str:
         return (f"sdpa {rec.get('backend')} {rec['pass']} s={rec['seq_len']} h={rec['num_heads']}/"
                 f"{rec.get('num_kv_heads')} d={rec['head_dim']}")
     if op == "copy":
-        return f"copy {rec['direction']} {rec['bytes'] / 2**20:g} MiB"
+        return f"copy {rec['direction']} {rec['bytes'] / MiB:g} MiB"
     if op == "hbm_copy":
-        return f"hbm_copy {rec['bytes'] / 2**20:g} MiB"
+        return f"hbm_copy {rec['bytes'] / MiB:g} MiB"
     return f"{op} {rec.get('impl')} {rec.get('pass')} T={rec.get('tokens')}"
 
 

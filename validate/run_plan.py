@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from hwmodels.units import UserInputError  # noqa: E402
+from hwmodels.units import GiB, UserInputError  # noqa: E402
 from planners.plan import LayerPlan, Plan, load_plan  # noqa: E402
 from simulator.model import ModelSpec  # noqa: E402
 from simulator.scenario import Scenario  # noqa: E402
@@ -197,8 +197,8 @@ def run_case(
         if arena_pred and not smoke and budget and arena_pred["peak_hbm_bytes"] > budget:
             raise UserInputError(
                 f"--arena: the plan's peak with its buffers in one arena, "
-                f"{arena_pred['peak_hbm_bytes'] / 2**30:.2f} GiB, exceeds the GPU budget "
-                f"{budget / 2**30:.2f} GiB (the arena holds every buffer for the whole step)"
+                f"{arena_pred['peak_hbm_bytes'] / GiB:.2f} GiB, exceeds the GPU budget "
+                f"{budget / GiB:.2f} GiB (the arena holds every buffer for the whole step)"
             )
         ex = PlanExecutor(model, plan, device=device, arena=arena)
         where[0] = "pool sizing"

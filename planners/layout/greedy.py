@@ -14,6 +14,7 @@ Source: Sekiyama et al. 2018 (greedy by size for DNN memory), TensorFlow Lite's
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,7 @@ class GreedyResult:
 def _order(instance: LayoutInstance, key: str) -> list[int]:
     bufs = instance.buffers
     n = len(bufs)
+    k: Callable[[int], tuple[int, ...]]
     if key == "size":
         k = lambda i: (-bufs[i].size_bytes, -(bufs[i].upper - bufs[i].lower), bufs[i].lower, i)  # noqa: E731
     elif key == "area":

@@ -86,7 +86,7 @@ def overlapping_pairs(buffers: tuple[Buffer, ...] | list[Buffer]) -> list[tuple[
     """Index pairs (i < j) of buffers whose lifetimes intersect, by a sweep over start times."""
     order = sorted(range(len(buffers)), key=lambda i: (buffers[i].lower, i))
     active: list[int] = []
-    pairs = []
+    pairs: list[tuple[int, int]] = []
     for i in order:
         b = buffers[i]
         active = [j for j in active if buffers[j].upper > b.lower]

@@ -188,7 +188,7 @@ def bilevel_layout(
             external.append(buf)
     # lower level: one solve per distinct block (identical layers share it)
     solved: dict[tuple, tuple[list[int], int]] = {}
-    distinct = {}
+    distinct: dict[tuple[tuple[int, int, int], ...], int] = {}
     for bi, bufs in internal.items():
         a = blocks[bi][0]
         distinct.setdefault(tuple((x.lower - a, x.upper - a, x.size_bytes) for x in bufs), bi)

@@ -24,12 +24,12 @@ import io
 import pickle
 from dataclasses import dataclass
 
-from hwmodels.units import UserInputError
+from hwmodels.units import GiB, UserInputError
 from planners.layout.instance import Buffer, LayoutInstance
 from simulator.allocator import AllocEvent
 from simulator.workload import allocator_rounded_bytes
 
-MAX_SNAPSHOT_BYTES = 4 * 1024**3  # refuse to read anything larger into memory
+MAX_SNAPSHOT_BYTES = 4 * GiB  # refuse to read anything larger into memory
 
 
 class _PlainUnpickler(pickle.Unpickler):

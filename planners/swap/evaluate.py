@@ -61,14 +61,15 @@ def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver
              status: str = "rule", gap: float | None = None, solve_time_s: float = 0.0,
              time_limit_s: float | None = None) -> StrategyResult:
     """Replay ``layers`` and wrap the outcome as a Plan and a table row."""
-    from hwmodels.compute import peak_flops_per_s
+    from hwmodels.compute import mfu_frac
 
     prof = ctx.profile_for([lp.checkpoint for lp in layers])
     applied = apply_plan(prof, layers, lookahead=ctx.lookahead, prefetch_at=ctx.prefetch_at,
                          copy_s_per_byte=ctx.copy_s_per_byte)
     rep = replay(applied, ctx.node, num_gpus=ctx.rates.num_gpus_sharing_host)
     host_peak = rep.peak_host_bytes
-    mfu = rep.model_flops / rep.step_time_s / peak_flops_per_s(ctx.node, ctx.job.param_dtype)
+    mfu = mfu_frac(model_flops=rep.model_flops, step_time_s=rep.step_time_s, node=ctx.node,
+                   dtype=ctx.job.param_dtype)
     reasons = []
     if rep.peak_hbm_bytes > ctx.gpu_budget_bytes:
         reasons.append(f"HBM peak {format_bytes(rep.peak_hbm_bytes)} > {format_bytes(ctx.gpu_budget_bytes)}"

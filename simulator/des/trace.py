@@ -52,7 +52,7 @@ def chrome_trace(result: SimResult) -> dict:
         start, end = result.task_start_s[task.tid], result.task_end_s[task.tid]
         if isinstance(task, Op):
             cat = task.phase or "op"
-            args = {"layer": task.layer} if task.layer is not None else {}
+            args: dict[str, object] = {"layer": task.layer} if task.layer is not None else {}
             if task.group is not None:
                 args["collective"] = task.group
         else:

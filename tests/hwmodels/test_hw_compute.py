@@ -91,3 +91,14 @@ def test_variants_fall_back_and_tiny_kernels_cost_a_launch():
     # the GEMM fit alone would say 1 ns; the floor is the launch (or the memory side's latency)
     assert prof.fits["gemm"].time_s(2 * 64**3) < 1e-8
     assert tiny == max(node.gpu.kernel_launch_overhead_s, prof.fits["hbm_copy"].latency_s)
+
+
+def test_kernel_classes_are_op_classes_a_profile_can_fit():
+    from hwmodels.op_classes import FLOP_CLASSES, KERNEL_CLASSES
+    from hwmodels.specs import OP_CLASSES
+    from kernels.cost import MATMUL_OP_CLASSES
+    from kernels.cost import OP_CLASSES as KERNEL_OP_CLASSES
+
+    assert set(KERNEL_CLASSES) <= set(OP_CLASSES)
+    assert MATMUL_OP_CLASSES == set(FLOP_CLASSES)
+    assert KERNEL_OP_CLASSES == ("gemm", "attention_fwd", "attention_bwd", "memory", "copy")

@@ -7,14 +7,12 @@ import pickle
 
 import pytest
 
-from hwmodels.units import UserInputError
+from hwmodels.units import MiB, UserInputError
 from planners.layout.instance import lower_bound_bytes
 from planners.layout.plan import plan_layout
 from planners.layout.snapshot import load_snapshot
 from simulator.allocator import replay_caching_allocator
 from tierplan.cli import main
-
-MiB = 2**20
 
 
 def _snapshot_dict() -> dict:

@@ -15,6 +15,7 @@ import pathlib
 
 import pytest
 
+from hwmodels.units import GiB
 from planners.layout.snapshot import load_snapshot
 from planners.plan import load_plan
 from planners.swap import CAP_BAND_FRAC, PlanContext, apply_plan, capped_replay_failure, evaluate
@@ -25,7 +26,6 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 H200 = REPO / "validate" / "measurements" / "h200"
 PROBE = REPO / "validate" / "plans" / "probe48"
 BENCH = REPO / "validate" / "plans" / "bench"
-GiB = 2**30
 
 
 def _cases(name):

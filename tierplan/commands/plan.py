@@ -150,10 +150,10 @@ def _print(report, scenario, model, node) -> None:
              f" - budgets {format_bytes(scenario.gpu_budget_bytes)} HBM/GPU, "
              f"{format_bytes(scenario.host_budget_bytes)} host")
     table = Table(title=title, title_justify="left")
-    for col, justify in (("strategy", "left"), ("feasible", "left"), ("step time", "right"),
-                         ("MFU", "right"), ("HBM peak", "right"), ("host peak", "right"),
-                         ("why not / note", "left")):
-        table.add_column(col, justify=justify)
+    for col in ("strategy", "feasible", "step time", "MFU", "HBM peak", "host peak",
+                "why not / note"):
+        table.add_column(col, justify="left" if col in ("strategy", "feasible", "why not / note")
+                         else "right")
     for r in report.strategies:
         mark = "[green]yes[/green]" if r.feasible else "[red]no[/red]"
         name = f"[bold]{r.name}[/bold]" if r.name == report.best else r.name

@@ -114,8 +114,10 @@ def _run_plan(args: argparse.Namespace) -> int:
         raise UserInputError(f"{name}: a plan carries its model, job and node; give --plan alone")
     plan = load_plan(args.plan)
     ctx = PlanContext.from_plan(plan, source=args.plan)
-    result = evaluate(ctx, plan.provenance.planner, plan.layers).replay.sim
-    gpus = sum(1 for s in result.schedule.streams if s.kind == "compute")
+    replayed = evaluate(ctx, plan.provenance.planner, plan.layers).replay
+    assert replayed is not None  # evaluate always replays
+    result: Any = replayed.sim
+    gpus = sum(s.kind == "compute" for s in result.schedule.streams)
     est = estimate_training(ctx.model, ctx.job, ctx.node)
     return _report(args, result, est, gpus, ctx.scenario)
 
@@ -138,7 +140,7 @@ def _report(args: argparse.Namespace, result, est, gpus: int, scenario) -> int:
 
 
 def _summary(result, est, gpus: int) -> dict:
-    peak_pool = {}
+    peak_pool: dict[str, Any] = {}
     for p in result.pools:
         if p.peak_bytes and (p.tier not in peak_pool or p.peak_bytes > peak_pool[p.tier].peak_bytes):
             peak_pool[p.tier] = p
