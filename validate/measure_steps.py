@@ -36,6 +36,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from kernels.microbench import provenance, sync  # noqa: E402
+from kernels.timing import time_steps  # noqa: E402
 
 CONFIGS_PATH = REPO / "validate" / "measurements" / "h200" / "hf_configs.json"
 K = 1024
@@ -170,30 +171,25 @@ def run_case(*, name: str, model_key: str, cfg_dict: dict, overrides: dict, seq_
                 opt.zero_grad(set_to_none=True)
             return out.loss.detach()
 
-        times = []
-        for i in range(1 + num_timed):
+        losses = []
+
+        def before_step(i: int) -> None:
             model.zero_grad(set_to_none=True)
             sync(device)
             if device.type == "cuda":
                 rec["before_step_allocated_bytes"] = torch.cuda.memory_allocated(device)
                 torch.cuda.reset_peak_memory_stats(device)
-                start = torch.cuda.Event(enable_timing=True)
-                end = torch.cuda.Event(enable_timing=True)
-                start.record()
-            t0 = time.perf_counter()
-            loss = step()
-            if device.type == "cuda":
-                end.record()
-            sync(device)
-            dt = (start.elapsed_time(end) / 1e3 if device.type == "cuda"
-                  else time.perf_counter() - t0)
+
+        def after_warmup(i: int, dt: float) -> None:
             if i == 0:
                 rec["warmup_step_time_s"] = dt
                 if device.type == "cuda":
                     rec["warmup_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
                     rec["warmup_peak_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
-            else:
-                times.append(dt)
+
+        times = time_steps(lambda: losses.append(step()), device=device, warmup=1,
+                           repeats=num_timed, before_step=before_step, after_step=after_warmup)
+        loss = losses[-1]
         rec.update(_mem(device))
         rec["loss"] = float(loss)
         rec["step_times_s"] = times

@@ -42,6 +42,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from hwmodels.units import UserInputError  # noqa: E402
+from kernels import timing  # noqa: E402
 from planners.plan import LayerPlan, Plan, load_plan  # noqa: E402
 from simulator.model import ModelSpec, get_model  # noqa: E402
 from validate.diagnostics import add_diagnostic_args, diagnostic_kwargs  # noqa: E402
@@ -110,11 +111,9 @@ def time_steps(
     after them; gradients are set to None before every step. When the last warm-up step took
     longer than ``max_step_s``, one step is timed. ``where[0]`` names the step running (for an
     out-of-memory report)."""
-    times: list[float] = []
-    total = warmup + repeats
     cuda = device.type == "cuda"
-    i = 0
-    while i < total:
+
+    def before_step(i: int) -> None:
         if where is not None:
             where[0] = f"step {i}"
         model.zero_grad(set_to_none=True)
@@ -125,23 +124,9 @@ def time_steps(
             torch.cuda.reset_peak_memory_stats(device)
             if hasattr(torch.cuda, "reset_peak_host_memory_stats"):
                 torch.cuda.reset_peak_host_memory_stats()
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            end.synchronize()
-            elapsed = start.elapsed_time(end) / 1e3
-        else:
-            t0 = time.perf_counter()
-            step()
-            elapsed = time.perf_counter() - t0
-        if i >= warmup:
-            times.append(elapsed)
-        elif i == warmup - 1 and max_step_s is not None and elapsed > max_step_s:
-            total = warmup + 1
-        i += 1
-    return times
+
+    return timing.time_steps(step, device=device, warmup=warmup, repeats=repeats,
+                             max_step_s=max_step_s, before_step=before_step)
 
 
 def run_case(
