@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import json
 import statistics
 import sys
 import time
@@ -37,6 +36,7 @@ if str(REPO) not in sys.path:
 
 from kernels.microbench import provenance, sync  # noqa: E402
 from kernels.timing import time_steps  # noqa: E402
+from validate.records import HfConfigsFile, StepsFile  # noqa: E402
 
 CONFIGS_PATH = REPO / "validate" / "measurements" / "h200" / "hf_configs.json"
 K = 1024
@@ -72,7 +72,8 @@ SMOKE_SHRINK = {
 
 
 def load_configs(path: Path = CONFIGS_PATH) -> dict:
-    return json.loads(path.read_text())["models"]
+    configs = HfConfigsFile.model_validate_json(path.read_text())
+    return {name: m.model_dump() for name, m in configs.models.items()}
 
 
 def build_config_dict(base: dict, overrides: dict, seq_len: int, smoke: bool) -> dict:
@@ -268,8 +269,7 @@ def main(argv=None) -> int:
                 records.append(rec)
                 print(summary_lines([rec])[1], f"({rec['wall_s']:.1f} s)", flush=True)
                 prov["wall_s"] = time.perf_counter() - t_start
-                out.write_text(json.dumps({"provenance": prov, "records": records},
-                                          indent=1) + "\n")
+                out.write_text(StepsFile(provenance=prov, records=records).to_json())
             if args.smoke:
                 break  # one length per case is enough for a logic check
     print("\n".join(summary_lines(records)))

@@ -48,6 +48,7 @@ from simulator.model import ModelSpec, get_model  # noqa: E402
 from validate.diagnostics import add_diagnostic_args, diagnostic_kwargs  # noqa: E402
 from validate.executor import PlanExecutor, check_fits, host_memory_bytes  # noqa: E402
 from validate.model import build_model, make_batch  # noqa: E402
+from validate.records import ComparisonFile, KernelProfile, PlanRunFile  # noqa: E402
 
 SMOKE_SHAPE = {
     "hidden_size": 64,
@@ -274,7 +275,8 @@ def profile_kernels(step: Callable[[], Any], path: Path, top: int = 60) -> dict[
         "kernel_s": sum(r[2] for r in rows),
         "num_kernels": sum(r[1] for r in rows),
     }
-    path.write_text(json.dumps({**summary, "kernels": rows[:top], "ops": ops}, indent=1) + "\n")
+    profile = KernelProfile.model_validate({**summary, "kernels": rows[:top], "ops": ops})
+    path.write_text(json.dumps(profile.model_dump(mode="json"), indent=1) + "\n")
     return summary
 
 
@@ -514,9 +516,11 @@ def run(
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "measured.json").write_text(json.dumps(measured, indent=1, sort_keys=True) + "\n")
-    (out / "comparison.json").write_text(json.dumps(comparison, indent=1, sort_keys=True) + "\n")
-    return {"measured": measured, "comparison": comparison}
+    measured_file = PlanRunFile.model_validate(measured)
+    comparison_file = ComparisonFile.model_validate(comparison)
+    (out / "measured.json").write_text(measured_file.to_json(sort_keys=True))
+    (out / "comparison.json").write_text(comparison_file.to_json(sort_keys=True))
+    return {"measured": measured_file.to_dict(), "comparison": comparison_file.to_dict()}
 
 
 def main(argv: list[str] | None = None) -> int:
