@@ -20,7 +20,8 @@ config (hidden 4096, intermediate 11008, 32 heads of 128, vocab 32000).
 Shape legend: T tokens, H hidden (4096), I intermediate (11008), V vocab (32000),
 S sequence length, N heads, D head dim.
 
-Imports only torch and the standard library so that it runs on a bare GPU machine.
+Imports torch, pydantic (the record models of ``hwmodels.records``, which check every record
+before it is written) and the standard library, so that it runs on a bare GPU machine.
 ``--smoke`` runs tiny shapes on the CPU (wall-clock timing) to check the logic.
 """
 
@@ -29,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import json
 import math
 import os
 import platform
@@ -45,7 +45,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hwmodels.units import MiB
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: python3 kernels/microbench.py
+    sys.path.insert(0, str(REPO))
+
+from hwmodels.records import OpRecordsFile  # noqa: E402
+from hwmodels.units import MiB  # noqa: E402
 
 # Fallback L2 size when the device does not report one (CPU smoke runs).
 _DEFAULT_L2_BYTES = 32 * MiB
@@ -77,9 +82,8 @@ def _run_text(cmd: Sequence[str]) -> str | None:
 
 def provenance(argv: Sequence[str], device: torch.device) -> dict:
     """Where and how a measurement was taken: device, software versions, date, command, commit."""
-    repo = Path(__file__).resolve().parents[1]
     commit = os.environ.get("TIERPLAN_GIT_COMMIT") or _run_text(
-        ["git", "-C", str(repo), "rev-parse", "HEAD"])
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"])
     prov: dict = {
         "date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": os.environ.get("TIERPLAN_COMMAND")
@@ -770,7 +774,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[microbench] {name}: {time.perf_counter() - t0:.1f} s", flush=True)
         # write after every section so that a later failure keeps what was measured
         prov["wall_s"] = time.perf_counter() - t_start
-        out.write_text(json.dumps({"provenance": prov, "records": records}, indent=1) + "\n")
+        out.write_text(OpRecordsFile(provenance=prov, records=records).to_json())
     print("\n".join(summary_lines(records)))
     print(f"[microbench] wrote {len(records)} records to {out} "
           f"in {time.perf_counter() - t_start:.1f} s")

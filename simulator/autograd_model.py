@@ -299,59 +299,84 @@ class _Deriver:
         )
 
     def run(self, meta: dict) -> Workload:
+        """The workload of the recorded program: forward, then backward in reverse op order."""
+        self._plan_saves()
+        self.live: set[int] = set(self.b._initial)
+        self._forward()
+        initial = self._start_backward()
+        recomputed: set[int] = set()
+        ops = self.b._ops
+        for i in range(len(ops) - 1, -1, -1):
+            op = ops[i]
+            if not op.has_backward:
+                continue
+            rid = op.region
+            if rid is not None and rid not in recomputed:
+                recomputed.add(rid)
+                self._recompute(self.b._regions[rid], ops, self.live, self.saved_by,
+                                self.remaining_savers, self.b._held)
+            self._backward_op(i, op)
+        # Gradients of held inputs that require grad (e.g. the input of a bare stack) stay.
+        tensors = tuple(
+            TensorSpec(t.tid, t.name, t.num_bytes, t.role, t.layer, t.persistent) for t in self.b._tensors
+        ) + tuple(self.extra)
+        ops_out = _extend_base_lifetimes(self.ops, self.view_of)
+        return Workload(tensors=tensors, ops=tuple(ops_out), initial=tuple(initial), meta=dict(meta))
+
+    def _plan_saves(self) -> None:
+        """What each region saves, each tensor's last forward use, and which ops save it."""
         b = self.b
         T = b._tensors
-        ops = b._ops
-        region_of_op = {i: op.region for i, op in enumerate(ops)}
-        regions = b._regions
-
         # What each checkpoint region really saves: its inputs (that are not params).
         # (tensors the caller holds anyway, such as rotary tables, are not counted as saved)
-        ckpt_saved: dict[int, tuple[int, ...]] = {
-            r.rid: tuple(i for i in r.inputs if not T[i].is_param and i not in b._held) for r in regions
+        self.ckpt_saved: dict[int, tuple[int, ...]] = {
+            r.rid: tuple(i for i in r.inputs if not T[i].is_param and i not in b._held) for r in b._regions
         }
-
         # Forward liveness: last forward consumer of each tensor.
-        last_use: dict[int, int] = {}
-        for i, op in enumerate(ops):
+        self.last_use: dict[int, int] = {}
+        for i, op in enumerate(b._ops):
             for t in op.inputs:
-                last_use[t] = i
+                self.last_use[t] = i
         # Saved-tensor owners in the forward: which ops save it (outside checkpoint regions,
         # or region inputs, which the region saves).
-        saved_by: dict[int, list[int]] = {}
-        for i, op in enumerate(ops):
+        self.saved_by: dict[int, list[int]] = {}
+        for i, op in enumerate(b._ops):
             if op.region is None and op.has_backward:
                 for t in op.saves:
-                    saved_by.setdefault(t, []).append(i)
-        region_first = {r.rid: r.first_op for r in regions}
-        for r in regions:
-            for t in ckpt_saved[r.rid]:
-                saved_by.setdefault(t, []).append(r.first_op)
+                    self.saved_by.setdefault(t, []).append(i)
+        self.region_first = {r.rid: r.first_op for r in b._regions}
+        for r in b._regions:
+            for t in self.ckpt_saved[r.rid]:
+                self.saved_by.setdefault(t, []).append(r.first_op)
 
-        held = b._held
-        live: set[int] = set(b._initial)
+    def _forward_frees(self, i: int, op) -> list[int]:
+        """Tensors the forward op ``i`` is the last to need (neither held nor saved)."""
+        held, live, last_use, saved_by = self.b._held, self.live, self.last_use, self.saved_by
+        frees = []
+        for t in set(op.inputs) | set(op.outputs):
+            if t in held or t not in live:
+                continue
+            if last_use.get(t, -1) > i:
+                continue
+            if t in op.outputs and last_use.get(t, -1) == -1 and t not in saved_by:
+                # An output nobody consumes and nobody saves: freed at once (rare).
+                frees.append(t)
+                continue
+            if t in saved_by:
+                continue
+            if last_use.get(t, -1) == i:
+                frees.append(t)
+        return frees
 
-        # ---- forward ----
-        for i, op in enumerate(ops):
+    def _forward(self) -> None:
+        T, live = self.b._tensors, self.live
+        for i, op in enumerate(self.b._ops):
             allocs = [o for o in op.outputs if o not in live]
             live.update(allocs)
             ws = []
             if op.fwd_workspace_bytes:
                 ws = [self._new_tensor(f"{op.name}.workspace", op.fwd_workspace_bytes, Role.WORKSPACE, op.layer)]
-            frees = list(ws)
-            for t in set(op.inputs) | set(op.outputs):
-                if t in held or t not in live:
-                    continue
-                if last_use.get(t, -1) > i:
-                    continue
-                if t in op.outputs and last_use.get(t, -1) == -1 and t not in saved_by:
-                    # An output nobody consumes and nobody saves: freed at once (rare).
-                    frees.append(t)
-                    continue
-                if t in saved_by:
-                    continue
-                if last_use.get(t, -1) == i:
-                    frees.append(t)
+            frees = list(ws) + self._forward_frees(i, op)
             for t in frees:
                 live.discard(t)
             if op.region is None:
@@ -359,118 +384,107 @@ class _Deriver:
             else:
                 # reported as saved: the region inputs autograd needs gradients for; the others
                 # (rotary tables, masks) stay alive through the closure all the same
-                saves = (tuple(t for t in ckpt_saved[op.region] if T[t].requires_grad)
-                         if i == region_first[op.region] else ())
+                saves = (tuple(t for t in self.ckpt_saved[op.region] if T[t].requires_grad)
+                         if i == self.region_first[op.region] else ())
             phase = Phase.LOSS if op.kind.startswith("loss") else Phase.FWD
             self._emit(op.name, op.kind, phase, op.layer, op.cost, allocs + ws, frees, saves)
 
-        # ---- backward ----
-        grad_of: dict[int, int] = {}  # activation tid -> its gradient tensor tid
-        remaining_savers: dict[int, int] = {t: len(v) for t, v in saved_by.items()}
-        param_grad: dict[int, int] = {}
-        for t in T:
+    def _start_backward(self) -> list[int]:
+        """Persistent parameter gradients and the loss gradient; returns the initial tensors."""
+        b, ops = self.b, self.b._ops
+        self.grad_of: dict[int, int] = {}  # activation tid -> its gradient tensor tid
+        self.remaining_savers: dict[int, int] = {t: len(v) for t, v in self.saved_by.items()}
+        self.param_grad: dict[int, int] = {}
+        for t in b._tensors:
             if t.leaf_grad and b.grads_persist:
                 gid = self._new_tensor(f"{t.name}.grad", _grad_bytes(t), Role.GRAD, t.layer, persistent=True)
-                param_grad[t.tid] = gid
-                live.add(gid)
-        initial = list(b._initial) + [param_grad[p] for p in sorted(param_grad)]
-
+                self.param_grad[t.tid] = gid
+                self.live.add(gid)
+        initial = list(b._initial) + [self.param_grad[p] for p in sorted(self.param_grad)]
         # The loss tensor's gradient: a scalar of ones, allocated by backward().
-        loss_ops = [i for i, op in enumerate(ops) if op.kind.startswith("loss")]
         final_out = ops[-1].outputs[0] if ops and ops[-1].outputs else None
         if final_out is not None and not b.no_grad:
             gid = self._new_tensor("loss.grad", 4, Role.ACTIVATION_GRAD, None)
-            grad_of[final_out] = gid
+            self.grad_of[final_out] = gid
             self._emit("backward.start", "ones_like", Phase.BWD, None, self.b._loss_backward_cost, [gid])
-            live.add(gid)
-        del loss_ops
+            self.live.add(gid)
+        return initial
 
-        recomputed: set[int] = set()
-        # Regions' saved tensors during recompute: tensors that the inner ops save.
-        for i in range(len(ops) - 1, -1, -1):
-            op = ops[i]
-            if not op.has_backward:
+    def _input_grads(self, op, incoming: int, allocs: list[int], frees: list[int]) -> tuple[bool, int]:
+        """Gradient tensors of ``op``'s inputs; returns (incoming passed through, accumulated bytes)."""
+        T, grad_of, param_grad = self.b._tensors, self.grad_of, self.param_grad
+        accumulated_bytes = 0
+        passed = False
+        for t in op.inputs:
+            tt = T[t]
+            if not tt.requires_grad:
                 continue
-            rid = region_of_op[i]
-            if rid is not None and rid not in recomputed:
-                recomputed.add(rid)
-                self._recompute(regions[rid], ops, live, saved_by, remaining_savers, held)
-            out_grads = [grad_of.get(o) for o in op.outputs]
-            if all(g is None for g in out_grads):
-                # No gradient reached this op (e.g. an output not on the loss path).
-                self._release_saved(op, i, live, remaining_savers, held, [])
-                continue
-            allocs: list[int] = []
-            frees: list[int] = []
-            accumulated_bytes = 0
-            # Gradients for inputs.
-            incoming = next(g for g in out_grads if g is not None)
-            passed = False
-            for t in op.inputs:
-                tt = T[t]
-                if not tt.requires_grad:
-                    continue
-                if tt.leaf_grad:
-                    if t in param_grad:
-                        tmp = self._new_tensor(f"{tt.name}.grad_tmp", _grad_bytes(tt), Role.WORKSPACE, tt.layer)
-                        allocs.append(tmp)
-                        frees.append(tmp)
-                    else:
-                        gid = self._new_tensor(f"{tt.name}.grad", _grad_bytes(tt), Role.GRAD, tt.layer, persistent=True)
-                        param_grad[t] = gid
-                        allocs.append(gid)
-                    continue
-                if t in op.passthrough:
-                    if t not in grad_of and not passed:
-                        grad_of[t] = incoming
-                        passed = True
-                    elif t not in grad_of:
-                        # Second pass-through of the same gradient (x + x): a new tensor.
-                        gid = self._new_tensor(f"{tt.name}.grad", _grad_bytes(tt), Role.ACTIVATION_GRAD, tt.layer)
-                        grad_of[t] = gid
-                        allocs.append(gid)
-                    continue
-                if t not in op.grad_inputs:
-                    continue
-                if t in grad_of:
-                    # Accumulate: compute into a temporary, add in place, free the temporary.
-                    tmp = self._new_tensor(f"{tt.name}.grad_part", _grad_bytes(tt), Role.ACTIVATION_GRAD, tt.layer)
+            if tt.leaf_grad:
+                if t in param_grad:
+                    tmp = self._new_tensor(f"{tt.name}.grad_tmp", _grad_bytes(tt), Role.WORKSPACE, tt.layer)
                     allocs.append(tmp)
                     frees.append(tmp)
-                    accumulated_bytes += _grad_bytes(tt)
                 else:
+                    gid = self._new_tensor(f"{tt.name}.grad", _grad_bytes(tt), Role.GRAD, tt.layer, persistent=True)
+                    param_grad[t] = gid
+                    allocs.append(gid)
+                continue
+            if t in op.passthrough:
+                if t not in grad_of and not passed:
+                    grad_of[t] = incoming
+                    passed = True
+                elif t not in grad_of:
+                    # Second pass-through of the same gradient (x + x): a new tensor.
                     gid = self._new_tensor(f"{tt.name}.grad", _grad_bytes(tt), Role.ACTIVATION_GRAD, tt.layer)
                     grad_of[t] = gid
                     allocs.append(gid)
-            if op.bwd_workspace_bytes:
-                ws = self._new_tensor(f"{op.name}.bwd_workspace", op.bwd_workspace_bytes, Role.WORKSPACE, op.layer)
-                allocs.append(ws)
-                frees.append(ws)
-            # Incoming gradients are consumed unless passed through to an input.
-            for g in out_grads:
-                if g is None:
-                    continue
-                if passed and g == incoming:
-                    continue
-                if g in live and g not in frees:
-                    frees.append(g)
-            live.update(a for a in allocs)
-            self._release_saved(op, i, live, remaining_savers, held, frees)
-            for t in frees:
-                live.discard(t)
-            phase = Phase.BWD
-            cost = op.bwd_cost
-            if accumulated_bytes and b.accumulate_time_s is not None and cost.time_s is not None:
-                cost = replace(cost, time_s=cost.time_s + b.accumulate_time_s(accumulated_bytes),
-                               hbm_bytes=cost.hbm_bytes + 3 * accumulated_bytes)
-            self._emit(f"{op.name}.backward", op.kind, phase, op.layer, cost, allocs, frees)
-        # Gradients of held inputs that require grad (e.g. the input of a bare stack) stay.
-        tensors = tuple(
-            TensorSpec(t.tid, t.name, t.num_bytes, t.role, t.layer, t.persistent) for t in T
-        ) + tuple(self.extra)
-        workload_meta = dict(meta)
-        ops_out = _extend_base_lifetimes(self.ops, self.view_of)
-        return Workload(tensors=tensors, ops=tuple(ops_out), initial=tuple(initial), meta=workload_meta)
+                continue
+            if t not in op.grad_inputs:
+                continue
+            if t in grad_of:
+                # Accumulate: compute into a temporary, add in place, free the temporary.
+                tmp = self._new_tensor(f"{tt.name}.grad_part", _grad_bytes(tt), Role.ACTIVATION_GRAD, tt.layer)
+                allocs.append(tmp)
+                frees.append(tmp)
+                accumulated_bytes += _grad_bytes(tt)
+            else:
+                gid = self._new_tensor(f"{tt.name}.grad", _grad_bytes(tt), Role.ACTIVATION_GRAD, tt.layer)
+                grad_of[t] = gid
+                allocs.append(gid)
+        return passed, accumulated_bytes
+
+    def _backward_op(self, i: int, op) -> None:
+        b, live = self.b, self.live
+        out_grads = [self.grad_of.get(o) for o in op.outputs]
+        if all(g is None for g in out_grads):
+            # No gradient reached this op (e.g. an output not on the loss path).
+            self._release_saved(op, i, live, self.remaining_savers, b._held, [])
+            return
+        allocs: list[int] = []
+        frees: list[int] = []
+        incoming = next(g for g in out_grads if g is not None)
+        passed, accumulated_bytes = self._input_grads(op, incoming, allocs, frees)
+        if op.bwd_workspace_bytes:
+            ws = self._new_tensor(f"{op.name}.bwd_workspace", op.bwd_workspace_bytes, Role.WORKSPACE, op.layer)
+            allocs.append(ws)
+            frees.append(ws)
+        # Incoming gradients are consumed unless passed through to an input.
+        for g in out_grads:
+            if g is None:
+                continue
+            if passed and g == incoming:
+                continue
+            if g in live and g not in frees:
+                frees.append(g)
+        live.update(a for a in allocs)
+        self._release_saved(op, i, live, self.remaining_savers, b._held, frees)
+        for t in frees:
+            live.discard(t)
+        cost = op.bwd_cost
+        if accumulated_bytes and b.accumulate_time_s is not None and cost.time_s is not None:
+            cost = replace(cost, time_s=cost.time_s + b.accumulate_time_s(accumulated_bytes),
+                           hbm_bytes=cost.hbm_bytes + 3 * accumulated_bytes)
+        self._emit(f"{op.name}.backward", op.kind, Phase.BWD, op.layer, cost, allocs, frees)
 
     def _release_saved(self, op, i, live, remaining_savers, held, frees):
         """Free tensors whose last saving node is op ``i`` (or its checkpoint region)."""

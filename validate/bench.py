@@ -44,6 +44,8 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +53,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from pydantic import ValidationError  # noqa: E402
+
+from hwmodels.records import as_dicts  # noqa: E402
 from hwmodels.units import TFLOPS, GiB, MiB, UserInputError, format_bytes, parse_bytes, parse_count  # noqa: E402
+from validate.records import BenchFile  # noqa: E402
 
 MODEL = "probe-llama7b-stack"
 NUM_LAYERS = 8
@@ -413,89 +419,147 @@ cell's tensors were not given back (seen on the H200 after an out-of-memory step
 in the cells that followed): the run stops measuring rather than report inflated peaks."""
 
 
-def run_bench(
-    plans_dir: str | Path,
-    *,
-    out_dir: str | Path,
-    lengths: list[int] | None = None,
-    budgets: list[str] | None = None,
-    modes: list[str] | None = None,
-    warmup: int = 1,
-    repeats: int = 3,
-    max_step_s: float = 20.0,
-    ideal: bool = True,
-    smoke: bool = False,
-    dry_run: bool = False,
-    host_available_bytes: int | None = None,
-    argv: list[str] | None = None,
-) -> dict[str, Any]:
-    """Run the selected cells (and the ideal per length) in this process; write the file.
+@dataclass(frozen=True)
+class BenchRun:
+    """What one `run_bench` call runs, how, and where it writes."""
 
-    ``dry_run``: run nothing, write nothing; each cell that would run gets ``status: planned``
-    and ``estimated_s`` = its timed steps x its predicted step time (setup not counted), with
-    the host check against ``host_available_bytes`` (default: this machine's)."""
+    plans_dir: str | Path
+    """A directory written by `make_plans` (its index names every cell's plan)."""
+    out_dir: str | Path
+    """Where the measured file goes (not created on a dry run)."""
+    lengths: Sequence[int] | None = None
+    """Sequence lengths to run (default: every planned one)."""
+    budgets: Sequence[str] | None = None
+    """Budget labels to run (default: every planned one)."""
+    modes: Sequence[str] | None = None
+    """Modes to run (default: `MODES`)."""
+    warmup: int = 1
+    """Untimed steps before the timed ones."""
+    repeats: int = 3
+    """Timed steps (1 for a cell predicted to take longer than max_step_s)."""
+    max_step_s: float = 20.0
+    ideal: bool = True
+    """Also run the ideal (no budget) plan of each length."""
+    smoke: bool = False
+    """Tiny model on the CPU."""
+    dry_run: bool = False
+    """Run nothing, write nothing; each cell that would run gets ``status: planned`` and
+    ``estimated_s`` = its timed steps x its predicted step time (setup not counted)."""
+    host_available_bytes: int | None = None
+    """Host memory the refusal check assumes (default: this machine's)."""
+    argv: list[str] | None = None
+    """The command line recorded in the provenance (default: ``sys.argv``)."""
+
+
+def _bench_device(run: BenchRun) -> Any:
     import torch
 
-    from kernels.microbench import provenance
-    from planners.plan import load_plan
-    from validate import run_plan
-    from validate.executor import host_memory_bytes
-    from validate.run_plan import run_case
-
-    index = load_index(plans_dir)
-    plans = Path(plans_dir)
-    if warmup < 0 or repeats < 1:
+    if run.warmup < 0 or run.repeats < 1:
         raise UserInputError("--repeats: must be at least 1 (and --warmup at least 0)")
-    if smoke or dry_run:
-        device = torch.device("cpu")
-    else:
-        if not torch.cuda.is_available():
-            raise UserInputError("bench run: no CUDA device here (use --smoke for a CPU check)")
-        device = torch.device("cuda", torch.cuda.current_device())
+    if run.smoke or run.dry_run:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserInputError("bench run: no CUDA device here (use --smoke for a CPU check)")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def _selection(run: BenchRun, index: dict[str, Any]) -> tuple[list[int], list[str], list[str]]:
+    """The lengths, budgets and modes to run, each checked against what was planned."""
+    from planners.plan import load_plan
+
+    plans = Path(run.plans_dir)
     known_lengths = sorted({c["seq_len"] for c in index["cells"]})
     known_budgets = list(dict.fromkeys(c["budget"] for c in index["cells"]))
-    lengths = lengths or known_lengths
-    budgets = budgets or known_budgets
-    modes = modes or list(MODES)
+    lengths = list(run.lengths or known_lengths)
+    budgets = list(run.budgets or known_budgets)
+    modes = list(run.modes or MODES)
     for n in lengths:
         if n not in known_lengths:
             raise UserInputError(f"--lengths: {n} tokens not planned in {plans / INDEX}")
     for b in budgets:
         if b not in known_budgets:
             raise UserInputError(f"--budgets: {b!r} not planned in {plans / INDEX}")
-    cells_by_key = {(c["seq_len"], c["budget"], c["mode"]): c for c in index["cells"]}
-    ideal_by_len = {c["seq_len"]: c for c in index["ideal"]}
     for c in index["cells"]:  # a missing plan stops the run before any cell
         if c["plan"]:
             load_plan(plans / c["plan"])
+    return lengths, budgets, modes
 
-    def cap(fraction_bytes: int) -> None:
-        if device.type == "cuda":
-            total = torch.cuda.get_device_properties(device).total_memory
-            torch.cuda.set_per_process_memory_fraction(min(1.0, fraction_bytes / total), device)
 
-    leaked: dict[str, Any] = {"bytes": 0, "why": ""}
+class _BenchCells:
+    """Runs cells one at a time in this process and rewrites the measured file after each."""
 
-    def one(cell: dict[str, Any], mode: str, label: str) -> dict[str, Any]:
+    def __init__(self, run: BenchRun, index: dict[str, Any], device: Any):
+        from kernels.microbench import provenance
+
+        self.run, self.device = run, device
+        self.plans, self.out = Path(run.plans_dir), Path(run.out_dir)
+        self.leaked: dict[str, Any] = {"bytes": 0, "why": ""}
+        if not run.dry_run:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.cells: list[dict[str, Any]] = []
+        self.measured = {
+            "provenance": provenance(run.argv if run.argv is not None else sys.argv, device),
+            "plans_index": {
+                k: index[k]
+                for k in (
+                    "model",
+                    "num_layers",
+                    "node",
+                    "card_bytes",
+                    "planning_margin_frac",
+                    "host_budget_bytes",
+                )
+            },
+            "warmup": run.warmup,
+            "repeats": run.repeats,
+            "max_step_s": run.max_step_s,
+            "smoke": run.smoke,
+            "cells": self.cells,
+        }
+
+    def cap(self, fraction_bytes: int) -> None:
+        """Cap this process's device memory at ``fraction_bytes`` (no-op on the CPU)."""
+        import torch
+
+        if self.device.type == "cuda":
+            total = torch.cuda.get_device_properties(self.device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, fraction_bytes / total), self.device)
+
+    def one(self, cell: dict[str, Any], mode: str, label: str) -> dict[str, Any]:
+        """The record of one cell: refused, planned (dry run), skipped (after a leak) or run."""
+        from planners.plan import load_plan
+        from validate.executor import host_memory_bytes
+
+        run = self.run
         rec = _cell_record(cell, mode)
         if not cell["plan"]:
             rec.update(status="refused", message=f"{label}: no plan: {cell['reason']}")
             return rec
-        plan = load_plan(plans / cell["plan"])
-        host = host_memory_bytes() if host_available_bytes is None else host_available_bytes
+        plan = load_plan(self.plans / cell["plan"])
+        host = host_memory_bytes() if run.host_available_bytes is None else run.host_available_bytes
         why = _refusal(plan, cell["budget_bytes"], host)
         if why:
             rec.update(status="refused", message=f"{label}: {why}")
             return rec
         predicted_s = plan.prediction.step_time_s if plan.prediction else 0.0
-        reps = 1 if predicted_s > max_step_s else repeats
-        if dry_run:
-            rec.update(status="planned", estimated_s=(warmup + reps) * predicted_s)
+        reps = 1 if predicted_s > run.max_step_s else run.repeats
+        if run.dry_run:
+            rec.update(status="planned", estimated_s=(run.warmup + reps) * predicted_s)
             return rec
-        if leaked["bytes"]:
-            rec.update(status="skipped", message=f"{label}: not measured: {leaked['why']}")
+        if self.leaked["bytes"]:
+            rec.update(status="skipped", message=f"{label}: not measured: {self.leaked['why']}")
             return rec
-        cap(cell["budget_bytes"] if cell.get("budget", "full") != "full" else 1 << 62)
+        self.cap(cell["budget_bytes"] if cell.get("budget", "full") != "full" else 1 << 62)
+        self._measure(rec, plan, mode, label, reps)
+        return rec
+
+    def _measure(self, rec: dict[str, Any], plan: Any, mode: str, label: str, reps: int) -> None:
+        """Time the cell's plan into ``rec``; a cell that leaves memory allocated stops the rest."""
+        import torch
+
+        from validate import run_plan
+
+        run, device = self.run, self.device
         before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
         t0 = time.perf_counter()
         if mode == "save_on_cpu":
@@ -503,53 +567,31 @@ def run_bench(
                 label,
                 plan,
                 device=device,
-                warmup=warmup,
+                warmup=run.warmup,
                 repeats=reps,
-                max_step_s=max_step_s,
-                smoke=smoke,
+                max_step_s=run.max_step_s,
+                smoke=run.smoke,
             )
         else:
-            case = run_case(label, plan, device=device, warmup=warmup, repeats=reps, smoke=smoke)
+            case = run_plan.run_case(
+                label, plan, device=device, warmup=run.warmup, repeats=reps, smoke=run.smoke
+            )
         rec["wall_s"] = time.perf_counter() - t0
         rec.update({k: case[k] for k in MEASURED_KEYS if k in case})
         if device.type == "cuda":
             run_plan.free_device_memory(device)
             left = torch.cuda.memory_allocated(device) - before
             if left > LEAK_TOLERANCE_BYTES:
-                leaked["bytes"] = left
-                leaked["why"] = (f"{format_bytes(left)} of cell {label} ({rec['status']}) still "
-                                 "allocated after it; rerun the remaining cells in a new process")
+                self.leaked["bytes"] = left
+                self.leaked["why"] = (f"{format_bytes(left)} of cell {label} ({rec['status']}) "
+                                      "still allocated after it; rerun the remaining cells in a "
+                                      "new process")
                 rec["leaked_bytes"] = left
-        return rec
 
-    out = Path(out_dir)
-    if not dry_run:
-        out.mkdir(parents=True, exist_ok=True)
-    prov = provenance(argv if argv is not None else sys.argv, device)
-    cells: list[dict[str, Any]] = []
-    measured = {
-        "provenance": prov,
-        "plans_index": {
-            k: index[k]
-            for k in (
-                "model",
-                "num_layers",
-                "node",
-                "card_bytes",
-                "planning_margin_frac",
-                "host_budget_bytes",
-            )
-        },
-        "warmup": warmup,
-        "repeats": repeats,
-        "max_step_s": max_step_s,
-        "smoke": smoke,
-        "cells": cells,
-    }
-
-    def emit(rec: dict[str, Any]) -> None:
-        cells.append(rec)
-        if dry_run:
+    def emit(self, rec: dict[str, Any]) -> None:
+        """Keep ``rec``; outside a dry run, print its summary and rewrite the measured file."""
+        self.cells.append(rec)
+        if self.run.dry_run:
             return
         line = {
             k: rec.get(k)
@@ -566,20 +608,16 @@ def run_bench(
         }
         print(json.dumps(line), file=sys.stderr, flush=True)
         # rewritten after every cell: a run cut short still leaves every finished cell
-        (out / MEASURED).write_text(json.dumps(measured, indent=1, sort_keys=True) + "\n")
+        (self.out / MEASURED).write_text(
+            BenchFile.model_validate(self.measured).to_json(sort_keys=True)
+        )
 
-    for seq_len in lengths:
-        for budget in budgets:
-            for mode in modes:
-                cell = cells_by_key[(seq_len, budget, mode)]
-                emit(one(cell, mode, f"{length_label(seq_len)}-{budget}-{mode}"))
-        if not ideal:
-            continue
-        icell = ideal_by_len[seq_len]
+    def ideal(self, icell: dict[str, Any], seq_len: int) -> None:
+        """The ideal plan of a length: the none cell on the full card when it already is it."""
         same = next(
             (
                 c
-                for c in cells
+                for c in self.cells
                 if c["mode"] == "none"
                 and c["plan"] == icell["plan"]
                 and c["seq_len"] == seq_len
@@ -587,13 +625,29 @@ def run_bench(
             ),
             None,
         )
-        if same is not None:  # the none cell on the full card already is the ideal
-            rec = {**same, "mode": "ideal", "budget": "full", "reused_from": "none"}
-            emit(rec)
+        if same is not None:
+            self.emit({**same, "mode": "ideal", "budget": "full", "reused_from": "none"})
         else:
-            emit(one(icell, "ideal", f"{length_label(seq_len)}-full-ideal"))
-    cap(1 << 62)
-    return measured
+            self.emit(self.one(icell, "ideal", f"{length_label(seq_len)}-full-ideal"))
+
+
+def run_bench(run: BenchRun) -> dict[str, Any]:
+    """Run the selected cells (and the ideal per length) in this process; write the file."""
+    index = load_index(run.plans_dir)
+    device = _bench_device(run)
+    lengths, budgets, modes = _selection(run, index)
+    cells_by_key = {(c["seq_len"], c["budget"], c["mode"]): c for c in index["cells"]}
+    ideal_by_len = {c["seq_len"]: c for c in index["ideal"]}
+    bench = _BenchCells(run, index, device)
+    for seq_len in lengths:
+        for budget in budgets:
+            for mode in modes:
+                cell = cells_by_key[(seq_len, budget, mode)]
+                bench.emit(bench.one(cell, mode, f"{length_label(seq_len)}-{budget}-{mode}"))
+        if run.ideal:
+            bench.ideal(ideal_by_len[seq_len], seq_len)
+    bench.cap(1 << 62)
+    return bench.measured
 
 
 # ---- report ------------------------------------------------------------------------------------
@@ -650,11 +704,12 @@ def report_rows(measured_files: list[str | Path], plans_dir: str | Path) -> dict
     provs = []
     for f in measured_files:
         try:
-            data = json.loads(Path(f).read_text())
-            cells = data["cells"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-            raise UserInputError(f"--measured: {f}: not a bench-measured file: {err}") from None
-        provs.append(data.get("provenance", {}))
+            data = BenchFile.model_validate_json(Path(f).read_text())
+        except (OSError, ValidationError) as err:
+            first = str(err).splitlines()[0]
+            raise UserInputError(f"--measured: {f}: not a bench-measured file: {first}") from None
+        cells = as_dicts(data.cells)
+        provs.append(data.provenance.model_dump(mode="json", exclude_unset=True))
         after_oom = False
         for c in cells:
             key = (c["seq_len"], c["budget"], c["mode"])
@@ -883,7 +938,7 @@ def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         )
         return 0
     if args.bench_command == "run":
-        res = run_bench(
+        res = run_bench(BenchRun(
             args.plans,
             out_dir=args.out,
             lengths=parse_lengths(args.lengths) if args.lengths else None,
@@ -901,7 +956,7 @@ def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
                 else None
             ),
             argv=argv,
-        )
+        ))
         if args.dry_run:
             print_estimate(res["cells"])
         return 0

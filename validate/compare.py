@@ -4,8 +4,9 @@ Models: nothing of its own. It turns a measurement record into the inputs tierpl
 (a kernel cost, a transfer, a training job), asks the same public functions users call
 (``kernels`` + ``hwmodels`` for operators, ``simulator.estimator`` for whole steps) and reports
 predicted, measured and relative error side by side.
-Assumes: records in the formats of ``kernels/microbench.py`` (``{"provenance", "records"}``),
-``validate/measure_steps.py`` and the public reference probe (``hwprobe.py``).
+Assumes: records in the formats of ``kernels/microbench.py`` (``hwmodels.records.OpRecordsFile``),
+``validate/measure_steps.py`` (``validate.records.StepsFile``), both checked on reading, and the
+public reference probe (``hwprobe.py``).
 Ignores: records whose status is not "ok" and measurements that no model covers
 (pageable copies, launch overhead).
 Source: validate/measurements/ (each file carries device, torch version, date and command).
@@ -56,6 +57,21 @@ def _load(path: pathlib.Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise UserInputError(f"{path}: cannot read measurement file ({err})") from None
+
+
+def _load_records(path: pathlib.Path, model) -> list[dict]:
+    """The records of a measurement file, checked against its model (``model``)."""
+    from pydantic import ValidationError
+
+    from hwmodels.records import as_dicts
+    from hwmodels.units import UserInputError
+
+    data = _load(path)
+    try:
+        return as_dicts(model.model_validate(data).records)
+    except ValidationError as err:
+        first = str(err).splitlines()[0]
+        raise UserInputError(f"{path}: not a {model.__name__} ({first}, {err.error_count()} errors)") from None
 
 
 # ---- operators ---------------------------------------------------------------------------------
@@ -132,11 +148,12 @@ def _op_label(rec: dict) -> str:
 def compare_ops(paths: list[pathlib.Path], hardware: str = "1xH200") -> list[Row]:
     """Predicted vs measured time of every modelled microbenchmark record in ``paths``."""
     from hwmodels.catalog import load_node
+    from hwmodels.records import OpRecordsFile
 
     node = load_node(hardware)
     rows = []
     for path in paths:
-        for rec in _load(path).get("records", []):
+        for rec in _load_records(path, OpRecordsFile):
             if rec.get("status", "ok") != "ok":
                 continue
             pred = predict_op_record(rec, node)
@@ -163,9 +180,11 @@ def job_for_step_record(rec: dict):
 
 
 def step_records(paths: list[pathlib.Path]) -> list[tuple[pathlib.Path, dict]]:
+    from validate.records import StepsFile
+
     out = []
     for path in paths:
-        for rec in _load(path).get("records", []):
+        for rec in _load_records(path, StepsFile):
             if rec.get("status") == "ok":
                 out.append((path, rec))
     return out

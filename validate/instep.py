@@ -39,7 +39,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from pydantic import ValidationError  # noqa: E402
+
+from hwmodels.records import OpRecordsFile  # noqa: E402
 from hwmodels.units import UserInputError  # noqa: E402
+from validate.records import PlanRunFile  # noqa: E402
 
 SDPA_OPS = {"aten::_cudnn_attention_forward": "fwd", "aten::_cudnn_attention_backward": "bwd"}
 
@@ -112,7 +116,7 @@ def records_from_profile(data: dict[str, Any], *, source: str, dtype: str = "bf1
     return records
 
 
-def build(profile_paths: list[str], measured_path: str | None) -> dict[str, Any]:
+def build(profile_paths: list[str], measured_path: str) -> dict[str, Any]:
     """One records file from kernel profiles (and the run's measured.json for provenance)."""
     records: list[dict[str, Any]] = []
     for p in sorted(profile_paths):
@@ -123,19 +127,20 @@ def build(profile_paths: list[str], measured_path: str | None) -> dict[str, Any]
         case = Path(p).name.removesuffix(".kernels.json")
         for r in records_from_profile(data, source=p):
             records.append({**r, "case": case})
-    prov: dict[str, Any] = {}
-    if measured_path:
-        try:
-            prov = json.loads(Path(measured_path).read_text())["provenance"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-            raise UserInputError(f"--measured: {measured_path}: not a run_plan measured.json: {err}") from None
+    try:
+        run = PlanRunFile.model_validate_json(Path(measured_path).read_text())
+    except (OSError, ValidationError) as err:
+        first = str(err).splitlines()[0]
+        raise UserInputError(f"--measured: {measured_path}: not a run_plan measured.json: {first}") from None
+    prov = run.provenance.model_dump(mode="json", exclude_unset=True)
     return {"provenance": {**prov, "converted_by": "python3 validate/instep.py"}, "records": records}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profiles", nargs="+", required=True, help="<case>.kernels.json files")
-    ap.add_argument("--measured", help="the run's measured.json (its provenance is copied)")
+    ap.add_argument("--measured", required=True,
+                    help="the run's measured.json (its provenance is copied)")
     ap.add_argument("--out", required=True, help="records file to write")
     args = ap.parse_args(argv)
     try:
@@ -143,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserInputError as err:
         print(err, file=sys.stderr)
         return 2
-    Path(args.out).write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+    Path(args.out).write_text(OpRecordsFile.model_validate(out).to_json(sort_keys=True))
     print(f"{len(out['records'])} records -> {args.out}")
     return 0
 

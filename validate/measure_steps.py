@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import json
 import statistics
 import sys
 import time
@@ -36,6 +35,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from kernels.microbench import provenance, sync  # noqa: E402
+from kernels.timing import time_steps  # noqa: E402
+from validate.records import HfConfigsFile, StepsFile  # noqa: E402
 
 CONFIGS_PATH = REPO / "validate" / "measurements" / "h200" / "hf_configs.json"
 K = 1024
@@ -71,7 +72,8 @@ SMOKE_SHRINK = {
 
 
 def load_configs(path: Path = CONFIGS_PATH) -> dict:
-    return json.loads(path.read_text())["models"]
+    configs = HfConfigsFile.model_validate_json(path.read_text())
+    return {name: m.model_dump() for name, m in configs.models.items()}
 
 
 def build_config_dict(base: dict, overrides: dict, seq_len: int, smoke: bool) -> dict:
@@ -170,30 +172,25 @@ def run_case(*, name: str, model_key: str, cfg_dict: dict, overrides: dict, seq_
                 opt.zero_grad(set_to_none=True)
             return out.loss.detach()
 
-        times = []
-        for i in range(1 + num_timed):
+        losses = []
+
+        def before_step(i: int) -> None:
             model.zero_grad(set_to_none=True)
             sync(device)
             if device.type == "cuda":
                 rec["before_step_allocated_bytes"] = torch.cuda.memory_allocated(device)
                 torch.cuda.reset_peak_memory_stats(device)
-                start = torch.cuda.Event(enable_timing=True)
-                end = torch.cuda.Event(enable_timing=True)
-                start.record()
-            t0 = time.perf_counter()
-            loss = step()
-            if device.type == "cuda":
-                end.record()
-            sync(device)
-            dt = (start.elapsed_time(end) / 1e3 if device.type == "cuda"
-                  else time.perf_counter() - t0)
+
+        def after_warmup(i: int, dt: float) -> None:
             if i == 0:
                 rec["warmup_step_time_s"] = dt
                 if device.type == "cuda":
                     rec["warmup_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
                     rec["warmup_peak_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
-            else:
-                times.append(dt)
+
+        times = time_steps(lambda: losses.append(step()), device=device, warmup=1,
+                           repeats=num_timed, before_step=before_step, after_step=after_warmup)
+        loss = losses[-1]
         rec.update(_mem(device))
         rec["loss"] = float(loss)
         rec["step_times_s"] = times
@@ -272,8 +269,7 @@ def main(argv=None) -> int:
                 records.append(rec)
                 print(summary_lines([rec])[1], f"({rec['wall_s']:.1f} s)", flush=True)
                 prov["wall_s"] = time.perf_counter() - t_start
-                out.write_text(json.dumps({"provenance": prov, "records": records},
-                                          indent=1) + "\n")
+                out.write_text(StepsFile(provenance=prov, records=records).to_json())
             if args.smoke:
                 break  # one length per case is enough for a logic check
     print("\n".join(summary_lines(records)))

@@ -42,12 +42,14 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from hwmodels.units import GiB, UserInputError  # noqa: E402
+from kernels import timing  # noqa: E402
 from planners.plan import LayerPlan, Plan, load_plan  # noqa: E402
 from simulator.model import ModelSpec  # noqa: E402
 from simulator.scenario import Scenario  # noqa: E402
 from validate.diagnostics import add_diagnostic_args, diagnostic_kwargs  # noqa: E402
 from validate.executor import PlanExecutor, check_fits, host_memory_bytes  # noqa: E402
 from validate.model import build_model, make_batch  # noqa: E402
+from validate.records import ComparisonFile, KernelProfile, PlanRunFile  # noqa: E402
 
 SMOKE_SHAPE = {
     "hidden_size": 64,
@@ -116,11 +118,9 @@ def time_steps(
     after them; gradients are set to None before every step. When the last warm-up step took
     longer than ``max_step_s``, one step is timed. ``where[0]`` names the step running (for an
     out-of-memory report)."""
-    times: list[float] = []
-    total = warmup + repeats
     cuda = device.type == "cuda"
-    i = 0
-    while i < total:
+
+    def before_step(i: int) -> None:
         if where is not None:
             where[0] = f"step {i}"
         model.zero_grad(set_to_none=True)
@@ -131,23 +131,9 @@ def time_steps(
             torch.cuda.reset_peak_memory_stats(device)
             if hasattr(torch.cuda, "reset_peak_host_memory_stats"):
                 torch.cuda.reset_peak_host_memory_stats()
-        if cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            end.record()
-            end.synchronize()
-            elapsed = start.elapsed_time(end) / 1e3
-        else:
-            t0 = time.perf_counter()
-            step()
-            elapsed = time.perf_counter() - t0
-        if i >= warmup:
-            times.append(elapsed)
-        elif i == warmup - 1 and max_step_s is not None and elapsed > max_step_s:
-            total = warmup + 1
-        i += 1
-    return times
+
+    return timing.time_steps(step, device=device, warmup=warmup, repeats=repeats,
+                             max_step_s=max_step_s, before_step=before_step)
 
 
 def run_case(
@@ -295,7 +281,8 @@ def profile_kernels(step: Callable[[], Any], path: Path, top: int = 60) -> dict[
         "kernel_s": sum(r[2] for r in rows),
         "num_kernels": sum(r[1] for r in rows),
     }
-    path.write_text(json.dumps({**summary, "kernels": rows[:top], "ops": ops}, indent=1) + "\n")
+    profile = KernelProfile.model_validate({**summary, "kernels": rows[:top], "ops": ops})
+    path.write_text(json.dumps(profile.model_dump(mode="json"), indent=1) + "\n")
     return summary
 
 
@@ -535,9 +522,11 @@ def run(
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "measured.json").write_text(json.dumps(measured, indent=1, sort_keys=True) + "\n")
-    (out / "comparison.json").write_text(json.dumps(comparison, indent=1, sort_keys=True) + "\n")
-    return {"measured": measured, "comparison": comparison}
+    measured_file = PlanRunFile.model_validate(measured)
+    comparison_file = ComparisonFile.model_validate(comparison)
+    (out / "measured.json").write_text(measured_file.to_json(sort_keys=True))
+    (out / "comparison.json").write_text(comparison_file.to_json(sort_keys=True))
+    return {"measured": measured_file.to_dict(), "comparison": comparison_file.to_dict()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,8 @@ from validate import bench
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BUDGETS = "full,48GiB,7GiB"  # 7 GiB: the `none` plan (8.1 GiB predicted) is over it
 
+H200_BENCH = pathlib.Path(__file__).resolve().parents[2] / "validate" / "measurements" / "h200"
+
 
 @pytest.fixture(scope="module")
 def plans(tmp_path_factory):
@@ -103,16 +105,21 @@ def test_report_ratios_by_hand(plans, tmp_path, capsys):
             "mode": mode,
             "num_layers": 8,
             "plan": f"probe8-4k-full-{bench.MODE_STRATEGY.get(mode, 'none')}.json",
+            "budget_bytes": 141 * GiB,
+            "model_flops": 1e15,
+            "predicted": None,
             "status": "ok",
-            "step_time_s": step,
             "peak_allocated_bytes": 8 * GiB,
             "peak_reserved_bytes": 9 * GiB,
             "host_pool_peak_bytes": 0,
+            **({"step_time_s": step} if step else {}),
             **kw,
         }
 
+    committed = json.loads(sorted(H200_BENCH.glob("bench-h200-*.json"))[0].read_text())
     fake = {
-        "provenance": {"device_type": "cuda"},
+        **{k: committed[k] for k in ("provenance", "plans_index", "smoke", "warmup", "repeats",
+                                     "max_step_s")},
         "cells": [
             cell("checkpoint", 1.0),
             cell("mip", 0.8),
@@ -189,13 +196,13 @@ def test_missing_plans_dir_is_one_line(tmp_path, capsys):
 
 
 def test_dry_run_estimates_and_refuses_without_running(plans, tmp_path, capsys):
-    res = bench.run_bench(
+    res = bench.run_bench(bench.BenchRun(
         plans,
         out_dir=tmp_path / "never",
         budgets=["full"],
         dry_run=True,
         host_available_bytes=GiB,  # below save_on_cpu's predicted 4.7 GiB of host
-    )
+    ))
     assert not (tmp_path / "never").exists()
     cells = {c["mode"]: c for c in res["cells"]}
     assert cells["save_on_cpu"]["status"] == "refused"

@@ -66,11 +66,13 @@ def test_malformed_profiles_are_one_line_errors(ops, match):
 
 def test_cli_writes_the_records(tmp_path, capsys):
     out = tmp_path / "r.json"
-    code = instep.main(["--profiles", str(PROFILES / "probe8-16k-full-none.kernels.json"), "--out", str(out)])
+    measured = ["--measured", str(PROFILES / "measured.json")]
+    code = instep.main(["--profiles", str(PROFILES / "probe8-16k-full-none.kernels.json"), *measured,
+                        "--out", str(out)])
     assert code == 0
     recs = json.loads(out.read_text())["records"]
     assert {r["op"] for r in recs} == {"gemm", "sdpa", "silu_mul"}
-    assert instep.main(["--profiles", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
+    assert instep.main(["--profiles", str(tmp_path / "missing.json"), *measured, "--out", str(out)]) == 2
     assert "cannot read" in capsys.readouterr().err
 
 

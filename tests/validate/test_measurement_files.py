@@ -10,45 +10,42 @@ import subprocess
 import sys
 
 import pytest
+from pydantic import ValidationError
+
+from hwmodels.records import OpRecordsFile, as_dicts
+from validate.records import StepsFile, model_for
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-H200 = REPO / "validate" / "measurements" / "h200"
+MEASUREMENTS = REPO / "validate" / "measurements"
+H200 = MEASUREMENTS / "h200"
+ALL_FILES = sorted(MEASUREMENTS.rglob("*.json"))
 MICROBENCH_FILES = sorted(H200.glob("microbench-h200-*.json"))
 STEPS_FILES = sorted(H200.glob("steps-h200-*.json"))
 
-PROVENANCE_KEYS = ("device", "torch", "cuda", "driver", "date_utc", "command", "hostname",
-                   "git_commit")
-REQUIRED = {
-    "gemm": ("m", "n", "k", "dtype", "pass", "layer"),
-    "sdpa": ("pass", "batch", "seq_len", "num_heads", "num_kv_heads", "head_dim", "causal",
-             "backend"),
-    "rmsnorm": ("hbm_bytes", "tokens", "pass"),
-    "silu_mul": ("hbm_bytes", "tokens", "pass"),
-    "rotary": ("hbm_bytes", "tokens", "pass"),
-    "cross_entropy": ("hbm_bytes", "tokens", "pass"),
-    "embedding": ("hbm_bytes", "tokens", "pass"),
-    "copy": ("direction", "pinned", "bytes"),
-    "hbm_copy": ("bytes", "hbm_bytes"),
-    "launch_overhead": ("mode",),
-}
-STEP_KEYS = ("case", "model", "seq_len", "batch", "gradient_checkpointing", "optimizer", "config",
-             "status")
-STEP_OK_KEYS = ("num_params", "weights_allocated_bytes", "peak_allocated_bytes",
-                "peak_reserved_bytes", "allocated_after_step_bytes", "step_time_s",
-                "memory_stats")
-
-
-def _load(path):
-    data = json.loads(path.read_text())
-    assert set(data) == {"provenance", "records"}
-    return data["provenance"], data["records"]
-
 
 def _check_provenance(prov):
-    for key in PROVENANCE_KEYS:
-        assert prov.get(key), f"provenance lacks {key}"
-    assert prov["device"] == "NVIDIA H200"
-    assert prov["command"].startswith("python3 ")
+    assert prov.device == "NVIDIA H200" and prov.driver and prov.git_commit and prov.hostname
+    assert prov.command.startswith("python3 ")
+
+
+@pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: str(p.relative_to(MEASUREMENTS)))
+def test_every_file_validates_and_round_trips(path):
+    data = json.loads(path.read_text())
+    record = model_for(path).model_validate(data)
+    # what a writer dumps from the model is what the file holds, key for key
+    assert record.model_dump(mode="json", exclude_unset=True) == data
+
+
+def test_a_record_the_readers_cannot_use_is_rejected():
+    data = json.loads(MICROBENCH_FILES[0].read_text())
+    gemm = next(r for r in data["records"] if r["op"] == "gemm")
+    for bad in ({**gemm, "time_s": 0.0}, {**gemm, "flops_typo": 1}, {**gemm, "op": "gem"}):
+        with pytest.raises(ValidationError):
+            OpRecordsFile.model_validate({**data, "records": [bad]})
+    with pytest.raises(ValidationError):
+        OpRecordsFile.model_validate({**data, "provenance": {**data["provenance"], "device": ""}})
+    with pytest.raises(ValueError, match="no measurement model"):
+        model_for("notes.json")
 
 
 def test_files_exist():
@@ -57,18 +54,15 @@ def test_files_exist():
 
 @pytest.mark.parametrize("path", MICROBENCH_FILES, ids=lambda p: p.name)
 def test_microbench_file(path):
-    prov, records = _load(path)
-    _check_provenance(prov)
+    data = OpRecordsFile.model_validate_json(path.read_text())
+    _check_provenance(data.provenance)
+    records = as_dicts(data.records)
     ops = {r["op"] for r in records}
     assert {"gemm", "sdpa", "copy", "hbm_copy", "launch_overhead", "rmsnorm"} <= ops
     for r in records:
-        for key in REQUIRED[r["op"]]:
-            assert key in r, f"{r['op']} record lacks {key}: {r}"
         if r.get("status", "ok") != "ok":
             continue
-        assert r["time_s"] > 0 and r["time_min_s"] <= r["time_s"] <= r["time_max_s"]
-        if "hbm_bytes" in r:
-            assert r["hbm_bytes"] > 0
+        assert r["time_min_s"] <= r["time_s"] <= r["time_max_s"]
     # every Llama-7B GEMM shape is there, in all three passes, at 4K..128K tokens
     gemm = {(r["layer"], r["pass"], r["tokens"]) for r in records if r["op"] == "gemm"}
     for layer in ("qkv", "o", "gate_up", "down"):
@@ -85,38 +79,34 @@ def test_microbench_file(path):
 
 @pytest.mark.parametrize("path", STEPS_FILES, ids=lambda p: p.name)
 def test_steps_file(path):
-    prov, records = _load(path)
-    _check_provenance(prov)
-    assert prov.get("transformers")
-    assert records
-    for r in records:
-        for key in STEP_KEYS:
-            assert key in r, f"step record lacks {key}"
-        assert r["status"] in ("ok", "oom", "skipped", "error")
-        if r["status"] != "ok":
+    data = StepsFile.model_validate_json(path.read_text())
+    _check_provenance(data.provenance)
+    assert data.provenance.transformers
+    assert data.records
+    for r in data.records:
+        if r.status != "ok":
             continue
-        for key in STEP_OK_KEYS:
-            assert key in r, f"{r['case']} lacks {key}"
-        assert r["step_time_s"] > 0 and all(t > 0 for t in r["step_times_s"])
+        assert r.step_time_s and r.memory_stats and all(t > 0 for t in r.step_times_s)
         # peak covers the weights, reserved covers allocated
-        assert r["weights_allocated_bytes"] >= r["param_bytes"]
-        assert r["peak_allocated_bytes"] > r["weights_allocated_bytes"]
-        assert r["peak_reserved_bytes"] >= r["peak_allocated_bytes"]
-        assert r["num_params"] * 2 == r["param_bytes"]  # bf16 parameters
+        assert r.weights_allocated_bytes >= r.param_bytes
+        assert r.peak_allocated_bytes > r.weights_allocated_bytes
+        assert r.peak_reserved_bytes >= r.peak_allocated_bytes
+        assert r.num_params * 2 == r.param_bytes  # bf16 parameters
 
 
-def _smoke(script, tmp_path):
+def _smoke(script, model, tmp_path):
     out = tmp_path / "out.json"
     proc = subprocess.run([sys.executable, str(REPO / script), "--smoke", "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    prov, records = _load(out)
-    assert prov["device_type"] == "cpu" and prov["command"].startswith("python3 ")
-    return records
+    data = model.model_validate_json(out.read_text())  # what the script wrote, its reader reads
+    assert json.loads(out.read_text())["schema_version"] == 1
+    assert data.provenance.device_type == "cpu" and data.provenance.command.startswith("python3 ")
+    return as_dicts(data.records)
 
 
 def test_microbench_smoke_on_cpu(tmp_path):
-    records = _smoke("kernels/microbench.py", tmp_path)
+    records = _smoke("kernels/microbench.py", OpRecordsFile, tmp_path)
     ops = {r["op"] for r in records}
     assert {"gemm", "sdpa", "rmsnorm", "silu_mul", "rotary", "cross_entropy", "embedding",
             "hbm_copy", "launch_overhead"} <= ops
@@ -124,7 +114,7 @@ def test_microbench_smoke_on_cpu(tmp_path):
 
 
 def test_measure_steps_smoke_on_cpu(tmp_path):
-    records = _smoke("validate/measure_steps.py", tmp_path)
+    records = _smoke("validate/measure_steps.py", StepsFile, tmp_path)
     assert records and all(r["status"] == "ok" for r in records), records
     assert {r["gradient_checkpointing"] for r in records} == {False, True}
     assert any(r["optimizer"] for r in records)

@@ -1,0 +1,294 @@
+"""Typed measurement files above the operator level: steps, plan runs, bench cells, profiles.
+
+Models: the files under validate/measurements/ that the validate scripts write, each a
+`RecordFile` (the shared `hwmodels.records.Provenance` plus a schema version) with its records:
+whole-model training steps (measure_steps.py), plan runs and their predicted-vs-measured rows
+(run_plan.py), bench cells (bench.py), kernel profiles of one step (run_plan.py
+--kernel-profile), arena replays and allocator snapshots (validate/scripts), the Hugging Face
+configs the step cases build, and the public reference probes. `model_for` names the model of a
+committed file from its name; a test validates every file with it.
+Assumes: pydantic v2; nested figures the executor or the planner owns (copy statistics, arena
+solves, predictions) are kept as the flat JSON objects they are.
+Ignores: Markdown reports and pickled snapshots (never unpickled).
+Source: validate/measurements/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field
+
+from hwmodels.records import OpRecordsFile, RecordFile, RecordModel
+
+Scalar = float | int | str | bool | None
+
+
+# ---- whole-model steps (measure_steps.py) ------------------------------------------------------
+class StepRecord(RecordModel):
+    """One Hugging Face model, one length, one checkpointing choice: a warm-up and timed steps."""
+
+    case: str
+    model: str
+    """Key into hf_configs.json."""
+    seq_len: int = Field(gt=0)
+    batch: int = Field(gt=0)
+    dtype: str
+    gradient_checkpointing: bool
+    optimizer: str | None
+    """``None`` (no optimizer step), ``adamw_foreach`` or ``adamw_fused``."""
+    use_cache: bool
+    config: dict[str, Any]
+    """The config.json the model was built from (after overrides)."""
+    overrides: dict[str, Any]
+    sliding_window: int | None
+    status: Literal["ok", "oom", "skipped", "error"]
+    error: str | None = None
+    """First line of the error, when status is not ok."""
+    attn_implementation: str | None = None
+    num_params: int | None = Field(None, gt=0)
+    param_bytes: int | None = Field(None, gt=0)
+    allocated_before_build_bytes: int | None = Field(None, ge=0)
+    weights_allocated_bytes: int | None = Field(None, ge=0)
+    before_step_allocated_bytes: int | None = Field(None, ge=0)
+    warmup_step_time_s: float | None = Field(None, gt=0)
+    warmup_peak_allocated_bytes: int | None = Field(None, ge=0)
+    warmup_peak_reserved_bytes: int | None = Field(None, ge=0)
+    peak_allocated_bytes: int | None = Field(None, ge=0)
+    """Peak of the last timed step (peaks are reset before each step)."""
+    peak_reserved_bytes: int | None = Field(None, ge=0)
+    allocated_after_step_bytes: int | None = Field(None, ge=0)
+    reserved_after_step_bytes: int | None = Field(None, ge=0)
+    memory_stats: dict[str, int | None] | None = None
+    """Selected ``torch.cuda.memory_stats`` keys after the last step."""
+    loss: float | None = None
+    step_times_s: list[float] | None = None
+    step_time_s: float | None = Field(None, gt=0)
+    """Median of step_times_s."""
+    wall_s: float | None = Field(None, ge=0)
+
+
+class StepsFile(RecordFile):
+    """validate/measure_steps.py."""
+
+    records: list[StepRecord]
+
+
+# ---- plan runs (run_plan.py) -------------------------------------------------------------------
+class PlanCase(RecordModel):
+    """One plan run by the executor: refused, out of memory, or timed."""
+
+    case: str
+    planner: str
+    model: str
+    num_layers: int = Field(gt=0)
+    seq_len: int = Field(gt=0)
+    micro_batch: int = Field(gt=0)
+    gpu_budget_bytes: int | None = Field(gt=0)
+    prediction: dict[str, Scalar] | None
+    """The plan's own prediction (simulator replay), as the plan file holds it."""
+    status: Literal["ok", "refused", "oom"]
+    message: str | None = None
+    """Why the case was refused or ran out of memory."""
+    host_pool_bytes: int | None = Field(None, ge=0)
+    host_pool_setup_s: float | None = Field(None, ge=0)
+    host_pool_peak_bytes: int | None = Field(None, ge=0)
+    step_time_s: float | None = Field(None, gt=0)
+    """Median of step_times_s."""
+    step_times_s: list[float] | None = None
+    copy_stats: dict[str, float | int | None] | None = None
+    """The executor's copy statistics of the last step (bytes, busy time, stall, recompute)."""
+    arena: dict[str, Scalar] | None = None
+    """The executor's arena solve, when its buffers live in one allocation."""
+    prediction_arena: dict[str, int] | None = None
+    peak_allocated_bytes: int | None = Field(None, ge=0)
+    peak_reserved_bytes: int | None = Field(None, ge=0)
+    kernel_profile: dict[str, float | int] | None = None
+    """Summary of one profiled step (its kernels are in a separate kernel-profile file)."""
+    memory_trace: str | None = None
+    """File name of the allocator snapshot of the case."""
+    grad_check: dict[str, Scalar] | None = None
+    """Gradients of the plan against the plain model's."""
+
+
+class PlanRunFile(RecordFile):
+    """run_plan.py's measured.json."""
+
+    warmup: int = Field(ge=0)
+    repeats: int = Field(gt=0)
+    cases: list[PlanCase]
+
+
+class ComparisonRow(RecordModel):
+    """One figure of one case: predicted, measured, relative error."""
+
+    case: str
+    figure: str
+    predicted: float
+    measured: float
+    rel_error: float | None
+    """predicted / measured - 1 (None where measured is 0)."""
+
+
+class NotMeasured(RecordModel):
+    """A case that produced no figures, and why."""
+
+    case: str
+    status: str
+    message: str | None
+    predicted_feasible: bool
+
+
+class ComparisonFile(RecordFile):
+    """run_plan.py's comparison.json."""
+
+    rows: list[ComparisonRow]
+    not_measured: list[NotMeasured] | None = None
+
+
+class KernelProfile(RecordModel):
+    """One step under torch.profiler: its kernels (name, count, seconds) and aten ops."""
+
+    wall_s: float = Field(gt=0)
+    kernel_s: float = Field(ge=0)
+    """Summed kernel time (the GPU's busy time if kernels do not overlap)."""
+    num_kernels: int = Field(ge=0)
+    kernels: list[tuple[str, int, float]]
+    """The top kernels by total time: name, count, total seconds."""
+    ops: list[tuple[str, str, int, float]] | None = None
+    """Aten ops: name, input shapes, count, device seconds of the kernels they launched."""
+
+
+# ---- bench (bench.py) --------------------------------------------------------------------------
+class BenchCell(RecordModel):
+    """One (length, budget, strategy, mode) cell of the bench grid."""
+
+    seq_len: int = Field(gt=0)
+    budget: str
+    """Budget label (``full``, ``48G``, ...)."""
+    budget_bytes: int = Field(gt=0)
+    mode: str
+    """Strategy or executor mode of the cell."""
+    plan: str | None
+    """Plan file name inside the plans directory (none when the planner found no plan)."""
+    num_layers: int = Field(gt=0)
+    model_flops: float | None = Field(gt=0)
+    predicted: dict[str, float | int | None] | None
+    status: str
+    """``ok``, ``refused``, ``oom`` or ``planned`` (an estimate-only run)."""
+    message: str | None = None
+    reused_from: str | None = None
+    """The cell whose measurement this one shares (the same plan)."""
+    estimated_s: float | None = Field(None, ge=0)
+    leaked_bytes: int | None = Field(None, gt=0)
+    """Device memory the cell left allocated (the cells after it are skipped)."""
+    wall_s: float | None = Field(None, ge=0)
+    host_pool_bytes: int | None = Field(None, ge=0)
+    host_pool_peak_bytes: int | None = Field(None, ge=0)
+    host_allocator_peak_bytes: int | None = Field(None, ge=0)
+    peak_allocated_bytes: int | None = Field(None, ge=0)
+    peak_reserved_bytes: int | None = Field(None, ge=0)
+    step_time_s: float | None = Field(None, gt=0)
+    step_times_s: list[float] | None = None
+    copy_stats: dict[str, float | int | None] | None = None
+
+
+class BenchFile(RecordFile):
+    """bench.py run's measured file."""
+
+    smoke: bool
+    warmup: int = Field(ge=0)
+    repeats: int = Field(gt=0)
+    max_step_s: float = Field(gt=0)
+    plans_index: dict[str, Any]
+    """The plans directory's index: model, node, layers, card and host budgets, margin."""
+    cells: list[BenchCell]
+
+
+# ---- one-off probes (validate/scripts) ---------------------------------------------------------
+class ArenaReplayFile(RecordFile):
+    """arena_replay_probe.py: predicted against measured arena figures, per plan."""
+
+    plans: dict[str, dict[str, Scalar]]
+
+
+class SnapshotRecord(RecordModel):
+    """One step's allocator snapshot, reduced to segments and a trace of (field...) rows."""
+
+    case: str
+    model: str
+    seq_len: int = Field(gt=0)
+    num_hidden_layers: int = Field(gt=0)
+    gradient_checkpointing: bool
+    num_steps: int = Field(gt=0)
+    peak_allocated_bytes: int = Field(ge=0)
+    peak_reserved_bytes: int = Field(ge=0)
+    segment_fields: list[str]
+    segments: list[list[Scalar]]
+    trace_fields: list[str]
+    trace: list[list[Scalar]]
+
+
+class SnapshotsFile(RecordFile):
+    """PyTorch memory snapshots of whole-model steps."""
+
+    about: str = Field(alias="_about")
+    records: list[SnapshotRecord]
+
+
+class HfModelConfig(RecordModel):
+    """One model's published config and where it comes from."""
+
+    source: str
+    """Where the config.json was published."""
+    config: dict[str, Any]
+
+
+class HfConfigsFile(RecordModel):
+    """The published config.json values measure_steps.py builds its models from (an input)."""
+
+    about: str = Field(alias="_about")
+    models: dict[str, HfModelConfig]
+
+
+class ReferenceProbe(RecordModel):
+    """A public reference probe (hwprobe.py, hostprobe.py): its own flat format, read by
+    hwmodels.calibrate; only its torch version is common to every probe."""
+
+    model_config = ConfigDict(frozen=True, extra="allow", use_attribute_docstrings=True)
+
+    torch: str
+
+
+_BY_NAME: tuple[tuple[str, type[RecordModel]], ...] = (
+    ("-comparison.json", ComparisonFile),
+    ("comparison.json", ComparisonFile),
+    ("-measured.json", PlanRunFile),
+    ("measured.json", PlanRunFile),
+    (".kernels.json", KernelProfile),
+)
+_BY_PREFIX: tuple[tuple[str, type[RecordModel]], ...] = (
+    ("microbench-", OpRecordsFile),
+    ("gemm-warm-cold-", OpRecordsFile),
+    ("instep-", OpRecordsFile),
+    ("steps-", StepsFile),
+    ("bench-", BenchFile),
+    ("arena-replay-", ArenaReplayFile),
+    ("snapshots-", SnapshotsFile),
+    ("kernels-h200-2026-11-28-probe8-", KernelProfile),
+    ("hf_configs", HfConfigsFile),
+    ("h200", ReferenceProbe),
+)
+
+
+def model_for(path: str | Path) -> type[RecordModel]:
+    """The model of a measurement file, from its name (as the scripts name them)."""
+    name = Path(path).name
+    for suffix, model in _BY_NAME:
+        if name.endswith(suffix):
+            return model
+    for prefix, model in _BY_PREFIX:
+        if name.startswith(prefix):
+            return model
+    raise ValueError(f"{path}: no measurement model for this file name")
