@@ -61,14 +61,19 @@ class LayerMovement:
         return self.release_op, self.restore_op
 
 
-def step_movements(*, num_layers: int, lookahead: int, prefetch_at: str = "layer",
+def step_movements(*, lookahead: int, prefetch_at: str = "layer", num_layers: int | None = None,
                    workload: Workload | None = None) -> tuple[LayerMovement, ...]:
     """Every decoder layer's movement points for a prefetch ``lookahead`` and ``prefetch_at``;
-    with ``workload`` also the op indices (its layers must be 0..``num_layers``-1)."""
+    with ``workload`` also the op indices (its layers must be 0..``num_layers``-1; None: as
+    many as it has)."""
     if lookahead < 0:
         raise ValueError(f"lookahead: must be >= 0, got {lookahead}")
     if prefetch_at not in PREFETCH_POINTS:
         raise ValueError(f"prefetch_at: expected one of {', '.join(PREFETCH_POINTS)}, got {prefetch_at!r}")
+    if num_layers is None:
+        if workload is None:
+            raise ValueError("step_movements: give num_layers or a workload")
+        num_layers = len({op.layer for op in workload.ops if op.layer is not None and op.phase == Phase.FWD})
     n = num_layers
     moves = tuple(LayerMovement(layer=i, release_after_layer=i + 1 if i + 1 < n else None,
                                 prefetch_layer=i + lookahead if i + lookahead < n else None,
