@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from hwmodels.units import GiB, format_bytes
 from planners.plan import KEEP, LayerPlan, RoleAction
+from planners.solvers import NO_SOLUTION, relative_gap
 from planners.swap.apply import PREFETCH_POINTS
 from planners.swap.context import PlanContext
 from planners.swap.evaluate import StrategyResult, evaluate
@@ -34,6 +35,9 @@ REFINE_MIN_FRAC = 0.005
 last budget that did not (down to ``REFINE_MIN_FRAC`` of the budget): the doubling steps
 overshoot, and a plan on a budget up to 8% larger can be markedly faster."""
 TIE_BREAK_FRAC = 1e-7
+MIN_SOLVE_S = 0.05
+"""A solve, or a variant, is started only with at least this much of the time limit left
+(the first solve of a request always runs)."""
 BUDGET_MARGIN_FRAC = 1e-3
 """The MIP plans against budgets 0.1% below the user's: fractions are rounded to 6 decimals
 and token slices to whole bytes after solving, which must not tip a plan over a budget."""
@@ -48,6 +52,12 @@ class MipSolution:
     gap: float | None
     solve_time_s: float
     binding: str  # the constraint that makes the request infeasible, when it is
+    best_bound_s: float | None = None  # the solver's proven lower bound on the objective
+
+    @property
+    def timed_out(self) -> bool:
+        """Stopped by its time limit before any incumbent."""
+        return self.status == NO_SOLUTION
 
 
 def solve_mip(ctx: PlanContext, *, budget_bytes: int | None = None, host_budget_bytes: int | None = None,
@@ -64,14 +74,17 @@ def solve_mip(ctx: PlanContext, *, budget_bytes: int | None = None, host_budget_
     mip.add_forward_d2h_queue()
     mip.add_backward_h2d_queue()
     mip.set_objective()
-    result = solve(mip.prob, time_limit_s=time_limit_s, solver=solver, lp_path=lp_path)
+    # building the problem counts against the limit
+    limit = max(MIN_SOLVE_S, time_limit_s - (time.perf_counter() - t0))
+    result = solve(mip.prob, time_limit_s=limit, solver=solver, lp_path=lp_path)
     elapsed = time.perf_counter() - t0
     if not result.has_solution:
         return MipSolution(layers=(), objective_s=None, status=result.status, solver=result.solver,
                            gap=result.gap, solve_time_s=elapsed,
-                           binding=mip.binding(result.status) or result.status)
+                           binding=mip.binding(result.status) or result.status, best_bound_s=result.best_bound)
     return MipSolution(layers=mip.layers(), objective_s=float(mip.step.value()), status=result.status,
-                       solver=result.solver, gap=result.gap, solve_time_s=elapsed, binding="")
+                       solver=result.solver, gap=result.gap, solve_time_s=elapsed, binding="",
+                       best_bound_s=result.best_bound)
 
 
 class _SwapMip:
@@ -329,14 +342,20 @@ def _layer_from_solution(i, lp: LayerProfile, full, o_in, o_at, keep, off, rec) 
 
 
 def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "highs",
-             fallbacks: Sequence[StrategyResult] = ()) -> tuple[StrategyResult, MipSolution | None]:
+             fallbacks: Sequence[StrategyResult] = (),
+             deadline_s: float | None = None) -> tuple[StrategyResult, MipSolution | None]:
     """Solve, replay, and tighten the HBM budget by the replay's overshoot (allocated bytes) or
     by a growing step (the caching allocator's fragmentation) until the plan fits.
 
     Returns the best of the MIP's plan and the feasible ``fallbacks`` (a baseline is a point of
     the MIP's space the linear model may have misjudged), and the MIP's last solution.
+    ``time_limit_s`` is the limit the plan records; ``deadline_s`` (``time.perf_counter()``
+    time, default: ``time_limit_s`` from now) is when no further solve starts: building,
+    solving and replaying count against it. Stopped without any incumbent, it returns the
+    fastest valid fallback with status ``time_limit:fallback:<name>``, never "infeasible".
     """
     t0 = time.perf_counter()
+    deadline = t0 + time_limit_s if deadline_s is None else deadline_s
     budget, host_budget = ctx.gpu_budget_bytes, ctx.host_budget_bytes
     sol = None
     best: StrategyResult | None = None
@@ -344,7 +363,7 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
     frag_failed: int | None = None  # the last budget whose plan the caching allocator could not serve
 
     def attempt(budget_bytes: int) -> tuple[MipSolution, StrategyResult | None]:
-        remaining = max(1e-3, time_limit_s - (time.perf_counter() - t0))
+        remaining = max(1e-3, deadline - time.perf_counter())
         s = solve_mip(ctx, budget_bytes=budget_bytes, host_budget_bytes=host_budget, time_limit_s=remaining,
                       solver=solver)
         if not s.layers:
@@ -352,7 +371,9 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
         return s, evaluate(ctx, "mip", s.layers, solver=s.solver, status=s.status, gap=s.gap,
                            solve_time_s=time.perf_counter() - t0, time_limit_s=time_limit_s)
 
-    for _ in range(MAX_REPAIRS):
+    for k in range(MAX_REPAIRS):
+        if k and deadline - time.perf_counter() < MIN_SOLVE_S:
+            break
         sol, res = attempt(budget)
         if res is None:
             break
@@ -371,7 +392,7 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
     if best is not None and best.feasible and frag_failed is not None:
         lo, hi = budget, frag_failed
         for _ in range(REFINE_SOLVES):
-            if hi - lo < REFINE_MIN_FRAC * ctx.gpu_budget_bytes or time.perf_counter() - t0 >= time_limit_s:
+            if hi - lo < REFINE_MIN_FRAC * ctx.gpu_budget_bytes or deadline - time.perf_counter() < MIN_SOLVE_S:
                 break
             mid = (lo + hi) // 2
             mid_sol, res = attempt(mid)
@@ -384,14 +405,19 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
     candidates = [r for r in fallbacks if r.feasible]
     if best is not None and best.feasible:
         candidates.append(best)
+    timed_out = best is None and (sol is None or sol.timed_out)
     if not candidates:
         reason = (best.reason if best is not None else (sol.binding if sol else "no solution"))
+        if timed_out:
+            reason = (f"time limit: the MIP found no plan in its {time_limit_s:g} s share of the limit and no baseline fits "
+                      "(a longer --time-limit may find one)")
         return (StrategyResult(name="mip", feasible=False, step_time_s=best.step_time_s if best else None,
                                mfu=best.mfu if best else None,
                                peak_hbm_bytes=best.peak_hbm_bytes if best else None,
                                peak_host_bytes=best.peak_host_bytes if best else None,
                                reason=reason, plan=best.plan if best else None,
-                               replay=best.replay if best else None, applied=best.applied if best else None),
+                               replay=best.replay if best else None, applied=best.applied if best else None,
+                               timed_out=timed_out),
                 sol)
     winner = min(candidates, key=lambda r: (r.step_time_s, r.name != "mip"))
     if winner.name == "mip":
@@ -399,17 +425,23 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
     # a baseline replays faster than the MIP's plan, or the MIP stopped without one: return the
     # baseline, saying so
     elapsed = time.perf_counter() - t0
+    gap = sol.gap if sol else None
+    if timed_out and sol is not None and sol.best_bound_s is not None:
+        gap = relative_gap(winner.step_time_s, sol.best_bound_s)  # the baseline's, against the bound
     res = evaluate(ctx, "mip", winner.plan.layers, solver=sol.solver if sol else None,
-                   status=f"fallback:{winner.name}", gap=sol.gap if sol else None, solve_time_s=elapsed,
-                   time_limit_s=time_limit_s)
-    if best is not None and best.feasible:
+                   status=f"{'time_limit:' if timed_out else ''}fallback:{winner.name}", gap=gap,
+                   solve_time_s=elapsed, time_limit_s=time_limit_s)
+    if timed_out:
+        why = f"time limit: the MIP found no plan in its {time_limit_s:g} s share of the limit"
+    elif best is not None and best.feasible:
         why = "replays faster than the MIP's"
     elif best is not None:
         why = f"the MIP's plans do not fit: {best.reason}"
     else:
         why = f"the MIP returned no feasible plan: {sol.status if sol else 'not run'}"
 
-    return StrategyResult(**{**res.__dict__, "reason": f"{winner.name}'s plan ({why})"}), sol
+    return StrategyResult(**{**res.__dict__, "reason": f"{winner.name}'s plan ({why})",
+                             "timed_out": timed_out}), sol
 
 
 def mip_variants(ctx: PlanContext) -> list[tuple[str, str]]:
@@ -424,19 +456,26 @@ def mip_variants(ctx: PlanContext) -> list[tuple[str, str]]:
 
 def plan_mip_variants(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "highs",
                       fallbacks: Sequence[StrategyResult] = ()) -> StrategyResult:
-    """The MIP for each of ``mip_variants`` (an equal share of the time limit each); the
-    fastest feasible plan, the first variant's on a tie or when none fits."""
+    """The MIP for each of ``mip_variants``, within ``time_limit_s`` of wall time in all (each
+    records an equal share; time a variant leaves unused goes to the next ones, and a variant
+    with less than ``MIN_SOLVE_S`` left is skipped); the fastest feasible plan, the first
+    variant's on a tie or when none fits."""
     from dataclasses import replace as dc_replace
 
     out = []
     variants = mip_variants(ctx)
-    for point, act in variants:
+    deadline = time.perf_counter() + time_limit_s
+    for k, (point, act) in enumerate(variants):
+        left = deadline - time.perf_counter()
+        if k and left < MIN_SOLVE_S:
+            break
         if act == ctx.job.mlp_activation:
             c = ctx if point == ctx.prefetch_at else dc_replace(ctx, prefetch_at=point, _profiles=ctx._profiles)
         else:  # another template: its own profiles
             c = dc_replace(ctx, prefetch_at=point, job=ctx.job.model_copy(update={"mlp_activation": act}),
                            _profiles=ctx._variant_profiles.setdefault(act, {}))
-        res, _ = plan_mip(c, time_limit_s=time_limit_s / len(variants), solver=solver, fallbacks=fallbacks)
+        res, _ = plan_mip(c, time_limit_s=time_limit_s / len(variants), solver=solver, fallbacks=fallbacks,
+                          deadline_s=time.perf_counter() + left / (len(variants) - k))
         out.append(res)
     feasible = [r for r in out if r.feasible]
     if not feasible:
