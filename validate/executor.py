@@ -12,10 +12,11 @@ in HBM (a copy of those rows); the rest is dropped. A tensor copied on the D2H s
 back at the end of the next layer's forward, after the compute stream waits for the copy (the
 planner's two staging buffers). During backward, a gradient hook on layer m's output (the
 moment backward reaches layer m) issues on an H2D stream the prefetch of every layer
-l >= m - ``prefetch_lookahead_layers`` not yet fetched (with ``prefetch_at: attention``, a hook
-on layer m's attention residual issues that of the layers below m once the MLP block's
-backward is done, and layer m's own hook only a layer nothing fetched), into tensors of the saved tensor's own
-size and strides (so kernels see the same layout and the gradients stay bitwise equal), and
+l = m - ``prefetch_lookahead_layers`` (the top layer's hook: every layer l + k >= n too; with
+``prefetch_at: attention``, a hook on layer m's attention residual issues layer l's once the
+MLP block's backward is done, and layer m's own hook only a layer nothing fetched): these
+points are `simulator.movement`'s, the replay's own. The prefetch goes into tensors of the
+saved tensor's own size and strides (so kernels see the same layout and the gradients stay bitwise equal), and
 moves the kept rows in; at the layer's first unpack the dropped rows are recomputed and moved
 in; the unpack hook makes the compute stream wait for that layer's H2D event. ``checkpoint: full`` with the input
 kept is ``torch.utils.checkpoint`` (non-reentrant); ``selective`` checkpoints the MLP block. With the
@@ -53,6 +54,7 @@ from torch.utils.checkpoint import checkpoint
 from hwmodels.units import UserInputError, format_bytes
 from planners.plan import LayerPlan, Plan, RoleAction
 from planners.solvers import pulp_available
+from simulator.movement import step_movements
 from simulator.workload import ATTN_ROLES, Role
 from validate.arena import Arena, ArenaMismatch
 
@@ -274,6 +276,16 @@ class PlanExecutor:
         self.pool: OffloadPool | None = None
         self.host_pool_bytes = host_pool_bytes
         self._param_ptrs = {p.data_ptr() for p in model.parameters()}
+        # where each layer's copies are released and its prefetch issued: the simulator's points
+        # (simulator.movement), in the hooks' terms; backward's start is the top layer's hook
+        self.movements = step_movements(num_layers=len(plan.layers),
+                                        lookahead=plan.prefetch_lookahead_layers,
+                                        prefetch_at=plan.prefetch_at)
+        self._prefetch_by: dict[tuple[int, str], list[int]] = {}
+        for mv in self.movements:
+            hook = ((len(plan.layers) - 1, "layer") if mv.prefetch_layer is None
+                    else (mv.prefetch_layer, mv.prefetch_at))
+            self._prefetch_by.setdefault(hook, []).append(mv.layer)
         self._states: dict[int, _LayerState] = {}
         self._counting = False
         self._seq_len = 0
@@ -429,19 +441,21 @@ class PlanExecutor:
             finally:
                 layer.tagger = None
             self._finish_forward(st)
-        self._release_sources(before=i)
+        self._release_sources(after_layer=i)
         if y.requires_grad and not self._counting:
             y.register_hook(lambda grad, m=i: self._reached(m))
         return y
 
-    def _release_sources(self, before: int | None = None) -> None:
-        """Give back the tensors layers < ``before`` (all: None) offloaded from, once their D2H
-        copies are done in the compute stream's order (a wait, timed as a stall, when a copy
+    def _release_sources(self, after_layer: int | None = None) -> None:
+        """At the end of layer ``after_layer``'s forward (of forward: None), give back the
+        tensors of the layers whose movement releases them there (``release_after_layer``) or
+        before, once their D2H copies are done in the compute stream's order (a wait, timed as a stall, when a copy
         is slower than the next layer's forward). Freed in the compute stream's order, their
         blocks are reused at once; ``record_stream`` would hold them until the allocator
         polls the copy's event, and it allocates new segments meanwhile."""
         for st in self._states.values():
-            if not st.sources or (before is not None and st.index >= before):
+            release = self.movements[st.index].release_after_layer
+            if not st.sources or (after_layer is not None and (release is None or release > after_layer)):
                 continue
             if self.cuda:
                 compute = torch.cuda.current_stream(self.device)
@@ -554,22 +568,21 @@ class PlanExecutor:
     # ---- backward ----------------------------------------------------------------------------
 
     def _reached(self, m: int) -> None:
-        """Backward is about to run layer m: free layer m+1's tensors, prefetch ahead (with
-        ``prefetch_at: attention``, layer m itself if nothing fetched it yet)."""
+        """Backward is about to run layer m: free layer m+1's tensors, prefetch the layers whose
+        movement issues their prefetch here, and layer m itself if nothing fetched it yet."""
         done = self._states.pop(m + 1, None)
         if done is not None:  # every kernel of layer m+1's backward is queued by now
             for e in done.entries:
                 self._free_buffer(e)
-        k = 0 if self.plan.prefetch_at == "attention" else self.plan.prefetch_lookahead_layers
-        self._prefetch_layers(range(max(0, m - k), m + 1))
+        self._prefetch_layers([*self._prefetch_by.get((m, "layer"), ()), m])
 
     def _attention_reached(self, m: int) -> None:
-        """Backward of layer m has left its MLP block: prefetch the layers below it."""
-        k = self.plan.prefetch_lookahead_layers
-        self._prefetch_layers(range(max(0, m - k), m))
+        """Backward of layer m has left its MLP block: prefetch the layers whose movement
+        issues their prefetch here."""
+        self._prefetch_layers(self._prefetch_by.get((m, "attention"), ()))
 
-    def _prefetch_layers(self, layers: range) -> None:
-        for li in layers:
+    def _prefetch_layers(self, layers) -> None:
+        for li in sorted(set(layers)):
             st = self._states.get(li)
             if st is not None and not st.prefetched:
                 self._prefetch(st)

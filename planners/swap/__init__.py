@@ -52,7 +52,6 @@ from planners.swap.apply import (
     AppliedPlan,
     Transfer,
     apply_plan,
-    release_restore_ops,
 )
 from planners.swap.context import PlanContext
 from planners.swap.evaluate import (
@@ -82,6 +81,6 @@ __all__ = [
     "PREFETCH_POINTS", "STRATEGIES", "AppliedPlan", "CopyRates", "LayerProfile", "MipSolution",
     "PlanContext", "PlanReport", "Replay", "StepProfile", "StrategyResult", "Transfer", "apply_plan",
     "capped_replay_failure", "evaluate", "host_copy_rates", "mip_variants", "plan_mip",
-    "plan_mip_variants", "plan_training", "profile_workload", "release_restore_ops", "replay",
+    "plan_mip_variants", "plan_training", "profile_workload", "replay",
     "solve_mip", "static_bytes_check", "with_host_link",
 ]

@@ -2,7 +2,8 @@
 
 Models: an offloaded part of a tensor leaves HBM when its D2H copy is done and is allocated again
 where its prefetch starts; a recomputed part leaves HBM at the end of the layer's forward and
-comes back in a recompute op before the layer's backward (see `planners.swap`).
+comes back in a recompute op before the layer's backward (see `planners.swap`). Those points
+are read from `simulator.movement` (derived once per applied plan, kept in AppliedPlan).
 Assumes: the Workload has the plan's per-layer checkpoints. Ignores: recompute workspaces
 beyond the recomputed tensors. Source: MEMO (Zhao et al., SIGMOD 2025) sections 3-4.
 """
@@ -15,7 +16,10 @@ from dataclasses import dataclass
 from hwmodels.units import UserInputError
 from planners.plan import LayerPlan, RoleAction
 from planners.swap.profile import StepProfile
+from simulator.movement import PREFETCH_POINTS, LayerMovement, step_movements
 from simulator.workload import ATTN_ROLES, OpSpec, Phase, TensorSpec, Workload
+
+__all__ = ["PREFETCH_POINTS", "AppliedPlan", "Transfer", "apply_plan"]
 
 
 @dataclass(frozen=True)
@@ -36,27 +40,7 @@ class AppliedPlan:
     transfers: tuple[Transfer, ...]
     offloaded_bytes: int  # per GPU, all layers (host bytes one GPU holds at the peak)
     staging_bytes: int  # largest layer's offloaded bytes
-
-
-PREFETCH_POINTS = ("layer", "attention")
-
-
-def release_restore_ops(prof: StepProfile, layer: int, *, stream: str, lookahead: int,
-                        prefetch_at: str = "layer") -> tuple[int, int]:
-    """Base-Workload op indices where layer ``layer``'s offloaded bytes leave HBM (after that op)
-    and come back (at that op's start): the start of layer l+k's backward, or with
-    ``prefetch_at="attention"`` the start of its attention block's backward."""
-    n = len(prof.layers)
-    lp = prof.layers[layer]
-    if stream == "compute":
-        return lp.last_fwd, lp.first_bwd
-    release = prof.layers[layer + 1].last_fwd if layer + 1 < n else prof.last_fwd_op
-    if layer + lookahead >= n:
-        return release, prof.first_bwd_op
-    ahead = prof.layers[layer + lookahead]
-    if prefetch_at == "attention" and ahead.first_attn_bwd >= 0:
-        return release, ahead.first_attn_bwd
-    return release, ahead.first_bwd
+    movements: tuple[LayerMovement, ...] = ()  # on the base Workload (the profile's)
 
 
 def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int = 1,
@@ -73,6 +57,8 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
     into the full-size tensor backward reads.
     """
     wl = prof.workload
+    moves = step_movements(num_layers=len(prof.layers), lookahead=lookahead, prefetch_at=prefetch_at,
+                           workload=wl)
     index = dict(wl._by_id())
     alloc_of = dict(prof.alloc_op)
     if len(layers) != len(prof.layers):
@@ -147,8 +133,7 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
                     # The executor's order: the whole tensor stays until its D2H copy is done,
                     # its kept rows are copied out at the layer's end and move into the
                     # full-size prefetch buffer, the recomputed rows pass through it.
-                    rel, res = release_restore_ops(prof, i, stream=act.stream, lookahead=lookahead,
-                                                   prefetch_at=prefetch_at)
+                    rel, res = moves[i].release_restore_ops(act.stream)
                     sizes[t] = 0
                     part(t, nb, "offloaded", alloc_of[t], rel)
                     if keep:
@@ -160,8 +145,7 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
                         rec_allocs.setdefault(i, []).append(tmp)
                         rec_frees.setdefault(i, []).append(tmp)
                 elif off:
-                    rel, res = release_restore_ops(prof, i, stream=act.stream, lookahead=lookahead,
-                                                   prefetch_at=prefetch_at)
+                    rel, res = moves[i].release_restore_ops(act.stream)
                     part(t, off, "offloaded", alloc_of[t], rel)
                     back = part(t, off, "prefetched", None, None)
                     rec_frees[i].remove(t)
@@ -186,7 +170,7 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
         rec_s = max_rec * lp.other_fwd_s + attn_rec * lp.attn_fwd_s + assembled_bytes * copy_s_per_byte
         rec_flops = max_rec * (lp.fwd_flops - lp.attn_fwd_flops) + attn_rec * lp.attn_fwd_flops
         if rec_s > 0 or i in rec_allocs:
-            recompute_ops[lp.first_bwd] = OpSpec(
+            recompute_ops[moves[i].stage_op] = OpSpec(
                 -1, f"layers.{i}.token_recompute", "recompute", Phase.RECOMPUTE, i,
                 exec_flops=rec_flops, flops=0.0, op_class="gemm", time_s=rec_s,
                 allocs=tuple(rec_allocs.get(i, ())), frees=tuple(rec_frees.get(i, ())))
@@ -220,17 +204,15 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
         out[pos] = _renumber(out[pos], pos, allocs=list(out[pos].allocs) + tids, frees=list(out[pos].frees))
     transfers = []
     for i, stream, nbytes, _ in pending:
-        lp = prof.layers[i]
-        rel, res = release_restore_ops(prof, i, stream=stream, lookahead=lookahead,
-                                       prefetch_at=prefetch_at)
-        transfers.append(Transfer(i, "d2h", nbytes, new_index[lp.last_fwd], new_index[rel] + 1, stream))
+        rel, res = moves[i].release_restore_ops(stream)
+        transfers.append(Transfer(i, "d2h", nbytes, new_index[moves[i].copy_op], new_index[rel] + 1, stream))
         transfers.append(Transfer(i, "h2d", nbytes, stage_start(res), stage_index[i], stream))
     tensors = tuple(TensorSpec(t.tid, t.name, sizes[t.tid], t.role, t.layer, t.persistent)
                     for t in wl.tensors + tuple(extra))
     new_wl = Workload(tensors=tensors, ops=tuple(out), initial=wl.initial,
                       meta={**wl.meta, "plan_applied": True})
     return AppliedPlan(workload=new_wl, transfers=tuple(transfers), offloaded_bytes=total_off,
-                       staging_bytes=staging)
+                       staging_bytes=staging, movements=moves)
 
 
 def _renumber(op: OpSpec, oid: int, *, allocs=None, frees=None) -> OpSpec:

@@ -48,6 +48,7 @@ class StrategyResult:
     applied: AppliedPlan | None = None
     solve_time_s: float = 0.0  # wall time of planning this row (a run's figure, not the plan's)
     peak_reserved_bytes: int | None = None  # the caching allocator's, two steps, no cap
+    timed_out: bool = False  # the MIP's time limit stopped it before any incumbent
 
     def row(self) -> dict:
         return {"name": self.name, "feasible": self.feasible, "step_time_s": self.step_time_s,

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 
 from hwmodels.units import GiB, format_bytes
 from planners.plan import KEEP, LayerPlan, RoleAction
-from planners.swap.apply import PREFETCH_POINTS, release_restore_ops
+from planners.solvers import NO_SOLUTION, relative_gap
+from planners.swap.apply import PREFETCH_POINTS
 from planners.swap.context import PlanContext
 from planners.swap.evaluate import StrategyResult, evaluate
 from planners.swap.profile import LayerProfile
+from simulator.movement import step_movements
 from simulator.workload import ATTN_ROLES, Phase
 
 EPS_FRAC = 1e-6
@@ -33,6 +35,9 @@ REFINE_MIN_FRAC = 0.005
 last budget that did not (down to ``REFINE_MIN_FRAC`` of the budget): the doubling steps
 overshoot, and a plan on a budget up to 8% larger can be markedly faster."""
 TIE_BREAK_FRAC = 1e-7
+MIN_SOLVE_S = 0.05
+"""A solve, or a variant, is started only with at least this much of the time limit left
+(the first solve of a request always runs)."""
 BUDGET_MARGIN_FRAC = 1e-3
 """The MIP plans against budgets 0.1% below the user's: fractions are rounded to 6 decimals
 and token slices to whole bytes after solving, which must not tip a plan over a budget."""
@@ -47,183 +52,257 @@ class MipSolution:
     gap: float | None
     solve_time_s: float
     binding: str  # the constraint that makes the request infeasible, when it is
+    best_bound_s: float | None = None  # the solver's proven lower bound on the objective
+
+    @property
+    def timed_out(self) -> bool:
+        """Stopped by its time limit before any incumbent."""
+        return self.status == NO_SOLUTION
 
 
 def solve_mip(ctx: PlanContext, *, budget_bytes: int | None = None, host_budget_bytes: int | None = None,
               time_limit_s: float = 10.0, solver: str = "highs", lp_path: str | None = None) -> MipSolution:
-    """tierplan's MIP over the profile of the un-checkpointed step (see the module docstring)."""
-    import pulp
-
+    """tierplan's MIP over the profile of the un-checkpointed step (see the module docstring):
+    each constraint family is added by one method of `_SwapMip`, in this order."""
     from planners.solvers import solve
-    from simulator.estimator import RUNTIME_WORKSPACE_BYTES
 
     t0 = time.perf_counter()
-    prof = ctx.profile("none")
-    full_prof = ctx.profile("full")
-    rates = ctx.rates
-    budget = (ctx.gpu_budget_bytes if budget_bytes is None else budget_bytes) * (1 - BUDGET_MARGIN_FRAC)
-    budget -= RUNTIME_WORKSPACE_BYTES
-    host_budget = (ctx.host_budget_bytes if host_budget_bytes is None else host_budget_bytes)
-    host_budget *= 1 - BUDGET_MARGIN_FRAC
-    n = len(prof.layers)
-    L = prof.layers
-    times = prof.op_times_s
-    prob = pulp.LpProblem("swap_recompute", pulp.LpMinimize)
-    g = float(GiB)
-    b_d2h = rates.d2h_bytes_per_s / g  # GiB/s
-    b_h2d = rates.h2d_bytes_per_s / g
-    var = prob.add_variable
-    full = [var(f"full_{i}", cat="Binary") for i in range(n)]
-    o_in = [var(f"offload_input_{i}", cat="Binary") for i in range(n)]
-    o_inf = [var(f"offload_checkpoint_input_{i}", cat="Binary") for i in range(n)]
-    # offloaded share of a held input: rec * o_in, linearised (McCormick, exact for a binary)
-    held_off = [var(f"held_input_offloaded_frac_{i}", 0, 1) for i in range(n)]
-    o_at = [var(f"offload_attn_{i}", cat="Binary") for i in range(n)]
-    keep = [var(f"keep_frac_{i}", 0, 1) for i in range(n)]
-    off = [var(f"alpha_frac_{i}", 0, 1) for i in range(n)]
-    rec = [var(f"recompute_frac_{i}", 0, 1) for i in range(n)]
-    # The executor holds an offloading tensor whole until its D2H copy is done (the recomputed
-    # rows leave with the offloaded ones, the kept rows have a copy meanwhile) and prefetches
-    # it whole (the recomputed rows come back with the offloaded ones): u = "other" offloads,
-    # rec_u = rec * u and keep_u = keep * u, linearised (McCormick, exact for a binary u).
-    u = [var(f"other_offloads_{i}", cat="Binary") for i in range(n)]
-    rec_u = [var(f"recompute_frac_offloading_{i}", 0, 1) for i in range(n)]
-    keep_u = [var(f"keep_frac_offloading_{i}", 0, 1) for i in range(n)]
-    r_off, r_rec, t_rec, r_rec_late, r_kept = [], [], [], [], []
-    copy_s = ctx.copy_s_per_byte
-    for i, lp in enumerate(L):
-        fp = full_prof.layers[i]  # the same layer under a full checkpoint: keeps its input only
-        prob += keep[i] + off[i] + rec[i] + full[i] == 1, f"fractions_{i}"
-        prob += o_at[i] + full[i] <= 1, f"attn_offload_without_checkpoint_{i}"
-        prob += o_in[i] + full[i] <= 1, f"input_offload_without_checkpoint_{i}"
-        prob += o_inf[i] <= full[i], f"checkpoint_input_offload_{i}"
-        # a token-wise recompute needs the recomputed tokens' input rows; a layer that does not
-        # save its input (hold_bytes > 0) holds them, or offloads them with the rest
-        prob += held_off[i] <= rec[i], f"held_input_offload_le_recompute_{i}"
-        prob += held_off[i] <= o_in[i], f"held_input_offload_le_offload_{i}"
-        prob += held_off[i] >= rec[i] + o_in[i] - 1, f"held_input_offload_ge_both_{i}"
-        if lp.input_bytes == 0 and lp.hold_bytes == 0:
-            prob += o_in[i] == 0, f"no_input_to_offload_{i}"
-        prob += off[i] <= u[i], f"other_offloads_{i}"
-        for name, x, y in (("rec", rec_u, rec), ("keep", keep_u, keep)):
-            prob += x[i] <= y[i], f"{name}_offloading_le_frac_{i}"
-            prob += x[i] <= u[i], f"{name}_offloading_le_offloads_{i}"
-            prob += x[i] >= y[i] + u[i] - 1, f"{name}_offloading_ge_both_{i}"
-        r_rec_late.append(lp.other_bytes * rec_u[i] / g)
-        r_kept.append(lp.other_bytes * keep_u[i] / g)
-        r_off.append((lp.input_bytes * o_in[i] + lp.hold_bytes * held_off[i] + fp.input_bytes * o_inf[i]
-                      + lp.attn_bytes * o_at[i] + lp.other_bytes * off[i]) / g)
-        r_rec.append(((lp.saved_bytes - fp.input_bytes) * full[i] + lp.other_bytes * (rec[i] - rec_u[i])
-                      - lp.hold_bytes * rec[i]) / g)
-        # token-wise recompute: the layer's per-token ops on the dropped rows, then those rows
-        # copied into the full-size tensors (apply_plan's assembly)
-        t_rec.append(fp.recompute_s * full[i] + (lp.other_fwd_s + copy_s * lp.other_bytes) * rec[i])
-
-    # HBM capacity at every segment between release / restore points of the schedule
-    windows = []  # (open lo, open hi, expr removed in between, layer, kind)
-    adds = []  # (closed lo, closed hi, expr added in between, layer)
-    for i, lp in enumerate(L):
-        rel, res = release_restore_ops(prof, i, stream="d2h", lookahead=ctx.lookahead,
-                                       prefetch_at=ctx.prefetch_at)
-        windows.append((rel, res, r_off[i], i, "off"))
-        windows.append((rel, res, r_rec_late[i], i, "rec_late"))
-        windows.append((lp.last_fwd, lp.first_bwd, r_rec[i], i, "rec"))
-        if lp.last_fwd + 1 <= rel:
-            adds.append((lp.last_fwd + 1, rel, r_kept[i], i))
-    points = sorted({0, len(times) - 1} | {w[0] for w in windows} | {w[1] for w in windows})
-    segments = []
-    for a, b in zip(points, points[1:], strict=False):
-        segments.append((a, a))
-        if b - a > 1:
-            segments.append((a + 1, b - 1))
-    segments.append((points[-1], points[-1]))
-    live = prof.live_bytes
-    binding_seg = None
-    worst_left = None
-    for lo, hi in segments:
-        peak = max(live[lo:hi + 1])
-        removable = [w for w in windows if w[0] < lo and hi < w[1]]
-        added = [a for a in adds if a[0] <= lo and hi <= a[1]]
-        held = sum(L[w[3]].hold_bytes for w in removable if w[4] == "rec")
-        if peak + held + sum(L[a[3]].other_bytes for a in added) <= budget:
-            continue
-        k = max(range(lo, hi + 1), key=lambda j: live[j])
-        name = f"hbm_capacity_at_{prof.workload.ops[k].name}"
-        prob += (peak / g - pulp.lpSum(w[2] for w in removable) + pulp.lpSum(a[2] for a in added)
-                 <= budget / g), name
-        # what is left when everything removable is removed (for the infeasibility message)
-        max_removed = _max_removed_bytes(L, full_prof, [w[3] for w in removable if w[4] == "off"],
-                                         [w[3] for w in removable if w[4] == "rec"])
-        left = peak - max_removed
-        if left > budget and (worst_left is None or left > worst_left):
-            worst_left, binding_seg = left, prof.workload.ops[k]
-
-    # host memory shared by the node's GPUs
-    prob += pulp.lpSum(r_off) * rates.num_gpus_sharing_host <= host_budget / g, "host_capacity"
-
-    # time: forward with the D2H queue, then backward with the H2D queue (seconds)
-    e = [var(f"fwd_end_{i}", 0) for i in range(n)]
-    d = [var(f"d2h_done_{i}", 0) for i in range(n)]
-    h = [var(f"h2d_done_{i}", 0) for i in range(n)]
-    s = [var(f"bwd_stage_start_{i}", 0) for i in range(n)]
-    fwd_end = var("fwd_and_loss_end", 0)
-    step = var("step_end", 0)
-    pre = sum(times[: L[0].first_fwd])
-    for i, lp in enumerate(L):
-        gap_before = pre if i == 0 else sum(times[L[i - 1].last_fwd + 1: lp.first_fwd])
-        prev = e[i - 1] if i else 0
-        prob += e[i] >= prev + gap_before + lp.fwd_s, f"fwd_compute_{i}"
-        prob += d[i] >= e[i] + r_off[i] / b_d2h, f"d2h_after_fwd_{i}"
-        if i:
-            prob += d[i] >= d[i - 1] + r_off[i] / b_d2h, f"d2h_fifo_{i}"
-        if i + 1 < n:
-            prob += e[i + 1] >= d[i], f"staging_buffer_reuse_{i}"
-        else:
-            prob += fwd_end >= d[i], f"staging_buffer_reuse_{i}"
-    prob += fwd_end >= e[n - 1] + sum(times[L[-1].last_fwd + 1: prof.first_bwd_op]), "loss_compute"
-    head_bwd = sum(times[prof.first_bwd_op: L[-1].first_bwd])
-    for i in range(n - 1, -1, -1):
-        lp = L[i]
-        j = i + ctx.lookahead
-        start = s[j] if j < n else fwd_end
-        if j < n and ctx.prefetch_at == "attention":  # after layer j's recompute and MLP backward
-            start = start + t_rec[j] + L[j].mlp_bwd_s
-        prob += h[i] >= start + r_off[i] / b_h2d, f"prefetch_after_stage_start_{i}"
-        if i + 1 < n:
-            prob += h[i] >= h[i + 1] + r_off[i] / b_h2d, f"h2d_fifo_{i}"
-            between = sum(times[L[i + 1].last_bwd + 1: lp.first_bwd])
-            prob += s[i] >= s[i + 1] + t_rec[i + 1] + L[i + 1].bwd_s + between, f"bwd_compute_{i}"
-        else:
-            prob += s[i] >= fwd_end + head_bwd, f"bwd_compute_{i}"
-        prob += s[i] >= h[i], f"bwd_needs_prefetch_{i}"
-    tail = sum(times[L[0].last_bwd + 1:])
-    prob += step >= s[0] + t_rec[0] + L[0].bwd_s + tail, "step_end"
-    # Among plans of equal step time prefer less copy traffic and fewer checkpoints (a tie-break
-    # far below any step-time difference: TIE_BREAK_FRAC of the step per GiB or per layer).
-    eps = TIE_BREAK_FRAC * sum(times)
-    prob += step + eps * (pulp.lpSum(r_off) + pulp.lpSum(full))
-    result = solve(prob, time_limit_s=time_limit_s, solver=solver, lp_path=lp_path)
+    mip = _SwapMip(ctx, budget_bytes=budget_bytes, host_budget_bytes=host_budget_bytes)
+    mip.add_fractions()
+    mip.add_hbm_capacity()
+    mip.add_host_capacity()
+    mip.add_forward_d2h_queue()
+    mip.add_backward_h2d_queue()
+    mip.set_objective()
+    # building the problem counts against the limit
+    limit = max(MIN_SOLVE_S, time_limit_s - (time.perf_counter() - t0))
+    result = solve(mip.prob, time_limit_s=limit, solver=solver, lp_path=lp_path)
     elapsed = time.perf_counter() - t0
     if not result.has_solution:
-        binding = ""
-        if binding_seg is not None:
-            user_budget = ctx.gpu_budget_bytes if budget_bytes is None else budget_bytes
-            what = ("weights + grads + optimizer states + the optimizer step's workspace"
-                    if binding_seg.phase == Phase.OPTIM else "what is live")
-            verb = "need" if binding_seg.phase == Phase.OPTIM else "needs"
-            binding = (f"{what} at {binding_seg.name} {verb} {format_bytes(worst_left + RUNTIME_WORKSPACE_BYTES)}"
-                       f" > {format_bytes(user_budget)} gpu budget even with every layer"
-                       " recomputed and its input offloaded")
-        elif result.status == "infeasible":
-            binding = "host_capacity: offloading needed to fit HBM exceeds the host budget"
         return MipSolution(layers=(), objective_s=None, status=result.status, solver=result.solver,
-                           gap=result.gap, solve_time_s=elapsed, binding=binding or result.status)
-    layers = tuple(_layer_from_solution(i, L[i], full[i].value(),
-                                        max(o_in[i].value() or 0, o_inf[i].value() or 0),
-                                        o_at[i].value(), keep[i].value(), off[i].value(), rec[i].value())
-                   for i in range(n))
-    return MipSolution(layers=layers, objective_s=float(step.value()), status=result.status,
-                       solver=result.solver, gap=result.gap, solve_time_s=elapsed, binding="")
+                           gap=result.gap, solve_time_s=elapsed,
+                           binding=mip.binding(result.status) or result.status, best_bound_s=result.best_bound)
+    return MipSolution(layers=mip.layers(), objective_s=float(mip.step.value()), status=result.status,
+                       solver=result.solver, gap=result.gap, solve_time_s=elapsed, binding="",
+                       best_bound_s=result.best_bound)
+
+
+class _SwapMip:
+    """The swap / recompute MIP under construction: its problem, the profiles it reads, its
+    variables (GiB for bytes, seconds for times) and the per-layer expressions the constraint
+    families share. Op points come from `simulator.movement` (the replay's own)."""
+
+    def __init__(self, ctx: PlanContext, *, budget_bytes: int | None, host_budget_bytes: int | None) -> None:
+        import pulp
+
+        from simulator.estimator import RUNTIME_WORKSPACE_BYTES
+
+        self.ctx = ctx
+        self.prof = ctx.profile("none")
+        self.full_prof = ctx.profile("full")
+        self.L = self.prof.layers
+        self.n = len(self.L)
+        self.times = self.prof.op_times_s
+        self.moves = step_movements(num_layers=self.n, lookahead=ctx.lookahead, prefetch_at=ctx.prefetch_at,
+                                    workload=self.prof.workload)
+        self.user_budget = ctx.gpu_budget_bytes if budget_bytes is None else budget_bytes
+        self.budget = self.user_budget * (1 - BUDGET_MARGIN_FRAC) - RUNTIME_WORKSPACE_BYTES
+        host_budget = ctx.host_budget_bytes if host_budget_bytes is None else host_budget_bytes
+        self.host_budget = host_budget * (1 - BUDGET_MARGIN_FRAC)
+        self.g = float(GiB)
+        self.prob = pulp.LpProblem("swap_recompute", pulp.LpMinimize)
+        var, n = self.prob.add_variable, self.n
+        self.full = [var(f"full_{i}", cat="Binary") for i in range(n)]
+        self.o_in = [var(f"offload_input_{i}", cat="Binary") for i in range(n)]
+        self.o_inf = [var(f"offload_checkpoint_input_{i}", cat="Binary") for i in range(n)]
+        # offloaded share of a held input: rec * o_in, linearised (McCormick, exact for a binary)
+        self.held_off = [var(f"held_input_offloaded_frac_{i}", 0, 1) for i in range(n)]
+        self.o_at = [var(f"offload_attn_{i}", cat="Binary") for i in range(n)]
+        self.keep = [var(f"keep_frac_{i}", 0, 1) for i in range(n)]
+        self.off = [var(f"alpha_frac_{i}", 0, 1) for i in range(n)]
+        self.rec = [var(f"recompute_frac_{i}", 0, 1) for i in range(n)]
+        # The executor holds an offloading tensor whole until its D2H copy is done (the recomputed
+        # rows leave with the offloaded ones, the kept rows have a copy meanwhile) and prefetches
+        # it whole (the recomputed rows come back with the offloaded ones): u = "other" offloads,
+        # rec_u = rec * u and keep_u = keep * u, linearised (McCormick, exact for a binary u).
+        self.u = [var(f"other_offloads_{i}", cat="Binary") for i in range(n)]
+        self.rec_u = [var(f"recompute_frac_offloading_{i}", 0, 1) for i in range(n)]
+        self.keep_u = [var(f"keep_frac_offloading_{i}", 0, 1) for i in range(n)]
+        # per layer, GiB: offloaded; recomputed; offloading tensors' recomputed / kept rows
+        self.r_off, self.r_rec, self.r_rec_late, self.r_kept = [], [], [], []
+        self.t_rec = []  # per layer, seconds: its recompute before its backward
+        self.binding_op = None  # the op where HBM cannot fit even with everything removed
+        self.worst_left = None
+
+    def add_fractions(self) -> None:
+        """Per layer: the fractions sum to one and every product of a fraction with a binary is
+        linked to it ("fractions_{i}" ... "keep_offloading_ge_both_{i}"), and the bytes and
+        recompute time each layer's choice moves."""
+        prob, g, copy_s = self.prob, self.g, self.ctx.copy_s_per_byte
+        full, o_in, o_inf, held_off, o_at = self.full, self.o_in, self.o_inf, self.held_off, self.o_at
+        keep, off, rec, u = self.keep, self.off, self.rec, self.u
+        for i, lp in enumerate(self.L):
+            fp = self.full_prof.layers[i]  # the same layer under a full checkpoint: keeps its input only
+            prob += keep[i] + off[i] + rec[i] + full[i] == 1, f"fractions_{i}"
+            prob += o_at[i] + full[i] <= 1, f"attn_offload_without_checkpoint_{i}"
+            prob += o_in[i] + full[i] <= 1, f"input_offload_without_checkpoint_{i}"
+            prob += o_inf[i] <= full[i], f"checkpoint_input_offload_{i}"
+            # a token-wise recompute needs the recomputed tokens' input rows; a layer that does not
+            # save its input (hold_bytes > 0) holds them, or offloads them with the rest
+            prob += held_off[i] <= rec[i], f"held_input_offload_le_recompute_{i}"
+            prob += held_off[i] <= o_in[i], f"held_input_offload_le_offload_{i}"
+            prob += held_off[i] >= rec[i] + o_in[i] - 1, f"held_input_offload_ge_both_{i}"
+            if lp.input_bytes == 0 and lp.hold_bytes == 0:
+                prob += o_in[i] == 0, f"no_input_to_offload_{i}"
+            prob += off[i] <= u[i], f"other_offloads_{i}"
+            for name, x, y in (("rec", self.rec_u, rec), ("keep", self.keep_u, keep)):
+                prob += x[i] <= y[i], f"{name}_offloading_le_frac_{i}"
+                prob += x[i] <= u[i], f"{name}_offloading_le_offloads_{i}"
+                prob += x[i] >= y[i] + u[i] - 1, f"{name}_offloading_ge_both_{i}"
+            self.r_rec_late.append(lp.other_bytes * self.rec_u[i] / g)
+            self.r_kept.append(lp.other_bytes * self.keep_u[i] / g)
+            self.r_off.append((lp.input_bytes * o_in[i] + lp.hold_bytes * held_off[i]
+                               + fp.input_bytes * o_inf[i] + lp.attn_bytes * o_at[i]
+                               + lp.other_bytes * off[i]) / g)
+            self.r_rec.append(((lp.saved_bytes - fp.input_bytes) * full[i]
+                               + lp.other_bytes * (rec[i] - self.rec_u[i]) - lp.hold_bytes * rec[i]) / g)
+            # token-wise recompute: the layer's per-token ops on the dropped rows, then those rows
+            # copied into the full-size tensors (apply_plan's assembly)
+            self.t_rec.append(fp.recompute_s * full[i] + (lp.other_fwd_s + copy_s * lp.other_bytes) * rec[i])
+
+    def add_hbm_capacity(self) -> None:
+        """HBM capacity at every segment between release / restore points of the schedule
+        ("hbm_capacity_at_{op}", at the segment's most loaded op), where the bytes live there
+        could exceed the budget."""
+        import pulp
+
+        L, prof, g = self.L, self.prof, self.g
+        windows = []  # (open lo, open hi, expr removed in between, layer, kind)
+        adds = []  # (closed lo, closed hi, expr added in between, layer)
+        for i, lp in enumerate(L):
+            rel, res = self.moves[i].release_restore_ops("d2h")
+            windows.append((rel, res, self.r_off[i], i, "off"))
+            windows.append((rel, res, self.r_rec_late[i], i, "rec_late"))
+            windows.append((lp.last_fwd, lp.first_bwd, self.r_rec[i], i, "rec"))
+            if lp.last_fwd + 1 <= rel:
+                adds.append((lp.last_fwd + 1, rel, self.r_kept[i], i))
+        points = sorted({0, len(self.times) - 1} | {w[0] for w in windows} | {w[1] for w in windows})
+        segments = []
+        for a, b in zip(points, points[1:], strict=False):
+            segments.append((a, a))
+            if b - a > 1:
+                segments.append((a + 1, b - 1))
+        segments.append((points[-1], points[-1]))
+        live = prof.live_bytes
+        for lo, hi in segments:
+            peak = max(live[lo:hi + 1])
+            removable = [w for w in windows if w[0] < lo and hi < w[1]]
+            added = [a for a in adds if a[0] <= lo and hi <= a[1]]
+            held = sum(L[w[3]].hold_bytes for w in removable if w[4] == "rec")
+            if peak + held + sum(L[a[3]].other_bytes for a in added) <= self.budget:
+                continue
+            k = max(range(lo, hi + 1), key=lambda j: live[j])
+            name = f"hbm_capacity_at_{prof.workload.ops[k].name}"
+            self.prob += (peak / g - pulp.lpSum(w[2] for w in removable) + pulp.lpSum(a[2] for a in added)
+                          <= self.budget / g), name
+            # what is left when everything removable is removed (for the infeasibility message)
+            max_removed = _max_removed_bytes(L, self.full_prof, [w[3] for w in removable if w[4] == "off"],
+                                             [w[3] for w in removable if w[4] == "rec"])
+            left = peak - max_removed
+            if left > self.budget and (self.worst_left is None or left > self.worst_left):
+                self.worst_left, self.binding_op = left, prof.workload.ops[k]
+
+    def add_host_capacity(self) -> None:
+        """Host memory shared by the node's GPUs ("host_capacity")."""
+        import pulp
+
+        self.prob += (pulp.lpSum(self.r_off) * self.ctx.rates.num_gpus_sharing_host
+                      <= self.host_budget / self.g), "host_capacity"
+
+    def add_forward_d2h_queue(self) -> None:
+        """Time, forward: each layer's compute ("fwd_compute_{i}"), its D2H copy after it
+        ("d2h_after_fwd_{i}") in FIFO order ("d2h_fifo_{i}"), done before its staging buffer is
+        reused ("staging_buffer_reuse_{i}"), and the loss ("loss_compute"); seconds."""
+        prob, var, L, times, n = self.prob, self.prob.add_variable, self.L, self.times, self.n
+        b_d2h = self.ctx.rates.d2h_bytes_per_s / self.g  # GiB/s
+        self.e = e = [var(f"fwd_end_{i}", 0) for i in range(n)]
+        d = [var(f"d2h_done_{i}", 0) for i in range(n)]
+        self.fwd_end = var("fwd_and_loss_end", 0)
+        pre = sum(times[: L[0].first_fwd])
+        for i, lp in enumerate(L):
+            gap_before = pre if i == 0 else sum(times[L[i - 1].last_fwd + 1: lp.first_fwd])
+            prev = e[i - 1] if i else 0
+            prob += e[i] >= prev + gap_before + lp.fwd_s, f"fwd_compute_{i}"
+            prob += d[i] >= e[i] + self.r_off[i] / b_d2h, f"d2h_after_fwd_{i}"
+            if i:
+                prob += d[i] >= d[i - 1] + self.r_off[i] / b_d2h, f"d2h_fifo_{i}"
+            j = self.moves[i].release_after_layer
+            prob += (e[j] if j is not None else self.fwd_end) >= d[i], f"staging_buffer_reuse_{i}"
+        prob += self.fwd_end >= e[n - 1] + sum(times[L[-1].last_fwd + 1: self.prof.first_bwd_op]), "loss_compute"
+
+    def add_backward_h2d_queue(self) -> None:
+        """Time, backward: each prefetch after the backward point that issues it
+        ("prefetch_after_stage_start_{i}") in FIFO order ("h2d_fifo_{i}"), each layer's
+        recompute and backward ("bwd_compute_{i}") after its prefetch ("bwd_needs_prefetch_{i}"),
+        and the step's end ("step_end"); seconds."""
+        prob, var, L, times, n = self.prob, self.prob.add_variable, self.L, self.times, self.n
+        b_h2d = self.ctx.rates.h2d_bytes_per_s / self.g  # GiB/s
+        t_rec = self.t_rec
+        h = [var(f"h2d_done_{i}", 0) for i in range(n)]
+        s = [var(f"bwd_stage_start_{i}", 0) for i in range(n)]
+        self.step = var("step_end", 0)
+        head_bwd = sum(times[self.prof.first_bwd_op: L[-1].first_bwd])
+        for i in range(n - 1, -1, -1):
+            lp = L[i]
+            mv = self.moves[i]
+            j = mv.prefetch_layer
+            start = s[j] if j is not None else self.fwd_end
+            if j is not None and mv.prefetch_at == "attention":  # after layer j's recompute and MLP backward
+                start = start + t_rec[j] + L[j].mlp_bwd_s
+            prob += h[i] >= start + self.r_off[i] / b_h2d, f"prefetch_after_stage_start_{i}"
+            if i + 1 < n:
+                prob += h[i] >= h[i + 1] + self.r_off[i] / b_h2d, f"h2d_fifo_{i}"
+                between = sum(times[L[i + 1].last_bwd + 1: lp.first_bwd])
+                prob += s[i] >= s[i + 1] + t_rec[i + 1] + L[i + 1].bwd_s + between, f"bwd_compute_{i}"
+            else:
+                prob += s[i] >= self.fwd_end + head_bwd, f"bwd_compute_{i}"
+            prob += s[i] >= h[i], f"bwd_needs_prefetch_{i}"
+        tail = sum(times[L[0].last_bwd + 1:])
+        prob += self.step >= s[0] + t_rec[0] + L[0].bwd_s + tail, "step_end"
+
+    def set_objective(self) -> None:
+        """The step's end time. Among plans of equal step time prefer less copy traffic and
+        fewer checkpoints (a tie-break far below any step-time difference: TIE_BREAK_FRAC of
+        the step per GiB or per layer)."""
+        import pulp
+
+        eps = TIE_BREAK_FRAC * sum(self.times)
+        self.prob += self.step + eps * (pulp.lpSum(self.r_off) + pulp.lpSum(self.full))
+
+    def binding(self, status: str) -> str:
+        """Why no plan fits, when the problem has no solution: the op HBM cannot fit at even
+        with everything removable removed, else the host budget."""
+        from simulator.estimator import RUNTIME_WORKSPACE_BYTES
+
+        op = self.binding_op
+        if op is not None:
+            what = ("weights + grads + optimizer states + the optimizer step's workspace"
+                    if op.phase == Phase.OPTIM else "what is live")
+            verb = "need" if op.phase == Phase.OPTIM else "needs"
+            return (f"{what} at {op.name} {verb} {format_bytes(self.worst_left + RUNTIME_WORKSPACE_BYTES)}"
+                    f" > {format_bytes(self.user_budget)} gpu budget even with every layer"
+                    " recomputed and its input offloaded")
+        if status == "infeasible":
+            return "host_capacity: offloading needed to fit HBM exceeds the host budget"
+        return ""
+
+    def layers(self) -> tuple[LayerPlan, ...]:
+        """The solution's per-layer decisions."""
+        return tuple(_layer_from_solution(i, self.L[i], self.full[i].value(),
+                                          max(self.o_in[i].value() or 0, self.o_inf[i].value() or 0),
+                                          self.o_at[i].value(), self.keep[i].value(), self.off[i].value(),
+                                          self.rec[i].value())
+                     for i in range(self.n))
 
 
 def _max_removed_bytes(L, full_prof, off_layers, rec_layers) -> int:
@@ -263,14 +342,20 @@ def _layer_from_solution(i, lp: LayerProfile, full, o_in, o_at, keep, off, rec) 
 
 
 def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "highs",
-             fallbacks: Sequence[StrategyResult] = ()) -> tuple[StrategyResult, MipSolution | None]:
+             fallbacks: Sequence[StrategyResult] = (),
+             deadline_s: float | None = None) -> tuple[StrategyResult, MipSolution | None]:
     """Solve, replay, and tighten the HBM budget by the replay's overshoot (allocated bytes) or
     by a growing step (the caching allocator's fragmentation) until the plan fits.
 
     Returns the best of the MIP's plan and the feasible ``fallbacks`` (a baseline is a point of
     the MIP's space the linear model may have misjudged), and the MIP's last solution.
+    ``time_limit_s`` is the limit the plan records; ``deadline_s`` (``time.perf_counter()``
+    time, default: ``time_limit_s`` from now) is when no further solve starts: building,
+    solving and replaying count against it. Stopped without any incumbent, it returns the
+    fastest valid fallback with status ``time_limit:fallback:<name>``, never "infeasible".
     """
     t0 = time.perf_counter()
+    deadline = t0 + time_limit_s if deadline_s is None else deadline_s
     budget, host_budget = ctx.gpu_budget_bytes, ctx.host_budget_bytes
     sol = None
     best: StrategyResult | None = None
@@ -278,7 +363,7 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
     frag_failed: int | None = None  # the last budget whose plan the caching allocator could not serve
 
     def attempt(budget_bytes: int) -> tuple[MipSolution, StrategyResult | None]:
-        remaining = max(1e-3, time_limit_s - (time.perf_counter() - t0))
+        remaining = max(1e-3, deadline - time.perf_counter())
         s = solve_mip(ctx, budget_bytes=budget_bytes, host_budget_bytes=host_budget, time_limit_s=remaining,
                       solver=solver)
         if not s.layers:
@@ -286,7 +371,9 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
         return s, evaluate(ctx, "mip", s.layers, solver=s.solver, status=s.status, gap=s.gap,
                            solve_time_s=time.perf_counter() - t0, time_limit_s=time_limit_s)
 
-    for _ in range(MAX_REPAIRS):
+    for k in range(MAX_REPAIRS):
+        if k and deadline - time.perf_counter() < MIN_SOLVE_S:
+            break
         sol, res = attempt(budget)
         if res is None:
             break
@@ -305,7 +392,7 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
     if best is not None and best.feasible and frag_failed is not None:
         lo, hi = budget, frag_failed
         for _ in range(REFINE_SOLVES):
-            if hi - lo < REFINE_MIN_FRAC * ctx.gpu_budget_bytes or time.perf_counter() - t0 >= time_limit_s:
+            if hi - lo < REFINE_MIN_FRAC * ctx.gpu_budget_bytes or deadline - time.perf_counter() < MIN_SOLVE_S:
                 break
             mid = (lo + hi) // 2
             mid_sol, res = attempt(mid)
@@ -318,14 +405,19 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
     candidates = [r for r in fallbacks if r.feasible]
     if best is not None and best.feasible:
         candidates.append(best)
+    timed_out = best is None and (sol is None or sol.timed_out)
     if not candidates:
         reason = (best.reason if best is not None else (sol.binding if sol else "no solution"))
+        if timed_out:
+            reason = (f"time limit: the MIP found no plan in its {time_limit_s:g} s share of the limit and no baseline fits "
+                      "(a longer --time-limit may find one)")
         return (StrategyResult(name="mip", feasible=False, step_time_s=best.step_time_s if best else None,
                                mfu=best.mfu if best else None,
                                peak_hbm_bytes=best.peak_hbm_bytes if best else None,
                                peak_host_bytes=best.peak_host_bytes if best else None,
                                reason=reason, plan=best.plan if best else None,
-                               replay=best.replay if best else None, applied=best.applied if best else None),
+                               replay=best.replay if best else None, applied=best.applied if best else None,
+                               timed_out=timed_out),
                 sol)
     winner = min(candidates, key=lambda r: (r.step_time_s, r.name != "mip"))
     if winner.name == "mip":
@@ -333,17 +425,23 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
     # a baseline replays faster than the MIP's plan, or the MIP stopped without one: return the
     # baseline, saying so
     elapsed = time.perf_counter() - t0
+    gap = sol.gap if sol else None
+    if timed_out and sol is not None and sol.best_bound_s is not None:
+        gap = relative_gap(winner.step_time_s, sol.best_bound_s)  # the baseline's, against the bound
     res = evaluate(ctx, "mip", winner.plan.layers, solver=sol.solver if sol else None,
-                   status=f"fallback:{winner.name}", gap=sol.gap if sol else None, solve_time_s=elapsed,
-                   time_limit_s=time_limit_s)
-    if best is not None and best.feasible:
+                   status=f"{'time_limit:' if timed_out else ''}fallback:{winner.name}", gap=gap,
+                   solve_time_s=elapsed, time_limit_s=time_limit_s)
+    if timed_out:
+        why = f"time limit: the MIP found no plan in its {time_limit_s:g} s share of the limit"
+    elif best is not None and best.feasible:
         why = "replays faster than the MIP's"
     elif best is not None:
         why = f"the MIP's plans do not fit: {best.reason}"
     else:
         why = f"the MIP returned no feasible plan: {sol.status if sol else 'not run'}"
 
-    return StrategyResult(**{**res.__dict__, "reason": f"{winner.name}'s plan ({why})"}), sol
+    return StrategyResult(**{**res.__dict__, "reason": f"{winner.name}'s plan ({why})",
+                             "timed_out": timed_out}), sol
 
 
 def mip_variants(ctx: PlanContext) -> list[tuple[str, str]]:
@@ -358,19 +456,26 @@ def mip_variants(ctx: PlanContext) -> list[tuple[str, str]]:
 
 def plan_mip_variants(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "highs",
                       fallbacks: Sequence[StrategyResult] = ()) -> StrategyResult:
-    """The MIP for each of ``mip_variants`` (an equal share of the time limit each); the
-    fastest feasible plan, the first variant's on a tie or when none fits."""
+    """The MIP for each of ``mip_variants``, within ``time_limit_s`` of wall time in all (each
+    records an equal share; time a variant leaves unused goes to the next ones, and a variant
+    with less than ``MIN_SOLVE_S`` left is skipped); the fastest feasible plan, the first
+    variant's on a tie or when none fits."""
     from dataclasses import replace as dc_replace
 
     out = []
     variants = mip_variants(ctx)
-    for point, act in variants:
+    deadline = time.perf_counter() + time_limit_s
+    for k, (point, act) in enumerate(variants):
+        left = deadline - time.perf_counter()
+        if k and left < MIN_SOLVE_S:
+            break
         if act == ctx.job.mlp_activation:
             c = ctx if point == ctx.prefetch_at else dc_replace(ctx, prefetch_at=point, _profiles=ctx._profiles)
         else:  # another template: its own profiles
             c = dc_replace(ctx, prefetch_at=point, job=ctx.job.model_copy(update={"mlp_activation": act}),
                            _profiles=ctx._variant_profiles.setdefault(act, {}))
-        res, _ = plan_mip(c, time_limit_s=time_limit_s / len(variants), solver=solver, fallbacks=fallbacks)
+        res, _ = plan_mip(c, time_limit_s=time_limit_s / len(variants), solver=solver, fallbacks=fallbacks,
+                          deadline_s=time.perf_counter() + left / (len(variants) - k))
         out.append(res)
     feasible = [r for r in out if r.feasible]
     if not feasible:

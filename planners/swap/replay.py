@@ -29,17 +29,20 @@ class Replay:
     replayed_by: str = "simulator.des"
 
 
-def replay(applied: AppliedPlan, node, *, num_gpus: int) -> Replay:
+def replay(applied: AppliedPlan, node, *, num_gpus: int, tier: str = "host",
+           record_timeline: bool = True) -> Replay:
     """Replay the transformed Workload on ``num_gpus`` GPUs of ``node`` with the plan's copies.
 
     Each copy is a DES transfer on the GPU's D2H or H2D copy stream (FIFO) over its host route
     (links shared with the other GPUs' copies): a D2H starts after its ``ready_op`` and reserves
     host memory; an H2D starts when its ``ready_op`` starts (and after its D2H) and frees it;
     the compute op ``needed_op`` waits for the copy. HBM allocations are the Workload's own.
+    ``tier``: where the copies go (``host``; ``cxl`` / ``nvme`` for what-ifs: a Plan's tier is
+    host DRAM), see `simulator.des.schedule.offload_device`.
     """
     from simulator.des import MemEvent, schedule_from_workload, simulate
     from simulator.des import Transfer as DesTransfer
-    from simulator.des.schedule import device_route
+    from simulator.des.schedule import device_route, offload_device
 
     wl = applied.workload
     sched = schedule_from_workload(wl, node, num_gpus=num_gpus)
@@ -50,12 +53,13 @@ def replay(applied: AppliedPlan, node, *, num_gpus: int) -> Replay:
                                   applied.transfers[k].ready_op, -applied.transfers[k].layer))
     for g in range(num_gpus):
         ctids = sched.compute_tids[g]
-        routes = {d: device_route(node, g, "host", d) for d in ("d2h", "h2d")}
+        device = offload_device(node, tier, g)
+        routes = {d: device_route(node, g, device, d) for d in ("d2h", "h2d")}
         d2h_tid: dict[tuple[int, str], int] = {}
         for k in order:
             tr = applied.transfers[k]
             route = routes[tr.direction]
-            host = MemEvent("host", tr.num_bytes, f"layers.{tr.layer}.offloaded")
+            host = MemEvent(device, tr.num_bytes, f"layers.{tr.layer}.offloaded")
             tid = len(tasks)
             if tr.direction == "d2h":
                 deps = (ctids[tr.ready_op],)
@@ -65,13 +69,13 @@ def replay(applied: AppliedPlan, node, *, num_gpus: int) -> Replay:
                 deps = (d2h_tid[(tr.layer, tr.stream)],) + ((ctids[tr.ready_op - 1],) if tr.ready_op else ())
                 allocs, frees = (), (host,)
             tasks.append(DesTransfer(tid, f"{tr.direction} layers.{tr.layer}", f"gpu{g}.{tr.direction}",
-                                     tr.num_bytes, f"gpu{g}.hbm" if tr.direction == "d2h" else "host",
-                                     "host" if tr.direction == "d2h" else f"gpu{g}.hbm",
+                                     tr.num_bytes, f"gpu{g}.hbm" if tr.direction == "d2h" else device,
+                                     device if tr.direction == "d2h" else f"gpu{g}.hbm",
                                      route.links, route.latency_s, deps, allocs, frees, tr.layer))
             extra.setdefault(ctids[tr.needed_op], []).append(tid)
     for tid, deps in extra.items():
         tasks[tid] = replace(tasks[tid], deps=tasks[tid].deps + tuple(deps))
-    sim = simulate(replace(sched, tasks=tuple(tasks)))
+    sim = simulate(replace(sched, tasks=tuple(tasks)), record_timeline=record_timeline)
     hbm = sim.pool("gpu0.hbm")
     model_flops = 3.0 * sum(op.model_flops for op in wl.ops if op.phase in (Phase.FWD, Phase.LOSS))
     recompute = sum(op.time_s or 0.0 for op in wl.ops if op.phase == Phase.RECOMPUTE)

@@ -19,6 +19,7 @@ class PlanReport:
     strategies: tuple[StrategyResult, ...]
     best: str | None  # name of the fastest feasible strategy
     binding: str  # why nothing fits, when nothing does
+    timed_out: bool = False  # nothing found: the MIP's time limit stopped it before any incumbent
 
     def result(self, name: str) -> StrategyResult:
         return next(r for r in self.strategies if r.name == name)
@@ -81,4 +82,5 @@ def plan_training(model, job, node, *, gpu_budget_bytes: int | None = None,
     binding = ""
     if best is None:
         binding = static or next((r.reason for r in results if r.name == "mip"), "")
-    return PlanReport(strategies=tuple(results), best=best, binding=binding)
+    timed_out = best is None and results[-1].timed_out
+    return PlanReport(strategies=tuple(results), best=best, binding=binding, timed_out=timed_out)

@@ -38,6 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from hwmodels.units import UserInputError
+from simulator.movement import step_movements
 from simulator.workload import Phase, Role, Workload, allocator_rounded_bytes
 
 TIERS: tuple[str, ...] = ("hbm", "host", "cxl", "nvme", "csd")
@@ -481,6 +482,19 @@ def offload_candidates(workload: Workload) -> dict[int, list[OffloadCandidate]]:
     return dict(out)
 
 
+def offload_device(node, tier: str, gpu_index: int) -> str:
+    """The device (and pool) GPU ``gpu_index``'s offloaded activations go to on ``tier``:
+    ``host``, or the GPU's ``cxl<k>`` / ``nvme<k>`` (GPU g uses device ``g % count``)."""
+    if tier == "host":
+        return "host"
+    if tier not in ("cxl", "nvme"):
+        raise UserInputError(f"tier: expected host, cxl or nvme, got {tier!r}")
+    items = node.cxl if tier == "cxl" else node.nvme
+    if not items:
+        raise UserInputError(f"tier: {node.name} has no {tier} device")
+    return f"{tier}{gpu_index % len(items)}"
+
+
 def add_offload(
     schedule: Schedule,
     *,
@@ -492,11 +506,13 @@ def add_offload(
     (`offload_candidates`) to ``tier`` (``host``, ``cxl``, ``nvme``; GPU g uses device
     ``g % count`` of that kind) and prefetch it back.
 
-    Per GPU and layer: one D2H copy per tensor on the GPU's D2H stream, after the layer's last
-    forward op; each allocates its bytes on the tier's pool when it starts and frees them from
-    HBM when it ends. One H2D copy per tensor on the H2D stream (layers in backward order),
-    starting once the compute stream reaches the backward of layer ``L + lookahead`` (for the
-    top layers: the start of backward) and after its D2H; it allocates HBM when it starts and
+    The points are `simulator.movement`'s (those of a plan's replay). Per GPU and layer: one D2H
+    copy per tensor on the GPU's D2H stream, after the layer's last forward op; each allocates
+    its bytes on the tier's pool when it starts; they leave HBM at the end of the next layer's
+    forward (two staging buffers), whose next op waits for the copy. One H2D copy per tensor on
+    the H2D stream (layers in backward order), starting once the compute stream reaches the
+    backward of layer ``L + lookahead`` (for the top layers: the start of backward) and after
+    its D2H; it allocates HBM when it starts and
     frees the tier's copy when it ends; the layer's first backward (or recompute) op waits for
     all of them. What stays on the GPU (``1 - fraction``) is untouched; a plan that recomputes
     it instead adds those ops.
@@ -509,47 +525,27 @@ def add_offload(
     for layer, frac in fraction_by_layer.items():
         if not 0.0 <= frac <= 1.0:
             raise UserInputError(f"fraction_by_layer.{layer}: must lie in [0, 1], got {frac}")
-    if tier == "host":
-        devices = ["host"]
-        pool_of = {"host": "host"}
-    elif tier in ("cxl", "nvme"):
-        items = node.cxl if tier == "cxl" else node.nvme
-        if not items:
-            raise UserInputError(f"tier: {node.name} has no {tier} device")
-        devices = [f"{tier}{k}" for k in range(len(items))]
-        pool_of = {d: d for d in devices}
-    else:
-        raise UserInputError(f"tier: expected host, cxl or nvme, got {tier!r}")
+    offload_device(node, tier, 0)  # refuses an unknown tier, or one the node lacks
     cands = offload_candidates(wl)
-    ops = wl.ops
-    last_fwd: dict[int, int] = {}
-    first_bwd: dict[int, int] = {}
-    for i, op in enumerate(ops):
-        if op.layer is None:
-            continue
-        if op.phase == Phase.FWD:
-            last_fwd[op.layer] = i
-        elif op.phase in _BACKWARD_PHASES and op.layer not in first_bwd:
-            first_bwd[op.layer] = i
     unknown = sorted(set(fraction_by_layer) - set(cands), key=str)
     if unknown:
         raise UserInputError(f"fraction_by_layer.{unknown[0]}: layer has no tensors to offload "
                              f"(layers {min(cands)}..{max(cands)} have)" if cands else
                              f"fraction_by_layer.{unknown[0]}: the workload saves no tensors to offload")
-    # the backward starts with the loss's backward: the first op past the forward and loss
-    bwd_start = next((i for i, op in enumerate(ops) if op.phase in _BACKWARD_PHASES), len(ops))
+    moves = step_movements(workload=wl, lookahead=lookahead)
     layers = sorted((L for L, f in fraction_by_layer.items() if f > 0), reverse=True)
     tasks = list(schedule.tasks)
     extra_deps: dict[int, list[int]] = defaultdict(list)
+    release_frees: dict[int, list[MemEvent]] = defaultdict(list)
     num_gpus = len(schedule.compute_tids)
     for g in range(num_gpus):
         ctids = schedule.compute_tids[g]
-        device = devices[g % len(devices)]
-        pool = pool_of[device]
+        device = pool = offload_device(node, tier, g)
         hbm = f"gpu{g}.hbm"
         down = device_route(node, g, device, "d2h")
         up = device_route(node, g, device, "h2d")
         d2h_of: dict[int, int] = {}
+        delta_of: dict[int, int] = {}  # HBM bytes each copy releases and its prefetch allocates
         for layer in sorted(layers):
             frac = fraction_by_layer[layer]
             for c in cands[layer]:
@@ -559,28 +555,33 @@ def add_offload(
                 full = allocator_rounded_bytes(c.num_bytes)
                 hbm_delta = full - allocator_rounded_bytes(c.num_bytes - off)
                 tid = len(tasks)
+                mv = moves[layer]
                 tasks.append(Transfer(tid, f"d2h {c.name}", f"gpu{g}.d2h", off, hbm, pool,
-                                      down.links, down.latency_s, (ctids[last_fwd[layer]],),
-                                      (MemEvent(pool, off, c.name),), (MemEvent(hbm, hbm_delta, c.name),),
-                                      layer))
-                d2h_of[c.tid] = tid
+                                      down.links, down.latency_s, (ctids[mv.copy_op],),
+                                      (MemEvent(pool, off, c.name),), (), layer))
+                d2h_of[c.tid], delta_of[c.tid] = tid, hbm_delta
+                # its bytes leave HBM after the release op, and the next op waits for the copy
+                release_frees[ctids[mv.release_op]].append(MemEvent(hbm, hbm_delta, c.name))
+                extra_deps[ctids[mv.release_op + 1]].append(tid)
         for layer in layers:  # backward order
-            start_at = first_bwd.get(layer + lookahead, bwd_start)
+            start_at = moves[layer].restore_op
             gate = ctids[start_at - 1] if start_at > 0 else None
             for c in cands[layer]:
                 if c.tid not in d2h_of:
                     continue
                 d2h = tasks[d2h_of[c.tid]]
-                hbm_delta = d2h.frees[0].num_bytes
+                hbm_delta = delta_of[c.tid]
                 deps = (d2h.tid,) if gate is None else (gate, d2h.tid)
                 tid = len(tasks)
                 tasks.append(Transfer(tid, f"h2d {c.name}", f"gpu{g}.h2d", d2h.num_bytes, pool, hbm,
                                       up.links, up.latency_s, deps,
                                       (MemEvent(hbm, hbm_delta, c.name),),
                                       (MemEvent(pool, d2h.num_bytes, c.name),), layer))
-                extra_deps[ctids[first_bwd[layer]]].append(tid)
+                extra_deps[ctids[moves[layer].stage_op]].append(tid)
     for tid, deps in extra_deps.items():
         tasks[tid] = replace(tasks[tid], deps=tasks[tid].deps + tuple(deps))
+    for tid, frees in release_frees.items():
+        tasks[tid] = replace(tasks[tid], frees=tasks[tid].frees + tuple(frees))
     meta = dict(schedule.meta)
     meta["offload"] = {"tier": tier, "lookahead": lookahead,
                        "fraction_by_layer": {str(k): v for k, v in sorted(fraction_by_layer.items())}}

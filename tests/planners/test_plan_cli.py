@@ -77,3 +77,91 @@ def test_mlp_activation_recomputed_needs_swiglu_in_one_line(capsys, tmp_path):
                           "--out", str(tmp_path))
     assert code == 2 and not out and not list(tmp_path.iterdir())
     assert err.count("\n") == 1 and "job.mlp_activation" in err
+
+
+def _no_incumbent(monkeypatch, calls=None):
+    """Every MIP solve stops at its time limit without an incumbent (as HiGHS does when the
+    limit is too short for the problem), after sleeping through that limit."""
+    import time
+
+    import planners.solvers
+    from planners.solvers import NO_SOLUTION, SolveResult
+
+    def solve(prob, *, time_limit_s, solver="highs", lp_path=None):
+        if calls is not None:
+            calls.append(time_limit_s)
+        time.sleep(time_limit_s)
+        return SolveResult(status=NO_SOLUTION, solver=solver, objective=None, best_bound=1.0, gap=None,
+                           solve_time_s=time_limit_s, time_limit_s=time_limit_s)
+
+    monkeypatch.setattr(planners.solvers, "solve", solve)
+
+
+SMALL = ("--model", "llama-2-7b", "--layers", "4", "--seq-len", "64K", "--hardware", "1xH200")
+
+
+def test_time_limit_without_incumbent_returns_the_best_baseline_not_infeasible(capsys, tmp_path, monkeypatch):
+    _no_incumbent(monkeypatch)
+    code, out, err = _run(capsys, "plan", *SMALL, "--gpu-budget", "60GiB", "--time-limit", "0.4",
+                          "--json", "--out", str(tmp_path))
+    assert code == 0 and "infeasible" not in err
+    d = json.loads(out)
+    mip = next(s for s in d["strategies"] if s["name"] == "mip")
+    baselines = [s for s in d["strategies"] if s["name"] != "mip" and s["feasible"]]
+    fastest = min(baselines, key=lambda s: s["step_time_s"])
+    assert mip["feasible"] and mip["step_time_s"] == fastest["step_time_s"]
+    assert mip["reason"].startswith(f"{fastest['name']}'s plan (time limit:")
+    plan = load_plan(tmp_path / "plan.json")
+    assert plan.provenance.planner == d["best"]
+    # the MIP's row carries the status and the baseline's gap against the solver's bound
+    assert d["best"] == fastest["name"]
+
+
+def test_time_limit_status_and_gap_of_the_fallback(monkeypatch):
+    from hwmodels.catalog import load_node
+    from hwmodels.units import GiB
+    from planners.swap import plan_training
+    from simulator.job import TrainJob
+    from simulator.model import get_model
+
+    _no_incumbent(monkeypatch)
+    model = get_model("llama-2-7b").with_layers(4)
+    rep = plan_training(model, TrainJob(seq_len=65536), load_node("1xH200"), gpu_budget_bytes=60 * GiB,
+                        time_limit_s=0.4)
+    mip = rep.result("mip")
+    assert mip.feasible and mip.plan.provenance.status.startswith("time_limit:fallback:")
+    assert mip.plan.provenance.gap == pytest.approx(1.0 - 1.0 / mip.step_time_s)
+    assert not rep.timed_out
+
+
+def test_time_limit_without_any_plan_exits_4_saying_time_limit(capsys, tmp_path, monkeypatch):
+    _no_incumbent(monkeypatch)
+    code, out, err = _run(capsys, "plan", *SMALL, "--gpu-budget", "24GiB", "--time-limit", "0.4",
+                          "--json", "--out", str(tmp_path / "out"))
+    assert code == 4, err
+    assert err.startswith("tierplan plan: time limit:") and "infeasible" not in err
+    assert json.loads(out)["status"] == "time_limit"
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_mip_variants_share_the_time_limit(monkeypatch):
+    """Building, solving and replaying every variant stay within the limit plus one build
+    (generous bound: this machine's cores are shared)."""
+    import time
+
+    from hwmodels.catalog import load_node
+    from hwmodels.units import GiB
+    from planners.swap import PlanContext, plan_mip_variants
+    from simulator.job import TrainJob
+    from simulator.model import get_model
+
+    calls: list[float] = []
+    _no_incumbent(monkeypatch, calls)
+    ctx = PlanContext(model=get_model("llama-2-7b").with_layers(8), job=TrainJob(seq_len=65536),
+                      node=load_node("1xH200"), gpu_budget_bytes=60 * GiB, host_budget_bytes=1000 * GiB)
+    ctx.profile("none"), ctx.profile("full")  # profiles are the baselines' (outside the limit)
+    t0 = time.perf_counter()
+    res = plan_mip_variants(ctx, time_limit_s=2.0)
+    wall = time.perf_counter() - t0
+    assert res.timed_out and not res.feasible
+    assert sum(calls) <= 2.0 + 1e-6 and wall < 2.0 + 3.0

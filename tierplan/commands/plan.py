@@ -9,7 +9,11 @@ the replayed step time, MFU, HBM and host peaks, and why an infeasible one does 
 --out writes plan.json, trace.json (Perfetto) and memory.png for the fastest feasible strategy.
 With neither a scenario nor --model, MEMO's setting is planned: its 7B GPT at 1M tokens on
 8xA800 with tp=8 and sequence parallelism. When nothing fits, the binding constraint is printed,
-no plan is written, and the exit code is 3.
+no plan is written, and the exit code is 3; when the MIP's time limit stopped it before it
+found any plan and no baseline fits, the exit code is 4 ("time limit", not infeasible). With a
+fitting baseline, that baseline's plan is the MIP's row, status ``time_limit:fallback:<name>``.
+The command returns within --time-limit plus the time of the baselines' replays and of the
+last replay of a MIP plan (the MIP's variants, solves and repairs share the limit).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Any
 from tierplan.commands.estimate import MLP_ACTIVATION_HELP, MLP_ACTIVATIONS
 
 EXIT_INFEASIBLE = 3
+EXIT_TIME_LIMIT = 4
+"""The MIP's time limit stopped it before any plan and no baseline fits: not proven infeasible."""
 
 MEMO_DEFAULTS: dict[str, Any] = {"model": "memo-7b", "seq_len": "1M", "tp": "8", "sp": True,
                                  "hardware": "8xA800"}
@@ -101,12 +107,16 @@ def run(args: argparse.Namespace) -> int:
         out = report.to_dict()
         if report.best is None:
             out["binding"] = report.binding
+            out["status"] = "time_limit" if report.timed_out else "infeasible"
         print(json.dumps(out, sort_keys=True))
     else:
         _print(report, scenario, model, node)
     if report.best is None:
         import sys
 
+        if report.timed_out:
+            print(f"tierplan plan: {report.binding}", file=sys.stderr)
+            return EXIT_TIME_LIMIT
         print(f"tierplan plan: infeasible: {report.binding}", file=sys.stderr)
         return EXIT_INFEASIBLE
     if args.out:

@@ -11,7 +11,8 @@ offload / recompute decisions of a plan written by `tierplan plan` (on the scena
 embeds, so no scenario flag goes with ``--plan``; applied and replayed by
 `planners.swap.evaluate`, the path of the planner's own prediction), or a uniform offload of a
 fraction of every layer's saved activations (all but the top ``lookahead + 1`` layers, which
-MEMO keeps too) with prefetch. Reports step time, exposed transfer stall, per-tier peaks and
+MEMO keeps too) with prefetch, written as a plan's layers (`offload_layers`) and applied and
+replayed as a plan is. Reports step time, exposed transfer stall, per-tier peaks and
 OOM events.
 """
 
@@ -62,7 +63,7 @@ def _frac(value: str | None, field: str) -> float | None:
 
 def run(args: argparse.Namespace) -> int:
     from hwmodels.units import UserInputError
-    from simulator.des import add_offload, offload_candidates, schedule_from_workload, simulate
+    from simulator.des import schedule_from_workload, simulate
     from simulator.estimator import estimate_training
     from simulator.templates import training_workload
     from tierplan.commands.estimate import build_scenario, int_flag
@@ -82,15 +83,14 @@ def run(args: argparse.Namespace) -> int:
     if gpus is None or not 1 <= gpus <= node.num_gpus:
         raise UserInputError(f"--gpus: must be between 1 and {node.num_gpus} ({node.name}), "
                              f"got {args.gpus!r}")
+    record = bool(args.plot or args.trace or not args.json)
     workload = training_workload(model, scenario.job, node)
     est = estimate_training(model, scenario.job, node, workload=workload)
-    schedule = schedule_from_workload(workload, node, num_gpus=gpus)
     if offload:
-        layers = sorted(offload_candidates(workload))
-        top = len(layers) - (lookahead + 1)
-        schedule = add_offload(schedule, fraction_by_layer={L: offload for L in layers[:max(top, 0)]},
-                               tier=args.offload_tier, lookahead=lookahead)
-    result = simulate(schedule, record_timeline=bool(args.plot or args.trace or not args.json))
+        result = _replay_offload(offload, scenario, num_gpus=gpus, lookahead=lookahead,
+                                 tier=args.offload_tier, record_timeline=record)
+    else:
+        result = simulate(schedule_from_workload(workload, node, num_gpus=gpus), record_timeline=record)
     return _report(args, result, est, gpus, scenario)
 
 
@@ -137,6 +137,42 @@ def _report(args: argparse.Namespace, result, est, gpus: int, scenario) -> int:
         return 0
     _print(summary, scenario.model.name, scenario, scenario.node.name)
     return 0
+
+
+def offload_layers(num_layers: int, frac: float, *, checkpointing: str, lookahead: int) -> list:
+    """The LayerPlans of ``--offload FRAC``: every layer but the top ``lookahead + 1`` (which
+    MEMO keeps too) offloads ``frac`` of the tokens of each saved tensor it produces and keeps
+    the rest; its input, which a plan offloads whole or keeps, is offloaded when ``frac`` is 1.
+    A checkpointed layer (the job's ``checkpointing``) saves only its input."""
+    from planners.plan import ACTIVATION_ROLES, LayerPlan, RoleAction
+
+    inp = "offload" if frac >= 1.0 else "keep"
+    act = RoleAction(action="offload", alpha_frac=frac, keep_frac=1.0 - frac)
+    roles = dict.fromkeys(ACTIVATION_ROLES, act)
+    out = []
+    for i in range(num_layers):
+        if i >= num_layers - (lookahead + 1):
+            out.append(LayerPlan(layer=i, checkpoint=checkpointing))
+        elif checkpointing != "none":
+            out.append(LayerPlan(layer=i, checkpoint=checkpointing, input=inp))
+        else:
+            out.append(LayerPlan(layer=i, input=inp, roles=roles))
+    return out
+
+
+def _replay_offload(frac: float, scenario, *, num_gpus: int, lookahead: int, tier: str,
+                    record_timeline: bool):
+    """The DES replay of ``offload_layers`` on ``num_gpus`` GPUs, applied and replayed as a
+    plan's layers are (`planners.swap.apply_plan`, `planners.swap.replay`)."""
+    from planners.swap import PlanContext, apply_plan, replay
+
+    ctx = PlanContext.from_scenario(scenario, lookahead=lookahead)
+    node = scenario.node
+    layers = offload_layers(scenario.model.num_layers, frac, checkpointing=scenario.job.checkpointing,
+                            lookahead=lookahead)
+    applied = apply_plan(ctx.profile_for([lp.checkpoint for lp in layers]), layers, lookahead=lookahead,
+                         copy_s_per_byte=ctx.copy_s_per_byte)
+    return replay(applied, node, num_gpus=num_gpus, tier=tier, record_timeline=record_timeline).sim
 
 
 def _summary(result, est, gpus: int) -> dict:
