@@ -451,17 +451,13 @@ def plan_from_data(data: Any, *, where: str = "plan") -> Plan:
 
 
 def validation_line(err: Exception) -> str:
-    """The first failing field of a pydantic error as "loc: message"."""
-    errors = getattr(err, "errors", None)
-    if not callable(errors) or not errors():
+    """The first failing field of a pydantic error (``hwmodels.units.validation_error_line``),
+    or the text of any other error."""
+    from hwmodels.units import validation_error_line
+
+    if not callable(getattr(err, "errors", None)):
         return str(err).splitlines()[0] if str(err) else type(err).__name__
-    first = errors()[0]
-    loc = ".".join(str(x) for x in first.get("loc", ()) if x not in ("train", "infer"))
-    msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-    last = loc.rsplit(".", 1)[-1]
-    if loc and msg.startswith(f"{last}: "):  # the cause already names its field: say it once
-        msg = msg[len(last) + 2:]
-    return f"{loc}: {msg}" if loc else msg
+    return validation_error_line(err, union_tags=("train", "infer"))
 
 
 def load_plan(path: str | pathlib.Path) -> Plan:
