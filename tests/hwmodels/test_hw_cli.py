@@ -101,7 +101,7 @@ def test_transfer_table(capsys):
             ],
             "--gpu-index",
         ),
-        (["hw", "calibrate", "--measurements", "/nonexistent.json"], "no such file"),
+        (["hw", "calibrate", "--measurements", "/nonexistent.json"], "file not found"),
         (["hw", "calibrate", "--measurements", "x.json", "--gpu", "H201"], "unknown gpu preset"),
         (
             [
