@@ -21,6 +21,8 @@ from pathlib import Path
 
 from hwmodels.units import UserInputError
 
+IMAGE_SUFFIXES = (".png", ".svg", ".pdf")  # what the pictures' savefig writes
+
 
 def _reason(err: OSError) -> str:
     return err.strerror or type(err).__name__
@@ -111,3 +113,15 @@ class OutputSet:
         pending, self._pending = self._pending, []
         for tmp, _, _ in pending:
             tmp.unlink(missing_ok=True)
+
+
+def make_out_dir(path: str | os.PathLike[str], *, field: str) -> Path:
+    """The output folder ``path``, created with its parents; a file in the way is one error."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"{field}: {out}: cannot write: not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserInputError(f"{field}: {out}: cannot create: {_reason(err)}") from None
+    return out

@@ -16,9 +16,12 @@ Workload view (one buffer per tensor, lifetimes in op indices).
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 
-from hwmodels.units import UserInputError
+from hwmodels.limits import MAX_BYTES, MAX_LAYOUT_BUFFERS
+from hwmodels.units import UserInputError, parse_int
+from hwmodels.userfile import read_user_text
 from simulator.workload import Workload, allocator_rounded_bytes
 
 
@@ -169,13 +172,14 @@ CSV_FIELDS = ("id", "lower", "upper", "size")
 
 def load_csv_instance(path: str) -> LayoutInstance:
     """Read ``id,lower,upper,size`` rows (a header line first); a buffer lives in [lower, upper)."""
+    text = read_user_text(path)
     try:
-        with open(path, newline="") as fh:
-            rows = list(csv.reader(fh))
-    except OSError as err:
-        raise UserInputError(f"{path}: cannot read: {err.strerror or err}") from None
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise UserInputError(f"{path}: not a text CSV file ({type(err).__name__})") from None
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as err:
+        raise UserInputError(f"{path}: not a CSV file ({err})") from None
+    if len(rows) > MAX_LAYOUT_BUFFERS + 1:
+        raise UserInputError(f"{path}: {len(rows) - 1:,} rows, more than the {MAX_LAYOUT_BUFFERS:,} "
+                             "buffers a layout takes")
     rows = [r for r in rows if r and any(c.strip() for c in r)]
     if not rows:
         raise UserInputError(f"{path}: empty file; expected a header {','.join(CSV_FIELDS)}")
@@ -194,10 +198,8 @@ def load_csv_instance(path: str) -> LayoutInstance:
         seen.add(bid)
         vals = []
         for field, text in zip(CSV_FIELDS[1:], row[1:], strict=True):
-            try:
-                vals.append(int(text.strip()))
-            except ValueError:
-                raise UserInputError(f"{path}: line {n}: {field}: expected an integer, got {text.strip()!r}") from None
+            vals.append(parse_int(text, field=f"{path}: line {n}: {field}", minimum=0,
+                                  maximum=MAX_BYTES))
         lo, hi, size = vals
         if hi <= lo:
             raise UserInputError(f"{path}: line {n}: upper: must be greater than lower ({lo}), got {hi}")

@@ -17,6 +17,8 @@ import argparse
 import json
 from typing import Any
 
+from hwmodels.limits import MAX_BATCH, MAX_LAYERS, MAX_PARALLEL_DEGREE
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -85,15 +87,12 @@ _TRAIN_ONLY = ("seq_len", "checkpointing", "optimizer", "optimizer_state_dtype",
 _INFER_ONLY = ("prompt_len", "gen_len", "kv_dtype", "kv_quant")
 
 
-def int_flag(value: str | None, field: str) -> int | None:
-    from hwmodels.units import UserInputError
+def int_flag(value: str | None, field: str, *, minimum: int = 1,
+             maximum: int = MAX_PARALLEL_DEGREE) -> int | None:
+    """An integer flag within [minimum, maximum] (None when not given)."""
+    from hwmodels.units import parse_int
 
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise UserInputError(f"{field}: expected an integer, got {value!r}") from None
+    return None if value is None else parse_int(value, field=field, minimum=minimum, maximum=maximum)
 
 
 def build_scenario(args: argparse.Namespace):
@@ -131,13 +130,16 @@ def build_scenario(args: argparse.Namespace):
                                  f"{'infer' if flag in _INFER_ONLY else 'train'}")
         job[field] = value
     if args.batch is not None:
-        job["micro_batch" if mode == "train" else "batch"] = int_flag(args.batch, "--batch")
+        job["micro_batch" if mode == "train" else "batch"] = int_flag(args.batch, "--batch",
+                                                                      maximum=MAX_BATCH)
     par = dict(job.get("parallelism") or {})
     for flag, field in _PAR_FLAGS.items():
         value = getattr(args, flag, None)
         if value is None:
             continue
-        par[field] = value if flag in ("sp", "cp_kind") else int_flag(value, f"--{flag}")
+        par[field] = value if flag in ("sp", "cp_kind") else int_flag(
+            value, f"--{flag}", minimum=0 if flag == "zero" else 1, maximum=3 if flag == "zero"
+            else MAX_PARALLEL_DEGREE)
     job["parallelism"] = par
     if mode == "train" and "loss" not in (base.job.model_fields_set if args.scenario else set()):
         # a bare layer stack has no LM head: its loss is the probe's mean of squares
@@ -152,10 +154,7 @@ def build_scenario(args: argparse.Namespace):
     scenario = scenario_from_dict(data, where=where)
     model = scenario.model_spec()
     if args.layers is not None:
-        n = int_flag(args.layers, "--layers")
-        if n is None or n < 1:
-            raise UserInputError(f"--layers: must be at least 1, got {args.layers!r}")
-        model = model.with_layers(n)
+        model = model.with_layers(int_flag(args.layers, "--layers", maximum=MAX_LAYERS))
     return scenario, model
 
 

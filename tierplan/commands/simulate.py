@@ -19,6 +19,8 @@ import argparse
 import json
 from typing import Any
 
+from hwmodels.outputs import IMAGE_SUFFIXES
+
 
 def register(subparsers: Any) -> None:
     from tierplan.commands.estimate import add_scenario_args
@@ -60,6 +62,7 @@ def _frac(value: str | None, field: str) -> float | None:
 
 def run(args: argparse.Namespace) -> int:
     from hwmodels.catalog import load_node
+    from hwmodels.limits import MAX_LAYERS
     from hwmodels.units import UserInputError
     from simulator.des import add_offload, offload_candidates, schedule_from_workload, simulate
     from simulator.estimator import estimate_training
@@ -71,9 +74,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserInputError("--mode: simulate replays training steps; use estimate for inference")
     node = load_node(scenario.hardware)
     offload = _frac(args.offload, "--offload")
-    lookahead = int_flag(args.lookahead, "--lookahead")
-    if lookahead is None or lookahead < 0:
-        raise UserInputError(f"--lookahead: must be >= 0, got {args.lookahead!r}")
+    lookahead = int_flag(args.lookahead, "--lookahead", minimum=0, maximum=MAX_LAYERS)
     job_gpus = scenario.job.parallelism.num_gpus
     gpus = int_flag(args.gpus, "--gpus") if args.gpus is not None else min(job_gpus, node.num_gpus)
     if gpus is None or not 1 <= gpus <= node.num_gpus:
@@ -96,14 +97,16 @@ def run(args: argparse.Namespace) -> int:
             schedule = add_offload(schedule, fraction_by_layer={L: offload for L in layers[:max(top, 0)]},
                                    tier=args.offload_tier, lookahead=lookahead)
         result = simulate(schedule, record_timeline=bool(args.plot or args.trace or not args.json))
-    if args.trace:
-        from simulator.des.trace import write_chrome_trace
+    from hwmodels.outputs import OutputSet
+    from simulator.des.trace import plot_step, write_chrome_trace
 
-        write_chrome_trace(result, args.trace)
-    if args.plot:
-        from simulator.des.trace import plot_step
-
-        plot_step(result, args.plot)
+    with OutputSet() as outputs:  # the trace and the picture, or neither
+        if args.trace:
+            outputs.write(outputs.reserve(args.trace, field="--trace"),
+                          lambda p: write_chrome_trace(result, p))
+        if args.plot:
+            outputs.write(outputs.reserve(args.plot, field="--plot", suffixes=IMAGE_SUFFIXES),
+                          lambda p: plot_step(result, p))
     summary = _summary(result, est, gpus)
     if args.json:
         print(json.dumps(summary, sort_keys=True))
