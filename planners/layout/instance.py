@@ -15,9 +15,13 @@ Workload view (one buffer per tensor, lifetimes in op indices).
 
 from __future__ import annotations
 
+import bisect
 import csv
+import heapq
 import io
 from dataclasses import dataclass
+
+import numpy as np
 
 from hwmodels.limits import MAX_BYTES, MAX_LAYOUT_BUFFERS
 from hwmodels.units import UserInputError, parse_int
@@ -64,7 +68,15 @@ class LayoutInstance:
         return sum(b.size_bytes for b in self.buffers)
 
     def num_overlapping_pairs(self) -> int:
-        return len(overlapping_pairs(self.buffers))
+        """Pairs live at the same time, counted in O(n log n) without listing them."""
+        if not self.buffers:
+            return 0
+        lo = np.fromiter((b.lower for b in self.buffers), dtype=np.int64, count=len(self.buffers))
+        hi = np.fromiter((b.upper for b in self.buffers), dtype=np.int64, count=len(self.buffers))
+        # buffer k in start order meets every earlier-starting buffer except those already ended
+        lo_sorted = np.sort(lo, kind="stable")
+        ended = np.searchsorted(np.sort(hi), lo_sorted, side="right")
+        return int((np.arange(len(lo_sorted)) - ended).sum())
 
 
 def live_bytes_profile(buffers: tuple[Buffer, ...] | list[Buffer]) -> list[tuple[int, int]]:
@@ -125,19 +137,30 @@ def check_layout(instance: LayoutInstance, offsets: dict[str, int]) -> LayoutChe
     if extra:
         return LayoutCheck(False, 0, None, f"offset for unknown buffer {sorted(extra)[0]!r}")
     peak = max((offsets[b.bid] + b.size_bytes for b in bufs), default=0)
-    events = sorted(range(len(bufs)), key=lambda i: (bufs[i].lower, i))
-    live: list[int] = []
-    for i in events:
+    # live address ranges kept sorted by start; while valid they are disjoint, so a new range
+    # can only meet its two neighbours: O(n log n) instead of comparing with every live buffer
+    starts: list[int] = []
+    live: list[int] = []  # buffer index of each range in ``starts``
+    ends: list[tuple[int, int]] = []  # heap of (upper, buffer index)
+    for i in sorted(range(len(bufs)), key=lambda i: (bufs[i].lower, i)):
         b = bufs[i]
-        live = [j for j in live if bufs[j].upper > b.lower]
+        while ends and ends[0][0] <= b.lower:
+            _, j = heapq.heappop(ends)
+            k = bisect.bisect_left(starts, offsets[bufs[j].bid])
+            del starts[k], live[k]
         lo, hi = offsets[b.bid], offsets[b.bid] + b.size_bytes
-        for j in live:
+        k = bisect.bisect_right(starts, lo)
+        for j in (live[k - 1] if k else None, live[k] if k < len(live) else None):
+            if j is None:
+                continue
             c = bufs[j]
             clo = offsets[c.bid]
             if lo < clo + c.size_bytes and clo < hi:
                 return LayoutCheck(False, peak, (c.bid, b.bid),
                                    f"buffers {c.bid!r} and {b.bid!r} share bytes at time {b.lower}")
-        live.append(i)
+        starts.insert(k, lo)
+        live.insert(k, i)
+        heapq.heappush(ends, (b.upper, i))
     return LayoutCheck(True, peak, None, "ok")
 
 
