@@ -32,6 +32,7 @@ Source: validate/measurements/reference/*.json and validate/measurements/h200/*.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -41,6 +42,7 @@ from scipy.optimize import lsq_linear
 
 from hwmodels.catalog import REPO_ROOT, read_json
 from hwmodels.collectives import bus_factor, num_steps
+from hwmodels.limits import MAX_SECONDS, echo
 from hwmodels.op_classes import FLOP_CLASSES
 from hwmodels.specs import AchievedProfile, OpClassFit
 from hwmodels.units import GB, TB, TFLOPS, MiB, UserInputError
@@ -239,8 +241,12 @@ def points_from_records(
         if r.get("status", "ok") != "ok":
             skipped.append(f"{where}: status {r.get('status')!r}")
             continue
-        if not isinstance(t, int | float) or t <= 0:
-            raise UserInputError(f"{where}.time_s: must be a positive number, got {t!r}")
+        if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t <= MAX_SECONDS:
+            raise UserInputError(f"{where}.time_s: must be a positive number of seconds (at most "
+                                 f"{MAX_SECONDS:g}), got {echo(t)}")
+        if not isinstance(op, str):
+            raise UserInputError(f"{where}.op: expected an operator name, got {echo(op)}")
+        num_before = len(pts)
         try:
             if op == "gemm":
                 flops = r.get("flops") or gemm_flops(m=r["m"], n=r["n"], k=r["k"])
@@ -358,7 +364,22 @@ def points_from_records(
             raise UserInputError(f"{where}: missing field {err.args[0]!r} for op {op!r}") from None
         except (TypeError, ValueError, ZeroDivisionError) as err:
             raise UserInputError(f"{where}: bad value for op {op!r} ({err})") from None
+        for p in pts[num_before:]:
+            _check_point(p, where)
     return pts
+
+
+def _check_point(p: CalibrationPoint, where: str) -> None:
+    """A point the fit can use: positive finite work, non-negative finite latency units.
+
+    Zero or negative work (a size of 0 or -4096 in a record) would make the rate infinite or
+    negative, and a non-finite value poisons the least-squares fit of the whole class.
+    """
+    if isinstance(p.work, bool) or not math.isfinite(p.work) or p.work <= 0:
+        raise UserInputError(f"{where}: {p.label}: work must be a positive number, got {echo(p.work)}")
+    if not math.isfinite(p.num_latency_units) or p.num_latency_units < 0:
+        raise UserInputError(f"{where}: {p.label}: latency units must be a non-negative number, "
+                             f"got {echo(p.num_latency_units)}")
 
 
 def load_points(
@@ -366,6 +387,7 @@ def load_points(
 ) -> list[CalibrationPoint]:
     """Points from measurement files in either accepted format."""
     pts: list[CalibrationPoint] = []
+    all_skipped: list[str] = []
     for path in paths:
         data = read_json(Path(path))
         if not isinstance(data, dict):
@@ -383,7 +405,12 @@ def load_points(
                 ) from None
         if not records:
             raise UserInputError(f"{path}: no measurement records found")
-        pts += points_from_records(records, source=str(path), skipped=skipped)
+        pts += points_from_records(records, source=str(path), skipped=all_skipped)
+    if skipped is not None:
+        skipped += all_skipped
+    if paths and not pts:  # fitting nothing would write an empty profile
+        why = f" ({len(all_skipped)} skipped, first: {all_skipped[0]})" if all_skipped else ""
+        raise UserInputError(f"{paths[0]}: no usable measurement records{why}")
     return pts
 
 

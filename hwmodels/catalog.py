@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from hwmodels.limits import echo
 from hwmodels.specs import (
     AchievedProfile,
     ClusterSpec,
@@ -32,6 +33,7 @@ from hwmodels.specs import (
     NvmeSpec,
 )
 from hwmodels.units import UserInputError, validation_error_line
+from hwmodels.userfile import read_user_json
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 KINDS: tuple[str, ...] = ("gpus", "memory", "storage", "links", "nodes", "profiles")
@@ -77,12 +79,7 @@ def validate_file_data(model: type[BaseModel], data: Any, path: Path) -> Any:
 
 def read_json(path: Path) -> Any:
     """Parse a JSON file; missing or malformed files raise `UserInputError` naming the file."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserInputError(f"{path}: no such file") from None
-    except json.JSONDecodeError as err:
-        raise UserInputError(f"{_display(Path(path))}: not valid JSON: {err}") from None
+    return read_user_json(path)
 
 
 @lru_cache(maxsize=1)
@@ -118,7 +115,7 @@ def _lookup(name: str, kind: str | None) -> tuple[str, Path]:
     close = difflib.get_close_matches(name, pool, n=4, cutoff=0.4)
     hint = f"; close matches: {', '.join(close)}" if close else ""
     what = f"{kind.rstrip('s')} preset" if kind else "preset"
-    raise UserInputError(f"unknown {what} {name!r}{hint} (`tierplan hw list` shows all)")
+    raise UserInputError(f"unknown {what} {echo(name)}{hint} (`tierplan hw list` shows all)")
 
 
 def _resolve(value: Any, kind: str, where: Path, field: str) -> Any:
@@ -130,6 +127,9 @@ def _resolve(value: Any, kind: str, where: Path, field: str) -> Any:
         base = dict(_raw(str(overrides.pop("preset")), kind))
         sources = dict(base.get("sources", {}))
         own_sources = overrides.pop("sources", {})
+        if not isinstance(own_sources, dict):
+            raise UserInputError(f"{_display(where)}: {field}.sources: expected a mapping of field "
+                                 f"names to sources, got {type(own_sources).__name__}")
         for key in overrides:
             sources[key] = own_sources.get(key, f"override in {_display(where)} ({field})")
         sources.update(own_sources)

@@ -23,6 +23,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
 
+from hwmodels.limits import MAX_GPUS, MAX_HW_COUNT, MAX_RATE, MAX_SECONDS
 from hwmodels.op_classes import FLOP_CLASSES as FLOP_CLASSES
 from hwmodels.units import parse_bytes, parse_rate, parse_seconds
 
@@ -81,9 +82,9 @@ def _as_seconds(value: Any, info: ValidationInfo) -> Any:
 
 
 Bytes = Annotated[int, BeforeValidator(_as_bytes)]
-ByteRate = Annotated[float, BeforeValidator(_as_byte_rate)]
+ByteRate = Annotated[float, BeforeValidator(_as_byte_rate), Field(le=MAX_RATE)]
 FlopRate = Annotated[float, BeforeValidator(_as_flop_rate)]
-Seconds = Annotated[float, BeforeValidator(_as_seconds)]
+Seconds = Annotated[float, BeforeValidator(_as_seconds), Field(le=MAX_SECONDS)]
 
 
 class _Spec(BaseModel):
@@ -118,7 +119,7 @@ class GpuSpec(_Sourced):
     and driver keep roughly 0.5 GiB of it (torch's total_memory is that much smaller)."""
     hbm_bandwidth_bytes_per_s: ByteRate = Field(gt=0)
     """Datasheet HBM bandwidth, bytes/s (decimal, as quoted)."""
-    num_sms: int = Field(gt=0)
+    num_sms: int = Field(gt=0, le=MAX_HW_COUNT, strict=True)
     """Streaming multiprocessors (NVIDIA) or compute units (AMD)."""
     sram_per_sm_bytes: Bytes = Field(gt=0)
     """Shared memory (LDS on AMD) usable per SM, bytes: the FlashAttention tile budget."""
@@ -152,7 +153,7 @@ class HostMemorySpec(_Sourced):
     """Installed DRAM of the node, bytes."""
     bandwidth_bytes_per_s: ByteRate = Field(gt=0)
     """Aggregate DRAM bandwidth of all sockets, bytes/s."""
-    num_sockets: int = Field(gt=0)
+    num_sockets: int = Field(gt=0, le=MAX_HW_COUNT, strict=True)
     """CPU sockets; topology names them ``cpu0``, ``cpu1``, ..."""
     latency_s: Seconds = Field(gt=0)
     """Idle load-to-use latency of local DRAM, seconds."""
@@ -173,7 +174,7 @@ class CxlMemorySpec(_Sourced):
     """Sustained write bandwidth of the card, bytes/s."""
     latency_s: Seconds = Field(gt=0)
     """Idle load latency from the host, seconds (typically 2-5x local DRAM)."""
-    num_sharing_gpus: int = Field(default=1, gt=0)
+    num_sharing_gpus: int = Field(default=1, gt=0, le=MAX_GPUS, strict=True)
     """GPUs that stage through this card at once; they split its bandwidth."""
 
 
@@ -192,7 +193,7 @@ class NvmeSpec(_Sourced):
     """Sequential write, bytes/s."""
     latency_s: Seconds = Field(gt=0)
     """Random 4 KiB read latency at queue depth 1, seconds."""
-    queue_depth: int = Field(gt=0)
+    queue_depth: int = Field(gt=0, le=MAX_HW_COUNT, strict=True)
     """Queue depth at which the datasheet bandwidth is reached."""
 
 
@@ -212,7 +213,7 @@ class LinkSpec(_Sourced):
     """Link family."""
     generation: str | None = None
     """Generation where it applies (``"5"`` for PCIe 5.0, ``"4"`` for NVLink 4)."""
-    num_lanes: int | None = Field(default=None, gt=0)
+    num_lanes: int | None = Field(default=None, gt=0, le=MAX_HW_COUNT, strict=True)
     """PCIe lanes, NVLink links or network ports bundled in this link."""
     per_direction_bandwidth_bytes_per_s: ByteRate = Field(gt=0)
     """Datasheet bandwidth of one direction, bytes/s."""
@@ -388,7 +389,7 @@ class NodeSpec(_Sourced):
     """Preset name, e.g. ``8xH200``."""
     description: str = ""
     """One line for humans."""
-    num_gpus: int = Field(gt=0)
+    num_gpus: int = Field(gt=0, le=MAX_GPUS, strict=True)
     """GPUs in the node; topology names them ``gpu0`` ... ``gpu<num_gpus-1>``."""
     gpu: GpuSpec
     """The GPU model (all GPUs of a node are the same)."""

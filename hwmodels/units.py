@@ -16,6 +16,8 @@ import re
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from hwmodels.limits import MAX_BYTES, MAX_SEQ_LEN, echo
+
 KiB = 1024
 MiB = 1024**2
 GiB = 1024**3
@@ -90,48 +92,112 @@ _COUNT_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 _NUM_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
 
 
-def parse_bytes(value: str | int | float, *, field: str = "size") -> int:
+def _error(field: str, message: str) -> UserInputError:
+    """A UserInputError ``"field: message"`` (just ``message`` without a field, as argparse
+    types need: argparse names the flag itself)."""
+    return UserInputError(f"{field}: {message}" if field else message)
+
+
+def parse_bytes(value: str | int | float, *, field: str = "size", maximum: int = MAX_BYTES) -> int:
     """Parse ``"60GiB"``, ``"2 GB"``, ``"512MiB"``, ``4096`` into bytes (int).
 
     Binary suffixes (KiB, MiB, GiB, TiB, and the bare K/M/G/T) are powers of 1024; decimal
-    ones (KB, MB, GB, TB) powers of 1000. Negative, non-finite or fractional-byte results are
-    rejected with a message naming ``field``.
+    ones (KB, MB, GB, TB) powers of 1000. Negative, non-finite, fractional-byte results and
+    results above ``maximum`` are rejected with a message naming ``field``.
     """
     result = _parse_scaled(value, field=field, units=_BYTE_UNITS, example="80GiB or 4096", regex=_NUM_RE)
+    if result > maximum:
+        raise _error(field, f"must be at most {format_bytes(maximum)}, got {echo(value)}")
     if abs(result - round(result)) > 1e-6 * max(1.0, result):
-        raise UserInputError(f"{field}: {value!r} is not a whole number of bytes")
+        raise _error(field, f"{echo(value)} is not a whole number of bytes")
     return int(round(result))
 
 
-def parse_count(value: str | int, *, field: str = "length", minimum: int = 1) -> int:
+def parse_count(value: str | int, *, field: str = "length", minimum: int = 1,
+                maximum: int = MAX_SEQ_LEN) -> int:
     """Parse token counts and lengths: ``"128K"`` -> 131072, ``"1M"`` -> 1048576, ``"4096"``.
 
-    Suffixes are binary (K = 1024). Rejects values below ``minimum`` with a message naming
-    ``field``.
+    Suffixes are binary (K = 1024). Rejects values outside [``minimum``, ``maximum``] with a
+    message naming ``field``.
     """
     if isinstance(value, bool):
-        raise UserInputError(f"{field}: expected a count such as 64K, got {value!r}")
+        raise _error(field, f"expected a count such as 64K, got {value!r}")
     if isinstance(value, int):
-        number, unit = float(value), ""
+        result: float | int = value
     else:
-        m = _NUM_RE.match(str(value))
+        m = _NUM_RE.match(str(value)) if isinstance(value, str | float) else None
         if not m:
-            raise UserInputError(f"{field}: expected a count such as 64K or 4096, got {value!r}")
+            raise _error(field, f"expected a count such as 64K or 4096, got {echo(value)}")
         number, unit = float(m.group(1)), m.group(2).lower()
         if unit not in _COUNT_UNITS:
-            raise UserInputError(f"{field}: unknown suffix {m.group(2)!r} in {value!r} (use K, M)")
-    result = number * _COUNT_UNITS[unit]
+            raise _error(field, f"unknown suffix {echo(m.group(2))} in {echo(value)} (use K, M)")
+        result = number * _COUNT_UNITS[unit]
+    if not math.isfinite(result) or result > maximum:
+        raise _error(field, f"must be at most {maximum:,}, got {echo(value)}")
     if result != int(result):
-        raise UserInputError(f"{field}: {value!r} is not a whole number")
+        raise _error(field, f"{echo(value)} is not a whole number")
     if result < minimum:
-        raise UserInputError(f"{field}: must be at least {minimum}, got {value!r}")
+        raise _error(field, f"must be at least {minimum}, got {echo(value)}")
     return int(result)
 
 
+def _range_message(value: object, minimum: float | None, maximum: float | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f"must be between {minimum:,} and {maximum:,}, got {echo(value)}"
+    if minimum is not None:
+        return f"must be at least {minimum:,}, got {echo(value)}"
+    return f"must be at most {maximum:,}, got {echo(value)}"
+
+
+def parse_int(value: str | int, *, field: str, minimum: int | None = 1, maximum: int) -> int:
+    """A plain integer (``"8"``, ``8``) within [``minimum``, ``maximum``]; no suffixes, no bools.
+
+    The bound is checked on the digits' length before converting, so a 20,000-digit value is
+    refused at once (and echoed back cut short).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise _error(field, f"expected an integer, got {echo(value)}")
+    if isinstance(value, str):
+        text = value.strip()
+        if not re.fullmatch(r"[+-]?[0-9]{1,30}", text):
+            if re.fullmatch(r"[+-]?[0-9]+", text):  # more digits than any bound has
+                raise _error(field, _range_message(value, minimum, maximum))
+            raise _error(field, f"expected an integer, got {echo(value)}")
+        value = int(text)
+    if (minimum is not None and value < minimum) or value > maximum:
+        raise _error(field, _range_message(value, minimum, maximum))
+    return value
+
+
+def parse_float(value: str | int | float, *, field: str, minimum: float = 0.0,
+                maximum: float, strict_minimum: bool = True) -> float:
+    """A finite number within (``minimum``, ``maximum``] (``[minimum, ...`` when not strict).
+
+    NaN and infinities are refused: a tolerance of NaN would pass every check, a time limit of
+    inf would remove the limit.
+    """
+    if isinstance(value, bool):
+        raise _error(field, f"expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise _error(field, f"expected a number, got {echo(value)}") from None
+    if not math.isfinite(number):
+        raise _error(field, f"must be a finite number, got {echo(value)}")
+    low_ok = number > minimum if strict_minimum else number >= minimum
+    if not low_ok or number > maximum:
+        side = "greater than" if strict_minimum else "at least"
+        raise _error(field, f"must be {side} {minimum:g} and at most {maximum:g}, got {echo(value)}")
+    return number
+
+
 def format_bytes(num_bytes: float) -> str:
-    """Human-readable binary size for tables: ``1.50 GiB``."""
+    """Human-readable binary size for tables: ``1.50 GiB``, ``1000 B``, ``2.0 EiB``."""
     n = float(num_bytes)
-    for unit, scale in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+    if not math.isfinite(n):
+        return f"{n} B"
+    for unit, scale in (("EiB", 1024**6), ("PiB", 1024**5), ("TiB", TiB), ("GiB", GiB), ("MiB", MiB),
+                        ("KiB", KiB)):
         if abs(n) >= scale:
             return f"{n / scale:.2f} {unit}"
     return f"{int(n)} B"
@@ -160,18 +226,18 @@ _SECOND_UNITS = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 def _parse_scaled(value: str | int | float, *, field: str, units: Mapping[str, float],
                   example: str, regex: re.Pattern[str]) -> float:
     if isinstance(value, bool):
-        raise UserInputError(f"{field}: expected a value such as {example}, got {value!r}")
+        raise _error(field, f"expected a value such as {example}, got {value!r}")
     if isinstance(value, int | float):
         number, unit = float(value), ""
     else:
         m = regex.match(str(value))
         if not m:
-            raise UserInputError(f"{field}: expected a value such as {example}, got {value!r}")
+            raise _error(field, f"expected a value such as {example}, got {echo(value)}")
         number, unit = float(m.group(1)), m.group(2).lower()
         if unit not in units:
-            raise UserInputError(f"{field}: unknown unit {m.group(2)!r} in {value!r}")
+            raise _error(field, f"unknown unit {echo(m.group(2))} in {echo(value)}")
     if not math.isfinite(number) or number < 0:
-        raise UserInputError(f"{field}: must be a non-negative number, got {value!r}")
+        raise _error(field, f"must be a finite non-negative number, got {echo(value)}")
     return number * units[unit]
 
 

@@ -26,7 +26,6 @@ DeepSpeed ZeRO stages, KIVI (per-group KV quantization).
 
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Annotated, Any, Final, Literal, get_args
 
@@ -44,7 +43,9 @@ from pydantic import (
     model_validator,
 )
 
+from hwmodels.limits import MAX_BATCH, MAX_PARALLEL_DEGREE
 from hwmodels.units import UserInputError, parse_count, validation_error_line
+from hwmodels.userfile import read_user_mapping
 from kernels.cost import DTYPE_BITS, tensor_bytes  # noqa: F401  (tensor_bytes re-exported)
 from simulator.model import ModelSpec, load_model
 
@@ -88,19 +89,19 @@ class _Spec(BaseModel):
 class Parallelism(_Spec):
     """How one model replica's step is split over GPUs (total GPUs = tp * cp * dp)."""
 
-    tp: int = Field(default=1, ge=1)
+    tp: int = Field(default=1, ge=1, le=MAX_PARALLEL_DEGREE, strict=True)
     """Tensor-parallel degree: weights and heads split over tp GPUs."""
     sequence_parallel: bool = False
     """Megatron sequence parallelism: norms, dropout and residuals split over tp along tokens
     (a no-op when tp == 1)."""
-    cp: int = Field(default=1, ge=1)
+    cp: int = Field(default=1, ge=1, le=MAX_PARALLEL_DEGREE, strict=True)
     """Context-parallel degree: the sequence split over cp GPUs."""
     cp_kind: Literal["ring", "ulysses"] = "ring"
     """ring: KV blocks passed around a ring (P2P); ulysses: all-to-all from sequence to head
     split."""
-    dp: int = Field(default=1, ge=1)
+    dp: int = Field(default=1, ge=1, le=MAX_PARALLEL_DEGREE, strict=True)
     """Data-parallel degree (replicas)."""
-    zero_stage: int = Field(default=0, ge=0, le=3)
+    zero_stage: int = Field(default=0, ge=0, le=3, strict=True)
     """ZeRO stage over dp: 1 optimizer states, 2 + grads, 3 + weights sharded (no-op at dp 1)."""
 
     @property
@@ -162,7 +163,7 @@ class TrainJob(_JobBase):
     """Tag of the Job union."""
     seq_len: Length
     """Tokens per sequence ("128K" accepted)."""
-    micro_batch: int = Field(default=1, ge=1)
+    micro_batch: int = Field(default=1, ge=1, le=MAX_BATCH, strict=True)
     """Sequences per step on each data-parallel replica."""
     grad_dtype: DType = None  # type: ignore[assignment]  # filled from param_dtype
     """dtype of the weight gradients (default: param_dtype)."""
@@ -239,7 +240,7 @@ class InferJob(_JobBase):
     """Prompt tokens per sequence ("32K" accepted)."""
     gen_len: LengthOrZero = 0
     """Generated tokens per sequence (0: prefill only)."""
-    batch: int = Field(default=1, ge=1)
+    batch: int = Field(default=1, ge=1, le=MAX_BATCH, strict=True)
     """Sequences served together."""
     kv_dtype: DType = "bf16"
     """dtype of K and V as attention computes them (and as stored when kv_quant is none)."""
@@ -333,34 +334,8 @@ class ScenarioFile(_Spec):
 def load_scenario(path: str | pathlib.Path) -> ScenarioFile:
     """Read a scenario from a .yaml/.yml/.json file; errors name the file and the field."""
     path = pathlib.Path(path)
-    where = str(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserInputError(f"{where}: file not found") from None
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UserInputError(
-                f"{where}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}"
-            ) from None
-    elif suffix in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            at = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-            reason = getattr(err, "problem", None) or "cannot parse"
-            raise UserInputError(f"{where}: malformed YAML{at}: {reason}") from None
-    else:
-        raise UserInputError(f"{where}: unknown scenario format {suffix!r} (use .yaml or .json)")
-    if not isinstance(data, dict):
-        raise UserInputError(f"{where}: expected a mapping of scenario fields")
-    return scenario_from_dict(data, where=where, base_dir=path.parent)
+    data = read_user_mapping(path, what="scenario")
+    return scenario_from_dict(data, where=str(path), base_dir=path.parent)
 
 
 _UNION_TAGS = ("train", "infer", "named", "inline")  # union branch names pydantic puts in locs

@@ -39,13 +39,15 @@ Megatron-style ``gpt`` config keys (Megatron-LM argument names):
 
 from __future__ import annotations
 
-import json
+import math
 import pathlib
 from typing import Any, Literal, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from hwmodels.limits import MAX_HEADS, MAX_HIDDEN, MAX_LAYERS, MAX_SEQ_LEN, MAX_VOCAB, echo
 from hwmodels.units import UserInputError, validation_error_line
+from hwmodels.userfile import read_user_json
 
 PRESET_DIR = pathlib.Path(__file__).resolve().parent / "presets" / "models"
 
@@ -64,21 +66,21 @@ class ModelSpec(BaseModel):
     """Human name, e.g. a preset name ("llama-3.1-8b") or the HF repo id."""
     family: Family
     """Model code family; ``gpt`` is Megatron-LM's GPT (MEMO's models)."""
-    num_layers: int = Field(ge=1)
+    num_layers: int = Field(ge=1, le=MAX_LAYERS)
     """Number of decoder layers."""
-    hidden_size: int = Field(ge=1)
+    hidden_size: int = Field(ge=1, le=MAX_HIDDEN)
     """Residual stream width h."""
-    intermediate_size: int = Field(ge=1)
+    intermediate_size: int = Field(ge=1, le=MAX_HIDDEN)
     """MLP inner width f (for SwiGLU, the width of each of gate and up)."""
-    num_heads: int = Field(ge=1)
+    num_heads: int = Field(ge=1, le=MAX_HEADS)
     """Query heads."""
-    num_kv_heads: int = Field(ge=1)
+    num_kv_heads: int = Field(ge=1, le=MAX_HEADS)
     """Key/value heads (== num_heads: MHA; 1: MQA; otherwise GQA). Must divide num_heads."""
-    head_dim: int = Field(ge=1)
+    head_dim: int = Field(ge=1, le=MAX_HIDDEN)
     """Width of one head; defaults to hidden_size // num_heads (which must then divide)."""
-    vocab_size: int = Field(ge=1)
+    vocab_size: int = Field(ge=1, le=MAX_VOCAB)
     """Rows of the embedding and of the LM head."""
-    max_position_embeddings: int = Field(ge=1)
+    max_position_embeddings: int = Field(ge=1, le=MAX_SEQ_LEN)
     """Longest position the model was built for (rows of a learned position table)."""
     tie_word_embeddings: bool = False
     """The LM head reuses the embedding matrix."""
@@ -107,7 +109,7 @@ class ModelSpec(BaseModel):
     """MLP projections carry biases."""
     qk_norm: bool = False
     """RMSNorm over head_dim on q and on k before rotary (Qwen3)."""
-    sliding_window: int | None = Field(default=None, ge=1)
+    sliding_window: int | None = Field(default=None, ge=1, le=MAX_SEQ_LEN)
     """Tokens a query attends back to, on every layer; None: full causal attention."""
     has_embedding: bool = True
     """A token embedding (and learned position table) feeds layer 0."""
@@ -231,14 +233,7 @@ class ModelSpec(BaseModel):
         if isinstance(cfg, str | pathlib.Path):
             path = pathlib.Path(cfg)
             where = str(path)
-            try:
-                cfg = json.loads(path.read_text())
-            except FileNotFoundError:
-                raise UserInputError(f"{where}: file not found") from None
-            except json.JSONDecodeError as err:
-                raise UserInputError(
-                    f"{where}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}"
-                ) from None
+            cfg = read_user_json(path)
             default_name = path.parent.name if path.stem == "config" else path.stem
         if not isinstance(cfg, dict):
             raise UserInputError(f"{where}: expected a JSON object, got {type(cfg).__name__}")
@@ -322,7 +317,7 @@ class _Reader:
         if value is None and default is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self._fail(key, f"expected an integer, got {value!r}")
+            raise self._fail(key, f"expected an integer, got {echo(value)}")
         if value < minimum:
             raise self._fail(key, f"must be at least {minimum}, got {value}")
         return value
@@ -332,21 +327,21 @@ class _Reader:
         if value is None:
             return default
         if not isinstance(value, bool):
-            raise self._fail(key, f"expected true or false, got {value!r}")
+            raise self._fail(key, f"expected true or false, got {echo(value)}")
         return value
 
     def get_float(self, key: str, default: float) -> float:
         value = self.cfg.get(key, default)
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise self._fail(key, f"expected a positive number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+            raise self._fail(key, f"expected a positive number, got {echo(value)}")
         return float(value)
 
     def get_choice(self, key: str, default: str, table: dict[str, str]) -> str:
         value = self.cfg.get(key, default)
-        if value not in table:
-            raise self._fail(key, f"unsupported value {value!r} (supported: {', '.join(table)})")
+        if not isinstance(value, str) or value not in table:
+            raise self._fail(key, f"unsupported value {echo(value)} (supported: {', '.join(table)})")
         return table[value]
 
     def heads(self, hidden_key: str, heads_key: str, head_dim_key: str) -> tuple[int, int]:
@@ -419,7 +414,10 @@ def _qwen_window(r: _Reader, num_layers: int) -> int | None:
 
 
 def _check_uniform_layer_types(r: _Reader) -> None:
-    kinds = set(r.cfg.get("layer_types") or ())
+    types = r.cfg.get("layer_types") or []
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+        raise r._fail("layer_types", f"expected a list of strings, got {echo(types)}")
+    kinds = set(types)
     if len(kinds) > 1:
         raise r._fail("layer_types", f"mixed attention kinds {sorted(kinds)} are not supported")
 
@@ -662,7 +660,7 @@ def get_model(name: str) -> ModelSpec:
     for preset in list_models():
         if preset.lower() == key:
             return ModelSpec.from_hf_config(PRESET_DIR / f"{preset}.json", name=preset)
-    raise UserInputError(f"model: unknown preset {name!r} (presets: {', '.join(list_models())})")
+    raise UserInputError(f"model: unknown preset {echo(name)} (presets: {', '.join(list_models())})")
 
 
 def load_model(name_or_path: str | pathlib.Path) -> ModelSpec:

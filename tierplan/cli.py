@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -55,23 +56,61 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    try:
+        args = parser.parse_args(list(argv) if argv is not None else None)
+    except SystemExit as stop:  # a usage error (one line already printed) or --help
+        return stop.code if isinstance(stop.code, int) else EXIT_USAGE
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USAGE
     from hwmodels.units import UserInputError, validation_error_line
 
     try:
-        return int(args.run(args) or EXIT_OK)
+        code = int(args.run(args) or EXIT_OK)
+        sys.stdout.flush()  # a full or closed stdout fails here, inside the handlers below
+        return code
     except UserInputError as err:
         print(f"tierplan {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        return _stdout_closed()
     except Exception as err:  # pydantic errors without importing pydantic up front
         if type(err).__name__ == "ValidationError":
             line = validation_error_line(err, getattr(err, "title", ""))
             print(f"tierplan {args.command}: error: {line}", file=sys.stderr)
             return EXIT_USAGE
+        if isinstance(err, OSError) and _is_stdout_error():
+            print(f"tierplan {args.command}: error: cannot write to stdout: "
+                  f"{err.strerror or type(err).__name__}", file=sys.stderr)
+            _detach_stdout()
+            return EXIT_FAILURE
         raise
+
+
+def _is_stdout_error() -> bool:
+    """Whether stdout itself is failing (a full disk or device behind it)."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        return True
+    return False
+
+
+def _detach_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError, AttributeError):  # not a real file (tests capture it)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _stdout_closed() -> int:
+    """The reader of our stdout went away (``tierplan ... --json | head``): end quietly."""
+    _detach_stdout()
+    return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,6 @@ Source: validate/measurements/ (each file carries device, torch version, date an
 
 from __future__ import annotations
 
-import json
 import pathlib
 from dataclasses import asdict, dataclass
 
@@ -52,11 +51,12 @@ def _rel(path: pathlib.Path) -> str:
 
 def _load(path: pathlib.Path) -> dict:
     from hwmodels.units import UserInputError
+    from hwmodels.userfile import read_user_json
 
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise UserInputError(f"{path}: cannot read measurement file ({err})") from None
+    data = read_user_json(path)
+    if not isinstance(data, dict):
+        raise UserInputError(f"{path}: expected a JSON object of measurements")
+    return data
 
 
 def _load_records(path: pathlib.Path, model) -> list[dict]:

@@ -14,6 +14,7 @@ Source: Sekiyama et al. 2018 (greedy by size for DNN memory), TensorFlow Lite's
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -63,12 +64,15 @@ def _arrays(instance: LayoutInstance) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def place_in_order(instance: LayoutInstance, order: list[int], rule: str, *, start: int = 0,
-                   prev: np.ndarray | None = None, bound: int | None = None) -> np.ndarray | None:
+                   prev: np.ndarray | None = None, bound: int | None = None,
+                   deadline_s: float | None = None) -> np.ndarray | None:
     """Offsets (int64, indexed like ``instance.buffers``) from placing ``order`` with ``rule``.
 
     With ``start`` > 0 the first ``start`` buffers of ``order`` keep their offsets in ``prev``
     (they were placed in the same order before). With ``bound``, gives up (None) as soon as a
-    buffer would end above it.
+    buffer would end above it. With ``deadline_s`` (a ``time.perf_counter()`` value), the
+    buffers still unplaced when it passes are stacked above everything placed: still a valid
+    layout, found in bounded time (each placement scans the placed buffers, O(n) per buffer).
     """
     lo, hi, size = _arrays(instance)
     n = len(size)
@@ -80,7 +84,12 @@ def place_in_order(instance: LayoutInstance, order: list[int], rule: str, *, sta
         off[head] = prev[head]
         placed[head] = True
     best = rule == "best_fit"
-    for i in order[start:]:
+    for n_done, i in enumerate(order[start:]):
+        if deadline_s is not None and n_done % 64 == 0 and time.perf_counter() > deadline_s:
+            rest = np.asarray(order[start + n_done:], dtype=np.int64)
+            top = int((off[placed] + size[placed]).max()) if placed.any() else 0
+            off[rest] = top + np.concatenate(([0], np.cumsum(size[rest])[:-1]))
+            return None if bound is not None and int((off + size).max()) > bound else off
         mask = placed & (lo < hi[i]) & (lo[i] < hi)
         idx = np.nonzero(mask)[0]
         s = size[i]
@@ -113,15 +122,22 @@ def place_in_order(instance: LayoutInstance, order: list[int], rule: str, *, sta
 
 
 def greedy_layout(instance: LayoutInstance,
-                  strategies: tuple[tuple[str, str], ...] = STRATEGIES) -> GreedyResult:
-    """The best layout over ``strategies`` (lowest peak; earlier strategy wins ties)."""
+                  strategies: tuple[tuple[str, str], ...] = STRATEGIES, *,
+                  deadline_s: float | None = None) -> GreedyResult:
+    """The best layout over ``strategies`` (lowest peak; earlier strategy wins ties).
+
+    With ``deadline_s`` (a ``time.perf_counter()`` value) the strategies not started by then
+    are skipped, and the first one finishes by stacking what it had not placed.
+    """
     bufs = instance.buffers
     if not bufs:
         return GreedyResult({}, 0, "empty")
     size = np.fromiter((b.size_bytes for b in bufs), dtype=np.int64, count=len(bufs))
     best_off, best_peak, best_name = None, None, ""
-    for order_key, rule in strategies:
-        off = place_in_order(instance, _order(instance, order_key), rule)
+    for k, (order_key, rule) in enumerate(strategies):
+        if k and deadline_s is not None and time.perf_counter() > deadline_s:
+            break
+        off = place_in_order(instance, _order(instance, order_key), rule, deadline_s=deadline_s)
         assert off is not None  # no bound given
         peak = int((off + size).max())
         if best_peak is None or peak < best_peak:
@@ -150,8 +166,6 @@ def search_order(
     Deterministic for a given ``seed`` and ``max_evals``; ``deadline_s`` (a
     ``time.perf_counter()`` value) cuts it short on slow machines.
     """
-    import time
-
     order_key, rule = start.strategy.split("/")
     bufs = instance.buffers
     n = len(bufs)
@@ -160,8 +174,7 @@ def search_order(
     size = np.fromiter((b.size_bytes for b in bufs), dtype=np.int64, count=n)
     rng = np.random.default_rng(seed)
     order = _order(instance, order_key)
-    off = place_in_order(instance, order, rule)
-    assert off is not None
+    off = np.fromiter((start.offsets[b.bid] for b in bufs), dtype=np.int64, count=n)  # not re-placed
     peak = int((off + size).max())
     best_off, best_peak = off, peak
     for it in range(max_evals):
@@ -182,7 +195,8 @@ def search_order(
             cand[a], cand[b] = cand[b], cand[a]
             first = a
         # the order before ``first`` is unchanged, and so are its offsets
-        c_off = place_in_order(instance, cand, rule, start=first, prev=off, bound=peak)
+        c_off = place_in_order(instance, cand, rule, start=first, prev=off, bound=peak,
+                               deadline_s=deadline_s)
         if c_off is None:
             continue
         c_peak = int((c_off + size).max())

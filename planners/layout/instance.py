@@ -15,10 +15,17 @@ Workload view (one buffer per tensor, lifetimes in op indices).
 
 from __future__ import annotations
 
+import bisect
 import csv
+import heapq
+import io
 from dataclasses import dataclass
 
-from hwmodels.units import UserInputError
+import numpy as np
+
+from hwmodels.limits import MAX_BYTES, MAX_LAYOUT_BUFFERS
+from hwmodels.units import UserInputError, parse_int
+from hwmodels.userfile import read_user_text
 from simulator.workload import Workload, allocator_rounded_bytes
 
 
@@ -61,7 +68,15 @@ class LayoutInstance:
         return sum(b.size_bytes for b in self.buffers)
 
     def num_overlapping_pairs(self) -> int:
-        return len(overlapping_pairs(self.buffers))
+        """Pairs live at the same time, counted in O(n log n) without listing them."""
+        if not self.buffers:
+            return 0
+        lo = np.fromiter((b.lower for b in self.buffers), dtype=np.int64, count=len(self.buffers))
+        hi = np.fromiter((b.upper for b in self.buffers), dtype=np.int64, count=len(self.buffers))
+        # buffer k in start order meets every earlier-starting buffer except those already ended
+        lo_sorted = np.sort(lo, kind="stable")
+        ended = np.searchsorted(np.sort(hi), lo_sorted, side="right")
+        return int((np.arange(len(lo_sorted)) - ended).sum())
 
 
 def live_bytes_profile(buffers: tuple[Buffer, ...] | list[Buffer]) -> list[tuple[int, int]]:
@@ -122,19 +137,30 @@ def check_layout(instance: LayoutInstance, offsets: dict[str, int]) -> LayoutChe
     if extra:
         return LayoutCheck(False, 0, None, f"offset for unknown buffer {sorted(extra)[0]!r}")
     peak = max((offsets[b.bid] + b.size_bytes for b in bufs), default=0)
-    events = sorted(range(len(bufs)), key=lambda i: (bufs[i].lower, i))
-    live: list[int] = []
-    for i in events:
+    # live address ranges kept sorted by start; while valid they are disjoint, so a new range
+    # can only meet its two neighbours: O(n log n) instead of comparing with every live buffer
+    starts: list[int] = []
+    live: list[int] = []  # buffer index of each range in ``starts``
+    ends: list[tuple[int, int]] = []  # heap of (upper, buffer index)
+    for i in sorted(range(len(bufs)), key=lambda i: (bufs[i].lower, i)):
         b = bufs[i]
-        live = [j for j in live if bufs[j].upper > b.lower]
+        while ends and ends[0][0] <= b.lower:
+            _, j = heapq.heappop(ends)
+            k = bisect.bisect_left(starts, offsets[bufs[j].bid])
+            del starts[k], live[k]
         lo, hi = offsets[b.bid], offsets[b.bid] + b.size_bytes
-        for j in live:
-            c = bufs[j]
+        k = bisect.bisect_right(starts, lo)
+        for jj in (live[k - 1] if k else None, live[k] if k < len(live) else None):
+            if jj is None:
+                continue
+            c = bufs[jj]
             clo = offsets[c.bid]
             if lo < clo + c.size_bytes and clo < hi:
                 return LayoutCheck(False, peak, (c.bid, b.bid),
                                    f"buffers {c.bid!r} and {b.bid!r} share bytes at time {b.lower}")
-        live.append(i)
+        starts.insert(k, lo)
+        live.insert(k, i)
+        heapq.heappush(ends, (b.upper, i))
     return LayoutCheck(True, peak, None, "ok")
 
 
@@ -169,13 +195,14 @@ CSV_FIELDS = ("id", "lower", "upper", "size")
 
 def load_csv_instance(path: str) -> LayoutInstance:
     """Read ``id,lower,upper,size`` rows (a header line first); a buffer lives in [lower, upper)."""
+    text = read_user_text(path)
     try:
-        with open(path, newline="") as fh:
-            rows = list(csv.reader(fh))
-    except OSError as err:
-        raise UserInputError(f"{path}: cannot read: {err.strerror or err}") from None
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise UserInputError(f"{path}: not a text CSV file ({type(err).__name__})") from None
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as err:
+        raise UserInputError(f"{path}: not a CSV file ({err})") from None
+    if len(rows) > MAX_LAYOUT_BUFFERS + 1:
+        raise UserInputError(f"{path}: {len(rows) - 1:,} rows, more than the {MAX_LAYOUT_BUFFERS:,} "
+                             "buffers a layout takes")
     rows = [r for r in rows if r and any(c.strip() for c in r)]
     if not rows:
         raise UserInputError(f"{path}: empty file; expected a header {','.join(CSV_FIELDS)}")
@@ -194,10 +221,8 @@ def load_csv_instance(path: str) -> LayoutInstance:
         seen.add(bid)
         vals = []
         for field, text in zip(CSV_FIELDS[1:], row[1:], strict=True):
-            try:
-                vals.append(int(text.strip()))
-            except ValueError:
-                raise UserInputError(f"{path}: line {n}: {field}: expected an integer, got {text.strip()!r}") from None
+            vals.append(parse_int(text, field=f"{path}: line {n}: {field}", minimum=0,
+                                  maximum=MAX_BYTES))
         lo, hi, size = vals
         if hi <= lo:
             raise UserInputError(f"{path}: line {n}: upper: must be greater than lower ({lo}), got {hi}")

@@ -11,8 +11,9 @@ laid out with each block as one buffer of its planned peak plus every tensor tha
 block boundaries. The flat and bi-level layouts are both checked; the lower peak is returned.
 Every returned layout passes ``check_layout``, an independent overlap checker; the result
 reports the lower bound, the planned peak, the gap and the solve time.
-Assumes: time limits are wall-clock seconds for the whole call (greedy always runs to the end,
-it takes well under a second per few thousand buffers).
+Assumes: time limits are wall-clock seconds for the whole call; the greedy heuristics stop
+at 70% of it (unplaced buffers stacked on top, so the layout stays valid and its gap says how
+far from the bound it is), the overlap check and pair count are O(n log n).
 Ignores: alignment beyond sizes (a Plan's buffers are laid out by planners.layout.plan_buffers).
 Source: MEMO (Zhao et al., 2024), section 4.3 bi-level MIP; planners.layout.mip / .greedy.
 """
@@ -90,7 +91,8 @@ def plan_layout(
     if time_limit_s <= 0:
         raise ValueError(f"time_limit_s: must be positive, got {time_limit_s}")
     lb = lower_bound_bytes(instance.buffers)
-    greedy = greedy_layout(instance)
+    # the checker and the result need a share of the time after the heuristics stop
+    greedy = greedy_layout(instance, deadline_s=t0 + 0.7 * time_limit_s)
     num_pairs = instance.num_overlapping_pairs() if instance.buffers else 0
     mip_ok = use_mip and 0 < num_pairs <= mip_max_pairs
     best = greedy

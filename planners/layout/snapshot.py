@@ -24,12 +24,12 @@ import io
 import pickle
 from dataclasses import dataclass
 
-from hwmodels.units import GiB, UserInputError
+from hwmodels.limits import MAX_BYTES, MAX_LAYOUT_BUFFERS, MAX_SNAPSHOT_BYTES, echo
+from hwmodels.units import UserInputError
+from hwmodels.userfile import read_user_bytes
 from planners.layout.instance import Buffer, LayoutInstance
 from simulator.allocator import AllocEvent
 from simulator.workload import allocator_rounded_bytes
-
-MAX_SNAPSHOT_BYTES = 4 * GiB  # refuse to read anything larger into memory
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -44,13 +44,7 @@ class _PlainUnpickler(pickle.Unpickler):
 
 def load_plain_pickle(path: str) -> object:
     """Unpickle ``path`` admitting only plain data; one-line UserInputError otherwise."""
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_SNAPSHOT_BYTES + 1)
-    except OSError as err:
-        raise UserInputError(f"{path}: cannot read: {err.strerror or err}") from None
-    if len(data) > MAX_SNAPSHOT_BYTES:
-        raise UserInputError(f"{path}: larger than {MAX_SNAPSHOT_BYTES} bytes; not a memory snapshot")
+    data = read_user_bytes(path, max_bytes=MAX_SNAPSHOT_BYTES)
     if not data:
         raise UserInputError(f"{path}: empty file; expected a memory snapshot pickle")
     try:
@@ -88,8 +82,9 @@ def _int_field(entry: dict, key: str, path: str, n: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise UserInputError(f"{path}: device_traces entry {n}: {key}: expected an integer, got "
                              f"{type(value).__name__}")
-    if value < 0:
-        raise UserInputError(f"{path}: device_traces entry {n}: {key}: must not be negative")
+    if not 0 <= value <= MAX_BYTES:
+        raise UserInputError(f"{path}: device_traces entry {n}: {key}: must be between 0 and "
+                             f"{MAX_BYTES:,}")
     return value
 
 
@@ -108,6 +103,9 @@ def load_snapshot(path: str, *, device: int | None = None) -> Snapshot:
     if not 0 <= device < len(traces) or not traces[device]:
         raise UserInputError(f"{path}: device_traces: no allocation trace for device {device}")
     trace = traces[device]
+    if len(trace) > 2 * MAX_LAYOUT_BUFFERS:
+        raise UserInputError(f"{path}: device_traces: {len(trace):,} entries, more than the "
+                             f"{2 * MAX_LAYOUT_BUFFERS:,} a layout takes")
     has_completed = any(isinstance(e, dict) and e.get("action") == "free_completed" for e in trace)
     free_action = "free_completed" if has_completed else "free_requested"
     live: dict[int, tuple[int, int, int, int]] = {}  # addr -> (buffer no., start, size, stream)
@@ -163,7 +161,10 @@ def load_snapshot(path: str, *, device: int | None = None) -> Snapshot:
         for seg in segments:
             if isinstance(seg, dict) and seg.get("device", device) == device:
                 size = seg.get("total_size", 0)
-                reserved += size if isinstance(size, int) and not isinstance(size, bool) else 0
+                if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_BYTES:
+                    raise UserInputError(f"{path}: segments: total_size: expected a byte count "
+                                         f"between 0 and {MAX_BYTES:,}, got {echo(size)}")
+                reserved += size
     return Snapshot(path=path, device=device, events=tuple(before + events),
                     instance=LayoutInstance(tuple(buffers), name=path, source="snapshot"),
                     reserved_bytes=reserved, num_trace_entries=len(trace),

@@ -101,7 +101,7 @@ def test_transfer_table(capsys):
             ],
             "--gpu-index",
         ),
-        (["hw", "calibrate", "--measurements", "/nonexistent.json"], "no such file"),
+        (["hw", "calibrate", "--measurements", "/nonexistent.json"], "file not found"),
         (["hw", "calibrate", "--measurements", "x.json", "--gpu", "H201"], "unknown gpu preset"),
         (
             [
@@ -133,11 +133,9 @@ def test_bad_node_file_exit_2_names_file_and_field(capsys, tmp_path):
 
 
 def test_argparse_errors_exit_2(capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(
-            ["hw", "transfer", "--bytes", "1GiB", "--direction", "sideways", "--hardware", "1xH200"]
-        )
-    assert exc.value.code == 2
+    argv = ["hw", "transfer", "--bytes", "1GiB", "--direction", "sideways", "--hardware", "1xH200"]
+    assert main(argv) == 2
+    assert "--direction" in capsys.readouterr().err
 
 
 def test_calibrate_writes_the_committed_profile(capsys, tmp_path):

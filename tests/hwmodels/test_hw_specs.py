@@ -134,9 +134,9 @@ def test_bad_node_file_names_file_and_field(tmp_path, changes, field):
 def test_bad_json_and_missing_file(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(UserInputError, match="bad.json: not valid JSON"):
+    with pytest.raises(UserInputError, match="bad.json: malformed JSON"):
         load_node_file(bad)
-    with pytest.raises(UserInputError, match="no such file"):
+    with pytest.raises(UserInputError, match="file not found"):
         load_node_file(tmp_path / "absent.json")
 
 

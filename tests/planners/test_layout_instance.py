@@ -77,7 +77,7 @@ def test_csv_errors_are_one_line_naming_line_and_field(tmp_path, text, match):
 
 
 def test_csv_missing_file(tmp_path):
-    with pytest.raises(UserInputError, match="cannot read"):
+    with pytest.raises(UserInputError, match="file not found"):
         load_csv_instance(str(tmp_path / "nope.csv"))
 
 

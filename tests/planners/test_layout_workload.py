@@ -84,9 +84,9 @@ def test_cli_csv_table(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,match", [
     (["--trace", "x.csv", "--model", "llama-3.2-1b"], "--model: not with --trace"),
-    (["--trace", "x.csv", "--time-limit", "0"], "--time-limit: must be a positive"),
-    (["--trace", "x.csv", "--time-limit", "soon"], "--time-limit: expected seconds"),
-    (["--trace", "missing.csv"], "missing.csv: cannot read"),
+    (["--trace", "x.csv", "--time-limit", "0"], "--time-limit: must be greater than 0"),
+    (["--trace", "x.csv", "--time-limit", "soon"], "--time-limit: expected a number"),
+    (["--trace", "missing.csv"], "missing.csv: file not found"),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, monkeypatch, capsys, argv, match):
     monkeypatch.chdir(tmp_path)

@@ -17,6 +17,8 @@ import argparse
 import json
 from typing import Any
 
+from hwmodels.limits import MAX_BATCH, MAX_LAYERS, MAX_PARALLEL_DEGREE
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -89,15 +91,12 @@ _PAR_FLAGS = {"tp": "tp", "sp": "sequence_parallel", "cp": "cp", "cp_kind": "cp_
               "zero": "zero_stage"}
 
 
-def int_flag(value: str | None, field: str) -> int | None:
-    from hwmodels.units import UserInputError
+def int_flag(value: str | None, field: str, *, minimum: int = 1,
+             maximum: int = MAX_PARALLEL_DEGREE) -> int | None:
+    """An integer flag within [minimum, maximum] (None when not given)."""
+    from hwmodels.units import parse_int
 
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise UserInputError(f"{field}: expected an integer, got {value!r}") from None
+    return None if value is None else parse_int(value, field=field, minimum=minimum, maximum=maximum)
 
 
 def build_scenario(args: argparse.Namespace, *, gpu_budget_bytes: int | None = None,
@@ -109,15 +108,16 @@ def build_scenario(args: argparse.Namespace, *, gpu_budget_bytes: int | None = N
 
     job_fields = {field: getattr(args, flag, None) for flag, field in _JOB_FLAGS.items()}
     par = {field: (getattr(args, flag, None) if flag in ("sp", "cp_kind")
-                   else int_flag(getattr(args, flag, None), f"--{flag}"))
+                   else int_flag(getattr(args, flag, None), f"--{flag}", minimum=0 if flag == "zero" else 1,
+                                 maximum=3 if flag == "zero" else MAX_PARALLEL_DEGREE))
            for flag, field in _PAR_FLAGS.items()}
     layers = None
     if args.layers is not None:
-        layers = int_flag(args.layers, "--layers")
+        layers = int_flag(args.layers, "--layers", maximum=MAX_LAYERS)
         if layers is None or layers < 1:
             raise UserInputError(f"--layers: must be at least 1, got {args.layers!r}")
     return request_scenario(scenario_path=args.scenario, model=args.model, mode=args.mode,
-                            job_fields=job_fields, batch=int_flag(args.batch, "--batch"),
+                            job_fields=job_fields, batch=int_flag(args.batch, "--batch", maximum=MAX_BATCH),
                             parallelism=par, hardware=args.hardware,
                             num_layers=layers, gpu_budget_bytes=gpu_budget_bytes,
                             host_budget_bytes=host_budget_bytes,

@@ -12,6 +12,9 @@ import argparse
 import json
 from typing import Any
 
+from hwmodels.limits import MAX_GPUS, MAX_HW_COUNT
+from tierplan import flags
+
 KIND_CHOICES = ("gpus", "memory", "storage", "links", "nodes", "profiles")
 
 
@@ -38,7 +41,8 @@ def register(subparsers: Any) -> None:
     tr.add_argument("--bytes", required=True, help="bytes per direction, e.g. 2GiB")
     tr.add_argument("--direction", required=True, choices=("h2d", "d2h", "bidir"))
     tr.add_argument("--hardware", required=True, help="node preset or node JSON file")
-    tr.add_argument("--gpu-index", type=int, default=0, help="which GPU of the node (default 0)")
+    tr.add_argument("--gpu-index", type=flags.integer(minimum=0, maximum=MAX_GPUS), default=0,
+                    help="which GPU of the node (default 0)")
     tr.add_argument(
         "--device",
         default="cpu0",
@@ -60,7 +64,7 @@ def register(subparsers: Any) -> None:
     cal.add_argument("--output", metavar="PROFILE.json", help="write the fitted profile here")
     cal.add_argument(
         "--worst",
-        type=int,
+        type=flags.integer(minimum=0, maximum=MAX_HW_COUNT),
         default=12,
         metavar="N",
         help="table shows the N largest residuals (default 12; 0 = all); --json has all",
@@ -393,11 +397,10 @@ def _device_transfer(args: argparse.Namespace, node: Any, num_bytes: int) -> int
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from hwmodels.calibrate import fit_profile, load_points, profile_json, residuals
     from hwmodels.catalog import get_gpu
-    from hwmodels.units import UserInputError
+    from hwmodels.outputs import OutputSet
 
     get_gpu(args.gpu)  # unknown GPU -> one-line error with close matches
     skipped: list[str] = []
@@ -405,10 +408,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
     profile = fit_profile(args.measurements, name=args.name, gpu=args.gpu)
     res = residuals(profile, points)
     if args.output:
-        try:
-            Path(args.output).write_text(profile_json(profile))
-        except OSError as err:
-            raise UserInputError(f"--output: cannot write {args.output}: {err.strerror}") from None
+        with OutputSet() as outputs:
+            outputs.write_text(args.output, profile_json(profile), field="--output")
     if args.json:
         print(
             json.dumps(
@@ -441,8 +442,6 @@ def run_calibrate(args: argparse.Namespace) -> int:
             str(fit.num_points),
             f"{fit.max_abs_rel_error:.1%}",
         )
-    if args.worst < 0:
-        raise UserInputError(f"--worst: must be >= 0, got {args.worst}")
     shown = sorted(res, key=lambda r: -abs(r.rel_error))[: args.worst or None]
     within = sum(abs(r.rel_error) <= 0.10 for r in res)
     title = (

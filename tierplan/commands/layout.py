@@ -24,6 +24,9 @@ import argparse
 import json
 from typing import Any
 
+from hwmodels.outputs import IMAGE_SUFFIXES
+from tierplan import flags
+
 
 def _scenario_parent() -> argparse.ArgumentParser:
     """The scenario flags of `tierplan estimate`, reused so the two commands cannot drift."""
@@ -50,7 +53,9 @@ def register(subparsers: Any) -> None:
     src.add_argument("--plan", help="plan JSON (tierplan plan): the step with the plan applied")
     p.add_argument("--buffers-only", action="store_true",
                    help="with --plan: lay out only the plan's restore and recompute buffers")
-    p.add_argument("--time-limit", default="60", help="seconds for the solver (default 60)")
+    p.add_argument("--time-limit", type=flags.seconds(), default=60.0,
+                   help="seconds for the whole layout search; the best layout found by then is "
+                        "returned (default 60)")
     p.add_argument("--method", choices=("auto", "flat", "bilevel"), default="auto",
                    help="workload input: flat instance, MEMO bi-level, or the better (auto)")
     p.add_argument("--solver", choices=("highs", "cbc"), default="highs")
@@ -63,27 +68,23 @@ def register(subparsers: Any) -> None:
     p.set_defaults(run=run)
 
 
-def _time_limit(text: str) -> float:
-    from hwmodels.units import UserInputError
-
-    try:
-        value = float(text)
-    except ValueError:
-        raise UserInputError(f"--time-limit: expected seconds, got {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise UserInputError(f"--time-limit: must be a positive number of seconds, got {text!r}")
-    return value
-
-
 def run(args: argparse.Namespace) -> int:
+    from hwmodels.outputs import OutputSet
+
+    with OutputSet() as outputs:  # the layout JSON and the picture, or neither
+        return _run(args, outputs)
+
+
+def _run(args: argparse.Namespace, outputs) -> int:
     import pathlib
 
+    from hwmodels.catalog import load_node
     from hwmodels.units import UserInputError
     from planners.layout.instance import instance_from_workload, load_csv_instance
     from planners.layout.plan import instance_events, plan_layout, plan_workload_layout
     from simulator.allocator import predict_workload_reserved, replay_caching_allocator
 
-    limit = _time_limit(args.time_limit)
+    limit = args.time_limit
     scenario_flags = [f for f in ("scenario", "model", "layers", "seq_len", "batch", "mode")
                       if getattr(args, f, None) is not None]
     file_flag = "--snapshot" if args.snapshot else "--trace" if args.trace else "--plan" if args.plan else None
@@ -92,6 +93,12 @@ def run(args: argparse.Namespace) -> int:
                              f"{file_flag} (one input at a time)")
     if args.buffers_only and not args.plan:
         raise UserInputError("--buffers-only: only with --plan")
+    if args.hardware is not None:
+        load_node(args.hardware)  # a bad node name fails here, whatever the input
+    out = pathlib.Path(args.out)
+    out_tmp = outputs.reserve(out, field="--out")
+    png = None if args.no_png else pathlib.Path(args.png) if args.png else out.with_suffix(".png")
+    png_tmp = None if png is None else outputs.reserve(png, field="--png", suffixes=IMAGE_SUFFIXES)
     use_mip = not args.no_mip
     arena = None
     if args.plan:
@@ -151,21 +158,13 @@ def run(args: argparse.Namespace) -> int:
         # steady state of the same requests: a second step reuses the first one's cache
         replay = predict_workload_reserved(wl, num_steps=2, preallocated_bytes=(),
                                            expandable_segments=args.expandable_segments)
-    out = pathlib.Path(args.out)
-    try:
-        out.write_text(result.model_dump_json(indent=1) + "\n")
-    except OSError as err:
-        raise UserInputError(f"--out: cannot write {out}: {err.strerror or err}") from None
-    png = None
-    if not args.no_png:
+    outputs.write(out_tmp, lambda p: p.write_text(result.model_dump_json(indent=1) + "\n"))
+    if png_tmp is not None:
         from planners.layout.plot import plot_layout
 
-        png = pathlib.Path(args.png) if args.png else out.with_suffix(".png")
-        try:
-            plot_layout(instance, result.offsets, str(png), lower_bound_bytes=result.lower_bound_bytes,
-                        title=f"{result.name}: {result.method}")
-        except OSError as err:
-            raise UserInputError(f"--png: cannot write {png}: {err.strerror or err}") from None
+        outputs.write(png_tmp, lambda p: plot_layout(
+            instance, result.offsets, str(p), lower_bound_bytes=result.lower_bound_bytes,
+            title=f"{result.name}: {result.method}"))
     reserved = replay.peak_reserved_bytes
     summary = {
         "source": source,

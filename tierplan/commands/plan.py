@@ -22,6 +22,7 @@ import argparse
 import json
 from typing import Any
 
+from tierplan import flags
 from tierplan.commands.estimate import MLP_ACTIVATION_HELP, MLP_ACTIVATIONS
 
 EXIT_INFEASIBLE = 3
@@ -56,9 +57,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dp", help="data-parallel degree")
     p.add_argument("--zero", help="ZeRO stage 0-3")
     p.add_argument("--hardware", help="node preset (see `tierplan hw list`) or node JSON file")
-    p.add_argument("--gpu-budget", help="HBM per GPU, e.g. 80GiB (default: the GPU's capacity)")
-    p.add_argument("--host-budget", help="host memory of the node, e.g. 2TB (default: installed)")
-    p.add_argument("--time-limit", default="10", help="MIP time limit in seconds (default 10)")
+    p.add_argument("--gpu-budget", type=flags.size(),
+                   help="HBM per GPU, e.g. 80GiB (default: the GPU's capacity)")
+    p.add_argument("--host-budget", type=flags.size(),
+                   help="host memory of the node, e.g. 2TB (default: installed)")
+    p.add_argument("--time-limit", type=flags.seconds(), default=10.0,
+                   help="MIP time limit in seconds (default 10)")
     p.add_argument("--allocator", choices=("planned", "caching"), default="planned",
                    help="planned: addresses planned ahead, a plan fits when its allocated peak does "
                         "(default); caching: PyTorch's caching allocator must also fit, fragmentation "
@@ -81,24 +85,14 @@ def _scenario(args: argparse.Namespace, *, gpu_budget_bytes: int | None,
 
 
 def run(args: argparse.Namespace) -> int:
-    from hwmodels.units import UserInputError, parse_bytes
+    from hwmodels.units import UserInputError
     from planners.swap import plan_training
 
-    gpu_budget = parse_bytes(args.gpu_budget, field="--gpu-budget") if args.gpu_budget else None
-    host_budget = parse_bytes(args.host_budget, field="--host-budget") if args.host_budget else None
-    for value, flag in ((gpu_budget, "--gpu-budget"), (host_budget, "--host-budget")):
-        if value is not None and value <= 0:
-            raise UserInputError(f"{flag}: must be positive")
-    scenario = _scenario(args, gpu_budget_bytes=gpu_budget, host_budget_bytes=host_budget)
+    scenario = _scenario(args, gpu_budget_bytes=args.gpu_budget, host_budget_bytes=args.host_budget)
     model, node = scenario.model, scenario.node
     if scenario.job.mode != "train":
         raise UserInputError("job.mode: tierplan plan plans training steps")
-    try:
-        time_limit = float(args.time_limit)
-    except ValueError:
-        raise UserInputError(f"--time-limit: expected seconds, got {args.time_limit!r}") from None
-    if time_limit <= 0:
-        raise UserInputError("--time-limit: must be positive")
+    time_limit = args.time_limit
     report = plan_training(model, scenario.job, node, gpu_budget_bytes=scenario.gpu_budget_bytes,
                            host_budget_bytes=scenario.host_budget_bytes, time_limit_s=time_limit,
                            solver=args.solver,
@@ -128,18 +122,19 @@ def run(args: argparse.Namespace) -> int:
 
 def write_outputs(report, out_dir) -> list:
     """plan.json, trace.json and memory.png of the best strategy into ``out_dir``."""
-    from pathlib import Path
-
+    from hwmodels.outputs import OutputSet, make_out_dir
     from planners.plan import write_plan
     from simulator.des.trace import plot_step, write_chrome_trace
 
     best = report.result(report.best)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_plan(best.plan, out / "plan.json")
-    write_chrome_trace(best.replay.sim, out / "trace.json")
-    plot_step(best.replay.sim, out / "memory.png")
-    return [out / "plan.json", out / "trace.json", out / "memory.png"]
+    out = make_out_dir(out_dir, field="--out")
+    writers = {"plan.json": lambda p: write_plan(best.plan, p),
+               "trace.json": lambda p: write_chrome_trace(best.replay.sim, p),
+               "memory.png": lambda p: plot_step(best.replay.sim, p)}
+    with OutputSet() as outputs:  # all three files, or none
+        for name, produce in writers.items():
+            outputs.write(outputs.reserve(out / name, field="--out"), produce)
+    return [out / name for name in writers]
 
 
 def _print(report, scenario, model, node) -> None:

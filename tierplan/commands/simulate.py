@@ -22,6 +22,8 @@ import argparse
 import json
 from typing import Any
 
+from hwmodels.outputs import IMAGE_SUFFIXES
+
 
 def register(subparsers: Any) -> None:
     from tierplan.commands.estimate import add_scenario_args
@@ -62,6 +64,7 @@ def _frac(value: str | None, field: str) -> float | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hwmodels.limits import MAX_LAYERS
     from hwmodels.units import UserInputError
     from simulator.des import schedule_from_workload, simulate
     from simulator.estimator import estimate_training
@@ -75,9 +78,8 @@ def run(args: argparse.Namespace) -> int:
     if scenario.job.mode != "train":
         raise UserInputError("--mode: simulate replays training steps; use estimate for inference")
     offload = _frac(args.offload, "--offload")
-    lookahead = int_flag(args.lookahead, "--lookahead")
-    if lookahead is None or lookahead < 0:
-        raise UserInputError(f"--lookahead: must be >= 0, got {args.lookahead!r}")
+    lookahead = int_flag(args.lookahead, "--lookahead", minimum=0, maximum=MAX_LAYERS)
+    assert lookahead is not None  # the flag has a default
     job_gpus = scenario.job.parallelism.num_gpus
     gpus = int_flag(args.gpus, "--gpus") if args.gpus is not None else min(job_gpus, node.num_gpus)
     if gpus is None or not 1 <= gpus <= node.num_gpus:
@@ -123,14 +125,15 @@ def _run_plan(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace, result, est, gpus: int, scenario) -> int:
-    if args.trace:
-        from simulator.des.trace import write_chrome_trace
-
-        write_chrome_trace(result, args.trace)
-    if args.plot:
-        from simulator.des.trace import plot_step
-
-        plot_step(result, args.plot)
+    from hwmodels.outputs import OutputSet
+    from simulator.des.trace import plot_step, write_chrome_trace
+    with OutputSet() as outputs:  # the trace and the picture, or neither
+        if args.trace:
+            outputs.write(outputs.reserve(args.trace, field="--trace"),
+                          lambda p: write_chrome_trace(result, p))
+        if args.plot:
+            outputs.write(outputs.reserve(args.plot, field="--plot", suffixes=IMAGE_SUFFIXES),
+                          lambda p: plot_step(result, p))
     summary = _summary(result, est, gpus)
     if args.json:
         print(json.dumps(summary, sort_keys=True))

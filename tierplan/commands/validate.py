@@ -15,6 +15,11 @@ import json
 import pathlib
 from typing import Any
 
+from hwmodels.limits import MAX_REPEATS
+from tierplan import flags
+
+TOLERANCE = flags.number(minimum=0.0, maximum=1e3, strict_minimum=False)  # a relative error
+
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -29,7 +34,7 @@ def register(subparsers: Any) -> None:
     ops.add_argument("--measurements", nargs="+", metavar="FILE",
                      help="microbenchmark JSON files (default: validate/measurements/h200/microbench-*)")
     ops.add_argument("--hardware", default="1xH200", help="node whose profile predicts (default 1xH200)")
-    ops.add_argument("--tolerance", type=float, default=0.10, help="relative error counted as a pass")
+    ops.add_argument("--tolerance", type=TOLERANCE, default=0.10, help="relative error counted as a pass")
     ops.add_argument("--all", action="store_true", help="print every row, not only the summary and misses")
     ops.add_argument("--json", action="store_true", help="print one JSON object")
     ops.set_defaults(run=run_ops)
@@ -39,7 +44,7 @@ def register(subparsers: Any) -> None:
                        help="measure_steps.py JSON files (default: validate/measurements/h200/steps-*)")
     steps.add_argument("--probe", nargs="*", metavar="FILE",
                        help="reference probe files (default: validate/measurements/reference/h200-probe-*)")
-    steps.add_argument("--tolerance", type=float, default=0.10, help="relative error counted as a pass")
+    steps.add_argument("--tolerance", type=TOLERANCE, default=0.10, help="relative error counted as a pass")
     steps.add_argument("--json", action="store_true", help="print one JSON object")
     steps.set_defaults(run=run_steps)
 
@@ -51,10 +56,12 @@ def register_plan(sub: Any) -> None:
     plan = sub.add_parser("plan", help="run plans on this GPU: step time and peaks vs their prediction")
     plan.add_argument("plans", nargs="+", metavar="PLAN", help="plan.json files (tierplan plan --out)")
     plan.add_argument("--out", default="out/validate-plan", help="directory for measured.json and comparison.json")
-    plan.add_argument("--warmup", type=int, default=1, help="untimed steps first")
-    plan.add_argument("--repeats", type=int, default=3, help="timed steps (the median is reported)")
+    plan.add_argument("--warmup", type=flags.integer(minimum=0, maximum=MAX_REPEATS), default=1,
+                      help="untimed steps first")
+    plan.add_argument("--repeats", type=flags.integer(minimum=1, maximum=MAX_REPEATS), default=3,
+                      help="timed steps (the median is reported)")
     plan.add_argument("--baselines", default="", help="also run the first plan's job as: none, checkpoint")
-    plan.add_argument("--check-grads", type=int, default=None, metavar="TOKENS",
+    plan.add_argument("--check-grads", type=flags.count(), default=None, metavar="TOKENS",
                       help="compare each plan's gradients with no plan at this many tokens")
     plan.add_argument("--smoke", action="store_true", help="a tiny copy of each model on the CPU")
     plan.add_argument("--arena", action="store_true",

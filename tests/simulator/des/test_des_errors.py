@@ -68,7 +68,7 @@ BASE = ["simulate", "--model", "gpt2", "--seq-len", "1024"]
     (BASE + ["--offload", "2"], "--offload: must lie between 0 and 1"),
     (BASE + ["--offload", "half"], "--offload: expected a number"),
     (BASE + ["--gpus", "3"], "--gpus: must be between 1 and 1 (1xH200)"),
-    (BASE + ["--lookahead", "-1"], "--lookahead: must be >= 0"),
+    (BASE + ["--lookahead", "-1"], "--lookahead: must be between 0 and"),
     (["simulate", "--model", "gpt2", "--mode", "infer", "--prompt-len", "512", "--gen-len", "8"], "--mode: simulate replays training steps"),
     (["simulate", "--model", "gpt2", "--seq-len", "-4"], "seq_len"),
 ])
