@@ -88,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
     record = bool(args.plot or args.trace or not args.json)
     workload = training_workload(model, scenario.job, node)
     est = estimate_training(model, scenario.job, node, workload=workload)
+    if offload and scenario.job.checkpointing == "selective":
+        raise UserInputError("--offload: a plan offloads no token fraction of a selective checkpoint's "
+                             "layers; use --checkpointing none or full (or tierplan plan)")
     if offload:
         result = _replay_offload(offload, scenario, num_gpus=gpus, lookahead=lookahead,
                                  tier=args.offload_tier, record_timeline=record)
@@ -146,7 +149,9 @@ def offload_layers(num_layers: int, frac: float, *, checkpointing: str, lookahea
     """The LayerPlans of ``--offload FRAC``: every layer but the top ``lookahead + 1`` (which
     MEMO keeps too) offloads ``frac`` of the tokens of each saved tensor it produces and keeps
     the rest; its input, which a plan offloads whole or keeps, is offloaded when ``frac`` is 1.
-    A checkpointed layer (the job's ``checkpointing``) saves only its input."""
+    A checkpointed layer (the job's ``checkpointing``: its saved tensors are its input and,
+    under selective, what the checkpoint region leaves) offloads its input whole when ``frac``
+    is above 0 (the plan format offloads no token fraction of a checkpointed layer)."""
     from planners.plan import ACTIVATION_ROLES, LayerPlan, RoleAction
 
     inp = "offload" if frac >= 1.0 else "keep"
@@ -157,7 +162,7 @@ def offload_layers(num_layers: int, frac: float, *, checkpointing: str, lookahea
         if i >= num_layers - (lookahead + 1):
             out.append(LayerPlan(layer=i, checkpoint=checkpointing))
         elif checkpointing != "none":
-            out.append(LayerPlan(layer=i, checkpoint=checkpointing, input=inp))
+            out.append(LayerPlan(layer=i, checkpoint=checkpointing, input="offload" if frac > 0 else "keep"))
         else:
             out.append(LayerPlan(layer=i, input=inp, roles=roles))
     return out
