@@ -16,6 +16,7 @@ Source: validate/measurements/h200/*.json.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -214,7 +215,7 @@ class RecordFile(RecordModel):
         return json.dumps(self.to_dict(), indent=1, sort_keys=sort_keys) + "\n"
 
 
-def as_dicts(records: list[RecordModel]) -> list[dict[str, Any]]:
+def as_dicts(records: Sequence[RecordModel]) -> list[dict[str, Any]]:
     """Records as the plain dicts they were written as, for the readers that work on dicts."""
     return [r.model_dump(mode="json", exclude_unset=True) for r in records]
 

@@ -41,6 +41,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -215,11 +216,14 @@ def gemm_records(tokens: Sequence[int], lm_head_tokens: Sequence[int], device: t
                 else:
                     a = randn((m_, k_), device)
                 sets.append((a, randn((k_, n_), device)))
-            timing = bench(lambda i, s=sets: torch.matmul(*s[i % len(s)]), device,
-                           target_s=0.2)
+
+            def matmul(i, s=sets):
+                return torch.matmul(*s[i % len(s)])
+
+            timing = bench(matmul, device, target_s=0.2)
             recs.append({"op": "gemm", "layer": name, "pass": pass_name, "m": m_, "n": n_,
                          "k": k_, "dtype": "bf16", "tokens": t, **timing.as_dict()})
-            del sets
+            del sets, matmul
         free(device)
     return recs
 
@@ -262,7 +266,7 @@ def _sdpa_case(s: int, nkv: int, backend: str, device: torch.device, *, num_head
     k = randn((1, nkv, s, head_dim), device, requires_grad=True)
     v = randn((1, nkv, s, head_dim), device, requires_grad=True)
     do = randn((1, num_heads, s, head_dim), device)
-    kw = {"is_causal": True}
+    kw: dict[str, Any] = {"is_causal": True}
     if nkv != num_heads:
         kw["enable_gqa"] = True
     if device.type == "cuda" and sdpa_kernel is not None and backend != "default":
@@ -295,9 +299,10 @@ def _sdpa_case(s: int, nkv: int, backend: str, device: torch.device, *, num_head
     try:
         t_fwd = bench(fwd, device, warmup=warm, max_reps=max_reps, min_reps=3)
         with ctx():
-            o_keep = F.scaled_dot_product_attention(q, k, v, **kw)
+            o_keep: torch.Tensor | None = F.scaled_dot_product_attention(q, k, v, **kw)
 
         def bwd(i):
+            assert o_keep is not None  # dropped after the backward timing
             torch.autograd.grad(o_keep, (q, k, v), do, retain_graph=True)
 
         t_bwd = bench(bwd, device, warmup=warm, max_reps=max_reps, min_reps=3)
@@ -352,7 +357,7 @@ def _sdpa_masked_case(s: int, device: torch.device, *, window: int, num_heads: i
     do = randn((1, num_heads, s, head_dim), device)
     i = torch.arange(s, device=device)
     mask = ((i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window))[None, None]
-    kw = {"attn_mask": mask}
+    kw: dict[str, Any] = {"attn_mask": mask}
     base = {"op": "sdpa", "batch": 1, "seq_len": s, "num_heads": num_heads,
             "num_kv_heads": num_heads, "head_dim": head_dim, "causal": False, "dtype": "bf16",
             "backend": "masked", "mask": "sliding_window", "window": window,
@@ -367,9 +372,10 @@ def _sdpa_masked_case(s: int, device: torch.device, *, window: int, num_heads: i
         F.scaled_dot_product_attention(q, k, v, **kw).backward(do)
 
     t_fwd = bench(fwd, device, warmup=2, max_reps=10, min_reps=3)
-    o_keep = F.scaled_dot_product_attention(q, k, v, **kw)
+    o_keep: torch.Tensor | None = F.scaled_dot_product_attention(q, k, v, **kw)
 
     def bwd(_):
+        assert o_keep is not None  # dropped after the backward timing
         torch.autograd.grad(o_keep, (q, k, v), do, retain_graph=True)
 
     t_bwd = bench(bwd, device, warmup=2, max_reps=10, min_reps=3)
@@ -400,9 +406,10 @@ def rotary_hf(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Te
 
 
 def _memop(name: str, impl: str, t: int, fwd_bytes: int, fwdbwd_bytes: int,
-           make_inputs: Callable[[], tuple], fn: Callable, grad_shape_of: Callable | None,
+           make_inputs: Callable[..., tuple], fn: Callable, grad_shape_of: bool | None,
            device: torch.device, l2_bytes: int, input_bytes: int, extra: dict) -> list[dict]:
-    """Time fn fwd (no grad) and fwd+bwd over rotated input sets."""
+    """Time fn fwd (no grad) and fwd+bwd over rotated input sets. ``grad_shape_of`` not None:
+    backward from random gradients of fn's outputs (else from a scalar output)."""
     sets = [make_inputs() for _ in range(num_rotations(input_bytes, l2_bytes))]
     recs = []
 
@@ -563,10 +570,14 @@ def copy_records(pinned_mib: Sequence[int], pageable_mib: Sequence[int],
         n = mib * MiB
         src = torch.randint(0, 256, (n,), dtype=torch.uint8, device=device)
         dst = torch.empty(n, dtype=torch.uint8, device=device)
-        t = bench(lambda i, dst=dst, src=src: dst.copy_(src), device, target_s=0.2)
+
+        def hbm_copy(i, dst=dst, src=src):
+            return dst.copy_(src)
+
+        t = bench(hbm_copy, device, target_s=0.2)
         # bytes: copied once; hbm_bytes: read + write
         recs.append({"op": "hbm_copy", "bytes": n, "hbm_bytes": 2 * n, **t.as_dict()})
-        src = dst = None
+        del src, dst, hbm_copy
         free(device)
     return recs
 
@@ -645,7 +656,7 @@ def summary_lines(records: list[dict]) -> list[str]:
     gemm = [r for r in records if r["op"] == "gemm"]
     if gemm:
         lines.append("GEMM bf16 TFLOP/s (fwd/bwd_input/bwd_weight)")
-        by = {}
+        by: dict[tuple, dict[str, float]] = {}  # a row key -> pass -> FLOP/s
         for r in gemm:
             by.setdefault((r["layer"], r["tokens"]), {})[r["pass"]] = gemm_flops(r) / r["time_s"]
         for (layer, t), d in by.items():

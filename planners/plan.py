@@ -34,14 +34,14 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from simulator.scenario import Scenario, ScenarioHashes
 from simulator.workload import NOT_ACTIVATIONS, Role
 
-PLAN_SCHEMA_VERSION = 2
+PLAN_SCHEMA_VERSION: Final = 2
 SCHEMA_PATH = pathlib.Path(__file__).parent / "schema" / "plan.schema.json"
 FLOAT_DIGITS = 6
 """Fractions and times in a plan are rounded to 6 decimals: solver noise must not change the file."""
@@ -206,7 +206,7 @@ class LayerPlan(_Frozen):
 
     def tiers(self) -> set[str]:
         """Every tier this layer's decisions name."""
-        out = {a.tier for a in self.roles.values() if a.action == "offload"}
+        out: set[str] = {a.tier for a in self.roles.values() if a.action == "offload"}
         if self.input == "offload":
             out.add("host")
         out.update(self.model_states.tiers())

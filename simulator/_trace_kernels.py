@@ -207,7 +207,7 @@ def cuda_faithful_sdpa(original):
                 bias = attn_mask
         return _Attention.apply(query, key, value, bias, is_causal, scale, backend)
 
-    sdpa.__wrapped__ = original
+    sdpa.__dict__["__wrapped__"] = original  # as functools.wraps sets it (mypy types no function attributes)
     return sdpa
 
 
@@ -255,7 +255,7 @@ def fused_rms_norm(original):
             return original(input, normalized_shape, weight, eps)
         return _FusedRMSNorm.apply(input, tuple(normalized_shape), weight, eps)
 
-    rms_norm.__wrapped__ = original
+    rms_norm.__dict__["__wrapped__"] = original  # as functools.wraps sets it (mypy types no function attributes)
     return rms_norm
 
 
@@ -275,7 +275,7 @@ def fused_dropout(original):
             return original(input, p, training, inplace)
         return torch.ops.aten.native_dropout(input, p, True)[0]
 
-    dropout.__wrapped__ = original
+    dropout.__dict__["__wrapped__"] = original  # as functools.wraps sets it (mypy types no function attributes)
     return dropout
 
 

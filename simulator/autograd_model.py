@@ -512,7 +512,7 @@ class _Deriver:
         earliest inner op that saves it, or at once when no inner op saves it.
         """
         if not hasattr(self, "_recompute_saves"):
-            self._recompute_saves = {}
+            self._recompute_saves: dict[int, list[int]] = {}
         T = self.b._tensors
         # Early stop (torch.utils.checkpoint, non-reentrant): recomputation ends as soon as the
         # last saved tensor is packed again. Inputs are packed before an op runs, outputs after,
@@ -576,8 +576,8 @@ def _extend_base_lifetimes(ops: list[OpSpec], view_of: dict[int, int]) -> list[O
         return ops
     views_of: dict[int, set[int]] = {}
     live_views: dict[int, set[int]] = {}
-    for v, base in view_of.items():
-        views_of.setdefault(base, set()).add(v)
+    for v, b in view_of.items():
+        views_of.setdefault(b, set()).add(v)
     dead_base: set[int] = set()
     new_frees: list[list[int]] = [list(op.frees) for op in ops]
     for k, op in enumerate(ops):

@@ -125,7 +125,7 @@ class _Timer:
                             node=self.node)
         return f, max(0.0, fb - f)
 
-    def __call__(self, *costs: KernelCost, flop_counter_flops: float | None = None,
+    def __call__(self, *costs: KernelCost | None, flop_counter_flops: float | None = None,
                  model_flops: float | None = None, variant: str | None = None,
                  time_s: float | None = None) -> Cost:
         """``variant`` refines the op class for timing (``attention_fwd.d64``); ``time_s``
@@ -177,8 +177,12 @@ class _Program:
         self.dtype = job.param_dtype
         self.cost = _Timer(node, self.dtype)
         if node is not None:  # autograd's in-place add of a second gradient contribution
-            self.b.accumulate_time_s = lambda n: self.cost(
-                _mem("grad_accumulate", read_bytes=2 * n, write_bytes=n)).time_s
+            def accumulate_time_s(n: int) -> float:
+                time_s = self.cost(_mem("grad_accumulate", read_bytes=2 * n, write_bytes=n)).time_s
+                assert time_s is not None  # the timer has a node
+                return time_s
+
+            self.b.accumulate_time_s = accumulate_time_s
         tp = parallel.tp if parallel is not None else 1
         cp = parallel.cp if parallel is not None else 1
         sp = bool(parallel is not None and parallel.sequence_parallel and tp > 1)
@@ -201,7 +205,7 @@ class _Program:
         )
         self.tp, self.cp, self.sp = tp, cp, sp
         self.node = node
-        self.mask = None
+        self.mask: int | None = None
         self.param_bytes = act  # parameters live in the param dtype
         self.grad_elem_bytes = dtype_bytes(grad_dtype)
         self.num_local_params = 0  # parameters this GPU holds (after tp, before ZeRO-3)
@@ -484,7 +488,8 @@ class _Program:
         final mul (saves both factors)."""
         b, io = self.b, num_elems * self.s.act_bytes
         t = {}
-        steps = (  # (name, inputs, saves) in execution order; x is the projection output
+        # (name, inputs, saves) in execution order; x is the projection output
+        steps: tuple[tuple[str, list[str], list[str]], ...] = (
             ("cube", ["x"], ["x"]),
             ("scaled_cube", ["cube"], []),
             ("inner", ["x", "scaled_cube"], []),
@@ -596,10 +601,12 @@ class _Program:
         if cp > 1 and not ulysses and fwd_cost.time_s is not None:
             ring_fwd = (cp - 1) * self.comm_time_s("send_recv", kv_bytes_local, 2)
             ring_bwd = 2 * ring_fwd  # K, V travel again and dK, dV come back
+            assert bwd_cost.time_s is not None  # timed by the same node as fwd_cost
             fwd_cost = _with_time(fwd_cost, max(fwd_cost.time_s, ring_fwd))
             bwd_cost = _with_time(bwd_cost, max(bwd_cost.time_s, ring_bwd))
             fwd_ws = 2 * kv_bytes_local  # double-buffered K/V receive
         if ulysses and fwd_cost.time_s is not None:
+            assert bwd_cost.time_s is not None  # timed by the same node as fwd_cost
             fwd_cost = _with_time(fwd_cost, fwd_cost.time_s + sum(a2a))
             bwd_cost = _with_time(bwd_cost, bwd_cost.time_s + sum(a2a))
         out = self.act(f"{name}.out", s.tokens * s.q_heads * s.head_dim, Role.ATTN_OUT, layer)
@@ -635,6 +642,7 @@ class _Program:
         per call, saved for backward) and runs a masked kernel (cuDNN on the H200) over the
         whole s x s square it is given.
         """
+        assert self.mask is not None  # attention() comes here only with a mask
         b, s = self.b, self.s
         heads = s.q_heads
         full_kv = s.tokens * heads * s.head_dim
@@ -692,6 +700,7 @@ class _Program:
         """One decode step: each sequence's single query attends its whole cached context."""
         from kernels.attention import decode_attention_cost
 
+        assert self.decode_context_len is not None  # attention() comes here only for a decode step
         s, job = self.s, self.job
         costs = decode_attention_cost(batch=s.batch, context_len=self.decode_context_len, num_heads=s.q_heads,
                                       num_kv_heads=s.kv_heads, head_dim=s.head_dim, dtype=self.dtype,
@@ -733,6 +742,7 @@ class _Program:
                 for n, size in (("q", q_size), ("k", kv_size), ("v", kv_size))
             )
         if m.position == "rope" and cos is not None:
+            assert sin is not None  # embed() makes cos and sin together
             variant = "memory.rotary.hf_rotate_half" if self.hf else "memory.rotary.fused"
             with self.measured_group(variant, op="rotary", width=q_size + kv_size, head_dim=s.head_dim,
                                      num_tokens=T):
@@ -771,7 +781,8 @@ class _Program:
                                                                   chunked=m.gate_up_fused)
                 down_rec = (rec_cost, rec_ws)
             else:
-                prod = self.silu_mul(f"layers.{i}.mlp", *acts, i, T, f, chunked=m.gate_up_fused)
+                gate, up = acts  # saved: the gate and up projections as two tensors
+                prod = self.silu_mul(f"layers.{i}.mlp", gate, up, i, T, f, chunked=m.gate_up_fused)
         else:
             up = self.linear(f"layers.{i}.mlp.fc_in", nrm2, h, f, i, tokens=T, role=Role.MLP_HIDDEN,
                              bias=m.mlp_bias, save_input=nrm2_saved)

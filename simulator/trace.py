@@ -225,7 +225,7 @@ class _Tracer(TorchDispatchMode):
         self._bwd_path = ""
         self._boundary: dict[str, list[set[int]]] = {}
         hidden = {
-            m.weight.shape[-1]
+            m.weight.shape[-1]  # type: ignore[index]  # nn.Module.__getattr__ is typed Tensor | Module
             for m in root.modules()
             if "norm" in type(m).__name__.lower() and getattr(m, "weight", None) is not None
         }
@@ -246,7 +246,7 @@ class _Tracer(TorchDispatchMode):
         layer: int | None = None,
         persistent: bool = False,
         initial: bool = False,
-    ) -> int | None:
+    ) -> int:
         """Start tracking ``t``'s storage (idempotent); returns its tid."""
         key, ref = _storage_key(t)
         if key in self._live and not self._live[key][1].expired():
@@ -621,6 +621,7 @@ def _checkpoint_layers(root: nn.Module, tracer: _Tracer, layer_of):
     config = getattr(root, "config", None)
     use_cache = getattr(config, "use_cache", None)
     if use_cache:  # transformers turns the KV cache off under gradient checkpointing, too
+        assert config is not None  # use_cache was read from it
         config.use_cache = False
     for name, mod in root.named_modules():
         if not name or layer_of(name) is None or layer_of(name.rsplit(".", 1)[0]) is not None:
@@ -648,6 +649,7 @@ def _checkpoint_layers(root: nn.Module, tracer: _Tracer, layer_of):
         for mod in wrapped:
             del mod.forward
         if use_cache:
+            assert config is not None  # use_cache was read from it
             config.use_cache = use_cache
 
 
@@ -694,7 +696,7 @@ def trace_training_step(
     tracer = _Tracer(module, layer_of=layer_of, attention_backend=attention_backend)
     with torch.device("meta"):
         inputs = make_inputs()
-    leaves = []
+    leaves: list[tuple[str, torch.Tensor]] = []
     for name, p in module.named_parameters():
         p.grad = None
         tracer.register(

@@ -122,6 +122,7 @@ class Arena:
         if num_bytes == 0:
             self._live[key] = (0, 0)
             return torch.empty_strided(shape, stride, dtype=dtype, device=self.device)
+        assert self._result is not None and self._storage is not None  # planned: finish_recording set both
         lo = self._result.offsets[key]
         hi = lo + allocator_rounded_bytes(num_bytes)
         for other, (olo, ohi) in self._live.items():
@@ -182,6 +183,7 @@ class Arena:
     def capacity_bytes(self) -> int:
         """Bytes of the one allocation (the planned peak)."""
         self._planned()
+        assert self._storage is not None  # allocated with the plan
         return self._storage.numel()
 
     @property

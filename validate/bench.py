@@ -244,8 +244,10 @@ def make_plans(
                 allocator="caching",
             )
             layers, _ = baselines.BASELINES["none"](ctx)
+            assert layers is not None  # keeping everything is always a plan
             res = evaluate(ctx, "none", layers)
             if res.feasible:
+                assert res.replay is not None  # evaluate() replays every plan
                 ideal.update(
                     num_layers=num_layers,
                     plan=write(res.plan, plan_name(num_layers, seq_len, "full", "none")),
@@ -659,7 +661,9 @@ def repredict(plan_path: Path) -> dict[str, Any]:
     plan = load_plan(plan_path)
     ctx = PlanContext.from_plan(plan, source=str(plan_path))
     res = evaluate(ctx, plan.provenance.planner, plan.layers)
-    return {**_predicted(res), "model_flops": res.replay.model_flops,
+    predicted = _predicted(res)
+    assert predicted is not None and res.replay is not None  # evaluate() replays every plan
+    return {**predicted, "model_flops": res.replay.model_flops,
             "recompute_s": res.replay.recompute_s}
 
 

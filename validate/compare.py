@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pathlib
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from hwmodels.units import GiB, MiB
 
@@ -118,7 +119,8 @@ def predict_op_record(rec: dict, node) -> float | None:
     if op == "hbm_copy":
         return compute_time_s(flops=0.0, hbm_bytes=2 * rec["bytes"], op_class="hbm_copy", dtype="bf16", node=node)
     if op in ("rmsnorm", "silu_mul", "rotary", "cross_entropy", "embedding"):
-        width = {"silu_mul": rec.get("intermediate"), "cross_entropy": rec.get("vocab")}.get(op, rec.get("hidden"))
+        # a record's field, maybe absent: minimal_traffic_bytes refuses a width that is not an int
+        width: Any = {"silu_mul": rec.get("intermediate"), "cross_entropy": rec.get("vocab")}.get(op, rec.get("hidden"))
         extra = {}
         if op == "rotary":
             width, extra = 2 * rec["hidden"], {"head_dim": rec["head_dim"]}

@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -57,6 +57,9 @@ from planners.solvers import pulp_available
 from simulator.movement import step_movements
 from simulator.workload import ATTN_ROLES, Role
 from validate.arena import Arena, ArenaMismatch
+
+if TYPE_CHECKING:
+    from validate.model import Decoder, DecoderLayer
 
 POOL_ALIGN_BYTES = 512
 ARENA_TIME_LIMIT_S = 10.0
@@ -209,7 +212,11 @@ def _uses_hooks(lp: LayerPlan) -> bool:
 def _memory_order(t: torch.Tensor) -> tuple[int, ...]:
     """Dims sorted outermost-first in memory, when that makes ``t`` contiguous (SDPA's output
     [B, H, T, D] lies in memory as [B, T, H, D]); else the dims as they are."""
-    perm = tuple(sorted(range(t.dim()), key=lambda d: (-t.stride(d), d)))
+
+    def outermost_first(d: int) -> tuple[int, int]:
+        return (-t.stride(d), d)
+
+    perm = tuple(sorted(range(t.dim()), key=outermost_first))
     return perm if t.permute(perm).is_contiguous() else tuple(range(t.dim()))
 
 
@@ -261,7 +268,7 @@ class PlanExecutor:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: Decoder,
         plan: Plan,
         *,
         device: Any,
@@ -345,6 +352,7 @@ class PlanExecutor:
                 for e in st.entries:
                     self._free_buffer(e)
             self._states.clear()
+            assert self.pool is not None  # prepare() made it
             self.pool.reset()
         if self.arena is not None and not self.arena.planned:
             self.arena.finish_recording()  # the first step recorded the buffers; plan them
@@ -416,7 +424,7 @@ class PlanExecutor:
         self._seq_len = batch.shape[1]
         return self.model(batch, layer_fn=self._layer)
 
-    def _layer(self, i: int, layer: torch.nn.Module, x: torch.Tensor, rope: Any) -> torch.Tensor:
+    def _layer(self, i: int, layer: DecoderLayer, x: torch.Tensor, rope: Any) -> torch.Tensor:
         lp = self.plan.layers[i]
         layer.checkpoint_mlp = lp.checkpoint == "selective"
         layer.recompute_mlp_act = self.plan.mlp_activation == "recomputed"
@@ -499,6 +507,7 @@ class PlanExecutor:
         lp, T = st.plan, self._seq_len
         for idx, e in enumerate(st.entries):
             t = e.tensor
+            assert t is not None  # _entry set it; the loop below drops it
             ptr = t.untyped_storage().data_ptr()
             role = st.tags.get(ptr, "other")
             e.role = INPUT_ROLE if idx == st.input_entry else role
@@ -533,6 +542,7 @@ class PlanExecutor:
                 nbytes = off.numel() * t.dtype.itemsize
                 st.offload_bytes += -(-nbytes // POOL_ALIGN_BYTES) * POOL_ALIGN_BYTES
                 if not self._counting:
+                    assert self.pool is not None  # prepare() made it before any step
                     e.host = self.pool.alloc(
                         off.shape, t.dtype, where=f"plan.layers.{st.index}.{e.role}"
                     )
@@ -549,9 +559,11 @@ class PlanExecutor:
         # (after its D2H copy, in that stream's order) before the next one's copy is made.
         for e in st.entries:
             t, e.tensor = e.tensor, None
+            assert t is not None  # _entry set it; dropped here
             if e.tdim is not None and 0 < e.n_keep < e.shape[e.tdim]:
                 e.kept = _rows(t, e, e.n_off, e.n_keep).clone()
             if e.n_off:
+                assert e.host is not None  # allocated in the pool above
                 src = _rows(t, e, 0, e.n_off)
                 self.stats.d2h_bytes += src.numel() * e.dtype.itemsize
                 if side and not e.on_compute_stream:
@@ -600,20 +612,23 @@ class PlanExecutor:
             if e.kept is not None:
                 _rows(e.fetched, e, e.n_off, e.n_keep).copy_(e.kept)
                 e.kept = None
-        todo = [e for _, e in todo]
-        self.stats.h2d_bytes += sum(e.host.numel() * e.dtype.itemsize for e in todo)
+        moving: list[tuple[_Entry, torch.Tensor, torch.Tensor]] = []  # (entry, fetched, host)
+        for _, e in todo:
+            assert e.fetched is not None and e.host is not None  # fetched above, host since forward
+            moving.append((e, e.fetched, e.host))
+        self.stats.h2d_bytes += sum(host.numel() * e.dtype.itemsize for e, _, host in moving)
         if self.cuda:
             self.h2d.wait_event(torch.cuda.current_stream(self.device).record_event())
             self.h2d.wait_event(st.d2h_event)
             start = self._timed_event(self.h2d)
             with torch.cuda.stream(self.h2d):
-                for e in todo:
-                    _rows(e.fetched, e, 0, e.n_off).copy_(e.host, non_blocking=True)
+                for e, fetched, host in moving:
+                    _rows(fetched, e, 0, e.n_off).copy_(host, non_blocking=True)
             st.h2d_event = self._timed_event(self.h2d)
             self._h2d_spans.append((start, st.h2d_event))
         else:
-            for e in todo:
-                _rows(e.fetched, e, 0, e.n_off).copy_(e.host)
+            for e, fetched, host in moving:
+                _rows(fetched, e, 0, e.n_off).copy_(host)
 
     def _unpack(self, handle: Any) -> torch.Tensor:
         if isinstance(handle, torch.Tensor):
@@ -647,6 +662,7 @@ class PlanExecutor:
                 st.waited = True
         if e.full is None:
             self._assemble(st, idx)
+        assert e.full is not None  # _assemble sets it
         return e.full
 
     def _assemble(self, st: _LayerState, idx: int) -> None:
@@ -666,6 +682,7 @@ class PlanExecutor:
         if out is None:
             out = self._buffer(st, idx)
             if e.n_off:
+                assert e.host is not None  # the check above: its rows are still in the pool
                 _rows(out, e, 0, e.n_off).copy_(e.host)
         if e.kept is not None:
             _rows(out, e, e.n_off, e.n_keep).copy_(e.kept)
@@ -677,7 +694,7 @@ class PlanExecutor:
         if st.recomputed:
             return
         st.recomputed = True
-        layer = self.model.layers[st.index]
+        layer = cast("DecoderLayer", self.model.layers[st.index])  # nn.ModuleList items are Modules
         compute = torch.cuda.current_stream(self.device) if self.cuda else None
         before = self._timed_event(compute) if self.cuda else None
         if self._token_wise(st, layer):
@@ -691,7 +708,7 @@ class PlanExecutor:
             self._recompute_spans.append((before, self._timed_event(compute)))
 
     @staticmethod
-    def _token_wise(st: _LayerState, layer: torch.nn.Module) -> bool:
+    def _token_wise(st: _LayerState, layer: DecoderLayer) -> bool:
         """Whether the dropped rows can be recomputed from the input's and the attention
         output's rows alone (every recomputed tensor named by a tag, attention not recomputed)."""
         if not hasattr(layer, "attn_rows") or st.input_entry is None or st.attn_entry is None:
@@ -703,9 +720,11 @@ class PlanExecutor:
             e.tag_idx is not None and e.role not in ATTN_ROLES for e in st.entries if e.n_rec
         )
 
-    def _recompute_rows(self, st: _LayerState, layer: torch.nn.Module) -> None:
+    def _recompute_rows(self, st: _LayerState, layer: DecoderLayer) -> None:
         """MEMO's token-wise recompute: the layer's per-token ops on rows [r0, T) only."""
+        assert st.input_entry is not None and st.attn_entry is not None  # _token_wise checked
         inp, att = st.entries[st.input_entry], st.entries[st.attn_entry]
+        assert inp.tdim is not None and att.tdim is not None  # _token_wise checked
         seq = inp.shape[inp.tdim]
         r0 = min(e.n_off + e.n_keep for e in st.entries if e.n_rec)
         n = seq - r0
@@ -724,6 +743,7 @@ class PlanExecutor:
         for e in st.entries:
             if not e.n_rec:
                 continue
+            assert e.tdim is not None and e.tag_idx is not None  # recomputed rows: _token_wise checked
             want = e.shape[: e.tdim] + (n,) + e.shape[e.tdim + 1 :]
             t = tagged[e.tag_idx] if e.tag_idx < len(tagged) else None
             if t is not None and tuple(t.shape) != want:
@@ -734,9 +754,10 @@ class PlanExecutor:
                 )
             e.rec = _rows(t, e, e.n_off + e.n_keep - r0, e.n_rec)
 
-    def _replay_layer(self, st: _LayerState, layer: torch.nn.Module) -> None:
+    def _replay_layer(self, st: _LayerState, layer: DecoderLayer) -> None:
         """The whole layer forward again (dropped rows of the attention output, or a layer
         without ``attn_rows``), keeping only the dropped rows of each saved tensor."""
+        assert st.input_entry is not None  # _layer makes it for every layer that recomputes
         x = self._materialise(st, st.input_entry).detach().requires_grad_(st.input_requires_grad)
         calls = iter(st.order)
 
@@ -751,5 +772,6 @@ class PlanExecutor:
                 e.rec = _rows(t, e, e.n_off + e.n_keep, e.n_rec).clone()  # only the dropped rows
             return None
 
-        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda h: None):
+        # the replay's graph is never backpropagated: its unpack hook returns nothing
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda h: None):  # type: ignore[arg-type, return-value]
             layer(x, st.rope)

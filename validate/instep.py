@@ -69,7 +69,7 @@ def records_from_profile(data: dict[str, Any], *, source: str, dtype: str = "bf1
     if not isinstance(ops, list):
         raise UserInputError(f"{source}: ops: expected the per-op list of run_plan --kernel-profile")
     records: list[dict[str, Any]] = []
-    silu: dict[tuple[int, int, int], dict[str, float]] = {}
+    silu: dict[tuple[int, ...], dict[str, float]] = {}  # [b, s, f] -> op name -> seconds per call
     for i, row in enumerate(ops):
         where = f"{source}: ops.{i}"
         try:

@@ -27,6 +27,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -48,7 +49,7 @@ MEMORY_STAT_KEYS = (
 )
 
 # (case name, model key, overrides, seq lens, checkpointing options, optimizer)
-FULL_CASES = (
+FULL_CASES: tuple[tuple[str, str, dict[str, Any], tuple[int, ...], tuple[bool, ...], str | None], ...] = (
     ("llama-3.2-1b", "llama-3.2-1b", {}, (4 * K, 16 * K, 32 * K), (False, True), None),
     ("llama-2-7b-4l", "llama-2-7b", {"num_hidden_layers": 4}, (4 * K, 16 * K), (False, True),
      None),
@@ -137,7 +138,9 @@ def run_case(*, name: str, model_key: str, cfg_dict: dict, overrides: dict, seq_
                  "dtype": "bf16", "gradient_checkpointing": checkpointing,
                  "optimizer": optimizer, "use_cache": False, "config": cfg_dict,
                  "overrides": overrides, "sliding_window": cfg_dict.get("sliding_window")}
-    model = opt = ids = None
+    model: Any = None  # a transformers model (untyped)
+    opt: torch.optim.Optimizer | None = None
+    ids: torch.Tensor | None = None
     try:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)

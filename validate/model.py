@@ -76,7 +76,10 @@ class SwiGLUDown(torch.autograd.Function):
 
     @staticmethod
     def _halves(acts: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        return acts[0].chunk(2, dim=-1) if len(acts) == 1 else (acts[0], acts[1])
+        if len(acts) == 1:
+            gate, up = acts[0].chunk(2, dim=-1)
+            return gate, up
+        return acts[0], acts[1]
 
     @staticmethod
     def forward(ctx: Any, weight: torch.Tensor, bias: torch.Tensor | None, *acts: torch.Tensor) -> torch.Tensor:
@@ -143,8 +146,8 @@ class DecoderLayer(nn.Module):
         self.recompute_mlp_act = False  # SwiGLUDown: silu(gate) * up recomputed in backward
         self.attn_rows: torch.Tensor | None = None
         if probe:
-            self.input_layernorm = nn.RMSNorm(h, eps=spec.norm_eps, **lin)
-            self.post_attention_layernorm = nn.RMSNorm(h, eps=spec.norm_eps, **lin)
+            self.input_layernorm: nn.RMSNorm | HFRMSNorm = nn.RMSNorm(h, eps=spec.norm_eps, **lin)
+            self.post_attention_layernorm: nn.RMSNorm | HFRMSNorm = nn.RMSNorm(h, eps=spec.norm_eps, **lin)
         else:
             self.input_layernorm = HFRMSNorm(h, spec.norm_eps, **lin)
             self.post_attention_layernorm = HFRMSNorm(h, spec.norm_eps, **lin)
@@ -214,6 +217,7 @@ class DecoderLayer(nn.Module):
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         n = self._norm(self.post_attention_layernorm, x)
+        acts: tuple[torch.Tensor, ...]
         if self.spec.gate_up_fused:
             acts = (self.tag(Role.MLP_HIDDEN, self.gate_up_proj(n)),)
             g, u = acts[0].chunk(2, dim=-1)

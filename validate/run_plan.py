@@ -32,6 +32,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ from simulator.model import ModelSpec  # noqa: E402
 from simulator.scenario import Scenario  # noqa: E402
 from validate.diagnostics import add_diagnostic_args, diagnostic_kwargs  # noqa: E402
 from validate.executor import PlanExecutor, check_fits, host_memory_bytes  # noqa: E402
-from validate.model import build_model, make_batch  # noqa: E402
+from validate.model import Decoder, build_model, make_batch  # noqa: E402
 from validate.records import ComparisonFile, KernelProfile, PlanRunFile  # noqa: E402
 
 SMOKE_SHAPE = {
@@ -169,7 +170,9 @@ def run_case(
     }
     dtype = torch.float32 if smoke else torch.bfloat16
     where = ["setup"]
-    model = ex = batch = None
+    model: Decoder | None = None
+    ex: PlanExecutor | None = None
+    batch: torch.Tensor | None = None
     tracing = memory_trace is not None and device.type == "cuda"
     if tracing:
         torch.cuda.memory._record_memory_history(max_entries=4_000_000, context=None)
@@ -200,9 +203,10 @@ def run_case(
         where[0] = "pool allocation"
         t0 = time.perf_counter()
         ex.prepare(batch)
+        assert ex.pool is not None  # prepare() made it
         case["host_pool_setup_s"] = time.perf_counter() - t0
         times = time_steps(
-            lambda ex=ex, batch=batch: ex.step(batch), model=model, batch=batch, device=device, warmup=warmup,
+            partial(ex.step, batch), model=model, batch=batch, device=device, warmup=warmup,
             repeats=repeats, where=where,
         )
         case.update(
@@ -224,7 +228,7 @@ def run_case(
             where[0] = "profiled step"
             model.zero_grad(set_to_none=True)
             case["kernel_profile"] = profile_kernels(
-                lambda ex=ex, batch=batch: ex.step(batch), kernel_profile
+                partial(ex.step, batch), kernel_profile
             )
     except UserInputError as err:
         case.update(status="refused", message=str(err))
@@ -233,6 +237,7 @@ def run_case(
         case.update(status="oom", message=f"{label}: out of memory at {where[0]}: {first}")
     finally:
         if tracing:
+            assert memory_trace is not None  # tracing needs it
             torch.cuda.synchronize()
             torch.cuda.memory._dump_snapshot(str(memory_trace))
             torch.cuda.memory._record_memory_history(enabled=None)
@@ -269,7 +274,7 @@ def profile_kernels(step: Callable[[], Any], path: Path, top: int = 60) -> dict[
             k = kernels.setdefault(ev.name, [0, 0.0])
             k[0] += 1
             k[1] += ev.device_time / 1e6
-    rows = sorted(([n, c, t] for n, (c, t) in kernels.items()), key=lambda r: -r[2])
+    rows: list[list[Any]] = sorted(([n, c, t] for n, (c, t) in kernels.items()), key=lambda r: -r[2])
     ops = []
     for avg in prof.key_averages(group_by_input_shape=True):
         dev_s = getattr(avg, "self_device_time_total", 0.0) / 1e6
@@ -281,8 +286,8 @@ def profile_kernels(step: Callable[[], Any], path: Path, top: int = 60) -> dict[
         "kernel_s": sum(r[2] for r in rows),
         "num_kernels": sum(r[1] for r in rows),
     }
-    profile = KernelProfile.model_validate({**summary, "kernels": rows[:top], "ops": ops})
-    path.write_text(json.dumps(profile.model_dump(mode="json"), indent=1) + "\n")
+    record = KernelProfile.model_validate({**summary, "kernels": rows[:top], "ops": ops})
+    path.write_text(json.dumps(record.model_dump(mode="json"), indent=1) + "\n")
     return summary
 
 
@@ -308,15 +313,23 @@ def check_grads(plan: Plan, *, device: torch.device, seq_len: int, smoke: bool) 
     dtype = torch.float32 if smoke else torch.bfloat16
     model = build_model(spec, device=device, dtype=dtype, seed=0)
     batch = make_batch(spec, seq_len=seq_len, device=device, dtype=dtype)
+
+    def grads() -> list[torch.Tensor]:
+        out = []
+        for g in [p.grad for p in model.parameters()] + ([batch.grad] if batch.requires_grad else []):
+            assert g is not None  # every parameter (and a batch that takes a gradient) gets one
+            out.append(g)
+        return out
+
     model(batch).backward()
-    ref = [p.grad for p in model.parameters()] + ([batch.grad] if batch.requires_grad else [])
+    ref = grads()
     model.zero_grad(set_to_none=True)
     if batch.requires_grad:
         batch.grad = None
     ex = PlanExecutor(model, plan, device=device)
     ex.step(batch)
     ex.close()
-    got = [p.grad for p in model.parameters()] + ([batch.grad] if batch.requires_grad else [])
+    got = grads()
     bitwise = all(torch.equal(a, b) for a, b in zip(ref, got, strict=True))
     max_abs = max(float((a.float() - b.float()).abs().max()) for a, b in zip(ref, got, strict=True))
     return {

@@ -183,9 +183,9 @@ def bilevel_layout(
     internal: dict[int, list[Buffer]] = {}
     external: list[Buffer] = []
     for buf in instance.buffers:
-        bi = block_of_time.get(buf.lower)
-        if bi is not None and buf.upper <= blocks[bi][1] and buf.lower >= blocks[bi][0]:
-            internal.setdefault(bi, []).append(buf)
+        blk = block_of_time.get(buf.lower)
+        if blk is not None and buf.upper <= blocks[blk][1] and buf.lower >= blocks[blk][0]:
+            internal.setdefault(blk, []).append(buf)
         else:
             external.append(buf)
     # lower level: one solve per distinct block (identical layers share it)

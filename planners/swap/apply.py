@@ -101,7 +101,7 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
         hold_frac = max((dec.action(r).recompute_frac for r in lp.role_tids), default=0.0)
         if dec.checkpoint == "none" and lp.hold_bytes and hold_frac > 0:
             # the recomputed tokens' rows of the input stay until the recompute op
-            inputs = []
+            held_inputs: list[int] = []
             for t in lp.hold_tids:
                 h = part(t, int(round(sizes[t] * hold_frac)), "held", prof.alloc_op[t], None)
                 sizes[t] -= sizes[h]
@@ -109,8 +109,8 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
                 alloc_of[h] = prof.alloc_op[t]
                 held.add(h)
                 rec_frees.setdefault(i, []).append(h)
-                inputs.append(h)
-            inputs = tuple(inputs)
+                held_inputs.append(h)
+            inputs = tuple(held_inputs)
         if dec.input == "offload":
             groups.append((inputs, RoleAction(action="offload", alpha_frac=1.0, stream=dec.input_stream)))
         if dec.checkpoint == "none":
@@ -199,9 +199,9 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
         return stage_index[first_bwd_of[base_op]] if base_op in first_bwd_of else new_index[base_op]
 
     # Prefetched bytes are allocated at the start of the stage that fetches them.
-    for key, tids in sorted(stage_allocs.items()):
+    for key, fetched in sorted(stage_allocs.items()):
         pos = stage_start(key)
-        out[pos] = _renumber(out[pos], pos, allocs=list(out[pos].allocs) + tids, frees=list(out[pos].frees))
+        out[pos] = _renumber(out[pos], pos, allocs=list(out[pos].allocs) + fetched, frees=list(out[pos].frees))
     transfers = []
     for i, stream, nbytes, _ in pending:
         rel, res = moves[i].release_restore_ops(stream)

@@ -39,6 +39,7 @@ class PlanContext:
     @classmethod
     def from_scenario(cls, scenario: Scenario, **knobs: Any) -> PlanContext:
         """The context of ``scenario`` with planning knobs (lookahead, allocator, prefetch_at)."""
+        assert isinstance(scenario.job, TrainJob), "callers refuse inference scenarios first"
         return cls(model=scenario.model, job=scenario.job, node=scenario.node,
                    gpu_budget_bytes=scenario.gpu_budget_bytes,
                    host_budget_bytes=scenario.host_budget_bytes, **knobs)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from hwmodels.units import GiB, format_bytes
 from planners.plan import KEEP, LayerPlan, RoleAction
@@ -22,7 +23,7 @@ from planners.swap.context import PlanContext
 from planners.swap.evaluate import StrategyResult, evaluate
 from planners.swap.profile import LayerProfile
 from simulator.movement import step_movements
-from simulator.workload import ATTN_ROLES, Phase
+from simulator.workload import ATTN_ROLES, OpSpec, Phase
 
 EPS_FRAC = 1e-6
 MAX_REPAIRS = 6
@@ -129,10 +130,13 @@ class _SwapMip:
         self.rec_u = [var(f"recompute_frac_offloading_{i}", 0, 1) for i in range(n)]
         self.keep_u = [var(f"keep_frac_offloading_{i}", 0, 1) for i in range(n)]
         # per layer, GiB: offloaded; recomputed; offloading tensors' recomputed / kept rows
-        self.r_off, self.r_rec, self.r_rec_late, self.r_kept = [], [], [], []
-        self.t_rec = []  # per layer, seconds: its recompute before its backward
-        self.binding_op = None  # the op where HBM cannot fit even with everything removed
-        self.worst_left = None
+        self.r_off: list[Any] = []
+        self.r_rec: list[Any] = []
+        self.r_rec_late: list[Any] = []
+        self.r_kept: list[Any] = []
+        self.t_rec: list[Any] = []  # per layer, seconds: its recompute before its backward
+        self.binding_op: OpSpec | None = None  # the op where HBM cannot fit even with everything removed
+        self.worst_left: int | None = None
 
     def add_fractions(self) -> None:
         """Per layer: the fractions sum to one and every product of a fraction with a binary is
@@ -286,6 +290,7 @@ class _SwapMip:
 
         op = self.binding_op
         if op is not None:
+            assert self.worst_left is not None  # set together with binding_op
             what = ("weights + grads + optimizer states + the optimizer step's workspace"
                     if op.phase == Phase.OPTIM else "what is live")
             verb = "need" if op.phase == Phase.OPTIM else "needs"
@@ -341,6 +346,12 @@ def _layer_from_solution(i, lp: LayerProfile, full, o_in, o_at, keep, off, rec) 
     return LayerPlan(layer=i, input=inp, roles=roles)
 
 
+def _step_time_s(r: StrategyResult) -> float:
+    """The replayed step time of a row evaluate() made (every feasible one has it)."""
+    assert r.step_time_s is not None, f"{r.name}: no replay"
+    return r.step_time_s
+
+
 def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "highs",
              fallbacks: Sequence[StrategyResult] = (),
              deadline_s: float | None = None) -> tuple[StrategyResult, MipSolution | None]:
@@ -381,6 +392,7 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
             best = res
         if res.feasible:
             break
+        assert res.peak_hbm_bytes is not None and res.peak_host_bytes is not None  # evaluate() fills them
         over = res.peak_hbm_bytes - ctx.gpu_budget_bytes
         if over > 0:  # the linear model misjudged allocated bytes: take the overshoot off
             budget -= over + 64 * 2**20
@@ -398,7 +410,7 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
             mid_sol, res = attempt(mid)
             if res is not None and res.feasible:
                 lo = mid
-                if res.step_time_s < best.step_time_s:
+                if _step_time_s(res) < _step_time_s(best):
                     best, sol = res, mid_sol
             else:
                 hi = mid
@@ -428,6 +440,7 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
     gap = sol.gap if sol else None
     if timed_out and sol is not None and sol.best_bound_s is not None:
         gap = relative_gap(winner.step_time_s, sol.best_bound_s)  # the baseline's, against the bound
+    assert winner.plan is not None  # feasible rows come from evaluate(), which sets the plan
     res = evaluate(ctx, "mip", winner.plan.layers, solver=sol.solver if sol else None,
                    status=f"{'time_limit:' if timed_out else ''}fallback:{winner.name}", gap=gap,
                    solve_time_s=elapsed, time_limit_s=time_limit_s)
@@ -480,4 +493,4 @@ def plan_mip_variants(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: s
     feasible = [r for r in out if r.feasible]
     if not feasible:
         return out[0]
-    return min(feasible, key=lambda r: r.step_time_s)
+    return min(feasible, key=_step_time_s)

@@ -61,6 +61,9 @@ def replay(applied: AppliedPlan, node, *, num_gpus: int, tier: str = "host",
             route = routes[tr.direction]
             host = MemEvent(device, tr.num_bytes, f"layers.{tr.layer}.offloaded")
             tid = len(tasks)
+            deps: tuple[int, ...]
+            allocs: tuple[MemEvent, ...]
+            frees: tuple[MemEvent, ...]
             if tr.direction == "d2h":
                 deps = (ctids[tr.ready_op],)
                 allocs, frees = (host,), ()
@@ -73,8 +76,8 @@ def replay(applied: AppliedPlan, node, *, num_gpus: int, tier: str = "host",
                                      device if tr.direction == "d2h" else f"gpu{g}.hbm",
                                      route.links, route.latency_s, deps, allocs, frees, tr.layer))
             extra.setdefault(ctids[tr.needed_op], []).append(tid)
-    for tid, deps in extra.items():
-        tasks[tid] = replace(tasks[tid], deps=tasks[tid].deps + tuple(deps))
+    for tid, later in extra.items():
+        tasks[tid] = replace(tasks[tid], deps=tasks[tid].deps + tuple(later))
     sim = simulate(replace(sched, tasks=tuple(tasks)), record_timeline=record_timeline)
     hbm = sim.pool("gpu0.hbm")
     model_flops = 3.0 * sum(op.model_flops for op in wl.ops if op.phase in (Phase.FWD, Phase.LOSS))

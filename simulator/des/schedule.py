@@ -272,15 +272,21 @@ def _edge_rates(node, edge, d2h_from) -> tuple[float, float, float]:
         dirs, profile = ("p2p", "p2p"), node.profile
     else:
         dirs, profile = ("h2d", "h2d"), None
-    one = [copy_fit(link=link, direction=d, profile=profile).bandwidth_bytes_per_s for d in dirs]
-    both = sum(copy_fit(link=link, direction=d, concurrent_opposite=True, profile=profile)
-               .bandwidth_bytes_per_s for d in dirs)
+
+    def rate(direction: str, concurrent_opposite: bool = False) -> float:
+        bw = copy_fit(link=link, direction=direction, concurrent_opposite=concurrent_opposite,
+                      profile=profile).bandwidth_bytes_per_s
+        assert bw is not None  # copy_fit always fits a bandwidth
+        return bw
+
+    one = [rate(d) for d in dirs]
+    both = sum(rate(d, concurrent_opposite=True) for d in dirs)
     return one[0], one[1], both
 
 
 def _gpu_side_ends(node) -> dict:
     """Each edge of a GPU's host path -> its end nearer the GPU."""
-    out = {}
+    out: dict = {}
     for g in range(node.num_gpus):
         here = f"gpu{g}"
         for e in node.host_path(g):
@@ -470,13 +476,13 @@ def offload_candidates(workload: Workload) -> dict[int, list[OffloadCandidate]]:
                 saver_layers[t].add(op.layer)
     out: dict[int, list[OffloadCandidate]] = defaultdict(list)
     for tid, layers in saver_layers.items():
-        t = index[tid]
-        if (len(layers) != 1 or None in layers or t.persistent or t.role == Role.WEIGHT
+        spec = index[tid]
+        if (len(layers) != 1 or None in layers or spec.persistent or spec.role == Role.WEIGHT
                 or alloc_phase.get(tid) != Phase.FWD or free_phase.get(tid) not in _BACKWARD_PHASES
-                or t.num_bytes <= 0):
+                or spec.num_bytes <= 0):
             continue
         (layer,) = layers
-        out[layer].append(OffloadCandidate(tid, t.name, t.num_bytes, layer))
+        out[layer].append(OffloadCandidate(tid, spec.name, spec.num_bytes, layer))
     for items in out.values():
         items.sort(key=lambda c: c.tid)
     return dict(out)
@@ -570,6 +576,7 @@ def add_offload(
                 if c.tid not in d2h_of:
                     continue
                 d2h = tasks[d2h_of[c.tid]]
+                assert isinstance(d2h, Transfer)  # d2h_of indexes the D2H copies added above
                 hbm_delta = delta_of[c.tid]
                 deps = (d2h.tid,) if gate is None else (gate, d2h.tid)
                 tid = len(tasks)
@@ -578,8 +585,8 @@ def add_offload(
                                       (MemEvent(hbm, hbm_delta, c.name),),
                                       (MemEvent(pool, d2h.num_bytes, c.name),), layer))
                 extra_deps[ctids[moves[layer].stage_op]].append(tid)
-    for tid, deps in extra_deps.items():
-        tasks[tid] = replace(tasks[tid], deps=tasks[tid].deps + tuple(deps))
+    for tid, later in extra_deps.items():
+        tasks[tid] = replace(tasks[tid], deps=tasks[tid].deps + tuple(later))
     for tid, frees in release_frees.items():
         tasks[tid] = replace(tasks[tid], frees=tasks[tid].frees + tuple(frees))
     meta = dict(schedule.meta)
