@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from hwmodels.records import OpRecordsFile, RecordFile, RecordModel
 
@@ -80,17 +80,19 @@ class PlanCase(RecordModel):
     """One plan run by the executor: refused, out of memory, or timed."""
 
     case: str
-    planner: str
-    model: str
-    num_layers: int = Field(gt=0)
-    seq_len: int = Field(gt=0)
-    micro_batch: int = Field(gt=0)
-    gpu_budget_bytes: int | None = Field(gt=0)
-    prediction: dict[str, Scalar] | None
+    planner: str | None = None
+    model: str | None = None
+    num_layers: int | None = Field(None, gt=0)
+    seq_len: int | None = Field(None, gt=0)
+    micro_batch: int | None = Field(None, gt=0)
+    gpu_budget_bytes: int | None = Field(None, gt=0)
+    prediction: dict[str, Scalar] | None = None
     """The plan's own prediction (simulator replay), as the plan file holds it."""
-    status: Literal["ok", "refused", "oom"]
+    status: Literal["ok", "refused", "oom", "error"]
+    """ok, refused before a step, out of memory, or error: the case's process failed before it
+    described the case (then only ``case`` and ``message`` are known)."""
     message: str | None = None
-    """Why the case was refused or ran out of memory."""
+    """Why the case was refused, ran out of memory or failed."""
     host_pool_bytes: int | None = Field(None, ge=0)
     host_pool_setup_s: float | None = Field(None, ge=0)
     host_pool_peak_bytes: int | None = Field(None, ge=0)
@@ -110,6 +112,17 @@ class PlanCase(RecordModel):
     """File name of the allocator snapshot of the case."""
     grad_check: dict[str, Scalar] | None = None
     """Gradients of the plan against the plain model's."""
+
+    @model_validator(mode="after")
+    def _described(self) -> PlanCase:
+        if self.status != "error":
+            missing = [k for k in ("planner", "model", "num_layers", "seq_len", "micro_batch")
+                       if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"{missing[0]}: required for a case with status {self.status!r}")
+        elif not self.message:
+            raise ValueError("message: an error case says what failed")
+        return self
 
 
 class PlanRunFile(RecordFile):

@@ -119,3 +119,18 @@ def test_measure_steps_smoke_on_cpu(tmp_path):
     assert {r["gradient_checkpointing"] for r in records} == {False, True}
     assert any(r["optimizer"] for r in records)
     assert all(r["step_time_s"] > 0 and r["num_params"] > 0 for r in records)
+
+
+def test_a_plan_run_file_holds_a_case_whose_process_failed():
+    """run_plan records a case whose subprocess died before it described itself (only its label
+    and the last line it printed); the file must still validate so the other cases are kept."""
+    from validate.records import PlanCase
+
+    ok = PlanCase(case="a", planner="mip", model="m", num_layers=8, seq_len=16, micro_batch=1,
+                  status="ok", step_time_s=0.5)
+    failed = PlanCase(case="b", status="error", message="b: exit 2: plan.layers.0: ...")
+    assert ok.status == "ok" and failed.planner is None
+    with pytest.raises(ValueError, match="planner: required"):
+        PlanCase(case="c", status="ok")
+    with pytest.raises(ValueError, match="message"):
+        PlanCase(case="d", status="error")
