@@ -3,7 +3,10 @@
 Models: the allocated peak of the replay, and the reserved peak of the caching allocator
 replaying the transformed Workload (simulator.allocator); with ``allocator="caching"`` a plan
 fits only when that allocator, capped anywhere in a band just below the budget, serves every
-request (CAP_BAND_FRAC). Source: H200 measurements in validate/measurements/h200/probe48-*.
+request (CAP_BAND_FRAC); with ``allocator="expandable"`` (``expandable_segments:True``, the plan
+executor's default) when the expandable-segments replay, capped at the budget, does. The reserved
+peak reported is for the allocator the job names (``TrainJob.allocator``).
+Source: H200 measurements in validate/measurements/h200/probe48-*.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from planners.swap.replay import Replay, replay
 from simulator.allocator import AllocatorOOM, predict_workload_reserved
 from simulator.workload import Workload
 
-ALLOCATORS = ("planned", "caching")
+ALLOCATORS = ("planned", "caching", "expandable")
 CAP_BAND_FRAC = 0.04
 CAP_BAND_POINTS = 5
 """With ``allocator="caching"`` a plan fits when the capped allocator replay serves every
@@ -75,7 +78,11 @@ def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver
     if rep.peak_hbm_bytes > ctx.gpu_budget_bytes:
         reasons.append(f"HBM peak {format_bytes(rep.peak_hbm_bytes)} > {format_bytes(ctx.gpu_budget_bytes)}"
                        f" gpu budget (at {rep.peak_op})")
-    reserved = predict_workload_reserved(applied.workload).peak_reserved_bytes
+    reserved, oom = predicted_reserved(applied.workload, ctx.job.allocator, ctx.gpu_budget_bytes)
+    if ctx.allocator == "expandable" and not reasons and oom:
+        reasons.append(f"expandable segments: the allocator, capped at {format_bytes(ctx.gpu_budget_bytes)} "
+                       f"gpu budget, cannot serve every request ({format_bytes(reserved)} reserved "
+                       "uncapped, pages of 20 MiB)")
     if ctx.allocator == "caching" and not reasons and reserved > ctx.gpu_budget_bytes:
         failed = capped_replay_failure(applied.workload, ctx.gpu_budget_bytes)
         if failed is not None:
@@ -99,6 +106,22 @@ def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver
                           peak_reserved_bytes=reserved,
                           reason="; ".join(reasons), plan=plan, replay=rep, applied=applied,
                           solve_time_s=solve_time_s)
+
+
+def predicted_reserved(workload: Workload, allocator: str, budget_bytes: int) -> tuple[int, bool]:
+    """Peak reserved bytes of two steps of ``workload`` under ``allocator`` ("caching" or
+    "expandable"), and whether the expandable replay capped at ``budget_bytes`` ran out.
+
+    caching: uncapped (over a cap it would free its cache; ``capped_replay_failure`` checks the
+    fit). expandable: capped at the budget, as the executor runs it (over the cap PyTorch unmaps
+    the pages no block uses and retries); when that runs out, the uncapped peak."""
+    if allocator == "expandable":
+        try:
+            return predict_workload_reserved(workload, capacity_bytes=budget_bytes,
+                                             expandable_segments=True).peak_reserved_bytes, False
+        except AllocatorOOM:
+            return predict_workload_reserved(workload, expandable_segments=True).peak_reserved_bytes, True
+    return predict_workload_reserved(workload).peak_reserved_bytes, False
 
 
 def capped_replay_failure(workload: Workload, budget_bytes: int) -> int | None:

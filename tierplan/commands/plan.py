@@ -63,10 +63,11 @@ def register(subparsers: Any) -> None:
                    help="host memory of the node, e.g. 2TB (default: installed)")
     p.add_argument("--time-limit", type=flags.seconds(), default=10.0,
                    help="MIP time limit in seconds (default 10)")
-    p.add_argument("--allocator", choices=("planned", "caching"), default="planned",
+    p.add_argument("--allocator", choices=("planned", "caching", "expandable"), default="planned",
                    help="planned: addresses planned ahead, a plan fits when its allocated peak does "
                         "(default); caching: PyTorch's caching allocator must also fit, fragmentation "
-                        "included")
+                        "included; expandable: the same with expandable_segments:True (what the "
+                        "plan executor runs under)")
     p.add_argument("--solver", choices=("highs", "cbc"), default="highs", help="MIP solver")
     p.add_argument("--out", help="directory for plan.json, trace.json and memory.png")
     p.add_argument("--json", action="store_true", help="print one JSON object")
