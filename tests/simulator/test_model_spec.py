@@ -30,6 +30,9 @@ PRESETS = [
     "memo-30b",
     "memo-65b",
     "probe-llama7b-stack",
+    "qwen2-7b-stack",
+    "mistral-7b-stack",
+    "llama-3-8b-stack",
 ]
 
 
@@ -126,8 +129,8 @@ def _hf_model_on_meta(spec: ModelSpec):
 
 
 HF_PRESETS = [
-    n for n in PRESETS if get_model(n).family in HF_FAMILIES and n != "probe-llama7b-stack"
-]
+    n for n in PRESETS if get_model(n).family in HF_FAMILIES and get_model(n).has_lm_head
+]  # the bare stacks (probe-llama7b-stack, the bench's *-stack) have no transformers twin
 
 
 @pytest.mark.parametrize("name", HF_PRESETS)
