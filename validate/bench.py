@@ -859,6 +859,11 @@ def report_rows(measured_files: list[str | Path], plans_dir: str | Path) -> dict
                     pred["peak_hbm_bytes"] if pred else None,
                     c.get("peak_allocated_bytes") if ok else None,
                 ),
+                "reserved_err": _err(
+                    pred["peak_reserved_bytes"] if pred else None,
+                    c.get("peak_reserved_bytes") if ok else None,
+                ),
+                "reused_from": c.get("reused_from"),
             }
         )
     return {
@@ -885,6 +890,7 @@ COLUMNS = (
     ("pred peak GiB", lambda r: _f(r["predicted_peak_hbm_bytes"], "{:.1f}", GiB)),
     ("peak err %", lambda r: _f(r["peak_err"], "{:+.1f}", 0.01)),
     ("pred reserved GiB", lambda r: _f(r["predicted_peak_reserved_bytes"], "{:.1f}", GiB)),
+    ("reserved err %", lambda r: _f(r.get("reserved_err"), "{:+.1f}", 0.01)),
 )
 
 
@@ -926,7 +932,9 @@ def markdown(rep: dict[str, Any]) -> str:
         where = prov.get("device") or prov.get("device_type", "?")
         lines.append(
             f"Measured on {where}, {prov.get('date_utc', '?')}, commit "
-            f"{str(prov.get('tree_commit') or prov.get('git_commit') or '?')[:10]}: `{prov.get('command', '?')}`  "
+            f"{str(prov.get('tree_commit') or prov.get('git_commit') or '?')[:10]}: `{prov.get('command', '?')}`"
+            + (f" (PYTORCH_CUDA_ALLOC_CONF={prov['pytorch_cuda_alloc_conf']})"
+               if prov.get("pytorch_cuda_alloc_conf") else "") + "  "
         )
     if lines:
         lines += ["Predictions: the committed plans replayed by the current cost model.", ""]
