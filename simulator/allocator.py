@@ -431,3 +431,28 @@ def predict_workload_reserved(
     events = workload_events(workload, num_steps=num_steps, preallocated_bytes=preallocated_bytes)
     return replay_caching_allocator(events, capacity_bytes=capacity_bytes,
                                     expandable_segments=expandable_segments)
+
+
+ALLOCATORS = ("caching", "expandable")
+"""The allocator configurations a job may name (``TrainJob.allocator``)."""
+
+
+def predict_reserved(workload: Workload, *, allocator: str, capacity_bytes: int | None,
+                     num_steps: int = 2) -> tuple[int, bool]:
+    """Peak reserved bytes of ``num_steps`` steps of ``workload`` under ``allocator``, and
+    whether the expandable replay capped at ``capacity_bytes`` ran out of memory.
+
+    caching: uncapped (under a cap it would free its cache and retry; whether it then serves
+    every request is a separate check, ``planners.swap.capped_replay_failure``). expandable:
+    capped at ``capacity_bytes``, as a run capped there sees it (over the cap PyTorch unmaps the
+    pages no block uses and retries); when that runs out, the uncapped peak and True."""
+    if allocator not in ALLOCATORS:
+        raise ValueError(f"allocator: {allocator!r} is not one of {', '.join(ALLOCATORS)}")
+    if allocator == "expandable":
+        try:
+            return predict_workload_reserved(workload, num_steps=num_steps, capacity_bytes=capacity_bytes,
+                                             expandable_segments=True).peak_reserved_bytes, False
+        except AllocatorOOM:
+            return predict_workload_reserved(workload, num_steps=num_steps,
+                                             expandable_segments=True).peak_reserved_bytes, True
+    return predict_workload_reserved(workload, num_steps=num_steps).peak_reserved_bytes, False

@@ -19,7 +19,7 @@ from planners.plan import LayerPlan, Plan, Prediction, Provenance
 from planners.swap.apply import AppliedPlan, apply_plan
 from planners.swap.context import PlanContext
 from planners.swap.replay import Replay, replay
-from simulator.allocator import AllocatorOOM, predict_workload_reserved
+from simulator.allocator import AllocatorOOM, predict_reserved, predict_workload_reserved
 from simulator.workload import Workload
 
 ALLOCATORS = ("planned", "caching", "expandable")
@@ -50,7 +50,7 @@ class StrategyResult:
     replay: Replay | None = None
     applied: AppliedPlan | None = None
     solve_time_s: float = 0.0  # wall time of planning this row (a run's figure, not the plan's)
-    peak_reserved_bytes: int | None = None  # the caching allocator's, two steps, no cap
+    peak_reserved_bytes: int | None = None  # of the job's allocator, two steps (simulator.allocator.predict_reserved)
     timed_out: bool = False  # the MIP's time limit stopped it before any incumbent
 
     def row(self) -> dict:
@@ -78,7 +78,8 @@ def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver
     if rep.peak_hbm_bytes > ctx.gpu_budget_bytes:
         reasons.append(f"HBM peak {format_bytes(rep.peak_hbm_bytes)} > {format_bytes(ctx.gpu_budget_bytes)}"
                        f" gpu budget (at {rep.peak_op})")
-    reserved, oom = predicted_reserved(applied.workload, ctx.job.allocator, ctx.gpu_budget_bytes)
+    reserved, oom = predict_reserved(applied.workload, allocator=ctx.job.allocator,
+                                     capacity_bytes=ctx.gpu_budget_bytes)
     if ctx.allocator == "expandable" and not reasons and oom:
         reasons.append(f"expandable segments: the allocator, capped at {format_bytes(ctx.gpu_budget_bytes)} "
                        f"gpu budget, cannot serve every request ({format_bytes(reserved)} reserved "
@@ -106,22 +107,6 @@ def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver
                           peak_reserved_bytes=reserved,
                           reason="; ".join(reasons), plan=plan, replay=rep, applied=applied,
                           solve_time_s=solve_time_s)
-
-
-def predicted_reserved(workload: Workload, allocator: str, budget_bytes: int) -> tuple[int, bool]:
-    """Peak reserved bytes of two steps of ``workload`` under ``allocator`` ("caching" or
-    "expandable"), and whether the expandable replay capped at ``budget_bytes`` ran out.
-
-    caching: uncapped (over a cap it would free its cache; ``capped_replay_failure`` checks the
-    fit). expandable: capped at the budget, as the executor runs it (over the cap PyTorch unmaps
-    the pages no block uses and retries); when that runs out, the uncapped peak."""
-    if allocator == "expandable":
-        try:
-            return predict_workload_reserved(workload, capacity_bytes=budget_bytes,
-                                             expandable_segments=True).peak_reserved_bytes, False
-        except AllocatorOOM:
-            return predict_workload_reserved(workload, expandable_segments=True).peak_reserved_bytes, True
-    return predict_workload_reserved(workload).peak_reserved_bytes, False
 
 
 def capped_replay_failure(workload: Workload, budget_bytes: int) -> int | None:

@@ -156,7 +156,8 @@ def _print(report, scenario, model, node) -> None:
              f" - budgets {format_bytes(scenario.gpu_budget_bytes)} HBM/GPU, "
              f"{format_bytes(scenario.host_budget_bytes)} host")
     table = Table(title=title, title_justify="left")
-    for col in ("strategy", "feasible", "step time", "MFU", "HBM peak", "host peak",
+    reserved_col = f"reserved ({job.allocator})"
+    for col in ("strategy", "feasible", "step time", "MFU", "HBM peak", reserved_col, "host peak",
                 "why not / note"):
         table.add_column(col, justify="left" if col in ("strategy", "feasible", "why not / note")
                          else "right")
@@ -167,6 +168,7 @@ def _print(report, scenario, model, node) -> None:
                       format_seconds(r.step_time_s) if r.step_time_s is not None else "-",
                       f"{r.mfu:.1%}" if r.mfu is not None else "-",
                       format_bytes(r.peak_hbm_bytes) if r.peak_hbm_bytes is not None else "-",
+                      format_bytes(r.peak_reserved_bytes) if r.peak_reserved_bytes is not None else "-",
                       format_bytes(r.peak_host_bytes) if r.peak_host_bytes is not None else "-",
                       r.reason)
     console.print(table)
