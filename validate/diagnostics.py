@@ -10,6 +10,7 @@ plan's budget cap, ``--expandable-segments`` starts each case's allocator with
 from __future__ import annotations
 
 import argparse
+from collections.abc import MutableMapping
 from typing import Any
 
 FLAGS = ("memory_trace", "kernel_profile", "no_cap", "expandable_segments")
@@ -20,18 +21,18 @@ DEFAULT_ALLOC_CONF = "expandable_segments:True"
 under a cap ran plans that fit in allocated bytes out of memory (see the README)."""
 
 
-def use_default_allocator(env: dict[str, str] | None = None) -> str:
+def use_default_allocator(env: MutableMapping[str, str] | None = None) -> str:
     """Add ``expandable_segments:True`` to ``PYTORCH_CUDA_ALLOC_CONF`` in ``env`` (default
     ``os.environ``) unless it names ``expandable_segments`` already (the user's choice, e.g.
     ``expandable_segments:False`` for the native caching allocator); the resulting value.
     It must run before CUDA initialises: the allocator reads the variable once."""
     import os
 
-    env = os.environ if env is None else env
-    conf = env.get(ALLOC_CONF_VAR, "")
+    target: MutableMapping[str, str] = os.environ if env is None else env
+    conf = target.get(ALLOC_CONF_VAR, "")
     if "expandable_segments" not in conf:
         conf = ",".join(filter(None, [conf, DEFAULT_ALLOC_CONF]))
-        env[ALLOC_CONF_VAR] = conf
+        target[ALLOC_CONF_VAR] = conf
     return conf
 
 
