@@ -87,6 +87,10 @@ class Provenance(RecordModel):
     note: str | None = None
     plans_note: str | None = None
     """Where the plans that ran came from, when not from this commit's planners."""
+    pytorch_cuda_alloc_conf: str | None = None
+    """``PYTORCH_CUDA_ALLOC_CONF`` the process ran under (``expandable_segments:True`` is the
+    plan executor's default); absent in files from before it was recorded (then unset, except
+    where the command says ``--expandable-segments``)."""
 
 
 class _OpRecord(RecordModel):

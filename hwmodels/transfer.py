@@ -5,7 +5,10 @@ Models: one transfer of ``n`` bytes takes ``latency_s + n / rate`` (the alpha-be
 of it at ``n = latency_s * rate``. When the opposite direction runs at the same time, each
 direction gets ``min(one-way rate, both-ways ceiling / 2)``.
 With a calibrated `AchievedProfile`, host copies use its ``copy_h2d`` / ``copy_d2h`` /
-``copy_bidir`` fits and GPU peer copies its ``p2p_copy`` / ``p2p_bidir`` fits. Without one,
+``copy_bidir`` fits and GPU peer copies its ``p2p_copy`` / ``p2p_bidir`` fits, as long as the
+fitted rate does not exceed the link's datasheet rate (one way, or both ways for the ``*_bidir``
+fits): a measured profile may lower a link's rate, never raise it past its spec; a fit above it
+was measured on another link and is not used. Without one (or without a usable fit),
 the rate is the link's datasheet rate times the efficiency measured for that link kind
 (`LINK_EFFICIENCY_FRAC`, `BIDIR_EFFICIENCY_FRAC`) and the latency is the link's ``latency_s``.
 Assumes: pinned host memory and copy engines (pageable copies ran 6-14 GB/s on the reference
@@ -64,6 +67,15 @@ def _check_direction(direction: str) -> None:
         raise UserInputError(f"direction: expected h2d, d2h or p2p, got {direction!r}")
 
 
+def _measured_on(profile: AchievedProfile, op_class: str, spec_bytes_per_s: float) -> bool:
+    """Whether ``profile`` has a fit of ``op_class`` that this link could have produced: a
+    measured rate above the link's datasheet rate was measured on another link (a node file
+    with a PCIe Gen4 link and the H200's Gen5 profile), so it does not describe this one."""
+    fit = profile.fits.get(op_class)
+    return (fit is not None and fit.bandwidth_bytes_per_s is not None
+            and fit.bandwidth_bytes_per_s <= spec_bytes_per_s)
+
+
 def copy_fit(
     *,
     link: LinkSpec,
@@ -75,10 +87,11 @@ def copy_fit(
     _check_direction(direction)
     one_cls = "p2p_copy" if direction == "p2p" else f"copy_{direction}"
     both_cls = "p2p_bidir" if direction == "p2p" else "copy_bidir"
-    if profile is not None and one_cls in profile.fits:
+    if profile is not None and _measured_on(profile, one_cls, link.per_direction_bandwidth_bytes_per_s):
         one = profile.fits[one_cls]
         assert one.bandwidth_bytes_per_s is not None
-        if not concurrent_opposite or both_cls not in profile.fits:
+        if not concurrent_opposite or not _measured_on(
+                profile, both_cls, link.bidirectional_bandwidth_bytes_per_s):
             return one
         both = profile.fits[both_cls]
         assert both.bandwidth_bytes_per_s is not None

@@ -97,6 +97,8 @@ def provenance(argv: Sequence[str], device: torch.device) -> dict:
         "cuda": torch.version.cuda,
         "device_type": device.type,
     }
+    if os.environ.get("PYTORCH_CUDA_ALLOC_CONF") is not None:
+        prov["pytorch_cuda_alloc_conf"] = os.environ["PYTORCH_CUDA_ALLOC_CONF"]
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         prov.update({

@@ -10,19 +10,28 @@ or more than 1 MiB (large pool). A freed block merges with its free neighbours i
 segment and stays cached (reserved). When a new segment would exceed the device capacity, the
 allocator frees one cached unsplit segment large enough, then every cached unsplit segment,
 and retries (``num_alloc_retries``); if that fails too it is an out-of-memory error.
-With ``expandable_segments`` each (stream, pool) has one virtual segment that grows by mapping
-2 MiB (small) or 20 MiB (large) pages at its end instead of cudaMalloc'ing new segments.
+With ``expandable_segments`` each (stream, pool) has one virtual segment that grows at its end
+instead of cudaMalloc'ing new segments; physical memory is mapped in pages of 2 MiB (small pool)
+or 20 MiB (large pool) under the blocks handed out, and reserved memory is the mapped pages. A
+page stays mapped after its blocks are freed (cached) until a request would exceed the device
+capacity: then every mapped page no live block touches is unmapped (``release_cached_blocks``
+unmapping the pages inside free blocks) and the request retried. So uncapped, reserved is the
+high-water mark of the pages ever touched; capped, what fits is the pages the live blocks touch.
 Assumes: ``max_split_size`` unlimited (the default), no ``roundup_power2_divisions``, no
 garbage-collection threshold, frees complete immediately (no cross-stream events pending),
 a freshly emptied cache unless the caller pre-allocates.
-Ignores: CUDA graphs' private pools, ``cudaMallocAsync`` backend, unmapping of expandable
-pages (only ``empty_cache`` does that). Segment addresses only break ties between equal-size
+Ignores: CUDA graphs' private pools, ``cudaMallocAsync`` backend; with expandable segments, that
+PyTorch looks for a free mapped block before an unmapped range (here best fit runs over both). Segment addresses only break ties between equal-size
 free blocks: they grow from 0 unless the caller passes the device's (a snapshot has them).
 Source: PyTorch c10/cuda/CUDACachingAllocator.cpp (kMinBlockSize 512, kSmallSize 1 MiB,
 kSmallBuffer 2 MiB, kLargeBuffer 20 MiB, kMinLargeAlloc 10 MiB, kRoundLarge 2 MiB;
 ``round_size``, ``get_allocation_size``, ``get_free_block`` on a set ordered by (stream, size,
 address), ``should_split``, ``free_block`` merging, ``release_available_cached_blocks``,
-``try_allocate_expandable_block``).
+``try_allocate_expandable_block``, ``ExpandableSegment`` map/unmap). Checked against the H200 runs
+with expandable segments under a 47 GiB cap (validate/measurements/h200/probe48-*-cap-expandable-*):
+two of the three plans that ran fit the capped replay, at reserved peaks within 1% of the measured
+ones; the third is refused because its modelled allocated peak is 0.9 GiB above what it allocated
+(tests/validate/test_probe48_measurements.py).
 """
 
 from __future__ import annotations
@@ -58,6 +67,11 @@ class AllocEvent(NamedTuple):
 
 class AllocatorOOM(RuntimeError):
     """The sequence does not fit the device capacity even after releasing the cache."""
+
+
+def _page_bytes(pool: tuple[int, bool]) -> int:
+    """Mapping granularity of an expandable segment: kSmallBuffer or kLargeBuffer."""
+    return SMALL_SEGMENT_BYTES if pool[1] else LARGE_SEGMENT_BYTES
 
 
 def allocation_size(num_bytes: int) -> int:
@@ -120,6 +134,7 @@ class CachingAllocator:
         self._live: dict[Hashable, _Block] = {}
         self._next_addr = 0
         self._expandable_end: dict[tuple[int, bool], _Block] = {}  # pool -> last block of segment
+        self._page_refs: dict[tuple[tuple[int, bool], int], int] = {}  # mapped page -> live blocks on it
         self.reserved_bytes = 0
         self.allocated_bytes = 0
         self.peak_reserved_bytes = 0
@@ -188,16 +203,13 @@ class CachingAllocator:
             self._release_segment(b)
         return bool(whole)
 
-    def _grow_expandable(self, pool: tuple[int, bool], size: int) -> _Block | None:
-        """Map pages at the end of the pool's one segment; returns a free block >= size."""
-        page = SMALL_SEGMENT_BYTES if pool[1] else LARGE_SEGMENT_BYTES
+    def _grow_expandable(self, pool: tuple[int, bool], size: int) -> _Block:
+        """Extend the pool's one virtual segment at its end; returns a free block >= size.
+        Address space only: pages are mapped when a block on them is handed out (``_map``)."""
+        page = _page_bytes(pool)
         last = self._expandable_end.get(pool)
         tail_free = last.size if last is not None and not last.allocated else 0
         grow = -(-(size - tail_free) // page) * page
-        if not self._fits_device(grow):
-            return None
-        self.reserved_bytes += grow
-        self.num_segment_allocs += 1
         if last is None:
             # one virtual address range per pool: far apart so that pools never touch
             base = (len(self._expandable_end) + 1) << 50
@@ -219,6 +231,34 @@ class CachingAllocator:
             self._blocks[b.addr] = b
         self._expandable_end[pool] = b
         return b
+
+    def _pages(self, b: _Block) -> range:
+        page = _page_bytes(b.pool)
+        return range(b.addr // page, -(-(b.addr + b.size) // page))
+
+    def _map(self, b: _Block) -> bool:
+        """Map the pages under block ``b`` that are not mapped yet; False (nothing mapped) when
+        they do not fit the capacity even after unmapping every page no live block touches."""
+        new = [p for p in self._pages(b) if (b.pool, p) not in self._page_refs]
+        need = len(new) * _page_bytes(b.pool)
+        if not self._fits_device(need):
+            self.num_alloc_retries += 1
+            for key in [k for k, n in self._page_refs.items() if n == 0]:
+                del self._page_refs[key]
+                self.reserved_bytes -= _page_bytes(key[0])
+            if not self._fits_device(need):
+                return False
+        if new:
+            self.num_segment_allocs += 1
+            self.reserved_bytes += need
+        for p in self._pages(b):
+            key = (b.pool, p)
+            self._page_refs[key] = self._page_refs.get(key, 0) + 1
+        return True
+
+    def _unref(self, b: _Block) -> None:
+        for p in self._pages(b):
+            self._page_refs[(b.pool, p)] -= 1
 
     # --- the two calls ---
     def malloc(self, key: Hashable, num_bytes: int, stream: int = 0) -> None:
@@ -259,6 +299,10 @@ class CachingAllocator:
             self._insert_free(rest)
             if self._expandable_end.get(pool) is block:
                 self._expandable_end[pool] = rest
+        if self.expandable_segments and not self._map(block):
+            raise AllocatorOOM(
+                f"cannot allocate {size} B: {self.reserved_bytes} B reserved of "
+                f"{self.capacity_bytes} B (expandable segments)")
         block.allocated = True
         self._live[key] = block
         self.allocated_bytes += block.size
@@ -275,6 +319,8 @@ class CachingAllocator:
             raise ValueError(f"free of {key!r}, which is not live")
         block.allocated = False
         self.allocated_bytes -= block.size
+        if self.expandable_segments:
+            self._unref(block)
         for nb in (block.prev, block.next):
             if nb is None or nb.allocated:
                 continue
@@ -387,3 +433,28 @@ def predict_workload_reserved(
     events = workload_events(workload, num_steps=num_steps, preallocated_bytes=preallocated_bytes)
     return replay_caching_allocator(events, capacity_bytes=capacity_bytes,
                                     expandable_segments=expandable_segments)
+
+
+ALLOCATORS = ("caching", "expandable")
+"""The allocator configurations a job may name (``TrainJob.allocator``)."""
+
+
+def predict_reserved(workload: Workload, *, allocator: str, capacity_bytes: int | None,
+                     num_steps: int = 2) -> tuple[int, bool]:
+    """Peak reserved bytes of ``num_steps`` steps of ``workload`` under ``allocator``, and
+    whether the expandable replay capped at ``capacity_bytes`` ran out of memory.
+
+    caching: uncapped (under a cap it would free its cache and retry; whether it then serves
+    every request is a separate check, ``planners.swap.capped_replay_failure``). expandable:
+    capped at ``capacity_bytes``, as a run capped there sees it (over the cap PyTorch unmaps the
+    pages no block uses and retries); when that runs out, the uncapped peak and True."""
+    if allocator not in ALLOCATORS:
+        raise ValueError(f"allocator: {allocator!r} is not one of {', '.join(ALLOCATORS)}")
+    if allocator == "expandable":
+        try:
+            return predict_workload_reserved(workload, num_steps=num_steps, capacity_bytes=capacity_bytes,
+                                             expandable_segments=True).peak_reserved_bytes, False
+        except AllocatorOOM:
+            return predict_workload_reserved(workload, num_steps=num_steps,
+                                             expandable_segments=True).peak_reserved_bytes, True
+    return predict_workload_reserved(workload, num_steps=num_steps).peak_reserved_bytes, False

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from hwmodels.units import MiB, UserInputError
+from simulator.allocator import predict_reserved
 from simulator.workload import Phase, Role, Workload, walk_memory
 
 RUNTIME_WORKSPACE_BYTES = 2 * 32 * MiB
@@ -85,6 +86,11 @@ class TrainEstimate:
     tokens_per_s: float  # whole job (all data-parallel replicas)
     num_gpus: int
     num_ops: int
+    peak_reserved_bytes: int | None = None
+    """What ``torch.cuda.max_memory_reserved`` would report: two steps of the workload through the
+    model of the job's allocator (``allocator``; simulator.allocator.predict_reserved), capped at
+    the GPU's HBM for expandable segments."""
+    allocator: str = "caching"
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict:
@@ -164,6 +170,9 @@ def estimate_training(model, job, node, *, workload: Workload | None = None) -> 
         tokens_per_s=tokens / step if step > 0 else 0.0,
         num_gpus=num_gpus,
         num_ops=len(wl.ops),
+        peak_reserved_bytes=predict_reserved(wl, allocator=job.allocator,
+                                             capacity_bytes=node.gpu.hbm_capacity_bytes)[0],
+        allocator=job.allocator,
         notes=tuple(notes),
     )
 

@@ -35,11 +35,13 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SerializerFunctionWrapHandler,
     Tag,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -188,6 +190,18 @@ class TrainJob(_JobBase):
     loss: Literal["cross_entropy", "mean_square_fp32"] = "cross_entropy"
     """cross_entropy over the LM head's logits, or ``x.float().pow(2).mean()`` of a bare layer
     stack's output (the H200 probe's loss)."""
+    allocator: Literal["caching", "expandable"] = "caching"
+    """PyTorch's CUDA allocator the step runs under: the native caching allocator (a segment per
+    large request), or ``expandable_segments:True`` (one growing segment per stream, mapped in
+    pages; the plan executor's default). Reserved-memory predictions are for this one. Written
+    to files only when not ``caching``, so jobs saved before it existed keep their hashes."""
+
+    @model_serializer(mode="wrap")
+    def _omit_default_allocator(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("allocator") == "caching":
+            del data["allocator"]
+        return data
 
     @model_validator(mode="before")
     @classmethod

@@ -21,6 +21,8 @@ Assumes:
 - Keys a family cannot express in its HF keys (e.g. ``qkv_fused`` for a Llama-shaped probe
   stack) go in a ``"tierplan"`` block of overrides; keys starting with ``_`` are metadata
   (``_source`` is recorded, ``_name_or_path`` names the model, others are ignored).
+- A config with a key that changes the math but has no field here (``UNMODELLED_KEYS``: experts,
+  latent attention; ``moe_*``) is refused in one line, whatever its ``model_type`` says.
 Ignores: rotary base and scaling, dropout, initializer ranges, token ids: none of them changes
 the bytes or FLOPs of a step. ``to_hf_config`` therefore builds a model of the same shape, not
 the same numerics.
@@ -238,6 +240,7 @@ class ModelSpec(BaseModel):
         if not isinstance(cfg, dict):
             raise UserInputError(f"{where}: expected a JSON object, got {type(cfg).__name__}")
         reader = _Reader(cfg, where)
+        _refuse_unmodelled(cfg, where)
         model_type = cfg.get("model_type")
         parser = _PARSERS.get(model_type) if isinstance(model_type, str) else None
         if parser is None:
@@ -518,6 +521,32 @@ def _parse_gpt(r: _Reader) -> dict:
         "qkv_fused": True,  # Megatron's linear_qkv
         "gate_up_fused": swiglu,  # Megatron's linear_fc1 holds gate and up
     }
+
+
+UNMODELLED_KEYS: tuple[str, ...] = (
+    "num_local_experts",  # Mixtral
+    "num_experts",  # Qwen2-MoE, Qwen3-MoE, OLMoE
+    "num_experts_per_tok",
+    "n_routed_experts",  # DeepSeek-V2/V3
+    "n_shared_experts",
+    "shared_expert_intermediate_size",
+    "first_k_dense_replace",
+    "decoder_sparse_step",
+    "kv_lora_rank",  # DeepSeek's multi-head latent attention
+    "q_lora_rank",
+)
+"""Config keys that change a step's bytes or FLOPs in ways no ModelSpec field holds (mixtures of
+experts, latent attention); with a value set (not null, 0 or false) the config is refused
+rather than read as the dense model it is not. So are keys starting with ``moe_``."""
+
+
+def _refuse_unmodelled(cfg: dict, where: str) -> None:
+    for key, value in cfg.items():
+        if (key in UNMODELLED_KEYS or key.startswith("moe_")) and value not in (None, 0, False, "", [], {}):
+            raise UserInputError(
+                f"{where}: {key}: {echo(value)} is not modelled (mixture-of-experts or latent "
+                f"attention); tierplan reads {cfg.get('model_type')!r} configs as dense models "
+                "and would drop it")
 
 
 _PARSERS = {

@@ -26,6 +26,13 @@ predicted host peak is over the host memory available, and writes ``bench-measur
 ``report`` (CPU) re-predicts every measured cell from its committed plan with the current
 cost model and prints/writes the table.
 
+``--model`` picks the stack (default ``probe-llama7b-stack``; the committed grids are
+``validate/plans/bench`` for it and ``validate/plans/bench-<model>`` for the 8-layer stacks of
+Qwen2-7B, Mistral-7B and Llama-3-8B shapes). ``--allocator`` says which PyTorch allocator the
+plans are certified for: ``expandable`` (``expandable_segments:True``, what ``run`` sets unless
+``PYTORCH_CUDA_ALLOC_CONF`` names ``expandable_segments`` already; the default for every model
+but the old one) or ``caching`` (the native allocator: the old grid's plans, kept as measured).
+
 Assumes: one GPU; the device has no pulp (``run`` imports neither pulp nor the planners' solver
 code); a long step (predicted, or for ``save_on_cpu`` the measured warm-up, above
 ``--max-step-s``) is timed once.
@@ -60,7 +67,9 @@ from hwmodels.units import TFLOPS, GiB, MiB, UserInputError, format_bytes, parse
 from validate.records import BenchFile  # noqa: E402
 
 MODEL = "probe-llama7b-stack"
+"""The default stack: the first benchmark's (its plans in validate/plans/bench)."""
 NUM_LAYERS = 8
+ALLOCATOR_CHOICES = ("caching", "expandable")
 NODE = "1xH200"
 LENGTHS = ("16K", "32K", "64K", "128K", "256K")
 BUDGETS = ("full", "48GiB")
@@ -77,6 +86,10 @@ PLANNING_MARGIN_FRAC = 0.02
 (allocated + the caching allocator's slack), a plan bounds allocated bytes."""
 HOST_BUDGET_BYTES = 96 * GiB
 """Host budget for planning: the device host has ~125 GiB; the process needs the rest."""
+USABLE_CARD_BYTES = 139 * GiB
+"""What ``full`` means for the grids after the first: the H200's 139.8 GiB that torch reports
+(``total_memory``) less the CUDA context and the libraries' workspaces outside the allocator,
+not the 140.4 GiB of the node preset (nvidia-smi's total). The first grid kept the preset's."""
 MIP_TIME_LIMIT_S = 10.0
 INDEX = "index.json"
 MEASURED = "bench-measured.json"
@@ -134,8 +147,19 @@ def length_label(seq_len: int) -> str:
     return f"{seq_len // 1024}k" if seq_len % 1024 == 0 else str(seq_len)
 
 
-def plan_name(num_layers: int, seq_len: int, budget: str, strategy: str) -> str:
-    return f"probe{num_layers}-{length_label(seq_len)}-{budget}-{strategy}.json"
+def plan_prefix(model: str) -> str:
+    """File-name stem of a model's plans: ``probe`` for the default stack (its committed names)."""
+    return "probe" if model == MODEL else model
+
+
+def default_allocator(model: str) -> str:
+    """The allocator a model's bench plans are made for: the old grid's ``caching`` (kept as it
+    was measured), ``expandable`` for every other (what the executor runs under)."""
+    return "caching" if model == MODEL else "expandable"
+
+
+def plan_name(num_layers: int, seq_len: int, budget: str, strategy: str, model: str = MODEL) -> str:
+    return f"{plan_prefix(model)}{num_layers}-{length_label(seq_len)}-{budget}-{strategy}.json"
 
 
 def _predicted(res: Any) -> dict[str, Any] | None:
@@ -157,8 +181,12 @@ def make_plans(
     budgets: list[str],
     time_limit_s: float = MIP_TIME_LIMIT_S,
     progress: bool = True,
+    model_name: str = MODEL,
+    modes: Sequence[str] = MODES,
+    allocator: str | None = None,
 ) -> dict[str, Any]:
-    """Plan every (length, budget), write the plan files and ``index.json``; the index."""
+    """Plan every (length, budget), write the plan files and ``index.json``; the index.
+    ``allocator`` (default ``default_allocator(model_name)``): the planner's allocator option."""
     from hwmodels.catalog import load_node
     from planners import baselines
     from planners.plan import write_plan
@@ -168,12 +196,17 @@ def make_plans(
 
     node = load_node(NODE)
     card = node.gpu.hbm_capacity_bytes
+    if model_name != MODEL:
+        card = min(card, USABLE_CARD_BYTES)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cells: list[dict[str, Any]] = []
     ideals: list[dict[str, Any]] = []
     written: dict[str, str] = {}
-    model = get_model(MODEL).with_layers(NUM_LAYERS)
+    allocator = allocator or default_allocator(model_name)
+    if allocator not in ALLOCATOR_CHOICES:
+        raise UserInputError(f"--allocator: {allocator!r} is not one of {', '.join(ALLOCATOR_CHOICES)}")
+    model = get_model(model_name).with_layers(NUM_LAYERS)
 
     def write(plan: Any, name: str) -> str:
         text = plan.to_json()
@@ -196,13 +229,13 @@ def make_plans(
                 gpu_budget_bytes=planning,
                 host_budget_bytes=HOST_BUDGET_BYTES,
                 time_limit_s=time_limit_s,
-                allocator="caching",
+                allocator=allocator,
             )
-            for mode in MODES:
+            for mode in modes:
                 res = rep.result(MODE_STRATEGY[mode])
                 name = None
                 if res.plan is not None:
-                    name = write(res.plan, plan_name(NUM_LAYERS, seq_len, budget, res.name))
+                    name = write(res.plan, plan_name(NUM_LAYERS, seq_len, budget, res.name, model_name))
                 cells.append(
                     {
                         "seq_len": seq_len,
@@ -236,12 +269,12 @@ def make_plans(
         }
         for num_layers in range(NUM_LAYERS, 0, -1):
             ctx = PlanContext(
-                model=get_model(MODEL).with_layers(num_layers),
+                model=get_model(model_name).with_layers(num_layers),
                 job=job,
                 node=node,
                 gpu_budget_bytes=planning,
                 host_budget_bytes=HOST_BUDGET_BYTES,
-                allocator="caching",
+                allocator=allocator,
             )
             layers, _ = baselines.BASELINES["none"](ctx)
             assert layers is not None  # keeping everything is always a plan
@@ -250,7 +283,7 @@ def make_plans(
                 assert res.replay is not None  # evaluate() replays every plan
                 ideal.update(
                     num_layers=num_layers,
-                    plan=write(res.plan, plan_name(num_layers, seq_len, "full", "none")),
+                    plan=write(res.plan, plan_name(num_layers, seq_len, "full", "none", model_name)),
                     predicted=_predicted(res),
                     model_flops=res.replay.model_flops,
                 )
@@ -263,7 +296,7 @@ def make_plans(
         ideals.append(ideal)
     index = {
         "schema_version": INDEX_SCHEMA_VERSION,
-        "model": MODEL,
+        "model": model_name,
         "num_layers": NUM_LAYERS,
         "node": NODE,
         "card_bytes": card,
@@ -273,6 +306,8 @@ def make_plans(
         "cells": cells,
         "ideal": ideals,
     }
+    if model_name != MODEL:  # the old index stays byte-identical
+        index.update(allocator=allocator, modes=list(modes))
     (out / INDEX).write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
     return index
 
@@ -302,6 +337,17 @@ def _cell_record(cell: dict[str, Any], mode: str) -> dict[str, Any]:
         "predicted": cell["predicted"],
         "model_flops": cell.get("model_flops"),
     }
+
+
+def step_key(plan: Any) -> str:
+    """What a plan makes the executor do, without its budgets, provenance and prediction: two
+    plans with one key run the same step."""
+    data = plan.model_dump(mode="json")
+    for k in ("provenance", "prediction", "scenario_sha256"):
+        data.pop(k, None)
+    for k in ("gpu_budget_bytes", "host_budget_bytes"):
+        data["scenario"].pop(k, None)
+    return json.dumps(data, sort_keys=True)
 
 
 def _refusal(plan: Any, cap_bytes: int, host_available_bytes: int) -> str | None:
@@ -474,13 +520,17 @@ def _selection(run: BenchRun, index: dict[str, Any]) -> tuple[list[int], list[st
     known_budgets = list(dict.fromkeys(c["budget"] for c in index["cells"]))
     lengths = list(run.lengths or known_lengths)
     budgets = list(run.budgets or known_budgets)
-    modes = list(run.modes or MODES)
+    modes = list(run.modes or index.get("modes", MODES))
     for n in lengths:
         if n not in known_lengths:
             raise UserInputError(f"--lengths: {n} tokens not planned in {plans / INDEX}")
     for b in budgets:
         if b not in known_budgets:
             raise UserInputError(f"--budgets: {b!r} not planned in {plans / INDEX}")
+    known_modes = {c["mode"] for c in index["cells"]}
+    for m in modes:
+        if m not in known_modes:
+            raise UserInputError(f"--modes: {m!r} not planned in {plans / INDEX}")
     for c in index["cells"]:  # a missing plan stops the run before any cell
         if c["plan"]:
             load_plan(plans / c["plan"])
@@ -496,6 +546,8 @@ class _BenchCells:
         self.run, self.device = run, device
         self.plans, self.out = Path(run.plans_dir), Path(run.out_dir)
         self.leaked: dict[str, Any] = {"bytes": 0, "why": ""}
+        self.allocator = index.get("allocator", "caching")
+        self.ran: list[tuple[dict[str, Any], str]] = []  # measured records and their step_key
         if not run.dry_run:
             self.out.mkdir(parents=True, exist_ok=True)
         self.cells: list[dict[str, Any]] = []
@@ -510,7 +562,9 @@ class _BenchCells:
                     "card_bytes",
                     "planning_margin_frac",
                     "host_budget_bytes",
+                    "allocator",
                 )
+                if k in index
             },
             "warmup": run.warmup,
             "repeats": run.repeats,
@@ -543,10 +597,16 @@ class _BenchCells:
         if why:
             rec.update(status="refused", message=f"{label}: {why}")
             return rec
+        same = self.same_step(plan, cell["budget_bytes"])
+        if same is not None:
+            rec.update({k: same[k] for k in MEASURED_KEYS if k in same},
+                       reused_from=f"{same['budget']} {same['mode']}")
+            return rec
         predicted_s = plan.prediction.step_time_s if plan.prediction else 0.0
         reps = 1 if predicted_s > run.max_step_s else run.repeats
         if run.dry_run:
             rec.update(status="planned", estimated_s=(run.warmup + reps) * predicted_s)
+            self.ran.append((rec, step_key(plan)))
             return rec
         if self.leaked["bytes"]:
             rec.update(status="skipped", message=f"{label}: not measured: {self.leaked['why']}")
@@ -554,6 +614,21 @@ class _BenchCells:
         self.cap(cell["budget_bytes"] if cell.get("budget", "full") != "full" else 1 << 62)
         self._measure(rec, plan, mode, label, reps)
         return rec
+
+    def same_step(self, plan: Any, cap_bytes: int) -> dict[str, Any] | None:
+        """An earlier record of this run that ran the same step (``step_key``) and whose peak
+        reserved memory fits under ``cap_bytes``, so that the cap changes nothing (plans for
+        expandable segments only: under that allocator a cap acts only when reserved memory
+        reaches it); None if there is none."""
+        if self.allocator != "expandable":
+            return None
+        key = step_key(plan)
+        for rec, k in self.ran:
+            ok = rec["status"] in ("ok", "planned")
+            fits = rec["status"] == "planned" or (rec.get("peak_reserved_bytes") or cap_bytes + 1) <= cap_bytes
+            if k == key and ok and fits and not rec.get("reused_from"):
+                return rec
+        return None
 
     def _measure(self, rec: dict[str, Any], plan: Any, mode: str, label: str, reps: int) -> None:
         """Time the cell's plan into ``rec``; a cell that leaves memory allocated stops the rest."""
@@ -580,6 +655,7 @@ class _BenchCells:
             )
         rec["wall_s"] = time.perf_counter() - t0
         rec.update({k: case[k] for k in MEASURED_KEYS if k in case})
+        self.ran.append((rec, step_key(plan)))
         if device.type == "cuda":
             run_plan.free_device_memory(device)
             left = torch.cuda.memory_allocated(device) - before
@@ -634,8 +710,15 @@ class _BenchCells:
 
 
 def run_bench(run: BenchRun) -> dict[str, Any]:
-    """Run the selected cells (and the ideal per length) in this process; write the file."""
+    """Run the selected cells (and the ideal per length) in this process; write the file.
+    On the GPU the process's allocator is ``expandable_segments:True`` unless
+    ``PYTORCH_CUDA_ALLOC_CONF`` says otherwise (``validate.diagnostics.use_default_allocator``;
+    effective only when CUDA has not initialised yet, as from ``main``)."""
+    from validate.diagnostics import use_default_allocator
+
     index = load_index(run.plans_dir)
+    if not (run.smoke or run.dry_run):
+        use_default_allocator()
     device = _bench_device(run)
     lengths, budgets, modes = _selection(run, index)
     cells_by_key = {(c["seq_len"], c["budget"], c["mode"]): c for c in index["cells"]}
@@ -728,9 +811,10 @@ def report_rows(measured_files: list[str | Path], plans_dir: str | Path) -> dict
         raise UserInputError(f"--plans: {plans} is not a directory")
     merged.update(_unmeasured(plans, set(merged)))
     ideal_s: dict[int, float] = {}
+    full_layers = load_index(plans).get("num_layers", NUM_LAYERS)
     for (seq_len, _, mode), c in merged.items():
         if mode == "ideal" and c.get("status") == "ok":
-            ideal_s[seq_len] = NUM_LAYERS * c["step_time_s"] / c["num_layers"]
+            ideal_s[seq_len] = full_layers * c["step_time_s"] / c["num_layers"]
     rows = []
     cache: dict[str, dict[str, Any]] = {}
     for key in sorted(
@@ -779,6 +863,11 @@ def report_rows(measured_files: list[str | Path], plans_dir: str | Path) -> dict
                     pred["peak_hbm_bytes"] if pred else None,
                     c.get("peak_allocated_bytes") if ok else None,
                 ),
+                "reserved_err": _err(
+                    pred["peak_reserved_bytes"] if pred else None,
+                    c.get("peak_reserved_bytes") if ok else None,
+                ),
+                "reused_from": c.get("reused_from"),
             }
         )
     return {
@@ -805,6 +894,7 @@ COLUMNS = (
     ("pred peak GiB", lambda r: _f(r["predicted_peak_hbm_bytes"], "{:.1f}", GiB)),
     ("peak err %", lambda r: _f(r["peak_err"], "{:+.1f}", 0.01)),
     ("pred reserved GiB", lambda r: _f(r["predicted_peak_reserved_bytes"], "{:.1f}", GiB)),
+    ("reserved err %", lambda r: _f(r.get("reserved_err"), "{:+.1f}", 0.01)),
 )
 
 
@@ -827,7 +917,7 @@ def print_estimate(cells: list[dict[str, Any]]) -> None:
             c["budget"],
             c["mode"],
             str(c["num_layers"]),
-            "reuse none"
+            f"reuse {c['reused_from']}"
             if c.get("reused_from")
             else ("run" if c["status"] == "planned" else "refuse"),
             _f(pred, "{:.3f}"),
@@ -846,7 +936,9 @@ def markdown(rep: dict[str, Any]) -> str:
         where = prov.get("device") or prov.get("device_type", "?")
         lines.append(
             f"Measured on {where}, {prov.get('date_utc', '?')}, commit "
-            f"{str(prov.get('tree_commit') or prov.get('git_commit') or '?')[:10]}: `{prov.get('command', '?')}`  "
+            f"{str(prov.get('tree_commit') or prov.get('git_commit') or '?')[:10]}: `{prov.get('command', '?')}`"
+            + (f" (PYTORCH_CUDA_ALLOC_CONF={prov['pytorch_cuda_alloc_conf']})"
+               if prov.get("pytorch_cuda_alloc_conf") else "") + "  "
         )
     if lines:
         lines += ["Predictions: the committed plans replayed by the current cost model.", ""]
@@ -894,6 +986,11 @@ def build_parser(prog: str = "validate/bench.py") -> argparse.ArgumentParser:
     mk.add_argument("--lengths", default=",".join(LENGTHS))
     mk.add_argument("--budgets", default=",".join(BUDGETS), help="full and/or sizes (48GiB)")
     mk.add_argument("--time-limit", type=float, default=MIP_TIME_LIMIT_S, help="MIP seconds")
+    mk.add_argument("--model", default=MODEL, help=f"the stack's preset (default {MODEL})")
+    mk.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
+    mk.add_argument("--allocator", choices=ALLOCATOR_CHOICES, default=None,
+                    help=f"allocator the plans are certified for (default: caching for {MODEL}, "
+                         "expandable for the others)")
     rn = sub.add_parser("run", help="run the cells on the GPU (--smoke: CPU, tiny model)")
     rn.add_argument("--plans", required=True, help="make-plans' directory")
     rn.add_argument("--out", required=True, help="directory for bench-measured.json")
@@ -925,6 +1022,14 @@ def build_parser(prog: str = "validate/bench.py") -> argparse.ArgumentParser:
     return ap
 
 
+def _model_arg(name: str) -> str:
+    from simulator.model import list_models
+
+    if name not in list_models():
+        raise UserInputError(f"--model: unknown preset {name!r}")
+    return name
+
+
 def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
     if args.bench_command == "make-plans":
         t0 = time.perf_counter()
@@ -933,6 +1038,9 @@ def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
             lengths=parse_lengths(args.lengths),
             budgets=parse_budgets(args.budgets),
             time_limit_s=args.time_limit,
+            model_name=_model_arg(args.model),
+            modes=parse_modes(args.modes),
+            allocator=args.allocator,
         )
         print(
             f"wrote {sum(1 for c in index['cells'] if c['plan'])} cell plans and "
@@ -977,6 +1085,10 @@ def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"] and "--smoke" not in argv and "--dry-run" not in argv:
+        from validate.diagnostics import use_default_allocator
+
+        use_default_allocator()  # before anything initialises CUDA
     try:
         return dispatch(build_parser().parse_args(argv), [sys.argv[0], *argv])
     except UserInputError as err:

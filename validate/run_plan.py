@@ -47,7 +47,7 @@ from kernels import timing  # noqa: E402
 from planners.plan import LayerPlan, Plan, load_plan  # noqa: E402
 from simulator.model import ModelSpec  # noqa: E402
 from simulator.scenario import Scenario  # noqa: E402
-from validate.diagnostics import add_diagnostic_args, diagnostic_kwargs  # noqa: E402
+from validate.diagnostics import add_diagnostic_args, diagnostic_kwargs, use_default_allocator  # noqa: E402
 from validate.executor import PlanExecutor, check_fits, host_memory_bytes  # noqa: E402
 from validate.model import Decoder, build_model, make_batch  # noqa: E402
 from validate.records import ComparisonFile, KernelProfile, PlanRunFile  # noqa: E402
@@ -444,10 +444,12 @@ def _in_child(path: str, baseline: str | None, opts: dict[str, Any]) -> dict[str
                 cmd += ["--" + flag.replace("_", "-")]
         if opts.get("memory_trace") or opts.get("kernel_profile"):
             cmd += ["--diagnostics-dir", str(opts["out_dir"])]
-        env = dict(os.environ)
-        if opts.get("expandable_segments"):  # read when the child's allocator starts
+        env = dict(os.environ)  # read when the child's allocator starts
+        if opts.get("expandable_segments"):
             conf = env.get("PYTORCH_CUDA_ALLOC_CONF", "")
             env["PYTORCH_CUDA_ALLOC_CONF"] = ",".join(filter(None, [conf, "expandable_segments:True"]))
+        else:
+            use_default_allocator(env)
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         if out.is_file():
             return json.loads(out.read_text())
@@ -484,6 +486,8 @@ def run(
     starts each case's allocator with ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True``."""
     from kernels.microbench import provenance
 
+    if not smoke:  # the cases' processes, and this one's provenance, run under it
+        use_default_allocator()
     if not smoke and not torch.cuda.is_available():
         raise UserInputError("validate plan: no CUDA device here (use --smoke for a CPU check)")
     for p in plan_paths:

@@ -30,11 +30,17 @@ class PlanContext:
     """planned: addresses planned ahead (MEMO's layout, ``tierplan layout``): a plan fits when
     its allocated peak does; caching: PyTorch's caching allocator (what a plain torch run and
     validate.executor use): it must also serve every request under the budget, fragmentation
-    included (simulator.allocator)."""
+    included (simulator.allocator); expandable: the same with ``expandable_segments:True`` (the
+    executor's default): the capped replay must serve every request. With caching or expandable
+    the job's ``allocator`` is set to match (the one the reserved peak is predicted for)."""
     prefetch_at: str = "layer"
     """Where the prefetch of layer l starts in layer l+k's backward (``Plan.prefetch_at``)."""
     _profiles: dict[tuple[str, ...], StepProfile] = field(default_factory=dict)
     _variant_profiles: dict[str, dict] = field(default_factory=dict)  # other mlp_activation -> profiles
+
+    def __post_init__(self) -> None:
+        if self.allocator in ("caching", "expandable") and self.job.allocator != self.allocator:
+            self.job = self.job.model_copy(update={"allocator": self.allocator})
 
     @classmethod
     def from_scenario(cls, scenario: Scenario, **knobs: Any) -> PlanContext:

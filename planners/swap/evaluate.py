@@ -3,7 +3,10 @@
 Models: the allocated peak of the replay, and the reserved peak of the caching allocator
 replaying the transformed Workload (simulator.allocator); with ``allocator="caching"`` a plan
 fits only when that allocator, capped anywhere in a band just below the budget, serves every
-request (CAP_BAND_FRAC). Source: H200 measurements in validate/measurements/h200/probe48-*.
+request (CAP_BAND_FRAC); with ``allocator="expandable"`` (``expandable_segments:True``, the plan
+executor's default) when the expandable-segments replay, capped at the budget, does. The reserved
+peak reported is for the allocator the job names (``TrainJob.allocator``).
+Source: H200 measurements in validate/measurements/h200/probe48-*.
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ from planners.plan import LayerPlan, Plan, Prediction, Provenance
 from planners.swap.apply import AppliedPlan, apply_plan
 from planners.swap.context import PlanContext
 from planners.swap.replay import Replay, replay
-from simulator.allocator import AllocatorOOM, predict_workload_reserved
+from simulator.allocator import AllocatorOOM, predict_reserved, predict_workload_reserved
 from simulator.workload import Workload
 
-ALLOCATORS = ("planned", "caching")
+ALLOCATORS = ("planned", "caching", "expandable")
 CAP_BAND_FRAC = 0.04
 CAP_BAND_POINTS = 5
 """With ``allocator="caching"`` a plan fits when the capped allocator replay serves every
@@ -47,7 +50,7 @@ class StrategyResult:
     replay: Replay | None = None
     applied: AppliedPlan | None = None
     solve_time_s: float = 0.0  # wall time of planning this row (a run's figure, not the plan's)
-    peak_reserved_bytes: int | None = None  # the caching allocator's, two steps, no cap
+    peak_reserved_bytes: int | None = None  # of the job's allocator, two steps (simulator.allocator.predict_reserved)
     timed_out: bool = False  # the MIP's time limit stopped it before any incumbent
 
     def row(self) -> dict:
@@ -75,7 +78,12 @@ def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver
     if rep.peak_hbm_bytes > ctx.gpu_budget_bytes:
         reasons.append(f"HBM peak {format_bytes(rep.peak_hbm_bytes)} > {format_bytes(ctx.gpu_budget_bytes)}"
                        f" gpu budget (at {rep.peak_op})")
-    reserved = predict_workload_reserved(applied.workload).peak_reserved_bytes
+    reserved, oom = predict_reserved(applied.workload, allocator=ctx.job.allocator,
+                                     capacity_bytes=ctx.gpu_budget_bytes)
+    if ctx.allocator == "expandable" and not reasons and oom:
+        reasons.append(f"expandable segments: the allocator, capped at {format_bytes(ctx.gpu_budget_bytes)} "
+                       f"gpu budget, cannot serve every request ({format_bytes(reserved)} reserved "
+                       "uncapped, pages of 20 MiB)")
     if ctx.allocator == "caching" and not reasons and reserved > ctx.gpu_budget_bytes:
         failed = capped_replay_failure(applied.workload, ctx.gpu_budget_bytes)
         if failed is not None:

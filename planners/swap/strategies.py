@@ -49,7 +49,7 @@ def plan_training(model, job, node, *, gpu_budget_bytes: int | None = None,
                   host_budget_bytes: int | None = None, time_limit_s: float = 10.0,
                   solver: str = "highs", lookahead: int = 1, allocator: str = "planned") -> PlanReport:
     """Every strategy for one training step, replayed; the fastest feasible one is ``best``.
-    ``allocator``: "planned" or "caching" (see PlanContext.allocator)."""
+    ``allocator``: "planned", "caching" or "expandable" (see PlanContext.allocator)."""
     from planners import baselines
 
     if allocator not in ALLOCATORS:

@@ -160,3 +160,54 @@ def test_tiers_by_hand_on_the_tiered_node():
     assert tier_transfer_time_s(node, 1e9, "h2d") == host_transfer_time_s(node, 1e9, "h2d")
     with pytest.raises(UserInputError, match="no memory or storage device 'nvme3'"):
         tier_transfer_time_s(node, 1e9, "h2d", device="nvme3")
+
+
+def _h200_node_file(tmp_path, link: str):
+    data = json.loads((REPO_ROOT / "hwmodels" / "presets" / "nodes" / "1xH200.json").read_text())
+    data.update(name=f"1xH200-{link}", links={"pcie": link})
+    path = tmp_path / f"{link}.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_measured_profile_never_copies_faster_than_the_link_spec(tmp_path):
+    """A node file with a Gen4 link and the H200's measured (Gen5) profile: the profile's 55 GB/s
+    is not this link's; copies run at the Gen4 datasheet rate times the PCIe efficiency, and the
+    MIP and the replay (planners.swap.host_copy_rates, from simulator.des.schedule.node_links)
+    see the same, so Gen4 and Gen5 give different plans."""
+    from hwmodels.catalog import get_link, load_node
+    from planners.swap import host_copy_rates
+
+    gen4 = load_node(str(_h200_node_file(tmp_path, "pcie-gen4-x16")))
+    gen5 = load_node(str(_h200_node_file(tmp_path, "pcie-gen5-x16")))
+    assert gen4.profile is not None and "copy_h2d" in gen4.profile.fits
+    spec = get_link("pcie-gen4-x16").per_direction_bandwidth_bytes_per_s
+    r4 = host_copy_rates(gen4, num_active_gpus=1)
+    r5 = host_copy_rates(gen5, num_active_gpus=1)
+    for rate in (r4.d2h_bytes_per_s, r4.h2d_bytes_per_s):
+        assert rate == pytest.approx(spec * LINK_EFFICIENCY_FRAC["pcie"])
+    assert r4.bidir_bytes_per_s <= get_link("pcie-gen4-x16").bidirectional_bandwidth_bytes_per_s
+    # the Gen5 link keeps its measured rates (55 GB/s is below its 63 GB/s spec)
+    assert r5.d2h_bytes_per_s == pytest.approx(gen5.profile.fits["copy_d2h"].bandwidth_bytes_per_s)
+    t4 = host_transfer_time_s(gen4, num_bytes=2 * 2**30, direction="h2d")
+    t5 = host_transfer_time_s(gen5, num_bytes=2 * 2**30, direction="h2d")
+    assert t4 > 1.7 * t5
+
+
+def test_gen4_and_gen5_node_files_give_different_offload_plans(tmp_path):
+    from hwmodels.catalog import load_node
+    from hwmodels.units import GiB
+    from planners import baselines
+    from planners.swap import PlanContext
+    from simulator.job import TrainJob
+    from simulator.model import get_model
+
+    layers = {}
+    for link in ("pcie-gen4-x16", "pcie-gen5-x16"):
+        ctx = PlanContext(model=get_model("probe-llama7b-stack").with_layers(8),
+                          job=TrainJob(seq_len=16384, optimizer="none", loss="mean_square_fp32"),
+                          node=load_node(str(_h200_node_file(tmp_path, link))),
+                          gpu_budget_bytes=48 * GiB, host_budget_bytes=96 * GiB)
+        layers[link], _ = baselines.BASELINES["memo"](ctx)
+    # MEMO's alpha: the offloaded share that the layer's forward hides on the link
+    assert layers["pcie-gen4-x16"] != layers["pcie-gen5-x16"]

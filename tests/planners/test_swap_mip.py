@@ -206,5 +206,5 @@ def test_prefetch_at_the_attention_block_gives_a_plan_where_the_layer_start_cann
 
 def test_unknown_allocator_is_one_line():
     m, job, node = _setup("llama-2-7b", "1xH200", "16K", layers=2)
-    with pytest.raises(UserInputError, match=r"^allocator: 'slab' is not one of planned, caching$"):
+    with pytest.raises(UserInputError, match=r"^allocator: 'slab' is not one of planned, caching, expandable$"):
         plan_training(m, job, node, allocator="slab")

@@ -149,3 +149,34 @@ def test_predicted_reserved_matches_h200(rec):
     assert abs(err) <= RESERVED_TOL, f"reserved {err:+.2%}"
     # the replay is exact for allocated bytes: the 64 MiB of workspaces are the only addition
     assert rep.peak_allocated_bytes == pytest.approx(rec["peak_allocated_bytes"], rel=0.005)
+
+
+def test_expandable_segments_unmap_unused_pages_when_the_cap_is_reached():
+    # a and b map 20 MiB pages 0 and 1; a is freed (its page stays mapped, cached); c does not fit
+    # a's hole and grows the segment by two pages: 80 MiB mapped uncapped, but under a 60 MiB
+    # cap PyTorch unmaps page 0 (no live block on it) and retries
+    events = [AllocEvent("alloc", "a", 20 * MiB), AllocEvent("alloc", "b", 20 * MiB),
+              AllocEvent("free", "a"), AllocEvent("alloc", "c", 30 * MiB)]
+    free = replay_caching_allocator(events, expandable_segments=True)
+    assert free.peak_reserved_bytes == 80 * MiB and free.num_alloc_retries == 0
+    capped = replay_caching_allocator(events, expandable_segments=True, capacity_bytes=60 * MiB)
+    assert capped.peak_reserved_bytes == 60 * MiB and capped.num_alloc_retries == 1
+    assert capped.final_allocated_bytes == 50 * MiB
+    with pytest.raises(AllocatorOOM, match="expandable segments"):
+        replay_caching_allocator(events, expandable_segments=True, capacity_bytes=59 * MiB)
+
+
+def test_expandable_small_requests_map_2mib_pages_of_their_own_pool():
+    events = [AllocEvent("alloc", "s", 4096), AllocEvent("alloc", "l", 12 * MiB)]
+    rep = replay_caching_allocator(events, expandable_segments=True)
+    assert rep.peak_reserved_bytes == 2 * MiB + 20 * MiB
+
+
+def test_predict_reserved_names_the_allocator():
+    from simulator.allocator import predict_reserved
+
+    with pytest.raises(ValueError, match="allocator: 'slab'"):
+        predict_reserved(_toy_workload(), allocator="slab", capacity_bytes=None)
+    caching, _ = predict_reserved(_toy_workload(), allocator="caching", capacity_bytes=None)
+    grow, oom = predict_reserved(_toy_workload(), allocator="expandable", capacity_bytes=None)
+    assert not oom and 0 < grow and 0 < caching

@@ -30,6 +30,9 @@ PRESETS = [
     "memo-30b",
     "memo-65b",
     "probe-llama7b-stack",
+    "qwen2-7b-stack",
+    "mistral-7b-stack",
+    "llama-3-8b-stack",
 ]
 
 
@@ -126,8 +129,8 @@ def _hf_model_on_meta(spec: ModelSpec):
 
 
 HF_PRESETS = [
-    n for n in PRESETS if get_model(n).family in HF_FAMILIES and n != "probe-llama7b-stack"
-]
+    n for n in PRESETS if get_model(n).family in HF_FAMILIES and get_model(n).has_lm_head
+]  # the bare stacks (probe-llama7b-stack, the bench's *-stack) have no transformers twin
 
 
 @pytest.mark.parametrize("name", HF_PRESETS)
@@ -389,3 +392,34 @@ def test_presets_agree_with_independently_recorded_configs():
         spec = get_model(preset)
         recorded = ModelSpec.from_hf_config(models[key]["config"], name=preset)
         assert recorded == spec.model_copy(update={"source": None}), key
+
+
+MIXTRAL_AS_MISTRAL = {  # huggingface.co/mistralai/Mixtral-8x7B-v0.1 config.json, model_type edited
+    "model_type": "mistral", "hidden_act": "silu", "hidden_size": 4096,
+    "intermediate_size": 14336, "max_position_embeddings": 32768, "num_attention_heads": 32,
+    "num_hidden_layers": 32, "num_key_value_heads": 8, "num_local_experts": 8,
+    "num_experts_per_tok": 2, "output_router_logits": False, "rms_norm_eps": 1e-05,
+    "rope_theta": 1e6, "router_aux_loss_coef": 0.02, "sliding_window": None,
+    "tie_word_embeddings": False, "vocab_size": 32000,
+}
+
+
+@pytest.mark.parametrize("key,value", [
+    ("num_local_experts", 8), ("num_experts", 64), ("n_routed_experts", 256),
+    ("moe_intermediate_size", 1408), ("num_experts_per_tok", 2), ("kv_lora_rank", 512),
+])
+def test_a_config_with_keys_that_change_the_math_is_refused_in_one_line(key, value):
+    cfg = {k: v for k, v in MIXTRAL_AS_MISTRAL.items()
+           if k not in ("num_local_experts", "num_experts_per_tok")}
+    with pytest.raises(UserInputError) as err:
+        ModelSpec.from_hf_config({**cfg, key: value})
+    msg = str(err.value)
+    assert "\n" not in msg and key in msg and "not modelled" in msg
+
+
+def test_mixtral_written_as_mistral_does_not_lose_its_experts():
+    with pytest.raises(UserInputError, match="num_local_experts"):
+        ModelSpec.from_hf_config(MIXTRAL_AS_MISTRAL)
+    # the same keys set to nothing (a dense model's config written by a generic tool) are fine
+    dense = {**MIXTRAL_AS_MISTRAL, "num_local_experts": None, "num_experts_per_tok": 0}
+    assert ModelSpec.from_hf_config(dense).num_layers == 32

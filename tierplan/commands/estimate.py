@@ -180,6 +180,9 @@ def _print(est, scenario, strategies=()) -> None:
     for name, value in sorted(est.breakdown_bytes.items(), key=lambda kv: -kv[1]):
         mem.add_row(name, format_bytes(value), f"{value / peak:5.1%}")
     mem.add_row("[bold]peak allocated[/bold]", f"[bold]{format_bytes(peak)}[/bold]", "")
+    if job.mode == "train" and est.peak_reserved_bytes is not None:
+        mem.add_row(f"peak reserved ({est.allocator} allocator)", format_bytes(est.peak_reserved_bytes),
+                    f"{est.peak_reserved_bytes / peak:5.1%}")
     cap = est.hbm_capacity_bytes
     verdict = "[green]fits[/green]" if est.fits else "[red]does not fit[/red]"
     mem.add_row("HBM capacity", format_bytes(cap), f"{verdict} ({peak / cap:.0%} used)")

@@ -63,10 +63,11 @@ def register(subparsers: Any) -> None:
                    help="host memory of the node, e.g. 2TB (default: installed)")
     p.add_argument("--time-limit", type=flags.seconds(), default=10.0,
                    help="MIP time limit in seconds (default 10)")
-    p.add_argument("--allocator", choices=("planned", "caching"), default="planned",
+    p.add_argument("--allocator", choices=("planned", "caching", "expandable"), default="planned",
                    help="planned: addresses planned ahead, a plan fits when its allocated peak does "
                         "(default); caching: PyTorch's caching allocator must also fit, fragmentation "
-                        "included")
+                        "included; expandable: the same with expandable_segments:True (what the "
+                        "plan executor runs under)")
     p.add_argument("--solver", choices=("highs", "cbc"), default="highs", help="MIP solver")
     p.add_argument("--out", help="directory for plan.json, trace.json and memory.png")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -155,7 +156,8 @@ def _print(report, scenario, model, node) -> None:
              f" - budgets {format_bytes(scenario.gpu_budget_bytes)} HBM/GPU, "
              f"{format_bytes(scenario.host_budget_bytes)} host")
     table = Table(title=title, title_justify="left")
-    for col in ("strategy", "feasible", "step time", "MFU", "HBM peak", "host peak",
+    reserved_col = f"reserved ({job.allocator})"
+    for col in ("strategy", "feasible", "step time", "MFU", "HBM peak", reserved_col, "host peak",
                 "why not / note"):
         table.add_column(col, justify="left" if col in ("strategy", "feasible", "why not / note")
                          else "right")
@@ -166,6 +168,7 @@ def _print(report, scenario, model, node) -> None:
                       format_seconds(r.step_time_s) if r.step_time_s is not None else "-",
                       f"{r.mfu:.1%}" if r.mfu is not None else "-",
                       format_bytes(r.peak_hbm_bytes) if r.peak_hbm_bytes is not None else "-",
+                      format_bytes(r.peak_reserved_bytes) if r.peak_reserved_bytes is not None else "-",
                       format_bytes(r.peak_host_bytes) if r.peak_host_bytes is not None else "-",
                       r.reason)
     console.print(table)

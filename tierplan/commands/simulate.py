@@ -91,12 +91,13 @@ def run(args: argparse.Namespace) -> int:
     if offload and scenario.job.checkpointing == "selective":
         raise UserInputError("--offload: a plan offloads no token fraction of a selective checkpoint's "
                              "layers; use --checkpointing none or full (or tierplan plan)")
+    reserved = est.peak_reserved_bytes
     if offload:
-        result = _replay_offload(offload, scenario, num_gpus=gpus, lookahead=lookahead,
-                                 tier=args.offload_tier, record_timeline=record)
+        result, reserved = _replay_offload(offload, scenario, num_gpus=gpus, lookahead=lookahead,
+                                           tier=args.offload_tier, record_timeline=record)
     else:
         result = simulate(schedule_from_workload(workload, node, num_gpus=gpus), record_timeline=record)
-    return _report(args, result, est, gpus, scenario)
+    return _report(args, result, est, gpus, scenario, reserved)
 
 
 def _run_plan(args: argparse.Namespace) -> int:
@@ -119,15 +120,17 @@ def _run_plan(args: argparse.Namespace) -> int:
         raise UserInputError(f"{name}: a plan carries its model, job and node; give --plan alone")
     plan = load_plan(args.plan)
     ctx = PlanContext.from_plan(plan, source=args.plan)
-    replayed = evaluate(ctx, plan.provenance.planner, plan.layers).replay
+    res = evaluate(ctx, plan.provenance.planner, plan.layers)
+    replayed = res.replay
     assert replayed is not None  # evaluate always replays
     result: Any = replayed.sim
     gpus = sum(s.kind == "compute" for s in result.schedule.streams)
     est = estimate_training(ctx.model, ctx.job, ctx.node)
-    return _report(args, result, est, gpus, ctx.scenario)
+    return _report(args, result, est, gpus, ctx.scenario, res.peak_reserved_bytes)
 
 
-def _report(args: argparse.Namespace, result, est, gpus: int, scenario) -> int:
+def _report(args: argparse.Namespace, result, est, gpus: int, scenario,
+            reserved_bytes: int | None) -> int:
     from hwmodels.outputs import OutputSet
     from simulator.des.trace import plot_step, write_chrome_trace
     with OutputSet() as outputs:  # the trace and the picture, or neither
@@ -138,6 +141,8 @@ def _report(args: argparse.Namespace, result, est, gpus: int, scenario) -> int:
             outputs.write(outputs.reserve(args.plot, field="--plot", suffixes=IMAGE_SUFFIXES),
                           lambda p: plot_step(result, p))
     summary = _summary(result, est, gpus)
+    summary["peak_reserved_bytes"] = reserved_bytes
+    summary["allocator"] = scenario.job.allocator
     if args.json:
         print(json.dumps(summary, sort_keys=True))
         return 0
@@ -171,8 +176,10 @@ def offload_layers(num_layers: int, frac: float, *, checkpointing: str, lookahea
 def _replay_offload(frac: float, scenario, *, num_gpus: int, lookahead: int, tier: str,
                     record_timeline: bool):
     """The DES replay of ``offload_layers`` on ``num_gpus`` GPUs, applied and replayed as a
-    plan's layers are (`planners.swap.apply_plan`, `planners.swap.replay`)."""
+    plan's layers are (`planners.swap.apply_plan`, `planners.swap.replay`), and the reserved
+    peak of the applied workload under the job's allocator."""
     from planners.swap import PlanContext, apply_plan, replay
+    from simulator.allocator import predict_reserved
 
     ctx = PlanContext.from_scenario(scenario, lookahead=lookahead)
     node = scenario.node
@@ -180,7 +187,10 @@ def _replay_offload(frac: float, scenario, *, num_gpus: int, lookahead: int, tie
                             lookahead=lookahead)
     applied = apply_plan(ctx.profile_for([lp.checkpoint for lp in layers]), layers, lookahead=lookahead,
                          copy_s_per_byte=ctx.copy_s_per_byte)
-    return replay(applied, node, num_gpus=num_gpus, tier=tier, record_timeline=record_timeline).sim
+    sim = replay(applied, node, num_gpus=num_gpus, tier=tier, record_timeline=record_timeline).sim
+    reserved, _ = predict_reserved(applied.workload, allocator=scenario.job.allocator,
+                                   capacity_bytes=scenario.gpu_budget_bytes)
+    return sim, reserved
 
 
 def _summary(result, est, gpus: int) -> dict:
@@ -233,6 +243,9 @@ def _print(summary: dict, model: str, scenario, node: str) -> None:
         t.add_row(f"peak {tier} ({peak['pool']})",
                   f"{format_bytes(summary['peak_bytes'][tier])} of {format_bytes(peak['capacity_bytes'])}"
                   f" at {format_seconds(peak['at_s'])} ({peak['task']})")
+    if summary.get("peak_reserved_bytes") is not None:
+        t.add_row(f"peak reserved ({summary['allocator']} allocator)",
+                  format_bytes(summary["peak_reserved_bytes"]))
     t.add_row("events", f"{summary['num_events']:,}")
     console.print(t)
     if summary["links"]:
