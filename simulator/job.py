@@ -35,11 +35,13 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SerializerFunctionWrapHandler,
     Tag,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -188,6 +190,18 @@ class TrainJob(_JobBase):
     loss: Literal["cross_entropy", "mean_square_fp32"] = "cross_entropy"
     """cross_entropy over the LM head's logits, or ``x.float().pow(2).mean()`` of a bare layer
     stack's output (the H200 probe's loss)."""
+    model_output: Literal["freed", "kept"] = "freed"
+    """What the training loop does with the model's output object (a Hugging Face
+    ``CausalLMOutputWithPast`` holding ``.loss`` and the bf16 ``.logits``, tokens x vocab):
+    ``freed``, ``loss = model(ids, labels=ids).loss; loss.backward()`` (Hugging Face Trainer's
+    ``compute_loss``, torchtitan, Lightning), drops it when the forward returns, so the logits
+    are gone before backward; ``kept``, ``out = model(ids, labels=ids); out.loss.backward()``,
+    holds ``out.logits`` through backward and the optimizer step. Only a model whose forward
+    computes the loss and returns the logits (Hugging Face) has such an object: the form of a
+    bare layer stack's loop (its caller keeps the stack output, as the reference probe does)
+    and of Megatron's (the loss never returns the logits) is fixed, whatever this says.
+    Omitted from dumps when ``freed``, so that files and content hashes written before the
+    field existed read the same."""
 
     @model_validator(mode="before")
     @classmethod
@@ -201,6 +215,13 @@ class TrainJob(_JobBase):
         if self.master_weights and self.param_dtype == "fp32":
             raise ValueError("master_weights: parameters are already fp32; set it false")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_default_model_output(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if self.model_output == "freed":
+            data.pop("model_output", None)
+        return data
 
     @property
     def num_tokens(self) -> int:

@@ -5,7 +5,7 @@ from a published config (``validate/measurements/h200/hf_configs.json``, no down
 ``attn_implementation="sdpa"`` in bf16 on the GPU, then times one training step at batch 1:
 forward with ``labels=input_ids`` (the Hugging Face loss, which upcasts logits to fp32) and
 backward; optionally an AdamW step. The training loop has one of two forms (``--forms``, the
-record's ``output`` field, ``simulator.job.TrainJob.output``):
+record's ``model_output`` field, ``simulator.job.TrainJob.model_output``):
   * ``freed``: ``loss = model(ids, labels=ids).loss; loss.backward()`` (Hugging Face Trainer's
     ``compute_loss``, torchtitan, Lightning): the output object and its bf16 logits die before
     backward;
@@ -172,16 +172,17 @@ def _mem(device: torch.device) -> dict:
 
 def run_case(*, name: str, model_key: str, cfg_dict: dict, overrides: dict, seq_len: int,
              checkpointing: bool, optimizer: str | None, device: torch.device,
-             num_timed: int, output: str = "kept") -> dict:
+             num_timed: int, model_output: str = "kept") -> dict:
     """One case: build, warm-up step, timed steps; memory of the last timed step.
 
-    ``output``: "freed" drops the model's output object before backward, "kept" holds it
+    ``model_output``: "freed" drops the model's output object before backward, "kept" holds it
     (and its logits) until the step ends."""
-    if output not in FORMS:
-        raise ValueError(f"output: {output!r} is not one of {FORMS}")
+    if model_output not in FORMS:
+        raise ValueError(f"model_output: {model_output!r} is not one of {FORMS}")
     rec: dict = {"case": name, "model": model_key, "seq_len": seq_len, "batch": 1,
                  "dtype": "bf16", "gradient_checkpointing": checkpointing,
-                 "optimizer": optimizer, "output": output, "use_cache": False, "config": cfg_dict,
+                 "optimizer": optimizer, "model_output": model_output, "use_cache": False,
+                 "config": cfg_dict,
                  "overrides": overrides, "sliding_window": cfg_dict.get("sliding_window")}
     model = opt = ids = head = hook = None
     try:
@@ -241,7 +242,7 @@ def run_case(*, name: str, model_key: str, cfg_dict: dict, overrides: dict, seq_
                 opt.zero_grad(set_to_none=True)
             return loss.detach()
 
-        step = step_freed if output == "freed" else step_kept
+        step = step_freed if model_output == "freed" else step_kept
 
         losses = []
 
@@ -300,7 +301,7 @@ def summary_lines(records: list[dict]) -> list[str]:
         step = f"{r['step_time_s']:7.3f}" if "step_time_s" in r else f"{'-':>7s}"
         params = f"{r['num_params'] / 1e9:6.2f}B" if "num_params" in r else f"{'-':>7s}"
         lines.append(f"{r['case']:34s} {r['seq_len']:6d} {'yes ' if r['gradient_checkpointing'] else 'no  '} "
-                     f"{r.get('output', 'kept'):6s} {params} {g('weights_allocated_bytes')} {g('peak_allocated_bytes')} "
+                     f"{r.get('model_output', 'kept'):6s} {params} {g('weights_allocated_bytes')} {g('peak_allocated_bytes')} "
                      f"{g('peak_reserved_bytes')} {step} {r['status']}")
     return lines
 
@@ -355,7 +356,8 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         rec = run_case(name=name, model_key=key, cfg_dict=cfg, overrides=overrides,
                        seq_len=seq, checkpointing=ckpt, optimizer=optimizer,
-                       device=device, num_timed=1 if args.smoke else 3, output=form)
+                       device=device, num_timed=1 if args.smoke else 3,
+                       model_output=form)
         rec["wall_s"] = time.perf_counter() - t0
         records.append(rec)
         print(f"[{i}/{len(plan)} {time.perf_counter() - t_start:6.1f} s]",

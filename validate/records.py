@@ -38,7 +38,7 @@ class StepRecord(RecordModel):
     gradient_checkpointing: bool
     optimizer: str | None
     """``None`` (no optimizer step), ``adamw_foreach`` or ``adamw_fused``."""
-    output: Literal["freed", "kept"] = "kept"
+    model_output: Literal["freed", "kept"] = "kept"
     """The training loop's form: ``freed`` (``loss = model(...).loss; loss.backward()``, the
     output object and its logits die before backward) or ``kept`` (``out = model(...);
     out.loss.backward()``, ``out.logits`` alive through the step). Records made before the field
@@ -70,7 +70,7 @@ class StepRecord(RecordModel):
     loss: float | None = None
     logits_alive_at_backward: bool | None = None
     """Whether the LM head's output was still alive when backward began (last timed step):
-    the evidence of ``output`` (True for kept, False for freed); None in older records."""
+    the evidence of ``model_output`` (True for kept, False for freed); None in older records."""
     step_times_s: list[float] | None = None
     step_time_s: float | None = Field(None, gt=0)
     """Median of step_times_s."""

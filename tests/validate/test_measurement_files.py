@@ -131,9 +131,9 @@ def test_measure_steps_loopform_smoke_on_cpu(tmp_path):
     assert records and all(r["status"] == "ok" for r in records), records
     expected = {(c[0], ckpt, form) for c in LOOPFORM_CASES for ckpt in c[4]
                 for form in ("freed", "kept")}
-    assert {(r["case"], r["gradient_checkpointing"], r["output"]) for r in records} == expected
+    assert {(r["case"], r["gradient_checkpointing"], r["model_output"]) for r in records} == expected
     for r in records:
-        assert r["logits_alive_at_backward"] is (r["output"] == "kept"), r["case"]
+        assert r["logits_alive_at_backward"] is (r["model_output"] == "kept"), r["case"]
     assert any(r["optimizer"] == "adamw_fused" and r["gradient_checkpointing"] for r in records)
 
 

@@ -2,7 +2,7 @@
 
 tierplan estimate [SCENARIO.yaml] [--model NAME|config.json] [--layers N] [--seq-len 128K]
                   [--batch N] [--mode train|infer] [--checkpointing none|full|selective]
-                  [--optimizer none|sgd|adamw] [--tp N] [--sp] [--cp N] [--cp-kind ring|ulysses]
+                  [--optimizer none|sgd|adamw] [--model-output freed|kept] [--tp N] [--sp] [--cp N] [--cp-kind ring|ulysses]
                   [--dp N] [--zero N] [--prompt-len N] [--gen-len N] [--kv-quant ...]
                   [--hardware NODE] [--json]
 
@@ -44,6 +44,7 @@ def add_scenario_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=("none", "sgd", "adamw"))
     p.add_argument("--optimizer-state-dtype", help="dtype of AdamW moments (default fp32)")
     p.add_argument("--mlp-activation", choices=MLP_ACTIVATIONS, help=MLP_ACTIVATION_HELP)
+    p.add_argument("--model-output", choices=MODEL_OUTPUTS, help=MODEL_OUTPUT_HELP)
     p.add_argument("--master-weights", action="store_true", default=None,
                    help="keep an fp32 master copy of the weights")
     p.add_argument("--grads-persist", action="store_true", default=None,
@@ -73,6 +74,11 @@ MLP_ACTIVATIONS = ("saved", "recomputed")
 MLP_ACTIVATION_HELP = ("SwiGLU's silu(gate) and product: saved for backward (default) or recomputed "
                        "in backward from the gate/up output (train)")
 
+MODEL_OUTPUTS = ("freed", "kept")
+MODEL_OUTPUT_HELP = ("the training loop drops the model's output before backward, `loss = "
+                     "model(...).loss` (freed, default: HF Trainer), or holds it and its logits, "
+                     "`out = model(...); out.loss.backward()` (kept) (train)")
+
 _JOB_FLAGS = {
     "seq_len": "seq_len",
     "checkpointing": "checkpointing",
@@ -81,6 +87,7 @@ _JOB_FLAGS = {
     "master_weights": "master_weights",
     "grads_persist": "grads_persist",
     "mlp_activation": "mlp_activation",
+    "model_output": "model_output",
     "dtype": "param_dtype",
     "prompt_len": "prompt_len",
     "gen_len": "gen_len",
@@ -167,7 +174,8 @@ def _print(est, scenario, strategies=()) -> None:
              f"{'(' + par.cp_kind + ')' if par.cp > 1 else ''} dp={par.dp} zero={par.zero_stage}"
     if job.mode == "train":
         title = (f"{est.model} - train seq {est.seq_len:,} x {est.micro_batch} - "
-                 f"checkpointing {est.checkpointing} - {est.hardware} ({layout})")
+                 f"checkpointing {est.checkpointing} - output {est.model_output} - "
+                 f"{est.hardware} ({layout})")
         peak = est.peak_allocated_bytes
     else:
         title = (f"{est.model} - infer prompt {est.prompt_len:,} + gen {est.gen_len:,} x {est.batch} - "
