@@ -20,7 +20,7 @@ MEASUREMENTS = REPO / "validate" / "measurements"
 H200 = MEASUREMENTS / "h200"
 ALL_FILES = sorted(MEASUREMENTS.rglob("*.json"))
 MICROBENCH_FILES = sorted(H200.glob("microbench-h200-*.json"))
-STEPS_FILES = sorted(H200.glob("steps-h200-*.json"))
+STEPS_FILES = sorted(H200.glob("steps-*h200-*.json"))  # steps-h200-*, steps-loopform-h200-*
 
 
 def _check_provenance(prov):
