@@ -79,6 +79,9 @@ MODEL_OUTPUT_HELP = ("the training loop drops the model's output before backward
                      "model(...).loss` (freed, default: HF Trainer), or holds it and its logits, "
                      "`out = model(...); out.loss.backward()` (kept) (train)")
 
+MODEL_OUTPUT_ROW = {"freed": "freed before backward (loss = model(...).loss)",
+                    "kept": "kept through backward (out = model(...))"}
+
 _JOB_FLAGS = {
     "seq_len": "seq_len",
     "checkpointing": "checkpointing",
@@ -174,8 +177,7 @@ def _print(est, scenario, strategies=()) -> None:
              f"{'(' + par.cp_kind + ')' if par.cp > 1 else ''} dp={par.dp} zero={par.zero_stage}"
     if job.mode == "train":
         title = (f"{est.model} - train seq {est.seq_len:,} x {est.micro_batch} - "
-                 f"checkpointing {est.checkpointing} - output {est.model_output} - "
-                 f"{est.hardware} ({layout})")
+                 f"checkpointing {est.checkpointing} - {est.hardware} ({layout})")
         peak = est.peak_allocated_bytes
     else:
         title = (f"{est.model} - infer prompt {est.prompt_len:,} + gen {est.gen_len:,} x {est.batch} - "
@@ -204,6 +206,7 @@ def _print(est, scenario, strategies=()) -> None:
         if est.comm_time_s:
             perf.add_row("  exposed communication", format_seconds(est.comm_time_s))
         perf.add_row("MFU (datasheet peak)", f"{est.mfu:.1%}")
+        perf.add_row("model output", MODEL_OUTPUT_ROW[est.model_output])
         perf.add_row("tokens/s (whole job)", f"{est.tokens_per_s:,.0f}")
         perf.add_row("GPUs", str(est.num_gpus))
     else:
