@@ -62,6 +62,11 @@ DTYPE_BYTES: dict[str, float] = {
 """Bytes per element: fp32 4, tf32 4, bf16 2, fp16 2, fp8 1, int8 1, int4 0.5."""
 
 
+ModelOutput = Literal["freed", "kept"]
+"""The training loop's form (``TrainJob.model_output``)."""
+MODEL_OUTPUTS: tuple[str, ...] = get_args(ModelOutput)
+
+
 def dtype_bytes(name: str) -> float:
     """Bytes per element of a job dtype in ``DTYPE_BYTES`` (int4: 0.5)."""
     try:
@@ -190,7 +195,7 @@ class TrainJob(_JobBase):
     loss: Literal["cross_entropy", "mean_square_fp32"] = "cross_entropy"
     """cross_entropy over the LM head's logits, or ``x.float().pow(2).mean()`` of a bare layer
     stack's output (the H200 probe's loss)."""
-    model_output: Literal["freed", "kept"] = "freed"
+    model_output: ModelOutput = "freed"
     """What the training loop does with the model's output object (a Hugging Face
     ``CausalLMOutputWithPast`` holding ``.loss`` and the bf16 ``.logits``, tokens x vocab):
     ``freed``, ``loss = model(ids, labels=ids).loss; loss.backward()`` (Hugging Face Trainer's

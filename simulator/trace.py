@@ -85,6 +85,7 @@ from torch.utils.flop_counter import flop_registry
 
 from hwmodels.units import MiB, UserInputError
 from simulator import _trace_kernels as tk
+from simulator.job import MODEL_OUTPUTS
 from simulator.workload import (
     OpSpec,
     Phase,
@@ -97,7 +98,6 @@ from simulator.workload import (
 
 CUBLAS_WORKSPACE_BYTES = 32 * MiB  # torch default ":4096:8" on Hopper, one per handle and stream
 CHECKPOINTING = ("none", "full")
-MODEL_OUTPUTS = ("freed", "kept")
 _LAYER_RE = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)(?:\.|$)")
 _HEAD_NAMES = {"lm_head", "embed_out", "output_layer"}
 _GEMM_OPS = {"mm", "addmm", "bmm", "baddbmm", "matmul", "_scaled_mm"}

@@ -150,3 +150,10 @@ def test_the_loop_form_is_for_training_only(capsys):
     code, _, err = _run(capsys, "estimate", "--mode", "infer", "--model", "llama-3.2-1b",
                         "--prompt-len", "4K", "--model-output", "kept")
     assert code == 2 and "--model-output: only for mode train" in err
+
+
+def test_the_loop_form_choices_are_the_schemas():
+    from simulator.job import MODEL_OUTPUTS
+    from tierplan.commands import estimate
+
+    assert estimate.MODEL_OUTPUTS == MODEL_OUTPUTS and set(estimate.MODEL_OUTPUT_ROW) == set(MODEL_OUTPUTS)

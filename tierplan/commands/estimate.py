@@ -2,9 +2,9 @@
 
 tierplan estimate [SCENARIO.yaml] [--model NAME|config.json] [--layers N] [--seq-len 128K]
                   [--batch N] [--mode train|infer] [--checkpointing none|full|selective]
-                  [--optimizer none|sgd|adamw] [--model-output freed|kept] [--tp N] [--sp] [--cp N] [--cp-kind ring|ulysses]
-                  [--dp N] [--zero N] [--prompt-len N] [--gen-len N] [--kv-quant ...]
-                  [--hardware NODE] [--json]
+                  [--optimizer none|sgd|adamw] [--model-output freed|kept] [--tp N] [--sp]
+                  [--cp N] [--cp-kind ring|ulysses] [--dp N] [--zero N] [--prompt-len N]
+                  [--gen-len N] [--kv-quant ...] [--hardware NODE] [--json]
 
 With neither a scenario nor --model, the built-in default scenario is used. Flags override the
 scenario's fields; everything is validated by the scenario schema (simulator.job), so a bad
@@ -74,7 +74,7 @@ MLP_ACTIVATIONS = ("saved", "recomputed")
 MLP_ACTIVATION_HELP = ("SwiGLU's silu(gate) and product: saved for backward (default) or recomputed "
                        "in backward from the gate/up output (train)")
 
-MODEL_OUTPUTS = ("freed", "kept")
+MODEL_OUTPUTS = ("freed", "kept")  # simulator.job.MODEL_OUTPUTS, not imported: --help stays instant
 MODEL_OUTPUT_HELP = ("the training loop drops the model's output before backward, `loss = "
                      "model(...).loss` (freed, default: HF Trainer), or holds it and its logits, "
                      "`out = model(...); out.loss.backward()` (kept) (train)")
