@@ -401,8 +401,9 @@ class _Deriver:
                 self.param_grad[t.tid] = gid
                 self.live.add(gid)
         initial = list(b._initial) + [self.param_grad[p] for p in sorted(self.param_grad)]
-        # The loss tensor's gradient: a scalar of ones, allocated by backward().
-        final_out = ops[-1].outputs[0] if ops and ops[-1].outputs else None
+        # The loss tensor's gradient: a scalar of ones, allocated by backward(). The loss is the
+        # output of the last op that has one (ops after it only release what the caller drops).
+        final_out = next((op.outputs[0] for op in reversed(ops) if op.outputs), None)
         if final_out is not None and not b.no_grad:
             gid = self._new_tensor("loss.grad", 4, Role.ACTIVATION_GRAD, None)
             self.grad_of[final_out] = gid

@@ -66,6 +66,7 @@ class TrainEstimate:
     seq_len: int
     micro_batch: int
     checkpointing: str
+    model_output: str  # the loop form modelled: "freed" or "kept" (templates.effective_model_output)
     tp: int
     cp: int
     dp: int
@@ -106,7 +107,7 @@ def _op_time(op) -> float:
 def estimate_training(model, job, node, *, workload: Workload | None = None) -> TrainEstimate:
     """Peak memory, step time and MFU of one training step of ``model`` under ``job`` on ``node``."""
     from hwmodels.compute import mfu_frac
-    from simulator.templates import training_workload
+    from simulator.templates import effective_model_output, training_workload
 
     if job.mode != "train":
         raise UserInputError("job.mode: estimate_training needs a training job")
@@ -150,6 +151,7 @@ def estimate_training(model, job, node, *, workload: Workload | None = None) -> 
         seq_len=job.seq_len,
         micro_batch=job.micro_batch,
         checkpointing=job.checkpointing,
+        model_output=effective_model_output(model, job),
         tp=par.tp,
         cp=par.cp,
         dp=par.dp,

@@ -62,6 +62,11 @@ DTYPE_BYTES: dict[str, float] = {
 """Bytes per element: fp32 4, tf32 4, bf16 2, fp16 2, fp8 1, int8 1, int4 0.5."""
 
 
+ModelOutput = Literal["freed", "kept"]
+"""The training loop's form (``TrainJob.model_output``)."""
+MODEL_OUTPUTS: tuple[str, ...] = get_args(ModelOutput)
+
+
 def dtype_bytes(name: str) -> float:
     """Bytes per element of a job dtype in ``DTYPE_BYTES`` (int4: 0.5)."""
     try:
@@ -196,12 +201,18 @@ class TrainJob(_JobBase):
     pages; the plan executor's default). Reserved-memory predictions are for this one. Written
     to files only when not ``caching``, so jobs saved before it existed keep their hashes."""
 
-    @model_serializer(mode="wrap")
-    def _omit_default_allocator(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)
-        if data.get("allocator") == "caching":
-            del data["allocator"]
-        return data
+    model_output: ModelOutput = "freed"
+    """What the training loop does with the model's output object (a Hugging Face
+    ``CausalLMOutputWithPast`` holding ``.loss`` and the bf16 ``.logits``, tokens x vocab):
+    ``freed``, ``loss = model(ids, labels=ids).loss; loss.backward()`` (Hugging Face Trainer's
+    ``compute_loss``, torchtitan, Lightning), drops it when the forward returns, so the logits
+    are gone before backward; ``kept``, ``out = model(ids, labels=ids); out.loss.backward()``,
+    holds ``out.logits`` through backward and the optimizer step. Only a model whose forward
+    computes the loss and returns the logits (Hugging Face) has such an object: the form of a
+    bare layer stack's loop (its caller keeps the stack output, as the reference probe does)
+    and of Megatron's (the loss never returns the logits) is fixed, whatever this says.
+    Omitted from dumps when ``freed``, so that files and content hashes written before the
+    field existed read the same."""
 
     @model_validator(mode="before")
     @classmethod
@@ -215,6 +226,17 @@ class TrainJob(_JobBase):
         if self.master_weights and self.param_dtype == "fp32":
             raise ValueError("master_weights: parameters are already fp32; set it false")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Fields added after files were written are left out at their defaults, so those files
+        and their content hashes read the same."""
+        data = handler(self)
+        if self.model_output == "freed":
+            data.pop("model_output", None)
+        if self.allocator == "caching":
+            data.pop("allocator", None)
+        return data
 
     @property
     def num_tokens(self) -> int:

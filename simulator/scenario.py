@@ -35,7 +35,7 @@ from simulator.job import (
 from simulator.model import ModelSpec, load_model
 
 TRAIN_ONLY_FIELDS = ("seq_len", "checkpointing", "optimizer", "optimizer_state_dtype", "master_weights",
-                     "grads_persist", "mlp_activation", "micro_batch", "loss")
+                     "grads_persist", "mlp_activation", "model_output", "micro_batch", "loss")
 INFER_ONLY_FIELDS = ("prompt_len", "gen_len", "kv_dtype", "kv_quant", "batch")
 _KEPT_ACROSS_MODES = ("parallelism", "param_dtype", "schema_version")
 

@@ -10,8 +10,10 @@ Implementations modelled (they differ in what they save, and that is most of the
     RMSNorm upcasts to fp32 in Python (saves the fp32 input and the bf16 normalized tensor),
     separate q/k/v and gate/up projections, rotary via ``rotate_half`` (saves only cos/sin),
     SDPA dispatching to FlashAttention-2 (GQA with ``enable_gqa``), the loss upcasts logits to
-    fp32 and runs log_softmax + nll_loss; ``outputs.logits`` is held by the caller through
-    backward (``out = model(...); out.loss.backward()``).
+    fp32 and runs log_softmax + nll_loss; the model's output object, and with it the bf16
+    logits, dies when the forward returns (``loss = model(...).loss``, the job's
+    ``model_output="freed"``) or is held by the caller through backward and the optimizer step
+    (``out = model(...); out.loss.backward()``, ``"kept"``).
   * A bare stack of decoder layers (``has_embedding = has_lm_head = False``) with ``nn.RMSNorm``
     (``torch.rms_norm``: on CUDA the fused kernel, which saves its input and rstd), fused qkv
     and gate/up projections, no rotary, and the loss ``x.float().pow(2).mean()``.
@@ -54,6 +56,27 @@ DP_LAST_BUCKET_FRAC = 0.05
 """Share of the data-parallel gradient reduction that backward cannot hide: the last bucket
 (PyTorch DDP buckets are 25 MB; for a 7B model's 13 GB of bf16 gradients that is 0.2%, so 5%
 is a deliberately cautious bound until multi-GPU runs calibrate it)."""
+
+
+def effective_model_output(model, job) -> str:
+    """The loop form the templates model for ``model`` under ``job``: the job's ``model_output``
+    for a Hugging Face model (its forward returns the logits with the loss), "kept" for a bare
+    layer stack (its caller computes the loss from the output it holds, as the reference probe
+    does), "freed" for Megatron GPT (its loss never returns the logits)."""
+    base = code_base(model)
+    if base == "megatron":
+        return "freed"
+    if base == "stack":
+        return "kept"
+    return getattr(job, "model_output", "freed")
+
+
+def code_base(model) -> str:
+    """Which code base's ops model ``model``: "megatron" (MEMO's GPT), "hf" (transformers),
+    "stack" (a bare layer stack of torch modules, as the H200 probe)."""
+    if model.family == "gpt":
+        return "megatron"
+    return "hf" if (model.has_embedding or model.has_lm_head) else "stack"
 
 
 def _round_up(x: int, m: int) -> int:
@@ -713,11 +736,8 @@ class _Program:
     # ---- layers ---------------------------------------------------------------------------
     @property
     def impl(self) -> str:
-        """Which code base's ops: "megatron" (MEMO's GPT), "hf" (transformers), "stack" (a bare
-        layer stack of torch modules, as the H200 probe)."""
-        if self.m.family == "gpt":
-            return "megatron"
-        return "hf" if (self.m.has_embedding or self.m.has_lm_head) else "stack"
+        """Which code base's ops (``code_base``)."""
+        return code_base(self.m)
 
     @property
     def hf(self) -> bool:
@@ -803,15 +823,21 @@ class _Program:
         return self.add(f"layers.{i}.mlp_residual", x2, down, i, s.norm_tokens * h)
 
     def hf_loss(self, logits: int, labels: int, tv: int) -> int:
-        """transformers ForCausalLMLoss: logits.float(), log_softmax, nll_loss. The caller holds
-        ``outputs.logits`` (bf16) through backward."""
+        """transformers ForCausalLMLoss: logits.float(), log_softmax, nll_loss. The bf16 logits
+        live until the forward returns them in its output object; the loop then drops that
+        object (``model_output="freed"``: they are gone before backward) or holds it to the
+        end of the step (``"kept"``)."""
         with self.measured_group("memory.cross_entropy.hf_float_upcast", op="cross_entropy",
                                  width=self.s.vocab, num_tokens=self.s.tokens):
-            return self._hf_loss_ops(logits, labels, tv)
+            loss = self._hf_loss_ops(logits, labels, tv)
+        if effective_model_output(self.m, self.job) == "kept":
+            self.b.hold(logits)
+        else:
+            self.b.op("loss.drop_output", "loss_release", None, inputs=[logits], has_backward=False)
+        return loss
 
     def _hf_loss_ops(self, logits: int, labels: int, tv: int) -> int:
         b, s, T = self.b, self.s, self.s.tokens
-        b.hold(logits)
         l32 = self.act("loss.logits_fp32", tv, Role.LOGITS_FP32, None, FP32_BYTES)
         b.op("loss.to_fp32", "loss_to_copy", None, inputs=[logits], outputs=[l32],
              cost=self.cost(_mem("upcast", read_bytes=tv * s.act_bytes, write_bytes=tv * FP32_BYTES)),

@@ -47,7 +47,9 @@ transformers' own gradient checkpointing does. Parameters are not counted as sav
 With ``grads_persist=True`` every leaf that requires grad (parameters and inputs) has its
 ``.grad`` at step start and backward accumulates into it (the reference probe reuses one input
 tensor, so its grad accumulates too); with False grads are allocated during backward
-(``zero_grad(set_to_none=True)`` semantics).
+(``zero_grad(set_to_none=True)`` semantics). ``model_output`` says whether the traced loop drops
+the module's output once it has the loss ("freed", the default, as Hugging Face Trainer does) or
+holds it through backward ("kept").
 Ignores: the CUDA reduction scratch of a ``sum`` over leading dims (Hugging Face RMSNorm weight
 grads, bias grads): measured on H200 for a bf16 [1, S, H] input, 128 MiB at S=4K, H=4096,
 132 MiB at S=8K and 16K, 64 MiB at S=4K, H=2048, 32 MiB at H=1024 (it stops growing with S
@@ -83,6 +85,7 @@ from torch.utils.flop_counter import flop_registry
 
 from hwmodels.units import MiB, UserInputError
 from simulator import _trace_kernels as tk
+from simulator.job import MODEL_OUTPUTS
 from simulator.workload import (
     OpSpec,
     Phase,
@@ -664,6 +667,7 @@ def trace_training_step(
     layer_of: Callable[[str], int | None] | None = None,
     attention_backend: str = "cudnn",
     cublas_workspace_bytes: int = CUBLAS_WORKSPACE_BYTES,
+    model_output: str = "freed",
 ) -> Workload:
     """Run one training step (forward, loss, backward) of ``module`` on meta and record it.
 
@@ -673,7 +677,16 @@ def trace_training_step(
     ``checkpointing``: "none" or "full" (non-reentrant checkpoint around every decoder layer).
     ``attention_backend``: "cudnn" (what torch 2.11 runs on H200) or "flash".
     ``cublas_workspace_bytes``: per cuBLAS handle; 0 leaves the workspaces out.
+    ``model_output``: the traced loop's form (``simulator.job.TrainJob.model_output``): "freed"
+    keeps only the loss and drops the module's output before backward (``loss =
+    model(**batch).loss; loss.backward()``; a Hugging Face output's logits die there), "kept"
+    holds the output through backward (``out = model(**batch); out.loss.backward()``, as the
+    reference probe holds its stack output).
     """
+    if model_output not in MODEL_OUTPUTS:
+        raise UserInputError(
+            f"trace_training_step: model_output must be one of {MODEL_OUTPUTS}, got {model_output!r}"
+        )
     if checkpointing not in CHECKPOINTING:
         raise UserInputError(
             f"trace_training_step: checkpointing must be one of {CHECKPOINTING}, got {checkpointing!r}"
@@ -745,6 +758,8 @@ def trace_training_step(
             output = _call(module, inputs)
             tracer.phase = Phase.LOSS
             loss = (loss_fn or _default_loss)(output, inputs)
+            if model_output == "freed":
+                output = None  # the loop keeps only the loss
             tracer._sweep()
             tracer._resolve_saves()
             tracer.phase = Phase.BWD
@@ -791,6 +806,7 @@ def trace_training_step(
             "grads_persist": grads_persist,
             "param_dtype": str(param_dtype).replace("torch.", ""),
             "cublas_workspace_bytes": cublas_workspace_bytes,
+            "model_output": model_output,
         },
     )
 

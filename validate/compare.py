@@ -178,6 +178,8 @@ def job_for_step_record(rec: dict):
         # torch.optim.AdamW keeps its moments in the parameters' dtype (bf16 here)
         optimizer_state_dtype=rec.get("dtype", "bf16"),
         checkpointing="full" if rec["gradient_checkpointing"] else "none",
+        # the loop's form; records made before it was recorded held the output (kept)
+        model_output=rec.get("model_output", "kept"),
     )
 
 
@@ -231,7 +233,8 @@ def compare_steps(step_paths: list[pathlib.Path], probe_paths: list[pathlib.Path
     for path, rec in step_records(step_paths):
         est = predict_step_record(rec)
         case = (f"{rec['case']} S={rec['seq_len']} ckpt={'yes' if rec['gradient_checkpointing'] else 'no'}"
-                + (f" {rec['optimizer']}" if rec.get("optimizer") else ""))
+                + (f" {rec['optimizer']}" if rec.get("optimizer") else "")
+                + f" output={rec.get('model_output', 'kept')}")
         rows.append(Row(_rel(path), case, "peak_allocated_bytes", est.peak_allocated_bytes,
                         rec["peak_allocated_bytes"]))
         rows.append(Row(_rel(path), case, "time_s", est.step_time_s, rec["step_time_s"]))

@@ -4,7 +4,13 @@ Models: nothing; this script measures. For each case it builds a randomly initia
 from a published config (``validate/measurements/h200/hf_configs.json``, no download) with
 ``attn_implementation="sdpa"`` in bf16 on the GPU, then times one training step at batch 1:
 forward with ``labels=input_ids`` (the Hugging Face loss, which upcasts logits to fp32) and
-backward; optionally an AdamW step. It records memory after load (weights), the peak allocated
+backward; optionally an AdamW step. The training loop has one of two forms (``--forms``, the
+record's ``model_output`` field, ``simulator.job.TrainJob.model_output``):
+  * ``freed``: ``loss = model(ids, labels=ids).loss; loss.backward()`` (Hugging Face Trainer's
+    ``compute_loss``, torchtitan, Lightning): the output object and its bf16 logits die before
+    backward;
+  * ``kept``: ``out = model(ids, labels=ids); out.loss.backward()``: ``out.logits`` stays alive
+    through backward and the optimizer step (the form of the 2026-11-28 records). It records memory after load (weights), the peak allocated
 and reserved over the step (peak stats reset just before; grads set to None before), memory
 after the step, selected ``torch.cuda.memory_stats()`` keys, and the median step time of 3 after
 one warm-up (CUDA events). Each case runs with and without gradient checkpointing
@@ -16,6 +22,21 @@ Source: the simulator's predictions are checked against these files.
 
 Imports only torch, transformers and the standard library so that it runs on a bare GPU
 machine. ``--smoke`` runs tiny models on the CPU to check the logic.
+
+Matrices (``--matrix``):
+  * ``default`` (about 1 min on an H200): ``python3 validate/measure_steps.py --out steps.json``
+    made ``validate/measurements/h200/steps-h200-2026-11-28*.json`` (form kept).
+  * ``loopform`` (about 3.5 min on an H200, estimated from the 2026-11-28 step times and the
+    estimator's for the 8B): both loop forms for Llama-3.2-1B (16 layers) at 16K and 32K,
+    4-layer Llama-2-7B / Qwen2-7B shapes at 16K and 32K and Mistral-7B v0.3 at 32K, each with
+    and without gradient checkpointing; Llama-3.2-1B + fused AdamW at 32K with and without
+    checkpointing; and two pairs chosen with ``tierplan estimate`` so that kept runs out of
+    memory and freed fits: Llama-3.2-1B + fused AdamW at 40K without checkpointing (predicted
+    142.4 GiB kept, 132.6 freed) and the whole Llama-3.1-8B + fused AdamW + checkpointing at
+    48K (140.7 kept, 128.9 freed, of 140.4 GiB)::
+
+        python3 validate/measure_steps.py --matrix loopform --forms freed,kept \
+            --out OUT/steps-loopform-h200-2026-12-02.json
 """
 
 from __future__ import annotations
@@ -26,6 +47,7 @@ import gc
 import statistics
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +71,8 @@ MEMORY_STAT_KEYS = (
 )
 
 # (case name, model key, overrides, seq lens, checkpointing options, optimizer)
-FULL_CASES: tuple[tuple[str, str, dict[str, Any], tuple[int, ...], tuple[bool, ...], str | None], ...] = (
+Case = tuple[str, str, dict, tuple[int, ...], tuple[bool, ...], str | None]
+FULL_CASES: tuple[Case, ...] = (
     ("llama-3.2-1b", "llama-3.2-1b", {}, (4 * K, 16 * K, 32 * K), (False, True), None),
     ("llama-2-7b-4l", "llama-2-7b", {"num_hidden_layers": 4}, (4 * K, 16 * K), (False, True),
      None),
@@ -63,6 +86,24 @@ FULL_CASES: tuple[tuple[str, str, dict[str, Any], tuple[int, ...], tuple[bool, .
     ("llama-3.2-1b-adamw", "llama-3.2-1b", {}, (4 * K,), (False,), "adamw_foreach"),
     ("llama-3.2-1b-adamw-fused", "llama-3.2-1b", {}, (4 * K,), (False,), "adamw_fused"),
 )
+
+# Where the loop's form matters: logits (tokens x vocab, bf16) a visible share of the peak.
+# The last two cases are the pairs where kept is predicted out of memory and freed to fit.
+LOOPFORM_CASES: tuple[Case, ...] = (
+    ("llama-3.2-1b", "llama-3.2-1b", {}, (16 * K, 32 * K), (False, True), None),
+    ("llama-2-7b-4l", "llama-2-7b", {"num_hidden_layers": 4}, (16 * K, 32 * K), (False, True),
+     None),
+    ("qwen2-7b-4l", "qwen2-7b", {"num_hidden_layers": 4}, (16 * K, 32 * K), (False, True), None),
+    ("mistral-7b-v0.3-4l", "mistral-7b-v0.3", {"num_hidden_layers": 4}, (32 * K,),
+     (False, True), None),
+    ("llama-3.2-1b-adamw-fused", "llama-3.2-1b", {}, (32 * K,), (False, True), "adamw_fused"),
+    ("llama-3.2-1b-adamw-fused-oom-pair", "llama-3.2-1b", {}, (40 * K,), (False,),
+     "adamw_fused"),
+    ("llama-3.1-8b-adamw-fused-oom-pair", "llama-3.1-8b", {}, (48 * K,), (True,),
+     "adamw_fused"),
+)
+MATRICES = {"default": FULL_CASES, "loopform": LOOPFORM_CASES}
+FORMS = ("freed", "kept")
 
 SMOKE_SHRINK = {
     "vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "head_dim": 16,
@@ -132,15 +173,23 @@ def _mem(device: torch.device) -> dict:
 
 def run_case(*, name: str, model_key: str, cfg_dict: dict, overrides: dict, seq_len: int,
              checkpointing: bool, optimizer: str | None, device: torch.device,
-             num_timed: int) -> dict:
-    """One case: build, warm-up step, timed steps; memory of the last timed step."""
+             num_timed: int, model_output: str = "kept") -> dict:
+    """One case: build, warm-up step, timed steps; memory of the last timed step.
+
+    ``model_output``: "freed" drops the model's output object before backward, "kept" holds it
+    (and its logits) until the step ends."""
+    if model_output not in FORMS:
+        raise ValueError(f"model_output: {model_output!r} is not one of {FORMS}")
     rec: dict = {"case": name, "model": model_key, "seq_len": seq_len, "batch": 1,
                  "dtype": "bf16", "gradient_checkpointing": checkpointing,
-                 "optimizer": optimizer, "use_cache": False, "config": cfg_dict,
+                 "optimizer": optimizer, "model_output": model_output, "use_cache": False,
+                 "config": cfg_dict,
                  "overrides": overrides, "sliding_window": cfg_dict.get("sliding_window")}
     model: Any = None  # a transformers model (untyped)
     opt: torch.optim.Optimizer | None = None
     ids: torch.Tensor | None = None
+    head: Any = None
+    hook: Any = None
     try:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -166,14 +215,39 @@ def run_case(*, name: str, model_key: str, cfg_dict: dict, overrides: dict, seq_
         gen = torch.Generator(device="cpu").manual_seed(seq_len)
         ids = torch.randint(0, vocab, (1, seq_len), generator=gen).to(device)
 
-        def step():
+        # Evidence of the form: is the LM head's output (the logits) still alive when backward
+        # starts? A weak reference from a forward hook, read by a hook on the loss's gradient.
+        logits_ref: list = [None]
+        alive: list = []
+        head = model.get_output_embeddings()
+        hook = head.register_forward_hook(
+            lambda mod, args, y: logits_ref.__setitem__(0, weakref.ref(y)))
+
+        def note_backward_start(grad):
+            alive.append(logits_ref[0] is not None and logits_ref[0]() is not None)
+            return grad
+
+        def step_kept():
             model.zero_grad(set_to_none=True)
             out = model(input_ids=ids, labels=ids, use_cache=False)
+            out.loss.register_hook(note_backward_start)
             out.loss.backward()
             if opt is not None:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             return out.loss.detach()
+
+        def step_freed():
+            model.zero_grad(set_to_none=True)
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            loss.register_hook(note_backward_start)
+            loss.backward()
+            if opt is not None:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            return loss.detach()
+
+        step = step_freed if model_output == "freed" else step_kept
 
         losses = []
 
@@ -194,7 +268,9 @@ def run_case(*, name: str, model_key: str, cfg_dict: dict, overrides: dict, seq_
         times = time_steps(lambda: losses.append(step()), device=device, warmup=1,
                            repeats=num_timed, before_step=before_step, after_step=after_warmup)
         loss = losses[-1]
+        hook.remove()
         rec.update(_mem(device))
+        rec["logits_alive_at_backward"] = alive[-1]
         rec["loss"] = float(loss)
         rec["step_times_s"] = times
         rec["step_time_s"] = statistics.median(times)
@@ -211,7 +287,7 @@ def run_case(*, name: str, model_key: str, cfg_dict: dict, overrides: dict, seq_
         rec["status"] = "error"
         rec["error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"
     finally:
-        model = opt = ids = None  # drop the references (closure cells too) before freeing
+        model = opt = ids = head = hook = None  # drop the references (closure cells too)
         gc.collect()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -221,16 +297,16 @@ def run_case(*, name: str, model_key: str, cfg_dict: dict, overrides: dict, seq_
 
 def summary_lines(records: list[dict]) -> list[str]:
     gib = 1024**3
-    lines = [f"{'case':26s} {'S':>6s} ckpt  {'params':>7s} {'weights':>7s} {'peak':>7s} "
-             f"{'reserv':>7s} {'step_s':>7s} status"]
+    lines = [f"{'case':34s} {'S':>6s} ckpt  {'output':6s} {'params':>7s} {'weights':>7s} "
+             f"{'peak':>7s} {'reserv':>7s} {'step_s':>7s} status"]
     for r in records:
         def g(key, r=r):
             v = r.get(key)
             return f"{v / gib:7.2f}" if isinstance(v, int) else f"{'-':>7s}"
         step = f"{r['step_time_s']:7.3f}" if "step_time_s" in r else f"{'-':>7s}"
         params = f"{r['num_params'] / 1e9:6.2f}B" if "num_params" in r else f"{'-':>7s}"
-        lines.append(f"{r['case']:26s} {r['seq_len']:6d} {'yes ' if r['gradient_checkpointing'] else 'no  '} "
-                     f"{params} {g('weights_allocated_bytes')} {g('peak_allocated_bytes')} "
+        lines.append(f"{r['case']:34s} {r['seq_len']:6d} {'yes ' if r['gradient_checkpointing'] else 'no  '} "
+                     f"{r.get('model_output', 'kept'):6s} {params} {g('weights_allocated_bytes')} {g('peak_allocated_bytes')} "
                      f"{g('peak_reserved_bytes')} {step} {r['status']}")
     return lines
 
@@ -241,7 +317,17 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True, help="output JSON path")
     ap.add_argument("--smoke", action="store_true", help="tiny models on the CPU")
     ap.add_argument("--cases", default="", help="comma list of case names (default: all)")
+    ap.add_argument("--matrix", choices=sorted(MATRICES), default="default",
+                    help="which case list to run (see the module docstring)")
+    ap.add_argument("--forms", default="kept",
+                    help="comma list of training-loop forms: freed, kept (default: kept)")
     args = ap.parse_args(argv)
+    forms = [f for f in args.forms.split(",") if f]
+    bad = [f for f in forms if f not in FORMS]
+    if bad or not forms:
+        print(f"--forms: {','.join(bad) or 'empty'} is not a comma list of {', '.join(FORMS)}",
+              file=sys.stderr)
+        return 2
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
     if device.type != "cuda" and not args.smoke:
         print("no CUDA device; use --smoke for a CPU logic check", file=sys.stderr)
@@ -257,24 +343,32 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
     t_start = time.perf_counter()
-    for name, key, overrides, seqs, ckpts, optimizer in FULL_CASES:
+    cases = MATRICES[args.matrix]
+    unknown = wanted - {c[0] for c in cases}
+    if unknown:
+        print(f"--cases: {','.join(sorted(unknown))} not in the {args.matrix} matrix",
+              file=sys.stderr)
+        return 2
+    plan: list[tuple[str, str, dict, int, bool, str | None, str]] = []
+    for name, key, overrides, seqs, ckpts, optimizer in cases:
         if wanted and name not in wanted:
             continue
-        for s in seqs:
-            seq = 64 if args.smoke else s
-            for ckpt in ckpts:
-                cfg = build_config_dict(models[key]["config"], overrides, seq, args.smoke)
-                t0 = time.perf_counter()
-                rec = run_case(name=name, model_key=key, cfg_dict=cfg, overrides=overrides,
-                               seq_len=seq, checkpointing=ckpt, optimizer=optimizer,
-                               device=device, num_timed=1 if args.smoke else 3)
-                rec["wall_s"] = time.perf_counter() - t0
-                records.append(rec)
-                print(summary_lines([rec])[1], f"({rec['wall_s']:.1f} s)", flush=True)
-                prov["wall_s"] = time.perf_counter() - t_start
-                out.write_text(StepsFile(provenance=prov, records=records).to_json())
-            if args.smoke:
-                break  # one length per case is enough for a logic check
+        for s in seqs[:1] if args.smoke else seqs:  # one length per case is enough on the CPU
+            plan.extend((name, key, overrides, 64 if args.smoke else s, ckpt, optimizer, form)
+                        for ckpt in ckpts for form in forms)
+    for i, (name, key, overrides, seq, ckpt, optimizer, form) in enumerate(plan, 1):
+        cfg = build_config_dict(models[key]["config"], overrides, seq, args.smoke)
+        t0 = time.perf_counter()
+        rec = run_case(name=name, model_key=key, cfg_dict=cfg, overrides=overrides,
+                       seq_len=seq, checkpointing=ckpt, optimizer=optimizer,
+                       device=device, num_timed=1 if args.smoke else 3,
+                       model_output=form)
+        rec["wall_s"] = time.perf_counter() - t0
+        records.append(rec)
+        print(f"[{i}/{len(plan)} {time.perf_counter() - t_start:6.1f} s]",
+              summary_lines([rec])[1], f"({rec['wall_s']:.1f} s)", flush=True)
+        prov["wall_s"] = time.perf_counter() - t_start
+        out.write_text(StepsFile(provenance=prov, records=records).to_json())
     print("\n".join(summary_lines(records)))
     print(f"[measure_steps] wrote {len(records)} records to {out} "
           f"in {time.perf_counter() - t_start:.1f} s")

@@ -38,6 +38,11 @@ class StepRecord(RecordModel):
     gradient_checkpointing: bool
     optimizer: str | None
     """``None`` (no optimizer step), ``adamw_foreach`` or ``adamw_fused``."""
+    model_output: Literal["freed", "kept"] = "kept"
+    """The training loop's form: ``freed`` (``loss = model(...).loss; loss.backward()``, the
+    output object and its logits die before backward) or ``kept`` (``out = model(...);
+    out.loss.backward()``, ``out.logits`` alive through the step). Records made before the field
+    existed ran the kept form."""
     use_cache: bool
     config: dict[str, Any]
     """The config.json the model was built from (after overrides)."""
@@ -63,6 +68,9 @@ class StepRecord(RecordModel):
     memory_stats: dict[str, int | None] | None = None
     """Selected ``torch.cuda.memory_stats`` keys after the last step."""
     loss: float | None = None
+    logits_alive_at_backward: bool | None = None
+    """Whether the LM head's output was still alive when backward began (last timed step):
+    the evidence of ``model_output`` (True for kept, False for freed); None in older records."""
     step_times_s: list[float] | None = None
     step_time_s: float | None = Field(None, gt=0)
     """Median of step_times_s."""

@@ -113,3 +113,47 @@ def test_scenario_file_with_override(tmp_path, capsys):
     code, out, _ = _run(capsys, "estimate", str(sc), "--seq-len", "32K", "--json")
     assert code == 0
     assert json.loads(out)["seq_len"] == 32768
+
+
+def test_the_loop_form_is_a_flag_and_the_json_says_which_was_assumed(capsys):
+    """Llama-3.1-8B + AdamW + gradient checkpointing at 48K on one H200: the loop that keeps
+    ``out.logits`` through backward does not fit, HF Trainer's loop (the default) does; the
+    difference is the bf16 logits, 48K x 128256 x 2 bytes."""
+    common = ("estimate", "--model", "llama-3.1-8b", "--seq-len", "48K", "--optimizer", "adamw",
+              "--optimizer-state-dtype", "bf16", "--checkpointing", "full", "--json")
+    by_form = {}
+    for extra in ((), ("--model-output", "freed"), ("--model-output", "kept")):
+        code, out, _ = _run(capsys, *common, *extra)
+        assert code == 0
+        d = json.loads(out)
+        by_form[extra[-1] if extra else "default"] = d
+    assert by_form["default"] == by_form["freed"]
+    assert by_form["freed"]["model_output"] == "freed" and by_form["kept"]["model_output"] == "kept"
+    assert by_form["freed"]["fits"] is True and by_form["kept"]["fits"] is False
+    diff = by_form["kept"]["peak_allocated_bytes"] - by_form["freed"]["peak_allocated_bytes"]
+    assert diff == 48 * 1024 * 128256 * 2
+    assert by_form["kept"]["step_time_s"] == by_form["freed"]["step_time_s"]
+
+
+def test_a_bare_stack_reports_the_loop_form_it_has(capsys):
+    """The probe stack's caller holds its output whatever the job says; the estimate says so."""
+    outs = []
+    for form in ("freed", "kept"):
+        code, out, _ = _run(capsys, "estimate", "--model", "probe-llama7b-stack", "--seq-len", "8K",
+                            "--optimizer", "none", "--model-output", form, "--json")
+        assert code == 0
+        outs.append(json.loads(out))
+    assert outs[0] == outs[1] and outs[0]["model_output"] == "kept"
+
+
+def test_the_loop_form_is_for_training_only(capsys):
+    code, _, err = _run(capsys, "estimate", "--mode", "infer", "--model", "llama-3.2-1b",
+                        "--prompt-len", "4K", "--model-output", "kept")
+    assert code == 2 and "--model-output: only for mode train" in err
+
+
+def test_the_loop_form_choices_are_the_schemas():
+    from simulator.job import MODEL_OUTPUTS
+    from tierplan.commands import estimate
+
+    assert estimate.MODEL_OUTPUTS == MODEL_OUTPUTS and set(estimate.MODEL_OUTPUT_ROW) == set(MODEL_OUTPUTS)

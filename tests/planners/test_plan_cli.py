@@ -109,12 +109,14 @@ def test_time_limit_without_incumbent_returns_the_best_baseline_not_infeasible(c
     mip = next(s for s in d["strategies"] if s["name"] == "mip")
     baselines = [s for s in d["strategies"] if s["name"] != "mip" and s["feasible"]]
     fastest = min(baselines, key=lambda s: s["step_time_s"])
-    assert mip["feasible"] and mip["step_time_s"] == fastest["step_time_s"]
+    # the fastest baseline's layer decisions, replayed in the MIP variant that runs them fastest
+    # (here with SwiGLU's activation recomputed): never slower than the baseline as listed
+    assert mip["feasible"] and mip["step_time_s"] <= fastest["step_time_s"]
     assert mip["reason"].startswith(f"{fastest['name']}'s plan (time limit:")
     plan = load_plan(tmp_path / "plan.json")
     assert plan.provenance.planner == d["best"]
-    # the MIP's row carries the status and the baseline's gap against the solver's bound
-    assert d["best"] == fastest["name"]
+    # the best is that baseline, or the MIP's row where its variant replays the decisions faster
+    assert d["best"] == (fastest["name"] if mip["step_time_s"] == fastest["step_time_s"] else "mip")
 
 
 def test_time_limit_status_and_gap_of_the_fallback(monkeypatch):
@@ -130,7 +132,11 @@ def test_time_limit_status_and_gap_of_the_fallback(monkeypatch):
                         time_limit_s=0.4)
     mip = rep.result("mip")
     assert mip.feasible and mip.plan.provenance.status.startswith("time_limit:fallback:")
-    assert mip.plan.provenance.gap == pytest.approx(1.0 - 1.0 / mip.step_time_s)
+    # the gap is the baseline's own step time against the solver's bound (1 s here); the MIP's
+    # variant may replay the baseline's decisions a little faster, so it is never understated
+    baseline = rep.result(mip.plan.provenance.status.rsplit(":", 1)[1])
+    assert mip.plan.provenance.gap == pytest.approx(1.0 - 1.0 / baseline.step_time_s)
+    assert mip.plan.provenance.gap >= 1.0 - 1.0 / mip.step_time_s
     assert not rep.timed_out
 
 

@@ -253,3 +253,17 @@ def test_scenario_file_errors(tmp_path):
 def test_scenario_validates_when_built_in_python():
     with pytest.raises(ValidationError, match="cross_entropy needs an LM head"):
         ScenarioFile(model="probe-llama7b-stack", job=TrainJob(seq_len=8), hardware="1xH200")
+
+
+def test_model_output_defaults_to_freed_and_is_dumped_only_when_kept():
+    """Files and content hashes written before the field existed (every committed plan) read the
+    same: the default form is left out of dumps."""
+    freed = TrainJob(seq_len=4096)
+    kept = TrainJob(seq_len=4096, model_output="kept")
+    assert freed.model_output == "freed"
+    assert "model_output" not in freed.model_dump() and "model_output" not in freed.model_dump_json()
+    assert kept.model_dump()["model_output"] == "kept"
+    assert parse_job(kept.model_dump(mode="json")) == kept
+    assert TrainJob.model_validate_json(freed.model_dump_json()) == freed
+    with pytest.raises(ValidationError, match="model_output"):
+        TrainJob(seq_len=4096, model_output="held")

@@ -264,6 +264,20 @@ def test_bad_input_is_reported():
         trace_training_step(_toy(1), _x(), checkpointing="selective")
     with pytest.raises(UserInputError, match="attention_backend"):
         trace_training_step(_toy(1), _x(), attention_backend="math")
+    with pytest.raises(UserInputError, match="model_output"):
+        trace_training_step(_toy(1), _x(), model_output="held")
+
+
+def test_a_freed_output_dies_before_backward_and_a_kept_one_after():
+    """The toy stack returns its output; the default loss upcasts it (to_copy saves nothing),
+    so a loop that drops it frees it in the loss phase, one that keeps it holds it to the end."""
+    freed_in = {}
+    for form in ("freed", "kept"):
+        w = trace_training_step(_toy(1), _x(), model_output=form)
+        last_fwd = [op for op in w.ops if op.phase == Phase.FWD][-1]
+        stack_out = last_fwd.allocs[-1]  # the last layer's residual add
+        freed_in[form] = [op.phase for op in w.ops if stack_out in op.frees]
+    assert freed_in == {"freed": [Phase.LOSS], "kept": []}
 
 
 def test_hugging_face_llama_traces_with_roles_and_loss():
@@ -325,25 +339,26 @@ H200_PROBE_PEAK_BYTES = {
 def test_probe_stack_peak_matches_h200(tokens, mode):
     with torch.device("meta"):
         model = Stack(4)
-    w = trace_training_step(model, _x(s=tokens, h=4096), grads_persist=True, checkpointing=mode)
+    # hwprobe.py's loop holds the stack output through backward
+    w = trace_training_step(model, _x(s=tokens, h=4096), grads_persist=True, checkpointing=mode,
+                            model_output="kept")
     measured = H200_PROBE_PEAK_BYTES[(tokens, mode)]
     peak = walk_memory(w).peak_bytes
     assert abs(peak - measured) / measured < 0.03, (peak / GiB, measured / GiB)
 
 
+H200_DIR = Path(__file__).resolve().parents[2] / "validate" / "measurements" / "h200"
 STEPS_H200 = (
-    Path(__file__).resolve().parents[2]
-    / "validate"
-    / "measurements"
-    / "h200"
-    / "steps-h200-2026-11-28-r2.json"
+    H200_DIR / "steps-h200-2026-11-28-r2.json",  # the kept loop (out = model(...))
+    H200_DIR / "steps-loopform-h200-2026-12-02.json",  # both loop forms, once measured
 )
 
 
 def _hf_step_records():
-    if not STEPS_H200.exists():
-        return []
-    records = json.loads(STEPS_H200.read_text())["records"]
+    records = []
+    for path in STEPS_H200:
+        if path.exists():
+            records += json.loads(path.read_text())["records"]
     return [r for r in records if r.get("status") == "ok" and not r["optimizer"]]
 
 
@@ -351,7 +366,8 @@ def _hf_step_records():
 @pytest.mark.parametrize(
     "record",
     _hf_step_records(),
-    ids=lambda r: f"{r['case']}-{r['seq_len']}-gc{int(r['gradient_checkpointing'])}",
+    ids=lambda r: (f"{r['case']}-{r['seq_len']}-gc{int(r['gradient_checkpointing'])}"
+                   f"-{r.get('model_output', 'kept')}"),
 )
 def test_hugging_face_step_peak_matches_h200(record):
     """validate/measure_steps.py on one H200: grads set to None before the step, no KV cache."""
@@ -368,7 +384,8 @@ def test_hugging_face_step_peak_matches_h200(record):
         return {"input_ids": ids, "labels": ids, "use_cache": False}
 
     mode = "full" if record["gradient_checkpointing"] else "none"
-    walk = walk_memory(trace_training_step(model, inputs, checkpointing=mode))
+    walk = walk_memory(trace_training_step(model, inputs, checkpointing=mode,
+                                           model_output=record.get("model_output", "kept")))
     measured = record["peak_allocated_bytes"]
     assert abs(walk.peak_bytes - measured) / measured < 0.03, (
         walk.peak_bytes / GiB,

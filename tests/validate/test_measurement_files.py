@@ -20,7 +20,7 @@ MEASUREMENTS = REPO / "validate" / "measurements"
 H200 = MEASUREMENTS / "h200"
 ALL_FILES = sorted(MEASUREMENTS.rglob("*.json"))
 MICROBENCH_FILES = sorted(H200.glob("microbench-h200-*.json"))
-STEPS_FILES = sorted(H200.glob("steps-h200-*.json"))
+STEPS_FILES = sorted(H200.glob("steps-*h200-*.json"))  # steps-h200-*, steps-loopform-h200-*
 
 
 def _check_provenance(prov):
@@ -94,9 +94,9 @@ def test_steps_file(path):
         assert r.num_params * 2 == r.param_bytes  # bf16 parameters
 
 
-def _smoke(script, model, tmp_path):
+def _smoke(script, model, tmp_path, *args):
     out = tmp_path / "out.json"
-    proc = subprocess.run([sys.executable, str(REPO / script), "--smoke", "--out", str(out)],
+    proc = subprocess.run([sys.executable, str(REPO / script), "--smoke", "--out", str(out), *args],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = model.model_validate_json(out.read_text())  # what the script wrote, its reader reads
@@ -134,3 +134,27 @@ def test_a_plan_run_file_holds_a_case_whose_process_failed():
         PlanCase(case="c", status="ok")
     with pytest.raises(ValueError, match="message"):
         PlanCase(case="d", status="error")
+
+
+def test_measure_steps_loopform_smoke_on_cpu(tmp_path):
+    """The matrix of both training-loop forms: every case builds and runs in both forms, and
+    each record carries the evidence of its form (logits dead or alive when backward starts)."""
+    from validate.measure_steps import LOOPFORM_CASES
+
+    records = _smoke("validate/measure_steps.py", StepsFile, tmp_path,
+                     "--matrix", "loopform", "--forms", "freed,kept")
+    assert records and all(r["status"] == "ok" for r in records), records
+    expected = {(c[0], ckpt, form) for c in LOOPFORM_CASES for ckpt in c[4]
+                for form in ("freed", "kept")}
+    assert {(r["case"], r["gradient_checkpointing"], r["model_output"]) for r in records} == expected
+    for r in records:
+        assert r["logits_alive_at_backward"] is (r["model_output"] == "kept"), r["case"]
+    assert any(r["optimizer"] == "adamw_fused" and r["gradient_checkpointing"] for r in records)
+
+
+def test_measure_steps_rejects_an_unknown_form(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "validate/measure_steps.py"), "--smoke",
+                           "--out", str(tmp_path / "x.json"), "--forms", "freed,held"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--forms: held" in proc.stderr
+    assert not (tmp_path / "x.json").exists()

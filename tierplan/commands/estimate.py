@@ -2,9 +2,9 @@
 
 tierplan estimate [SCENARIO.yaml] [--model NAME|config.json] [--layers N] [--seq-len 128K]
                   [--batch N] [--mode train|infer] [--checkpointing none|full|selective]
-                  [--optimizer none|sgd|adamw] [--tp N] [--sp] [--cp N] [--cp-kind ring|ulysses]
-                  [--dp N] [--zero N] [--prompt-len N] [--gen-len N] [--kv-quant ...]
-                  [--hardware NODE] [--json]
+                  [--optimizer none|sgd|adamw] [--model-output freed|kept] [--tp N] [--sp]
+                  [--cp N] [--cp-kind ring|ulysses] [--dp N] [--zero N] [--prompt-len N]
+                  [--gen-len N] [--kv-quant ...] [--hardware NODE] [--json]
 
 With neither a scenario nor --model, the built-in default scenario is used. Flags override the
 scenario's fields; everything is validated by the scenario schema (simulator.job), so a bad
@@ -44,6 +44,7 @@ def add_scenario_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=("none", "sgd", "adamw"))
     p.add_argument("--optimizer-state-dtype", help="dtype of AdamW moments (default fp32)")
     p.add_argument("--mlp-activation", choices=MLP_ACTIVATIONS, help=MLP_ACTIVATION_HELP)
+    p.add_argument("--model-output", choices=MODEL_OUTPUTS, help=MODEL_OUTPUT_HELP)
     p.add_argument("--master-weights", action="store_true", default=None,
                    help="keep an fp32 master copy of the weights")
     p.add_argument("--grads-persist", action="store_true", default=None,
@@ -73,6 +74,14 @@ MLP_ACTIVATIONS = ("saved", "recomputed")
 MLP_ACTIVATION_HELP = ("SwiGLU's silu(gate) and product: saved for backward (default) or recomputed "
                        "in backward from the gate/up output (train)")
 
+MODEL_OUTPUTS = ("freed", "kept")  # simulator.job.MODEL_OUTPUTS, not imported: --help stays instant
+MODEL_OUTPUT_HELP = ("the training loop drops the model's output before backward, `loss = "
+                     "model(...).loss` (freed, default: HF Trainer), or holds it and its logits, "
+                     "`out = model(...); out.loss.backward()` (kept) (train)")
+
+MODEL_OUTPUT_ROW = {"freed": "freed before backward (loss = model(...).loss)",
+                    "kept": "kept through backward (out = model(...))"}
+
 _JOB_FLAGS = {
     "seq_len": "seq_len",
     "checkpointing": "checkpointing",
@@ -81,6 +90,7 @@ _JOB_FLAGS = {
     "master_weights": "master_weights",
     "grads_persist": "grads_persist",
     "mlp_activation": "mlp_activation",
+    "model_output": "model_output",
     "dtype": "param_dtype",
     "prompt_len": "prompt_len",
     "gen_len": "gen_len",
@@ -199,6 +209,7 @@ def _print(est, scenario, strategies=()) -> None:
         if est.comm_time_s:
             perf.add_row("  exposed communication", format_seconds(est.comm_time_s))
         perf.add_row("MFU (datasheet peak)", f"{est.mfu:.1%}")
+        perf.add_row("model output", MODEL_OUTPUT_ROW[est.model_output])
         perf.add_row("tokens/s (whole job)", f"{est.tokens_per_s:,.0f}")
         perf.add_row("GPUs", str(est.num_gpus))
     else:
