@@ -59,6 +59,10 @@ def test_plan_for_expandable_segments_certifies_reserved_under_the_budget(capsys
     plan = load_plan(tmp_path / "plan.json")
     assert plan.scenario.job.allocator == "expandable"
     assert plan.prediction.peak_reserved_bytes <= 48 * GiB
+    table = _run(capsys, "plan", "--model", "probe-llama7b-stack", "--layers", "2", "--seq-len", "16K",
+                 "--optimizer", "none", "--hardware", "1xH200", "--allocator", "expandable",
+                 "--time-limit", "2")
+    assert "reserved (expandable)" in table
     sim = json.loads(_run(capsys, "simulate", "--plan", str(tmp_path / "plan.json"), "--json"))
     assert sim["allocator"] == "expandable"
     assert sim["peak_reserved_bytes"] == plan.prediction.peak_reserved_bytes

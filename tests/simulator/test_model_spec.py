@@ -423,3 +423,18 @@ def test_mixtral_written_as_mistral_does_not_lose_its_experts():
     # the same keys set to nothing (a dense model's config written by a generic tool) are fine
     dense = {**MIXTRAL_AS_MISTRAL, "num_local_experts": None, "num_experts_per_tok": 0}
     assert ModelSpec.from_hf_config(dense).num_layers == 32
+
+
+@pytest.mark.parametrize("name,per_layer", [
+    # q (h x h + h bias), k and v (h x 512 + 512 bias each), o (h x h), gate/up/down (3 h f),
+    # two RMSNorm weights; no embedding, no final norm, no head
+    ("qwen2-7b-stack", 3584 * 3584 + 3584 + 2 * (3584 * 512 + 512) + 3584 * 3584
+     + 3 * 3584 * 18944 + 2 * 3584),
+    ("mistral-7b-stack", 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096),
+    ("llama-3-8b-stack", 2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096),
+])
+def test_bench_stacks_count_eight_bare_layers_by_hand(name, per_layer):
+    spec = get_model(name)
+    assert spec.num_layers == 8 and not spec.has_embedding and not spec.has_lm_head
+    assert spec.num_params() == 8 * per_layer
+    assert spec.sliding_window is None and spec.position == "rope"

@@ -19,7 +19,8 @@ def tiny(preset: str, **over) -> ModelSpec:
 
 
 @pytest.mark.parametrize(
-    "preset", ["llama-3.2-1b", "probe-llama7b-stack", "qwen2-7b", "qwen3-8b", "mistral-7b"]
+    "preset", ["llama-3.2-1b", "probe-llama7b-stack", "qwen2-7b", "qwen3-8b", "mistral-7b",
+               "qwen2-7b-stack", "mistral-7b-stack", "llama-3-8b-stack"]
 )
 def test_parameter_count_equals_spec(preset):
     over = {"sliding_window": None} if preset == "mistral-7b" else {}

@@ -105,7 +105,9 @@ def run(args: argparse.Namespace) -> int:
             out["status"] = "time_limit" if report.timed_out else "infeasible"
         print(json.dumps(out, sort_keys=True))
     else:
-        _print(report, scenario, model, node)
+        # the allocator the reserved peaks are for: the planner's, else the job's
+        _print(report, scenario, model, node,
+               allocator=args.allocator if args.allocator != "planned" else scenario.job.allocator)
     if report.best is None:
         import sys
 
@@ -138,7 +140,7 @@ def write_outputs(report, out_dir) -> list:
     return [out / name for name in writers]
 
 
-def _print(report, scenario, model, node) -> None:
+def _print(report, scenario, model, node, *, allocator: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -156,7 +158,7 @@ def _print(report, scenario, model, node) -> None:
              f" - budgets {format_bytes(scenario.gpu_budget_bytes)} HBM/GPU, "
              f"{format_bytes(scenario.host_budget_bytes)} host")
     table = Table(title=title, title_justify="left")
-    reserved_col = f"reserved ({job.allocator})"
+    reserved_col = f"reserved ({allocator})"
     for col in ("strategy", "feasible", "step time", "MFU", "HBM peak", reserved_col, "host peak",
                 "why not / note"):
         table.add_column(col, justify="left" if col in ("strategy", "feasible", "why not / note")
