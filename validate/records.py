@@ -283,6 +283,7 @@ class ReferenceProbe(RecordModel):
 
 
 _BY_NAME: tuple[tuple[str, type[RecordModel]], ...] = (
+    ("bench-measured.json", BenchFile),  # bench.py run's own name for its file
     ("-comparison.json", ComparisonFile),
     ("comparison.json", ComparisonFile),
     ("-measured.json", PlanRunFile),
