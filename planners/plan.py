@@ -464,11 +464,13 @@ def load_plan(path: str | pathlib.Path) -> Plan:
     """Read a plan file; a malformed one raises UserInputError naming the file and field."""
     from hwmodels.units import UserInputError
 
+    from hwmodels.userfile import read_user_json
+
     p = pathlib.Path(path)
     try:
-        data = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, RecursionError, json.JSONDecodeError) as err:
-        raise UserInputError(f"{p}: cannot read a plan: {err}") from None
+        data = read_user_json(p)  # a regular file of bounded size and depth, or one line
+    except UserInputError as err:
+        raise UserInputError(f"cannot read a plan: {err}") from None
     return plan_from_data(data, where=str(p))
 
 
