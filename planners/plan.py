@@ -64,7 +64,7 @@ def node_tiers(node: Any) -> tuple[str, ...]:
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class RoleAction(_Frozen):
@@ -470,7 +470,8 @@ def load_plan(path: str | pathlib.Path) -> Plan:
     try:
         data = read_user_json(p)  # a regular file of bounded size and depth, or one line
     except UserInputError as err:
-        raise UserInputError(f"cannot read a plan: {err}") from None
+        reason = str(err).removeprefix(f"{p}: ")
+        raise UserInputError(f"{p}: cannot read a plan: {reason}") from None
     return plan_from_data(data, where=str(p))
 
 
