@@ -47,7 +47,7 @@ def content_sha256(spec: BaseModel) -> str:
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ScenarioHashes(_Frozen):

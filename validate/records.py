@@ -256,7 +256,8 @@ class ReferenceProbe(RecordModel):
     """A public reference probe (hwprobe.py, hostprobe.py): its own flat format, read by
     hwmodels.calibrate; only its torch version is common to every probe."""
 
-    model_config = ConfigDict(frozen=True, extra="allow", use_attribute_docstrings=True)
+    model_config = ConfigDict(frozen=True, extra="allow", allow_inf_nan=False,
+                              use_attribute_docstrings=True)
 
     torch: str
 
