@@ -463,7 +463,6 @@ def validation_line(err: Exception) -> str:
 def load_plan(path: str | pathlib.Path) -> Plan:
     """Read a plan file; a malformed one raises UserInputError naming the file and field."""
     from hwmodels.units import UserInputError
-
     from hwmodels.userfile import read_user_json
 
     p = pathlib.Path(path)
