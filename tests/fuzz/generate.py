@@ -509,7 +509,7 @@ def gen_config(rng: random.Random, bases: Bases, marker: str) -> Draft:
     doc, kind, invalid, needles = _tree_mutation(rng, HF_CONFIG, ints=tuple((k,) for k in HF_CONSTRAINED),
                                                  required=(("model_type",), ("hidden_size",)),
                                                  strings=(("model_type",),))
-    if kind == "extra":
+    if kind.startswith("extra"):
         invalid = None
     return Draft(command, f"config {kind}", argv, [File("in/config.json", data=dumps(doc).encode())],
                  invalid, needles + ("in/config.json",))
@@ -723,13 +723,13 @@ def gen_snapshot(rng: random.Random, bases: Bases, marker: str) -> Draft:
 
 
 def _records_draft(rng: random.Random, command: str, argv: list[str], name: str, base: dict[str, Any],
-                   numbers: tuple) -> Draft:
+                   numbers: tuple, required: tuple = (("records",),)) -> Draft:
     valid = dumps(base).encode()
     r = rng.random()
     if r < 0.3:
         files, invalid = file_not_what_it_claims(rng, name, valid)
         return Draft(command, "measurement file", argv, files, invalid, (name, "--measurements", "--measured"))
-    doc, kind, invalid, needles = _tree_mutation(rng, base, numbers=numbers, required=(("records",),))
+    doc, kind, invalid, needles = _tree_mutation(rng, base, numbers=numbers, required=required)
     if kind.startswith("extra"):
         invalid = None
     if command == "hw calibrate" and kind.startswith("missing"):
@@ -760,7 +760,7 @@ def gen_measurements(rng: random.Random, bases: Bases, marker: str) -> Draft:
         return _records_draft(rng, which, argv, name, bases.steps, numbers)
     name = "in/measured.json"
     argv = ["bench", "report", "--measured", name, "--json"]
-    d = _records_draft(rng, which, argv, name, bases.bench_measured, ())
+    d = _records_draft(rng, which, argv, name, bases.bench_measured, (), required=(("cells",),))
     d.limit_s = BASE_SECONDS + 5.0  # the report re-predicts every cell
     return d
 
