@@ -99,7 +99,10 @@ INDEX_SCHEMA_VERSION = 1
 
 # ---- grid --------------------------------------------------------------------------------------
 def parse_lengths(text: str) -> list[int]:
-    return [parse_count(v.strip(), field="--lengths") for v in text.split(",") if v.strip()]
+    out = [parse_count(v.strip(), field="--lengths") for v in text.split(",") if v.strip()]
+    if not out:
+        raise UserInputError(f"--lengths: expected lengths such as 16K,32K, got {text!r}")
+    return out
 
 
 def parse_budgets(text: str) -> list[str]:
@@ -896,6 +899,11 @@ def print_table(rep: dict[str, Any]) -> None:
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UserInputError(f"{self.prog}: {message}")
+
+    def _get_values(self, action, arg_strings):  # type: ignore[no-untyped-def]
+        if action.option_strings and action.nargs is None and arg_strings == ["--"]:
+            self.error(f"argument {action.option_strings[0]}: expected a value, got '--'")
+        return super()._get_values(action, arg_strings)
 
 
 def _number(maximum: float):

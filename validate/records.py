@@ -168,8 +168,8 @@ class BenchCell(RecordModel):
     budget: str
     """Budget label (``full``, ``48G``, ...)."""
     budget_bytes: int = Field(gt=0)
-    mode: str
-    """Strategy or executor mode of the cell."""
+    mode: Literal["none", "checkpoint", "save_on_cpu", "memo", "mip", "ideal"]
+    """Strategy or executor mode of the cell (bench.MODES, or ``ideal``: the fewer-layer run)."""
     plan: str | None
     """Plan file name inside the plans directory (none when the planner found no plan)."""
     num_layers: int = Field(gt=0)
