@@ -481,7 +481,7 @@ def _tree_mutation(rng: random.Random, doc: dict[str, Any], *, ints: tuple = (),
     if choice == "extra":
         parents = [p for p in ((),) + tuple(leaves(doc)) if isinstance(_get(doc, p), dict)]
         parent = rng.choice(parents)
-        key = rng.choice(("unexpected_key", "seq_lenn", "__class__", "tp "))
+        key = rng.choice(("unexpected_key", "seq_lenn", "__class__", "Tp"))
         return (set_path(doc, parent + (key,), 1) if parent else {**doc, key: 1}), \
             f"extra {'.'.join(map(str, parent + (key,)))}", None, (key,)
     if choice == "top_list":
@@ -608,8 +608,10 @@ def gen_plan(rng: random.Random, bases: Bases, marker: str) -> Draft:
         files, invalid = file_not_what_it_claims(rng, name, valid)
         return Draft(command, "plan file", argv, files, invalid, (name,))
     if r < 0.45:
-        # a hand edit of the embedded scenario, hashes left alone: the plan no longer matches
-        scen_paths = [p for p in leaves(plan) if p and p[0] == "scenario"
+        # a hand edit of the embedded model, job or node, hashes left alone: the plan no longer
+        # matches (the budgets beside them are not hashed: they are the plan's question, not its input)
+        scen_paths = [p for p in leaves(plan) if len(p) > 1 and p[0] == "scenario"
+                      and p[1] in ("model", "job", "node")
                       and isinstance(_get(plan, p), int | float) and not isinstance(_get(plan, p), bool)]
         path = rng.choice(scen_paths)
         old = _get(plan, path)

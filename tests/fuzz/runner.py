@@ -44,7 +44,8 @@ WARM_IMPORTS = ("pydantic", "yaml", "rich.console", "rich.table", "numpy", "simu
                 "planners.plan", "planners.swap", "planners.layout.plan", "planners.layout.instance",
                 "planners.layout.snapshot", "planners.layout.plan_buffers", "planners.layout.plot",
                 "hwmodels.calibrate", "validate.compare", "validate.bench", "pulp", "highspy",
-                "matplotlib.pyplot", "simulator.des.trace")
+                "matplotlib.pyplot", "simulator.des.trace", "torch", "validate.run_plan",
+                "validate.diagnostics")
 
 
 def warm_up() -> None:
