@@ -459,7 +459,8 @@ MODEL_COMMANDS: dict[str, list[str]] = {
 
 
 def _tree_mutation(rng: random.Random, doc: dict[str, Any], *, ints: tuple = (), strings: tuple = (),
-                   required: tuple = (), numbers: tuple = ()) -> tuple[Any, str, bool | None, tuple]:
+                   required: tuple = (), numbers: tuple = (), nullable: tuple = (),
+                   ) -> tuple[Any, str, bool | None, tuple]:
     """One mutation of a JSON document: (new doc, kind, invalid, needles)."""
     choice = rng.choice(("int", "int", "string", "number", "missing", "extra", "leaf", "leaf",
                          "top_list", "top_scalar"))
@@ -473,7 +474,8 @@ def _tree_mutation(rng: random.Random, doc: dict[str, Any], *, ints: tuple = (),
         return set_path(doc, path, value), f"number {'.'.join(map(str, path))}", True, path_needles(path)
     if choice == "string" and strings:
         path = rng.choice(strings)
-        value = rng.choice(STRING_BAD + ("no-such-thing", ""))
+        value = rng.choice(tuple(v for v in STRING_BAD if v is not None or path not in nullable)
+                           + ("no-such-thing", ""))
         return set_path(doc, path, value), f"string {'.'.join(map(str, path))}", True, path_needles(path)
     if choice == "missing" and required:
         path = rng.choice(required)
@@ -582,7 +584,7 @@ def gen_node(rng: random.Random, bases: Bases, marker: str) -> Draft:
         files, invalid = file_not_what_it_claims(rng, name, valid)
         return Draft(command, "node file", argv, files, invalid, (name,))
     doc, kind, invalid, needles = _tree_mutation(rng, NODE, ints=(("num_gpus",),), strings=NODE_STRINGS,
-                                                 required=NODE_REQUIRED)
+                                                 required=NODE_REQUIRED, nullable=(("profile",),))
     if kind.startswith("extra"):
         invalid = True
     return Draft(command, f"node {kind}", argv, [File(name, data=dumps(doc).encode())], invalid,
