@@ -121,10 +121,10 @@ def _lookup(name: str, kind: str | None) -> tuple[str, Path]:
 def _resolve(value: Any, kind: str, where: Path, field: str) -> Any:
     """Replace a preset reference (string, or dict with ``preset``) by the preset's data."""
     if isinstance(value, str):
-        return _raw(value, kind)
+        return _raw_named(value, kind, where, field)
     if isinstance(value, dict) and "preset" in value:
         overrides = dict(value)
-        base = dict(_raw(str(overrides.pop("preset")), kind))
+        base = dict(_raw_named(str(overrides.pop("preset")), kind, where, f"{field}.preset"))
         sources = dict(base.get("sources", {}))
         own_sources = overrides.pop("sources", {})
         if not isinstance(own_sources, dict):
@@ -139,6 +139,15 @@ def _resolve(value: Any, kind: str, where: Path, field: str) -> Any:
     if isinstance(value, dict):
         return _resolve_children(value, where, kind)
     return value
+
+
+def _raw_named(name: str, kind: str, where: Path, field: str) -> dict[str, Any]:
+    """``_raw`` for a preset a file names: an unknown name is reported with the file and field."""
+    try:
+        _lookup(name, kind)
+    except UserInputError as err:
+        raise UserInputError(f"{_display(where)}: {field}: {err}") from None
+    return _raw(name, kind)
 
 
 def _resolve_children(data: dict[str, Any], where: Path, parent_kind: str) -> dict[str, Any]:

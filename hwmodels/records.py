@@ -29,6 +29,7 @@ class RecordModel(BaseModel):
 
     model_config = ConfigDict(
         frozen=True,
+        allow_inf_nan=False,  # a measured time of inf or nan would pass every bound
         extra="forbid",
         use_attribute_docstrings=True,
         validate_by_name=True,

@@ -90,7 +90,8 @@ Seconds = Annotated[float, BeforeValidator(_as_seconds), Field(le=MAX_SECONDS)]
 class _Spec(BaseModel):
     """Frozen, strict base: unknown fields are errors, attribute docstrings become descriptions."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False,
+                              use_attribute_docstrings=True)
 
 
 class _Sourced(_Spec):

@@ -146,7 +146,10 @@ def parse_yaml_text(text: str, where: str) -> Any:
     """YAML text -> plain data through the bounded SafeLoader; errors are one UserInputError."""
     import yaml
 
-    loader = _yaml_loader()(text)
+    try:
+        loader = _yaml_loader()(text)  # the reader refuses control characters here
+    except yaml.YAMLError as err:
+        raise UserInputError(f"{where}: malformed YAML: {str(err).splitlines()[0][:80]}") from None
     try:
         data = loader.get_single_data()
     except yaml.MarkedYAMLError as err:

@@ -64,7 +64,7 @@ def node_tiers(node: Any) -> tuple[str, ...]:
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class RoleAction(_Frozen):
@@ -463,12 +463,14 @@ def validation_line(err: Exception) -> str:
 def load_plan(path: str | pathlib.Path) -> Plan:
     """Read a plan file; a malformed one raises UserInputError naming the file and field."""
     from hwmodels.units import UserInputError
+    from hwmodels.userfile import read_user_json
 
     p = pathlib.Path(path)
     try:
-        data = json.loads(p.read_text())
-    except (OSError, UnicodeDecodeError, RecursionError, json.JSONDecodeError) as err:
-        raise UserInputError(f"{p}: cannot read a plan: {err}") from None
+        data = read_user_json(p)  # a regular file of bounded size and depth, or one line
+    except UserInputError as err:
+        reason = str(err).removeprefix(f"{p}: ")
+        raise UserInputError(f"{p}: cannot read a plan: {reason}") from None
     return plan_from_data(data, where=str(p))
 
 

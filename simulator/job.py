@@ -90,7 +90,7 @@ LengthOrZero = Annotated[int, _count(0), Field(ge=0)]
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Parallelism(_Spec):

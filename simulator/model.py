@@ -62,7 +62,7 @@ OVERRIDE_KEY = "tierplan"  # config block for ModelSpec fields a family's own ke
 class ModelSpec(BaseModel):
     """Shape of a decoder-only transformer (one replica, before any parallel sharding)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     name: str = Field(min_length=1)
     """Human name, e.g. a preset name ("llama-3.1-8b") or the HF repo id."""

@@ -47,7 +47,7 @@ def content_sha256(spec: BaseModel) -> str:
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ScenarioHashes(_Frozen):
@@ -177,7 +177,11 @@ def request_scenario(*, scenario_path: str | None = None, model: str | None = No
         spec = spec.with_layers(num_layers)
     from hwmodels.catalog import load_node
 
-    node = load_node(request.hardware)
+    try:
+        node = load_node(request.hardware)
+    except UserInputError as err:  # say which input named the node: the flag or the file's field
+        raise UserInputError(f"{'--hardware' if hardware is not None else f'{where}: hardware'}: "
+                             f"{err}") from None
     try:
         return Scenario.build(spec, request.job, node, gpu_budget_bytes=gpu_budget_bytes,
                               host_budget_bytes=host_budget_bytes)

@@ -62,8 +62,22 @@ if str(REPO) not in sys.path:
 
 from pydantic import ValidationError  # noqa: E402
 
+from hwmodels.limits import MAX_REPEATS, MAX_SECONDS, MAX_TIME_LIMIT_S  # noqa: E402
+from hwmodels.outputs import OutputSet  # noqa: E402
 from hwmodels.records import as_dicts  # noqa: E402
-from hwmodels.units import TFLOPS, GiB, MiB, UserInputError, format_bytes, parse_bytes, parse_count  # noqa: E402
+from hwmodels.units import (  # noqa: E402
+    TFLOPS,
+    GiB,
+    MiB,
+    UserInputError,
+    format_bytes,
+    parse_bytes,
+    parse_count,
+    parse_float,
+    parse_int,
+    validation_error_line,
+)
+from hwmodels.userfile import read_user_json, read_user_text  # noqa: E402
 from validate.records import BenchFile  # noqa: E402
 
 MODEL = "probe-llama7b-stack"
@@ -98,7 +112,10 @@ INDEX_SCHEMA_VERSION = 1
 
 # ---- grid --------------------------------------------------------------------------------------
 def parse_lengths(text: str) -> list[int]:
-    return [parse_count(v.strip(), field="--lengths") for v in text.split(",") if v.strip()]
+    out = [parse_count(v.strip(), field="--lengths") for v in text.split(",") if v.strip()]
+    if not out:
+        raise UserInputError(f"--lengths: expected lengths such as 16K,32K, got {text!r}")
+    return out
 
 
 def parse_budgets(text: str) -> list[str]:
@@ -317,9 +334,11 @@ def load_index(plans_dir: str | Path) -> dict[str, Any]:
     if not Path(plans_dir).is_dir():
         raise UserInputError(f"--plans: {plans_dir} is not a directory (run make-plans first)")
     try:
-        index = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserInputError(f"{path}: cannot read the index: {err}") from None
+        index = read_user_json(path)
+    except UserInputError as err:
+        raise UserInputError(f"--plans: cannot read the index: {err}") from None
+    if not isinstance(index, dict):
+        raise UserInputError(f"--plans: {path}: expected a JSON object")
     if index.get("schema_version") != INDEX_SCHEMA_VERSION:
         raise UserInputError(f"{path}: schema_version: expected {INDEX_SCHEMA_VERSION}")
     return index
@@ -791,10 +810,12 @@ def report_rows(measured_files: list[str | Path], plans_dir: str | Path) -> dict
     provs = []
     for f in measured_files:
         try:
-            data = BenchFile.model_validate_json(Path(f).read_text())
-        except (OSError, ValidationError) as err:
-            first = str(err).splitlines()[0]
-            raise UserInputError(f"--measured: {f}: not a bench-measured file: {first}") from None
+            data = BenchFile.model_validate_json(read_user_text(f))
+        except UserInputError as err:
+            raise UserInputError(f"--measured: {err}") from None
+        except ValidationError as err:
+            raise UserInputError(f"--measured: {f}: not a bench-measured file: "
+                                 f"{validation_error_line(err)}") from None
         cells = as_dicts(data.cells)
         provs.append(data.provenance.model_dump(mode="json", exclude_unset=True))
         after_oom = False
@@ -975,6 +996,31 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UserInputError(f"{self.prog}: {message}")
 
+    def _get_values(self, action, arg_strings):  # type: ignore[no-untyped-def]
+        if action.option_strings and action.nargs is None and arg_strings == ["--"]:
+            self.error(f"argument {action.option_strings[0]}: expected a value, got '--'")
+        return super()._get_values(action, arg_strings)
+
+
+def _number(maximum: float):
+    """argparse type: a finite number in (0, maximum] (nan and inf would lift the limit)."""
+    def convert(text: str) -> float:
+        try:
+            return parse_float(text, field="", maximum=maximum)
+        except UserInputError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return convert
+
+
+def _integer(minimum: int):
+    """argparse type: an integer in [minimum, MAX_REPEATS]."""
+    def convert(text: str) -> int:
+        try:
+            return parse_int(text, field="", minimum=minimum, maximum=MAX_REPEATS)
+        except UserInputError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    return convert
+
 
 def build_parser(prog: str = "validate/bench.py") -> argparse.ArgumentParser:
     ap = _Parser(prog=prog, description=__doc__.splitlines()[0])
@@ -985,7 +1031,8 @@ def build_parser(prog: str = "validate/bench.py") -> argparse.ArgumentParser:
     mk.add_argument("--out", required=True, help="directory for the plan files and index.json")
     mk.add_argument("--lengths", default=",".join(LENGTHS))
     mk.add_argument("--budgets", default=",".join(BUDGETS), help="full and/or sizes (48GiB)")
-    mk.add_argument("--time-limit", type=float, default=MIP_TIME_LIMIT_S, help="MIP seconds")
+    mk.add_argument("--time-limit", type=_number(MAX_TIME_LIMIT_S), default=MIP_TIME_LIMIT_S,
+                    help="MIP seconds")
     mk.add_argument("--model", default=MODEL, help=f"the stack's preset (default {MODEL})")
     mk.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
     mk.add_argument("--allocator", choices=ALLOCATOR_CHOICES, default=None,
@@ -997,10 +1044,11 @@ def build_parser(prog: str = "validate/bench.py") -> argparse.ArgumentParser:
     rn.add_argument("--lengths", default="", help="subset, e.g. 16K,32K (default: all planned)")
     rn.add_argument("--budgets", default="", help="subset, e.g. full,48GiB")
     rn.add_argument("--modes", default="", help=f"subset of {','.join(MODES)}")
-    rn.add_argument("--warmup", type=int, default=1)
-    rn.add_argument("--repeats", type=int, default=3)
+    rn.add_argument("--warmup", type=_integer(0), default=1)
+    rn.add_argument("--repeats", type=_integer(1), default=3)
     rn.add_argument(
-        "--max-step-s", type=float, default=20.0, help="steps longer than this are timed once"
+        "--max-step-s", type=_number(MAX_SECONDS), default=20.0,
+        help="steps longer than this are timed once"
     )
     rn.add_argument("--no-ideal", action="store_true", help="skip the ideal (fewer-layer) runs")
     rn.add_argument("--smoke", action="store_true", help="tiny model on the CPU")
@@ -1074,8 +1122,8 @@ def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
         return 0
     rep = report_rows(args.measured, args.plans)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(markdown(rep))
+        with OutputSet() as outputs:
+            outputs.write_text(args.out, markdown(rep), field="--out")
     if args.json:
         print(json.dumps(rep, sort_keys=True))
     else:

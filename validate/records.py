@@ -189,8 +189,8 @@ class BenchCell(RecordModel):
     budget: str
     """Budget label (``full``, ``48G``, ...)."""
     budget_bytes: int = Field(gt=0)
-    mode: str
-    """Strategy or executor mode of the cell."""
+    mode: Literal["none", "checkpoint", "save_on_cpu", "memo", "mip", "ideal"]
+    """Strategy or executor mode of the cell (bench.MODES, or ``ideal``: the fewer-layer run)."""
     plan: str | None
     """Plan file name inside the plans directory (none when the planner found no plan)."""
     num_layers: int = Field(gt=0)
@@ -277,7 +277,8 @@ class ReferenceProbe(RecordModel):
     """A public reference probe (hwprobe.py, hostprobe.py): its own flat format, read by
     hwmodels.calibrate; only its torch version is common to every probe."""
 
-    model_config = ConfigDict(frozen=True, extra="allow", use_attribute_docstrings=True)
+    model_config = ConfigDict(frozen=True, extra="allow", allow_inf_nan=False,
+                              use_attribute_docstrings=True)
 
     torch: str
 

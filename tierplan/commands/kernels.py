@@ -201,7 +201,8 @@ def _run_attention(args: argparse.Namespace) -> int:
     batch = _count(args.batch, "--batch")
     window = _count(args.window, "--window")
     node = load_node(args.hardware)
-    sram_bytes = parse_bytes(args.sram, field="--sram") if args.sram else node.gpu.sram_per_sm_bytes
+    sram_bytes = (parse_bytes(args.sram, field="--sram") if args.sram is not None
+                  else node.gpu.sram_per_sm_bytes)
     shape = dict(
         batch=batch,
         seq_len_q=seq_len,
@@ -266,7 +267,7 @@ def _run_tiling(args: argparse.Namespace) -> int:
     seq_len = _count(args.seq_len, "--seq-len")
     seq_len_kv = _count(args.seq_len_kv, "--seq-len-kv") or seq_len
     head_dim = _count(args.head_dim, "--head-dim")
-    if args.sram:
+    if args.sram is not None:  # an empty --sram is an error, not the default
         sram_bytes = parse_bytes(args.sram, field="--sram")
     elif args.hardware:
         from hwmodels.catalog import load_node

@@ -91,6 +91,8 @@ def _run(args: argparse.Namespace, outputs) -> int:
     if file_flag and scenario_flags:
         raise UserInputError(f"--{scenario_flags[0].replace('_', '-')}: not with "
                              f"{file_flag} (one input at a time)")
+    if args.plan and args.hardware is not None:
+        raise UserInputError("--hardware: a plan carries its node; give --plan without it")
     if args.buffers_only and not args.plan:
         raise UserInputError("--buffers-only: only with --plan")
     if args.hardware is not None:

@@ -152,9 +152,14 @@ def run_plan(args: argparse.Namespace) -> int:
     for name in names:
         if name not in BASELINES:
             raise UserInputError(f"--baselines: unknown {name!r} (choose from {', '.join(BASELINES)})")
-    for path in args.plans:
+    from hwmodels.outputs import make_out_dir
+    from planners.plan import load_plan
+
+    for path in args.plans:  # every plan is read and checked before anything runs
         if not pathlib.Path(path).is_file():
             raise UserInputError(f"PLAN: no such file {path}")
+        load_plan(path)
+    make_out_dir(args.out, field="--out")
     result = run(args.plans, out_dir=args.out, warmup=args.warmup, repeats=args.repeats,
                  baselines=names, smoke=args.smoke, check_grads_tokens=args.check_grads,
                  arena=args.arena, **diagnostic_kwargs(args),
