@@ -60,13 +60,23 @@ class StrategyResult:
 
 def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver: str | None = None,
              status: str = "rule", gap: float | None = None, solve_time_s: float = 0.0,
-             time_limit_s: float | None = None) -> StrategyResult:
-    """Replay ``layers`` and wrap the outcome as a Plan and a table row."""
+             time_limit_s: float | None = None, skip_replay_over_host: bool = False) -> StrategyResult:
+    """Replay ``layers`` and wrap the outcome as a Plan and a table row. With
+    ``skip_replay_over_host`` a plan whose host peak is proven over the host budget without
+    the replay (`host_peak_lower_bound`) is not replayed: its row says so."""
     from hwmodels.compute import mfu_frac
 
     prof = ctx.profile_for([lp.checkpoint for lp in layers])
     applied = apply_plan(prof, layers, lookahead=ctx.lookahead, prefetch_at=ctx.prefetch_at,
                          copy_s_per_byte=ctx.copy_s_per_byte)
+    if skip_replay_over_host:
+        host = host_peak_lower_bound(applied, num_gpus=ctx.rates.num_gpus_sharing_host)
+        if host is not None and host > ctx.host_budget_bytes:
+            return StrategyResult(name=name, feasible=False, step_time_s=None, mfu=None, peak_hbm_bytes=None,
+                                  peak_host_bytes=None, applied=applied, solve_time_s=solve_time_s,
+                                  reason=f"host at least {format_bytes(host)} > {format_bytes(ctx.host_budget_bytes)} "
+                                         "host budget (copied before any copy back starts; not replayed, to "
+                                         "keep to the time limit)")
     rep = replay(applied, ctx.node, num_gpus=ctx.rates.num_gpus_sharing_host)
     host_peak = rep.peak_host_bytes
     mfu = mfu_frac(model_flops=rep.model_flops, step_time_s=rep.step_time_s, node=ctx.node,
@@ -99,6 +109,38 @@ def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver
                           peak_reserved_bytes=reserved,
                           reason="; ".join(reasons), plan=plan, replay=rep, applied=applied,
                           solve_time_s=solve_time_s)
+
+
+def host_peak_lower_bound(applied: AppliedPlan, *, num_gpus: int) -> int | None:
+    """A proven lower bound on the replay's host peak, without replaying (None: no copies).
+
+    Every D2H copy ends before its ``needed_op`` starts; every H2D copy, the only thing that
+    frees host memory, starts after op ``ready_op - 1`` ends. So when op ``c`` starts, with
+    ``c`` before the first op an H2D waits for, the D2H copies needed by ops up to ``c`` are on
+    the host and nothing has left it. With several GPUs (whose copies may run at different
+    rates) ``c`` must be a collective, which every GPU starts at the same moment. When every
+    D2H is needed by then the bound is the peak itself."""
+    d2h = [t for t in applied.transfers if t.direction == "d2h"]
+    h2d = [t for t in applied.transfers if t.direction == "h2d"]
+    if not d2h or not h2d:
+        return None
+    c = min(t.ready_op for t in h2d) - 1
+    if num_gpus > 1:
+        ops = applied.workload.ops
+        c = next((k for k in range(c, -1, -1) if ops[k].op_class == "comm"), -1)
+    return num_gpus * sum(t.num_bytes for t in d2h if t.needed_op <= c)
+
+
+def relabel(ctx: PlanContext, res: StrategyResult, name: str, *, solver: str | None, status: str,
+            gap: float | None, solve_time_s: float, time_limit_s: float | None) -> StrategyResult:
+    """``res``, replayed under ``ctx``'s knobs, as row ``name`` with that provenance: what
+    `evaluate` of the same layers would return, without a second replay."""
+    from dataclasses import replace
+
+    assert res.plan is not None
+    plan = res.plan.model_copy(update={"provenance": _provenance(ctx, name, solver=solver, status=status, gap=gap,
+                                                                 time_limit_s=time_limit_s)})
+    return replace(res, name=name, plan=plan, solve_time_s=solve_time_s)
 
 
 def capped_replay_failure(workload: Workload, budget_bytes: int) -> int | None:
