@@ -28,7 +28,7 @@ from planners.layout.instance import LayoutInstance, SortedInts
 ORDERS = ("size", "area", "duration", "start")
 SWEEP_MIN_BUFFERS = 10_000
 SWEEP = "sweep/best_fit"
-SWEEP_GRACE_S = 2.0
+SWEEP_GRACE_S = 3.0
 """The sweep may run this long past the heuristics' deadline (~1.3 s for 200k buffers on a
 loaded 2-core machine): cut short it stacks what is left, which multiplies the peak."""
 RULES = ("first_fit", "best_fit")

@@ -12,7 +12,6 @@ from __future__ import annotations
 from hwmodels.units import GiB
 from planners.layout.instance import LayoutInstance
 
-
 MAX_VECTOR_BUFFERS = 20_000
 RASTER_PX = (600, 1200)  # rows (address) x columns (time)
 

@@ -428,7 +428,7 @@ def schedule_from_workload(workload: Workload, node, *, num_gpus: int = 1) -> Sc
         initial += [MemEvent(hbm, size[tid], index[tid].name) for tid in workload.initial]
         initial.append(MemEvent(hbm, RUNTIME_WORKSPACE_BYTES, "runtime_workspace"))
         # MemEvents are shared between ops of one GPU: build each tensor's once
-        ev = dict(zip(tids, map(MemEvent, [hbm] * len(tids), sizes, tensor_names)))
+        ev = dict(zip(tids, map(MemEvent, [hbm] * len(tids), sizes, tensor_names), strict=True))
         get = ev.__getitem__
         base = len(tasks)
         tasks += [Op(base + i, name, stream, dur, (), tuple(map(get, al)) if al else (),
