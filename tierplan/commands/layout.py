@@ -16,6 +16,9 @@ command also prints the predicted peak when those buffers live in one planned ar
 whole step, or allocated per step from the first buffer to the last) next to the ordinary peak,
 and the caching allocator's reserved memory with and without the arena
 (planners.layout.plan_buffers).
+For huge inputs: above 50,000 buffers the picture is drawn only when --png names it (above
+20,000 as a pixel grid; ``png_note`` says which), and the caching allocator's replay of a
+snapshot or CSV stops by the time limit + 4 s (``allocator_note`` says how far it got).
 """
 
 from __future__ import annotations
