@@ -68,7 +68,8 @@ def run_case(name: str, argv: list[str], limit_s: float) -> dict:
         return rec
     if "strategies" in out:
         mip = next(r for r in out["strategies"] if r["name"] == "mip")
-        rec.update(best=out.get("best"), status=out.get("status"), mip_reason=mip["reason"][:120])
+        rec.update(best=out.get("best"), status=out.get("status"), mip_status=out["mip"]["status"],
+                   mip_gap=out["mip"]["gap"], mip_reason=mip["reason"][:120])
     else:
         rec.update(method=out["method"], gap=round(out["gap"], 4), png_note=out.get("png_note", ""),
                    allocator_note=out.get("allocator_note", ""))

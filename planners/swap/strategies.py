@@ -29,7 +29,11 @@ class PlanReport:
         return next(r for r in self.strategies if r.name == name)
 
     def to_dict(self) -> dict:
-        return {"strategies": [r.row() for r in self.strategies], "best": self.best}
+        """The rows, the best, and the MIP row's solver status and gap (None without a plan)."""
+        mip = next((r for r in self.strategies if r.name == "mip"), None)
+        prov = mip.plan.provenance if mip is not None and mip.plan is not None else None
+        return {"strategies": [r.row() for r in self.strategies], "best": self.best,
+                "mip": {"status": prov.status if prov else None, "gap": prov.gap if prov else None}}
 
 
 def static_bytes_check(ctx: PlanContext) -> str:
