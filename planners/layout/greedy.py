@@ -144,13 +144,13 @@ def sweep_best_fit(instance: LayoutInstance, *, deadline_s: float | None = None)
     off = np.full(n, -1, dtype=np.int64)
     if n == 0:
         return off
-    shift = 64  # gap key: size << shift | address
+    sizes = size.tolist()
+    shift = max(64, sum(sizes).bit_length() + 1)  # gap key: size << shift | address (below the sum)
     mask = (1 << shift) - 1
     gaps = SortedInts()
     gap_size: dict[int, int] = {}  # address -> size of the free gap starting there
     gap_at_end: dict[int, int] = {}  # end address -> start of the free gap ending there
     top = 0
-    sizes = size.tolist()
     # events: (time, kind 0 = end / 1 = start, -size, index)
     order = np.lexsort((np.arange(2 * n) >> 1, -np.repeat(size, 2),
                         np.tile(np.array([0, 1]), n), np.stack((hi, lo), axis=1).ravel()))

@@ -51,7 +51,7 @@ def replay(applied: AppliedPlan, node, *, num_gpus: int, tier: str = "host",
     ``tier``: where the copies go (``host``; ``cxl`` / ``nvme`` for what-ifs: a Plan's tier is
     host DRAM), see `simulator.des.schedule.offload_device`.
     """
-    if num_gpus > 1 and not applied.transfers:
+    if 1 < num_gpus <= node.num_gpus and not applied.transfers:
         # Without host copies the GPUs share no link or pool, and every GPU reaches each
         # collective at the same moment (one schedule): one GPU's replay gives every figure
         # exactly; the node's replay runs only when its trace or plot is asked for.
