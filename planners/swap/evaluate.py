@@ -60,16 +60,18 @@ class StrategyResult:
 
 def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver: str | None = None,
              status: str = "rule", gap: float | None = None, solve_time_s: float = 0.0,
-             time_limit_s: float | None = None, skip_replay_over_host: bool = False) -> StrategyResult:
-    """Replay ``layers`` and wrap the outcome as a Plan and a table row. With
-    ``skip_replay_over_host`` a plan whose host peak is proven over the host budget without
-    the replay (`host_peak_lower_bound`) is not replayed: its row says so."""
+             time_limit_s: float | None = None, short_of_time: bool = False) -> StrategyResult:
+    """Replay ``layers`` and wrap the outcome as a Plan and a table row. ``short_of_time``
+    skips what cannot change the verdict: the replay of a plan whose host peak is proven over
+    the host budget without it (`host_peak_lower_bound`; its row says so), and the caching
+    allocator's replay of a plan whose allocated peak is already over the GPU budget (its
+    reserved peak is left out)."""
     from hwmodels.compute import mfu_frac
 
     prof = ctx.profile_for([lp.checkpoint for lp in layers])
     applied = apply_plan(prof, layers, lookahead=ctx.lookahead, prefetch_at=ctx.prefetch_at,
                          copy_s_per_byte=ctx.copy_s_per_byte)
-    if skip_replay_over_host:
+    if short_of_time:
         host = host_peak_lower_bound(applied, num_gpus=ctx.rates.num_gpus_sharing_host)
         if host is not None and host > ctx.host_budget_bytes:
             return StrategyResult(name=name, feasible=False, step_time_s=None, mfu=None, peak_hbm_bytes=None,
@@ -85,8 +87,9 @@ def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver
     if rep.peak_hbm_bytes > ctx.gpu_budget_bytes:
         reasons.append(f"HBM peak {format_bytes(rep.peak_hbm_bytes)} > {format_bytes(ctx.gpu_budget_bytes)}"
                        f" gpu budget (at {rep.peak_op})")
-    reserved = predict_workload_reserved(applied.workload).peak_reserved_bytes
-    if ctx.allocator == "caching" and not reasons and reserved > ctx.gpu_budget_bytes:
+    reserved = (None if short_of_time and reasons
+                else predict_workload_reserved(applied.workload).peak_reserved_bytes)
+    if ctx.allocator == "caching" and reserved is not None and not reasons and reserved > ctx.gpu_budget_bytes:
         failed = capped_replay_failure(applied.workload, ctx.gpu_budget_bytes)
         if failed is not None:
             reasons.append(f"caching allocator: {format_bytes(reserved)} reserved (fragmentation) > "
