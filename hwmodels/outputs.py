@@ -108,6 +108,14 @@ class OutputSet:
                     rest.unlink(missing_ok=True)
                 raise UserInputError(f"{field}: cannot write {final}: {_reason(err)}") from None
 
+    def release(self, tmp: Path) -> None:
+        """Give up one reserved output: its temporary is removed, its target left alone."""
+        keep = [e for e in self._pending if e[0] != tmp]
+        if len(keep) == len(self._pending):
+            raise ValueError(f"{tmp} is not a reserved output")
+        self._pending = keep
+        tmp.unlink(missing_ok=True)
+
     def discard(self) -> None:
         """Remove every temporary; no target is touched."""
         pending, self._pending = self._pending, []

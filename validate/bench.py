@@ -996,7 +996,7 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UserInputError(f"{self.prog}: {message}")
 
-    def _get_values(self, action, arg_strings):  # type: ignore[no-untyped-def]
+    def _get_values(self, action, arg_strings):
         if action.option_strings and action.nargs is None and arg_strings == ["--"]:
             self.error(f"argument {action.option_strings[0]}: expected a value, got '--'")
         return super()._get_values(action, arg_strings)

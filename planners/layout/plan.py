@@ -279,15 +279,17 @@ def plan_workload_layout(
 
 def instance_events(instance: LayoutInstance) -> list[AllocEvent]:
     """The allocation/free sequence that the lifetimes imply (frees before allocs at one time)."""
-    marks = []
-    for k, b in enumerate(instance.buffers):
-        marks.append((b.lower, 1, k))
-        marks.append((b.upper, 0, k))
-    events = []
-    for _, is_alloc, k in sorted(marks):
-        b = instance.buffers[k]
-        events.append(AllocEvent("alloc", b.bid, b.size_bytes) if is_alloc else AllocEvent("free", b.bid))
-    return events
+    import numpy as np
+
+    bufs = instance.buffers
+    n = len(bufs)
+    # by (time, frees first, buffer index): one sort of 2n keys in numpy
+    times = np.fromiter((t for b in bufs for t in (b.lower, b.upper)), dtype=np.int64, count=2 * n)
+    is_alloc = np.tile(np.array([1, 0], dtype=np.int64), n)
+    which = np.repeat(np.arange(n, dtype=np.int64), 2)
+    rows = [(("free", bufs[e >> 1].bid, 0, 0) if e & 1 else ("alloc", bufs[e >> 1].bid, bufs[e >> 1].size_bytes, 0))
+            for e in np.lexsort((which, is_alloc, times)).tolist()]
+    return list(map(AllocEvent._make, rows))
 
 
 __all__ = ["LayoutResult", "bilevel_layout", "instance_events", "layer_blocks", "overlapping_pairs",

@@ -63,13 +63,25 @@ class StrategyResult:
 
 def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver: str | None = None,
              status: str = "rule", gap: float | None = None, solve_time_s: float = 0.0,
-             time_limit_s: float | None = None) -> StrategyResult:
-    """Replay ``layers`` and wrap the outcome as a Plan and a table row."""
+             time_limit_s: float | None = None, short_of_time: bool = False) -> StrategyResult:
+    """Replay ``layers`` and wrap the outcome as a Plan and a table row. ``short_of_time``
+    skips what cannot change the verdict: the replay of a plan whose host peak is proven over
+    the host budget without it (`host_peak_lower_bound`; its row says so), and the caching
+    allocator's replay of a plan whose allocated peak is already over the GPU budget (its
+    reserved peak is left out)."""
     from hwmodels.compute import mfu_frac
 
     prof = ctx.profile_for([lp.checkpoint for lp in layers])
     applied = apply_plan(prof, layers, lookahead=ctx.lookahead, prefetch_at=ctx.prefetch_at,
                          copy_s_per_byte=ctx.copy_s_per_byte)
+    if short_of_time:
+        host = host_peak_lower_bound(applied, num_gpus=ctx.rates.num_gpus_sharing_host)
+        if host is not None and host > ctx.host_budget_bytes:
+            return StrategyResult(name=name, feasible=False, step_time_s=None, mfu=None, peak_hbm_bytes=None,
+                                  peak_host_bytes=None, applied=applied, solve_time_s=solve_time_s,
+                                  reason=f"host at least {format_bytes(host)} > {format_bytes(ctx.host_budget_bytes)} "
+                                         "host budget (copied before any copy back starts; not replayed, to "
+                                         "keep to the time limit)")
     rep = replay(applied, ctx.node, num_gpus=ctx.rates.num_gpus_sharing_host)
     host_peak = rep.peak_host_bytes
     mfu = mfu_frac(model_flops=rep.model_flops, step_time_s=rep.step_time_s, node=ctx.node,
@@ -78,13 +90,16 @@ def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver
     if rep.peak_hbm_bytes > ctx.gpu_budget_bytes:
         reasons.append(f"HBM peak {format_bytes(rep.peak_hbm_bytes)} > {format_bytes(ctx.gpu_budget_bytes)}"
                        f" gpu budget (at {rep.peak_op})")
-    reserved, oom = predict_reserved(applied.workload, allocator=ctx.job.allocator,
-                                     capacity_bytes=ctx.gpu_budget_bytes)
+    reserved: int | None = None
+    oom = False
+    if not (short_of_time and reasons):
+        reserved, oom = predict_reserved(applied.workload, allocator=ctx.job.allocator,
+                                         capacity_bytes=ctx.gpu_budget_bytes)
     if ctx.allocator == "expandable" and not reasons and oom:
         reasons.append(f"expandable segments: the allocator, capped at {format_bytes(ctx.gpu_budget_bytes)} "
-                       f"gpu budget, cannot serve every request ({format_bytes(reserved)} reserved "
+                       f"gpu budget, cannot serve every request ({format_bytes(reserved or 0)} reserved "
                        "uncapped, pages of 20 MiB)")
-    if ctx.allocator == "caching" and not reasons and reserved > ctx.gpu_budget_bytes:
+    if ctx.allocator == "caching" and reserved is not None and not reasons and reserved > ctx.gpu_budget_bytes:
         failed = capped_replay_failure(applied.workload, ctx.gpu_budget_bytes)
         if failed is not None:
             reasons.append(f"caching allocator: {format_bytes(reserved)} reserved (fragmentation) > "
@@ -107,6 +122,38 @@ def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver
                           peak_reserved_bytes=reserved,
                           reason="; ".join(reasons), plan=plan, replay=rep, applied=applied,
                           solve_time_s=solve_time_s)
+
+
+def host_peak_lower_bound(applied: AppliedPlan, *, num_gpus: int) -> int | None:
+    """A proven lower bound on the replay's host peak, without replaying (None: no copies).
+
+    Every D2H copy ends before its ``needed_op`` starts; every H2D copy, the only thing that
+    frees host memory, starts after op ``ready_op - 1`` ends. So when op ``c`` starts, with
+    ``c`` before the first op an H2D waits for, the D2H copies needed by ops up to ``c`` are on
+    the host and nothing has left it. With several GPUs (whose copies may run at different
+    rates) ``c`` must be a collective, which every GPU starts at the same moment. When every
+    D2H is needed by then the bound is the peak itself."""
+    d2h = [t for t in applied.transfers if t.direction == "d2h"]
+    h2d = [t for t in applied.transfers if t.direction == "h2d"]
+    if not d2h or not h2d:
+        return None
+    c = min(t.ready_op for t in h2d) - 1
+    if num_gpus > 1:
+        ops = applied.workload.ops
+        c = next((k for k in range(c, -1, -1) if ops[k].op_class == "comm"), -1)
+    return num_gpus * sum(t.num_bytes for t in d2h if t.needed_op <= c)
+
+
+def relabel(ctx: PlanContext, res: StrategyResult, name: str, *, solver: str | None, status: str,
+            gap: float | None, solve_time_s: float, time_limit_s: float | None) -> StrategyResult:
+    """``res``, replayed under ``ctx``'s knobs, as row ``name`` with that provenance: what
+    `evaluate` of the same layers would return, without a second replay."""
+    from dataclasses import replace
+
+    assert res.plan is not None
+    plan = res.plan.model_copy(update={"provenance": _provenance(ctx, name, solver=solver, status=status, gap=gap,
+                                                                 time_limit_s=time_limit_s)})
+    return replace(res, name=name, plan=plan, solve_time_s=solve_time_s)
 
 
 def capped_replay_failure(workload: Workload, budget_bytes: int) -> int | None:

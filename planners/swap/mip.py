@@ -20,7 +20,7 @@ from planners.plan import KEEP, LayerPlan, RoleAction
 from planners.solvers import NO_SOLUTION, relative_gap
 from planners.swap.apply import PREFETCH_POINTS
 from planners.swap.context import PlanContext
-from planners.swap.evaluate import StrategyResult, evaluate
+from planners.swap.evaluate import StrategyResult, evaluate, relabel
 from planners.swap.profile import LayerProfile
 from simulator.movement import step_movements
 from simulator.workload import ATTN_ROLES, OpSpec, Phase
@@ -39,6 +39,10 @@ TIE_BREAK_FRAC = 1e-7
 MIN_SOLVE_S = 0.05
 """A solve, or a variant, is started only with at least this much of the time limit left
 (the first solve of a request always runs)."""
+FIRST_VARIANT_FRAC = 0.6
+FIRST_VARIANT_MIN_FRAC = 0.6
+"""The job's own MIP variant gets this share of the time the baselines left, and at least this
+share of the time limit (see ``plan_mip_variants``)."""
 BUDGET_MARGIN_FRAC = 1e-3
 """The MIP plans against budgets 0.1% below the user's: fractions are rounded to 6 decimals
 and token slices to whole bytes after solving, which must not tip a plan over a budget."""
@@ -54,6 +58,7 @@ class MipSolution:
     solve_time_s: float
     binding: str  # the constraint that makes the request infeasible, when it is
     best_bound_s: float | None = None  # the solver's proven lower bound on the objective
+    build_time_s: float = 0.0  # of solve_time_s, building the problem
 
     @property
     def timed_out(self) -> bool:
@@ -76,16 +81,18 @@ def solve_mip(ctx: PlanContext, *, budget_bytes: int | None = None, host_budget_
     mip.add_backward_h2d_queue()
     mip.set_objective()
     # building the problem counts against the limit
-    limit = max(MIN_SOLVE_S, time_limit_s - (time.perf_counter() - t0))
+    build_s = time.perf_counter() - t0
+    limit = max(MIN_SOLVE_S, time_limit_s - build_s)
     result = solve(mip.prob, time_limit_s=limit, solver=solver, lp_path=lp_path)
     elapsed = time.perf_counter() - t0
     if not result.has_solution:
         return MipSolution(layers=(), objective_s=None, status=result.status, solver=result.solver,
                            gap=result.gap, solve_time_s=elapsed,
-                           binding=mip.binding(result.status) or result.status, best_bound_s=result.best_bound)
+                           binding=mip.binding(result.status) or result.status, best_bound_s=result.best_bound,
+                           build_time_s=build_s)
     return MipSolution(layers=mip.layers(), objective_s=float(mip.step.value()), status=result.status,
                        solver=result.solver, gap=result.gap, solve_time_s=elapsed, binding="",
-                       best_bound_s=result.best_bound)
+                       best_bound_s=result.best_bound, build_time_s=build_s)
 
 
 class _SwapMip:
@@ -382,8 +389,10 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
         return s, evaluate(ctx, "mip", s.layers, solver=s.solver, status=s.status, gap=s.gap,
                            solve_time_s=time.perf_counter() - t0, time_limit_s=time_limit_s)
 
+    cut_short = False  # the time limit stopped the repairs of a plan that does not fit
     for k in range(MAX_REPAIRS):
         if k and deadline - time.perf_counter() < MIN_SOLVE_S:
+            cut_short = True
             break
         sol, res = attempt(budget)
         if res is None:
@@ -417,12 +426,19 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
     candidates = [r for r in fallbacks if r.feasible]
     if best is not None and best.feasible:
         candidates.append(best)
-    timed_out = best is None and (sol is None or sol.timed_out)
+    timed_out = best is None and (sol is None or sol.timed_out)  # no incumbent by the limit
     if not candidates:
+        # not proven infeasible either: a plan that does not fit and whose repairs the limit cut short
+        cut = best is not None and not best.feasible and (cut_short or (sol is not None and sol.timed_out))
         reason = (best.reason if best is not None else (sol.binding if sol else "no solution"))
-        if timed_out:
-            reason = (f"time limit: the MIP found no plan in its {time_limit_s:g} s share of the limit and no baseline fits "
+        if timed_out and best is None:
+            reason = ("time limit: the MIP found no plan within the limit and no baseline fits "
                       "(a longer --time-limit may find one)")
+        elif cut:
+            timed_out = True
+            reason = (f"time limit: the MIP's plan does not fit ({best.reason if best else 'none'}) and the "
+                      "limit stopped its "
+                      "repairs; no baseline fits (a longer --time-limit may find one)")
         return (StrategyResult(name="mip", feasible=False, step_time_s=best.step_time_s if best else None,
                                mfu=best.mfu if best else None,
                                peak_hbm_bytes=best.peak_hbm_bytes if best else None,
@@ -441,11 +457,16 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
     if timed_out and sol is not None and sol.best_bound_s is not None:
         gap = relative_gap(winner.step_time_s, sol.best_bound_s)  # the baseline's, against the bound
     assert winner.plan is not None  # feasible rows come from evaluate(), which sets the plan
-    res = evaluate(ctx, "mip", winner.plan.layers, solver=sol.solver if sol else None,
-                   status=f"{'time_limit:' if timed_out else ''}fallback:{winner.name}", gap=gap,
-                   solve_time_s=elapsed, time_limit_s=time_limit_s)
+    prov: dict[str, Any] = {"solver": sol.solver if sol else None, "gap": gap, "solve_time_s": elapsed,
+                            "time_limit_s": time_limit_s,
+                            "status": f"{'time_limit:' if timed_out else ''}fallback:{winner.name}"}
+    if (winner.plan.prefetch_at, winner.plan.prefetch_lookahead_layers, winner.plan.mlp_activation) == (
+            ctx.prefetch_at, ctx.lookahead, ctx.job.mlp_activation):
+        res = relabel(ctx, winner, "mip", **prov)  # replayed under these knobs already
+    else:
+        res = evaluate(ctx, "mip", winner.plan.layers, **prov)
     if timed_out:
-        why = f"time limit: the MIP found no plan in its {time_limit_s:g} s share of the limit"
+        why = "time limit: the MIP found no plan within the limit"
     elif best is not None and best.feasible:
         why = "replays faster than the MIP's"
     elif best is not None:
@@ -468,29 +489,53 @@ def mip_variants(ctx: PlanContext) -> list[tuple[str, str]]:
 
 
 def plan_mip_variants(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "highs",
-                      fallbacks: Sequence[StrategyResult] = ()) -> StrategyResult:
-    """The MIP for each of ``mip_variants``, within ``time_limit_s`` of wall time in all (each
-    records an equal share; time a variant leaves unused goes to the next ones, and a variant
-    with less than ``MIN_SOLVE_S`` left is skipped); the fastest feasible plan, the first
-    variant's on a tie or when none fits."""
+                      fallbacks: Sequence[StrategyResult] = (),
+                      deadline_s: float | None = None) -> StrategyResult:
+    """The MIP for each of ``mip_variants`` by ``deadline_s`` (``time.perf_counter()`` time;
+    default ``time_limit_s`` from now; `plan_training` passes the one its baselines used
+    first); the fastest feasible plan, the first variant's on a tie or when none fits.
+
+    The first variant is the job's own (its prefetch point and MLP activation): it gets
+    ``FIRST_VARIANT_FRAC`` of the time left, and never less than ``FIRST_VARIANT_MIN_FRAC`` of
+    ``time_limit_s`` whatever the baselines took, so that a large model (70B at TP 8 takes
+    ~0.6 s to build and ~1 s more to an incumbent) finds a plan. The others share what is left
+    (time one leaves unused goes to the next); one whose share is below ``MIN_SOLVE_S`` or below
+    twice the first one's build time is skipped. Each plan records the nominal equal share
+    ``time_limit_s / len(variants)`` as its limit. When none fits and one was stopped by the
+    limit, the row says "time limit" (not proven infeasible)."""
     from dataclasses import replace as dc_replace
 
     out = []
     variants = mip_variants(ctx)
-    deadline = time.perf_counter() + time_limit_s
+    now = time.perf_counter()
+    deadline = now + time_limit_s if deadline_s is None else deadline_s
+    build_s = 0.0
     for k, (point, act) in enumerate(variants):
-        left = deadline - time.perf_counter()
-        if k and left < MIN_SOLVE_S:
-            break
+        now = time.perf_counter()
+        left = deadline - now
+        if k == 0:
+            until = now + max(FIRST_VARIANT_MIN_FRAC * time_limit_s, FIRST_VARIANT_FRAC * left)
+        else:
+            share = left / (len(variants) - k)
+            if share < max(MIN_SOLVE_S, 2 * build_s):
+                break
+            until = now + share
         if act == ctx.job.mlp_activation:
             c = ctx if point == ctx.prefetch_at else dc_replace(ctx, prefetch_at=point, _profiles=ctx._profiles)
         else:  # another template: its own profiles
             c = dc_replace(ctx, prefetch_at=point, job=ctx.job.model_copy(update={"mlp_activation": act}),
                            _profiles=ctx._variant_profiles.setdefault(act, {}))
-        res, _ = plan_mip(c, time_limit_s=time_limit_s / len(variants), solver=solver, fallbacks=fallbacks,
-                          deadline_s=time.perf_counter() + left / (len(variants) - k))
+        res, sol = plan_mip(c, time_limit_s=time_limit_s / len(variants), solver=solver, fallbacks=fallbacks,
+                            deadline_s=until)
+        if k == 0 and sol is not None:
+            build_s = sol.build_time_s
         out.append(res)
     feasible = [r for r in out if r.feasible]
-    if not feasible:
+    if feasible:
+        return min(feasible, key=_step_time_s)
+    if out[0].timed_out or (len(out) == len(variants) and not any(r.timed_out for r in out)):
         return out[0]
-    return min(feasible, key=_step_time_s)
+    # the first variant has no fitting plan, and another was stopped by the limit or not solved
+    return dc_replace(out[0], timed_out=True,
+                      reason=f"time limit: {out[0].reason}; {len(out)} of the MIP's {len(variants)} "
+                             "variants solved within the limit, none fits (a longer --time-limit may find a plan)")

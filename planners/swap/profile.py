@@ -89,6 +89,11 @@ def profile_workload(wl: Workload) -> StepProfile:
     for k, op in enumerate(ops):
         if op.layer is not None:
             by_layer.setdefault(op.layer, []).append(k)
+    # tensors by the op that frees them: a layer looks only at those freed in its forward
+    # (inputs it does not save) or its backward (what it saved), not at every tensor
+    freed_at: list[list[int]] = [[] for _ in ops]
+    for t, f in free_op.items():
+        freed_at[f].append(t)
     layers = []
     for i in layer_ids:
         fwd = [k for k in by_layer[i] if ops[k].phase == Phase.FWD]
@@ -103,18 +108,21 @@ def profile_workload(wl: Workload) -> StepProfile:
         inputs: list[int] = []
         holds: list[int] = []
         by_role: dict[str, list[int]] = {}
-        for t, k in alloc_op.items():
+        candidates = [t for f in (*range(lo, hi + 1), *range(b_lo, b_hi + 1)) for t in freed_at[f]
+                      if t in alloc_op]
+        for t in candidates:
+            k = alloc_op[t]
             spec = index[t]
             if spec.persistent or spec.role.value in NOT_ACTIVATIONS or spec.num_bytes == 0:
                 continue
-            f = free_op.get(t)
-            if f is not None and k < lo <= f <= hi and spec.role in (Role.LAYER_INPUT, Role.INPUT):
+            free_k = free_op.get(t)
+            if free_k is not None and k < lo <= free_k <= hi and spec.role in (Role.LAYER_INPUT, Role.INPUT):
                 holds.append(t)  # an input the layer uses in forward and does not save
-            if f is None or f < first_bwd_op:
+            if free_k is None or free_k < first_bwd_op:
                 continue
-            if lo <= k <= hi and b_lo <= f <= b_hi:
+            if lo <= k <= hi and b_lo <= free_k <= b_hi:
                 by_role.setdefault(spec.role.value, []).append(t)
-            elif k < lo and b_lo <= f <= b_hi and spec.role in (Role.LAYER_INPUT, Role.INPUT):
+            elif k < lo and b_lo <= free_k <= b_hi and spec.role in (Role.LAYER_INPUT, Role.INPUT):
                 inputs.append(t)
         attn = sum(index[t].num_bytes for r in ATTN_ROLES for t in by_role.get(r, ()))
         other = sum(index[t].num_bytes for r, ts in by_role.items() if r not in ATTN_ROLES for t in ts)

@@ -8,6 +8,7 @@ routes for activations. Source: `simulator.des`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from planners.swap.apply import AppliedPlan
@@ -25,8 +26,18 @@ class Replay:
     peak_host_bytes: int  # the node's host pool (every simulated GPU's copies)
     peak_op: str
     model_flops: float
-    sim: object = field(repr=False, compare=False)  # simulator.des.SimResult (trace, plot)
+    _sim: object = field(repr=False, compare=False)  # simulator.des.SimResult, or None until asked
     replayed_by: str = "simulator.des"
+    _make_sim: Callable[[], object] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def sim(self) -> object:
+        """The node's simulator.des.SimResult (trace, plot): replayed on first use when the
+        figures above came from one GPU's replay (see `replay`)."""
+        if self._make_sim is not None:
+            object.__setattr__(self, "_sim", self._make_sim())
+            object.__setattr__(self, "_make_sim", None)
+        return self._sim
 
 
 def replay(applied: AppliedPlan, node, *, num_gpus: int, tier: str = "host",
@@ -40,6 +51,17 @@ def replay(applied: AppliedPlan, node, *, num_gpus: int, tier: str = "host",
     ``tier``: where the copies go (``host``; ``cxl`` / ``nvme`` for what-ifs: a Plan's tier is
     host DRAM), see `simulator.des.schedule.offload_device`.
     """
+    if 1 < num_gpus <= node.num_gpus and not applied.transfers:
+        # Without host copies the GPUs share no link or pool, and every GPU reaches each
+        # collective at the same moment (one schedule): one GPU's replay gives every figure
+        # exactly; the node's replay runs only when its trace or plot is asked for.
+        one = _replay_des(applied, node, num_gpus=1, tier=tier, record_timeline=False)
+        return replace(one, _sim=None, _make_sim=lambda: _replay_des(
+            applied, node, num_gpus=num_gpus, tier=tier, record_timeline=record_timeline).sim)
+    return _replay_des(applied, node, num_gpus=num_gpus, tier=tier, record_timeline=record_timeline)
+
+
+def _replay_des(applied: AppliedPlan, node, *, num_gpus: int, tier: str, record_timeline: bool) -> Replay:
     from simulator.des import MemEvent, schedule_from_workload, simulate
     from simulator.des import Transfer as DesTransfer
     from simulator.des.schedule import device_route, offload_device
@@ -84,4 +106,4 @@ def replay(applied: AppliedPlan, node, *, num_gpus: int, tier: str = "host",
     recompute = sum(op.time_s or 0.0 for op in wl.ops if op.phase == Phase.RECOMPUTE)
     return Replay(step_time_s=sim.step_time_s, stall_s=sim.stall_s, recompute_s=recompute,
                   peak_hbm_bytes=hbm.peak_bytes, peak_host_bytes=sim.pool("host").peak_bytes,
-                  peak_op=hbm.peak_task, model_flops=model_flops, sim=sim)
+                  peak_op=hbm.peak_task, model_flops=model_flops, _sim=sim)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from hwmodels.units import GiB, UserInputError
@@ -11,7 +12,11 @@ from planners.swap.mip import plan_mip_variants
 from simulator.workload import Role
 
 STRATEGIES = ("none", "full_recompute", "selective", "offload_all", "memo", "mip")
-
+BASELINE_SHARE_FRAC = 0.25
+"""Once the baselines have taken this share of the time limit, the rest are evaluated
+``short_of_time`` (see `evaluate`): a baseline whose host peak is proven over the host budget is
+not replayed (its row gives the bound; on 70B at TP 8 the copying baselines' replays take
+seconds each), and one over the GPU budget gets no caching-allocator replay."""
 
 
 @dataclass(frozen=True)
@@ -25,7 +30,11 @@ class PlanReport:
         return next(r for r in self.strategies if r.name == name)
 
     def to_dict(self) -> dict:
-        return {"strategies": [r.row() for r in self.strategies], "best": self.best}
+        """The rows, the best, and the MIP row's solver status and gap (None without a plan)."""
+        mip = next((r for r in self.strategies if r.name == "mip"), None)
+        prov = mip.plan.provenance if mip is not None and mip.plan is not None else None
+        return {"strategies": [r.row() for r in self.strategies], "best": self.best,
+                "mip": {"status": prov.status if prov else None, "gap": prov.gap if prov else None}}
 
 
 def static_bytes_check(ctx: PlanContext) -> str:
@@ -49,7 +58,9 @@ def plan_training(model, job, node, *, gpu_budget_bytes: int | None = None,
                   host_budget_bytes: int | None = None, time_limit_s: float = 10.0,
                   solver: str = "highs", lookahead: int = 1, allocator: str = "planned") -> PlanReport:
     """Every strategy for one training step, replayed; the fastest feasible one is ``best``.
-    ``allocator``: "planned", "caching" or "expandable" (see PlanContext.allocator)."""
+    ``allocator``: "planned", "caching" or "expandable" (see PlanContext.allocator). The baselines
+    are replayed first, then the MIP gets what is left of ``time_limit_s`` (its own variant never
+    less than ``FIRST_VARIANT_MIN_FRAC`` of it, see `plan_mip_variants`)."""
     from planners import baselines
 
     if allocator not in ALLOCATORS:
@@ -62,6 +73,8 @@ def plan_training(model, job, node, *, gpu_budget_bytes: int | None = None,
                       gpu_budget_bytes=gpu_budget_bytes or node.gpu.hbm_capacity_bytes,
                       host_budget_bytes=host_budget_bytes or node.host_memory.capacity_bytes,
                       lookahead=lookahead, allocator=allocator)
+    t0 = time.perf_counter()
+    deadline = t0 + time_limit_s  # the baselines and the MIP share it (see plan_mip_variants)
     static = static_bytes_check(ctx)
     results: list[StrategyResult] = []
     for name in STRATEGIES[:-1]:
@@ -70,13 +83,14 @@ def plan_training(model, job, node, *, gpu_budget_bytes: int | None = None,
             results.append(StrategyResult(name=name, feasible=False, step_time_s=None, mfu=None,
                                           peak_hbm_bytes=None, peak_host_bytes=None, reason=why_not))
             continue
-        results.append(evaluate(ctx, name, layers))
+        short = time.perf_counter() - t0 > BASELINE_SHARE_FRAC * time_limit_s
+        results.append(evaluate(ctx, name, layers, short_of_time=short))
     if static:
         results.append(StrategyResult(name="mip", feasible=False, step_time_s=None, mfu=None,
                                       peak_hbm_bytes=None, peak_host_bytes=None, reason=static))
     else:
         results.append(plan_mip_variants(ctx, time_limit_s=time_limit_s, solver=solver,
-                                                fallbacks=results))
+                                         fallbacks=results, deadline_s=deadline))
     feasible = [r for r in results if r.feasible]
     best = min(feasible, key=lambda r: (r.step_time_s, STRATEGIES.index(r.name))).name if feasible else None
     binding = ""

@@ -16,12 +16,16 @@ command also prints the predicted peak when those buffers live in one planned ar
 whole step, or allocated per step from the first buffer to the last) next to the ordinary peak,
 and the caching allocator's reserved memory with and without the arena
 (planners.layout.plan_buffers).
+For huge inputs: above 50,000 buffers the picture is drawn only when --png names it (above
+20,000 as a pixel grid; ``png_note`` says which), and the caching allocator's replay of a
+snapshot or CSV stops by the time limit + 4 s (``allocator_note`` says how far it got).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from typing import Any
 
 from hwmodels.outputs import IMAGE_SUFFIXES
@@ -84,7 +88,9 @@ def _run(args: argparse.Namespace, outputs) -> int:
     from planners.layout.plan import instance_events, plan_layout, plan_workload_layout
     from simulator.allocator import predict_workload_reserved, replay_caching_allocator
 
+    t_start = time.perf_counter()
     limit = args.time_limit
+    replay_note = ""
     scenario_flags = [f for f in ("scenario", "model", "layers", "seq_len", "batch", "mode")
                       if getattr(args, f, None) is not None]
     file_flag = "--snapshot" if args.snapshot else "--trace" if args.trace else "--plan" if args.plan else None
@@ -100,6 +106,7 @@ def _run(args: argparse.Namespace, outputs) -> int:
     out = pathlib.Path(args.out)
     out_tmp = outputs.reserve(out, field="--out")
     png = None if args.no_png else pathlib.Path(args.png) if args.png else out.with_suffix(".png")
+    png_note = ""
     png_tmp = None if png is None else outputs.reserve(png, field="--png", suffixes=IMAGE_SUFFIXES)
     use_mip = not args.no_mip
     arena = None
@@ -133,10 +140,12 @@ def _run(args: argparse.Namespace, outputs) -> int:
             addresses = snap.segment_addresses  # the device's cudaMalloc addresses break ties
         else:
             instance = load_csv_instance(args.trace)
-            events, source, addresses = instance_events(instance), "csv", ()
+            events, source, addresses = None, "csv", ()
         result = plan_layout(instance, time_limit_s=limit, solver=args.solver, use_mip=use_mip)
-        replay = replay_caching_allocator(events, expandable_segments=args.expandable_segments,
-                                          segment_addresses=addresses)
+        replay, replay_note = _bounded_replay(instance, events, expandable_segments=args.expandable_segments,
+                                              segment_addresses=addresses,
+                                              deadline_s=max(t_start + limit + REPLAY_GRACE_S,
+                                                             time.perf_counter() + REPLAY_MIN_S))
     else:
         from tierplan.commands.estimate import build_scenario
 
@@ -161,12 +170,20 @@ def _run(args: argparse.Namespace, outputs) -> int:
         replay = predict_workload_reserved(wl, num_steps=2, preallocated_bytes=(),
                                            expandable_segments=args.expandable_segments)
     outputs.write(out_tmp, lambda p: p.write_text(result.model_dump_json(indent=1) + "\n"))
+    if png_tmp is not None and not args.png and instance.num_buffers > DEFAULT_PNG_MAX_BUFFERS:
+        outputs.release(png_tmp)
+        png_tmp, png = None, None
+        png_note = (f"not drawn: {instance.num_buffers:,} buffers, more than {DEFAULT_PNG_MAX_BUFFERS:,} "
+                    "(--png FILE draws it)")
     if png_tmp is not None:
         from planners.layout.plot import plot_layout
 
-        outputs.write(png_tmp, lambda p: plot_layout(
-            instance, result.offsets, str(p), lower_bound_bytes=result.lower_bound_bytes,
-            title=f"{result.name}: {result.method}"))
+        def draw(p) -> None:
+            nonlocal png_note
+            png_note = plot_layout(instance, result.offsets, str(p), lower_bound_bytes=result.lower_bound_bytes,
+                                   title=f"{result.name}: {result.method}")
+
+        outputs.write(png_tmp, draw)
     reserved = replay.peak_reserved_bytes
     summary = {
         "source": source,
@@ -177,6 +194,8 @@ def _run(args: argparse.Namespace, outputs) -> int:
         "expandable_segments": args.expandable_segments,
         "layout_path": str(out),
         "png_path": str(png) if png else None,
+        "png_note": png_note,
+        "allocator_note": replay_note,
     }
     if source == "snapshot" and snap.reserved_bytes:
         summary["snapshot_reserved_bytes"] = snap.reserved_bytes
@@ -189,6 +208,57 @@ def _run(args: argparse.Namespace, outputs) -> int:
         return 0
     _print(result, summary)
     return 0
+
+
+REPLAY_GRACE_S = 4.0
+REPLAY_MIN_S = 1.0
+"""The caching allocator's replay of a snapshot or CSV stops this long after the layout's time
+limit, or ``REPLAY_MIN_S`` after it starts if that is later (~1.5-2.5 s for 200k buffers on a
+loaded 2-core machine); its figures are then those of the events replayed, and the output
+says so."""
+DEFAULT_PNG_MAX_BUFFERS = 50_000
+"""Above this many buffers the picture is drawn only when --png names it."""
+REPLAY_CHUNK = 4096
+
+
+def _bounded_replay(instance, events, *, expandable_segments: bool, segment_addresses,
+                    deadline_s: float):
+    """The caching allocator over ``events`` (None: the CSV instance's own alloc/free order,
+    fed without building event objects), stopped at ``deadline_s``; the replay and a note
+    ("" when every event was replayed)."""
+    import numpy as np
+
+    from simulator.allocator import CachingAllocator
+
+    alloc = CachingAllocator(expandable_segments=expandable_segments, segment_addresses=segment_addresses)
+    if events is None:  # sizes are positive (the CSV reader checks): malloc/free directly
+        bufs = instance.buffers
+        n = len(bufs)
+        times = np.fromiter((t for b in bufs for t in (b.lower, b.upper)), dtype=np.int64, count=2 * n)
+        order = np.lexsort((np.arange(2 * n) >> 1, np.tile(np.array([1, 0]), n), times)).tolist()
+        total = len(order)
+        for k in range(0, total, REPLAY_CHUNK):
+            if time.perf_counter() > deadline_s:
+                return alloc.result(), _partial(k, total)
+            for e in order[k:k + REPLAY_CHUNK]:
+                b = bufs[e >> 1]
+                if e & 1:
+                    alloc.free(b.bid)
+                else:
+                    alloc.malloc(b.bid, b.size_bytes)
+        return alloc.result(), ""
+    total = len(events)
+    rep = alloc.result()
+    for k in range(0, total, REPLAY_CHUNK):
+        if time.perf_counter() > deadline_s:
+            return rep, _partial(k, total)
+        rep = alloc.replay(events[k:k + REPLAY_CHUNK])
+    return rep, ""
+
+
+def _partial(done: int, total: int) -> str:
+    return (f"replayed {done:,} of {total:,} events by its deadline (time limit + {REPLAY_GRACE_S:g} s): reserved and "
+            "allocated peaks are those of that prefix (at most the whole sequence's)")
 
 
 def _print(result, summary: dict) -> None:
@@ -229,8 +299,10 @@ def _print(result, summary: dict) -> None:
                   f"({summary['reserved_over_peak']:.1%} of the planned peak) against the caching allocator")
     if "arena_bytes" in summary:
         _print_arena(console, summary)
+    if summary["allocator_note"]:
+        console.print(f"caching allocator: {summary['allocator_note']}")
     files = summary["layout_path"] + (f", {summary['png_path']}" if summary["png_path"] else "")
-    console.print(f"wrote {files}")
+    console.print(f"wrote {files}" + (f" ({summary['png_note']})" if summary["png_note"] else ""))
 
 
 def _print_arena(console, summary: dict) -> None:

@@ -12,8 +12,11 @@ With neither a scenario nor --model, MEMO's setting is planned: its 7B GPT at 1M
 no plan is written, and the exit code is 3; when the MIP's time limit stopped it before it
 found any plan and no baseline fits, the exit code is 4 ("time limit", not infeasible). With a
 fitting baseline, that baseline's plan is the MIP's row, status ``time_limit:fallback:<name>``.
-The command returns within --time-limit plus the time of the baselines' replays and of the
-last replay of a MIP plan (the MIP's variants, solves and repairs share the limit).
+The baselines and the MIP share --time-limit: the baselines are replayed first (once they have
+taken a quarter of it, a copying baseline proven over the host budget is not replayed, and its
+row says so), the MIP's own variant then gets at least 60% of the limit and the other variants
+what is left; the command returns within the limit plus imports, the baselines' overrun and the
+last replay of a plan (benchmarks/time_limits.py).
 """
 
 from __future__ import annotations
