@@ -18,7 +18,7 @@ and the caching allocator's reserved memory with and without the arena
 (planners.layout.plan_buffers).
 For huge inputs: above 50,000 buffers the picture is drawn only when --png names it (above
 20,000 as a pixel grid; ``png_note`` says which), and the caching allocator's replay of a
-snapshot or CSV stops by the time limit + 4 s (``allocator_note`` says how far it got).
+snapshot or CSV stops by the time limit + 3 s (``allocator_note`` says how far it got).
 """
 
 from __future__ import annotations
@@ -210,8 +210,8 @@ def _run(args: argparse.Namespace, outputs) -> int:
     return 0
 
 
-REPLAY_GRACE_S = 4.0
-REPLAY_MIN_S = 1.0
+REPLAY_GRACE_S = 3.0
+REPLAY_MIN_S = 0.25
 """The caching allocator's replay of a snapshot or CSV stops this long after the layout's time
 limit, or ``REPLAY_MIN_S`` after it starts if that is later (~1.5-2.5 s for 200k buffers on a
 loaded 2-core machine); its figures are then those of the events replayed, and the output
