@@ -10,11 +10,14 @@ record's ``model_output`` field, ``simulator.job.TrainJob.model_output``):
     ``compute_loss``, torchtitan, Lightning): the output object and its bf16 logits die before
     backward;
   * ``kept``: ``out = model(ids, labels=ids); out.loss.backward()``: ``out.logits`` stays alive
-    through backward and the optimizer step (the form of the 2026-11-28 records). It records memory after load (weights), the peak allocated
-and reserved over the step (peak stats reset just before; grads set to None before), memory
-after the step, selected ``torch.cuda.memory_stats()`` keys, and the median step time of 3 after
-one warm-up (CUDA events). Each case runs with and without gradient checkpointing
-(``use_reentrant=False``). An out-of-memory case is recorded as ``"status": "oom"``.
+    through backward and the optimizer step (the form of the 2026-11-28 records).
+Each record says its form and, as evidence, whether the LM head's output was still alive when
+backward began (``logits_alive_at_backward``). It records memory after load (weights), the peak
+allocated and reserved over the step (peak stats reset just before; grads set to None before),
+memory after the step, selected ``torch.cuda.memory_stats()`` keys, and the median step time of
+3 after one warm-up (CUDA events). A case runs with, without, or with and without gradient
+checkpointing (``use_reentrant=False``). An out-of-memory case is recorded as
+``"status": "oom"``.
 Assumes: batch 1, random token ids, ``use_cache=False``, ``model.train()`` (dropout active
 where the config has it, as in GPT-2), bf16 parameters and bf16 grads (no fp32 master copy).
 Ignores: data loading, the optimizer unless the case names one, multi-GPU.
