@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hwmodels.specs import NodeSpec
-from hwmodels.units import UserInputError
+from hwmodels.units import UserInputError, validation_error_line
 from simulator.job import (
     InferJob,
     Job,
@@ -186,6 +186,4 @@ def request_scenario(*, scenario_path: str | None = None, model: str | None = No
         return Scenario.build(spec, request.job, node, gpu_budget_bytes=gpu_budget_bytes,
                               host_budget_bytes=host_budget_bytes)
     except ValidationError as err:
-        first = err.errors()[0]
-        loc = ".".join(str(p) for p in first.get("loc", ()))
-        raise UserInputError(f"{where}: {loc}: {first.get('msg', 'invalid')}") from None
+        raise UserInputError(validation_error_line(err, where, union_tags=("train", "infer"))) from None
