@@ -62,13 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    words = list(argv) if argv is not None else sys.argv[1:]
     try:
-        args = parser.parse_args(list(argv) if argv is not None else None)
+        args = parser.parse_args(words)
     except SystemExit as stop:  # a usage error (one line already printed) or --help
         return stop.code if isinstance(stop.code, int) else EXIT_USAGE
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USAGE
+    args.argv = ["tierplan", *words]  # the command line as given, for measurement provenance
     from hwmodels.units import UserInputError, validation_error_line
 
     try:

@@ -146,3 +146,12 @@ def test_baselines_run_beside_a_plan_whose_mlp_activation_is_recomputed(tmp_path
     cases = {c["case"]: c for c in out["measured"]["cases"]}
     assert set(cases) == {"probe8-64k-48g-mip", "probe8-64k-48g-mip:none", "probe8-64k-48g-mip:checkpoint"}
     assert all(c["status"] == "ok" for c in cases.values())
+
+
+def test_the_measured_file_records_the_whole_command(tmp_path, capsys):
+    """Provenance names the command as given, flags included (it used to keep only the plans)."""
+    plan = str(PLANS / "probe8-32k-memo.json")
+    argv = ["validate", "plan", plan, "--smoke", "--repeats", "1", "--out", str(tmp_path), "--json"]
+    assert main(argv) == 0
+    prov = json.loads(capsys.readouterr().out)["measured"]["provenance"]
+    assert prov["argv"] == ["tierplan", *argv]

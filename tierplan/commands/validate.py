@@ -163,7 +163,7 @@ def run_plan(args: argparse.Namespace) -> int:
     result = run(args.plans, out_dir=args.out, warmup=args.warmup, repeats=args.repeats,
                  baselines=names, smoke=args.smoke, check_grads_tokens=args.check_grads,
                  arena=args.arena, **diagnostic_kwargs(args),
-                 argv=["tierplan", "validate", "plan", *args.plans])
+                 argv=args.argv)
     cases = result["measured"]["cases"]
     code = 0 if all(c["status"] == "ok" for c in cases) else 1
     if args.json:
