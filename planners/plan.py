@@ -36,7 +36,15 @@ import json
 import pathlib
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from simulator.scenario import Scenario, ScenarioHashes
 from simulator.workload import NOT_ACTIVATIONS, Role
@@ -260,6 +268,26 @@ class Prediction(_Frozen):
     allocator, capped at the budget, serves every request (fragmentation included)."""
     replayed_by: str
     """Which simulator produced the numbers."""
+    prefill_time_s: float | None = Field(default=None, ge=0.0)
+    """Inference: wall time of the prefill of the whole batch (every chunk). None for training;
+    omitted from the file when None."""
+    decode_step_time_s: float | None = Field(default=None, ge=0.0)
+    """Inference: wall time of one decode step of the whole batch (one token per sequence) at
+    the job's mean decode context (prompt_len + gen_len / 2). None for training."""
+    tier_peak_bytes: dict[str, int] = Field(default_factory=dict)
+    """Inference: peak bytes the plan holds in each tier it uses (hbm allocated, host pinned
+    pools, cxl, nvme files), keyed by tier name. Empty for training; omitted when empty."""
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The inference figures are left out of training plans, whose files predate them."""
+        data = handler(self)
+        for key in ("prefill_time_s", "decode_step_time_s"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        if not data.get("tier_peak_bytes"):
+            data.pop("tier_peak_bytes", None)
+        return data
 
 
 class Plan(_Frozen):
@@ -332,8 +360,8 @@ class Plan(_Frozen):
     def unsupported(self) -> str:
         """The first decision this version's replay and executor cannot carry out yet, as
         "field: reason"; "" when there is none. Callers refuse such a plan in one line."""
-        if self.scenario.job.mode != "train":
-            return "scenario.job.mode: plans are replayed and executed for training steps"
+        if self.scenario.job.mode == "infer":
+            return self._unsupported_infer()
         if self.lm_head_chunks != 1:
             return "lm_head_chunks: chunked LM head + loss is not replayed yet"
         for lp in self.layers:
@@ -347,6 +375,35 @@ class Plan(_Frozen):
             for role, act in sorted(lp.roles.items()):
                 if act.action == "offload" and act.tier != "host":
                     return f"{where}.roles.{role}.tier: offload to {act.tier} is not replayed yet"
+        return ""
+
+    def _unsupported_infer(self) -> str:
+        """Inference plans: each layer's KV cache whole in HBM or whole in host memory (bf16),
+        its weights resident or streamed from the host, attention on the GPU."""
+        if self.lm_head_chunks != 1:
+            return "lm_head_chunks: inference computes the head for the last token only"
+        for lp in self.layers:
+            where = f"layers.{lp.layer}"
+            kv = lp.kv_cache
+            if kv is None:
+                return f"{where}.kv_cache: an inference plan places every layer's KV cache"
+            if kv.resident_frac not in (0.0, 1.0):
+                return f"{where}.kv_cache.resident_frac: a KV cache split within a layer is not executed yet"
+            if kv.resident_frac < 1.0 and kv.tier != "host":
+                return f"{where}.kv_cache.tier: KV cache on {kv.tier} is not executed yet"
+            if kv.dtype not in ("bf16", "fp16"):
+                return f"{where}.kv_cache.dtype: a quantized KV cache is not executed yet"
+            ms = lp.model_states
+            if ms.params not in ("hbm", "host"):
+                return f"{where}.model_states.params: weights streamed from {ms.params} are not executed yet"
+            if (ms.grads, ms.optimizer_states, ms.master_weights, ms.optimizer_step) != ("hbm", "hbm", "hbm", "gpu"):
+                return f"{where}.model_states: an inference plan places only the parameters"
+            if lp.attention_on != "gpu":
+                return f"{where}.attention_on: attention off the GPU is not executed yet"
+            if lp.mlp_chunks != 1:
+                return f"{where}.mlp_chunks: a chunked MLP is not executed yet"
+            if lp.checkpoint != "none" or lp.input != "keep" or lp.roles:
+                return f"{where}: activation decisions are for training plans"
         return ""
 
     @property

@@ -285,12 +285,32 @@ class InferJob(_JobBase):
     kv_group_size: int | None = Field(default=None, ge=1)
     """Elements per quantization scale; None: the kernels.quant default (int8/int4: one scale
     per token and head, i.e. head_dim elements; fp8: one per tensor)."""
+    prefill_chunk_len: Length | None = None
+    """Prompt tokens per prefill pass of each sequence (chunked prefill: only one chunk's
+    activations live at a time, attention reads the KV cache written so far); None prefills the
+    whole prompt in one pass. Omitted from dumps when None."""
+    engine: Literal["static", "hf"] = "static"
+    """The decode engine modelled: ``static``, tierplan's executor (KV buffers of the final
+    length allocated once per layer in their tier, appended in place); ``hf``, Hugging Face
+    eager ``generate`` with a ``DynamicCache`` (each layer's keys and values grown by
+    ``torch.cat`` at every step; its ``offloading=True`` form when the plan's KV is on the
+    host). Omitted from dumps when ``static``."""
 
     @model_validator(mode="after")
     def _group_size_needs_quant(self) -> InferJob:
         if self.kv_quant == "none" and self.kv_group_size is not None:
             raise ValueError("kv_group_size needs kv_quant int8, int4 or fp8")
         return self
+
+    @model_serializer(mode="wrap")
+    def _omit_new_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Fields added after files were written are left out at their defaults."""
+        data = handler(self)
+        if self.prefill_chunk_len is None:
+            data.pop("prefill_chunk_len", None)
+        if self.engine == "static":
+            data.pop("engine", None)
+        return data
 
     @property
     def max_seq_len(self) -> int:
