@@ -248,7 +248,10 @@ def points_from_records(
             raise UserInputError(f"{where}.op: expected an operator name, got {echo(op)}")
         num_before = len(pts)
         try:
-            if op == "gemm":
+            if op == "gemm" and r.get("timing") == "isolated":
+                # one call after a synchronize: the kernel plus what its launch exposes
+                skipped.append(f"{where}: an isolated call, not the kernel's time")
+            elif op == "gemm":
                 flops = r.get("flops") or gemm_flops(m=r["m"], n=r["n"], k=r["k"])
                 label = f"gemm {r.get('m')}x{r.get('n')}x{r.get('k')} {r.get('dtype', 'bf16')}"
                 pts.append(CalibrationPoint("gemm", flops, 1, t, label, r.get("dtype", "bf16")))

@@ -130,6 +130,13 @@ class GemmRecord(_OpRecord):
     tflops: float | None = Field(None, gt=0)
     smi_before: str | None = None
     """gemm_warm_vs_cold.py: nvidia-smi clock, power and temperature before the call."""
+    family: Literal["square", "decode", "prefill", "probe"] | None = None
+    """gemm_sweep.py: the shape family (cubes, decode's 1-64 rows, prefill chunks, the probe's)."""
+    timing: Literal["queued", "isolated"] | None = None
+    """gemm_sweep.py: ``queued`` (repeats enqueued ahead of the GPU: the kernel's time) or
+    ``isolated`` (one call between events after a synchronize: the reference probe's method)."""
+    split: Literal["fit", "holdout"] | None = None
+    """gemm_sweep.py: the half of the sweep a fit may use, or the half it is checked on."""
 
 
 class SdpaRecord(_OpRecord):
