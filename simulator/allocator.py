@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from hwmodels.units import MiB
-from simulator.workload import ALLOCATOR_ROUND_BYTES, Workload, allocator_rounded_bytes
+from simulator.workload import ALLOCATOR_ROUND_BYTES, Role, Workload, allocator_rounded_bytes
 
 MIN_BLOCK_BYTES = ALLOCATOR_ROUND_BYTES  # kMinBlockSize
 SMALL_REQUEST_MAX_BYTES = 1 * MiB  # kSmallSize: largest request served by the small pool
@@ -389,8 +389,14 @@ def workload_events(
     *,
     num_steps: int = 1,
     preallocated_bytes: Sequence[int] = (),
+    lazy_optimizer_states: bool = False,
 ) -> list[AllocEvent]:
     """The allocation/free sequence of running ``workload`` ``num_steps`` times in one process.
+
+    ``lazy_optimizer_states``: as torch.optim creates them, the optimizer's states do not
+    exist before the first ``optimizer.step`` (the first step's end, when the cache holds that
+    step's freed activations) and are one tensor per parameter (``_lazy_state_events``), not
+    one block per state: where they land in the cache is what fragments the next steps.
 
     ``preallocated_bytes`` are blocks allocated before anything else and never freed (cuBLAS
     workspaces left by earlier work). The step's initial tensors (weights, inputs) are
@@ -404,12 +410,18 @@ def workload_events(
     index = workload._by_id()
     events = [AllocEvent("alloc", ("pre", i), n) for i, n in enumerate(preallocated_bytes)]
     initial = set(workload.initial)
-    events += [AllocEvent("alloc", ("t", tid), index[tid].num_bytes) for tid in workload.initial]
+    states = [tid for tid in workload.initial if index[tid].role == Role.OPTIMIZER_STATE]
+    first_step_op = next((op.oid for op in workload.ops if op.kind == "optimizer"), None)
+    lazy = lazy_optimizer_states and bool(states) and first_step_op is not None
+    events += [AllocEvent("alloc", ("t", tid), index[tid].num_bytes) for tid in workload.initial
+               if not (lazy and tid in states)]
     leftover: list[tuple] = []
     for step in range(num_steps):
         events += [AllocEvent("free", key) for key in leftover]
         live: dict[int, tuple] = {}
         for op in workload.ops:
+            if lazy and step == 0 and op.oid == first_step_op:
+                events += _lazy_state_events(workload, states)
             for tid in op.allocs:
                 key = ("t", tid) if tid in initial else ("t", tid, step)
                 live[tid] = key
@@ -421,6 +433,19 @@ def workload_events(
     return events
 
 
+def _lazy_state_events(workload: Workload, states: Sequence[int]) -> list[AllocEvent]:
+    """torch.optim's first step: for each parameter in order, one tensor per state the size of
+    the parameter in the state's dtype (AdamW's ``exp_avg`` then ``exp_avg_sq``; the 4-byte step
+    counters of the fused kernel are left out: 512 B in the small pool)."""
+    index = workload._by_id()
+    weights = [tid for tid in workload.initial if index[tid].role == Role.WEIGHT]
+    total = sum(index[w].num_bytes for w in weights)
+    if total == 0:
+        return [AllocEvent("alloc", ("t", s), index[s].num_bytes) for s in states]
+    return [AllocEvent("alloc", ("t", s, "param", w), index[w].num_bytes * index[s].num_bytes // total)
+            for w in weights for s in states]
+
+
 def predict_workload_reserved(
     workload: Workload,
     *,
@@ -428,9 +453,11 @@ def predict_workload_reserved(
     preallocated_bytes: Sequence[int] = (CUBLAS_WORKSPACE_BYTES, CUBLAS_WORKSPACE_BYTES),
     capacity_bytes: int | None = None,
     expandable_segments: bool = False,
+    lazy_optimizer_states: bool = False,
 ) -> AllocatorReplay:
     """Peak reserved memory of ``num_steps`` steps of ``workload`` (the steady state from 2 on)."""
-    events = workload_events(workload, num_steps=num_steps, preallocated_bytes=preallocated_bytes)
+    events = workload_events(workload, num_steps=num_steps, preallocated_bytes=preallocated_bytes,
+                             lazy_optimizer_states=lazy_optimizer_states)
     return replay_caching_allocator(events, capacity_bytes=capacity_bytes,
                                     expandable_segments=expandable_segments)
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from hwmodels.units import MiB, UserInputError
-from simulator.allocator import predict_reserved
+from hwmodels.units import GiB, MiB, UserInputError
+from simulator.allocator import AllocatorOOM, predict_reserved, predict_workload_reserved
 from simulator.workload import Phase, Role, Workload, walk_memory
 
 RUNTIME_WORKSPACE_BYTES = 2 * 32 * MiB
@@ -31,6 +31,14 @@ RUNTIME_WORKSPACE_BYTES = 2 * 32 * MiB
 (CUBLAS_WORKSPACE_CONFIG default :4096:8), one handle for the forward (main thread) and one for
 the backward (autograd engine thread). Measured: a constant 64 MiB over the analytical peak in
 every H200 run in validate/measurements (tests/simulator/test_estimator_vs_measured.py)."""
+
+NON_ALLOCATABLE_BYTES = 150_755_639_296 - 150_109_880_320 + int(0.74 * GiB)
+"""HBM a process cannot hand to PyTorch's allocator: what the driver keeps (the H200's nvidia-smi
+memory.total, 143771 MiB, minus torch's total_memory, 150109880320 B) plus the CUDA context's
+non-PyTorch memory (0.74 GiB: "this process has 117.86 GiB memory in use" with 117.12 GiB reserved
+by PyTorch, in the 8B out-of-memory record of validate/measurements/h200/
+steps-loopform-h200-2026-12-02.json). 1.34 GiB: the native allocator's replay is capped at the
+HBM capacity less this."""
 
 BREAKDOWN_GROUPS: dict[str, tuple[str, ...]] = {
     "weights": (Role.WEIGHT.value,),
@@ -90,7 +98,8 @@ class TrainEstimate:
     peak_reserved_bytes: int | None = None
     """What ``torch.cuda.max_memory_reserved`` would report: two steps of the workload through the
     model of the job's allocator (``allocator``; simulator.allocator.predict_reserved), capped at
-    the GPU's HBM for expandable segments."""
+    the GPU's HBM for expandable segments; for the native allocator with the optimizer's states
+    created per parameter by the first step (``caching_allocator_fit``)."""
     allocator: str = "caching"
     notes: tuple[str, ...] = field(default_factory=tuple)
 
@@ -145,6 +154,12 @@ def estimate_training(model, job, node, *, workload: Workload | None = None) -> 
     notes = []
     if job.checkpointing == "selective":
         notes.append("selective recompute is modelled as Megatron's: attention internals recomputed")
+    if job.allocator == "caching":
+        native_fits, reserved = caching_allocator_fit(wl, node.gpu.hbm_capacity_bytes)
+    else:
+        native_fits = True
+        reserved = predict_reserved(wl, allocator=job.allocator,
+                                    capacity_bytes=node.gpu.hbm_capacity_bytes)[0]
     return TrainEstimate(
         model=model.name,
         hardware=node.name,
@@ -162,7 +177,7 @@ def estimate_training(model, job, node, *, workload: Workload | None = None) -> 
         peak_at_s=peak_at,
         breakdown_bytes=group_breakdown(walk.peak_breakdown_bytes, RUNTIME_WORKSPACE_BYTES),
         hbm_capacity_bytes=node.gpu.hbm_capacity_bytes,
-        fits=peak <= node.gpu.hbm_capacity_bytes,
+        fits=peak <= node.gpu.hbm_capacity_bytes and (job.allocator != "caching" or native_fits),
         step_time_s=step,
         compute_time_s=phase_time,
         comm_time_s=comm,
@@ -172,11 +187,33 @@ def estimate_training(model, job, node, *, workload: Workload | None = None) -> 
         tokens_per_s=tokens / step if step > 0 else 0.0,
         num_gpus=num_gpus,
         num_ops=len(wl.ops),
-        peak_reserved_bytes=predict_reserved(wl, allocator=job.allocator,
-                                             capacity_bytes=node.gpu.hbm_capacity_bytes)[0],
+        peak_reserved_bytes=reserved,
         allocator=job.allocator,
         notes=tuple(notes),
     )
+
+
+def caching_allocator_fit(wl: Workload, hbm_capacity_bytes: int) -> tuple[bool, int]:
+    """Whether PyTorch's native caching allocator serves every request of two steps of ``wl``
+    on a GPU of ``hbm_capacity_bytes``, and the peak reserved bytes.
+
+    The replay (simulator.allocator) is capped at what a process can allocate
+    (``NON_ALLOCATABLE_BYTES`` less): over the cap it frees its unsplit cached segments and
+    retries, as PyTorch does, so what does not fit is fragmentation, not a high-water mark. The
+    optimizer's states are created lazily, one tensor per parameter, at the first step's
+    ``optimizer.step``, as torch.optim does: they land in the blocks the first step's
+    activations left cached and split them, which is what made the whole Llama-3.1-8B + fused
+    AdamW + checkpointing at 48K run out of memory on the H200 in its second step (23.5 GiB of
+    fp32 logits asked, 23.4 GiB cached in fragments) while 128.9 GiB allocated fit. Uncapped,
+    the peak reserved of that sequence is reported."""
+    cap = hbm_capacity_bytes - NON_ALLOCATABLE_BYTES
+    try:
+        rep = predict_workload_reserved(wl, num_steps=2, capacity_bytes=cap, lazy_optimizer_states=True)
+    except AllocatorOOM:
+        return False, predict_workload_reserved(wl, num_steps=2, lazy_optimizer_states=True).peak_reserved_bytes
+    if rep.num_alloc_retries:  # the capped peak is the cap's: report the uncapped one
+        return True, predict_workload_reserved(wl, num_steps=2, lazy_optimizer_states=True).peak_reserved_bytes
+    return True, rep.peak_reserved_bytes
 
 
 @dataclass(frozen=True)

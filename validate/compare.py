@@ -166,8 +166,9 @@ def compare_ops(paths: list[pathlib.Path], hardware: str = "1xH200") -> list[Row
 
 
 # ---- whole training steps ---------------------------------------------------------------------
-def job_for_step_record(rec: dict):
-    """The TrainJob a ``validate/measure_steps.py`` record ran (HF model, batch, loss, optimizer)."""
+def job_for_step_record(rec: dict, allocator: str = "caching"):
+    """The TrainJob a ``validate/measure_steps.py`` record ran (HF model, batch, loss, optimizer);
+    ``allocator``: the one its file's ``provenance.pytorch_cuda_alloc_conf`` names."""
     from simulator.job import TrainJob
 
     opt = rec.get("optimizer")
@@ -180,6 +181,7 @@ def job_for_step_record(rec: dict):
         checkpointing="full" if rec["gradient_checkpointing"] else "none",
         # the loop's form; records made before it was recorded held the output (kept)
         model_output=rec.get("model_output", "kept"),
+        allocator=allocator,
     )
 
 
@@ -194,14 +196,14 @@ def step_records(paths: list[pathlib.Path]) -> list[tuple[pathlib.Path, dict]]:
     return out
 
 
-def predict_step_record(rec: dict, hardware: str = "1xH200"):
+def predict_step_record(rec: dict, hardware: str = "1xH200", *, allocator: str = "caching"):
     """TrainEstimate for one measured Hugging Face training step."""
     from hwmodels.catalog import load_node
     from simulator.estimator import estimate_training
     from simulator.model import ModelSpec
 
     model = ModelSpec.from_hf_config(rec["config"], name=rec["case"])
-    return estimate_training(model, job_for_step_record(rec), load_node(hardware))
+    return estimate_training(model, job_for_step_record(rec, allocator), load_node(hardware))
 
 
 def probe_cases(path: pathlib.Path) -> list[tuple[str, int, str, dict]]:

@@ -113,9 +113,7 @@ def gemm_case(family: str, m: int, n: int, k: int, split: str | None, device: to
              **bench(lambda i: torch.matmul(*sets[i % len(sets)]), device, target_s=0.1).as_dict()}]
     x, w = sets[0]
     recs.append({**base, "timing": "isolated", **isolated(lambda: x @ w, device).as_dict()})
-    del sets, x, w
-    free(device)
-    return recs
+    return recs  # the operands die here; the caller empties the cache
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,9 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     probe = [(64, 64, 32), (32, 64, 64)] if args.smoke else PROBE_SHAPES
     for m, k, n in probe:  # first, as in the probe: right after start-up
         recs = gemm_case("probe", m, n, k, None, device, l2_bytes)
+        free(device)
         records += [r for r in recs if r["timing"] == "isolated"] + [r for r in recs if r["timing"] == "queued"]
     for family, m, n, k, split in with_splits(sweep_shapes(smoke=args.smoke)):
         records += gemm_case(family, m, n, k, split, device, l2_bytes)
+        free(device)
         q, i = records[-2], records[-1]
         print(f"{family:8s} {m:6d} x {n:6d} x {k:6d}  queued {q['time_s'] * 1e6:9.1f} us"
               f"  isolated {i['time_s'] * 1e6:9.1f} us"
