@@ -117,8 +117,10 @@ def test_scenario_file_with_override(tmp_path, capsys):
 
 def test_the_loop_form_is_a_flag_and_the_json_says_which_was_assumed(capsys):
     """Llama-3.1-8B + AdamW + gradient checkpointing at 48K on one H200: the loop that keeps
-    ``out.logits`` through backward does not fit, HF Trainer's loop (the default) does; the
-    difference is the bf16 logits, 48K x 128256 x 2 bytes."""
+    ``out.logits`` through backward does not fit the HBM, HF Trainer's loop (the default) does in
+    allocated bytes; the difference is the bf16 logits, 48K x 128256 x 2 bytes. Under the native
+    caching allocator (the job's default) the freed loop still does not fit: it ran out of memory
+    in fragments on the H200 (steps-loopform-h200-2026-12-02.json), and the fit replays that."""
     common = ("estimate", "--model", "llama-3.1-8b", "--seq-len", "48K", "--optimizer", "adamw",
               "--optimizer-state-dtype", "bf16", "--checkpointing", "full", "--json")
     by_form = {}
@@ -129,7 +131,10 @@ def test_the_loop_form_is_a_flag_and_the_json_says_which_was_assumed(capsys):
         by_form[extra[-1] if extra else "default"] = d
     assert by_form["default"] == by_form["freed"]
     assert by_form["freed"]["model_output"] == "freed" and by_form["kept"]["model_output"] == "kept"
-    assert by_form["freed"]["fits"] is True and by_form["kept"]["fits"] is False
+    freed = by_form["freed"]
+    assert freed["peak_allocated_bytes"] < freed["hbm_capacity_bytes"] < by_form["kept"]["peak_allocated_bytes"]
+    assert freed["fits"] is False and by_form["kept"]["fits"] is False
+    assert freed["allocator"] == "caching" and freed["peak_reserved_bytes"] > freed["hbm_capacity_bytes"] - 1.34 * 2**30
     diff = by_form["kept"]["peak_allocated_bytes"] - by_form["freed"]["peak_allocated_bytes"]
     assert diff == 48 * 1024 * 128256 * 2
     assert by_form["kept"]["step_time_s"] == by_form["freed"]["step_time_s"]
