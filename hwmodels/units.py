@@ -31,6 +31,8 @@ TFLOPS = 1e12
 PFLOPS = 1e15
 US_PER_S = 1e6
 MS_PER_S = 1e3
+S_PER_HOUR = 3600.0
+HOURS_PER_YEAR = 365 * 24.0  # a 365-day year: amortization lifetimes are quoted in years
 
 
 class UserInputError(ValueError):

@@ -23,7 +23,7 @@ def test_json_lists_every_strategy_and_the_best(capsys, tmp_path):
     for s in d["strategies"]:
         assert set(s) == {"name", "feasible", "step_time_s", "mfu", "peak_hbm_bytes", "peak_reserved_bytes",
                           "peak_host_bytes", "reason",
-                          "solve_time_s"}
+                          "solve_time_s", "cost"}
         assert s["feasible"] or s["reason"]
     best = next(s for s in d["strategies"] if s["name"] == d["best"])
     assert best["feasible"]

@@ -18,15 +18,20 @@ import json
 from typing import Any
 
 from hwmodels.limits import MAX_BATCH, MAX_LAYERS, MAX_PARALLEL_DEGREE
+from tierplan.costs import add_prices_arg
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Any, *, with_prices: bool = True) -> None:
+    """``with_prices=False``: without --prices, for commands that reuse these flags but report no
+    cost (`tierplan layout`)."""
     p = subparsers.add_parser(
         "estimate",
         help="peak memory, step time, MFU and fit of one step",
         description="Analytical estimate of one training step or one inference request.",
     )
     add_scenario_args(p)
+    if with_prices:
+        add_prices_arg(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run)
 
@@ -135,6 +140,10 @@ def build_scenario(args: argparse.Namespace, *, gpu_budget_bytes: int | None = N
 
 
 def run(args: argparse.Namespace) -> int:
+    from hwmodels.prices import load_price_catalog
+    from tierplan.costs import job_cost
+
+    catalog = load_price_catalog(args.prices)
     scenario = build_scenario(args)
     model, node = scenario.model, scenario.node
     strategies = []
@@ -152,21 +161,30 @@ def run(args: argparse.Namespace) -> int:
         from simulator.estimator import estimate_inference
 
         est = estimate_inference(model, scenario.job, node)
+    num_gpus = scenario.job.parallelism.num_gpus
+    if scenario.job.mode == "train":  # a step; tokens per step / step time
+        cost = job_cost(catalog, node, num_gpus=num_gpus, step_time_s=est.step_time_s,
+                        tokens_per_s=est.tokens_per_s)
+    else:  # a decode step; decode tokens per second
+        cost = job_cost(catalog, node, num_gpus=num_gpus, step_time_s=est.decode_time_per_token_s,
+                        tokens_per_s=est.decode_tokens_per_s)
     if args.json:
         out = est.to_dict()
         if strategies:
             out["strategies"] = strategies
+        out["cost"] = cost
         print(json.dumps(out, sort_keys=True))
         return 0
-    _print(est, scenario, strategies)
+    _print(est, scenario, strategies, cost)
     return 0
 
 
-def _print(est, scenario, strategies=()) -> None:
+def _print(est, scenario, strategies=(), cost=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from hwmodels.units import format_bytes, format_seconds
+    from tierplan.costs import describe_rate, format_usd
 
     console = Console(soft_wrap=False)
     if not console.is_terminal:
@@ -223,7 +241,14 @@ def _print(est, scenario, strategies=()) -> None:
         perf.add_row("request time", format_seconds(est.total_time_s))
         perf.add_row("max batch at this length", str(est.max_batch))
         perf.add_row("max context at this batch", f"{est.max_context_len:,}")
+    if cost is not None and "unavailable" not in cost:
+        step = "step" if job.mode == "train" else "decode step"
+        perf.add_row(f"cost per {step} ({cost['catalog']})", format_usd(cost["usd_per_step"]))
+        tokens = "tokens" if job.mode == "train" else "decoded tokens"
+        perf.add_row(f"cost per million {tokens}", format_usd(cost["usd_per_million_tokens"]))
     console.print(perf)
+    if cost is not None:
+        console.print(describe_rate(cost))
     if strategies:
         alt = Table(title="activation checkpointing strategies (same job otherwise)", title_justify="left")
         for col in ("checkpointing", "peak allocated", "fits", "step time", "MFU"):

@@ -37,7 +37,7 @@ def _scenario_parent() -> argparse.ArgumentParser:
     from tierplan.commands import estimate
 
     sub = argparse.ArgumentParser(add_help=False).add_subparsers()
-    estimate.register(sub)
+    estimate.register(sub, with_prices=False)  # a layout has no cost
     return sub.choices["estimate"]
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from tierplan import flags
 from tierplan.commands.estimate import MLP_ACTIVATION_HELP, MLP_ACTIVATIONS
+from tierplan.costs import add_prices_arg
 
 EXIT_INFEASIBLE = 3
 EXIT_TIME_LIMIT = 4
@@ -72,6 +73,7 @@ def register(subparsers: Any) -> None:
                         "included; expandable: the same with expandable_segments:True (what the "
                         "plan executor runs under)")
     p.add_argument("--solver", choices=("highs", "cbc"), default="highs", help="MIP solver")
+    add_prices_arg(p)
     p.add_argument("--out", help="directory for plan.json, trace.json and memory.png")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run, mode=None)
@@ -89,9 +91,11 @@ def _scenario(args: argparse.Namespace, *, gpu_budget_bytes: int | None,
 
 
 def run(args: argparse.Namespace) -> int:
+    from hwmodels.prices import load_price_catalog
     from hwmodels.units import UserInputError
     from planners.swap import plan_training
 
+    catalog = load_price_catalog(args.prices)
     scenario = _scenario(args, gpu_budget_bytes=args.gpu_budget, host_budget_bytes=args.host_budget)
     model, node = scenario.model, scenario.node
     if scenario.job.mode != "train":
@@ -101,15 +105,18 @@ def run(args: argparse.Namespace) -> int:
                            host_budget_bytes=scenario.host_budget_bytes, time_limit_s=time_limit,
                            solver=args.solver,
                            allocator=args.allocator)
+    costs = strategy_costs(report, scenario, catalog)
     if args.json:
         out = report.to_dict()
+        for row in out["strategies"]:
+            row["cost"] = costs[row["name"]]
         if report.best is None:
             out["binding"] = report.binding
             out["status"] = "time_limit" if report.timed_out else "infeasible"
         print(json.dumps(out, sort_keys=True))
     else:
         # the allocator the reserved peaks are for: the planner's, else the job's
-        _print(report, scenario, model, node,
+        _print(report, scenario, model, node, costs,
                allocator=args.allocator if args.allocator != "planned" else scenario.job.allocator)
     if report.best is None:
         import sys
@@ -124,6 +131,22 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"best: {report.best}; wrote {', '.join(str(p) for p in written)}")
     return 0
+
+
+def strategy_costs(report, scenario, catalog) -> dict[str, dict]:
+    """Each strategy's cost per step and per million tokens: the job's GPUs for its replayed step
+    time, plus the host bytes it holds at its peak (per node)."""
+    from tierplan.costs import job_cost
+
+    job, node = scenario.job, scenario.node
+    tokens_per_step = job.num_tokens * job.parallelism.dp
+    out = {}
+    for r in report.strategies:
+        step = r.step_time_s if r.feasible else None
+        out[r.name] = job_cost(catalog, node, num_gpus=job.parallelism.num_gpus, step_time_s=step,
+                               tokens_per_s=tokens_per_step / step if step else None,
+                               tier_bytes={"host": r.peak_host_bytes} if r.peak_host_bytes else None)
+    return out
 
 
 def write_outputs(report, out_dir) -> list:
@@ -143,11 +166,12 @@ def write_outputs(report, out_dir) -> list:
     return [out / name for name in writers]
 
 
-def _print(report, scenario, model, node, *, allocator: str) -> None:
+def _print(report, scenario, model, node, costs, *, allocator: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from hwmodels.units import format_bytes, format_seconds
+    from tierplan.costs import describe_rate, format_usd
 
     console = Console(soft_wrap=False)
     if not console.is_terminal:
@@ -163,7 +187,7 @@ def _print(report, scenario, model, node, *, allocator: str) -> None:
     table = Table(title=title, title_justify="left")
     reserved_col = f"reserved ({allocator})"
     for col in ("strategy", "feasible", "step time", "MFU", "HBM peak", reserved_col, "host peak",
-                "why not / note"):
+                "$/step", "$/Mtok", "why not / note"):
         table.add_column(col, justify="left" if col in ("strategy", "feasible", "why not / note")
                          else "right")
     for r in report.strategies:
@@ -175,8 +199,12 @@ def _print(report, scenario, model, node, *, allocator: str) -> None:
                       format_bytes(r.peak_hbm_bytes) if r.peak_hbm_bytes is not None else "-",
                       format_bytes(r.peak_reserved_bytes) if r.peak_reserved_bytes is not None else "-",
                       format_bytes(r.peak_host_bytes) if r.peak_host_bytes is not None else "-",
+                      format_usd(costs[r.name].get("usd_per_step")),
+                      format_usd(costs[r.name].get("usd_per_million_tokens")),
                       r.reason)
     console.print(table)
+    best = costs.get(report.best or "")
+    console.print(describe_rate(best if best is not None else next(iter(costs.values()))))
     if prov is not None and prov.solver:
         gap = f"{prov.gap:.2%}" if prov.gap is not None else "n/a"
         console.print(f"mip: {prov.solver} {prov.status}, gap {gap}, solved and replayed in "
