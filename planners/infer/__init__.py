@@ -273,9 +273,9 @@ def plan_inference(scenario, *, objective: str = "throughput", time_limit_s: flo
     best = min(feasible, key=lambda r: (_score(r, objective), r.name != "mip")).name if feasible else None
     binding = ""
     if best is None:
-        binding = next((r.reason for r in results if r.name == "mip" and r.reason), results[-1].reason)
-        # the rule that offloads the most says best what cannot fit
-        binding = results[1].reason or binding
+        # the MIP names the binding constraint over every placement; without one (hf engine) the
+        # rule that offloads the most says what cannot fit
+        binding = next((r.reason for r in results if r.name == "mip" and r.reason), "") or results[1].reason
     return InferReport(tuple(results), best, binding, objective, timed_out=timed_out and best is None)
 
 
@@ -293,3 +293,128 @@ def lookahead_choices(placement) -> list[int]:
 def _score(r: InferResult, objective: str) -> float:
     assert r.replay is not None  # scored results were replayed
     return r.replay.decode_step_time_s if objective == "throughput" else r.replay.step_time_s
+
+
+# ---- what the tiers buy (estimate) --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TierOption:
+    """The largest batch (at the job's lengths) and the longest context (at the job's batch)
+    when the KV cache may live in ``tiers``, and the replayed decode step at those sizes."""
+
+    tiers: tuple[str, ...]
+    max_batch: int
+    decode_step_time_s_at_max_batch: float | None
+    max_context_len: int
+    decode_step_time_s_at_max_context: float | None
+
+    def to_dict(self) -> dict:
+        return {"tiers": list(self.tiers), "max_batch": self.max_batch,
+                "decode_step_time_s_at_max_batch": self.decode_step_time_s_at_max_batch,
+                "max_context_len": self.max_context_len,
+                "decode_step_time_s_at_max_context": self.decode_step_time_s_at_max_context}
+
+
+_TERMS_CACHE: dict = {}
+
+
+def _terms(model, job):
+    """`simulator.inference.static_memory_terms` of ``job`` from its batch-1 terms: prefill runs
+    one sequence at a time, the KV buffers scale with the batch; the decode activations (one
+    token per sequence, a few MiB) are counted at batch 1. Cached: the searches of
+    `tier_options` ask for many batches."""
+    from dataclasses import replace
+
+    from simulator.inference import static_memory_terms
+
+    one = job.model_copy(update={"batch": 1})
+    key = (model, one)
+    if key not in _TERMS_CACHE:
+        if len(_TERMS_CACHE) > 256:
+            _TERMS_CACHE.clear()
+        _TERMS_CACHE[key] = static_memory_terms(model, one, num_staging_buffers=DEFAULT_STAGING_BUFFERS)
+    t = _TERMS_CACHE[key]
+    return replace(t, kv_layer_bytes=t.kv_layer_bytes * job.batch, staging_bytes=t.staging_bytes * job.batch)
+
+
+def _fill(scenario, job, tiers: tuple[str, ...]):
+    """The static-engine placement with the fewest layers' KV off HBM that fits the GPU budget,
+    the rest filled into ``tiers`` in order (each up to its capacity), weights resident; None
+    when no such placement fits."""
+    from simulator.inference import LayerPlacement, Placement
+
+    model, node = scenario.model, scenario.node
+    L = model.num_layers
+    terms = _terms(model, job)
+    n_off = next((n for n in range(L + 1) if n == 0 or len(tiers) > 1
+                  if max(terms.hbm_bytes(num_kv_off=n, num_streamed=0, num_layers=L)) <= scenario.gpu_budget_bytes),
+                 None)
+    if n_off is None or (n_off and tiers == ("hbm",)):
+        return None
+    caps = {"host": scenario.host_budget_bytes,
+            "cxl": sum(d.capacity_bytes for d in node.cxl), "nvme": sum(d.capacity_bytes for d in node.nvme)}
+    counts: dict[str, int] = {}
+    left = n_off
+    for t in tiers[1:]:
+        take = min(left, caps[t] // terms.kv_layer_bytes if terms.kv_layer_bytes else left)
+        if take:
+            counts[t] = take
+            left -= take
+    if left:
+        return None
+    labels = spread(L, counts)
+    return Placement(tuple(LayerPlacement(kv_tier=lab) for lab in labels), DEFAULT_STAGING_BUFFERS,
+                     DEFAULT_LOOKAHEAD)
+
+
+def _largest(ok, *, start: int, limit: int) -> int:
+    """Largest n in [1, limit] with ok(n) (monotone decreasing), 0 when ok(1) fails."""
+    if not ok(1):
+        return 0
+    lo, hi = 1, max(2, start)
+    while hi < limit and ok(hi):
+        lo, hi = hi, min(limit, hi * 2)
+    if hi >= limit and ok(limit):
+        return limit
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
+
+
+def tier_options(scenario) -> list[TierOption]:
+    """For the KV cache in HBM only, then adding host, CXL, NVMe (the node's), the largest
+    batch and context that fit (static engine, weights resident) and the replay's decode step
+    there: what each tier buys and what it costs per token."""
+    from hwmodels.limits import MAX_BATCH
+    from simulator.inference import replay_placement
+
+    job = scenario.job.model_copy(update={"engine": "static"})
+    model, node = scenario.model, scenario.node
+    chain = ["hbm", "host"] + [t for t in ("cxl", "nvme") if getattr(node, t)]
+    total = job.prompt_len + job.gen_len
+    # rotary models may run past their trained positions: search up to 8x them
+    ctx_limit = max(total, model.max_position_embeddings * (8 if model.position != "learned" else 1))
+
+    def job_at(batch: int, length: int):
+        prompt = max(1, length * job.prompt_len // total)
+        return job.model_copy(update={"batch": batch, "prompt_len": prompt, "gen_len": length - prompt})
+
+    def decode_at(j, tiers: tuple[str, ...]) -> float | None:
+        pl = _fill(scenario, j, tiers)
+        if pl is None:
+            return None
+        return replay_placement(model, j, node, pl, gpu_budget_bytes=scenario.gpu_budget_bytes,
+                                host_budget_bytes=scenario.host_budget_bytes).decode_step_time_s
+
+    out = []
+    for k in range(1, len(chain) + 1):
+        tiers = tuple(chain[:k])
+        max_b = _largest(lambda b, t=tiers: _fill(scenario, job_at(b, total), t) is not None, start=job.batch,
+                         limit=MAX_BATCH)
+        max_ctx = _largest(lambda n, t=tiers: _fill(scenario, job_at(job.batch, n), t) is not None, start=total,
+                           limit=ctx_limit)
+        out.append(TierOption(tiers, max_b, decode_at(job_at(max_b, total), tiers) if max_b else None, max_ctx,
+                              decode_at(job_at(job.batch, max_ctx), tiers) if max_ctx else None))
+    return out

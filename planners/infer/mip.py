@@ -28,8 +28,12 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hwmodels.units import GB
+
+if TYPE_CHECKING:
+    from simulator.inference import Placement
 
 TIE_BREAK_S_PER_BYTE = 1e-6 / GB
 
@@ -56,7 +60,7 @@ class Coefficients:
 
 @dataclass(frozen=True)
 class Solution:
-    placement: object | None  # simulator.inference.Placement
+    placement: Placement | None
     counts: dict[str, int] | None
     objective: float | None
     status: str
@@ -227,7 +231,9 @@ def _binding(c: Coefficients) -> str:
     if max(pre, dec) > c.gpu_budget_bytes:
         return (f"hbm: even with every layer's KV and weights off HBM the GPU needs {format_bytes(max(pre, dec))} "
                 f"(buffers, activations, embedding and head), over the budget of {format_bytes(c.gpu_budget_bytes)}")
-    off_cap = sum(c.capacity_bytes.values())
-    return (f"host: the KV and weights that must leave HBM do not fit the host budget "
-            f"{format_bytes(c.capacity_bytes['host'])}" + (f" and the other tiers ({format_bytes(off_cap)} in all)"
-                                                         if len(c.capacity_bytes) > 1 else ""))
+    need = min((n * c.kv_final_bytes + s * c.weight_bytes, n, s) for n in range(L + 1) for s in range(L + 1)
+               if max(c.hbm_terms.hbm_bytes(num_kv_off=n, num_streamed=s, num_layers=L)) <= c.gpu_budget_bytes)  # type: ignore[attr-defined]
+    room = sum(c.capacity_bytes.values())
+    where = "the host budget" + (" and the CXL / NVMe capacities" if len(c.capacity_bytes) > 1 else "")
+    return (f"host: at least {format_bytes(need[0])} of KV and weights must leave HBM ({need[1]} layers' KV, "
+            f"{need[2]} layers' weights), over {where} of {format_bytes(room)}")
