@@ -5,7 +5,8 @@ reports) from the exact walk of the analytical Workload, with the moment it happ
 live then; the step time as the sum of kernel times on the compute stream (roofline with the
 node's calibrated efficiencies) plus exposed collectives; MFU against the datasheet peak.
 Inference - KV-cache bytes per token and per request, prefill time and peak, time per decoded
-token, and the largest batch and context that fit.
+token (`simulator.inference.decode_segments`: a decode step's small kernels through the host's
+launch pipeline, HBM-bandwidth bound at batch 1), and the largest batch and context that fit.
 Assumes: one process per GPU; kernels on one stream run back to back; collectives of tensor and
 context parallelism are exposed (not overlapped with compute), data-parallel gradient reduction
 is exposed too unless ZeRO-3 prefetch hides the parameter gathers (not modelled: exposed).
@@ -254,6 +255,7 @@ def _peak(workload: Workload) -> tuple[int, dict[str, int]]:
 
 def estimate_inference(model, job, node) -> InferEstimate:
     """KV cache, prefill and decode time and memory, and what fits, for an InferJob."""
+    from simulator.inference import decode_segments
     from simulator.templates import decode_workload, kv_cache_bytes_per_token, prefill_workload
 
     if job.mode != "infer":
@@ -275,8 +277,9 @@ def estimate_inference(model, job, node) -> InferEstimate:
     prefill_s = sum(op.time_s or 0.0 for op in pre_wl.ops)
     if job.gen_len:
         mean_ctx = job.prompt_len + max(1, job.gen_len // 2)
-        dec_wl = decode_workload(model, job, node, context_len=mean_ctx)
-        decode_s = sum(op.time_s or 0.0 for op in dec_wl.ops)
+        # one token per sequence: ~30 small eager kernels per layer, timed by the launch pipeline
+        # of simulator.inference (not the eager composites the profile fitted on training shapes)
+        decode_s = decode_segments(model, job, node, context_len=mean_ctx, batch=job.batch).total_s
         dec_peak, dec_roles = _peak(decode_workload(model, job, context_len=total_len))
     else:
         decode_s, dec_peak, dec_roles = 0.0, pre_peak, pre_roles

@@ -1035,6 +1035,9 @@ def build_parser(prog: str = "validate/bench.py") -> argparse.ArgumentParser:
                     help="MIP seconds")
     mk.add_argument("--model", default=MODEL, help=f"the stack's preset (default {MODEL})")
     mk.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
+    mk.add_argument("--mode", choices=("train", "infer"), default="train",
+                    help="train: the training grid (default); infer: the inference bench cells of "
+                         "validate/infer_plans.py (--lengths, --budgets, --model, --modes do not apply)")
     mk.add_argument("--allocator", choices=ALLOCATOR_CHOICES, default=None,
                     help=f"allocator the plans are certified for (default: caching for {MODEL}, "
                          "expandable for the others)")
@@ -1079,6 +1082,14 @@ def _model_arg(name: str) -> str:
 
 
 def dispatch(args: argparse.Namespace, argv: list[str]) -> int:
+    if args.bench_command == "make-plans" and args.mode == "infer":
+        from validate.infer_plans import make_infer_plans
+
+        t0 = time.perf_counter()
+        index = make_infer_plans(args.out, time_limit_s=args.time_limit)
+        print(f"wrote {sum(1 for c in index['cells'] for f in c['modes'].values() if f)} inference plans "
+              f"({len(index['cells'])} cells) to {args.out} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        return 0
     if args.bench_command == "make-plans":
         t0 = time.perf_counter()
         index = make_plans(

@@ -19,6 +19,7 @@ PRESETS = [
     "llama-2-13b",
     "llama-2-70b",
     "llama-3.1-8b",
+    "llama-3.1-70b",
     "llama-3.2-1b",
     "mistral-7b",
     "qwen2-7b",
@@ -48,6 +49,7 @@ def test_every_named_preset_is_listed():
         ("llama-3.2-1b", 1_235_814_400),
         ("mistral-7b", 7_241_732_096),
         ("qwen2-7b", 7_615_616_512),
+        ("llama-3.1-70b", 70_553_706_496),
         ("gpt2", 124_439_808),
     ],
 )

@@ -147,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
     scenario = build_scenario(args)
     model, node = scenario.model, scenario.node
     strategies = []
+    tiers: list = []
     if scenario.job.mode == "train":
         from simulator.estimator import estimate_training
 
@@ -161,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         from simulator.estimator import estimate_inference
 
         est = estimate_inference(model, scenario.job, node)
+        tiers = _tier_options(scenario)
     num_gpus = scenario.job.parallelism.num_gpus
     if scenario.job.mode == "train":  # a step; tokens per step / step time
         cost = job_cost(catalog, node, num_gpus=num_gpus, step_time_s=est.step_time_s,
@@ -172,11 +174,55 @@ def run(args: argparse.Namespace) -> int:
         out = est.to_dict()
         if strategies:
             out["strategies"] = strategies
+        if tiers:
+            out["tiers"] = [o.to_dict() for o in tiers]
         out["cost"] = cost
         print(json.dumps(out, sort_keys=True))
         return 0
     _print(est, scenario, strategies, cost)
+    if tiers:
+        _print_tiers(tiers, scenario)
     return 0
+
+
+def _tier_options(scenario) -> list:
+    """What host, CXL and NVMe buy for the KV cache (`planners.infer.tier_options`, replayed);
+    empty for more than one GPU (the inference replay models one)."""
+    par = scenario.job.parallelism
+    if (par.tp, par.cp, par.dp) != (1, 1, 1):
+        return []
+    from planners.infer import tier_options
+
+    return tier_options(scenario)
+
+
+def _print_tiers(options, scenario) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from hwmodels.units import format_seconds
+
+    console = Console(soft_wrap=False)
+    if not console.is_terminal:
+        console = Console(soft_wrap=False, width=120)
+    t = Table(title="what the tiers buy for the KV cache (static engine, weights in HBM; replayed decode step)",
+              title_justify="left")
+    for col in ("KV may live in", "max batch", "decode step there", "max context", "decode step there"):
+        t.add_column(col, justify="left" if col == "KV may live in" else "right")
+    for o in options:
+        t.add_row(" + ".join(o.tiers), str(o.max_batch),
+                  format_seconds(o.decode_step_time_s_at_max_batch) if o.decode_step_time_s_at_max_batch else "-",
+                  f"{o.max_context_len:,}",
+                  format_seconds(o.decode_step_time_s_at_max_context) if o.decode_step_time_s_at_max_context else "-")
+    console.print(t)
+    node = scenario.node
+    lines = []
+    if not (node.cxl or node.nvme):
+        lines.append(f"{node.name} has no CXL card or NVMe drive: beyond HBM only host memory can hold KV")
+    if node.csd:
+        lines.append("csd: attention inside the computational storage drive is not replayed yet")
+    for line in lines:
+        console.print(line)
 
 
 def _print(est, scenario, strategies=(), cost=None) -> None:

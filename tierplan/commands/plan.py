@@ -55,6 +55,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--optimizer", choices=("none", "sgd", "adamw"))
     p.add_argument("--mlp-activation", choices=MLP_ACTIVATIONS,
                    help=MLP_ACTIVATION_HELP + "; the baselines use it, the MIP also tries recomputed")
+    p.add_argument("--mode", choices=("train", "infer"),
+                   help="plan a training step (default) or an inference request (KV and weight placement)")
+    p.add_argument("--prompt-len", help="prompt tokens per sequence (infer), e.g. 128K")
+    p.add_argument("--gen-len", help="generated tokens per sequence (infer)")
+    p.add_argument("--objective", choices=("throughput", "latency"), default="throughput",
+                   help="infer: decode tokens/s (default) or request latency (prefill + decode)")
     p.add_argument("--tp", help="tensor-parallel degree")
     p.add_argument("--sp", action="store_true", default=None, help="sequence parallelism (with --tp)")
     p.add_argument("--cp", help="context-parallel degree")
@@ -76,7 +82,7 @@ def register(subparsers: Any) -> None:
     add_prices_arg(p)
     p.add_argument("--out", help="directory for plan.json, trace.json and memory.png")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(run=run, mode=None)
+    p.set_defaults(run=run)
 
 
 def _scenario(args: argparse.Namespace, *, gpu_budget_bytes: int | None,
@@ -98,8 +104,10 @@ def run(args: argparse.Namespace) -> int:
     catalog = load_price_catalog(args.prices)
     scenario = _scenario(args, gpu_budget_bytes=args.gpu_budget, host_budget_bytes=args.host_budget)
     model, node = scenario.model, scenario.node
+    if scenario.job.mode == "infer":
+        return _run_infer(args, scenario)
     if scenario.job.mode != "train":
-        raise UserInputError("job.mode: tierplan plan plans training steps")
+        raise UserInputError("job.mode: tierplan plan plans training steps and inference requests")
     time_limit = args.time_limit
     report = plan_training(model, scenario.job, node, gpu_budget_bytes=scenario.gpu_budget_bytes,
                            host_budget_bytes=scenario.host_budget_bytes, time_limit_s=time_limit,
@@ -147,6 +155,73 @@ def strategy_costs(report, scenario, catalog) -> dict[str, dict]:
                                tokens_per_s=tokens_per_step / step if step else None,
                                tier_bytes={"host": r.peak_host_bytes} if r.peak_host_bytes else None)
     return out
+
+
+def _run_infer(args: argparse.Namespace, scenario) -> int:
+    """``--mode infer``: the rules and the MIP of `planners.infer`, each replayed; plan.json of
+    the best with --out; exit 3 with the binding constraint when nothing fits."""
+    import sys
+
+    from hwmodels.outputs import OutputSet, make_out_dir
+    from hwmodels.units import UserInputError
+    from planners.infer import plan_inference, tiers_line
+    from planners.plan import write_plan
+
+    par = scenario.job.parallelism
+    if (par.tp, par.cp, par.dp) != (1, 1, 1):
+        raise UserInputError("--tp/--cp/--dp: inference plans are for one GPU")
+    report = plan_inference(scenario, objective=args.objective, time_limit_s=args.time_limit, solver=args.solver)
+    if args.json:
+        print(json.dumps(report.to_dict(), sort_keys=True))
+    else:
+        _print_infer(report, scenario)
+    if report.best is None:
+        if report.timed_out:
+            print(f"tierplan plan: {report.binding}", file=sys.stderr)
+            return EXIT_TIME_LIMIT
+        print(f"tierplan plan: infeasible: {report.binding}", file=sys.stderr)
+        return EXIT_INFEASIBLE
+    best = report.result(report.best)
+    if not args.json:
+        print(f"best: {report.best}: {tiers_line(best.plan)}")
+    if args.out:
+        out = make_out_dir(args.out, field="--out")
+        with OutputSet() as outputs:
+            outputs.write(outputs.reserve(out / "plan.json", field="--out"), lambda p: write_plan(best.plan, p))
+        if not args.json:
+            print(f"wrote {out / 'plan.json'}")
+    return 0
+
+
+def _print_infer(report, scenario) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from hwmodels.units import format_bytes, format_seconds
+
+    console = Console(soft_wrap=False)
+    if not console.is_terminal:
+        console = Console(soft_wrap=False, width=160)
+    job, node = scenario.job, scenario.node
+    title = (f"{scenario.model.name} - infer prompt {job.prompt_len:,} + gen {job.gen_len:,} x {job.batch} - "
+             f"engine {job.engine} - {node.name} - budgets {format_bytes(scenario.gpu_budget_bytes)} HBM, "
+             f"{format_bytes(scenario.host_budget_bytes)} host - objective {report.objective}")
+    table = Table(title=title, title_justify="left")
+    for col in ("strategy", "feasible", "prefill", "decode step", "tokens/s", "request", "HBM peak",
+                "host peak", "why not / note"):
+        table.add_column(col, justify="left" if col in ("strategy", "feasible", "why not / note") else "right")
+    for r in report.strategies:
+        rp = r.replay
+        name = f"[bold]{r.name}[/bold]" if r.name == report.best else r.name
+        note = r.reason or (r.plan.provenance.status if r.plan is not None and r.name == "mip" else "")
+        table.add_row(name, "[green]yes[/green]" if r.feasible else "[red]no[/red]",
+                      format_seconds(rp.prefill_time_s) if rp else "-",
+                      format_seconds(rp.decode_step_time_s) if rp else "-",
+                      f"{rp.decode_tokens_per_s:,.1f}" if rp else "-",
+                      format_seconds(rp.step_time_s) if rp else "-",
+                      format_bytes(rp.tier_peak_bytes["hbm"]) if rp else "-",
+                      format_bytes(rp.tier_peak_bytes.get("host", 0)) if rp else "-", note)
+    console.print(table)
 
 
 def write_outputs(report, out_dir) -> list:

@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     scenario = build_scenario(args)
     model, node = scenario.model, scenario.node
     if scenario.job.mode != "train":
-        raise UserInputError("--mode: simulate replays training steps; use estimate for inference")
+        raise UserInputError("--mode: simulate replays training steps or, with --plan, inference plans "
+                             "(tierplan plan --mode infer writes one)")
     offload = _frac(args.offload, "--offload")
     lookahead = int_flag(args.lookahead, "--lookahead", minimum=0, maximum=MAX_LAYERS)
     assert lookahead is not None  # the flag has a default
@@ -119,6 +120,8 @@ def _run_plan(args: argparse.Namespace) -> int:
         name = "scenario file" if given[0] == "scenario" else f"--{given[0].replace('_', '-')}"
         raise UserInputError(f"{name}: a plan carries its model, job and node; give --plan alone")
     plan = load_plan(args.plan)
+    if plan.scenario.job.mode == "infer":
+        return _run_infer_plan(args, plan)
     ctx = PlanContext.from_plan(plan, source=args.plan)
     res = evaluate(ctx, plan.provenance.planner, plan.layers)
     replayed = res.replay
@@ -127,6 +130,37 @@ def _run_plan(args: argparse.Namespace) -> int:
     gpus = sum(s.kind == "compute" for s in result.schedule.streams)
     est = estimate_training(ctx.model, ctx.job, ctx.node)
     return _report(args, result, est, gpus, ctx.scenario, res.peak_reserved_bytes)
+
+
+def _run_infer_plan(args: argparse.Namespace, plan) -> int:
+    """An inference plan: `planners.infer.replay_plan` (the planner's own replay), printed."""
+    from hwmodels.units import UserInputError, format_bytes, format_seconds
+    from planners.infer import replay_plan, tiers_line
+
+    for flag in ("trace", "plot"):
+        if getattr(args, flag):
+            raise UserInputError(f"--{flag}: not written for inference plans yet")
+    rep = replay_plan(plan)
+    summary = {"prefill_time_s": rep.prefill_time_s, "decode_step_time_s": rep.decode_step_time_s,
+               "decode_context_len": rep.context_len, "decode_tokens_per_s": rep.decode_tokens_per_s,
+               "step_time_s": rep.step_time_s, "decode_stall_s": rep.decode_stall_s,
+               "decode_compute_s": rep.decode_compute_s, "decode_link_bytes": rep.decode_link_bytes,
+               "tier_peak_bytes": rep.tier_peak_bytes, "feasible": rep.feasible, "binding": rep.binding,
+               "engine": rep.engine, "replayed_by": rep.replayed_by, "tiers": tiers_line(plan)}
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+        return 0
+    sc = plan.scenario
+    print(f"{sc.model.name} - infer prompt {sc.job.prompt_len:,} + gen {sc.job.gen_len:,} x {sc.job.batch} - "
+          f"engine {rep.engine} - {sc.node.name}")
+    print(f"  {summary['tiers']}")
+    print(f"  prefill {format_seconds(rep.prefill_time_s)}; decode step {format_seconds(rep.decode_step_time_s)} "
+          f"at context {rep.context_len:,} (compute {format_seconds(rep.decode_compute_s)}, stall "
+          f"{format_seconds(rep.decode_stall_s)}, {format_bytes(rep.decode_link_bytes)} over the links); "
+          f"{rep.decode_tokens_per_s:,.1f} tokens/s; request {format_seconds(rep.step_time_s)}")
+    print("  peaks: " + ", ".join(f"{t} {format_bytes(b)}" for t, b in rep.tier_peak_bytes.items())
+          + ("" if rep.feasible else f"; does not fit: {rep.binding}"))
+    return 0
 
 
 def _report(args: argparse.Namespace, result, est, gpus: int, scenario,

@@ -1,0 +1,654 @@
+"""Replay of an inference placement: prefill time, decode step time and per-tier peaks.
+
+Models: serving ``batch`` sequences of ``prompt_len`` tokens then ``gen_len`` decode steps with,
+per decoder layer, its KV cache in HBM or on a host-side tier (host DRAM, a CXL card, an NVMe
+drive) and its weights resident or streamed from one, for two decode engines:
+
+* ``static`` (tierplan's executor): KV buffers of the final length allocated once per layer in
+  their tier. Prefill runs one sequence at a time (whole prompt, or chunks of
+  ``prefill_chunk_len`` whose attention reads the cache written so far); a host layer's K,V
+  are copied D2H on a copy stream after the layer, overlapped with the next layers. A decode
+  step copies a host layer's cached K,V [:ctx] H2D into one of ``num_staging_buffers``
+  rotating staging buffers, started ``prefetch_lookahead_layers`` layers ahead on the H2D
+  stream; a buffer is refilled only once the attention that read it and the D2H write-back of
+  the new token's k,v (out of that buffer) are done. Streamed weights go H2D into rotating
+  weight buffers (as many as the staging buffers, one layer's weights each) the same way.
+* ``hf`` (transformers ``DynamicCache``): every step grows each layer's K and V by
+  ``torch.cat`` (reads the old cache, writes one token longer; the old and the new copy live
+  together for a moment). Its ``offloading=True`` form (transformers 5.x cache_utils.py,
+  ``DynamicCache.update``): before a layer's update the default stream waits for the prefetch
+  stream and the prefetch stream for the default stream, then layer l+1 is prefetched whole
+  (``.to(device, non_blocking=True)``) on the prefetch stream, the layer is concatenated, and
+  the whole grown layer is copied back to the host (``.to("cpu", non_blocking=True)``) on the
+  default stream, i.e. serialized with the compute. Both copies of every layer move every step.
+  A non-blocking copy to the CPU pins its destination (ATen ``_to_copy``: ``pin_out``), through
+  PyTorch's caching host allocator, which rounds each block up to a power of two and keeps
+  freed blocks: the blocks of the prompt length and of the grown length both stay pinned.
+
+Decode compute: a decode step runs ~30 small eager kernels per layer. Each kernel's GPU time
+is its roofline (HBM bytes over the achieved bandwidth, FLOPs over the achieved FLOP rate) but
+at least ``GPU_BACK_TO_BACK_KERNEL_S``; the host enqueues one kernel per
+``kernel_launch_overhead_s`` and the GPU cannot start a kernel before it is enqueued (CUDA
+launches are asynchronous: during a weight GEMM the host runs ahead). The eager composites the
+node's profile fitted on training shapes (16K-256K tokens) are not used for one decode token.
+The replay is a `simulator.des` schedule: compute segments per layer on the compute stream,
+copies on the H2D / D2H streams sharing the host link (and the both-ways ceiling) fluidly,
+dependencies for the lookahead and the buffer rotation; stalls appear when the link is slower
+than the compute.
+Assumes: one GPU, tp = cp = 1; the executor's buffers are allocated once (no fragmentation:
+expandable segments); the batch's sequences decode together; greedy sampling costs nothing.
+Ignores: Python overhead beyond kernel launches, the CPU side of the copies, NVMe file-system
+overhead, host page-cache effects.
+Source: transformers 5.x src/transformers/cache_utils.py (DynamicLayer.update,
+DynamicCache.update / prefetch / offload); PyTorch aten/src/ATen/native/TensorConversions.cpp
+(non-blocking device-to-CPU copies pin their output) and aten/src/ATen/core/CachingHostAllocator.h
+(power-of-two rounding); the launch figures of validate/measurements/h200/microbench-h200-2026-11-28.json
+(``launch_overhead``: host_enqueue 7.07 us, gpu_back_to_back 3.42 us).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hwmodels.units import UserInputError
+
+GPU_BACK_TO_BACK_KERNEL_S = 3.42e-6
+"""Shortest GPU time of one eager kernel: back-to-back empty kernels on the H200
+(validate/measurements/h200/microbench-h200-2026-11-28.json, launch_overhead gpu_back_to_back)."""
+KV_TIERS = ("hbm", "host", "cxl", "nvme")
+PARAM_TIERS = ("hbm", "host", "cxl", "nvme")
+
+
+@dataclass(frozen=True)
+class LayerPlacement:
+    """Where one decoder layer's KV cache and weights live."""
+
+    kv_tier: str = "hbm"  # one of KV_TIERS
+    params_tier: str = "hbm"  # one of PARAM_TIERS: resident or streamed from this tier
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Per-layer placements plus the copy machinery of the static engine."""
+
+    layers: tuple[LayerPlacement, ...]
+    num_staging_buffers: int = 2
+    prefetch_lookahead_layers: int = 1
+
+    def count(self, *, kv: str | None = None, params: str | None = None) -> int:
+        return sum(1 for lp in self.layers if (kv is None or lp.kv_tier == kv)
+                   and (params is None or lp.params_tier == params))
+
+
+@dataclass(frozen=True)
+class InferReplay:
+    """What the replay predicts for one placement."""
+
+    engine: str
+    prefill_time_s: float
+    decode_step_time_s: float  # at ``context_len``
+    context_len: int  # KV length the decode step attends (before its new token)
+    step_time_s: float  # prefill + gen_len decode steps at the mean context
+    decode_tokens_per_s: float
+    tier_peak_bytes: dict[str, int]  # hbm allocated peak (runtime workspace included), host pinned, cxl, nvme
+    hbm_prefill_peak_bytes: int
+    hbm_decode_peak_bytes: int
+    staging_buffer_bytes: int
+    decode_compute_s: float  # the decode step's compute alone (no copies)
+    decode_stall_s: float  # compute time lost waiting for copies in the decode step
+    decode_link_bytes: int  # bytes over the host-side links in one decode step (both ways)
+    model_flops: float  # prefill + gen_len decode steps
+    feasible: bool
+    binding: str  # "" when feasible, else the constraint that does not fit, one line
+    replayed_by: str = "simulator.inference (des)"
+    breakdown_bytes: dict[str, int] = field(default_factory=dict)  # HBM at the peak, by kind
+
+
+# ---- sizes -------------------------------------------------------------------------------------
+
+
+def kv_layer_bytes(model, job, *, num_tokens: int, batch: int) -> int:
+    """One layer's K and V for ``batch`` sequences of ``num_tokens`` tokens."""
+    from simulator.templates import kv_cache_bytes_per_token
+
+    return kv_cache_bytes_per_token(model, job) // model.num_layers * num_tokens * batch
+
+
+def layer_weight_bytes(model, job) -> int:
+    """One decoder layer's parameters in the job's dtype."""
+    from simulator.job import dtype_bytes
+
+    return int(model.num_params_per_layer() * dtype_bytes(job.param_dtype))
+
+
+def other_weight_bytes(model, job) -> int:
+    """Parameters outside the decoder layers (embedding, final norm, LM head)."""
+    from simulator.job import dtype_bytes
+
+    return int((model.num_params() - model.num_layers * model.num_params_per_layer())
+               * dtype_bytes(job.param_dtype))
+
+
+def pinned_block_bytes(num_bytes: int) -> int:
+    """A block of PyTorch's caching host allocator: the request rounded up to a power of two."""
+    return 0 if num_bytes <= 0 else 1 << (int(num_bytes) - 1).bit_length()
+
+
+# ---- compute -----------------------------------------------------------------------------------
+
+
+def _kernel_gpu_s(op, node, dtype: str) -> float:
+    """GPU time of one decode kernel: its roofline without fitted latencies, at least the
+    back-to-back kernel time."""
+    from hwmodels.compute import kernel_fit
+    from hwmodels.op_classes import FLOP_CLASSES
+
+    mem = kernel_fit("memory", dtype=dtype, node=node).bandwidth_bytes_per_s
+    assert mem is not None  # memory fits are byte rates
+    t = op.hbm_bytes / mem
+    if op.op_class in FLOP_CLASSES and op.executed_flops > 0:
+        rate = kernel_fit(op.op_class, dtype=dtype, node=node).flops_per_s
+        assert rate is not None  # FLOP classes fit a FLOP rate
+        t = max(t, op.executed_flops / rate)
+    return max(t, GPU_BACK_TO_BACK_KERNEL_S)
+
+
+def _is_kernel(op) -> bool:
+    return op.hbm_bytes > 0 or op.executed_flops > 0
+
+
+def launch_pipeline_s(kernels_gpu_s: list[float], *, launch_s: float) -> list[float]:
+    """End time of each kernel when the host enqueues one every ``launch_s`` and the GPU runs
+    them in order, each no earlier than its enqueue: ``start_i = max(i * launch_s, end_{i-1})``
+    (the first is enqueued at ``launch_s``)."""
+    ends: list[float] = []
+    gpu = 0.0
+    for i, dur in enumerate(kernels_gpu_s):
+        gpu = max((i + 1) * launch_s, gpu) + dur
+        ends.append(gpu)
+    return ends
+
+
+@dataclass(frozen=True)
+class Segments:
+    """Compute of one pass split where the copies join it: before the layers, per layer the
+    part before attention (norm, projections, rotary) and from attention on, after the layers."""
+
+    embed_s: float
+    pre_s: tuple[float, ...]
+    post_s: tuple[float, ...]
+    head_s: float
+    model_flops: float
+
+    @property
+    def total_s(self) -> float:
+        return self.embed_s + sum(self.pre_s) + sum(self.post_s) + self.head_s
+
+
+def _split(ops, ends: list[float], num_layers: int, model_flops: float) -> Segments:
+    """Segment durations from each op's end time (ops in program order)."""
+    bounds: list[tuple[str, int | None]] = []
+    for op in ops:
+        if op.layer is None:
+            bounds.append(("embed" if not any(b[1] is not None for b in bounds) else "head", None))
+        else:
+            seen_attn = any(b == ("post", op.layer) for b in bounds) or op.kind in ("sdpa", "decode_attention")
+            bounds.append(("post" if seen_attn else "pre", op.layer))
+    last_end: dict[tuple[str, int | None], float] = {}
+    order: list[tuple[str, int | None]] = []
+    for key, end in zip(bounds, ends, strict=True):
+        if key not in last_end:
+            order.append(key)
+        last_end[key] = end
+    dur: dict[tuple[str, int | None], float] = {}
+    prev = 0.0
+    for key in order:
+        dur[key] = last_end[key] - prev
+        prev = last_end[key]
+    return Segments(
+        embed_s=dur.get(("embed", None), 0.0),
+        pre_s=tuple(dur.get(("pre", i), 0.0) for i in range(num_layers)),
+        post_s=tuple(dur.get(("post", i), 0.0) for i in range(num_layers)),
+        head_s=dur.get(("head", None), 0.0),
+        model_flops=model_flops,
+    )
+
+
+def decode_segments(model, job, node, *, context_len: int, batch: int) -> Segments:
+    """Compute of one decode step (``batch`` tokens, attention over ``context_len + 1`` keys)
+    through the launch pipeline (the HF engine's ``torch.cat`` of K and V is a task of its own)."""
+    from simulator.templates import decode_workload
+
+    wl = decode_workload(model, job, None, context_len=context_len + 1, batch=batch)
+    ops = [op for op in wl.ops if _is_kernel(op)]
+    gpu = [_kernel_gpu_s(op, node, job.param_dtype) for op in ops]
+    ends = launch_pipeline_s(gpu, launch_s=node.gpu.kernel_launch_overhead_s)
+    return _split(ops, ends, model.num_layers, sum(op.model_flops for op in wl.ops))
+
+
+def _prefill_pass(model, job, node, *, batch: int, prompt_len: int, past_len: int = 0) -> Segments:
+    """One prefill pass of ``prompt_len`` new tokens per sequence (after ``past_len`` cached
+    ones: a chunk), timed by the node's profile (op times of the analytical workload)."""
+    from simulator.templates import prefill_workload
+
+    wl = prefill_workload(model, job, node, batch=batch, prompt_len=prompt_len)
+    times = [float(op.time_s or 0.0) for op in wl.ops]
+    flops = sum(op.model_flops for op in wl.ops)
+    if past_len:
+        from hwmodels.compute import compute_time_s
+        from kernels.attention import attention_fwd_cost
+
+        past = attention_fwd_cost(batch=batch, seq_len_q=prompt_len, seq_len_kv=past_len,
+                                  num_heads=model.num_heads, num_kv_heads=model.num_kv_heads,
+                                  head_dim=model.head_dim, causal=False, dtype=job.param_dtype)
+        extra = compute_time_s(flops=past.flops, hbm_bytes=past.hbm_bytes, op_class=past.op_class,
+                               dtype=job.param_dtype, node=node)
+        times = [t + extra if op.kind == "sdpa" else t for op, t in zip(wl.ops, times, strict=True)]
+        flops += past.flops * model.num_layers
+    ends, t = [], 0.0
+    for dt in times:
+        t += dt
+        ends.append(t)
+    return _split(wl.ops, ends, model.num_layers, flops)
+
+
+def _activation_peak_bytes(wl) -> int:
+    """Bytes at the walk's peak beyond the weights and the KV cache (the placement decides
+    where those live)."""
+    from simulator.workload import walk_memory
+
+    walk = walk_memory(wl)
+    by_role = walk.peak_breakdown_bytes
+    return walk.peak_bytes - by_role.get("weight", 0) - by_role.get("kv_cache", 0)
+
+
+@dataclass(frozen=True)
+class StaticMemoryTerms:
+    """The static engine's HBM and host bytes as a sum of fixed and per-layer terms: what the
+    replay adds up and what the planner's MIP constrains (one formula)."""
+
+    fixed_prefill_bytes: int  # non-layer weights, prefill activations, runtime workspace
+    fixed_decode_bytes: int  # non-layer weights, decode activations, runtime workspace
+    kv_layer_bytes: int  # one layer's K,V buffers of the final length (whole batch)
+    weight_layer_bytes: int  # one layer's weights
+    staging_bytes: int  # all KV staging buffers, when any layer's KV is off HBM
+    weight_buffer_bytes: int  # all weight buffers, when any layer's weights are streamed
+    kv_in_flight_bytes: int  # prefill: K,V of two layers of one pass on their way to the host
+
+    def hbm_bytes(self, *, num_kv_off: int, num_streamed: int, num_layers: int) -> tuple[int, int]:
+        """(prefill, decode) HBM peaks of a placement with these counts."""
+        fixed = (self.kv_layer_bytes * (num_layers - num_kv_off)
+                 + self.weight_layer_bytes * (num_layers - num_streamed)
+                 + (self.staging_bytes if num_kv_off else 0) + (self.weight_buffer_bytes if num_streamed else 0))
+        return (fixed + self.fixed_prefill_bytes + (self.kv_in_flight_bytes if num_kv_off else 0),
+                fixed + self.fixed_decode_bytes)
+
+
+def static_memory_terms(model, job, *, num_staging_buffers: int) -> StaticMemoryTerms:
+    """`StaticMemoryTerms` of ``job``: prefill one sequence at a time (one chunk's activations),
+    final-length KV buffers, ``num_staging_buffers`` staging and weight buffers."""
+    from simulator.estimator import RUNTIME_WORKSPACE_BYTES
+    from simulator.templates import decode_workload, prefill_workload
+
+    P, G, B = job.prompt_len, job.gen_len, job.batch
+    chunk = min(job.prefill_chunk_len or P, P)
+    act_prefill = _activation_peak_bytes(prefill_workload(model, job, batch=1, prompt_len=chunk))
+    act_decode = _activation_peak_bytes(decode_workload(model, job, context_len=P + G, batch=B)) if G else 0
+    other = other_weight_bytes(model, job) + RUNTIME_WORKSPACE_BYTES
+    kv_final = kv_layer_bytes(model, job, num_tokens=P + G, batch=B)
+    w = layer_weight_bytes(model, job)
+    return StaticMemoryTerms(
+        fixed_prefill_bytes=other + act_prefill,
+        fixed_decode_bytes=other + act_decode,
+        kv_layer_bytes=kv_final,
+        weight_layer_bytes=w,
+        staging_bytes=num_staging_buffers * kv_final,
+        weight_buffer_bytes=num_staging_buffers * w,
+        kv_in_flight_bytes=2 * kv_layer_bytes(model, job, num_tokens=chunk, batch=1),
+    )
+
+
+# ---- the DES schedule ----------------------------------------------------------------------------
+
+
+class _Builder:
+    """Tasks of one pass on gpu0: compute segments, H2D fetches, D2H write-backs."""
+
+    def __init__(self, node):
+        from simulator.des.schedule import Stream, node_links, node_pools
+
+        self.node = node
+        self.tasks: list = []
+        self.streams = (Stream("gpu0.compute", "compute", "gpu0"), Stream("gpu0.d2h", "d2h", "gpu0"),
+                        Stream("gpu0.h2d", "h2d", "gpu0"))
+        self.pools = node_pools(node, 1)
+        self.links = node_links(node)
+
+    def op(self, name: str, duration_s: float, deps=(), layer=None) -> int:
+        from simulator.des.schedule import Op
+
+        tid = len(self.tasks)
+        self.tasks.append(Op(tid, name, "gpu0.compute", float(duration_s), tuple(d for d in deps if d is not None),
+                             layer=layer))
+        return tid
+
+    def copy(self, name: str, num_bytes: int, tier: str, direction: str, *, deps=(), layer=None,
+             stream: str | None = None) -> int:
+        from simulator.des.schedule import Transfer, device_route, offload_device
+
+        device = offload_device(self.node, tier, 0)
+        route = device_route(self.node, 0, device, direction)
+        src, dst = (device, "gpu0.hbm") if direction == "h2d" else ("gpu0.hbm", device)
+        tid = len(self.tasks)
+        self.tasks.append(Transfer(tid, name, stream or f"gpu0.{direction}", int(num_bytes), src, dst,
+                                   route.links, route.latency_s, tuple(d for d in deps if d is not None),
+                                   layer=layer))
+        return tid
+
+    def run(self):
+        from simulator.des.engine import simulate
+        from simulator.des.schedule import Schedule
+
+        sched = Schedule(streams=self.streams, tasks=tuple(self.tasks), pools=self.pools, links=self.links,
+                         node=self.node, meta={"node": self.node.name, "producer": "simulator.inference"})
+        return simulate(sched, record_timeline=False)
+
+
+def _link_bytes(res) -> int:
+    return int(sum(t.num_bytes for t in res.schedule.tasks if hasattr(t, "num_bytes")))
+
+
+@dataclass
+class _Pass:
+    """Task ids of one static-engine pass."""
+
+    embed: int
+    pre: list[int]
+    post: list[int]
+    head: int
+
+
+def _static_pass(b: _Builder, seg: Segments, placement: Placement, *, kv_fetch_bytes: int, kv_new_bytes: int,
+                 weight_bytes: int, after: int | None = None) -> _Pass:
+    """One static-engine pass (a decode step, or a prefill pass that reads host KV written by
+    earlier chunks): the compute segments, then the D2H write-backs of the new token's k,v, then
+    the H2D fetches in layer order, each gated by the lookahead (layer m's starts when layer
+    m - k starts) and by its buffer slot (free once the layer that used it num_buf fetches
+    earlier has run its attention and written back)."""
+    from dataclasses import replace
+
+    k = placement.prefetch_lookahead_layers
+    num_buf = placement.num_staging_buffers
+    layers = placement.layers
+    embed = b.op("embed", seg.embed_s, deps=(after,))
+    pre, post = [], []
+    for i in range(len(layers)):
+        pre.append(b.op(f"layer {i} pre-attention", seg.pre_s[i], layer=i))
+        post.append(b.op(f"layer {i} attention+mlp", seg.post_s[i], layer=i))
+    head = b.op("head", seg.head_s)
+    wb: dict[int, int] = {}
+    for i, lp in enumerate(layers):
+        if lp.kv_tier != "hbm" and kv_new_bytes > 0:
+            wb[i] = b.copy(f"d2h kv {i}", kv_new_bytes, lp.kv_tier, "d2h", deps=(pre[i],), layer=i)
+    w_users: list[int] = []
+    kv_users: list[int] = []
+    extra: dict[int, list[int]] = {}
+    for m, lp in enumerate(layers):
+        gate = post[m - k - 1] if m - k - 1 >= 0 else None
+        if lp.params_tier != "hbm":
+            slot = post[w_users[-num_buf]] if len(w_users) >= num_buf else None
+            tid = b.copy(f"h2d weights {m}", weight_bytes, lp.params_tier, "h2d", deps=(gate, slot), layer=m)
+            extra.setdefault(pre[m], []).append(tid)
+            w_users.append(m)
+        if lp.kv_tier != "hbm" and kv_fetch_bytes > 0:
+            slot_deps: tuple[int | None, ...] = ()
+            if len(kv_users) >= num_buf:
+                u = kv_users[-num_buf]
+                slot_deps = (post[u], wb.get(u))
+            tid = b.copy(f"h2d kv {m}", kv_fetch_bytes, lp.kv_tier, "h2d", deps=(gate, *slot_deps), layer=m)
+            extra.setdefault(post[m], []).append(tid)
+            kv_users.append(m)
+    for tid, deps in extra.items():
+        b.tasks[tid] = replace(b.tasks[tid], deps=b.tasks[tid].deps + tuple(deps))
+    return _Pass(embed, pre, post, head)
+
+
+def _hf_decode(b: _Builder, seg: Segments, *, offloaded: bool, kv_fetch_bytes: int, kv_back_bytes: int,
+               cat_s: float) -> None:
+    """One HF DynamicCache decode step; offloaded: prefetch of layer l+1 on the prefetch stream
+    after the compute reached layer l's update, the whole grown layer back D2H on the compute
+    stream before its attention."""
+    n = len(seg.pre_s)
+    prev = b.op("embed", seg.embed_s)
+    fetch: dict[int, int] = {}
+    if offloaded:
+        fetch[0] = b.copy("h2d kv 0", kv_fetch_bytes, "host", "h2d", layer=0)
+    for i in range(n):
+        pre = b.op(f"layer {i} pre-attention", seg.pre_s[i], deps=(prev,), layer=i)
+        if offloaded and i + 1 < n:
+            fetch[i + 1] = b.copy(f"h2d kv {i + 1}", kv_fetch_bytes, "host", "h2d", deps=(pre,), layer=i + 1)
+        cat = b.op(f"layer {i} cat", cat_s, deps=(fetch.get(i),), layer=i)
+        if offloaded:
+            cat = b.copy(f"d2h kv {i}", kv_back_bytes, "host", "d2h", deps=(cat,), layer=i,
+                         stream="gpu0.compute")
+        prev = b.op(f"layer {i} attention+mlp", seg.post_s[i], deps=(cat,), layer=i)
+    b.op("head", seg.head_s, deps=(prev,))
+
+
+def _prefill_static(b: _Builder, segs: list[Segments], placement: Placement, *, kv_out_bytes: list[int],
+                    kv_in_bytes: list[int], weight_bytes: int) -> None:
+    """Passes (sequences x chunks) back to back; a host layer's new K,V go D2H after the layer;
+    a chunk's attention first fetches the cache written so far; streamed weights as in decode."""
+    prev = None
+    for p, seg in enumerate(segs):
+        ps = _static_pass(b, seg, placement, kv_fetch_bytes=kv_in_bytes[p], kv_new_bytes=0,
+                          weight_bytes=weight_bytes, after=prev)
+        prev = ps.head
+        for i, lp in enumerate(placement.layers):
+            if lp.kv_tier != "hbm":
+                b.copy(f"d2h kv {i} pass {p}", kv_out_bytes[p], lp.kv_tier, "d2h", deps=(ps.post[i],), layer=i)
+
+
+def _prefill_hf(b: _Builder, seg: Segments, *, offloaded: bool, kv_bytes: int, cat_s: float) -> None:
+    n = len(seg.pre_s)
+    prev = b.op("embed", seg.embed_s)
+    for i in range(n):
+        pre = b.op(f"layer {i} pre-attention", seg.pre_s[i], deps=(prev,), layer=i)
+        cat = b.op(f"layer {i} cat", cat_s, deps=(pre,), layer=i)
+        if offloaded:
+            cat = b.copy(f"d2h kv {i}", kv_bytes, "host", "d2h", deps=(cat,), layer=i, stream="gpu0.compute")
+        prev = b.op(f"layer {i} attention+mlp", seg.post_s[i], deps=(cat,), layer=i)
+    b.op("head", seg.head_s, deps=(prev,))
+
+
+# ---- the replay ----------------------------------------------------------------------------------
+
+
+def check_placement(model, job, node, placement: Placement) -> None:
+    """UserInputError for a placement this replay cannot price."""
+    if len(placement.layers) != model.num_layers:
+        raise UserInputError(f"layers: {len(placement.layers)} placements for {model.num_layers} layers")
+    if job.mode != "infer":
+        raise UserInputError("job.mode: the inference replay needs an inference job")
+    par = job.parallelism
+    if (par.tp, par.cp, par.dp) != (1, 1, 1):
+        raise UserInputError("job.parallelism: the inference replay models one GPU (tp = cp = dp = 1)")
+    tiers = {"hbm", "host"} | {t for t in ("cxl", "nvme") if getattr(node, t)}
+    for i, lp in enumerate(placement.layers):
+        for what, tier, allowed in (("kv_cache.tier", lp.kv_tier, KV_TIERS), ("params", lp.params_tier, PARAM_TIERS)):
+            if tier not in allowed:
+                raise UserInputError(f"layers.{i}.{what}: {tier!r} is not one of {', '.join(allowed)}")
+            if tier not in tiers:
+                raise UserInputError(f"layers.{i}.{what}: node {node.name} has no {tier}")
+    if job.engine == "hf":
+        kv = {lp.kv_tier for lp in placement.layers}
+        if len(kv) != 1 or not kv <= {"hbm", "host"} or any(lp.params_tier != "hbm" for lp in placement.layers):
+            raise UserInputError("layers: the hf engine keeps every layer's KV in HBM or every layer's on the "
+                                 "host (DynamicCache offloading), and every weight in HBM")
+
+
+def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes: int, host_budget_bytes: int,
+                     context_len: int | None = None) -> InferReplay:
+    """Replay ``placement`` of ``job`` on ``node``: prefill, one decode step at ``context_len``
+    (default the job's mean decode context ``prompt_len + gen_len // 2``), peaks, feasibility."""
+    from hwmodels.compute import compute_time_s
+    from simulator.estimator import RUNTIME_WORKSPACE_BYTES
+    from simulator.templates import decode_workload, prefill_workload
+
+    check_placement(model, job, node, placement)
+    B, P, G = job.batch, job.prompt_len, job.gen_len
+    final = P + G
+    ctx = P + G // 2 if context_len is None else context_len
+    hf = job.engine == "hf"
+    offloaded = hf and placement.layers[0].kv_tier == "host"
+    w_layer = layer_weight_bytes(model, job)
+    kv_final = kv_layer_bytes(model, job, num_tokens=final, batch=B)
+    off_layers = [i for i, lp in enumerate(placement.layers) if lp.kv_tier != "hbm"]
+    stream_layers = [i for i, lp in enumerate(placement.layers) if lp.params_tier != "hbm"]
+    num_buf = placement.num_staging_buffers
+    staging = kv_final if off_layers and not hf else 0
+
+    # -- prefill
+    chunk = job.prefill_chunk_len or P
+    if hf:
+        pre_seg = _prefill_pass(model, job, node, batch=B, prompt_len=P)
+        kv_prompt = kv_layer_bytes(model, job, num_tokens=P, batch=B)
+        cat_s = compute_time_s(flops=0.0, hbm_bytes=2 * kv_prompt, op_class="hbm_copy",  # K and V: read + write
+                               dtype=job.param_dtype,
+                               node=node)
+        b = _Builder(node)
+        _prefill_hf(b, pre_seg, offloaded=offloaded, kv_bytes=kv_prompt, cat_s=cat_s)
+        prefill_s = b.run().step_time_s
+        act_prefill = _activation_peak_bytes(prefill_workload(model, job, batch=B, prompt_len=P))
+    else:
+        # one sequence's passes (its chunks); the sequences run one after another, identical
+        seq_segs, seq_out, seq_in = [], [], []
+        for start in range(0, P, chunk):
+            n_tok = min(chunk, P - start)
+            seq_segs.append(_prefill_pass(model, job, node, batch=1, prompt_len=n_tok, past_len=start))
+            seq_out.append(kv_layer_bytes(model, job, num_tokens=n_tok, batch=1))
+            seq_in.append(kv_layer_bytes(model, job, num_tokens=start, batch=1))
+        act_prefill = _activation_peak_bytes(prefill_workload(model, job, batch=1, prompt_len=min(chunk, P)))
+        times = []
+        for num_seq in range(1, min(B, 2) + 1):  # the B-sequence prefill is periodic after the first
+            b = _Builder(node)
+            _prefill_static(b, seq_segs * num_seq, placement, kv_out_bytes=seq_out * num_seq,
+                            kv_in_bytes=seq_in * num_seq, weight_bytes=w_layer)
+            times.append(b.run().step_time_s)
+        prefill_s = times[0] + (B - 1) * (times[-1] - times[0])
+
+    # -- decode
+    dec_s = stall_s = compute_s = 0.0
+    link = 0
+    dec_flops = 0.0
+    if G:
+        seg = decode_segments(model, job, node, context_len=ctx, batch=B)
+        compute_s = seg.total_s
+        b = _Builder(node)
+        if hf:
+            kv_ctx = kv_layer_bytes(model, job, num_tokens=ctx, batch=B)
+            kv_ctx1 = kv_layer_bytes(model, job, num_tokens=ctx + 1, batch=B)
+            cat_s = compute_time_s(flops=0.0, hbm_bytes=kv_ctx + kv_ctx1, op_class="hbm_copy",  # K and V
+                                   dtype=job.param_dtype, node=node)
+            _hf_decode(b, seg, offloaded=offloaded, kv_fetch_bytes=kv_ctx, kv_back_bytes=kv_ctx1, cat_s=cat_s)
+        else:
+            _static_pass(b, seg, placement, kv_fetch_bytes=kv_layer_bytes(model, job, num_tokens=ctx, batch=B),
+                         kv_new_bytes=kv_layer_bytes(model, job, num_tokens=1, batch=B), weight_bytes=w_layer)
+        res = b.run()
+        dec_s, stall_s, link = res.step_time_s, res.stall_s, _link_bytes(res)
+        # the whole generation's FLOPs at the mean context
+        dec_flops = seg.model_flops * G
+    mean_dec = dec_s
+    if G and context_len is not None and context_len != P + G // 2:
+        mean_dec = replay_placement(model, job, node, placement, gpu_budget_bytes=gpu_budget_bytes,
+                                    host_budget_bytes=host_budget_bytes).decode_step_time_s
+
+    # -- peaks
+    resident_w = other_weight_bytes(model, job) + w_layer * (model.num_layers - len(stream_layers))
+    act_decode = _activation_peak_bytes(decode_workload(model, job, context_len=final, batch=B)) if G else 0
+    n_hbm_kv = model.num_layers - len(off_layers)
+    kv_prompt_b = kv_layer_bytes(model, job, num_tokens=P, batch=B)
+    host = cxl = nvme = 0
+    breakdown: dict[str, int] = {"weights": resident_w, "runtime_workspace": RUNTIME_WORKSPACE_BYTES}
+    if hf:
+        if offloaded:  # a few layers on the GPU: prefetched l+1, layer l's old copy and its grown copy
+            kv_hbm_prefill = 2 * kv_prompt_b
+            kv_hbm_decode = 3 * kv_final
+            host = model.num_layers * 2 * (pinned_block_bytes(kv_prompt_b // 2)
+                                           + (pinned_block_bytes(kv_final // 2)
+                                              if pinned_block_bytes(kv_final // 2) != pinned_block_bytes(kv_prompt_b // 2)
+                                              else 0))
+        else:  # every layer's cache, plus one layer's copy during its cat
+            kv_hbm_prefill = (model.num_layers + 1) * kv_prompt_b
+            kv_hbm_decode = model.num_layers * kv_final + kv_final
+        hbm_prefill = resident_w + kv_hbm_prefill + act_prefill + RUNTIME_WORKSPACE_BYTES
+        hbm_decode = resident_w + kv_hbm_decode + act_decode + RUNTIME_WORKSPACE_BYTES
+        breakdown["kv_cache"] = max(kv_hbm_prefill, kv_hbm_decode)
+    else:
+        terms = static_memory_terms(model, job, num_staging_buffers=num_buf)
+        hbm_prefill, hbm_decode = terms.hbm_bytes(num_kv_off=len(off_layers), num_streamed=len(stream_layers),
+                                                  num_layers=model.num_layers)
+        breakdown.update(kv_cache=n_hbm_kv * kv_final, staging_buffers=terms.staging_bytes if off_layers else 0,
+                         weight_buffers=terms.weight_buffer_bytes if stream_layers else 0)
+        for lp in placement.layers:
+            for tier, num in ((lp.kv_tier, kv_final), (lp.params_tier, w_layer)):
+                if tier == "host":
+                    host += num
+                elif tier == "cxl":
+                    cxl += num
+                elif tier == "nvme":
+                    nvme += num
+    breakdown["activations"] = max(act_prefill, act_decode)
+    hbm_peak = max(hbm_prefill, hbm_decode)
+    peaks = {"hbm": hbm_peak}
+    if host:
+        peaks["host"] = host
+    if cxl:
+        peaks["cxl"] = cxl
+    if nvme:
+        peaks["nvme"] = nvme
+    binding = ""
+    from hwmodels.units import format_bytes
+
+    if hbm_peak > gpu_budget_bytes:
+        phase = "prefill" if hbm_prefill >= hbm_decode else "decode"
+        binding = (f"hbm: the {phase} needs {format_bytes(hbm_peak)} allocated (weights "
+                   f"{format_bytes(resident_w)}, KV {format_bytes(breakdown.get('kv_cache', 0))}, activations "
+                   f"{format_bytes(breakdown['activations'])}), over the GPU budget of {format_bytes(gpu_budget_bytes)}")
+    elif host > host_budget_bytes:
+        binding = (f"host: {format_bytes(host)} of pinned host memory, over the host budget of "
+                   f"{format_bytes(host_budget_bytes)}")
+    elif cxl and cxl > sum(c.capacity_bytes for c in node.cxl):
+        binding = f"cxl: {format_bytes(cxl)} over the CXL capacity of {format_bytes(sum(c.capacity_bytes for c in node.cxl))}"
+    elif nvme and nvme > sum(d.capacity_bytes for d in node.nvme):
+        binding = f"nvme: {format_bytes(nvme)} over the NVMe capacity of {format_bytes(sum(d.capacity_bytes for d in node.nvme))}"
+    pre_flops = sum(op.model_flops for op in prefill_workload(model, job, batch=B, prompt_len=P).ops)
+    step_s = prefill_s + G * mean_dec
+    return InferReplay(
+        engine=job.engine,
+        prefill_time_s=prefill_s,
+        decode_step_time_s=dec_s,
+        context_len=ctx,
+        step_time_s=step_s,
+        decode_tokens_per_s=B / dec_s if dec_s > 0 else 0.0,
+        tier_peak_bytes=peaks,
+        hbm_prefill_peak_bytes=hbm_prefill,
+        hbm_decode_peak_bytes=hbm_decode,
+        staging_buffer_bytes=staging,
+        decode_compute_s=compute_s,
+        decode_stall_s=stall_s,
+        decode_link_bytes=link,
+        model_flops=pre_flops + dec_flops,
+        feasible=not binding,
+        binding=binding,
+        breakdown_bytes=breakdown,
+    )
+
+
+def mean_context_len(job) -> int:
+    """The decode context a plan's prediction is for: ``prompt_len + gen_len // 2``."""
+    return job.prompt_len + job.gen_len // 2
+
+
+def kv_bytes_total(model, job) -> int:
+    return kv_layer_bytes(model, job, num_tokens=job.prompt_len + job.gen_len, batch=job.batch) * model.num_layers

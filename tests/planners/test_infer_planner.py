@@ -1,0 +1,101 @@
+"""planners.infer: the MIP equals the best count enumeration, rules, the CLI end to end."""
+
+import json
+import statistics
+
+import pytest
+
+from hwmodels.catalog import load_node
+from hwmodels.units import GiB, MiB
+from planners.infer import plan_inference, replay_plan, spread
+from planners.infer.mip import bound_s, coefficients, enumerate_counts, solve_placement
+from simulator.job import InferJob
+from simulator.model import get_model
+from simulator.scenario import Scenario
+from tierplan.cli import main
+
+MODEL = get_model("llama-3.2-1b").with_layers(4)
+
+
+def _scenario(node="1xH200-tiered", *, gpu=None, host=100 * GiB, prompt=8192, batch=8):
+    return Scenario.build(MODEL, InferJob(prompt_len=prompt, gen_len=4, batch=batch), load_node(node),
+                          gpu_budget_bytes=gpu, host_budget_bytes=host)
+
+
+def test_spread_places_counts_evenly():
+    assert spread(8, {"host": 2}) == ["hbm", "hbm", "host", "hbm", "hbm", "hbm", "host", "hbm"]
+    assert spread(4, {"host": 4}) == ["host"] * 4
+
+
+@pytest.mark.parametrize("objective", ["throughput", "latency"])
+def test_mip_equals_the_best_count_enumeration(objective):
+    """Layers are homogeneous: the MIP's per-layer choice has the objective of the best counts
+    (host, cxl, nvme KV layers, streamed weight layers) found by enumerating them all."""
+    sc = _scenario(gpu=int(1.8 * GiB), host=150 * MiB)
+    c = coefficients(sc, num_staging_buffers=2)
+    best, counts = enumerate_counts(c, objective=objective)
+    sol = solve_placement(sc, objective=objective, time_limit_s=10)
+    assert sol.status == "optimal"
+    assert sol.objective == pytest.approx(best, rel=1e-6)
+    assert bound_s(c, sol.counts, objective=objective) == pytest.approx(best, rel=1e-6)
+    assert sum(sol.counts.values()) > 0  # the budget forces something off HBM
+
+
+def test_mip_plan_is_replayed_and_never_worse_than_a_rule():
+    sc = _scenario(node="1xH200", gpu=int(1.8 * GiB))
+    rep = plan_inference(sc, time_limit_s=10)
+    mip = rep.result("mip")
+    assert mip.feasible and mip.plan.unsupported() == ""
+    assert replay_plan(mip.plan).decode_step_time_s == pytest.approx(mip.plan.prediction.decode_step_time_s,
+                                                                    rel=1e-6)
+    for r in rep.strategies:
+        if r.feasible:
+            assert mip.replay.decode_step_time_s <= r.replay.decode_step_time_s + 1e-12
+
+
+def test_cli_plan_simulate_and_infeasible(tmp_path, capsys):
+    args = ["plan", "--mode", "infer", "--model", "llama-3.2-1b", "--layers", "4", "--prompt-len", "8K",
+            "--gen-len", "4", "--batch", "8", "--hardware", "1xH200", "--gpu-budget", "1.8GiB",
+            "--time-limit", "5"]
+    assert main(args + ["--out", str(tmp_path / "p")]) == 0
+    out = capsys.readouterr().out
+    assert "best: mip" in out and ("in host" in out or "streamed from host" in out)
+    assert main(["simulate", "--plan", str(tmp_path / "p" / "plan.json"), "--json"]) == 0
+    sim = json.loads(capsys.readouterr().out)
+    plan = json.loads((tmp_path / "p" / "plan.json").read_text())
+    assert sim["decode_step_time_s"] == pytest.approx(plan["prediction"]["decode_step_time_s"], abs=1e-6)
+    assert main(args + ["--host-budget", "50MiB", "--out", str(tmp_path / "q")]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tierplan plan: infeasible: host:")
+    assert not (tmp_path / "q").exists()
+
+
+def test_estimate_infer_says_what_the_tiers_buy(capsys):
+    base = ["estimate", "--mode", "infer", "--model", "llama-3.2-1b", "--layers", "4", "--prompt-len", "4K",
+            "--gen-len", "4"]
+    assert main(base + ["--hardware", "1xH200", "--json"]) == 0
+    plain = json.loads(capsys.readouterr().out)["tiers"]
+    assert main(base + ["--hardware", "1xH200-tiered", "--json"]) == 0
+    tiered = json.loads(capsys.readouterr().out)["tiers"]
+    assert [o["tiers"] for o in plain] == [["hbm"], ["hbm", "host"]]
+    assert [o["tiers"][-1] for o in tiered] == ["hbm", "host", "cxl", "nvme"]
+    assert tiered[2]["max_batch"] > tiered[1]["max_batch"]  # the CXL card holds more sequences' KV
+    assert tiered[2]["decode_step_time_s_at_max_batch"] > tiered[1]["decode_step_time_s_at_max_batch"]
+    assert main(base + ["--hardware", "1xH200"]) == 0
+    assert "no CXL card or NVMe drive" in capsys.readouterr().out
+
+
+def test_repredict_a_committed_bench_plan_at_the_measured_contexts():
+    import pathlib
+
+    from validate.infer_plans import repredict
+
+    plan = pathlib.Path(__file__).parents[2] / "validate/plans/infer-bench/llama-3.1-8b-32k-b1-kv_host.json"
+    rec = {"contexts": [32768, 32769, 32770, 32775]}
+    out = repredict(plan, rec)
+    assert out["contexts"] == rec["contexts"] and len(out["decode_step_times_s"]) == 4
+    # link bound: one more token of context moves one more token of KV per layer
+    assert out["decode_step_times_s"] == sorted(out["decode_step_times_s"])
+    assert out["decode_step_time_s"] == pytest.approx(statistics.median(out["decode_step_times_s"][2:]))
+    assert out["host_pinned_bytes"] == 32 * 2 * 8 * 128 * 2 * (32768 + 16)  # layers x K,V x heads x dim x bf16
+

@@ -1,0 +1,171 @@
+"""The inference bench plans: the cells and modes of the contract, planned and replayed on the
+CPU; and the re-prediction of a committed plan at the contexts a measurement ran at.
+
+Models: nothing new; it plans with ``planners.infer.plan_inference`` (which replays with
+``simulator.inference``) and writes ``validate/plans/infer-bench/`` (``tierplan bench
+make-plans --mode infer``): per cell (model, prompt_len, batch; gen_len 16 on 1xH200) the plan
+files of four modes and ``index.json``:
+  * ``hf_resident``: engine hf, every layer's KV (and every weight) in HBM;
+  * ``hf_offloaded``: engine hf, ``DynamicCache(offloading=True)``: every layer's KV on the host;
+  * ``plan``: engine static, the planner's best plan (its MIP's row);
+  * ``kv_host``: engine static, every layer's KV on the host, the weights resident unless they
+    cannot be (then the fewest layers streamed from the host).
+A mode whose replay does not fit is null, its one-line reason under ``refused``.
+Budgets: the GPU budget is ``validate.bench.USABLE_CARD_BYTES`` (what torch reports of the
+H200, less the CUDA context) less ``PLANNING_MARGIN_FRAC``; the host budget 100 GiB of pinned
+pools (the box has 125 GiB of host RAM; the process needs the rest).
+Assumes: the HF modes' predicted peaks are allocated bytes; the default caching allocator
+reserves more (8-22% on our H200 runs of HF models), which the measurement records.
+Source: /work contract "Inference plans, bench and measurement" (index layout and modes).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from hwmodels.units import GiB, UserInputError  # noqa: E402
+
+NODE = "1xH200"
+GEN_LEN = 16
+HOST_BUDGET_BYTES = 100 * GiB
+"""Pinned host pools stay within this (the device host has ~125 GiB of RAM)."""
+CELLS: tuple[tuple[str, int, int], ...] = (
+    ("llama-3.1-8b", 32 * 1024, 1),
+    ("llama-3.1-8b", 128 * 1024, 1),
+    ("llama-3.1-8b", 128 * 1024, 4),
+    ("llama-3.1-8b", 128 * 1024, 8),
+    ("llama-3.1-70b", 32 * 1024, 1),
+)
+"""(model preset, prompt_len, batch): the 8B at 32K and 128K (at batch 8 its KV does not fit
+HBM), and the 70B at 32K (its bf16 weights and KV do not fit HBM together)."""
+MODES = ("hf_resident", "hf_offloaded", "plan", "kv_host")
+MODE_SOURCE = {"hf_resident": ("hf", "resident"), "hf_offloaded": ("hf", "kv_host"),
+               "plan": ("static", None), "kv_host": ("static", "kv_host")}
+"""mode -> (engine, strategy of planners.infer; None: the report's best)."""
+INDEX = "index.json"
+INDEX_SCHEMA_VERSION = 1
+DEFAULT_OUT = REPO / "validate" / "plans" / "infer-bench"
+
+
+def cell_name(model: str, prompt_len: int, batch: int) -> str:
+    return f"{model}-{prompt_len // 1024}k-b{batch}"
+
+
+def gpu_budget_bytes() -> int:
+    from validate.bench import PLANNING_MARGIN_FRAC, USABLE_CARD_BYTES
+
+    return int(USABLE_CARD_BYTES * (1.0 - PLANNING_MARGIN_FRAC))
+
+
+def _predicted(plan: Any) -> dict[str, Any]:
+    p = plan.prediction
+    return {"prefill_time_s": round(p.prefill_time_s, 6), "decode_step_time_s": round(p.decode_step_time_s, 6),
+            "decode_context_len": plan.scenario.job.prompt_len + plan.scenario.job.gen_len // 2,
+            "step_time_s": round(p.step_time_s, 6), "tier_peak_bytes": dict(p.tier_peak_bytes)}
+
+
+def make_infer_plans(out_dir: str | Path, *, time_limit_s: float = 10.0, cells=CELLS, progress: bool = True
+                     ) -> dict[str, Any]:
+    """Plan every cell and mode; write the plan files and ``index.json`` (all or nothing)."""
+    import time
+
+    from hwmodels.catalog import load_node
+    from hwmodels.outputs import OutputSet
+    from planners.infer import plan_inference, tiers_line
+    from simulator.job import InferJob
+    from simulator.model import get_model
+    from simulator.scenario import Scenario
+
+    node = load_node(NODE)
+    out = Path(out_dir)
+    files: dict[str, str] = {}
+    rows = []
+    for model_name, prompt_len, batch in cells:
+        t0 = time.perf_counter()
+        model = get_model(model_name)
+        name = cell_name(model_name, prompt_len, batch)
+        reports = {}
+        for engine in ("hf", "static"):
+            job = InferJob(prompt_len=prompt_len, gen_len=GEN_LEN, batch=batch, engine=engine)
+            sc = Scenario.build(model, job, node, gpu_budget_bytes=gpu_budget_bytes(),
+                                host_budget_bytes=HOST_BUDGET_BYTES)
+            reports[engine] = plan_inference(sc, time_limit_s=time_limit_s)
+        modes: dict[str, str | None] = {}
+        refused: dict[str, str] = {}
+        predicted: dict[str, Any] = {}
+        tiers: dict[str, str] = {}
+        for mode in MODES:
+            engine, strategy = MODE_SOURCE[mode]
+            rep = reports[engine]
+            res = rep.result(strategy or "mip")
+            if res.plan is None or not res.feasible:
+                modes[mode] = None
+                refused[mode] = res.reason or rep.binding or "no plan"
+                continue
+            fname = f"{name}-{mode}.json"
+            files[fname] = res.plan.to_json()
+            modes[mode] = fname
+            predicted[mode] = _predicted(res.plan)
+            tiers[mode] = tiers_line(res.plan)
+        rows.append({"cell": name, "model": model_name, "prompt_len": prompt_len, "batch": batch,
+                     "gen_len": GEN_LEN, "modes": modes, "refused": refused, "predicted": predicted,
+                     "tiers": tiers})
+        if progress:
+            print(f"planned {name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+    index = {"schema_version": INDEX_SCHEMA_VERSION, "node": NODE, "gen_len": GEN_LEN,
+             "gpu_budget_bytes": gpu_budget_bytes(), "host_budget_bytes": HOST_BUDGET_BYTES,
+             "mip_time_limit_s": time_limit_s, "modes": list(MODES),
+             "decode_step_time_s": "one decode step of the whole batch at context prompt_len + gen_len // 2",
+             "cells": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    with OutputSet() as outputs:
+        for fname, text in sorted(files.items()):
+            outputs.write_text(out / fname, text, field="--out")
+        outputs.write_text(out / INDEX, json.dumps(index, indent=1, sort_keys=True) + "\n", field="--out")
+    return index
+
+
+def _field(record: Any, name: str) -> Any:
+    if isinstance(record, Mapping):
+        return record.get(name)
+    return getattr(record, name, None)
+
+
+def repredict(plan_path: str | Path, record: Any = None, *, skip_steps: int = 2) -> dict[str, Any]:
+    """The plan's prediction with today's cost model: prefill time, the decode step time at
+    each context of ``record`` (a measurement record or mapping with ``contexts``: the KV length
+    at each decode step; default: the plan's mean context), their median over the steps after
+    the first ``skip_steps`` (what the measurement's ``decode_step_time_s`` is the median of),
+    and the per-tier peaks."""
+    from planners.infer import replay_plan
+    from planners.plan import load_plan
+
+    plan = load_plan(plan_path)
+    if plan.scenario.job.mode != "infer":
+        raise UserInputError(f"{plan_path}: not an inference plan")
+    contexts = list(_field(record, "contexts") or []) if record is not None else []
+    base = replay_plan(plan)
+    by_ctx: dict[int, float] = {}
+    for ctx in sorted(set(int(c) for c in contexts)):
+        by_ctx[ctx] = replay_plan(plan, context_len=ctx).decode_step_time_s
+    steps = [by_ctx[int(c)] for c in contexts]
+    tail = steps[skip_steps:] or steps
+    return {
+        "prefill_time_s": base.prefill_time_s,
+        "decode_step_time_s": statistics.median(tail) if tail else base.decode_step_time_s,
+        "decode_step_times_s": steps,
+        "contexts": [int(c) for c in contexts],
+        "tier_peak_bytes": dict(base.tier_peak_bytes),
+        "peak_allocated_bytes": base.tier_peak_bytes["hbm"],
+        "host_pinned_bytes": base.tier_peak_bytes.get("host", 0),
+        "feasible": base.feasible,
+    }
