@@ -209,6 +209,10 @@ def _in_child(plan_path: str | Path, *, env: dict[str, str]) -> dict[str, Any]:
             "message": f"exit {proc.returncode}: {tail[-1] if tail else 'no output'}"}
 
 
+def _engine(plan: Plan) -> str:
+    return getattr(plan.scenario.job, "engine", "static")
+
+
 def _env_for(engine: str, hf_allocator: str | None) -> dict[str, str]:
     env = dict(os.environ)
     if engine == "static":
@@ -234,7 +238,7 @@ def run_bench(plans_dir: str | Path, *, cells: tuple[str, ...] = (), modes: tupl
     def run_one(path: Path, plan: Plan) -> dict[str, Any]:
         if smoke:
             return measure(plan, smoke=True)
-        return {**describe(plan), **_in_child(path, env=_env_for(plan.scenario.job.engine, hf_allocator))}
+        return {**describe(plan), **_in_child(path, env=_env_for(_engine(plan), hf_allocator))}
 
     for cell in index.cells:
         if cells and cell.cell not in cells:
@@ -339,15 +343,20 @@ def print_table(records: list[dict[str, Any]], title: str) -> None:
 
 
 def validate_plans(paths: list[str], *, smoke: bool, out: str | None, as_json: bool, argv: list[str]) -> int:
-    """``tierplan validate plan`` for inference plans: each run once in this process; exit 0
-    when every plan ran."""
+    """``tierplan validate plan`` for inference plans: each run once (on the GPU in a child
+    process under its engine's allocator, ``smoke``: here on the CPU); exit 0 when every plan
+    ran."""
     from hwmodels.outputs import OutputSet
 
     records = []
     for path in paths:
         plan = load_plan(path)
         rec = {"cell": Path(path).stem, "mode": "run", "plan": Path(path).name,
-               "plan_sha256": sha256_of(path), **measure(plan, smoke=smoke)}
+               "plan_sha256": sha256_of(path), **describe(plan)}
+        if smoke:
+            rec.update(measure(plan, smoke=True))
+        else:
+            rec.update(_in_child(path, env=_env_for(_engine(plan), None)))
         records.append(rec)
     data = bench_file(records, plans_dir=str(Path(paths[0]).parent), smoke=smoke, argv=argv)
     if out:
@@ -364,7 +373,9 @@ def validate_plans(paths: list[str], *, smoke: bool, out: str | None, as_json: b
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    from validate.bench import _Parser  # its errors are one-line UserInputErrors
+
+    ap = _Parser(prog=prog or "validate/infer_bench.py", description=__doc__.splitlines()[0])
     ap.add_argument("--plans", help="plans directory with index.json (tierplan bench make-plans --mode infer)")
     ap.add_argument("--out", help="measurement file to write (e.g. validate/measurements/h200/infer-bench-h200-DATE.json)")
     ap.add_argument("--cells", default="", help="comma list of cells to run (default: all)")
@@ -382,9 +393,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, *, prog: str | None = None, command: list[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    ap = build_parser(prog)
-    args = ap.parse_args(args_list)
     try:
+        args = build_parser(prog).parse_args(args_list)
         if args.case:
             Path(args.case_out).write_text(json.dumps(measure(load_plan(args.case), smoke=False)))
             return 0
