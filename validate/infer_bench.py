@@ -53,9 +53,10 @@ ALLOC_VAR = "PYTORCH_CUDA_ALLOC_CONF"
 
 
 class IndexCell(BaseModel):
-    """One cell of index.json: a model, a prompt length, a batch, and its modes' plan files."""
+    """One cell of index.json: a model, a prompt length, a batch, and its modes' plan files
+    (the planner's other keys, e.g. its predictions and reasons, are kept as they are)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="allow")
 
     cell: str = Field(min_length=1, max_length=200)
     model: str

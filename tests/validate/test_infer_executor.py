@@ -168,7 +168,8 @@ def test_bench_runner_writes_a_valid_record_file(tmp_path):
         (plans / f"tiny-{mode}.json").write_text(plan.to_json())
     index = {"cells": [{"cell": "tiny-b2", "model": "tiny", "prompt_len": P, "batch": B, "gen_len": G,
                         "modes": {m: f"tiny-{m}.json" for m in files} | {"hf_offloaded": None},
-                        "refused": {"hf_offloaded": "predicted not to fit"}}]}
+                        "refused": {"hf_offloaded": "predicted not to fit"},
+                        "predicted": {"plan": {"decode_step_time_s": 0.01}}}]}  # planner keys kept
     (plans / "index.json").write_text(json.dumps(index))
     out = tmp_path / "infer-bench-cpu.json"
     assert main(["bench", "infer", "--plans", str(plans), "--out", str(out), "--smoke"]) == 0
