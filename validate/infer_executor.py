@@ -25,7 +25,8 @@ buffers are separate CPU tensors and every copy is still made (CI tests the logi
 Measures: prefill time (all chunks, all sequences, synchronized), each decode step's time
 (``kernels.timing.time_one``: CUDA events, the side streams joined into the compute stream at
 the end of the step), the contexts, peak allocated / reserved HBM over the run, the pinned
-bytes, and the bytes each decode step copies in each direction.
+bytes, the bytes each decode step copies in each direction and, on CUDA, the span of the last
+step's H2D copies (the first one's start to the last one's end: their rate when back to back).
 Assumes: every sequence has the same prompt length (the contexts are equal across the batch);
 the plan's layers are homogeneous (one weight-buffer size).
 Ignores: sampling (greedy only), stop tokens, paged or quantized KV, KV split within a layer
@@ -326,6 +327,7 @@ class StaticDecodeEngine:
                          for kind, where in (("w", self.w_host), ("kv", self.kv_host))
                          for n, i in enumerate(i for i in range(self.num_layers) if where[i])}
         self.h2d_bytes = 0
+        self._h2d_span: list[Any] = []  # timing events: before the step's first H2D copy, after its last
         self.d2h_bytes = 0
         if self.streams.cuda:
             torch.cuda.synchronize(self.device)
@@ -363,6 +365,12 @@ class StaticDecodeEngine:
         st.wait("h2d", *self._slot_free.get((kind, slot), ()))
         if kind == "kv":
             st.wait("h2d", self._d2h_done.get(layer))
+        if st.cuda:
+            if not self._h2d_span:
+                self._h2d_span.append(torch.cuda.Event(enable_timing=True))
+                self._h2d_span[0].record(st.h2d)
+            if len(self._h2d_span) < 2:
+                self._h2d_span.append(torch.cuda.Event(enable_timing=True))
         with st.on("h2d"):
             if kind == "w":
                 flat, _ = self.w_slots[slot]
@@ -375,6 +383,8 @@ class StaticDecodeEngine:
                         buf[b, :p0].copy_(host[b, :p0], non_blocking=True)
                         self.h2d_bytes += host[b, :p0].numel() * host.element_size()
         self._ready[(kind, layer)] = st.record("h2d")
+        if st.cuda:
+            self._h2d_span[1].record(st.h2d)
         self._slot_of[(kind, layer)] = slot
 
     def _issue(self, upto_layer: int, queues: dict[str, list[int]], b0: int, b1: int, p0: int) -> None:
@@ -486,6 +496,7 @@ class StaticDecodeEngine:
             for step in range(job.gen_len):
                 ctx = job.prompt_len + step
                 self.h2d_bytes = self.d2h_bytes = 0
+                self._h2d_span = []
                 out: list[torch.Tensor] = []
 
                 def decode(tok: torch.Tensor = tok, ctx: int = ctx, out: list = out) -> None:
@@ -509,6 +520,8 @@ class StaticDecodeEngine:
             d2h_bytes_per_step=self.d2h_bytes if job.gen_len else 0,
             setup_s=self.setup_s,
             notes={"kv_lookahead_layers": self.kv_lookahead, "num_staging_buffers": self.num_staging,
+                   "h2d_span_s_last_step": (self._h2d_span[0].elapsed_time(self._h2d_span[1]) / 1e3
+                                            if len(self._h2d_span) == 2 and job.gen_len else None),
                    "num_weight_buffers": self.num_wbufs, "hbm_buffer_bytes": self.sizes.hbm_bytes,
                    "host_pool_bytes": self.sizes.host_pool_bytes},
             logits=kept,

@@ -115,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         if not ok:
             print(f"  {name}: {r.get('message')}")
         else:
+            span = (r.get("engine_notes") or {}).get("h2d_span_s_last_step")
+            if span and h2d:
+                print(f"  {name}: the last step's H2D copies spanned {format_seconds(span)} "
+                      f"({format_rate(h2d / span)}); the step took {format_seconds(r['decode_step_times_s'][-1])}")
             print(f"  {name}: decode steps {[round(t * 1e3, 2) for t in r['decode_step_times_s']]} ms; "
                   f"setup {r.get('setup_s', 0):.1f} s; {r.get('engine_notes')}")
     if args.out:
