@@ -178,9 +178,11 @@ class DecoderLayer(nn.Module):
             return norm(x, self.tag)
         return self.tag(Role.NORM_OUT, norm(x))
 
-    def _attention(
+    def qkv(
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [B,H,T,D], k and v [B,K,T,D] of ``x`` [B,T,h]: the pre-attention norm, the
+        projections, Qwen3's q/k norms and the rotary embedding of ``rope``'s rows."""
         s = self.spec
         B, T, _ = x.shape
         n = self._norm(self.input_layernorm, x)
@@ -199,6 +201,14 @@ class DecoderLayer(nn.Module):
             cos, sin = rope
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
+        return q, k, v
+
+    def _attention(
+        self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> torch.Tensor:
+        s = self.spec
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x, rope)
         for t in (
             q,
             k,
@@ -279,12 +289,16 @@ class Decoder(nn.Module):
             rope = rope_tables(x.shape[1], self.spec.head_dim, device=x.device, dtype=x.dtype)
         return x, rope
 
+    def head_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T, V] in the model dtype: the final norm and the (possibly tied) head."""
+        x = self.norm(x, lambda role, t: None)
+        weight = self.lm_head.weight if hasattr(self, "lm_head") else self.embed_tokens.weight
+        return F.linear(x, weight)
+
     def head_loss(self, x: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
         if not self.spec.has_lm_head:
             return x.float().pow(2).mean()
-        x = self.norm(x, lambda role, t: None)
-        weight = self.lm_head.weight if hasattr(self, "lm_head") else self.embed_tokens.weight
-        logits = F.linear(x, weight).float()  # B T V, fp32 as HF's loss upcasts
+        logits = self.head_logits(x).float()  # B T V, fp32 as HF's loss upcasts
         if self.spec.has_embedding:
             labels = batch[:, 1:]
         else:  # a head without an embedding: predict token 0 (a fixed, checkable target)
@@ -302,6 +316,17 @@ def build_model(
     spec: ModelSpec, *, device: Any = "cpu", dtype: torch.dtype = torch.bfloat16, seed: int = 0
 ) -> Decoder:
     """The reference decoder of ``spec`` on ``device``, weights drawn from ``seed``."""
+    check_buildable(spec)
+    model = Decoder(spec, device=device, dtype=dtype)
+    gen = torch.Generator(device=torch.device(device)).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            init_parameter(name, p, gen)
+    return model
+
+
+def check_buildable(spec: ModelSpec) -> None:
+    """Refuse, in one line, a spec the reference decoder cannot build."""
     if spec.family not in LLAMA_FAMILIES:
         raise UserInputError(
             f"model.family: {spec.family!r} is not a Llama-family decoder ({', '.join(LLAMA_FAMILIES)})"
@@ -314,17 +339,19 @@ def build_model(
         raise UserInputError(
             "model: the reference decoder needs rmsnorm, swiglu and rope or no positions"
         )
-    model = Decoder(spec, device=device, dtype=dtype)
-    gen = torch.Generator(device=torch.device(device)).manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.fill_(1.0)
-            elif name.endswith(".bias"):
-                p.zero_()
-            else:
-                p.normal_(0.0, INIT_STD, generator=gen)
-    return model
+
+
+def init_parameter(name: str, p: torch.Tensor, gen: torch.Generator) -> None:
+    """The initial value of parameter ``name`` (a ``Decoder.named_parameters`` name), drawn from
+    ``gen`` in place: norms at 1, biases at 0, the rest normal(0, INIT_STD). Drawing every
+    parameter in ``named_parameters`` order from one seeded generator gives ``build_model``'s
+    weights, wherever each tensor lives."""
+    if "norm" in name:
+        p.fill_(1.0)
+    elif name.endswith(".bias"):
+        p.zero_()
+    else:
+        p.normal_(0.0, INIT_STD, generator=gen)
 
 
 def make_batch(

@@ -227,6 +227,70 @@ class BenchFile(RecordFile):
     cells: list[BenchCell]
 
 
+# ---- inference plans (infer_bench.py) ----------------------------------------------------------
+
+
+class InferRecord(RecordModel):
+    """One (cell, mode) of the inference bench, or one ``validate plan`` run of an inference plan:
+    refused (before or by the prediction), out of memory, failed, or measured."""
+
+    cell: str
+    mode: str
+    """``hf_resident``, ``hf_offloaded``, ``plan``, ``kv_host`` (bench modes), or ``run``."""
+    status: Literal["ok", "refused", "oom", "error"]
+    message: str | None = None
+    """Why the mode was refused, ran out of memory or failed."""
+    plan: str | None = None
+    """Plan file name (inside the plans directory)."""
+    plan_sha256: str | None = None
+    model: str | None = None
+    engine: Literal["static", "hf"] | None = None
+    prompt_len: int | None = Field(None, gt=0)
+    batch: int | None = Field(None, gt=0)
+    gen_len: int | None = Field(None, ge=0)
+    prefill_chunk_len: int | None = Field(None, gt=0)
+    prediction: dict[str, Any] | None = None
+    """The plan's own prediction, as the plan file holds it."""
+    allocator: str | None = None
+    """``PYTORCH_CUDA_ALLOC_CONF`` of the run's process (empty: the native caching allocator)."""
+    setup_s: float | None = Field(None, ge=0)
+    """Seconds to build the weights and buffers (pinning included)."""
+    prefill_time_s: float | None = Field(None, ge=0)
+    """Wall time of the whole prefill (all chunks, all sequences), synchronized."""
+    decode_step_times_s: list[float] | None = None
+    """Each decode step (one token for each sequence), synchronized."""
+    decode_step_time_s: float | None = Field(None, ge=0)
+    """Median of decode_step_times_s after the first 2 (of all when there are fewer than 3)."""
+    contexts: list[int] | None = None
+    """KV length (tokens cached before the step) at each decode step."""
+    tokens_per_s: float | None = Field(None, ge=0)
+    """batch / decode_step_time_s."""
+    peak_allocated_bytes: int | None = Field(None, ge=0)
+    """torch.cuda.max_memory_allocated over the run (prefill + decode), reset before it."""
+    peak_reserved_bytes: int | None = Field(None, ge=0)
+    host_pinned_bytes: int | None = Field(None, ge=0)
+    """Pinned host bytes: the static engine's pool; the HF engine's pinned allocator peak."""
+    h2d_bytes_per_step: int | None = Field(None, ge=0)
+    """Bytes the static engine's last decode step copied host to device (KV and weights)."""
+    d2h_bytes_per_step: int | None = Field(None, ge=0)
+    tokens: list[list[int]] | None = None
+    """Generated ids per sequence: the prefill's argmax, then one per decode step."""
+    tokens_equal_resident: bool | None = None
+    """Static plans: whether the tokens equal the all-resident static run's (None: not run)."""
+    reference_message: str | None = None
+    """Why the all-resident reference did not run, where it did not."""
+    engine_notes: dict[str, Scalar] | None = None
+    """Engine facts: effective lookahead, buffer counts, buffer bytes, cache argument."""
+
+
+class InferBenchFile(RecordFile):
+    """infer_bench.py's measurement file: one record per (cell, mode)."""
+
+    plans_dir: str
+    """The plans directory the index came from."""
+    records: list[InferRecord]
+
+
 # ---- one-off probes (validate/scripts) ---------------------------------------------------------
 class ArenaReplayFile(RecordFile):
     """arena_replay_probe.py: predicted against measured arena figures, per plan."""
@@ -297,6 +361,7 @@ _BY_PREFIX: tuple[tuple[str, type[RecordModel]], ...] = (
     ("instep-", OpRecordsFile),
     ("steps-", StepsFile),
     ("bench-", BenchFile),
+    ("infer-bench-", InferBenchFile),
     ("arena-replay-", ArenaReplayFile),
     ("snapshots-", SnapshotsFile),
     ("kernels-h200-2026-11-28-probe8-", KernelProfile),

@@ -35,12 +35,13 @@ def _surface(parser: argparse.ArgumentParser, prefix: str, out: dict[str, list[s
 
 def cli_surface() -> dict[str, list[str]]:
     from tierplan.cli import build_parser
-    from validate import bench
+    from validate import bench, infer_bench
 
     out: dict[str, list[str]] = {}
     _surface(build_parser(), "tierplan", out)
     # `tierplan bench` hands everything after it to the bench's own parser
     _surface(bench.build_parser(prog="tierplan bench"), "tierplan bench", out)
+    _surface(infer_bench.build_parser(prog="tierplan bench infer"), "tierplan bench infer", out)
     return dict(sorted(out.items()))
 
 

@@ -155,10 +155,13 @@ def run_plan(args: argparse.Namespace) -> int:
     from hwmodels.outputs import make_out_dir
     from planners.plan import load_plan
 
+    modes = set()
     for path in args.plans:  # every plan is read and checked before anything runs
         if not pathlib.Path(path).is_file():
             raise UserInputError(f"PLAN: no such file {path}")
-        load_plan(path)
+        modes.add(load_plan(path).scenario.job.mode)
+    if "infer" in modes:
+        return _run_infer_plans(args, mixed=len(modes) > 1)
     make_out_dir(args.out, field="--out")
     result = run(args.plans, out_dir=args.out, warmup=args.warmup, repeats=args.repeats,
                  baselines=names, smoke=args.smoke, check_grads_tokens=args.check_grads,
@@ -199,3 +202,25 @@ def run_plan(args: argparse.Namespace) -> int:
                           f"{'bitwise equal' if g['bitwise_equal'] else 'max |diff| ' + format(g['max_abs_diff'], '.3g')}")
     console.print(f"wrote {args.out}/measured.json, {args.out}/comparison.json")
     return code
+
+
+def _run_infer_plans(args: argparse.Namespace, *, mixed: bool) -> int:
+    """Inference plans: one run each on the decode engine their job names
+    (validate/infer_bench.py), measured against their prediction; INFER_RUNS_FILE in --out."""
+    from hwmodels.outputs import make_out_dir
+    from hwmodels.units import UserInputError
+    from validate import infer_bench
+
+    if mixed:
+        raise UserInputError("PLAN: inference and training plans run separately")
+    used = [f"--{k.replace('_', '-')}" for k in ("baselines", "check_grads", "arena", "memory_trace",
+                                                  "kernel_profile", "no_cap", "expandable_segments")
+            if getattr(args, k, None)]
+    if used:
+        raise UserInputError(f"{used[0]}: for training plans only")
+    out = make_out_dir(args.out, field="--out")
+    return infer_bench.validate_plans(args.plans, smoke=args.smoke, out=str(out / INFER_RUNS_FILE),
+                                      as_json=args.json, argv=args.argv)
+
+
+INFER_RUNS_FILE = "infer-bench-runs.json"

@@ -1,0 +1,554 @@
+"""The static decode engine: an inference plan run for real (prefill, then greedy decode steps).
+
+Models: serving ``job.batch`` sequences of ``prompt_len`` tokens and ``gen_len`` decode steps of
+a Llama-family decoder (validate.model's math and weights, bf16) under an inference
+``planners.plan.Plan`` (infer-contract.md). Per layer the KV cache is one K and one V buffer of
+the final length (prompt_len + gen_len), laid out [B, L, K, D] and allocated once: in HBM, or in
+one pinned host pool (``validate.executor.OffloadPool``). Prefill runs each sequence alone,
+whole or in chunks of ``job.prefill_chunk_len`` (a chunk attends to the cache written so far and
+causally within itself); decode steps run the whole batch, one token per sequence. A layer whose
+KV is on the host runs on one of ``num_staging_buffers`` rotating GPU staging buffers (each one
+layer's K and V at the final length): its cached rows [:ctx] are copied H2D into the buffer on an
+H2D stream, ``prefetch_lookahead_layers`` layers ahead (at most ``num_staging_buffers - 1``: a
+buffer is refilled only once the layer that used it last has queued its attention); the new
+rows are written into the buffer by the compute stream, so attention sees ctx + T rows, and
+copied D2H into the pool on a D2H stream. CUDA events order it all: a fetch waits until the
+attention and the write-back that read its buffer are done, and the write-back of the layer's
+previous pass; attention waits for the fetch. A layer whose weights are on the host keeps them
+as one flat pinned block, streamed H2D into one of ``1 + max(params_prefetch_layers)`` rotating
+flat GPU weight buffers (one copy per layer), ``params_prefetch_layers`` layers ahead. Each copy
+is one large contiguous copy per K and V per layer and sequence (one per layer and direction at
+batch 1); nothing synchronizes inside a step but the timer at its end. The head computes the
+last position's logits; the next token is their argmax.
+On the CPU the same code runs with no streams or events: the "host" pool and the staging
+buffers are separate CPU tensors and every copy is still made (CI tests the logic there).
+Measures: prefill time (all chunks, all sequences, synchronized), each decode step's time
+(``kernels.timing.time_one``: CUDA events, the side streams joined into the compute stream at
+the end of the step), the contexts, peak allocated / reserved HBM over the run, the pinned
+bytes, the bytes each decode step copies in each direction and, on CUDA, the span of the last
+step's H2D copies (the first one's start to the last one's end: their rate when back to back).
+Assumes: every sequence has the same prompt length (the contexts are equal across the batch);
+the plan's layers are homogeneous (one weight-buffer size).
+Ignores: sampling (greedy only), stop tokens, paged or quantized KV, KV split within a layer
+(``Plan.unsupported`` refuses those plans).
+Source: infer-contract.md; FlexGen (Sheng et al., 2023) for overlapped layer-wise KV and weight
+streaming.
+
+Shapes: B batch, T tokens of a pass, L final length, H query heads, K kv heads, D head_dim.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hwmodels.units import UserInputError, format_bytes
+from kernels import timing
+from planners.plan import Plan
+from simulator.job import InferJob
+from simulator.model import ModelSpec
+from validate.executor import POOL_ALIGN_BYTES, OffloadPool, check_fits, host_memory_bytes
+from validate.model import (
+    Decoder,
+    DecoderLayer,
+    check_buildable,
+    init_parameter,
+    make_batch,
+    rope_tables,
+)
+
+WARM_DECODE_STEPS = 2
+"""Decode steps left out of ``decode_step_time_s`` (the median of the rest): the first steps
+carry one-time costs (kernel selection, the allocator's first blocks)."""
+WEIGHT_ALIGN_ELEMS = 128
+"""Each parameter's offset in a layer's flat weight block is a multiple of this many elements
+(GEMM operands stay 256-byte aligned)."""
+PROMPT_SEED = 1
+KV_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class InferRun:
+    """What one run of an engine measured (the runner turns it into an ``InferRecord``)."""
+
+    tokens: list[list[int]]
+    """Generated ids per sequence: the prefill's argmax, then one per decode step."""
+    prefill_time_s: float
+    decode_step_times_s: list[float]
+    contexts: list[int]
+    """KV length (tokens cached before the step) at each decode step."""
+    peak_allocated_bytes: int | None = None
+    peak_reserved_bytes: int | None = None
+    host_pinned_bytes: int = 0
+    """Pinned host bytes the engine allocated (the static pool; HF: the pinned allocator's peak)."""
+    h2d_bytes_per_step: int = 0
+    """Bytes the last decode step copied host to device (KV and weights)."""
+    d2h_bytes_per_step: int = 0
+    setup_s: float = 0.0
+    """Seconds to build the weights and buffers (pinning included)."""
+    notes: dict[str, Any] = field(default_factory=dict)
+    """Engine facts worth recording (effective lookahead, buffer counts, allocator)."""
+    logits: list[torch.Tensor] = field(default_factory=list)
+    """fp32 logits [B, V] of the prefill and of each step (only with ``keep_logits``)."""
+
+    @property
+    def decode_step_time_s(self) -> float | None:
+        return decode_step_time(self.decode_step_times_s)
+
+
+def decode_step_time(times: list[float]) -> float | None:
+    """Median of the decode steps after the first ``WARM_DECODE_STEPS`` (of all when fewer)."""
+    if not times:
+        return None
+    rest = times[WARM_DECODE_STEPS:] or times
+    return statistics.median(rest)
+
+
+def infer_job(plan: Plan) -> InferJob:
+    """The plan's inference job; refuse, in one line, a training plan or one the executor
+    cannot carry out (``Plan.unsupported``)."""
+    job = plan.scenario.job
+    if not isinstance(job, InferJob):
+        raise UserInputError("scenario.job.mode: the inference executor runs inference plans")
+    why = plan.unsupported()
+    if why:
+        raise UserInputError(f"plan: {why}")
+    return job
+
+
+def infer_spec(plan: Plan) -> ModelSpec:
+    """The plan's model; refuse, in one line, one the reference decoder cannot serve."""
+    spec = plan.scenario.model
+    check_buildable(spec)
+    if not (spec.has_embedding and spec.has_lm_head):
+        raise UserInputError("model: inference needs an embedding and an LM head")
+    return spec
+
+
+def kv_torch_dtype(plan: Plan) -> torch.dtype:
+    """The KV cache's dtype (every layer's must agree); the model computes in it."""
+    names = {lp.kv_cache.dtype for lp in plan.layers if lp.kv_cache is not None}
+    if len(names) != 1:
+        raise UserInputError("layers.kv_cache.dtype: every layer's KV cache must have one dtype")
+    return KV_DTYPES[names.pop()]
+
+
+def prompt_ids(spec: ModelSpec, job: InferJob, device: torch.device) -> torch.Tensor:
+    """The deterministic prompts [B, prompt_len] both engines serve."""
+    return make_batch(spec, seq_len=job.prompt_len, batch=job.batch, device=device, seed=PROMPT_SEED)
+
+
+def pin_peak_bytes() -> int:
+    """Peak bytes of torch's pinned host allocator (0 where torch does not report it)."""
+    stats = getattr(torch.cuda, "host_memory_stats", None)
+    if stats is None or not torch.cuda.is_available():
+        return 0
+    return int(stats().get("allocated_bytes.peak", 0) or 0)
+
+
+def _aligned(nbytes: int) -> int:
+    return -(-nbytes // POOL_ALIGN_BYTES) * POOL_ALIGN_BYTES
+
+
+class _Streams:
+    """The compute, H2D and D2H streams and their events; on the CPU every call is a no-op."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.compute = torch.cuda.current_stream(device)
+            self.h2d = torch.cuda.Stream(device)
+            self.d2h = torch.cuda.Stream(device)
+
+    def record(self, stream: str) -> Any:
+        return getattr(self, stream).record_event() if self.cuda else None
+
+    def wait(self, stream: str, *events: Any) -> None:
+        if self.cuda:
+            for ev in events:
+                if ev is not None:
+                    getattr(self, stream).wait_event(ev)
+
+    def on(self, stream: str) -> Any:
+        import contextlib
+
+        return torch.cuda.stream(getattr(self, stream)) if self.cuda else contextlib.nullcontext()
+
+    def join(self) -> None:
+        """The compute stream waits for both copy streams (the end of a pass)."""
+        if self.cuda:
+            self.compute.wait_stream(self.h2d)
+            self.compute.wait_stream(self.d2h)
+
+
+def _layer_offsets(layer: nn.Module) -> tuple[dict[str, tuple[int, int]], int]:
+    """Each parameter's (offset, numel) in the layer's flat weight block, and the block's size
+    in elements."""
+    offsets: dict[str, tuple[int, int]] = {}
+    off = 0
+    for name, p in layer.named_parameters():
+        offsets[name] = (off, p.numel())
+        off += -(-p.numel() // WEIGHT_ALIGN_ELEMS) * WEIGHT_ALIGN_ELEMS
+    return offsets, off
+
+
+def _bind(layer: nn.Module, flat: torch.Tensor, offsets: dict[str, tuple[int, int]]) -> None:
+    """Make ``layer``'s parameters views of ``flat`` at ``offsets``."""
+    for name, p in list(layer.named_parameters()):
+        mod_name, _, pname = name.rpartition(".")
+        mod = layer.get_submodule(mod_name) if mod_name else layer
+        off, n = offsets[name]
+        setattr(mod, pname, nn.Parameter(flat[off : off + n].view(p.shape), requires_grad=False))
+
+
+@dataclass
+class _Sizes:
+    """Bytes of the engine's buffers, before any is allocated."""
+
+    resident_weight_bytes: int
+    resident_kv_bytes: int
+    staging_bytes: int
+    weight_buffer_bytes: int
+    host_pool_bytes: int
+
+    @property
+    def hbm_bytes(self) -> int:
+        return self.resident_weight_bytes + self.resident_kv_bytes + self.staging_bytes + self.weight_buffer_bytes
+
+
+class StaticDecodeEngine:
+    """Builds the model and buffers of ``plan`` on ``device`` (weights from ``seed``), then
+    ``run()`` serves the job once. ``dtype`` overrides the KV dtype as the compute dtype (CPU
+    tests use fp32); ``check_memory`` refuses a plan whose buffers do not fit before any is
+    allocated."""
+
+    def __init__(self, plan: Plan, *, device: Any, seed: int = 0, dtype: torch.dtype | None = None,
+                 check_memory: bool = True) -> None:
+        job = infer_job(plan)
+        spec = infer_spec(plan)
+        if job.engine != "static":
+            raise UserInputError(f"scenario.job.engine: {job.engine!r} plans run on the HF engine "
+                                 "(validate.infer_hf), not the static one")
+        t0 = time.perf_counter()
+        self.plan, self.job, self.spec = plan, job, spec
+        self.device = torch.device(device)
+        self.dtype = dtype or kv_torch_dtype(plan)
+        self.num_layers = spec.num_layers
+        self.B, self.L = job.batch, job.max_seq_len
+        self.chunk_len = job.prefill_chunk_len or job.prompt_len
+        self.kv_host = [lp.kv_cache is not None and lp.kv_cache.resident_frac == 0.0 for lp in plan.layers]
+        self.w_host = [lp.model_states.params == "host" for lp in plan.layers]
+        self.num_staging = plan.num_staging_buffers if any(self.kv_host) else 0
+        self.kv_lookahead = min(plan.prefetch_lookahead_layers, max(self.num_staging - 1, 0))
+        self.w_lookahead = [lp.model_states.params_prefetch_layers for lp in plan.layers]
+        host_w = [k for k, h in zip(self.w_lookahead, self.w_host, strict=True) if h]
+        self.num_wbufs = 1 + max(host_w) if host_w else 0
+        self.streams = _Streams(self.device)
+
+        model = Decoder(spec, device="meta", dtype=self.dtype)
+        self.offsets, self.layer_numel = _layer_offsets(model.layers[0])
+        es = torch.empty(0, dtype=self.dtype).element_size()
+        kv_shape = (self.B, self.L, spec.num_kv_heads, spec.head_dim)
+        kv_layer_bytes = 2 * self.B * self.L * spec.num_kv_heads * spec.head_dim * es
+        self.sizes = _Sizes(
+            resident_weight_bytes=es * (sum(p.numel() for n, p in model.named_parameters()
+                                            if not n.startswith("layers."))
+                                        + self.layer_numel * self.w_host.count(False)),
+            resident_kv_bytes=kv_layer_bytes * self.kv_host.count(False),
+            staging_bytes=kv_layer_bytes * self.num_staging,
+            weight_buffer_bytes=self.layer_numel * es * self.num_wbufs,
+            host_pool_bytes=2 * _aligned(kv_layer_bytes // 2) * self.kv_host.count(True)
+            + _aligned(self.layer_numel * es) * self.w_host.count(True),
+        )
+        if plan.staging_buffer_bytes and self.num_staging and plan.staging_buffer_bytes < kv_layer_bytes:
+            raise UserInputError(
+                f"plan.staging_buffer_bytes: {format_bytes(plan.staging_buffer_bytes)} is less than one "
+                f"layer's K and V at the final length, {format_bytes(kv_layer_bytes)}")
+        if check_memory:
+            self._check_memory()
+
+        # ---- weights: validate.model's draws in its order, on the device ----------------------
+        self.pool = OffloadPool(self.sizes.host_pool_bytes, pin=self.streams.cuda)
+        for name, child in model.named_children():
+            if name != "layers":
+                child.to_empty(device=self.device)
+        self.w_host_flat: dict[int, torch.Tensor] = {}
+        for i, layer in enumerate(model.layers):
+            if self.w_host[i]:
+                self.w_host_flat[i] = self.pool.alloc(torch.Size([self.layer_numel]), self.dtype,
+                                                      where=f"plan.layers.{i}.model_states")
+            else:
+                layer.to_empty(device=self.device)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if not p.is_meta:
+                    init_parameter(name, p, gen)
+                    continue
+                _, idx, local = name.split(".", 2)
+                off, n = self.offsets[local]
+                t = torch.empty(p.shape, device=self.device, dtype=self.dtype)
+                init_parameter(name, t, gen)
+                self.w_host_flat[int(idx)][off : off + n].copy_(t.view(-1))
+                del t
+        model.requires_grad_(False)
+        self.model = model
+        self.w_slots: list[tuple[torch.Tensor, DecoderLayer]] = []
+        for _ in range(self.num_wbufs):
+            flat = torch.empty(self.layer_numel, device=self.device, dtype=self.dtype)
+            slot = DecoderLayer(spec, probe=False, device="meta", dtype=self.dtype)
+            _bind(slot, flat, self.offsets)
+            self.w_slots.append((flat, slot))
+
+        # ---- KV: resident buffers, the host pool's, the staging buffers ----------------------
+        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for i in range(self.num_layers):
+            if self.kv_host[i]:
+                self.kv[i] = (self.pool.alloc(torch.Size(kv_shape), self.dtype, where=f"plan.layers.{i}.kv_cache"),
+                              self.pool.alloc(torch.Size(kv_shape), self.dtype, where=f"plan.layers.{i}.kv_cache"))
+            else:
+                self.kv[i] = (torch.empty(kv_shape, device=self.device, dtype=self.dtype),
+                              torch.empty(kv_shape, device=self.device, dtype=self.dtype))
+        self.staging = [(torch.empty(kv_shape, device=self.device, dtype=self.dtype),
+                         torch.empty(kv_shape, device=self.device, dtype=self.dtype))
+                        for _ in range(self.num_staging)]
+        self.cos, self.sin = rope_tables(self.L, spec.head_dim, device=self.device, dtype=self.dtype)
+        self._slot_free: dict[tuple[str, int], list[Any]] = {}  # (kind, slot) -> events to wait for
+        self._d2h_done: dict[int, Any] = {}
+        self._ready: dict[tuple[str, int], Any] = {}
+        self._slot_of: dict[tuple[str, int], int] = {}
+        self._ordinal = {(kind, i): n
+                         for kind, where in (("w", self.w_host), ("kv", self.kv_host))
+                         for n, i in enumerate(i for i in range(self.num_layers) if where[i])}
+        self.h2d_bytes = 0
+        self._h2d_span: list[Any] = []  # timing events: before the step's first H2D copy, after its last
+        self.d2h_bytes = 0
+        if self.streams.cuda:
+            torch.cuda.synchronize(self.device)
+        self.setup_s = time.perf_counter() - t0
+
+    # ---- memory check --------------------------------------------------------------------------
+
+    def _check_memory(self) -> None:
+        s = self.sizes
+        cuda = self.device.type == "cuda"
+        free = torch.cuda.mem_get_info(self.device)[0] if cuda else None
+        host_free = host_memory_bytes()
+        check_fits(self.plan, num_layers=self.num_layers, gpu_budget_bytes=free,
+                   host_pool_bytes=s.host_pool_bytes if cuda else s.host_pool_bytes + s.hbm_bytes,
+                   host_available_bytes=host_free)
+        if free is not None and s.hbm_bytes > free:
+            raise UserInputError(
+                f"plan: the static engine's buffers need {format_bytes(s.hbm_bytes)} of HBM (weights "
+                f"{format_bytes(s.resident_weight_bytes + s.weight_buffer_bytes)}, KV "
+                f"{format_bytes(s.resident_kv_bytes)}, staging {format_bytes(s.staging_bytes)}), "
+                f"the GPU has {format_bytes(free)} free")
+
+    def close(self) -> None:
+        """Unpin and drop the host pool."""
+        self.pool.close()
+
+    # ---- copies ----------------------------------------------------------------------------------
+
+    def _fetch(self, kind: str, layer: int, ordinal: int, b0: int, b1: int, p0: int) -> None:
+        """Start the H2D copy of ``layer``'s weights (``kind`` "w") or cached KV rows [:p0] of
+        sequences [b0, b1) (``kind`` "kv") into its rotating buffer."""
+        n = self.num_wbufs if kind == "w" else self.num_staging
+        slot = ordinal % n
+        st = self.streams
+        st.wait("h2d", *self._slot_free.get((kind, slot), ()))
+        if kind == "kv":
+            st.wait("h2d", self._d2h_done.get(layer))
+        if st.cuda:
+            if not self._h2d_span:
+                self._h2d_span.append(torch.cuda.Event(enable_timing=True))
+                self._h2d_span[0].record(st.h2d)
+            if len(self._h2d_span) < 2:
+                self._h2d_span.append(torch.cuda.Event(enable_timing=True))
+        with st.on("h2d"):
+            if kind == "w":
+                flat, _ = self.w_slots[slot]
+                src = self.w_host_flat[layer]
+                flat.copy_(src, non_blocking=True)
+                self.h2d_bytes += src.numel() * src.element_size()
+            elif p0:
+                for buf, host in zip(self.staging[slot], self.kv[layer], strict=True):
+                    for b in range(b0, b1):
+                        buf[b, :p0].copy_(host[b, :p0], non_blocking=True)
+                        self.h2d_bytes += host[b, :p0].numel() * host.element_size()
+        self._ready[(kind, layer)] = st.record("h2d")
+        if st.cuda:
+            self._h2d_span[1].record(st.h2d)
+        self._slot_of[(kind, layer)] = slot
+
+    def _issue(self, upto_layer: int, queues: dict[str, list[int]], b0: int, b1: int, p0: int) -> None:
+        """Issue, in layer order, the queued fetches due once layer ``upto_layer`` starts: a
+        layer's weights ``params_prefetch_layers`` ahead, its KV ``kv_lookahead`` ahead."""
+        for kind, queue in queues.items():
+            while queue:
+                layer = queue[0]
+                ahead = self.w_lookahead[layer] if kind == "w" else self.kv_lookahead
+                if layer - ahead > upto_layer:
+                    break
+                queue.pop(0)
+                self._fetch(kind, layer, self._ordinal[(kind, layer)], b0, b1, p0)
+
+    # ---- one pass: a prefill chunk of one sequence or a decode step of the batch -----------------
+
+    def _pass(self, ids: torch.Tensor, b0: int, b1: int, p0: int) -> torch.Tensor:
+        """Run tokens ``ids`` [b, T] of sequences [b0, b1) at positions [p0, p0 + T) through every
+        layer, caching their K and V; the last position's logits [b, V]."""
+        s, st = self.spec, self.streams
+        T = ids.shape[1]
+        end = p0 + T
+        queues = {"w": [i for i in range(self.num_layers) if self.w_host[i]],
+                  "kv": [i for i in range(self.num_layers) if self.kv_host[i]]}
+        x = self.model.embed_tokens(ids)  # b T h
+        rope = (self.cos[p0:end], self.sin[p0:end])
+        mask = None
+        if T > 1 and p0:  # a later chunk: every cached row, and causal within the chunk
+            mask = torch.ones(T, end, dtype=torch.bool, device=self.device).tril(p0)
+        for i in range(self.num_layers):
+            self._issue(i, queues, b0, b1, p0)
+            layer: DecoderLayer
+            if self.w_host[i]:
+                st.wait("compute", self._ready[("w", i)])
+                layer = self.w_slots[self._slot_of[("w", i)]][1]
+            else:
+                layer = self.model.layers[i]  # type: ignore[assignment]  # ModuleList items
+            if self.kv_host[i]:
+                st.wait("compute", self._ready[("kv", i)])
+                kbuf, vbuf = self.staging[self._slot_of[("kv", i)]]
+            else:
+                kbuf, vbuf = self.kv[i]
+            q, k, v = layer.qkv(x, rope)  # b H T D, b K T D
+            kbuf[b0:b1, p0:end].copy_(k.transpose(1, 2))
+            vbuf[b0:b1, p0:end].copy_(v.transpose(1, 2))
+            if self.kv_host[i]:
+                self._write_back(i, kbuf, vbuf, b0, b1, p0, end)
+            kk = kbuf[b0:b1, :end].transpose(1, 2)  # b K ctx D
+            vv = vbuf[b0:b1, :end].transpose(1, 2)
+            gqa = s.num_kv_heads != s.num_heads
+            if mask is not None and gqa:  # the masked kernels take no GQA: expand the kv heads
+                rep = s.num_heads // s.num_kv_heads
+                kk, vv = kk.repeat_interleave(rep, dim=1), vv.repeat_interleave(rep, dim=1)
+                gqa = False
+            a = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, is_causal=T > 1 and not p0,
+                                               enable_gqa=gqa)
+            if self.kv_host[i]:
+                slot = self._slot_of[("kv", i)]
+                self._slot_free[("kv", slot)] = [st.record("compute"), self._d2h_done[i]]
+            a = a.transpose(1, 2).reshape(b1 - b0, T, s.q_size)
+            x = x + layer.o_proj(a)
+            x = x + layer._mlp(x)
+            if self.w_host[i]:
+                self._slot_free[("w", self._slot_of[("w", i)])] = [st.record("compute")]
+        return self.model.head_logits(x[:, -1:])[:, 0].float()
+
+    def _write_back(self, i: int, kbuf: torch.Tensor, vbuf: torch.Tensor, b0: int, b1: int, p0: int,
+                    end: int) -> None:
+        """Copy the pass's new rows of layer ``i`` from its staging buffer into the host pool."""
+        st = self.streams
+        st.wait("d2h", st.record("compute"))
+        with st.on("d2h"):
+            for buf, host in zip((kbuf, vbuf), self.kv[i], strict=True):
+                for b in range(b0, b1):
+                    host[b, p0:end].copy_(buf[b, p0:end], non_blocking=True)
+                    self.d2h_bytes += buf[b, p0:end].numel() * buf.element_size()
+        self._d2h_done[i] = st.record("d2h")
+
+    # ---- the run ---------------------------------------------------------------------------------
+
+    def run(self, ids: torch.Tensor | None = None, *, keep_logits: bool = False) -> InferRun:
+        """Prefill every sequence, then ``gen_len`` decode steps of the batch; measured."""
+        job, dev = self.job, self.device
+        if ids is None:
+            ids = prompt_ids(self.spec, job, dev)
+        cuda = dev.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+        last: list[torch.Tensor] = []
+        kept: list[torch.Tensor] = []
+
+        def prefill() -> None:
+            for b in range(self.B):
+                for p0 in range(0, job.prompt_len, self.chunk_len):
+                    logits = self._pass(ids[b : b + 1, p0 : p0 + self.chunk_len], b, b + 1, p0)
+                last.append(logits)
+            self.streams.join()
+
+        with torch.inference_mode():
+            prefill_s = timing.time_one(prefill, dev)
+            logits = torch.cat(last)
+            tok = logits.argmax(-1)
+            tokens = [tok]
+            if keep_logits:
+                kept.append(logits.cpu())
+            times: list[float] = []
+            contexts: list[int] = []
+            for step in range(job.gen_len):
+                ctx = job.prompt_len + step
+                self.h2d_bytes = self.d2h_bytes = 0
+                self._h2d_span = []
+                out: list[torch.Tensor] = []
+
+                def decode(tok: torch.Tensor = tok, ctx: int = ctx, out: list = out) -> None:
+                    lg = self._pass(tok[:, None], 0, self.B, ctx)
+                    out[:] = [lg, lg.argmax(-1)]
+                    self.streams.join()
+
+                times.append(timing.time_one(decode, dev))
+                contexts.append(ctx)
+                tok = out[1]
+                tokens.append(tok)
+                if keep_logits:
+                    kept.append(out[0].cpu())
+        run = InferRun(
+            tokens=torch.stack(tokens, dim=1).cpu().tolist(),
+            prefill_time_s=prefill_s,
+            decode_step_times_s=times,
+            contexts=contexts,
+            host_pinned_bytes=self.pool.capacity_bytes if cuda else 0,
+            h2d_bytes_per_step=self.h2d_bytes if job.gen_len else 0,
+            d2h_bytes_per_step=self.d2h_bytes if job.gen_len else 0,
+            setup_s=self.setup_s,
+            notes={"kv_lookahead_layers": self.kv_lookahead, "num_staging_buffers": self.num_staging,
+                   "h2d_span_s_last_step": (self._h2d_span[0].elapsed_time(self._h2d_span[1]) / 1e3
+                                            if len(self._h2d_span) == 2 and job.gen_len else None),
+                   "num_weight_buffers": self.num_wbufs, "hbm_buffer_bytes": self.sizes.hbm_bytes,
+                   "host_pool_bytes": self.sizes.host_pool_bytes},
+            logits=kept,
+        )
+        if cuda:
+            run.peak_allocated_bytes = torch.cuda.max_memory_allocated(dev)
+            run.peak_reserved_bytes = torch.cuda.max_memory_reserved(dev)
+        return run
+
+
+def run_static(plan: Plan, *, device: Any, seed: int = 0, dtype: torch.dtype | None = None,
+               keep_logits: bool = False, check_memory: bool = True) -> InferRun:
+    """Build the static engine for ``plan``, serve its job once, free the pool."""
+    engine = StaticDecodeEngine(plan, device=device, seed=seed, dtype=dtype, check_memory=check_memory)
+    try:
+        return engine.run(keep_logits=keep_logits)
+    finally:
+        engine.close()
+
+
+def run_plan(plan: Plan, *, device: Any, seed: int = 0, dtype: torch.dtype | None = None,
+             keep_logits: bool = False) -> InferRun:
+    """Serve ``plan``'s job on the engine its job names (static or hf)."""
+    job = infer_job(plan)
+    if job.engine == "hf":
+        from validate.infer_hf import run_hf
+
+        return run_hf(plan, device=device, seed=seed, dtype=dtype, keep_logits=keep_logits)
+    return run_static(plan, device=device, seed=seed, dtype=dtype, keep_logits=keep_logits)
+
