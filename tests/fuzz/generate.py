@@ -633,10 +633,10 @@ def gen_plan(rng: random.Random, bases: Bases, marker: str) -> Draft:
         files, invalid = file_not_what_it_claims(rng, name, valid)
         return Draft(command, "plan file", argv, files, invalid, (name,))
     if r < 0.45:
-        # a hand edit of the embedded model, job or node, hashes left alone: the plan no longer
-        # matches (the budgets beside them are not hashed: they are the plan's question, not its input)
+        # a hand edit of the embedded model, job, node or budgets, hashes left alone: the plan
+        # no longer matches
         scen_paths = [p for p in leaves(plan) if len(p) > 1 and p[0] == "scenario"
-                      and p[1] in ("model", "job", "node")
+                      and p[1] in ("model", "job", "node", "gpu_budget_bytes", "host_budget_bytes")
                       and isinstance(_get(plan, p), int | float) and not isinstance(_get(plan, p), bool)]
         path = rng.choice(scen_paths)
         old = _get(plan, path)
