@@ -16,9 +16,13 @@ Workload view (one buffer per tensor, lifetimes in op indices).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import csv
+import gc
 import io
+import itertools
 import operator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +31,19 @@ from hwmodels.limits import MAX_BYTES, MAX_LAYOUT_BUFFERS
 from hwmodels.units import UserInputError, parse_int
 from hwmodels.userfile import read_user_text
 from simulator.workload import Workload, allocator_rounded_bytes
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while 10^5 objects without cycles are made (buffers,
+    events): otherwise each collection walks everything already read, again and again."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,14 +336,15 @@ def load_csv_instance(path: str) -> LayoutInstance:
     if len(rows) > MAX_LAYOUT_BUFFERS + 1:
         raise UserInputError(f"{path}: {len(rows) - 1:,} rows, more than the {MAX_LAYOUT_BUFFERS:,} "
                              "buffers a layout takes")
-    rows = [r for r in rows if r and any(c.strip() for c in r)]
+    rows = [r for r in rows if r and (r[0].strip() or any(c.strip() for c in r))]
     if not rows:
         raise UserInputError(f"{path}: empty file; expected a header {','.join(CSV_FIELDS)}")
     header = [c.strip().lower() for c in rows[0]]
     if header != list(CSV_FIELDS):
         raise UserInputError(f"{path}: line 1: header must be {','.join(CSV_FIELDS)}, got {','.join(header)}")
     if text.isascii() and "_" not in text:  # no unicode digits or 1_000 that int() would take
-        fast = _csv_fast(path, rows[1:])
+        with gc_paused():  # 10^5 buffers: each collection would walk every row read so far
+            fast = _csv_fast(path, rows[1:])
         if fast is not None:
             return fast
     buffers, seen = [], set()
@@ -363,8 +381,9 @@ def _csv_fast(path: str, body: list[list[str]]) -> LayoutInstance | None:
     sends the file through the row-by-row reader, which names the first bad line."""
     if not body or any(len(r) != 4 for r in body):
         return None
-    try:
-        vals = np.array([r[1:] for r in body], dtype=np.int64)
+    try:  # int() per field, as numpy's conversion of the strings does, in one pass
+        flat = list(map(int, itertools.chain.from_iterable(r[1:] for r in body)))
+        vals = np.array(flat, dtype=np.int64).reshape(len(body), 3)
     except (ValueError, OverflowError):
         return None
     lo, hi, size = vals[:, 0], vals[:, 1], vals[:, 2]

@@ -20,11 +20,8 @@ anything runs; only the pickle opcodes for plain containers, strings, bytes and 
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import io
 import pickle
-from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import repeat
 
@@ -33,7 +30,7 @@ import numpy as np
 from hwmodels.limits import MAX_BYTES, MAX_LAYOUT_BUFFERS, MAX_SNAPSHOT_BYTES, echo
 from hwmodels.units import UserInputError
 from hwmodels.userfile import read_user_bytes
-from planners.layout.instance import Buffer, LayoutInstance
+from planners.layout.instance import Buffer, LayoutInstance, gc_paused
 from simulator.allocator import AllocEvent
 from simulator.workload import allocator_rounded_bytes
 
@@ -154,18 +151,6 @@ def _trace_loop(trace: list, free_action: str, path: str) -> Parsed:
     return tuple(before + events), buffers, segment_addresses
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """The cyclic garbage collector off (the objects made here hold no cycles)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def _plain_byte_count(value: object) -> bool:
     return type(value) is int and 0 <= value <= MAX_BYTES  # type() is int excludes bool
 
@@ -272,7 +257,7 @@ def load_snapshot(path: str, *, device: int | None = None) -> Snapshot:
                              f"{2 * MAX_LAYOUT_BUFFERS:,} a layout takes")
     has_completed = any(isinstance(e, dict) and e.get("action") == "free_completed" for e in trace)
     free_action = "free_completed" if has_completed else "free_requested"
-    with _gc_paused():  # 10^5 new tuples and buffers: each collection would walk the whole trace
+    with gc_paused():  # 10^5 new tuples and buffers: each collection would walk the whole trace
         parsed = _trace_arrays(trace, free_action) or _trace_loop(trace, free_action, path)
     events, buffers, segment_addresses = parsed
     if not buffers:
