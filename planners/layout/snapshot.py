@@ -11,6 +11,8 @@ trace's event order is the program's order; time is the event index.
 Ignores: what the real allocator did (segment_free / segment_map / oom / snapshot entries: the
 allocator model predicts that) except the addresses cudaMalloc returned (segment_alloc), which
 the model may reuse to break best-fit ties as the device did; stack frames.
+A plain trace is read as numpy columns (``_trace_arrays``); one with an entry the columns cannot
+take goes through the entry loop (``_trace_loop``), which gives the same result and names the entry.
 Source: PyTorch torch/cuda/memory.py (``_record_memory_history``, ``_snapshot``,
 ``_dump_snapshot``) and c10/cuda/CUDACachingAllocator.h (TraceEntry actions).
 Security: the file is read with an unpickler whose ``find_class`` refuses everything, so a
