@@ -298,8 +298,8 @@ class Plan(_Frozen):
     scenario: Scenario
     """What the plan was made for: model, job, node (with its compute profile), budgets."""
     scenario_sha256: ScenarioHashes
-    """Content hashes of the embedded model, job and node; a plan whose content does not match
-    them (edited by hand after it was written) is refused."""
+    """Content hashes of the embedded model, job, node and budgets; a plan whose content does not
+    match them (edited by hand after it was written) is refused."""
     layers: list[LayerPlan]
     """One entry per decoder layer, in order."""
     prefetch_lookahead_layers: int = Field(default=1, ge=1)
@@ -335,8 +335,9 @@ class Plan(_Frozen):
     def _consistent(self) -> Plan:
         changed = self.scenario_sha256.mismatch(self.scenario)
         if changed:
+            part = ("gpu_budget_bytes / host_budget_bytes" if changed == "budgets" else changed)
             raise ValueError(f"scenario_sha256.{changed}_sha256: does not match the embedded "
-                             f"scenario.{changed} (the plan was edited after it was written)")
+                             f"scenario.{part} (the plan was edited after it was written)")
         num_layers = self.scenario.model.num_layers
         if len(self.layers) != num_layers:
             raise ValueError(f"layers: {len(self.layers)} entries for a model of {num_layers} layers")

@@ -20,7 +20,15 @@ import json
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from hwmodels.specs import NodeSpec
 from hwmodels.units import UserInputError, validation_error_line
@@ -40,10 +48,19 @@ INFER_ONLY_FIELDS = ("prompt_len", "gen_len", "kv_dtype", "kv_quant", "batch")
 _KEPT_ACROSS_MODES = ("parallelism", "param_dtype", "schema_version")
 
 
+def _canonical_sha256(data: Any) -> str:
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def content_sha256(spec: BaseModel) -> str:
     """SHA-256 of a spec's canonical JSON (every field, sorted keys, no whitespace)."""
-    text = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+    return _canonical_sha256(spec.model_dump(mode="json"))
+
+
+def budgets_sha256(*, gpu_budget_bytes: int, host_budget_bytes: int) -> str:
+    """SHA-256 of the two budgets as one canonical JSON object (the scenario's field names)."""
+    return _canonical_sha256({"gpu_budget_bytes": gpu_budget_bytes, "host_budget_bytes": host_budget_bytes})
 
 
 class _Frozen(BaseModel):
@@ -52,7 +69,7 @@ class _Frozen(BaseModel):
 
 class ScenarioHashes(_Frozen):
     """Content hashes of a scenario's parts (``content_sha256``): a plan whose embedded model,
-    job or node was edited after it was written no longer matches them."""
+    job, node or budgets were edited after it was written no longer matches them."""
 
     model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     """Hash of the embedded ModelSpec."""
@@ -60,11 +77,24 @@ class ScenarioHashes(_Frozen):
     """Hash of the embedded job."""
     node_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     """Hash of the embedded NodeSpec (its measured profile included)."""
+    budgets_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """Hash of the GPU and host budgets (``budgets_sha256``). Every new plan has it and it is
+    checked when present; plans written before it have none (their budgets are unchecked) and
+    their files and hashes stay as they were: omitted from dumps when None."""
+
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if self.budgets_sha256 is None:
+            data.pop("budgets_sha256", None)
+        return data
 
     def mismatch(self, scenario: Scenario) -> str:
-        """The first field whose hash does not match ``scenario``'s content; "" when all do."""
+        """The first part whose hash does not match ``scenario``'s content; "" when all do
+        (the budgets only when this has their hash)."""
         now = scenario.hashes()
-        for name in ("model", "job", "node"):
+        names = ("model", "job", "node") + (("budgets",) if self.budgets_sha256 is not None else ())
+        for name in names:
             if getattr(self, f"{name}_sha256") != getattr(now, f"{name}_sha256"):
                 return name
         return ""
@@ -112,7 +142,9 @@ class Scenario(_Frozen):
 
     def hashes(self) -> ScenarioHashes:
         return ScenarioHashes(model_sha256=content_sha256(self.model), job_sha256=content_sha256(self.job),
-                              node_sha256=content_sha256(self.node))
+                              node_sha256=content_sha256(self.node),
+                              budgets_sha256=budgets_sha256(gpu_budget_bytes=self.gpu_budget_bytes,
+                                                            host_budget_bytes=self.host_budget_bytes))
 
     @classmethod
     def from_plan(cls, plan: _HasScenario) -> Scenario:

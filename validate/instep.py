@@ -23,14 +23,17 @@ Ignores: aten ops of other shapes (norms, residual adds, copies: the templates t
 their own fits).
 Source: run_plan.profile_kernels (torch.profiler, ``key_averages(group_by_input_shape=True)``).
 
-Run (CPU): python3 validate/instep.py --profiles DIR/*.kernels.json --out FILE.json
+Inputs are read through hwmodels.userfile (regular files, size and depth caps, one-line errors);
+the records file is written whole or not at all (hwmodels.outputs.OutputSet).
+
+Run (CPU): python3 validate/instep.py --profiles DIR/*.kernels.json --measured DIR/measured.json --out FILE.json
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,18 +44,23 @@ if str(REPO) not in sys.path:
 
 from pydantic import ValidationError  # noqa: E402
 
+from hwmodels.limits import echo  # noqa: E402
+from hwmodels.outputs import OutputSet  # noqa: E402
 from hwmodels.records import OpRecordsFile  # noqa: E402
-from hwmodels.units import UserInputError  # noqa: E402
+from hwmodels.units import UserInputError, validation_error_line  # noqa: E402
+from hwmodels.userfile import read_user_json  # noqa: E402
 from validate.records import PlanRunFile  # noqa: E402
 
 SDPA_OPS = {"aten::_cudnn_attention_forward": "fwd", "aten::_cudnn_attention_backward": "bwd"}
 
 
 def _shapes(text: str, where: str) -> list[list[int]]:
+    if not isinstance(text, str):
+        raise UserInputError(f"{where}: input shapes: expected the profiler's text, got {echo(text)}")
     try:
         shapes = ast.literal_eval(text)  # a literal list of lists of ints, never code
-    except (ValueError, SyntaxError):
-        raise UserInputError(f"{where}: input shapes {text[:60]!r} are not a list literal") from None
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise UserInputError(f"{where}: input shapes {echo(text)} are not a list literal") from None
     if not isinstance(shapes, list) or not all(
         isinstance(sh, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in sh)
         for sh in shapes
@@ -76,7 +84,8 @@ def records_from_profile(data: dict[str, Any], *, source: str, dtype: str = "bf1
             name, shape_text, count, total_s = row
         except (TypeError, ValueError):
             raise UserInputError(f"{where}: expected [name, shapes, count, seconds]") from None
-        if not (isinstance(count, int) and count > 0 and isinstance(total_s, int | float) and total_s > 0):
+        if not (type(count) is int and count > 0 and type(total_s) in (int, float)
+                and 0 < total_s < math.inf):
             raise UserInputError(f"{where}: count and seconds must be positive")
         per_call_s = total_s / count
         base = {"dtype": dtype, "time_s": per_call_s, "num_calls": count, "source": "in-step"}
@@ -121,17 +130,21 @@ def build(profile_paths: list[str], measured_path: str) -> dict[str, Any]:
     records: list[dict[str, Any]] = []
     for p in sorted(profile_paths):
         try:
-            data = json.loads(Path(p).read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise UserInputError(f"--profiles: {p}: cannot read: {err}") from None
+            data = read_user_json(p)
+        except UserInputError as err:
+            raise UserInputError(f"--profiles: {err}") from None
+        if not isinstance(data, dict):
+            raise UserInputError(f"--profiles: {p}: expected a kernel profile object, got {type(data).__name__}")
         case = Path(p).name.removesuffix(".kernels.json")
         for r in records_from_profile(data, source=p):
             records.append({**r, "case": case})
     try:
-        run = PlanRunFile.model_validate_json(Path(measured_path).read_text())
-    except (OSError, ValidationError) as err:
-        first = str(err).splitlines()[0]
-        raise UserInputError(f"--measured: {measured_path}: not a run_plan measured.json: {first}") from None
+        run = PlanRunFile.model_validate(read_user_json(measured_path))
+    except UserInputError as err:
+        raise UserInputError(f"--measured: {err}") from None
+    except ValidationError as err:
+        raise UserInputError(f"--measured: {measured_path}: not a run_plan measured.json: "
+                             f"{validation_error_line(err)}") from None
     prov = run.provenance.model_dump(mode="json", exclude_unset=True)
     return {"provenance": {**prov, "converted_by": "python3 validate/instep.py"}, "records": records}
 
@@ -145,10 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         out = build(args.profiles, args.measured)
+        with OutputSet() as outputs:  # the records file whole, or nothing
+            outputs.write_text(args.out, OpRecordsFile.model_validate(out).to_json(sort_keys=True), field="--out")
     except UserInputError as err:
         print(err, file=sys.stderr)
         return 2
-    Path(args.out).write_text(OpRecordsFile.model_validate(out).to_json(sort_keys=True))
     print(f"{len(out['records'])} records -> {args.out}")
     return 0
 

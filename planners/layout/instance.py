@@ -16,8 +16,13 @@ Workload view (one buffer per tensor, lifetimes in op indices).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import csv
+import gc
 import io
+import itertools
+import operator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +31,19 @@ from hwmodels.limits import MAX_BYTES, MAX_LAYOUT_BUFFERS
 from hwmodels.units import UserInputError, parse_int
 from hwmodels.userfile import read_user_text
 from simulator.workload import Workload, allocator_rounded_bytes
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while 10^5 objects without cycles are made (buffers,
+    events): otherwise each collection walks everything already read, again and again."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +111,20 @@ def live_bytes_profile(buffers: tuple[Buffer, ...] | list[Buffer]) -> list[tuple
 
 def lower_bound_bytes(buffers: tuple[Buffer, ...] | list[Buffer]) -> int:
     """The maximum of live bytes over time: no layout can peak below it."""
-    return max((live for _, live in live_bytes_profile(buffers)), default=0)
+    n = len(buffers)
+    if n < 1024:
+        return max((live for _, live in live_bytes_profile(buffers)), default=0)
+    size = np.fromiter((b.size_bytes for b in buffers), dtype=np.int64, count=n)
+    if int(size.max()) * n >= 1 << 63:  # the running sum could leave int64: exact Python ints
+        return max((live for _, live in live_bytes_profile(buffers)), default=0)
+    # the same profile in numpy: deltas by time, the running sum read after each time's last delta
+    times = np.fromiter((t for b in buffers for t in (b.lower, b.upper)), dtype=np.int64, count=2 * n)
+    delta = np.stack((size, -size), axis=1).ravel()
+    order = np.argsort(times, kind="stable")
+    t_sorted = times[order]
+    live = np.cumsum(delta[order])
+    last = np.append(t_sorted[1:] != t_sorted[:-1], True)
+    return max(0, int(live[last].max()))
 
 
 def overlapping_pairs(buffers: tuple[Buffer, ...] | list[Buffer]) -> list[tuple[int, int]]:
@@ -184,46 +215,85 @@ class LayoutCheck:
 def check_layout(instance: LayoutInstance, offsets: dict[str, int]) -> LayoutCheck:
     """Independent overlap checker: every buffer placed, offsets >= 0, no shared byte in time.
 
-    Sweeps time; at each start, the new buffer is compared with every live buffer's address
-    range. It shares no code with the solvers.
+    Sweeps time; at each start, the new buffer is compared with the live buffers next to it in
+    address order (while the layout is valid the live ranges are disjoint, so a range that
+    shares a byte with any live one shares it with a neighbour): O(n log n). It shares no code
+    with the solvers.
     """
     bufs = instance.buffers
-    for b in bufs:
-        off = offsets.get(b.bid)
-        if off is None:
-            return LayoutCheck(False, 0, None, f"buffer {b.bid!r} has no offset")
-        if not isinstance(off, int) or off < 0:
-            return LayoutCheck(False, 0, None, f"buffer {b.bid!r}: offset {off!r} is not a byte offset")
-    extra = set(offsets) - {b.bid for b in bufs}
-    if extra:
-        return LayoutCheck(False, 0, None, f"offset for unknown buffer {sorted(extra)[0]!r}")
-    peak = max((offsets[b.bid] + b.size_bytes for b in bufs), default=0)
-    # live address ranges kept sorted by start; while valid they are disjoint, so a new range
-    # can only meet its two neighbours: O(n log n) instead of comparing with every live buffer
     n = len(bufs)
-    start = [offsets[b.bid] for b in bufs]
+    given = [offsets.get(b.bid) for b in bufs]
+    start: list[int] = []
+    for b, off in zip(bufs, given, strict=True):
+        if type(off) is int and off >= 0:
+            start.append(off)
+        elif off is None:
+            return LayoutCheck(False, 0, None, f"buffer {b.bid!r} has no offset")
+        elif not isinstance(off, int) or off < 0:
+            return LayoutCheck(False, 0, None, f"buffer {b.bid!r}: offset {off!r} is not a byte offset")
+        else:
+            start.append(int(off))  # a bool counts as 0 or 1, as it always did
+    if len(offsets) != n:  # every buffer has one, so the rest name no buffer
+        extra = set(offsets) - {b.bid for b in bufs}
+        return LayoutCheck(False, 0, None, f"offset for unknown buffer {sorted(extra)[0]!r}")
     size = [b.size_bytes for b in bufs]
-    live = SortedInts()  # start * n + buffer index, so that equal starts stay apart
+    end = list(map(operator.add, start, size))
+    peak = max(end, default=0)
+    # live buffers are kept as their rank in (offset, index) order, in a list of sorted blocks
+    try:
+        by_rank = np.lexsort((np.arange(n), np.array(start, dtype=np.int64))).tolist()
+    except OverflowError:
+        by_rank = sorted(range(n), key=lambda i: (start[i], i))
+    rank = [0] * n
+    for r, i in enumerate(by_rank):
+        rank[i] = r
     # events by time, frees (kind 0) before starts (kind 1) at one time, starts by index
     times = np.fromiter((t for b in bufs for t in (b.upper, b.lower)), dtype=np.int64, count=2 * n)
     kinds = np.tile(np.array([0, 1], dtype=np.int64), n)
     which = np.repeat(np.arange(n, dtype=np.int64), 2)
+    blocks: list[list[int]] = []
+    lasts: list[int] = []  # each block's largest rank
+    bisect_left = bisect.bisect_left
+    limit = 2 * SortedInts.BLOCK
     for e in np.lexsort((which, kinds, times)).tolist():
         i = e >> 1
+        key = rank[i]
+        k = bisect_left(lasts, key)
         if not e & 1:  # the buffer's end
-            live.remove(start[i] * n + i)
+            blk = blocks[k]
+            del blk[bisect_left(blk, key)]
+            if blk:
+                lasts[k] = blk[-1]
+            else:
+                del blocks[k], lasts[k]
             continue
-        lo = start[i]
-        hi = lo + size[i]
-        key = lo * n + i
-        for nb in live.neighbours(key):
-            j = nb % n
-            clo = start[j]
-            if lo < clo + size[j] and clo < hi:
+        if k < len(blocks):
+            blk = blocks[k]
+            p = bisect_left(blk, key)
+            below = blk[p - 1] if p else blocks[k - 1][-1] if k else -1
+            above = blk[p]  # lasts[k] > key: a larger rank is in this block
+            blk.insert(p, key)
+            if len(blk) > limit:
+                blocks[k:k + 1] = [blk[:SortedInts.BLOCK], blk[SortedInts.BLOCK:]]
+                lasts[k:k + 1] = [blk[SortedInts.BLOCK - 1], blk[-1]]
+        else:
+            below = lasts[-1] if blocks else -1
+            above = -1
+            if blocks and len(blocks[-1]) < limit:
+                blocks[-1].append(key)
+                lasts[-1] = key
+            else:
+                blocks.append([key])
+                lasts.append(key)
+        lo, hi = start[i], end[i]
+        for nb in (below, above):
+            if nb < 0:
+                continue
+            j = by_rank[nb]
+            if lo < end[j] and start[j] < hi:
                 c, b = bufs[j], bufs[i]
                 return LayoutCheck(False, peak, (c.bid, b.bid),
                                    f"buffers {c.bid!r} and {b.bid!r} share bytes at time {b.lower}")
-        live.add(key)
     return LayoutCheck(True, peak, None, "ok")
 
 
@@ -266,14 +336,15 @@ def load_csv_instance(path: str) -> LayoutInstance:
     if len(rows) > MAX_LAYOUT_BUFFERS + 1:
         raise UserInputError(f"{path}: {len(rows) - 1:,} rows, more than the {MAX_LAYOUT_BUFFERS:,} "
                              "buffers a layout takes")
-    rows = [r for r in rows if r and any(c.strip() for c in r)]
+    rows = [r for r in rows if r and (r[0].strip() or any(c.strip() for c in r))]
     if not rows:
         raise UserInputError(f"{path}: empty file; expected a header {','.join(CSV_FIELDS)}")
     header = [c.strip().lower() for c in rows[0]]
     if header != list(CSV_FIELDS):
         raise UserInputError(f"{path}: line 1: header must be {','.join(CSV_FIELDS)}, got {','.join(header)}")
     if text.isascii() and "_" not in text:  # no unicode digits or 1_000 that int() would take
-        fast = _csv_fast(path, rows[1:])
+        with gc_paused():  # 10^5 buffers: each collection would walk every row read so far
+            fast = _csv_fast(path, rows[1:])
         if fast is not None:
             return fast
     buffers, seen = [], set()
@@ -310,8 +381,9 @@ def _csv_fast(path: str, body: list[list[str]]) -> LayoutInstance | None:
     sends the file through the row-by-row reader, which names the first bad line."""
     if not body or any(len(r) != 4 for r in body):
         return None
-    try:
-        vals = np.array([r[1:] for r in body], dtype=np.int64)
+    try:  # int() per field, as numpy's conversion of the strings does, in one pass
+        flat = list(map(int, itertools.chain.from_iterable(r[1:] for r in body)))
+        vals = np.array(flat, dtype=np.int64).reshape(len(body), 3)
     except (ValueError, OverflowError):
         return None
     lo, hi, size = vals[:, 0], vals[:, 1], vals[:, 2]

@@ -158,6 +158,16 @@ SCENARIO_INTS = (("job", "seq_len"), ("job", "micro_batch"), ("job", "parallelis
                  ("job", "parallelism", "cp"), ("job", "parallelism", "dp"))
 SCENARIO_STRINGS = (("model",), ("hardware",), ("job", "mode"), ("job", "optimizer"))
 SCENARIO_REQUIRED = (("model",), ("job",), ("hardware",), ("job", "mode"))
+INFER_SCENARIO: dict[str, Any] = {
+    "name": "fuzz-infer", "model": "gpt2",
+    "job": {"mode": "infer", "prompt_len": 512, "gen_len": 4, "batch": 1, "prefill_chunk_len": 256,
+            "engine": "hf"},
+    "hardware": "1xH200"}
+INFER_INTS = (("job", "prompt_len"), ("job", "batch"), ("job", "prefill_chunk_len"))
+INFER_STRINGS = (("model",), ("job", "mode"), ("job", "engine"), ("job", "kv_quant"))
+INFER_NULLABLE = (("job", "prefill_chunk_len"),)  # None: the whole prompt in one pass
+INFER_COMMANDS = ("estimate", "layout")  # simulate and plan take training steps only
+INFER_NEW_FIELDS = (("job", "prefill_chunk_len"), ("job", "engine"))
 
 NODE: dict[str, Any] = {
     "schema_version": 1, "name": "fuzz-node", "num_gpus": 1, "gpu": "H200-SXM",
@@ -466,7 +476,7 @@ def _tree_mutation(rng: random.Random, doc: dict[str, Any], *, ints: tuple = (),
                          "top_list", "top_scalar"))
     if choice == "int" and ints:
         path = rng.choice(ints)
-        value = rng.choice(POSITIVE_INT_BAD)
+        value = rng.choice(tuple(v for v in POSITIVE_INT_BAD if v is not None or path not in nullable))
         return set_path(doc, path, value), f"int {'.'.join(map(str, path))}", True, path_needles(path)
     if choice == "number" and numbers:
         path = rng.choice(numbers)
@@ -549,8 +559,21 @@ def gen_scenario(rng: random.Random, bases: Bases, marker: str) -> Draft:
     if fmt == "json" and r < 0.35:
         data = deep_json(rng.choice((100, 100_000)))
         return Draft(command, "scenario json deep", argv, [File(name, data=data)], True, (name,))
-    doc, kind, invalid, needles = _tree_mutation(rng, SCENARIO, ints=SCENARIO_INTS, strings=SCENARIO_STRINGS,
-                                                 required=SCENARIO_REQUIRED)
+    if command in INFER_COMMANDS and rng.random() < 0.5:  # an inference job: chunked prefill, decode engine
+        if rng.random() < 0.5:  # the job's newest fields, which a tree mutation rarely picks
+            path = rng.choice(INFER_NEW_FIELDS)
+            bad = (tuple(v for v in POSITIVE_INT_BAD if v is not None) if path == ("job", "prefill_chunk_len")
+                   else STRING_BAD[:-1] + ("no-such-thing", "", "HF", "dynamic"))
+            doc, kind, invalid, needles = (set_path(INFER_SCENARIO, path, rng.choice(bad)), ".".join(path), True,
+                                           path_needles(path))
+        else:
+            doc, kind, invalid, needles = _tree_mutation(rng, INFER_SCENARIO, ints=INFER_INTS,
+                                                         strings=INFER_STRINGS, required=SCENARIO_REQUIRED,
+                                                         nullable=INFER_NULLABLE)
+        kind = f"infer {kind}"
+    else:
+        doc, kind, invalid, needles = _tree_mutation(rng, SCENARIO, ints=SCENARIO_INTS, strings=SCENARIO_STRINGS,
+                                                     required=SCENARIO_REQUIRED)
     if kind.startswith("extra"):
         invalid = True  # scenario models forbid extra keys
     if not isinstance(doc, dict):
@@ -610,10 +633,10 @@ def gen_plan(rng: random.Random, bases: Bases, marker: str) -> Draft:
         files, invalid = file_not_what_it_claims(rng, name, valid)
         return Draft(command, "plan file", argv, files, invalid, (name,))
     if r < 0.45:
-        # a hand edit of the embedded model, job or node, hashes left alone: the plan no longer
-        # matches (the budgets beside them are not hashed: they are the plan's question, not its input)
+        # a hand edit of the embedded model, job, node or budgets, hashes left alone: the plan
+        # no longer matches
         scen_paths = [p for p in leaves(plan) if len(p) > 1 and p[0] == "scenario"
-                      and p[1] in ("model", "job", "node")
+                      and p[1] in ("model", "job", "node", "gpu_budget_bytes", "host_budget_bytes")
                       and isinstance(_get(plan, p), int | float) and not isinstance(_get(plan, p), bool)]
         path = rng.choice(scen_paths)
         old = _get(plan, path)

@@ -54,6 +54,18 @@ def test_the_generator_is_seeded(tmp_path):
     assert [c.argv for c in first] != [c.argv for c in other]
 
 
+def test_the_full_run_mutates_the_inference_jobs_newest_fields(tmp_path):
+    """The 2,000-case run gives the inference job's chunked prefill and decode engine bad values,
+    each invalid by construction and to be refused by name."""
+    bases = load_bases(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                       make_base_plan(str(tmp_path)))
+    cases = [c for c in generate(1, 2000, bases, marker_dir="/m") if c.kind.startswith("scenario")]
+    for field in ("prefill_chunk_len", "engine"):
+        hit = [c for c in cases if c.kind.endswith(f"infer job.{field}")]
+        assert len(hit) >= 5 and all(c.invalid and field in c.needles for c in hit)
+        assert {c.command for c in hit} == {"estimate", "layout"}
+
+
 def _case(**kw) -> Case:
     base = dict(ident="t", command="estimate", channel="flags", kind="k", argv=("estimate",),
                 needles=("--tp",))

@@ -96,3 +96,46 @@ def test_workload_instance_lower_bound_equals_the_memory_walk():
     assert by_id["0:w"] == Buffer("0:w", 0, 3, 1024)  # initial, never freed
     assert by_id["3:g"] == Buffer("3:g", 2, 3, 1024)
     assert lower_bound_bytes(inst.buffers) == walk_memory(wl).peak_bytes == 1024 + 5120 + 1024
+
+
+def _shares_bytes(a, b, oa: int, ob: int) -> bool:
+    return a.overlaps(b) and oa < ob + b.size_bytes and ob < oa + a.size_bytes
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_checker_and_lower_bound_agree_with_brute_force(seed, monkeypatch):
+    """Random small layouts (most with overlaps, past the numpy lower bound's 1,024-buffer cut):
+    the checker is valid exactly when no pair shares a byte, and the bound is the profile's max."""
+    import numpy as np
+
+    from planners.layout.instance import SortedInts, live_bytes_profile
+
+    monkeypatch.setattr(SortedInts, "BLOCK", 2)  # the checker's live list splits its blocks often
+
+    rng = np.random.default_rng(seed)
+    bufs = []
+    for k in range(1500 if seed < 2 else 60):
+        lo = int(rng.integers(0, 40))
+        bufs.append(Buffer(f"b{k}", lo, lo + int(rng.integers(1, 8)), 512 * int(rng.integers(1, 6))))
+    inst = LayoutInstance(tuple(bufs))
+    assert lower_bound_bytes(inst.buffers) == max(live for _, live in live_bytes_profile(inst.buffers))
+    if seed >= 2:  # pairwise verdict on small instances: random, then stacked (valid), then one moved
+        stacked = dict(zip((b.bid for b in bufs), np.cumsum([0] + [b.size_bytes for b in bufs[:-1]]).tolist(), strict=True))
+        rand = {b.bid: 512 * int(rng.integers(0, 40)) for b in bufs}
+        moved = {**stacked, bufs[7].bid: stacked[bufs[3].bid]}
+        for offsets in (rand, stacked, moved):
+            clash = any(_shares_bytes(a, b, offsets[a.bid], offsets[b.bid])
+                        for i, a in enumerate(bufs) for b in bufs[i + 1:])
+            check = check_layout(inst, offsets)
+            assert check.valid == (not clash)
+            if not check.valid:
+                x, y = (next(b for b in bufs if b.bid == name) for name in check.first_conflict)
+                assert _shares_bytes(x, y, offsets[x.bid], offsets[y.bid])
+
+
+def test_checker_compares_a_new_buffer_with_the_live_ones_above_and_below():
+    inst = LayoutInstance((Buffer("a", 0, 4, 10), Buffer("b", 1, 3, 10), Buffer("c", 2, 5, 4)))
+    assert check_layout(inst, {"a": 10, "b": 0, "c": 20}).valid
+    assert check_layout(inst, {"a": 10, "b": 5, "c": 20}).first_conflict == ("a", "b")  # b below a
+    assert check_layout(inst, {"a": 10, "b": 0, "c": 8}).first_conflict == ("b", "c")  # between: below first
+    assert check_layout(inst, {"a": 10, "b": 0, "c": 18}).first_conflict == ("a", "c")  # c above a

@@ -150,3 +150,46 @@ def test_real_h200_snapshot_replays_to_the_measured_reserved_memory(tmp_path, re
     res = plan_layout(snap.instance, time_limit_s=3)
     assert 0 <= rec["peak_allocated_bytes"] - res.lower_bound_bytes <= 2 * MiB
     assert res.gap <= 0.02 and res.peak_bytes < rec["peak_reserved_bytes"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_array_reading_equals_the_entry_loop(seed):
+    """Random traces with early frees, blocks live at the end, zero sizes, segment entries,
+    other actions and odd streams: the numpy reading gives the loop's events and buffers."""
+    import random
+
+    from planners.layout.snapshot import _trace_arrays, _trace_loop
+
+    rng = random.Random(seed)
+    for free_action in ("free_completed", "free_requested"):
+        live: list[int] = []
+        trace: list = []
+        for _ in range(600):
+            r = rng.random()
+            if r < 0.45 or not live:
+                addr = rng.randrange(64) * 4096
+                if addr in live:
+                    continue
+                live.append(addr)
+                trace.append({"action": "alloc", "addr": addr, "size": rng.choice([0, 1, 512, 700, 3 << 20]),
+                              "stream": rng.choice([0, 7, None, "s"])})
+            elif r < 0.85:
+                addr = live.pop(rng.randrange(len(live)))
+                actions = ["free_requested", free_action] if free_action == "free_completed" else [free_action]
+                trace += [{"action": a, "addr": addr, "size": 512, "stream": 0} for a in actions]
+            elif r < 0.92:  # freed, never allocated in the trace
+                trace.append({"action": free_action, "addr": (1 << 40) + rng.randrange(1 << 20), "size": 2048,
+                              "stream": 3})
+            else:
+                trace.append({"action": rng.choice(["segment_alloc", "oom", "segment_free"]),
+                              "addr": rng.randrange(1 << 30), "size": 2 << 20})
+        fast = _trace_arrays(trace, free_action)
+        assert fast is not None and fast == _trace_loop(trace, free_action, "t.pickle")
+        assert any(k > 0 for _, k in fast[2]) and len(fast[1]) > 100
+    # what the arrays cannot name goes to the loop: not a dict, a bool size, an alloc at a live address
+    assert _trace_arrays([*trace, [1]], "free_completed") is None
+    assert _trace_arrays([*trace, {"action": "alloc", "addr": 5, "size": True}], "free_completed") is None
+    twice = [{"action": "alloc", "addr": 5, "size": 512}] * 2
+    assert _trace_arrays(twice, "free_completed") is None
+    with pytest.raises(UserInputError, match="entry 1: alloc at 0x5, which is already allocated"):
+        _trace_loop(twice, "free_completed", "t.pickle")

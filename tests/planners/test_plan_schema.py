@@ -2,6 +2,7 @@
 scenario with content hashes, validate, round-trip byte-identically, refuse unknown roles, tiers
 their node lacks and edited content, migrate from v1, and malformed files fail as one line."""
 
+import hashlib
 import json
 import pathlib
 
@@ -257,3 +258,28 @@ def test_migration_names_what_it_cannot_resolve():
     del data["provenance"]["hardware"]
     with pytest.raises(UserInputError, match="provenance.hardware"):
         migrate_v1(data, where="x.json")
+
+
+def test_edited_budgets_do_not_match_their_hash_and_older_plans_without_it_still_load(tmp_path):
+    plan = _plan()
+    data = json.loads(plan.to_json())
+    want = hashlib.sha256(json.dumps({"gpu_budget_bytes": plan.scenario.gpu_budget_bytes,
+                                      "host_budget_bytes": plan.scenario.host_budget_bytes},
+                                     sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert data["scenario_sha256"]["budgets_sha256"] == want  # every new plan carries it
+    for key in ("gpu_budget_bytes", "host_budget_bytes"):
+        edited = json.loads(plan.to_json())
+        edited["scenario"][key] //= 2
+        msg = _refused(tmp_path, edited)
+        assert "scenario_sha256.budgets_sha256: does not match the embedded scenario.gpu_budget_bytes" in msg
+    # a plan written before the budgets were hashed: no field, no check, the same bytes back
+    del data["scenario_sha256"]["budgets_sha256"]
+    data["scenario"]["gpu_budget_bytes"] //= 2
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data, indent=1))
+    again = load_plan(old)
+    assert again.scenario_sha256.budgets_sha256 is None
+    assert "budgets_sha256" not in again.to_json()
+    write_plan(again, tmp_path / "old2.json")
+    write_plan(load_plan(tmp_path / "old2.json"), tmp_path / "old3.json")
+    assert (tmp_path / "old2.json").read_bytes() == (tmp_path / "old3.json").read_bytes()

@@ -73,7 +73,7 @@ def test_cli_writes_the_records(tmp_path, capsys):
     recs = json.loads(out.read_text())["records"]
     assert {r["op"] for r in recs} == {"gemm", "sdpa", "silu_mul"}
     assert instep.main(["--profiles", str(tmp_path / "missing.json"), *measured, "--out", str(out)]) == 2
-    assert "cannot read" in capsys.readouterr().err
+    assert "missing.json: file not found" in capsys.readouterr().err
 
 
 def test_fused_gate_up_times_swiglu_with_the_in_step_strided_fit():
@@ -91,3 +91,33 @@ def test_fused_gate_up_times_swiglu_with_the_in_step_strided_fit():
     assert silu.time_s == pytest.approx(f_bytes / rate, rel=0.01)
     contiguous = node.profile.fits["memory.silu_mul.eager.fwd"].bandwidth_bytes_per_s
     assert rate < 0.5 * contiguous
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_hostile_profile_and_measured_files_are_refused_in_one_line(seed, tmp_path, monkeypatch, capsys):
+    """Fuzz cases of the fuzz suite's file and tree mutations on the converter's two inputs: exit 2
+    with one line naming the file (or, for a mutant that may be valid, no crash), no records file."""
+    import random
+
+    from fuzz.generate import File, _tree_mutation, dumps, file_not_what_it_claims
+    from fuzz.runner import _materialize
+
+    rng = random.Random(seed)
+    monkeypatch.chdir(tmp_path)
+    profile = json.loads((PROFILES / "probe8-16k-full-none.kernels.json").read_text())
+    measured = (PROFILES / "measured.json").read_bytes()
+    which = "in/p.kernels.json" if seed % 3 else "in/measured.json"
+    valid = dumps(profile).encode() if which.startswith("in/p") else measured
+    if seed % 2:
+        files, invalid = file_not_what_it_claims(rng, which, valid)
+    else:
+        doc, _, invalid, _ = _tree_mutation(rng, profile if which.startswith("in/p") else json.loads(measured))
+        files = [File(which, data=dumps(doc).encode())]
+    other = {"in/p.kernels.json": dumps(profile).encode(), "in/measured.json": measured}
+    _materialize(str(tmp_path), files + [File(p, data=d) for p, d in other.items() if p != which])
+    rc = instep.main(["--profiles", "in/p.kernels.json", "--measured", "in/measured.json", "--out", "r.json"])
+    err = capsys.readouterr().err
+    assert rc in ((2,) if invalid else (0, 2)), err
+    if rc:
+        assert err.count("\n") == 1 and which in err and "Traceback" not in err
+        assert not (tmp_path / "r.json").exists()

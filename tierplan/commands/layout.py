@@ -204,7 +204,7 @@ def _run(args: argparse.Namespace, outputs) -> int:
         assert not set(extra) & set(summary), "arena keys must not replace the layout's"
         summary.update(extra)
     if args.json:
-        print(json.dumps({**result.model_dump(mode="json"), **summary}, sort_keys=True))
+        print(_json_line({**result.model_dump(mode="json", exclude={"offsets"}), **summary}, result.offsets))
         return 0
     _print(result, summary)
     return 0
@@ -254,6 +254,18 @@ def _bounded_replay(instance, events, *, expandable_segments: bool, segment_addr
             return rep, _partial(k, total)
         rep = alloc.replay(events[k:k + REPLAY_CHUNK])
     return rep, ""
+
+
+_OFFSETS_SLOT = "\x00offsets\x00"  # no path or name holds a NUL, so its escape is unique
+
+
+def _json_line(doc: dict, offsets: dict[str, int]) -> str:
+    """``json.dumps({**doc, "offsets": offsets}, sort_keys=True)``, with the offsets (10^5 keys)
+    sorted once and encoded without a second sort: the same text in half the time."""
+    head = json.dumps({**doc, "offsets": _OFFSETS_SLOT}, sort_keys=True)
+    slot = json.dumps(_OFFSETS_SLOT)
+    assert head.count(slot) == 1
+    return head.replace(slot, json.dumps(dict(sorted(offsets.items()))))
 
 
 def _partial(done: int, total: int) -> str:
