@@ -110,6 +110,25 @@ class InferRun:
         return decode_step_time(self.decode_step_times_s)
 
 
+SDPA_BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
+"""The SDPA backends both engines let torch pick from on CUDA: all but cuDNN's. torch 2.11 picks
+cuDNN attention first on an H200; it builds an execution plan for each new KV length (a decode
+step's, every step: ~36 ms of host time per step at 32K), and plans built in different processes
+gave different bits. Flash attention, picked next, takes any length at no host cost and is
+deterministic."""
+
+
+def sdpa_backends(device: torch.device) -> Any:
+    """A context in which SDPA picks from ``SDPA_BACKENDS`` (CUDA; elsewhere nothing changes)."""
+    import contextlib
+
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, name) for name in SDPA_BACKENDS])
+
+
 def decode_step_time(times: list[float]) -> float | None:
     """Median of the decode steps after the first ``WARM_DECODE_STEPS`` (of all when fewer)."""
     if not times:
@@ -472,6 +491,11 @@ class StaticDecodeEngine:
 
     def _pass(self, ids: torch.Tensor, b0: int, b1: int, p0: int, *, num_layers: int | None = None,
               graphed: bool = False) -> torch.Tensor:
+        with sdpa_backends(self.device):
+            return self._pass_layers(ids, b0, b1, p0, num_layers=num_layers, graphed=graphed)
+
+    def _pass_layers(self, ids: torch.Tensor, b0: int, b1: int, p0: int, *, num_layers: int | None = None,
+                     graphed: bool = False) -> torch.Tensor:
         """Run tokens ``ids`` [b, T] of sequences [b0, b1) at positions [p0, p0 + T) through the
         first ``num_layers`` layers (all), caching their K and V; the last position's logits
         [b, V]. ``graphed``: a decode step of the whole batch replaying the captured graphs
@@ -720,7 +744,8 @@ class StaticDecodeEngine:
                    **copies,
                    "num_weight_buffers": self.num_wbufs, "hbm_buffer_bytes": self.sizes.hbm_bytes,
                    "host_pool_bytes": self.sizes.host_pool_bytes, "cuda_graphs": graphed,
-                   "warmup": WARMUP_NOTE if cuda else "none (CPU)", **notes},
+                   "warmup": WARMUP_NOTE if cuda else "none (CPU)",
+                   "sdpa_backends": ",".join(SDPA_BACKENDS) if cuda else "torch's default", **notes},
             logits=[prefill_logits, *dec["logits"]] if keep_logits else [],
             teacher_logits=teacher_logits,
         )

@@ -33,12 +33,14 @@ from kernels import timing
 from planners.plan import Plan
 from simulator.model import ModelSpec
 from validate.infer_executor import (
+    SDPA_BACKENDS,
     InferRun,
     infer_job,
     infer_spec,
     kv_torch_dtype,
     pin_peak_bytes,
     prompt_ids,
+    sdpa_backends,
 )
 from validate.model import ROPE_THETA, Decoder, init_parameter
 
@@ -135,7 +137,8 @@ class HFDecodeEngine:
         return DynamicCache(config=self.model.config)
 
     def _forward(self, ids: torch.Tensor, cache: Any, *, keep: int) -> torch.Tensor:
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=keep, **{self.cache_kwarg: cache})
+        with sdpa_backends(self.device):  # as the static engine's: no cuDNN plan per KV length
+            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=keep, **{self.cache_kwarg: cache})
         return out.logits[:, -1, :].float()
 
     def teacher_forced(self, ids: torch.Tensor, teacher: list[list[int]]) -> list[torch.Tensor]:
@@ -205,7 +208,8 @@ class HFDecodeEngine:
             contexts=contexts,
             host_pinned_bytes=pin_peak_bytes() if cuda else 0,
             setup_s=self.setup_s,
-            notes={"offloading": self.offloading, "cache_kwarg": self.cache_kwarg},
+            notes={"offloading": self.offloading, "cache_kwarg": self.cache_kwarg,
+                   "sdpa_backends": ",".join(SDPA_BACKENDS) if cuda else "torch's default"},
             logits=kept,
         )
         if cuda:
