@@ -1,17 +1,23 @@
-"""GPU smoke check of the inference engines at Llama-3.1-8B shape (one H200, under 2 minutes).
+"""GPU smoke check of the inference engines at Llama-3.1-8B shape (one H200, about 2 minutes).
 
 Models: nothing; it measures. Four runs of one job (Llama-3.1-8B, prompt ``--prompt-len`` tokens,
 batch 1, ``--gen-len`` decode steps), each in a child process of its own
 (validate.infer_bench): the static engine with every layer's KV in HBM and with every layer's
-KV in the host pool, and the HF engine with a resident and an offloaded DynamicCache. Before
-them, the H2D rate of one pinned 1 GiB host-to-device copy (median of 5). Prints, per run:
-prefill, median decode step, tokens/s, peak allocated / reserved HBM, pinned bytes, the static
-runs' H2D bytes per step and the step the H2D rate alone would take (bytes / rate), and whether
-the tokens equal the resident run's.
+KV in the host pool, and the HF engine with a resident and an offloaded DynamicCache; then the
+static engine with every layer's KV on the host at ``--long-prompt-len`` (the copy-bound case).
+Before them, the H2D rate of one pinned 1 GiB host-to-device copy (median of 5). The static
+resident run also re-decodes its steps eagerly and compares the graphed steps' logits with
+them; the KV-on-host run and HF offloaded re-decode fed the static resident's / HF resident's
+tokens and compare logits (teacher forcing, ``TEACHER_MARGIN``). Prints, per run: prefill,
+median decode step, median host issue time, tokens/s, peak allocated / reserved HBM, pinned
+bytes, the static runs' H2D bytes per step, the step the H2D rate alone would take (bytes /
+rate), the last step's copies (span, time copying, longest gap), and whether the tokens equal
+the resident run's. Writes an ``InferSmokeFile`` with provenance.
 Assumes: a CUDA device; ``--smoke`` runs tiny copies on the CPU instead (for CI and a dry run).
 Source: validate/infer_executor.py, validate/infer_hf.py.
 
-python3 validate/scripts/infer_smoke.py [--prompt-len 32768] [--gen-len 16] [--out FILE.json] [--smoke]
+python3 validate/scripts/infer_smoke.py [--prompt-len 32768] [--gen-len 16] [--long-prompt-len 131072]
+    [--long-gen-len 8] [--out FILE.json] [--smoke]
 """
 
 from __future__ import annotations
