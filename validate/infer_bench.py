@@ -159,12 +159,40 @@ def describe(plan: Plan) -> dict[str, Any]:
     return out
 
 
-def measure(plan: Plan, *, smoke: bool, seed: int = 0) -> dict[str, Any]:
-    """Run ``plan`` once (smoke: its tiny copy on the CPU): the record's measured fields, or a
-    refusal / out-of-memory status; never raises for either."""
+def save_reference(run_tokens: list[list[int]], logits: list[Any], where: str | Path) -> None:
+    """A reference run's tokens and fp32 logits [positions, B, V] into directory ``where``
+    (tokens.json, logits.npy), for a teacher-forced run in another process."""
+    import numpy as np
     import torch
 
-    from validate.infer_executor import infer_job, run_plan
+    where = Path(where)
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "tokens.json").write_text(json.dumps(run_tokens))
+    np.save(where / "logits.npy", torch.stack([t.float() for t in logits]).numpy())
+
+
+def load_reference(where: str | Path) -> tuple[list[list[int]], list[Any]]:
+    """``save_reference``'s tokens and logits (no pickles)."""
+    import numpy as np
+    import torch
+
+    where = Path(where)
+    tokens = json.loads((where / "tokens.json").read_text())
+    logits = torch.from_numpy(np.load(where / "logits.npy", allow_pickle=False))
+    return tokens, list(logits)
+
+
+def measure(plan: Plan, *, smoke: bool, seed: int = 0, teacher: tuple[list[list[int]], list[Any]] | None = None,
+            reference_out: str | Path | None = None, check_eager: bool = False) -> dict[str, Any]:
+    """Run ``plan`` once (smoke: its tiny copy on the CPU): the record's measured fields, or a
+    refusal / out-of-memory status; never raises for either. ``teacher`` (a reference run's
+    tokens and logits): the run's decode steps again fed the reference's tokens, their logits
+    against the reference's (``teacher_forced``). ``reference_out``: this run's tokens and logits
+    saved there (``save_reference``). ``check_eager``: the static engine's graphed decode steps
+    against eager ones (engine notes)."""
+    import torch
+
+    from validate.infer_executor import compare_logits, decode_step_time, infer_job, run_plan
 
     rec: dict[str, Any] = {**describe(plan), "allocator": os.environ.get(ALLOC_VAR, "")}
     try:
@@ -176,7 +204,8 @@ def measure(plan: Plan, *, smoke: bool, seed: int = 0) -> dict[str, Any]:
             if not torch.cuda.is_available():
                 raise UserInputError("validate plan: no CUDA device here (use --smoke for a CPU check)")
             device = torch.device("cuda", torch.cuda.current_device())
-        run = run_plan(plan, device=device, seed=seed)
+        run = run_plan(plan, device=device, seed=seed, keep_logits=reference_out is not None,
+                       teacher=teacher[0] if teacher else None, check_eager=check_eager)
     except UserInputError as err:
         return {**rec, "status": "refused", "message": str(err)}
     except torch.OutOfMemoryError as err:
@@ -192,16 +221,32 @@ def measure(plan: Plan, *, smoke: bool, seed: int = 0) -> dict[str, Any]:
         h2d_bytes_per_step=run.h2d_bytes_per_step, d2h_bytes_per_step=run.d2h_bytes_per_step,
         tokens=run.tokens, engine_notes=run.notes,
     )
+    if run.decode_issue_times_s:
+        rec.update(decode_issue_times_s=run.decode_issue_times_s,
+                   decode_issue_time_s=decode_step_time(run.decode_issue_times_s))
+    if run.warmup_s is not None:
+        rec["warmup_s"] = run.warmup_s
+    if teacher is not None:
+        rec["teacher_forced"] = compare_logits(teacher[1], run.teacher_logits)
+    if reference_out is not None:
+        save_reference(run.tokens, run.logits, reference_out)
     if smoke:
         rec["prediction"] = None  # the tiny copy's figures are not the plan's
     return rec
 
 
-def _in_child(plan_path: str | Path, *, env: dict[str, str]) -> dict[str, Any]:
+def _in_child(plan_path: str | Path, *, env: dict[str, str], teacher: str | Path | None = None,
+              reference_out: str | Path | None = None, check_eager: bool = False) -> dict[str, Any]:
     """One plan in a process of its own (``--case``); an exit without a record is an error."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "case.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--case", str(plan_path), "--case-out", str(out)]
+        if teacher is not None:
+            cmd += ["--case-teacher", str(teacher)]
+        if reference_out is not None:
+            cmd += ["--case-reference-out", str(reference_out)]
+        if check_eager:
+            cmd += ["--case-check-eager"]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         if out.is_file():
             return json.loads(out.read_text())
@@ -236,48 +281,66 @@ def run_bench(plans_dir: str | Path, *, cells: tuple[str, ...] = (), modes: tupl
         raise UserInputError(f"--cells: no cell {unknown[0]!r} in the index ({', '.join(sorted(known))})")
     records: list[dict[str, Any]] = []
 
-    def run_one(path: Path, plan: Plan) -> dict[str, Any]:
+    def run_one(path: Path, plan: Plan, *, teacher: Path | None = None, reference_out: Path | None = None
+                ) -> dict[str, Any]:
         if smoke:
-            return measure(plan, smoke=True)
-        return {**describe(plan), **_in_child(path, env=_env_for(_engine(plan), hf_allocator))}
+            return measure(plan, smoke=True, teacher=load_reference(teacher) if teacher else None,
+                           reference_out=reference_out)
+        return {**describe(plan), **_in_child(path, env=_env_for(_engine(plan), hf_allocator), teacher=teacher,
+                                              reference_out=reference_out)}
 
     for cell in index.cells:
         if cells and cell.cell not in cells:
             continue
-        ref_tokens: list[list[int]] | None = None
-        ref_message: str | None = None
-        wanted = [m for m in MODES if m in modes and (m in cell.modes or m in cell.refused)]
-        static = [m for m in wanted if m in STATIC_MODES and cell.modes.get(m)]
-        if reference and static:
-            first = load_plan(Path(plans_dir) / str(cell.modes[static[0]]))
-            with tempfile.TemporaryDirectory() as tmp:
-                ref_path = Path(tmp) / "resident.json"
-                ref_path.write_text(resident_plan(first).to_json())
-                ref = run_one(ref_path, resident_plan(first))
-            if ref["status"] == "ok":
-                ref_tokens = ref["tokens"]
-            else:
-                ref_message = f"all-resident reference {ref['status']}: {ref.get('message')}"
-            if progress:
-                progress(f"{cell.cell}: reference {ref['status']}")
-        for mode in wanted:
-            name = cell.modes.get(mode)
-            rec: dict[str, Any] = {"cell": cell.cell, "mode": mode, "plan": name}
-            if name is None:
-                rec.update(status="refused", message=cell.refused.get(mode, "no plan for this mode"),
-                           model=cell.model, prompt_len=cell.prompt_len, batch=cell.batch, gen_len=cell.gen_len)
-            else:
-                path = Path(plans_dir) / name
-                rec.update(plan_sha256=sha256_of(path), **run_one(path, load_plan(path)))
-                if mode in STATIC_MODES and rec["status"] == "ok":
-                    if ref_tokens is not None:
-                        rec["tokens_equal_resident"] = rec["tokens"] == ref_tokens
-                    else:
-                        rec["reference_message"] = ref_message or "all-resident reference not run"
-            records.append(rec)
-            if progress:
-                progress(f"{cell.cell} {mode}: {rec['status']}"
-                         + (f" ({rec['message']})" if rec.get("message") else ""))
+        with tempfile.TemporaryDirectory() as tmp:
+            records.extend(_run_cell(cell, plans_dir, modes, reference, run_one, Path(tmp), progress))
+    return records
+
+
+def _run_cell(cell: IndexCell, plans_dir: str | Path, modes: tuple[str, ...], reference: bool, run_one: Any,
+              tmp: Path, progress: Any) -> list[dict[str, Any]]:
+    """One cell's modes: the static modes teacher-forced on the all-resident static run,
+    hf_offloaded on hf_resident (when it ran)."""
+    records: list[dict[str, Any]] = []
+    ref_tokens: list[list[int]] | None = None
+    ref_message: str | None = None
+    teachers: dict[str, Path] = {}  # mode -> the reference directory its run is teacher-forced on
+    wanted = [m for m in MODES if m in modes and (m in cell.modes or m in cell.refused)]
+    static = [m for m in wanted if m in STATIC_MODES and cell.modes.get(m)]
+    if reference and static:
+        first = load_plan(Path(plans_dir) / str(cell.modes[static[0]]))
+        ref_path = tmp / "resident.json"
+        ref_path.write_text(resident_plan(first).to_json())
+        ref = run_one(ref_path, resident_plan(first), reference_out=tmp / "ref-static")
+        if ref["status"] == "ok":
+            ref_tokens = ref["tokens"]
+            teachers.update({m: tmp / "ref-static" for m in STATIC_MODES})
+        else:
+            ref_message = f"all-resident reference {ref['status']}: {ref.get('message')}"
+        if progress:
+            progress(f"{cell.cell}: reference {ref['status']}")
+    for mode in wanted:
+        name = cell.modes.get(mode)
+        rec: dict[str, Any] = {"cell": cell.cell, "mode": mode, "plan": name}
+        if name is None:
+            rec.update(status="refused", message=cell.refused.get(mode, "no plan for this mode"),
+                       model=cell.model, prompt_len=cell.prompt_len, batch=cell.batch, gen_len=cell.gen_len)
+        else:
+            path = Path(plans_dir) / name
+            out = tmp / "ref-hf" if mode == "hf_resident" and "hf_offloaded" in wanted else None
+            rec.update(plan_sha256=sha256_of(path), **run_one(path, load_plan(path), teacher=teachers.get(mode),
+                                                              reference_out=out))
+            if out is not None and rec["status"] == "ok":
+                teachers["hf_offloaded"] = out
+            if mode in STATIC_MODES and rec["status"] == "ok":
+                if ref_tokens is not None:
+                    rec["tokens_equal_resident"] = rec["tokens"] == ref_tokens
+                else:
+                    rec["reference_message"] = ref_message or "all-resident reference not run"
+        records.append(rec)
+        if progress:
+            progress(f"{cell.cell} {mode}: {rec['status']}"
+                     + (f" ({rec['message']})" if rec.get("message") else ""))
     return records
 
 
@@ -389,6 +452,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--json", action="store_true", help="print the measurement file's JSON")
     ap.add_argument("--case", help=argparse.SUPPRESS)  # one plan, in a child process
     ap.add_argument("--case-out", help=argparse.SUPPRESS)
+    ap.add_argument("--case-teacher", help=argparse.SUPPRESS)  # a reference's tokens and logits (directory)
+    ap.add_argument("--case-reference-out", help=argparse.SUPPRESS)  # save this run's there
+    ap.add_argument("--case-check-eager", action="store_true", help=argparse.SUPPRESS)
     return ap
 
 
@@ -397,7 +463,10 @@ def main(argv: list[str] | None = None, *, prog: str | None = None, command: lis
     try:
         args = build_parser(prog).parse_args(args_list)
         if args.case:
-            Path(args.case_out).write_text(json.dumps(measure(load_plan(args.case), smoke=False)))
+            teacher = load_reference(args.case_teacher) if args.case_teacher else None
+            rec = measure(load_plan(args.case), smoke=False, teacher=teacher,
+                          reference_out=args.case_reference_out, check_eager=args.case_check_eager)
+            Path(args.case_out).write_text(json.dumps(rec))
             return 0
         if not args.plans or not args.out:
             raise UserInputError("--plans and --out: both are required")

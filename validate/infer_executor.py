@@ -96,10 +96,37 @@ class InferRun:
     """Engine facts worth recording (effective lookahead, buffer counts, allocator)."""
     logits: list[torch.Tensor] = field(default_factory=list)
     """fp32 logits [B, V] of the prefill and of each step (only with ``keep_logits``)."""
+    decode_issue_times_s: list[float] = field(default_factory=list)
+    """Per decode step, the host's time to issue it (the pass's Python and launches, before the
+    synchronize that ends the step's timer)."""
+    warmup_s: float | None = None
+    """Seconds of the warm-up before the timed prefill (None: none)."""
+    teacher_logits: list[torch.Tensor] = field(default_factory=list)
+    """fp32 logits [B, V] of the prefill and of each decode step fed a reference run's tokens
+    (teacher forcing; only with ``teacher``)."""
 
     @property
     def decode_step_time_s(self) -> float | None:
         return decode_step_time(self.decode_step_times_s)
+
+
+SDPA_BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH")
+"""The SDPA backends both engines let torch pick from on CUDA: all but cuDNN's. torch 2.11 picks
+cuDNN attention first on an H200; it builds an execution plan for each new KV length (a decode
+step's, every step: ~36 ms of host time per step at 32K), and plans built in different processes
+gave different bits. Flash attention, picked next, takes any length at no host cost and is
+deterministic."""
+
+
+def sdpa_backends(device: torch.device) -> Any:
+    """A context in which SDPA picks from ``SDPA_BACKENDS`` (CUDA; elsewhere nothing changes)."""
+    import contextlib
+
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, name) for name in SDPA_BACKENDS])
 
 
 def decode_step_time(times: list[float]) -> float | None:
@@ -159,12 +186,12 @@ def _aligned(nbytes: int) -> int:
 class _Streams:
     """The compute, H2D and D2H streams and their events; on the CPU every call is a no-op."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, *, separate: bool = True) -> None:
         self.cuda = device.type == "cuda"
         if self.cuda:
             self.compute = torch.cuda.current_stream(device)
-            self.h2d = torch.cuda.Stream(device)
-            self.d2h = torch.cuda.Stream(device)
+            self.h2d = torch.cuda.Stream(device) if separate else self.compute
+            self.d2h = torch.cuda.Stream(device) if separate else self.compute
 
     def record(self, stream: str) -> Any:
         return getattr(self, stream).record_event() if self.cuda else None
@@ -229,7 +256,7 @@ class StaticDecodeEngine:
     allocated."""
 
     def __init__(self, plan: Plan, *, device: Any, seed: int = 0, dtype: torch.dtype | None = None,
-                 check_memory: bool = True) -> None:
+                 check_memory: bool = True, graphs: bool = True) -> None:
         job = infer_job(plan)
         spec = infer_spec(plan)
         if job.engine != "static":
@@ -327,7 +354,14 @@ class StaticDecodeEngine:
                          for kind, where in (("w", self.w_host), ("kv", self.kv_host))
                          for n, i in enumerate(i for i in range(self.num_layers) if where[i])}
         self.h2d_bytes = 0
-        self._h2d_span: list[Any] = []  # timing events: before the step's first H2D copy, after its last
+        self._trace_copies = False
+        self._h2d_events: list[tuple[Any, Any, int]] = []  # per fetch: timing events after its waits, at its end
+        self.graphs = graphs and self.streams.cuda
+        self._graphs: dict[str, Any] = {}
+        self._pos = torch.zeros(1, dtype=torch.long, device=self.device)  # a decode step's position
+        self._tok = torch.zeros(self.B, dtype=torch.long, device=self.device)  # its input tokens
+        self.trace: list[tuple[str, torch.Tensor]] | None = None  # (name, tensor) per layer, when a list
+        self.warmup_s = 0.0
         self.d2h_bytes = 0
         if self.streams.cuda:
             torch.cuda.synchronize(self.device)
@@ -365,27 +399,32 @@ class StaticDecodeEngine:
         st.wait("h2d", *self._slot_free.get((kind, slot), ()))
         if kind == "kv":
             st.wait("h2d", self._d2h_done.get(layer))
-        if st.cuda:
-            if not self._h2d_span:
-                self._h2d_span.append(torch.cuda.Event(enable_timing=True))
-                self._h2d_span[0].record(st.h2d)
-            if len(self._h2d_span) < 2:
-                self._h2d_span.append(torch.cuda.Event(enable_timing=True))
+        start = self._timing_event("h2d")
+        nbytes = 0
         with st.on("h2d"):
             if kind == "w":
                 flat, _ = self.w_slots[slot]
                 src = self.w_host_flat[layer]
                 flat.copy_(src, non_blocking=True)
-                self.h2d_bytes += src.numel() * src.element_size()
+                nbytes = src.numel() * src.element_size()
             elif p0:
                 for buf, host in zip(self.staging[slot], self.kv[layer], strict=True):
-                    for b in range(b0, b1):
+                    for b in range(b0, b1):  # one contiguous copy per sequence (rows [:p0])
                         buf[b, :p0].copy_(host[b, :p0], non_blocking=True)
-                        self.h2d_bytes += host[b, :p0].numel() * host.element_size()
+                    nbytes += (b1 - b0) * host[0, :p0].numel() * host.element_size()
+        self.h2d_bytes += nbytes
         self._ready[(kind, layer)] = st.record("h2d")
-        if st.cuda:
-            self._h2d_span[1].record(st.h2d)
+        if start is not None:
+            self._h2d_events.append((start, self._timing_event("h2d"), nbytes))
         self._slot_of[(kind, layer)] = slot
+
+    def _timing_event(self, stream: str) -> Any:
+        """A timing event recorded on ``stream`` (CUDA, while the step's copies are traced)."""
+        if not (self.streams.cuda and self._trace_copies):
+            return None
+        ev = torch.cuda.Event(enable_timing=True)
+        ev.record(getattr(self.streams, stream))
+        return ev
 
     def _issue(self, upto_layer: int, queues: dict[str, list[int]], b0: int, b1: int, p0: int) -> None:
         """Issue, in layer order, the queued fetches due once layer ``upto_layer`` starts: a
@@ -401,54 +440,120 @@ class StaticDecodeEngine:
 
     # ---- one pass: a prefill chunk of one sequence or a decode step of the batch -----------------
 
-    def _pass(self, ids: torch.Tensor, b0: int, b1: int, p0: int) -> torch.Tensor:
-        """Run tokens ``ids`` [b, T] of sequences [b0, b1) at positions [p0, p0 + T) through every
-        layer, caching their K and V; the last position's logits [b, V]."""
-        s, st = self.spec, self.streams
+    def _layer(self, i: int) -> DecoderLayer:
+        """Layer ``i``'s module: its resident weights, or the weight buffer it was fetched into
+        (the compute stream waits for the fetch)."""
+        if self.w_host[i]:
+            self.streams.wait("compute", self._ready[("w", i)])
+            return self.w_slots[self._slot_of[("w", i)]][1]
+        return self.model.layers[i]  # type: ignore[return-value]  # ModuleList items
+
+    def _kv_bufs(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``i``'s K and V buffers [B, L, K, D]: resident, or its staging buffer (the
+        compute stream waits for the fetch)."""
+        if self.kv_host[i]:
+            self.streams.wait("compute", self._ready[("kv", i)])
+            return self.staging[self._slot_of[("kv", i)]]
+        return self.kv[i]
+
+    def _attend(self, q: torch.Tensor, kbuf: torch.Tensor, vbuf: torch.Tensor, b0: int, b1: int, p0: int,
+                end: int, mask: torch.Tensor | None) -> torch.Tensor:
+        """Attention of ``q`` [b, H, T, D] over the cached rows [:end] of sequences [b0, b1)."""
+        s = self.spec
+        T = q.shape[2]
+        kk = kbuf[b0:b1, :end].transpose(1, 2)  # b K ctx D
+        vv = vbuf[b0:b1, :end].transpose(1, 2)
+        gqa = s.num_kv_heads != s.num_heads
+        if mask is not None and gqa:  # the masked kernels take no GQA: expand the kv heads
+            rep = s.num_heads // s.num_kv_heads
+            kk, vv = kk.repeat_interleave(rep, dim=1), vv.repeat_interleave(rep, dim=1)
+            gqa = False
+        return F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, is_causal=T > 1 and not p0,
+                                              enable_gqa=gqa)
+
+    def _post(self, layer: DecoderLayer, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """After attention: o_proj, the residual, the MLP block and its residual."""
+        b, _, T, _ = a.shape
+        a = a.transpose(1, 2).reshape(b, T, self.spec.q_size)
+        x = x + layer.o_proj(a)
+        return x + layer._mlp(x)
+
+    def _pre_decode(self, layer: DecoderLayer, x: torch.Tensor, kbuf: torch.Tensor,
+                    vbuf: torch.Tensor) -> torch.Tensor:
+        """Before attention, one token of every sequence at the position in ``self._pos`` (a
+        device tensor, so a captured graph serves every step): norm, q/k/v, rotary, and the new
+        k, v written into row pos of ``kbuf``, ``vbuf``; q [B, H, 1, D]."""
+        rope = (self.cos.index_select(0, self._pos), self.sin.index_select(0, self._pos))
+        q, k, v = layer.qkv(x, rope)
+        kbuf.index_copy_(1, self._pos, k.transpose(1, 2))
+        vbuf.index_copy_(1, self._pos, v.transpose(1, 2))
+        return q
+
+    def _pass(self, ids: torch.Tensor, b0: int, b1: int, p0: int, *, num_layers: int | None = None,
+              graphed: bool = False) -> torch.Tensor:
+        with sdpa_backends(self.device):
+            return self._pass_layers(ids, b0, b1, p0, num_layers=num_layers, graphed=graphed)
+
+    def _pass_layers(self, ids: torch.Tensor, b0: int, b1: int, p0: int, *, num_layers: int | None = None,
+                     graphed: bool = False) -> torch.Tensor:
+        """Run tokens ``ids`` [b, T] of sequences [b0, b1) at positions [p0, p0 + T) through the
+        first ``num_layers`` layers (all), caching their K and V; the last position's logits
+        [b, V]. ``graphed``: a decode step of the whole batch replaying the captured graphs
+        around eager attention (``_capture``)."""
+        st = self.streams
         T = ids.shape[1]
         end = p0 + T
-        queues = {"w": [i for i in range(self.num_layers) if self.w_host[i]],
-                  "kv": [i for i in range(self.num_layers) if self.kv_host[i]]}
-        x = self.model.embed_tokens(ids)  # b T h
-        rope = (self.cos[p0:end], self.sin[p0:end])
+        n_layers = self.num_layers if num_layers is None else num_layers
+        queues = {"w": [i for i in range(n_layers) if self.w_host[i]],
+                  "kv": [i for i in range(n_layers) if self.kv_host[i]]}
+        decode = T == 1 and b1 - b0 == self.B
+        if decode:
+            self._pos.fill_(p0)
+        if graphed:
+            g = self._graphs
+            self._tok.copy_(ids[:, 0])
+            g["stem"].replay()
+        else:
+            x = self.model.embed_tokens(ids)  # b T h
+            rope = (self.cos[p0:end], self.sin[p0:end])
         mask = None
         if T > 1 and p0:  # a later chunk: every cached row, and causal within the chunk
             mask = torch.ones(T, end, dtype=torch.bool, device=self.device).tril(p0)
-        for i in range(self.num_layers):
+        for i in range(n_layers):
             self._issue(i, queues, b0, b1, p0)
-            layer: DecoderLayer
-            if self.w_host[i]:
-                st.wait("compute", self._ready[("w", i)])
-                layer = self.w_slots[self._slot_of[("w", i)]][1]
+            layer = self._layer(i)
+            kbuf, vbuf = self._kv_bufs(i)
+            if graphed:
+                g[f"pre.{i}"].replay()
+                q = self._g_q[i]
+            elif decode:
+                q = self._pre_decode(layer, x, kbuf, vbuf)
             else:
-                layer = self.model.layers[i]  # type: ignore[assignment]  # ModuleList items
-            if self.kv_host[i]:
-                st.wait("compute", self._ready[("kv", i)])
-                kbuf, vbuf = self.staging[self._slot_of[("kv", i)]]
-            else:
-                kbuf, vbuf = self.kv[i]
-            q, k, v = layer.qkv(x, rope)  # b H T D, b K T D
-            kbuf[b0:b1, p0:end].copy_(k.transpose(1, 2))
-            vbuf[b0:b1, p0:end].copy_(v.transpose(1, 2))
+                q, k, v = layer.qkv(x, rope)  # b H T D, b K T D
+                kbuf[b0:b1, p0:end].copy_(k.transpose(1, 2))
+                vbuf[b0:b1, p0:end].copy_(v.transpose(1, 2))
+            if self.trace is not None:
+                self.trace.append((f"{i}.q", q[:, :, -1].float().clone()))
             if self.kv_host[i]:
                 self._write_back(i, kbuf, vbuf, b0, b1, p0, end)
-            kk = kbuf[b0:b1, :end].transpose(1, 2)  # b K ctx D
-            vv = vbuf[b0:b1, :end].transpose(1, 2)
-            gqa = s.num_kv_heads != s.num_heads
-            if mask is not None and gqa:  # the masked kernels take no GQA: expand the kv heads
-                rep = s.num_heads // s.num_kv_heads
-                kk, vv = kk.repeat_interleave(rep, dim=1), vv.repeat_interleave(rep, dim=1)
-                gqa = False
-            a = F.scaled_dot_product_attention(q, kk, vv, attn_mask=mask, is_causal=T > 1 and not p0,
-                                               enable_gqa=gqa)
+            a = self._attend(q, kbuf, vbuf, b0, b1, p0, end, mask)
             if self.kv_host[i]:
                 slot = self._slot_of[("kv", i)]
                 self._slot_free[("kv", slot)] = [st.record("compute"), self._d2h_done[i]]
-            a = a.transpose(1, 2).reshape(b1 - b0, T, s.q_size)
-            x = x + layer.o_proj(a)
-            x = x + layer._mlp(x)
+            if self.trace is not None:
+                self.trace.append((f"{i}.attn", a[:, :, -1].float().clone()))
+            if graphed:
+                self._g_attn.copy_(a)
+                g[f"post.{i}"].replay()
+            else:
+                x = self._post(layer, x, a)
+            if self.trace is not None and not graphed:
+                self.trace.append((f"{i}.out", x[:, -1].float().clone()))
             if self.w_host[i]:
                 self._slot_free[("w", self._slot_of[("w", i)])] = [st.record("compute")]
+        if graphed:
+            g["head"].replay()
+            return self._g_logits
         return self.model.head_logits(x[:, -1:])[:, 0].float()
 
     def _write_back(self, i: int, kbuf: torch.Tensor, vbuf: torch.Tensor, b0: int, b1: int, p0: int,
@@ -460,22 +565,135 @@ class StaticDecodeEngine:
             for buf, host in zip((kbuf, vbuf), self.kv[i], strict=True):
                 for b in range(b0, b1):
                     host[b, p0:end].copy_(buf[b, p0:end], non_blocking=True)
-                    self.d2h_bytes += buf[b, p0:end].numel() * buf.element_size()
+                self.d2h_bytes += (b1 - b0) * buf[0, p0:end].numel() * buf.element_size()
         self._d2h_done[i] = st.record("d2h")
+
+    # ---- CUDA graphs of the decode step ----------------------------------------------------------
+
+    def _capture(self) -> None:
+        """Capture a decode step's shape-static parts as CUDA graphs sharing one memory pool: the
+        embedding of ``self._tok``; per layer the part before attention (``_pre_decode``, into the
+        layer's resident KV buffer or its fixed staging buffer, slot = ordinal % n, with the
+        weights of its fixed weight buffer) and the part after it (``_post`` of
+        ``self._g_attn``); the head. Attention, whose KV length grows, runs eagerly between
+        them; the copies stay eager on their streams. Each part runs once eagerly on a side
+        stream first (the kernels, cuBLAS's workspace of that stream)."""
+        slots = {("kv", i): self._ordinal[("kv", i)] % self.num_staging for i in range(self.num_layers)
+                 if self.kv_host[i]}
+        slots.update({("w", i): self._ordinal[("w", i)] % self.num_wbufs for i in range(self.num_layers)
+                      if self.w_host[i]})
+
+        def layer_of(i: int) -> DecoderLayer:
+            return self.w_slots[slots[("w", i)]][1] if self.w_host[i] else self.model.layers[i]  # type: ignore[return-value]
+
+        def kv_of(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.staging[slots[("kv", i)]] if self.kv_host[i] else self.kv[i]
+
+        with torch.inference_mode():
+            self._capture_all(layer_of, kv_of)
+
+    def _capture_all(self, layer_of: Any, kv_of: Any) -> None:
+        B, s = self.B, self.spec
+        self._g_attn = torch.zeros(B, s.num_heads, 1, s.head_dim, device=self.device, dtype=self.dtype)
+        xs: list[torch.Tensor] = []
+        self._g_q = []
+        pool = torch.cuda.graph_pool_handle()
+        graphs: dict[str, Any] = {}
+
+        side = torch.cuda.Stream(self.device)
+
+        def capture(name: str, fn: Any) -> Any:
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                fn()  # warm: kernels loaded, cuBLAS's workspace for this stream
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                out = fn()
+            graphs[name] = graph
+            return out
+
+        xs.append(capture("stem", lambda: self.model.embed_tokens(self._tok[:, None])))
+        for i in range(self.num_layers):
+            layer, (kbuf, vbuf) = layer_of(i), kv_of(i)
+            x_in = xs[-1]
+            self._g_q.append(capture(f"pre.{i}", lambda layer=layer, x=x_in, k=kbuf, v=vbuf:
+                                     self._pre_decode(layer, x, k, v)))
+            xs.append(capture(f"post.{i}", lambda layer=layer, x=x_in: self._post(layer, x, self._g_attn)))
+        self._g_logits = capture("head", lambda: self.model.head_logits(xs[-1])[:, 0].float())
+        self._g_x = xs
+        self._graphs = graphs
 
     # ---- the run ---------------------------------------------------------------------------------
 
-    def run(self, ids: torch.Tensor | None = None, *, keep_logits: bool = False) -> InferRun:
-        """Prefill every sequence, then ``gen_len`` decode steps of the batch; measured."""
+    def warm_up(self, ids: torch.Tensor) -> None:
+        """One-off costs out of the timed run (CUDA): the decode graphs' capture (graphs on), a
+        prefill-shaped pass of the first chunk of sequence 0 through layer 0 and the head (its
+        kernels, the allocator's blocks of a prefill's activations, the copy paths of layer 0)
+        and one whole decode step at the first decode context. The rows they write are written
+        again by the run before it reads them."""
+        if not self.streams.cuda:
+            return
+        t0 = time.perf_counter()
+        if self.graphs:
+            self._capture()  # first: a capture empties the allocator's cache
+        with torch.inference_mode():
+            self._pass(ids[:1, : self.chunk_len], 0, 1, 0, num_layers=1)
+            self.streams.join()
+            tok = torch.zeros(self.B, 1, dtype=torch.long, device=self.device)
+            self._pass(tok, 0, self.B, self.job.prompt_len, graphed=self.graphs)
+            self.streams.join()
+        torch.cuda.synchronize(self.device)
+        self.warmup_s = time.perf_counter() - t0
+
+    def _decode(self, first: torch.Tensor, *, graphed: bool, forced: torch.Tensor | None = None,
+                keep_logits: bool = False) -> dict[str, Any]:
+        """``gen_len`` decode steps from token ``first`` [B]: each step's time (synchronized),
+        host issue time (the pass's Python and launches, before the synchronize), context,
+        argmax and (``keep_logits``) fp32 logits. ``forced`` [B, gen_len] feeds those tokens
+        instead of the argmax (teacher forcing)."""
+        job, dev = self.job, self.device
+        tok = first
+        out: dict[str, Any] = {"tokens": [], "times": [], "issue": [], "contexts": [], "logits": []}
+        for step in range(job.gen_len):
+            ctx = job.prompt_len + step
+            self.h2d_bytes = self.d2h_bytes = 0
+            self._h2d_events = []
+            res: list[Any] = []
+
+            def one(tok: torch.Tensor = tok, ctx: int = ctx, res: list = res) -> None:
+                t0 = time.perf_counter()
+                lg = self._pass(tok[:, None], 0, self.B, ctx, graphed=graphed)
+                nxt = lg.argmax(-1)
+                self.streams.join()
+                res[:] = [lg, nxt, time.perf_counter() - t0]
+
+            out["times"].append(timing.time_one(one, dev))
+            out["issue"].append(res[2])
+            out["contexts"].append(ctx)
+            out["tokens"].append(res[1])
+            if keep_logits:
+                out["logits"].append(res[0].cpu())
+            tok = res[1] if forced is None else forced[:, step]
+        return out
+
+    def run(self, ids: torch.Tensor | None = None, *, keep_logits: bool = False,
+            teacher: list[list[int]] | None = None, check_eager: bool = False) -> InferRun:
+        """Warm up, prefill every sequence, then ``gen_len`` decode steps of the batch; measured.
+        ``teacher`` (a reference run's tokens, [B][gen_len + 1]): afterwards the decode steps
+        again, fed those tokens (the prefill's cache rows are untouched by decode), their logits
+        kept as ``teacher_logits``. ``check_eager`` (graphs on): the decode steps again eagerly,
+        fed this run's tokens, their logits against the graphed steps' (notes)."""
         job, dev = self.job, self.device
         if ids is None:
             ids = prompt_ids(self.spec, job, dev)
         cuda = dev.type == "cuda"
+        self.warm_up(ids)
         if cuda:
             torch.cuda.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)
         last: list[torch.Tensor] = []
-        kept: list[torch.Tensor] = []
+        graphed = self.graphs and cuda
 
         def prefill() -> None:
             for b in range(self.B):
@@ -487,68 +705,119 @@ class StaticDecodeEngine:
         with torch.inference_mode():
             prefill_s = timing.time_one(prefill, dev)
             logits = torch.cat(last)
-            tok = logits.argmax(-1)
-            tokens = [tok]
-            if keep_logits:
-                kept.append(logits.cpu())
-            times: list[float] = []
-            contexts: list[int] = []
-            for step in range(job.gen_len):
-                ctx = job.prompt_len + step
-                self.h2d_bytes = self.d2h_bytes = 0
-                self._h2d_span = []
-                out: list[torch.Tensor] = []
-
-                def decode(tok: torch.Tensor = tok, ctx: int = ctx, out: list = out) -> None:
-                    lg = self._pass(tok[:, None], 0, self.B, ctx)
-                    out[:] = [lg, lg.argmax(-1)]
-                    self.streams.join()
-
-                times.append(timing.time_one(decode, dev))
-                contexts.append(ctx)
-                tok = out[1]
-                tokens.append(tok)
-                if keep_logits:
-                    kept.append(out[0].cpu())
+            first = logits.argmax(-1)
+            self._trace_copies = True
+            dec = self._decode(first, graphed=graphed, keep_logits=keep_logits or check_eager)
+            self._trace_copies = False
+            copies = self._copy_figures()
+            h2d_bytes, d2h_bytes = self.h2d_bytes, self.d2h_bytes
+            tokens = torch.stack([first, *dec["tokens"]], dim=1)
+            prefill_logits = logits.cpu()
+            notes: dict[str, Any] = {}
+            teacher_logits: list[torch.Tensor] = []
+            if teacher is not None:
+                forced = torch.tensor(teacher, dtype=torch.long, device=dev)
+                if tuple(forced.shape) != (self.B, job.gen_len + 1):
+                    raise UserInputError(f"teacher tokens: shape {tuple(forced.shape)}, the run's is "
+                                         f"({self.B}, {job.gen_len + 1})")
+                tf = self._decode(forced[:, 0], graphed=graphed, forced=forced[:, 1:], keep_logits=True)
+                teacher_logits = [prefill_logits, *tf["logits"]]
+            if check_eager and graphed:
+                eager = self._decode(first, graphed=False, forced=tokens[:, 1:], keep_logits=True)
+                cmp = compare_logits(dec["logits"], eager["logits"])
+                notes.update(graphs_equal_eager=cmp["bitwise_equal"],
+                             graphs_vs_eager_max_abs_logit_diff=cmp["max_abs_logit_diff"],
+                             eager_decode_step_time_s=decode_step_time(eager["times"]),
+                             eager_issue_time_s=decode_step_time(eager["issue"]))
         run = InferRun(
-            tokens=torch.stack(tokens, dim=1).cpu().tolist(),
+            tokens=tokens.cpu().tolist(),
             prefill_time_s=prefill_s,
-            decode_step_times_s=times,
-            contexts=contexts,
+            decode_step_times_s=dec["times"],
+            contexts=dec["contexts"],
             host_pinned_bytes=self.pool.capacity_bytes if cuda else 0,
-            h2d_bytes_per_step=self.h2d_bytes if job.gen_len else 0,
-            d2h_bytes_per_step=self.d2h_bytes if job.gen_len else 0,
+            h2d_bytes_per_step=h2d_bytes if job.gen_len else 0,
+            d2h_bytes_per_step=d2h_bytes if job.gen_len else 0,
             setup_s=self.setup_s,
+            decode_issue_times_s=dec["issue"],
+            warmup_s=self.warmup_s if cuda else None,
             notes={"kv_lookahead_layers": self.kv_lookahead, "num_staging_buffers": self.num_staging,
-                   "h2d_span_s_last_step": (self._h2d_span[0].elapsed_time(self._h2d_span[1]) / 1e3
-                                            if len(self._h2d_span) == 2 and job.gen_len else None),
+                   **copies,
                    "num_weight_buffers": self.num_wbufs, "hbm_buffer_bytes": self.sizes.hbm_bytes,
-                   "host_pool_bytes": self.sizes.host_pool_bytes},
-            logits=kept,
+                   "host_pool_bytes": self.sizes.host_pool_bytes, "cuda_graphs": graphed,
+                   "warmup": WARMUP_NOTE if cuda else "none (CPU)",
+                   "sdpa_backends": ",".join(SDPA_BACKENDS) if cuda else "torch's default", **notes},
+            logits=[prefill_logits, *dec["logits"]] if keep_logits else [],
+            teacher_logits=teacher_logits,
         )
         if cuda:
             run.peak_allocated_bytes = torch.cuda.max_memory_allocated(dev)
             run.peak_reserved_bytes = torch.cuda.max_memory_reserved(dev)
         return run
 
+    def _copy_figures(self) -> dict[str, Any]:
+        """The last decode step's H2D copies (CUDA): their span (the first fetch's start to the
+        last one's end), the time the copies themselves took (each fetch's start, after its
+        waits, to its end) and the longest gap between one fetch's end and the next's start."""
+        evs = self._h2d_events
+        if not evs:
+            return {"h2d_span_s_last_step": None}
+        span = evs[0][0].elapsed_time(evs[-1][1]) / 1e3
+        busy = sum(a.elapsed_time(b) for a, b, _ in evs) / 1e3
+        gaps = [evs[k][1].elapsed_time(evs[k + 1][0]) / 1e3 for k in range(len(evs) - 1)]
+        return {"h2d_span_s_last_step": span, "h2d_busy_s_last_step": busy,
+                "h2d_max_gap_s_last_step": max(gaps) if gaps else 0.0, "h2d_num_fetches_last_step": len(evs)}
+
+
+WARMUP_NOTE = ("before the timed prefill: a prefill-shaped pass of sequence 0's first chunk through layer 0 "
+               "and the head, after the decode graphs' capture (graphs on), then one decode step at the first decode context")
+TEACHER_MARGIN = 0.125
+"""Teacher-forced check: a position's argmax must equal the reference's where the reference's
+top-1 logit leads its top-2 by more than this (fp32 logits of a bf16 model whose logits are
+~1 in size: ~8-16 bf16 rounding steps there); near-ties below it may flip under any rounding
+difference."""
+
+
+def compare_logits(ref: list[torch.Tensor], other: list[torch.Tensor], *,
+                   margin: float = TEACHER_MARGIN) -> dict[str, Any]:
+    """``other``'s logits (a list of [B, V], one per position) against the reference's: the
+    largest absolute difference, whether all are bitwise equal, and the argmax agreement at
+    the positions where the reference's top-1 leads its top-2 by more than ``margin``."""
+    if len(ref) != len(other):
+        raise ValueError(f"compare_logits: {len(ref)} reference positions, {len(other)} others")
+    if not ref:
+        return {"max_abs_logit_diff": 0.0, "bitwise_equal": True, "argmax_checked": 0,
+                "argmax_mismatched": 0, "positions": 0, "margin": margin}
+    r = torch.stack([t.float().cpu() for t in ref])  # N B V
+    o = torch.stack([t.float().cpu() for t in other])
+    top = r.topk(2, dim=-1).values
+    checked = (top[..., 0] - top[..., 1]) > margin
+    mismatched = (r.argmax(-1) != o.argmax(-1)) & checked
+    return {"max_abs_logit_diff": float((r - o).abs().max()), "bitwise_equal": bool(torch.equal(r, o)),
+            "argmax_checked": int(checked.sum()), "argmax_mismatched": int(mismatched.sum()),
+            "positions": int(checked.numel()), "margin": margin}
+
 
 def run_static(plan: Plan, *, device: Any, seed: int = 0, dtype: torch.dtype | None = None,
-               keep_logits: bool = False, check_memory: bool = True) -> InferRun:
+               keep_logits: bool = False, check_memory: bool = True, graphs: bool = True,
+               teacher: list[list[int]] | None = None, check_eager: bool = False) -> InferRun:
     """Build the static engine for ``plan``, serve its job once, free the pool."""
-    engine = StaticDecodeEngine(plan, device=device, seed=seed, dtype=dtype, check_memory=check_memory)
+    engine = StaticDecodeEngine(plan, device=device, seed=seed, dtype=dtype, check_memory=check_memory,
+                                graphs=graphs)
     try:
-        return engine.run(keep_logits=keep_logits)
+        return engine.run(keep_logits=keep_logits, teacher=teacher, check_eager=check_eager)
     finally:
         engine.close()
 
 
 def run_plan(plan: Plan, *, device: Any, seed: int = 0, dtype: torch.dtype | None = None,
-             keep_logits: bool = False) -> InferRun:
+             keep_logits: bool = False, teacher: list[list[int]] | None = None,
+             check_eager: bool = False) -> InferRun:
     """Serve ``plan``'s job on the engine its job names (static or hf)."""
     job = infer_job(plan)
     if job.engine == "hf":
         from validate.infer_hf import run_hf
 
-        return run_hf(plan, device=device, seed=seed, dtype=dtype, keep_logits=keep_logits)
-    return run_static(plan, device=device, seed=seed, dtype=dtype, keep_logits=keep_logits)
+        return run_hf(plan, device=device, seed=seed, dtype=dtype, keep_logits=keep_logits, teacher=teacher)
+    return run_static(plan, device=device, seed=seed, dtype=dtype, keep_logits=keep_logits, teacher=teacher,
+                      check_eager=check_eager)
 

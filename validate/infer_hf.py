@@ -33,12 +33,14 @@ from kernels import timing
 from planners.plan import Plan
 from simulator.model import ModelSpec
 from validate.infer_executor import (
+    SDPA_BACKENDS,
     InferRun,
     infer_job,
     infer_spec,
     kv_torch_dtype,
     pin_peak_bytes,
     prompt_ids,
+    sdpa_backends,
 )
 from validate.model import ROPE_THETA, Decoder, init_parameter
 
@@ -135,10 +137,30 @@ class HFDecodeEngine:
         return DynamicCache(config=self.model.config)
 
     def _forward(self, ids: torch.Tensor, cache: Any, *, keep: int) -> torch.Tensor:
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=keep, **{self.cache_kwarg: cache})
+        with sdpa_backends(self.device):  # as the static engine's: no cuDNN plan per KV length
+            out = self.model(input_ids=ids, use_cache=True, logits_to_keep=keep, **{self.cache_kwarg: cache})
         return out.logits[:, -1, :].float()
 
-    def run(self, ids: torch.Tensor | None = None, *, keep_logits: bool = False) -> InferRun:
+    def teacher_forced(self, ids: torch.Tensor, teacher: list[list[int]]) -> list[torch.Tensor]:
+        """fp32 logits [B, V] of a fresh cache's prefill of ``ids`` and of each decode step fed
+        ``teacher``'s tokens ([B][gen_len + 1], a reference run's) instead of the argmax."""
+        job = self.job
+        forced = torch.tensor(teacher, dtype=torch.long, device=self.device)
+        if tuple(forced.shape) != (ids.shape[0], job.gen_len + 1):
+            raise UserInputError(f"teacher tokens: shape {tuple(forced.shape)}, the run's is "
+                                 f"({ids.shape[0]}, {job.gen_len + 1})")
+        chunk = job.prefill_chunk_len or job.prompt_len
+        cache = self.new_cache()
+        with torch.inference_mode():
+            for p0 in range(0, job.prompt_len, chunk):
+                lg = self._forward(ids[:, p0 : p0 + chunk], cache, keep=1)
+            kept = [lg.cpu()]
+            for step in range(job.gen_len):
+                kept.append(self._forward(forced[:, step : step + 1], cache, keep=1).cpu())
+        return kept
+
+    def run(self, ids: torch.Tensor | None = None, *, keep_logits: bool = False,
+            teacher: list[list[int]] | None = None) -> InferRun:
         job, dev = self.job, self.device
         if ids is None:
             ids = prompt_ids(self.spec, job, dev)
@@ -186,16 +208,22 @@ class HFDecodeEngine:
             contexts=contexts,
             host_pinned_bytes=pin_peak_bytes() if cuda else 0,
             setup_s=self.setup_s,
-            notes={"offloading": self.offloading, "cache_kwarg": self.cache_kwarg},
+            notes={"offloading": self.offloading, "cache_kwarg": self.cache_kwarg,
+                   "sdpa_backends": ",".join(SDPA_BACKENDS) if cuda else "torch's default"},
             logits=kept,
         )
         if cuda:
             run.peak_allocated_bytes = torch.cuda.max_memory_allocated(dev)
             run.peak_reserved_bytes = torch.cuda.max_memory_reserved(dev)
+        if teacher is not None:  # after the peaks: a second cache is no part of the measured run
+            del cache
+            run.teacher_logits = self.teacher_forced(ids, teacher)
         return run
 
 
 def run_hf(plan: Plan, *, device: Any, seed: int = 0, dtype: torch.dtype | None = None,
-           keep_logits: bool = False) -> InferRun:
-    """Build the HF engine for ``plan`` and serve its job once."""
-    return HFDecodeEngine(plan, device=device, seed=seed, dtype=dtype).run(keep_logits=keep_logits)
+           keep_logits: bool = False, teacher: list[list[int]] | None = None) -> InferRun:
+    """Build the HF engine for ``plan`` and serve its job once (``teacher``: then its prefill and
+    decode steps again, fed those tokens; ``InferRun.teacher_logits``)."""
+    return HFDecodeEngine(plan, device=device, seed=seed, dtype=dtype).run(keep_logits=keep_logits,
+                                                                           teacher=teacher)

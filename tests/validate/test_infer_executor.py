@@ -78,6 +78,31 @@ def test_weights_on_host_give_the_resident_logits(resident):
     assert run.h2d_bytes_per_step == 3 * layer_bytes + 2 * B * (P + G - 1) * K * D * 4
 
 
+def test_teacher_forcing_on_the_reference_tokens_gives_the_reference_logits(resident):
+    """Fed the resident run's own tokens, a KV-on-host run's re-decoded steps reproduce the
+    resident logits bitwise; fed other tokens, the steps after the first forced one change."""
+    plan = infer_plan(scenario(), kv_host=(0, 2))
+    run = run_static(plan, device="cpu", dtype=F32, teacher=resident.tokens)
+    assert len(run.teacher_logits) == G + 1
+    assert all(torch.equal(a, b) for a, b in zip(run.teacher_logits, resident.logits, strict=True))
+    other = [[(t + 1) % 100 for t in seq] for seq in resident.tokens]
+    moved = run_static(plan, device="cpu", dtype=F32, teacher=other)
+    assert torch.equal(moved.teacher_logits[0], resident.logits[0])  # the prefill: no token fed yet
+    assert not torch.equal(moved.teacher_logits[1], resident.logits[1])
+    with pytest.raises(UserInputError, match=r"^teacher tokens: shape \(1, 4\), the run's is \(2, 4\)$"):
+        run_static(plan, device="cpu", dtype=F32, teacher=resident.tokens[:1])
+
+
+def test_compare_logits_counts_argmax_flips_only_beyond_the_margin():
+    ref = [torch.tensor([[0.0, 1.0, 0.5], [0.0, 1.0, 0.95]])]  # margins 0.5 and 0.05
+    other = [torch.tensor([[0.0, 0.9, 1.0], [0.0, 1.0, 1.05]])]  # both argmaxes flip
+    got = infer_executor.compare_logits(ref, other, margin=0.125)
+    assert got["argmax_checked"] == 1 and got["argmax_mismatched"] == 1 and got["positions"] == 2
+    assert got["max_abs_logit_diff"] == pytest.approx(0.5) and got["bitwise_equal"] is False
+    same = infer_executor.compare_logits(ref, ref)
+    assert same["bitwise_equal"] is True and same["argmax_mismatched"] == 0 and same["max_abs_logit_diff"] == 0.0
+
+
 def test_chunked_prefill_equals_whole_prefill(resident):
     for chunk, host in ((5, ()), (4, (0, 1))):  # 5 does not divide the prompt; host KV fetches the prefix
         run = run_static(infer_plan(scenario(prefill_chunk_len=chunk), kv_host=host), device="cpu",
@@ -101,6 +126,8 @@ def test_hf_engine_equals_static_engine_on_the_same_weights(preset):
         hf = run_hf(infer_plan(hf_scenario(spec)), device="cpu", dtype=dtype, keep_logits=True)
         if dtype == F32:
             assert hf.tokens == ours.tokens
+            forced = run_hf(infer_plan(hf_scenario(spec)), device="cpu", dtype=dtype, teacher=hf.tokens)
+            assert all(torch.equal(a, b) for a, b in zip(forced.teacher_logits, hf.logits, strict=True))
         for a, b in zip(hf.logits, ours.logits, strict=True):
             torch.testing.assert_close(a, b, rtol=tol, atol=tol)
 
@@ -181,6 +208,10 @@ def test_bench_runner_writes_a_valid_record_file(tmp_path):
     for mode in ("plan", "kv_host"):
         r = by_mode[mode]
         assert r.status == "ok" and r.tokens_equal_resident is True and r.engine == "static"
+        tf = r.teacher_forced or {}
+        assert tf["bitwise_equal"] is True and tf["positions"] == B * (G + 1)
+        assert tf["argmax_mismatched"] == 0 and tf["max_abs_logit_diff"] == 0.0
+        assert len(r.decode_issue_times_s or []) == G and r.decode_issue_time_s is not None
         assert r.plan == f"tiny-{mode}.json" and r.plan_sha256 == infer_bench.sha256_of(plans / r.plan)
         assert len(r.decode_step_times_s or []) == G and r.contexts == [infer_bench.SMOKE_PROMPT_LEN + i for i in range(G)]
     assert by_mode["hf_resident"].status == "ok" and by_mode["hf_resident"].engine == "hf"
