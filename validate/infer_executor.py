@@ -275,7 +275,10 @@ class StaticDecodeEngine:
         self.kv_lookahead = min(plan.prefetch_lookahead_layers, max(self.num_staging - 1, 0))
         self.w_lookahead = [lp.model_states.params_prefetch_layers for lp in plan.layers]
         host_w = [k for k, h in zip(self.w_lookahead, self.w_host, strict=True) if h]
-        self.num_wbufs = 1 + max(host_w) if host_w else 0
+        # the plan's rotating buffers, one layer's weights each (the replay's count); a fetch
+        # waits until the layer that last used its buffer has been issued (_issue)
+        self.num_wbufs = plan.num_staging_buffers if host_w else 0
+        self.w_layers = [i for i, h in enumerate(self.w_host) if h]
         self.streams = _Streams(self.device)
 
         model = Decoder(spec, device="meta", dtype=self.dtype)
@@ -435,6 +438,10 @@ class StaticDecodeEngine:
                 ahead = self.w_lookahead[layer] if kind == "w" else self.kv_lookahead
                 if layer - ahead > upto_layer:
                     break
+                if kind == "w":
+                    k = self._ordinal[(kind, layer)]
+                    if k >= self.num_wbufs and self.w_layers[k - self.num_wbufs] >= upto_layer:
+                        break  # its buffer's last user is not issued yet
                 queue.pop(0)
                 self._fetch(kind, layer, self._ordinal[(kind, layer)], b0, b1, p0)
 
