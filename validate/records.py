@@ -308,6 +308,8 @@ class HostOverheadFile(RecordFile):
     """Per graph size: host_s and wall_s per replay."""
     copies: list[dict[str, Scalar]]
     """Pinned copies: one copy per size and direction, 64 MiB chunks back to back, .to("cpu") blocks."""
+    prefill: list[dict[str, Scalar]] = Field(default_factory=list)
+    """Per engine: one 32K prefill pass of 2 layers at 8B width, GPU seconds of its largest kernels."""
     fit: dict[str, dict[str, float]]
     """Per engine and form: fixed_s + per_layer_s * layers (hwmodels.host_overhead.fit_line), per_op_s."""
 

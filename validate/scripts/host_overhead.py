@@ -24,7 +24,9 @@ is bound by the host. Five parts, each in one process on one GPU:
     side stream while as many D2H chunks run on the default stream (DynamicCache offloading's
     two directions at once), and ``.to("cpu",
     non_blocking=True)`` of a 128 MiB tensor the first time (a new pinned block: cudaHostAlloc)
-    and again after its block was freed (the caching host allocator's reuse).
+    and again after its block was freed (the caching host allocator's reuse);
+  * ``prefill``: one 32K-token prefill pass of a 2-layer model of Llama-3.1-8B's width on each
+    engine under torch.profiler: GPU seconds per kernel name (the 25 largest) and the wall time.
 ``fit`` per engine and form: host seconds per decode step = ``fixed_s + per_layer_s * layers``
 (least squares over the tiny-width layer counts, ``hwmodels.host_overhead.fit_line``), and
 ``per_op_s`` = per_layer_s / aten ops per layer.
@@ -225,6 +227,54 @@ def static_decode_records(device: torch.device, *, steps: int, layers: Sequence[
     return rows
 
 
+def prefill_profiles(device: torch.device, *, prompt_len: int, tiny: bool) -> list[dict[str, Any]]:
+    """One prefill of a 2-layer model of Llama-3.1-8B's width per engine under torch.profiler:
+    the GPU time of each kernel name (summed), the pass's wall time before and under the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from validate.infer_executor import StaticDecodeEngine, prompt_ids
+    from validate.infer_hf import HFDecodeEngine
+
+    rows = []
+    spec = _spec(2, tiny=tiny)
+    for engine in ("hf", "static"):
+        plan = _plan(spec, engine=engine, kv_host=False, gen_len=1)
+        job = plan.scenario.job.model_copy(update={"prompt_len": prompt_len})
+        plan = plan.model_copy(update={"scenario": plan.scenario.with_overrides(job=job)})
+        eng: Any = HFDecodeEngine(plan, device=device) if engine == "hf" else StaticDecodeEngine(plan, device=device)
+        ids = prompt_ids(eng.spec, eng.job, device)
+
+        def once(eng: Any = eng, ids: torch.Tensor = ids, engine: str = engine) -> None:
+            if engine == "hf":
+                eng._forward(ids, eng.new_cache(), keep=1)
+            else:
+                eng._pass(ids, 0, 1, 0)
+
+        with torch.inference_mode():
+            once()
+            wall = _timed(once, device)
+            cuda = device.type == "cuda"
+            with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+                once()
+                sync(device)
+        by_name: dict[str, float] = {}
+        kind = torch.autograd.DeviceType.CUDA if cuda else torch.autograd.DeviceType.CPU
+        for e in prof.events():
+            if e.device_type == kind:
+                t = e.device_time_total if cuda else e.self_cpu_time_total
+                by_name[e.name] = by_name.get(e.name, 0.0) + t * 1e-6
+        top = sorted(by_name.items(), key=lambda kv: -kv[1])[:25]
+        rows.append({"engine": engine, "num_layers": 2, "prompt_len": prompt_len, "wall_s": wall,
+                     "kernel_s": sum(by_name.values()),
+                     **{f"kernel {i:02d}": f"{t:.6f} s {name[:160]}" for i, (name, t) in enumerate(top)}})
+        if engine == "static":
+            eng.close()
+        del eng
+        if cuda:
+            torch.cuda.empty_cache()
+    return rows
+
+
 # ---- graphs and copies -----------------------------------------------------------------------------
 
 
@@ -386,12 +436,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     static = static_decode_records(device, steps=steps, layers=tiny, kv_host=False)
     static += static_decode_records(device, steps=steps, layers=tiny, kv_host=True)
     graphs = graph_records(device, replays=2000)
+    prefill = prefill_profiles(device, prompt_len=64 if smoke else 32768, tiny=smoke)
     copies = copy_records(device, sizes_mib=COPY_MIB, chunk_mib=64, num_chunks=64)
     elapsed = round(time.perf_counter() - t0, 1)
     out = HostOverheadFile.model_validate({"provenance": prov, "smoke": smoke, "elapsed_s": elapsed,
                                            "dispatch": dispatch,
                                            "hf_decode": hf, "static_decode": static, "graphs": graphs,
-                                           "copies": copies, "fit": fits(hf, static)})
+                                           "copies": copies, "prefill": prefill,
+                                           "fit": fits(hf, static)})
     Path(args.out).write_text(out.to_json())
     for name, fit in out.fit.items():
         print(f"{name:16s} " + "  ".join(f"{k} {v:.4g}" for k, v in fit.items()))
