@@ -49,6 +49,9 @@ class EagerHostCosts:
     hf_resident: EngineHostCost
     hf_offloaded: EngineHostCost
     static_eager: EngineHostCost
+    static_graphs: EngineHostCost
+    """The static engine's decode step through CUDA graphs: per layer two graph replays, the eager
+    attention (slices, SDPA, a copy into the next graph's input) and the copies' events."""
     graph_launch_s: float
     source: str
 
@@ -57,6 +60,7 @@ H200_HOST = EagerHostCosts(
     hf_resident=EngineHostCost(fixed_s=0.6e-3, per_layer_s=1.68e-3),
     hf_offloaded=EngineHostCost(fixed_s=0.6e-3, per_layer_s=1.80e-3),
     static_eager=EngineHostCost(fixed_s=0.4e-3, per_layer_s=1.54e-3),
+    static_graphs=EngineHostCost(fixed_s=2 * 10e-6 + 50e-6, per_layer_s=2 * 10e-6 + 6 * 12e-6),
     graph_launch_s=10e-6,
     source="fitted on the Llama-3.1-8B 32K batch-1 decode steps of infer-smoke (H200, 2026-12-03): "
            "hf resident 54.47 ms, static resident 49.67 ms over 32 layers",

@@ -140,12 +140,32 @@ def _field(record: Any, name: str) -> Any:
     return getattr(record, name, None)
 
 
-def repredict(plan_path: str | Path, record: Any = None, *, skip_steps: int = 2) -> dict[str, Any]:
+def _middle(values: list[int]) -> list[int]:
+    """The one or two middle values of a sorted list (those its median is made of)."""
+    n = len(values)
+    return [] if not n else values[(n - 1) // 2 : n // 2 + 1]
+
+
+def record_graphs(record: Any) -> bool | None:
+    """Whether a measurement's static engine ran its decode steps through CUDA graphs: its
+    ``engine_notes["cuda_graphs"]``; records of the engine before graphs lack it (eager: False);
+    None without a record (the engine's default)."""
+    if record is None:
+        return None
+    notes = _field(record, "engine_notes") or {}
+    return bool(notes.get("cuda_graphs", False))
+
+
+def repredict(plan_path: str | Path, record: Any = None, *, skip_steps: int = 2, all_steps: bool = True
+              ) -> dict[str, Any]:
     """The plan's prediction with today's cost model: prefill time, the decode step time at
     each context of ``record`` (a measurement record or mapping with ``contexts``: the KV length
     at each decode step; default: the plan's mean context), their median over the steps after
     the first ``skip_steps`` (what the measurement's ``decode_step_time_s`` is the median of),
-    and the per-tier peaks."""
+    and the per-tier peaks; the static engine's decode issued as the record says it ran
+    (``record_graphs``). ``all_steps`` False: only the contexts the median is made of are
+    replayed (a decode step's time does not fall as its context grows), ``decode_step_times_s``
+    is then empty."""
     from planners.infer import replay_plan
     from planners.plan import load_plan
 
@@ -153,12 +173,15 @@ def repredict(plan_path: str | Path, record: Any = None, *, skip_steps: int = 2)
     if plan.scenario.job.mode != "infer":
         raise UserInputError(f"{plan_path}: not an inference plan")
     contexts = list(_field(record, "contexts") or []) if record is not None else []
-    base = replay_plan(plan)
-    by_ctx: dict[int, float] = {}
-    for ctx in sorted(set(int(c) for c in contexts)):
-        by_ctx[ctx] = replay_plan(plan, context_len=ctx).decode_step_time_s
-    steps = [by_ctx[int(c)] for c in contexts]
-    tail = steps[skip_steps:] or steps
+    graphs = record_graphs(record)
+    base = replay_plan(plan, graphs=graphs)
+    ints = [int(c) for c in contexts]
+    tail_ctx = ints[skip_steps:] or ints
+    wanted = set(ints) if all_steps else set(_middle(sorted(tail_ctx)))
+    by_ctx = {ctx: replay_plan(plan, context_len=ctx, graphs=graphs, decode_only=True).decode_step_time_s
+              for ctx in sorted(wanted)}
+    steps = [by_ctx[c] for c in ints] if all_steps else []
+    tail = [by_ctx[c] for c in tail_ctx] if all_steps else [by_ctx[c] for c in _middle(sorted(tail_ctx))]
     return {
         "prefill_time_s": base.prefill_time_s,
         "decode_step_time_s": statistics.median(tail) if tail else base.decode_step_time_s,
@@ -169,3 +192,83 @@ def repredict(plan_path: str | Path, record: Any = None, *, skip_steps: int = 2)
         "host_pinned_bytes": base.tier_peak_bytes.get("host", 0),
         "feasible": base.feasible,
     }
+
+
+# ---- predicted against measured ------------------------------------------------------------------
+
+TIME_BAND = 0.10
+"""Decode step and prefill times: re-predicted within 10% of the measured."""
+HBM_BAND = 0.03
+"""Peak allocated HBM: re-predicted within 3% of the measured."""
+COMPARED = (("prefill_time_s", "prefill_time_s", TIME_BAND), ("decode_step_time_s", "decode_step_time_s", TIME_BAND),
+            ("peak_allocated_bytes", "peak_allocated_bytes", HBM_BAND))
+"""(measured field, re-predicted field, band) of each compared figure."""
+
+
+def compare_record(record: Any, plans_dir: str | Path) -> dict[str, Any]:
+    """One measured record against ``repredict`` of its plan (in ``plans_dir``): per compared
+    figure the measured and predicted values and the relative error (predicted / measured - 1),
+    and whether it is inside its band. Records that did not run (refused, out of memory) carry
+    their status only."""
+    row: dict[str, Any] = {"cell": _field(record, "cell"), "mode": _field(record, "mode"),
+                           "engine": _field(record, "engine"), "status": _field(record, "status"),
+                           "cuda_graphs": bool(record_graphs(record))}
+    if row["status"] != "ok" or not _field(record, "plan"):
+        return row
+    pred = repredict(Path(plans_dir) / str(_field(record, "plan")), record, all_steps=False)
+    for measured_key, pred_key, band in COMPARED:
+        m, p = _field(record, measured_key), pred[pred_key]
+        err = (p / m - 1.0) if m else None
+        row[measured_key] = {"measured": m, "predicted": p, "rel_error": err,
+                             "within": err is not None and abs(err) <= band, "band": band}
+    m = _field(record, "host_pinned_bytes")
+    if m:
+        p = pred["host_pinned_bytes"]
+        row["host_pinned_bytes"] = {"measured": m, "predicted": p, "rel_error": p / m - 1.0}
+    return row
+
+
+def comparison_rows(paths: list[str | Path], *, plans_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """``compare_record`` of every record of inference measurement files (their own plans
+    directory unless ``plans_dir``)."""
+    from pydantic import ValidationError
+
+    from hwmodels.userfile import read_user_json
+    from validate.records import InferBenchFile
+
+    rows = []
+    for path in paths:
+        try:
+            data = InferBenchFile.model_validate(read_user_json(path))
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "file"
+            raise UserInputError(f"{path}: {where}: {first['msg']}") from None
+        where = Path(plans_dir) if plans_dir is not None else REPO / data.plans_dir
+        for rec in data.records:
+            rows.append({"file": Path(path).name, **compare_record(rec, where)})
+    return rows
+
+
+def format_comparison(rows: list[dict[str, Any]]) -> list[str]:
+    """A table of comparison rows: per figure measured, predicted and the error (* outside band)."""
+    def cell(row: dict[str, Any], key: str, scale: float, unit: str) -> str:
+        c = row.get(key)
+        if not c:
+            return "-"
+        mark = "" if c.get("within", True) else " *"
+        return (f"{c['measured'] / scale:.4g}{unit} / {c['predicted'] / scale:.4g}{unit} "
+                f"({c['rel_error'] * 100:+.1f}%){mark}")
+
+    head = f"{'cell':24s} {'mode':13s} {'graphs':6s} {'prefill meas/pred':30s} {'decode step meas/pred':32s} " \
+           f"{'HBM alloc meas/pred':32s} pinned meas/pred"
+    out = [head]
+    for r in rows:
+        if r.get("status") != "ok":
+            out.append(f"{r['cell']!s:24s} {r['mode']!s:13s} {r['status']}")
+            continue
+        out.append(f"{r['cell']:24s} {r['mode']:13s} {'yes' if r['cuda_graphs'] else 'no':6s} "
+                   f"{cell(r, 'prefill_time_s', 1, ' s'):30s} {cell(r, 'decode_step_time_s', 1e-3, ' ms'):32s} "
+                   f"{cell(r, 'peak_allocated_bytes', 2**30, ' GiB'):32s} {cell(r, 'host_pinned_bytes', 2**30, ' GiB')}")
+    out.append(f"* outside its band (times {TIME_BAND:.0%}, allocated HBM {HBM_BAND:.0%})")
+    return out

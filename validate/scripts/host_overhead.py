@@ -196,7 +196,7 @@ def hf_decode_records(device: torch.device, *, steps: int, layers: Sequence[int]
                 wall.append(time.perf_counter() - t0)
             holder = [tok]
 
-            def one_step(holder: list = holder) -> None:
+            def one_step(holder: list = holder, eng: Any = eng, cache: Any = cache) -> None:
                 holder[0] = eng._forward(holder[0][:, None], cache, keep=1).argmax(-1)
 
             num_ops = _aten_ops(one_step)
@@ -205,8 +205,6 @@ def hf_decode_records(device: torch.device, *, steps: int, layers: Sequence[int]
                      "num_layers": n, "context_len": PROMPT_LEN + steps, "host_s": _median_tail(host),
                      "wall_s": _median_tail(wall), "num_aten_ops": num_ops, "num_kernels": num_kernels,
                      "wall_steps_s": wall})
-        del eng, cache
-        torch.cuda.empty_cache() if device.type == "cuda" else None
     return rows
 
 
@@ -320,63 +318,77 @@ def _timed(fn: Callable[[], Any], device: torch.device, repeats: int = 3) -> flo
     return statistics.median(out)
 
 
-def copy_records(device: torch.device, *, sizes_mib: Sequence[int], chunk_mib: int, num_chunks: int
-                 ) -> list[dict[str, Any]]:
-    if device.type != "cuda":
-        return []
+def _one_copy(device: torch.device, n: int) -> list[dict[str, Any]]:
+    host = torch.empty(n, dtype=torch.uint8, pin_memory=True)
+    dev = torch.empty(n, dtype=torch.uint8, device=device)
     rows = []
-    for mib in sizes_mib:
-        n = mib * MiB
-        host = torch.empty(n, dtype=torch.uint8, pin_memory=True)
-        dev = torch.empty(n, dtype=torch.uint8, device=device)
-        for direction, fn in (("h2d", lambda: dev.copy_(host, non_blocking=True)),
-                              ("d2h", lambda: host.copy_(dev, non_blocking=True))):
-            fn()
-            t = _timed(fn, device)
-            rows.append({"what": "one_copy", "direction": direction, "bytes": n, "s": t, "bytes_per_s": n / t})
-        del host, dev
-    n = chunk_mib * MiB
+    for direction, src, dst in (("h2d", host, dev), ("d2h", dev, host)):
+        def fn(src: torch.Tensor = src, dst: torch.Tensor = dst) -> None:
+            dst.copy_(src, non_blocking=True)
+
+        fn()
+        t = _timed(fn, device)
+        rows.append({"what": "one_copy", "direction": direction, "bytes": n, "s": t, "bytes_per_s": n / t})
+    return rows
+
+
+def _chunks(device: torch.device, n: int, num_chunks: int) -> list[dict[str, Any]]:
     host = torch.empty(n * num_chunks, dtype=torch.uint8, pin_memory=True)
+    back = torch.empty(n * num_chunks, dtype=torch.uint8, pin_memory=True)
     dev = torch.empty(2, n, dtype=torch.uint8, device=device)
+    src = torch.empty(n, dtype=torch.uint8, device=device)
     side = torch.cuda.Stream()
 
-    def chunks() -> None:
+    def h2d() -> None:
         with torch.cuda.stream(side):
             for i in range(num_chunks):
                 dev[i % 2].copy_(host[i * n : (i + 1) * n], non_blocking=True)
+
+    def chunks() -> None:
+        h2d()
         torch.cuda.current_stream().wait_stream(side)
 
-    chunks()
-    t = _timed(chunks, device)
-    rows.append({"what": "chunks_side_stream", "direction": "h2d", "bytes": n * num_chunks, "chunk_bytes": n,
-                 "s": t, "bytes_per_s": n * num_chunks / t})
-    back = torch.empty(n * num_chunks, dtype=torch.uint8, pin_memory=True)
-    src = torch.empty(n, dtype=torch.uint8, device=device)
-
     def both() -> None:  # H2D chunks on a side stream while D2H chunks run on the default stream
-        with torch.cuda.stream(side):
-            for i in range(num_chunks):
-                dev[i % 2].copy_(host[i * n : (i + 1) * n], non_blocking=True)
+        h2d()
         for i in range(num_chunks):
             back[i * n : (i + 1) * n].copy_(src, non_blocking=True)
         torch.cuda.current_stream().wait_stream(side)
 
-    both()
-    t = _timed(both, device)
-    rows.append({"what": "chunks_both_ways", "direction": "both", "bytes": 2 * n * num_chunks, "chunk_bytes": n,
-                 "s": t, "bytes_per_s": 2 * n * num_chunks / t})
-    del host, dev, back, src
-    # .to("cpu", non_blocking=True): a fresh pinned block, then the same size again after a free
-    src = torch.empty(128 * MiB + 4096, dtype=torch.uint8, device=device)
+    rows = []
+    for what, fn, direction, total in (("chunks_side_stream", chunks, "h2d", n * num_chunks),
+                                       ("chunks_both_ways", both, "both", 2 * n * num_chunks)):
+        fn()
+        t = _timed(fn, device)
+        rows.append({"what": what, "direction": direction, "bytes": total, "chunk_bytes": n, "s": t,
+                     "bytes_per_s": total / t})
+    return rows
+
+
+def _to_cpu_blocks(device: torch.device, n: int) -> list[dict[str, Any]]:
+    """``.to("cpu", non_blocking=True)``: a fresh pinned block, then the same size after a free."""
+    src = torch.empty(n, dtype=torch.uint8, device=device)
+    rows = []
     for what in ("to_cpu_new_block", "to_cpu_reused_block"):
         sync(device)
         t0 = time.perf_counter()
         out = src.to("cpu", non_blocking=True)
         host_s = time.perf_counter() - t0
         sync(device)
-        rows.append({"what": what, "direction": "d2h", "bytes": src.numel(), "host_s": host_s,
+        rows.append({"what": what, "direction": "d2h", "bytes": n, "host_s": host_s,
                      "s": time.perf_counter() - t0, "pinned": bool(out.is_pinned())})
-        del out
+        out = None  # noqa: F841  # its block goes back to the caching host allocator
+    return rows
+
+
+def copy_records(device: torch.device, *, sizes_mib: Sequence[int], chunk_mib: int, num_chunks: int
+                 ) -> list[dict[str, Any]]:
+    if device.type != "cuda":
+        return []
+    rows = []
+    for mib in sizes_mib:
+        rows += _one_copy(device, mib * MiB)
+    rows += _chunks(device, chunk_mib * MiB, num_chunks)
+    rows += _to_cpu_blocks(device, 128 * MiB + 4096)
     return rows
 
 
