@@ -242,11 +242,11 @@ def comparison_rows(paths: list[str | Path], *, plans_dir: str | Path | None = N
             data = InferBenchFile.model_validate(read_user_json(path))
         except ValidationError as err:
             first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "file"
-            raise UserInputError(f"{path}: {where}: {first['msg']}") from None
-        where = Path(plans_dir) if plans_dir is not None else REPO / data.plans_dir
+            loc = ".".join(str(p) for p in first["loc"]) or "file"
+            raise UserInputError(f"{path}: {loc}: {first['msg']}") from None
+        plans = Path(plans_dir) if plans_dir is not None else REPO / data.plans_dir
         for rec in data.records:
-            rows.append({"file": Path(path).name, **compare_record(rec, where)})
+            rows.append({"file": Path(path).name, **compare_record(rec, plans)})
     return rows
 
 
