@@ -27,7 +27,9 @@ is bound by the host. Five parts, each in one process on one GPU:
     and again after its block was freed (the caching host allocator's reuse);
   * ``prefill``: one 32K-token prefill pass of a 2-layer model of Llama-3.1-8B's width on each
     engine under torch.profiler: GPU seconds per kernel name (the 25 largest) and the wall time.
-``fit`` per engine and form: host seconds per decode step = ``fixed_s + per_layer_s * layers``
+Each decode and prefill part runs twice, SDPA kept off cuDNN attention as the engines run it
+(``no_cudnn``) and with torch's default order (``default``: cuDNN first, a plan per KV length).
+``fit`` per engine, form and SDPA mode (``.cudnn``: default): host seconds per decode step = ``fixed_s + per_layer_s * layers``
 (least squares over the tiny-width layer counts, ``hwmodels.host_overhead.fit_line``), and
 ``per_op_s`` = per_layer_s / aten ops per layer.
 Assumes: torch with CUDA, transformers installed (``--smoke``: the CPU, fewer steps and calls,
@@ -86,6 +88,22 @@ def _plan(spec: Any, *, engine: str, kv_host: bool, gen_len: int) -> Any:
     job = InferJob(prompt_len=PROMPT_LEN, gen_len=gen_len, batch=1, engine=engine)
     sc = Scenario.build(spec, job, load_node("1xH200"))
     return infer_plan(sc, kv_host=range(spec.num_layers) if kv_host else ())
+
+
+SDPA_MODES = ("no_cudnn", "default")
+"""How SDPA picks its kernel in a part: ``no_cudnn`` as the engines run it since they keep SDPA
+off cuDNN attention (flash, memory-efficient, math: cuDNN built a plan per new KV length, ~36 ms
+of host time per decode step at 32K), ``default`` torch's own order (cuDNN first on the H200)."""
+
+
+def _sdpa(mode: str, device: torch.device) -> Any:
+    import contextlib
+
+    if mode == "default" or device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def _median_tail(values: Sequence[float]) -> float:
@@ -398,12 +416,17 @@ def copy_records(device: torch.device, *, sizes_mib: Sequence[int], chunk_mib: i
 def fits(hf_rows: list[dict[str, Any]], static_rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Host seconds per decode step against the layer count, per engine and form (tiny width)."""
     out: dict[str, dict[str, float]] = {}
-    groups: list[tuple[str, list[dict[str, Any]], str]] = [
-        ("hf_resident", [r for r in hf_rows if r["width"] == "tiny" and not r["offloading"]], "host_s"),
-        ("hf_offloaded", [r for r in hf_rows if r["width"] == "tiny" and r["offloading"]], "host_s"),
-        ("static_resident", [r for r in static_rows if not r["kv_host"]], "wall_s"),
-        ("static_kv_host", [r for r in static_rows if r["kv_host"]], "wall_s"),
-    ]
+    groups: list[tuple[str, list[dict[str, Any]], str]] = []
+    for mode in SDPA_MODES:
+        tag = "" if mode == "no_cudnn" else ".cudnn"
+        hf_m = [r for r in hf_rows if r["sdpa"] == mode and r["width"] == "tiny"]
+        st_m = [r for r in static_rows if r["sdpa"] == mode]
+        groups += [
+            (f"hf_resident{tag}", [r for r in hf_m if not r["offloading"]], "host_s"),
+            (f"hf_offloaded{tag}", [r for r in hf_m if r["offloading"]], "host_s"),
+            (f"static_resident{tag}", [r for r in st_m if not r["kv_host"]], "wall_s"),
+            (f"static_kv_host{tag}", [r for r in st_m if r["kv_host"]], "wall_s"),
+        ]
     for name, rows, key in groups:
         if len(rows) < 2:
             continue
@@ -441,14 +464,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     dispatch = dispatch_records(device, calls=50 if smoke else 3000)
     tiny = TINY_LAYERS[:3] if smoke else TINY_LAYERS
-    hf = hf_decode_records(device, steps=steps, layers=tiny, tiny=True, offloading=False)
-    if device.type == "cuda":
-        hf += hf_decode_records(device, steps=steps, layers=tiny, tiny=True, offloading=True)
-        hf += hf_decode_records(device, steps=steps, layers=WIDE_LAYERS, tiny=False, offloading=False)
-    static = static_decode_records(device, steps=steps, layers=tiny, kv_host=False)
-    static += static_decode_records(device, steps=steps, layers=tiny, kv_host=True)
+    hf: list[dict[str, Any]] = []
+    static: list[dict[str, Any]] = []
+    prefill: list[dict[str, Any]] = []
+    for mode in SDPA_MODES if device.type == "cuda" else SDPA_MODES[:1]:
+        with _sdpa(mode, device):
+            part = hf_decode_records(device, steps=steps, layers=tiny, tiny=True, offloading=False)
+            if device.type == "cuda":
+                part += hf_decode_records(device, steps=steps, layers=tiny, tiny=True, offloading=True)
+                part += hf_decode_records(device, steps=steps, layers=WIDE_LAYERS, tiny=False, offloading=False)
+            hf += [{**r, "sdpa": mode} for r in part]
+            part = static_decode_records(device, steps=steps, layers=tiny, kv_host=False)
+            part += static_decode_records(device, steps=steps, layers=tiny, kv_host=True)
+            static += [{**r, "sdpa": mode} for r in part]
+            part = prefill_profiles(device, prompt_len=64 if smoke else 32768, tiny=smoke)
+            prefill += [{**r, "sdpa": mode} for r in part]
     graphs = graph_records(device, replays=2000)
-    prefill = prefill_profiles(device, prompt_len=64 if smoke else 32768, tiny=smoke)
     copies = copy_records(device, sizes_mib=COPY_MIB, chunk_mib=64, num_chunks=64)
     elapsed = round(time.perf_counter() - t0, 1)
     out = HostOverheadFile.model_validate({"provenance": prov, "smoke": smoke, "elapsed_s": elapsed,
