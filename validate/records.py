@@ -310,6 +310,8 @@ class HostOverheadFile(RecordFile):
     """Pinned copies: one copy per size and direction, 64 MiB chunks back to back, .to("cpu") blocks."""
     prefill: list[dict[str, Scalar]] = Field(default_factory=list)
     """Per engine: one 32K prefill pass of 2 layers at 8B width, GPU seconds of its largest kernels."""
+    decode_attention: list[dict[str, Scalar]] = Field(default_factory=list)
+    """Per (batch, context, KV layout): one decode SDPA call's seconds, queued, and its KV bytes rate."""
     fit: dict[str, dict[str, float]]
     """Per engine and form: fixed_s + per_layer_s * layers (hwmodels.host_overhead.fit_line), per_op_s."""
 

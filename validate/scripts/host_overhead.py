@@ -25,6 +25,8 @@ is bound by the host. Five parts, each in one process on one GPU:
     two directions at once), and ``.to("cpu",
     non_blocking=True)`` of a 128 MiB tensor the first time (a new pinned block: cudaHostAlloc)
     and again after its block was freed (the caching host allocator's reuse);
+  * ``decode_attention``: decode's SDPA (one query token, GQA 32/8, head_dim 128) at 8K, 32K,
+    128K keys and batch 1, 4, 8 in both engines' KV layouts, queued: the bytes rate of KV reads;
   * ``prefill``: one 32K-token prefill pass of a 2-layer model of Llama-3.1-8B's width on each
     engine under torch.profiler: GPU seconds per kernel name (the 25 largest) and the wall time.
 Each decode and prefill part runs twice, SDPA kept off cuDNN attention as the engines run it
@@ -291,6 +293,57 @@ def prefill_profiles(device: torch.device, *, prompt_len: int, tiny: bool) -> li
     return rows
 
 
+def decode_attention_records(device: torch.device, *, contexts: Sequence[int], batches: Sequence[int],
+                             reps: int) -> list[dict[str, Any]]:
+    """Decode attention as the engines call it (one query token, 32 heads over 8 kv heads of 128,
+    enable_gqa, SDPA kept off cuDNN), queued: ``reps`` calls between two CUDA events, K and V
+    rotated past the L2. Layouts: ``static`` (a [B, L, K, D] buffer read through a transpose),
+    ``hf`` (DynamicCache's contiguous [B, K, L, D])."""
+    rows: list[dict[str, Any]] = []
+    if device.type != "cuda":
+        contexts, batches, reps = contexts[:1], batches[:1], 2
+    bf = torch.bfloat16
+    with torch.inference_mode(), _sdpa("no_cudnn", device):
+        for b in batches:
+            for ctx in contexts:
+                kv_bytes = 2 * b * ctx * 8 * 128 * 2
+                sets = max(1, min(4, -(-(128 * MiB) // kv_bytes)))
+                q = torch.randn(b, 32, 1, 128, device=device, dtype=bf)
+                for layout in ("static", "hf"):
+                    if layout == "static":
+                        kv = [torch.randn(b, ctx, 8, 128, device=device, dtype=bf).transpose(1, 2)
+                              for _ in range(2 * sets)]
+                    else:
+                        kv = [torch.randn(b, 8, ctx, 128, device=device, dtype=bf) for _ in range(2 * sets)]
+
+                    def call(i: int, kv: list = kv, q: torch.Tensor = q, sets: int = sets) -> None:
+                        j = 2 * (i % sets)
+                        F.scaled_dot_product_attention(q, kv[j], kv[j + 1], enable_gqa=True)
+
+                    for i in range(3):
+                        call(i)
+                    sync(device)
+                    if device.type == "cuda":
+                        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                        start.record()
+                        for i in range(reps):
+                            call(i)
+                        end.record()
+                        end.synchronize()
+                        t = start.elapsed_time(end) / 1e3 / reps
+                    else:
+                        t0 = time.perf_counter()
+                        for i in range(reps):
+                            call(i)
+                        t = (time.perf_counter() - t0) / reps
+                    rows.append({"batch": b, "context_len": ctx, "layout": layout, "kv_bytes": kv_bytes,
+                                 "s": t, "bytes_per_s": kv_bytes / t})
+                    del kv
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    return rows
+
+
 # ---- graphs and copies -----------------------------------------------------------------------------
 
 
@@ -480,12 +533,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             part = prefill_profiles(device, prompt_len=64 if smoke else 32768, tiny=smoke)
             prefill += [{**r, "sdpa": mode} for r in part]
     graphs = graph_records(device, replays=2000)
+    attention = decode_attention_records(device, contexts=(8192, 32768, 131072), batches=(1, 4, 8), reps=50)
     copies = copy_records(device, sizes_mib=COPY_MIB, chunk_mib=64, num_chunks=64)
     elapsed = round(time.perf_counter() - t0, 1)
     out = HostOverheadFile.model_validate({"provenance": prov, "smoke": smoke, "elapsed_s": elapsed,
                                            "dispatch": dispatch,
                                            "hf_decode": hf, "static_decode": static, "graphs": graphs,
-                                           "copies": copies, "prefill": prefill,
+                                           "copies": copies, "prefill": prefill, "decode_attention": attention,
                                            "fit": fits(hf, static)})
     Path(args.out).write_text(out.to_json())
     for name, fit in out.fit.items():
