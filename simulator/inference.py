@@ -55,6 +55,14 @@ from hwmodels.units import UserInputError
 GPU_BACK_TO_BACK_KERNEL_S = 3.42e-6
 """Shortest GPU time of one eager kernel: back-to-back empty kernels on the H200
 (validate/measurements/h200/microbench-h200-2026-11-28.json, launch_overhead gpu_back_to_back)."""
+ENGINE_ATTENTION_OP_CLASS = "attention_fwd.flash"
+"""Prefill attention as both engines run it: SDPA kept off cuDNN attention
+(validate.infer_executor.SDPA_BACKENDS: flash first), timed by the profile's flash fit."""
+CUDA_GRAPHS_EXTRA_BYTES = 64 * 2**20
+"""HBM the static engine holds more with its decode graphs captured: measured 0.337 GB more
+allocated at the 32K batch-1 cell (graphed against eager, both placements), less the [T, q] copy
+of the refactored pass (0.268 GB): 64 MiB, taken as the cuBLAS workspaces of the capture stream
+(two handles of 32 MiB: assumed)."""
 STATIC_DECODE_GRAPHS = True
 """The static engine's decode step replays CUDA graphs around an eager attention
 (validate.infer_executor, graphs on by default); its prefill stays eager."""
@@ -146,8 +154,15 @@ def _kernel_gpu_s(op, node, dtype: str) -> float:
     from hwmodels.compute import kernel_fit
     from hwmodels.op_classes import FLOP_CLASSES
 
+    from hwmodels.host_overhead import decode_rates
+
     mem = kernel_fit("memory", dtype=dtype, node=node).bandwidth_bytes_per_s
     assert mem is not None  # memory fits are byte rates
+    rates = decode_rates(node)
+    if op.kind == "linear":
+        mem = rates.gemm_bytes_per_s
+    elif op.kind == "decode_attention":
+        mem = rates.attention_bytes_per_s
     t = op.hbm_bytes / mem
     if op.op_class in FLOP_CLASSES and op.executed_flops > 0:
         rate = kernel_fit(op.op_class, dtype=dtype, node=node).flops_per_s
@@ -279,20 +294,19 @@ def host_issue_s(ops, cost) -> list[float]:
     return [cost.fixed_s / other if op.layer is None else cost.per_layer_s / per_layer[op.layer] for op in ops]
 
 
-def engine_host_cost(node, engine: str, *, offloaded: bool = False, graphs: bool = False):
-    """The host cost of one eager pass (``EngineHostCost``) of ``engine`` on ``node``'s host:
-    HF resident or offloaded, the static engine eager, or its decode step through CUDA graphs
-    (per layer two graph replays and the eager attention, ``static_graphs``)."""
+def engine_host_cost(node, engine: str, *, offloaded: bool = False, graphs: bool = False,
+                     sdpa_cudnn: bool = False):
+    """The host cost of one pass (``hwmodels.host_overhead.EngineHostCost``) of ``engine`` on
+    ``node``'s host: HF resident or offloaded, the static engine eager, or its decode step through
+    CUDA graphs; ``sdpa_cudnn``: SDPA in torch's default order (cuDNN attention's plan per KV
+    length on the host) instead of kept off cuDNN as the engines run it."""
     from hwmodels.host_overhead import eager_host_costs
 
-    costs = eager_host_costs(node)
-    if engine == "hf":
-        return costs.hf_offloaded if offloaded else costs.hf_resident
-    return costs.static_graphs if graphs else costs.static_eager
+    return eager_host_costs(node).engine(engine, offloaded=offloaded, graphs=graphs, sdpa_cudnn=sdpa_cudnn)
 
 
 def decode_segments(model, job, node, *, context_len: int, batch: int, offloaded: bool = False,
-                    graphs: bool = STATIC_DECODE_GRAPHS) -> Segments:
+                    graphs: bool = STATIC_DECODE_GRAPHS, sdpa_cudnn: bool = False) -> Segments:
     """Compute of one decode step (``batch`` tokens, attention over ``context_len + 1`` keys):
     each kernel issued at the engine's host cost, run at its roofline (the HF engine's
     ``torch.cat`` of K and V is a task of its own)."""
@@ -301,32 +315,40 @@ def decode_segments(model, job, node, *, context_len: int, batch: int, offloaded
     wl = decode_workload(model, job, None, context_len=context_len + 1, batch=batch)
     ops = [op for op in wl.ops if _is_kernel(op)]
     gpu = [_kernel_gpu_s(op, node, job.param_dtype) for op in ops]
-    host = host_issue_s(ops, engine_host_cost(node, job.engine, offloaded=offloaded, graphs=graphs))
+    host = host_issue_s(ops, engine_host_cost(node, job.engine, offloaded=offloaded, graphs=graphs,
+                                              sdpa_cudnn=sdpa_cudnn))
     return _segments(ops, gpu, host, model.num_layers, sum(op.model_flops for op in wl.ops))
 
 
 def _prefill_pass(model, job, node, *, batch: int, prompt_len: int, past_len: int = 0,
-                  offloaded: bool = False) -> Segments:
+                  offloaded: bool = False, sdpa_cudnn: bool = False) -> Segments:
     """One prefill pass of ``prompt_len`` new tokens per sequence (after ``past_len`` cached
-    ones: a chunk), its ops timed by the node's profile and issued eagerly at the engine's host
-    cost."""
+    ones: a chunk), its ops timed by the node's profile (attention by the backend the engines
+    run: flash with SDPA kept off cuDNN, cuDNN's in torch's default order) and issued eagerly at
+    the engine's host cost."""
+    from hwmodels.compute import compute_time_s
     from simulator.templates import prefill_workload
 
     wl = prefill_workload(model, job, node, batch=batch, prompt_len=prompt_len)
     times = [float(op.time_s or 0.0) for op in wl.ops]
+    if not sdpa_cudnn:
+        variant = f"{ENGINE_ATTENTION_OP_CLASS}.d64" if model.head_dim <= 64 else ENGINE_ATTENTION_OP_CLASS
+        times = [compute_time_s(flops=op.executed_flops, hbm_bytes=op.hbm_bytes, op_class=variant,
+                                dtype=job.param_dtype, node=node) if op.kind == "sdpa" else t
+                 for op, t in zip(wl.ops, times, strict=True)]
     flops = sum(op.model_flops for op in wl.ops)
     if past_len:
-        from hwmodels.compute import compute_time_s
         from kernels.attention import attention_fwd_cost
 
         past = attention_fwd_cost(batch=batch, seq_len_q=prompt_len, seq_len_kv=past_len,
                                   num_heads=model.num_heads, num_kv_heads=model.num_kv_heads,
                                   head_dim=model.head_dim, causal=False, dtype=job.param_dtype)
-        extra = compute_time_s(flops=past.flops, hbm_bytes=past.hbm_bytes, op_class=past.op_class,
+        extra = compute_time_s(flops=past.flops, hbm_bytes=past.hbm_bytes,
+                               op_class=past.op_class if sdpa_cudnn else ENGINE_ATTENTION_OP_CLASS,
                                dtype=job.param_dtype, node=node)
         times = [t + extra if op.kind == "sdpa" else t for op, t in zip(wl.ops, times, strict=True)]
         flops += past.flops * model.num_layers
-    host = host_issue_s(wl.ops, engine_host_cost(node, job.engine, offloaded=offloaded))
+    host = host_issue_s(wl.ops, engine_host_cost(node, job.engine, offloaded=offloaded, sdpa_cudnn=sdpa_cudnn))
     return _segments(wl.ops, times, host, model.num_layers, flops)
 
 
@@ -343,16 +365,17 @@ def _activation_peak_bytes(wl) -> int:
 def static_prefill_activation_bytes(model, job, *, num_tokens: int) -> int:
     """HBM beyond weights and KV buffers at the peak of one static-engine prefill pass of
     ``num_tokens`` tokens of one sequence: inside a layer's MLP (validate.infer_executor
-    ``_pass`` and validate.model ``DecoderLayer._mlp``) the layer input x, its q, k, v and
-    attention output a (held by the pass until the next layer), the MLP's normed input, gate,
-    up, silu(gate), their product (all held until the MLP returns) and the down projection's
-    output; the rotary tables (final length) beside them. The norms' fp32 temporaries (two
-    [T, h] fp32) come earlier and are smaller than the MLP's four [T, f]."""
+    ``_pass`` / ``_post`` and validate.model ``DecoderLayer._mlp``) the layer input x, its q, k,
+    v and SDPA output (held by the pass until the next layer), the output's [T, q] reshaped copy
+    (held by ``_post``), the MLP's normed input, gate, up, silu(gate), their product (all held
+    until the MLP returns) and the down projection's output; the rotary tables (final length)
+    beside them. The norms' fp32 temporaries (two [T, h] fp32) come earlier and are smaller than
+    the MLP's four [T, f]. (The engine before its decode graphs held one [T, q] less.)"""
     from simulator.job import dtype_bytes
 
     e = dtype_bytes(job.param_dtype)
     h, f = model.hidden_size, model.intermediate_size
-    per_token = 3 * h + 2 * model.q_size + 2 * model.kv_size + 4 * f  # x, n, down out; q, a; k, v; 4 MLP
+    per_token = 3 * h + 3 * model.q_size + 2 * model.kv_size + 4 * f  # x, n, down out; q, a, a'; k, v; 4 MLP
     rope = 2 * (job.prompt_len + job.gen_len) * model.head_dim
     return int(e * (num_tokens * per_token + rope))
 
@@ -389,7 +412,8 @@ class StaticMemoryTerms:
         return fixed + self.fixed_prefill_bytes, fixed + self.fixed_decode_bytes
 
 
-def static_memory_terms(model, job, *, num_staging_buffers: int) -> StaticMemoryTerms:
+def static_memory_terms(model, job, *, num_staging_buffers: int, graphs: bool = STATIC_DECODE_GRAPHS
+                        ) -> StaticMemoryTerms:
     """`StaticMemoryTerms` of ``job``: prefill one sequence at a time (one chunk's activations),
     final-length KV buffers, ``num_staging_buffers`` staging and weight buffers."""
     from simulator.estimator import RUNTIME_WORKSPACE_BYTES
@@ -399,7 +423,7 @@ def static_memory_terms(model, job, *, num_staging_buffers: int) -> StaticMemory
     chunk = min(job.prefill_chunk_len or P, P)
     act_prefill = static_prefill_activation_bytes(model, job, num_tokens=chunk)
     act_decode = _activation_peak_bytes(decode_workload(model, job, context_len=P + G, batch=B)) if G else 0
-    other = other_weight_bytes(model, job) + RUNTIME_WORKSPACE_BYTES
+    other = other_weight_bytes(model, job) + RUNTIME_WORKSPACE_BYTES + (CUDA_GRAPHS_EXTRA_BYTES if graphs and G else 0)
     kv_final = kv_layer_bytes(model, job, num_tokens=P + G, batch=B)
     w = layer_weight_bytes(model, job)
     return StaticMemoryTerms(
@@ -637,11 +661,13 @@ def check_placement(model, job, node, placement: Placement) -> None:
 
 def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes: int, host_budget_bytes: int,
                      context_len: int | None = None, graphs: bool = STATIC_DECODE_GRAPHS,
-                     decode_only: bool = False) -> InferReplay:
+                     sdpa_cudnn: bool = False, decode_only: bool = False) -> InferReplay:
     """Replay ``placement`` of ``job`` on ``node``: prefill, one decode step at ``context_len``
     (default the job's mean decode context ``prompt_len + gen_len // 2``), peaks, feasibility.
     ``graphs``: the static engine issues its decode step through CUDA graphs (else eagerly).
-    ``decode_only``: the decode step alone (prefill and the whole generation's time left 0)."""
+    ``sdpa_cudnn``: SDPA in torch's default order (cuDNN attention), not kept off cuDNN as the
+    engines run it. ``decode_only``: the decode step alone (prefill and the whole generation's
+    time left 0)."""
     from hwmodels.compute import compute_time_s
     from simulator.estimator import RUNTIME_WORKSPACE_BYTES
     from simulator.templates import decode_workload, prefill_workload
@@ -669,7 +695,7 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
     if decode_only:
         pass
     elif hf:
-        pre_seg = _prefill_pass(model, job, node, batch=B, prompt_len=P, offloaded=offloaded)
+        pre_seg = _prefill_pass(model, job, node, batch=B, prompt_len=P, offloaded=offloaded, sdpa_cudnn=sdpa_cudnn)
         kv_prompt = kv_layer_bytes(model, job, num_tokens=P, batch=B)
         cat_s = compute_time_s(flops=0.0, hbm_bytes=2 * kv_prompt, op_class="hbm_copy",  # K and V: read + write
                                dtype=job.param_dtype,
@@ -682,7 +708,8 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
         seq_segs, seq_out, seq_in = [], [], []
         for start in range(0, P, chunk):
             n_tok = min(chunk, P - start)
-            seq_segs.append(_prefill_pass(model, job, node, batch=1, prompt_len=n_tok, past_len=start))
+            seq_segs.append(_prefill_pass(model, job, node, batch=1, prompt_len=n_tok, past_len=start,
+                                          sdpa_cudnn=sdpa_cudnn))
             seq_out.append(kv_layer_bytes(model, job, num_tokens=n_tok, batch=1))
             seq_in.append(kv_layer_bytes(model, job, num_tokens=start, batch=1))
         times = []
@@ -698,7 +725,8 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
     link = extra_blocks = 0
     dec_flops = 0.0
     if G:
-        seg = decode_segments(model, job, node, context_len=ctx, batch=B, offloaded=offloaded, graphs=graphs)
+        seg = decode_segments(model, job, node, context_len=ctx, batch=B, offloaded=offloaded, graphs=graphs,
+                              sdpa_cudnn=sdpa_cudnn)
         compute_s = seg.total_s
         b = _Builder(node)
         if hf:
@@ -721,7 +749,8 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
     mean_dec = dec_s
     if G and context_len is not None and context_len != P + G // 2 and not decode_only:
         mean_dec = replay_placement(model, job, node, placement, gpu_budget_bytes=gpu_budget_bytes,
-                                    host_budget_bytes=host_budget_bytes, graphs=graphs).decode_step_time_s
+                                    host_budget_bytes=host_budget_bytes, graphs=graphs,
+                                    sdpa_cudnn=sdpa_cudnn).decode_step_time_s
 
     # -- peaks
     resident_w = other_weight_bytes(model, job) + w_layer * (model.num_layers - len(stream_layers))
@@ -748,7 +777,7 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
         hbm_decode = resident_w + kv_hbm_decode + act_decode + RUNTIME_WORKSPACE_BYTES
         breakdown["kv_cache"] = max(kv_hbm_prefill, kv_hbm_decode)
     else:
-        terms = static_memory_terms(model, job, num_staging_buffers=num_buf)
+        terms = static_memory_terms(model, job, num_staging_buffers=num_buf, graphs=graphs)
         hbm_prefill, hbm_decode = terms.hbm_bytes(num_kv_off=len(off_layers), num_streamed=len(stream_layers),
                                                   num_layers=model.num_layers)
         breakdown.update(kv_cache=n_hbm_kv * kv_final, staging_buffers=terms.staging_bytes if off_layers else 0,

@@ -281,6 +281,19 @@ class InferRecord(RecordModel):
     """Why the all-resident reference did not run, where it did not."""
     engine_notes: dict[str, Scalar] | None = None
     """Engine facts: effective lookahead, buffer counts, buffer bytes, cache argument."""
+    decode_issue_times_s: list[float] | None = None
+    """Static engine, per decode step: the host's time to issue the step (its Python and
+    launches, before the synchronize that ends the step's timer)."""
+    decode_issue_time_s: float | None = Field(None, ge=0)
+    """Median of decode_issue_times_s after the first 2 (as decode_step_time_s)."""
+    warmup_s: float | None = Field(None, ge=0)
+    """Static engine: seconds of the warm-up before the timed prefill (engine_notes.warmup says
+    what it warms)."""
+    teacher_forced: dict[str, Scalar] | None = None
+    """The run's decode steps again fed the reference run's tokens (static modes: the
+    all-resident static run; hf_offloaded: hf_resident), its logits against the reference's:
+    max_abs_logit_diff, bitwise_equal, and argmax_mismatched of argmax_checked positions (those
+    where the reference's top-1 logit leads its top-2 by more than ``margin``) of ``positions``."""
 
 
 class InferBenchFile(RecordFile):
@@ -289,6 +302,29 @@ class InferBenchFile(RecordFile):
     plans_dir: str
     """The plans directory the index came from."""
     records: list[InferRecord]
+
+
+class InferSmokeFile(RecordFile):
+    """validate/scripts/infer_smoke.py: the engines' smoke runs, one record per run."""
+
+    h2d_bytes_per_s: float | None = Field(None, gt=0)
+    """One pinned 1 GiB host-to-device copy (median of 5); None without a GPU."""
+    teacher_margin: float = Field(gt=0)
+    """The teacher-forced check's margin (validate.infer_executor.TEACHER_MARGIN)."""
+    records: dict[str, InferRecord]
+
+
+class InferDiagFile(RecordFile):
+    """validate/scripts/infer_diag.py: copy rates and where two static placements' logits part."""
+
+    results: dict[str, Any]
+
+
+# ---- one-off probes (validate/scripts) ---------------------------------------------------------
+class ArenaReplayFile(RecordFile):
+    """arena_replay_probe.py: predicted against measured arena figures, per plan."""
+
+    plans: dict[str, dict[str, Scalar]]
 
 
 class HostOverheadFile(RecordFile):
@@ -314,13 +350,6 @@ class HostOverheadFile(RecordFile):
     """Per (batch, context, KV layout): one decode SDPA call's seconds, queued, and its KV bytes rate."""
     fit: dict[str, dict[str, float]]
     """Per engine and form: fixed_s + per_layer_s * layers (hwmodels.host_overhead.fit_line), per_op_s."""
-
-
-# ---- one-off probes (validate/scripts) ---------------------------------------------------------
-class ArenaReplayFile(RecordFile):
-    """arena_replay_probe.py: predicted against measured arena figures, per plan."""
-
-    plans: dict[str, dict[str, Scalar]]
 
 
 class SnapshotRecord(RecordModel):
@@ -387,12 +416,13 @@ _BY_PREFIX: tuple[tuple[str, type[RecordModel]], ...] = (
     ("steps-", StepsFile),
     ("bench-", BenchFile),
     ("infer-bench-", InferBenchFile),
-    ("infer-smoke-", InferBenchFile),
-    ("host-overhead-", HostOverheadFile),
+    ("infer-smoke-", InferSmokeFile),
+    ("infer-diag-", InferDiagFile),
     ("arena-replay-", ArenaReplayFile),
     ("snapshots-", SnapshotsFile),
     ("kernels-h200-2026-11-28-probe8-", KernelProfile),
     ("hf_configs", HfConfigsFile),
+    ("host-overhead-", HostOverheadFile),
     ("h200", ReferenceProbe),
 )
 

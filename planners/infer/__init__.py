@@ -101,9 +101,10 @@ def placement_of(plan: Any):
 
 
 def replay_plan(plan: Any, *, context_len: int | None = None, graphs: bool | None = None,
-                decode_only: bool = False):
+                sdpa_cudnn: bool = False, decode_only: bool = False):
     """Replay an inference plan with the scenario it embeds (`simulator.inference`); ``graphs``:
-    whether the static engine's decode step runs through CUDA graphs (None: the engine's default)."""
+    whether the static engine's decode step runs through CUDA graphs (None: the engine's default);
+    ``sdpa_cudnn``: SDPA in torch's default order rather than kept off cuDNN."""
     from simulator.inference import STATIC_DECODE_GRAPHS, replay_placement
 
     sc = plan.scenario
@@ -111,7 +112,8 @@ def replay_plan(plan: Any, *, context_len: int | None = None, graphs: bool | Non
         raise UserInputError("job.mode: replay_plan replays inference plans")
     return replay_placement(sc.model, sc.job, sc.node, placement_of(plan), gpu_budget_bytes=sc.gpu_budget_bytes,
                             host_budget_bytes=sc.host_budget_bytes, context_len=context_len,
-                            graphs=STATIC_DECODE_GRAPHS if graphs is None else graphs, decode_only=decode_only)
+                            graphs=STATIC_DECODE_GRAPHS if graphs is None else graphs, sdpa_cudnn=sdpa_cudnn,
+                            decode_only=decode_only)
 
 
 def spread(num_layers: int, counts: dict[str, int]) -> list[str]:

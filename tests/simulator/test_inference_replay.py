@@ -109,7 +109,7 @@ def test_fold_is_the_launch_pipeline():
 
 def test_eager_decode_at_batch_1_is_host_bound():
     """Llama-3.1-8B at 32K, batch 1: the HF engine's step is the host's issue time (its kernels
-    take ~6.6 ms of GPU time); the static engine through CUDA graphs is GPU bound."""
+    take ~8.7 ms of GPU time); the static engine through CUDA graphs is GPU bound."""
     from hwmodels.host_overhead import eager_host_costs
 
     model = get_model("llama-3.1-8b")
@@ -120,7 +120,7 @@ def test_eager_decode_at_batch_1_is_host_bound():
     assert host_s <= rep.decode_step_time_s <= host_s + 0.5e-3
     seg = decode_segments(model, InferJob(prompt_len=32768, gen_len=16), NODE, context_len=32776, batch=1)
     assert seg.total_s == pytest.approx(seg.gpu_s, rel=0.02)
-    assert seg.total_s < 0.2 * host_s
+    assert seg.total_s < 0.6 * host_s
 
 
 def test_batch1_decode_is_faster_on_h200_than_h100():
