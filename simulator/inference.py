@@ -15,35 +15,38 @@ drive) and its weights resident or streamed from one, for two decode engines:
   weight buffers (as many as the staging buffers, one layer's weights each) the same way.
 * ``hf`` (transformers ``DynamicCache``): every step grows each layer's K and V by
   ``torch.cat`` (reads the old cache, writes one token longer; the old and the new copy live
-  together for a moment). Its ``offloading=True`` form (transformers 5.x cache_utils.py,
-  ``DynamicCache.update``): before a layer's update the default stream waits for the prefetch
-  stream and the prefetch stream for the default stream, then layer l+1 is prefetched whole
-  (``.to(device, non_blocking=True)``) on the prefetch stream, the layer is concatenated, and
-  the whole grown layer is copied back to the host (``.to("cpu", non_blocking=True)``) on the
-  default stream, i.e. serialized with the compute. Both copies of every layer move every step.
-  A non-blocking copy to the CPU pins its destination (ATen ``_to_copy``: ``pin_out``), through
+  together for a moment). Its ``offloading=True`` form as transformers 5.17 does it
+  (cache_utils.py ``DynamicCache.update``): before a layer's update the default stream waits for
+  the prefetch stream, then layer l+1 is prefetched whole (``.to(device, non_blocking=True)``)
+  on the prefetch stream, which waits for nothing (5.2x added a wait for the default stream),
+  the layer is concatenated, and the whole grown layer is copied back to the host
+  (``.to("cpu", non_blocking=True)``) on the default stream, i.e. serialized with the compute.
+  A non-blocking copy to the CPU pins its destination (ATen ``_to_copy``: ``pin_out``) through
   PyTorch's caching host allocator, which rounds each block up to a power of two and keeps
-  freed blocks: the blocks of the prompt length and of the grown length both stay pinned.
+  freed blocks: the blocks of the prompt length and of the grown length both stay pinned, and a
+  block is reused only once its copy's event has completed (``HF_PINNED_EXTRA_BLOCKS_PER_LAYER``).
 
-Decode compute: a decode step runs ~30 small eager kernels per layer. Each kernel's GPU time
-is its roofline (HBM bytes over the achieved bandwidth, FLOPs over the achieved FLOP rate) but
-at least ``GPU_BACK_TO_BACK_KERNEL_S``; the host enqueues one kernel per
-``kernel_launch_overhead_s`` and the GPU cannot start a kernel before it is enqueued (CUDA
-launches are asynchronous: during a weight GEMM the host runs ahead). The eager composites the
-node's profile fitted on training shapes (16K-256K tokens) are not used for one decode token.
-The replay is a `simulator.des` schedule: compute segments per layer on the compute stream,
-copies on the H2D / D2H streams sharing the host link (and the both-ways ceiling) fluidly,
-dependencies for the lookahead and the buffer rotation; stalls appear when the link is slower
-than the compute.
+Execution: two streams in max-plus. The host issues every kernel at its engine's measured host
+cost (``hwmodels.host_overhead``: a layer's cost spread over its kernels; HF eager, HF offloaded,
+the static engine eager (its prefill) or through CUDA graphs (its decode step), with SDPA kept off
+cuDNN as the engines run it, or in torch's default order for older records); the GPU runs each
+kernel at its roofline (decode GEMVs and one-token attention at their measured rates, prefill ops
+by the node's profile, prefill attention at the flash fit) and no earlier than its issue.
+Kernels are folded into per-layer segments (``fold``: exact for a segment the copies do not
+interrupt); the DES schedule holds a host stream, the compute stream, and the copies on the H2D /
+D2H streams sharing the host link (and the both-ways ceiling) fluidly, with the lookahead and
+buffer rotation as dependencies; stalls appear when the link is slower than the compute.
 Assumes: one GPU, tp = cp = 1; the executor's buffers are allocated once (no fragmentation:
 expandable segments); the batch's sequences decode together; greedy sampling costs nothing.
-Ignores: Python overhead beyond kernel launches, the CPU side of the copies, NVMe file-system
-overhead, host page-cache effects.
+Ignores: the first steps' one-off costs (pinned blocks allocated, cuDNN plans: the measured
+median leaves out 2 steps), the CPU side of the copies beyond their issue, NVMe file-system
+overhead, host page-cache effects, host speed differences between machines.
 Source: transformers 5.x src/transformers/cache_utils.py (DynamicLayer.update,
 DynamicCache.update / prefetch / offload); PyTorch aten/src/ATen/native/TensorConversions.cpp
 (non-blocking device-to-CPU copies pin their output) and aten/src/ATen/core/CachingHostAllocator.h
 (power-of-two rounding); the launch figures of validate/measurements/h200/microbench-h200-2026-11-28.json
-(``launch_overhead``: host_enqueue 7.07 us, gpu_back_to_back 3.42 us).
+(``launch_overhead``: gpu_back_to_back 3.42 us); hwmodels/host_overhead.py's sources; the engines
+validate/infer_executor.py and validate/infer_hf.py.
 """
 
 from __future__ import annotations
@@ -55,6 +58,11 @@ from hwmodels.units import UserInputError
 GPU_BACK_TO_BACK_KERNEL_S = 3.42e-6
 """Shortest GPU time of one eager kernel: back-to-back empty kernels on the H200
 (validate/measurements/h200/microbench-h200-2026-11-28.json, launch_overhead gpu_back_to_back)."""
+HF_PINNED_EXTRA_BLOCKS_PER_LAYER = 1.0
+"""Pinned blocks of the grown K,V size the caching host allocator holds beyond one per tensor
+under DynamicCache offloading, per layer: a freed block is reusable only once its copy's event
+has completed, and the host asks again before that. Fitted on Llama-3.1-8B 32K batch 1 (30 extra
+blocks of 32 layers over 16 steps, in both smoke runs); the held-out 128K batch-1 run had 33."""
 ENGINE_ATTENTION_OP_CLASS = "attention_fwd.flash"
 """Prefill attention as both engines run it: SDPA kept off cuDNN attention
 (validate.infer_executor.SDPA_BACKENDS: flash first), timed by the profile's flash fit."""
@@ -152,9 +160,8 @@ def _kernel_gpu_s(op, node, dtype: str) -> float:
     """GPU time of one decode kernel: its roofline without fitted latencies, at least the
     back-to-back kernel time."""
     from hwmodels.compute import kernel_fit
-    from hwmodels.op_classes import FLOP_CLASSES
-
     from hwmodels.host_overhead import decode_rates
+    from hwmodels.op_classes import FLOP_CLASSES
 
     mem = kernel_fit("memory", dtype=dtype, node=node).bandwidth_bytes_per_s
     assert mem is not None  # memory fits are byte rates
@@ -555,17 +562,8 @@ def _static_pass(b: _Builder, seg: Segments, placement: Placement, *, kv_fetch_b
     return _Pass(embed, pre, post, head, host)
 
 
-@dataclass
-class _HfStep:
-    """Task ids of an HF decode step: per layer the fetch (H2D) and the host task after which
-    the layer's grown K,V are allocated in pinned memory."""
-
-    fetch: dict[int, int]
-    alloc_host: list[int]
-
-
 def _hf_decode(b: _Builder, seg: Segments, *, offloaded: bool, kv_fetch_bytes: int, kv_back_bytes: int,
-               cat_s: float) -> _HfStep:
+               cat_s: float) -> None:
     """One HF DynamicCache decode step; offloaded as transformers 5.17's ``DynamicCache.update``
     does it: the default stream waits for the prefetch stream (layer l's fetch), layer l + 1 is
     prefetched whole on the prefetch stream as soon as the host gets there (5.17's prefetch
@@ -574,7 +572,6 @@ def _hf_decode(b: _Builder, seg: Segments, *, offloaded: bool, kv_fetch_bytes: i
     the previous step's last layer (it starts with the step here)."""
     n = len(seg.pre)
     fetch: dict[int, int] = {}
-    alloc: list[int] = []
     _, host = b.seg("embed", seg.embed)
     if offloaded:
         fetch[0] = b.copy("h2d kv 0", kv_fetch_bytes, "host", "h2d", layer=0)
@@ -584,25 +581,9 @@ def _hf_decode(b: _Builder, seg: Segments, *, offloaded: bool, kv_fetch_bytes: i
             fetch[i + 1] = b.copy(f"h2d kv {i + 1}", kv_fetch_bytes, "host", "h2d", deps=(host,), layer=i + 1)
         g, host = b.seg(f"layer {i} cat", Seg(cat_s), deps=(fetch.get(i),), layer=i)
         if offloaded:
-            alloc.append(host)
             b.copy(f"d2h kv {i}", kv_back_bytes, "host", "d2h", deps=(g, host), layer=i, stream="gpu0.compute")
         b.seg(f"layer {i} attention+mlp", seg.post[i], layer=i)
     b.seg("head", seg.head)
-    return _HfStep(fetch, alloc)
-
-
-def hf_extra_pinned_blocks(res, step: _HfStep) -> int:
-    """Pinned blocks of the grown K,V size beyond one per tensor that the caching host allocator
-    needs in a steady decode step: layer l's two new blocks are taken when the host offloads it;
-    a block freed by a prefetch (the layer's previous host copy) is reusable only once that
-    copy's H2D has run (its stream event), so blocks the host outruns the link by stay pinned."""
-    ends = [res.task_end_s[t] for _, t in sorted(step.fetch.items())]
-    extra = 0
-    for i, h in enumerate(step.alloc_host):
-        at = res.task_end_s[h]
-        done = sum(1 for e in ends[: i + 2] if e <= at)
-        extra = max(extra, 2 * (i + 1) - 2 * done)
-    return extra
 
 
 def _prefill_static(b: _Builder, segs: list[Segments], placement: Placement, *, kv_out_bytes: list[int],
@@ -722,7 +703,7 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
 
     # -- decode
     dec_s = stall_s = compute_s = 0.0
-    link = extra_blocks = 0
+    link = 0
     dec_flops = 0.0
     if G:
         seg = decode_segments(model, job, node, context_len=ctx, batch=B, offloaded=offloaded, graphs=graphs,
@@ -734,16 +715,13 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
             kv_ctx1 = kv_layer_bytes(model, job, num_tokens=ctx + 1, batch=B)
             cat_s = compute_time_s(flops=0.0, hbm_bytes=kv_ctx + kv_ctx1, op_class="hbm_copy",  # K and V
                                    dtype=job.param_dtype, node=node)
-            hf_step = _hf_decode(b, seg, offloaded=offloaded, kv_fetch_bytes=kv_ctx, kv_back_bytes=kv_ctx1,
-                                 cat_s=cat_s)
+            _hf_decode(b, seg, offloaded=offloaded, kv_fetch_bytes=kv_ctx, kv_back_bytes=kv_ctx1, cat_s=cat_s)
         else:
             _static_pass(b, seg, placement, kv_fetch_bytes=kv_layer_bytes(model, job, num_tokens=ctx, batch=B),
                          kv_new_bytes=kv_layer_bytes(model, job, num_tokens=1, batch=B), weight_bytes=w_layer)
         res = b.run()
         dec_s, link = res.step_time_s, _link_bytes(res)
         stall_s = max(dec_s - compute_s, 0.0)
-        if hf and offloaded:
-            extra_blocks = hf_extra_pinned_blocks(res, hf_step)
         # the whole generation's FLOPs at the mean context
         dec_flops = seg.model_flops * G
     mean_dec = dec_s
@@ -764,10 +742,11 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
             # old copy and its grown copy
             kv_hbm_prefill = kv_prompt_b
             kv_hbm_decode = 3 * kv_final
-            # pinned blocks: the prompt's K,V (prefill), then one grown block per tensor plus those the
-            # host outruns the link by; a prompt block serves the grown tensors when it is as large
+            # pinned blocks: the prompt's K,V (prefill), then one grown block per tensor plus those still
+            # waiting on their copy's event when the host asks again; a prompt block serves the grown
+            # tensors when it is as large
             prompt_blk, grown_blk = pinned_block_bytes(kv_prompt_b // 2), pinned_block_bytes(kv_final // 2)
-            num_grown = 2 * model.num_layers + extra_blocks
+            num_grown = 2 * model.num_layers + round(HF_PINNED_EXTRA_BLOCKS_PER_LAYER * model.num_layers)
             host = num_grown * grown_blk + (2 * model.num_layers * prompt_blk if prompt_blk != grown_blk else 0)
         else:  # every layer's cache (prefill: each concatenated onto an empty one), plus one layer's
             # old copy during its cat in decode

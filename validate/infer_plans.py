@@ -162,15 +162,32 @@ SMOKE_RUNS_ON_HOST = {"static_resident": False, "static_kv_host": True, "static_
 KV is on the host."""
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def plan_for_record(record: Any, plans_dir: str | Path | None = None) -> Any:
-    """The plan a measured record ran: its plan file in ``plans_dir``, or, for a smoke run (no
+    """The plan a measured record ran: its plan file in ``plans_dir`` (or, when that file has
+    been made again, the copy with the record's sha256 in a sibling ``<plans_dir>*`` directory,
+    e.g. validate/plans/infer-bench-f897228), or, for a smoke run (no
     plan file), the plan infer_smoke.py builds for its job (``infer_bench.infer_plan`` on
     1xH200, every layer's KV on the host or none); None when neither applies."""
     from planners.plan import load_plan
 
     name = _field(record, "plan")
     if name and plans_dir is not None:
-        return load_plan(Path(plans_dir) / str(name))
+        path = Path(plans_dir) / str(name)
+        want = _field(record, "plan_sha256")
+        if want and (not path.is_file() or _sha256(path) != want):
+            # the plans were made again since: the one that ran is kept beside them
+            found = [p for p in sorted(Path(plans_dir).parent.glob(f"{Path(plans_dir).name}*/{name}"))
+                     if _sha256(p) == want]
+            if not found:
+                raise UserInputError(f"{name}: no plan file with the sha256 the record ran ({want[:12]}...)")
+            path = found[0]
+        return load_plan(path)
     mode = _field(record, "mode")
     if mode not in SMOKE_RUNS_ON_HOST or not _field(record, "model"):
         return None
