@@ -15,35 +15,38 @@ drive) and its weights resident or streamed from one, for two decode engines:
   weight buffers (as many as the staging buffers, one layer's weights each) the same way.
 * ``hf`` (transformers ``DynamicCache``): every step grows each layer's K and V by
   ``torch.cat`` (reads the old cache, writes one token longer; the old and the new copy live
-  together for a moment). Its ``offloading=True`` form (transformers 5.x cache_utils.py,
-  ``DynamicCache.update``): before a layer's update the default stream waits for the prefetch
-  stream and the prefetch stream for the default stream, then layer l+1 is prefetched whole
-  (``.to(device, non_blocking=True)``) on the prefetch stream, the layer is concatenated, and
-  the whole grown layer is copied back to the host (``.to("cpu", non_blocking=True)``) on the
-  default stream, i.e. serialized with the compute. Both copies of every layer move every step.
-  A non-blocking copy to the CPU pins its destination (ATen ``_to_copy``: ``pin_out``), through
+  together for a moment). Its ``offloading=True`` form as transformers 5.17 does it
+  (cache_utils.py ``DynamicCache.update``): before a layer's update the default stream waits for
+  the prefetch stream, then layer l+1 is prefetched whole (``.to(device, non_blocking=True)``)
+  on the prefetch stream, which waits for nothing (5.2x added a wait for the default stream),
+  the layer is concatenated, and the whole grown layer is copied back to the host
+  (``.to("cpu", non_blocking=True)``) on the default stream, i.e. serialized with the compute.
+  A non-blocking copy to the CPU pins its destination (ATen ``_to_copy``: ``pin_out``) through
   PyTorch's caching host allocator, which rounds each block up to a power of two and keeps
-  freed blocks: the blocks of the prompt length and of the grown length both stay pinned.
+  freed blocks: the blocks of the prompt length and of the grown length both stay pinned, and a
+  block is reused only once its copy's event has completed (``HF_PINNED_EXTRA_BLOCKS_PER_LAYER``).
 
-Decode compute: a decode step runs ~30 small eager kernels per layer. Each kernel's GPU time
-is its roofline (HBM bytes over the achieved bandwidth, FLOPs over the achieved FLOP rate) but
-at least ``GPU_BACK_TO_BACK_KERNEL_S``; the host enqueues one kernel per
-``kernel_launch_overhead_s`` and the GPU cannot start a kernel before it is enqueued (CUDA
-launches are asynchronous: during a weight GEMM the host runs ahead). The eager composites the
-node's profile fitted on training shapes (16K-256K tokens) are not used for one decode token.
-The replay is a `simulator.des` schedule: compute segments per layer on the compute stream,
-copies on the H2D / D2H streams sharing the host link (and the both-ways ceiling) fluidly,
-dependencies for the lookahead and the buffer rotation; stalls appear when the link is slower
-than the compute.
+Execution: two streams in max-plus. The host issues every kernel at its engine's measured host
+cost (``hwmodels.host_overhead``: a layer's cost spread over its kernels; HF eager, HF offloaded,
+the static engine eager (its prefill) or through CUDA graphs (its decode step), with SDPA kept off
+cuDNN as the engines run it, or in torch's default order for older records); the GPU runs each
+kernel at its roofline (decode GEMVs and one-token attention at their measured rates, prefill ops
+by the node's profile, prefill attention at the flash fit) and no earlier than its issue.
+Kernels are folded into per-layer segments (``fold``: exact for a segment the copies do not
+interrupt); the DES schedule holds a host stream, the compute stream, and the copies on the H2D /
+D2H streams sharing the host link (and the both-ways ceiling) fluidly, with the lookahead and
+buffer rotation as dependencies; stalls appear when the link is slower than the compute.
 Assumes: one GPU, tp = cp = 1; the executor's buffers are allocated once (no fragmentation:
 expandable segments); the batch's sequences decode together; greedy sampling costs nothing.
-Ignores: Python overhead beyond kernel launches, the CPU side of the copies, NVMe file-system
-overhead, host page-cache effects.
+Ignores: the first steps' one-off costs (pinned blocks allocated, cuDNN plans: the measured
+median leaves out 2 steps), the CPU side of the copies beyond their issue, NVMe file-system
+overhead, host page-cache effects, host speed differences between machines.
 Source: transformers 5.x src/transformers/cache_utils.py (DynamicLayer.update,
 DynamicCache.update / prefetch / offload); PyTorch aten/src/ATen/native/TensorConversions.cpp
 (non-blocking device-to-CPU copies pin their output) and aten/src/ATen/core/CachingHostAllocator.h
 (power-of-two rounding); the launch figures of validate/measurements/h200/microbench-h200-2026-11-28.json
-(``launch_overhead``: host_enqueue 7.07 us, gpu_back_to_back 3.42 us).
+(``launch_overhead``: gpu_back_to_back 3.42 us); hwmodels/host_overhead.py's sources; the engines
+validate/infer_executor.py and validate/infer_hf.py.
 """
 
 from __future__ import annotations
@@ -55,6 +58,22 @@ from hwmodels.units import UserInputError
 GPU_BACK_TO_BACK_KERNEL_S = 3.42e-6
 """Shortest GPU time of one eager kernel: back-to-back empty kernels on the H200
 (validate/measurements/h200/microbench-h200-2026-11-28.json, launch_overhead gpu_back_to_back)."""
+HF_PINNED_EXTRA_BLOCKS_PER_LAYER = 1.0
+"""Pinned blocks of the grown K,V size the caching host allocator holds beyond one per tensor
+under DynamicCache offloading, per layer: a freed block is reusable only once its copy's event
+has completed, and the host asks again before that. Fitted on Llama-3.1-8B 32K batch 1 (30 extra
+blocks of 32 layers over 16 steps, in both smoke runs); the held-out 128K batch-1 run had 33."""
+ENGINE_ATTENTION_OP_CLASS = "attention_fwd.flash"
+"""Prefill attention as both engines run it: SDPA kept off cuDNN attention
+(validate.infer_executor.SDPA_BACKENDS: flash first), timed by the profile's flash fit."""
+CUDA_GRAPHS_EXTRA_BYTES = 64 * 2**20
+"""HBM the static engine holds more with its decode graphs captured: measured 0.337 GB more
+allocated at the 32K batch-1 cell (graphed against eager, both placements), less the [T, q] copy
+of the refactored pass (0.268 GB): 64 MiB, taken as the cuBLAS workspaces of the capture stream
+(two handles of 32 MiB: assumed)."""
+STATIC_DECODE_GRAPHS = True
+"""The static engine's decode step replays CUDA graphs around an eager attention
+(validate.infer_executor, graphs on by default); its prefill stays eager."""
 KV_TIERS = ("hbm", "host", "cxl", "nvme")
 PARAM_TIERS = ("hbm", "host", "cxl", "nvme")
 
@@ -141,10 +160,16 @@ def _kernel_gpu_s(op, node, dtype: str) -> float:
     """GPU time of one decode kernel: its roofline without fitted latencies, at least the
     back-to-back kernel time."""
     from hwmodels.compute import kernel_fit
+    from hwmodels.host_overhead import decode_rates
     from hwmodels.op_classes import FLOP_CLASSES
 
     mem = kernel_fit("memory", dtype=dtype, node=node).bandwidth_bytes_per_s
     assert mem is not None  # memory fits are byte rates
+    rates = decode_rates(node)
+    if op.kind == "linear":
+        mem = rates.gemm_bytes_per_s
+    elif op.kind == "decode_attention":
+        mem = rates.attention_bytes_per_s
     t = op.hbm_bytes / mem
     if op.op_class in FLOP_CLASSES and op.executed_flops > 0:
         rate = kernel_fit(op.op_class, dtype=dtype, node=node).flops_per_s
@@ -157,16 +182,42 @@ def _is_kernel(op) -> bool:
     return op.hbm_bytes > 0 or op.executed_flops > 0
 
 
-def launch_pipeline_s(kernels_gpu_s: list[float], *, launch_s: float) -> list[float]:
-    """End time of each kernel when the host enqueues one every ``launch_s`` and the GPU runs
-    them in order, each no earlier than its enqueue: ``start_i = max(i * launch_s, end_{i-1})``
-    (the first is enqueued at ``launch_s``)."""
+def launch_pipeline_s(kernels_gpu_s: list[float], *, launch_s: float | list[float]) -> list[float]:
+    """End time of each kernel when the host issues kernel i in ``launch_s`` (one figure for
+    all, or one per kernel) after the one before and the GPU runs them in order, each no earlier
+    than its issue: ``start_i = max(H_i, end_{i-1})`` with ``H_i`` the host's cumulative time."""
+    costs = launch_s if isinstance(launch_s, list) else [launch_s] * len(kernels_gpu_s)
     ends: list[float] = []
-    gpu = 0.0
-    for i, dur in enumerate(kernels_gpu_s):
-        gpu = max((i + 1) * launch_s, gpu) + dur
+    gpu = host = 0.0
+    for dur, h in zip(kernels_gpu_s, costs, strict=True):
+        host += h
+        gpu = max(host, gpu) + dur
         ends.append(gpu)
     return ends
+
+
+@dataclass(frozen=True)
+class Seg:
+    """A run of kernels as the two streams of eager execution see it: the host issues it in
+    ``host_s``; the GPU runs it in ``gpu_s`` once it may start, which is no earlier than
+    ``lead_s`` after the host began issuing it (the max-plus of the pipeline folded: a segment
+    started at host time H0 with the GPU free at G0 ends at ``max(G0, H0 + lead_s) + gpu_s``)."""
+
+    gpu_s: float
+    lead_s: float = 0.0
+    host_s: float = 0.0
+
+
+def fold(kernels: list[tuple[float, float]]) -> Seg:
+    """`Seg` of kernels given as (host issue s, GPU s) in program order: the GPU may start the
+    run ``lead_s = max_k (H_k - G_<k)`` after the host began it (``H_k`` the host time through
+    kernel k, ``G_<k`` the GPU time of the kernels before it)."""
+    host = gpu = lead = 0.0
+    for h, g in kernels:
+        host += h
+        lead = max(lead, host - gpu)
+        gpu += g
+    return Seg(gpu_s=gpu, lead_s=lead, host_s=host)
 
 
 @dataclass(frozen=True)
@@ -174,82 +225,138 @@ class Segments:
     """Compute of one pass split where the copies join it: before the layers, per layer the
     part before attention (norm, projections, rotary) and from attention on, after the layers."""
 
-    embed_s: float
-    pre_s: tuple[float, ...]
-    post_s: tuple[float, ...]
-    head_s: float
+    embed: Seg
+    pre: tuple[Seg, ...]
+    post: tuple[Seg, ...]
+    head: Seg
     model_flops: float
 
     @property
+    def order(self) -> list[Seg]:
+        return [self.embed, *(s for pair in zip(self.pre, self.post, strict=True) for s in pair), self.head]
+
+    @property
     def total_s(self) -> float:
-        return self.embed_s + sum(self.pre_s) + sum(self.post_s) + self.head_s
+        """The pass with no copies: host and GPU pipelined."""
+        return run_segments(self.order)
+
+    @property
+    def gpu_s(self) -> float:
+        return sum(s.gpu_s for s in self.order)
+
+    @property
+    def host_s(self) -> float:
+        return sum(s.host_s for s in self.order)
 
 
-def _split(ops, ends: list[float], num_layers: int, model_flops: float) -> Segments:
-    """Segment durations from each op's end time (ops in program order)."""
-    bounds: list[tuple[str, int | None]] = []
+def run_segments(segs: list[Seg]) -> float:
+    """End of ``segs`` run back to back on one host and one GPU stream."""
+    host = gpu = 0.0
+    for s in segs:
+        gpu = max(gpu, host + s.lead_s) + s.gpu_s
+        host += s.host_s
+    return max(gpu, host)
+
+
+def _segment_keys(ops) -> list[tuple[str, int | None]]:
+    keys: list[tuple[str, int | None]] = []
+    seen_layer = False
+    attn: set[int] = set()
     for op in ops:
         if op.layer is None:
-            bounds.append(("embed" if not any(b[1] is not None for b in bounds) else "head", None))
-        else:
-            seen_attn = any(b == ("post", op.layer) for b in bounds) or op.kind in ("sdpa", "decode_attention")
-            bounds.append(("post" if seen_attn else "pre", op.layer))
-    last_end: dict[tuple[str, int | None], float] = {}
-    order: list[tuple[str, int | None]] = []
-    for key, end in zip(bounds, ends, strict=True):
-        if key not in last_end:
-            order.append(key)
-        last_end[key] = end
-    dur: dict[tuple[str, int | None], float] = {}
-    prev = 0.0
-    for key in order:
-        dur[key] = last_end[key] - prev
-        prev = last_end[key]
+            keys.append(("head" if seen_layer else "embed", None))
+            continue
+        seen_layer = True
+        if op.kind in ("sdpa", "decode_attention"):
+            attn.add(op.layer)
+        keys.append(("post" if op.layer in attn else "pre", op.layer))
+    return keys
+
+
+def _segments(ops, gpu_s: list[float], host_s: list[float], num_layers: int, model_flops: float) -> Segments:
+    """Segments of kernels ``ops`` (program order) with their GPU and host issue times."""
+    runs: dict[tuple[str, int | None], list[tuple[float, float]]] = {}
+    for key, g, h in zip(_segment_keys(ops), gpu_s, host_s, strict=True):
+        runs.setdefault(key, []).append((h, g))
+    empty = Seg(0.0)
     return Segments(
-        embed_s=dur.get(("embed", None), 0.0),
-        pre_s=tuple(dur.get(("pre", i), 0.0) for i in range(num_layers)),
-        post_s=tuple(dur.get(("post", i), 0.0) for i in range(num_layers)),
-        head_s=dur.get(("head", None), 0.0),
+        embed=fold(runs["embed", None]) if ("embed", None) in runs else empty,
+        pre=tuple(fold(runs["pre", i]) if ("pre", i) in runs else empty for i in range(num_layers)),
+        post=tuple(fold(runs["post", i]) if ("post", i) in runs else empty for i in range(num_layers)),
+        head=fold(runs["head", None]) if ("head", None) in runs else empty,
         model_flops=model_flops,
     )
 
 
-def decode_segments(model, job, node, *, context_len: int, batch: int) -> Segments:
-    """Compute of one decode step (``batch`` tokens, attention over ``context_len + 1`` keys)
-    through the launch pipeline (the HF engine's ``torch.cat`` of K and V is a task of its own)."""
+def host_issue_s(ops, cost) -> list[float]:
+    """Host seconds to issue each op of a pass (``cost``: a ``hwmodels.host_overhead.EngineHostCost``):
+    a layer's ``per_layer_s`` spread evenly over its kernels, ``fixed_s`` over the others."""
+    per_layer: dict[int, int] = {}
+    other = 0
+    for op in ops:
+        if op.layer is None:
+            other += 1
+        else:
+            per_layer[op.layer] = per_layer.get(op.layer, 0) + 1
+    return [cost.fixed_s / other if op.layer is None else cost.per_layer_s / per_layer[op.layer] for op in ops]
+
+
+def engine_host_cost(node, engine: str, *, offloaded: bool = False, graphs: bool = False,
+                     sdpa_cudnn: bool = False):
+    """The host cost of one pass (``hwmodels.host_overhead.EngineHostCost``) of ``engine`` on
+    ``node``'s host: HF resident or offloaded, the static engine eager, or its decode step through
+    CUDA graphs; ``sdpa_cudnn``: SDPA in torch's default order (cuDNN attention's plan per KV
+    length on the host) instead of kept off cuDNN as the engines run it."""
+    from hwmodels.host_overhead import eager_host_costs
+
+    return eager_host_costs(node).engine(engine, offloaded=offloaded, graphs=graphs, sdpa_cudnn=sdpa_cudnn)
+
+
+def decode_segments(model, job, node, *, context_len: int, batch: int, offloaded: bool = False,
+                    graphs: bool = STATIC_DECODE_GRAPHS, sdpa_cudnn: bool = False) -> Segments:
+    """Compute of one decode step (``batch`` tokens, attention over ``context_len + 1`` keys):
+    each kernel issued at the engine's host cost, run at its roofline (the HF engine's
+    ``torch.cat`` of K and V is a task of its own)."""
     from simulator.templates import decode_workload
 
     wl = decode_workload(model, job, None, context_len=context_len + 1, batch=batch)
     ops = [op for op in wl.ops if _is_kernel(op)]
     gpu = [_kernel_gpu_s(op, node, job.param_dtype) for op in ops]
-    ends = launch_pipeline_s(gpu, launch_s=node.gpu.kernel_launch_overhead_s)
-    return _split(ops, ends, model.num_layers, sum(op.model_flops for op in wl.ops))
+    host = host_issue_s(ops, engine_host_cost(node, job.engine, offloaded=offloaded, graphs=graphs,
+                                              sdpa_cudnn=sdpa_cudnn))
+    return _segments(ops, gpu, host, model.num_layers, sum(op.model_flops for op in wl.ops))
 
 
-def _prefill_pass(model, job, node, *, batch: int, prompt_len: int, past_len: int = 0) -> Segments:
+def _prefill_pass(model, job, node, *, batch: int, prompt_len: int, past_len: int = 0,
+                  offloaded: bool = False, sdpa_cudnn: bool = False) -> Segments:
     """One prefill pass of ``prompt_len`` new tokens per sequence (after ``past_len`` cached
-    ones: a chunk), timed by the node's profile (op times of the analytical workload)."""
+    ones: a chunk), its ops timed by the node's profile (attention by the backend the engines
+    run: flash with SDPA kept off cuDNN, cuDNN's in torch's default order) and issued eagerly at
+    the engine's host cost."""
+    from hwmodels.compute import compute_time_s
     from simulator.templates import prefill_workload
 
     wl = prefill_workload(model, job, node, batch=batch, prompt_len=prompt_len)
     times = [float(op.time_s or 0.0) for op in wl.ops]
+    if not sdpa_cudnn:
+        variant = f"{ENGINE_ATTENTION_OP_CLASS}.d64" if model.head_dim <= 64 else ENGINE_ATTENTION_OP_CLASS
+        times = [compute_time_s(flops=op.executed_flops, hbm_bytes=op.hbm_bytes, op_class=variant,
+                                dtype=job.param_dtype, node=node) if op.kind == "sdpa" else t
+                 for op, t in zip(wl.ops, times, strict=True)]
     flops = sum(op.model_flops for op in wl.ops)
     if past_len:
-        from hwmodels.compute import compute_time_s
         from kernels.attention import attention_fwd_cost
 
         past = attention_fwd_cost(batch=batch, seq_len_q=prompt_len, seq_len_kv=past_len,
                                   num_heads=model.num_heads, num_kv_heads=model.num_kv_heads,
                                   head_dim=model.head_dim, causal=False, dtype=job.param_dtype)
-        extra = compute_time_s(flops=past.flops, hbm_bytes=past.hbm_bytes, op_class=past.op_class,
+        extra = compute_time_s(flops=past.flops, hbm_bytes=past.hbm_bytes,
+                               op_class=past.op_class if sdpa_cudnn else ENGINE_ATTENTION_OP_CLASS,
                                dtype=job.param_dtype, node=node)
         times = [t + extra if op.kind == "sdpa" else t for op, t in zip(wl.ops, times, strict=True)]
         flops += past.flops * model.num_layers
-    ends, t = [], 0.0
-    for dt in times:
-        t += dt
-        ends.append(t)
-    return _split(wl.ops, ends, model.num_layers, flops)
+    host = host_issue_s(wl.ops, engine_host_cost(node, job.engine, offloaded=offloaded, sdpa_cudnn=sdpa_cudnn))
+    return _segments(wl.ops, times, host, model.num_layers, flops)
 
 
 def _activation_peak_bytes(wl) -> int:
@@ -262,6 +369,36 @@ def _activation_peak_bytes(wl) -> int:
     return walk.peak_bytes - by_role.get("weight", 0) - by_role.get("kv_cache", 0)
 
 
+def static_prefill_activation_bytes(model, job, *, num_tokens: int) -> int:
+    """HBM beyond weights and KV buffers at the peak of one static-engine prefill pass of
+    ``num_tokens`` tokens of one sequence: inside a layer's MLP (validate.infer_executor
+    ``_pass`` / ``_post`` and validate.model ``DecoderLayer._mlp``) the layer input x, its q, k,
+    v and SDPA output (held by the pass until the next layer), the output's [T, q] reshaped copy
+    (held by ``_post``), the MLP's normed input, gate, up, silu(gate), their product (all held
+    until the MLP returns) and the down projection's output; the rotary tables (final length)
+    beside them. The norms' fp32 temporaries (two [T, h] fp32) come earlier and are smaller than
+    the MLP's four [T, f]. (The engine before its decode graphs held one [T, q] less.)"""
+    from simulator.job import dtype_bytes
+
+    e = dtype_bytes(job.param_dtype)
+    h, f = model.hidden_size, model.intermediate_size
+    per_token = 3 * h + 3 * model.q_size + 2 * model.kv_size + 4 * f  # x, n, down out; q, a, a'; k, v; 4 MLP
+    rope = 2 * (job.prompt_len + job.gen_len) * model.head_dim
+    return int(e * (num_tokens * per_token + rope))
+
+
+def hf_prefill_activation_bytes(model, job, *, batch: int, num_tokens: int) -> int:
+    """HBM beyond weights and KV at the peak of transformers' prefill forward of ``batch``
+    sequences of ``num_tokens``: inside a layer's MLP (``LlamaMLP``: silu(gate) and up live
+    with their product, gate freed after the silu) while the model's ``inputs_embeds``, the
+    caller's layer input (LlamaModel's loop variable), the post-attention residual and the
+    normed MLP input are alive: 4 [T, h] and 3 [T, f] per sequence."""
+    from simulator.job import dtype_bytes
+
+    e = dtype_bytes(job.param_dtype)
+    return int(e * batch * num_tokens * (4 * model.hidden_size + 3 * model.intermediate_size))
+
+
 @dataclass(frozen=True)
 class StaticMemoryTerms:
     """The static engine's HBM and host bytes as a sum of fixed and per-layer terms: what the
@@ -271,30 +408,29 @@ class StaticMemoryTerms:
     fixed_decode_bytes: int  # non-layer weights, decode activations, runtime workspace
     kv_layer_bytes: int  # one layer's K,V buffers of the final length (whole batch)
     weight_layer_bytes: int  # one layer's weights
-    staging_bytes: int  # all KV staging buffers, when any layer's KV is off HBM
+    staging_bytes: int  # all KV staging buffers, when any layer's KV is off HBM (prefill writes into them)
     weight_buffer_bytes: int  # all weight buffers, when any layer's weights are streamed
-    kv_in_flight_bytes: int  # prefill: K,V of two layers of one pass on their way to the host
 
     def hbm_bytes(self, *, num_kv_off: int, num_streamed: int, num_layers: int) -> tuple[int, int]:
         """(prefill, decode) HBM peaks of a placement with these counts."""
         fixed = (self.kv_layer_bytes * (num_layers - num_kv_off)
                  + self.weight_layer_bytes * (num_layers - num_streamed)
                  + (self.staging_bytes if num_kv_off else 0) + (self.weight_buffer_bytes if num_streamed else 0))
-        return (fixed + self.fixed_prefill_bytes + (self.kv_in_flight_bytes if num_kv_off else 0),
-                fixed + self.fixed_decode_bytes)
+        return fixed + self.fixed_prefill_bytes, fixed + self.fixed_decode_bytes
 
 
-def static_memory_terms(model, job, *, num_staging_buffers: int) -> StaticMemoryTerms:
+def static_memory_terms(model, job, *, num_staging_buffers: int, graphs: bool = STATIC_DECODE_GRAPHS
+                        ) -> StaticMemoryTerms:
     """`StaticMemoryTerms` of ``job``: prefill one sequence at a time (one chunk's activations),
     final-length KV buffers, ``num_staging_buffers`` staging and weight buffers."""
     from simulator.estimator import RUNTIME_WORKSPACE_BYTES
-    from simulator.templates import decode_workload, prefill_workload
+    from simulator.templates import decode_workload
 
     P, G, B = job.prompt_len, job.gen_len, job.batch
     chunk = min(job.prefill_chunk_len or P, P)
-    act_prefill = _activation_peak_bytes(prefill_workload(model, job, batch=1, prompt_len=chunk))
+    act_prefill = static_prefill_activation_bytes(model, job, num_tokens=chunk)
     act_decode = _activation_peak_bytes(decode_workload(model, job, context_len=P + G, batch=B)) if G else 0
-    other = other_weight_bytes(model, job) + RUNTIME_WORKSPACE_BYTES
+    other = other_weight_bytes(model, job) + RUNTIME_WORKSPACE_BYTES + (CUDA_GRAPHS_EXTRA_BYTES if graphs and G else 0)
     kv_final = kv_layer_bytes(model, job, num_tokens=P + G, batch=B)
     w = layer_weight_bytes(model, job)
     return StaticMemoryTerms(
@@ -304,7 +440,6 @@ def static_memory_terms(model, job, *, num_staging_buffers: int) -> StaticMemory
         weight_layer_bytes=w,
         staging_bytes=num_staging_buffers * kv_final,
         weight_buffer_bytes=num_staging_buffers * w,
-        kv_in_flight_bytes=2 * kv_layer_bytes(model, job, num_tokens=chunk, batch=1),
     )
 
 
@@ -312,7 +447,8 @@ def static_memory_terms(model, job, *, num_staging_buffers: int) -> StaticMemory
 
 
 class _Builder:
-    """Tasks of one pass on gpu0: compute segments, H2D fetches, D2H write-backs."""
+    """Tasks of one pass on gpu0: the host issuing it, compute segments, H2D fetches, D2H
+    write-backs."""
 
     def __init__(self, node):
         from simulator.des.schedule import Stream, node_links, node_pools
@@ -320,17 +456,24 @@ class _Builder:
         self.node = node
         self.tasks: list = []
         self.streams = (Stream("gpu0.compute", "compute", "gpu0"), Stream("gpu0.d2h", "d2h", "gpu0"),
-                        Stream("gpu0.h2d", "h2d", "gpu0"))
+                        Stream("gpu0.h2d", "h2d", "gpu0"), Stream(HOST_STREAM, "compute", "gpu0"))
         self.pools = node_pools(node, 1)
         self.links = node_links(node)
 
-    def op(self, name: str, duration_s: float, deps=(), layer=None) -> int:
+    def op(self, name: str, duration_s: float, deps=(), layer=None, stream: str = "gpu0.compute") -> int:
         from simulator.des.schedule import Op
 
         tid = len(self.tasks)
-        self.tasks.append(Op(tid, name, "gpu0.compute", float(duration_s), tuple(d for d in deps if d is not None),
+        self.tasks.append(Op(tid, name, stream, float(duration_s), tuple(d for d in deps if d is not None),
                              layer=layer))
         return tid
+
+    def seg(self, name: str, seg: Seg, deps=(), layer=None) -> tuple[int, int]:
+        """``seg`` issued by the host (two host tasks: until the GPU may start it, the rest) and
+        run on the compute stream; (its GPU task, its last host task)."""
+        lead = self.op(f"issue {name}", seg.lead_s, layer=layer, stream=HOST_STREAM)
+        rest = self.op(f"issue {name} (rest)", max(seg.host_s - seg.lead_s, 0.0), layer=layer, stream=HOST_STREAM)
+        return self.op(name, seg.gpu_s, deps=(lead, *deps), layer=layer), rest
 
     def copy(self, name: str, num_bytes: int, tier: str, direction: str, *, deps=(), layer=None,
              stream: str | None = None) -> int:
@@ -354,85 +497,93 @@ class _Builder:
         return simulate(sched, record_timeline=False)
 
 
+HOST_STREAM = "gpu0.host"
+"""The CPU thread that issues the kernels and copies (a stream of the schedule: its tasks run in
+program order, each as long as its issue)."""
+
+
 def _link_bytes(res) -> int:
     return int(sum(t.num_bytes for t in res.schedule.tasks if hasattr(t, "num_bytes")))
 
 
 @dataclass
 class _Pass:
-    """Task ids of one static-engine pass."""
+    """Task ids of one static-engine pass (GPU tasks) and the host's last task."""
 
     embed: int
     pre: list[int]
     post: list[int]
     head: int
+    host_end: int
 
 
 def _static_pass(b: _Builder, seg: Segments, placement: Placement, *, kv_fetch_bytes: int, kv_new_bytes: int,
                  weight_bytes: int, after: int | None = None) -> _Pass:
     """One static-engine pass (a decode step, or a prefill pass that reads host KV written by
-    earlier chunks): the compute segments, then the D2H write-backs of the new token's k,v, then
-    the H2D fetches in layer order, each gated by the lookahead (layer m's starts when layer
-    m - k starts) and by its buffer slot (free once the layer that used it num_buf fetches
-    earlier has run its attention and written back)."""
-    from dataclasses import replace
-
-    k = placement.prefetch_lookahead_layers
+    earlier chunks) as the executor issues it: before layer i's ops the host issues the H2D
+    fetches due (layer m's once layer m - k starts, k the lookahead, at most the buffers less
+    one), each waiting on the GPU for its buffer slot (free once the layer that used it
+    num_buf fetches earlier has run its attention and written back); the layer's ops wait for
+    its fetches; a host layer's new k,v go D2H after its pre-attention part."""
     num_buf = placement.num_staging_buffers
+    k = min(placement.prefetch_lookahead_layers, max(num_buf - 1, 0))
     layers = placement.layers
-    embed = b.op("embed", seg.embed_s, deps=(after,))
-    pre, post = [], []
-    for i in range(len(layers)):
-        pre.append(b.op(f"layer {i} pre-attention", seg.pre_s[i], layer=i))
-        post.append(b.op(f"layer {i} attention+mlp", seg.post_s[i], layer=i))
-    head = b.op("head", seg.head_s)
-    wb: dict[int, int] = {}
-    for i, lp in enumerate(layers):
-        if lp.kv_tier != "hbm" and kv_new_bytes > 0:
-            wb[i] = b.copy(f"d2h kv {i}", kv_new_bytes, lp.kv_tier, "d2h", deps=(pre[i],), layer=i)
+    n = len(layers)
+    w_queue = [m for m in range(n) if layers[m].params_tier != "hbm"]
+    kv_queue = [m for m in range(n) if layers[m].kv_tier != "hbm" and kv_fetch_bytes > 0]
     w_users: list[int] = []
     kv_users: list[int] = []
-    extra: dict[int, list[int]] = {}
-    for m, lp in enumerate(layers):
-        gate = post[m - k - 1] if m - k - 1 >= 0 else None
-        if lp.params_tier != "hbm":
-            slot = post[w_users[-num_buf]] if len(w_users) >= num_buf else None
-            tid = b.copy(f"h2d weights {m}", weight_bytes, lp.params_tier, "h2d", deps=(gate, slot), layer=m)
-            extra.setdefault(pre[m], []).append(tid)
-            w_users.append(m)
-        if lp.kv_tier != "hbm" and kv_fetch_bytes > 0:
-            slot_deps: tuple[int | None, ...] = ()
-            if len(kv_users) >= num_buf:
-                u = kv_users[-num_buf]
-                slot_deps = (post[u], wb.get(u))
-            tid = b.copy(f"h2d kv {m}", kv_fetch_bytes, lp.kv_tier, "h2d", deps=(gate, *slot_deps), layer=m)
-            extra.setdefault(post[m], []).append(tid)
-            kv_users.append(m)
-    for tid, deps in extra.items():
-        b.tasks[tid] = replace(b.tasks[tid], deps=b.tasks[tid].deps + tuple(deps))
-    return _Pass(embed, pre, post, head)
+    fetched: dict[int, list[int]] = {}
+    wb: dict[int, int] = {}
+    pre: list[int] = []
+    post: list[int] = []
+    embed, host = b.seg("embed", seg.embed, deps=(after,))
+    for i in range(n):
+        for queue, users, kind in ((w_queue, w_users, "w"), (kv_queue, kv_users, "kv")):
+            while queue and queue[0] - k <= i:
+                m = queue.pop(0)
+                slot: tuple[int | None, ...] = ()
+                if len(users) >= num_buf:
+                    u = users[-num_buf]
+                    slot = (post[u], wb.get(u)) if kind == "kv" else (post[u],)
+                nbytes = weight_bytes if kind == "w" else kv_fetch_bytes
+                tier = layers[m].params_tier if kind == "w" else layers[m].kv_tier
+                fetched.setdefault(m, []).append(
+                    b.copy(f"h2d {'weights' if kind == 'w' else 'kv'} {m}", nbytes, tier, "h2d",
+                           deps=(host, *slot), layer=m))
+                users.append(m)
+        g, host = b.seg(f"layer {i} pre-attention", seg.pre[i], deps=tuple(fetched.get(i, ())), layer=i)
+        pre.append(g)
+        if layers[i].kv_tier != "hbm" and kv_new_bytes > 0:
+            wb[i] = b.copy(f"d2h kv {i}", kv_new_bytes, layers[i].kv_tier, "d2h", deps=(g, host), layer=i)
+        g, host = b.seg(f"layer {i} attention+mlp", seg.post[i], layer=i)
+        post.append(g)
+    head, host = b.seg("head", seg.head)
+    return _Pass(embed, pre, post, head, host)
 
 
 def _hf_decode(b: _Builder, seg: Segments, *, offloaded: bool, kv_fetch_bytes: int, kv_back_bytes: int,
                cat_s: float) -> None:
-    """One HF DynamicCache decode step; offloaded: prefetch of layer l+1 on the prefetch stream
-    after the compute reached layer l's update, the whole grown layer back D2H on the compute
-    stream before its attention."""
-    n = len(seg.pre_s)
-    prev = b.op("embed", seg.embed_s)
+    """One HF DynamicCache decode step; offloaded as transformers 5.17's ``DynamicCache.update``
+    does it: the default stream waits for the prefetch stream (layer l's fetch), layer l + 1 is
+    prefetched whole on the prefetch stream as soon as the host gets there (5.17's prefetch
+    stream does not wait for the default stream), the K,V are concatenated, and the whole grown
+    layer goes back D2H on the default stream before its attention. Layer 0's fetch was issued at
+    the previous step's last layer (it starts with the step here)."""
+    n = len(seg.pre)
     fetch: dict[int, int] = {}
+    _, host = b.seg("embed", seg.embed)
     if offloaded:
         fetch[0] = b.copy("h2d kv 0", kv_fetch_bytes, "host", "h2d", layer=0)
     for i in range(n):
-        pre = b.op(f"layer {i} pre-attention", seg.pre_s[i], deps=(prev,), layer=i)
+        _, host = b.seg(f"layer {i} pre-attention", seg.pre[i], layer=i)
         if offloaded and i + 1 < n:
-            fetch[i + 1] = b.copy(f"h2d kv {i + 1}", kv_fetch_bytes, "host", "h2d", deps=(pre,), layer=i + 1)
-        cat = b.op(f"layer {i} cat", cat_s, deps=(fetch.get(i),), layer=i)
+            fetch[i + 1] = b.copy(f"h2d kv {i + 1}", kv_fetch_bytes, "host", "h2d", deps=(host,), layer=i + 1)
+        g, host = b.seg(f"layer {i} cat", Seg(cat_s), deps=(fetch.get(i),), layer=i)
         if offloaded:
-            cat = b.copy(f"d2h kv {i}", kv_back_bytes, "host", "d2h", deps=(cat,), layer=i,
-                         stream="gpu0.compute")
-        prev = b.op(f"layer {i} attention+mlp", seg.post_s[i], deps=(cat,), layer=i)
-    b.op("head", seg.head_s, deps=(prev,))
+            b.copy(f"d2h kv {i}", kv_back_bytes, "host", "d2h", deps=(g, host), layer=i, stream="gpu0.compute")
+        b.seg(f"layer {i} attention+mlp", seg.post[i], layer=i)
+    b.seg("head", seg.head)
 
 
 def _prefill_static(b: _Builder, segs: list[Segments], placement: Placement, *, kv_out_bytes: list[int],
@@ -450,15 +601,17 @@ def _prefill_static(b: _Builder, segs: list[Segments], placement: Placement, *, 
 
 
 def _prefill_hf(b: _Builder, seg: Segments, *, offloaded: bool, kv_bytes: int, cat_s: float) -> None:
-    n = len(seg.pre_s)
-    prev = b.op("embed", seg.embed_s)
+    """HF prefill: the whole batch in one forward (``logits_to_keep=1``); each layer's K,V are
+    concatenated onto the empty cache and, offloaded, copied D2H on the default stream."""
+    n = len(seg.pre)
+    b.seg("embed", seg.embed)
     for i in range(n):
-        pre = b.op(f"layer {i} pre-attention", seg.pre_s[i], deps=(prev,), layer=i)
-        cat = b.op(f"layer {i} cat", cat_s, deps=(pre,), layer=i)
+        b.seg(f"layer {i} pre-attention", seg.pre[i], layer=i)
+        g, host = b.seg(f"layer {i} cat", Seg(cat_s), layer=i)
         if offloaded:
-            cat = b.copy(f"d2h kv {i}", kv_bytes, "host", "d2h", deps=(cat,), layer=i, stream="gpu0.compute")
-        prev = b.op(f"layer {i} attention+mlp", seg.post_s[i], deps=(cat,), layer=i)
-    b.op("head", seg.head_s, deps=(prev,))
+            b.copy(f"d2h kv {i}", kv_bytes, "host", "d2h", deps=(g, host), layer=i, stream="gpu0.compute")
+        b.seg(f"layer {i} attention+mlp", seg.post[i], layer=i)
+    b.seg("head", seg.head)
 
 
 # ---- the replay ----------------------------------------------------------------------------------
@@ -488,9 +641,14 @@ def check_placement(model, job, node, placement: Placement) -> None:
 
 
 def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes: int, host_budget_bytes: int,
-                     context_len: int | None = None) -> InferReplay:
+                     context_len: int | None = None, graphs: bool = STATIC_DECODE_GRAPHS,
+                     sdpa_cudnn: bool = False, decode_only: bool = False) -> InferReplay:
     """Replay ``placement`` of ``job`` on ``node``: prefill, one decode step at ``context_len``
-    (default the job's mean decode context ``prompt_len + gen_len // 2``), peaks, feasibility."""
+    (default the job's mean decode context ``prompt_len + gen_len // 2``), peaks, feasibility.
+    ``graphs``: the static engine issues its decode step through CUDA graphs (else eagerly).
+    ``sdpa_cudnn``: SDPA in torch's default order (cuDNN attention), not kept off cuDNN as the
+    engines run it. ``decode_only``: the decode step alone (prefill and the whole generation's
+    time left 0)."""
     from hwmodels.compute import compute_time_s
     from simulator.estimator import RUNTIME_WORKSPACE_BYTES
     from simulator.templates import decode_workload, prefill_workload
@@ -510,8 +668,15 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
 
     # -- prefill
     chunk = job.prefill_chunk_len or P
+    prefill_s = 0.0
     if hf:
-        pre_seg = _prefill_pass(model, job, node, batch=B, prompt_len=P)
+        act_prefill = hf_prefill_activation_bytes(model, job, batch=B, num_tokens=P)
+    else:
+        act_prefill = static_prefill_activation_bytes(model, job, num_tokens=min(chunk, P))
+    if decode_only:
+        pass
+    elif hf:
+        pre_seg = _prefill_pass(model, job, node, batch=B, prompt_len=P, offloaded=offloaded, sdpa_cudnn=sdpa_cudnn)
         kv_prompt = kv_layer_bytes(model, job, num_tokens=P, batch=B)
         cat_s = compute_time_s(flops=0.0, hbm_bytes=2 * kv_prompt, op_class="hbm_copy",  # K and V: read + write
                                dtype=job.param_dtype,
@@ -519,16 +684,15 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
         b = _Builder(node)
         _prefill_hf(b, pre_seg, offloaded=offloaded, kv_bytes=kv_prompt, cat_s=cat_s)
         prefill_s = b.run().step_time_s
-        act_prefill = _activation_peak_bytes(prefill_workload(model, job, batch=B, prompt_len=P))
     else:
         # one sequence's passes (its chunks); the sequences run one after another, identical
         seq_segs, seq_out, seq_in = [], [], []
         for start in range(0, P, chunk):
             n_tok = min(chunk, P - start)
-            seq_segs.append(_prefill_pass(model, job, node, batch=1, prompt_len=n_tok, past_len=start))
+            seq_segs.append(_prefill_pass(model, job, node, batch=1, prompt_len=n_tok, past_len=start,
+                                          sdpa_cudnn=sdpa_cudnn))
             seq_out.append(kv_layer_bytes(model, job, num_tokens=n_tok, batch=1))
             seq_in.append(kv_layer_bytes(model, job, num_tokens=start, batch=1))
-        act_prefill = _activation_peak_bytes(prefill_workload(model, job, batch=1, prompt_len=min(chunk, P)))
         times = []
         for num_seq in range(1, min(B, 2) + 1):  # the B-sequence prefill is periodic after the first
             b = _Builder(node)
@@ -542,7 +706,8 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
     link = 0
     dec_flops = 0.0
     if G:
-        seg = decode_segments(model, job, node, context_len=ctx, batch=B)
+        seg = decode_segments(model, job, node, context_len=ctx, batch=B, offloaded=offloaded, graphs=graphs,
+                              sdpa_cudnn=sdpa_cudnn)
         compute_s = seg.total_s
         b = _Builder(node)
         if hf:
@@ -555,13 +720,15 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
             _static_pass(b, seg, placement, kv_fetch_bytes=kv_layer_bytes(model, job, num_tokens=ctx, batch=B),
                          kv_new_bytes=kv_layer_bytes(model, job, num_tokens=1, batch=B), weight_bytes=w_layer)
         res = b.run()
-        dec_s, stall_s, link = res.step_time_s, res.stall_s, _link_bytes(res)
+        dec_s, link = res.step_time_s, _link_bytes(res)
+        stall_s = max(dec_s - compute_s, 0.0)
         # the whole generation's FLOPs at the mean context
         dec_flops = seg.model_flops * G
     mean_dec = dec_s
-    if G and context_len is not None and context_len != P + G // 2:
+    if G and context_len is not None and context_len != P + G // 2 and not decode_only:
         mean_dec = replay_placement(model, job, node, placement, gpu_budget_bytes=gpu_budget_bytes,
-                                    host_budget_bytes=host_budget_bytes).decode_step_time_s
+                                    host_budget_bytes=host_budget_bytes, graphs=graphs,
+                                    sdpa_cudnn=sdpa_cudnn).decode_step_time_s
 
     # -- peaks
     resident_w = other_weight_bytes(model, job) + w_layer * (model.num_layers - len(stream_layers))
@@ -571,21 +738,25 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
     host = cxl = nvme = 0
     breakdown: dict[str, int] = {"weights": resident_w, "runtime_workspace": RUNTIME_WORKSPACE_BYTES}
     if hf:
-        if offloaded:  # a few layers on the GPU: prefetched l+1, layer l's old copy and its grown copy
-            kv_hbm_prefill = 2 * kv_prompt_b
+        if offloaded:  # prefill: the layer's K,V until its attention; decode: prefetched l+1, layer l's
+            # old copy and its grown copy
+            kv_hbm_prefill = kv_prompt_b
             kv_hbm_decode = 3 * kv_final
-            host = model.num_layers * 2 * (pinned_block_bytes(kv_prompt_b // 2)
-                                           + (pinned_block_bytes(kv_final // 2)
-                                              if pinned_block_bytes(kv_final // 2) != pinned_block_bytes(kv_prompt_b // 2)
-                                              else 0))
-        else:  # every layer's cache, plus one layer's copy during its cat
-            kv_hbm_prefill = (model.num_layers + 1) * kv_prompt_b
+            # pinned blocks: the prompt's K,V (prefill), then one grown block per tensor plus those still
+            # waiting on their copy's event when the host asks again; a prompt block serves the grown
+            # tensors when it is as large
+            prompt_blk, grown_blk = pinned_block_bytes(kv_prompt_b // 2), pinned_block_bytes(kv_final // 2)
+            num_grown = 2 * model.num_layers + round(HF_PINNED_EXTRA_BLOCKS_PER_LAYER * model.num_layers)
+            host = num_grown * grown_blk + (2 * model.num_layers * prompt_blk if prompt_blk != grown_blk else 0)
+        else:  # every layer's cache (prefill: each concatenated onto an empty one), plus one layer's
+            # old copy during its cat in decode
+            kv_hbm_prefill = model.num_layers * kv_prompt_b
             kv_hbm_decode = model.num_layers * kv_final + kv_final
         hbm_prefill = resident_w + kv_hbm_prefill + act_prefill + RUNTIME_WORKSPACE_BYTES
         hbm_decode = resident_w + kv_hbm_decode + act_decode + RUNTIME_WORKSPACE_BYTES
         breakdown["kv_cache"] = max(kv_hbm_prefill, kv_hbm_decode)
     else:
-        terms = static_memory_terms(model, job, num_staging_buffers=num_buf)
+        terms = static_memory_terms(model, job, num_staging_buffers=num_buf, graphs=graphs)
         hbm_prefill, hbm_decode = terms.hbm_bytes(num_kv_off=len(off_layers), num_streamed=len(stream_layers),
                                                   num_layers=model.num_layers)
         breakdown.update(kv_cache=n_hbm_kv * kv_final, staging_buffers=terms.staging_bytes if off_layers else 0,

@@ -450,6 +450,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                     help="PYTORCH_CUDA_ALLOC_CONF for the HF modes (default: the environment's)")
     ap.add_argument("--smoke", action="store_true", help="tiny copies of the models on the CPU, in this process")
     ap.add_argument("--json", action="store_true", help="print the measurement file's JSON")
+    ap.add_argument("--report", nargs="+", metavar="FILE",
+                    help="instead of running: measurement files re-predicted with today's replay, a table of "
+                         "measured / predicted prefill, decode step, HBM peak and pinned bytes (--plans: the plans "
+                         "directory, default each file's own)")
     ap.add_argument("--case", help=argparse.SUPPRESS)  # one plan, in a child process
     ap.add_argument("--case-out", help=argparse.SUPPRESS)
     ap.add_argument("--case-teacher", help=argparse.SUPPRESS)  # a reference's tokens and logits (directory)
@@ -467,6 +471,15 @@ def main(argv: list[str] | None = None, *, prog: str | None = None, command: lis
             rec = measure(load_plan(args.case), smoke=False, teacher=teacher,
                           reference_out=args.case_reference_out, check_eager=args.case_check_eager)
             Path(args.case_out).write_text(json.dumps(rec))
+            return 0
+        if args.report:
+            from validate.infer_plans import comparison_rows, format_comparison
+
+            rows = comparison_rows(args.report, plans_dir=args.plans)
+            if args.json:
+                print(json.dumps(rows, sort_keys=True))
+            else:
+                print("\n".join(format_comparison(rows)))
             return 0
         if not args.plans or not args.out:
             raise UserInputError("--plans and --out: both are required")

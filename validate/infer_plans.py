@@ -140,25 +140,111 @@ def _field(record: Any, name: str) -> Any:
     return getattr(record, name, None)
 
 
-def repredict(plan_path: str | Path, record: Any = None, *, skip_steps: int = 2) -> dict[str, Any]:
+def _middle(values: list[int]) -> list[int]:
+    """The one or two middle values of a sorted list (those its median is made of)."""
+    n = len(values)
+    return [] if not n else values[(n - 1) // 2 : n // 2 + 1]
+
+
+def record_graphs(record: Any) -> bool | None:
+    """Whether a measurement's static engine ran its decode steps through CUDA graphs: its
+    ``engine_notes["cuda_graphs"]``; records of the engine before graphs lack it (eager: False);
+    None without a record (the engine's default)."""
+    if record is None:
+        return None
+    notes = _field(record, "engine_notes") or {}
+    return bool(notes.get("cuda_graphs", False))
+
+
+SMOKE_RUNS_ON_HOST = {"static_resident": False, "static_kv_host": True, "static_kv_host_long": True,
+                      "hf_resident": False, "hf_offloaded": True}
+"""validate/scripts/infer_smoke.py's runs (records that name no plan file): whether every layer's
+KV is on the host."""
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def plan_for_record(record: Any, plans_dir: str | Path | None = None) -> Any:
+    """The plan a measured record ran: its plan file in ``plans_dir`` (or, when that file has
+    been made again, the copy with the record's sha256 in a sibling ``<plans_dir>*`` directory,
+    e.g. validate/plans/infer-bench-f897228), or, for a smoke run (no
+    plan file), the plan infer_smoke.py builds for its job (``infer_bench.infer_plan`` on
+    1xH200, every layer's KV on the host or none); None when neither applies."""
+    from planners.plan import load_plan
+
+    name = _field(record, "plan")
+    if name and plans_dir is not None:
+        path = Path(plans_dir) / str(name)
+        want = _field(record, "plan_sha256")
+        if want and (not path.is_file() or _sha256(path) != want):
+            # the plans were made again since: the one that ran is kept beside them
+            found = [p for p in sorted(Path(plans_dir).parent.glob(f"{Path(plans_dir).name}*/{name}"))
+                     if _sha256(p) == want]
+            if not found:
+                raise UserInputError(f"{name}: no plan file with the sha256 the record ran ({want[:12]}...)")
+            path = found[0]
+        return load_plan(path)
+    mode = _field(record, "mode")
+    if mode not in SMOKE_RUNS_ON_HOST or not _field(record, "model"):
+        return None
+    from hwmodels.catalog import load_node
+    from simulator.job import InferJob
+    from simulator.model import get_model
+    from simulator.scenario import Scenario
+    from validate.infer_bench import infer_plan
+
+    model = get_model(str(_field(record, "model")))
+    job = InferJob(prompt_len=int(_field(record, "prompt_len")), gen_len=int(_field(record, "gen_len")),
+                   batch=int(_field(record, "batch")), engine=_field(record, "engine"),
+                   prefill_chunk_len=_field(record, "prefill_chunk_len"))
+    sc = Scenario.build(model, job, load_node(NODE))
+    return infer_plan(sc, kv_host=range(model.num_layers) if SMOKE_RUNS_ON_HOST[mode] else (),
+                      planner=f"smoke:{mode}")
+
+
+def record_sdpa_cudnn(record: Any) -> bool:
+    """Whether a measurement ran SDPA in torch's default order (cuDNN attention first on the
+    H200): records of the engines before they kept SDPA off cuDNN have no
+    ``engine_notes["sdpa_backends"]``; those after it name the backends (without cuDNN)."""
+    if record is None:
+        return False
+    notes = _field(record, "engine_notes") or {}
+    backends = notes.get("sdpa_backends")
+    return backends is None or "CUDNN" in str(backends).upper()
+
+
+def repredict(plan_path: Any, record: Any = None, *, skip_steps: int = 2, all_steps: bool = True
+              ) -> dict[str, Any]:
     """The plan's prediction with today's cost model: prefill time, the decode step time at
     each context of ``record`` (a measurement record or mapping with ``contexts``: the KV length
     at each decode step; default: the plan's mean context), their median over the steps after
     the first ``skip_steps`` (what the measurement's ``decode_step_time_s`` is the median of),
-    and the per-tier peaks."""
+    and the per-tier peaks; the static engine's decode issued as the record says it ran
+    (``record_graphs``). ``all_steps`` False: only the contexts the median is made of are
+    replayed (a decode step's time does not fall as its context grows), ``decode_step_times_s``
+    is then empty."""
     from planners.infer import replay_plan
     from planners.plan import load_plan
 
-    plan = load_plan(plan_path)
+    plan = load_plan(plan_path) if isinstance(plan_path, (str, Path)) else plan_path
     if plan.scenario.job.mode != "infer":
         raise UserInputError(f"{plan_path}: not an inference plan")
     contexts = list(_field(record, "contexts") or []) if record is not None else []
-    base = replay_plan(plan)
-    by_ctx: dict[int, float] = {}
-    for ctx in sorted(set(int(c) for c in contexts)):
-        by_ctx[ctx] = replay_plan(plan, context_len=ctx).decode_step_time_s
-    steps = [by_ctx[int(c)] for c in contexts]
-    tail = steps[skip_steps:] or steps
+    graphs = record_graphs(record)
+    cudnn = record_sdpa_cudnn(record)
+    base = replay_plan(plan, graphs=graphs, sdpa_cudnn=cudnn)
+    ints = [int(c) for c in contexts]
+    tail_ctx = ints[skip_steps:] or ints
+    wanted = set(ints) if all_steps else set(_middle(sorted(tail_ctx)))
+    by_ctx = {ctx: replay_plan(plan, context_len=ctx, graphs=graphs, sdpa_cudnn=cudnn,
+                               decode_only=True).decode_step_time_s
+              for ctx in sorted(wanted)}
+    steps = [by_ctx[c] for c in ints] if all_steps else []
+    tail = [by_ctx[c] for c in tail_ctx] if all_steps else [by_ctx[c] for c in _middle(sorted(tail_ctx))]
     return {
         "prefill_time_s": base.prefill_time_s,
         "decode_step_time_s": statistics.median(tail) if tail else base.decode_step_time_s,
@@ -169,3 +255,90 @@ def repredict(plan_path: str | Path, record: Any = None, *, skip_steps: int = 2)
         "host_pinned_bytes": base.tier_peak_bytes.get("host", 0),
         "feasible": base.feasible,
     }
+
+
+# ---- predicted against measured ------------------------------------------------------------------
+
+TIME_BAND = 0.10
+"""Decode step and prefill times: re-predicted within 10% of the measured."""
+HBM_BAND = 0.03
+"""Peak allocated HBM: re-predicted within 3% of the measured."""
+COMPARED = (("prefill_time_s", "prefill_time_s", TIME_BAND), ("decode_step_time_s", "decode_step_time_s", TIME_BAND),
+            ("peak_allocated_bytes", "peak_allocated_bytes", HBM_BAND))
+"""(measured field, re-predicted field, band) of each compared figure."""
+
+
+def compare_record(record: Any, plans_dir: str | Path | None) -> dict[str, Any]:
+    """One measured record against ``repredict`` of its plan (in ``plans_dir``): per compared
+    figure the measured and predicted values and the relative error (predicted / measured - 1),
+    and whether it is inside its band. Records that did not run (refused, out of memory) carry
+    their status only."""
+    row: dict[str, Any] = {"cell": _field(record, "cell"), "mode": _field(record, "mode"),
+                           "engine": _field(record, "engine"), "status": _field(record, "status"),
+                           "cuda_graphs": bool(record_graphs(record)), "sdpa_cudnn": record_sdpa_cudnn(record)}
+    plan = plan_for_record(record, plans_dir) if row["status"] == "ok" else None
+    if plan is None:
+        return row
+    pred = repredict(plan, record, all_steps=False)
+    for measured_key, pred_key, band in COMPARED:
+        m, p = _field(record, measured_key), pred[pred_key]
+        err = (p / m - 1.0) if m else None
+        row[measured_key] = {"measured": m, "predicted": p, "rel_error": err,
+                             "within": err is not None and abs(err) <= band, "band": band}
+    m = _field(record, "host_pinned_bytes")
+    if m:
+        p = pred["host_pinned_bytes"]
+        row["host_pinned_bytes"] = {"measured": m, "predicted": p, "rel_error": p / m - 1.0}
+    return row
+
+
+def comparison_rows(paths: list[str | Path], *, plans_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """``compare_record`` of every record of inference measurement files (their own plans
+    directory unless ``plans_dir``)."""
+    from pydantic import ValidationError
+
+    from hwmodels.userfile import read_user_json
+    from validate.records import InferBenchFile, InferSmokeFile
+
+    rows = []
+    for path in paths:
+        raw = read_user_json(path)
+        kind: Any = InferSmokeFile if isinstance(raw, dict) and isinstance(raw.get("records"), dict) else InferBenchFile
+        try:
+            data = kind.model_validate(raw)
+        except ValidationError as err:
+            first = err.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"]) or "file"
+            raise UserInputError(f"{path}: {loc}: {first['msg']}") from None
+        if isinstance(data, InferSmokeFile):
+            plans, records = plans_dir, list(data.records.values())
+        else:
+            plans, records = (Path(plans_dir) if plans_dir is not None else REPO / data.plans_dir), data.records
+        for rec in records:
+            rows.append({"file": Path(path).name, **compare_record(rec, plans)})
+    return rows
+
+
+def format_comparison(rows: list[dict[str, Any]]) -> list[str]:
+    """A table of comparison rows: per figure measured, predicted and the error (* outside band)."""
+    def cell(row: dict[str, Any], key: str, scale: float, unit: str) -> str:
+        c = row.get(key)
+        if not c:
+            return "-"
+        mark = "" if c.get("within", True) else " *"
+        return (f"{c['measured'] / scale:.4g}{unit} / {c['predicted'] / scale:.4g}{unit} "
+                f"({c['rel_error'] * 100:+.1f}%){mark}")
+
+    head = f"{'cell':24s} {'mode':19s} {'graphs':6s} {'cudnn':5s} {'prefill meas/pred':30s} {'decode step meas/pred':32s} " \
+           f"{'HBM alloc meas/pred':32s} pinned meas/pred"
+    out = [head]
+    for r in rows:
+        if r.get("status") != "ok":
+            out.append(f"{r['cell']!s:24s} {r['mode']!s:19s} {r['status']}")
+            continue
+        out.append(f"{r['cell']:24s} {r['mode']:19s} {'yes' if r['cuda_graphs'] else 'no':6s} "
+                   f"{'yes' if r['sdpa_cudnn'] else 'no':5s} "
+                   f"{cell(r, 'prefill_time_s', 1, ' s'):30s} {cell(r, 'decode_step_time_s', 1e-3, ' ms'):32s} "
+                   f"{cell(r, 'peak_allocated_bytes', 2**30, ' GiB'):32s} {cell(r, 'host_pinned_bytes', 2**30, ' GiB')}")
+    out.append(f"* outside its band (times {TIME_BAND:.0%}, allocated HBM {HBM_BAND:.0%})")
+    return out

@@ -327,6 +327,31 @@ class ArenaReplayFile(RecordFile):
     plans: dict[str, dict[str, Scalar]]
 
 
+class HostOverheadFile(RecordFile):
+    """validate/scripts/host_overhead.py: the host time of eager ops, decode steps and CUDA graphs."""
+
+    smoke: bool = False
+    """True: a CPU run that checks the script's logic; its times mean nothing."""
+    elapsed_s: float | None = Field(None, ge=0)
+    """Seconds the whole measurement took."""
+    dispatch: list[dict[str, Scalar]]
+    """Per op kind: host_s (the enqueue loop's time per call), wall_s (synchronized), calls."""
+    hf_decode: list[dict[str, Scalar | list[float]]]
+    """Per (width, layers, offloading): host_s / wall_s of one decode step (medians), aten ops, kernels."""
+    static_decode: list[dict[str, Scalar | list[float]]]
+    """Per (layers, kv_host): the static engine's decode step wall_s (median)."""
+    graphs: list[dict[str, Scalar]]
+    """Per graph size: host_s and wall_s per replay."""
+    copies: list[dict[str, Scalar]]
+    """Pinned copies: one copy per size and direction, 64 MiB chunks back to back, .to("cpu") blocks."""
+    prefill: list[dict[str, Scalar]] = Field(default_factory=list)
+    """Per engine: one 32K prefill pass of 2 layers at 8B width, GPU seconds of its largest kernels."""
+    decode_attention: list[dict[str, Scalar]] = Field(default_factory=list)
+    """Per (batch, context, KV layout): one decode SDPA call's seconds, queued, and its KV bytes rate."""
+    fit: dict[str, dict[str, float]]
+    """Per engine and form: fixed_s + per_layer_s * layers (hwmodels.host_overhead.fit_line), per_op_s."""
+
+
 class SnapshotRecord(RecordModel):
     """One step's allocator snapshot, reduced to segments and a trace of (field...) rows."""
 
@@ -397,6 +422,7 @@ _BY_PREFIX: tuple[tuple[str, type[RecordModel]], ...] = (
     ("snapshots-", SnapshotsFile),
     ("kernels-h200-2026-11-28-probe8-", KernelProfile),
     ("hf_configs", HfConfigsFile),
+    ("host-overhead-", HostOverheadFile),
     ("h200", ReferenceProbe),
 )
 

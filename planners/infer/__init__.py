@@ -100,15 +100,20 @@ def placement_of(plan: Any):
                      prefetch_lookahead_layers=plan.prefetch_lookahead_layers)
 
 
-def replay_plan(plan: Any, *, context_len: int | None = None):
-    """Replay an inference plan with the scenario it embeds (`simulator.inference`)."""
-    from simulator.inference import replay_placement
+def replay_plan(plan: Any, *, context_len: int | None = None, graphs: bool | None = None,
+                sdpa_cudnn: bool = False, decode_only: bool = False):
+    """Replay an inference plan with the scenario it embeds (`simulator.inference`); ``graphs``:
+    whether the static engine's decode step runs through CUDA graphs (None: the engine's default);
+    ``sdpa_cudnn``: SDPA in torch's default order rather than kept off cuDNN."""
+    from simulator.inference import STATIC_DECODE_GRAPHS, replay_placement
 
     sc = plan.scenario
     if sc.job.mode != "infer":
         raise UserInputError("job.mode: replay_plan replays inference plans")
     return replay_placement(sc.model, sc.job, sc.node, placement_of(plan), gpu_budget_bytes=sc.gpu_budget_bytes,
-                            host_budget_bytes=sc.host_budget_bytes, context_len=context_len)
+                            host_budget_bytes=sc.host_budget_bytes, context_len=context_len,
+                            graphs=STATIC_DECODE_GRAPHS if graphs is None else graphs, sdpa_cudnn=sdpa_cudnn,
+                            decode_only=decode_only)
 
 
 def spread(num_layers: int, counts: dict[str, int]) -> list[str]:

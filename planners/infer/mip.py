@@ -187,7 +187,7 @@ def solve_placement(scenario, *, objective: str = "throughput", time_limit_s: fl
     fixed = (terms.kv_layer_bytes * (L - n_off) + terms.weight_layer_bytes * (L - n_s)  # type: ignore[attr-defined]
              + terms.staging_bytes * any_kv + terms.weight_buffer_bytes * any_stream)  # type: ignore[attr-defined]
     g = float(c.gpu_budget_bytes)
-    prob += (fixed + terms.fixed_prefill_bytes + terms.kv_in_flight_bytes * any_kv) / g <= 1, "hbm_prefill"  # type: ignore[attr-defined]
+    prob += (fixed + terms.fixed_prefill_bytes) / g <= 1, "hbm_prefill"  # type: ignore[attr-defined]
     prob += (fixed + terms.fixed_decode_bytes) / g <= 1, "hbm_decode"  # type: ignore[attr-defined]
     n_t = {t: pulp.lpSum(kv[lyr, t] for lyr in range(L)) for t in off_tiers}
     prob += (n_t["host"] * c.kv_final_bytes + n_s * c.weight_bytes) / float(c.capacity_bytes["host"]) <= 1, \

@@ -31,7 +31,7 @@ def test_spread_places_counts_evenly():
 def test_mip_equals_the_best_count_enumeration(objective):
     """Layers are homogeneous: the MIP's per-layer choice has the objective of the best counts
     (host, cxl, nvme KV layers, streamed weight layers) found by enumerating them all."""
-    sc = _scenario(gpu=int(1.8 * GiB), host=150 * MiB)
+    sc = _scenario(gpu=int(2.1 * GiB), host=150 * MiB)
     c = coefficients(sc, num_staging_buffers=2)
     best, counts = enumerate_counts(c, objective=objective)
     sol = solve_placement(sc, objective=objective, time_limit_s=10)

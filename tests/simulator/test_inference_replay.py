@@ -60,7 +60,7 @@ def test_one_staging_buffer_serializes_fetch_and_attention():
     fetch_s = kv_layer_bytes(MODEL, job, num_tokens=one.context_len, batch=1) / \
         NODE.profile.fits["copy_h2d"].bandwidth_bytes_per_s
     # one buffer: layer l+1's fetch waits for layer l's attention: fetch and attention alternate
-    assert one.decode_step_time_s >= MODEL.num_layers * fetch_s + sum(seg.post_s[:-1])
+    assert one.decode_step_time_s >= MODEL.num_layers * fetch_s + sum(s.gpu_s for s in seg.post[:-1])
     assert two.decode_step_time_s < one.decode_step_time_s
 
 
@@ -73,8 +73,39 @@ def test_hf_offloaded_cache_moves_each_layer_both_ways_and_pins_power_of_two_blo
     assert pinned_block_bytes(3 * 2**20 + 1) == 4 * 2**20 and pinned_block_bytes(2**20) == 2**20
     prompt = kv_layer_bytes(MODEL, job, num_tokens=8192, batch=1) // 2
     final = kv_layer_bytes(MODEL, job, num_tokens=8196, batch=1) // 2
-    assert rep.tier_peak_bytes["host"] == MODEL.num_layers * 2 * (pinned_block_bytes(prompt)
-                                                                 + pinned_block_bytes(final))
+    # per tensor its prompt block and its grown block, and per layer one grown block waiting on its event
+    assert rep.tier_peak_bytes["host"] == MODEL.num_layers * (2 * pinned_block_bytes(prompt)
+                                                              + 3 * pinned_block_bytes(final))
+
+
+def test_fold_is_the_launch_pipeline():
+    """A run of kernels folded into one segment ends where the kernel-by-kernel pipeline does,
+    whenever the GPU becomes free and the host starts."""
+    from simulator.inference import Seg, fold, run_segments
+
+    kernels = [(7e-6, 3e-6), (7e-6, 40e-6), (2e-6, 1e-6), (9e-6, 2e-6), (1e-6, 30e-6)]
+    seg = fold(kernels)
+    ends = launch_pipeline_s([g for _, g in kernels], launch_s=[h for h, _ in kernels])
+    assert run_segments([seg]) == pytest.approx(max(ends[-1], seg.host_s))
+    # the GPU busy for 100 us first: the run starts when it is free (everything issued by then)
+    busy = Seg(gpu_s=100e-6)
+    assert run_segments([busy, seg]) == pytest.approx(100e-6 + sum(g for _, g in kernels))
+
+
+def test_eager_decode_at_batch_1_is_host_bound():
+    """Llama-3.1-8B at 32K, batch 1: the HF engine's step is the host's issue time (its kernels
+    take ~8.7 ms of GPU time); the static engine through CUDA graphs is GPU bound."""
+    from hwmodels.host_overhead import eager_host_costs
+
+    model = get_model("llama-3.1-8b")
+    hf = InferJob(prompt_len=32768, gen_len=16, engine="hf")
+    cost = eager_host_costs(NODE).hf_resident
+    rep = _replay(hf, kv_tier="hbm", model=model)
+    host_s = cost.fixed_s + model.num_layers * cost.per_layer_s
+    assert host_s <= rep.decode_step_time_s <= host_s + 0.5e-3
+    seg = decode_segments(model, InferJob(prompt_len=32768, gen_len=16), NODE, context_len=32776, batch=1)
+    assert seg.total_s == pytest.approx(seg.gpu_s, rel=0.02)
+    assert seg.total_s < 0.6 * host_s
 
 
 def test_batch1_decode_is_faster_on_h200_than_h100():

@@ -6,6 +6,7 @@ tierplan bench run --plans validate/plans/bench --out DIR [--lengths ..] [--budg
 tierplan bench report --measured FILE... [--plans DIR] [--out FILE.md] [--json]
 tierplan bench infer --plans validate/plans/infer-bench --out FILE.json [--cells ..] [--modes ..]
                      [--no-reference] [--hf-allocator CONF] [--smoke] [--json]
+tierplan bench infer --report FILE... [--plans DIR] [--json]
 
 The arguments are those of ``python3 validate/bench.py`` (one parser, defined there); those of
 ``infer`` are ``python3 validate/infer_bench.py``'s (the inference bench, one parser there).

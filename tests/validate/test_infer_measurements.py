@@ -1,0 +1,113 @@
+"""Every committed inference measurement, re-predicted by today's replay (validate.infer_plans).
+
+For each record of validate/measurements/h200/infer-*.json that ran: prefill time and decode step
+time within 10% of the measured, peak allocated HBM within 3%, per engine; a record outside its
+band fails unless KNOWN lists it with its reason. The table of all rows is printed (pytest -s).
+
+Hold-out: the host figures (hwmodels.host_overhead) are fitted on the host-overhead microbenchmark
+and on the Llama-3.1-8B 32K batch-1 cell at most; the 128K batch 1 / 4 / 8 cells and the 70B-shaped
+32K cell (weights streamed) are held out: they check the model, nothing is fitted on them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from validate.infer_plans import COMPARED, comparison_rows, format_comparison
+
+REPO = Path(__file__).resolve().parents[2]
+FILES = sorted(p for p in (REPO / "validate" / "measurements" / "h200").glob("infer-*.json")
+               if p.name.startswith(("infer-bench-", "infer-smoke-")))
+"""Inference measurements with records (the infer-diag files hold copy rates and logit traces)."""
+FITTED_CELLS = ("llama-3.1-8b-32k-b1",)
+"""Cells the host figures may be fitted on; every other cell is held out."""
+EAGER = "infer-bench-smoke-eager-h200-2026-12-02.json"
+SMOKE = "infer-smoke-h200-2026-12-02.json"
+CELL = "llama-3.1-8b-32k-b1"
+CUDNN_ERA = ("the engines before they kept SDPA off cuDNN: torch's default order ran cuDNN attention, whose fitted prefill rate the replay uses for these records; they ran 12-18% longer (cuDNN's plan building inside the timed prefill, not modelled: the engines no longer run it)")
+HF_PREFILL = ("transformers' prefill took 0.22 s (7 ms a layer) longer than the static engine's, whose same kernels the replay matches within 0.2%; which kernel differs is what host_overhead.py's 32K prefill profile of both engines is to show")
+HF_OFFLOADED = ("DynamicCache offloading: its steady steps ran 115-145 ms where the replay's both directions sharing the link (97 GB/s both ways) and the D2H on the default stream give 100 ms, and the median holds warm-up steps (pinned blocks allocated up to step ~8, from 3.5 s down)")
+B32 = "infer-bench-h200-llama-3.1-8b-32k-b1.json"
+B128 = "infer-bench-h200-llama-3.1-8b-128k-b1.json"
+C128 = "llama-3.1-8b-128k-b1"
+HOST_SPEED = ("the same HF resident 32K step took 18.14 ms in infer-exec2's smoke and 22.66 ms in this bench run (the "
+              "same engines on another machine instance): the host figures are fitted on the first; the replay has "
+              "no per-machine host speed")
+ATTN_128K = ("held-out miss: the one-token attention rate fitted at 32K (1.9 TB/s, which takes in the 32K step's "
+             "1.3 ms left over) is too slow for 128K keys (the 32K and 128K graphed steps imply ~3.6 TB/s); "
+             "host_overhead.py's decode_attention part measures it without either cell (the run made used an "
+             "earlier version of the script)")
+HF_OFFLOADED_128K = ("DynamicCache offloading at 128K: 780 ms, as if its 16 GiB each way ran one direction at a "
+                     "time at 44 GB/s, where the replay overlaps them (93 GB/s both ways, measured for 64 MiB "
+                     "chunks by host_overhead.py); what serializes them is not known yet")
+KNOWN: dict[tuple[str, str, str, str], str] = {
+    (B32, CELL, "hf_resident", "prefill_time_s"): HF_PREFILL,
+    (B32, CELL, "hf_resident", "decode_step_time_s"): HOST_SPEED,
+    (B32, CELL, "hf_offloaded", "prefill_time_s"): HF_PREFILL,
+    (B32, CELL, "hf_offloaded", "decode_step_time_s"): HF_OFFLOADED,
+    (B128, C128, "hf_resident", "decode_step_time_s"): HOST_SPEED + "; at 128K also the held-out attention rate",
+    (B128, C128, "hf_offloaded", "decode_step_time_s"): HF_OFFLOADED_128K,
+    (B128, C128, "plan", "decode_step_time_s"): ATTN_128K,
+    (EAGER, CELL, "plan", "prefill_time_s"):
+        "the first run of the smoke on a fresh device (2.25 s; the next static run's prefill took 1.56 s): "
+        "one-off kernel selection and allocator growth inside the timed prefill, which the engine's warm-up "
+        "now runs before the timer (infer-exec2)",
+    (EAGER, CELL, "kv_host", "decode_step_time_s"):
+        "the static engine's per-layer H2D copies ran at 38.7 GB/s where one pinned 1 GiB copy ran at "
+        "55.4 GB/s: an executor issue (fixed in infer-exec2: 55.2 GB/s), the replay prices the link's rate",
+    (EAGER, CELL, "kv_host", "prefill_time_s"): CUDNN_ERA,
+    (EAGER, CELL, "hf_resident", "prefill_time_s"): CUDNN_ERA,
+    (EAGER, CELL, "hf_offloaded", "prefill_time_s"): CUDNN_ERA,
+    (EAGER, CELL, "hf_offloaded", "decode_step_time_s"): HF_OFFLOADED,
+    (SMOKE, CELL, "hf_resident", "prefill_time_s"): HF_PREFILL,
+    (SMOKE, CELL, "hf_offloaded", "prefill_time_s"): HF_PREFILL,
+    (SMOKE, CELL, "hf_offloaded", "decode_step_time_s"): HF_OFFLOADED,
+}
+"""(file, cell, mode, figure) -> why that figure is outside its band."""
+
+
+def _rows() -> list[dict]:
+    return comparison_rows(FILES)
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict]:
+    return _rows()
+
+
+def test_there_are_inference_measurements() -> None:
+    assert FILES, "no validate/measurements/h200/infer-*.json"
+
+
+def test_every_measured_record_within_its_band(rows: list[dict]) -> None:
+    print("\n" + "\n".join(format_comparison(rows)))
+    misses, stale = [], []
+    for r in rows:
+        if r.get("status") != "ok":
+            continue
+        for key, _, band in COMPARED:
+            c = r[key]
+            known = (r["file"], r["cell"], r["mode"], key) in KNOWN
+            if not c["within"] and not known:
+                misses.append(f"{r['file']} {r['cell']} {r['mode']} {key}: measured {c['measured']:.4g}, "
+                              f"predicted {c['predicted']:.4g} ({c['rel_error']:+.1%}, band {band:.0%})")
+            if c["within"] and known:
+                stale.append(f"{r['file']} {r['cell']} {r['mode']} {key}: inside its band now, drop it from KNOWN")
+    assert not misses, "\n".join(misses)
+    assert not stale, "\n".join(stale)
+
+
+def test_known_gaps_name_measured_figures(rows: list[dict]) -> None:
+    present = {(r["file"], r["cell"], r["mode"], key) for r in rows if r.get("status") == "ok" for key, _, _ in COMPARED}
+    assert set(KNOWN) <= present
+    assert all(len(reason) > 40 for reason in KNOWN.values())
+
+
+def test_the_comparison_is_predicted_over_measured(rows: list[dict]) -> None:
+    """A hand-checkable record: the smoke's hf_resident decode step re-predicted, its error the ratio less one."""
+    row = next(r for r in rows if r["file"] == EAGER and r["mode"] == "hf_resident")
+    c = row["decode_step_time_s"]
+    assert c["rel_error"] == pytest.approx(c["predicted"] / c["measured"] - 1.0)
+    assert c["measured"] == pytest.approx(0.05447060775756836)
