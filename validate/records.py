@@ -358,6 +358,7 @@ _BY_NAME: tuple[tuple[str, type[RecordModel]], ...] = (
 _BY_PREFIX: tuple[tuple[str, type[RecordModel]], ...] = (
     ("microbench-", OpRecordsFile),
     ("gemm-warm-cold-", OpRecordsFile),
+    ("gemm-sweep-", OpRecordsFile),
     ("instep-", OpRecordsFile),
     ("steps-", StepsFile),
     ("bench-", BenchFile),
