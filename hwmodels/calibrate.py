@@ -43,7 +43,7 @@ from scipy.optimize import lsq_linear
 from hwmodels.catalog import REPO_ROOT, read_json
 from hwmodels.collectives import bus_factor, num_steps
 from hwmodels.limits import MAX_SECONDS, echo
-from hwmodels.op_classes import FLOP_CLASSES
+from hwmodels.op_classes import FLOP_CLASSES, GEMM_BURST_CLASS
 from hwmodels.specs import AchievedProfile, OpClassFit
 from hwmodels.units import GB, TB, TFLOPS, MiB, UserInputError
 
@@ -209,6 +209,34 @@ def records_from_reference_probe(data: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+# GEMM_BURST_CLASS (hwmodels.op_classes): GEMMs short enough to run at the burst clock, after a
+# fixed latency: the sweep (validate/scripts/gemm_sweep.py) ran 0.8-500 GFLOP kernels at 785-810
+# TFLOP/s after about 6 us, and from 8192^3 (1.1 TFLOP) on at the sustained 686-702 TFLOP/s of the
+# gemm class (the training shapes, timed alone and inside steps).
+GEMM_BURST_MAX_FLOPS = 1e12
+"""Sweep shapes from here on run at the sustained rate: points of the ``gemm`` regime, which its
+own fit (training shapes) already covers; they are not burst points."""
+GEMM_BURST_MIN_FLOPS_PER_BYTE = 206.0
+"""Below this arithmetic intensity (FLOPs per compulsory HBM byte; 989.5 TFLOP/s / 4.8 TB/s, the
+H200's datasheet ridge) a GEMM is bound by its bytes (decode's 1-64 rows): the memory side
+predicts it, it says nothing about the compute side."""
+
+
+def _burst_skip(r: dict[str, Any]) -> str | None:
+    """Why a GEMM sweep record is not a ``gemm.burst`` point (None: it is one)."""
+    if r.get("family") == "probe":
+        return "the reference probe's shapes timed again in its order: compared, not fitted"
+    if r.get("split") != "fit":
+        return f"split {r.get('split')!r}: held out of the fit (tests check it)"
+    m, n, k = int(r["m"]), int(r["n"]), int(r["k"])
+    flops = gemm_flops(m=m, n=n, k=k)
+    if flops >= GEMM_BURST_MAX_FLOPS:
+        return "at the sustained rate (the gemm class's regime)"
+    if flops / (2 * (m * k + k * n + m * n)) < GEMM_BURST_MIN_FLOPS_PER_BYTE:
+        return "bound by its bytes (the memory side predicts it)"
+    return None
+
+
 def _key(r: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(
         r.get(f)
@@ -251,6 +279,14 @@ def points_from_records(
             if op == "gemm" and r.get("timing") == "isolated":
                 # one call after a synchronize: the kernel plus what its launch exposes
                 skipped.append(f"{where}: an isolated call, not the kernel's time")
+            elif op == "gemm" and "split" in r or r.get("family") == "probe":
+                if (why := _burst_skip(r)) is not None:
+                    skipped.append(f"{where}: {why}")
+                else:
+                    flops = gemm_flops(m=r["m"], n=r["n"], k=r["k"])
+                    label = f"gemm {r['m']}x{r['n']}x{r['k']} {r.get('dtype', 'bf16')} sweep"
+                    pts.append(CalibrationPoint(GEMM_BURST_CLASS, flops, 1, t, label,
+                                                r.get("dtype", "bf16")))
             elif op == "gemm":
                 flops = r.get("flops") or gemm_flops(m=r["m"], n=r["n"], k=r["k"])
                 label = f"gemm {r.get('m')}x{r.get('n')}x{r.get('k')} {r.get('dtype', 'bf16')}"

@@ -6,6 +6,11 @@ op class (``gemm``, ``attention_fwd``, ``attention_bwd``), memory side
 ``latency_s + hbm_bytes / achieved_bandwidth`` (class ``memory``; ``hbm_copy`` for copies).
 The fixed latency is what makes small kernels reach only a fraction of the rate (the size curve:
 half of the rate at ``flops = latency_s * rate``).
+A GEMM has a third side, ``gemm.burst``: a latency plus the rate short kernels reach at the burst
+clock (H200: about 6 us and 790 TFLOP/s, fitted on the GEMM sweep's fit half) against the
+``gemm`` fit's sustained rate (699 TFLOP/s, no latency: training shapes, alone and inside steps).
+The slower side wins, so GEMMs above about 30 GFLOP are the sustained fit's, and a 1536^3 one
+(7 GFLOP, measured 15.0 us) pays the latency where the sustained rate alone said 10.4 us.
 With a node profile, achieved rates and latencies are its fits; compute rates measured in one
 dtype scale to another by the ratio of datasheet peaks. Without one, the rate is the datasheet
 peak times `DEFAULT_FLOPS_EFFICIENCY_FRAC` / `DEFAULT_BANDWIDTH_EFFICIENCY_FRAC` and the latency
@@ -24,7 +29,7 @@ instep-h200-2026-11-28.json) divided by the H200 datasheet
 
 from __future__ import annotations
 
-from hwmodels.op_classes import FLOP_CLASSES, KERNEL_CLASSES
+from hwmodels.op_classes import FLOP_CLASSES, GEMM_BURST_CLASS, KERNEL_CLASSES
 from hwmodels.specs import NodeSpec, OpClassFit
 from hwmodels.units import UserInputError
 
@@ -123,6 +128,8 @@ def compute_time_s(
         compute = kernel_fit(op_class, dtype=dtype, node=node)
         memory = kernel_fit("memory", dtype=dtype, node=node)
         t = max(compute.time_s(flops), memory.time_s(hbm_bytes))
+        if op_class == "gemm":  # the short-kernel side (a profile without it: the same as compute)
+            t = max(t, kernel_fit(GEMM_BURST_CLASS, dtype=dtype, node=node).time_s(flops))
     else:
         memory = kernel_fit(op_class, dtype=dtype, node=node)
         cuda_core_s = flops / peak_flops_per_s(node, "fp32")

@@ -14,3 +14,8 @@ timed against a FLOP rate."""
 KERNEL_CLASSES: tuple[str, ...] = FLOP_CLASSES + ("memory", "hbm_copy")
 """Classes of one kernel on one GPU, the ones `hwmodels.compute` times (``memory`` and
 ``hbm_copy`` against a byte rate)."""
+
+GEMM_BURST_CLASS = "gemm.burst"
+"""A GEMM's short-kernel side: a latency plus the rate short kernels reach at the burst clock
+(``hwmodels.compute`` takes the slower of it and the sustained ``gemm`` fit; a profile without it
+falls back to ``gemm``, which leaves every GEMM as the sustained fit says)."""

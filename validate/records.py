@@ -352,6 +352,33 @@ class HostOverheadFile(RecordFile):
     """Per engine and form: fixed_s + per_layer_s * layers (hwmodels.host_overhead.fit_line), per_op_s."""
 
 
+class AllocTraceMark(RecordModel):
+    """Where a step boundary falls in an allocation trace, and the allocator's statistics there."""
+
+    at: str
+    """``prepared`` (model, batch and executor set up) or ``after step N``."""
+    trace_index: int = Field(ge=0)
+    """Length of the device trace at this point: entries before it happened before."""
+    allocated_bytes: int | None = Field(default=None, ge=0)
+    reserved_bytes: int | None = Field(default=None, ge=0)
+    peak_allocated_bytes: int | None = Field(default=None, ge=0)
+    peak_reserved_bytes: int | None = Field(default=None, ge=0)
+
+
+class AllocTraceFile(RecordFile):
+    """validate/scripts/alloc_trace.py: the executor's allocation / free sequence of one plan's
+    steps (``torch.cuda.memory._snapshot()`` as is, no stack frames) with step marks."""
+
+    plan: str
+    """The plan file that ran."""
+    marks: list[AllocTraceMark]
+    result: dict[str, Any]
+    """Model, layers, tokens, the timed steps' seconds and the plan's prediction."""
+    snapshot: dict[str, Any]
+    """``{"segments": [...], "device_traces": [[{"action", "addr", "size", "stream", "time_us",
+    ...}, ...]]}``."""
+
+
 class SnapshotRecord(RecordModel):
     """One step's allocator snapshot, reduced to segments and a trace of (field...) rows."""
 
@@ -412,6 +439,8 @@ _BY_NAME: tuple[tuple[str, type[RecordModel]], ...] = (
 _BY_PREFIX: tuple[tuple[str, type[RecordModel]], ...] = (
     ("microbench-", OpRecordsFile),
     ("gemm-warm-cold-", OpRecordsFile),
+    ("gemm-sweep-", OpRecordsFile),
+    ("alloc-trace-", AllocTraceFile),
     ("instep-", OpRecordsFile),
     ("steps-", StepsFile),
     ("bench-", BenchFile),

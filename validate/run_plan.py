@@ -112,13 +112,14 @@ def time_steps(
     repeats: int,
     max_step_s: float | None = None,
     where: list[str] | None = None,
+    after_step: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """Seconds of each timed step of ``step()`` (CUDA events on the GPU, wall time on the CPU).
 
     ``warmup`` untimed steps first; the peak memory statistics (device and pinned host) are reset
     after them; gradients are set to None before every step. When the last warm-up step took
     longer than ``max_step_s``, one step is timed. ``where[0]`` names the step running (for an
-    out-of-memory report)."""
+    out-of-memory report); ``after_step(i, seconds)`` runs after step ``i``, outside its time."""
     cuda = device.type == "cuda"
 
     def before_step(i: int) -> None:
@@ -134,7 +135,8 @@ def time_steps(
                 torch.cuda.reset_peak_host_memory_stats()
 
     return timing.time_steps(step, device=device, warmup=warmup, repeats=repeats,
-                             max_step_s=max_step_s, before_step=before_step)
+                             max_step_s=max_step_s, before_step=before_step,
+                             after_step=after_step)
 
 
 def run_case(

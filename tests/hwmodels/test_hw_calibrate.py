@@ -78,6 +78,9 @@ KNOWN_OUTLIERS = {
     ("attention_bwd", "sdpa default(?) b1 s4096 h32/32 d128 bwd (fwdbwd - fwd)"): 0.35,
     ("memory.embedding.eager.fwdbwd", None): 0.20,
     ("gemm", None): 0.20,
+    # the burst side's own points: 512 rows x 4096 -> 14336 ran at 695 TFLOP/s where the other
+    # 512-row shape ran at 790 (a shape effect, both fit points)
+    ("gemm.burst", "gemm 512x14336x4096 bf16 sweep"): 0.11,
     # the rate curve takes the in-step time where a size has one: cuDNN's causal backward at 32K
     # tokens ran at 489 TFLOP/s inside a step and 536-538 alone, so the standalone points are
     # predicted 9-10% slow
@@ -88,7 +91,7 @@ KNOWN_OUTLIERS = {
 
 def test_residuals_within_10pct_except_documented_outliers(committed):
     res = residuals(committed, load_points([REPO_ROOT / p for p in committed.measurements]))
-    assert len(res) == 577  # every point of every committed file is predicted
+    assert len(res) == 585  # every point of every committed file is predicted
     misses = []
     for r in res:
         bound = KNOWN_OUTLIERS.get(
@@ -247,7 +250,10 @@ def test_the_4096_cubed_gemm_probe_point_disagrees_with_every_other_timing_of_th
     documented outlier: the six back-to-back microbenchmark timings of the same shape on the same
     H200 (fwd, input and weight grad, two runs) and the four of the warm/cold run (1455-1980 MHz)
     ran it in 182-222 us; the fit predicts 197 us, within 12% of all ten. A fit or a
-    small-GEMM model that predicted the probe's 272 us would miss every one of them by 22-50%."""
+    small-GEMM model that predicted the probe's 272 us would miss every one of them by 22-50%.
+    The GEMM sweep (tests/kernels/test_gemm_sweep.py) timed the shape again both ways on one H200:
+    one call after a synchronize 206-236 us, queued 177-186 us: the probe's figure is a call's
+    time with its launch exposed, not the kernel's."""
     from hwmodels.catalog import get_node
     from hwmodels.compute import compute_time_s
 

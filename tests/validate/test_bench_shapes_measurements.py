@@ -23,9 +23,13 @@ MODELS = ("qwen2-7b-stack", "mistral-7b-stack", "llama-3-8b-stack")
 STEP_TOL, PEAK_TOL, RESERVED_TOL = 0.05, 0.03, 0.05
 CHECKPOINT_RESERVED_BAND = (0.0, 0.20)
 """Known gap (H200, 2026-12-02): under expandable segments the allocator model predicts
-torch.utils.checkpoint's reserved peak 6-15% high (its recomputed activations' pages are mapped
-again where PyTorch reuses freed ones). High is the safe side, so it is held to a band: never
-below the measured, at most 20% above; every plan cell (none, MIP, ideal) is held to 5%."""
+torch.utils.checkpoint's reserved peak 6-15% high. The executor's real allocation sequence of the
+Mistral 64K cell (tests/validate/test_checkpoint_alloc_trace.py) shows two causes: the template
+keeps the last layer's output through backward (the whole +2.2% allocated excess), and the model
+fed the device's own sequence maps 4.5% more than the device (it runs best fit over mapped and
+unmapped ranges alike; PyTorch serves from mapped blocks first). High is the safe side, so it is
+held to a band: never below the measured, at most 20% above; every plan cell (none, MIP, ideal)
+is held to 5%."""
 K = 1024
 
 
