@@ -640,6 +640,14 @@ def check_placement(model, job, node, placement: Placement) -> None:
                                  "host (DynamicCache offloading), and every weight in HBM")
 
 
+def allocatable_hbm_bytes(node) -> int:
+    """HBM one process can hand to PyTorch on ``node``'s GPU: a budget of the whole card is capped
+    at this (the driver's reserve and the CUDA context are not the allocator's to give out)."""
+    from simulator.estimator import NON_ALLOCATABLE_BYTES
+
+    return node.gpu.hbm_capacity_bytes - NON_ALLOCATABLE_BYTES
+
+
 def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes: int, host_budget_bytes: int,
                      context_len: int | None = None, graphs: bool = STATIC_DECODE_GRAPHS,
                      sdpa_cudnn: bool = False, decode_only: bool = False) -> InferReplay:
@@ -781,11 +789,15 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
     binding = ""
     from hwmodels.units import format_bytes
 
-    if hbm_peak > gpu_budget_bytes:
+    allocatable = allocatable_hbm_bytes(node)
+    hbm_cap = min(gpu_budget_bytes, allocatable)
+    if hbm_peak > hbm_cap:
         phase = "prefill" if hbm_prefill >= hbm_decode else "decode"
+        over = (f"the GPU budget of {format_bytes(gpu_budget_bytes)}" if gpu_budget_bytes <= allocatable else
+                f"the {format_bytes(allocatable)} a process can allocate on the {format_bytes(node.gpu.hbm_capacity_bytes)} card")
         binding = (f"hbm: the {phase} needs {format_bytes(hbm_peak)} allocated (weights "
                    f"{format_bytes(resident_w)}, KV {format_bytes(breakdown.get('kv_cache', 0))}, activations "
-                   f"{format_bytes(breakdown['activations'])}), over the GPU budget of {format_bytes(gpu_budget_bytes)}")
+                   f"{format_bytes(breakdown['activations'])}), over {over}")
     elif host > host_budget_bytes:
         binding = (f"host: {format_bytes(host)} of pinned host memory, over the host budget of "
                    f"{format_bytes(host_budget_bytes)}")

@@ -29,6 +29,7 @@ from dataclasses import replace as dc_replace
 from typing import Any
 
 from hwmodels.units import UserInputError, format_bytes
+from planners.infer.mip import hbm_cap_bytes
 
 OBJECTIVES = ("throughput", "latency")
 ENGINES = ("static", "hf")
@@ -234,7 +235,7 @@ def rule_placement(scenario, name: str, *, lookahead: int = DEFAULT_LOOKAHEAD,
     if job.engine == "static":  # the fewest streamed layers that make the HBM fit
         terms = static_memory_terms(model, job, num_staging_buffers=num_staging_buffers)
         while streamed < L and max(terms.hbm_bytes(num_kv_off=L, num_streamed=streamed, num_layers=L)) \
-                > scenario.gpu_budget_bytes:
+                > hbm_cap_bytes(scenario):
             streamed += 1
     labels = spread(L, {"stream": streamed}) if streamed else ["hbm"] * L
     return Placement(tuple(LayerPlacement(kv_tier="host", params_tier="host" if lab == "stream" else "hbm")
@@ -353,7 +354,7 @@ def _fill(scenario, job, tiers: tuple[str, ...]):
     L = model.num_layers
     terms = _terms(model, job)
     n_off = next((n for n in range(L + 1) if n == 0 or len(tiers) > 1
-                  if max(terms.hbm_bytes(num_kv_off=n, num_streamed=0, num_layers=L)) <= scenario.gpu_budget_bytes),
+                  if max(terms.hbm_bytes(num_kv_off=n, num_streamed=0, num_layers=L)) <= hbm_cap_bytes(scenario)),
                  None)
     if n_off is None or (n_off and tiers == ("hbm",)):
         return None

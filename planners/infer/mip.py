@@ -111,8 +111,16 @@ def coefficients(scenario, *, num_staging_buffers: int) -> Coefficients:
         weight_bytes=layer_weight_bytes(model, job), decode_compute_s=decode_s, prefill_compute_s=prefill_s,
         num_passes=job.batch * num_chunks, gen_len=job.gen_len,
         host_rate_bytes_per_s=route_rate("host"), device_rate_bytes_per_s=dev_rate, capacity_bytes=capacity,
-        gpu_budget_bytes=scenario.gpu_budget_bytes,
+        gpu_budget_bytes=hbm_cap_bytes(scenario),
         hbm_terms=static_memory_terms(model, job, num_staging_buffers=num_staging_buffers))
+
+
+def hbm_cap_bytes(scenario) -> int:
+    """The HBM a placement may use: the scenario's GPU budget, capped at what one process can
+    allocate on the card (simulator.inference.allocatable_hbm_bytes, what the replay checks)."""
+    from simulator.inference import allocatable_hbm_bytes
+
+    return min(scenario.gpu_budget_bytes, allocatable_hbm_bytes(scenario.node))
 
 
 def bound_s(c: Coefficients, counts: dict[str, int], *, objective: str) -> float | None:

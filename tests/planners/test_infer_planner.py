@@ -99,3 +99,23 @@ def test_repredict_a_committed_bench_plan_at_the_measured_contexts():
     assert out["decode_step_time_s"] == pytest.approx(statistics.median(out["decode_step_times_s"][2:]))
     assert out["host_pinned_bytes"] == 32 * 2 * 8 * 128 * 2 * (32768 + 16)  # layers x K,V x heads x dim x bf16
 
+
+
+def test_a_whole_card_budget_is_capped_at_what_a_process_can_allocate():
+    """128K x 8 on the full H200: the best plan's HBM peak stays under the card less the driver's
+    reserve and the CUDA context (a 139.66 GiB plan under a 140.40 GiB budget ran out of memory)."""
+    from hwmodels.catalog import load_node
+    from planners.infer import plan_inference
+    from simulator.inference import allocatable_hbm_bytes
+    from simulator.job import parse_job
+    from simulator.model import get_model
+    from simulator.scenario import Scenario
+
+    node = load_node("1xH200")
+    job = parse_job({"mode": "infer", "prompt_len": "128K", "gen_len": 16, "batch": 8})
+    sc = Scenario.build(get_model("llama-3.1-8b"), job, node)
+    assert sc.gpu_budget_bytes > allocatable_hbm_bytes(node)
+    report = plan_inference(sc, objective="throughput", time_limit_s=10.0, solver="highs")
+    best = report.result(report.best)
+    assert best.replay.feasible
+    assert best.plan.prediction.tier_peak_bytes["hbm"] <= allocatable_hbm_bytes(node)
