@@ -168,9 +168,9 @@ def _kernel_gpu_s(op, node, dtype: str) -> float:
     rates = decode_rates(node)
     if op.kind == "linear":
         mem = rates.gemm_bytes_per_s
-    elif op.kind == "decode_attention":
-        mem = rates.attention_bytes_per_s
     t = op.hbm_bytes / mem
+    if op.kind == "decode_attention":
+        t += rates.attention_latency_s
     if op.op_class in FLOP_CLASSES and op.executed_flops > 0:
         rate = kernel_fit(op.op_class, dtype=dtype, node=node).flops_per_s
         assert rate is not None  # FLOP classes fit a FLOP rate
