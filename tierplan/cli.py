@@ -46,6 +46,21 @@ class _Parser(argparse.ArgumentParser):
         return super()._get_values(action, arg_strings)
 
 
+class _Version(argparse.Action):
+    """``--version``: the installed package's version (looked up only when asked, so that
+    building the parser stays cheap)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=kwargs.get("help"))  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from planners.plan import tierplan_version
+
+        print(f"tierplan {tierplan_version()}")
+        parser.exit(0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="tierplan",
@@ -54,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
             "across GPU HBM, host DRAM, CXL, NVMe and the links between them."
         ),
     )
+    parser.add_argument("--version", action=_Version, help="print the installed tierplan version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
