@@ -15,8 +15,9 @@ rows are written into the buffer by the compute stream, so attention sees ctx + 
 copied D2H into the pool on a D2H stream. CUDA events order it all: a fetch waits until the
 attention and the write-back that read its buffer are done, and the write-back of the layer's
 previous pass; attention waits for the fetch. A layer whose weights are on the host keeps them
-as one flat pinned block, streamed H2D into one of ``1 + max(params_prefetch_layers)`` rotating
-flat GPU weight buffers (one copy per layer), ``params_prefetch_layers`` layers ahead. Each copy
+as one flat pinned block, streamed H2D into one of the plan's ``num_staging_buffers`` rotating
+flat GPU weight buffers (one copy per layer), ``params_prefetch_layers`` layers ahead once the
+layer that last used its buffer has been issued. Each copy
 is one large contiguous copy per K and V per layer and sequence (one per layer and direction at
 batch 1); nothing synchronizes inside a step but the timer at its end. The head computes the
 last position's logits; the next token is their argmax.
