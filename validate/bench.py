@@ -60,7 +60,6 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from pydantic import ValidationError  # noqa: E402
 
 from hwmodels.limits import MAX_REPEATS, MAX_SECONDS, MAX_TIME_LIMIT_S  # noqa: E402
 from hwmodels.outputs import OutputSet  # noqa: E402
@@ -75,10 +74,9 @@ from hwmodels.units import (  # noqa: E402
     parse_count,
     parse_float,
     parse_int,
-    validation_error_line,
 )
-from hwmodels.userfile import read_user_json, read_user_text  # noqa: E402
-from validate.records import BenchFile  # noqa: E402
+from hwmodels.userfile import read_user_json  # noqa: E402
+from validate.records import BenchFile, load_record_file  # noqa: E402
 
 MODEL = "probe-llama7b-stack"
 """The default stack: the first benchmark's (its plans in validate/plans/bench)."""
@@ -809,13 +807,7 @@ def report_rows(measured_files: list[str | Path], plans_dir: str | Path) -> dict
     merged: dict[tuple, dict[str, Any]] = {}
     provs = []
     for f in measured_files:
-        try:
-            data = BenchFile.model_validate_json(read_user_text(f))
-        except UserInputError as err:
-            raise UserInputError(f"--measured: {err}") from None
-        except ValidationError as err:
-            raise UserInputError(f"--measured: {f}: not a bench-measured file: "
-                                 f"{validation_error_line(err)}") from None
+        data = load_record_file(f, BenchFile, field="--measured", what="a bench-measured file")
         cells = as_dicts(data.cells)
         provs.append(data.provenance.model_dump(mode="json", exclude_unset=True))
         after_oom = False

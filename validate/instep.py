@@ -42,14 +42,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from pydantic import ValidationError  # noqa: E402
 
 from hwmodels.limits import echo  # noqa: E402
 from hwmodels.outputs import OutputSet  # noqa: E402
 from hwmodels.records import OpRecordsFile  # noqa: E402
-from hwmodels.units import UserInputError, validation_error_line  # noqa: E402
+from hwmodels.units import UserInputError  # noqa: E402
 from hwmodels.userfile import read_user_json  # noqa: E402
-from validate.records import PlanRunFile  # noqa: E402
+from validate.records import PlanRunFile, load_record_file  # noqa: E402
 
 SDPA_OPS = {"aten::_cudnn_attention_forward": "fwd", "aten::_cudnn_attention_backward": "bwd"}
 
@@ -138,13 +137,7 @@ def build(profile_paths: list[str], measured_path: str) -> dict[str, Any]:
         case = Path(p).name.removesuffix(".kernels.json")
         for r in records_from_profile(data, source=p):
             records.append({**r, "case": case})
-    try:
-        run = PlanRunFile.model_validate(read_user_json(measured_path))
-    except UserInputError as err:
-        raise UserInputError(f"--measured: {err}") from None
-    except ValidationError as err:
-        raise UserInputError(f"--measured: {measured_path}: not a run_plan measured.json: "
-                             f"{validation_error_line(err)}") from None
+    run = load_record_file(measured_path, PlanRunFile, field="--measured", what="a run_plan measured.json")
     prov = run.provenance.model_dump(mode="json", exclude_unset=True)
     return {"provenance": {**prov, "converted_by": "python3 validate/instep.py"}, "records": records}
 

@@ -16,11 +16,13 @@ Source: validate/measurements/.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from hwmodels.records import OpRecordsFile, RecordFile, RecordModel
+from hwmodels.units import UserInputError, validation_error_line
+from hwmodels.userfile import read_user_json
 
 Scalar = float | int | str | bool | None
 
@@ -466,3 +468,18 @@ def model_for(path: str | Path) -> type[RecordModel]:
         if name.startswith(prefix):
             return model
     raise ValueError(f"{path}: no measurement model for this file name")
+
+
+RecordT = TypeVar("RecordT", bound=RecordModel)
+
+
+def load_record_file(path: str | Path, model: type[RecordT], *, field: str, what: str) -> RecordT:
+    """The measurement file ``path`` read through the user-file reader and validated as
+    ``model``; an unreadable or malformed file is one line naming ``field``, the path and what it
+    should have been (``what``)."""
+    try:
+        return model.model_validate(read_user_json(path))
+    except UserInputError as err:
+        raise UserInputError(f"{field}: {err}") from None
+    except ValidationError as err:
+        raise UserInputError(f"{field}: {path}: not {what}: {validation_error_line(err)}") from None

@@ -127,13 +127,7 @@ def run(args: argparse.Namespace) -> int:
         _print(report, scenario, model, node, costs,
                allocator=args.allocator if args.allocator != "planned" else scenario.job.allocator)
     if report.best is None:
-        import sys
-
-        if report.timed_out:
-            print(f"tierplan plan: {report.binding}", file=sys.stderr)
-            return EXIT_TIME_LIMIT
-        print(f"tierplan plan: infeasible: {report.binding}", file=sys.stderr)
-        return EXIT_INFEASIBLE
+        return _no_plan(report)
     if args.out:
         written = write_outputs(report, args.out)
         if not args.json:
@@ -157,11 +151,21 @@ def strategy_costs(report, scenario, catalog) -> dict[str, dict]:
     return out
 
 
+def _no_plan(report) -> int:
+    """A report (training or inference) without a plan: the binding constraint or the time limit
+    on stderr, and its exit code."""
+    import sys
+
+    if report.timed_out:
+        print(f"tierplan plan: {report.binding}", file=sys.stderr)
+        return EXIT_TIME_LIMIT
+    print(f"tierplan plan: infeasible: {report.binding}", file=sys.stderr)
+    return EXIT_INFEASIBLE
+
+
 def _run_infer(args: argparse.Namespace, scenario) -> int:
     """``--mode infer``: the rules and the MIP of `planners.infer`, each replayed; plan.json of
     the best with --out; exit 3 with the binding constraint when nothing fits."""
-    import sys
-
     from hwmodels.outputs import OutputSet, make_out_dir
     from hwmodels.units import UserInputError
     from planners.infer import plan_inference, tiers_line
@@ -176,11 +180,7 @@ def _run_infer(args: argparse.Namespace, scenario) -> int:
     else:
         _print_infer(report, scenario)
     if report.best is None:
-        if report.timed_out:
-            print(f"tierplan plan: {report.binding}", file=sys.stderr)
-            return EXIT_TIME_LIMIT
-        print(f"tierplan plan: infeasible: {report.binding}", file=sys.stderr)
-        return EXIT_INFEASIBLE
+        return _no_plan(report)
     best = report.result(report.best)
     if not args.json:
         print(f"best: {report.best}: {tiers_line(best.plan)}")
