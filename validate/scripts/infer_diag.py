@@ -36,6 +36,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from hwmodels.catalog import load_node  # noqa: E402
 from hwmodels.units import GiB, MiB  # noqa: E402
+from kernels.timing import time_steps  # noqa: E402
 from simulator.job import InferJob  # noqa: E402
 from simulator.model import get_model  # noqa: E402
 from simulator.scenario import Scenario  # noqa: E402
@@ -45,15 +46,8 @@ from validate.infer_executor import StaticDecodeEngine, _Streams, compare_logits
 
 
 def _timed(fn: Any, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / 1e3)
-    return statistics.median(times)
+    """Median seconds of ``repeats`` event-timed calls (kernels.timing)."""
+    return statistics.median(time_steps(fn, device=torch.device("cuda"), warmup=0, repeats=repeats))
 
 
 def copy_rates() -> dict[str, float]:
