@@ -35,9 +35,11 @@ C128 = "llama-3.1-8b-128k-b1"
 HOST_SPEED = ("the same HF resident 32K step took 18.14 ms in infer-exec2's smoke and 22.66 ms in this bench run (the "
               "same engines on another machine instance): the host figures are fitted on the first; the replay has "
               "no per-machine host speed")
-HF_OFFLOADED_128K = ("DynamicCache offloading at 128K: 780 ms, as if its 16 GiB each way ran one direction at a "
-                     "time at 44 GB/s, where the replay overlaps them (93 GB/s both ways, measured for 64 MiB "
-                     "chunks by host_overhead.py); what serializes them is not known yet")
+HF_OFFLOADED_128K = ("DynamicCache offloading at 128K: 780 ms (2026-12-02) and 693 ms (2026-12-03, another "
+                     "machine instance), as if its 16 GiB each way ran one direction at a time at 44-50 GB/s, "
+                     "where the replay overlaps them (93 GB/s both ways, measured for 64 MiB chunks by "
+                     "host_overhead.py); what serializes them is not known yet")
+B128_0312 = "infer-bench-h200-2026-12-03-llama-3.1-8b-128k-b1.json"
 B4 = "infer-bench-h200-llama-3.1-8b-128k-b4.json"
 KNOWN: dict[tuple[str, str, str, str], str] = {
     (B32, CELL, "hf_resident", "prefill_time_s"): HF_PREFILL,
@@ -48,6 +50,7 @@ KNOWN: dict[tuple[str, str, str, str], str] = {
         "static engine's graphed one (12.29 ms, predicted -5.1%) where the replay adds only its host cost (20.1 ms "
         "predicted): the rest, its attention over the torch.cat-grown cache or this instance's host, is not known",
     (B128, C128, "hf_offloaded", "decode_step_time_s"): HF_OFFLOADED_128K,
+    (B128_0312, C128, "hf_offloaded", "decode_step_time_s"): HF_OFFLOADED_128K,
     (EAGER, CELL, "plan", "prefill_time_s"):
         "the first run of the smoke on a fresh device (2.25 s; the next static run's prefill took 1.56 s): "
         "one-off kernel selection and allocator growth inside the timed prefill, which the engine's warm-up "
