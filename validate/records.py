@@ -122,6 +122,9 @@ class PlanCase(RecordModel):
     """File name of the allocator snapshot of the case."""
     grad_check: dict[str, Scalar] | None = None
     """Gradients of the plan against the plain model's."""
+    model_states: dict[str, Scalar] | None = None
+    """Whole-model plans: the model states' host and disk bytes and the last step's CPU
+    optimizer time (``validate.model_states``)."""
 
     @model_validator(mode="after")
     def _described(self) -> PlanCase:
