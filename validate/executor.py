@@ -36,6 +36,11 @@ tensor is released after its last unpack (autograd holds it from there).
 Measures (CUDA): per step, D2H / H2D bytes and busy time (timing events around each layer's
 batch of copies on its stream), the compute stream's exposed wait for prefetches (events on
 either side of the wait) and the recompute ops' time.
+Whole-model plans: ``lm_head_chunks`` and ``mlp_chunks`` set the decoder's chunked head + loss and
+tiled MLP (``validate.chunked_ops``); model states off HBM and the optimizer step (a job with an
+optimizer) are ``validate.model_states``' (its fetch before each layer's forward, at the gradient
+hook of its output in backward, its CPU steps awaited after backward); ``executor_unsupported``
+names what this executor does not run.
 Ignores: the plan's staging buffers (prefetched tensors come from the caching allocator).
 Source: MEMO (Zhao et al., SIGMOD 2025) section 4 (token-wise offload, pinned pool, three
 streams); torch.utils.checkpoint's non-reentrant implementation for replaying a forward.

@@ -357,6 +357,22 @@ class HostOverheadFile(RecordFile):
     """Per engine and form: fixed_s + per_layer_s * layers (hwmodels.host_overhead.fit_line), per_op_s."""
 
 
+class CpuAdamFile(RecordFile):
+    """validate/scripts/cpu_adam.py: torch's CPU AdamW per thread count and layer size, and the
+    pinned copies of layer-sized parameters and gradients."""
+
+    smoke: bool = False
+    """True: a CPU run with tiny sizes that checks the script's logic; its figures mean nothing."""
+    elapsed_s: float | None = Field(None, ge=0)
+    """Seconds the whole measurement took."""
+    adamw: list[dict[str, Scalar]]
+    """Per (size, threads, form): median seconds of one step, params/s and bytes/s (fp32 states:
+    28 bytes moved per parameter for ``adamw``; 34 for ``layer_step``, the executor's step with
+    the bf16 gradient upcast and the bf16 parameters written)."""
+    copies: list[dict[str, Scalar]]
+    """Per (size, direction): median seconds of one pinned copy and its bytes/s."""
+
+
 class AllocTraceMark(RecordModel):
     """Where a step boundary falls in an allocation trace, and the allocator's statistics there."""
 

@@ -15,8 +15,13 @@ tokens, each plan's gradients with the no-plan ones (bitwise flag and max |diffe
 An out-of-memory step is recorded as ``"status": "oom"`` with the plan and the step.
 Writes ``measured.json`` (every case) and ``comparison.json`` (predicted, measured, relative
 error of step time, peak HBM and peak host bytes, for plans that carry a prediction).
+Whole-model plans (the job's optimizer, model states off HBM: ``validate.model_states``) run
+the optimizer step inside the timed step; their host and disk bytes are refused before a step
+when they do not fit, their states on nvme live in ``--state-dir`` (files removed after the case),
+and the case records ``model_states`` (host, pinned and disk bytes, the CPU step's seconds); the
+gradient check is for plans without them (their gradients leave the GPU).
 Assumes: a Llama-family model (the one the plan embeds); one GPU.
-Ignores: optimizer steps (plans for ``optimizer: none`` jobs), data loading.
+Ignores: data loading.
 Source: the plan's own ``prediction`` (simulator.des replay).
 
 ``--smoke`` runs a tiny copy of each plan's model on the CPU (the same code path) for CI.
@@ -264,6 +269,8 @@ def run_case(
         if state_dir is not None and state_dir.is_dir():
             for f in state_dir.glob("layer*.states*"):
                 f.unlink()
+            if not any(state_dir.iterdir()):
+                state_dir.rmdir()
         del model, ex, batch
         free_device_memory(device)
     if check_grads_tokens and case.get("status") == "ok" and "model_states" not in case:
