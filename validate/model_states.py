@@ -341,6 +341,8 @@ class ModelStates:
         if self._worker is not None:
             self._worker.shutdown(wait=True)
             self._worker = None
+        for ls in self.layers:  # nothing may hold views of the regions or the staging buffer
+            ls.optimizer, ls.masters, ls.host_params, ls.host_grads, ls.host_flat = None, [], [], [], None
         for r in self._regions:
             r.close()
         self._regions.clear()
