@@ -192,3 +192,18 @@ def test_a_machine_too_small_is_refused_before_a_step(tmp_path):
         check_fits(plan, num_layers=2, model_state_host_bytes=host, host_available_bytes=host - 1)
     with pytest.raises(UserInputError, match="state files .* exceed the free space"):
         check_fits(plan, num_layers=2, disk_bytes=st.disk_bytes(), disk_free_bytes=4096)
+
+
+def test_run_plan_refuses_a_host_too_small_before_a_step(tmp_path, monkeypatch):
+    import validate.run_plan as rp
+
+    spec = tiny_spec(layers=2)
+    plan = whole_plan(spec, [LayerPlan(layer=0, model_states=HOST_CPU), LayerPlan(layer=1, model_states=NVME_CPU)])
+    monkeypatch.setattr(rp, "host_memory_bytes", lambda: 1 << 20)
+    steps = []
+    monkeypatch.setattr(rp, "time_steps", lambda *a, **k: steps.append(1) or [1.0])
+    case = rp.run_case("small-host", plan, device=torch.device("cpu"), warmup=1, repeats=1, smoke=True,
+                       state_dir=tmp_path / "states")
+    assert case["status"] == "refused" and not steps
+    assert "model states on the host" in case["message"] and "exceeds available host memory 1.00 MiB" in case["message"]
+    assert case["model_states"]["disk_bytes"] > 0
