@@ -473,6 +473,7 @@ _BY_PREFIX: tuple[tuple[str, type[RecordModel]], ...] = (
     ("kernels-h200-2026-11-28-probe8-", KernelProfile),
     ("hf_configs", HfConfigsFile),
     ("host-overhead-", HostOverheadFile),
+    ("cpu-adam-", CpuAdamFile),
     ("h200", ReferenceProbe),
 )
 
