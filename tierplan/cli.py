@@ -98,6 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except BrokenPipeError:
         return _stdout_closed()
+    except SystemExit as stop:
+        # rich's Console ends the process with SystemExit(1) from inside its BrokenPipeError
+        # handler (after pointing stdout at /dev/null): a closed stdout, not a failure
+        if isinstance(stop.__context__, BrokenPipeError):
+            return _stdout_closed()
+        raise
     except Exception as err:  # pydantic errors without importing pydantic up front
         if type(err).__name__ == "ValidationError":
             line = validation_error_line(err, getattr(err, "title", ""))
