@@ -48,7 +48,8 @@ def register(subparsers: Any) -> None:
                     "tierplan's MIP, each replayed by the discrete-event simulator.",
     )
     p.add_argument("scenario", nargs="?", help="scenario file (YAML or JSON); default: MEMO's setting")
-    p.add_argument("--model", help="model preset name or path to a Hugging Face config.json")
+    p.add_argument("--model", help="model preset name, path to a Hugging Face config.json, or hub id "
+                                   "(org/name: its config.json, from the local cache offline)")
     p.add_argument("--layers", help="override the model's number of decoder layers")
     p.add_argument("--seq-len", help="sequence length, e.g. 512K")
     p.add_argument("--batch", help="micro-batch")
