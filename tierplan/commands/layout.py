@@ -74,12 +74,19 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hwmodels.outputs import OutputSet
+    from tierplan.progress import Progress
 
-    with OutputSet() as outputs:  # the layout JSON and the picture, or neither
-        return _run(args, outputs)
+    # the layout JSON and the picture, or neither; a spinner on a terminal while it solves
+    with OutputSet() as outputs, Progress("tierplan layout: reading the input") as progress:
+        return _run(args, outputs, progress)
 
 
-def _run(args: argparse.Namespace, outputs) -> int:
+def _solving(progress, instance, limit: float) -> None:
+    progress.update(f"tierplan layout: laying out {instance.num_buffers:,} buffers "
+                    f"(time limit {limit:g} s)")
+
+
+def _run(args: argparse.Namespace, outputs, progress) -> int:
     import pathlib
 
     from hwmodels.catalog import load_node
@@ -115,6 +122,7 @@ def _run(args: argparse.Namespace, outputs) -> int:
 
         step = pb.load_plan_step(args.plan)
         buffers = pb.plan_buffers_instance(step)
+        _solving(progress, buffers, limit)
         buffers_result = plan_layout(buffers, time_limit_s=limit, solver=args.solver, use_mip=use_mip)
         if args.buffers_only:
             instance, result, source = buffers, buffers_result, "plan buffers"
@@ -122,6 +130,7 @@ def _run(args: argparse.Namespace, outputs) -> int:
                                               expandable_segments=args.expandable_segments)
         else:
             instance, source = pb.step_instance(step), "plan"
+            _solving(progress, instance, limit)
             result = plan_workload_layout(step.workload, time_limit_s=limit, solver=args.solver,
                                           use_mip=use_mip, method=args.method, name=step.name)
             replay = predict_workload_reserved(step.workload, num_steps=2, preallocated_bytes=(),
@@ -141,7 +150,9 @@ def _run(args: argparse.Namespace, outputs) -> int:
         else:
             instance = load_csv_instance(args.trace)
             events, source, addresses = None, "csv", ()
+        _solving(progress, instance, limit)
         result = plan_layout(instance, time_limit_s=limit, solver=args.solver, use_mip=use_mip)
+        progress.update("tierplan layout: replaying the caching allocator")
         replay, replay_note = _bounded_replay(instance, events, expandable_segments=args.expandable_segments,
                                               segment_addresses=addresses,
                                               deadline_s=max(t_start + limit + REPLAY_GRACE_S,
@@ -164,11 +175,14 @@ def _run(args: argparse.Namespace, outputs) -> int:
         name = f"{model.name} {what}"
         instance = instance_from_workload(wl, name=name)
         source = "workload"
+        _solving(progress, instance, limit)
         result = plan_workload_layout(wl, time_limit_s=limit, solver=args.solver,
                                       use_mip=use_mip, method=args.method, name=name)
         # steady state of the same requests: a second step reuses the first one's cache
+        progress.update("tierplan layout: replaying the caching allocator")
         replay = predict_workload_reserved(wl, num_steps=2, preallocated_bytes=(),
                                            expandable_segments=args.expandable_segments)
+    progress.update("tierplan layout: writing the layout")
     outputs.write(out_tmp, lambda p: p.write_text(result.model_dump_json(indent=1) + "\n"))
     if png_tmp is not None and not args.png and instance.num_buffers > DEFAULT_PNG_MAX_BUFFERS:
         outputs.release(png_tmp)
@@ -203,6 +217,7 @@ def _run(args: argparse.Namespace, outputs) -> int:
         extra = {"plan_path": args.plan, **arena.model_dump(), **arena_layout}
         assert not set(extra) & set(summary), "arena keys must not replace the layout's"
         summary.update(extra)
+    progress.stop()
     if args.json:
         print(_json_line({**result.model_dump(mode="json", exclude={"offsets"}), **summary}, result.offsets))
         return 0

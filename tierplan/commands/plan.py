@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from hwmodels.prices import load_price_catalog
     from hwmodels.units import UserInputError
     from planners.swap import plan_training
+    from tierplan.progress import Progress
 
     catalog = load_price_catalog(args.prices)
     scenario = _scenario(args, gpu_budget_bytes=args.gpu_budget, host_budget_bytes=args.host_budget)
@@ -113,10 +114,12 @@ def run(args: argparse.Namespace) -> int:
     if scenario.job.mode != "train":
         raise UserInputError("job.mode: tierplan plan plans training steps and inference requests")
     time_limit = args.time_limit
-    report = plan_training(model, scenario.job, node, gpu_budget_bytes=scenario.gpu_budget_bytes,
-                           host_budget_bytes=scenario.host_budget_bytes, time_limit_s=time_limit,
-                           solver=args.solver,
-                           allocator=args.allocator)
+    with Progress(f"tierplan plan: replaying the baselines and solving the MIP (time limit "
+                  f"{time_limit:g} s)"):
+        report = plan_training(model, scenario.job, node, gpu_budget_bytes=scenario.gpu_budget_bytes,
+                               host_budget_bytes=scenario.host_budget_bytes, time_limit_s=time_limit,
+                               solver=args.solver,
+                               allocator=args.allocator)
     costs = strategy_costs(report, scenario, catalog)
     if args.json:
         out = report.to_dict()
