@@ -140,6 +140,8 @@ class CachingAllocator:
         ``record_history``: keep ``history``, one ``HistoryEntry`` per request and per segment
         (or page) mapped and released, as ``torch.cuda.memory._record_memory_history`` does."""
         self.history: list[HistoryEntry] | None = [] if record_history else None
+        self.num_events = 0  # events ``replay`` has taken
+        self.peak_reserved_event = -1  # index of the event (of ``replay``) that set the reserved peak
         self.requested_bytes: dict[Hashable, int] = {}  # live key -> bytes asked for (with history)
         self.capacity_bytes = capacity_bytes
         self._segment_addresses = list(segment_addresses)
@@ -336,7 +338,9 @@ class CachingAllocator:
             self.requested_bytes[key] = num_bytes
         self.allocated_bytes += block.size
         self.peak_allocated_bytes = max(self.peak_allocated_bytes, self.allocated_bytes)
-        self.peak_reserved_bytes = max(self.peak_reserved_bytes, self.reserved_bytes)
+        if self.reserved_bytes > self.peak_reserved_bytes:
+            self.peak_reserved_bytes = self.reserved_bytes
+            self.peak_reserved_event = self.num_events
         self.peak_num_segments = max(self.peak_num_segments, self.num_segments)
 
     def free(self, key: Hashable) -> None:
@@ -383,12 +387,13 @@ class CachingAllocator:
             if ev.action == "alloc":
                 if allocator_rounded_bytes(ev.num_bytes) == 0:
                     self._zero_keys.add(ev.key)
-                    continue
-                self.malloc(ev.key, ev.num_bytes, ev.stream)
+                else:
+                    self.malloc(ev.key, ev.num_bytes, ev.stream)
             elif ev.action == "free":
                 self.free(ev.key)
             else:
                 raise ValueError(f"unknown allocator action {ev.action!r}")
+            self.num_events += 1
         return self.result()
 
     def segments(self) -> list[tuple[tuple[int, bool], list[tuple[int, int, bool, Hashable]]]]:

@@ -117,6 +117,7 @@ def _run(args: argparse.Namespace, outputs, progress) -> int:
     png_tmp = None if png is None else outputs.reserve(png, field="--png", suffixes=IMAGE_SUFFIXES)
     use_mip = not args.no_mip
     arena = None
+    frag, frag_note = None, ""
     if args.plan:
         from planners.layout import plan_buffers as pb
 
@@ -153,10 +154,21 @@ def _run(args: argparse.Namespace, outputs, progress) -> int:
         _solving(progress, instance, limit)
         result = plan_layout(instance, time_limit_s=limit, solver=args.solver, use_mip=use_mip)
         progress.update("tierplan layout: replaying the caching allocator")
-        replay, replay_note = _bounded_replay(instance, events, expandable_segments=args.expandable_segments,
-                                              segment_addresses=addresses,
-                                              deadline_s=max(t_start + limit + REPLAY_GRACE_S,
-                                                             time.perf_counter() + REPLAY_MIN_S))
+        deadline_s = max(t_start + limit + REPLAY_GRACE_S, time.perf_counter() + REPLAY_MIN_S)
+        replay, replay_note, peak_event = _bounded_replay(
+            instance, events, expandable_segments=args.expandable_segments,
+            segment_addresses=addresses, deadline_s=deadline_s)
+        if args.snapshot and not replay_note:
+            from planners.layout.fragmentation import fragmentation_peak
+
+            if time.perf_counter() < deadline_s:
+                progress.update("tierplan layout: the allocator's state at its reserved peak")
+                assert events is not None  # a snapshot's requests
+                frag = fragmentation_peak(events, peak_event, frames=snap.frames,
+                                          expandable_segments=args.expandable_segments,
+                                          segment_addresses=addresses)
+            else:
+                frag_note = "not analysed: the allocator's replay ended past the time limit + 3 s"
     else:
         from tierplan.commands.estimate import build_scenario
 
@@ -213,6 +225,9 @@ def _run(args: argparse.Namespace, outputs, progress) -> int:
     }
     if source == "snapshot" and snap.reserved_bytes:
         summary["snapshot_reserved_bytes"] = snap.reserved_bytes
+    if source == "snapshot":
+        summary["fragmentation"] = frag.to_dict() if frag is not None else None
+        summary["fragmentation_note"] = frag_note
     if arena is not None:
         extra = {"plan_path": args.plan, **arena.model_dump(), **arena_layout}
         assert not set(extra) & set(summary), "arena keys must not replace the layout's"
@@ -239,14 +254,15 @@ REPLAY_CHUNK = 4096
 def _bounded_replay(instance, events, *, expandable_segments: bool, segment_addresses,
                     deadline_s: float):
     """The caching allocator over ``events`` (None: the CSV instance's own alloc/free order,
-    fed without building event objects), stopped at ``deadline_s``; the replay and a note
-    ("" when every event was replayed)."""
+    fed without building event objects), stopped at ``deadline_s``; the replay, a note
+    ("" when every event was replayed) and the index of the event that set the reserved peak
+    (-1 for a CSV or a replay cut short)."""
     import numpy as np
 
     from simulator.allocator import CachingAllocator
 
     alloc = CachingAllocator(expandable_segments=expandable_segments, segment_addresses=segment_addresses)
-    if events is None:  # sizes are positive (the CSV reader checks): malloc/free directly
+    if events is None:  # (no event indices: the third value is -1)  # sizes are positive (the CSV reader checks): malloc/free directly
         bufs = instance.buffers
         n = len(bufs)
         times = np.fromiter((t for b in bufs for t in (b.lower, b.upper)), dtype=np.int64, count=2 * n)
@@ -254,21 +270,21 @@ def _bounded_replay(instance, events, *, expandable_segments: bool, segment_addr
         total = len(order)
         for k in range(0, total, REPLAY_CHUNK):
             if time.perf_counter() > deadline_s:
-                return alloc.result(), _partial(k, total)
+                return alloc.result(), _partial(k, total), -1
             for e in order[k:k + REPLAY_CHUNK]:
                 b = bufs[e >> 1]
                 if e & 1:
                     alloc.free(b.bid)
                 else:
                     alloc.malloc(b.bid, b.size_bytes)
-        return alloc.result(), ""
+        return alloc.result(), "", -1
     total = len(events)
     rep = alloc.result()
     for k in range(0, total, REPLAY_CHUNK):
         if time.perf_counter() > deadline_s:
-            return rep, _partial(k, total)
+            return rep, _partial(k, total), -1
         rep = alloc.replay(events[k:k + REPLAY_CHUNK])
-    return rep, ""
+    return rep, "", alloc.peak_reserved_event
 
 
 _OFFSETS_SLOT = "\x00offsets\x00"  # no path or name holds a NUL, so its escape is unique
@@ -326,10 +342,45 @@ def _print(result, summary: dict) -> None:
                   f"({summary['reserved_over_peak']:.1%} of the planned peak) against the caching allocator")
     if "arena_bytes" in summary:
         _print_arena(console, summary)
+    if summary.get("fragmentation"):
+        _print_fragmentation(console, summary["fragmentation"])
+    elif summary.get("fragmentation_note"):
+        console.print(f"fragmentation: {summary['fragmentation_note']}")
     if summary["allocator_note"]:
         console.print(f"caching allocator: {summary['allocator_note']}")
     files = summary["layout_path"] + (f", {summary['png_path']}" if summary["png_path"] else "")
     console.print(f"wrote {files}" + (f" ({summary['png_note']})" if summary["png_note"] else ""))
+
+
+def _print_fragmentation(console, frag: dict) -> None:
+    """The largest gaps at the reserved peak and the allocations on either side of each."""
+    from rich.table import Table
+    from rich.text import Text  # frames are the file's text: no markup, no :emoji: codes
+
+    from hwmodels.units import format_bytes
+
+    def who(pin: dict | None) -> Text:
+        if pin is None:
+            return Text("-")
+        top = pin["frames"][0] if pin["frames"] else "(no frames)"
+        return Text(f"{pin['buffer']} {format_bytes(pin['size_bytes'])} {top}")
+
+    req = frag["request"]
+    t = Table(title=f"fragmentation at the reserved peak ({format_bytes(frag['peak_reserved_bytes'])}): "
+                    f"before request {req['buffer']} ({format_bytes(req['size_bytes'])}, event "
+                    f"{frag['event_index']:,}) {format_bytes(frag['free_reserved_bytes'])} of "
+                    f"{format_bytes(frag['reserved_bytes'])} reserved was free", title_justify="left")
+    t.add_column("gap", justify="right")
+    t.add_column("segment", justify="right")
+    t.add_column("live in segment", justify="right")
+    t.add_column("pinned below by")
+    t.add_column("pinned above by")
+    for g in frag["gaps"]:
+        t.add_row(format_bytes(g["size_bytes"]), f"{format_bytes(g['segment_bytes'])} {g['pool']}",
+                  str(g["num_live_blocks"]), who(g["before"]), who(g["after"]))
+    console.print(t)
+    if req["frames"]:
+        console.print(Text(f"request {req['buffer']} from {' <- '.join(req['frames'])}"))
 
 
 def _print_arena(console, summary: dict) -> None:
