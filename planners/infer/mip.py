@@ -1,7 +1,9 @@
 """The inference offload MIP: per layer, the KV cache's tier and whether its weights stream.
 
 Models: binaries ``kv[l, t]`` (layer l's KV cache in tier t: hbm, host and the node's cxl /
-nvme; exactly one per layer), ``stream[l]`` (layer l's weights streamed from the host), and
+nvme; exactly one per layer; when the job accepts a quantized KV cache, ``job.kv_quant`` int8 /
+int4, also ``kv[l, t, q]``: layer l's KV in tier t stored in that format, its quantized bytes
+held and moved, dequantized on the GPU every decode step), ``stream[l]`` (layer l's weights streamed from the host), and
 ``any_kv`` / ``any_stream`` (staging / weight buffers are allocated when any layer needs them).
 Constraints, labelled as in the code:
   * ``hbm_prefill`` / ``hbm_decode``: `simulator.inference.StaticMemoryTerms` (the replay's
@@ -56,6 +58,20 @@ class Coefficients:
     capacity_bytes: dict[str, int]  # host budget, cxl and nvme capacities
     gpu_budget_bytes: int
     hbm_terms: object  # simulator.inference.StaticMemoryTerms
+    kv_quant: str = "none"  # the quantized format layers may be stored in ("none": lossless only)
+    kv_fetch_q_bytes: int = 0  # a quantized layer's whole groups at the mean decode context
+    kv_final_q_bytes: int = 0  # a quantized layer's store of the final length (host / device bytes)
+    dequant_s: float = 0.0  # one quantized layer's dequantize per decode step
+    prefill_q_s: float = 0.0  # one quantized layer's quantize over the whole prefill
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return ("none",) if self.kv_quant == "none" else ("none", self.kv_quant)
+
+
+def label(tier: str, fmt: str) -> str:
+    """The counts' key of KV in ``tier`` stored as ``fmt``: the tier, or ``tier:fmt`` quantized."""
+    return tier if fmt == "none" else f"{tier}:{fmt}"
 
 
 @dataclass(frozen=True)
@@ -75,11 +91,14 @@ class Solution:
 
 
 def coefficients(scenario, *, num_staging_buffers: int) -> Coefficients:
+    from kernels.quant import KIVI_KV_DTYPES
     from simulator.des.schedule import device_route, node_links, offload_device
     from simulator.inference import (
         _prefill_pass,
         decode_segments,
         kv_layer_bytes,
+        kv_quant_layout,
+        kv_quant_time_s,
         layer_weight_bytes,
         mean_context_len,
         static_memory_terms,
@@ -104,6 +123,16 @@ def coefficients(scenario, *, num_staging_buffers: int) -> Coefficients:
     prefill_s = job.batch * sum(
         _prefill_pass(model, job, node, batch=1, prompt_len=min(chunk, job.prompt_len - c * chunk),
                       past_len=c * chunk).total_s for c in range(num_chunks))
+    quant: dict = {}
+    if job.kv_quant in KIVI_KV_DTYPES:
+        final = job.prompt_len + job.gen_len
+        quant = dict(
+            kv_quant=job.kv_quant,
+            kv_fetch_q_bytes=kv_quant_layout(model, job, num_tokens=ctx, batch=job.batch).quantized_bytes,
+            kv_final_q_bytes=kv_quant_layout(model, job, num_tokens=final, batch=job.batch).quantized_bytes,
+            dequant_s=kv_quant_time_s(model, job, node, num_tokens=ctx, batch=job.batch) if job.gen_len else 0.0,
+            prefill_q_s=job.batch * kv_quant_time_s(model, job, node, num_tokens=job.prompt_len, batch=1,
+                                                    quantize=True))
     return Coefficients(
         num_layers=model.num_layers, tiers=tiers,
         kv_fetch_bytes=kv_layer_bytes(model, job, num_tokens=ctx, batch=job.batch),
@@ -112,7 +141,7 @@ def coefficients(scenario, *, num_staging_buffers: int) -> Coefficients:
         num_passes=job.batch * num_chunks, gen_len=job.gen_len,
         host_rate_bytes_per_s=route_rate("host"), device_rate_bytes_per_s=dev_rate, capacity_bytes=capacity,
         gpu_budget_bytes=hbm_cap_bytes(scenario),
-        hbm_terms=static_memory_terms(model, job, num_staging_buffers=num_staging_buffers))
+        hbm_terms=static_memory_terms(model, job, num_staging_buffers=num_staging_buffers), **quant)
 
 
 def hbm_cap_bytes(scenario) -> int:
@@ -127,32 +156,47 @@ def bound_s(c: Coefficients, counts: dict[str, int], *, objective: str) -> float
     """The MIP's objective for layer counts (``counts[tier]`` KV layers per non-HBM tier,
     ``counts["stream"]`` streamed weight layers); None when the counts break a constraint."""
     L = c.num_layers
-    n_off = sum(counts.get(t, 0) for t in c.tiers if t != "hbm")
+    q = c.kv_quant
+    n_off = sum(counts.get(label(t, f), 0) for t in c.tiers if t != "hbm" for f in c.formats)
+    n_q_off = sum(counts.get(label(t, q), 0) for t in c.tiers if t != "hbm") if q != "none" else 0
+    n_q_hbm = counts.get(label("hbm", q), 0) if q != "none" else 0
     n_s = counts.get("stream", 0)
-    if n_off > L or n_s > L:
+    if n_off + n_q_hbm > L or n_s > L:
         return None
-    pre, dec = c.hbm_terms.hbm_bytes(num_kv_off=n_off, num_streamed=n_s, num_layers=L)  # type: ignore[attr-defined]
+    pre, dec = c.hbm_terms.hbm_bytes(num_kv_off=n_off, num_streamed=n_s, num_layers=L,  # type: ignore[attr-defined]
+                                     num_q_hbm=n_q_hbm, num_q_off=n_q_off)
     if max(pre, dec) > c.gpu_budget_bytes:
         return None
-    host = counts.get("host", 0) * c.kv_final_bytes + n_s * c.weight_bytes
+
+    def stored(t: str) -> int:  # bytes tier t holds
+        return counts.get(t, 0) * c.kv_final_bytes + (counts.get(label(t, q), 0) * c.kv_final_q_bytes
+                                                        if q != "none" else 0)
+
+    def fetched(t: str) -> int:  # bytes tier t sends per decode step
+        return counts.get(t, 0) * c.kv_fetch_bytes + (counts.get(label(t, q), 0) * c.kv_fetch_q_bytes
+                                                        if q != "none" else 0)
+
+    host = stored("host") + n_s * c.weight_bytes
     if host > c.capacity_bytes["host"]:
         return None
     for t in ("cxl", "nvme"):
-        if counts.get(t, 0) and counts[t] * c.kv_final_bytes > c.capacity_bytes.get(t, 0):
+        if stored(t) and stored(t) > c.capacity_bytes.get(t, 0):
             return None
-    moved = n_off * c.kv_fetch_bytes + n_s * c.weight_bytes
-    step = max([c.decode_compute_s, moved / c.host_rate_bytes_per_s]
-               + [counts.get(t, 0) * c.kv_fetch_bytes / r for t, r in c.device_rate_bytes_per_s.items()])
+    moved = sum(fetched(t) for t in c.tiers if t != "hbm") + n_s * c.weight_bytes
+    n_q = n_q_off + n_q_hbm
+    step = max([c.decode_compute_s + n_q * c.dequant_s, moved / c.host_rate_bytes_per_s]
+               + [fetched(t) / r for t, r in c.device_rate_bytes_per_s.items()])
     tie = TIE_BREAK_S_PER_BYTE * moved
     if objective == "throughput":
         return step + tie
-    prefill = max(c.prefill_compute_s, c.num_passes * n_s * c.weight_bytes / c.host_rate_bytes_per_s)
+    prefill = max(c.prefill_compute_s + n_q * c.prefill_q_s,
+                  c.num_passes * n_s * c.weight_bytes / c.host_rate_bytes_per_s)
     return prefill + c.gen_len * step + tie
 
 
 def enumerate_counts(c: Coefficients, *, objective: str) -> tuple[float, dict[str, int]] | None:
     """The best counts by exhaustive enumeration (small cases: the MIP's reference)."""
-    off = [t for t in c.tiers if t != "hbm"]
+    off = [label(t, f) for f in c.formats for t in c.tiers if label(t, f) != "hbm"]
     best = None
     for combo in itertools.product(range(c.num_layers + 1), repeat=len(off) + 1):
         counts = dict(zip(off + ["stream"], combo, strict=True))
@@ -174,45 +218,74 @@ def solve_placement(scenario, *, objective: str = "throughput", time_limit_s: fl
     c = coefficients(scenario, num_staging_buffers=num_staging_buffers)
     L = c.num_layers
     off_tiers = [t for t in c.tiers if t != "hbm"]
+    q = c.kv_quant
+    fmts = c.formats
     terms = c.hbm_terms
     prob = pulp.LpProblem("infer_offload", pulp.LpMinimize)
-    kv = {(lyr, t): pulp.LpVariable(f"kv_{lyr}_{t}", cat="Binary") for lyr in range(L) for t in c.tiers}
+    kv = {(lyr, t, f): pulp.LpVariable(f"kv_{lyr}_{label(t, f).replace(':', '_')}", cat="Binary")
+          for lyr in range(L) for t in c.tiers for f in fmts}
     stream = [pulp.LpVariable(f"stream_{lyr}", cat="Binary") for lyr in range(L)]
     any_kv = pulp.LpVariable("any_kv", cat="Binary")
     any_stream = pulp.LpVariable("any_stream", cat="Binary")
+    # quantized formats: unquantized layers off HBM need full-size staging buffers, any quantized
+    # layer the bf16 dequantize buffer
+    any_kv_lossless = pulp.LpVariable("any_kv_lossless", cat="Binary") if q != "none" else any_kv
+    any_q = pulp.LpVariable("any_quantized", cat="Binary") if q != "none" else None
     step = pulp.LpVariable("decode_step_s", lowBound=0)
     for lyr in range(L):
-        prob += pulp.lpSum(kv[lyr, t] for t in c.tiers) == 1, f"one_tier_{lyr}"
+        prob += pulp.lpSum(kv[lyr, t, f] for t in c.tiers for f in fmts) == 1, f"one_tier_{lyr}"
         for t in off_tiers:
-            prob += kv[lyr, t] <= any_kv, f"staging_needed_{lyr}_{t}"
+            for f in fmts:
+                prob += kv[lyr, t, f] <= any_kv, f"staging_needed_{lyr}_{label(t, f).replace(':', '_')}"
+            if q != "none":
+                prob += kv[lyr, t, "none"] <= any_kv_lossless, f"full_staging_needed_{lyr}_{t}"
+        if any_q is not None:
+            for t in c.tiers:
+                prob += kv[lyr, t, q] <= any_q, f"dequant_buffer_needed_{lyr}_{t}"
         prob += stream[lyr] <= any_stream, f"weight_buffers_needed_{lyr}"
         if lyr:  # symmetry: homogeneous layers, the counts decide
             prob += stream[lyr] <= stream[lyr - 1], f"order_stream_{lyr}"
-            prob += (pulp.lpSum(kv[lyr, t] for t in off_tiers)
-                     <= pulp.lpSum(kv[lyr - 1, t] for t in off_tiers)), f"order_off_{lyr}"
-    n_off = pulp.lpSum(kv[lyr, t] for lyr in range(L) for t in off_tiers)
+            prob += (pulp.lpSum(kv[lyr, t, f] for t in off_tiers for f in fmts)
+                     <= pulp.lpSum(kv[lyr - 1, t, f] for t in off_tiers for f in fmts)), f"order_off_{lyr}"
+    n_off = pulp.lpSum(kv[lyr, t, f] for lyr in range(L) for t in off_tiers for f in fmts)
     n_s = pulp.lpSum(stream)
-    fixed = (terms.kv_layer_bytes * (L - n_off) + terms.weight_layer_bytes * (L - n_s)  # type: ignore[attr-defined]
-             + terms.staging_bytes * any_kv + terms.weight_buffer_bytes * any_stream)  # type: ignore[attr-defined]
+    n_t = {(t, f): pulp.lpSum(kv[lyr, t, f] for lyr in range(L)) for t in c.tiers for f in fmts}
+    if q == "none":
+        fixed = (terms.kv_layer_bytes * (L - n_off) + terms.weight_layer_bytes * (L - n_s)  # type: ignore[attr-defined]
+                 + terms.staging_bytes * any_kv + terms.weight_buffer_bytes * any_stream)  # type: ignore[attr-defined]
+    else:  # StaticMemoryTerms.hbm_bytes: staging of the largest format off HBM, one dequantize buffer
+        n_q_off = pulp.lpSum(n_t[t, q] for t in off_tiers)
+        fixed = (terms.kv_layer_bytes * n_t["hbm", "none"] + terms.kv_q_layer_bytes * n_t["hbm", q]  # type: ignore[attr-defined]
+                 + terms.kv_q_off_layer_bytes * n_q_off  # type: ignore[attr-defined]
+                 + terms.weight_layer_bytes * (L - n_s)  # type: ignore[attr-defined]
+                 + terms.staging_q_bytes * any_kv  # type: ignore[attr-defined]
+                 + (terms.staging_bytes - terms.staging_q_bytes) * any_kv_lossless  # type: ignore[attr-defined]
+                 + terms.weight_buffer_bytes * any_stream + terms.dequant_bytes * any_q)  # type: ignore[attr-defined]
     g = float(c.gpu_budget_bytes)
     prob += (fixed + terms.fixed_prefill_bytes) / g <= 1, "hbm_prefill"  # type: ignore[attr-defined]
     prob += (fixed + terms.fixed_decode_bytes) / g <= 1, "hbm_decode"  # type: ignore[attr-defined]
-    n_t = {t: pulp.lpSum(kv[lyr, t] for lyr in range(L)) for t in off_tiers}
-    prob += (n_t["host"] * c.kv_final_bytes + n_s * c.weight_bytes) / float(c.capacity_bytes["host"]) <= 1, \
-        "host_capacity"
+
+    def stored(t: str):  # bytes tier t holds
+        return n_t[t, "none"] * c.kv_final_bytes + (n_t[t, q] * c.kv_final_q_bytes if q != "none" else 0)
+
+    def fetched(t: str):  # bytes tier t sends per decode step
+        return n_t[t, "none"] * c.kv_fetch_bytes + (n_t[t, q] * c.kv_fetch_q_bytes if q != "none" else 0)
+
+    prob += (stored("host") + n_s * c.weight_bytes) / float(c.capacity_bytes["host"]) <= 1, "host_capacity"
     for t in off_tiers:
         if t != "host":
-            prob += n_t[t] * c.kv_final_bytes / float(c.capacity_bytes[t]) <= 1, f"{t}_capacity"
-            prob += step >= n_t[t] * (c.kv_fetch_bytes / c.device_rate_bytes_per_s[t]), f"link_{t}"
-    moved = n_off * c.kv_fetch_bytes + n_s * c.weight_bytes
-    prob += step >= c.decode_compute_s, "decode_compute"
+            prob += stored(t) * (1.0 / c.capacity_bytes[t]) <= 1, f"{t}_capacity"
+            prob += step >= fetched(t) * (1.0 / c.device_rate_bytes_per_s[t]), f"link_{t}"
+    moved = pulp.lpSum(fetched(t) for t in off_tiers) + n_s * c.weight_bytes
+    n_q = pulp.lpSum(n_t[t, q] for t in c.tiers) if q != "none" else 0
+    prob += step >= c.decode_compute_s + n_q * c.dequant_s, "decode_compute"
     prob += step >= moved * (1.0 / c.host_rate_bytes_per_s), "link_host"
     tie = moved * TIE_BREAK_S_PER_BYTE
     if objective == "throughput":
         prob += step + tie
     else:
         prefill = pulp.LpVariable("prefill_s", lowBound=0)
-        prob += prefill >= c.prefill_compute_s, "prefill_compute"
+        prob += prefill >= c.prefill_compute_s + n_q * c.prefill_q_s, "prefill_compute"
         prob += prefill >= n_s * (c.num_passes * c.weight_bytes / c.host_rate_bytes_per_s), "prefill_weights"
         prob += prefill + c.gen_len * step + tie
     res = solve(prob, time_limit_s=time_limit_s, solver=solver)
@@ -220,11 +293,13 @@ def solve_placement(scenario, *, objective: str = "throughput", time_limit_s: fl
         binding = ("time limit before any solution" if res.status == NO_SOLUTION else
                    _binding(c))
         return Solution(None, None, None, res.status, res.solver, res.gap, res.solve_time_s, binding)
-    counts = {t: int(round(sum(kv[lyr, t].value() or 0 for lyr in range(L)))) for t in off_tiers}
+    counts = {label(t, f): int(round(sum(kv[lyr, t, f].value() or 0 for lyr in range(L))))
+              for f in fmts for t in c.tiers if label(t, f) != "hbm"}
     counts["stream"] = int(round(sum(s.value() or 0 for s in stream)))
-    kv_labels = spread(L, {t: counts[t] for t in off_tiers})
+    kv_labels = spread(L, {k: n for k, n in counts.items() if k != "stream"})
     st = spread(L, {"stream": counts["stream"]})
-    placement = Placement(tuple(LayerPlacement(kv_tier=k, params_tier="host" if s == "stream" else "hbm")
+    placement = Placement(tuple(LayerPlacement(kv_tier=k.partition(":")[0], kv_quant=k.partition(":")[2] or "none",
+                                               params_tier="host" if s == "stream" else "hbm")
                                 for k, s in zip(kv_labels, st, strict=True)),
                           num_staging_buffers=num_staging_buffers, prefetch_lookahead_layers=lookahead)
     return Solution(placement, counts, res.objective, res.status, res.solver, res.gap, res.solve_time_s, "")
