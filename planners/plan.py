@@ -379,7 +379,8 @@ class Plan(_Frozen):
         return ""
 
     def _unsupported_infer(self) -> str:
-        """Inference plans: each layer's KV cache whole in HBM or whole in host memory (bf16),
+        """Inference plans: each layer's KV cache whole in HBM or whole in host memory (bf16 /
+        fp16, or int8 / int4 in the KIVI layout of kernels.quant),
         its weights resident or streamed from the host, attention on the GPU."""
         if self.lm_head_chunks != 1:
             return "lm_head_chunks: inference computes the head for the last token only"
@@ -392,8 +393,8 @@ class Plan(_Frozen):
                 return f"{where}.kv_cache.resident_frac: a KV cache split within a layer is not executed yet"
             if kv.resident_frac < 1.0 and kv.tier != "host":
                 return f"{where}.kv_cache.tier: KV cache on {kv.tier} is not executed yet"
-            if kv.dtype not in ("bf16", "fp16"):
-                return f"{where}.kv_cache.dtype: a quantized KV cache is not executed yet"
+            if kv.dtype == "fp8":
+                return f"{where}.kv_cache.dtype: an fp8 KV cache is not executed yet"
             ms = lp.model_states
             if ms.params not in ("hbm", "host"):
                 return f"{where}.model_states.params: weights streamed from {ms.params} are not executed yet"

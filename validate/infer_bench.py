@@ -100,14 +100,19 @@ def load_index(plans_dir: str | Path) -> IndexFile:
 # ---- plans ------------------------------------------------------------------------------------
 
 def infer_plan(scenario: Any, *, kv_host: Any = (), w_host: Any = (), params_prefetch_layers: int = 1,
-               planner: str = "rule", **fields: Any) -> Plan:
+               planner: str = "rule", kv_quant: Any = (), **fields: Any) -> Plan:
     """A rule plan for an inference ``scenario``: layers in ``kv_host`` keep their KV cache on the
-    host (the rest in HBM), layers in ``w_host`` stream their weights from it."""
+    host (the rest in HBM), layers in ``w_host`` stream their weights from it, layers in
+    ``kv_quant`` store their KV in the job's quantized format (its kv_quant and group size)."""
+    from kernels.quant import kivi_group_size
     from planners.plan import Provenance, tierplan_version
 
-    kv_set, w_set = set(kv_host), set(w_host)
+    kv_set, w_set, q_set = set(kv_host), set(w_host), set(kv_quant)
+    job = scenario.job
+    quant = {"dtype": job.kv_quant, "group_size": kivi_group_size(head_dim=scenario.model.head_dim,
+                                                                  group_size=job.kv_group_size)} if q_set else {}
     layers = [LayerPlan(layer=i,
-                        kv_cache=KvPlacement(dtype=scenario.job.kv_dtype,
+                        kv_cache=KvPlacement(**(quant if i in q_set else {"dtype": job.kv_dtype}),
                                              resident_frac=0.0 if i in kv_set else 1.0),
                         model_states=(ModelStatePlacement(params="host", params_prefetch_layers=params_prefetch_layers)
                                       if i in w_set else ModelStatePlacement()))
