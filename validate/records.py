@@ -325,6 +325,13 @@ class InferDiagFile(RecordFile):
     results: dict[str, Any]
 
 
+class KvQuantCheckFile(RecordFile):
+    """validate/scripts/kv_quant_check.py: the Triton KV dequantization against the torch path,
+    and both timed against the replay's price."""
+
+    results: dict[str, Any]
+
+
 # ---- one-off probes (validate/scripts) ---------------------------------------------------------
 class ArenaReplayFile(RecordFile):
     """arena_replay_probe.py: predicted against measured arena figures, per plan."""
@@ -468,6 +475,7 @@ _BY_PREFIX: tuple[tuple[str, type[RecordModel]], ...] = (
     ("infer-bench-", InferBenchFile),
     ("infer-smoke-", InferSmokeFile),
     ("infer-diag-", InferDiagFile),
+    ("kv-quant-check-", KvQuantCheckFile),
     ("arena-replay-", ArenaReplayFile),
     ("snapshots-", SnapshotsFile),
     ("kernels-h200-2026-11-28-probe8-", KernelProfile),

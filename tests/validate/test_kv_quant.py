@@ -77,3 +77,25 @@ def test_a_value_group_that_does_not_divide_the_head_dim_is_refused():
         kq.check_format("int8", head_dim=128, group_size=48)
     with pytest.raises(UserInputError, match="^kv_cache.dtype: 'fp8' is not executed"):
         kq.check_format("fp8", head_dim=128, group_size=None)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_triton_kernel_equals_torch_under_the_interpreter(fmt, monkeypatch):
+    """Where triton is installed without a GPU: the kernel run by triton's interpreter gives the
+    torch path's fp32 values bitwise (sequences [1, 2) only, rows of 3 groups of 8). Skipped
+    where triton is absent (CI); on the GPU validate/scripts/kv_quant_check.py checks it."""
+    pytest.importorskip("triton")
+    if torch.cuda.is_available():
+        pytest.skip("the GPU check is validate/scripts/kv_quant_check.py")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(kq, "_TRITON", {})
+    g, rows = 8, 24
+    store = kq.alloc_store(lambda shape, dt: torch.zeros(shape, dtype=dt), batch=B, num_rows=rows, num_kv_heads=K,
+                           head_dim=16, kv_dtype=fmt, group_size=g)
+    k, v = (torch.randn(B, rows, K, 16, generator=torch.Generator().manual_seed(s)) for s in (2, 3))
+    kq.quantize_into(store, k, v, kv_dtype=fmt, b0=0, t0=0, t1=rows)
+    ref = [torch.zeros(B, rows + 2, K, 16) for _ in range(2)]
+    tri = [torch.zeros(B, rows + 2, K, 16) for _ in range(2)]
+    kq.dequantize_into(store, *ref, kv_dtype=fmt, b0=1, b1=2, n=rows, use_triton=False)
+    kq.dequantize_into(store, *tri, kv_dtype=fmt, b0=1, b1=2, n=rows, use_triton=True)
+    assert torch.equal(ref[0], tri[0]) and torch.equal(ref[1], tri[1]) and ref[0][1].abs().sum() > 0
