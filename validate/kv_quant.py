@@ -33,9 +33,9 @@ from hwmodels.units import UserInputError
 from kernels.quant import KIVI_KV_DTYPES, kivi_group_size
 
 BITS = {"int8": 8, "int4": 4}
-CHUNK_GROUPS = 64
-"""Key groups quantized / dequantized per torch step (bounds the fp32 temporaries: 64 x 128
-tokens of one sequence at 8 KV heads x 128 channels are 32 MiB)."""
+CHUNK_GROUPS = 16
+"""Key groups quantized / dequantized per torch step (bounds the fp32 temporaries: 16 x 128
+tokens of one sequence at 8 KV heads x 128 channels are 8 MiB)."""
 
 
 def qmax(kv_dtype: str) -> int:

@@ -268,3 +268,35 @@ def test_quantized_layers_must_be_the_jobs_format():
                             provenance=plan.provenance)
     with pytest.raises(UserInputError, match="^layers.0.kv_cache.dtype: 'int8', the job accepts 'int4'"):
         StaticDecodeEngine(bad, device="cpu")
+
+
+def test_bench_quantized_modes_report_their_logit_error_and_fall_back_to_the_plan_reference(tmp_path,
+                                                                                            monkeypatch):
+    """A cell with kv_host_int8 (and plan): its record's teacher_forced holds the logit error
+    against the all-resident run; when that run does not happen (refused here, as a batch whose
+    bf16 KV does not fit HBM is), against the lossless plan mode's run."""
+    sc = scenario(kv_quant="int8", kv_group_size=QG)
+    files = {"plan": infer_plan(scenario(), kv_host=(1,)), "kv_host_int8": infer_plan(sc, kv_host=range(3),
+                                                                                      kv_quant=range(3))}
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    for mode, plan in files.items():
+        (plans / f"tiny-{mode}.json").write_text(plan.to_json())
+    index = {"cells": [{"cell": "tiny-b2", "model": "tiny", "prompt_len": P, "batch": B, "gen_len": G,
+                        "modes": {m: f"tiny-{m}.json" for m in files}}]}
+    (plans / "index.json").write_text(json.dumps(index))
+    for refused_reference in (False, True):
+        if refused_reference:
+            split = [LayerPlan(layer=i, kv_cache=KvPlacement(resident_frac=0.5)) for i in range(3)]
+            monkeypatch.setattr(infer_bench, "resident_plan", lambda plan, split=split: Plan.for_scenario(
+                plan.scenario, layers=split, provenance=Provenance(tierplan_version="t", planner="t")))
+        recs = {r["mode"]: r for r in infer_bench.run_bench(plans, smoke=True)}
+        q = recs["kv_host_int8"]
+        assert q["status"] == "ok" and q["engine_notes"]["kv_quant"] == "int8"
+        tf = q["teacher_forced"]
+        assert tf["positions"] == B * (G + 1) and 0 < tf["max_abs_logit_diff"] < 0.1 and not tf["bitwise_equal"]
+        if refused_reference:
+            assert q.get("tokens_equal_resident") is None and "against the plan mode's run" in q["reference_message"]
+            assert "teacher_forced" not in recs["plan"]
+        else:
+            assert recs["plan"]["teacher_forced"]["bitwise_equal"] is True
