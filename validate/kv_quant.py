@@ -240,12 +240,14 @@ def _build_triton_kernel() -> Any:
             byte = tl.load(q_ptr + b[:, None] * q_bstride + tk * (D // 2) + (c // 2)[None, :],
                            mask=rmask[:, None], other=0).to(tl.int32)
             qv = ((byte >> ((c % 2) * 4)[None, :]) & 15).to(tl.float32)
+        # (scale, zero) as one 32-bit word: scale's bf16 bits low, zero's high (little endian)
         if PER_CHANNEL:
-            moff = b[:, None] * m_bstride + ((t // G) * num_kv_heads + h)[:, None] * (D * 2) + (c * 2)[None, :]
+            moff = b[:, None] * m_bstride + ((t // G) * num_kv_heads + h)[:, None] * D + c[None, :]
         else:
-            moff = b[:, None] * m_bstride + tk * ((D // GV) * 2) + ((c // GV) * 2)[None, :]
-        s = tl.load(m_ptr + moff, mask=rmask[:, None], other=0).to(tl.float32)
-        z = tl.load(m_ptr + moff + 1, mask=rmask[:, None], other=0).to(tl.float32)
+            moff = b[:, None] * m_bstride + tk * (D // GV) + (c // GV)[None, :]
+        w = tl.load(m_ptr + moff, mask=rmask[:, None], other=0)
+        s = (w << 16).to(tl.float32, bitcast=True)
+        z = ((w >> 16) << 16).to(tl.float32, bitcast=True)
         out = qv * s + z
         tl.store(out_ptr + b[:, None] * o_bstride + tk * D + c[None, :], out.to(out_ptr.dtype.element_ty),
                  mask=rmask[:, None])
@@ -269,9 +271,12 @@ def triton_dequantize(store: KiviStore, kout: torch.Tensor, vout: torch.Tensor, 
     gv = min(g, D)
     rows = (b1 - b0) * n * K
     grid = (-(-rows // TRITON_BLOCK_ROWS),)
+    if store.km.dtype != torch.bfloat16:
+        raise ValueError("triton_dequantize: scales and zero points must be bf16")
     for q, m, out, per_channel in ((store.kq, store.km, kout, True), (store.vq, store.vm, vout, False)):
         for t in (q, m, out):
             if not t[0].is_contiguous():
                 raise ValueError("triton_dequantize: each sequence's rows must be contiguous")
-        kernel[grid](q[b0], m[b0], out[b0], rows, n, K, q.stride(0), m.stride(0), out.stride(0),
+        m32 = m.view(torch.int32)  # [..., 2] bf16 -> [..., 1] words
+        kernel[grid](q[b0], m32[b0], out[b0], rows, n, K, q.stride(0), m32.stride(0), out.stride(0),
                      G=g, GV=gv, D=D, BITS=BITS[kv_dtype], PER_CHANNEL=per_channel, BLOCK_R=TRITON_BLOCK_ROWS)
