@@ -421,6 +421,30 @@ def _check_point(p: CalibrationPoint, where: str) -> None:
                              f"got {echo(p.num_latency_units)}")
 
 
+def points_from_kv_quant_check(data: dict[str, Any], *, source: str) -> list[CalibrationPoint]:
+    """The KV dequantize kernel of the executor (``validate/scripts/kv_quant_check.py``): one
+    point per format and size, class ``memory.kv_dequantize.<format>``, its work the bytes it
+    reads and writes (the quantized layer and the bf16 K and V), its time the Triton kernel's."""
+    results = data.get("results")
+    if not isinstance(results, dict) or not results:
+        raise UserInputError(f"{source}: results: expected an object of kv-quant checks")
+    pts = []
+    for key, r in sorted(results.items()):
+        where = f"{source}: results.{key}"
+        try:
+            p = CalibrationPoint(f"memory.kv_dequantize.{r['format']}",
+                                 float(r["quantized_bytes"]) + float(r["bf16_bytes"]), 1.0,
+                                 float(r["dequantize_triton_s"]),
+                                 f"kv_dequantize {r['format']} b{r['batch']} {r['tokens']} tokens", None)
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserInputError(f"{where}: bad or missing field ({err})") from None
+        if r.get("dequantize_triton_s") is None or not math.isfinite(p.time_s) or p.time_s <= 0:
+            raise UserInputError(f"{where}: dequantize_triton_s: must be a positive time")
+        _check_point(p, where)
+        pts.append(p)
+    return pts
+
+
 def load_points(
     paths: list[str | Path], *, skipped: list[str] | None = None
 ) -> list[CalibrationPoint]:
@@ -431,6 +455,9 @@ def load_points(
         data = read_json(Path(path))
         if not isinstance(data, dict):
             raise UserInputError(f"{path}: expected a JSON object")
+        if Path(path).name.startswith("kv-quant-check-") and "results" in data:
+            pts += points_from_kv_quant_check(data, source=str(path))
+            continue
         if "records" in data:
             records = data["records"]
             if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):

@@ -30,7 +30,7 @@ A layer's KV may be stored quantized (``kv_quant`` int8 / int4, the format the j
 ``kernels.quant.kivi_layout``, KIVI's per-channel keys and per-token values with the newest
 tokens that do not fill a key group kept in bf16 on the GPU): a host layer's pool and fetch
 carry the quantized bytes only; before attention the GPU dequantizes the layer into one bf16
-buffer (a memory-bound kernel, ``kernels.quant.kivi_dequantize_cost`` at the profile's memory
+buffer (a memory-bound kernel, ``kernels.quant.kivi_dequantize_cost`` at the profile's fitted dequantize (else memory)
 rate; attention then reads bf16 as for an unquantized layer); a resident quantized layer is
 dequantized the same way every step. Prefill quantizes each pass's whole groups after the
 layer (``kivi_quantize_cost``), and a host layer's D2H carries them quantized. A decode step
@@ -178,13 +178,14 @@ def kv_quant_time_s(model, job, node, *, num_tokens: int, batch: int, quantize: 
     """GPU time to dequantize one quantized layer holding ``num_tokens`` (its whole groups and
     residual window into the bf16 buffer), or (``quantize``) to quantize its whole groups."""
     from hwmodels.compute import compute_time_s
-    from kernels.quant import kivi_dequantize_cost, kivi_quantize_cost
+    from kernels.quant import kivi_dequantize_cost, kivi_dequantize_fit_class, kivi_quantize_cost
 
     lay = kv_quant_layout(model, job, num_tokens=num_tokens, batch=batch, kv_quant=kv_quant)
     if quantize and not lay.num_quantized_tokens:
         return 0.0
     cost = (kivi_quantize_cost if quantize else kivi_dequantize_cost)(lay, dtype=job.kv_dtype)
-    return compute_time_s(flops=cost.flops, hbm_bytes=cost.hbm_bytes, op_class=cost.op_class, dtype=job.kv_dtype,
+    op_class = cost.op_class if quantize else kivi_dequantize_fit_class(lay)
+    return compute_time_s(flops=cost.flops, hbm_bytes=cost.hbm_bytes, op_class=op_class, dtype=job.kv_dtype,
                           node=node)
 
 
