@@ -574,3 +574,31 @@ def residuals(profile: AchievedProfile, points: list[CalibrationPoint]) -> list[
 def profile_json(profile: AchievedProfile) -> str:
     """The profile as committed: indented JSON with a trailing newline."""
     return json.dumps(profile.model_dump(mode="json", exclude_none=True), indent=2) + "\n"
+
+
+def fit_cpu_adamw_rate(path: str | Path) -> float:
+    """The host CPUs' AdamW rate (bytes of optimizer traffic per second) measured in a record
+    file: ``{"provenance": {...}, "records": [{"op": "cpu_adamw", "step_bytes": B, "time_s": t,
+    "status": "ok"}, ...]}`` (``step_bytes``: parameters, gradients, moments and master weights
+    read and written by one step, as `simulator.templates` counts a GPU step's); the rate is
+    the records' bytes over their time (large steps dominate, as they do in a training step).
+    Set it as ``host_memory.cpu_adamw_rate_bytes_per_s`` of a node."""
+    from hwmodels.units import UserInputError
+    from hwmodels.userfile import read_user_mapping
+
+    data = read_user_mapping(path, what="measurement file")
+    rows = [r for r in data.get("records") or () if isinstance(r, dict) and r.get("op") == "cpu_adamw"
+            and r.get("status", "ok") == "ok"]
+    if not rows:
+        raise UserInputError(f"{path}: records: no ok cpu_adamw record")
+    total_bytes = total_s = 0.0
+    for k, r in enumerate(rows):
+        try:
+            b, t = _num(r.get("step_bytes")), _num(r.get("time_s"))
+        except TypeError:
+            b = t = -1.0
+        if not (b > 0 and t > 0 and math.isfinite(b) and math.isfinite(t)):
+            raise UserInputError(f"{path}: records.{k}: step_bytes and time_s must be positive numbers")
+        total_bytes += b
+        total_s += t
+    return total_bytes / total_s
