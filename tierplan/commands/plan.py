@@ -301,6 +301,15 @@ def _print(report, scenario, model, node, costs, *, allocator: str) -> None:
                       format_usd(costs[r.name].get("usd_per_million_tokens")),
                       r.reason)
     console.print(table)
+    if report.best == "whole_step":
+        from planners.swap.whole import where_bytes_live
+
+        res = report.result("whole_step")
+        rows = where_bytes_live(res)
+        console.print(f"whole_step: {res.reason}; tiers used: {', '.join(t for t, _, _ in rows)}")
+        for tier, peak, kinds in rows:
+            parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
+            console.print(f"  {tier:<5} peak {format_bytes(peak):>11}: {parts}")
     best = costs.get(report.best or "")
     console.print(describe_rate(best if best is not None else next(iter(costs.values()))))
     if prov is not None and prov.solver:
