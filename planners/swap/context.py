@@ -49,6 +49,7 @@ class PlanContext:
     _profiles: dict[tuple[str, ...], StepProfile] = field(default_factory=dict)
     _states_applied: dict[tuple[str, ...], StatesApplied] = field(default_factory=dict)
     _templates: dict[tuple, Workload] = field(default_factory=dict)  # shared by copies of a context
+    _state_bytes: dict[str, int] | None = None
     _variant_profiles: dict[str, dict] = field(default_factory=dict)  # other mlp_activation -> profiles
 
     def __post_init__(self) -> None:
@@ -117,10 +118,17 @@ class PlanContext:
     def placements(self) -> tuple[ModelStatePlacement, ...]:
         return self.states if self.states is not None else (RESIDENT,) * self.num_layers
 
+    def states_tier_bytes(self) -> dict[str, int]:
+        """Bytes the model states hold on each tier off HBM, one GPU (they do not depend on the
+        checkpoints: read off the template without a profile)."""
+        if self._state_bytes is None:
+            wl = self.template(("none",) * self.num_layers)
+            self._state_bytes = dict(apply_model_states(wl, self.placements).tier_bytes)
+        return self._state_bytes
+
     def states_host_bytes(self) -> int:
         """Host bytes the model states hold (pinned pools, CPU-side states), all GPUs of a host."""
-        applied = self.states_applied(("none",) * self.num_layers)
-        return applied.tier_bytes.get("host", 0) * self.rates.num_gpus_sharing_host
+        return self.states_tier_bytes().get("host", 0) * self.rates.num_gpus_sharing_host
 
     def states_applied(self, modes: Sequence[str]) -> StatesApplied:
         """The model-state placement applied to the profile of ``modes`` (its copies and CPU

@@ -4,25 +4,31 @@ activation MIP inside.
 Models: a decomposition. Outside, an enumeration of the step-level choices: the LM head's token
 chunks (``Plan.lm_head_chunks``), every layer's MLP chunks (``LayerPlan.mlp_chunks``) and one
 model-state placement for every layer (``LayerPlan.model_states``: resident; the optimizer step
-on the CPU with the gradients and states on the host, or the states in NVMe files; the
-parameters streamed from the host as well). Inside, for each combination, the activation MIP
-(`planners.swap.mip.plan_mip`) with the HBM and host that combination leaves (its profile is
-built with it); each plan is replayed, the fastest feasible wins.
+on the CPU with the gradients on the host and the states on the host or in NVMe files, the
+parameters resident or streamed from the host). Inside, for each combination, the activation
+MIP (`planners.swap.mip.plan_mip`) with the HBM and host that combination leaves (its profile is
+built with it); when the layer inputs alone overflow what the states leave of the host, segment
+checkpoints instead (`segment_layers`: every layer checkpointed, one input kept or offloaded per
+segment of k layers, k = 1 .. ``MAX_SEGMENT_LAYERS``, the fastest replayed). Each plan is
+replayed; the fastest feasible wins. With transformers' eager RMSNorm and nothing fitting, the
+search runs once more with the fused norm (`TrainJob.rmsnorm`), which the plan's job then names.
 Pruning, by bounds: (1) chunk counts: the head's and the MLP's chunk count is the smallest whose
-transient (one chunk's logits with their fp32 copy and gradient; one chunk's MLP intermediates
-in backward, both read off the template's ops for a one-layer model) is at most
-``CHUNK_SHARE_FRAC`` of the GPU budget: more chunks only cost time (smaller GEMMs, and for the
-MLP nothing else changes), fewer leave the transient above that share; the MLP is also tried
-whole (one chunk: no extra forward). (2) HBM floor: a combination whose least-memory plan
-(every layer checkpointed, its input offloaded to the host) does not fit the GPU in the walk of
-its allocations is skipped without a solve. (3) Time: combinations are solved in order of their
-step time without any recompute (a lower bound of any plan of theirs: recompute and stalls only
-add); once that bound is above the best replayed plan, the rest are skipped.
+transient (read off the template's ops for a one-layer model) is at most ``CHUNK_SHARE_FRAC`` of
+the GPU budget: more chunks only cost time (smaller GEMMs), fewer leave the transient above that
+share; the MLP is also tried whole (one chunk: no extra forward). (2) Tiers: a combination whose
+model states alone overflow the host budget or a drive is skipped; so is one whose least-HBM
+plan (every layer checkpointed, its input offloaded) does not fit the GPU in the walk of its
+allocations. (3) Time: combinations are solved in order of their step time without any
+recompute (a lower bound of any plan of theirs: recompute and stalls only add); once that bound
+is above the best replayed plan, the rest are skipped. (4) Dominance (`dominated`): the CPU step
+with resident parameters is skipped when streaming them fitted without stalls; states in NVMe
+files when the same combination with them on the host fitted with host memory to spare.
 Gap (stated): the chunk counts are chosen by the share rule, not jointly with the MIP; one
-placement for all layers (no mixed groups); the MIP's host budget is what the states leave.
-Assumes: the job has an optimizer or an LM head (otherwise only the activation strategies
-apply). Source: ALST (Snowflake, arXiv 2506.13996): tiled MLP, fused loss, CPU-offloaded
-states; ZeRO-Offload (arXiv 2101.06840).
+placement for all layers (no mixed groups); segment heads are offloaded first-come to the host
+(no MIP over segments); the search stops at its deadline with the best plan so far.
+Assumes: one GPU, a Llama-family model (`planners.swap.strategies.whole_step_applies`).
+Source: ALST (Snowflake, arXiv 2506.13996): tiled MLP, fused loss, CPU-offloaded states and
+checkpoints; ZeRO-Offload (arXiv 2101.06840); Chen et al. 2016 (sublinear memory: segments).
 """
 
 from __future__ import annotations
@@ -116,7 +122,7 @@ def combinations(ctx: PlanContext) -> list[Combination]:
                 states = None if ms == RESIDENT else (ms,) * ctx.num_layers
                 ops = apply_model_states(wl, states).workload.ops if states else wl.ops
                 sub = replace(ctx, lm_head_chunks=c, mlp_chunks=m, states=states, predict_reserved=False,
-                              _profiles={}, _states_applied={}, _variant_profiles={})
+                              _profiles={}, _states_applied={}, _variant_profiles={}, _state_bytes=None)
                 out.append((sum(op.time_s or 0.0 for op in ops), c, m, rank, Combination(c, m, name, sub, 0.0)))
     out.sort(key=lambda k: k[:4])
     return [replace(k[4], time_bound_s=k[0]) for k in out]
@@ -127,7 +133,7 @@ def states_over_tiers(ctx: PlanContext) -> str:
     or the capacity of the node's CXL cards / drives."""
     if not ctx.whole_step:
         return ""
-    held = ctx.states_applied(("none",) * ctx.num_layers).tier_bytes
+    held = ctx.states_tier_bytes()
     host = ctx.states_host_bytes()
     if host > ctx.host_budget_bytes:
         return f"model states need {format_bytes(host)} > {format_bytes(ctx.host_budget_bytes)} host budget"
@@ -177,7 +183,8 @@ def segment_layers(ctx: PlanContext, segment_layers: int) -> list[LayerPlan]:
 
 def _combo_plans(combo: Combination, *, solver: str, time_limit_s: float, deadline: float) -> StrategyResult:
     """The best plan of one combination: the activation MIP when every input fits the host,
-    else segment checkpoints (`segment_layers`, every length up to ``MAX_SEGMENT_LAYERS``)."""
+    else segment checkpoints (`segment_layers`, from one layer up to ``MAX_SEGMENT_LAYERS``, until
+    a longer segment replays slower than a shorter one that fits)."""
     from planners.swap.mip import plan_mip
 
     ctx = combo.ctx
@@ -196,7 +203,9 @@ def _combo_plans(combo: Combination, *, solver: str, time_limit_s: float, deadli
             break
         res = evaluate(ctx, "whole_step", segment_layers(ctx, k), short_of_time=True)
         first = first or res
-        if res.feasible and (best is None or (res.step_time_s or 0.0) < (best.step_time_s or 0.0)):
+        if res.feasible and best is not None and (res.step_time_s or 0.0) >= (best.step_time_s or 0.0):
+            break  # longer segments only recompute more once the inputs fit
+        if res.feasible:
             best = replace(res, reason=f"segments of {k} layers")
     assert first is not None
     return best or first
@@ -214,8 +223,10 @@ def plan_whole_step(ctx: PlanContext, *, time_limit_s: float, solver: str = "hig
         solved: dict[tuple[int, int, str], StrategyResult] = {}
         base = ctx if norm == ctx.job.rmsnorm else replace(
             ctx, job=ctx.job.model_copy(update={"rmsnorm": norm}), _profiles={}, _states_applied={},
-            _variant_profiles={}, _templates={})
-        for combo in combinations(base):
+            _variant_profiles={}, _templates={}, _state_bytes=None)
+        combos = combinations(base)
+        no_room = _no_room(combos)  # (chunks) whose least-HBM placement cannot fit: none of theirs can
+        for combo in combos:
             label = (f"lm_head_chunks {combo.lm_head_chunks}, mlp_chunks {combo.mlp_chunks}, {combo.placement}"
                      + (f", rmsnorm {norm}" if norm != ctx.job.rmsnorm else ""))
             if best is not None and best.step_time_s is not None and combo.time_bound_s >= best.step_time_s:
@@ -231,7 +242,8 @@ def plan_whole_step(ctx: PlanContext, *, time_limit_s: float, solver: str = "hig
             if over:
                 why.append(f"{label}: {over}")
                 continue
-            floor = hbm_floor_bytes(combo.ctx)
+            key = (combo.lm_head_chunks, combo.mlp_chunks)
+            floor = no_room[key] if key in no_room else hbm_floor_bytes(combo.ctx)
             if floor > combo.ctx.gpu_budget_bytes:
                 why.append(f"{label}: HBM at least {format_bytes(floor)} > "
                            f"{format_bytes(combo.ctx.gpu_budget_bytes)} gpu budget")
@@ -260,6 +272,26 @@ def plan_whole_step(ctx: PlanContext, *, time_limit_s: float, solver: str = "hig
     plan = final.plan.model_copy(update={"provenance": final.plan.provenance.model_copy(
         update={"planner": "whole_step"})})
     return replace(final, plan=plan, reason=best.reason, solve_time_s=time.perf_counter() - t0)
+
+
+def _no_room(combos: list[Combination]) -> dict[tuple[int, int], int]:
+    """Chunk counts whose least-HBM placement (parameters streamed, the fewest bytes resident)
+    does not fit the GPU even in its least-HBM activation plan, with a lower bound of that floor:
+    no placement of theirs fits (the others keep more in HBM). Only the most chunks are walked:
+    when they do not fit, fewer (larger transients) cannot either and share their floor as a
+    bound; when they do, the others are walked where the search reaches them."""
+    least: dict[tuple[int, int], Combination] = {}
+    for c in combos:
+        key = (c.lm_head_chunks, c.mlp_chunks)
+        if key not in least or c.placement.startswith("streamed_params"):
+            least[key] = c
+    if not least:
+        return {}
+    top = max(least)
+    floor = hbm_floor_bytes(least[top].ctx)
+    if floor <= least[top].ctx.gpu_budget_bytes:
+        return {}
+    return {key: floor for key in least if key[0] <= top[0] and key[1] <= top[1]}
 
 
 def dominated(combo: Combination, solved: dict[tuple[int, int, str], StrategyResult]) -> str:

@@ -6,7 +6,7 @@ import pytest
 
 from hwmodels.catalog import load_node
 from hwmodels.units import GiB
-from planners.plan import LayerPlan, ModelStatePlacement
+from planners.plan import LayerPlan, ModelStatePlacement, RoleAction
 from planners.swap import PlanContext, evaluate
 from planners.swap.whole import plan_whole_step
 from simulator.job import TrainJob
@@ -155,3 +155,21 @@ def test_llama_8b_at_1m_fits_the_host_and_the_disk():
     assert peaks["host"] <= 125 * GiB and peaks["nvme"] <= 64 * GiB and peaks["hbm"] <= node.gpu.hbm_capacity_bytes
     assert any(lp.input == "recompute" for lp in res.plan.layers)  # segment checkpoints
     assert not res.plan.unsupported()
+
+
+def test_activations_offloaded_to_nvme_cross_the_drive_and_share_it_with_the_states():
+    ctx = _ctx(_toy(4), T, ModelStatePlacement(grads="host", optimizer_states="nvme", master_weights="nvme",
+                                               optimizer_step="cpu"))
+    prof = ctx.profile("none")
+    to_disk = RoleAction(action="offload", alpha_frac=1.0, tier="nvme")
+    layers = [LayerPlan(layer=i, roles={"mlp_hidden": to_disk} if i < 2 else {}) for i in range(4)]
+    res = evaluate(ctx, "x", layers)
+    sim = res.replay.sim
+    off = sum(prof.layers[i].role_tids and sum(prof.workload.tensor(t).num_bytes
+                                                for t in prof.layers[i].role_tids["mlp_hidden"]) for i in range(2))
+    write = next(lk for lk in sim.links if lk.name == "nvme0.write")
+    states = res.plan.prediction.tier_peak_bytes["nvme"] - off
+    # the activations' D2H copies and the states' write-back share the drive's write rate
+    assert write.bytes_moved == pytest.approx(off + states, rel=1e-6)
+    assert res.plan.prediction.tier_peak_bytes["nvme"] == off + ctx.states_applied(["none"] * 4).tier_bytes["nvme"]
+    assert not res.plan.unsupported() and res.plan.unexecuted().startswith("layers.0.")
