@@ -17,7 +17,8 @@ STRATEGIES = ("none", "full_recompute", "selective", "offload_all", "memo", "mip
 search (`planners.swap.whole`: chunked head and MLP, model states off HBM, segment checkpoints)."""
 WHOLE_STEP_SHARE_FRAC = 0.4
 """When the whole-step search applies, the activation MIP must be done by 1 - this share of the
-time limit; the search gets the rest (and whatever the MIP leaves)."""
+time limit; the search gets the rest (and whatever the MIP leaves), never less than this share
+of the limit, counted in the process's CPU time (`planners.swap.whole.plan_whole_step`)."""
 BASELINE_SHARE_FRAC = 0.25
 """Once the baselines have taken this share of the time limit, the rest are evaluated
 ``short_of_time`` (see `evaluate`): a baseline whose host peak is proven over the host budget is
@@ -119,7 +120,9 @@ def plan_training(model, job, node, *, gpu_budget_bytes: int | None = None,
                                          fallbacks=results, deadline_s=mip_deadline))
     mip = results[-1]
     if whole:
-        results.append(plan_whole_step(ctx, time_limit_s=time_limit_s, solver=solver, deadline_s=deadline))
+        # never less than its share of the limit, whatever the others took (counted in CPU time)
+        until = max(deadline, time.perf_counter() + WHOLE_STEP_SHARE_FRAC * time_limit_s)
+        results.append(plan_whole_step(ctx, time_limit_s=time_limit_s, solver=solver, deadline_s=until))
     else:
         results.append(StrategyResult(name="whole_step", feasible=False, step_time_s=None, mfu=None,
                                       peak_hbm_bytes=None, peak_host_bytes=None, reason=not_whole))

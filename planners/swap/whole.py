@@ -25,7 +25,8 @@ with resident parameters is skipped when streaming them fitted without stalls; s
 files when the same combination with them on the host fitted with host memory to spare.
 Gap (stated): the chunk counts are chosen by the share rule, not jointly with the MIP; one
 placement for all layers (no mixed groups); segment heads are offloaded first-come to the host
-(no MIP over segments); the search stops at its deadline with the best plan so far.
+(no MIP over segments); the search stops at its deadline (this process's CPU time) with the
+best plan so far.
 Assumes: one GPU, a Llama-family model (`planners.swap.strategies.whole_step_applies`).
 Source: ALST (Snowflake, arXiv 2506.13996): tiled MLP, fused loss, CPU-offloaded states and
 checkpoints; ZeRO-Offload (arXiv 2101.06840); Chen et al. 2016 (sublinear memory: segments).
@@ -190,16 +191,17 @@ def _combo_plans(combo: Combination, *, solver: str, time_limit_s: float, deadli
     ctx = combo.ctx
     host_left = ctx.host_budget_bytes - (ctx.states_host_bytes() if ctx.whole_step else 0)
     all_inputs = sum(lp.input_bytes for lp in ctx.profile("full").layers)
-    if all_inputs <= host_left and deadline - time.perf_counter() >= MIN_SOLVE_S:
+    if all_inputs <= host_left and deadline - time.process_time() >= MIN_SOLVE_S:
+        # the solve's own limit is wall time: half of the CPU time left, at least MIN_SOLVE_S
         res, _ = plan_mip(ctx, time_limit_s=time_limit_s, solver=solver,
-                          deadline_s=time.perf_counter() + (deadline - time.perf_counter()) / 2)
+                          deadline_s=time.perf_counter() + max(MIN_SOLVE_S, (deadline - time.process_time()) / 2))
         if res.feasible:
             return res
         return evaluate(ctx, "whole_step", floor_layers(ctx), short_of_time=True)
     best: StrategyResult | None = None
     first: StrategyResult | None = None
     for k in range(1, MAX_SEGMENT_LAYERS + 1):
-        if time.perf_counter() > deadline and first is not None:
+        if time.process_time() > deadline and first is not None:
             break
         res = evaluate(ctx, "whole_step", segment_layers(ctx, k), short_of_time=True)
         first = first or res
@@ -214,9 +216,13 @@ def _combo_plans(combo: Combination, *, solver: str, time_limit_s: float, deadli
 def plan_whole_step(ctx: PlanContext, *, time_limit_s: float, solver: str = "highs",
                     deadline_s: float | None = None) -> StrategyResult:
     """The fastest feasible whole-step plan found by ``deadline_s`` (see the module docstring),
-    as the strategy row ``whole_step``; its reason names the combination or why none fits."""
+    as the strategy row ``whole_step``; its reason names the combination or why none fits.
+    The time left until ``deadline_s`` (``time.perf_counter()`` time; default ``time_limit_s``
+    from now) is counted in this process's CPU time (``time.process_time``), so that the plan
+    does not depend on how loaded the machine is (on an idle one the two clocks agree)."""
     t0 = time.perf_counter()
-    deadline = t0 + time_limit_s if deadline_s is None else deadline_s
+    left = time_limit_s if deadline_s is None else max(0.0, deadline_s - t0)
+    deadline = time.process_time() + left  # CPU time
     best: StrategyResult | None = None
     why: list[str] = []
     for norm in norms(ctx):
@@ -231,7 +237,7 @@ def plan_whole_step(ctx: PlanContext, *, time_limit_s: float, solver: str = "hig
                      + (f", rmsnorm {norm}" if norm != ctx.job.rmsnorm else ""))
             if best is not None and best.step_time_s is not None and combo.time_bound_s >= best.step_time_s:
                 break  # ordered by the bound: nothing later can be faster
-            if time.perf_counter() > deadline:
+            if time.process_time() > deadline:
                 why.append("time limit: combinations left unsolved")
                 break
             skip = dominated(combo, solved)
@@ -259,7 +265,10 @@ def plan_whole_step(ctx: PlanContext, *, time_limit_s: float, solver: str = "hig
             break  # the job's own norm first; the fused one only when nothing fits with it
     elapsed = time.perf_counter() - t0
     if best is None:
-        reason = "no combination fits: " + ("; ".join(why[:3]) if why else "none to try")
+        cut = [w for w in why if w.startswith("time limit")]
+        shown = [w for w in why if not w.startswith("time limit")][:3]
+        reason = ("time limit: the search stopped before it found a plan (a longer --time-limit may "
+                  "find one); " if cut else "") + "no combination fits: " + ("; ".join(shown) if shown else "none tried")
         return StrategyResult(name="whole_step", feasible=False, step_time_s=None, mfu=None, peak_hbm_bytes=None,
                               peak_host_bytes=None, reason=reason, solve_time_s=elapsed)
     assert best.plan is not None
