@@ -391,6 +391,8 @@ class Plan(_Frozen):
                 return f"{where}.model_states.grads: gradients on {ms.grads} are not replayed yet"
             if ms.params == "csd" or "csd" in (ms.optimizer_states, ms.master_weights):
                 return f"{where}.model_states: model states on a computational storage drive are not replayed"
+            if ms.params in ("cxl", "nvme"):  # streaming them is, writing back the stepped ones is not
+                return f"{where}.model_states.params: parameters on {ms.params} are not replayed yet"
             if ms.optimizer_step == "gpu" and (ms.grads, ms.optimizer_states, ms.master_weights) != ("hbm",) * 3:
                 return (f"{where}.model_states: a GPU optimizer step with states or gradients off HBM "
                         "is not replayed yet")

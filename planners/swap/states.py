@@ -24,9 +24,9 @@ Models (the contract of ``LayerPlan.model_states``, shared with ``validate.execu
 Assumes: the step's "other" parameters (embedding, final norm, LM head) stay resident with
 their gradients and states (this version's contract); a CPU step needs the layer's gradients
 on the host and its states off HBM (`Plan.unsupported` refuses the rest); one GPU per host.
-Ignores: the host's pinned staging buffers for a CXL / NVMe state read (two layers' states,
-counted on the host), page-cache effects of the NVMe files (direct IO), the CPU time of the
-copies' own launches.
+Ignores: page-cache effects of the NVMe files (direct IO), the CPU time of the copies' own
+launches, the write-back of stepped parameters that stream from CXL / NVMe (`Plan.unsupported`
+refuses parameters there; the host's staging buffers for states there are counted, two layers').
 Source: ZeRO-Offload (Ren et al., USENIX ATC 2021, arXiv 2101.06840): gradients D2H as they are
 produced, CPU Adam overlapped with backward, parameters back H2D; ZeRO-Infinity (arXiv
 2104.07857) for states on NVMe; ALST (arXiv 2506.13996) for the whole step at long context.

@@ -15,7 +15,7 @@ from simulator.workload import Role
 STRATEGIES = ("none", "full_recompute", "selective", "offload_all", "memo", "mip", "whole_step")
 """The activation strategies (baselines and the MIP, model states resident), then the whole-step
 search (`planners.swap.whole`: chunked head and MLP, model states off HBM, segment checkpoints)."""
-WHOLE_STEP_SHARE_FRAC = 0.4
+WHOLE_STEP_SHARE_FRAC = 0.6
 """When the whole-step search applies, the activation MIP must be done by 1 - this share of the
 time limit; the search gets the rest (and whatever the MIP leaves), never less than this share
 of the limit, counted in the process's CPU time (`planners.swap.whole.plan_whole_step`)."""

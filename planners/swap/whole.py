@@ -18,9 +18,9 @@ the GPU budget: more chunks only cost time (smaller GEMMs), fewer leave the tran
 share; the MLP is also tried whole (one chunk: no extra forward). (2) Tiers: a combination whose
 model states alone overflow the host budget or a drive is skipped; so is one whose least-HBM
 plan (every layer checkpointed, its input offloaded) does not fit the GPU in the walk of its
-allocations. (3) Time: combinations are solved in order of their step time without any
-recompute (a lower bound of any plan of theirs: recompute and stalls only add); once that bound
-is above the best replayed plan, the rest are skipped. (4) Dominance (`dominated`): the CPU step
+allocations. (3) Time: a combination's step time without any recompute bounds every plan of
+it (recompute and stalls only add); one whose bound is above the best replayed plan is skipped
+(chunk counts are tried in order of their bound, each with its placements most resident first). (4) Dominance (`dominated`): the CPU step
 with resident parameters is skipped when streaming them fitted without stalls; states in NVMe
 files when the same combination with them on the host fitted with host memory to spare.
 Gap (stated): the chunk counts are chosen by the share rule, not jointly with the MIP; one
@@ -105,13 +105,13 @@ class Combination:
 
 
 def combinations(ctx: PlanContext) -> list[Combination]:
-    """Every combination the search considers, in order of its time bound (ties: fewer chunks,
-    then the placement order of `placements`)."""
+    """Every combination the search considers: chunk counts in order of their time bound, each
+    with its placements in the order of `placements` (most resident first)."""
     from planners.swap.states import apply_model_states
 
     head = [chunk_choice(ctx, kind="lm_head")] if ctx.model.has_lm_head else [1]
     mlp = sorted({1, chunk_choice(ctx, kind="mlp")}) if ctx.model.mlp == "swiglu" else [1]
-    places = placements(ctx)
+    places = placements(ctx)  # most resident first
     out = []
     for c in head:
         for m in mlp:
@@ -125,7 +125,12 @@ def combinations(ctx: PlanContext) -> list[Combination]:
                 sub = replace(ctx, lm_head_chunks=c, mlp_chunks=m, states=states, predict_reserved=False,
                               _profiles={}, _states_applied={}, _variant_profiles={}, _state_bytes=None)
                 out.append((sum(op.time_s or 0.0 for op in ops), c, m, rank, Combination(c, m, name, sub, 0.0)))
-    out.sort(key=lambda k: k[:4])
+    # chunk counts in order of their best bound; within them the placements most resident first
+    # (their bounds differ by the GPU optimizer step only, well under what copies and recompute add)
+    group = {}
+    for bound, c, m, _, _ in out:
+        group[(c, m)] = min(group.get((c, m), bound), bound)
+    out.sort(key=lambda k: (group[(k[1], k[2])], k[1], k[2], k[3]))
     return [replace(k[4], time_bound_s=k[0]) for k in out]
 
 
@@ -192,9 +197,10 @@ def _combo_plans(combo: Combination, *, solver: str, time_limit_s: float, deadli
     host_left = ctx.host_budget_bytes - (ctx.states_host_bytes() if ctx.whole_step else 0)
     all_inputs = sum(lp.input_bytes for lp in ctx.profile("full").layers)
     if all_inputs <= host_left and deadline - time.process_time() >= MIN_SOLVE_S:
-        # the solve's own limit is wall time: half of the CPU time left, at least MIN_SOLVE_S
+        # the solves' own limit is wall time: the whole limit (each solve of 32 layers takes a
+        # fraction of a second; on a loaded machine wall time runs far ahead of CPU time)
         res, _ = plan_mip(ctx, time_limit_s=time_limit_s, solver=solver,
-                          deadline_s=time.perf_counter() + max(MIN_SOLVE_S, (deadline - time.process_time()) / 2))
+                          deadline_s=time.perf_counter() + time_limit_s)
         if res.feasible:
             return res
         return evaluate(ctx, "whole_step", floor_layers(ctx), short_of_time=True)
@@ -236,7 +242,7 @@ def plan_whole_step(ctx: PlanContext, *, time_limit_s: float, solver: str = "hig
             label = (f"lm_head_chunks {combo.lm_head_chunks}, mlp_chunks {combo.mlp_chunks}, {combo.placement}"
                      + (f", rmsnorm {norm}" if norm != ctx.job.rmsnorm else ""))
             if best is not None and best.step_time_s is not None and combo.time_bound_s >= best.step_time_s:
-                break  # ordered by the bound: nothing later can be faster
+                continue  # its bound: it cannot be faster
             if time.process_time() > deadline:
                 why.append("time limit: combinations left unsolved")
                 break

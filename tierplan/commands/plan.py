@@ -18,7 +18,7 @@ row says so), the MIP's own variant then gets at least 60% of the limit and the 
 what is left; the command returns within the limit plus imports, the baselines' overrun and the
 last replay of a plan (benchmarks/time_limits.py). For one GPU and a Llama-family model the
 whole-step search (the ``whole_step`` row: chunked head and MLP, model states off HBM, segment
-checkpoints) gets the last 40% of the limit, at least that much of CPU time
+checkpoints) gets the last 60% of the limit, at least that much of CPU time
 (benchmarks/whole_step_planning.py); the best is the fastest plan the executor runs
 (`Plan.unexecuted`), one it does not run yet only when nothing else fits.
 """
