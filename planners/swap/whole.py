@@ -127,7 +127,7 @@ def combinations(ctx: PlanContext) -> list[Combination]:
                 out.append((sum(op.time_s or 0.0 for op in ops), c, m, rank, Combination(c, m, name, sub, 0.0)))
     # chunk counts in order of their best bound; within them the placements most resident first
     # (their bounds differ by the GPU optimizer step only, well under what copies and recompute add)
-    group = {}
+    group: dict[tuple[int, int], float] = {}
     for bound, c, m, _, _ in out:
         group[(c, m)] = min(group.get((c, m), bound), bound)
     out.sort(key=lambda k: (group[(k[1], k[2])], k[1], k[2], k[3]))
