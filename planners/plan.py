@@ -401,26 +401,35 @@ class Plan(_Frozen):
         return ""
 
     def unexecuted(self) -> str:
-        """The first decision of a training plan that the training executor (``validate.executor``)
-        of this version does not run, as "field: reason"; "" when it runs all of it. The replay
-        (`unsupported`) carries out more: model states off HBM, activations on CXL / NVMe,
-        segment checkpoints and the fused RMSNorm are predicted before the executor runs them."""
+        """The first decision of a training plan that the training executor of this version
+        does not run, as "field: reason"; "" when it runs all of it. The executor's own check
+        (``validate.executor.executor_unsupported``, which this package cannot import) refuses
+        the same (tests/validate/test_plan_unexecuted.py holds them together); beyond it, the
+        replay also carries out segment checkpoints and the fused RMSNorm, which the executor
+        does not run yet."""
         why = self.unsupported()
-        if why:
+        if why or self.scenario.job.mode == "infer":
             return why
-        if self.scenario.job.mode == "infer":
-            return ""
-        if getattr(self.scenario.job, "rmsnorm", "eager") != "eager":
+        job = self.scenario.job
+        if getattr(job, "rmsnorm", "eager") != "eager":
             return "scenario.job.rmsnorm: the executor runs transformers' RMSNorm"
+        if job.optimizer == "adamw" and job.optimizer_state_dtype != "fp32":
+            return "scenario.job.optimizer_state_dtype: the executor keeps fp32 moments"
         for lp in self.layers:
             where = f"layers.{lp.layer}"
-            if lp.model_states != RESIDENT:
-                return f"{where}.model_states: the executor keeps model states in HBM"
             if lp.input == "recompute":
                 return f"{where}.input: segment checkpoints are not executed yet"
             for role, act in sorted(lp.roles.items()):
                 if act.action == "offload" and act.tier != "host":
                     return f"{where}.roles.{role}.tier: the executor offloads to host memory only"
+            ms = lp.model_states
+            if ms.optimizer_step == "gpu" and ms.params != "hbm":
+                return f"{where}.model_states: a GPU optimizer step with streamed parameters is not executed"
+            if ms.optimizer_step == "cpu" and job.optimizer == "none":
+                return f"{where}.model_states.optimizer_step: cpu, but scenario.job.optimizer is none"
+            for name in ("optimizer_states", "master_weights"):
+                if ms.optimizer_step == "cpu" and getattr(ms, name) not in ("host", "nvme"):
+                    return f"{where}.model_states.{name}: the executor keeps them on host or nvme"
         return ""
 
     def _unsupported_infer(self) -> str:
