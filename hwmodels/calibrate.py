@@ -601,3 +601,25 @@ def residuals(profile: AchievedProfile, points: list[CalibrationPoint]) -> list[
 def profile_json(profile: AchievedProfile) -> str:
     """The profile as committed: indented JSON with a trailing newline."""
     return json.dumps(profile.model_dump(mode="json", exclude_none=True), indent=2) + "\n"
+
+
+def fit_cpu_adamw_rate(path: str | Path, *, bytes_per_param: float = 22.0) -> float:
+    """The host CPUs' AdamW rate, in bytes of optimizer traffic per second as `simulator.templates`
+    counts a step's (``bytes_per_param``: 22 for bf16 parameters and gradients with fp32 moments,
+    no master weights: 12 read, 10 written), from ``validate/scripts/cpu_adam.py``'s file: its
+    ``adamw`` rows of form ``layer_step`` (the executor's whole per-layer CPU step: gradient in,
+    update, bf16 parameters out), the largest size at the most threads. Set it as
+    ``host_memory.cpu_adamw_rate_bytes_per_s`` of a node."""
+    from hwmodels.units import UserInputError
+    from hwmodels.userfile import read_user_mapping
+
+    data = read_user_mapping(path, what="measurement file")
+    rows = [r for r in data.get("adamw") or () if isinstance(r, dict) and r.get("form") == "layer_step"]
+    try:
+        best = max(rows, key=lambda r: (_num(r.get("numel")), _num(r.get("threads"))))
+        numel, step_s = _num(best.get("numel")), _num(best.get("step_s"))
+    except (TypeError, ValueError):
+        raise UserInputError(f"{path}: adamw: no layer_step row with numel, threads and step_s") from None
+    if not (numel > 0 and step_s > 0 and math.isfinite(numel) and math.isfinite(step_s)):
+        raise UserInputError(f"{path}: adamw: numel and step_s must be positive numbers")
+    return bytes_per_param * numel / step_s

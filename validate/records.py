@@ -96,8 +96,9 @@ class PlanCase(RecordModel):
     seq_len: int | None = Field(None, gt=0)
     micro_batch: int | None = Field(None, gt=0)
     gpu_budget_bytes: int | None = Field(None, gt=0)
-    prediction: dict[str, Scalar] | None = None
-    """The plan's own prediction (simulator replay), as the plan file holds it."""
+    prediction: dict[str, Scalar | dict[str, int]] | None = None
+    """The plan's own prediction (simulator replay), as the plan file holds it (its per-tier
+    peaks a mapping)."""
     status: Literal["ok", "refused", "oom", "error"]
     """ok, refused before a step, out of memory, or error: the case's process failed before it
     described the case (then only ``case`` and ``message`` are known)."""
