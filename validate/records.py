@@ -380,6 +380,40 @@ class CpuAdamFile(RecordFile):
     """Per (size, direction): median seconds of one pinned copy and its bytes/s."""
 
 
+class CollectiveRecord(RecordModel):
+    """One collective at one size on ``num_gpus`` ranks (validate/scripts/nccl_sweep.py)."""
+
+    op: Literal["all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv"]
+    bytes: int = Field(gt=0)
+    """The per-GPU buffer as hwmodels.collectives counts it: the all-reduce buffer, the
+    all-gather output (= reduce-scatter input), the all-to-all send buffer, the message."""
+    num_gpus: int = Field(ge=2)
+    """Ranks taking part (send_recv: 2, ranks 0 and 1)."""
+    dtype: str
+    time_s: float = Field(gt=0)
+    """Median over trials of a trial's seconds per call (the slowest rank's, each trial)."""
+    time_min_s: float = Field(gt=0)
+    time_max_s: float = Field(gt=0)
+    busbw_bytes_per_s: float = Field(gt=0)
+    """nccl-tests' bus bandwidth of the median: bus_factor * bytes / time_s."""
+    num_trials: int = Field(gt=0)
+    iters_per_trial: int = Field(gt=0)
+    """Calls issued back to back inside one timed trial."""
+
+
+class NcclSweepFile(RecordFile):
+    """validate/scripts/nccl_sweep.py: five collectives from a few bytes to GiBs, per GPU count."""
+
+    smoke: bool = False
+    """True: a CPU run over gloo that checks the script's logic; its times mean nothing."""
+    backend: Literal["nccl", "gloo"]
+    env: dict[str, str]
+    """Environment every rank ran with (NVLS and multicast off)."""
+    elapsed_s: float | None = Field(None, ge=0)
+    """Seconds the whole sweep took."""
+    records: list[CollectiveRecord]
+
+
 class AllocTraceMark(RecordModel):
     """Where a step boundary falls in an allocation trace, and the allocator's statistics there."""
 
@@ -482,6 +516,7 @@ _BY_PREFIX: tuple[tuple[str, type[RecordModel]], ...] = (
     ("hf_configs", HfConfigsFile),
     ("host-overhead-", HostOverheadFile),
     ("cpu-adam-", CpuAdamFile),
+    ("nccl-sweep-", NcclSweepFile),
     ("h200", ReferenceProbe),
 )
 
