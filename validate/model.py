@@ -147,6 +147,9 @@ class DecoderLayer(nn.Module):
         self.recompute_mlp_act = False  # SwiGLUDown: silu(gate) * up recomputed in backward
         self.mlp_chunks = 1  # > 1: validate.chunked_ops.TiledMLP over this many token chunks
         self.attn_rows: torch.Tensor | None = None
+        # attention of (q [B,H,T,D], k, v [B,K,T,D]) -> [B,H,T,D] in place of causal SDPA over
+        # the layer's own rows: a context-parallel executor's ring (validate.context_parallel)
+        self.attn_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
         if probe:
             self.input_layernorm: nn.RMSNorm | HFRMSNorm = nn.RMSNorm(h, eps=spec.norm_eps, **lin)
             self.post_attention_layernorm: nn.RMSNorm | HFRMSNorm = nn.RMSNorm(h, eps=spec.norm_eps, **lin)
@@ -217,7 +220,9 @@ class DecoderLayer(nn.Module):
             v,
         ):  # tag only what attention saves: a tag holds its tensor to the layer's end
             self.tag(Role.ATTN_QKV, t)
-        if self.attn_rows is None:
+        if self.attn_rows is None and self.attn_fn is not None:
+            a = self.attn_fn(q, k, v)
+        elif self.attn_rows is None:
             a = F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, enable_gqa=s.num_kv_heads != s.num_heads
             )

@@ -1,0 +1,94 @@
+"""Multi-process tests on the CPU: torch.multiprocessing.spawn over gloo, tiny shapes.
+
+``spawn(fn, world, *args)`` runs ``fn(rank, world, *args)`` in ``world`` processes joined in one
+gloo process group; an exception in any rank fails the calling test with that rank's traceback.
+The workers of the parallel executors' tests live here (spawned functions must be importable).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# per dtype: (atol, rtol) of the parallel run against one process (fp32: summation order only)
+TOL = {"fp32": (2e-5, 1e-4), "bf16": (3e-2, 3e-2)}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _entry(rank: int, world: int, port: int, fn: Any, args: tuple) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        fn(rank, world, *args)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(fn: Any, world: int, *args: Any) -> None:
+    mp.spawn(_entry, args=(world, _free_port(), fn, args), nprocs=world, join=True)
+
+
+def tiny_layer_spec(**over: Any):
+    from simulator.model import ModelSpec, get_model
+
+    base = get_model("llama-3.2-1b").model_dump()
+    shape = {"hidden_size": 64, "intermediate_size": 96, "num_heads": 4, "num_kv_heads": 2,
+             "head_dim": 16, "vocab_size": 128, "num_layers": 1}
+    return ModelSpec.model_validate({**base, **shape, **over})
+
+
+def close(a: torch.Tensor, b: torch.Tensor, dtype: str, what: str) -> None:
+    atol, rtol = TOL[dtype]
+    torch.testing.assert_close(a.float(), b.float(), atol=atol, rtol=rtol, msg=lambda m: f"{what}: {m}")
+
+
+def _reference(layer, x, rope, w):
+    """One process: the layer on the whole sequence; output, input grad, parameter grads."""
+    ref = copy.deepcopy(layer)
+    xr = x.detach().clone().requires_grad_(True)
+    out = ref(xr, rope)
+    (out.float() * w).sum().backward()
+    return out.detach(), xr.grad, {n: p.grad for n, p in ref.named_parameters()}
+
+
+# ---- context parallel (validate.context_parallel) --------------------------------------------
+def cp_worker(rank: int, world: int, dtypes: list[str], seq_len: int) -> None:
+    from validate.context_parallel import cp_layer_forward, zigzag_shard
+    from validate.model import build_model, rope_tables
+
+    spec = tiny_layer_spec()
+    for name in dtypes:
+        dtype = DTYPES[name]
+        layer = build_model(spec, dtype=dtype, seed=3).layers[0]
+        gen = torch.Generator().manual_seed(5)
+        x = torch.randn(2, seq_len, spec.hidden_size, generator=gen).to(dtype)
+        w = torch.randn(2, seq_len, spec.hidden_size, generator=gen)
+        rope = rope_tables(seq_len, spec.head_dim, device="cpu", dtype=dtype)
+        out_ref, gx_ref, gp_ref = _reference(layer, x, rope, w)
+
+        def shard(t, dim=1):
+            return zigzag_shard(t, dim=dim, cp=world, rank=rank)
+
+        xs = shard(x).requires_grad_(True)
+        out = cp_layer_forward(layer, xs, (shard(rope[0], 0), shard(rope[1], 0)))
+        (out.float() * shard(w)).sum().backward()
+        close(out, shard(out_ref), name, f"cp{world} {name} output")
+        close(xs.grad, shard(gx_ref), name, f"cp{world} {name} input grad")
+        for n, p in layer.named_parameters():
+            g = p.grad.float()
+            dist.all_reduce(g)  # each rank holds its rows' share of a weight's gradient
+            close(g, gp_ref[n], name, f"cp{world} {name} grad {n}")
