@@ -57,12 +57,13 @@ def close(a: torch.Tensor, b: torch.Tensor, dtype: str, what: str) -> None:
 
 
 def _reference(layer, x, rope, w):
-    """One process: the layer on the whole sequence; output, input grad, parameter grads."""
+    """One process: a copy of the layer on the whole sequence; its output, the input's gradient
+    and the copy (its parameters hold their gradients)."""
     ref = copy.deepcopy(layer)
     xr = x.detach().clone().requires_grad_(True)
     out = ref(xr, rope)
     (out.float() * w).sum().backward()
-    return out.detach(), xr.grad, {n: p.grad for n, p in ref.named_parameters()}
+    return out.detach(), xr.grad, ref
 
 
 # ---- context parallel (validate.context_parallel) --------------------------------------------
@@ -78,7 +79,8 @@ def cp_worker(rank: int, world: int, dtypes: list[str], seq_len: int) -> None:
         x = torch.randn(2, seq_len, spec.hidden_size, generator=gen).to(dtype)
         w = torch.randn(2, seq_len, spec.hidden_size, generator=gen)
         rope = rope_tables(seq_len, spec.head_dim, device="cpu", dtype=dtype)
-        out_ref, gx_ref, gp_ref = _reference(layer, x, rope, w)
+        out_ref, gx_ref, ref = _reference(layer, x, rope, w)
+        gp_ref = {n: p.grad for n, p in ref.named_parameters()}
 
         def shard(t, dim=1):
             return zigzag_shard(t, dim=dim, cp=world, rank=rank)
@@ -92,3 +94,31 @@ def cp_worker(rank: int, world: int, dtypes: list[str], seq_len: int) -> None:
             g = p.grad.float()
             dist.all_reduce(g)  # each rank holds its rows' share of a weight's gradient
             close(g, gp_ref[n], name, f"cp{world} {name} grad {n}")
+
+
+# ---- tensor + sequence parallel (validate.tensor_parallel) -----------------------------------
+def tp_worker(rank: int, world: int, dtypes: list[str], seq_len: int, over: dict) -> None:
+    from validate.model import build_model, rope_tables
+    from validate.tensor_parallel import TensorParallelLayer, seq_shard
+
+    spec = tiny_layer_spec(**over)
+    for name in dtypes:
+        dtype = DTYPES[name]
+        layer = build_model(spec, dtype=dtype, seed=3).layers[0]
+        gen = torch.Generator().manual_seed(5)
+        x = torch.randn(2, seq_len, spec.hidden_size, generator=gen).to(dtype)
+        w = torch.randn(2, seq_len, spec.hidden_size, generator=gen)
+        rope = rope_tables(seq_len, spec.head_dim, device="cpu", dtype=dtype)
+        out_ref, gx_ref, ref = _reference(layer, x, rope, w)
+
+        tpl = TensorParallelLayer(layer)
+        xs = seq_shard(x, dim=1, tp=world, rank=rank).detach().requires_grad_(True)
+        out = tpl(xs, rope)
+        (out.float() * seq_shard(w, dim=1, tp=world, rank=rank)).sum().backward()
+        tpl.allreduce_replicated_grads()
+        close(out, seq_shard(out_ref, dim=1, tp=world, rank=rank), name, f"tp{world} {name} output")
+        close(xs.grad, seq_shard(gx_ref, dim=1, tp=world, rank=rank), name, f"tp{world} {name} input grad")
+        for n, p in tpl.weights.items():
+            close(p.grad, TensorParallelLayer.weight_slice(ref, n, rank, world), name, f"tp{world} {name} grad {n}")
+        for n, p in layer.input_layernorm.named_parameters():
+            close(p.grad, dict(ref.input_layernorm.named_parameters())[n].grad, name, f"tp{world} {name} norm")

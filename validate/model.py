@@ -120,6 +120,14 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def apply_rope(
+    q: torch.Tensor, k: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q and k [B,*,T,D] rotated by ``rope``'s (cos, sin) rows [T, D] (rotate_half form)."""
+    cos, sin = rope
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
 def rope_tables(
     seq_len: int, head_dim: int, *, device: Any, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,9 +211,7 @@ class DecoderLayer(nn.Module):
             q, k = self.q_norm(q, self.tag), self.k_norm(k, self.tag)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # B H T D
         if rope is not None:
-            cos, sin = rope
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q, k = apply_rope(q, k, rope)
         return q, k, v
 
     def _attention(
