@@ -1,7 +1,9 @@
-"""Multi-process tests on the CPU: torch.multiprocessing.spawn over gloo, tiny shapes.
+"""Multi-process tests on the CPU: torch.multiprocessing over gloo, tiny shapes.
 
 ``spawn(fn, world, *args)`` runs ``fn(rank, world, *args)`` in ``world`` processes joined in one
 gloo process group; an exception in any rank fails the calling test with that rank's traceback.
+The ranks are forked (no process group, no CUDA in the parent), so they start with torch and the
+modules under test imported: a spawned rank spends seconds importing them again.
 The workers of the parallel executors' tests live here (spawned functions must be importable).
 """
 
@@ -13,8 +15,12 @@ import socket
 from typing import Any
 
 import torch
+import torch._dynamo  # noqa: F401  fully_shard imports it on first use: once here, not per rank
 import torch.distributed as dist
+import torch.distributed.fsdp  # noqa: F401
 import torch.multiprocessing as mp
+
+import validate.model  # noqa: F401
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # per dtype: (atol, rtol) of the parallel run against one process (fp32: summation order only)
@@ -39,7 +45,8 @@ def _entry(rank: int, world: int, port: int, fn: Any, args: tuple) -> None:
 
 
 def spawn(fn: Any, world: int, *args: Any) -> None:
-    mp.spawn(_entry, args=(world, _free_port(), fn, args), nprocs=world, join=True)
+    mp.start_processes(_entry, args=(world, _free_port(), fn, args), nprocs=world, join=True,
+                       start_method="fork")
 
 
 def tiny_layer_spec(**over: Any):
@@ -122,3 +129,36 @@ def tp_worker(rank: int, world: int, dtypes: list[str], seq_len: int, over: dict
             close(p.grad, TensorParallelLayer.weight_slice(ref, n, rank, world), name, f"tp{world} {name} grad {n}")
         for n, p in layer.input_layernorm.named_parameters():
             close(p.grad, dict(ref.input_layernorm.named_parameters())[n].grad, name, f"tp{world} {name} norm")
+
+
+# ---- FSDP2 (validate.fsdp) -------------------------------------------------------------------
+def fsdp_worker(rank: int, world: int, dtypes: list[str], seq_len: int) -> None:
+    from validate.fsdp import shard_decoder
+    from validate.model import build_model, make_batch
+
+    spec = tiny_layer_spec(num_layers=2)
+    for name in dtypes:
+        dtype = DTYPES[name]
+        batch = make_batch(spec, seq_len=seq_len, batch=world, seed=9)  # one row per rank
+        ref = build_model(spec, dtype=dtype, seed=3)
+        losses = [ref(batch[i:i + 1]) for i in range(world)]
+        (sum(losses) / world).backward()
+        ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2)
+        ref_opt.step()
+
+        model = build_model(spec, dtype=dtype, seed=3)
+        start = {n: p.detach().clone() for n, p in model.named_parameters()}
+        shard_decoder(model, device_type="cpu")
+        loss = model(batch[rank:rank + 1])
+        close(loss.detach(), losses[rank].detach(), name, f"fsdp{world} {name} loss")
+        loss.backward()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        for n, p in model.named_parameters():
+            assert p.grad is not None and p.to_local().shape[0] <= -(-start[n].shape[0] // world), n
+        ref_grads = {n: p.grad for n, p in ref.named_parameters()}
+        for n, p in model.named_parameters():
+            close(p.grad.full_tensor(), ref_grads[n], name, f"fsdp{world} {name} grad {n}")
+        opt.step()
+        ref_params = dict(ref.named_parameters())
+        for n, p in model.named_parameters():
+            close(p.detach().full_tensor(), ref_params[n].detach(), name, f"fsdp{world} {name} step {n}")
