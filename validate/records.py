@@ -414,6 +414,43 @@ class NcclSweepFile(RecordFile):
     records: list[CollectiveRecord]
 
 
+class MgpuRecord(RecordModel):
+    """One parallel training step cell (validate/scripts/mgpu_bench.py)."""
+
+    mode: Literal["cp", "tp_sp", "fsdp2"]
+    """cp: ring attention over the zigzag split (validate.context_parallel); tp_sp: tensor +
+    sequence parallel (validate.tensor_parallel); fsdp2: fully_shard per layer (validate.fsdp)."""
+    model: str
+    num_layers: int = Field(gt=0)
+    seq_len: int = Field(gt=0)
+    """Tokens of one sequence (fsdp2: of each rank's own micro-batch)."""
+    tokens_per_rank: int = Field(gt=0)
+    num_gpus: int = Field(ge=1)
+    dtype: str
+    status: Literal["ok", "oom", "error"]
+    error: str | None = None
+    """First line of the error, when status is not ok."""
+    step_times_s: list[float] | None = None
+    """Timed steps (forward, backward; fsdp2: and AdamW), the slowest rank's each."""
+    step_time_s: float | None = Field(None, gt=0)
+    """Median of step_times_s."""
+    peak_allocated_bytes: int | None = Field(None, ge=0)
+    """Largest ``torch.cuda.max_memory_allocated`` over the ranks (peaks reset before the steps)."""
+    peak_allocated_per_rank_bytes: list[int] | None = None
+
+
+class MgpuBenchFile(RecordFile):
+    """validate/scripts/mgpu_bench.py: CP, TP+SP and FSDP2 steps of 8B-shaped layers on one node."""
+
+    smoke: bool = False
+    """True: a CPU run over gloo with tiny shapes that checks the script's logic."""
+    backend: Literal["nccl", "gloo"]
+    env: dict[str, str]
+    num_gpus: int = Field(ge=1)
+    elapsed_s: float | None = Field(None, ge=0)
+    records: list[MgpuRecord]
+
+
 class AllocTraceMark(RecordModel):
     """Where a step boundary falls in an allocation trace, and the allocator's statistics there."""
 
@@ -517,6 +554,7 @@ _BY_PREFIX: tuple[tuple[str, type[RecordModel]], ...] = (
     ("host-overhead-", HostOverheadFile),
     ("cpu-adam-", CpuAdamFile),
     ("nccl-sweep-", NcclSweepFile),
+    ("mgpu-bench-", MgpuBenchFile),
     ("h200", ReferenceProbe),
 )
 

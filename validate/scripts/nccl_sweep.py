@@ -122,6 +122,8 @@ def _worker(rank: int, world: int, args: argparse.Namespace, result_path: str | 
     device = torch.device("cpu") if args.smoke else torch.device("cuda", rank % torch.cuda.device_count())
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    else:
+        torch.set_num_threads(1)  # ranks share the CPU's cores
     dist.init_process_group(backend, rank=rank, world_size=world)
     try:
         seen: list[dict[str, str | None]] = [{} for _ in range(world)]
