@@ -49,10 +49,10 @@ def spawn(fn: Any, world: int, *args: Any) -> None:
                        start_method="fork")
 
 
-def tiny_layer_spec(**over: Any):
+def tiny_layer_spec(preset: str = "llama-3.2-1b", **over: Any):
     from simulator.model import ModelSpec, get_model
 
-    base = get_model("llama-3.2-1b").model_dump()
+    base = get_model(preset).model_dump()
     shape = {"hidden_size": 64, "intermediate_size": 96, "num_heads": 4, "num_kv_heads": 2,
              "head_dim": 16, "vocab_size": 128, "num_layers": 1}
     return ModelSpec.model_validate({**base, **shape, **over})
@@ -126,9 +126,20 @@ def tp_worker(rank: int, world: int, dtypes: list[str], seq_len: int, over: dict
         close(out, seq_shard(out_ref, dim=1, tp=world, rank=rank), name, f"tp{world} {name} output")
         close(xs.grad, seq_shard(gx_ref, dim=1, tp=world, rank=rank), name, f"tp{world} {name} input grad")
         for n, p in tpl.weights.items():
-            close(p.grad, TensorParallelLayer.weight_slice(ref, n, rank, world), name, f"tp{world} {name} grad {n}")
-        for n, p in layer.input_layernorm.named_parameters():
-            close(p.grad, dict(ref.input_layernorm.named_parameters())[n].grad, name, f"tp{world} {name} norm")
+            want = TensorParallelLayer.weight_slice(ref, n, rank, world, grad=True)
+            close(p.grad, want, name, f"tp{world} {name} grad {n}")
+        from validate.tensor_parallel import COLUMN, _linear_parts
+
+        ref_grads = _linear_parts(ref, grads=True)
+        for n, p in tpl.biases.items():
+            g = ref_grads[n][1]
+            assert g is not None, n
+            want = g.chunk(world)[rank] if n in COLUMN else g
+            close(p.grad, want, name, f"tp{world} {name} bias grad {n}")
+        for mod in ("input_layernorm", "post_attention_layernorm", "q_norm", "k_norm"):
+            if hasattr(layer, mod):  # replicated: partial sums completed over the group
+                close(getattr(layer, mod).weight.grad, getattr(ref, mod).weight.grad, name,
+                      f"tp{world} {name} {mod} grad")
 
 
 # ---- FSDP2 (validate.fsdp) -------------------------------------------------------------------

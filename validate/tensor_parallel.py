@@ -84,27 +84,36 @@ def _cols(w: torch.Tensor, rank: int, size: int) -> torch.Tensor:
     return w.chunk(size, dim=1)[rank].detach().clone()
 
 
-def _linear_parts(layer: DecoderLayer) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-    """(weight, bias) of q, k, v, o, gate, up, down, fused projections split into their parts."""
+def _linear_parts(layer: DecoderLayer, *, grads: bool = False
+                  ) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """(weight, bias) of q, k, v, o, gate, up, down, fused projections split into their parts
+    (``grads``: their gradients instead)."""
     s = layer.spec
+
+    def get(p: torch.Tensor | None) -> torch.Tensor | None:
+        return p.grad if grads and p is not None else p
+
+    def lin(m: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+        w = get(m.weight)
+        assert w is not None, "no gradient yet"
+        return w, get(m.bias)
+
     parts: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
     if s.qkv_fused:
-        w = layer.qkv_proj.weight.split([s.q_size, s.kv_size, s.kv_size])
-        b = layer.qkv_proj.bias.split([s.q_size, s.kv_size, s.kv_size]) if s.qkv_bias else (None,) * 3
-        parts.update(zip(("q", "k", "v"), zip(w, b, strict=True), strict=True))
+        w, b = lin(layer.qkv_proj)
+        sizes = [s.q_size, s.kv_size, s.kv_size]
+        bs = b.split(sizes) if b is not None else (None, None, None)
+        parts.update(zip(("q", "k", "v"), zip(w.split(sizes), bs, strict=True), strict=True))
     else:
         for n in ("q", "k", "v"):
-            lin = getattr(layer, f"{n}_proj")
-            parts[n] = (lin.weight, lin.bias)
+            parts[n] = lin(getattr(layer, f"{n}_proj"))
     if s.gate_up_fused:
-        gw = layer.gate_up_proj.weight.chunk(2)
-        gb = layer.gate_up_proj.bias.chunk(2) if s.mlp_bias else (None, None)
-        parts["gate"], parts["up"] = (gw[0], gb[0]), (gw[1], gb[1])
+        w, b = lin(layer.gate_up_proj)
+        gb = b.chunk(2) if b is not None else (None, None)
+        parts["gate"], parts["up"] = (w.chunk(2)[0], gb[0]), (w.chunk(2)[1], gb[1])
     else:
-        parts["gate"] = (layer.gate_proj.weight, layer.gate_proj.bias)
-        parts["up"] = (layer.up_proj.weight, layer.up_proj.bias)
-    parts["o"] = (layer.o_proj.weight, layer.o_proj.bias)
-    parts["down"] = (layer.down_proj.weight, layer.down_proj.bias)
+        parts["gate"], parts["up"] = lin(layer.gate_proj), lin(layer.up_proj)
+    parts["o"], parts["down"] = lin(layer.o_proj), lin(layer.down_proj)
     return parts
 
 
@@ -136,10 +145,11 @@ class TensorParallelLayer(nn.Module):
                 self.biases[name] = nn.Parameter(_rows(b, rank, size) if col else b.detach().clone())
 
     @staticmethod
-    def weight_slice(layer: DecoderLayer, name: str, rank: int, size: int) -> torch.Tensor:
-        """Rank ``rank``'s slice of the whole layer's ``name`` weight (or of its gradient)."""
-        w = _linear_parts(layer)[name][0]
-        return (w.grad if w.grad is not None else w).chunk(size, dim=0 if name in COLUMN else 1)[rank]
+    def weight_slice(layer: DecoderLayer, name: str, rank: int, size: int, *, grad: bool = False
+                     ) -> torch.Tensor:
+        """Rank ``rank``'s slice of the whole layer's ``name`` weight (``grad``: of its gradient)."""
+        w = _linear_parts(layer, grads=grad)[name][0]
+        return w.chunk(size, dim=0 if name in COLUMN else 1)[rank]
 
     def _col(self, name: str, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weights[name], self.biases[name] if name in self.biases else None)
