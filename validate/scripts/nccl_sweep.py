@@ -208,7 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if world < 2:
             raise SystemExit("nproc: a sweep needs at least 2 ranks")
         args.port = _free_port()
-        mp.spawn(_worker, args=(world, args, str(result)), nprocs=world, join=True)
+        # CPU smoke: forked ranks start with torch imported (a spawned one imports it again)
+        mp.start_processes(_worker, args=(world, args, str(result)), nprocs=world, join=True,
+                           start_method="fork" if args.smoke else "spawn")
     records = json.loads(result.read_text())
     result.unlink()
     device = torch.device("cpu") if args.smoke else torch.device("cuda", 0)
