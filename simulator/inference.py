@@ -382,12 +382,19 @@ def decode_segments(model, job, node, *, context_len: int, batch: int, offloaded
                     graphs: bool = STATIC_DECODE_GRAPHS, sdpa_cudnn: bool = False) -> Segments:
     """Compute of one decode step (``batch`` tokens, attention over ``context_len + 1`` keys):
     each kernel issued at the engine's host cost, run at its roofline (the HF engine's
-    ``torch.cat`` of K and V is a task of its own)."""
+    ``torch.cat`` of K and V is a task of its own); under tensor parallelism the layers'
+    collectives run in program order on the same stream, at ``hwmodels.collectives``' time."""
     from simulator.templates import decode_workload
 
     wl = decode_workload(model, lossless_job(job), None, context_len=context_len + 1, batch=batch)
-    ops = [op for op in wl.ops if _is_kernel(op)]
-    gpu = [_kernel_gpu_s(op, node, job.param_dtype) for op in ops]
+    comm_s: dict[int, float] = {}
+    if any(op.op_class == "comm" for op in wl.ops):  # tp > 1: the same ops, collectives timed
+        timed = decode_workload(model, lossless_job(job), node, context_len=context_len + 1, batch=batch)
+        comm_s = {i: float(t.time_s or 0.0) for i, (op, t) in enumerate(zip(wl.ops, timed.ops, strict=True))
+                  if op.op_class == "comm"}
+    keep = [i for i, op in enumerate(wl.ops) if _is_kernel(op) or i in comm_s]
+    ops = [wl.ops[i] for i in keep]
+    gpu = [comm_s[i] if i in comm_s else _kernel_gpu_s(wl.ops[i], node, job.param_dtype) for i in keep]
     host = host_issue_s(ops, engine_host_cost(node, job.engine, offloaded=offloaded, graphs=graphs,
                                               sdpa_cudnn=sdpa_cudnn))
     return _segments(ops, gpu, host, model.num_layers, sum(op.model_flops for op in wl.ops))
