@@ -439,6 +439,12 @@ class SearchResult:
     def num_feasible(self) -> int:
         return sum(1 for r in self.records if meets_constraints(self.space, r))
 
+    @property
+    def fewest_gpus(self) -> dict[str, Any] | None:
+        """The configuration meeting the constraints on the fewest GPUs (ties: the front's order)."""
+        ok = [r for r in self.records if meets_constraints(self.space, r)]
+        return min(ok, key=lambda r: (r["num_gpus"], sort_key(r))) if ok else None
+
     def num_configurations_text(self) -> str:
         return f"{len(self.records):,} configurations"
 
@@ -446,7 +452,8 @@ class SearchResult:
         return {"space": self.space.model_dump(mode="json"), "num_configurations": len(self.records),
                 "num_evaluated": self.num_evaluated, "num_feasible": self.num_feasible,
                 "skipped": self.skipped, "objectives": list(OBJECTIVES),
-                "front": [_json_record(r) for r in self.front]}
+                "front": [_json_record(r) for r in self.front],
+                "fewest_gpus": _json_record(self.fewest_gpus) if self.fewest_gpus else None}
 
 
 def _json_record(r: dict[str, Any]) -> dict[str, Any]:

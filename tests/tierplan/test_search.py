@@ -82,6 +82,7 @@ def test_front_is_not_dominated_and_meets_the_constraints():
         if r not in res.front:
             assert any(dominates(objectives(f), objectives(r)) or objectives(f) == objectives(r)
                        for f in res.front)
+    assert res.fewest_gpus is not None and res.fewest_gpus["num_gpus"] == min(r["num_gpus"] for r in ok)
     slow = SearchSpace(**TOY, max_step_time_s=min(r["step_time_s"] for r in ok) * 1.0001)
     assert [r["step_time_s"] for r in search(slow, num_workers=1).front] == [min(r["step_time_s"] for r in ok)]
 

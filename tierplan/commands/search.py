@@ -267,5 +267,13 @@ def _print(result) -> None:
     skipped = ", ".join(f"{k} {v}" for k, v in result.skipped.items())
     console.print(f"{result.num_evaluated} evaluated, {result.num_feasible} meet the constraints"
                   f"{', skipped: ' + skipped if skipped else ''}")
-    if not result.front:
+    few = result.fewest_gpus
+    if few is None:
         console.print("no configuration meets the constraints")
+    elif train:
+        console.print(f"fewest GPUs that meet the constraints: {few['num_gpus']} x {few['hardware']} (tp {few['tp']}, "
+                      f"cp {few['cp']}, dp {few['dp']}, zero {few['zero']}, {few['checkpointing']} checkpointing: "
+                      f"{format_seconds(few['step_time_s'])} a step, {format_usd(few['usd_per_million_tokens'])}/Mtok)")
+    else:
+        console.print(f"fewest GPUs that meet the constraints: {few['num_gpus']} x {few['hardware']} (tp {few['tp']}, "
+                      f"batch {few['batch']}, KV {few['kv_quant']})")
