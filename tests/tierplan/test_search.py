@@ -189,3 +189,22 @@ def test_cached_estimator_skips_the_replay_only_over_capacity():
     exact, quick = estimate_training(model, huge, node), fast.estimate(model, huge, node)
     assert not exact.fits and not quick.fits and quick.peak_reserved_bytes is None
     assert quick == exact.__class__(**{**exact.__dict__, "peak_reserved_bytes": None})
+
+
+def test_inference_search_reads_estimate_inference():
+    from simulator.estimator import estimate_inference
+    from simulator.job import InferJob
+
+    space = SearchSpace(model="llama-3.1-8b", num_layers=2, mode="infer", prompt_len=(4096,), gen_len=16,
+                        batch=(1, 4), kv_quant=("none", "int8"), hardware=("8xH200",))
+    res = search(space, num_workers=1)
+    assert res.num_evaluated == 4 and res.front
+    r = res.records[-1]  # batch 4, int8
+    exact = estimate_inference(get_model("llama-3.1-8b").with_layers(2),
+                               InferJob(prompt_len=4096, gen_len=16, batch=4, kv_quant="int8"), load_node("8xH200"))
+    assert (r["batch"], r["kv_quant"]) == (4, "int8")
+    assert r["step_time_s"] == exact.decode_time_per_token_s and r["max_batch"] == exact.max_batch
+    assert r["peak_allocated_bytes"] == max(exact.prefill_peak_allocated_bytes, exact.decode_peak_allocated_bytes)
+    big = space.model_copy(update={"batch": tuple(range(1, 40))})
+    with pytest.raises(UserInputError, match="inference configurations, more than 64"):
+        run_search(big, num_workers=1)
