@@ -33,6 +33,7 @@ or 64, plus dk/dv expanded to all query heads under GQA); Korthikanti et al. 202
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -1026,19 +1027,24 @@ class _Program:
             writes += int(n_opt * self.param_bytes)
         if job.optimizer == "none":
             return
-        # data-parallel gradient reduction before the step, then (ZeRO-1/2) all-gather of the
-        # updated parameter shards after it
-        grad_bytes = int(n * self.grad_elem_bytes)
-        multi_node = self.node is not None and self.tp * self.cp * self.dp > self.node.num_gpus
-        if self.zero == 0:
-            comm = self.comm_time_s("all_reduce", grad_bytes, self.dp, network=multi_node)
-        else:
-            comm = self.comm_time_s("reduce_scatter", grad_bytes, self.dp, network=multi_node)
-            if self.zero in (1, 2):
-                comm += self.comm_time_s("all_gather", int(n * self.param_bytes), self.dp, network=multi_node)
         step = self.cost(_mem("optimizer_step", read_bytes=reads, write_bytes=writes))
         ws = self.b.tensor("optimizer.workspace", transient, Role.WORKSPACE, None, requires_grad=False) if transient else None
-        self._optimizer_op = (step, comm, ws)
+        self._optimizer_op = (step, self.dp_comm_time_s(self.dp), ws)
+
+    def dp_comm_time_s(self, dp: int) -> float:
+        """The data-parallel gradient reduction before the optimizer step over ``dp`` replicas,
+        then (ZeRO-1/2) the all-gather of the updated parameter shards after it. Under ZeRO-0
+        nothing else of the step depends on ``dp``: `simulator.estimator.TrainingEstimator`
+        reuses one step for every ``dp`` through this."""
+        n = self.num_local_params
+        grad_bytes = int(n * self.grad_elem_bytes)
+        multi_node = self.node is not None and self.tp * self.cp * dp > self.node.num_gpus
+        if self.zero == 0:
+            return self.comm_time_s("all_reduce", grad_bytes, dp, network=multi_node)
+        comm = self.comm_time_s("reduce_scatter", grad_bytes, dp, network=multi_node)
+        if self.zero in (1, 2):
+            comm += self.comm_time_s("all_gather", int(n * self.param_bytes), dp, network=multi_node)
+        return comm
 
     # ---- whole step -----------------------------------------------------------------------
     def embed(self):
@@ -1142,6 +1148,16 @@ class _Program:
         wl = b.build(meta={"producer": "templates", "model": m.name})
         return _append_optimizer(wl, getattr(self, "_optimizer_op", None))
 
+    def training_step_parts(self) -> TrainingStepParts:
+        """The step before its optimizer tail, and that tail's pieces (`TrainingStepParts`)."""
+        wl = self.training_step()
+        spec = getattr(self, "_optimizer_op", None)
+        if spec is None:
+            return TrainingStepParts(wl, None, None, 0.0, self.dp_comm_time_s)
+        num_tail = 2 if spec[1] else 1
+        head = Workload(tensors=wl.tensors, ops=wl.ops[:-num_tail], initial=wl.initial, meta=wl.meta)
+        return TrainingStepParts(head, spec[0], spec[2], _bwd_time_s(head.ops), self.dp_comm_time_s)
+
     def inference_step(self) -> Workload:
         """Prefill (``decode_context_len`` None) or one decode step, under torch.no_grad.
 
@@ -1190,21 +1206,62 @@ def _append_optimizer(wl: Workload, spec) -> Workload:
     """Add the data-parallel gradient reduction and the optimizer step after backward."""
     if spec is None:
         return wl
+    step, comm_s, ws = spec
+    bwd_s = _bwd_time_s(wl.ops) if comm_s else 0.0
+    tail = optimizer_tail_ops(len(wl.ops), step=step, workspace=ws, comm_s=comm_s, bwd_s=bwd_s)
+    return Workload(tensors=wl.tensors, ops=wl.ops + tail, initial=wl.initial, meta=wl.meta)
+
+
+def _bwd_time_s(ops) -> float:
+    from simulator.workload import Phase
+
+    return sum(op.time_s or 0.0 for op in ops if op.phase == Phase.BWD)
+
+
+def optimizer_tail_ops(first_oid: int, *, step: Cost, workspace: int | None, comm_s: float,
+                       bwd_s: float) -> tuple:
+    """The ops after backward: the exposed part of the data-parallel gradient reduction (when
+    there is one) and the optimizer step, numbered from ``first_oid``."""
     from simulator.workload import OpSpec, Phase
 
-    step, comm_s, ws = spec
-    ops = list(wl.ops)
+    ops = []
     if comm_s:
         # Gradient buckets are reduced while backward still runs (DDP, ZeRO): only what does not
         # fit under the backward compute, and at least the last bucket's share, is exposed.
-        bwd_s = sum(op.time_s or 0.0 for op in ops if op.phase == Phase.BWD)
         exposed = max(comm_s - bwd_s, comm_s * DP_LAST_BUCKET_FRAC)
-        ops.append(OpSpec(len(ops), "dp.grad_reduce", "dp_collective", Phase.OPTIM, None,
+        ops.append(OpSpec(first_oid, "dp.grad_reduce", "dp_collective", Phase.OPTIM, None,
                           op_class="comm", time_s=exposed))
-    allocs = frees = (ws,) if ws is not None else ()
-    ops.append(OpSpec(len(ops), "optimizer.step", "optimizer", Phase.OPTIM, None, hbm_bytes=step.hbm_bytes,
-                      op_class="memory", allocs=allocs, frees=frees, time_s=step.time_s))
-    return Workload(tensors=wl.tensors, ops=tuple(ops), initial=wl.initial, meta=wl.meta)
+    allocs = frees = (workspace,) if workspace is not None else ()
+    ops.append(OpSpec(first_oid + len(ops), "optimizer.step", "optimizer", Phase.OPTIM, None,
+                      hbm_bytes=step.hbm_bytes, op_class="memory", allocs=allocs, frees=frees,
+                      time_s=step.time_s))
+    return tuple(ops)
+
+
+@dataclass(frozen=True)
+class TrainingStepParts:
+    """One training step split before its optimizer tail: ``head`` (every op up to the end of
+    backward), the optimizer step's cost and workspace (``step`` None: no optimizer), the
+    backward compute time that hides the gradient reduction, and the reduction's time as a
+    function of the data-parallel degree. ``workload(dp)`` is `training_workload`'s result
+    for the job at that ``dp`` when nothing else depends on it (ZeRO-0)."""
+
+    head: Workload
+    step: Cost | None
+    workspace: int | None
+    bwd_s: float
+    dp_comm_time_s: Callable[[int], float]
+
+    def tail_ops(self, dp: int) -> tuple:
+        if self.step is None:
+            return ()
+        comm_s = self.dp_comm_time_s(dp)
+        return optimizer_tail_ops(len(self.head.ops), step=self.step, workspace=self.workspace,
+                                  comm_s=comm_s, bwd_s=self.bwd_s if comm_s else 0.0)
+
+    def workload(self, dp: int) -> Workload:
+        h = self.head
+        return Workload(tensors=h.tensors, ops=h.ops + self.tail_ops(dp), initial=h.initial, meta=h.meta)
 
 
 def training_workload(model, job, node=None, *, layer_checkpointing=None, lm_head_chunks: int = 1,
@@ -1222,6 +1279,11 @@ def training_workload(model, job, node=None, *, layer_checkpointing=None, lm_hea
     prog.lm_head_chunks = int(lm_head_chunks)
     prog.mlp_chunks = {int(k): int(v) for k, v in (mlp_chunks or {}).items() if int(v) > 1}
     return prog.training_step()
+
+
+def training_step_parts(model, job, node=None) -> TrainingStepParts:
+    """`training_workload`'s step split before the optimizer tail (`TrainingStepParts`)."""
+    return _Program(model, job, job.parallelism, node, grads_persist=job.grads_persist).training_step_parts()
 
 
 def gpu_link(node, *, network: bool = False):
