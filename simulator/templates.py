@@ -42,6 +42,7 @@ from kernels.attention import attention_bwd_cost, attention_fwd_cost, attention_
 from kernels.cost import MATMUL_OP_CLASSES, KernelCost, combine
 from kernels.elementwise import embedding_backward_workspace_bytes, minimal_traffic_bytes
 from kernels.gemm import linear_bwd_costs, linear_fwd_cost
+from kernels.quant import KIVI_KV_DTYPES
 from simulator.autograd_model import ZERO_COST, Cost, ProgramBuilder, add_costs
 from simulator.workload import Role, Workload
 
@@ -719,16 +720,28 @@ class _Program:
                 self.b.set_role(t, Role.KV_CACHE)
                 self.b.hold(t)
             return k, v
-        from kernels.quant import kv_quantize_cost, kv_quantized_bytes
+        if job.kv_quant in KIVI_KV_DTYPES:  # the KIVI layout the replay, planner and executor use
+            from kernels.quant import kivi_quantize_cost
 
-        q_bytes = kv_quantized_bytes(num_tokens=s.tokens, num_kv_heads=s.kv_heads, head_dim=s.head_dim,
-                                     kv_dtype=job.kv_quant, group_size=job.kv_group_size)
-        for name, t in (("k", k), ("v", v)):
-            kq = self.b.tensor(f"layers.{i}.kv_cache.{name}", q_bytes, Role.KV_CACHE, i, requires_grad=False)
+            lay = self.kivi_layout(s.seq_len, s.batch)
+            # K and V together are exact; the split between them (per-channel key scales,
+            # per-token value scales) is an even one
+            stored = {"k": lay.total_bytes // 2, "v": lay.total_bytes - lay.total_bytes // 2}
+            quantize = kivi_quantize_cost(lay, dtype=self.dtype)
+            costs = {"k": _scaled(quantize, 0.5), "v": _scaled(quantize, 0.5)}
+        else:
+            from kernels.quant import kv_quantize_cost, kv_quantized_bytes
+
+            q_bytes = kv_quantized_bytes(num_tokens=s.tokens, num_kv_heads=s.kv_heads, head_dim=s.head_dim,
+                                         kv_dtype=job.kv_quant, group_size=job.kv_group_size)
+            stored = {"k": q_bytes, "v": q_bytes}
             cost = kv_quantize_cost(num_tokens=s.tokens, num_kv_heads=s.kv_heads, head_dim=s.head_dim,
                                     kv_dtype=job.kv_quant, dtype=self.dtype, group_size=job.kv_group_size)
+            costs = {"k": cost, "v": cost}
+        for name, t in (("k", k), ("v", v)):
+            kq = self.b.tensor(f"layers.{i}.kv_cache.{name}", stored[name], Role.KV_CACHE, i, requires_grad=False)
             self.b.op(f"layers.{i}.kv_quantize_{name}", "kv_quantize", i, inputs=[t], outputs=[kq],
-                      cost=self.cost(cost))
+                      cost=self.cost(costs[name]))
             self.b.hold(kq)
         return k, v
 
@@ -1170,7 +1183,7 @@ class _Program:
         if not (m.has_embedding and m.has_lm_head):
             raise UserInputError(f"model: inference needs an embedding and an LM head; {m.name} is a bare stack")
         if self.decode_context_len is not None:
-            per_layer = self.kv_bytes_per_layer(self.decode_context_len * s.batch)
+            per_layer = self.kv_bytes_per_layer(self.decode_context_len, s.batch)
             for i in range(m.num_layers):
                 b.state(f"layers.{i}.kv_cache", per_layer, Role.KV_CACHE)
         x, cos, sin, ids, emb_w = self.embed()
@@ -1189,17 +1202,37 @@ class _Program:
         return b.build(meta={"producer": "templates", "model": m.name,
                              "phase": "decode" if self.decode_context_len else "prefill"})
 
-    def kv_bytes_per_layer(self, num_tokens: int) -> int:
-        """Bytes of one layer's K and V cache for ``num_tokens`` tokens on this GPU."""
+    def kivi_layout(self, context_len: int, batch: int):
+        """`kernels.quant.KiviLayout` of one layer's cache on this GPU (tensor parallel shards
+        the heads)."""
+        from kernels.quant import kivi_layout
+
+        return kivi_layout(num_tokens=context_len, batch=batch, num_kv_heads=self.s.kv_heads,
+                           head_dim=self.s.head_dim, kv_dtype=self.job.kv_quant,
+                           group_size=self.job.kv_group_size, dtype=self.job.kv_dtype)
+
+    def kv_bytes_per_layer(self, context_len: int, batch: int) -> int:
+        """Bytes of one layer's K and V cache for ``batch`` sequences of ``context_len`` tokens
+        on this GPU; a KIVI cache's quantized groups and its residual window."""
         s, job = self.s, self.job
         if job.kv_quant == "none":
             from simulator.job import dtype_bytes
 
-            return int(2 * num_tokens * s.kv_heads * s.head_dim * dtype_bytes(job.kv_dtype))
+            return int(2 * context_len * batch * s.kv_heads * s.head_dim * dtype_bytes(job.kv_dtype))
+        if job.kv_quant in KIVI_KV_DTYPES:
+            return self.kivi_layout(context_len, batch).total_bytes
         from kernels.quant import kv_quantized_bytes
 
-        return 2 * kv_quantized_bytes(num_tokens=num_tokens, num_kv_heads=s.kv_heads, head_dim=s.head_dim,
-                                      kv_dtype=job.kv_quant, group_size=job.kv_group_size)
+        return 2 * kv_quantized_bytes(num_tokens=context_len * batch, num_kv_heads=s.kv_heads,
+                                      head_dim=s.head_dim, kv_dtype=job.kv_quant, group_size=job.kv_group_size)
+
+    def kv_bytes_per_token(self) -> int:
+        """One layer's cache bytes per token on this GPU: a KIVI cache's per token of whole
+        groups (its residual window, under one group, is bf16), rounded up."""
+        if self.job.kv_quant in KIVI_KV_DTYPES:
+            lay = self.kivi_layout(self.kivi_layout(1, 1).group_size, 1)
+            return -(-lay.quantized_bytes // lay.group_size)
+        return self.kv_bytes_per_layer(1, 1)
 
 
 def _append_optimizer(wl: Workload, spec) -> Workload:
@@ -1319,4 +1352,4 @@ def decode_workload(model, job, node=None, *, context_len: int, batch: int | Non
 def kv_cache_bytes_per_token(model, job) -> int:
     """KV-cache bytes one token occupies on one GPU (all layers; tensor parallel shards heads)."""
     prog = _Program(model, job, job.parallelism, None, inference=True, seq_len=job.parallelism.cp, batch=1)
-    return prog.kv_bytes_per_layer(1) * model.num_layers
+    return prog.kv_bytes_per_token() * model.num_layers

@@ -166,3 +166,29 @@ def test_a_layer_quantized_in_a_format_the_job_does_not_accept_is_refused():
     with pytest.raises(UserInputError, match=r"^layers\.0\.kv_cache\.dtype: 'int8' is not the quantized format"):
         replay_placement(MODEL, InferJob(prompt_len=64, gen_len=2), NODE, pl, gpu_budget_bytes=100 * GiB,
                          host_budget_bytes=100 * GiB)
+
+
+@pytest.mark.parametrize("kv_quant", ["int8", "int4"])
+def test_estimate_templates_hold_the_kivi_layout_the_replay_prices(kv_quant):
+    """One byte count for a quantized cache: the templates `estimate` walks hold per layer what
+    `kernels.quant.kivi_layout` says (quantized groups and the bf16 residual window), at prefill
+    and at a decode context that leaves a partial group."""
+    from simulator.inference import kv_quant_layout
+    from simulator.templates import decode_workload, kv_cache_bytes_per_token, prefill_workload
+
+    job = InferJob(prompt_len=4096 + 77, gen_len=2, batch=3, kv_quant=kv_quant)
+    # prefill stores the prompt's K and V (layers.i.kv_cache.k / .v); a decode step starts with
+    # the cache of its context (layers.i.kv_cache) and stores its new token beside it
+    for wl, ctx, names in ((prefill_workload(MODEL, job), job.prompt_len, (".kv_cache.k", ".kv_cache.v")),
+                           (decode_workload(MODEL, job, context_len=job.prompt_len + 1), job.prompt_len + 1,
+                            (".kv_cache",))):
+        per_layer = {}
+        for t in wl.tensors:
+            if t.name.endswith(names):
+                layer = t.name.split(".")[1]
+                per_layer[layer] = per_layer.get(layer, 0) + t.num_bytes
+        assert len(per_layer) == MODEL.num_layers
+        want = kv_quant_layout(MODEL, job, num_tokens=ctx, batch=3).total_bytes
+        assert set(per_layer.values()) == {want}
+    lay = kv_quant_layout(MODEL, job, num_tokens=MODEL.head_dim, batch=1)
+    assert kv_cache_bytes_per_token(MODEL, job) == -(-lay.quantized_bytes // MODEL.head_dim) * MODEL.num_layers
