@@ -235,6 +235,7 @@ class ModelStates:
         self._worker: ThreadPoolExecutor | None = None
         self._gpu_params: list[torch.nn.Parameter] = []
         self._gpu_masters: list[torch.Tensor] = []
+        self._gpu_states: list[dict[str, Any]] = []
         self._gpu_opt: torch.optim.Optimizer | None = None
         self._staging: mmap.mmap | None = None
         self._lock = threading.Lock()
@@ -316,9 +317,11 @@ class ModelStates:
         cpu_params = {id(p) for ls in self.layers if ls.cpu_step for p in ls.params}
         if self.optimizer_kind != "none":
             self._gpu_params = [p for p in self.model.parameters() if id(p) not in cpu_params]
-            self._gpu_masters = [p.detach().float() for p in self._gpu_params]
-            if self._gpu_masters:
-                self._gpu_opt = make_optimizer(self._gpu_masters, kind=self.optimizer_kind)
+            if self.master_weights:  # held between steps only when the job keeps master weights
+                self._gpu_masters = [p.detach().float() for p in self._gpu_params]
+            self._gpu_states = [{} for _ in self._gpu_params]
+            if self._gpu_params:
+                self._gpu_opt = make_optimizer([torch.empty(0, device=self.device)], kind=self.optimizer_kind)
         if self.cuda:
             self.h2d = torch.cuda.Stream(self.device)
             self.d2h = torch.cuda.Stream(self.device)
@@ -487,6 +490,30 @@ class ModelStates:
                     st[name] = views[name][k]  # the memory copy goes; the file holds them
         ls.state_file.write(memoryview(self._staging), where=where)
 
+    def _gpu_step(self, opt: torch.optim.Optimizer) -> None:
+        """The device's step one parameter at a time, so that its fp32 temporaries (the
+        parameter's fp32 copy without master weights, its fp32 gradient) are one parameter's,
+        not the model's: what the job's states hold (bf16 parameters and gradients, fp32
+        moments, fp32 master weights when the job keeps them) plus the largest parameter's
+        copies. The same kernel on the same fp32 values as one step over every parameter."""
+        group = opt.param_groups[0]
+        with torch.no_grad():
+            for i, p in enumerate(self._gpu_params):
+                if p.grad is None:
+                    continue
+                m = self._gpu_masters[i] if self.master_weights else p.detach().float()
+                m.grad = p.grad.float()
+                group["params"] = [m]
+                opt.state.clear()
+                if self._gpu_states[i]:
+                    opt.state[m] = self._gpu_states[i]
+                opt.step()
+                self._gpu_states[i] = opt.state[m]
+                opt.state.clear()
+                m.grad = None
+                p.copy_(m)
+                del m
+
     def finish_step(self) -> None:
         """After backward: wait for the CPU steps, step everything else on the device, and move
         the CPU-stepped bf16 parameters of resident layers into HBM."""
@@ -494,15 +521,7 @@ class ModelStates:
             f.result()
         self._futures.clear()
         if self._gpu_opt is not None:
-            with torch.no_grad():
-                for m, p in zip(self._gpu_masters, self._gpu_params, strict=True):
-                    m.grad = None if p.grad is None else p.grad.float()
-                self._gpu_opt.step()
-                for m, p in zip(self._gpu_masters, self._gpu_params, strict=True):
-                    m.grad = None
-                    p.copy_(m)
-                    if not self.master_weights:
-                        m.copy_(p)
+            self._gpu_step(self._gpu_opt)
         resident = [ls for ls in self.layers if ls.cpu_step and ls.stream_pos is None]
         with torch.no_grad():
             for ls in resident:
