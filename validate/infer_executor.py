@@ -140,11 +140,11 @@ def decode_step_time(times: list[float]) -> float | None:
 
 def infer_job(plan: Plan) -> InferJob:
     """The plan's inference job; refuse, in one line, a training plan or one the executor
-    cannot carry out (``Plan.unsupported``)."""
+    cannot carry out (``Plan.not_executable``)."""
     job = plan.scenario.job
     if not isinstance(job, InferJob):
         raise UserInputError("scenario.job.mode: the inference executor runs inference plans")
-    why = plan.unsupported()
+    why = plan.not_executable()
     if why:
         raise UserInputError(f"plan: {why}")
     return job

@@ -7,18 +7,20 @@ Models: strategies that each produce an inference `planners.plan.Plan`, replayed
     on the host, weights resident; for the static engine, when even that does not fit HBM, the
     fewest layers' weights streamed from the host that make it fit);
   * ``mip`` (static engine; `planners.infer.mip`): per layer binaries for the KV tier (HBM,
-    host, CXL, NVMe where the node has them) and for streaming the weights, under the HBM
+    host, CXL, NVMe, CSD where the node has them) and where its attention runs (the GPU; the CPU
+    for host KV; the drive for KV in a CSD) and for streaming the weights, under the HBM
     budget (weights, final-length KV buffers, staging and weight buffers, activations of the
     prefill and decode), the host budget and the CXL / NVMe capacities; the decode step time is
     bounded below by the compute and by the bytes each shared link carries per step; objective
     decode tokens/s (the default) or the request latency (prefill + gen_len steps).
-The reported plan of each strategy is its replay; the MIP's row is the faster of its own plan
-and the best feasible rule (status ``fallback:<rule>`` when a rule replays faster).
+The reported plan of each strategy is its replay; the MIP's row is the fastest of its own plan,
+its plan with attention kept on the GPU (when its own moves attention off it) and the best
+feasible rule (status ``fallback:<rule>`` when a rule replays faster).
 Assumes: one GPU; layers are homogeneous (equal bytes and times), so a plan is defined by its
 counts up to the order of its layers, which spreads each tier's layers evenly (the lookahead
 then has a resident layer's compute to hide each fetch behind).
 Ignores: splitting one layer's KV between tiers (``resident_frac`` in (0, 1): not executed yet),
-quantized KV on the link, attention off the GPU.
+quantized KV on the link, one layer's attention split between the GPU and the CPU.
 Source: FlexGen (Sheng et al., ICML 2023): per-layer time as the max of overlapped streams.
 """
 
@@ -93,10 +95,8 @@ def placement_of(plan: Any):
         if kv.resident_frac not in (0.0, 1.0):
             raise UserInputError(f"layers.{lp.layer}.kv_cache.resident_frac: a KV cache split within a layer "
                                  "is not replayed yet")
-        if lp.attention_on != "gpu":
-            raise UserInputError(f"layers.{lp.layer}.attention_on: attention off the GPU is not replayed yet")
         out.append(LayerPlacement(kv_tier="hbm" if kv.resident_frac == 1.0 else kv.tier,
-                                  params_tier=lp.model_states.params))
+                                  params_tier=lp.model_states.params, attention_on=lp.attention_on))
     return Placement(tuple(out), num_staging_buffers=plan.num_staging_buffers,
                      prefetch_lookahead_layers=plan.prefetch_lookahead_layers)
 
@@ -159,7 +159,7 @@ def make_plan(scenario, placement, replay, *, planner: str, solver: str | None =
         ms = (ModelStatePlacement() if lp.params_tier == "hbm"
               else ModelStatePlacement(params=lp.params_tier,
                                        params_prefetch_layers=placement.prefetch_lookahead_layers))
-        layers.append(LayerPlan(layer=i, kv_cache=kv, model_states=ms))
+        layers.append(LayerPlan(layer=i, kv_cache=kv, model_states=ms, attention_on=lp.attention_on))
     pred = Prediction(
         step_time_s=replay.step_time_s,
         mfu=mfu_frac(model_flops=replay.model_flops, step_time_s=replay.step_time_s, node=scenario.node,
@@ -188,10 +188,12 @@ def tiers_line(plan: Any) -> str:
     pl = placement_of(plan)
     n = len(pl.layers)
     parts = []
-    for tier in ("hbm", "host", "cxl", "nvme"):
+    for tier in ("hbm", "host", "cxl", "nvme", "csd"):
         k = pl.count(kv=tier)
         if k:
-            parts.append(f"KV of {k}/{n} layers in {tier}")
+            off = {w: pl.count(kv=tier, attention=w) for w in ("cpu", "csd")}
+            attn = "".join(f" ({m} attended on the {w})" for w, m in off.items() if m)
+            parts.append(f"KV of {k}/{n} layers in {tier}{attn}")
     s = sum(1 for lp in pl.layers if lp.params_tier != "hbm")
     if s:
         parts.append(f"weights of {s}/{n} layers streamed from {pl.layers[[lp.params_tier != 'hbm' for lp in pl.layers].index(True)].params_tier}")
@@ -256,12 +258,20 @@ def plan_inference(scenario, *, objective: str = "throughput", time_limit_s: flo
         from planners.infer.mip import solve_placement
 
         sol = solve_placement(scenario, objective=objective, time_limit_s=time_limit_s, solver=solver)
+        sols = [sol]
+        if sol.placement is not None and any(lp.attention_on != "gpu" for lp in sol.placement.layers):
+            # the bound takes attention off the GPU as overlapped with the other layers' fetches;
+            # the replay decides against the best placement that keeps attention on the GPU
+            sols.append(solve_placement(scenario, objective=objective, time_limit_s=time_limit_s, solver=solver,
+                                        off_gpu=False))
         timed_out = sol.timed_out
         mip = None
-        if sol.placement is not None:
-            for k in lookahead_choices(sol.placement):
-                cand = _result("mip", scenario, dc_replace(sol.placement, prefetch_lookahead_layers=k),
-                               solver=sol.solver, status=sol.status, gap=sol.gap, time_limit_s=time_limit_s)
+        for s in sols:
+            if s.placement is None:
+                continue
+            for k in lookahead_choices(s.placement):
+                cand = _result("mip", scenario, dc_replace(s.placement, prefetch_lookahead_layers=k),
+                               solver=s.solver, status=s.status, gap=s.gap, time_limit_s=time_limit_s)
                 if mip is None or (cand.feasible, -_score(cand, objective)) > (mip.feasible, -_score(mip, objective)):
                     mip = cand
         feasible_rules = [r for r in results if r.feasible]
@@ -270,10 +280,11 @@ def plan_inference(scenario, *, objective: str = "throughput", time_limit_s: flo
             status = f"{'time_limit:' if timed_out else ''}fallback:{best_rule.name}"
             mip = _result("mip", scenario, placement_of(best_rule.plan), solver=sol.solver, status=status,
                           gap=sol.gap, time_limit_s=time_limit_s)
+        solve_s = sum(s.solve_time_s for s in sols)
         if mip is None:
-            mip = InferResult("mip", None, None, False, sol.binding, sol.solve_time_s)
+            mip = InferResult("mip", None, None, False, sol.binding, solve_s)
         else:
-            mip = InferResult(mip.name, mip.plan, mip.replay, mip.feasible, mip.reason, sol.solve_time_s)
+            mip = InferResult(mip.name, mip.plan, mip.replay, mip.feasible, mip.reason, solve_s)
         results.append(mip)
     feasible = [r for r in results if r.feasible]
     best = min(feasible, key=lambda r: (_score(r, objective), r.name != "mip")).name if feasible else None

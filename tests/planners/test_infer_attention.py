@@ -1,0 +1,87 @@
+"""planners.infer with attention off the GPU: the MIP moves attention to the CPU when the GPU's host
+link is slow against the CPU; plans with KV on CXL / NVMe / CSD are replayed but refused by the
+executors, in one line."""
+
+import pytest
+
+from hwmodels.catalog import get_link, load_node
+from hwmodels.units import GiB
+from planners.infer import plan_inference, replay_plan
+from planners.plan import Plan
+from simulator.job import InferJob
+from simulator.model import get_model
+from simulator.scenario import Scenario
+
+MODEL = get_model("llama-3.2-1b").with_layers(4)
+JOB = InferJob(prompt_len=65536, gen_len=4, batch=4)
+
+
+def _slow_link_node():
+    """The H200 node behind a PCIe Gen4 x4 link (6.9 GB/s each way, its datasheet: the measured
+    copy fits dropped so the link's own rate prices the copies), the same host CPU."""
+    base = load_node("1xH200")
+    fits = {k: v for k, v in base.profile.fits.items() if not k.startswith("copy")}
+    return base.model_copy(update={"name": "1xH200-gen4x4", "links": {**base.links, "pcie": get_link("pcie-gen4-x4")},
+                                   "profile": base.profile.model_copy(update={"fits": fits})})
+
+
+def _scenario(node, *, gpu=8 * GiB):
+    return Scenario.build(MODEL, JOB, node, gpu_budget_bytes=int(gpu), host_budget_bytes=100 * GiB)
+
+
+def test_the_mip_attends_on_the_cpu_when_the_link_is_slow_against_it():
+    rep = plan_inference(_scenario(_slow_link_node()), time_limit_s=10)
+    mip, kv_host = rep.result("mip"), rep.result("kv_host")
+    assert rep.best == "mip" and mip.feasible and kv_host.feasible  # 8 GiB: the KV must leave HBM
+    on_cpu = [lp.layer for lp in mip.plan.layers if lp.attention_on == "cpu"]
+    assert on_cpu and all(mip.plan.layers[i].kv_cache.tier == "host" for i in on_cpu)
+    # the link moves 6.9 GB/s, the CPU reads its DRAM at 36 GB/s: over 4x faster than fetching
+    assert mip.replay.decode_step_time_s < kv_host.replay.decode_step_time_s / 4
+    assert mip.plan.unsupported() == ""
+    assert replay_plan(mip.plan).decode_step_time_s == pytest.approx(mip.plan.prediction.decode_step_time_s,
+                                                                    rel=1e-6)
+
+
+def test_kv_that_fits_in_hbm_keeps_attention_on_the_gpu():
+    rep = plan_inference(_scenario(_slow_link_node(), gpu=100 * GiB), time_limit_s=10)
+    mip = rep.result("mip")
+    assert all(lp.attention_on == "gpu" and lp.kv_cache.resident_frac == 1.0 for lp in mip.plan.layers)
+
+
+def _with_layers(plan: Plan, **layer_update) -> Plan:
+    """``plan`` with every layer changed (and the prediction dropped: a plan edited by hand)."""
+    kv = layer_update.pop("kv_cache", None)
+    layers = [lp.model_copy(update={**layer_update, **({"kv_cache": lp.kv_cache.model_copy(update=kv)} if kv else {})})
+              for lp in plan.layers]
+    return Plan.model_validate({**plan.model_dump(), "layers": [lp.model_dump() for lp in layers], "prediction": None})
+
+
+@pytest.fixture(scope="module")
+def tiered_plan():
+    return plan_inference(_scenario(load_node("1xH200-tiered")), time_limit_s=10).result("kv_host").plan
+
+
+@pytest.mark.parametrize("tier", ["cxl", "nvme", "csd"])
+def test_kv_on_cxl_nvme_csd_is_replayed_not_executed(tiered_plan, tier):
+    plan = _with_layers(tiered_plan, kv_cache={"tier": tier})
+    assert plan.unsupported() == ""
+    assert plan.not_executable() == f"layers.0.kv_cache.tier: KV cache on {tier} is not executed yet (replayed only)"
+    rep = replay_plan(plan)
+    assert rep.feasible and rep.tier_peak_bytes[tier] > 0
+
+
+def test_csd_attention_is_replayed_and_refused_by_the_executor(tiered_plan):
+    plan = _with_layers(tiered_plan, kv_cache={"tier": "csd"}, attention_on="csd")
+    assert plan.unsupported() == ""
+    assert "not executed yet" in plan.not_executable()
+    assert replay_plan(plan).decode_link_bytes < replay_plan(_with_layers(tiered_plan, kv_cache={"tier": "csd"})
+                                                             ).decode_link_bytes / 1000
+
+
+@pytest.mark.parametrize(("update", "reason"), [
+    ({"attention_on": "cpu", "kv_cache": {"resident_frac": 1.0}},
+     "layers.0.attention_on: attention on the cpu needs the layer's KV cache on host, not hbm"),
+    ({"attention_on": "csd"}, "layers.0.attention_on: attention on the csd needs the layer's KV cache on csd, not host"),
+])
+def test_attention_away_from_its_kv_is_refused(tiered_plan, update, reason):
+    assert _with_layers(tiered_plan, **update).unsupported() == reason
