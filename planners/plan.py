@@ -426,12 +426,11 @@ class Plan(_Frozen):
             where = f"layers.{lp.layer}"
             kv = lp.kv_cache
             assert kv is not None  # unsupported() refuses inference plans without one
+            if lp.attention_on == "csd":
+                return (f"{where}.attention_on: attention inside a computational storage drive is replayed, "
+                        "not executed (no drive to run it)")
             if kv.resident_frac < 1.0 and kv.tier != "host":
                 return f"{where}.kv_cache.tier: KV cache on {kv.tier} is not executed yet (replayed only)"
-            if lp.attention_on == "csd":
-                return f"{where}.attention_on: attention inside a computational storage drive is replayed, not executed"
-            if lp.attention_on == "cpu":
-                return f"{where}.attention_on: attention on the CPU is replayed, not executed yet"
         return ""
 
     @property

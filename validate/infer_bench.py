@@ -100,13 +100,14 @@ def load_index(plans_dir: str | Path) -> IndexFile:
 # ---- plans ------------------------------------------------------------------------------------
 
 def infer_plan(scenario: Any, *, kv_host: Any = (), w_host: Any = (), params_prefetch_layers: int = 1,
-               planner: str = "rule", **fields: Any) -> Plan:
+               planner: str = "rule", attention_cpu: Any = (), **fields: Any) -> Plan:
     """A rule plan for an inference ``scenario``: layers in ``kv_host`` keep their KV cache on the
-    host (the rest in HBM), layers in ``w_host`` stream their weights from it."""
+    host (the rest in HBM), layers in ``w_host`` stream their weights from it, layers in
+    ``attention_cpu`` (host KV) attend on the host CPU."""
     from planners.plan import Provenance, tierplan_version
 
-    kv_set, w_set = set(kv_host), set(w_host)
-    layers = [LayerPlan(layer=i,
+    kv_set, w_set, cpu_set = set(kv_host), set(w_host), set(attention_cpu)
+    layers = [LayerPlan(layer=i, attention_on="cpu" if i in cpu_set else "gpu",
                         kv_cache=KvPlacement(dtype=scenario.job.kv_dtype,
                                              resident_frac=0.0 if i in kv_set else 1.0),
                         model_states=(ModelStatePlacement(params="host", params_prefetch_layers=params_prefetch_layers)
