@@ -357,8 +357,8 @@ def _terms(model, job):
 
 def _fill(scenario, job, tiers: tuple[str, ...]):
     """The static-engine placement with the fewest layers' KV off HBM that fits the GPU budget,
-    the rest filled into ``tiers`` in order (each up to its capacity), weights resident; None
-    when no such placement fits."""
+    the rest filled into ``tiers`` in order (each up to its capacity; a CSD's layers attended
+    inside it), weights resident; None when no such placement fits."""
     from simulator.inference import LayerPlacement, Placement
 
     model, node = scenario.model, scenario.node
@@ -369,8 +369,8 @@ def _fill(scenario, job, tiers: tuple[str, ...]):
                  None)
     if n_off is None or (n_off and tiers == ("hbm",)):
         return None
-    caps = {"host": scenario.host_budget_bytes,
-            "cxl": sum(d.capacity_bytes for d in node.cxl), "nvme": sum(d.capacity_bytes for d in node.nvme)}
+    caps = {"host": scenario.host_budget_bytes, "cxl": sum(d.capacity_bytes for d in node.cxl),
+            "nvme": sum(d.capacity_bytes for d in node.nvme), "csd": sum(d.capacity_bytes for d in node.csd)}
     counts: dict[str, int] = {}
     left = n_off
     for t in tiers[1:]:
@@ -380,9 +380,20 @@ def _fill(scenario, job, tiers: tuple[str, ...]):
             left -= take
     if left:
         return None
-    labels = spread(L, counts)
-    return Placement(tuple(LayerPlacement(kv_tier=lab) for lab in labels), DEFAULT_STAGING_BUFFERS,
-                     DEFAULT_LOOKAHEAD)
+    if counts.get("nvme") and "csd" in tiers:
+        # the drive attends its layers while the NVMe fetch runs for others: share the layers the
+        # NVMe would take by the two rates (each within its capacity)
+        from planners.infer.mip import route_rate_bytes_per_s
+
+        r_nvme, r_csd = route_rate_bytes_per_s(node, "nvme"), node.csd[0].internal_flash_bandwidth_bytes_per_s
+        room = caps["csd"] // terms.kv_layer_bytes - counts.get("csd", 0) if terms.kv_layer_bytes else counts["nvme"]
+        move = min(room, round(counts["nvme"] * r_csd / (r_nvme + r_csd)))
+        if move > 0:
+            counts["nvme"] -= move
+            counts["csd"] = counts.get("csd", 0) + move
+    labels = spread(L, {t: n for t, n in counts.items() if n})
+    return Placement(tuple(LayerPlacement(kv_tier=lab, attention_on="csd" if lab == "csd" else "gpu")
+                           for lab in labels), DEFAULT_STAGING_BUFFERS, DEFAULT_LOOKAHEAD)
 
 
 def _largest(ok, *, start: int, limit: int) -> int:
@@ -401,15 +412,16 @@ def _largest(ok, *, start: int, limit: int) -> int:
 
 
 def tier_options(scenario) -> list[TierOption]:
-    """For the KV cache in HBM only, then adding host, CXL, NVMe (the node's), the largest
-    batch and context that fit (static engine, weights resident) and the replay's decode step
-    there: what each tier buys and what it costs per token."""
+    """For the KV cache in HBM only, then adding host, CXL, NVMe, a CSD (the node's; a CSD's
+    layers attended inside the drive), the largest batch and context that fit (static engine,
+    weights resident) and the replay's decode step there: what each tier buys and what it costs
+    per token."""
     from hwmodels.limits import MAX_BATCH
     from simulator.inference import replay_placement
 
     job = scenario.job.model_copy(update={"engine": "static"})
     model, node = scenario.model, scenario.node
-    chain = ["hbm", "host"] + [t for t in ("cxl", "nvme") if getattr(node, t)]
+    chain = ["hbm", "host"] + [t for t in ("cxl", "nvme", "csd") if getattr(node, t)]
     total = job.prompt_len + job.gen_len
     # rotary models may run past their trained positions: search up to 8x them
     ctx_limit = max(total, model.max_position_embeddings * (8 if model.position != "learned" else 1))

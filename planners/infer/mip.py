@@ -88,7 +88,7 @@ class Solution:
 
 
 def coefficients(scenario, *, num_staging_buffers: int) -> Coefficients:
-    from simulator.des.schedule import device_route, node_links, offload_device
+    from simulator.des.schedule import device_route, node_links
     from simulator.inference import (
         _prefill_pass,
         decode_segments,
@@ -104,7 +104,7 @@ def coefficients(scenario, *, num_staging_buffers: int) -> Coefficients:
     cap = {lk.name: lk.capacity_bytes_per_s for lk in node_links(node)}
 
     def route_rate(tier: str) -> float:
-        return min(cap[name] for name in device_route(node, 0, offload_device(node, tier, 0), "h2d").links)
+        return route_rate_bytes_per_s(node, tier)
 
     dev_rate = {t: route_rate(t) for t in tiers if t in ("cxl", "nvme")}
     capacity = {"host": scenario.host_budget_bytes}
@@ -139,6 +139,15 @@ def coefficients(scenario, *, num_staging_buffers: int) -> Coefficients:
         host_memory_bytes_per_s=cap["host_memory"], off_gpu_s=off_gpu_s,
         gpu_budget_bytes=hbm_cap_bytes(scenario),
         hbm_terms=static_memory_terms(model, job, num_staging_buffers=num_staging_buffers))
+
+
+def route_rate_bytes_per_s(node, tier: str) -> float:
+    """The rate a fetch from ``tier`` into GPU 0 gets alone: the smallest capacity on its route
+    (`simulator.des.schedule.node_links`, the replay's links)."""
+    from simulator.des.schedule import device_route, node_links, offload_device
+
+    cap = {lk.name: lk.capacity_bytes_per_s for lk in node_links(node)}
+    return min(cap[name] for name in device_route(node, 0, offload_device(node, tier, 0), "h2d").links)
 
 
 def hbm_cap_bytes(scenario) -> int:
