@@ -662,18 +662,18 @@ def _static_pass(b: _Builder, seg: Segments, placement: Placement, *, kv_fetch_b
                 if kind == "w":
                     w_users.append(m)
         where = layers[i].attention_on if off_gpu is not None else "gpu"
-        if where != "gpu" and kv_queue and (kv_ordinal[kv_queue[0]] < num_buf
-                                            or off_kv[kv_ordinal[kv_queue[0]] - num_buf] < i):
-            # the host will wait for this attention: it first issues the next KV fetch whose
-            # buffer's last user has been issued, whatever the lookahead (`off_gpu_fetch_ahead`)
-            m = kv_queue.pop(0)
-            fetched.setdefault(m, []).append(b.copy(f"h2d kv {m}", kv_fetch_bytes, layers[m].kv_tier, "h2d",
-                                                    deps=(host, *kv_slot(m)), layer=m))
         deps = tuple(fetched.get(i, ())) + (kv_slot(i) if where != "gpu" else ())
         g, host = b.seg(f"layer {i} pre-attention", seg.pre[i], deps=deps, layer=i)
         pre.append(g)
         if layers[i].kv_tier != "hbm" and kv_new_bytes > 0:
             wb[i] = b.copy(f"d2h kv {i}", kv_new_bytes, layers[i].kv_tier, "d2h", deps=(g, host), layer=i)
+        if where != "gpu" and kv_queue and (kv_ordinal[kv_queue[0]] < num_buf
+                                            or off_kv[kv_ordinal[kv_queue[0]] - num_buf] < i):
+            # the host will wait for this attention: it first issues the next KV fetch whose
+            # buffer's last user has been issued, whatever the lookahead (the executor's rule)
+            m = kv_queue.pop(0)
+            fetched.setdefault(m, []).append(b.copy(f"h2d kv {m}", kv_fetch_bytes, layers[m].kv_tier, "h2d",
+                                                    deps=(host, *kv_slot(m)), layer=m))
         if where == "gpu":
             g, host = b.seg(f"layer {i} attention+mlp", seg.post[i], layer=i)
         else:
