@@ -5,9 +5,9 @@ Models: nothing; this script measures. Two parts, one process:
     heads over 8 KV heads, head_dim 128) over K and V laid out as the static engine's host pool
     ([B, L, K, D], pinned on a CUDA machine, read through the engine's transposed view) at 8K,
     32K, 128K keys and batch 1 and 4, bf16 (the engines' dtype) and fp32, with every CPU this
-    process may use (``validate.infer_executor.cpu_attention_threads``; one thread for the smallest
-    shape beside it); per shape the
-    median of ``REPEATS`` calls and the KV bytes it read per second; per dtype and thread count the
+    process may use (``validate.infer_executor.cpu_attention_threads``: what the engine uses), with
+    half of them, and with one for the smallest shape; per shape the median of ``REPEATS`` calls
+    and the KV bytes it read per second; per dtype and thread count the
     least-squares line time = latency_s + kv_bytes / kv_bytes_per_s (``hwmodels.host_overhead.fit_line``):
     the figures of ``hwmodels.host_overhead.CpuAttentionRate`` (today assumed); beside them the
     rate of a plain read of 2 GiB (``torch.sum``, fp32) with the same threads;
@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     all_threads = cpu_attention_threads()
     prov["cpu_attention_threads"] = all_threads
     t0 = time.perf_counter()
-    threads = sorted({1, all_threads})
+    threads = sorted({1, max(1, all_threads // 2), all_threads})
     micro = micro_records(contexts=(64, 256) if args.smoke else CONTEXTS, batches=(1,) if args.smoke else BATCHES,
                           threads=threads, pin=device.type == "cuda", repeats=2 if args.smoke else REPEATS)
     read = read_bytes_per_s((16 << 20) if args.smoke else 2 * GiB, all_threads, 2 if args.smoke else REPEATS)
