@@ -15,8 +15,14 @@ packed values plus scales; dequantize reads those and writes the model dtype.
 Assumes: scales and zero points are stored in ``scale_dtype`` (fp16 by default, as in KIVI);
 FLOPs per element: quantize 4 (absmax, scale, round, clamp; +1 for the min of an asymmetric
 scheme), dequantize 1 (multiply; +1 for the zero point).
-Ignores: outlier side tables (KVQuant's dense-and-sparse split), the full-precision residual
-window KIVI keeps for the newest tokens (model it as unquantized tokens), non-uniform codebooks.
+One layer's KIVI cache (``kivi_layout``, what the inference replay, planner and executor size
+their buffers and copies by): per sequence, the first ``floor(T / G) * G`` tokens are quantized,
+keys per channel (groups of G tokens: one scale and one zero point per channel, KV head and
+group), values per token (groups of min(G, d) channels: one scale and zero point per token,
+KV head and group), asymmetric min/max; the newest ``T mod G`` tokens, which do not fill a key
+group, stay in the model dtype (KIVI's full-precision residual window), K and V alike. G
+defaults to d.
+Ignores: outlier side tables (KVQuant's dense-and-sparse split), non-uniform codebooks.
 Source: Liu et al., "KIVI: A Tuning-Free Asymmetric 2bit Quantization for KV Cache", ICML 2024;
 Hooper et al., "KVQuant: Towards 10 Million Context Length LLM Inference with KV Cache
 Quantization", NeurIPS 2024.
@@ -25,6 +31,7 @@ Quantization", NeurIPS 2024.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from hwmodels.units import UserInputError
 from kernels.cost import KernelCost, require_positive, tensor_bytes
@@ -151,5 +158,108 @@ def kv_dequantize_cost(
         flops=(2.0 if zero_point else 1.0) * n,
         hbm_read_bytes=stored,
         hbm_write_bytes=tensor_bytes(n, dtype),
+        dtype=dtype,
+    )
+
+
+# ---- one layer's KIVI cache ------------------------------------------------------------------
+
+KIVI_KV_DTYPES: tuple[str, ...] = ("int8", "int4")
+"""Quantized formats of the KIVI layout (fp8 caches are per-tensor: not this layout)."""
+KIVI_SCALE_DTYPE = "bf16"
+"""dtype of KIVI's scales and zero points (the model dtype: no extra cast when dequantizing)."""
+
+
+def kivi_group_size(*, head_dim: int, group_size: int | None) -> int:
+    """Tokens per key group (and channels per value group, capped at ``head_dim``): ``group_size``,
+    default ``head_dim``."""
+    require_positive("head_dim", head_dim)
+    if group_size is not None:
+        require_positive("group_size", group_size)
+    return group_size or head_dim
+
+
+@dataclass(frozen=True)
+class KiviLayout:
+    """Tokens and bytes of one layer's KIVI K and V cache holding ``num_tokens`` tokens of each
+    of ``batch`` sequences (module docstring)."""
+
+    group_size: int  # tokens per key group
+    value_group_size: int  # channels per value group: min(group_size, head_dim)
+    num_quantized_tokens: int  # per sequence: whole key groups
+    num_residual_tokens: int  # per sequence: the newest tokens, in the model dtype
+    quantized_bytes: int  # packed K and V of the quantized tokens + their scales and zero points
+    residual_bytes: int  # K and V of the residual tokens in the model dtype
+    dequantized_bytes: int  # K and V of all ``num_tokens`` in the model dtype (what attention reads)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.quantized_bytes + self.residual_bytes
+
+
+def kivi_layout(
+    *,
+    num_tokens: int,
+    batch: int,
+    num_kv_heads: int,
+    head_dim: int,
+    kv_dtype: str,
+    group_size: int | None = None,
+    dtype: str = "bf16",
+) -> KiviLayout:
+    """`KiviLayout` of one layer: keys ``kv_quantized_bytes(scale_axis="channel")`` and values
+    ``kv_quantized_bytes(scale_axis="token")`` of the quantized tokens of each sequence, with
+    zero points, scales in ``KIVI_SCALE_DTYPE``."""
+    if kv_dtype not in KIVI_KV_DTYPES:
+        raise UserInputError(f"kv_dtype: {kv_dtype!r} is not one of {KIVI_KV_DTYPES} (KIVI layout)")
+    for field, value in (("batch", batch), ("num_kv_heads", num_kv_heads)):
+        require_positive(field, value)
+    if isinstance(num_tokens, bool) or not isinstance(num_tokens, int) or num_tokens < 0:
+        raise UserInputError(f"num_tokens: must be a non-negative integer, got {num_tokens!r}")
+    g = kivi_group_size(head_dim=head_dim, group_size=group_size)
+    gv = min(g, head_dim)
+    nq = num_tokens // g * g
+    quantized = 0
+    if nq:
+        kw = dict(num_tokens=nq, num_kv_heads=num_kv_heads, head_dim=head_dim, kv_dtype=kv_dtype,
+                  scale_dtype=KIVI_SCALE_DTYPE, zero_point=True)
+        quantized = batch * (kv_quantized_bytes(scale_axis="channel", group_size=g, **kw)  # type: ignore[arg-type]
+                             + kv_quantized_bytes(scale_axis="token", group_size=gv, **kw))  # type: ignore[arg-type]
+    per_token = 2 * batch * num_kv_heads * head_dim  # K and V elements of one token of every sequence
+    return KiviLayout(
+        group_size=g,
+        value_group_size=gv,
+        num_quantized_tokens=nq,
+        num_residual_tokens=num_tokens - nq,
+        quantized_bytes=quantized,
+        residual_bytes=tensor_bytes(per_token * (num_tokens - nq), dtype),
+        dequantized_bytes=tensor_bytes(per_token * num_tokens, dtype),
+    )
+
+
+def kivi_dequantize_cost(layout: KiviLayout, *, dtype: str = "bf16") -> KernelCost:
+    """One layer's cache into a buffer of the model dtype before attention: read the quantized
+    K and V with their scales and the residual window, write all of them in ``dtype``."""
+    n_q = (layout.dequantized_bytes - layout.residual_bytes) // tensor_bytes(1, dtype)
+    return KernelCost(
+        name="kv_dequantize",
+        op_class="memory",
+        flops=2.0 * n_q,  # multiply by the scale, add the zero point
+        hbm_read_bytes=layout.quantized_bytes + layout.residual_bytes,
+        hbm_write_bytes=layout.dequantized_bytes,
+        dtype=dtype,
+    )
+
+
+def kivi_quantize_cost(layout: KiviLayout, *, dtype: str = "bf16") -> KernelCost:
+    """Quantize the whole groups of ``layout`` (e.g. a prompt's): read them in ``dtype``, write
+    the packed values, scales and zero points."""
+    read = layout.dequantized_bytes - layout.residual_bytes
+    return KernelCost(
+        name="kv_quantize",
+        op_class="memory",
+        flops=5.0 * read / tensor_bytes(1, dtype),  # min, max, scale, round, clamp
+        hbm_read_bytes=read,
+        hbm_write_bytes=layout.quantized_bytes,
         dtype=dtype,
     )

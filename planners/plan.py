@@ -380,9 +380,10 @@ class Plan(_Frozen):
 
     def _unsupported_infer(self) -> str:
         """Inference plans (what the replay carries out): each layer's KV cache whole in HBM or
-        whole in one other tier (bf16), its weights resident or streamed from the host,
-        attention on the GPU, or next to the KV: the host CPU for host KV, the drive for KV in a
-        CSD (static engine)."""
+        whole in one other tier (bf16 / fp16, or int8 / int4 in the KIVI layout of
+        kernels.quant), its weights resident or streamed from the host, attention on the GPU, or
+        next to an unquantized KV: the host CPU for host KV, the drive for KV in a CSD (static
+        engine)."""
         if self.lm_head_chunks != 1:
             return "lm_head_chunks: inference computes the head for the last token only"
         engine = getattr(self.scenario.job, "engine", "static")
@@ -393,8 +394,8 @@ class Plan(_Frozen):
                 return f"{where}.kv_cache: an inference plan places every layer's KV cache"
             if kv.resident_frac not in (0.0, 1.0):
                 return f"{where}.kv_cache.resident_frac: a KV cache split within a layer is not executed yet"
-            if kv.dtype not in ("bf16", "fp16"):
-                return f"{where}.kv_cache.dtype: a quantized KV cache is not executed yet"
+            if kv.dtype == "fp8":
+                return f"{where}.kv_cache.dtype: an fp8 KV cache is not executed yet"
             ms = lp.model_states
             if ms.params not in ("hbm", "host"):
                 return f"{where}.model_states.params: weights streamed from {ms.params} are not executed yet"
@@ -408,6 +409,8 @@ class Plan(_Frozen):
                             f"on {needs}, not {kv_tier}")
                 if engine != "static":
                     return f"{where}.attention_on: the {engine} engine attends on the GPU"
+                if kv.dtype not in ("bf16", "fp16"):
+                    return f"{where}.attention_on: attention off the GPU reads an unquantized KV cache, not {kv.dtype}"
             if lp.mlp_chunks != 1:
                 return f"{where}.mlp_chunks: a chunked MLP is not executed yet"
             if lp.checkpoint != "none" or lp.input != "keep" or lp.roles:

@@ -65,6 +65,18 @@ class AllocEvent(NamedTuple):
     stream: int = 0
 
 
+class HistoryEntry(NamedTuple):
+    """One entry of the allocator's history: ``action`` is a PyTorch TraceEntry action ("alloc",
+    "free_requested", "free_completed", "segment_alloc", "segment_free", "segment_map",
+    "segment_unmap"); ``key`` names the request (None for segments)."""
+
+    action: str
+    addr: int
+    num_bytes: int
+    stream: int
+    key: Hashable = None
+
+
 class AllocatorOOM(RuntimeError):
     """The sequence does not fit the device capacity even after releasing the cache."""
 
@@ -121,10 +133,16 @@ class CachingAllocator:
     """Stateful replay of the caching allocator; feed it with ``malloc``/``free`` or ``replay``."""
 
     def __init__(self, *, capacity_bytes: int | None = None, expandable_segments: bool = False,
-                 segment_addresses: Sequence[tuple[int, int]] = ()):
+                 segment_addresses: Sequence[tuple[int, int]] = (), record_history: bool = False):
         """``segment_addresses``: (size, address) of the segments cudaMalloc returned, in order
         (a snapshot's segment_alloc entries); the n-th new segment takes the n-th address when
-        its size matches, so best-fit ties break as they did on the device."""
+        its size matches, so best-fit ties break as they did on the device.
+        ``record_history``: keep ``history``, one ``HistoryEntry`` per request and per segment
+        (or page) mapped and released, as ``torch.cuda.memory._record_memory_history`` does."""
+        self.history: list[HistoryEntry] | None = [] if record_history else None
+        self.num_events = 0  # events ``replay`` has taken
+        self.peak_reserved_event = -1  # index of the event (of ``replay``) that set the reserved peak
+        self.requested_bytes: dict[Hashable, int] = {}  # live key -> bytes asked for (with history)
         self.capacity_bytes = capacity_bytes
         self._segment_addresses = list(segment_addresses)
         self._num_new_segments = 0
@@ -182,6 +200,8 @@ class CachingAllocator:
         self.reserved_bytes += size
         self.num_segments += 1
         self.num_segment_allocs += 1
+        if self.history is not None:
+            self.history.append(HistoryEntry("segment_alloc", b.addr, size, pool[0]))
         return b
 
     def _release_segment(self, b: _Block) -> None:
@@ -189,6 +209,8 @@ class CachingAllocator:
         del self._blocks[b.addr]
         self.reserved_bytes -= b.size
         self.num_segments -= 1
+        if self.history is not None:
+            self.history.append(HistoryEntry("segment_free", b.addr, b.size, b.pool[0]))
 
     def _release_cached(self, size: int | None) -> bool:
         """Free one unsplit cached segment >= size (or, with size None, all of them)."""
@@ -246,11 +268,17 @@ class CachingAllocator:
             for key in [k for k, n in self._page_refs.items() if n == 0]:
                 del self._page_refs[key]
                 self.reserved_bytes -= _page_bytes(key[0])
+                if self.history is not None:
+                    page = _page_bytes(key[0])
+                    self.history.append(HistoryEntry("segment_unmap", key[1] * page, page, key[0][0]))
             if not self._fits_device(need):
                 return False
         if new:
             self.num_segment_allocs += 1
             self.reserved_bytes += need
+            if self.history is not None:
+                page = _page_bytes(b.pool)
+                self.history.extend(HistoryEntry("segment_map", p * page, page, b.pool[0]) for p in new)
         for p in self._pages(b):
             key = (b.pool, p)
             self._page_refs[key] = self._page_refs.get(key, 0) + 1
@@ -305,9 +333,14 @@ class CachingAllocator:
                 f"{self.capacity_bytes} B (expandable segments)")
         block.allocated = True
         self._live[key] = block
+        if self.history is not None:
+            self.history.append(HistoryEntry("alloc", block.addr, num_bytes, stream, key))
+            self.requested_bytes[key] = num_bytes
         self.allocated_bytes += block.size
         self.peak_allocated_bytes = max(self.peak_allocated_bytes, self.allocated_bytes)
-        self.peak_reserved_bytes = max(self.peak_reserved_bytes, self.reserved_bytes)
+        if self.reserved_bytes > self.peak_reserved_bytes:
+            self.peak_reserved_bytes = self.reserved_bytes
+            self.peak_reserved_event = self.num_events
         self.peak_num_segments = max(self.peak_num_segments, self.num_segments)
 
     def free(self, key: Hashable) -> None:
@@ -317,6 +350,10 @@ class CachingAllocator:
                 self._zero_keys.discard(key)
                 return
             raise ValueError(f"free of {key!r}, which is not live")
+        if self.history is not None:  # no events pending: the free completes at once
+            asked = self.requested_bytes.pop(key)
+            self.history.append(HistoryEntry("free_requested", block.addr, asked, block.pool[0], key))
+            self.history.append(HistoryEntry("free_completed", block.addr, asked, block.pool[0], key))
         block.allocated = False
         self.allocated_bytes -= block.size
         if self.expandable_segments:
@@ -350,13 +387,29 @@ class CachingAllocator:
             if ev.action == "alloc":
                 if allocator_rounded_bytes(ev.num_bytes) == 0:
                     self._zero_keys.add(ev.key)
-                    continue
-                self.malloc(ev.key, ev.num_bytes, ev.stream)
+                else:
+                    self.malloc(ev.key, ev.num_bytes, ev.stream)
             elif ev.action == "free":
                 self.free(ev.key)
             else:
                 raise ValueError(f"unknown allocator action {ev.action!r}")
+            self.num_events += 1
         return self.result()
+
+    def segments(self) -> list[tuple[tuple[int, bool], list[tuple[int, int, bool, Hashable]]]]:
+        """Every segment now, by address: its pool (stream, small) and its blocks in address
+        order as (address, size, allocated, key of the live request or None)."""
+        keys = {id(b): k for k, b in self._live.items()}
+        heads = sorted((b for b in self._blocks.values() if b.prev is None), key=lambda b: b.addr)
+        out = []
+        for head in heads:
+            blocks: list[tuple[int, int, bool, Hashable]] = []
+            b: _Block | None = head
+            while b is not None:
+                blocks.append((b.addr, b.size, b.allocated, keys.get(id(b))))
+                b = b.next
+            out.append((head.pool, blocks))
+        return out
 
     def result(self) -> AllocatorReplay:
         return AllocatorReplay(

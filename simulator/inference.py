@@ -14,7 +14,8 @@ drive) and its weights resident or streamed from one, for two decode engines:
   the new token's k,v (out of that buffer) are done. Streamed weights go H2D into rotating
   weight buffers (as many as the staging buffers, one layer's weights each) the same way.
   Attention off the GPU (``attention_on``): a layer whose KV is on the host may attend on the
-  host CPU, one whose KV is in a computational storage drive inside the drive. Its decode step
+  host CPU, one whose KV is in a computational storage drive inside the drive (an unquantized
+  KV only: a quantized layer is dequantized and attended on the GPU). Its decode step
   fetches no KV: the layer writes its new k,v into its staging slot as before, sends them and
   its query [B, H, 1, D] out, the CPU (the host thread, which waits for them) or the drive
   streams the layer's K and V out of its own memory (host DRAM shared with the copies, the
@@ -33,6 +34,17 @@ drive) and its weights resident or streamed from one, for two decode engines:
   PyTorch's caching host allocator, which rounds each block up to a power of two and keeps
   freed blocks: the blocks of the prompt length and of the grown length both stay pinned, and a
   block is reused only once its copy's event has completed (``HF_PINNED_EXTRA_BLOCKS_PER_LAYER``).
+
+A layer's KV may be stored quantized (``kv_quant`` int8 / int4, the format the job accepts:
+``kernels.quant.kivi_layout``, KIVI's per-channel keys and per-token values with the newest
+tokens that do not fill a key group kept in bf16 on the GPU): a host layer's pool and fetch
+carry the quantized bytes only; before attention the GPU dequantizes the layer into one bf16
+buffer (a memory-bound kernel, ``kernels.quant.kivi_dequantize_cost`` at the profile's memory
+rate; attention then reads bf16 as for an unquantized layer); a resident quantized layer is
+dequantized the same way every step. Prefill quantizes each pass's whole groups after the
+layer (``kivi_quantize_cost``), and a host layer's D2H carries them quantized. A decode step
+writes nothing back for a quantized layer: its new tokens join the residual window, and a
+group is quantized and written once every G steps (not in the median step, which is priced).
 
 Execution: two streams in max-plus. The host issues every kernel at its engine's measured host
 cost (``hwmodels.host_overhead``: a layer's cost spread over its kernels; HF eager, HF offloaded,
@@ -62,7 +74,7 @@ the links, the KV is read at the flash's internal bandwidth; the drive's figures
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hwmodels.units import UserInputError
 
@@ -99,6 +111,7 @@ class LayerPlacement:
 
     kv_tier: str = "hbm"  # one of KV_TIERS
     params_tier: str = "hbm"  # one of PARAM_TIERS: resident or streamed from this tier
+    kv_quant: str = "none"  # "none" (the job's kv_dtype) or the job's kv_quant (KIVI layout)
     attention_on: str = "gpu"  # a key of ATTENTION_ON
 
 
@@ -143,11 +156,64 @@ class InferReplay:
 # ---- sizes -------------------------------------------------------------------------------------
 
 
-def kv_layer_bytes(model, job, *, num_tokens: int, batch: int) -> int:
-    """One layer's K and V for ``batch`` sequences of ``num_tokens`` tokens."""
+def lossless_job(job):
+    """``job`` with its KV unquantized: the job's ``kv_quant`` names the format a placement may
+    choose per layer (``LayerPlacement.kv_quant``), not how every layer is stored; the
+    workloads the replay prices are those of the unquantized cache."""
+    if job.kv_quant == "none":
+        return job
+    return job.model_copy(update={"kv_quant": "none", "kv_group_size": None})
+
+
+def kv_quant_layout(model, job, *, num_tokens: int, batch: int, kv_quant: str | None = None):
+    """`kernels.quant.KiviLayout` of one layer holding ``num_tokens`` tokens of ``batch``
+    sequences in ``kv_quant`` (default the job's), group size the job's."""
+    from kernels.quant import kivi_layout
+
+    return kivi_layout(num_tokens=num_tokens, batch=batch, num_kv_heads=model.num_kv_heads, head_dim=model.head_dim,
+                       kv_dtype=kv_quant or job.kv_quant, group_size=job.kv_group_size, dtype=job.kv_dtype)
+
+
+def kv_layer_bytes(model, job, *, num_tokens: int, batch: int, kv_quant: str = "none") -> int:
+    """One layer's K and V for ``batch`` sequences of ``num_tokens`` tokens, unquantized (the
+    job's kv_dtype) or in ``kv_quant`` (quantized tokens and the residual window)."""
     from simulator.templates import kv_cache_bytes_per_token
 
-    return kv_cache_bytes_per_token(model, job) // model.num_layers * num_tokens * batch
+    if kv_quant != "none":
+        return kv_quant_layout(model, job, num_tokens=num_tokens, batch=batch, kv_quant=kv_quant).total_bytes
+    return kv_cache_bytes_per_token(model, lossless_job(job)) // model.num_layers * num_tokens * batch
+
+
+def kv_residual_buffer_bytes(model, job, *, batch: int) -> int:
+    """A quantized layer's residual window buffer on the GPU: K and V of one key group's tokens
+    (the window holds up to G - 1 between steps, G while a step appends the token that fills it)."""
+    g = kv_quant_layout(model, job, num_tokens=0, batch=batch).group_size
+    return kv_layer_bytes(model, job, num_tokens=g, batch=batch)
+
+
+def kv_quant_time_s(model, job, node, *, num_tokens: int, batch: int, quantize: bool = False,
+                    kv_quant: str | None = None) -> float:
+    """GPU time to dequantize one quantized layer holding ``num_tokens`` (its whole groups and
+    residual window into the bf16 buffer), or (``quantize``) to quantize its whole groups."""
+    from hwmodels.compute import compute_time_s
+    from kernels.quant import kivi_dequantize_cost, kivi_quantize_cost
+
+    lay = kv_quant_layout(model, job, num_tokens=num_tokens, batch=batch, kv_quant=kv_quant)
+    if quantize and not lay.num_quantized_tokens:
+        return 0.0
+    cost = (kivi_quantize_cost if quantize else kivi_dequantize_cost)(lay, dtype=job.kv_dtype)
+    return compute_time_s(flops=cost.flops, hbm_bytes=cost.hbm_bytes, op_class=cost.op_class, dtype=job.kv_dtype,
+                          node=node)
+
+
+def _with_extra_s(seg: Segments, extra_s: list[float]) -> Segments:
+    """``seg`` with ``extra_s[i]`` more GPU time in layer i's part from attention on (a
+    quantized layer's dequantize before its attention, or its quantize after)."""
+    if not any(extra_s):
+        return seg
+    post = tuple(Seg(gpu_s=p.gpu_s + x, lead_s=p.lead_s, host_s=p.host_s) if x else p
+                 for p, x in zip(seg.post, extra_s, strict=True))
+    return replace(seg, post=post)  # post_after_attention kept: only unquantized layers leave the GPU
 
 
 def layer_weight_bytes(model, job) -> int:
@@ -339,7 +405,7 @@ def decode_segments(model, job, node, *, context_len: int, batch: int, offloaded
     ``torch.cat`` of K and V is a task of its own)."""
     from simulator.templates import decode_workload
 
-    wl = decode_workload(model, job, None, context_len=context_len + 1, batch=batch)
+    wl = decode_workload(model, lossless_job(job), None, context_len=context_len + 1, batch=batch)
     ops = [op for op in wl.ops if _is_kernel(op)]
     gpu = [_kernel_gpu_s(op, node, job.param_dtype) for op in ops]
     host = host_issue_s(ops, engine_host_cost(node, job.engine, offloaded=offloaded, graphs=graphs,
@@ -356,7 +422,7 @@ def _prefill_pass(model, job, node, *, batch: int, prompt_len: int, past_len: in
     from hwmodels.compute import compute_time_s
     from simulator.templates import prefill_workload
 
-    wl = prefill_workload(model, job, node, batch=batch, prompt_len=prompt_len)
+    wl = prefill_workload(model, lossless_job(job), node, batch=batch, prompt_len=prompt_len)
     times = [float(op.time_s or 0.0) for op in wl.ops]
     if not sdpa_cudnn:
         variant = f"{ENGINE_ATTENTION_OP_CLASS}.d64" if model.head_dim <= 64 else ENGINE_ATTENTION_OP_CLASS
@@ -430,12 +496,22 @@ class StaticMemoryTerms:
     weight_layer_bytes: int  # one layer's weights
     staging_bytes: int  # all KV staging buffers, when any layer's KV is off HBM (prefill writes into them)
     weight_buffer_bytes: int  # all weight buffers, when any layer's weights are streamed
+    # layers stored quantized (the job's kv_quant; 0 when it is none)
+    kv_q_layer_bytes: int = 0  # a resident quantized layer: its final-length store + residual window
+    kv_q_off_layer_bytes: int = 0  # a quantized layer off HBM: its residual window
+    staging_q_bytes: int = 0  # all staging buffers sized for a quantized store (no unquantized layer off HBM)
+    dequant_bytes: int = 0  # the one bf16 K,V buffer of the final length quantized layers dequantize into
 
-    def hbm_bytes(self, *, num_kv_off: int, num_streamed: int, num_layers: int) -> tuple[int, int]:
-        """(prefill, decode) HBM peaks of a placement with these counts."""
-        fixed = (self.kv_layer_bytes * (num_layers - num_kv_off)
+    def hbm_bytes(self, *, num_kv_off: int, num_streamed: int, num_layers: int, num_q_hbm: int = 0,
+                  num_q_off: int = 0) -> tuple[int, int]:
+        """(prefill, decode) HBM peaks of a placement with these counts (``num_kv_off`` counts
+        every layer off HBM, ``num_q_off`` of them quantized; ``num_q_hbm`` resident quantized)."""
+        staging = (self.staging_bytes if num_kv_off > num_q_off else self.staging_q_bytes if num_q_off else 0)
+        fixed = (self.kv_layer_bytes * (num_layers - num_kv_off - num_q_hbm) + self.kv_q_layer_bytes * num_q_hbm
+                 + self.kv_q_off_layer_bytes * num_q_off
                  + self.weight_layer_bytes * (num_layers - num_streamed)
-                 + (self.staging_bytes if num_kv_off else 0) + (self.weight_buffer_bytes if num_streamed else 0))
+                 + staging + (self.weight_buffer_bytes if num_streamed else 0)
+                 + (self.dequant_bytes if num_q_hbm + num_q_off else 0))
         return fixed + self.fixed_prefill_bytes, fixed + self.fixed_decode_bytes
 
 
@@ -449,10 +525,17 @@ def static_memory_terms(model, job, *, num_staging_buffers: int, graphs: bool = 
     P, G, B = job.prompt_len, job.gen_len, job.batch
     chunk = min(job.prefill_chunk_len or P, P)
     act_prefill = static_prefill_activation_bytes(model, job, num_tokens=chunk)
-    act_decode = _activation_peak_bytes(decode_workload(model, job, context_len=P + G, batch=B)) if G else 0
+    act_decode = _activation_peak_bytes(decode_workload(model, lossless_job(job), context_len=P + G, batch=B)) \
+        if G else 0
     other = other_weight_bytes(model, job) + RUNTIME_WORKSPACE_BYTES + (CUDA_GRAPHS_EXTRA_BYTES if graphs and G else 0)
     kv_final = kv_layer_bytes(model, job, num_tokens=P + G, batch=B)
     w = layer_weight_bytes(model, job)
+    quant: dict[str, int] = {}
+    if job.kv_quant != "none":
+        store = kv_quant_layout(model, job, num_tokens=P + G, batch=B).quantized_bytes
+        residual = kv_residual_buffer_bytes(model, job, batch=B)
+        quant = dict(kv_q_layer_bytes=store + residual, kv_q_off_layer_bytes=residual,
+                     staging_q_bytes=num_staging_buffers * store, dequant_bytes=kv_final)
     return StaticMemoryTerms(
         fixed_prefill_bytes=other + act_prefill,
         fixed_decode_bytes=other + act_decode,
@@ -460,6 +543,7 @@ def static_memory_terms(model, job, *, num_staging_buffers: int, graphs: bool = 
         weight_layer_bytes=w,
         staging_bytes=num_staging_buffers * kv_final,
         weight_buffer_bytes=num_staging_buffers * w,
+        **quant,
     )
 
 
@@ -609,13 +693,15 @@ class _Pass:
 
 
 def _static_pass(b: _Builder, seg: Segments, placement: Placement, *, kv_fetch_bytes: int, kv_new_bytes: int,
-                 weight_bytes: int, after: int | None = None, off_gpu: OffGpuAttention | None = None) -> _Pass:
+                 weight_bytes: int, after: int | None = None, kv_fetch_bytes_q: int = 0,
+                 kv_new_bytes_q: int = 0, off_gpu: OffGpuAttention | None = None) -> _Pass:
     """One static-engine pass (a decode step, or a prefill pass that reads host KV written by
     earlier chunks) as the executor issues it: before layer i's ops the host issues the H2D
     fetches due (layer m's once layer m - k starts, k the lookahead, at most the buffers less
     one), each waiting on the GPU for its buffer slot (free once the layer that used it
     num_buf off-HBM layers earlier has run its attention and written back); the layer's ops wait
-    for its fetches; a host layer's new k,v go D2H after its pre-attention part.
+    for its fetches; a host layer's new k,v go D2H after its pre-attention part. A quantized
+    layer (``kv_quant``) moves ``kv_fetch_bytes_q`` / ``kv_new_bytes_q`` instead.
     ``off_gpu`` (a decode step): a layer whose attention runs on the CPU or in a CSD fetches
     nothing; it writes its new k,v into its staging slot (waiting for the slot as a fetch would),
     sends them and its query out, the CPU (the host thread, which waits for the copies) or the
@@ -628,7 +714,10 @@ def _static_pass(b: _Builder, seg: Segments, placement: Placement, *, kv_fetch_b
     off_kv = [m for m in range(n) if layers[m].kv_tier != "hbm"]
     kv_ordinal = {m: j for j, m in enumerate(off_kv)}
     w_queue = [m for m in range(n) if layers[m].params_tier != "hbm"]
-    kv_queue = [m for m in off_kv if kv_fetch_bytes > 0 and layers[m].attention_on == "gpu"]
+    def fetch_bytes(m: int) -> int:
+        return kv_fetch_bytes if layers[m].kv_quant == "none" else kv_fetch_bytes_q
+
+    kv_queue = [m for m in off_kv if fetch_bytes(m) > 0 and layers[m].attention_on == "gpu"]
     w_users: list[int] = []
     fetched: dict[int, list[int]] = {}
     wb: dict[int, int] = {}
@@ -654,7 +743,7 @@ def _static_pass(b: _Builder, seg: Segments, placement: Placement, *, kv_fetch_b
                     slot = kv_slot(m)
                 elif len(w_users) >= num_buf:
                     slot = (post[w_users[-num_buf]],)
-                nbytes = weight_bytes if kind == "w" else kv_fetch_bytes
+                nbytes = weight_bytes if kind == "w" else fetch_bytes(m)
                 tier = layers[m].params_tier if kind == "w" else layers[m].kv_tier
                 fetched.setdefault(m, []).append(
                     b.copy(f"h2d {'weights' if kind == 'w' else 'kv'} {m}", nbytes, tier, "h2d",
@@ -665,14 +754,15 @@ def _static_pass(b: _Builder, seg: Segments, placement: Placement, *, kv_fetch_b
         deps = tuple(fetched.get(i, ())) + (kv_slot(i) if where != "gpu" else ())
         g, host = b.seg(f"layer {i} pre-attention", seg.pre[i], deps=deps, layer=i)
         pre.append(g)
-        if layers[i].kv_tier != "hbm" and kv_new_bytes > 0:
-            wb[i] = b.copy(f"d2h kv {i}", kv_new_bytes, layers[i].kv_tier, "d2h", deps=(g, host), layer=i)
+        new = kv_new_bytes if layers[i].kv_quant == "none" else kv_new_bytes_q
+        if layers[i].kv_tier != "hbm" and new > 0:
+            wb[i] = b.copy(f"d2h kv {i}", new, layers[i].kv_tier, "d2h", deps=(g, host), layer=i)
         if where != "gpu" and kv_queue and (kv_ordinal[kv_queue[0]] < num_buf
                                             or off_kv[kv_ordinal[kv_queue[0]] - num_buf] < i):
             # the host will wait for this attention: it first issues the next KV fetch whose
             # buffer's last user has been issued, whatever the lookahead (the executor's rule)
             m = kv_queue.pop(0)
-            fetched.setdefault(m, []).append(b.copy(f"h2d kv {m}", kv_fetch_bytes, layers[m].kv_tier, "h2d",
+            fetched.setdefault(m, []).append(b.copy(f"h2d kv {m}", fetch_bytes(m), layers[m].kv_tier, "h2d",
                                                     deps=(host, *kv_slot(m)), layer=m))
         if where == "gpu":
             g, host = b.seg(f"layer {i} attention+mlp", seg.post[i], layer=i)
@@ -717,17 +807,22 @@ def _hf_decode(b: _Builder, seg: Segments, *, offloaded: bool, kv_fetch_bytes: i
 
 
 def _prefill_static(b: _Builder, segs: list[Segments], placement: Placement, *, kv_out_bytes: list[int],
-                    kv_in_bytes: list[int], weight_bytes: int) -> None:
+                    kv_in_bytes: list[int], weight_bytes: int, kv_out_bytes_q: list[int] | None = None,
+                    kv_in_bytes_q: list[int] | None = None) -> None:
     """Passes (sequences x chunks) back to back; a host layer's new K,V go D2H after the layer;
-    a chunk's attention first fetches the cache written so far; streamed weights as in decode."""
+    a chunk's attention first fetches the cache written so far; streamed weights as in decode.
+    Quantized layers move ``kv_out_bytes_q`` / ``kv_in_bytes_q`` (their quantized groups)."""
     prev = None
+    out_q = kv_out_bytes_q or [0] * len(segs)
+    in_q = kv_in_bytes_q or [0] * len(segs)
     for p, seg in enumerate(segs):
         ps = _static_pass(b, seg, placement, kv_fetch_bytes=kv_in_bytes[p], kv_new_bytes=0,
-                          weight_bytes=weight_bytes, after=prev)
+                          weight_bytes=weight_bytes, after=prev, kv_fetch_bytes_q=in_q[p])
         prev = ps.head
         for i, lp in enumerate(placement.layers):
-            if lp.kv_tier != "hbm":
-                b.copy(f"d2h kv {i} pass {p}", kv_out_bytes[p], lp.kv_tier, "d2h", deps=(ps.post[i],), layer=i)
+            out = kv_out_bytes[p] if lp.kv_quant == "none" else out_q[p]
+            if lp.kv_tier != "hbm" and out > 0:
+                b.copy(f"d2h kv {i} pass {p}", out, lp.kv_tier, "d2h", deps=(ps.post[i],), layer=i)
 
 
 def _prefill_hf(b: _Builder, seg: Segments, *, offloaded: bool, kv_bytes: int, cat_s: float) -> None:
@@ -768,6 +863,20 @@ def check_placement(model, job, node, placement: Placement) -> None:
         if lp.kv_tier not in ATTENTION_ON[lp.attention_on]:
             raise UserInputError(f"layers.{i}.attention_on: attention on the {lp.attention_on} needs the layer's KV "
                                  f"on {' or '.join(ATTENTION_ON[lp.attention_on])}, not {lp.kv_tier}")
+        if lp.attention_on != "gpu" and lp.kv_quant != "none":
+            raise UserInputError(f"layers.{i}.attention_on: attention off the GPU reads an unquantized KV cache")
+    for i, lp in enumerate(placement.layers):
+        if lp.kv_quant not in ("none", job.kv_quant):
+            raise UserInputError(f"layers.{i}.kv_cache.dtype: {lp.kv_quant!r} is not the quantized format the job "
+                                 f"accepts (job.kv_quant {job.kv_quant!r})")
+        if lp.kv_quant != "none":
+            from kernels.quant import KIVI_KV_DTYPES
+
+            if lp.kv_quant not in KIVI_KV_DTYPES:
+                raise UserInputError(f"layers.{i}.kv_cache.dtype: a {lp.kv_quant} KV cache is not replayed "
+                                     f"(quantized: {', '.join(KIVI_KV_DTYPES)})")
+            if job.engine == "hf":
+                raise UserInputError(f"layers.{i}.kv_cache.dtype: the hf engine's DynamicCache is unquantized")
     if job.engine == "hf":
         kv = {lp.kv_tier for lp in placement.layers}
         if len(kv) != 1 or not kv <= {"hbm", "host"} or any(lp.params_tier != "hbm" for lp in placement.layers) \
@@ -798,6 +907,7 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
     from simulator.templates import decode_workload, prefill_workload
 
     check_placement(model, job, node, placement)
+    jq, job = job, lossless_job(job)  # jq: the quantized format's job; job: what is priced unquantized
     B, P, G = job.batch, job.prompt_len, job.gen_len
     final = P + G
     ctx = P + G // 2 if context_len is None else context_len
@@ -808,7 +918,14 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
     off_layers = [i for i, lp in enumerate(placement.layers) if lp.kv_tier != "hbm"]
     stream_layers = [i for i, lp in enumerate(placement.layers) if lp.params_tier != "hbm"]
     num_buf = placement.num_staging_buffers
-    staging = kv_final if off_layers and not hf else 0
+    quantized = [lp.kv_quant != "none" for lp in placement.layers]
+    num_q_off = sum(1 for i in off_layers if quantized[i])
+    num_q_hbm = sum(quantized) - num_q_off
+    q_store = kv_quant_layout(model, jq, num_tokens=final, batch=B).quantized_bytes if any(quantized) else 0
+    staging = 0 if hf or not off_layers else kv_final if len(off_layers) > num_q_off else q_store
+
+    def q_bytes(num_tokens: int, batch: int) -> int:  # a quantized layer's whole groups
+        return kv_quant_layout(model, jq, num_tokens=num_tokens, batch=batch).quantized_bytes if any(quantized) else 0
 
     # -- prefill
     chunk = job.prefill_chunk_len or P
@@ -830,18 +947,27 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
         prefill_s = b.run().step_time_s
     else:
         # one sequence's passes (its chunks); the sequences run one after another, identical
-        seq_segs, seq_out, seq_in = [], [], []
+        seq_segs, seq_out, seq_in, seq_out_q, seq_in_q = [], [], [], [], []
         for start in range(0, P, chunk):
             n_tok = min(chunk, P - start)
-            seq_segs.append(_prefill_pass(model, job, node, batch=1, prompt_len=n_tok, past_len=start,
-                                          sdpa_cudnn=sdpa_cudnn))
+            pass_seg = _prefill_pass(model, job, node, batch=1, prompt_len=n_tok, past_len=start,
+                                     sdpa_cudnn=sdpa_cudnn)
+            if any(quantized):  # dequantize the groups cached so far, quantize the groups this pass fills
+                q_s = (kv_quant_time_s(model, jq, node, num_tokens=start, batch=1) if start else 0.0) \
+                    + kv_quant_time_s(model, jq, node, num_tokens=start + n_tok, batch=1, quantize=True) \
+                    - kv_quant_time_s(model, jq, node, num_tokens=start, batch=1, quantize=True)
+                pass_seg = _with_extra_s(pass_seg, [q_s if q else 0.0 for q in quantized])
+            seq_segs.append(pass_seg)
             seq_out.append(kv_layer_bytes(model, job, num_tokens=n_tok, batch=1))
             seq_in.append(kv_layer_bytes(model, job, num_tokens=start, batch=1))
+            seq_out_q.append(q_bytes(start + n_tok, 1) - q_bytes(start, 1))
+            seq_in_q.append(q_bytes(start, 1))
         times = []
         for num_seq in range(1, min(B, 2) + 1):  # the B-sequence prefill is periodic after the first
             b = _Builder(node)
             _prefill_static(b, seq_segs * num_seq, placement, kv_out_bytes=seq_out * num_seq,
-                            kv_in_bytes=seq_in * num_seq, weight_bytes=w_layer)
+                            kv_in_bytes=seq_in * num_seq, weight_bytes=w_layer,
+                            kv_out_bytes_q=seq_out_q * num_seq, kv_in_bytes_q=seq_in_q * num_seq)
             times.append(b.run().step_time_s)
         prefill_s = times[0] + (B - 1) * (times[-1] - times[0])
 
@@ -852,6 +978,9 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
     if G:
         seg = decode_segments(model, job, node, context_len=ctx, batch=B, offloaded=offloaded, graphs=graphs,
                               sdpa_cudnn=sdpa_cudnn)
+        if any(quantized):  # every quantized layer is dequantized into the bf16 buffer before attention
+            dq_s = kv_quant_time_s(model, jq, node, num_tokens=ctx, batch=B)
+            seg = _with_extra_s(seg, [dq_s if q else 0.0 for q in quantized])
         compute_s = seg.total_s
         b = _Builder(node)
         if hf:
@@ -865,7 +994,7 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
                        if any(lp.attention_on != "gpu" for lp in placement.layers) else None)
             _static_pass(b, seg, placement, kv_fetch_bytes=kv_layer_bytes(model, job, num_tokens=ctx, batch=B),
                          kv_new_bytes=kv_layer_bytes(model, job, num_tokens=1, batch=B), weight_bytes=w_layer,
-                         off_gpu=off_gpu)
+                         kv_fetch_bytes_q=q_bytes(ctx, B), off_gpu=off_gpu)
         res = b.run()
         dec_s, link = res.step_time_s, _link_bytes(res)
         stall_s = max(dec_s - compute_s, 0.0)
@@ -873,7 +1002,7 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
         dec_flops = seg.model_flops * G
     mean_dec = dec_s
     if G and context_len is not None and context_len != P + G // 2 and not decode_only:
-        mean_dec = replay_placement(model, job, node, placement, gpu_budget_bytes=gpu_budget_bytes,
+        mean_dec = replay_placement(model, jq, node, placement, gpu_budget_bytes=gpu_budget_bytes,
                                     host_budget_bytes=host_budget_bytes, graphs=graphs,
                                     sdpa_cudnn=sdpa_cudnn).decode_step_time_s
 
@@ -903,13 +1032,19 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
         hbm_decode = resident_w + kv_hbm_decode + act_decode + RUNTIME_WORKSPACE_BYTES
         breakdown["kv_cache"] = max(kv_hbm_prefill, kv_hbm_decode)
     else:
-        terms = static_memory_terms(model, job, num_staging_buffers=num_buf, graphs=graphs)
+        terms = static_memory_terms(model, jq, num_staging_buffers=num_buf, graphs=graphs)
         hbm_prefill, hbm_decode = terms.hbm_bytes(num_kv_off=len(off_layers), num_streamed=len(stream_layers),
-                                                  num_layers=model.num_layers)
-        breakdown.update(kv_cache=n_hbm_kv * kv_final, staging_buffers=terms.staging_bytes if off_layers else 0,
+                                                  num_layers=model.num_layers, num_q_hbm=num_q_hbm,
+                                                  num_q_off=num_q_off)
+        breakdown.update(kv_cache=(n_hbm_kv - num_q_hbm) * kv_final + num_q_hbm * terms.kv_q_layer_bytes
+                         + num_q_off * terms.kv_q_off_layer_bytes,
+                         staging_buffers=num_buf * staging,
                          weight_buffers=terms.weight_buffer_bytes if stream_layers else 0)
+        if any(quantized):
+            breakdown["dequant_buffer"] = terms.dequant_bytes
         for lp in placement.layers:
-            for tier, num in ((lp.kv_tier, kv_final), (lp.params_tier, w_layer)):
+            kv_stored = kv_final if lp.kv_quant == "none" else q_store
+            for tier, num in ((lp.kv_tier, kv_stored), (lp.params_tier, w_layer)):
                 if tier == "host":
                     host += num
                 elif tier == "cxl":

@@ -8,8 +8,9 @@ that change which tensors get allocated: one fused Linear for q, k, v (Megatron,
 fused Linear for gate and up (Megatron with SwiGLU).
 Sources of a ModelSpec: a Hugging Face ``config.json`` (model_type llama, mistral, qwen2,
 qwen3, gpt2), a preset in ``simulator/presets/models/`` (HF-style config files with a
-``_source``), a Megatron-style GPT config (model_type ``gpt``, keys below), or a
-``transformers.PreTrainedModel``.
+``_source``), a Megatron-style GPT config (model_type ``gpt``, keys below), a Hugging Face hub
+id (``org/name``: only its ``config.json``, through ``huggingface_hub`` and its local cache), or
+a ``transformers.PreTrainedModel``.
 Assumes:
 - The final norm belongs to the head: it is counted when ``has_lm_head`` (Megatron's
   ``post_process`` convention). A bare layer stack has no final norm.
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import math
 import pathlib
+import re
 from typing import Any, Literal, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -692,9 +694,56 @@ def get_model(name: str) -> ModelSpec:
     raise UserInputError(f"model: unknown preset {echo(name)} (presets: {', '.join(list_models())})")
 
 
+# A hub repository id: "org/name" (the hub's own rule: letters, digits, "-", "_", ".")
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
 def load_model(name_or_path: str | pathlib.Path) -> ModelSpec:
-    """A ``config.json`` path (anything ending in .json) or a preset name."""
+    """A ``config.json`` path (anything ending in .json), a preset name, or a Hugging Face hub
+    id (``org/name`` that is neither a preset nor an existing path; see ``hub_config_path``)."""
     text = str(name_or_path)
     if text.lower().endswith(".json"):
         return ModelSpec.from_hf_config(text)
+    if _HUB_ID.fullmatch(text) and text.lower() not in {m.lower() for m in list_models()} \
+            and not pathlib.Path(text).exists():
+        return ModelSpec.from_hf_config(hub_config_path(text), name=text)
     return get_model(text)
+
+
+def hub_config_path(repo_id: str) -> pathlib.Path:
+    """The local path of ``config.json`` of the hub model ``repo_id`` (only that file is
+    fetched): from the Hugging Face cache (``HF_HUB_CACHE``, ``HF_HOME``) when it is there or
+    the hub is offline (``HF_HUB_OFFLINE=1``), else downloaded into it. Every failure is one
+    UserInputError line saying what to do."""
+    try:
+        from huggingface_hub import constants, hf_hub_download
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            HfHubHTTPError,
+            HFValidationError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+        )
+    except ModuleNotFoundError:
+        raise UserInputError(f"model: {echo(repo_id)} is a Hugging Face hub id, which needs "
+                             "huggingface_hub: pip install huggingface_hub") from None
+    where = f"model: {echo(repo_id)}"
+    try:
+        return pathlib.Path(hf_hub_download(repo_id, "config.json"))
+    except LocalEntryNotFoundError:
+        offline = "offline, " if constants.HF_HUB_OFFLINE else ""
+        raise UserInputError(
+            f"{where} is not in the Hugging Face cache ({offline}{constants.HF_HUB_CACHE}): "
+            f"run `hf download {repo_id} config.json` where the hub is reachable, point "
+            "HF_HUB_CACHE at a cache that has it, or pass the path of its config.json"
+        ) from None
+    except RepositoryNotFoundError:
+        raise UserInputError(f"{where}: no such model on the Hugging Face hub, or it is gated "
+                             "(`hf auth login` with an account that has access)") from None
+    except EntryNotFoundError:
+        raise UserInputError(f"{where}: the hub repository has no config.json") from None
+    except HFValidationError as err:
+        raise UserInputError(f"{where}: not a valid hub id ({str(err).splitlines()[0]})") from None
+    except (HfHubHTTPError, OSError) as err:
+        raise UserInputError(f"{where}: cannot read its config.json from the Hugging Face hub: "
+                             f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None

@@ -23,5 +23,7 @@ def test_notebook_executes(path):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors
+    # each notebook checks its own key numbers (asserts in a cell that ends by printing "checked:")
+    assert any("assert " in c.source for c in nb.cells if c.cell_type == "code"), "no assert in the notebook"
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    assert "mip" in text or "memo" in text  # the tables printed something
+    assert "checked:" in text

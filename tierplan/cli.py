@@ -32,6 +32,10 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
+# torch is an optional extra: only the executor (`validate plan`, `bench run|infer`), tracing
+# and the microbenchmarks import it; every other command runs without it
+TORCH_MISSING = "this command runs PyTorch, which is not installed: pip install 'tierplan[torch]'"
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports usage errors as one line (exit 2) without the usage dump."""
@@ -98,6 +102,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except BrokenPipeError:
         return _stdout_closed()
+    except ModuleNotFoundError as err:
+        if (err.name or "").partition(".")[0] != "torch":
+            raise
+        print(f"tierplan {args.command}: error: {TORCH_MISSING}", file=sys.stderr)
+        return EXIT_FAILURE
+    except SystemExit as stop:
+        # rich's Console ends the process with SystemExit(1) from inside its BrokenPipeError
+        # handler (after pointing stdout at /dev/null): a closed stdout, not a failure
+        if isinstance(stop.__context__, BrokenPipeError):
+            return _stdout_closed()
+        raise
     except Exception as err:  # pydantic errors without importing pydantic up front
         if type(err).__name__ == "ValidationError":
             line = validation_error_line(err, getattr(err, "title", ""))

@@ -36,6 +36,11 @@ tensor is released after its last unpack (autograd holds it from there).
 Measures (CUDA): per step, D2H / H2D bytes and busy time (timing events around each layer's
 batch of copies on its stream), the compute stream's exposed wait for prefetches (events on
 either side of the wait) and the recompute ops' time.
+Whole-model plans: ``lm_head_chunks`` and ``mlp_chunks`` set the decoder's chunked head + loss and
+tiled MLP (``validate.chunked_ops``); model states off HBM and the optimizer step (a job with an
+optimizer) are ``validate.model_states``' (its fetch before each layer's forward, at the gradient
+hook of its output in backward, its CPU steps awaited after backward); ``executor_unsupported``
+names what this executor does not run.
 Ignores: the plan's staging buffers (prefetched tensors come from the caching allocator).
 Source: MEMO (Zhao et al., SIGMOD 2025) section 4 (token-wise offload, pinned pool, three
 streams); torch.utils.checkpoint's non-reentrant implementation for replaying a forward.
@@ -46,17 +51,19 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from hwmodels.units import UserInputError, format_bytes
-from planners.plan import LayerPlan, Plan, RoleAction
+from planners.plan import RESIDENT, LayerPlan, Plan, RoleAction
 from planners.solvers import pulp_available
 from simulator.movement import step_movements
 from simulator.workload import ATTN_ROLES, Role
 from validate.arena import Arena, ArenaMismatch
+from validate.model_states import ModelStates
 
 if TYPE_CHECKING:
     from validate.model import Decoder, DecoderLayer
@@ -236,16 +243,30 @@ def check_fits(
     gpu_budget_bytes: int | None = None,
     host_pool_bytes: int = 0,
     host_available_bytes: int | None = None,
+    model_state_host_bytes: int = 0,
+    disk_bytes: int = 0,
+    disk_free_bytes: int | None = None,
 ) -> None:
-    """Refuse, with one line, a plan this model or device cannot run (before any step)."""
+    """Refuse, with one line, a plan this model or device cannot run (before any step): the
+    layers, the host memory of the offload pool plus the model states the plan keeps on the host
+    (``model_state_host_bytes``: pinned regions, master weights, moments), the state files on
+    disk (``disk_bytes`` against ``disk_free_bytes``), the predicted peak against the budget."""
     if len(plan.layers) != num_layers:
         raise UserInputError(f"plan.layers: {len(plan.layers)} layers, the model has {num_layers}")
     if host_available_bytes is None:
         host_available_bytes = host_memory_bytes()
-    if host_pool_bytes > host_available_bytes:
+    if host_pool_bytes + model_state_host_bytes > host_available_bytes:
+        what = "offload pool" if not model_state_host_bytes else (
+            f"offload pool {format_bytes(host_pool_bytes)} + model states on the host "
+            f"{format_bytes(model_state_host_bytes)} =")
         raise UserInputError(
-            f"plan: offload pool {format_bytes(host_pool_bytes)} exceeds available host memory "
-            f"{format_bytes(host_available_bytes)}"
+            f"plan: {what} {format_bytes(host_pool_bytes + model_state_host_bytes)} exceeds "
+            f"available host memory {format_bytes(host_available_bytes)}"
+        )
+    if disk_bytes and disk_free_bytes is not None and disk_bytes > disk_free_bytes:
+        raise UserInputError(
+            f"plan: optimizer state files {format_bytes(disk_bytes)} exceed the free space of the "
+            f"state directory {format_bytes(disk_free_bytes)}"
         )
     pred = plan.prediction
     if gpu_budget_bytes is not None and pred is not None and pred.peak_hbm_bytes > gpu_budget_bytes:
@@ -253,6 +274,48 @@ def check_fits(
             f"plan.prediction.peak_hbm_bytes: {format_bytes(pred.peak_hbm_bytes)} exceeds the GPU "
             f"budget {format_bytes(gpu_budget_bytes)}"
         )
+
+
+def executor_unsupported(plan: Plan) -> str:
+    """The first decision of a training plan this executor cannot carry out, as "field: reason";
+    "" when it runs them all. It runs: the activation decisions offloading to host memory, the
+    chunked LM head (``lm_head_chunks``) and MLP (``mlp_chunks``), and per layer the model-state
+    placements of ``validate.model_states``: everything in HBM with the step on the GPU, or
+    gradients on the host with the step on the CPU (moments and master weights on host or
+    nvme), the parameters resident or streamed from the host. The embedding, final norm and LM
+    head stay in HBM and are stepped on the GPU."""
+    job = plan.scenario.job
+    if job.mode != "train":
+        return "scenario.job.mode: the plan executor runs training steps"
+    opt = getattr(job, "optimizer", "none")
+    if opt == "adamw" and getattr(job, "optimizer_state_dtype", "fp32") != "fp32":
+        return "scenario.job.optimizer_state_dtype: the executor keeps fp32 moments"
+    for lp in plan.layers:
+        where = f"layers.{lp.layer}"
+        if lp.attention_on != "gpu":
+            return f"{where}.attention_on: attention off the GPU is not executed yet"
+        for role, act in sorted(lp.roles.items()):
+            if act.action == "offload" and act.tier != "host":
+                return f"{where}.roles.{role}.tier: offload to {act.tier} is not executed yet"
+        ms = lp.model_states
+        if ms.params not in ("hbm", "host"):
+            return f"{where}.model_states.params: parameters streamed from {ms.params} are not executed yet"
+        if ms.grads not in ("hbm", "host"):
+            return f"{where}.model_states.grads: gradients on {ms.grads} are not executed yet"
+        if ms.optimizer_step == "gpu":
+            if (ms.params, ms.grads, ms.optimizer_states, ms.master_weights) != ("hbm",) * 4:
+                return (f"{where}.model_states.optimizer_step: a GPU step with model states off HBM "
+                        "is not executed yet (use optimizer_step cpu)")
+            continue
+        if opt == "none":
+            return f"{where}.model_states.optimizer_step: cpu, but scenario.job.optimizer is none"
+        if ms.grads != "host":
+            return f"{where}.model_states.grads: a CPU step takes its gradients on the host"
+        for name in ("optimizer_states", "master_weights"):
+            tier = getattr(ms, name)
+            if tier not in ("host", "nvme"):
+                return f"{where}.model_states.{name}: {tier} is not executed yet (host or nvme)"
+    return ""
 
 
 def host_memory_bytes() -> int:
@@ -274,8 +337,17 @@ class PlanExecutor:
         device: Any,
         host_pool_bytes: int | None = None,
         arena: bool = False,
+        state_dir: str | os.PathLike | None = None,
     ) -> None:
         check_fits(plan, num_layers=len(model.layers), host_available_bytes=1 << 62)
+        why = executor_unsupported(plan)
+        if why:
+            raise UserInputError(why)
+        if plan.lm_head_chunks > 1 and not model.spec.has_lm_head:
+            raise UserInputError(f"lm_head_chunks: {plan.lm_head_chunks}, but {model.spec.name} has no LM head")
+        model.lm_head_chunks = plan.lm_head_chunks
+        for layer, lp in zip(model.layers, plan.layers, strict=True):
+            cast("DecoderLayer", layer).mlp_chunks = lp.mlp_chunks
         self.model = model
         self.plan = plan
         self.device = torch.device(device)
@@ -283,6 +355,11 @@ class PlanExecutor:
         self.pool: OffloadPool | None = None
         self.host_pool_bytes = host_pool_bytes
         self._param_ptrs = {p.data_ptr() for p in model.parameters()}
+        self.states: ModelStates | None = None
+        job = plan.scenario.job
+        if getattr(job, "optimizer", "none") != "none" or any(lp.model_states != RESIDENT for lp in plan.layers):
+            self.states = ModelStates(model, plan, device=self.device,
+                                      state_dir=None if state_dir is None else Path(state_dir))
         # where each layer's copies are released and its prefetch issued: the simulator's points
         # (simulator.movement), in the hooks' terms; backward's start is the top layer's hook
         self.movements = step_movements(num_layers=len(plan.layers),
@@ -325,16 +402,22 @@ class PlanExecutor:
         return self.host_pool_bytes
 
     def prepare(self, batch: torch.Tensor) -> int:
-        """Allocate the offload pool once (``size_pool`` decides its bytes); its bytes."""
+        """Allocate the offload pool once (``size_pool`` decides its bytes) and the model
+        states' regions; the pool's bytes."""
         if self.pool is None:
             self.pool = OffloadPool(self.size_pool(batch), pin=self.cuda)
+        if self.states is not None and not self.states.allocated:
+            self.states.allocate()  # streamed parameters now live in their slots
+            self._param_ptrs = {p.data_ptr() for p in self.model.parameters()}
         return self.pool.capacity_bytes
 
     def close(self) -> None:
-        """Give the pool back."""
+        """Give the pool and the model states' host regions back."""
         if self.pool is not None:
             self.pool.close()
             self.pool = None
+        if self.states is not None:
+            self.states.close()
 
     def step(self, batch: torch.Tensor) -> torch.Tensor:
         """Forward and backward of one step; returns the (detached) loss. ``last_stats()``
@@ -343,10 +426,14 @@ class PlanExecutor:
         self.stats = StepStats()
         for spans in (self._d2h_spans, self._h2d_spans, self._stall_spans, self._recompute_spans):
             spans.clear()
+        if self.states is not None:
+            self.states.begin_step()
         try:
             loss = self._run(batch)
             self._release_sources()
             loss.backward()
+            if self.states is not None:
+                self.states.finish_step()  # the CPU steps' results, the GPU optimizer step
         finally:
             for st in self._states.values():
                 for e in st.entries:
@@ -426,6 +513,8 @@ class PlanExecutor:
 
     def _layer(self, i: int, layer: DecoderLayer, x: torch.Tensor, rope: Any) -> torch.Tensor:
         lp = self.plan.layers[i]
+        if self.states is not None and not self._counting:
+            self.states.before_forward(i)
         layer.checkpoint_mlp = lp.checkpoint == "selective"
         layer.recompute_mlp_act = self.plan.mlp_activation == "recomputed"
         layer.attn_hook = None
@@ -452,6 +541,8 @@ class PlanExecutor:
         self._release_sources(after_layer=i)
         if y.requires_grad and not self._counting:
             y.register_hook(lambda grad, m=i: self._reached(m))
+            if self.states is not None:
+                y.register_hook(lambda grad, m=i: self.states.before_backward(m) if self.states else None)
         return y
 
     def _release_sources(self, after_layer: int | None = None) -> None:

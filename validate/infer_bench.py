@@ -2,12 +2,15 @@
 
 Models: nothing; it measures. Reads ``DIR/index.json`` (infer-contract.md: cells, each with its
 modes' plan files or null and the reasons for the nulls), and for each cell runs every non-null
-mode selected (``hf_resident``, ``hf_offloaded``: validate.infer_hf; ``plan``, ``kv_host``:
+mode selected (``hf_resident``, ``hf_offloaded``: validate.infer_hf; ``plan``, ``kv_host`` and
+the quantized-KV modes ``kv_host_int8`` / ``kv_host_int4`` / ``plan_int8`` / ``plan_int4``:
 validate.infer_executor) once, each in a fresh child process (no memory an earlier mode cached,
 leaked or pinned can change a later one; an out-of-memory mode is recorded as ``oom``). Before a
 cell's static modes it runs, unless ``--no-reference``, the all-resident static plan of the same
 job (every layer's KV and weights in HBM) when its buffers fit, and records whether each static
-mode's tokens equal it. Static runs use ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True``;
+mode's tokens equal it, and teacher-forces each on it (``teacher_forced``: the logit error of
+the quantized modes); where it does not run, the quantized modes are teacher-forced on the
+lossless ``plan`` mode's run. Static runs use ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True``;
 HF runs the allocator the caller's environment names (the native one unless
 ``--hf-allocator`` gives a value); each record names its allocator. Null modes are recorded as
 refused with the index's reason. Writes one ``InferBenchFile`` (validate/records.py) and prints
@@ -42,12 +45,14 @@ from hwmodels.units import UserInputError, format_bytes, format_seconds  # noqa:
 from planners.plan import KvPlacement, LayerPlan, ModelStatePlacement, Plan, load_plan  # noqa: E402
 from simulator.job import InferJob  # noqa: E402
 from simulator.model import ModelSpec  # noqa: E402
+from validate.infer_plans import MODE_SOURCE, MODES, QUANT_MODES  # noqa: E402
 
-MODES = ("hf_resident", "hf_offloaded", "plan", "kv_host")
-STATIC_MODES = ("plan", "kv_host")
+STATIC_MODES = tuple(m for m in MODES if MODE_SOURCE[m][0] == "static")
 SMOKE_PROMPT_LEN = 24
 SMOKE_GEN_LEN = 4
 SMOKE_CHUNK_LEN = 8
+SMOKE_KV_GROUP = 8
+"""Key group of a quantized plan's tiny copy: groups fill during its prompt and decode steps."""
 STATIC_ALLOC_CONF = "expandable_segments:True"
 ALLOC_VAR = "PYTORCH_CUDA_ALLOC_CONF"
 
@@ -100,15 +105,20 @@ def load_index(plans_dir: str | Path) -> IndexFile:
 # ---- plans ------------------------------------------------------------------------------------
 
 def infer_plan(scenario: Any, *, kv_host: Any = (), w_host: Any = (), params_prefetch_layers: int = 1,
-               planner: str = "rule", attention_cpu: Any = (), **fields: Any) -> Plan:
+               planner: str = "rule", kv_quant: Any = (), attention_cpu: Any = (), **fields: Any) -> Plan:
     """A rule plan for an inference ``scenario``: layers in ``kv_host`` keep their KV cache on the
     host (the rest in HBM), layers in ``w_host`` stream their weights from it, layers in
-    ``attention_cpu`` (host KV) attend on the host CPU."""
+    ``kv_quant`` store their KV in the job's quantized format (its kv_quant and group size),
+    layers in ``attention_cpu`` (host KV, unquantized) attend on the host CPU."""
+    from kernels.quant import kivi_group_size
     from planners.plan import Provenance, tierplan_version
 
-    kv_set, w_set, cpu_set = set(kv_host), set(w_host), set(attention_cpu)
+    kv_set, w_set, q_set, cpu_set = set(kv_host), set(w_host), set(kv_quant), set(attention_cpu)
+    job = scenario.job
+    quant = {"dtype": job.kv_quant, "group_size": kivi_group_size(head_dim=scenario.model.head_dim,
+                                                                  group_size=job.kv_group_size)} if q_set else {}
     layers = [LayerPlan(layer=i, attention_on="cpu" if i in cpu_set else "gpu",
-                        kv_cache=KvPlacement(dtype=scenario.job.kv_dtype,
+                        kv_cache=KvPlacement(**(quant if i in q_set else {"dtype": job.kv_dtype}),
                                              resident_frac=0.0 if i in kv_set else 1.0),
                         model_states=(ModelStatePlacement(params="host", params_prefetch_layers=params_prefetch_layers)
                                       if i in w_set else ModelStatePlacement()))
@@ -139,9 +149,14 @@ def smoke_plan(plan: Plan) -> Plan:
     update: dict[str, Any] = {"prompt_len": SMOKE_PROMPT_LEN, "gen_len": min(job.gen_len, SMOKE_GEN_LEN)}
     if job.prefill_chunk_len is not None:
         update["prefill_chunk_len"] = SMOKE_CHUNK_LEN
+    layers = list(plan.layers)
+    if job.kv_quant != "none":  # the tiny copy's groups, so that some fill
+        update["kv_group_size"] = SMOKE_KV_GROUP
+        layers = [lp.model_copy(update={"kv_cache": lp.kv_cache.model_copy(update={"group_size": SMOKE_KV_GROUP})})
+                  if lp.kv_cache is not None and lp.kv_cache.group_size is not None else lp for lp in layers]
     tiny_sc = sc.with_overrides(model=tiny, job=job.model_copy(update=update))
     fields = {k: getattr(plan, k) for k in ("prefetch_lookahead_layers", "num_staging_buffers")}
-    return Plan.for_scenario(tiny_sc, layers=list(plan.layers), provenance=plan.provenance, **fields)
+    return Plan.for_scenario(tiny_sc, layers=layers, provenance=plan.provenance, **fields)
 
 
 def sha256_of(path: str | Path) -> str:
@@ -301,7 +316,9 @@ def run_bench(plans_dir: str | Path, *, cells: tuple[str, ...] = (), modes: tupl
 def _run_cell(cell: IndexCell, plans_dir: str | Path, modes: tuple[str, ...], reference: bool, run_one: Any,
               tmp: Path, progress: Any) -> list[dict[str, Any]]:
     """One cell's modes: the static modes teacher-forced on the all-resident static run,
-    hf_offloaded on hf_resident (when it ran)."""
+    hf_offloaded on hf_resident (when it ran); where the all-resident run did not run (its bf16
+    KV does not fit), the quantized modes on the lossless ``plan`` mode's run (whose logits are
+    the all-resident engine's)."""
     records: list[dict[str, Any]] = []
     ref_tokens: list[list[int]] | None = None
     ref_message: str | None = None
@@ -320,6 +337,8 @@ def _run_cell(cell: IndexCell, plans_dir: str | Path, modes: tuple[str, ...], re
             ref_message = f"all-resident reference {ref['status']}: {ref.get('message')}"
         if progress:
             progress(f"{cell.cell}: reference {ref['status']}")
+    quant_ref = (reference and ref_tokens is None and cell.modes.get("plan") is not None
+                 and any(m in QUANT_MODES for m in static))
     for mode in wanted:
         name = cell.modes.get(mode)
         rec: dict[str, Any] = {"cell": cell.cell, "mode": mode, "plan": name}
@@ -329,10 +348,17 @@ def _run_cell(cell: IndexCell, plans_dir: str | Path, modes: tuple[str, ...], re
         else:
             path = Path(plans_dir) / name
             out = tmp / "ref-hf" if mode == "hf_resident" and "hf_offloaded" in wanted else None
+            if quant_ref and mode == "plan":
+                out = tmp / "ref-plan"
             rec.update(plan_sha256=sha256_of(path), **run_one(path, load_plan(path), teacher=teachers.get(mode),
                                                               reference_out=out))
             if out is not None and rec["status"] == "ok":
-                teachers["hf_offloaded"] = out
+                if mode == "plan":
+                    teachers.update({m: out for m in QUANT_MODES})
+                    ref_message = (f"{ref_message or 'all-resident reference not run'}; quantized modes' "
+                                   "teacher_forced logits against the plan mode's run")
+                else:
+                    teachers["hf_offloaded"] = out
             if mode in STATIC_MODES and rec["status"] == "ok":
                 if ref_tokens is not None:
                     rec["tokens_equal_resident"] = rec["tokens"] == ref_tokens

@@ -34,11 +34,20 @@ Measures: prefill time (all chunks, all sequences, synchronized), each decode st
 the end of the step), the contexts, peak allocated / reserved HBM over the run, the pinned
 bytes, the bytes each decode step copies in each direction and, on CUDA, the span of the last
 step's H2D copies (the first one's start to the last one's end: their rate when back to back).
+A layer whose KV is stored quantized (int8 / int4, the job's ``kv_quant``; validate.kv_quant,
+the layout of ``kernels.quant.kivi_layout``) keeps its whole key groups quantized (in the pinned
+pool, or resident) and the newest tokens that do not fill a group in a bf16 residual window on
+the GPU: before attention a host layer's quantized rows are copied H2D into a staging buffer
+(sized for the quantized store) like an unquantized layer's, dequantized on the GPU (Triton on
+CUDA when triton imports, else torch) into one bf16 buffer shared by the quantized layers,
+the residual window copied after them and the new token written there; attention reads that
+buffer as today. After attention the groups the pass filled are quantized (into the staging
+buffer and copied D2H into the pool for a host layer) and the rest joins the residual window.
 Assumes: every sequence has the same prompt length (the contexts are equal across the batch);
 the plan's layers are homogeneous (one weight-buffer size).
-Ignores: sampling (greedy only), stop tokens, paged or quantized KV, KV split within a layer, KV
-on CXL / NVMe / a CSD and attention inside a CSD (``Plan.not_executable`` refuses those plans);
-the query and output buffers of CPU attention (pinned, B x H x D each) are outside the pool.
+Ignores: sampling (greedy only), stop tokens, paged or fp8 KV, KV split within a layer, KV on
+CXL / NVMe / a CSD and attention inside a CSD (``Plan.not_executable`` refuses those plans); the
+query and output buffers of CPU attention (pinned, B x H x D each) are outside the pool.
 Source: infer-contract.md; FlexGen (Sheng et al., 2023) for overlapped layer-wise KV and weight
 streaming.
 
@@ -167,8 +176,10 @@ def infer_spec(plan: Plan) -> ModelSpec:
 
 
 def kv_torch_dtype(plan: Plan) -> torch.dtype:
-    """The KV cache's dtype (every layer's must agree); the model computes in it."""
-    names = {lp.kv_cache.dtype for lp in plan.layers if lp.kv_cache is not None}
+    """The KV cache's dtype (every unquantized layer's must agree; bf16 when every layer is
+    quantized: the dtype it is dequantized into); the model computes in it."""
+    names = {lp.kv_cache.dtype for lp in plan.layers if lp.kv_cache is not None and lp.kv_cache.dtype in KV_DTYPES}
+    names = names or {"bf16"}
     if len(names) != 1:
         raise UserInputError("layers.kv_cache.dtype: every layer's KV cache must have one dtype")
     return KV_DTYPES[names.pop()]
@@ -257,6 +268,24 @@ class _Sizes:
         return self.resident_weight_bytes + self.resident_kv_bytes + self.staging_bytes + self.weight_buffer_bytes
 
 
+class _Carver:
+    """Hands out consecutive tensors of one flat uint8 buffer, each at an aligned offset."""
+
+    def __init__(self, flat: torch.Tensor) -> None:
+        self.flat, self.off = flat, 0
+
+    def __call__(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        n = 1
+        for d in shape:
+            n *= d
+        nbytes = n * dtype.itemsize
+        if self.off + nbytes > self.flat.numel():
+            raise ValueError(f"_Carver: {nbytes} bytes at {self.off} past the buffer's {self.flat.numel()}")
+        t = self.flat[self.off : self.off + nbytes].view(dtype).view(shape)
+        self.off = _aligned(self.off + nbytes)
+        return t
+
+
 class StaticDecodeEngine:
     """Builds the model and buffers of ``plan`` on ``device`` (weights from ``seed``), then
     ``run()`` serves the job once. ``dtype`` overrides the KV dtype as the compute dtype (CPU
@@ -278,7 +307,9 @@ class StaticDecodeEngine:
         self.B, self.L = job.batch, job.max_seq_len
         self.chunk_len = job.prefill_chunk_len or job.prompt_len
         self.kv_host = [lp.kv_cache is not None and lp.kv_cache.resident_frac == 0.0 for lp in plan.layers]
-        self.attn_cpu = [lp.attention_on == "cpu" for lp in plan.layers]  # host KV (Plan.unsupported)
+        self.kv_q = [lp.kv_cache is not None and lp.kv_cache.dtype not in KV_DTYPES for lp in plan.layers]
+        self.q_fmt, self.q_group = self._quant_format(plan, job, spec)
+        self.attn_cpu = [lp.attention_on == "cpu" for lp in plan.layers]  # host KV, unquantized (Plan.unsupported)
         self.kv_layers = [i for i, h in enumerate(self.kv_host) if h]
         self.w_host = [lp.model_states.params == "host" for lp in plan.layers]
         self.num_staging = plan.num_staging_buffers if any(self.kv_host) else 0
@@ -296,20 +327,27 @@ class StaticDecodeEngine:
         es = torch.empty(0, dtype=self.dtype).element_size()
         kv_shape = (self.B, self.L, spec.num_kv_heads, spec.head_dim)
         kv_layer_bytes = 2 * self.B * self.L * spec.num_kv_heads * spec.head_dim * es
+        n_host_q = sum(1 for h, q in zip(self.kv_host, self.kv_q, strict=True) if h and q)
+        n_host_full = self.kv_host.count(True) - n_host_q
+        n_hbm_q = sum(self.kv_q) - n_host_q
+        n_hbm_full = self.kv_host.count(False) - n_hbm_q
+        store_raw, store_bytes, resid_bytes = self._quant_sizes(es)
+        need_staging = kv_layer_bytes if n_host_full else store_raw  # one layer's fetch at the final length
         self.sizes = _Sizes(
             resident_weight_bytes=es * (sum(p.numel() for n, p in model.named_parameters()
                                             if not n.startswith("layers."))
                                         + self.layer_numel * self.w_host.count(False)),
-            resident_kv_bytes=kv_layer_bytes * self.kv_host.count(False),
-            staging_bytes=kv_layer_bytes * self.num_staging,
+            resident_kv_bytes=kv_layer_bytes * n_hbm_full + (store_bytes + resid_bytes) * n_hbm_q
+            + resid_bytes * n_host_q + (kv_layer_bytes if any(self.kv_q) else 0),
+            staging_bytes=(kv_layer_bytes if n_host_full else store_bytes) * self.num_staging,
             weight_buffer_bytes=self.layer_numel * es * self.num_wbufs,
-            host_pool_bytes=2 * _aligned(kv_layer_bytes // 2) * self.kv_host.count(True)
+            host_pool_bytes=2 * _aligned(kv_layer_bytes // 2) * n_host_full + store_bytes * n_host_q
             + _aligned(self.layer_numel * es) * self.w_host.count(True),
         )
-        if plan.staging_buffer_bytes and self.num_staging and plan.staging_buffer_bytes < kv_layer_bytes:
+        if plan.staging_buffer_bytes and self.num_staging and plan.staging_buffer_bytes < need_staging:
             raise UserInputError(
                 f"plan.staging_buffer_bytes: {format_bytes(plan.staging_buffer_bytes)} is less than one "
-                f"layer's K and V at the final length, {format_bytes(kv_layer_bytes)}")
+                f"layer's K and V at the final length, {format_bytes(need_staging)}")
         if check_memory:
             self._check_memory()
 
@@ -347,17 +385,48 @@ class StaticDecodeEngine:
             self.w_slots.append((flat, slot))
 
         # ---- KV: resident buffers, the host pool's, the staging buffers ----------------------
-        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.kv: dict[int, Any] = {}  # (K, V) [B, L, K, D], or a KiviStore (quantized layers)
+        self.resid: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # quantized layers' residual windows
         for i in range(self.num_layers):
-            if self.kv_host[i]:
-                self.kv[i] = (self.pool.alloc(torch.Size(kv_shape), self.dtype, where=f"plan.layers.{i}.kv_cache"),
-                              self.pool.alloc(torch.Size(kv_shape), self.dtype, where=f"plan.layers.{i}.kv_cache"))
+            where = f"plan.layers.{i}.kv_cache"
+            if self.kv_q[i]:
+                def alloc(shape: tuple[int, ...], dt: torch.dtype, host: bool = self.kv_host[i],
+                          where: str = where) -> torch.Tensor:
+                    if host:
+                        return self.pool.alloc(torch.Size(shape), dt, where=where)
+                    return torch.empty(shape, device=self.device, dtype=dt)
+
+                self.kv[i] = self._store(alloc)
+                r_shape = (self.B, self.q_group, spec.num_kv_heads, spec.head_dim)
+                self.resid[i] = (torch.empty(r_shape, device=self.device, dtype=self.dtype),
+                                 torch.empty(r_shape, device=self.device, dtype=self.dtype))
+            elif self.kv_host[i]:
+                self.kv[i] = (self.pool.alloc(torch.Size(kv_shape), self.dtype, where=where),
+                              self.pool.alloc(torch.Size(kv_shape), self.dtype, where=where))
             else:
                 self.kv[i] = (torch.empty(kv_shape, device=self.device, dtype=self.dtype),
                               torch.empty(kv_shape, device=self.device, dtype=self.dtype))
-        self.staging = [(torch.empty(kv_shape, device=self.device, dtype=self.dtype),
+        self.staging: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.staging_q: list[Any] = []  # KiviStore views of the staging buffers (quantized host layers)
+        if n_host_q:  # one flat buffer per slot, viewed as a store and (mixed plans) as bf16 K, V
+            slot_bytes = max(store_bytes, 2 * _aligned(kv_layer_bytes // 2) if n_host_full else 0)
+            for _ in range(self.num_staging):
+                flat = torch.empty(slot_bytes, device=self.device, dtype=torch.uint8)
+                self.staging_q.append(self._store(_Carver(flat)))
+                if n_host_full:
+                    carve = _Carver(flat)
+                    self.staging.append((carve(kv_shape, self.dtype), carve(kv_shape, self.dtype)))
+        else:
+            self.staging = [(torch.empty(kv_shape, device=self.device, dtype=self.dtype),
+                             torch.empty(kv_shape, device=self.device, dtype=self.dtype))
+                            for _ in range(self.num_staging)]
+        self.work: tuple[torch.Tensor, torch.Tensor] | None = None  # the bf16 K, V quantized layers dequantize into
+        if any(self.kv_q):
+            self.work = (torch.empty(kv_shape, device=self.device, dtype=self.dtype),
                          torch.empty(kv_shape, device=self.device, dtype=self.dtype))
-                        for _ in range(self.num_staging)]
+        from validate.kv_quant import triton_available
+
+        self.triton = any(self.kv_q) and self.streams.cuda and triton_available()
         self.cos, self.sin = rope_tables(self.L, spec.head_dim, device=self.device, dtype=self.dtype)
         self._slot_free: dict[tuple[str, int], list[Any]] = {}  # (kind, slot) -> events to wait for
         self._d2h_done: dict[int, Any] = {}
@@ -389,6 +458,98 @@ class StaticDecodeEngine:
         if self.streams.cuda:
             torch.cuda.synchronize(self.device)
         self.setup_s = time.perf_counter() - t0
+
+    # ---- quantized KV ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _quant_format(plan: Plan, job: InferJob, spec: ModelSpec) -> tuple[str, int]:
+        """(format, key group tokens) of the plan's quantized layers (("none", 0) without any):
+        the job's kv_quant and group size (every quantized layer's must be those)."""
+        from validate.kv_quant import check_format
+
+        quant = [lp for lp in plan.layers if lp.kv_cache is not None and lp.kv_cache.dtype not in KV_DTYPES]
+        if not quant:
+            return "none", 0
+        g, _ = check_format(job.kv_quant, head_dim=spec.head_dim, group_size=job.kv_group_size)
+        for lp in quant:
+            kv = lp.kv_cache
+            assert kv is not None  # filtered above
+            if kv.dtype != job.kv_quant:
+                raise UserInputError(f"layers.{lp.layer}.kv_cache.dtype: {kv.dtype!r}, the job accepts "
+                                     f"{job.kv_quant!r}")
+            if kv.group_size not in (None, g):
+                raise UserInputError(f"layers.{lp.layer}.kv_cache.group_size: {kv.group_size}, the job's is {g}")
+        return job.kv_quant, g
+
+    def _store(self, alloc: Any) -> Any:
+        """A quantized layer's store of the final length's whole groups, made by ``alloc``."""
+        from validate.kv_quant import alloc_store
+
+        s = self.spec
+        return alloc_store(alloc, batch=self.B, num_rows=self.L // self.q_group * self.q_group,
+                           num_kv_heads=s.num_kv_heads, head_dim=s.head_dim, kv_dtype=self.q_fmt,
+                           group_size=self.q_group)
+
+    def _quant_sizes(self, es: int) -> tuple[int, int, int]:
+        """A quantized layer's store bytes (exact, and with each tensor aligned as the pool and the
+        staging buffers place them) and its residual window's bytes; zeros without one."""
+        if self.q_fmt == "none":
+            return 0, 0, 0
+        store = self._store(lambda shape, dt: torch.empty(shape, dtype=dt, device="meta"))
+        sizes = [t.numel() * t.element_size() for t in store.tensors()]
+        resid = 2 * self.B * self.q_group * self.spec.num_kv_heads * self.spec.head_dim * es
+        return sum(sizes), sum(_aligned(n) for n in sizes), resid
+
+    def _q_store(self, i: int) -> Any:
+        """Quantized layer ``i``'s store on the GPU: resident, or its staging buffer (the compute
+        stream waits for the fetch)."""
+        if self.kv_host[i]:
+            self.streams.wait("compute", self._ready[("kv", i)])
+            return self.staging_q[self._slot_of[("kv", i)]]
+        return self.kv[i]
+
+    def _q_prepare(self, i: int, b0: int, b1: int, p0: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Quantized layer ``i`` before attention: its whole groups cached before ``p0``
+        dequantized into the shared bf16 buffer, its residual window after them."""
+        from validate.kv_quant import dequantize_into
+
+        assert self.work is not None  # allocated when any layer is quantized
+        kw, vw = self.work
+        nq0 = p0 // self.q_group * self.q_group
+        dequantize_into(self._q_store(i), kw, vw, kv_dtype=self.q_fmt, b0=b0, b1=b1, n=nq0, use_triton=self.triton)
+        if p0 > nq0:
+            rk, rv = self.resid[i]
+            kw[b0:b1, nq0:p0].copy_(rk[b0:b1, : p0 - nq0])
+            vw[b0:b1, nq0:p0].copy_(rv[b0:b1, : p0 - nq0])
+        return kw, vw
+
+    def _q_commit(self, i: int, b0: int, b1: int, p0: int, end: int) -> None:
+        """Quantized layer ``i`` after attention: the groups the pass filled quantized into its
+        store (a host layer's: the staging buffer's rows, then D2H into the pool), the rows after
+        the last whole group into the residual window."""
+        from validate.kv_quant import quantize_into
+
+        assert self.work is not None
+        kw, vw = self.work
+        g = self.q_group
+        nq0, nq1 = p0 // g * g, end // g * g
+        if nq1 > nq0:
+            store = self.staging_q[self._slot_of[("kv", i)]] if self.kv_host[i] else self.kv[i]
+            quantize_into(store, kw[b0:b1], vw[b0:b1], kv_dtype=self.q_fmt, b0=b0, t0=nq0, t1=nq1)
+            if self.kv_host[i]:
+                st = self.streams
+                st.wait("d2h", st.record("compute"))
+                with st.on("d2h"):
+                    for src, dst in zip(store.rows(b0, b1, nq0, nq1), self.kv[i].rows(b0, b1, nq0, nq1),
+                                        strict=True):
+                        dst.copy_(src, non_blocking=True)
+                        self.d2h_bytes += src.numel() * src.element_size()
+                self._d2h_done[i] = st.record("d2h")
+        a = max(nq1, p0)
+        if end > a:
+            rk, rv = self.resid[i]
+            rk[b0:b1, a - nq1 : end - nq1].copy_(kw[b0:b1, a:end])
+            rv[b0:b1, a - nq1 : end - nq1].copy_(vw[b0:b1, a:end])
 
     # ---- memory check --------------------------------------------------------------------------
 
@@ -430,6 +591,12 @@ class StaticDecodeEngine:
                 src = self.w_host_flat[layer]
                 flat.copy_(src, non_blocking=True)
                 nbytes = src.numel() * src.element_size()
+            elif p0 and self.kv_q[layer]:  # the whole groups cached before p0
+                nq0 = p0 // self.q_group * self.q_group
+                for dst, src in zip(self.staging_q[slot].rows(b0, b1, 0, nq0), self.kv[layer].rows(b0, b1, 0, nq0),
+                                    strict=True):
+                    dst.copy_(src, non_blocking=True)
+                    nbytes += src.numel() * src.element_size()
             elif p0:
                 for buf, host in zip(self.staging[slot], self.kv[layer], strict=True):
                     for b in range(b0, b1):  # one contiguous copy per sequence (rows [:p0])
@@ -475,10 +642,14 @@ class StaticDecodeEngine:
             return self.w_slots[self._slot_of[("w", i)]][1]
         return self.model.layers[i]  # type: ignore[return-value]  # ModuleList items
 
-    def _kv_bufs(self, i: int, *, cpu_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def _kv_bufs(self, i: int, b0: int = 0, b1: int = 0, p0: int = 0, *,
+                 cpu_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer ``i``'s K and V buffers [B, L, K, D]: resident, or its staging buffer (the
         compute stream waits for the fetch; ``cpu_attention``: nothing is fetched, it waits for
-        the buffer to be free, as a fetch into it would)."""
+        the buffer to be free, as a fetch into it would); a quantized layer's, the shared bf16
+        buffer with its rows before ``p0`` of sequences [b0, b1) in place (``_q_prepare``)."""
+        if self.kv_q[i]:
+            return self._q_prepare(i, b0, b1, p0)
         if self.kv_host[i] and cpu_attention:
             slot = self._ordinal[("kv", i)] % self.num_staging
             self.streams.wait("compute", *self._slot_free.get(("kv", slot), ()))
@@ -593,7 +764,7 @@ class StaticDecodeEngine:
             self._issue(i, queues, b0, b1, p0)
             layer = self._layer(i)
             on_cpu = decode and self.attn_cpu[i]
-            kbuf, vbuf = self._kv_bufs(i, cpu_attention=on_cpu)
+            kbuf, vbuf = self._kv_bufs(i, b0, b1, p0, cpu_attention=on_cpu)
             if graphed:
                 g[f"pre.{i}"].replay()
                 q = self._g_q[i]
@@ -605,16 +776,18 @@ class StaticDecodeEngine:
                 vbuf[b0:b1, p0:end].copy_(v.transpose(1, 2))
             if self.trace is not None:
                 self.trace.append((f"{i}.q", q[:, :, -1].float().clone()))
-            if self.kv_host[i]:
+            if self.kv_host[i] and not self.kv_q[i]:
                 self._write_back(i, kbuf, vbuf, b0, b1, p0, end)
             if on_cpu:
                 self._issue_next_kv(i, queues, b0, b1, p0)
                 a = self._attend_cpu(i, q, b0, b1, end)
             else:
                 a = self._attend(q, kbuf, vbuf, b0, b1, p0, end, mask)
+            if self.kv_q[i]:
+                self._q_commit(i, b0, b1, p0, end)
             if self.kv_host[i]:
                 slot = self._slot_of[("kv", i)]
-                self._slot_free[("kv", slot)] = [st.record("compute"), self._d2h_done[i]]
+                self._slot_free[("kv", slot)] = [st.record("compute"), self._d2h_done.get(i)]
             if self.trace is not None:
                 self.trace.append((f"{i}.attn", a[:, :, -1].float().clone()))
             if graphed:
@@ -662,6 +835,9 @@ class StaticDecodeEngine:
             return self.w_slots[slots[("w", i)]][1] if self.w_host[i] else self.model.layers[i]  # type: ignore[return-value]
 
         def kv_of(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+            if self.kv_q[i]:
+                assert self.work is not None
+                return self.work
             return self.staging[slots[("kv", i)]] if self.kv_host[i] else self.kv[i]
 
         with torch.inference_mode():
@@ -822,6 +998,8 @@ class StaticDecodeEngine:
                    "host_pool_bytes": self.sizes.host_pool_bytes, "cuda_graphs": graphed,
                    "warmup": WARMUP_NOTE if cuda else "none (CPU)",
                    "sdpa_backends": ",".join(SDPA_BACKENDS) if cuda else "torch's default",
+                   **({"kv_quant": self.q_fmt, "kv_group_size": self.q_group, "num_kv_quantized_layers": sum(self.kv_q),
+                       "kv_dequantize": "triton" if self.triton else "torch"} if any(self.kv_q) else {}),
                    **({"cpu_attention_layers": self.attn_cpu.count(True), "cpu_attention_threads": self.cpu_threads,
                        "cpu_attention_s_per_step": decode_step_time(dec["cpu_attention"])} if any(self.attn_cpu) else {}),
                    **notes},

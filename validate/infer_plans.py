@@ -10,6 +10,10 @@ files of four modes and ``index.json``:
   * ``plan``: engine static, the planner's best plan (its MIP's row);
   * ``kv_host``: engine static, every layer's KV on the host, the weights resident unless they
     cannot be (then the fewest layers streamed from the host).
+Quantized KV (``QUANT_MODES``, only in the cells of ``QUANT_CELLS``): ``kv_host_int8`` /
+``kv_host_int4``, every layer's KV on the host stored int8 / int4 (KIVI layout,
+``kernels.quant.kivi_layout``), and ``plan_int8`` / ``plan_int4``, the planner's best plan when
+the job accepts that format (per layer lossless or quantized).
 A mode whose replay does not fit is null, its one-line reason under ``refused``.
 Budgets: the GPU budget is ``validate.bench.USABLE_CARD_BYTES`` (what torch reports of the
 H200, less the CUDA context) less ``PLANNING_MARGIN_FRAC``; the host budget 100 GiB of pinned
@@ -47,10 +51,20 @@ CELLS: tuple[tuple[str, int, int], ...] = (
 )
 """(model preset, prompt_len, batch): the 8B at 32K and 128K (at batch 8 its KV does not fit
 HBM), and the 70B at 32K (its bf16 weights and KV do not fit HBM together)."""
-MODES = ("hf_resident", "hf_offloaded", "plan", "kv_host")
-MODE_SOURCE = {"hf_resident": ("hf", "resident"), "hf_offloaded": ("hf", "kv_host"),
-               "plan": ("static", None), "kv_host": ("static", "kv_host")}
-"""mode -> (engine, strategy of planners.infer; None: the report's best)."""
+BASE_MODES = ("hf_resident", "hf_offloaded", "plan", "kv_host")
+QUANT_MODES = ("kv_host_int8", "kv_host_int4", "plan_int8", "plan_int4")
+MODES = BASE_MODES + QUANT_MODES
+MODE_SOURCE = {"hf_resident": ("hf", "resident", "none"), "hf_offloaded": ("hf", "kv_host", "none"),
+               "plan": ("static", None, "none"), "kv_host": ("static", "kv_host", "none"),
+               "kv_host_int8": ("static", "kv_host", "int8"), "kv_host_int4": ("static", "kv_host", "int4"),
+               "plan_int8": ("static", None, "int8"), "plan_int4": ("static", None, "int4")}
+"""mode -> (engine, strategy of planners.infer (None: the report's best), the job's kv_quant)."""
+QUANT_CELLS: dict[tuple[str, int, int], tuple[str, ...]] = {
+    ("llama-3.1-8b", 128 * 1024, 1): ("kv_host_int8", "kv_host_int4"),
+    ("llama-3.1-8b", 128 * 1024, 8): ("plan_int8", "plan_int4"),
+}
+"""The quantized modes of a cell: the 128K batch-1 KV all on the host (link bound: the step
+shrinks with the bytes), the 128K batch-8 cell whose bf16 KV does not fit HBM."""
 INDEX = "index.json"
 INDEX_SCHEMA_VERSION = 1
 DEFAULT_OUT = REPO / "validate" / "plans" / "infer-bench"
@@ -93,19 +107,20 @@ def make_infer_plans(out_dir: str | Path, *, time_limit_s: float = 10.0, cells=C
         t0 = time.perf_counter()
         model = get_model(model_name)
         name = cell_name(model_name, prompt_len, batch)
+        cell_modes = BASE_MODES + QUANT_CELLS.get((model_name, prompt_len, batch), ())
         reports = {}
-        for engine in ("hf", "static"):
-            job = InferJob(prompt_len=prompt_len, gen_len=GEN_LEN, batch=batch, engine=engine)
+        for engine, kv_quant in sorted({MODE_SOURCE[m][0::2] for m in cell_modes}):
+            job = InferJob(prompt_len=prompt_len, gen_len=GEN_LEN, batch=batch, engine=engine, kv_quant=kv_quant)
             sc = Scenario.build(model, job, node, gpu_budget_bytes=gpu_budget_bytes(),
                                 host_budget_bytes=HOST_BUDGET_BYTES)
-            reports[engine] = plan_inference(sc, time_limit_s=time_limit_s)
+            reports[engine, kv_quant] = plan_inference(sc, time_limit_s=time_limit_s)
         modes: dict[str, str | None] = {}
         refused: dict[str, str] = {}
         predicted: dict[str, Any] = {}
         tiers: dict[str, str] = {}
-        for mode in MODES:
-            engine, strategy = MODE_SOURCE[mode]
-            rep = reports[engine]
+        for mode in cell_modes:
+            engine, strategy, kv_quant = MODE_SOURCE[mode]
+            rep = reports[engine, kv_quant]
             res = rep.result(strategy or "mip")
             if res.plan is None or not res.feasible:
                 modes[mode] = None

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from hwmodels.units import UserInputError
 from simulator.model import ModelSpec
 from simulator.workload import Role
+from validate.chunked_ops import TiledMLP, chunked_cross_entropy
 
 LLAMA_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 INIT_STD = 0.02
@@ -144,6 +145,7 @@ class DecoderLayer(nn.Module):
         self.attn_hook: Any = None  # called when backward reaches the attention block
         self.checkpoint_mlp = False
         self.recompute_mlp_act = False  # SwiGLUDown: silu(gate) * up recomputed in backward
+        self.mlp_chunks = 1  # > 1: validate.chunked_ops.TiledMLP over this many token chunks
         self.attn_rows: torch.Tensor | None = None
         if probe:
             self.input_layernorm: nn.RMSNorm | HFRMSNorm = nn.RMSNorm(h, eps=spec.norm_eps, **lin)
@@ -241,6 +243,20 @@ class DecoderLayer(nn.Module):
         act = self.tag(Role.MLP_HIDDEN, F.silu(g))
         return self.down_proj(self.tag(Role.MLP_HIDDEN, act * u))
 
+    def _mlp_untagged(self, x: torch.Tensor) -> torch.Tensor:
+        """The MLP block with no tags: a tiled MLP's chunks are not saved tensors."""
+        tagger, self.tagger = self.tagger, None
+        try:
+            return self._mlp(x)
+        finally:
+            self.tagger = tagger
+
+    def mlp_parameters(self) -> list[nn.Parameter]:
+        """The parameters the MLP block reads (post-attention norm, projections)."""
+        mods = [self.post_attention_layernorm, self.down_proj]
+        mods += [self.gate_up_proj] if self.spec.gate_up_fused else [self.gate_proj, self.up_proj]
+        return [p for m in mods for p in m.parameters()]
+
     def forward(
         self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> torch.Tensor:
@@ -249,6 +265,8 @@ class DecoderLayer(nn.Module):
         if self.attn_hook is not None and x.requires_grad:
             # its gradient is complete once the MLP block's backward is done
             x.register_hook(lambda grad, hook=self.attn_hook: hook())
+        if self.mlp_chunks > 1:  # only the MLP input is saved (a checkpoint of the MLP besides)
+            return x + TiledMLP.apply(self._mlp_untagged, self.mlp_chunks, x, *self.mlp_parameters())
         if self.checkpoint_mlp:
             from torch.utils.checkpoint import checkpoint
 
@@ -275,6 +293,7 @@ class Decoder(nn.Module):
             DecoderLayer(spec, probe=self.probe, device=device, dtype=dtype)
             for _ in range(spec.num_layers)
         )
+        self.lm_head_chunks = 1  # > 1: validate.chunked_ops' fused linear cross-entropy
         if spec.has_lm_head:
             self.norm = HFRMSNorm(spec.hidden_size, spec.norm_eps, **lin)
             if not (spec.tie_word_embeddings and spec.has_embedding):
@@ -292,12 +311,19 @@ class Decoder(nn.Module):
     def head_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits [B, T, V] in the model dtype: the final norm and the (possibly tied) head."""
         x = self.norm(x, lambda role, t: None)
-        weight = self.lm_head.weight if hasattr(self, "lm_head") else self.embed_tokens.weight
-        return F.linear(x, weight)
+        return F.linear(x, self.head_weight())
+
+    def head_weight(self) -> torch.Tensor:
+        return self.lm_head.weight if hasattr(self, "lm_head") else self.embed_tokens.weight
 
     def head_loss(self, x: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
         if not self.spec.has_lm_head:
             return x.float().pow(2).mean()
+        if self.lm_head_chunks > 1:
+            h = self.norm(x, lambda role, t: None)
+            labels = batch if self.spec.has_embedding else torch.zeros(
+                x.shape[:2], dtype=torch.long, device=x.device)
+            return chunked_cross_entropy(h, self.head_weight(), labels, self.lm_head_chunks)
         logits = self.head_logits(x).float()  # B T V, fp32 as HF's loss upcasts
         if self.spec.has_embedding:
             labels = batch[:, 1:]

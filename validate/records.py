@@ -122,6 +122,9 @@ class PlanCase(RecordModel):
     """File name of the allocator snapshot of the case."""
     grad_check: dict[str, Scalar] | None = None
     """Gradients of the plan against the plain model's."""
+    model_states: dict[str, Scalar] | None = None
+    """Whole-model plans: the model states' host and disk bytes and the last step's CPU
+    optimizer time (``validate.model_states``)."""
 
     @model_validator(mode="after")
     def _described(self) -> PlanCase:
@@ -322,6 +325,13 @@ class InferDiagFile(RecordFile):
     results: dict[str, Any]
 
 
+class KvQuantCheckFile(RecordFile):
+    """validate/scripts/kv_quant_check.py: the Triton KV dequantization against the torch path,
+    and both timed against the replay's price."""
+
+    results: dict[str, Any]
+
+
 # ---- one-off probes (validate/scripts) ---------------------------------------------------------
 class ArenaReplayFile(RecordFile):
     """arena_replay_probe.py: predicted against measured arena figures, per plan."""
@@ -352,6 +362,22 @@ class HostOverheadFile(RecordFile):
     """Per (batch, context, KV layout): one decode SDPA call's seconds, queued, and its KV bytes rate."""
     fit: dict[str, dict[str, float]]
     """Per engine and form: fixed_s + per_layer_s * layers (hwmodels.host_overhead.fit_line), per_op_s."""
+
+
+class CpuAdamFile(RecordFile):
+    """validate/scripts/cpu_adam.py: torch's CPU AdamW per thread count and layer size, and the
+    pinned copies of layer-sized parameters and gradients."""
+
+    smoke: bool = False
+    """True: a CPU run with tiny sizes that checks the script's logic; its figures mean nothing."""
+    elapsed_s: float | None = Field(None, ge=0)
+    """Seconds the whole measurement took."""
+    adamw: list[dict[str, Scalar]]
+    """Per (size, threads, form): median seconds of one step, params/s and bytes/s (fp32 states:
+    28 bytes moved per parameter for ``adamw``; 34 for ``layer_step``, the executor's step with
+    the bf16 gradient upcast and the bf16 parameters written)."""
+    copies: list[dict[str, Scalar]]
+    """Per (size, direction): median seconds of one pinned copy and its bytes/s."""
 
 
 class AllocTraceMark(RecordModel):
@@ -449,11 +475,13 @@ _BY_PREFIX: tuple[tuple[str, type[RecordModel]], ...] = (
     ("infer-bench-", InferBenchFile),
     ("infer-smoke-", InferSmokeFile),
     ("infer-diag-", InferDiagFile),
+    ("kv-quant-check-", KvQuantCheckFile),
     ("arena-replay-", ArenaReplayFile),
     ("snapshots-", SnapshotsFile),
     ("kernels-h200-2026-11-28-probe8-", KernelProfile),
     ("hf_configs", HfConfigsFile),
     ("host-overhead-", HostOverheadFile),
+    ("cpu-adam-", CpuAdamFile),
     ("h200", ReferenceProbe),
 )
 

@@ -15,8 +15,13 @@ tokens, each plan's gradients with the no-plan ones (bitwise flag and max |diffe
 An out-of-memory step is recorded as ``"status": "oom"`` with the plan and the step.
 Writes ``measured.json`` (every case) and ``comparison.json`` (predicted, measured, relative
 error of step time, peak HBM and peak host bytes, for plans that carry a prediction).
+Whole-model plans (the job's optimizer, model states off HBM: ``validate.model_states``) run
+the optimizer step inside the timed step; their host and disk bytes are refused before a step
+when they do not fit, their states on nvme live in ``--state-dir`` (files removed after the case),
+and the case records ``model_states`` (host, pinned and disk bytes, the CPU step's seconds); the
+gradient check is for plans without them (their gradients leave the GPU).
 Assumes: a Llama-family model (the one the plan embeds); one GPU.
-Ignores: optimizer steps (plans for ``optimizer: none`` jobs), data loading.
+Ignores: data loading.
 Source: the plan's own ``prediction`` (simulator.des replay).
 
 ``--smoke`` runs a tiny copy of each plan's model on the CPU (the same code path) for CI.
@@ -28,6 +33,7 @@ import argparse
 import gc
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -151,8 +157,10 @@ def run_case(
     arena: bool = False,
     memory_trace: Path | None = None,
     kernel_profile: Path | None = None,
+    state_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """One plan: refuse it, or time it; never raises for a refusal or an OOM. ``arena``: the
+    """One plan: refuse it, or time it; never raises for a refusal or an OOM. ``state_dir``:
+    where optimizer states on nvme live (made for the case, its files removed after). ``arena``: the
     executor's buffers at planned offsets in one allocation (the warm-up steps record them).
     Diagnostics (CUDA only; they slow the steps they watch): ``memory_trace`` writes the
     allocator's history of the whole case (``torch.cuda.memory._dump_snapshot``, also after an
@@ -191,16 +199,26 @@ def run_case(
                 f"{arena_pred['peak_hbm_bytes'] / GiB:.2f} GiB, exceeds the GPU budget "
                 f"{budget / GiB:.2f} GiB (the arena holds every buffer for the whole step)"
             )
-        ex = PlanExecutor(model, plan, device=device, arena=arena)
+        ex = PlanExecutor(model, plan, device=device, arena=arena, state_dir=state_dir)
+        if ex.states is not None and ex.states.nvme and state_dir is not None:
+            state_dir.mkdir(parents=True, exist_ok=True)
         where[0] = "pool sizing"
         pool_bytes = ex.size_pool(batch)
         case["host_pool_bytes"] = pool_bytes
+        states = ex.states
+        if states is not None:
+            case["model_states"] = {"host_bytes": states.host_bytes(), "pinned_bytes": states.pinned_bytes(),
+                                    "disk_bytes": states.disk_bytes()}
         check_fits(
             plan,
             num_layers=spec.num_layers,
             host_pool_bytes=pool_bytes,
             gpu_budget_bytes=None if smoke else plan.scenario.gpu_budget_bytes,
             host_available_bytes=host_memory_bytes(),
+            model_state_host_bytes=0 if states is None else states.host_bytes(),
+            disk_bytes=0 if states is None else states.disk_bytes(),
+            disk_free_bytes=None if states is None or not states.disk_bytes() or state_dir is None
+            else shutil.disk_usage(state_dir).free,
         )
         where[0] = "pool allocation"
         t0 = time.perf_counter()
@@ -219,6 +237,8 @@ def run_case(
             copy_stats=ex.last_stats().to_dict(),
             arena=ex.arena_stats(),
         )
+        if ex.states is not None:
+            case["model_states"]["cpu_step_s"] = ex.states.cpu_step_s
         if arena_pred and (case["arena"] or {}).get("capacity_bytes"):
             case["prediction_arena"] = arena_pred
         if device.type == "cuda":
@@ -246,9 +266,14 @@ def run_case(
             case["memory_trace"] = memory_trace.name
         if ex is not None:
             ex.close()
+        if state_dir is not None and state_dir.is_dir():
+            for f in state_dir.glob("layer*.states*"):
+                f.unlink()
+            if not any(state_dir.iterdir()):
+                state_dir.rmdir()
         del model, ex, batch
         free_device_memory(device)
-    if check_grads_tokens and case.get("status") == "ok":
+    if check_grads_tokens and case.get("status") == "ok" and "model_states" not in case:
         case["grad_check"] = check_grads(
             plan, device=device, seq_len=check_grads_tokens, smoke=smoke
         )
@@ -381,6 +406,7 @@ def measure_one(
     memory_trace: bool = False,
     kernel_profile: bool = False,
     cap: bool = True,
+    state_dir: Path | None = None,
 ) -> dict[str, Any]:
     """One case in this process: the plan at ``path`` (or its ``baseline``) under its budget
     (``cap=False``: the whole device, a diagnostic). ``memory_trace`` / ``kernel_profile``
@@ -412,6 +438,7 @@ def measure_one(
         arena=arena and baseline is None,
         memory_trace=diag / f"{stem}.snapshot.pickle" if diag and memory_trace else None,
         kernel_profile=diag / f"{stem}.kernels.json" if diag and kernel_profile else None,
+        state_dir=None if state_dir is None else Path(state_dir) / stem,
     )
 
 
@@ -446,6 +473,7 @@ def _in_child(path: str, baseline: str | None, opts: dict[str, Any]) -> dict[str
                 cmd += ["--" + flag.replace("_", "-")]
         if opts.get("memory_trace") or opts.get("kernel_profile"):
             cmd += ["--diagnostics-dir", str(opts["out_dir"])]
+        cmd += ["--state-dir", str(opts["state_dir"])]
         env = dict(os.environ)  # read when the child's allocator starts
         if opts.get("expandable_segments"):
             conf = env.get("PYTORCH_CUDA_ALLOC_CONF", "")
@@ -478,6 +506,7 @@ def run(
     kernel_profile: bool = False,
     no_cap: bool = False,
     expandable_segments: bool = False,
+    state_dir: str | None = None,
     argv: list[str] | None = None,
 ) -> dict[str, Any]:
     """Measure every plan (and the baselines of the first plan's job); write the two files.
@@ -487,6 +516,8 @@ def run(
     files into ``out_dir``; ``no_cap`` runs without the budget cap; ``expandable_segments``
     starts each case's allocator with ``PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True``."""
     from kernels.microbench import provenance
+
+    states_at = Path(state_dir or Path(out_dir) / "optimizer-states").resolve()
 
     if not smoke:  # the cases' processes, and this one's provenance, run under it
         use_default_allocator()
@@ -505,6 +536,7 @@ def run(
         "no_cap": no_cap,
         "expandable_segments": expandable_segments,
         "out_dir": str(Path(out_dir).resolve()),
+        "state_dir": str(states_at),
     }
     if smoke and (memory_trace or kernel_profile or no_cap or expandable_segments):
         raise UserInputError("--memory-trace, --kernel-profile, --no-cap, --expandable-segments: need a GPU (not --smoke)")
@@ -513,7 +545,8 @@ def run(
     for path, baseline in jobs:
         if smoke:
             cases.append(measure_one(path, baseline, smoke=True, warmup=warmup, repeats=repeats,
-                                     check_grads_tokens=check_grads_tokens, arena=arena))
+                                     check_grads_tokens=check_grads_tokens, arena=arena,
+                                     state_dir=states_at))
         else:
             cases.append(_in_child(path, baseline, opts))
         print(
@@ -571,6 +604,8 @@ def main(argv: list[str] | None = None) -> int:
         help="the executor's buffers at planned offsets in one allocation (the warm-up records them)",
     )
     add_diagnostic_args(ap)
+    ap.add_argument("--state-dir", default=None,
+                    help="directory for optimizer states on nvme (default: OUT/optimizer-states)")
     ap.add_argument("--case-out", help=argparse.SUPPRESS)  # one case, by run() on the GPU
     ap.add_argument("--diagnostics-dir", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -595,6 +630,7 @@ def main(argv: list[str] | None = None) -> int:
                 memory_trace=args.memory_trace,
                 kernel_profile=args.kernel_profile,
                 cap=not args.no_cap,
+                state_dir=Path(args.state_dir) if args.state_dir else None,
             )
             Path(args.case_out).write_text(json.dumps(case))
             return 0
@@ -608,6 +644,7 @@ def main(argv: list[str] | None = None) -> int:
             check_grads_tokens=args.check_grads,
             arena=args.arena,
             **diagnostic_kwargs(args),
+            state_dir=args.state_dir,
             argv=[sys.argv[0], *(argv if argv is not None else sys.argv[1:])],
         )
     except UserInputError as err:

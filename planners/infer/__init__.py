@@ -5,14 +5,18 @@ Models: strategies that each produce an inference `planners.plan.Plan`, replayed
 `simulator.inference` before they are reported:
   * rules: ``resident`` (every layer's KV and weights in HBM), ``kv_host`` (every layer's KV
     on the host, weights resident; for the static engine, when even that does not fit HBM, the
-    fewest layers' weights streamed from the host that make it fit);
+    fewest layers' weights streamed from the host that make it fit); for the static engine
+    every layer's KV in the job's ``kv_quant`` when it is int8 / int4 (the KIVI layout of
+    ``kernels.quant``), unquantized otherwise;
   * ``mip`` (static engine; `planners.infer.mip`): per layer binaries for the KV tier (HBM,
     host, CXL, NVMe, CSD where the node has them) and where its attention runs (the GPU; the CPU
     for host KV; the drive for KV in a CSD) and for streaming the weights, under the HBM
     budget (weights, final-length KV buffers, staging and weight buffers, activations of the
     prefill and decode), the host budget and the CXL / NVMe capacities; the decode step time is
     bounded below by the compute and by the bytes each shared link carries per step; objective
-    decode tokens/s (the default) or the request latency (prefill + gen_len steps).
+    decode tokens/s (the default) or the request latency (prefill + gen_len steps). When the
+    job accepts a quantized KV cache (``kv_quant`` int8 / int4) the MIP also chooses, per
+    layer, whether its KV is stored in that format (``none``: lossless only).
 The reported plan of each strategy is its replay; the MIP's row is the fastest of its own plan,
 its plan with attention kept on the GPU (when its own moves attention off it) and the best
 feasible rule (status ``fallback:<rule>`` when a rule replays faster).
@@ -20,7 +24,8 @@ Assumes: one GPU; layers are homogeneous (equal bytes and times), so a plan is d
 counts up to the order of its layers, which spreads each tier's layers evenly (the lookahead
 then has a resident layer's compute to hide each fetch behind).
 Ignores: splitting one layer's KV between tiers (``resident_frac`` in (0, 1): not executed yet),
-quantized KV on the link, one layer's attention split between the GPU and the CPU.
+fp8 KV (planned lossless), one layer's attention split between the GPU and the CPU, attention
+off the GPU over a quantized KV cache.
 Source: FlexGen (Sheng et al., ICML 2023): per-layer time as the max of overlapped streams.
 """
 
@@ -96,9 +101,25 @@ def placement_of(plan: Any):
             raise UserInputError(f"layers.{lp.layer}.kv_cache.resident_frac: a KV cache split within a layer "
                                  "is not replayed yet")
         out.append(LayerPlacement(kv_tier="hbm" if kv.resident_frac == 1.0 else kv.tier,
-                                  params_tier=lp.model_states.params, attention_on=lp.attention_on))
+                                  params_tier=lp.model_states.params, kv_quant=_kv_quant_of(plan, lp),
+                                  attention_on=lp.attention_on))
     return Placement(tuple(out), num_staging_buffers=plan.num_staging_buffers,
                      prefetch_lookahead_layers=plan.prefetch_lookahead_layers)
+
+
+def _kv_quant_of(plan: Any, lp: Any) -> str:
+    """A layer's ``LayerPlacement.kv_quant``: "none" for bf16 / fp16, else its quantized dtype,
+    whose group size must be the job's (the replay sizes every quantized layer by the job's)."""
+    kv = lp.kv_cache
+    if kv.dtype in ("bf16", "fp16"):
+        return "none"
+    from kernels.quant import kivi_group_size
+
+    job = plan.scenario.job
+    want = kivi_group_size(head_dim=plan.scenario.model.head_dim, group_size=job.kv_group_size)
+    if kv.group_size not in (None, want):
+        raise UserInputError(f"layers.{lp.layer}.kv_cache.group_size: {kv.group_size}, the job's is {want}")
+    return str(kv.dtype)
 
 
 def replay_plan(plan: Any, *, context_len: int | None = None, graphs: bool | None = None,
@@ -139,6 +160,7 @@ def make_plan(scenario, placement, replay, *, planner: str, solver: str | None =
               gap: float | None = None, time_limit_s: float | None = None):
     """The Plan of ``placement`` with ``replay`` as its prediction."""
     from hwmodels.compute import mfu_frac
+    from kernels.quant import kivi_group_size
     from planners.plan import (
         KvPlacement,
         LayerPlan,
@@ -150,12 +172,12 @@ def make_plan(scenario, placement, replay, *, planner: str, solver: str | None =
     )
 
     job = scenario.job
-    dtype = job.kv_dtype if job.kv_dtype in ("bf16", "fp16") and job.kv_quant == "none" else (
-        job.kv_quant if job.kv_quant != "none" else job.kv_dtype)
+    group = kivi_group_size(head_dim=scenario.model.head_dim, group_size=job.kv_group_size)
     layers = []
     for i, lp in enumerate(placement.layers):
-        kv = (KvPlacement(dtype=dtype, resident_frac=1.0) if lp.kv_tier == "hbm"
-              else KvPlacement(dtype=dtype, resident_frac=0.0, tier=lp.kv_tier))
+        fmt = {"dtype": job.kv_dtype} if lp.kv_quant == "none" else {"dtype": lp.kv_quant, "group_size": group}
+        kv = (KvPlacement(**fmt, resident_frac=1.0) if lp.kv_tier == "hbm"
+              else KvPlacement(**fmt, resident_frac=0.0, tier=lp.kv_tier))
         ms = (ModelStatePlacement() if lp.params_tier == "hbm"
               else ModelStatePlacement(params=lp.params_tier,
                                        params_prefetch_layers=placement.prefetch_lookahead_layers))
@@ -194,6 +216,9 @@ def tiers_line(plan: Any) -> str:
             off = {w: pl.count(kv=tier, attention=w) for w in ("cpu", "csd")}
             attn = "".join(f" ({m} attended on the {w})" for w, m in off.items() if m)
             parts.append(f"KV of {k}/{n} layers in {tier}{attn}")
+    nq = sum(1 for lp in pl.layers if lp.kv_quant != "none")
+    if nq:
+        parts.append(f"KV of {nq}/{n} layers stored {sc.job.kv_quant} (KIVI)")
     s = sum(1 for lp in pl.layers if lp.params_tier != "hbm")
     if s:
         parts.append(f"weights of {s}/{n} layers streamed from {pl.layers[[lp.params_tier != 'hbm' for lp in pl.layers].index(True)].params_tier}")
@@ -202,7 +227,8 @@ def tiers_line(plan: Any) -> str:
     from simulator.inference import kv_bytes_total
 
     kv_total = kv_bytes_total(sc.model, sc.job)
-    why = ("everything fits the GPU budget" if pl.count(kv="hbm") == n and not s else
+    why = ("everything fits the GPU budget" + (f" with {nq} layers' KV quantized" if nq else "")
+           if pl.count(kv="hbm") == n and not s else
            f"the {format_bytes(kv_total)} of KV and the weights do not all fit the "
            f"{format_bytes(sc.gpu_budget_bytes)} GPU budget")
     if sc.job.engine == "hf":
@@ -225,23 +251,26 @@ def _result(name: str, scenario, placement, **plan_kw) -> InferResult:
 def rule_placement(scenario, name: str, *, lookahead: int = DEFAULT_LOOKAHEAD,
                    num_staging_buffers: int = DEFAULT_STAGING_BUFFERS):
     """The placement of rule ``name`` (``resident`` or ``kv_host``)."""
+    from kernels.quant import KIVI_KV_DTYPES
     from simulator.inference import LayerPlacement, Placement, static_memory_terms
 
     model, job = scenario.model, scenario.job
     L = model.num_layers
+    q = job.kv_quant if job.engine == "static" and job.kv_quant in KIVI_KV_DTYPES else "none"
     if name == "resident":
-        return Placement(tuple(LayerPlacement() for _ in range(L)), num_staging_buffers, lookahead)
+        return Placement(tuple(LayerPlacement(kv_quant=q) for _ in range(L)), num_staging_buffers, lookahead)
     if name != "kv_host":
         raise UserInputError(f"strategy: unknown rule {name!r} (resident, kv_host)")
     streamed = 0
+    num_q = L if q != "none" else 0
     if job.engine == "static":  # the fewest streamed layers that make the HBM fit
         terms = static_memory_terms(model, job, num_staging_buffers=num_staging_buffers)
-        while streamed < L and max(terms.hbm_bytes(num_kv_off=L, num_streamed=streamed, num_layers=L)) \
-                > hbm_cap_bytes(scenario):
+        while streamed < L and max(terms.hbm_bytes(num_kv_off=L, num_streamed=streamed, num_layers=L,
+                                                   num_q_off=num_q)) > hbm_cap_bytes(scenario):
             streamed += 1
     labels = spread(L, {"stream": streamed}) if streamed else ["hbm"] * L
-    return Placement(tuple(LayerPlacement(kv_tier="host", params_tier="host" if lab == "stream" else "hbm")
-                           for lab in labels), num_staging_buffers, lookahead)
+    return Placement(tuple(LayerPlacement(kv_tier="host", params_tier="host" if lab == "stream" else "hbm",
+                                          kv_quant=q) for lab in labels), num_staging_buffers, lookahead)
 
 
 def plan_inference(scenario, *, objective: str = "throughput", time_limit_s: float = 10.0,

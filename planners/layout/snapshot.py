@@ -8,9 +8,12 @@ program; an allocation freed in the trace but never allocated in it was live whe
 started, one never freed is live at the end.
 Assumes: one device per file (the first device with a trace is read, or ``device``); the
 trace's event order is the program's order; time is the event index.
+Keeps: each allocation's stack frames (the alloc entry's ``frames``, as the file has them) and
+the segments at dump time with their blocks (address, size, state, frames), so that a report
+can name the code behind an allocation (``planners.layout.fragmentation``).
 Ignores: what the real allocator did (segment_free / segment_map / oom / snapshot entries: the
 allocator model predicts that) except the addresses cudaMalloc returned (segment_alloc), which
-the model may reuse to break best-fit ties as the device did; stack frames.
+the model may reuse to break best-fit ties as the device did.
 A plain trace is read as numpy columns (``_trace_arrays``); one with an entry the columns cannot
 take goes through the entry loop (``_trace_loop``), which gives the same result and names the entry.
 Source: PyTorch torch/cuda/memory.py (``_record_memory_history``, ``_snapshot``,
@@ -70,6 +73,26 @@ def load_plain_pickle(path: str) -> object:
 
 
 @dataclass(frozen=True)
+class SnapshotBlock:
+    """One block of a segment at dump time."""
+
+    address: int
+    size_bytes: int
+    state: str  # "active_allocated", "inactive", "active_pending_free"
+    frames: object  # the file's frames (a list of {"filename", "line", "name"}), unchecked
+
+
+@dataclass(frozen=True)
+class SnapshotSegment:
+    """One segment at dump time, its blocks in address order."""
+
+    address: int
+    total_bytes: int
+    stream: int
+    blocks: tuple[SnapshotBlock, ...]
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """What tierplan takes from a memory snapshot."""
 
@@ -80,6 +103,8 @@ class Snapshot:
     reserved_bytes: int  # sum of segment sizes at dump time (0 without segments)
     num_trace_entries: int
     segment_addresses: tuple[tuple[int, int], ...] = ()  # (size, addr) of segment_alloc, in order
+    frames: tuple[object, ...] = ()  # per buffer number (event key, buffer "a<k>"): its alloc's frames
+    segments: tuple[SnapshotSegment, ...] = ()  # at dump time
 
 
 def _int_field(entry: dict, key: str, path: str, n: int) -> int:
@@ -93,9 +118,9 @@ def _int_field(entry: dict, key: str, path: str, n: int) -> int:
     return value
 
 
-Parsed = tuple[tuple[AllocEvent, ...], list[Buffer], list[tuple[int, int]]]
-"""A trace's allocator events, its buffers (by start time, then buffer number) and its segment
-addresses."""
+Parsed = tuple[tuple[AllocEvent, ...], list[Buffer], list[tuple[int, int]], list[object]]
+"""A trace's allocator events, its buffers (by start time, then buffer number), its segment
+addresses and each buffer number's frames (None for one allocated before recording)."""
 
 
 def _trace_loop(trace: list, free_action: str, path: str) -> Parsed:
@@ -105,6 +130,7 @@ def _trace_loop(trace: list, free_action: str, path: str) -> Parsed:
     before: list[AllocEvent] = []  # allocations live when recording started
     closed: list[tuple[int, Buffer]] = []
     segment_addresses: list[tuple[int, int]] = []
+    frames: list[object] = []
     count = 0
     t = 0
     make_event = AllocEvent._make
@@ -133,6 +159,7 @@ def _trace_loop(trace: list, free_action: str, path: str) -> Parsed:
                                      "which is already allocated")
             live[addr] = (count, t, size, stream)
             events.append(make_event(("alloc", count, size, stream)))
+            frames.append(entry.get("frames"))
             count += 1
         else:
             if addr in live:
@@ -142,6 +169,7 @@ def _trace_loop(trace: list, free_action: str, path: str) -> Parsed:
             else:  # allocated before recording started
                 k = count
                 count += 1
+                frames.append(None)
                 before.append(make_event(("alloc", k, size, stream)))
                 events.append(make_event(("free", k, 0, 0)))
                 closed.append((k, Buffer(f"a{k}", 0, t + 1, allocator_rounded_bytes(size))))
@@ -150,7 +178,7 @@ def _trace_loop(trace: list, free_action: str, path: str) -> Parsed:
     for k, start, size, _ in live.values():
         closed.append((k, Buffer(f"a{k}", start, end, allocator_rounded_bytes(size))))
     buffers = [b for _, b in sorted(closed, key=lambda kb: (kb[1].lower, kb[0])) if b.size_bytes > 0]
-    return tuple(before + events), buffers, segment_addresses
+    return tuple(before + events), buffers, segment_addresses, frames
 
 
 def _plain_byte_count(value: object) -> bool:
@@ -184,7 +212,7 @@ def _trace_arrays(trace: list, free_action: str) -> Parsed | None:
     if not (all(type(v) is int for v in addr_list) and all(type(v) is int for v in size_list)):
         return None
     if m == 0:
-        return (), [], segment_addresses
+        return (), [], segment_addresses, []
     try:
         addr = np.array(addr_list, dtype=np.int64)
         size = np.array(size_list, dtype=np.int64)
@@ -217,7 +245,9 @@ def _trace_arrays(trace: list, free_action: str) -> Parsed | None:
     # buffers: one per alloc (live to its free, or past the end) and one per early free
     upper = np.full(m, m + 1, dtype=np.int64)
     upper[partner[paired]] = np.nonzero(paired)[0] + 1
-    born = np.nonzero(is_alloc | before)[0]
+    born = np.nonzero(is_alloc | before)[0]  # in buffer-number order
+    frames = [kept[i].get("frames") if a else None
+              for i, a in zip(born.tolist(), is_alloc[born].tolist(), strict=True)]
     b_lower = np.where(before[born], 0, born)
     b_upper = np.where(before[born], born + 1, upper[born])
     uniq, inverse = np.unique(size[born], return_inverse=True)
@@ -236,7 +266,34 @@ def _trace_arrays(trace: list, free_action: str) -> Parsed | None:
             for p, k in zip(first, number[first].tolist(), strict=True)]
     rows = zip(action, key.tolist(), num_bytes, ev_streams, strict=True)
     events = tuple(head) + tuple(map(make, repeat(AllocEvent), rows))
-    return events, buffers, segment_addresses
+    return events, buffers, segment_addresses, frames
+
+
+def _segments(segments: list, device: int) -> tuple[SnapshotSegment, ...]:
+    """The dump-time segments of ``device`` whose fields are plain; any other is left out (the
+    reserved total above is checked on its own)."""
+    out = []
+    for seg in segments:
+        if not isinstance(seg, dict) or seg.get("device", device) != device:
+            continue
+        addr, total, blocks = seg.get("address"), seg.get("total_size"), seg.get("blocks")
+        stream = seg.get("stream", 0)
+        if not (isinstance(addr, int) and isinstance(total, int) and _plain_byte_count(addr)
+                and _plain_byte_count(total) and isinstance(blocks, list)):
+            continue
+        kept = []
+        at = addr
+        for b in blocks:
+            size = b.get("size") if isinstance(b, dict) else None
+            if not (isinstance(b, dict) and isinstance(size, int) and _plain_byte_count(size)):
+                break
+            state = b.get("state")
+            kept.append(SnapshotBlock(at, size, state if isinstance(state, str) else "unknown",
+                                      b.get("frames")))
+            at += size
+        else:
+            out.append(SnapshotSegment(addr, total, stream if type(stream) is int else 0, tuple(kept)))
+    return tuple(out)
 
 
 def load_snapshot(path: str, *, device: int | None = None) -> Snapshot:
@@ -261,7 +318,7 @@ def load_snapshot(path: str, *, device: int | None = None) -> Snapshot:
     free_action = "free_completed" if has_completed else "free_requested"
     with gc_paused():  # 10^5 new tuples and buffers: each collection would walk the whole trace
         parsed = _trace_arrays(trace, free_action) or _trace_loop(trace, free_action, path)
-    events, buffers, segment_addresses = parsed
+    events, buffers, segment_addresses, frames = parsed
     if not buffers:
         raise UserInputError(f"{path}: device_traces: no alloc/free entries for device {device}")
     reserved = 0
@@ -277,4 +334,5 @@ def load_snapshot(path: str, *, device: int | None = None) -> Snapshot:
     return Snapshot(path=path, device=device, events=events,
                     instance=LayoutInstance(tuple(buffers), name=path, source="snapshot"),
                     reserved_bytes=reserved, num_trace_entries=len(trace),
-                    segment_addresses=tuple(segment_addresses))
+                    segment_addresses=tuple(segment_addresses), frames=tuple(frames),
+                    segments=_segments(segments, device) if isinstance(segments, list) else ())

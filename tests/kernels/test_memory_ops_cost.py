@@ -132,3 +132,31 @@ def test_kv_quantization_bytes_and_kernels():
         kv_quantized_bytes(kv_dtype="bf16", **kw)
     with pytest.raises(UserInputError, match="^scale_axis:"):
         kv_quantized_bytes(kv_dtype="int8", scale_axis="row", **kw)
+
+
+def test_kivi_layout_bytes_by_hand():
+    """One layer, 2 sequences of 10 tokens, 2 KV heads, d = 8, groups of 4: 8 tokens quantized
+    per sequence, the newest 2 in bf16."""
+    from kernels.quant import kivi_dequantize_cost, kivi_layout, kivi_quantize_cost
+
+    lay = kivi_layout(num_tokens=10, batch=2, num_kv_heads=2, head_dim=8, kv_dtype="int4", group_size=4)
+    assert (lay.num_quantized_tokens, lay.num_residual_tokens, lay.value_group_size) == (8, 2, 4)
+    codes = 2 * 8 * 2 * 8 // 2  # per tensor: 2 seqs x 8 tokens x 2 heads x 8 channels, two per byte
+    key_meta = 2 * (2 * 8 * 2) * 2 * 2  # seqs x (heads x channels x 2 token groups) x (scale, zero) x bf16
+    value_meta = 2 * (8 * 2 * 2) * 2 * 2  # seqs x (tokens x heads x 2 channel groups) x (scale, zero) x bf16
+    assert lay.quantized_bytes == 2 * codes + key_meta + value_meta == 768
+    assert lay.residual_bytes == 2 * 2 * 2 * 2 * 8 * 2  # K and V x seqs x 2 tokens x heads x d x bf16
+    assert lay.dequantized_bytes == 2 * 2 * 10 * 2 * 8 * 2
+    assert lay.total_bytes == lay.quantized_bytes + lay.residual_bytes
+    int8 = kivi_layout(num_tokens=10, batch=2, num_kv_heads=2, head_dim=8, kv_dtype="int8", group_size=4)
+    assert int8.quantized_bytes == 2 * 2 * codes + key_meta + value_meta
+    # default group: head_dim tokens per key group, one value group per token and head
+    dflt = kivi_layout(num_tokens=20, batch=1, num_kv_heads=1, head_dim=8, kv_dtype="int8")
+    assert (dflt.group_size, dflt.num_quantized_tokens) == (8, 16)
+    assert dflt.quantized_bytes == 2 * 16 * 8 + (8 * 2) * 2 * 2 + 16 * 2 * 2
+    d = kivi_dequantize_cost(lay)
+    assert d.hbm_read_bytes == lay.total_bytes and d.hbm_write_bytes == lay.dequantized_bytes
+    q = kivi_quantize_cost(lay)
+    assert q.hbm_read_bytes == lay.dequantized_bytes - lay.residual_bytes and q.hbm_write_bytes == 768
+    with pytest.raises(UserInputError, match="^kv_dtype:"):
+        kivi_layout(num_tokens=10, batch=1, num_kv_heads=1, head_dim=8, kv_dtype="fp8")

@@ -108,3 +108,47 @@ def test_the_tier_table_shares_the_nvme_layers_with_the_csd_and_its_attention():
         return replay_placement(model, job, sc.node, pl, gpu_budget_bytes=sc.gpu_budget_bytes,
                                 host_budget_bytes=sc.host_budget_bytes, decode_only=True).decode_step_time_s
     assert step_s(csd) < 0.9 * step_s(nvme)
+
+
+@pytest.mark.parametrize(("gpu", "expect"), [(8.0, "cpu"), (8.4, "hbm:int8")])
+def test_a_job_accepting_int8_chooses_between_cpu_attention_and_quantized_kv(gpu, expect):
+    """Over the slow link, int8 accepted: at 8 GiB the KV must leave HBM and the CPU attends it
+    (bf16: attention off the GPU reads unquantized KV); at 8.4 GiB int8 keeps it all in HBM,
+    attended on the GPU. The MIP over both kinds of choice equals the best count enumeration."""
+    from planners.infer.mip import coefficients, enumerate_counts, solve_placement
+
+    job = JOB.model_copy(update={"kv_quant": "int8"})
+    sc = Scenario.build(MODEL, job, _slow_link_node(), gpu_budget_bytes=int(gpu * GiB), host_budget_bytes=100 * GiB)
+    c = coefficients(sc, num_staging_buffers=2)
+    best, counts = enumerate_counts(c, objective="throughput")
+    sol = solve_placement(sc, time_limit_s=10)
+    assert sol.status == "optimal" and sol.objective == pytest.approx(best, rel=1e-6)
+    assert counts[expect] == MODEL.num_layers and sol.counts[expect] == MODEL.num_layers
+    mip = plan_inference(sc, time_limit_s=10).result("mip")
+    assert mip.feasible and mip.plan.unsupported() == ""
+    for lp in mip.plan.layers:
+        assert lp.attention_on == ("cpu" if expect == "cpu" else "gpu")
+        assert lp.kv_cache.dtype == ("bf16" if expect == "cpu" else "int8")
+    assert replay_plan(mip.plan).decode_step_time_s == pytest.approx(mip.plan.prediction.decode_step_time_s,
+                                                                    rel=1e-6)
+
+
+def test_counts_of_both_kinds_make_one_placement():
+    from planners.infer.mip import placement_of_counts
+
+    pl = placement_of_counts({"host:int8": 2, "cpu": 2, "stream": 0}, num_layers=4, num_staging_buffers=2,
+                             lookahead=1)
+    assert sorted((lp.kv_tier, lp.kv_quant, lp.attention_on) for lp in pl.layers) == [
+        ("host", "int8", "gpu"), ("host", "int8", "gpu"), ("host", "none", "cpu"), ("host", "none", "cpu")]
+
+
+def test_cpu_attention_over_a_quantized_kv_is_unsupported(tiered_plan):
+    sc = tiered_plan.scenario
+    sc = sc.model_copy(update={"job": sc.job.model_copy(update={"kv_quant": "int8"})})
+    quant = {"dtype": "int8", "resident_frac": 0.0, "tier": "host", "group_size": MODEL.head_dim}
+    layers = [lp.model_copy(update={"kv_cache": lp.kv_cache.model_copy(update=quant)}) for lp in tiered_plan.layers]
+    plan = Plan.for_scenario(sc, layers=layers, provenance=tiered_plan.provenance)
+    assert plan.unsupported() == ""
+    on_cpu = Plan.for_scenario(sc, layers=[lp.model_copy(update={"attention_on": "cpu"}) for lp in layers],
+                               provenance=tiered_plan.provenance)
+    assert on_cpu.unsupported() == "layers.0.attention_on: attention off the GPU reads an unquantized KV cache, not int8"

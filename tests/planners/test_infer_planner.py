@@ -119,3 +119,31 @@ def test_a_whole_card_budget_is_capped_at_what_a_process_can_allocate():
     best = report.result(report.best)
     assert best.replay.feasible
     assert best.plan.prediction.tier_peak_bytes["hbm"] <= allocatable_hbm_bytes(node)
+
+
+def test_mip_quantizes_only_when_the_job_accepts_it():
+    """A budget the bf16 KV does not fit: lossless (kv_quant none) the MIP moves KV to the host
+    and stores nothing quantized; accepting int8 it keeps layers in HBM quantized, is faster,
+    equals the best count enumeration, and its plan is replayed and executable."""
+    def scenario(kv_quant):
+        job = InferJob(prompt_len=8192, gen_len=4, batch=8, kv_quant=kv_quant)
+        return Scenario.build(MODEL, job, load_node("1xH200"), gpu_budget_bytes=int(2.0 * GiB),
+                              host_budget_bytes=100 * GiB)
+
+    lossless = plan_inference(scenario("none"), time_limit_s=10).result("mip")
+    assert lossless.feasible
+    assert {lp.kv_cache.dtype for lp in lossless.plan.layers} == {"bf16"}
+    sc = scenario("int8")
+    quant = plan_inference(sc, time_limit_s=10).result("mip")
+    assert quant.feasible and quant.plan.unsupported() == ""
+    dtypes = [lp.kv_cache.dtype for lp in quant.plan.layers]
+    assert "int8" in dtypes and {lp.kv_cache.group_size for lp in quant.plan.layers if lp.kv_cache.dtype == "int8"} \
+        == {MODEL.head_dim}
+    assert quant.replay.decode_step_time_s < lossless.replay.decode_step_time_s
+    assert replay_plan(quant.plan).decode_step_time_s == pytest.approx(quant.plan.prediction.decode_step_time_s,
+                                                                      rel=1e-6)
+    c = coefficients(sc, num_staging_buffers=2)
+    best, _ = enumerate_counts(c, objective="throughput")
+    sol = solve_placement(sc, objective="throughput", time_limit_s=10)
+    assert sol.status == "optimal" and sol.objective == pytest.approx(best, rel=1e-6)
+    assert any(k.endswith(":int8") and n for k, n in sol.counts.items())

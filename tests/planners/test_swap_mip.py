@@ -153,7 +153,9 @@ def test_a_timed_out_mip_returns_the_best_feasible_baseline():
     if prov.status.startswith("fallback"):  # HiGHS stopped before its first incumbent
         assert prov.status == f"fallback:{fastest.name}"
         assert mip.step_time_s == fastest.step_time_s
-        assert "no feasible plan" in mip.reason
+        # HiGHS stopped with no incumbent, or with one that replays slower than the baseline
+        # (which of the two depends on how far the solver got in 0.1 ms on this machine)
+        assert "no feasible plan" in mip.reason or "replays faster than the MIP's" in mip.reason
     else:  # it found one within the limit after all: still never worse than the baselines
         assert mip.step_time_s <= fastest.step_time_s
 

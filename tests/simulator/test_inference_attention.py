@@ -77,3 +77,30 @@ def test_attention_off_the_gpu_needs_its_kv_next_to_it(layer, engine, match):
     job = JOB.model_copy(update={"engine": engine})
     with pytest.raises(UserInputError, match=match):
         _replay([layer] * 4, job=job)
+
+
+def test_quantized_layers_attend_on_the_gpu_beside_cpu_attended_layers():
+    """int8 host layers (fetched quantized, dequantized and attended on the GPU) alternating with
+    bf16 host layers attended on the CPU: the CPU layers fetch nothing, the quantized ones fetch
+    their whole groups only, and the step lies between the all-int8 and the all-CPU steps."""
+    from simulator.inference import kv_quant_layout
+
+    job = JOB.model_copy(update={"kv_quant": "int8"})
+    mixed = _replay([LayerPlacement("host", kv_quant=q, attention_on=w)
+                     for q, w in (("int8", "gpu"), ("none", "cpu")) * 2], job=job)
+    quant = _replay([LayerPlacement("host", kv_quant="int8")] * 4, job=job)
+    cpu = _replay([LayerPlacement("host", attention_on="cpu")] * 4, job=job)
+    assert quant.decode_step_time_s < mixed.decode_step_time_s < cpu.decode_step_time_s
+    ctx = mixed.context_len
+    q = B * MODEL.q_size * 2
+    fetched_q = kv_quant_layout(MODEL, job, num_tokens=ctx, batch=B).quantized_bytes
+    # two quantized fetches (no write-back: their new token joins the residual window) and two
+    # CPU layers' query out, new k, v out and output back
+    assert mixed.decode_link_bytes == 2 * fetched_q + 2 * (q + kv_layer_bytes(MODEL, job, num_tokens=1, batch=B) + q)
+    assert mixed.breakdown_bytes["dequant_buffer"] > 0
+
+
+def test_attention_off_the_gpu_over_a_quantized_kv_is_refused():
+    job = JOB.model_copy(update={"kv_quant": "int8"})
+    with pytest.raises(UserInputError, match="attention off the GPU reads an unquantized KV cache"):
+        _replay([LayerPlacement("host", kv_quant="int8", attention_on="cpu")] * 4, job=job)

@@ -118,3 +118,47 @@ def test_batch1_decode_is_faster_on_h200_than_h100():
     h200 = estimate_inference(model, job, NODE).decode_time_per_token_s
     h100 = estimate_inference(model, job, load_node("8xH100")).decode_time_per_token_s
     assert h200 < h100
+
+
+@pytest.mark.parametrize("kv_quant", ["int8", "int4"])
+def test_quantized_kv_host_decode_is_faster_by_the_byte_ratio(kv_quant):
+    """Link-bound cell: a host layer moves only its quantized groups, so the step shrinks by
+    about the bytes' ratio (the dequantize is GPU time the link hides); the pool shrinks alike,
+    the HBM gains the bf16 dequantize buffer and the residual windows."""
+    from simulator.inference import kv_quant_layout, kv_quant_time_s
+
+    job = InferJob(prompt_len=65536, gen_len=2, batch=4, kv_quant=kv_quant)
+    L = MODEL.num_layers
+    bf16 = replay_placement(MODEL, job, NODE, Placement(tuple(LayerPlacement(kv_tier="host") for _ in range(L))),
+                            gpu_budget_bytes=100 * GiB, host_budget_bytes=100 * GiB)
+    quant = replay_placement(MODEL, job, NODE,
+                             Placement(tuple(LayerPlacement(kv_tier="host", kv_quant=kv_quant) for _ in range(L))),
+                             gpu_budget_bytes=100 * GiB, host_budget_bytes=100 * GiB)
+    ctx = quant.context_len
+    lay = kv_quant_layout(MODEL, job, num_tokens=ctx, batch=4)
+    ratio = lay.quantized_bytes / kv_layer_bytes(MODEL, job, num_tokens=ctx, batch=4)
+    bits, g = {"int8": 8, "int4": 4}[kv_quant], MODEL.head_dim  # a scale and a zero (bf16) per G elements
+    assert ratio == pytest.approx((bits / 8 + 4 / g) / 2, rel=1e-4)
+    assert quant.decode_step_time_s == pytest.approx(ratio * bf16.decode_step_time_s, rel=0.05)
+    # the compute gains one dequantize per layer
+    assert quant.decode_compute_s == pytest.approx(
+        bf16.decode_compute_s + L * kv_quant_time_s(MODEL, job, NODE, num_tokens=ctx, batch=4), rel=0.02)
+    final = kv_quant_layout(MODEL, job, num_tokens=job.max_seq_len, batch=4)
+    assert quant.tier_peak_bytes["host"] == L * final.quantized_bytes
+    assert bf16.tier_peak_bytes["host"] == L * kv_layer_bytes(MODEL, job, num_tokens=job.max_seq_len, batch=4)
+    # resident: the quantized layers take less HBM than bf16 ones and are dequantized every step
+    res_q = replay_placement(MODEL, job, NODE, Placement(tuple(LayerPlacement(kv_quant=kv_quant) for _ in range(L))),
+                             gpu_budget_bytes=100 * GiB, host_budget_bytes=100 * GiB)
+    res = replay_placement(MODEL, job, NODE, Placement(tuple(LayerPlacement() for _ in range(L))),
+                           gpu_budget_bytes=100 * GiB, host_budget_bytes=100 * GiB)
+    assert res_q.tier_peak_bytes["hbm"] < res.tier_peak_bytes["hbm"]
+    assert res_q.decode_step_time_s > res.decode_step_time_s
+
+
+def test_a_layer_quantized_in_a_format_the_job_does_not_accept_is_refused():
+    from hwmodels.units import UserInputError
+
+    pl = Placement(tuple(LayerPlacement(kv_tier="host", kv_quant="int8") for _ in range(MODEL.num_layers)))
+    with pytest.raises(UserInputError, match=r"^layers\.0\.kv_cache\.dtype: 'int8' is not the quantized format"):
+        replay_placement(MODEL, InferJob(prompt_len=64, gen_len=2), NODE, pl, gpu_budget_bytes=100 * GiB,
+                         host_budget_bytes=100 * GiB)

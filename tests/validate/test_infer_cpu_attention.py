@@ -95,3 +95,22 @@ def test_the_cpu_attention_benchmark_runs_its_smoke_shapes(tmp_path):
     assert (kv_host["mode"], mixed["mode"]) == ("kv_host", "cpu_every_4")
     assert mixed["cpu_attention_layers"] == [0] and mixed["tokens_equal_kv_host"]
     assert mixed["notes"]["cpu_attention_layers"] == 1 and mixed["predicted_decode_step_time_s_at_last_context"] > 0
+
+
+def test_cpu_attention_beside_quantized_host_layers():
+    """Layer 1's KV int8 on the host (fetched quantized, dequantized and attended on the GPU),
+    layers 0 and 2 bf16-shaped on the host attended by the CPU: the run of the same plan with
+    every layer attended on the GPU, bitwise in fp32; CPU attention over a quantized layer is
+    refused in one line."""
+    sc = _scenario(kv_quant="int8", kv_group_size=4)
+    ref = run_static(infer_plan(sc, kv_host=range(3), kv_quant=(1,)), device="cpu", dtype=torch.float32,
+                     keep_logits=True)
+    run = run_static(infer_plan(sc, kv_host=range(3), kv_quant=(1,), attention_cpu=(0, 2)), device="cpu",
+                     dtype=torch.float32, keep_logits=True)
+    assert run.tokens == ref.tokens
+    assert all(torch.equal(a, b) for a, b in zip(run.logits, ref.logits, strict=True))
+    assert run.notes["cpu_attention_layers"] == 2 and run.notes["num_kv_quantized_layers"] == 1
+    assert run.h2d_bytes_per_step < ref.h2d_bytes_per_step  # the CPU layers fetch nothing
+    with pytest.raises(UserInputError, match="^plan: layers.1.attention_on: attention off the GPU reads an "
+                                             "unquantized KV cache, not int8$"):
+        StaticDecodeEngine(infer_plan(sc, kv_host=range(3), kv_quant=(1,), attention_cpu=(1,)), device="cpu")

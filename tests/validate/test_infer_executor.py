@@ -228,3 +228,75 @@ def test_validate_plan_runs_an_inference_plan(tmp_path, capsys):
     data = InferBenchFile.model_validate_json((tmp_path / "out" / "infer-bench-runs.json").read_text())
     assert [r.status for r in data.records] == ["ok"]
     assert "decode step" in capsys.readouterr().out
+
+
+QG = 4  # key group of the quantized tiny runs: groups fill during the prompt and the decode steps
+QUANT_LOGIT_BOUND = {"int8": 0.01, "int4": 0.03}
+"""Largest |logit - resident logit| accepted (fp32 tiny model, logits up to ~0.9 in size): the
+quantization error reaching the logits, measured 0.0008 (int8) and 0.006 (int4) here."""
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_quantized_kv_greedy_tokens_equal_resident_and_logits_stay_close(resident, fmt):
+    """KIVI int8 / int4 KV (groups of 4 tokens), on the host or resident: the resident run's
+    greedy tokens, its logits within the bound; the host pool moves exactly kivi_layout's
+    quantized bytes of the whole groups (the residual window stays on the GPU)."""
+    from kernels.quant import kivi_layout
+
+    sc = scenario(kv_quant=fmt, kv_group_size=QG)
+    host = run_static(infer_plan(sc, kv_host=(0, 2), kv_quant=range(3)), device="cpu", dtype=F32, keep_logits=True)
+    hbm = run_static(infer_plan(sc, kv_quant=range(3)), device="cpu", dtype=F32, keep_logits=True)
+    for run in (host, hbm):
+        assert run.tokens == resident.tokens
+        cmp = infer_executor.compare_logits(resident.logits, run.logits)
+        assert 0 < cmp["max_abs_logit_diff"] < QUANT_LOGIT_BOUND[fmt] and cmp["argmax_mismatched"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(host.logits, hbm.logits, strict=True))  # same values moved
+    lay = kivi_layout(num_tokens=P + G - 1, batch=B, num_kv_heads=K, head_dim=D, kv_dtype=fmt, group_size=QG)
+    assert host.h2d_bytes_per_step == 2 * lay.quantized_bytes and host.d2h_bytes_per_step == 0
+    assert host.notes["kv_dequantize"] == "torch" and host.notes["kv_group_size"] == QG
+    # mixed: one layer bf16 on the host beside quantized ones, chunked prefill across groups
+    mixed = run_static(infer_plan(scenario(kv_quant=fmt, kv_group_size=QG, prefill_chunk_len=5), kv_host=(0, 1),
+                                  kv_quant=(1, 2)), device="cpu", dtype=F32, keep_logits=True)
+    assert mixed.tokens == resident.tokens
+    assert infer_executor.compare_logits(resident.logits, mixed.logits)["max_abs_logit_diff"] < QUANT_LOGIT_BOUND[fmt]
+
+
+def test_quantized_layers_must_be_the_jobs_format():
+    sc = scenario(kv_quant="int8", kv_group_size=QG)
+    plan = infer_plan(sc, kv_quant=(0,))
+    bad = Plan.for_scenario(scenario(kv_quant="int4", kv_group_size=QG), layers=list(plan.layers),
+                            provenance=plan.provenance)
+    with pytest.raises(UserInputError, match="^layers.0.kv_cache.dtype: 'int8', the job accepts 'int4'"):
+        StaticDecodeEngine(bad, device="cpu")
+
+
+def test_bench_quantized_modes_report_their_logit_error_and_fall_back_to_the_plan_reference(tmp_path,
+                                                                                            monkeypatch):
+    """A cell with kv_host_int8 (and plan): its record's teacher_forced holds the logit error
+    against the all-resident run; when that run does not happen (refused here, as a batch whose
+    bf16 KV does not fit HBM is), against the lossless plan mode's run."""
+    sc = scenario(kv_quant="int8", kv_group_size=QG)
+    files = {"plan": infer_plan(scenario(), kv_host=(1,)), "kv_host_int8": infer_plan(sc, kv_host=range(3),
+                                                                                      kv_quant=range(3))}
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    for mode, plan in files.items():
+        (plans / f"tiny-{mode}.json").write_text(plan.to_json())
+    index = {"cells": [{"cell": "tiny-b2", "model": "tiny", "prompt_len": P, "batch": B, "gen_len": G,
+                        "modes": {m: f"tiny-{m}.json" for m in files}}]}
+    (plans / "index.json").write_text(json.dumps(index))
+    for refused_reference in (False, True):
+        if refused_reference:
+            split = [LayerPlan(layer=i, kv_cache=KvPlacement(resident_frac=0.5)) for i in range(3)]
+            monkeypatch.setattr(infer_bench, "resident_plan", lambda plan, split=split: Plan.for_scenario(
+                plan.scenario, layers=split, provenance=Provenance(tierplan_version="t", planner="t")))
+        recs = {r["mode"]: r for r in infer_bench.run_bench(plans, smoke=True)}
+        q = recs["kv_host_int8"]
+        assert q["status"] == "ok" and q["engine_notes"]["kv_quant"] == "int8"
+        tf = q["teacher_forced"]
+        assert tf["positions"] == B * (G + 1) and 0 < tf["max_abs_logit_diff"] < 0.1 and not tf["bitwise_equal"]
+        if refused_reference:
+            assert q.get("tokens_equal_resident") is None and "against the plan mode's run" in q["reference_message"]
+            assert "teacher_forced" not in recs["plan"]
+        else:
+            assert recs["plan"]["teacher_forced"]["bitwise_equal"] is True

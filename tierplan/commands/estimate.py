@@ -40,7 +40,8 @@ def add_scenario_args(p: argparse.ArgumentParser) -> None:
     """The scenario and override flags shared by every command that takes a model, a job and a
     node (estimate, simulate); `build_scenario` reads them."""
     p.add_argument("scenario", nargs="?", help="scenario file (YAML or JSON); default: built-in")
-    p.add_argument("--model", help="model preset name or path to a Hugging Face config.json")
+    p.add_argument("--model", help="model preset name, path to a Hugging Face config.json, or hub id "
+                                   "(org/name: its config.json, from the local cache offline)")
     p.add_argument("--layers", help="override the model's number of decoder layers")
     p.add_argument("--mode", choices=("train", "infer"), help="training step or inference")
     p.add_argument("--seq-len", help="training sequence length, e.g. 128K (train)")

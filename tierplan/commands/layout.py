@@ -74,12 +74,19 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hwmodels.outputs import OutputSet
+    from tierplan.progress import Progress
 
-    with OutputSet() as outputs:  # the layout JSON and the picture, or neither
-        return _run(args, outputs)
+    # the layout JSON and the picture, or neither; a spinner on a terminal while it solves
+    with OutputSet() as outputs, Progress("tierplan layout: reading the input") as progress:
+        return _run(args, outputs, progress)
 
 
-def _run(args: argparse.Namespace, outputs) -> int:
+def _solving(progress, instance, limit: float) -> None:
+    progress.update(f"tierplan layout: laying out {instance.num_buffers:,} buffers "
+                    f"(time limit {limit:g} s)")
+
+
+def _run(args: argparse.Namespace, outputs, progress) -> int:
     import pathlib
 
     from hwmodels.catalog import load_node
@@ -110,11 +117,13 @@ def _run(args: argparse.Namespace, outputs) -> int:
     png_tmp = None if png is None else outputs.reserve(png, field="--png", suffixes=IMAGE_SUFFIXES)
     use_mip = not args.no_mip
     arena = None
+    frag, frag_note = None, ""
     if args.plan:
         from planners.layout import plan_buffers as pb
 
         step = pb.load_plan_step(args.plan)
         buffers = pb.plan_buffers_instance(step)
+        _solving(progress, buffers, limit)
         buffers_result = plan_layout(buffers, time_limit_s=limit, solver=args.solver, use_mip=use_mip)
         if args.buffers_only:
             instance, result, source = buffers, buffers_result, "plan buffers"
@@ -122,6 +131,7 @@ def _run(args: argparse.Namespace, outputs) -> int:
                                               expandable_segments=args.expandable_segments)
         else:
             instance, source = pb.step_instance(step), "plan"
+            _solving(progress, instance, limit)
             result = plan_workload_layout(step.workload, time_limit_s=limit, solver=args.solver,
                                           use_mip=use_mip, method=args.method, name=step.name)
             replay = predict_workload_reserved(step.workload, num_steps=2, preallocated_bytes=(),
@@ -141,11 +151,24 @@ def _run(args: argparse.Namespace, outputs) -> int:
         else:
             instance = load_csv_instance(args.trace)
             events, source, addresses = None, "csv", ()
+        _solving(progress, instance, limit)
         result = plan_layout(instance, time_limit_s=limit, solver=args.solver, use_mip=use_mip)
-        replay, replay_note = _bounded_replay(instance, events, expandable_segments=args.expandable_segments,
-                                              segment_addresses=addresses,
-                                              deadline_s=max(t_start + limit + REPLAY_GRACE_S,
-                                                             time.perf_counter() + REPLAY_MIN_S))
+        progress.update("tierplan layout: replaying the caching allocator")
+        deadline_s = max(t_start + limit + REPLAY_GRACE_S, time.perf_counter() + REPLAY_MIN_S)
+        replay, replay_note, peak_event = _bounded_replay(
+            instance, events, expandable_segments=args.expandable_segments,
+            segment_addresses=addresses, deadline_s=deadline_s)
+        if args.snapshot and not replay_note:
+            from planners.layout.fragmentation import fragmentation_peak
+
+            if time.perf_counter() < deadline_s:
+                progress.update("tierplan layout: the allocator's state at its reserved peak")
+                assert events is not None  # a snapshot's requests
+                frag = fragmentation_peak(events, peak_event, frames=snap.frames,
+                                          expandable_segments=args.expandable_segments,
+                                          segment_addresses=addresses)
+            else:
+                frag_note = "not analysed: the allocator's replay ended past the time limit + 3 s"
     else:
         from tierplan.commands.estimate import build_scenario
 
@@ -164,11 +187,14 @@ def _run(args: argparse.Namespace, outputs) -> int:
         name = f"{model.name} {what}"
         instance = instance_from_workload(wl, name=name)
         source = "workload"
+        _solving(progress, instance, limit)
         result = plan_workload_layout(wl, time_limit_s=limit, solver=args.solver,
                                       use_mip=use_mip, method=args.method, name=name)
         # steady state of the same requests: a second step reuses the first one's cache
+        progress.update("tierplan layout: replaying the caching allocator")
         replay = predict_workload_reserved(wl, num_steps=2, preallocated_bytes=(),
                                            expandable_segments=args.expandable_segments)
+    progress.update("tierplan layout: writing the layout")
     outputs.write(out_tmp, lambda p: p.write_text(result.model_dump_json(indent=1) + "\n"))
     if png_tmp is not None and not args.png and instance.num_buffers > DEFAULT_PNG_MAX_BUFFERS:
         outputs.release(png_tmp)
@@ -199,10 +225,14 @@ def _run(args: argparse.Namespace, outputs) -> int:
     }
     if source == "snapshot" and snap.reserved_bytes:
         summary["snapshot_reserved_bytes"] = snap.reserved_bytes
+    if source == "snapshot":
+        summary["fragmentation"] = frag.to_dict() if frag is not None else None
+        summary["fragmentation_note"] = frag_note
     if arena is not None:
         extra = {"plan_path": args.plan, **arena.model_dump(), **arena_layout}
         assert not set(extra) & set(summary), "arena keys must not replace the layout's"
         summary.update(extra)
+    progress.stop()
     if args.json:
         print(_json_line({**result.model_dump(mode="json", exclude={"offsets"}), **summary}, result.offsets))
         return 0
@@ -224,14 +254,15 @@ REPLAY_CHUNK = 4096
 def _bounded_replay(instance, events, *, expandable_segments: bool, segment_addresses,
                     deadline_s: float):
     """The caching allocator over ``events`` (None: the CSV instance's own alloc/free order,
-    fed without building event objects), stopped at ``deadline_s``; the replay and a note
-    ("" when every event was replayed)."""
+    fed without building event objects), stopped at ``deadline_s``; the replay, a note
+    ("" when every event was replayed) and the index of the event that set the reserved peak
+    (-1 for a CSV or a replay cut short)."""
     import numpy as np
 
     from simulator.allocator import CachingAllocator
 
     alloc = CachingAllocator(expandable_segments=expandable_segments, segment_addresses=segment_addresses)
-    if events is None:  # sizes are positive (the CSV reader checks): malloc/free directly
+    if events is None:  # (no event indices: the third value is -1)  # sizes are positive (the CSV reader checks): malloc/free directly
         bufs = instance.buffers
         n = len(bufs)
         times = np.fromiter((t for b in bufs for t in (b.lower, b.upper)), dtype=np.int64, count=2 * n)
@@ -239,21 +270,21 @@ def _bounded_replay(instance, events, *, expandable_segments: bool, segment_addr
         total = len(order)
         for k in range(0, total, REPLAY_CHUNK):
             if time.perf_counter() > deadline_s:
-                return alloc.result(), _partial(k, total)
+                return alloc.result(), _partial(k, total), -1
             for e in order[k:k + REPLAY_CHUNK]:
                 b = bufs[e >> 1]
                 if e & 1:
                     alloc.free(b.bid)
                 else:
                     alloc.malloc(b.bid, b.size_bytes)
-        return alloc.result(), ""
+        return alloc.result(), "", -1
     total = len(events)
     rep = alloc.result()
     for k in range(0, total, REPLAY_CHUNK):
         if time.perf_counter() > deadline_s:
-            return rep, _partial(k, total)
+            return rep, _partial(k, total), -1
         rep = alloc.replay(events[k:k + REPLAY_CHUNK])
-    return rep, ""
+    return rep, "", alloc.peak_reserved_event
 
 
 _OFFSETS_SLOT = "\x00offsets\x00"  # no path or name holds a NUL, so its escape is unique
@@ -311,10 +342,45 @@ def _print(result, summary: dict) -> None:
                   f"({summary['reserved_over_peak']:.1%} of the planned peak) against the caching allocator")
     if "arena_bytes" in summary:
         _print_arena(console, summary)
+    if summary.get("fragmentation"):
+        _print_fragmentation(console, summary["fragmentation"])
+    elif summary.get("fragmentation_note"):
+        console.print(f"fragmentation: {summary['fragmentation_note']}")
     if summary["allocator_note"]:
         console.print(f"caching allocator: {summary['allocator_note']}")
     files = summary["layout_path"] + (f", {summary['png_path']}" if summary["png_path"] else "")
     console.print(f"wrote {files}" + (f" ({summary['png_note']})" if summary["png_note"] else ""))
+
+
+def _print_fragmentation(console, frag: dict) -> None:
+    """The largest gaps at the reserved peak and the allocations on either side of each."""
+    from rich.table import Table
+    from rich.text import Text  # frames are the file's text: no markup, no :emoji: codes
+
+    from hwmodels.units import format_bytes
+
+    def who(pin: dict | None) -> Text:
+        if pin is None:
+            return Text("-")
+        top = pin["frames"][0] if pin["frames"] else "(no frames)"
+        return Text(f"{pin['buffer']} {format_bytes(pin['size_bytes'])} {top}")
+
+    req = frag["request"]
+    t = Table(title=f"fragmentation at the reserved peak ({format_bytes(frag['peak_reserved_bytes'])}): "
+                    f"before request {req['buffer']} ({format_bytes(req['size_bytes'])}, event "
+                    f"{frag['event_index']:,}) {format_bytes(frag['free_reserved_bytes'])} of "
+                    f"{format_bytes(frag['reserved_bytes'])} reserved was free", title_justify="left")
+    t.add_column("gap", justify="right")
+    t.add_column("segment", justify="right")
+    t.add_column("live in segment", justify="right")
+    t.add_column("pinned below by")
+    t.add_column("pinned above by")
+    for g in frag["gaps"]:
+        t.add_row(format_bytes(g["size_bytes"]), f"{format_bytes(g['segment_bytes'])} {g['pool']}",
+                  str(g["num_live_blocks"]), who(g["before"]), who(g["after"]))
+    console.print(t)
+    if req["frames"]:
+        console.print(Text(f"request {req['buffer']} from {' <- '.join(req['frames'])}"))
 
 
 def _print_arena(console, summary: dict) -> None:

@@ -48,7 +48,8 @@ def register(subparsers: Any) -> None:
                     "tierplan's MIP, each replayed by the discrete-event simulator.",
     )
     p.add_argument("scenario", nargs="?", help="scenario file (YAML or JSON); default: MEMO's setting")
-    p.add_argument("--model", help="model preset name or path to a Hugging Face config.json")
+    p.add_argument("--model", help="model preset name, path to a Hugging Face config.json, or hub id "
+                                   "(org/name: its config.json, from the local cache offline)")
     p.add_argument("--layers", help="override the model's number of decoder layers")
     p.add_argument("--seq-len", help="sequence length, e.g. 512K")
     p.add_argument("--batch", help="micro-batch")
@@ -81,6 +82,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--solver", choices=("highs", "cbc"), default="highs", help="MIP solver")
     add_prices_arg(p)
     p.add_argument("--out", help="directory for plan.json, trace.json and memory.png")
+    p.add_argument("--memory-snapshot", metavar="OUT.pickle",
+                   help="write the best plan's step under the job's allocator as a PyTorch memory "
+                        "snapshot (open it in pytorch.org/memory_viz)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run)
 
@@ -100,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from hwmodels.prices import load_price_catalog
     from hwmodels.units import UserInputError
     from planners.swap import plan_training
+    from tierplan.progress import Progress
 
     catalog = load_price_catalog(args.prices)
     scenario = _scenario(args, gpu_budget_bytes=args.gpu_budget, host_budget_bytes=args.host_budget)
@@ -109,10 +114,12 @@ def run(args: argparse.Namespace) -> int:
     if scenario.job.mode != "train":
         raise UserInputError("job.mode: tierplan plan plans training steps and inference requests")
     time_limit = args.time_limit
-    report = plan_training(model, scenario.job, node, gpu_budget_bytes=scenario.gpu_budget_bytes,
-                           host_budget_bytes=scenario.host_budget_bytes, time_limit_s=time_limit,
-                           solver=args.solver,
-                           allocator=args.allocator)
+    with Progress(f"tierplan plan: replaying the baselines and solving the MIP (time limit "
+                  f"{time_limit:g} s)"):
+        report = plan_training(model, scenario.job, node, gpu_budget_bytes=scenario.gpu_budget_bytes,
+                               host_budget_bytes=scenario.host_budget_bytes, time_limit_s=time_limit,
+                               solver=args.solver,
+                               allocator=args.allocator)
     costs = strategy_costs(report, scenario, catalog)
     if args.json:
         out = report.to_dict()
@@ -128,8 +135,9 @@ def run(args: argparse.Namespace) -> int:
                allocator=args.allocator if args.allocator != "planned" else scenario.job.allocator)
     if report.best is None:
         return _no_plan(report)
-    if args.out:
-        written = write_outputs(report, args.out)
+    if args.out or args.memory_snapshot:
+        written = write_outputs(report, args.out, memory_snapshot=args.memory_snapshot,
+                                expandable_segments=scenario.job.allocator == "expandable")
         if not args.json:
             print(f"best: {report.best}; wrote {', '.join(str(p) for p in written)}")
     return 0
@@ -224,21 +232,36 @@ def _print_infer(report, scenario) -> None:
     console.print(table)
 
 
-def write_outputs(report, out_dir) -> list:
-    """plan.json, trace.json and memory.png of the best strategy into ``out_dir``."""
+def write_outputs(report, out_dir, *, memory_snapshot: str | None = None,
+                  expandable_segments: bool = False) -> list:
+    """plan.json, trace.json and memory.png of the best strategy into ``out_dir`` (when given),
+    and its step as a memory snapshot at ``memory_snapshot`` (when given)."""
+    import pathlib
+
     from hwmodels.outputs import OutputSet, make_out_dir
     from planners.plan import write_plan
     from simulator.des.trace import plot_step, write_chrome_trace
+    from simulator.memory_snapshot import memory_snapshot as snapshot_of
+    from simulator.memory_snapshot import write_memory_snapshot
 
     best = report.result(report.best)
-    out = make_out_dir(out_dir, field="--out")
-    writers = {"plan.json": lambda p: write_plan(best.plan, p),
-               "trace.json": lambda p: write_chrome_trace(best.replay.sim, p),
-               "memory.png": lambda p: plot_step(best.replay.sim, p)}
-    with OutputSet() as outputs:  # all three files, or none
-        for name, produce in writers.items():
-            outputs.write(outputs.reserve(out / name, field="--out"), produce)
-    return [out / name for name in writers]
+    written: list[pathlib.Path] = []
+    with OutputSet() as outputs:  # every file, or none
+        if memory_snapshot is not None:  # checked before --out's folder is made
+            target = pathlib.Path(memory_snapshot)
+            tmp = outputs.reserve(target, field="--memory-snapshot", suffixes=(".pickle",))
+            snap = snapshot_of(best.applied.workload, expandable_segments=expandable_segments)
+            outputs.write(tmp, lambda p: write_memory_snapshot(snap, p))
+            written.append(target)
+        if out_dir is not None:
+            out = make_out_dir(out_dir, field="--out")
+            writers = {"plan.json": lambda p: write_plan(best.plan, p),
+                       "trace.json": lambda p: write_chrome_trace(best.replay.sim, p),
+                       "memory.png": lambda p: plot_step(best.replay.sim, p)}
+            for name, produce in writers.items():
+                outputs.write(outputs.reserve(out / name, field="--out"), produce)
+            written[:0] = [out / name for name in writers]
+    return written
 
 
 def _print(report, scenario, model, node, costs, *, allocator: str) -> None:

@@ -3,7 +3,7 @@
 tierplan simulate [SCENARIO.yaml] [the scenario flags of `tierplan estimate`] [--gpus N]
                   [--offload FRAC [--offload-tier host|cxl|nvme]]
 tierplan simulate --plan plan.json
-                  [--lookahead N] [--trace out.json] [--plot out.png] [--json]
+                  [--lookahead N] [--trace out.json] [--plot out.png] [--memory-snapshot out.pickle] [--json]
 
 Builds the scenario exactly as `estimate` does, maps its Workload onto one compute stream per
 GPU (`simulator.des.schedule_from_workload`) and replays it with, either, the per-layer keep /
@@ -45,6 +45,9 @@ def register(subparsers: Any) -> None:
                    help="prefetch a layer when the backward of the layer this many above it starts")
     p.add_argument("--trace", metavar="OUT.json", help="write a Chrome trace (open in Perfetto)")
     p.add_argument("--plot", metavar="OUT.png", help="write memory over time and a stream Gantt")
+    p.add_argument("--memory-snapshot", metavar="OUT.pickle",
+                   help="write the step's allocations under the job's allocator as a PyTorch memory "
+                        "snapshot (open it in pytorch.org/memory_viz)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run)
 
@@ -94,11 +97,11 @@ def run(args: argparse.Namespace) -> int:
                              "layers; use --checkpointing none or full (or tierplan plan)")
     reserved = est.peak_reserved_bytes
     if offload:
-        result, reserved = _replay_offload(offload, scenario, num_gpus=gpus, lookahead=lookahead,
-                                           tier=args.offload_tier, record_timeline=record)
+        result, reserved, workload = _replay_offload(offload, scenario, num_gpus=gpus, lookahead=lookahead,
+                                                     tier=args.offload_tier, record_timeline=record)
     else:
         result = simulate(schedule_from_workload(workload, node, num_gpus=gpus), record_timeline=record)
-    return _report(args, result, est, gpus, scenario, reserved)
+    return _report(args, result, est, gpus, scenario, reserved, workload)
 
 
 def _run_plan(args: argparse.Namespace) -> int:
@@ -129,7 +132,8 @@ def _run_plan(args: argparse.Namespace) -> int:
     result: Any = replayed.sim
     gpus = sum(s.kind == "compute" for s in result.schedule.streams)
     est = estimate_training(ctx.model, ctx.job, ctx.node)
-    return _report(args, result, est, gpus, ctx.scenario, res.peak_reserved_bytes)
+    assert res.applied is not None  # evaluate applies the plan
+    return _report(args, result, est, gpus, ctx.scenario, res.peak_reserved_bytes, res.applied.workload)
 
 
 def _run_infer_plan(args: argparse.Namespace, plan) -> int:
@@ -137,9 +141,9 @@ def _run_infer_plan(args: argparse.Namespace, plan) -> int:
     from hwmodels.units import UserInputError, format_bytes, format_seconds
     from planners.infer import replay_plan, tiers_line
 
-    for flag in ("trace", "plot"):
+    for flag in ("trace", "plot", "memory_snapshot"):
         if getattr(args, flag):
-            raise UserInputError(f"--{flag}: not written for inference plans yet")
+            raise UserInputError(f"--{flag.replace('_', '-')}: not written for inference plans yet")
     rep = replay_plan(plan)
     summary = {"prefill_time_s": rep.prefill_time_s, "decode_step_time_s": rep.decode_step_time_s,
                "decode_context_len": rep.context_len, "decode_tokens_per_s": rep.decode_tokens_per_s,
@@ -164,10 +168,17 @@ def _run_infer_plan(args: argparse.Namespace, plan) -> int:
 
 
 def _report(args: argparse.Namespace, result, est, gpus: int, scenario,
-            reserved_bytes: int | None) -> int:
+            reserved_bytes: int | None, workload) -> int:
     from hwmodels.outputs import OutputSet
     from simulator.des.trace import plot_step, write_chrome_trace
-    with OutputSet() as outputs:  # the trace and the picture, or neither
+    with OutputSet() as outputs:  # the trace, the picture and the snapshot, or none of them
+        if args.memory_snapshot:
+            from simulator.memory_snapshot import memory_snapshot, write_memory_snapshot
+
+            snap = memory_snapshot(workload, expandable_segments=scenario.job.allocator == "expandable")
+            outputs.write(outputs.reserve(args.memory_snapshot, field="--memory-snapshot",
+                                          suffixes=(".pickle",)),
+                          lambda p: write_memory_snapshot(snap, p))
         if args.trace:
             outputs.write(outputs.reserve(args.trace, field="--trace"),
                           lambda p: write_chrome_trace(result, p))
@@ -224,7 +235,7 @@ def _replay_offload(frac: float, scenario, *, num_gpus: int, lookahead: int, tie
     sim = replay(applied, node, num_gpus=num_gpus, tier=tier, record_timeline=record_timeline).sim
     reserved, _ = predict_reserved(applied.workload, allocator=scenario.job.allocator,
                                    capacity_bytes=scenario.gpu_budget_bytes)
-    return sim, reserved
+    return sim, reserved, applied.workload
 
 
 def _summary(result, est, gpus: int) -> dict:

@@ -70,6 +70,8 @@ def register_plan(sub: Any) -> None:
     from validate.diagnostics import add_diagnostic_args
 
     add_diagnostic_args(plan)
+    plan.add_argument("--state-dir", default=None,
+                      help="directory for optimizer states a plan puts on nvme (default: OUT/optimizer-states)")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
     plan.set_defaults(run=run_plan)
 
@@ -165,7 +167,7 @@ def run_plan(args: argparse.Namespace) -> int:
     make_out_dir(args.out, field="--out")
     result = run(args.plans, out_dir=args.out, warmup=args.warmup, repeats=args.repeats,
                  baselines=names, smoke=args.smoke, check_grads_tokens=args.check_grads,
-                 arena=args.arena, **diagnostic_kwargs(args),
+                 arena=args.arena, **diagnostic_kwargs(args), state_dir=args.state_dir,
                  argv=args.argv)
     cases = result["measured"]["cases"]
     code = 0 if all(c["status"] == "ok" for c in cases) else 1
