@@ -421,6 +421,30 @@ def _check_point(p: CalibrationPoint, where: str) -> None:
                              f"got {echo(p.num_latency_units)}")
 
 
+def points_from_kv_quant_check(data: dict[str, Any], *, source: str) -> list[CalibrationPoint]:
+    """The KV dequantize kernel of the executor (``validate/scripts/kv_quant_check.py``): one
+    point per format and size, class ``memory.kv_dequantize.<format>``, its work the bytes it
+    reads and writes (the quantized layer and the bf16 K and V), its time the Triton kernel's."""
+    results = data.get("results")
+    if not isinstance(results, dict) or not results:
+        raise UserInputError(f"{source}: results: expected an object of kv-quant checks")
+    pts = []
+    for key, r in sorted(results.items()):
+        where = f"{source}: results.{key}"
+        try:
+            p = CalibrationPoint(f"memory.kv_dequantize.{r['format']}",
+                                 float(r["quantized_bytes"]) + float(r["bf16_bytes"]), 1.0,
+                                 float(r["dequantize_triton_s"]),
+                                 f"kv_dequantize {r['format']} b{r['batch']} {r['tokens']} tokens", None)
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserInputError(f"{where}: bad or missing field ({err})") from None
+        if r.get("dequantize_triton_s") is None or not math.isfinite(p.time_s) or p.time_s <= 0:
+            raise UserInputError(f"{where}: dequantize_triton_s: must be a positive time")
+        _check_point(p, where)
+        pts.append(p)
+    return pts
+
+
 def load_points(
     paths: list[str | Path], *, skipped: list[str] | None = None
 ) -> list[CalibrationPoint]:
@@ -431,6 +455,9 @@ def load_points(
         data = read_json(Path(path))
         if not isinstance(data, dict):
             raise UserInputError(f"{path}: expected a JSON object")
+        if Path(path).name.startswith("kv-quant-check-") and "results" in data:
+            pts += points_from_kv_quant_check(data, source=str(path))
+            continue
         if "records" in data:
             records = data["records"]
             if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
@@ -574,3 +601,25 @@ def residuals(profile: AchievedProfile, points: list[CalibrationPoint]) -> list[
 def profile_json(profile: AchievedProfile) -> str:
     """The profile as committed: indented JSON with a trailing newline."""
     return json.dumps(profile.model_dump(mode="json", exclude_none=True), indent=2) + "\n"
+
+
+def fit_cpu_adamw_rate(path: str | Path, *, bytes_per_param: float = 22.0) -> float:
+    """The host CPUs' AdamW rate, in bytes of optimizer traffic per second as `simulator.templates`
+    counts a step's (``bytes_per_param``: 22 for bf16 parameters and gradients with fp32 moments,
+    no master weights: 12 read, 10 written), from ``validate/scripts/cpu_adam.py``'s file: its
+    ``adamw`` rows of form ``layer_step`` (the executor's whole per-layer CPU step: gradient in,
+    update, bf16 parameters out), the largest size at the most threads. Set it as
+    ``host_memory.cpu_adamw_rate_bytes_per_s`` of a node."""
+    from hwmodels.units import UserInputError
+    from hwmodels.userfile import read_user_mapping
+
+    data = read_user_mapping(path, what="measurement file")
+    rows = [r for r in data.get("adamw") or () if isinstance(r, dict) and r.get("form") == "layer_step"]
+    try:
+        best = max(rows, key=lambda r: (_num(r.get("numel")), _num(r.get("threads"))))
+        numel, step_s = _num(best.get("numel")), _num(best.get("step_s"))
+    except (TypeError, ValueError):
+        raise UserInputError(f"{path}: adamw: no layer_step row with numel, threads and step_s") from None
+    if not (numel > 0 and step_s > 0 and math.isfinite(numel) and math.isfinite(step_s)):
+        raise UserInputError(f"{path}: adamw: numel and step_s must be positive numbers")
+    return bytes_per_param * numel / step_s

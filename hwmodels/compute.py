@@ -122,6 +122,39 @@ def compute_time_s(
     No kernel takes less than the GPU's ``kernel_launch_overhead_s`` (fits of large kernels
     can have a zero latency, which must not make tiny kernels free).
     """
+    memo = _node_memo(node)
+    key = (flops, hbm_bytes, op_class, dtype)
+    hit = memo.get(key)
+    if hit is not None:
+        return hit
+    t = _compute_time_s(flops=flops, hbm_bytes=hbm_bytes, op_class=op_class, dtype=dtype, node=node)
+    if len(memo) >= _MEMO_MAX_ENTRIES:
+        memo.clear()
+    memo[key] = t
+    return t
+
+
+_MEMO_MAX_NODES = 8
+_MEMO_MAX_ENTRIES = 1 << 18
+_MEMO: dict[int, tuple[NodeSpec, dict]] = {}
+"""Kernel times already computed, per node object (kept alive here, so its id is not reused):
+a node is frozen and the time a pure function of it and the kernel, so a search over many
+step shapes on a few nodes prices each distinct kernel once. Bounded: 8 nodes, 2^18 kernels
+each."""
+
+
+def _node_memo(node: NodeSpec) -> dict:
+    hit = _MEMO.get(id(node))
+    if hit is None or hit[0] is not node:
+        if len(_MEMO) >= _MEMO_MAX_NODES:
+            _MEMO.pop(next(iter(_MEMO)))
+        hit = _MEMO[id(node)] = (node, {})
+    return hit[1]
+
+
+def _compute_time_s(
+    *, flops: float, hbm_bytes: float, op_class: str, dtype: str, node: NodeSpec
+) -> float:
     if flops < 0 or hbm_bytes < 0:
         raise UserInputError(f"flops/hbm_bytes: must be >= 0, got {flops}, {hbm_bytes}")
     if op_class.split(".")[0] in FLOP_CLASSES:

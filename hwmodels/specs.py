@@ -21,7 +21,16 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    model_serializer,
+    model_validator,
+)
 
 from hwmodels.limits import MAX_GPUS, MAX_HW_COUNT, MAX_RATE, MAX_SECONDS
 from hwmodels.op_classes import FLOP_CLASSES as FLOP_CLASSES
@@ -158,6 +167,25 @@ class HostMemorySpec(_Sourced):
     """CPU sockets; topology names them ``cpu0``, ``cpu1``, ..."""
     latency_s: Seconds = Field(gt=0)
     """Idle load-to-use latency of local DRAM, seconds."""
+    cpu_adamw_rate_bytes_per_s: ByteRate | None = Field(default=None, gt=0)
+    """Rate of an AdamW step on the host CPUs (all cores), in bytes of optimizer traffic per
+    second (parameters, gradients, moments and master weights read and written, as the
+    templates count a GPU step's); None: the DRAM bandwidth (the step is memory bound).
+    Refit from a measurement with `hwmodels.calibrate.fit_cpu_adamw_rate`. Omitted from
+    dumps when None, so files and hashes of nodes without it are unchanged."""
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("cpu_adamw_rate_bytes_per_s") is None:
+            data.pop("cpu_adamw_rate_bytes_per_s", None)
+        return data
+
+    @property
+    def cpu_adamw_bytes_per_s(self) -> float:
+        """The CPU AdamW rate the replay uses (`cpu_adamw_rate_bytes_per_s`, else DRAM's)."""
+        rate = self.cpu_adamw_rate_bytes_per_s
+        return self.bandwidth_bytes_per_s if rate is None else rate
 
 
 class CxlMemorySpec(_Sourced):

@@ -191,6 +191,7 @@ class KiviLayout:
     quantized_bytes: int  # packed K and V of the quantized tokens + their scales and zero points
     residual_bytes: int  # K and V of the residual tokens in the model dtype
     dequantized_bytes: int  # K and V of all ``num_tokens`` in the model dtype (what attention reads)
+    kv_dtype: str = "int8"  # the quantized format (int8, int4)
 
     @property
     def total_bytes(self) -> int:
@@ -234,12 +235,16 @@ def kivi_layout(
         quantized_bytes=quantized,
         residual_bytes=tensor_bytes(per_token * (num_tokens - nq), dtype),
         dequantized_bytes=tensor_bytes(per_token * num_tokens, dtype),
+        kv_dtype=kv_dtype,
     )
 
 
 def kivi_dequantize_cost(layout: KiviLayout, *, dtype: str = "bf16") -> KernelCost:
     """One layer's cache into a buffer of the model dtype before attention: read the quantized
-    K and V with their scales and the residual window, write all of them in ``dtype``."""
+    K and V with their scales and the residual window, write all of them in ``dtype``. Timed as
+    ``kivi_dequantize_fit_class(layout)``: the executor's measured kernel (unpacking and scaling
+    keep it well below the copy rate; `hwmodels.calibrate` fits it from ``kv-quant-check-*``
+    files), the memory rate where a profile lacks it."""
     n_q = (layout.dequantized_bytes - layout.residual_bytes) // tensor_bytes(1, dtype)
     return KernelCost(
         name="kv_dequantize",
@@ -249,6 +254,11 @@ def kivi_dequantize_cost(layout: KiviLayout, *, dtype: str = "bf16") -> KernelCo
         hbm_write_bytes=layout.dequantized_bytes,
         dtype=dtype,
     )
+
+
+def kivi_dequantize_fit_class(layout: KiviLayout) -> str:
+    """The profile key of the dequantize kernel of ``layout``'s format (``memory.kv_dequantize.int8``)."""
+    return f"memory.kv_dequantize.{layout.kv_dtype}"
 
 
 def kivi_quantize_cost(layout: KiviLayout, *, dtype: str = "bf16") -> KernelCost:

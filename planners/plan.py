@@ -176,8 +176,12 @@ class LayerPlan(_Frozen):
     checkpoint: Checkpoint = "none"
     """Activation checkpoint region: full = the whole layer (torch.utils.checkpoint), selective
     = the MLP block, none = the role actions below decide."""
-    input: Literal["keep", "offload"] = "keep"
-    """The layer's input (residual stream entering it): kept in HBM or offloaded whole."""
+    input: Literal["keep", "offload", "recompute"] = "keep"
+    """The layer's input (residual stream entering it): kept in HBM, offloaded whole, or (under
+    a full checkpoint) recomputed: dropped after the layer's forward and recomputed before the
+    backward by re-running the forward of the layers since the nearest earlier layer whose
+    input is kept or offloaded (a segment checkpoint of those layers; the re-run saves only
+    their inputs, each layer's own checkpoint then recomputes the layer)."""
     input_stream: Literal["d2h", "compute"] = "d2h"
     """Stream of the input's copies when offloaded (see RoleAction.stream)."""
     roles: dict[str, RoleAction] = Field(default_factory=dict)
@@ -207,6 +211,9 @@ class LayerPlan(_Frozen):
     def _roles_only_without_checkpoint(self) -> LayerPlan:
         if self.checkpoint != "none" and any(a.action != "keep" for a in self.roles.values()):
             raise ValueError(f"layers.{self.layer}.roles: only for a layer without a checkpoint")
+        if self.input == "recompute" and (self.checkpoint != "full" or self.layer == 0):
+            raise ValueError(f"layers.{self.layer}.input: recompute needs a full checkpoint and an "
+                             "earlier layer to recompute from")
         return self
 
     def action(self, role: str) -> RoleAction:
@@ -275,8 +282,10 @@ class Prediction(_Frozen):
     """Inference: wall time of one decode step of the whole batch (one token per sequence) at
     the job's mean decode context (prompt_len + gen_len / 2). None for training."""
     tier_peak_bytes: dict[str, int] = Field(default_factory=dict)
-    """Inference: peak bytes the plan holds in each tier it uses (hbm allocated, host pinned
-    pools, cxl, nvme files), keyed by tier name. Empty for training; omitted when empty."""
+    """Peak bytes the plan holds in each tier it uses (hbm allocated, host pinned pools, cxl,
+    nvme files), keyed by tier name: inference plans, and training plans with whole-step
+    choices (chunked head or MLP, model states off HBM, activations on CXL / NVMe). Empty for
+    other training plans; omitted when empty."""
 
     @model_serializer(mode="wrap")
     def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -359,23 +368,70 @@ class Plan(_Frozen):
         return self
 
     def unsupported(self) -> str:
-        """The first decision this version's replay and executor cannot carry out yet, as
-        "field: reason"; "" when there is none. Callers refuse such a plan in one line."""
+        """The first decision this version's replay cannot carry out yet, as "field: reason";
+        "" when there is none. Callers refuse such a plan in one line. (What the training
+        executor runs is `unexecuted`.)"""
         if self.scenario.job.mode == "infer":
             return self._unsupported_infer()
-        if self.lm_head_chunks != 1:
-            return "lm_head_chunks: chunked LM head + loss is not replayed yet"
+        model = self.scenario.model
+        if self.lm_head_chunks > 1 and not model.has_lm_head:
+            return f"lm_head_chunks: {model.name} has no LM head to chunk"
+        if (self.lm_head_chunks > 1 or any(lp.mlp_chunks > 1 for lp in self.layers)) and (
+                self.scenario.job.parallelism.tp > 1 or model.family == "gpt"):
+            return ("lm_head_chunks / mlp_chunks: chunked ops are replayed for Llama-family models "
+                    "without tensor parallelism")
+        if len({lp.mlp_chunks for lp in self.layers}) > 1:
+            return "layers.mlp_chunks: the replay takes one MLP chunk count for every layer"
         for lp in self.layers:
             where = f"layers.{lp.layer}"
-            if lp.model_states != RESIDENT:
-                return f"{where}.model_states: model states off HBM are not replayed yet"
+            ms = lp.model_states
             if lp.attention_on != "gpu":
                 return f"{where}.attention_on: attention off the GPU is not replayed yet"
-            if lp.mlp_chunks != 1:
-                return f"{where}.mlp_chunks: a chunked MLP is not replayed yet"
+            if ms.grads not in ("hbm", "host"):
+                return f"{where}.model_states.grads: gradients on {ms.grads} are not replayed yet"
+            if ms.params == "csd" or "csd" in (ms.optimizer_states, ms.master_weights):
+                return f"{where}.model_states: model states on a computational storage drive are not replayed"
+            if ms.params in ("cxl", "nvme"):  # streaming them is, writing back the stepped ones is not
+                return f"{where}.model_states.params: parameters on {ms.params} are not replayed yet"
+            if ms.optimizer_step == "gpu" and (ms.grads, ms.optimizer_states, ms.master_weights) != ("hbm",) * 3:
+                return (f"{where}.model_states: a GPU optimizer step with states or gradients off HBM "
+                        "is not replayed yet")
+            if ms.optimizer_step == "cpu" and ms.grads != "host":
+                return f"{where}.model_states.grads: a CPU optimizer step needs the gradients on the host"
+        return ""
+
+    def unexecuted(self) -> str:
+        """The first decision of a training plan that the training executor of this version
+        does not run, as "field: reason"; "" when it runs all of it. The executor's own check
+        (``validate.executor.executor_unsupported``, which this package cannot import) refuses
+        the same (tests/validate/test_plan_unexecuted.py holds them together); beyond it, the
+        replay also carries out segment checkpoints and the fused RMSNorm, which the executor
+        does not run yet. An inference plan: what its executors do not run (`not_executable`)."""
+        if self.scenario.job.mode == "infer":
+            return self.not_executable()
+        why = self.unsupported()
+        if why:
+            return why
+        job = self.scenario.job
+        if getattr(job, "rmsnorm", "eager") != "eager":
+            return "scenario.job.rmsnorm: the executor runs transformers' RMSNorm"
+        if job.optimizer == "adamw" and job.optimizer_state_dtype != "fp32":
+            return "scenario.job.optimizer_state_dtype: the executor keeps fp32 moments"
+        for lp in self.layers:
+            where = f"layers.{lp.layer}"
+            if lp.input == "recompute":
+                return f"{where}.input: segment checkpoints are not executed yet"
             for role, act in sorted(lp.roles.items()):
                 if act.action == "offload" and act.tier != "host":
-                    return f"{where}.roles.{role}.tier: offload to {act.tier} is not replayed yet"
+                    return f"{where}.roles.{role}.tier: the executor offloads to host memory only"
+            ms = lp.model_states
+            if ms.optimizer_step == "gpu" and ms.params != "hbm":
+                return f"{where}.model_states: a GPU optimizer step with streamed parameters is not executed"
+            if ms.optimizer_step == "cpu" and job.optimizer == "none":
+                return f"{where}.model_states.optimizer_step: cpu, but scenario.job.optimizer is none"
+            for name in ("optimizer_states", "master_weights"):
+                if ms.optimizer_step == "cpu" and getattr(ms, name) not in ("host", "nvme"):
+                    return f"{where}.model_states.{name}: the executor keeps them on host or nvme"
         return ""
 
     def _unsupported_infer(self) -> str:

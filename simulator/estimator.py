@@ -110,15 +110,60 @@ class TrainEstimate:
         return d
 
 
-def _op_time(op) -> float:
-    return float(op.time_s or 0.0)
+class _StepSums:
+    """Running sums of a step's ops in order (the step time's float additions in op order, so a
+    step summed in two pieces equals the step summed at once)."""
+
+    __slots__ = ("t", "comm", "phase_time", "peak_at")
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.comm = 0.0
+        self.phase_time: dict[str, float] = {}
+        self.peak_at = 0.0
+
+    def add(self, ops, peak_oid: int) -> _StepSums:
+        for op in ops:
+            if op.oid == peak_oid:
+                self.peak_at = self.t
+            dt = float(op.time_s or 0.0)
+            self.t += dt
+            if op.op_class == "comm":
+                self.comm += dt
+            else:
+                self.phase_time[op.phase.value] = self.phase_time.get(op.phase.value, 0.0) + dt
+        return self
+
+    def copy(self) -> _StepSums:
+        out = _StepSums()
+        out.t, out.comm, out.phase_time, out.peak_at = self.t, self.comm, dict(self.phase_time), self.peak_at
+        return out
 
 
-def estimate_training(model, job, node, *, workload: Workload | None = None) -> TrainEstimate:
-    """Peak memory, step time and MFU of one training step of ``model`` under ``job`` on ``node``."""
-    from hwmodels.compute import mfu_frac
-    from simulator.templates import effective_model_output, training_workload
+@dataclass(frozen=True)
+class _PeakOf:
+    """What an estimate reads of a `MemoryWalk` (its timeline is not kept)."""
 
+    peak_bytes: int
+    peak_oid: int
+    peak_op_name: str
+    peak_phase: Phase | None
+    peak_breakdown_bytes: dict[str, int]
+
+    @classmethod
+    def of(cls, walk) -> _PeakOf:
+        return cls(walk.peak_bytes, walk.peak_oid, walk.peak_op_name, walk.peak_phase, walk.peak_breakdown_bytes)
+
+
+def _flops(ops) -> tuple[float, float]:
+    """(model FLOPs, executed FLOPs) of a step: 3x the forward and loss, recompute excluded."""
+    model_flops = 3.0 * sum(op.model_flops for op in ops if op.phase == Phase.FWD)
+    model_flops += 3.0 * sum(op.model_flops for op in ops if op.phase == Phase.LOSS)
+    return model_flops, sum(op.executed_flops for op in ops)
+
+
+def _check_training(model, job, node) -> int:
+    """The job's number of GPUs, after the checks of a training estimate."""
     if job.mode != "train":
         raise UserInputError("job.mode: estimate_training needs a training job")
     job.check(model)
@@ -129,38 +174,45 @@ def estimate_training(model, job, node, *, workload: Workload | None = None) -> 
             f"job.parallelism: tp*cp*dp = {num_gpus} GPUs does not fill whole {node.name} nodes"
             f" of {node.num_gpus} GPUs"
         )
+    return num_gpus
+
+
+def _allocator_fit(wl: Workload, job, node) -> tuple[bool, int]:
+    """(whether the job's allocator serves every request, peak reserved bytes)."""
+    if job.allocator == "caching":
+        return caching_allocator_fit(wl, node.gpu.hbm_capacity_bytes)
+    return True, predict_reserved(wl, allocator=job.allocator, capacity_bytes=node.gpu.hbm_capacity_bytes)[0]
+
+
+def estimate_training(model, job, node, *, workload: Workload | None = None) -> TrainEstimate:
+    """Peak memory, step time and MFU of one training step of ``model`` under ``job`` on ``node``."""
+    from simulator.templates import training_workload
+
+    num_gpus = _check_training(model, job, node)
     wl = workload if workload is not None else training_workload(model, job, node=node)
-    walk = walk_memory(wl)
+    walk = _PeakOf.of(walk_memory(wl))
+    sums = _StepSums().add(wl.ops, walk.peak_oid)
+    return _train_estimate(model, job, node, num_gpus=num_gpus, walk=walk, sums=sums,
+                           flops=_flops(wl.ops), num_ops=len(wl.ops), fit=_allocator_fit(wl, job, node))
+
+
+def _train_estimate(model, job, node, *, num_gpus: int, walk: _PeakOf, sums: _StepSums,
+                    flops: tuple[float, float], num_ops: int, fit: tuple[bool, int] | None) -> TrainEstimate:
+    """The estimate from a step's walk, its sums and its allocator fit (None: not replayed, the
+    step's allocated peak is over the HBM already)."""
+    from hwmodels.compute import mfu_frac
+    from simulator.templates import effective_model_output
+
+    par = job.parallelism
     peak = walk.peak_bytes + RUNTIME_WORKSPACE_BYTES
-    phase_time: dict[str, float] = {}
-    comm = 0.0
-    t = 0.0
-    peak_at = 0.0
-    for op in wl.ops:
-        if op.oid == walk.peak_oid:
-            peak_at = t
-        dt = _op_time(op)
-        t += dt
-        if op.op_class == "comm":
-            comm += dt
-        else:
-            phase_time[op.phase.value] = phase_time.get(op.phase.value, 0.0) + dt
-    step = t
-    model_flops = 3.0 * sum(op.model_flops for op in wl.ops if op.phase == Phase.FWD)
-    model_flops += 3.0 * sum(op.model_flops for op in wl.ops if op.phase == Phase.LOSS)
-    executed = sum(op.executed_flops for op in wl.ops)
-    dtype = job.param_dtype
-    mfu = mfu_frac(model_flops=model_flops, step_time_s=step, node=node, dtype=dtype)
+    step = sums.t
+    model_flops, executed = flops
+    mfu = mfu_frac(model_flops=model_flops, step_time_s=step, node=node, dtype=job.param_dtype)
     tokens = job.seq_len * job.micro_batch * par.dp
     notes = []
     if job.checkpointing == "selective":
         notes.append("selective recompute is modelled as Megatron's: attention internals recomputed")
-    if job.allocator == "caching":
-        native_fits, reserved = caching_allocator_fit(wl, node.gpu.hbm_capacity_bytes)
-    else:
-        native_fits = True
-        reserved = predict_reserved(wl, allocator=job.allocator,
-                                    capacity_bytes=node.gpu.hbm_capacity_bytes)[0]
+    native_fits, reserved = fit if fit is not None else (False, None)
     return TrainEstimate(
         model=model.name,
         hardware=node.name,
@@ -175,23 +227,97 @@ def estimate_training(model, job, node, *, workload: Workload | None = None) -> 
         peak_allocated_bytes=peak,
         peak_op=walk.peak_op_name,
         peak_phase=walk.peak_phase.value if walk.peak_phase else "start",
-        peak_at_s=peak_at,
+        peak_at_s=sums.peak_at,
         breakdown_bytes=group_breakdown(walk.peak_breakdown_bytes, RUNTIME_WORKSPACE_BYTES),
         hbm_capacity_bytes=node.gpu.hbm_capacity_bytes,
         fits=peak <= node.gpu.hbm_capacity_bytes and (job.allocator != "caching" or native_fits),
         step_time_s=step,
-        compute_time_s=phase_time,
-        comm_time_s=comm,
+        compute_time_s=sums.phase_time,
+        comm_time_s=sums.comm,
         model_flops=model_flops,
         executed_flops=executed,
         mfu=mfu,
         tokens_per_s=tokens / step if step > 0 else 0.0,
         num_gpus=num_gpus,
-        num_ops=len(wl.ops),
+        num_ops=num_ops,
         peak_reserved_bytes=reserved,
         allocator=job.allocator,
         notes=tuple(notes),
     )
+
+
+class TrainingEstimator:
+    """`estimate_training` over the many configurations of a search, with what does not change
+    between them computed once: equal results, field for field.
+
+    Per step shape (model and job; the data-parallel degree left out under ZeRO-0, where only
+    the gradient reduction after backward depends on it): the memory walk and the allocator
+    replay (neither depends on the node's speeds; the replay on its HBM capacity). Per shape
+    and node: the step's ops up to the end of backward and their time sums; a configuration
+    then adds its own optimizer tail (`simulator.templates.TrainingStepParts`). An op without
+    allocations or frees (the gradient reduction) never sets a new peak, so one walk serves
+    every ``dp``; the peak op after it (the optimizer step) moves one index on.
+    ``replay_over_capacity=False`` skips the allocator replay of a step whose allocated peak
+    is already over the HBM (it cannot fit): its ``peak_reserved_bytes`` is then None.
+    ``max_steps``: step shapes kept (least recently used dropped); a search visits its
+    configurations grouped by shape."""
+
+    def __init__(self, *, replay_over_capacity: bool = True, max_steps: int = 8) -> None:
+        self.replay_over_capacity = replay_over_capacity
+        self.max_steps = max_steps
+        self._keys: dict[int, tuple[object, str]] = {}  # id -> (object kept alive, content key)
+        self._walks: dict[tuple, _PeakOf] = {}
+        self._fits: dict[tuple, tuple[bool, int]] = {}
+        self._steps: dict[tuple, tuple] = {}  # (shape, node) -> (parts, head sums, flops)
+
+    def _key(self, obj) -> str:
+        hit = self._keys.get(id(obj))
+        if hit is None or hit[0] is not obj:
+            hit = (obj, obj.model_dump_json())
+            self._keys[id(obj)] = hit
+        return hit[1]
+
+    @staticmethod
+    def shape_job(job):
+        """The job as its step's memory sees it: ``dp`` 1 and ZeRO-0 when ZeRO shards nothing."""
+        par = job.parallelism
+        if par.dp > 1 and par.zero_stage > 0:
+            return job
+        return job.model_copy(update={"parallelism": par.model_copy(update={"dp": 1, "zero_stage": 0})})
+
+    def estimate(self, model, job, node) -> TrainEstimate:
+        from simulator.templates import training_step_parts
+
+        num_gpus = _check_training(model, job, node)
+        shape = (self._key(model), self.shape_job(job))
+        step_key = (shape, self._key(node))
+        hit = self._steps.pop(step_key, None)
+        if hit is None:
+            parts = training_step_parts(model, shape[1], node)
+            walk = self._walks.get(shape)
+            if walk is None:
+                walk = self._walks[shape] = _PeakOf.of(walk_memory(parts.workload(shape[1].parallelism.dp)))
+            hit = (parts, _StepSums().add(parts.head.ops, walk.peak_oid), _flops(parts.head.ops))
+            while len(self._steps) >= self.max_steps:
+                self._steps.pop(next(iter(self._steps)))
+        self._steps[step_key] = hit  # most recently used last
+        parts, head_sums, flops = hit
+        walk = self._walks[shape]
+        tail = parts.tail_ops(job.parallelism.dp)
+        num_head = len(parts.head.ops)
+        if walk.peak_oid >= num_head:  # the optimizer step, behind the gradient reduction if any
+            walk = _PeakOf(walk.peak_bytes, num_head + len(tail) - 1, walk.peak_op_name, walk.peak_phase,
+                           walk.peak_breakdown_bytes)
+        sums = head_sums.copy().add(tail, walk.peak_oid)
+        capacity = node.gpu.hbm_capacity_bytes
+        fit: tuple[bool, int] | None = None
+        if self.replay_over_capacity or walk.peak_bytes + RUNTIME_WORKSPACE_BYTES <= capacity:
+            fit_key = (shape, capacity)
+            fit = self._fits.get(fit_key)
+            if fit is None:
+                fit = self._fits[fit_key] = _allocator_fit(parts.workload(job.parallelism.dp), job, node)
+        return _train_estimate(model, job, node, num_gpus=num_gpus, walk=walk, sums=sums, flops=flops,
+                               num_ops=num_head + len(tail), fit=fit)
 
 
 def caching_allocator_fit(wl: Workload, hbm_capacity_bytes: int) -> tuple[bool, int]:

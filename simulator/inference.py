@@ -39,7 +39,7 @@ A layer's KV may be stored quantized (``kv_quant`` int8 / int4, the format the j
 ``kernels.quant.kivi_layout``, KIVI's per-channel keys and per-token values with the newest
 tokens that do not fill a key group kept in bf16 on the GPU): a host layer's pool and fetch
 carry the quantized bytes only; before attention the GPU dequantizes the layer into one bf16
-buffer (a memory-bound kernel, ``kernels.quant.kivi_dequantize_cost`` at the profile's memory
+buffer (a memory-bound kernel, ``kernels.quant.kivi_dequantize_cost`` at the profile's fitted dequantize (else memory)
 rate; attention then reads bf16 as for an unquantized layer); a resident quantized layer is
 dequantized the same way every step. Prefill quantizes each pass's whole groups after the
 layer (``kivi_quantize_cost``), and a host layer's D2H carries them quantized. A decode step
@@ -196,13 +196,14 @@ def kv_quant_time_s(model, job, node, *, num_tokens: int, batch: int, quantize: 
     """GPU time to dequantize one quantized layer holding ``num_tokens`` (its whole groups and
     residual window into the bf16 buffer), or (``quantize``) to quantize its whole groups."""
     from hwmodels.compute import compute_time_s
-    from kernels.quant import kivi_dequantize_cost, kivi_quantize_cost
+    from kernels.quant import kivi_dequantize_cost, kivi_dequantize_fit_class, kivi_quantize_cost
 
     lay = kv_quant_layout(model, job, num_tokens=num_tokens, batch=batch, kv_quant=kv_quant)
     if quantize and not lay.num_quantized_tokens:
         return 0.0
     cost = (kivi_quantize_cost if quantize else kivi_dequantize_cost)(lay, dtype=job.kv_dtype)
-    return compute_time_s(flops=cost.flops, hbm_bytes=cost.hbm_bytes, op_class=cost.op_class, dtype=job.kv_dtype,
+    op_class = cost.op_class if quantize else kivi_dequantize_fit_class(lay)
+    return compute_time_s(flops=cost.flops, hbm_bytes=cost.hbm_bytes, op_class=op_class, dtype=job.kv_dtype,
                           node=node)
 
 
@@ -402,12 +403,19 @@ def decode_segments(model, job, node, *, context_len: int, batch: int, offloaded
                     graphs: bool = STATIC_DECODE_GRAPHS, sdpa_cudnn: bool = False) -> Segments:
     """Compute of one decode step (``batch`` tokens, attention over ``context_len + 1`` keys):
     each kernel issued at the engine's host cost, run at its roofline (the HF engine's
-    ``torch.cat`` of K and V is a task of its own)."""
+    ``torch.cat`` of K and V is a task of its own); under tensor parallelism the layers'
+    collectives run in program order on the same stream, at ``hwmodels.collectives``' time."""
     from simulator.templates import decode_workload
 
     wl = decode_workload(model, lossless_job(job), None, context_len=context_len + 1, batch=batch)
-    ops = [op for op in wl.ops if _is_kernel(op)]
-    gpu = [_kernel_gpu_s(op, node, job.param_dtype) for op in ops]
+    comm_s: dict[int, float] = {}
+    if any(op.op_class == "comm" for op in wl.ops):  # tp > 1: the same ops, collectives timed
+        timed = decode_workload(model, lossless_job(job), node, context_len=context_len + 1, batch=batch)
+        comm_s = {i: float(t.time_s or 0.0) for i, (op, t) in enumerate(zip(wl.ops, timed.ops, strict=True))
+                  if op.op_class == "comm"}
+    keep = [i for i, op in enumerate(wl.ops) if _is_kernel(op) or i in comm_s]
+    ops = [wl.ops[i] for i in keep]
+    gpu = [comm_s[i] if i in comm_s else _kernel_gpu_s(wl.ops[i], node, job.param_dtype) for i in keep]
     host = host_issue_s(ops, engine_host_cost(node, job.engine, offloaded=offloaded, graphs=graphs,
                                               sdpa_cudnn=sdpa_cudnn))
     return _segments(ops, gpu, host, model.num_layers, sum(op.model_flops for op in wl.ops))

@@ -201,6 +201,12 @@ class TrainJob(_JobBase):
     pages; the plan executor's default). Reserved-memory predictions are for this one. Written
     to files only when not ``caching``, so jobs saved before it existed keep their hashes."""
 
+    rmsnorm: Literal["eager", "fused"] = "eager"
+    """A Hugging Face model's RMSNorm: ``eager``, transformers' LlamaRMSNorm (an fp32 upcast and
+    five aten ops, saving fp32 copies of its input: 16 GiB per norm at 1M tokens of a 4096-wide
+    model), or ``fused``, one kernel that saves its input and the fp32 rstd per row
+    (``torch.rms_norm`` / ``nn.RMSNorm``, as Liger's RMSNorm in ALST's long-context runs).
+    Other code bases keep their own norm. Omitted from dumps when ``eager``."""
     model_output: ModelOutput = "freed"
     """What the training loop does with the model's output object (a Hugging Face
     ``CausalLMOutputWithPast`` holding ``.loss`` and the bf16 ``.logits``, tokens x vocab):
@@ -236,6 +242,8 @@ class TrainJob(_JobBase):
             data.pop("model_output", None)
         if self.allocator == "caching":
             data.pop("allocator", None)
+        if self.rmsnorm == "eager":
+            data.pop("rmsnorm", None)
         return data
 
     @property

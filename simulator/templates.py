@@ -33,6 +33,7 @@ or 64, plus dk/dv expanded to all query heads under GQA); Korthikanti et al. 202
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -117,6 +118,16 @@ def _with_time(cost: Cost, time_s: float) -> Cost:
                 exec_flops=cost.exec_flops, time_s=time_s, model_flops=cost.model_flops)
 
 
+def _times(cost: Cost, n: int) -> Cost:
+    """``n`` runs of one kernel sequence (the chunks of a chunked op)."""
+    if n == 1:
+        return cost
+    return Cost(flops=cost.flops * n, hbm_bytes=cost.hbm_bytes * n, op_class=cost.op_class,
+                exec_flops=None if cost.exec_flops is None else cost.exec_flops * n,
+                time_s=None if cost.time_s is None else cost.time_s * n,
+                model_flops=None if cost.model_flops is None else cost.model_flops * n)
+
+
 def _mem(name: str, *, read_bytes: int, write_bytes: int, dtype: str = "bf16") -> KernelCost:
     """A bandwidth-bound kernel described by the bytes it reads and writes."""
     return KernelCost(name=name, op_class="memory", flops=0.0, hbm_read_bytes=int(read_bytes),
@@ -196,6 +207,8 @@ class _Program:
         self.inference = inference
         self.decode_context_len = decode_context_len  # decode step: one query token per sequence
         self.layer_checkpointing: dict[int, str] = {}  # per-layer override of job.checkpointing
+        self.lm_head_chunks = 1  # token chunks of a fused linear cross-entropy (1: HF's loss)
+        self.mlp_chunks: dict[int, int] = {}  # per-layer token chunks of a tiled MLP
         self.b = ProgramBuilder(grads_persist=grads_persist, no_grad=inference)
         self.dtype = job.param_dtype
         self.cost = _Timer(node, self.dtype)
@@ -433,7 +446,7 @@ class _Program:
     def norm(self, name: str, x: int, layer) -> int:
         if self.m.norm == "layernorm":
             return self.layernorm(name, x, layer)
-        if self.hf:
+        if self.hf and getattr(self.job, "rmsnorm", "eager") == "eager":
             return self.hf_rmsnorm(name, x, layer)
         return self.fused_rmsnorm(name, x, layer)
 
@@ -778,11 +791,15 @@ class _Program:
         selective = self.layer_checkpointing.get(i, getattr(self.job, "checkpointing", "none")) == "selective"
         if selective:
             self.b.begin_checkpoint([x2])
-        nrm2 = self.norm(f"layers.{i}.post_attention_norm", x2, i)
-        nrm2, nrm2_saved = self.tp_enter(f"layers.{i}.mlp", nrm2, i)
+        num_chunks = self.mlp_chunks.get(i, 1)
+        if num_chunks == 1:  # a tiled MLP runs the norm inside its chunks
+            nrm2 = self.norm(f"layers.{i}.post_attention_norm", x2, i)
+            nrm2, nrm2_saved = self.tp_enter(f"layers.{i}.mlp", nrm2, i)
         f = s.ffn
         down_rec = None
-        if m.mlp == "swiglu":
+        if num_chunks > 1:
+            down = self.tiled_mlp(i, x2, num_chunks)
+        elif m.mlp == "swiglu":
             recompute_act = getattr(self.job, "mlp_activation", "saved") == "recomputed"
             if m.gate_up_fused:
                 gu = self.linear(f"layers.{i}.mlp.gate_up_proj", nrm2, h, 2 * f, i, tokens=T,
@@ -814,13 +831,116 @@ class _Program:
                 self.b.op(f"layers.{i}.mlp.gelu", "gelu", i, inputs=[up], outputs=[prod], saves=[up],
                           cost=self.cost(_mem("gelu", read_bytes=io, write_bytes=io)),
                           bwd_cost=self.cost(_mem("gelu_bwd", read_bytes=2 * io, write_bytes=io)))
-        down = self.linear(f"layers.{i}.mlp.down_proj", prod, f, h, i, tokens=T, role=Role.LAYER_INPUT,
-                           bias=m.mlp_bias, input_recompute=down_rec)
+        if num_chunks == 1:
+            down = self.linear(f"layers.{i}.mlp.down_proj", prod, f, h, i, tokens=T, role=Role.LAYER_INPUT,
+                               bias=m.mlp_bias, input_recompute=down_rec)
         down = self.tp_exit(f"layers.{i}.mlp.down_proj", down, i)
         down = self.dropout(f"layers.{i}.mlp.resid_dropout", down, i, s.norm_tokens * h)
         if selective:
             self.b.end_checkpoint()
         return self.add(f"layers.{i}.mlp_residual", x2, down, i, s.norm_tokens * h)
+
+    def tiled_mlp(self, i: int, x: int, num_chunks: int) -> int:
+        """The MLP block (post-attention norm and SwiGLU MLP) in ``num_chunks`` token chunks
+        (DeepSpeed's TiledMLP, ALST arXiv 2506.13996; ``LayerPlan.mlp_chunks``; as
+        ``validate.chunked_ops.TiledMLP`` runs it): one op whose forward runs every chunk under
+        no_grad and saves only the block's input ``x`` (the mid-layer residual); its backward
+        recomputes each chunk's forward with grad and backpropagates it, one chunk at a time
+        (cost: one more forward of the block). Returns the MLP's output (the residual add is
+        the caller's).
+
+        Memory, per chunk of ``c`` tokens (``f`` the intermediate width, ``W`` the block's
+        weight elements, bf16 ``a`` bytes): forward, gate and up, silu(gate) and the product,
+        at most three at once (``3 c f a``), and the chunks' outputs until they are
+        concatenated into the op's output (``T h a``); backward, the recomputed gate, up, silu
+        and product with the product's, silu's and up's gradients (``6 c f a`` at mul's
+        backward), the chunk's weight gradients (``W a``) and their fp32 sums over the chunks
+        (``4 W``). The norm's fp32 intermediates (``c h`` rows) are below the MLP's and not
+        counted. The input gradient (tokens x hidden) is the op's own, as for any op.
+        Times: the norm's and the MLP's kernel costs for one chunk (the GEMM fits decide how
+        fast a chunk's shorter GEMMs run), times ``num_chunks``.
+        """
+        m, s, b = self.m, self.s, self.b
+        if m.mlp != "swiglu":
+            raise UserInputError(f"mlp_chunks: a tiled MLP is modelled for SwiGLU MLPs; {m.name} has {m.mlp}")
+        if self.tp > 1:
+            raise UserInputError("mlp_chunks: a tiled MLP is modelled without tensor parallelism")
+        T, h, f, a = s.tokens, s.hidden, s.ffn, s.act_bytes
+        chunk = -(-T // num_chunks)
+        wn = self.weight(f"layers.{i}.post_attention_norm.weight", h, i)
+        if m.gate_up_fused:
+            wgu = [self.weight(f"layers.{i}.mlp.gate_up_proj.weight", h * 2 * f, i)]
+            proj = [(h, 2 * f)]
+        else:
+            wgu = [self.weight(f"layers.{i}.mlp.{n}_proj.weight", h * f, i) for n in ("gate", "up")]
+            proj = [(h, f), (h, f)]
+        wd = self.weight(f"layers.{i}.mlp.down_proj.weight", f * h, i)
+        proj.append((f, h))
+        num_weights = h + sum(x_f * o for x_f, o in proj)
+        io = chunk * h * a
+        norm_fwd = _mem("rmsnorm", read_bytes=io, write_bytes=io)
+        norm_bwd = _mem("rmsnorm_bwd", read_bytes=2 * io, write_bytes=io)
+        fwd = [linear_fwd_cost(num_tokens=chunk, in_features=x_f, out_features=o, dtype=self.dtype)
+               for x_f, o in proj]
+        bwd = [c for x_f, o in proj for c in linear_bwd_costs(num_tokens=chunk, in_features=x_f, out_features=o,
+                                                               dtype=self.dtype, input_requires_grad=True)]
+        silu, mul, silu_bwd, mul_bwd = self._silu_mul_kernels(chunk * f * a)
+        fwd_cost = self.cost(norm_fwd, *fwd, silu, mul)
+        bwd_cost = add_costs(fwd_cost, self.cost(*bwd, silu_bwd, mul_bwd, norm_bwd))
+        y = self.act(f"layers.{i}.mlp.down_proj.out", T * h, Role.LAYER_INPUT, i)
+        b.op(f"layers.{i}.mlp.tiled", "tiled_mlp", i, inputs=[x, wn, *wgu, wd], outputs=[y],
+             saves=[x, wn, *wgu, wd], grad_inputs=[x], cost=_times(fwd_cost, num_chunks),
+             bwd_cost=_times(bwd_cost, num_chunks),
+             fwd_workspace_bytes=3 * chunk * f * a + T * h * a,
+             bwd_workspace_bytes=6 * chunk * f * a + num_weights * (a + FP32_BYTES))
+        return y
+
+    def fused_linear_cross_entropy(self, x: int, labels: int, weight: int | None) -> int:
+        """LM head + cross-entropy in ``lm_head_chunks`` token chunks during the forward (a fused
+        linear cross-entropy: Liger's FusedLinearCrossEntropy, arXiv 2410.10989; the contract of
+        ``Plan.lm_head_chunks``, as ``validate.chunked_ops.ChunkedLinearCrossEntropy`` runs it).
+        Each chunk of ``c`` tokens computes its bf16 logits, their fp32 upcast, the loss and its
+        gradient (in place of the fp32 logits, then cast to bf16), then at once its share of
+        dh = g @ W (into a tokens x hidden bf16 buffer) and of dW (accumulated in fp32). The
+        logits never exist whole; backward scales the saved dh and dW by the loss's gradient.
+
+        Memory: saved from the forward to the backward, dh (``T h`` bf16) and the fp32 dW
+        (``4 V h``); the forward's workspace, the larger of one chunk's logits in bf16 and fp32
+        (``6 c V`` bytes: the upcast, then the gradient with its bf16 cast) and the chunk's dW
+        product in bf16 with its fp32 copy beside the chunk's bf16 gradient (``2 c V + 6 V h``);
+        the backward allocates the input gradient (``T h`` bf16, dh scaled) and the head's
+        ``.grad`` through an fp32 product (``4 V h`` of workspace).
+        Times: one chunk's head GEMM, its two backward GEMMs and the loss's elementwise passes
+        (upcast, softmax, gradient, downcast: ``kernels`` costs), times the chunks. FLOPs: the
+        three GEMMs in the forward op; model FLOPs the head's forward only (MFU counts 3x it).
+        """
+        s, b = self.s, self.b
+        T, h, V, a = s.tokens, s.hidden, s.vocab, s.act_bytes
+        C = self.lm_head_chunks
+        chunk = -(-T // C)
+        w = weight if weight is not None else self.weight("lm_head.weight", h * V, None)
+        cv = chunk * V
+        head = linear_fwd_cost(num_tokens=chunk, in_features=h, out_features=V, dtype=self.dtype)
+        head_bwd = linear_bwd_costs(num_tokens=chunk, in_features=h, out_features=V, dtype=self.dtype,
+                                    grad_dtype="fp32", input_requires_grad=True)
+        loss_kernels = (
+            _mem("upcast", read_bytes=cv * a, write_bytes=cv * FP32_BYTES),
+            _mem("softmax", read_bytes=cv * FP32_BYTES, write_bytes=cv * FP32_BYTES),
+            _mem("softmax_grad", read_bytes=cv * FP32_BYTES, write_bytes=cv * FP32_BYTES),
+            _mem("downcast", read_bytes=cv * FP32_BYTES, write_bytes=cv * a),
+        )
+        one = _times(self.cost(head, head_bwd.input_grad, head_bwd.weight_grad, *loss_kernels), C)
+        cost = Cost(flops=one.flops, hbm_bytes=one.hbm_bytes, op_class=one.op_class, exec_flops=one.exec_flops,
+                    time_s=one.time_s, model_flops=C * head.flops)
+        dh = self.act("loss.fused_ce.dh", T * h, Role.ACTIVATION_GRAD, None)
+        dw = self.act("loss.fused_ce.dw_fp32", V * h, Role.ACTIVATION_GRAD, None, FP32_BYTES)
+        loss = self.act("loss.value", 1, Role.LOSS, None, FP32_BYTES)
+        scale = self.cost(_mem("scale_grads", read_bytes=T * h * a + V * h * FP32_BYTES,
+                               write_bytes=T * h * a + V * h * (FP32_BYTES + a)))
+        b.op("loss.fused_linear_ce", "loss_fused_linear_ce", None, inputs=[x, w, labels], outputs=[loss, dh, dw],
+             saves=[dh, dw], grad_inputs=[x], cost=cost, bwd_cost=scale,
+             fwd_workspace_bytes=max(6 * cv, 2 * cv + 6 * V * h), bwd_workspace_bytes=V * h * FP32_BYTES)
+        return loss
 
     def hf_loss(self, logits: int, labels: int, tv: int) -> int:
         """transformers ForCausalLMLoss: logits.float(), log_softmax, nll_loss. The bf16 logits
@@ -907,19 +1027,24 @@ class _Program:
             writes += int(n_opt * self.param_bytes)
         if job.optimizer == "none":
             return
-        # data-parallel gradient reduction before the step, then (ZeRO-1/2) all-gather of the
-        # updated parameter shards after it
-        grad_bytes = int(n * self.grad_elem_bytes)
-        multi_node = self.node is not None and self.tp * self.cp * self.dp > self.node.num_gpus
-        if self.zero == 0:
-            comm = self.comm_time_s("all_reduce", grad_bytes, self.dp, network=multi_node)
-        else:
-            comm = self.comm_time_s("reduce_scatter", grad_bytes, self.dp, network=multi_node)
-            if self.zero in (1, 2):
-                comm += self.comm_time_s("all_gather", int(n * self.param_bytes), self.dp, network=multi_node)
         step = self.cost(_mem("optimizer_step", read_bytes=reads, write_bytes=writes))
         ws = self.b.tensor("optimizer.workspace", transient, Role.WORKSPACE, None, requires_grad=False) if transient else None
-        self._optimizer_op = (step, comm, ws)
+        self._optimizer_op = (step, self.dp_comm_time_s(self.dp), ws)
+
+    def dp_comm_time_s(self, dp: int) -> float:
+        """The data-parallel gradient reduction before the optimizer step over ``dp`` replicas,
+        then (ZeRO-1/2) the all-gather of the updated parameter shards after it. Under ZeRO-0
+        nothing else of the step depends on ``dp``: `simulator.estimator.TrainingEstimator`
+        reuses one step for every ``dp`` through this."""
+        n = self.num_local_params
+        grad_bytes = int(n * self.grad_elem_bytes)
+        multi_node = self.node is not None and self.tp * self.cp * dp > self.node.num_gpus
+        if self.zero == 0:
+            return self.comm_time_s("all_reduce", grad_bytes, dp, network=multi_node)
+        comm = self.comm_time_s("reduce_scatter", grad_bytes, dp, network=multi_node)
+        if self.zero in (1, 2):
+            comm += self.comm_time_s("all_gather", int(n * self.param_bytes), dp, network=multi_node)
+        return comm
 
     # ---- whole step -----------------------------------------------------------------------
     def embed(self):
@@ -986,6 +1111,15 @@ class _Program:
         if m.has_lm_head:
             x = self.norm("final_norm", x, None)
             tied = m.tie_word_embeddings and m.has_embedding
+            if self.lm_head_chunks > 1:
+                if self.impl != "hf" or self.tp > 1:
+                    raise UserInputError("lm_head_chunks: a fused linear cross-entropy is modelled for "
+                                         "Hugging Face models without tensor parallelism")
+                loss = self.fused_linear_cross_entropy(x, labels, emb_w if tied else None)
+                b.hold(loss)
+                self.optimizer()
+                wl = b.build(meta={"producer": "templates", "model": m.name})
+                return _append_optimizer(wl, getattr(self, "_optimizer_op", None))
             logits = self.linear("lm_head", x, h, s.vocab, None, tokens=T, role=Role.LOGITS,
                                  weight=emb_w if tied else None)
             tv = T * s.vocab
@@ -1013,6 +1147,16 @@ class _Program:
         self.optimizer()
         wl = b.build(meta={"producer": "templates", "model": m.name})
         return _append_optimizer(wl, getattr(self, "_optimizer_op", None))
+
+    def training_step_parts(self) -> TrainingStepParts:
+        """The step before its optimizer tail, and that tail's pieces (`TrainingStepParts`)."""
+        wl = self.training_step()
+        spec = getattr(self, "_optimizer_op", None)
+        if spec is None:
+            return TrainingStepParts(wl, None, None, 0.0, self.dp_comm_time_s)
+        num_tail = 2 if spec[1] else 1
+        head = Workload(tensors=wl.tensors, ops=wl.ops[:-num_tail], initial=wl.initial, meta=wl.meta)
+        return TrainingStepParts(head, spec[0], spec[2], _bwd_time_s(head.ops), self.dp_comm_time_s)
 
     def inference_step(self) -> Workload:
         """Prefill (``decode_context_len`` None) or one decode step, under torch.no_grad.
@@ -1062,33 +1206,84 @@ def _append_optimizer(wl: Workload, spec) -> Workload:
     """Add the data-parallel gradient reduction and the optimizer step after backward."""
     if spec is None:
         return wl
+    step, comm_s, ws = spec
+    bwd_s = _bwd_time_s(wl.ops) if comm_s else 0.0
+    tail = optimizer_tail_ops(len(wl.ops), step=step, workspace=ws, comm_s=comm_s, bwd_s=bwd_s)
+    return Workload(tensors=wl.tensors, ops=wl.ops + tail, initial=wl.initial, meta=wl.meta)
+
+
+def _bwd_time_s(ops) -> float:
+    from simulator.workload import Phase
+
+    return sum(op.time_s or 0.0 for op in ops if op.phase == Phase.BWD)
+
+
+def optimizer_tail_ops(first_oid: int, *, step: Cost, workspace: int | None, comm_s: float,
+                       bwd_s: float) -> tuple:
+    """The ops after backward: the exposed part of the data-parallel gradient reduction (when
+    there is one) and the optimizer step, numbered from ``first_oid``."""
     from simulator.workload import OpSpec, Phase
 
-    step, comm_s, ws = spec
-    ops = list(wl.ops)
+    ops = []
     if comm_s:
         # Gradient buckets are reduced while backward still runs (DDP, ZeRO): only what does not
         # fit under the backward compute, and at least the last bucket's share, is exposed.
-        bwd_s = sum(op.time_s or 0.0 for op in ops if op.phase == Phase.BWD)
         exposed = max(comm_s - bwd_s, comm_s * DP_LAST_BUCKET_FRAC)
-        ops.append(OpSpec(len(ops), "dp.grad_reduce", "dp_collective", Phase.OPTIM, None,
+        ops.append(OpSpec(first_oid, "dp.grad_reduce", "dp_collective", Phase.OPTIM, None,
                           op_class="comm", time_s=exposed))
-    allocs = frees = (ws,) if ws is not None else ()
-    ops.append(OpSpec(len(ops), "optimizer.step", "optimizer", Phase.OPTIM, None, hbm_bytes=step.hbm_bytes,
-                      op_class="memory", allocs=allocs, frees=frees, time_s=step.time_s))
-    return Workload(tensors=wl.tensors, ops=tuple(ops), initial=wl.initial, meta=wl.meta)
+    allocs = frees = (workspace,) if workspace is not None else ()
+    ops.append(OpSpec(first_oid + len(ops), "optimizer.step", "optimizer", Phase.OPTIM, None,
+                      hbm_bytes=step.hbm_bytes, op_class="memory", allocs=allocs, frees=frees,
+                      time_s=step.time_s))
+    return tuple(ops)
 
 
-def training_workload(model, job, node=None, *, layer_checkpointing=None) -> Workload:
+@dataclass(frozen=True)
+class TrainingStepParts:
+    """One training step split before its optimizer tail: ``head`` (every op up to the end of
+    backward), the optimizer step's cost and workspace (``step`` None: no optimizer), the
+    backward compute time that hides the gradient reduction, and the reduction's time as a
+    function of the data-parallel degree. ``workload(dp)`` is `training_workload`'s result
+    for the job at that ``dp`` when nothing else depends on it (ZeRO-0)."""
+
+    head: Workload
+    step: Cost | None
+    workspace: int | None
+    bwd_s: float
+    dp_comm_time_s: Callable[[int], float]
+
+    def tail_ops(self, dp: int) -> tuple:
+        if self.step is None:
+            return ()
+        comm_s = self.dp_comm_time_s(dp)
+        return optimizer_tail_ops(len(self.head.ops), step=self.step, workspace=self.workspace,
+                                  comm_s=comm_s, bwd_s=self.bwd_s if comm_s else 0.0)
+
+    def workload(self, dp: int) -> Workload:
+        h = self.head
+        return Workload(tensors=h.tensors, ops=h.ops + self.tail_ops(dp), initial=h.initial, meta=h.meta)
+
+
+def training_workload(model, job, node=None, *, layer_checkpointing=None, lm_head_chunks: int = 1,
+                      mlp_chunks=None) -> Workload:
     """The analytical Workload of one training step of ``model`` under ``job`` on one GPU.
 
     ``node`` (a hwmodels NodeSpec) adds a predicted duration to every op and collective.
     ``layer_checkpointing`` maps a decoder layer index to "none" | "selective" | "full" for
     that layer (a plan's per-layer checkpoints); layers not in it follow ``job.checkpointing``.
+    ``lm_head_chunks`` > 1: the LM head and loss as a fused linear cross-entropy in that many
+    token chunks; ``mlp_chunks`` maps a layer index to the token chunks of its tiled MLP.
     """
     prog = _Program(model, job, job.parallelism, node, grads_persist=job.grads_persist)
     prog.layer_checkpointing = dict(layer_checkpointing or {})
+    prog.lm_head_chunks = int(lm_head_chunks)
+    prog.mlp_chunks = {int(k): int(v) for k, v in (mlp_chunks or {}).items() if int(v) > 1}
     return prog.training_step()
+
+
+def training_step_parts(model, job, node=None) -> TrainingStepParts:
+    """`training_workload`'s step split before the optimizer tail (`TrainingStepParts`)."""
+    return _Program(model, job, job.parallelism, node, grads_persist=job.grads_persist).training_step_parts()
 
 
 def gpu_link(node, *, network: bool = False):

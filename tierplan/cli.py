@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tierplan.commands.simulate",
     "tierplan.commands.layout",
     "tierplan.commands.plan",
+    "tierplan.commands.search",
     "tierplan.commands.bench",
 )
 

@@ -232,6 +232,25 @@ def record_sdpa_cudnn(record: Any) -> bool:
     return backends is None or "CUDNN" in str(backends).upper()
 
 
+def with_current_profile(plan: Any) -> Any:
+    """``plan`` with its node's embedded measured profile replaced by today's preset of the same
+    name and GPU (a plan embeds the profile it was made with; a re-prediction prices the run with
+    today's calibration too). Unchanged when no preset matches."""
+    from hwmodels.catalog import get_profile, list_presets
+
+    node = plan.scenario.node
+    if node.profile is None:
+        return plan
+    for name in list_presets("profiles"):
+        current = get_profile(name)
+        if (current.name, current.gpu) == (node.profile.name, node.profile.gpu):
+            if current == node.profile:
+                return plan
+            scenario = plan.scenario.model_copy(update={"node": node.model_copy(update={"profile": current})})
+            return plan.model_copy(update={"scenario": scenario})
+    return plan
+
+
 def repredict(plan_path: Any, record: Any = None, *, skip_steps: int = 2, all_steps: bool = True
               ) -> dict[str, Any]:
     """The plan's prediction with today's cost model: prefill time, the decode step time at
@@ -248,6 +267,7 @@ def repredict(plan_path: Any, record: Any = None, *, skip_steps: int = 2, all_st
     plan = load_plan(plan_path) if isinstance(plan_path, (str, Path)) else plan_path
     if plan.scenario.job.mode != "infer":
         raise UserInputError(f"{plan_path}: not an inference plan")
+    plan = with_current_profile(plan)
     contexts = list(_field(record, "contexts") or []) if record is not None else []
     graphs = record_graphs(record)
     cudnn = record_sdpa_cudnn(record)

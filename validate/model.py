@@ -120,6 +120,14 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def apply_rope(
+    q: torch.Tensor, k: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q and k [B,*,T,D] rotated by ``rope``'s (cos, sin) rows [T, D] (rotate_half form)."""
+    cos, sin = rope
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
 def rope_tables(
     seq_len: int, head_dim: int, *, device: Any, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -147,6 +155,9 @@ class DecoderLayer(nn.Module):
         self.recompute_mlp_act = False  # SwiGLUDown: silu(gate) * up recomputed in backward
         self.mlp_chunks = 1  # > 1: validate.chunked_ops.TiledMLP over this many token chunks
         self.attn_rows: torch.Tensor | None = None
+        # attention of (q [B,H,T,D], k, v [B,K,T,D]) -> [B,H,T,D] in place of causal SDPA over
+        # the layer's own rows: a context-parallel executor's ring (validate.context_parallel)
+        self.attn_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
         if probe:
             self.input_layernorm: nn.RMSNorm | HFRMSNorm = nn.RMSNorm(h, eps=spec.norm_eps, **lin)
             self.post_attention_layernorm: nn.RMSNorm | HFRMSNorm = nn.RMSNorm(h, eps=spec.norm_eps, **lin)
@@ -200,9 +211,7 @@ class DecoderLayer(nn.Module):
             q, k = self.q_norm(q, self.tag), self.k_norm(k, self.tag)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # B H T D
         if rope is not None:
-            cos, sin = rope
-            q = q * cos + _rotate_half(q) * sin
-            k = k * cos + _rotate_half(k) * sin
+            q, k = apply_rope(q, k, rope)
         return q, k, v
 
     def _attention(
@@ -217,7 +226,9 @@ class DecoderLayer(nn.Module):
             v,
         ):  # tag only what attention saves: a tag holds its tensor to the layer's end
             self.tag(Role.ATTN_QKV, t)
-        if self.attn_rows is None:
+        if self.attn_rows is None and self.attn_fn is not None:
+            a = self.attn_fn(q, k, v)
+        elif self.attn_rows is None:
             a = F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, enable_gqa=s.num_kv_heads != s.num_heads
             )

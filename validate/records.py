@@ -96,8 +96,9 @@ class PlanCase(RecordModel):
     seq_len: int | None = Field(None, gt=0)
     micro_batch: int | None = Field(None, gt=0)
     gpu_budget_bytes: int | None = Field(None, gt=0)
-    prediction: dict[str, Scalar] | None = None
-    """The plan's own prediction (simulator replay), as the plan file holds it."""
+    prediction: dict[str, Scalar | dict[str, int]] | None = None
+    """The plan's own prediction (simulator replay), as the plan file holds it (its per-tier
+    peaks a mapping)."""
     status: Literal["ok", "refused", "oom", "error"]
     """ok, refused before a step, out of memory, or error: the case's process failed before it
     described the case (then only ``case`` and ``message`` are known)."""
@@ -380,6 +381,77 @@ class CpuAdamFile(RecordFile):
     """Per (size, direction): median seconds of one pinned copy and its bytes/s."""
 
 
+class CollectiveRecord(RecordModel):
+    """One collective at one size on ``num_gpus`` ranks (validate/scripts/nccl_sweep.py)."""
+
+    op: Literal["all_reduce", "all_gather", "reduce_scatter", "all_to_all", "send_recv"]
+    bytes: int = Field(gt=0)
+    """The per-GPU buffer as hwmodels.collectives counts it: the all-reduce buffer, the
+    all-gather output (= reduce-scatter input), the all-to-all send buffer, the message."""
+    num_gpus: int = Field(ge=2)
+    """Ranks taking part (send_recv: 2, ranks 0 and 1)."""
+    dtype: str
+    time_s: float = Field(gt=0)
+    """Median over trials of a trial's seconds per call (the slowest rank's, each trial)."""
+    time_min_s: float = Field(gt=0)
+    time_max_s: float = Field(gt=0)
+    busbw_bytes_per_s: float = Field(gt=0)
+    """nccl-tests' bus bandwidth of the median: bus_factor * bytes / time_s."""
+    num_trials: int = Field(gt=0)
+    iters_per_trial: int = Field(gt=0)
+    """Calls issued back to back inside one timed trial."""
+
+
+class NcclSweepFile(RecordFile):
+    """validate/scripts/nccl_sweep.py: five collectives from a few bytes to GiBs, per GPU count."""
+
+    smoke: bool = False
+    """True: a CPU run over gloo that checks the script's logic; its times mean nothing."""
+    backend: Literal["nccl", "gloo"]
+    env: dict[str, str]
+    """Environment every rank ran with (NVLS and multicast off)."""
+    elapsed_s: float | None = Field(None, ge=0)
+    """Seconds the whole sweep took."""
+    records: list[CollectiveRecord]
+
+
+class MgpuRecord(RecordModel):
+    """One parallel training step cell (validate/scripts/mgpu_bench.py)."""
+
+    mode: Literal["cp", "tp_sp", "fsdp2"]
+    """cp: ring attention over the zigzag split (validate.context_parallel); tp_sp: tensor +
+    sequence parallel (validate.tensor_parallel); fsdp2: fully_shard per layer (validate.fsdp)."""
+    model: str
+    num_layers: int = Field(gt=0)
+    seq_len: int = Field(gt=0)
+    """Tokens of one sequence (fsdp2: of each rank's own micro-batch)."""
+    tokens_per_rank: int = Field(gt=0)
+    num_gpus: int = Field(ge=1)
+    dtype: str
+    status: Literal["ok", "oom", "error"]
+    error: str | None = None
+    """First line of the error, when status is not ok."""
+    step_times_s: list[float] | None = None
+    """Timed steps (forward, backward; fsdp2: and AdamW), the slowest rank's each."""
+    step_time_s: float | None = Field(None, gt=0)
+    """Median of step_times_s."""
+    peak_allocated_bytes: int | None = Field(None, ge=0)
+    """Largest ``torch.cuda.max_memory_allocated`` over the ranks (peaks reset before the steps)."""
+    peak_allocated_per_rank_bytes: list[int] | None = None
+
+
+class MgpuBenchFile(RecordFile):
+    """validate/scripts/mgpu_bench.py: CP, TP+SP and FSDP2 steps of 8B-shaped layers on one node."""
+
+    smoke: bool = False
+    """True: a CPU run over gloo with tiny shapes that checks the script's logic."""
+    backend: Literal["nccl", "gloo"]
+    env: dict[str, str]
+    num_gpus: int = Field(ge=1)
+    elapsed_s: float | None = Field(None, ge=0)
+    records: list[MgpuRecord]
+
+
 class AllocTraceMark(RecordModel):
     """Where a step boundary falls in an allocation trace, and the allocator's statistics there."""
 
@@ -482,6 +554,8 @@ _BY_PREFIX: tuple[tuple[str, type[RecordModel]], ...] = (
     ("hf_configs", HfConfigsFile),
     ("host-overhead-", HostOverheadFile),
     ("cpu-adam-", CpuAdamFile),
+    ("nccl-sweep-", NcclSweepFile),
+    ("mgpu-bench-", MgpuBenchFile),
     ("h200", ReferenceProbe),
 )
 

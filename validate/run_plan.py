@@ -187,6 +187,9 @@ def run_case(
     if tracing:
         torch.cuda.memory._record_memory_history(max_entries=4_000_000, context=None)
     try:
+        unexecuted = plan.unexecuted()  # replayed, but not run by this executor yet
+        if unexecuted:
+            raise UserInputError(f"{label}: {unexecuted}")
         model = build_model(spec, device=device, dtype=dtype, seed=0)
         batch = make_batch(spec, seq_len=seq_len, batch=batch_size, device=device, dtype=dtype)
         if arena and warmup < 1:

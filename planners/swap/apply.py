@@ -32,6 +32,7 @@ class Transfer:
     ready_op: int  # d2h: starts when this op ends; h2d: starts when this op starts
     needed_op: int  # compute cannot start this op before the copy is done
     stream: str  # "d2h" (side streams, overlapped) | "compute" (synchronous)
+    tier: str = "host"  # where the bytes go: host DRAM, a CXL card, an NVMe drive
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class AppliedPlan:
     offloaded_bytes: int  # per GPU, all layers (host bytes one GPU holds at the peak)
     staging_bytes: int  # largest layer's offloaded bytes
     movements: tuple[LayerMovement, ...] = ()  # on the base Workload (the profile's)
+    op_index: tuple[int, ...] = ()  # base Workload op k -> its index in ``workload``
 
 
 def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int = 1,
@@ -72,7 +74,7 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
     recompute_ops: dict[int, OpSpec] = {}  # base first_bwd index -> recompute op (oid fixed later)
     rec_allocs: dict[int, list[int]] = {}
     rec_frees: dict[int, list[int]] = {}
-    pending: list[tuple[int, str, int, str]] = []  # (layer, stream, bytes, kind)
+    pending: list[tuple[int, str, int, str]] = []  # (layer, stream, bytes, tier)
     total_off = 0
     staging = 0
 
@@ -90,8 +92,37 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
             add_frees.setdefault(free_at, []).append(tid)
         return tid
 
+    # Segment checkpoints: a layer whose input is "recompute" gets it back from the segment's
+    # head (the nearest earlier layer whose input is kept or offloaded) by one op that re-runs
+    # the forward of the layers in between, placed before the backward stage of the segment's
+    # last layer; an offloaded head input is fetched for that op, not for the head's own stage.
+    head_of: dict[int, int] = {}
+    for dec in layers:
+        if dec.input == "recompute":
+            head_of[dec.layer] = head_of.get(dec.layer - 1, dec.layer - 1)
+    seg_last: dict[int, int] = {}
+    for j, h in head_of.items():
+        seg_last[h] = max(seg_last.get(h, h), j)
+    seg_allocs: dict[int, list[int]] = {}  # segment's last layer -> recomputed inputs
+
+    def restore_of(i: int, stream: str) -> tuple[int, int]:
+        rel, res = moves[i].release_restore_ops(stream)
+        if i in seg_last:
+            res = moves[seg_last[i]].release_restore_ops(stream)[1]
+        return rel, res
+
     for lp, dec in zip(prof.layers, layers, strict=True):
         i = lp.layer
+        if dec.input == "recompute":
+            if dec.checkpoint != "full" or not lp.input_tids or i not in head_of:
+                raise ValueError(f"apply_plan: layers.{i}.input: recompute needs a full checkpoint "
+                                 "and an earlier layer")
+            for t in lp.input_tids:
+                nb = sizes[t]
+                sizes[t] = 0
+                part(t, nb, "dropped", alloc_of[t], lp.last_fwd)
+                seg_allocs.setdefault(seg_last[head_of[i]], []).append(
+                    part(t, nb, "recomputed", None, prof.free_op[t]))
         if (dec.checkpoint != "none") != (lp.recompute_s > 0.0):
             raise ValueError(f"apply_plan: layers.{i}: checkpoint {dec.checkpoint} but the profile's "
                              f"layer {'has' if lp.recompute_s else 'has no'} recompute ops")
@@ -115,7 +146,7 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
             groups.append((inputs, RoleAction(action="offload", alpha_frac=1.0, stream=dec.input_stream)))
         if dec.checkpoint == "none":
             groups += [(tids, dec.action(role)) for role, tids in lp.role_tids.items()]
-        layer_off: dict[str, int] = {}
+        layer_off: dict[tuple[str, str], int] = {}  # (stream, tier) -> offloaded bytes
         assemble, assemble_t = 0, -1  # the largest tensor put together from kept and recomputed rows
         assembled_bytes = 0  # rows the recompute op copies into full-size tensors
         max_rec = 0.0
@@ -133,25 +164,27 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
                     # The executor's order: the whole tensor stays until its D2H copy is done,
                     # its kept rows are copied out at the layer's end and move into the
                     # full-size prefetch buffer, the recomputed rows pass through it.
-                    rel, res = moves[i].release_restore_ops(act.stream)
+                    rel, res = restore_of(i, act.stream)
                     sizes[t] = 0
                     part(t, nb, "offloaded", alloc_of[t], rel)
                     if keep:
                         part(t, keep, "kept", lp.last_fwd, res)
                     stage_allocs.setdefault(res, []).append(part(t, nb, "prefetched", None, prof.free_op[t]))
-                    layer_off[act.stream] = layer_off.get(act.stream, 0) + off
+                    off_key = (act.stream, act.tier)
+                    layer_off[off_key] = layer_off.get(off_key, 0) + off
                     if rec:
                         tmp = part(t, rec, "recomputed", None, None)
                         rec_allocs.setdefault(i, []).append(tmp)
                         rec_frees.setdefault(i, []).append(tmp)
                 elif off:
-                    rel, res = moves[i].release_restore_ops(act.stream)
+                    rel, res = restore_of(i, act.stream)
                     part(t, off, "offloaded", alloc_of[t], rel)
                     back = part(t, off, "prefetched", None, None)
                     rec_frees[i].remove(t)
                     rec_frees[i] += [t, back]
                     stage_allocs.setdefault(res, []).append(back)
-                    layer_off[act.stream] = layer_off.get(act.stream, 0) + off
+                    off_key = (act.stream, act.tier)
+                    layer_off[off_key] = layer_off.get(off_key, 0) + off
                 if rec and not (off and t not in held):
                     part(t, rec, "dropped", alloc_of[t], lp.last_fwd)
                     rec_allocs.setdefault(i, []).append(part(t, rec, "recomputed", None, prof.free_op[t]))
@@ -174,10 +207,19 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
                 -1, f"layers.{i}.token_recompute", "recompute", Phase.RECOMPUTE, i,
                 exec_flops=rec_flops, flops=0.0, op_class="gemm", time_s=rec_s,
                 allocs=tuple(rec_allocs.get(i, ())), frees=tuple(rec_frees.get(i, ())))
-        for stream, nbytes in sorted(layer_off.items()):
-            pending.append((i, stream, nbytes, "off"))
+        if i in seg_allocs:
+            h = min(j for j, last in seg_last.items() if last == i)
+            seg = prof.layers[h:i]
+            recompute_ops[moves[i].stage_op] = OpSpec(
+                -1, f"layers.{h}-{i - 1}.segment_recompute", "recompute", Phase.RECOMPUTE, i,
+                exec_flops=sum(s.fwd_flops for s in seg), flops=0.0, op_class="gemm",
+                time_s=sum(s.fwd_s for s in seg), allocs=tuple(seg_allocs[i]))
+        per_stream: dict[str, int] = {}
+        for (stream, tier), nbytes in sorted(layer_off.items()):
+            pending.append((i, stream, nbytes, tier))
             total_off += nbytes
-            staging = max(staging, nbytes)
+            per_stream[stream] = per_stream.get(stream, 0) + nbytes
+        staging = max([staging, *per_stream.values()])
 
     # Rebuild the op list: a recompute op before each layer's first backward op.
     new_index: dict[int, int] = {}
@@ -203,16 +245,17 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
         pos = stage_start(key)
         out[pos] = _renumber(out[pos], pos, allocs=list(out[pos].allocs) + fetched, frees=list(out[pos].frees))
     transfers = []
-    for i, stream, nbytes, _ in pending:
-        rel, res = moves[i].release_restore_ops(stream)
-        transfers.append(Transfer(i, "d2h", nbytes, new_index[moves[i].copy_op], new_index[rel] + 1, stream))
-        transfers.append(Transfer(i, "h2d", nbytes, stage_start(res), stage_index[i], stream))
+    for i, stream, nbytes, tier in pending:
+        rel, res = restore_of(i, stream)
+        transfers.append(Transfer(i, "d2h", nbytes, new_index[moves[i].copy_op], new_index[rel] + 1, stream, tier))
+        transfers.append(Transfer(i, "h2d", nbytes, stage_start(res), stage_index[seg_last.get(i, i)], stream, tier))
     tensors = tuple(TensorSpec(t.tid, t.name, sizes[t.tid], t.role, t.layer, t.persistent)
                     for t in wl.tensors + tuple(extra))
     new_wl = Workload(tensors=tensors, ops=tuple(out), initial=wl.initial,
                       meta={**wl.meta, "plan_applied": True})
     return AppliedPlan(workload=new_wl, transfers=tuple(transfers), offloaded_bytes=total_off,
-                       staging_bytes=staging, movements=moves)
+                       staging_bytes=staging, movements=moves,
+                       op_index=tuple(new_index[k] for k in range(len(wl.ops))))
 
 
 def _renumber(op: OpSpec, oid: int, *, allocs=None, frees=None) -> OpSpec:

@@ -71,7 +71,9 @@ def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver
     reserved peak is left out)."""
     from hwmodels.compute import mfu_frac
 
-    prof = ctx.profile_for([lp.checkpoint for lp in layers])
+    layers = ctx.stamped(layers)
+    modes = [lp.checkpoint for lp in layers]
+    prof = ctx.profile_for(modes)
     applied = apply_plan(prof, layers, lookahead=ctx.lookahead, prefetch_at=ctx.prefetch_at,
                          copy_s_per_byte=ctx.copy_s_per_byte)
     if short_of_time:
@@ -82,7 +84,8 @@ def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver
                                   reason=f"host at least {format_bytes(host)} > {format_bytes(ctx.host_budget_bytes)} "
                                          "host budget (copied before any copy back starts; not replayed, to "
                                          "keep to the time limit)")
-    rep = replay(applied, ctx.node, num_gpus=ctx.rates.num_gpus_sharing_host)
+    rep = replay(applied, ctx.node, num_gpus=ctx.rates.num_gpus_sharing_host,
+                 states=ctx.states_applied(modes) if ctx.whole_step else None)
     host_peak = rep.peak_host_bytes
     mfu = mfu_frac(model_flops=rep.model_flops, step_time_s=rep.step_time_s, node=ctx.node,
                    dtype=ctx.job.param_dtype)
@@ -92,7 +95,7 @@ def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver
                        f" gpu budget (at {rep.peak_op})")
     reserved: int | None = None
     oom = False
-    if not (short_of_time and reasons):
+    if not (short_of_time and reasons) and (ctx.predict_reserved or ctx.allocator != "planned"):
         reserved, oom = predict_reserved(applied.workload, allocator=ctx.job.allocator,
                                          capacity_bytes=ctx.gpu_budget_bytes)
     if ctx.allocator == "expandable" and not reasons and oom:
@@ -107,11 +110,19 @@ def evaluate(ctx: PlanContext, name: str, layers: Sequence[LayerPlan], *, solver
                            f"capped at {format_bytes(failed)}, cannot serve every request")
     if host_peak > ctx.host_budget_bytes:
         reasons.append(f"host {format_bytes(host_peak)} > {format_bytes(ctx.host_budget_bytes)} host budget")
+    tier_peaks = rep.tier_peak_bytes if ctx.whole_step or any(
+        a.action == "offload" and a.tier != "host" for lp in layers for a in lp.roles.values()) else {}
+    for tier_name, items in (("cxl", ctx.node.cxl), ("nvme", ctx.node.nvme)):
+        capacity = sum(d.capacity_bytes for d in items)
+        if tier_peaks.get(tier_name, 0) > capacity:
+            reasons.append(f"{tier_name} {format_bytes(tier_peaks[tier_name])} > {format_bytes(capacity)} "
+                           f"{tier_name} capacity")
     feasible = not reasons
     prediction = Prediction(step_time_s=rep.step_time_s, mfu=mfu, peak_hbm_bytes=rep.peak_hbm_bytes,
                             peak_reserved_bytes=reserved, peak_host_bytes=host_peak, stall_s=rep.stall_s, recompute_s=rep.recompute_s,
-                            feasible=feasible, replayed_by=rep.replayed_by)
+                            feasible=feasible, replayed_by=rep.replayed_by, tier_peak_bytes=tier_peaks)
     plan = Plan.for_scenario(ctx.scenario, layers=list(layers), prefetch_lookahead_layers=ctx.lookahead,
+                             lm_head_chunks=ctx.lm_head_chunks,
                              prefetch_at=ctx.prefetch_at, mlp_activation=ctx.job.mlp_activation,
                              staging_buffer_bytes=applied.staging_bytes, num_staging_buffers=2,
                              provenance=_provenance(ctx, name, solver=solver, status=status, gap=gap,

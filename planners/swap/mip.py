@@ -116,6 +116,8 @@ class _SwapMip:
         self.user_budget = ctx.gpu_budget_bytes if budget_bytes is None else budget_bytes
         self.budget = self.user_budget * (1 - BUDGET_MARGIN_FRAC) - RUNTIME_WORKSPACE_BYTES
         host_budget = ctx.host_budget_bytes if host_budget_bytes is None else host_budget_bytes
+        # what the model states leave of it (their pinned pools and CPU-side states)
+        host_budget -= ctx.states_host_bytes() if ctx.whole_step else 0
         self.host_budget = host_budget * (1 - BUDGET_MARGIN_FRAC)
         self.g = float(GiB)
         self.prob = pulp.LpProblem("swap_recompute", pulp.LpMinimize)

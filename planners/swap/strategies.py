@@ -9,9 +9,16 @@ from hwmodels.units import GiB, UserInputError
 from planners.swap.context import PlanContext
 from planners.swap.evaluate import ALLOCATORS, StrategyResult, evaluate
 from planners.swap.mip import plan_mip_variants
+from planners.swap.whole import plan_whole_step
 from simulator.workload import Role
 
-STRATEGIES = ("none", "full_recompute", "selective", "offload_all", "memo", "mip")
+STRATEGIES = ("none", "full_recompute", "selective", "offload_all", "memo", "mip", "whole_step")
+"""The activation strategies (baselines and the MIP, model states resident), then the whole-step
+search (`planners.swap.whole`: chunked head and MLP, model states off HBM, segment checkpoints)."""
+WHOLE_STEP_SHARE_FRAC = 0.6
+"""When the whole-step search applies, the activation MIP must be done by 1 - this share of the
+time limit; the search gets the rest (and whatever the MIP leaves), never less than this share
+of the limit, counted in the process's CPU time (`planners.swap.whole.plan_whole_step`)."""
 BASELINE_SHARE_FRAC = 0.25
 """Once the baselines have taken this share of the time limit, the rest are evaluated
 ``short_of_time`` (see `evaluate`): a baseline whose host peak is proven over the host budget is
@@ -54,6 +61,23 @@ def static_bytes_check(ctx: PlanContext) -> str:
     return f"{names} need {total / GiB:.1f} GiB > {ctx.gpu_budget_bytes / GiB:.1f} GiB gpu budget"
 
 
+def whole_step_applies(ctx: PlanContext) -> str:
+    """Why the whole-step search does not run for ``ctx`` ("" when it does): it runs for a
+    Hugging Face (Llama-family) job on one GPU with an LM head or an optimizer step (model
+    states to place). A bare layer stack trained without an optimizer (the bench's probe jobs)
+    plans its activations only, and its plans stay what they were."""
+    from simulator.templates import code_base
+
+    par = ctx.job.parallelism
+    if (par.tp, par.cp, par.dp) != (1, 1, 1):
+        return "not searched: the whole-step choices are planned for one GPU"
+    if code_base(ctx.model) == "megatron":
+        return "not searched: the whole-step choices are modelled for Llama-family models"
+    if not ctx.model.has_lm_head and ctx.job.optimizer == "none":
+        return "not searched: a bare layer stack without an optimizer (no head, no optimizer states)"
+    return ""
+
+
 def plan_training(model, job, node, *, gpu_budget_bytes: int | None = None,
                   host_budget_bytes: int | None = None, time_limit_s: float = 10.0,
                   solver: str = "highs", lookahead: int = 1, allocator: str = "planned") -> PlanReport:
@@ -77,7 +101,9 @@ def plan_training(model, job, node, *, gpu_budget_bytes: int | None = None,
     deadline = t0 + time_limit_s  # the baselines and the MIP share it (see plan_mip_variants)
     static = static_bytes_check(ctx)
     results: list[StrategyResult] = []
-    for name in STRATEGIES[:-1]:
+    not_whole = whole_step_applies(ctx)
+    whole = not not_whole
+    for name in STRATEGIES[:-2]:
         layers, why_not = baselines.BASELINES[name](ctx)
         if layers is None:
             results.append(StrategyResult(name=name, feasible=False, step_time_s=None, mfu=None,
@@ -89,12 +115,27 @@ def plan_training(model, job, node, *, gpu_budget_bytes: int | None = None,
         results.append(StrategyResult(name="mip", feasible=False, step_time_s=None, mfu=None,
                                       peak_hbm_bytes=None, peak_host_bytes=None, reason=static))
     else:
+        mip_deadline = deadline - (WHOLE_STEP_SHARE_FRAC * time_limit_s if whole else 0.0)
         results.append(plan_mip_variants(ctx, time_limit_s=time_limit_s, solver=solver,
-                                         fallbacks=results, deadline_s=deadline))
+                                         fallbacks=results, deadline_s=mip_deadline))
+    mip = results[-1]
+    if whole:
+        # never less than its share of the limit, whatever the others took (counted in CPU time)
+        until = max(deadline, time.perf_counter() + WHOLE_STEP_SHARE_FRAC * time_limit_s)
+        results.append(plan_whole_step(ctx, time_limit_s=time_limit_s, solver=solver, deadline_s=until))
+    else:
+        results.append(StrategyResult(name="whole_step", feasible=False, step_time_s=None, mfu=None,
+                                      peak_hbm_bytes=None, peak_host_bytes=None, reason=not_whole))
     feasible = [r for r in results if r.feasible]
-    best = min(feasible, key=lambda r: (r.step_time_s, STRATEGIES.index(r.name))).name if feasible else None
+    # the best is the fastest plan the training executor runs; one it does not run yet (model
+    # states off HBM, segment checkpoints, ...: `Plan.unexecuted`) only when nothing else fits
+    runnable = [r for r in feasible if r.plan is None or not r.plan.unexecuted()]
+    pool = runnable or feasible
+    best = min(pool, key=lambda r: (r.step_time_s, STRATEGIES.index(r.name))).name if pool else None
     binding = ""
     if best is None:
-        binding = static or next((r.reason for r in results if r.name == "mip"), "")
-    timed_out = best is None and results[-1].timed_out
+        binding = static or mip.reason
+        if whole:
+            binding += f"; whole step: {results[-1].reason}"
+    timed_out = best is None and mip.timed_out
     return PlanReport(strategies=tuple(results), best=best, binding=binding, timed_out=timed_out)

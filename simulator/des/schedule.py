@@ -42,7 +42,9 @@ from simulator.movement import step_movements
 from simulator.workload import Phase, Role, Workload, allocator_rounded_bytes
 
 TIERS: tuple[str, ...] = ("hbm", "host", "cxl", "nvme", "csd")
-STREAM_KINDS: tuple[str, ...] = ("compute", "d2h", "h2d", "csd")
+STREAM_KINDS: tuple[str, ...] = ("compute", "d2h", "h2d", "csd", "cpu")
+"""``cpu``: the host's work for a step (a CPU optimizer step, its reads and writes of states on
+a CXL card or a drive)."""
 _BACKWARD_PHASES = (Phase.BWD, Phase.RECOMPUTE)
 
 
@@ -50,7 +52,7 @@ _BACKWARD_PHASES = (Phase.BWD, Phase.RECOMPUTE)
 class Stream:
     """An in-order queue of tasks: a CUDA stream, a copy engine, or a drive's compute engine."""
 
-    name: str  # e.g. "gpu0.compute", "gpu0.d2h", "gpu0.h2d", "csd0.compute"
+    name: str  # e.g. "gpu0.compute", "gpu0.d2h", "gpu0.h2d", "csd0.compute", "cpu.optimizer"
     kind: str  # one of STREAM_KINDS
     device: str  # "gpu0", "csd0"
 

@@ -193,6 +193,21 @@ def test_a_decision_the_replay_cannot_carry_out_yet_is_named():
                  for i in range(3)]
     assert _plan(layers=offloaded).unsupported().startswith("layers.0.model_states:")
     assert _plan(lm_head_chunks=4).unsupported().startswith("lm_head_chunks:")
+    cpu_step = ModelStatePlacement(grads="host", optimizer_states="host", master_weights="host",
+                                   optimizer_step="cpu")
+    on_host = [LayerPlan(layer=i, model_states=cpu_step) for i in range(3)]
+    assert _plan(layers=on_host).unsupported() == ""  # replayed now
+    # run by the executor, but not for a job without an optimizer (this one)
+    assert _plan(layers=on_host).unexecuted() == ("layers.0.model_states.optimizer_step: cpu, but "
+                                                  "scenario.job.optimizer is none")
+    mixed = [LayerPlan(layer=i, mlp_chunks=1 + i) for i in range(3)]
+    assert _plan(layers=mixed).unsupported().startswith("layers.mlp_chunks:")
+    segments = [LayerPlan(layer=0, checkpoint="full"), LayerPlan(layer=1, checkpoint="full", input="recompute"),
+                LayerPlan(layer=2, checkpoint="full")]
+    assert _plan(layers=segments).unsupported() == ""
+    assert _plan(layers=segments).unexecuted() == "layers.1.input: segment checkpoints are not executed yet"
+    with pytest.raises(ValidationError, match="recompute needs a full checkpoint"):
+        LayerPlan(layer=1, input="recompute")
 
 
 def test_load_plan_reports_file_and_field(tmp_path):

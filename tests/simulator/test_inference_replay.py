@@ -123,7 +123,7 @@ def test_batch1_decode_is_faster_on_h200_than_h100():
 @pytest.mark.parametrize("kv_quant", ["int8", "int4"])
 def test_quantized_kv_host_decode_is_faster_by_the_byte_ratio(kv_quant):
     """Link-bound cell: a host layer moves only its quantized groups, so the step shrinks by
-    about the bytes' ratio (the dequantize is GPU time the link hides); the pool shrinks alike,
+    about the bytes' ratio (the dequantize is GPU time the link mostly hides); the pool shrinks alike,
     the HBM gains the bf16 dequantize buffer and the residual windows."""
     from simulator.inference import kv_quant_layout, kv_quant_time_s
 
@@ -139,7 +139,11 @@ def test_quantized_kv_host_decode_is_faster_by_the_byte_ratio(kv_quant):
     ratio = lay.quantized_bytes / kv_layer_bytes(MODEL, job, num_tokens=ctx, batch=4)
     bits, g = {"int8": 8, "int4": 4}[kv_quant], MODEL.head_dim  # a scale and a zero (bf16) per G elements
     assert ratio == pytest.approx((bits / 8 + 4 / g) / 2, rel=1e-4)
-    assert quant.decode_step_time_s == pytest.approx(ratio * bf16.decode_step_time_s, rel=0.05)
+    # the link's share shrinks by the bytes' ratio; the dequantize (int4 runs at half int8's
+    # measured rate) is hidden behind the next layer's fetch except where it outlasts it
+    dequant_s = L * kv_quant_time_s(MODEL, job, NODE, num_tokens=ctx, batch=4)
+    assert 0.95 * ratio * bf16.decode_step_time_s <= quant.decode_step_time_s
+    assert quant.decode_step_time_s <= ratio * bf16.decode_step_time_s + 0.5 * dequant_s
     # the compute gains one dequantize per layer
     assert quant.decode_compute_s == pytest.approx(
         bf16.decode_compute_s + L * kv_quant_time_s(MODEL, job, NODE, num_tokens=ctx, batch=4), rel=0.02)

@@ -16,7 +16,11 @@ The baselines and the MIP share --time-limit: the baselines are replayed first (
 taken a quarter of it, a copying baseline proven over the host budget is not replayed, and its
 row says so), the MIP's own variant then gets at least 60% of the limit and the other variants
 what is left; the command returns within the limit plus imports, the baselines' overrun and the
-last replay of a plan (benchmarks/time_limits.py).
+last replay of a plan (benchmarks/time_limits.py). For one GPU and a Llama-family model the
+whole-step search (the ``whole_step`` row: chunked head and MLP, model states off HBM, segment
+checkpoints) gets the last 60% of the limit, at least that much of CPU time
+(benchmarks/whole_step_planning.py); the best is the fastest plan the executor runs
+(`Plan.unexecuted`), one it does not run yet only when nothing else fits.
 """
 
 from __future__ import annotations
@@ -301,6 +305,15 @@ def _print(report, scenario, model, node, costs, *, allocator: str) -> None:
                       format_usd(costs[r.name].get("usd_per_million_tokens")),
                       r.reason)
     console.print(table)
+    if report.best == "whole_step":
+        from planners.swap.whole import where_bytes_live
+
+        res = report.result("whole_step")
+        rows = where_bytes_live(res)
+        console.print(f"whole_step: {res.reason}; tiers used: {', '.join(t for t, _, _ in rows)}")
+        for tier, peak, kinds in rows:
+            parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1]))
+            console.print(f"  {tier:<5} peak {format_bytes(peak):>11}: {parts}")
     best = costs.get(report.best or "")
     console.print(describe_rate(best if best is not None else next(iter(costs.values()))))
     if prov is not None and prov.solver:

@@ -97,10 +97,10 @@ def test_transfers_carry_their_rates_in_the_trace(result):
 
 def test_cli_replays_a_plan_file_as_the_planner_predicted(capsys, tmp_path):
     flags = ["--model", "llama-2-7b", "--layers", "4", "--seq-len", "64K", "--hardware", "1xH200"]
-    assert main(["plan", *flags, "--gpu-budget", "70GiB", "--out", str(tmp_path), "--json"]) == 0
+    assert main(["plan", *flags, "--gpu-budget", "50GiB", "--out", str(tmp_path), "--json"]) == 0
     capsys.readouterr()
     plan = json.loads((tmp_path / "plan.json").read_text())
-    assert plan["provenance"]["planner"] == "mip" and plan["prediction"]["peak_host_bytes"] > 0
+    assert plan["provenance"]["planner"] in ("mip", "whole_step") and plan["prediction"]["peak_host_bytes"] > 0
     assert main(["simulate", "--plan", str(tmp_path / "plan.json"), "--json"]) == 0  # no scenario flags
     data = json.loads(capsys.readouterr().out)
     assert data["step_time_s"] == pytest.approx(plan["prediction"]["step_time_s"], abs=1e-6)
