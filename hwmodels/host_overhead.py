@@ -11,6 +11,8 @@ with SDPA kept off cuDNN attention (flash first: what the engines run) and, ``cu
 torch's default order, where cuDNN attention builds an execution plan for every new KV length
 (every decode step: ~1.1 ms of host time per layer at 32K). On the GPU side, decode's weight GEMVs
 and its one-token attention reach less than the HBM copy rate the roofline uses: ``DecodeRates``.
+The host CPU's own one-token attention over a KV cache in its DRAM (attention off the GPU):
+``CpuAttentionRate``.
 Assumes: the host's single-thread speed of the machine measured (the figures are the H200 host's;
 other nodes use them too until measured: the host, not the GPU, sets them). Decode rates of other
 GPUs are the H200's scaled by their datasheet HBM bandwidth.
@@ -127,3 +129,41 @@ def decode_rates(node) -> DecodeRates:
     return DecodeRates(gemm_bytes_per_s=H200_DECODE.gemm_bytes_per_s * scale,
                        attention_latency_s=H200_DECODE.attention_latency_s,
                        source=f"the H200's ({H200_DECODE.source}) times {node.gpu.name}'s HBM bandwidth over the H200's")
+
+
+# ---- attention on the host CPU ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CpuAttentionRate:
+    """How fast the host CPU runs one-token (decode) attention over a KV cache in its DRAM, all
+    its threads on one call: ``latency_s + max(kv_bytes / kv_bytes_per_s, flops / flops_per_s)``
+    (memory bound at decode's ~H/KVH FLOPs per byte; the FLOP rate binds only for wide groups)."""
+
+    kv_bytes_per_s: float  # K and V bytes read per second
+    flops_per_s: float
+    latency_s: float  # per call: the wait for the query's copy, torch's dispatch, the thread pool
+    source: str
+
+    def time_s(self, *, kv_bytes: float, flops: float) -> float:
+        return self.latency_s + max(kv_bytes / self.kv_bytes_per_s, flops / self.flops_per_s)
+
+
+H200_HOST_CPU_ATTENTION = CpuAttentionRate(
+    kv_bytes_per_s=36.2e9,
+    flops_per_s=0.5e12,
+    latency_s=50e-6,
+    source="assumed until validate/scripts/cpu_attention_bench.py runs on the H200 host: K and V read at the "
+           "read half of the host's measured DRAM copy rate (72.4 GB/s read+write, 16 threads, "
+           "validate/measurements/reference/h200-host-probe-2026-11-28.json; a read-only stream moves at least "
+           "that); FLOPs at a quarter of 8 Sapphire Rapids class cores' fp32 AVX-512 peak (8 x 2 FMA x 16 x 2 x "
+           "~2 GHz = 1.0 TFLOP/s, halved again for the bf16 -> fp32 conversion); 50 us per call for the "
+           "synchronize on the query's D2H copy, the dispatch and the OpenMP pool's wake-up",
+)
+
+
+def cpu_attention_rate(node) -> CpuAttentionRate:
+    """The host CPU's decode-attention rate on ``node`` (the H200 host's figure: one host
+    measured so far, as for the issue costs above)."""
+    del node  # one measured host so far
+    return H200_HOST_CPU_ATTENTION

@@ -406,9 +406,11 @@ class Plan(_Frozen):
         (``validate.executor.executor_unsupported``, which this package cannot import) refuses
         the same (tests/validate/test_plan_unexecuted.py holds them together); beyond it, the
         replay also carries out segment checkpoints and the fused RMSNorm, which the executor
-        does not run yet."""
+        does not run yet. An inference plan: what its executors do not run (`not_executable`)."""
+        if self.scenario.job.mode == "infer":
+            return self.not_executable()
         why = self.unsupported()
-        if why or self.scenario.job.mode == "infer":
+        if why:
             return why
         job = self.scenario.job
         if getattr(job, "rmsnorm", "eager") != "eager":
@@ -433,11 +435,14 @@ class Plan(_Frozen):
         return ""
 
     def _unsupported_infer(self) -> str:
-        """Inference plans: each layer's KV cache whole in HBM or whole in host memory (bf16 /
-        fp16, or int8 / int4 in the KIVI layout of kernels.quant),
-        its weights resident or streamed from the host, attention on the GPU."""
+        """Inference plans (what the replay carries out): each layer's KV cache whole in HBM or
+        whole in one other tier (bf16 / fp16, or int8 / int4 in the KIVI layout of
+        kernels.quant), its weights resident or streamed from the host, attention on the GPU, or
+        next to an unquantized KV: the host CPU for host KV, the drive for KV in a CSD (static
+        engine)."""
         if self.lm_head_chunks != 1:
             return "lm_head_chunks: inference computes the head for the last token only"
+        engine = getattr(self.scenario.job, "engine", "static")
         for lp in self.layers:
             where = f"layers.{lp.layer}"
             kv = lp.kv_cache
@@ -445,8 +450,6 @@ class Plan(_Frozen):
                 return f"{where}.kv_cache: an inference plan places every layer's KV cache"
             if kv.resident_frac not in (0.0, 1.0):
                 return f"{where}.kv_cache.resident_frac: a KV cache split within a layer is not executed yet"
-            if kv.resident_frac < 1.0 and kv.tier != "host":
-                return f"{where}.kv_cache.tier: KV cache on {kv.tier} is not executed yet"
             if kv.dtype == "fp8":
                 return f"{where}.kv_cache.dtype: an fp8 KV cache is not executed yet"
             ms = lp.model_states
@@ -454,12 +457,39 @@ class Plan(_Frozen):
                 return f"{where}.model_states.params: weights streamed from {ms.params} are not executed yet"
             if (ms.grads, ms.optimizer_states, ms.master_weights, ms.optimizer_step) != ("hbm", "hbm", "hbm", "gpu"):
                 return f"{where}.model_states: an inference plan places only the parameters"
+            kv_tier = "hbm" if kv.resident_frac == 1.0 else kv.tier
             if lp.attention_on != "gpu":
-                return f"{where}.attention_on: attention off the GPU is not executed yet"
+                needs = "host" if lp.attention_on == "cpu" else "csd"
+                if kv_tier != needs:
+                    return (f"{where}.attention_on: attention on the {lp.attention_on} needs the layer's KV cache "
+                            f"on {needs}, not {kv_tier}")
+                if engine != "static":
+                    return f"{where}.attention_on: the {engine} engine attends on the GPU"
+                if kv.dtype not in ("bf16", "fp16"):
+                    return f"{where}.attention_on: attention off the GPU reads an unquantized KV cache, not {kv.dtype}"
             if lp.mlp_chunks != 1:
                 return f"{where}.mlp_chunks: a chunked MLP is not executed yet"
             if lp.checkpoint != "none" or lp.input != "keep" or lp.roles:
                 return f"{where}: activation decisions are for training plans"
+        return ""
+
+    def not_executable(self) -> str:
+        """The first decision the executors (validate.infer_executor, validate.infer_hf) cannot
+        carry out, as "field: reason"; "" when there is none. Beyond ``unsupported()``: an
+        inference plan's KV off HBM only on the host, and attention never inside a drive (the
+        executors have none)."""
+        why = self.unsupported()
+        if why or self.scenario.job.mode != "infer":
+            return why
+        for lp in self.layers:
+            where = f"layers.{lp.layer}"
+            kv = lp.kv_cache
+            assert kv is not None  # unsupported() refuses inference plans without one
+            if lp.attention_on == "csd":
+                return (f"{where}.attention_on: attention inside a computational storage drive is replayed, "
+                        "not executed (no drive to run it)")
+            if kv.resident_frac < 1.0 and kv.tier != "host":
+                return f"{where}.kv_cache.tier: KV cache on {kv.tier} is not executed yet (replayed only)"
         return ""
 
     @property

@@ -13,6 +13,15 @@ drive) and its weights resident or streamed from one, for two decode engines:
   stream; a buffer is refilled only once the attention that read it and the D2H write-back of
   the new token's k,v (out of that buffer) are done. Streamed weights go H2D into rotating
   weight buffers (as many as the staging buffers, one layer's weights each) the same way.
+  Attention off the GPU (``attention_on``): a layer whose KV is on the host may attend on the
+  host CPU, one whose KV is in a computational storage drive inside the drive (an unquantized
+  KV only: a quantized layer is dequantized and attended on the GPU). Its decode step
+  fetches no KV: the layer writes its new k,v into its staging slot as before, sends them and
+  its query [B, H, 1, D] out, the CPU (the host thread, which waits for them) or the drive
+  streams the layer's K and V out of its own memory (host DRAM shared with the copies, the
+  drive's flash at its internal bandwidth) at its attention rate, and the output comes back H2D
+  before the rest of the layer: on the critical path, overlapped only with the other layers'
+  fetches (before it waits, the host issues the next KV fetch whose buffer is free).
 * ``hf`` (transformers ``DynamicCache``): every step grows each layer's K and V by
   ``torch.cat`` (reads the old cache, writes one token longer; the old and the new copy live
   together for a moment). Its ``offloading=True`` form as transformers 5.17 does it
@@ -49,7 +58,8 @@ D2H streams sharing the host link (and the both-ways ceiling) fluidly, with the 
 buffer rotation as dependencies; stalls appear when the link is slower than the compute.
 Assumes: one GPU, tp = cp = 1; the executor's buffers are allocated once (no fragmentation:
 expandable segments); the batch's sequences decode together; greedy sampling costs nothing.
-Ignores: the first steps' one-off costs (pinned blocks allocated, cuDNN plans: the measured
+Ignores: the CPU's attention threads slowing the issuing thread beyond the wait itself; splitting
+one layer's attention between the GPU and the CPU (log-sum-exp merge: not modelled yet); the first steps' one-off costs (pinned blocks allocated, cuDNN plans: the measured
 median leaves out 2 steps), the CPU side of the copies beyond their issue, NVMe file-system
 overhead, host page-cache effects, host speed differences between machines.
 Source: transformers 5.x src/transformers/cache_utils.py (DynamicLayer.update,
@@ -57,12 +67,14 @@ DynamicCache.update / prefetch / offload); PyTorch aten/src/ATen/native/TensorCo
 (non-blocking device-to-CPU copies pin their output) and aten/src/ATen/core/CachingHostAllocator.h
 (power-of-two rounding); the launch figures of validate/measurements/h200/microbench-h200-2026-11-28.json
 (``launch_overhead``: gpu_back_to_back 3.42 us); hwmodels/host_overhead.py's sources; the engines
-validate/infer_executor.py and validate/infer_hf.py.
+validate/infer_executor.py and validate/infer_hf.py; InstInfer (Pan et al., arXiv 2409.04992) for
+attention inside a computational storage drive (the mechanism: only the query and the output cross
+the links, the KV is read at the flash's internal bandwidth; the drive's figures are the preset's).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hwmodels.units import UserInputError
 
@@ -85,17 +97,22 @@ of the refactored pass (0.268 GB): 64 MiB, taken as the cuBLAS workspaces of the
 STATIC_DECODE_GRAPHS = True
 """The static engine's decode step replays CUDA graphs around an eager attention
 (validate.infer_executor, graphs on by default); its prefill stays eager."""
-KV_TIERS = ("hbm", "host", "cxl", "nvme")
+KV_TIERS = ("hbm", "host", "cxl", "nvme", "csd")
 PARAM_TIERS = ("hbm", "host", "cxl", "nvme")
+ATTENTION_ON = {"gpu": KV_TIERS, "cpu": ("host",), "csd": ("csd",)}
+"""Where a layer's decode attention may run, by the tiers its KV cache may then live in: the GPU
+anywhere (off-HBM KV fetched into a staging buffer), the host CPU over host DRAM, a
+computational storage drive over its own flash."""
 
 
 @dataclass(frozen=True)
 class LayerPlacement:
-    """Where one decoder layer's KV cache and weights live."""
+    """Where one decoder layer's KV cache and weights live, and where its decode attention runs."""
 
     kv_tier: str = "hbm"  # one of KV_TIERS
     params_tier: str = "hbm"  # one of PARAM_TIERS: resident or streamed from this tier
     kv_quant: str = "none"  # "none" (the job's kv_dtype) or the job's kv_quant (KIVI layout)
+    attention_on: str = "gpu"  # a key of ATTENTION_ON
 
 
 @dataclass(frozen=True)
@@ -106,9 +123,10 @@ class Placement:
     num_staging_buffers: int = 2
     prefetch_lookahead_layers: int = 1
 
-    def count(self, *, kv: str | None = None, params: str | None = None) -> int:
+    def count(self, *, kv: str | None = None, params: str | None = None, attention: str | None = None) -> int:
         return sum(1 for lp in self.layers if (kv is None or lp.kv_tier == kv)
-                   and (params is None or lp.params_tier == params))
+                   and (params is None or lp.params_tier == params)
+                   and (attention is None or lp.attention_on == attention))
 
 
 @dataclass(frozen=True)
@@ -196,7 +214,7 @@ def _with_extra_s(seg: Segments, extra_s: list[float]) -> Segments:
         return seg
     post = tuple(Seg(gpu_s=p.gpu_s + x, lead_s=p.lead_s, host_s=p.host_s) if x else p
                  for p, x in zip(seg.post, extra_s, strict=True))
-    return Segments(seg.embed, seg.pre, post, seg.head, seg.model_flops)
+    return replace(seg, post=post)  # post_after_attention kept: only unquantized layers leave the GPU
 
 
 def layer_weight_bytes(model, job) -> int:
@@ -296,6 +314,7 @@ class Segments:
     post: tuple[Seg, ...]
     head: Seg
     model_flops: float
+    post_after_attention: tuple[Seg, ...] = ()  # post without its attention kernel (attention off the GPU)
 
     @property
     def order(self) -> list[Seg]:
@@ -351,6 +370,8 @@ def _segments(ops, gpu_s: list[float], host_s: list[float], num_layers: int, mod
         post=tuple(fold(runs["post", i]) if ("post", i) in runs else empty for i in range(num_layers)),
         head=fold(runs["head", None]) if ("head", None) in runs else empty,
         model_flops=model_flops,
+        post_after_attention=tuple(fold(runs["post", i][1:]) if ("post", i) in runs else empty
+                                   for i in range(num_layers)),
     )
 
 
@@ -547,7 +568,8 @@ class _Builder:
         self.node = node
         self.tasks: list = []
         self.streams = (Stream("gpu0.compute", "compute", "gpu0"), Stream("gpu0.d2h", "d2h", "gpu0"),
-                        Stream("gpu0.h2d", "h2d", "gpu0"), Stream(HOST_STREAM, "compute", "gpu0"))
+                        Stream("gpu0.h2d", "h2d", "gpu0"), Stream(HOST_STREAM, "compute", "gpu0"),
+                        *(Stream(f"csd{k}.compute", "csd", f"csd{k}") for k in range(len(node.csd))))
         self.pools = node_pools(node, 1)
         self.links = node_links(node)
 
@@ -579,6 +601,20 @@ class _Builder:
                                    layer=layer))
         return tid
 
+    def flow(self, name: str, num_bytes: int, *, stream: str, link: str, latency_s: float,
+             max_rate_bytes_per_s: float, deps=(), layer=None) -> int:
+        """Bytes a processor streams out of its own memory (attention off the GPU): ``num_bytes``
+        over ``link`` (host DRAM, a drive's flash), shared with the copies that use it, at most at
+        ``max_rate_bytes_per_s``, after ``latency_s``, on ``stream``."""
+        from simulator.des.schedule import Transfer
+
+        pool = "host" if link == "host_memory" else link.split(".")[0]
+        tid = len(self.tasks)
+        self.tasks.append(Transfer(tid, name, stream, int(num_bytes), pool, pool, (link,), latency_s,
+                                   tuple(d for d in deps if d is not None), layer=layer,
+                                   max_rate_bytes_per_s=max_rate_bytes_per_s))
+        return tid
+
     def run(self):
         from simulator.des.engine import simulate
         from simulator.des.schedule import Schedule
@@ -594,7 +630,63 @@ program order, each as long as its issue)."""
 
 
 def _link_bytes(res) -> int:
-    return int(sum(t.num_bytes for t in res.schedule.tasks if hasattr(t, "num_bytes")))
+    """Bytes the copies moved (attention's reads of its own memory off the GPU left out)."""
+    return int(sum(t.num_bytes for t in res.schedule.tasks if hasattr(t, "num_bytes") and t.src != t.dst))
+
+
+@dataclass(frozen=True)
+class AttentionRun:
+    """One layer's decode attention off the GPU as the DES runs it: its K and V streamed over
+    ``link`` (host DRAM, or the drive's flash) at most at ``max_rate_bytes_per_s`` (its compute
+    bound folded in) after ``latency_s``; ``time_s`` alone on the link."""
+
+    kv_bytes: int
+    link: str
+    latency_s: float
+    max_rate_bytes_per_s: float
+
+    @property
+    def time_s(self) -> float:
+        return self.latency_s + self.kv_bytes / self.max_rate_bytes_per_s
+
+
+@dataclass(frozen=True)
+class OffGpuAttention:
+    """What a decode step's attention off the GPU moves and runs, per layer (layers are
+    homogeneous): the query out, the output back, the CPU's and the CSD's attention."""
+
+    q_bytes: int
+    out_bytes: int
+    cpu: AttentionRun
+    csd: AttentionRun
+
+
+def off_gpu_attention(model, job, node, *, context_len: int, batch: int) -> OffGpuAttention:
+    """One layer's decode attention over ``context_len`` keys (the new token's included) off the
+    GPU: on the host CPU at `hwmodels.host_overhead.cpu_attention_rate` over host DRAM, and in
+    the node's first CSD at its internal flash bandwidth and compute rate (InstInfer: attention
+    next to the KV, only the query and the output cross the links). Sizes and FLOPs from
+    `kernels.attention.decode_attention_cost`."""
+    from hwmodels.host_overhead import cpu_attention_rate
+    from kernels.attention import decode_attention_cost
+    from simulator.job import dtype_bytes
+
+    kv_bytes = kv_layer_bytes(model, job, num_tokens=context_len, batch=batch)
+    flops = decode_attention_cost(batch=batch, context_len=context_len, num_heads=model.num_heads,
+                                  num_kv_heads=model.num_kv_heads, head_dim=model.head_dim,
+                                  dtype=job.param_dtype).total.flops
+    act = batch * model.q_size * int(dtype_bytes(job.param_dtype))  # [B, H, 1, D]
+    rate = cpu_attention_rate(node)
+    cpu_rate = min(rate.kv_bytes_per_s, kv_bytes * rate.flops_per_s / flops) if flops else rate.kv_bytes_per_s
+    cpu = AttentionRun(kv_bytes, "host_memory", rate.latency_s, cpu_rate)
+    if node.csd:
+        d = node.csd[0]
+        csd_rate = min(d.internal_flash_bandwidth_bytes_per_s, kv_bytes * d.compute_flops_per_s / flops) \
+            if flops else d.internal_flash_bandwidth_bytes_per_s
+        csd = AttentionRun(kv_bytes, "csd0.read", 0.0, csd_rate)
+    else:
+        csd = AttentionRun(kv_bytes, "csd0.read", 0.0, float("inf"))
+    return OffGpuAttention(q_bytes=act, out_bytes=act, cpu=cpu, csd=csd)
 
 
 @dataclass
@@ -610,50 +702,89 @@ class _Pass:
 
 def _static_pass(b: _Builder, seg: Segments, placement: Placement, *, kv_fetch_bytes: int, kv_new_bytes: int,
                  weight_bytes: int, after: int | None = None, kv_fetch_bytes_q: int = 0,
-                 kv_new_bytes_q: int = 0) -> _Pass:
+                 kv_new_bytes_q: int = 0, off_gpu: OffGpuAttention | None = None) -> _Pass:
     """One static-engine pass (a decode step, or a prefill pass that reads host KV written by
     earlier chunks) as the executor issues it: before layer i's ops the host issues the H2D
     fetches due (layer m's once layer m - k starts, k the lookahead, at most the buffers less
     one), each waiting on the GPU for its buffer slot (free once the layer that used it
-    num_buf fetches earlier has run its attention and written back); the layer's ops wait for
-    its fetches; a host layer's new k,v go D2H after its pre-attention part. A quantized layer
-    (``kv_quant``) moves ``kv_fetch_bytes_q`` / ``kv_new_bytes_q`` instead."""
+    num_buf off-HBM layers earlier has run its attention and written back); the layer's ops wait
+    for its fetches; a host layer's new k,v go D2H after its pre-attention part. A quantized
+    layer (``kv_quant``) moves ``kv_fetch_bytes_q`` / ``kv_new_bytes_q`` instead.
+    ``off_gpu`` (a decode step): a layer whose attention runs on the CPU or in a CSD fetches
+    nothing; it writes its new k,v into its staging slot (waiting for the slot as a fetch would),
+    sends them and its query out, the CPU (the host thread, which waits for the copies) or the
+    drive streams the layer's K and V out of its own memory, and the output comes back H2D
+    before the rest of the layer."""
     num_buf = placement.num_staging_buffers
     k = min(placement.prefetch_lookahead_layers, max(num_buf - 1, 0))
     layers = placement.layers
     n = len(layers)
+    off_kv = [m for m in range(n) if layers[m].kv_tier != "hbm"]
+    kv_ordinal = {m: j for j, m in enumerate(off_kv)}
     w_queue = [m for m in range(n) if layers[m].params_tier != "hbm"]
     def fetch_bytes(m: int) -> int:
         return kv_fetch_bytes if layers[m].kv_quant == "none" else kv_fetch_bytes_q
 
-    kv_queue = [m for m in range(n) if layers[m].kv_tier != "hbm" and fetch_bytes(m) > 0]
+    kv_queue = [m for m in off_kv if fetch_bytes(m) > 0 and layers[m].attention_on == "gpu"]
     w_users: list[int] = []
-    kv_users: list[int] = []
     fetched: dict[int, list[int]] = {}
     wb: dict[int, int] = {}
     pre: list[int] = []
     post: list[int] = []
+
+    def kv_slot(m: int) -> tuple[int | None, ...]:
+        """The tasks that free layer m's staging slot: the attention and write-back of the
+        off-HBM layer num_buf before it."""
+        j = kv_ordinal[m]
+        if j < num_buf:
+            return ()
+        u = off_kv[j - num_buf]
+        return (post[u], wb.get(u))
+
     embed, host = b.seg("embed", seg.embed, deps=(after,))
     for i in range(n):
-        for queue, users, kind in ((w_queue, w_users, "w"), (kv_queue, kv_users, "kv")):
+        for queue, kind in ((w_queue, "w"), (kv_queue, "kv")):
             while queue and queue[0] - k <= i:
                 m = queue.pop(0)
                 slot: tuple[int | None, ...] = ()
-                if len(users) >= num_buf:
-                    u = users[-num_buf]
-                    slot = (post[u], wb.get(u)) if kind == "kv" else (post[u],)
+                if kind == "kv":
+                    slot = kv_slot(m)
+                elif len(w_users) >= num_buf:
+                    slot = (post[w_users[-num_buf]],)
                 nbytes = weight_bytes if kind == "w" else fetch_bytes(m)
                 tier = layers[m].params_tier if kind == "w" else layers[m].kv_tier
                 fetched.setdefault(m, []).append(
                     b.copy(f"h2d {'weights' if kind == 'w' else 'kv'} {m}", nbytes, tier, "h2d",
                            deps=(host, *slot), layer=m))
-                users.append(m)
-        g, host = b.seg(f"layer {i} pre-attention", seg.pre[i], deps=tuple(fetched.get(i, ())), layer=i)
+                if kind == "w":
+                    w_users.append(m)
+        where = layers[i].attention_on if off_gpu is not None else "gpu"
+        deps = tuple(fetched.get(i, ())) + (kv_slot(i) if where != "gpu" else ())
+        g, host = b.seg(f"layer {i} pre-attention", seg.pre[i], deps=deps, layer=i)
         pre.append(g)
         new = kv_new_bytes if layers[i].kv_quant == "none" else kv_new_bytes_q
         if layers[i].kv_tier != "hbm" and new > 0:
             wb[i] = b.copy(f"d2h kv {i}", new, layers[i].kv_tier, "d2h", deps=(g, host), layer=i)
-        g, host = b.seg(f"layer {i} attention+mlp", seg.post[i], layer=i)
+        if where != "gpu" and kv_queue and (kv_ordinal[kv_queue[0]] < num_buf
+                                            or off_kv[kv_ordinal[kv_queue[0]] - num_buf] < i):
+            # the host will wait for this attention: it first issues the next KV fetch whose
+            # buffer's last user has been issued, whatever the lookahead (the executor's rule)
+            m = kv_queue.pop(0)
+            fetched.setdefault(m, []).append(b.copy(f"h2d kv {m}", fetch_bytes(m), layers[m].kv_tier, "h2d",
+                                                    deps=(host, *kv_slot(m)), layer=m))
+        if where == "gpu":
+            g, host = b.seg(f"layer {i} attention+mlp", seg.post[i], layer=i)
+        else:
+            assert off_gpu is not None  # where != "gpu" only with it
+            tier = layers[i].kv_tier
+            q = b.copy(f"d2h q {i}", off_gpu.q_bytes, tier, "d2h", deps=(g, host), layer=i)
+            run = off_gpu.cpu if where == "cpu" else off_gpu.csd
+            stream = HOST_STREAM if where == "cpu" else "csd0.compute"
+            att = b.flow(f"{where} attention {i}", run.kv_bytes, stream=stream, link=run.link,
+                         latency_s=run.latency_s, max_rate_bytes_per_s=run.max_rate_bytes_per_s,
+                         deps=(q, wb.get(i)), layer=i)
+            out = b.copy(f"h2d attention out {i}", off_gpu.out_bytes, tier, "h2d", deps=(att,), layer=i)
+            g, host = b.seg(f"layer {i} after attention", seg.post_after_attention[i], deps=(out,), layer=i)
         post.append(g)
     head, host = b.seg("head", seg.head)
     return _Pass(embed, pre, post, head, host)
@@ -728,13 +859,20 @@ def check_placement(model, job, node, placement: Placement) -> None:
     par = job.parallelism
     if (par.tp, par.cp, par.dp) != (1, 1, 1):
         raise UserInputError("job.parallelism: the inference replay models one GPU (tp = cp = dp = 1)")
-    tiers = {"hbm", "host"} | {t for t in ("cxl", "nvme") if getattr(node, t)}
+    tiers = {"hbm", "host"} | {t for t in ("cxl", "nvme", "csd") if getattr(node, t)}
     for i, lp in enumerate(placement.layers):
         for what, tier, allowed in (("kv_cache.tier", lp.kv_tier, KV_TIERS), ("params", lp.params_tier, PARAM_TIERS)):
             if tier not in allowed:
                 raise UserInputError(f"layers.{i}.{what}: {tier!r} is not one of {', '.join(allowed)}")
             if tier not in tiers:
                 raise UserInputError(f"layers.{i}.{what}: node {node.name} has no {tier}")
+        if lp.attention_on not in ATTENTION_ON:
+            raise UserInputError(f"layers.{i}.attention_on: {lp.attention_on!r} is not one of {', '.join(ATTENTION_ON)}")
+        if lp.kv_tier not in ATTENTION_ON[lp.attention_on]:
+            raise UserInputError(f"layers.{i}.attention_on: attention on the {lp.attention_on} needs the layer's KV "
+                                 f"on {' or '.join(ATTENTION_ON[lp.attention_on])}, not {lp.kv_tier}")
+        if lp.attention_on != "gpu" and lp.kv_quant != "none":
+            raise UserInputError(f"layers.{i}.attention_on: attention off the GPU reads an unquantized KV cache")
     for i, lp in enumerate(placement.layers):
         if lp.kv_quant not in ("none", job.kv_quant):
             raise UserInputError(f"layers.{i}.kv_cache.dtype: {lp.kv_quant!r} is not the quantized format the job "
@@ -749,9 +887,10 @@ def check_placement(model, job, node, placement: Placement) -> None:
                 raise UserInputError(f"layers.{i}.kv_cache.dtype: the hf engine's DynamicCache is unquantized")
     if job.engine == "hf":
         kv = {lp.kv_tier for lp in placement.layers}
-        if len(kv) != 1 or not kv <= {"hbm", "host"} or any(lp.params_tier != "hbm" for lp in placement.layers):
+        if len(kv) != 1 or not kv <= {"hbm", "host"} or any(lp.params_tier != "hbm" for lp in placement.layers) \
+                or any(lp.attention_on != "gpu" for lp in placement.layers):
             raise UserInputError("layers: the hf engine keeps every layer's KV in HBM or every layer's on the "
-                                 "host (DynamicCache offloading), and every weight in HBM")
+                                 "host (DynamicCache offloading), every weight in HBM, and attends on the GPU")
 
 
 def allocatable_hbm_bytes(node) -> int:
@@ -859,9 +998,11 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
                                    dtype=job.param_dtype, node=node)
             _hf_decode(b, seg, offloaded=offloaded, kv_fetch_bytes=kv_ctx, kv_back_bytes=kv_ctx1, cat_s=cat_s)
         else:
+            off_gpu = (off_gpu_attention(model, job, node, context_len=ctx + 1, batch=B)
+                       if any(lp.attention_on != "gpu" for lp in placement.layers) else None)
             _static_pass(b, seg, placement, kv_fetch_bytes=kv_layer_bytes(model, job, num_tokens=ctx, batch=B),
                          kv_new_bytes=kv_layer_bytes(model, job, num_tokens=1, batch=B), weight_bytes=w_layer,
-                         kv_fetch_bytes_q=q_bytes(ctx, B))
+                         kv_fetch_bytes_q=q_bytes(ctx, B), off_gpu=off_gpu)
         res = b.run()
         dec_s, link = res.step_time_s, _link_bytes(res)
         stall_s = max(dec_s - compute_s, 0.0)
@@ -878,7 +1019,7 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
     act_decode = _activation_peak_bytes(decode_workload(model, job, context_len=final, batch=B)) if G else 0
     n_hbm_kv = model.num_layers - len(off_layers)
     kv_prompt_b = kv_layer_bytes(model, job, num_tokens=P, batch=B)
-    host = cxl = nvme = 0
+    host = cxl = nvme = csd = 0
     breakdown: dict[str, int] = {"weights": resident_w, "runtime_workspace": RUNTIME_WORKSPACE_BYTES}
     if hf:
         if offloaded:  # prefill: the layer's K,V until its attention; decode: prefetched l+1, layer l's
@@ -918,6 +1059,8 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
                     cxl += num
                 elif tier == "nvme":
                     nvme += num
+                elif tier == "csd":
+                    csd += num
     breakdown["activations"] = max(act_prefill, act_decode)
     hbm_peak = max(hbm_prefill, hbm_decode)
     peaks = {"hbm": hbm_peak}
@@ -927,6 +1070,8 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
         peaks["cxl"] = cxl
     if nvme:
         peaks["nvme"] = nvme
+    if csd:
+        peaks["csd"] = csd
     binding = ""
     from hwmodels.units import format_bytes
 
@@ -946,6 +1091,8 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
         binding = f"cxl: {format_bytes(cxl)} over the CXL capacity of {format_bytes(sum(c.capacity_bytes for c in node.cxl))}"
     elif nvme and nvme > sum(d.capacity_bytes for d in node.nvme):
         binding = f"nvme: {format_bytes(nvme)} over the NVMe capacity of {format_bytes(sum(d.capacity_bytes for d in node.nvme))}"
+    elif csd and csd > sum(d.capacity_bytes for d in node.csd):
+        binding = f"csd: {format_bytes(csd)} over the CSD capacity of {format_bytes(sum(d.capacity_bytes for d in node.csd))}"
     pre_flops = sum(op.model_flops for op in prefill_workload(model, job, batch=B, prompt_len=P).ops)
     step_s = prefill_s + G * mean_dec
     return InferReplay(

@@ -47,9 +47,10 @@ class Progress:
         return self
 
     def update(self, what: str) -> None:
-        """Say what the command does now."""
+        """Say what the command does now (drawn at once: a phase shorter than rich's refresh
+        period would otherwise never show)."""
         if self._bar is not None:
-            self._bar.update(self._task, description=what)
+            self._bar.update(self._task, description=what, refresh=True)
 
     def stop(self) -> None:
         """Erase the line (before the command prints its result); again is a no-op."""

@@ -105,18 +105,19 @@ def load_index(plans_dir: str | Path) -> IndexFile:
 # ---- plans ------------------------------------------------------------------------------------
 
 def infer_plan(scenario: Any, *, kv_host: Any = (), w_host: Any = (), params_prefetch_layers: int = 1,
-               planner: str = "rule", kv_quant: Any = (), **fields: Any) -> Plan:
+               planner: str = "rule", kv_quant: Any = (), attention_cpu: Any = (), **fields: Any) -> Plan:
     """A rule plan for an inference ``scenario``: layers in ``kv_host`` keep their KV cache on the
     host (the rest in HBM), layers in ``w_host`` stream their weights from it, layers in
-    ``kv_quant`` store their KV in the job's quantized format (its kv_quant and group size)."""
+    ``kv_quant`` store their KV in the job's quantized format (its kv_quant and group size),
+    layers in ``attention_cpu`` (host KV, unquantized) attend on the host CPU."""
     from kernels.quant import kivi_group_size
     from planners.plan import Provenance, tierplan_version
 
-    kv_set, w_set, q_set = set(kv_host), set(w_host), set(kv_quant)
+    kv_set, w_set, q_set, cpu_set = set(kv_host), set(w_host), set(kv_quant), set(attention_cpu)
     job = scenario.job
     quant = {"dtype": job.kv_quant, "group_size": kivi_group_size(head_dim=scenario.model.head_dim,
                                                                   group_size=job.kv_group_size)} if q_set else {}
-    layers = [LayerPlan(layer=i,
+    layers = [LayerPlan(layer=i, attention_on="cpu" if i in cpu_set else "gpu",
                         kv_cache=KvPlacement(**(quant if i in q_set else {"dtype": job.kv_dtype}),
                                              resident_frac=0.0 if i in kv_set else 1.0),
                         model_states=(ModelStatePlacement(params="host", params_prefetch_layers=params_prefetch_layers)

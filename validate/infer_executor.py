@@ -19,8 +19,14 @@ as one flat pinned block, streamed H2D into one of the plan's ``num_staging_buff
 flat GPU weight buffers (one copy per layer), ``params_prefetch_layers`` layers ahead once the
 layer that last used its buffer has been issued. Each copy
 is one large contiguous copy per K and V per layer and sequence (one per layer and direction at
-batch 1); nothing synchronizes inside a step but the timer at its end. The head computes the
-last position's logits; the next token is their argmax.
+batch 1); nothing synchronizes inside a step but the timer at its end (and the waits of
+attention on the CPU). The head computes the last position's logits; the next token is their argmax.
+A host layer with ``attention_on`` cpu prefills like any host layer; in a decode step it fetches
+nothing: it writes its new k, v into its staging slot (waiting for the slot as a fetch would),
+copies them D2H into the pool and its query [B, H, 1, D] D2H after them, the host issues the next
+KV fetch whose buffer is free, waits for the query, runs SDPA on the CPU over the pool's rows
+[:ctx + 1] (the pool's dtype; torch's CPU kernel accumulates in fp32) with
+``cpu_attention_threads`` threads, and copies the output H2D on the compute stream.
 On the CPU the same code runs with no streams or events: the "host" pool and the staging
 buffers are separate CPU tensors and every copy is still made (CI tests the logic there).
 Measures: prefill time (all chunks, all sequences, synchronized), each decode step's time
@@ -39,8 +45,9 @@ buffer as today. After attention the groups the pass filled are quantized (into 
 buffer and copied D2H into the pool for a host layer) and the rest joins the residual window.
 Assumes: every sequence has the same prompt length (the contexts are equal across the batch);
 the plan's layers are homogeneous (one weight-buffer size).
-Ignores: sampling (greedy only), stop tokens, paged or fp8 KV, KV split within a layer
-(``Plan.unsupported`` refuses those plans).
+Ignores: sampling (greedy only), stop tokens, paged or fp8 KV, KV split within a layer, KV on
+CXL / NVMe / a CSD and attention inside a CSD (``Plan.not_executable`` refuses those plans); the
+query and output buffers of CPU attention (pinned, B x H x D each) are outside the pool.
 Source: infer-contract.md; FlexGen (Sheng et al., 2023) for overlapped layer-wise KV and weight
 streaming.
 
@@ -149,11 +156,11 @@ def decode_step_time(times: list[float]) -> float | None:
 
 def infer_job(plan: Plan) -> InferJob:
     """The plan's inference job; refuse, in one line, a training plan or one the executor
-    cannot carry out (``Plan.unsupported``)."""
+    cannot carry out (``Plan.not_executable``)."""
     job = plan.scenario.job
     if not isinstance(job, InferJob):
         raise UserInputError("scenario.job.mode: the inference executor runs inference plans")
-    why = plan.unsupported()
+    why = plan.not_executable()
     if why:
         raise UserInputError(f"plan: {why}")
     return job
@@ -302,6 +309,8 @@ class StaticDecodeEngine:
         self.kv_host = [lp.kv_cache is not None and lp.kv_cache.resident_frac == 0.0 for lp in plan.layers]
         self.kv_q = [lp.kv_cache is not None and lp.kv_cache.dtype not in KV_DTYPES for lp in plan.layers]
         self.q_fmt, self.q_group = self._quant_format(plan, job, spec)
+        self.attn_cpu = [lp.attention_on == "cpu" for lp in plan.layers]  # host KV, unquantized (Plan.unsupported)
+        self.kv_layers = [i for i, h in enumerate(self.kv_host) if h]
         self.w_host = [lp.model_states.params == "host" for lp in plan.layers]
         self.num_staging = plan.num_staging_buffers if any(self.kv_host) else 0
         self.kv_lookahead = min(plan.prefetch_lookahead_layers, max(self.num_staging - 1, 0))
@@ -436,6 +445,16 @@ class StaticDecodeEngine:
         self.trace: list[tuple[str, torch.Tensor]] | None = None  # (name, tensor) per layer, when a list
         self.warmup_s = 0.0
         self.d2h_bytes = 0
+        self.cpu_threads = 0
+        self.cpu_attention_s = 0.0  # the host's seconds in CPU attention (waits included) this step
+        if any(self.attn_cpu):
+            self.cpu_threads = cpu_attention_threads()
+            torch.set_num_threads(self.cpu_threads)
+            q_shape = (self.B, spec.num_heads, 1, spec.head_dim)
+            pin = self.streams.cuda
+            self.q_host = torch.empty(q_shape, dtype=self.dtype, pin_memory=pin)  # B H 1 D
+            self.out_host = torch.empty(q_shape, dtype=self.dtype, pin_memory=pin)
+            self.out_dev = torch.empty(q_shape, device=self.device, dtype=self.dtype)
         if self.streams.cuda:
             torch.cuda.synchronize(self.device)
         self.setup_s = time.perf_counter() - t0
@@ -623,16 +642,59 @@ class StaticDecodeEngine:
             return self.w_slots[self._slot_of[("w", i)]][1]
         return self.model.layers[i]  # type: ignore[return-value]  # ModuleList items
 
-    def _kv_bufs(self, i: int, b0: int = 0, b1: int = 0, p0: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    def _kv_bufs(self, i: int, b0: int = 0, b1: int = 0, p0: int = 0, *,
+                 cpu_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer ``i``'s K and V buffers [B, L, K, D]: resident, or its staging buffer (the
-        compute stream waits for the fetch); a quantized layer's, the shared bf16 buffer with
-        its rows before ``p0`` of sequences [b0, b1) in place (``_q_prepare``)."""
+        compute stream waits for the fetch; ``cpu_attention``: nothing is fetched, it waits for
+        the buffer to be free, as a fetch into it would); a quantized layer's, the shared bf16
+        buffer with its rows before ``p0`` of sequences [b0, b1) in place (``_q_prepare``)."""
         if self.kv_q[i]:
             return self._q_prepare(i, b0, b1, p0)
+        if self.kv_host[i] and cpu_attention:
+            slot = self._ordinal[("kv", i)] % self.num_staging
+            self.streams.wait("compute", *self._slot_free.get(("kv", slot), ()))
+            self._slot_of[("kv", i)] = slot
+            return self.staging[slot]
         if self.kv_host[i]:
             self.streams.wait("compute", self._ready[("kv", i)])
             return self.staging[self._slot_of[("kv", i)]]
         return self.kv[i]
+
+    def _issue_next_kv(self, i: int, queues: dict[str, list[int]], b0: int, b1: int, p0: int) -> None:
+        """Before the host waits for layer ``i``'s CPU attention: issue the next queued KV fetch
+        whose buffer's last user has been issued, whatever the lookahead (the replay's rule)."""
+        queue = queues["kv"]
+        if not queue:
+            return
+        j = self._ordinal[("kv", queue[0])]
+        if j < self.num_staging or self.kv_layers[j - self.num_staging] < i:
+            m = queue.pop(0)
+            self._fetch("kv", m, j, b0, b1, p0)
+
+    def _attend_cpu(self, i: int, q: torch.Tensor, b0: int, b1: int, end: int) -> torch.Tensor:
+        """Layer ``i``'s decode attention on the host CPU over its pool rows [:end] (the new
+        token's written back by ``_write_back`` first): q [B, H, 1, D] D2H after the write-back
+        (one stream, in order), the host waits for it, SDPA on the CPU in the pool's dtype (its
+        CPU kernel accumulates in fp32) with torch's ``cpu_threads`` threads, the output H2D on
+        the compute stream (a fetch on the H2D stream must not delay it); [B, H, 1, D] on the
+        device."""
+        st = self.streams
+        t0 = time.perf_counter()
+        st.wait("d2h", st.record("compute"))
+        with st.on("d2h"):
+            self.q_host.copy_(q, non_blocking=True)
+        done = st.record("d2h")
+        if done is not None:
+            done.synchronize()
+        kpool, vpool = self.kv[i]
+        out = self._attend(self.q_host, kpool, vpool, b0, b1, end - 1, end, None)  # b H 1 D
+        self.out_host.copy_(out)
+        self.out_dev.copy_(self.out_host, non_blocking=True)
+        nbytes = self.q_host.numel() * self.q_host.element_size()
+        self.d2h_bytes += nbytes
+        self.h2d_bytes += nbytes
+        self.cpu_attention_s += time.perf_counter() - t0
+        return self.out_dev
 
     def _attend(self, q: torch.Tensor, kbuf: torch.Tensor, vbuf: torch.Tensor, b0: int, b1: int, p0: int,
                 end: int, mask: torch.Tensor | None) -> torch.Tensor:
@@ -682,9 +744,10 @@ class StaticDecodeEngine:
         T = ids.shape[1]
         end = p0 + T
         n_layers = self.num_layers if num_layers is None else num_layers
-        queues = {"w": [i for i in range(n_layers) if self.w_host[i]],
-                  "kv": [i for i in range(n_layers) if self.kv_host[i]]}
         decode = T == 1 and b1 - b0 == self.B
+        queues = {"w": [i for i in range(n_layers) if self.w_host[i]],
+                  "kv": [i for i in range(n_layers) if self.kv_host[i] and not (decode and self.attn_cpu[i])]}
+        self.cpu_attention_s = 0.0
         if decode:
             self._pos.fill_(p0)
         if graphed:
@@ -700,7 +763,8 @@ class StaticDecodeEngine:
         for i in range(n_layers):
             self._issue(i, queues, b0, b1, p0)
             layer = self._layer(i)
-            kbuf, vbuf = self._kv_bufs(i, b0, b1, p0)
+            on_cpu = decode and self.attn_cpu[i]
+            kbuf, vbuf = self._kv_bufs(i, b0, b1, p0, cpu_attention=on_cpu)
             if graphed:
                 g[f"pre.{i}"].replay()
                 q = self._g_q[i]
@@ -714,7 +778,11 @@ class StaticDecodeEngine:
                 self.trace.append((f"{i}.q", q[:, :, -1].float().clone()))
             if self.kv_host[i] and not self.kv_q[i]:
                 self._write_back(i, kbuf, vbuf, b0, b1, p0, end)
-            a = self._attend(q, kbuf, vbuf, b0, b1, p0, end, mask)
+            if on_cpu:
+                self._issue_next_kv(i, queues, b0, b1, p0)
+                a = self._attend_cpu(i, q, b0, b1, end)
+            else:
+                a = self._attend(q, kbuf, vbuf, b0, b1, p0, end, mask)
             if self.kv_q[i]:
                 self._q_commit(i, b0, b1, p0, end)
             if self.kv_host[i]:
@@ -837,7 +905,7 @@ class StaticDecodeEngine:
         instead of the argmax (teacher forcing)."""
         job, dev = self.job, self.device
         tok = first
-        out: dict[str, Any] = {"tokens": [], "times": [], "issue": [], "contexts": [], "logits": []}
+        out: dict[str, Any] = {"tokens": [], "times": [], "issue": [], "contexts": [], "logits": [], "cpu_attention": []}
         for step in range(job.gen_len):
             ctx = job.prompt_len + step
             self.h2d_bytes = self.d2h_bytes = 0
@@ -853,6 +921,7 @@ class StaticDecodeEngine:
 
             out["times"].append(timing.time_one(one, dev))
             out["issue"].append(res[2])
+            out["cpu_attention"].append(self.cpu_attention_s)
             out["contexts"].append(ctx)
             out["tokens"].append(res[1])
             if keep_logits:
@@ -931,6 +1000,8 @@ class StaticDecodeEngine:
                    "sdpa_backends": ",".join(SDPA_BACKENDS) if cuda else "torch's default",
                    **({"kv_quant": self.q_fmt, "kv_group_size": self.q_group, "num_kv_quantized_layers": sum(self.kv_q),
                        "kv_dequantize": "triton" if self.triton else "torch"} if any(self.kv_q) else {}),
+                   **({"cpu_attention_layers": self.attn_cpu.count(True), "cpu_attention_threads": self.cpu_threads,
+                       "cpu_attention_s_per_step": decode_step_time(dec["cpu_attention"])} if any(self.attn_cpu) else {}),
                    **notes},
             logits=[prefill_logits, *dec["logits"]] if keep_logits else [],
             teacher_logits=teacher_logits,
@@ -981,6 +1052,13 @@ def compare_logits(ref: list[torch.Tensor], other: list[torch.Tensor], *,
     return {"max_abs_logit_diff": float((r - o).abs().max()), "bitwise_equal": bool(torch.equal(r, o)),
             "argmax_checked": int(checked.sum()), "argmax_mismatched": int(mismatched.sum()),
             "positions": int(checked.numel()), "margin": margin}
+
+
+def cpu_attention_threads() -> int:
+    """Threads for attention on the host CPU: the CPUs this process may run on."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def run_static(plan: Plan, *, device: Any, seed: int = 0, dtype: torch.dtype | None = None,

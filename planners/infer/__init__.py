@@ -9,20 +9,23 @@ Models: strategies that each produce an inference `planners.plan.Plan`, replayed
     every layer's KV in the job's ``kv_quant`` when it is int8 / int4 (the KIVI layout of
     ``kernels.quant``), unquantized otherwise;
   * ``mip`` (static engine; `planners.infer.mip`): per layer binaries for the KV tier (HBM,
-    host, CXL, NVMe where the node has them) and for streaming the weights, under the HBM
+    host, CXL, NVMe, CSD where the node has them) and where its attention runs (the GPU; the CPU
+    for host KV; the drive for KV in a CSD) and for streaming the weights, under the HBM
     budget (weights, final-length KV buffers, staging and weight buffers, activations of the
     prefill and decode), the host budget and the CXL / NVMe capacities; the decode step time is
     bounded below by the compute and by the bytes each shared link carries per step; objective
     decode tokens/s (the default) or the request latency (prefill + gen_len steps). When the
     job accepts a quantized KV cache (``kv_quant`` int8 / int4) the MIP also chooses, per
     layer, whether its KV is stored in that format (``none``: lossless only).
-The reported plan of each strategy is its replay; the MIP's row is the faster of its own plan
-and the best feasible rule (status ``fallback:<rule>`` when a rule replays faster).
+The reported plan of each strategy is its replay; the MIP's row is the fastest of its own plan,
+its plan with attention kept on the GPU (when its own moves attention off it) and the best
+feasible rule (status ``fallback:<rule>`` when a rule replays faster).
 Assumes: one GPU; layers are homogeneous (equal bytes and times), so a plan is defined by its
 counts up to the order of its layers, which spreads each tier's layers evenly (the lookahead
 then has a resident layer's compute to hide each fetch behind).
 Ignores: splitting one layer's KV between tiers (``resident_frac`` in (0, 1): not executed yet),
-fp8 KV (planned lossless), attention off the GPU.
+fp8 KV (planned lossless), one layer's attention split between the GPU and the CPU, attention
+off the GPU over a quantized KV cache.
 Source: FlexGen (Sheng et al., ICML 2023): per-layer time as the max of overlapped streams.
 """
 
@@ -97,10 +100,9 @@ def placement_of(plan: Any):
         if kv.resident_frac not in (0.0, 1.0):
             raise UserInputError(f"layers.{lp.layer}.kv_cache.resident_frac: a KV cache split within a layer "
                                  "is not replayed yet")
-        if lp.attention_on != "gpu":
-            raise UserInputError(f"layers.{lp.layer}.attention_on: attention off the GPU is not replayed yet")
         out.append(LayerPlacement(kv_tier="hbm" if kv.resident_frac == 1.0 else kv.tier,
-                                  params_tier=lp.model_states.params, kv_quant=_kv_quant_of(plan, lp)))
+                                  params_tier=lp.model_states.params, kv_quant=_kv_quant_of(plan, lp),
+                                  attention_on=lp.attention_on))
     return Placement(tuple(out), num_staging_buffers=plan.num_staging_buffers,
                      prefetch_lookahead_layers=plan.prefetch_lookahead_layers)
 
@@ -179,7 +181,7 @@ def make_plan(scenario, placement, replay, *, planner: str, solver: str | None =
         ms = (ModelStatePlacement() if lp.params_tier == "hbm"
               else ModelStatePlacement(params=lp.params_tier,
                                        params_prefetch_layers=placement.prefetch_lookahead_layers))
-        layers.append(LayerPlan(layer=i, kv_cache=kv, model_states=ms))
+        layers.append(LayerPlan(layer=i, kv_cache=kv, model_states=ms, attention_on=lp.attention_on))
     pred = Prediction(
         step_time_s=replay.step_time_s,
         mfu=mfu_frac(model_flops=replay.model_flops, step_time_s=replay.step_time_s, node=scenario.node,
@@ -208,10 +210,12 @@ def tiers_line(plan: Any) -> str:
     pl = placement_of(plan)
     n = len(pl.layers)
     parts = []
-    for tier in ("hbm", "host", "cxl", "nvme"):
+    for tier in ("hbm", "host", "cxl", "nvme", "csd"):
         k = pl.count(kv=tier)
         if k:
-            parts.append(f"KV of {k}/{n} layers in {tier}")
+            off = {w: pl.count(kv=tier, attention=w) for w in ("cpu", "csd")}
+            attn = "".join(f" ({m} attended on the {w})" for w, m in off.items() if m)
+            parts.append(f"KV of {k}/{n} layers in {tier}{attn}")
     nq = sum(1 for lp in pl.layers if lp.kv_quant != "none")
     if nq:
         parts.append(f"KV of {nq}/{n} layers stored {sc.job.kv_quant} (KIVI)")
@@ -283,12 +287,20 @@ def plan_inference(scenario, *, objective: str = "throughput", time_limit_s: flo
         from planners.infer.mip import solve_placement
 
         sol = solve_placement(scenario, objective=objective, time_limit_s=time_limit_s, solver=solver)
+        sols = [sol]
+        if sol.placement is not None and any(lp.attention_on != "gpu" for lp in sol.placement.layers):
+            # the bound takes attention off the GPU as overlapped with the other layers' fetches;
+            # the replay decides against the best placement that keeps attention on the GPU
+            sols.append(solve_placement(scenario, objective=objective, time_limit_s=time_limit_s, solver=solver,
+                                        off_gpu=False))
         timed_out = sol.timed_out
         mip = None
-        if sol.placement is not None:
-            for k in lookahead_choices(sol.placement):
-                cand = _result("mip", scenario, dc_replace(sol.placement, prefetch_lookahead_layers=k),
-                               solver=sol.solver, status=sol.status, gap=sol.gap, time_limit_s=time_limit_s)
+        for s in sols:
+            if s.placement is None:
+                continue
+            for k in lookahead_choices(s.placement):
+                cand = _result("mip", scenario, dc_replace(s.placement, prefetch_lookahead_layers=k),
+                               solver=s.solver, status=s.status, gap=s.gap, time_limit_s=time_limit_s)
                 if mip is None or (cand.feasible, -_score(cand, objective)) > (mip.feasible, -_score(mip, objective)):
                     mip = cand
         feasible_rules = [r for r in results if r.feasible]
@@ -297,10 +309,11 @@ def plan_inference(scenario, *, objective: str = "throughput", time_limit_s: flo
             status = f"{'time_limit:' if timed_out else ''}fallback:{best_rule.name}"
             mip = _result("mip", scenario, placement_of(best_rule.plan), solver=sol.solver, status=status,
                           gap=sol.gap, time_limit_s=time_limit_s)
+        solve_s = sum(s.solve_time_s for s in sols)
         if mip is None:
-            mip = InferResult("mip", None, None, False, sol.binding, sol.solve_time_s)
+            mip = InferResult("mip", None, None, False, sol.binding, solve_s)
         else:
-            mip = InferResult(mip.name, mip.plan, mip.replay, mip.feasible, mip.reason, sol.solve_time_s)
+            mip = InferResult(mip.name, mip.plan, mip.replay, mip.feasible, mip.reason, solve_s)
         results.append(mip)
     feasible = [r for r in results if r.feasible]
     best = min(feasible, key=lambda r: (_score(r, objective), r.name != "mip")).name if feasible else None
@@ -373,8 +386,8 @@ def _terms(model, job):
 
 def _fill(scenario, job, tiers: tuple[str, ...]):
     """The static-engine placement with the fewest layers' KV off HBM that fits the GPU budget,
-    the rest filled into ``tiers`` in order (each up to its capacity), weights resident; None
-    when no such placement fits."""
+    the rest filled into ``tiers`` in order (each up to its capacity; a CSD's layers attended
+    inside it), weights resident; None when no such placement fits."""
     from simulator.inference import LayerPlacement, Placement
 
     model, node = scenario.model, scenario.node
@@ -385,8 +398,8 @@ def _fill(scenario, job, tiers: tuple[str, ...]):
                  None)
     if n_off is None or (n_off and tiers == ("hbm",)):
         return None
-    caps = {"host": scenario.host_budget_bytes,
-            "cxl": sum(d.capacity_bytes for d in node.cxl), "nvme": sum(d.capacity_bytes for d in node.nvme)}
+    caps = {"host": scenario.host_budget_bytes, "cxl": sum(d.capacity_bytes for d in node.cxl),
+            "nvme": sum(d.capacity_bytes for d in node.nvme), "csd": sum(d.capacity_bytes for d in node.csd)}
     counts: dict[str, int] = {}
     left = n_off
     for t in tiers[1:]:
@@ -396,9 +409,20 @@ def _fill(scenario, job, tiers: tuple[str, ...]):
             left -= take
     if left:
         return None
-    labels = spread(L, counts)
-    return Placement(tuple(LayerPlacement(kv_tier=lab) for lab in labels), DEFAULT_STAGING_BUFFERS,
-                     DEFAULT_LOOKAHEAD)
+    if counts.get("nvme") and "csd" in tiers:
+        # the drive attends its layers while the NVMe fetch runs for others: share the layers the
+        # NVMe would take by the two rates (each within its capacity)
+        from planners.infer.mip import route_rate_bytes_per_s
+
+        r_nvme, r_csd = route_rate_bytes_per_s(node, "nvme"), node.csd[0].internal_flash_bandwidth_bytes_per_s
+        room = caps["csd"] // terms.kv_layer_bytes - counts.get("csd", 0) if terms.kv_layer_bytes else counts["nvme"]
+        move = min(room, round(counts["nvme"] * r_csd / (r_nvme + r_csd)))
+        if move > 0:
+            counts["nvme"] -= move
+            counts["csd"] = counts.get("csd", 0) + move
+    labels = spread(L, {t: n for t, n in counts.items() if n})
+    return Placement(tuple(LayerPlacement(kv_tier=lab, attention_on="csd" if lab == "csd" else "gpu")
+                           for lab in labels), DEFAULT_STAGING_BUFFERS, DEFAULT_LOOKAHEAD)
 
 
 def _largest(ok, *, start: int, limit: int) -> int:
@@ -417,15 +441,16 @@ def _largest(ok, *, start: int, limit: int) -> int:
 
 
 def tier_options(scenario) -> list[TierOption]:
-    """For the KV cache in HBM only, then adding host, CXL, NVMe (the node's), the largest
-    batch and context that fit (static engine, weights resident) and the replay's decode step
-    there: what each tier buys and what it costs per token."""
+    """For the KV cache in HBM only, then adding host, CXL, NVMe, a CSD (the node's; a CSD's
+    layers attended inside the drive), the largest batch and context that fit (static engine,
+    weights resident) and the replay's decode step there: what each tier buys and what it costs
+    per token."""
     from hwmodels.limits import MAX_BATCH
     from simulator.inference import replay_placement
 
     job = scenario.job.model_copy(update={"engine": "static"})
     model, node = scenario.model, scenario.node
-    chain = ["hbm", "host"] + [t for t in ("cxl", "nvme") if getattr(node, t)]
+    chain = ["hbm", "host"] + [t for t in ("cxl", "nvme", "csd") if getattr(node, t)]
     total = job.prompt_len + job.gen_len
     # rotary models may run past their trained positions: search up to 8x them
     ctx_limit = max(total, model.max_position_embeddings * (8 if model.position != "learned" else 1))

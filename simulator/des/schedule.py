@@ -497,13 +497,13 @@ def offload_candidates(workload: Workload) -> dict[int, list[OffloadCandidate]]:
 
 
 def offload_device(node, tier: str, gpu_index: int) -> str:
-    """The device (and pool) GPU ``gpu_index``'s offloaded activations go to on ``tier``:
-    ``host``, or the GPU's ``cxl<k>`` / ``nvme<k>`` (GPU g uses device ``g % count``)."""
+    """The device (and pool) GPU ``gpu_index``'s offloaded bytes go to on ``tier``: ``host``, or
+    the GPU's ``cxl<k>`` / ``nvme<k>`` / ``csd<k>`` (GPU g uses device ``g % count``)."""
     if tier == "host":
         return "host"
-    if tier not in ("cxl", "nvme"):
-        raise UserInputError(f"tier: expected host, cxl or nvme, got {tier!r}")
-    items = node.cxl if tier == "cxl" else node.nvme
+    if tier not in ("cxl", "nvme", "csd"):
+        raise UserInputError(f"tier: expected host, cxl, nvme or csd, got {tier!r}")
+    items = getattr(node, tier)
     if not items:
         raise UserInputError(f"tier: {node.name} has no {tier} device")
     return f"{tier}{gpu_index % len(items)}"

@@ -78,7 +78,7 @@ def test_estimate_infer_says_what_the_tiers_buy(capsys):
     assert main(base + ["--hardware", "1xH200-tiered", "--json"]) == 0
     tiered = json.loads(capsys.readouterr().out)["tiers"]
     assert [o["tiers"] for o in plain] == [["hbm"], ["hbm", "host"]]
-    assert [o["tiers"][-1] for o in tiered] == ["hbm", "host", "cxl", "nvme"]
+    assert [o["tiers"][-1] for o in tiered] == ["hbm", "host", "cxl", "nvme", "csd"]
     assert tiered[2]["max_batch"] > tiered[1]["max_batch"]  # the CXL card holds more sequences' KV
     assert tiered[2]["decode_step_time_s_at_max_batch"] > tiered[1]["decode_step_time_s_at_max_batch"]
     assert main(base + ["--hardware", "1xH200"]) == 0

@@ -201,7 +201,7 @@ def _print_tiers(options, scenario) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from hwmodels.units import format_seconds
+    from hwmodels.units import format_rate, format_seconds
 
     console = Console(soft_wrap=False)
     if not console.is_terminal:
@@ -211,7 +211,7 @@ def _print_tiers(options, scenario) -> None:
     for col in ("KV may live in", "max batch", "decode step there", "max context", "decode step there"):
         t.add_column(col, justify="left" if col == "KV may live in" else "right")
     for o in options:
-        t.add_row(" + ".join(o.tiers), str(o.max_batch),
+        t.add_row(" + ".join(f"{x} (attention in the drive)" if x == "csd" else x for x in o.tiers), str(o.max_batch),
                   format_seconds(o.decode_step_time_s_at_max_batch) if o.decode_step_time_s_at_max_batch else "-",
                   f"{o.max_context_len:,}",
                   format_seconds(o.decode_step_time_s_at_max_context) if o.decode_step_time_s_at_max_context else "-")
@@ -221,7 +221,9 @@ def _print_tiers(options, scenario) -> None:
     if not (node.cxl or node.nvme):
         lines.append(f"{node.name} has no CXL card or NVMe drive: beyond HBM only host memory can hold KV")
     if node.csd:
-        lines.append("csd: attention inside the computational storage drive is not replayed yet")
+        lines.append("csd: its layers' decode attention runs inside the drive over its flash "
+                     f"({format_rate(node.csd[0].internal_flash_bandwidth_bytes_per_s)}); only the query and "
+                     "the output cross its link")
     for line in lines:
         console.print(line)
 
