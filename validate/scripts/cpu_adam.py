@@ -37,6 +37,7 @@ if str(REPO) not in sys.path:  # run as a script
     sys.path.insert(0, str(REPO))
 
 from kernels.microbench import provenance  # noqa: E402
+from kernels.timing import time_steps  # noqa: E402
 from validate.model_states import make_optimizer  # noqa: E402
 from validate.records import CpuAdamFile  # noqa: E402
 
@@ -53,13 +54,8 @@ LAYER_STEP_BYTES_PER_PARAM = 34
 
 
 def time_cpu(fn: Any, repeats: int) -> float:
-    fn()  # warm-up: the moments are made on the first step
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median seconds of ``repeats`` calls after one untimed (warm-up: the moments are made on the first step)."""
+    return statistics.median(time_steps(fn, device=torch.device("cpu"), warmup=1, repeats=repeats))
 
 
 def adamw_rows(sizes: dict[str, int], threads: list[int], repeats: int) -> list[dict[str, Any]]:

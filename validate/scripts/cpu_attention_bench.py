@@ -47,6 +47,7 @@ if str(REPO) not in sys.path:  # run as a script
 from hwmodels.host_overhead import fit_line  # noqa: E402
 from hwmodels.units import GiB  # noqa: E402
 from kernels.microbench import provenance  # noqa: E402
+from kernels.timing import time_steps  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM = 32, 8, 128  # Llama-3.1-8B
 CONTEXTS = (8192, 32768, 131072)
@@ -57,13 +58,8 @@ CPU_EVERY = 4
 
 
 def _time(fn: Any, repeats: int) -> float:
-    fn()  # warm: the thread pool, the kernel's buffers
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median seconds of ``repeats`` calls after one untimed (warm: the thread pool, the kernel's buffers)."""
+    return statistics.median(time_steps(fn, device=torch.device("cpu"), warmup=1, repeats=repeats))
 
 
 def micro_records(*, contexts: Sequence[int], batches: Sequence[int], threads: Sequence[int], pin: bool,
