@@ -1131,7 +1131,7 @@ class _Program:
                 loss = self.fused_linear_cross_entropy(x, labels, emb_w if tied else None)
                 b.hold(loss)
                 self.optimizer()
-                wl = b.build(meta={"producer": "templates", "model": m.name})
+                wl = b.build(meta=self.training_meta())
                 return _append_optimizer(wl, getattr(self, "_optimizer_op", None))
             logits = self.linear("lm_head", x, h, s.vocab, None, tokens=T, role=Role.LOGITS,
                                  weight=emb_w if tied else None)
@@ -1158,8 +1158,14 @@ class _Program:
                  bwd_cost=self.cost(_mem("mean_bwd", read_bytes=0, write_bytes=n * FP32_BYTES)))
         b.hold(loss)
         self.optimizer()
-        wl = b.build(meta={"producer": "templates", "model": m.name})
+        wl = b.build(meta=self.training_meta())
         return _append_optimizer(wl, getattr(self, "_optimizer_op", None))
+
+    def training_meta(self) -> dict:
+        """The training Workload's meta: its producer and model, and the parameters' element bytes
+        and master-weight choice (what a CPU optimizer step's fp32 scratch follows from)."""
+        return {"producer": "templates", "model": self.m.name, "param_elem_bytes": self.param_bytes,
+                "master_weights": bool(getattr(self.job, "master_weights", False))}
 
     def training_step_parts(self) -> TrainingStepParts:
         """The step before its optimizer tail, and that tail's pieces (`TrainingStepParts`)."""

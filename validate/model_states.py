@@ -177,8 +177,8 @@ class _Layer:
     host_params: list[torch.Tensor] = field(default_factory=list)  # bf16, in ``host_region``
     host_flat: torch.Tensor | None = None  # the layer's parameter region as bytes
     host_grads: list[torch.Tensor] = field(default_factory=list)
-    masters: list[torch.Tensor] = field(default_factory=list)  # fp32, for a CPU step
-    optimizer: torch.optim.Optimizer | None = None
+    masters: list[torch.Tensor] = field(default_factory=list)  # fp32 master weights held in memory
+    states: list[dict[str, Any]] = field(default_factory=list)  # the optimizer's per-parameter states
     state_file: DirectFile | None = None
     pending: int = 0  # gradients still to come this step
     in_flight: list[torch.Tensor] = field(default_factory=list)  # GPU grads read by D2H copies
@@ -222,7 +222,7 @@ class ModelStates:
         self.lookahead = self.num_slots - 1
         self.slot_bytes = max((ls.nbytes for ls in streamed), default=0)
         cpu = [ls for ls in self.layers if ls.cpu_step]
-        self.nvme = [ls for ls in cpu if "nvme" in (ls.placement.optimizer_states, ls.placement.master_weights)]
+        self.nvme = [ls for ls in cpu if self._file_bytes(ls)]
         if self.nvme and state_dir is None:
             raise UserInputError("layers.model_states: optimizer states on nvme need a state directory "
                                  "(--state-dir)")
@@ -237,22 +237,32 @@ class ModelStates:
         self._gpu_masters: list[torch.Tensor] = []
         self._gpu_states: list[dict[str, Any]] = []
         self._gpu_opt: torch.optim.Optimizer | None = None
+        self._cpu_opt: torch.optim.Optimizer | None = None
         self._staging: mmap.mmap | None = None
         self._lock = threading.Lock()
         self.cpu_step_s = 0.0
 
     # ---- sizes -------------------------------------------------------------------------------
 
+    def _masters_on_nvme(self, ls: _Layer) -> bool:
+        return self.master_weights and ls.placement.master_weights == "nvme"
+
     def _file_bytes(self, ls: _Layer) -> int:
+        """Bytes of the layer's state file: its fp32 moments on nvme, and its fp32 master weights
+        when the job keeps them there (without master weights there are none to keep)."""
         n = sum(p.numel() for p in ls.params) * 4
         per = (2 if self.optimizer_kind == "adamw" else 0) if ls.placement.optimizer_states == "nvme" else 0
-        per += 1 if ls.placement.master_weights == "nvme" else 0
+        per += self._masters_on_nvme(ls)
         return n * per
 
     def host_bytes(self) -> int:
         """Host bytes this placement holds: pinned parameter and gradient regions, fp32 master
-        weights and moments of CPU-stepped layers (those not on nvme), the NVMe staging buffer."""
-        total = 0
+        weights and moments of CPU-stepped layers (those not on nvme), the NVMe staging buffer,
+        and the CPU step's fp32 scratch of one layer (``planners.swap.states.cpu_step_scratch_bytes``:
+        the steps run one layer at a time)."""
+        from planners.swap.states import cpu_step_scratch_bytes
+
+        total = scratch = 0
         for ls in self.layers:
             if ls.placement.params != "hbm" or ls.cpu_step:
                 total += ls.nbytes  # parameters on host, or the CPU step's bf16 result
@@ -260,11 +270,12 @@ class ModelStates:
                 total += ls.nbytes
             numel = sum(p.numel() for p in ls.params)
             if ls.cpu_step:
-                total += 4 * numel * (ls.placement.master_weights != "nvme")
+                total += 4 * numel * (self.master_weights and ls.placement.master_weights != "nvme")
                 moments = 2 if self.optimizer_kind == "adamw" else 0
                 total += 4 * numel * moments * (ls.placement.optimizer_states != "nvme")
-                total += 4 * numel  # the fp32 gradients of one step
-        return total + max((self._file_bytes(ls) for ls in self.nvme), default=0)
+                meta = {"param_elem_bytes": ls.params[0].element_size(), "master_weights": self.master_weights}
+                scratch = max(scratch, cpu_step_scratch_bytes(numel * ls.params[0].element_size(), meta))
+        return total + scratch + max((self._file_bytes(ls) for ls in self.nvme), default=0)
 
     def pinned_bytes(self) -> int:
         """Of ``host_bytes``, the page-locked part (the parameter and gradient regions)."""
@@ -303,8 +314,9 @@ class ModelStates:
                 for p, view in zip(ls.params, self._views(ls, slot), strict=True):
                     p.data = view  # the layer's weights are its slot's bytes from here on
             if ls.cpu_step:
-                ls.masters = [hp.float() for hp in ls.host_params]
-                ls.optimizer = make_optimizer(ls.masters, kind=self.optimizer_kind)
+                if self.master_weights and pm.master_weights != "nvme":
+                    ls.masters = [hp.float() for hp in ls.host_params]
+                ls.states = [{} for _ in ls.params]
                 if ls in self.nvme:
                     assert self.state_dir is not None  # __init__ refused nvme without one
                     ls.state_file = DirectFile(self.state_dir / f"layer{ls.index:04d}.states", self._file_bytes(ls))
@@ -314,6 +326,7 @@ class ModelStates:
             self._staging = mmap.mmap(-1, size)  # page-aligned, as O_DIRECT needs
         if any(ls.cpu_step for ls in self.layers):
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cpu-optimizer")
+            self._cpu_opt = make_optimizer([torch.empty(0)], kind=self.optimizer_kind)
         cpu_params = {id(p) for ls in self.layers if ls.cpu_step for p in ls.params}
         if self.optimizer_kind != "none":
             self._gpu_params = [p for p in self.model.parameters() if id(p) not in cpu_params]
@@ -345,7 +358,8 @@ class ModelStates:
             self._worker.shutdown(wait=True)
             self._worker = None
         for ls in self.layers:  # nothing may hold views of the regions or the staging buffer
-            ls.optimizer, ls.masters, ls.host_params, ls.host_grads, ls.host_flat = None, [], [], [], None
+            ls.states, ls.masters, ls.host_params, ls.host_grads, ls.host_flat = [], [], [], [], None
+        self._cpu_opt = None
         for r in self._regions:
             r.close()
         self._regions.clear()
@@ -423,24 +437,43 @@ class ModelStates:
             self._futures.append(self._worker.submit(self._cpu_step, ls, ev))
 
     def _cpu_step(self, ls: _Layer, ev: Any) -> None:
+        """Layer ``ls``'s optimizer step on the CPU, once its gradients are on the host: its fp32
+        master weights (held, in the state file, or without master weights an fp32 copy of the
+        bf16 parameters made for this step), fp32 copies of its gradients, its moments (held, or
+        read from its file and written back); the bf16 result into the host region."""
         import time
 
         if ev is not None:
             ev.synchronize()
         t0 = time.perf_counter()
         ls.in_flight.clear()
-        assert ls.optimizer is not None  # allocate() made it
+        opt = self._cpu_opt
+        assert opt is not None  # allocate() made it
         where = f"layers.{ls.index}.model_states"
-        views = self._load_states(ls, where) if ls.state_file is not None else None
-        for m, g in zip(ls.masters, ls.host_grads, strict=True):
+        views = self._load_states(ls, where) if ls.state_file is not None else {}
+        if "master" in views:
+            masters = views["master"]
+        elif ls.masters:
+            masters = ls.masters
+        else:  # no master weights: this step's fp32 copy of the rounded bf16 parameters
+            masters = [hp.float() for hp in ls.host_params]
+        for m, g in zip(masters, ls.host_grads, strict=True):
             m.grad = g.float()
-        ls.optimizer.step()
-        for m, hp in zip(ls.masters, ls.host_params, strict=True):
+        group = opt.param_groups[0]
+        group["params"] = list(masters)
+        opt.state.clear()
+        for m, st in zip(masters, ls.states, strict=True):
+            if st:
+                opt.state[m] = st
+        opt.step()
+        ls.states = [opt.state[m] for m in masters]
+        opt.state.clear()
+        group["params"] = []
+        for m, hp in zip(masters, ls.host_params, strict=True):
             m.grad = None
             hp.copy_(m)  # the bf16 parameters (host region)
-            if not self.master_weights:
-                m.copy_(hp)  # no master weights: the next step starts from the rounded values
-        if views is not None:
+        del masters
+        if views:
             self._store_states(ls, views, where)
         with self._lock:
             self.cpu_step_s += time.perf_counter() - t0
@@ -452,37 +485,35 @@ class ModelStates:
         names = []
         if ls.placement.optimizer_states == "nvme" and self.optimizer_kind == "adamw":
             names += ["exp_avg", "exp_avg_sq"]
-        if ls.placement.master_weights == "nvme":
+        if self._masters_on_nvme(ls):
             names.append("master")
         out: dict[str, list[torch.Tensor]] = {}
         off = 0
         for name in names:
             out[name] = []
-            for m in ls.masters:
-                out[name].append(flat[off : off + m.numel()].view(m.shape))
-                off += m.numel()
+            for p in ls.params:
+                out[name].append(flat[off : off + p.numel()].view(p.shape))
+                off += p.numel()
         return out
 
     def _load_states(self, ls: _Layer, where: str) -> dict[str, list[torch.Tensor]]:
-        assert ls.state_file is not None and self._staging is not None and ls.optimizer is not None
+        """The layer's state file read into the staging buffer (nothing on its first step), its
+        moments bound to their sections; master weights on nvme start from the parameters."""
+        assert ls.state_file is not None and self._staging is not None
         views = self._state_views(ls)
         first = not ls.state_file.path.exists()
         if not first:
             ls.state_file.read(memoryview(self._staging), where=where)
-        for k, m in enumerate(ls.masters):
-            if "master" in views:
-                if first:
-                    views["master"][k].copy_(m)
-                m.data = views["master"][k]
-            st = ls.optimizer.state[m]
+        for k, st in enumerate(ls.states):
+            if "master" in views and first:
+                views["master"][k].copy_(ls.host_params[k])
             if st and "exp_avg" in views:  # AdamW makes the moments on its first step
                 st["exp_avg"], st["exp_avg_sq"] = views["exp_avg"][k], views["exp_avg_sq"][k]
         return views
 
     def _store_states(self, ls: _Layer, views: dict[str, list[torch.Tensor]], where: str) -> None:
-        assert ls.state_file is not None and self._staging is not None and ls.optimizer is not None
-        for k, m in enumerate(ls.masters):
-            st = ls.optimizer.state[m]
+        assert ls.state_file is not None and self._staging is not None
+        for k, st in enumerate(ls.states):
             if "exp_avg" in views:
                 for name in ("exp_avg", "exp_avg_sq"):
                     if st[name].data_ptr() != views[name][k].data_ptr():

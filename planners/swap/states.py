@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 from hwmodels.units import UserInputError
 from planners.plan import RESIDENT, ModelStatePlacement
+from simulator.templates import FP32_BYTES
 from simulator.workload import OpSpec, Phase, Role, TensorSpec, Workload
 
 STATE_STAGING_LAYERS = 2
@@ -91,6 +92,20 @@ class StatesApplied:
 
         return replace(self, copies=tuple(replace(c, ready_op=at(c.ready_op), needed_op=at(c.needed_op))
                                           for c in self.copies))
+
+
+def cpu_step_scratch_bytes(param_bytes: int, meta: dict) -> int:
+    """Host bytes a layer's CPU optimizer step makes for itself: the fp32 copy of its gradients
+    and, without master weights, the fp32 copy of its parameters (taken again from the bf16
+    ones every step); one layer at a time (one CPU optimizer stream). ``param_bytes``: the
+    layer's parameters in their dtype; ``meta``: the template Workload's (element bytes of the
+    parameters, master weights)."""
+    elem_bytes = meta.get("param_elem_bytes")
+    if not elem_bytes:
+        raise UserInputError("layers.model_states.optimizer_step: a CPU step is modelled on the "
+                             "templates' Workload (it names the parameters' dtype)")
+    numel = param_bytes // int(elem_bytes)
+    return FP32_BYTES * numel * (1 + (not meta.get("master_weights", False)))
 
 
 def all_resident(states: Sequence[ModelStatePlacement]) -> bool:
@@ -218,6 +233,8 @@ def apply_model_states(wl: Workload, states: Sequence[ModelStatePlacement]) -> S
     staged = [c.state_bytes for c in cpu_steps if c.state_tier != "host"]
     if staged:
         hold("host", "state_staging", STATE_STAGING_LAYERS * max(staged))
+    if cpu_steps:
+        hold("host", "cpu_step_scratch", cpu_step_scratch_bytes(max(c.param_bytes for c in cpu_steps), wl.meta))
     if step_k is not None and cpu_share:
         gpu_frac = 1.0 - cpu_share / total_weight_bytes
         op = ops[step_k]

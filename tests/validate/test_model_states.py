@@ -112,9 +112,11 @@ def test_every_mechanism_gives_the_plain_recipes_parameters(tmp_path, master_wei
     got, ex = executed(spec, plan, steps=steps, state_dir=tmp_path)
     ref = reference(spec, steps=steps, master_weights=master_weights)
     assert_step_close(got, ref, init, steps=steps)
-    # layers 1 and 3 keep their moments in files (layer 1 its master weights too): 2 + 1 fp32 copies
+    # layers 1 and 3 keep their moments in files, layer 1 its master weights too when the job
+    # keeps master weights (without them there are none to keep): 2 (+ 1) fp32 copies
     n1 = sum(p.numel() for p in build_model(spec, seed=3).layers[1].parameters())
-    assert (tmp_path / "layer0001.states").stat().st_size == -(-3 * 4 * n1 // 4096) * 4096
+    copies = 2 + master_weights
+    assert (tmp_path / "layer0001.states").stat().st_size == -(-copies * 4 * n1 // 4096) * 4096
     assert sorted(f.name for f in tmp_path.iterdir()) == ["layer0001.states", "layer0003.states"]
 
 
@@ -207,3 +209,27 @@ def test_run_plan_refuses_a_host_too_small_before_a_step(tmp_path, monkeypatch):
     assert case["status"] == "refused" and not steps
     assert "model states on the host" in case["message"] and "exceeds available host memory 1.00 MiB" in case["message"]
     assert case["model_states"]["disk_bytes"] > 0
+
+
+@pytest.mark.parametrize("master_weights", [True, False])
+def test_the_executors_state_bytes_are_what_the_planner_counts(tmp_path, master_weights):
+    """The host and disk bytes the executor holds for CPU-stepped layers (its sizing, which
+    check_fits certifies) are the planner's (planners.swap.states), but for the planner's second
+    staging buffer: fp32 master weights only when the job keeps them, one layer's fp32 scratch."""
+    from planners.swap.states import STATE_STAGING_LAYERS, apply_model_states
+    from simulator.templates import training_workload
+
+    spec = tiny_spec(layers=3)
+    layers = [LayerPlan(layer=0, model_states=HOST_CPU), LayerPlan(layer=1, model_states=NVME_CPU),
+              LayerPlan(layer=2, model_states=NVME_CPU)]
+    plan = whole_plan(spec, layers, master_weights=master_weights)
+    st = ModelStates(build_model(spec), plan, device=torch.device("cpu"), state_dir=tmp_path)
+    sc = plan.scenario
+    applied = apply_model_states(training_workload(sc.model, sc.job, sc.node), [lp.model_states for lp in layers])
+    staging = applied.by_kind["host"]["state_staging"]
+    want_host = applied.tier_bytes["host"] - staging + staging // STATE_STAGING_LAYERS
+    slack = 512 * sum(1 for _ in build_model(spec).layers[0].parameters()) * 3 * 2  # executor's alignment
+    assert abs(st.host_bytes() - want_host) <= slack
+    assert abs(st.disk_bytes() - applied.tier_bytes["nvme"]) <= 2 * 4096
+    n = sum(p.numel() for p in build_model(spec).layers[1].parameters())
+    assert st.disk_bytes() == 2 * (-(-(2 + master_weights) * 4 * n // 4096) * 4096)
