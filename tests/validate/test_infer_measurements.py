@@ -33,18 +33,23 @@ C128 = "llama-3.1-8b-128k-b1"
 HOST_SPEED = ("the same HF resident 32K step took 18.14 ms in infer-exec2's smoke and 22.66 ms in this bench run (the "
               "same engines on another machine instance): the host figures are fitted on the first; the replay has "
               "no per-machine host speed")
-HF_OFFLOADED_128K = ("DynamicCache offloading at 128K: 780 ms (2026-12-02) and 693 ms (2026-12-03, another "
-                     "machine instance), as if its 16 GiB each way ran one direction at a time at 44-50 GB/s, "
-                     "where the replay overlaps them (93 GB/s both ways, measured for 64 MiB chunks by "
-                     "host_overhead.py); what serializes them is not known yet")
+HF_OFFLOADED_128K = ("DynamicCache offloading at 128K: medians 780 ms (2026-12-02) and 693 ms (2026-12-03, "
+                     "another machine instance) hold steps 2-8 still allocating pinned blocks (0.7-1.7 s); its "
+                     "last steps ran 620-650 and 520-570 ms, still 1.4-1.7x the replay's 379 ms (16 GiB each "
+                     "way overlapped at 93 GB/s, host_overhead.py's 64 MiB chunks). Its host copies are pinned "
+                     "(`.to('cpu', non_blocking=True)` pins its output: 64 GiB pinned peak), so not a pageable "
+                     "copy; what slows the steady steps is not known yet")
 B128_0312 = "infer-bench-h200-2026-12-03-llama-3.1-8b-128k-b1.json"
 B4 = "infer-bench-h200-llama-3.1-8b-128k-b4.json"
 KNOWN: dict[tuple[str, str, str, str], str] = {
     (B32, CELL, "hf_resident", "decode_step_time_s"): HOST_SPEED,
     (B32, CELL, "hf_offloaded", "decode_step_time_s"): HF_OFFLOADED,
     (B128, C128, "hf_resident", "decode_step_time_s"): HOST_SPEED + "; at 128K its step (28.85 ms) is 16.6 ms over the "
-        "static engine's graphed one (12.29 ms, predicted -5.1%) where the replay adds only its host cost (20.1 ms "
-        "predicted): the rest, its attention over the torch.cat-grown cache or this instance's host, is not known",
+        "static engine's graphed one (12.29 ms, predicted -5.1%) where the replay adds its host cost and DynamicLayer."
+        "update's torch.cat (a copy of each layer's whole K and V every step, 1 GiB read and written per layer) at "
+        "the profile's HBM copy rate (4.32 TB/s: 8 ms of the 20.1 ms predicted); the cat at ~2.1 TB/s or this "
+        "instance's host would close it, and no committed microbenchmark times that cat: the held-out 32K batch-4 "
+        "cell (the same KV bytes) is to tell which",
     (B128, C128, "hf_offloaded", "decode_step_time_s"): HF_OFFLOADED_128K,
     (B128_0312, C128, "hf_offloaded", "decode_step_time_s"): HF_OFFLOADED_128K,
     (EAGER, CELL, "plan", "prefill_time_s"):
