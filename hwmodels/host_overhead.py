@@ -62,6 +62,13 @@ class EagerHostCosts:
     hf_offloaded_cudnn: EngineHostCost
     static_eager_cudnn: EngineHostCost
     source: str
+    first_forward_s: float = 0.0
+    """Host seconds the first forward pass of a fresh process pays beyond its kernels' issue, in
+    a timed prefill that no warm-up preceded: each kernel's module loaded on its first launch
+    (CUDA's lazy loading), cuBLASLt's handle, workspace and heuristic query for each new GEMM
+    shape, the caching allocator's first cudaMalloc of each activation block; the GPU idles
+    meanwhile (nothing is queued before the host gets past them)."""
+    first_forward_source: str = ""
 
     def engine(self, engine: str, *, offloaded: bool = False, graphs: bool = False,
                sdpa_cudnn: bool = False) -> EngineHostCost:
@@ -85,6 +92,18 @@ class DecodeRates:
     source: str
 
 
+FIRST_FORWARD_S = 0.268
+FIRST_FORWARD_SOURCE = (
+    "fitted on the Llama-3.1-8B 32K batch-1 cell, the one cell fitting may use: the mean of its four HF "
+    "prefills under SDPA off cuDNN (the bench's and the smoke's, resident and offloaded: 0.279, 0.319, 0.216, "
+    "0.259 s) less their replay without it; validate/infer_hf.py times generate's first forward with no "
+    "warm-up before it, where the static engine's warm-up (0.39-0.45 s at 32K for ~0.1 s of its kernels) "
+    "takes the same costs out of its timed prefill, and the HF engine's first decode step took 70-100 ms "
+    "more than the next (new decode shapes). The 128K batch-1 cells and the cuDNN-era 32K runs (the "
+    "static engine's before it warmed up among them) are the check"
+)
+"""The host's first-forward cost (``EagerHostCosts.first_forward_s``) and where it comes from."""
+
 H200_HOST = EagerHostCosts(
     hf_resident=EngineHostCost(fixed_s=0.6e-3, per_layer_s=0.548e-3),
     hf_offloaded=EngineHostCost(fixed_s=0.6e-3, per_layer_s=0.668e-3),
@@ -97,6 +116,8 @@ H200_HOST = EagerHostCosts(
            "off cuDNN: hf resident 18.14 ms, static eager issue 17.17 ms, graphed issue 1.83 ms; torch's "
            "order: hf resident 54.47 ms, static eager 49.67 ms; offloaded: resident + 0.12 ms per layer "
            "(its stream switches and copies' issue, assumed)",
+    first_forward_s=FIRST_FORWARD_S,
+    first_forward_source=FIRST_FORWARD_SOURCE,
 )
 
 H200_DECODE = DecodeRates(

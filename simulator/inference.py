@@ -52,6 +52,10 @@ the static engine eager (its prefill) or through CUDA graphs (its decode step), 
 cuDNN as the engines run it, or in torch's default order for older records); the GPU runs each
 kernel at its roofline (decode GEMVs and one-token attention at their measured rates, prefill ops
 by the node's profile, prefill attention at the flash fit) and no earlier than its issue.
+A timed prefill that no warm-up preceded (the HF engine's: it times ``generate``'s first call)
+starts with the host's first-forward cost of a fresh process (``hwmodels.host_overhead``:
+kernel modules loaded on first launch, cuBLASLt's per-shape setup, the allocator's first
+cudaMalloc of each block), the GPU idle meanwhile.
 Kernels are folded into per-layer segments (``fold``: exact for a segment the copies do not
 interrupt); the DES schedule holds a host stream, the compute stream, and the copies on the H2D /
 D2H streams sharing the host link (and the both-ways ceiling) fluidly, with the lookahead and
@@ -903,13 +907,17 @@ def allocatable_hbm_bytes(node) -> int:
 
 def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes: int, host_budget_bytes: int,
                      context_len: int | None = None, graphs: bool = STATIC_DECODE_GRAPHS,
-                     sdpa_cudnn: bool = False, decode_only: bool = False) -> InferReplay:
+                     sdpa_cudnn: bool = False, decode_only: bool = False,
+                     warmed_up: bool | None = None) -> InferReplay:
     """Replay ``placement`` of ``job`` on ``node``: prefill, one decode step at ``context_len``
     (default the job's mean decode context ``prompt_len + gen_len // 2``), peaks, feasibility.
     ``graphs``: the static engine issues its decode step through CUDA graphs (else eagerly).
     ``sdpa_cudnn``: SDPA in torch's default order (cuDNN attention), not kept off cuDNN as the
     engines run it. ``decode_only``: the decode step alone (prefill and the whole generation's
-    time left 0)."""
+    time left 0). ``warmed_up``: whether a warm-up ran before the timed prefill (None: the
+    engine's own: the static engine warms up, the HF engine does not, as validate/infer_hf.py
+    times ``generate``'s first call); without one the prefill pays the host's first-forward
+    cost (``hwmodels.host_overhead``: ``first_forward_s``) before its first kernel."""
     from hwmodels.compute import compute_time_s
     from simulator.estimator import RUNTIME_WORKSPACE_BYTES
     from simulator.templates import decode_workload, prefill_workload
@@ -978,6 +986,10 @@ def replay_placement(model, job, node, placement: Placement, *, gpu_budget_bytes
                             kv_out_bytes_q=seq_out_q * num_seq, kv_in_bytes_q=seq_in_q * num_seq)
             times.append(b.run().step_time_s)
         prefill_s = times[0] + (B - 1) * (times[-1] - times[0])
+    if not decode_only and not ((not hf) if warmed_up is None else warmed_up):
+        from hwmodels.host_overhead import eager_host_costs
+
+        prefill_s += eager_host_costs(node).first_forward_s  # the GPU idles: nothing is queued yet
 
     # -- decode
     dec_s = stall_s = compute_s = 0.0

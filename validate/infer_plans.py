@@ -221,6 +221,15 @@ def plan_for_record(record: Any, plans_dir: str | Path | None = None) -> Any:
                       planner=f"smoke:{mode}")
 
 
+def record_warmed_up(record: Any) -> bool | None:
+    """Whether a measurement's engine ran a warm-up before its timed prefill: the static engine
+    records its ``warmup_s`` (records of the engine before it warmed up lack it), the HF engine
+    never warms up; None without a record (the engine's default)."""
+    if record is None:
+        return None
+    return _field(record, "warmup_s") is not None
+
+
 def record_sdpa_cudnn(record: Any) -> bool:
     """Whether a measurement ran SDPA in torch's default order (cuDNN attention first on the
     H200): records of the engines before they kept SDPA off cuDNN have no
@@ -271,7 +280,7 @@ def repredict(plan_path: Any, record: Any = None, *, skip_steps: int = 2, all_st
     contexts = list(_field(record, "contexts") or []) if record is not None else []
     graphs = record_graphs(record)
     cudnn = record_sdpa_cudnn(record)
-    base = replay_plan(plan, graphs=graphs, sdpa_cudnn=cudnn)
+    base = replay_plan(plan, graphs=graphs, sdpa_cudnn=cudnn, warmed_up=record_warmed_up(record))
     ints = [int(c) for c in contexts]
     tail_ctx = ints[skip_steps:] or ints
     wanted = set(ints) if all_steps else set(_middle(sorted(tail_ctx)))

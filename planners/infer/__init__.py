@@ -123,10 +123,11 @@ def _kv_quant_of(plan: Any, lp: Any) -> str:
 
 
 def replay_plan(plan: Any, *, context_len: int | None = None, graphs: bool | None = None,
-                sdpa_cudnn: bool = False, decode_only: bool = False):
+                sdpa_cudnn: bool = False, decode_only: bool = False, warmed_up: bool | None = None):
     """Replay an inference plan with the scenario it embeds (`simulator.inference`); ``graphs``:
     whether the static engine's decode step runs through CUDA graphs (None: the engine's default);
-    ``sdpa_cudnn``: SDPA in torch's default order rather than kept off cuDNN."""
+    ``sdpa_cudnn``: SDPA in torch's default order rather than kept off cuDNN; ``warmed_up``:
+    whether a warm-up preceded the timed prefill (None: the engine's default)."""
     from simulator.inference import STATIC_DECODE_GRAPHS, replay_placement
 
     sc = plan.scenario
@@ -135,7 +136,7 @@ def replay_plan(plan: Any, *, context_len: int | None = None, graphs: bool | Non
     return replay_placement(sc.model, sc.job, sc.node, placement_of(plan), gpu_budget_bytes=sc.gpu_budget_bytes,
                             host_budget_bytes=sc.host_budget_bytes, context_len=context_len,
                             graphs=STATIC_DECODE_GRAPHS if graphs is None else graphs, sdpa_cudnn=sdpa_cudnn,
-                            decode_only=decode_only)
+                            decode_only=decode_only, warmed_up=warmed_up)
 
 
 def spread(num_layers: int, counts: dict[str, int]) -> list[str]:

@@ -26,8 +26,6 @@ FITTED_CELLS = ("llama-3.1-8b-32k-b1",)
 EAGER = "infer-bench-smoke-eager-h200-2026-12-02.json"
 SMOKE = "infer-smoke-h200-2026-12-02.json"
 CELL = "llama-3.1-8b-32k-b1"
-CUDNN_ERA = ("the engines before they kept SDPA off cuDNN: torch's default order ran cuDNN attention, whose fitted prefill rate the replay uses for these records; they ran 12-18% longer (cuDNN's plan building inside the timed prefill, not modelled: the engines no longer run it)")
-HF_PREFILL = ("transformers' prefill took 0.22 s (7 ms a layer) longer than the static engine's, whose same kernels the replay matches within 0.2%; which kernel differs is what host_overhead.py's 32K prefill profile of both engines is to show")
 HF_OFFLOADED = ("DynamicCache offloading: its steady steps ran 115-145 ms where the replay's both directions sharing the link (97 GB/s both ways) and the D2H on the default stream give 100 ms, and the median holds warm-up steps (pinned blocks allocated up to step ~8, from 3.5 s down)")
 B32 = "infer-bench-h200-llama-3.1-8b-32k-b1.json"
 B128 = "infer-bench-h200-llama-3.1-8b-128k-b1.json"
@@ -35,35 +33,34 @@ C128 = "llama-3.1-8b-128k-b1"
 HOST_SPEED = ("the same HF resident 32K step took 18.14 ms in infer-exec2's smoke and 22.66 ms in this bench run (the "
               "same engines on another machine instance): the host figures are fitted on the first; the replay has "
               "no per-machine host speed")
-HF_OFFLOADED_128K = ("DynamicCache offloading at 128K: 780 ms (2026-12-02) and 693 ms (2026-12-03, another "
-                     "machine instance), as if its 16 GiB each way ran one direction at a time at 44-50 GB/s, "
-                     "where the replay overlaps them (93 GB/s both ways, measured for 64 MiB chunks by "
-                     "host_overhead.py); what serializes them is not known yet")
+HF_OFFLOADED_128K = ("DynamicCache offloading at 128K: medians 780 ms (2026-12-02) and 693 ms (2026-12-03, "
+                     "another machine instance) hold steps 2-8 still allocating pinned blocks (0.7-1.7 s); its "
+                     "last steps ran 620-650 and 520-570 ms, still 1.4-1.7x the replay's 379 ms (16 GiB each "
+                     "way overlapped at 93 GB/s, host_overhead.py's 64 MiB chunks). Its host copies are pinned "
+                     "(`.to('cpu', non_blocking=True)` pins its output: 64 GiB pinned peak), so not a pageable "
+                     "copy; what slows the steady steps is not known yet")
 B128_0312 = "infer-bench-h200-2026-12-03-llama-3.1-8b-128k-b1.json"
 B4 = "infer-bench-h200-llama-3.1-8b-128k-b4.json"
 KNOWN: dict[tuple[str, str, str, str], str] = {
-    (B32, CELL, "hf_resident", "prefill_time_s"): HF_PREFILL,
     (B32, CELL, "hf_resident", "decode_step_time_s"): HOST_SPEED,
-    (B32, CELL, "hf_offloaded", "prefill_time_s"): HF_PREFILL,
     (B32, CELL, "hf_offloaded", "decode_step_time_s"): HF_OFFLOADED,
     (B128, C128, "hf_resident", "decode_step_time_s"): HOST_SPEED + "; at 128K its step (28.85 ms) is 16.6 ms over the "
-        "static engine's graphed one (12.29 ms, predicted -5.1%) where the replay adds only its host cost (20.1 ms "
-        "predicted): the rest, its attention over the torch.cat-grown cache or this instance's host, is not known",
+        "static engine's graphed one (12.29 ms, predicted -5.1%) where the replay adds its host cost and DynamicLayer."
+        "update's torch.cat (a copy of each layer's whole K and V every step, 1 GiB read and written per layer) at "
+        "the profile's HBM copy rate (4.32 TB/s: 8 ms of the 20.1 ms predicted); the cat at ~2.1 TB/s or this "
+        "instance's host would close it, and no committed microbenchmark times that cat: the held-out 32K batch-4 "
+        "cell (the same KV bytes) is to tell which",
     (B128, C128, "hf_offloaded", "decode_step_time_s"): HF_OFFLOADED_128K,
     (B128_0312, C128, "hf_offloaded", "decode_step_time_s"): HF_OFFLOADED_128K,
     (EAGER, CELL, "plan", "prefill_time_s"):
-        "the first run of the smoke on a fresh device (2.25 s; the next static run's prefill took 1.56 s): "
-        "one-off kernel selection and allocator growth inside the timed prefill, which the engine's warm-up "
-        "now runs before the timer (infer-exec2)",
+        "the first run of the smoke on a fresh device (2.25 s; the next static run's prefill, also without a "
+        "warm-up, took 1.56 s, +4% on the replay with the host's first-forward cost of a fresh process): 0.62 s "
+        "more of one-off costs inside the timed prefill on a device nothing had run on yet, which the engine's "
+        "warm-up now runs before the timer (infer-exec2)",
     (EAGER, CELL, "kv_host", "decode_step_time_s"):
         "the static engine's per-layer H2D copies ran at 38.7 GB/s where one pinned 1 GiB copy ran at "
         "55.4 GB/s: an executor issue (fixed in infer-exec2: 55.2 GB/s), the replay prices the link's rate",
-    (EAGER, CELL, "kv_host", "prefill_time_s"): CUDNN_ERA,
-    (EAGER, CELL, "hf_resident", "prefill_time_s"): CUDNN_ERA,
-    (EAGER, CELL, "hf_offloaded", "prefill_time_s"): CUDNN_ERA,
     (EAGER, CELL, "hf_offloaded", "decode_step_time_s"): HF_OFFLOADED,
-    (SMOKE, CELL, "hf_resident", "prefill_time_s"): HF_PREFILL,
-    (SMOKE, CELL, "hf_offloaded", "prefill_time_s"): HF_PREFILL,
     (SMOKE, CELL, "hf_offloaded", "decode_step_time_s"): HF_OFFLOADED,
 }
 """(file, cell, mode, figure) -> why that figure is outside its band."""
