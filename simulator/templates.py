@@ -246,6 +246,7 @@ class _Program:
         self.param_bytes = act  # parameters live in the param dtype
         self.grad_elem_bytes = dtype_bytes(grad_dtype)
         self.num_local_params = 0  # parameters this GPU holds (after tp, before ZeRO-3)
+        self.max_param_numel = 0  # elements of the largest of them
         self.dp = parallel.dp if parallel is not None else 1
         self.zero = parallel.zero_stage if parallel is not None and self.dp > 1 else 0
 
@@ -254,6 +255,7 @@ class _Program:
         the weight itself across data-parallel ranks (the walk counts the shard; ZeRO-3's
         gathered copies are the layer's transient all-gather buffer)."""
         self.num_local_params += numel
+        self.max_param_numel = max(self.max_param_numel, numel)
         w_bytes = numel * self.param_bytes
         g_bytes = int(numel * self.grad_elem_bytes)
         if self.zero >= 3:
@@ -1011,9 +1013,12 @@ class _Program:
 
         AdamW keeps two moments per parameter in ``optimizer_state_dtype`` (torch.optim.AdamW on
         bf16 weights keeps them in bf16: set the job's dtype accordingly) and, with master
-        weights, an fp32 copy; ZeRO-1+ shards both over data-parallel ranks. torch's foreach
-        implementation allocates one temporary per parameter (sqrt of the second moment);
-        the fused one (and Megatron's distributed optimizer) none.
+        weights, an fp32 copy; ZeRO-1+ shards both over data-parallel ranks. Its transient:
+        with moments in the parameters' dtype (torch.optim.AdamW on the parameters themselves),
+        the foreach implementation's temporary per parameter (sqrt of the second moment) for
+        all of them at once; with wider moments (the executor's recipe,
+        ``validate.model_states.ModelStates._gpu_step``, one parameter at a time) the largest
+        parameter's fp32 gradient and, without master weights, its fp32 copy.
         """
         from simulator.job import dtype_bytes
 
@@ -1034,7 +1039,11 @@ class _Program:
                 b.state(f"adamw.moment{j + 1}", int(n_opt * state_b), Role.OPTIMIZER_STATE)
             reads += int(n_opt * (2 * state_b + self.grad_elem_bytes + self.param_bytes))
             writes += int(n_opt * (2 * state_b + self.param_bytes))
-            transient = 0 if job.master_weights else int(n_opt * state_b)
+            if state_b == self.param_bytes and not job.master_weights:
+                transient = int(n_opt * state_b)
+            else:
+                largest = -(-self.max_param_numel // shard)
+                transient = largest * FP32_BYTES * (1 if job.master_weights else 2)
         elif job.optimizer == "sgd":
             reads += int(n_opt * (self.grad_elem_bytes + self.param_bytes))
             writes += int(n_opt * self.param_bytes)
