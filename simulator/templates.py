@@ -920,10 +920,13 @@ class _Program:
         logits never exist whole; backward scales the saved dh and dW by the loss's gradient.
 
         Memory: saved from the forward to the backward, dh (``T h`` bf16) and the fp32 dW
-        (``4 V h``); the forward's workspace, the larger of one chunk's logits in bf16 and fp32
-        (``6 c V`` bytes: the upcast, then the gradient with its bf16 cast) and the chunk's dW
-        product in bf16 with its fp32 copy beside the chunk's bf16 gradient (``2 c V + 6 V h``);
-        the backward allocates the input gradient (``T h`` bf16, dh scaled) and the head's
+        (``4 V h``); the forward's workspace, the larger of (a) at the chunk's logsumexp, its
+        fp32 logits, the fp32 ``logits - max`` that ``torch.logsumexp`` makes (and exponentiates
+        in place) and, from the second chunk on, the previous chunk's bf16 gradient, which its
+        variable holds until the next one replaces it (``10 c V`` bytes; the bf16 logits, the
+        bf16 gradient's cast and the upcast peak below it) and (b) the chunk's dW product in
+        bf16 with its fp32 copy beside the chunk's bf16 gradient (``2 c V + 6 V h``); the
+        backward allocates the input gradient (``T h`` bf16, dh scaled) and the head's
         ``.grad`` through an fp32 product (``4 V h`` of workspace).
         Times: one chunk's head GEMM, its two backward GEMMs and the loss's elementwise passes
         (upcast, softmax, gradient, downcast: ``kernels`` costs), times the chunks. FLOPs: the
@@ -954,7 +957,8 @@ class _Program:
                                write_bytes=T * h * a + V * h * (FP32_BYTES + a)))
         b.op("loss.fused_linear_ce", "loss_fused_linear_ce", None, inputs=[x, w, labels], outputs=[loss, dh, dw],
              saves=[dh, dw], grad_inputs=[x], cost=cost, bwd_cost=scale,
-             fwd_workspace_bytes=max(6 * cv, 2 * cv + 6 * V * h), bwd_workspace_bytes=V * h * FP32_BYTES)
+             fwd_workspace_bytes=max(2 * FP32_BYTES * cv + (a * cv if C > 1 else 0), a * cv + (a + FP32_BYTES) * V * h),
+             bwd_workspace_bytes=V * h * FP32_BYTES)
         return loss
 
     def hf_loss(self, logits: int, labels: int, tv: int) -> int:
@@ -1131,6 +1135,7 @@ class _Program:
             x = b.input("hidden_in", s.norm_tokens * h * s.act_bytes, Role.INPUT, requires_grad=True)
         x = self.layers(x, cos, sin, job.checkpointing)
         if m.has_lm_head:
+            stack_out = x
             x = self.norm("final_norm", x, None)
             tied = m.tie_word_embeddings and m.has_embedding
             if self.lm_head_chunks > 1:
@@ -1138,6 +1143,9 @@ class _Program:
                     raise UserInputError("lm_head_chunks: a fused linear cross-entropy is modelled for "
                                          "Hugging Face models without tensor parallelism")
                 loss = self.fused_linear_cross_entropy(x, labels, emb_w if tied else None)
+                # the executor's decoder (validate.model.Decoder.forward) holds the last layer's
+                # output in its loop variable until the loss returns
+                b.op("final_norm.release_input", "release", None, inputs=[stack_out], has_backward=False)
                 b.hold(loss)
                 self.optimizer()
                 wl = b.build(meta=self.training_meta())
