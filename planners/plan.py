@@ -108,7 +108,9 @@ class RoleAction(_Frozen):
 
     @property
     def recompute_frac(self) -> float:
-        return max(0.0, 1.0 - self.alpha_frac - self.keep_frac)
+        """The rest of the tokens, to ``FLOAT_DIGITS`` as the fractions are written (fractions
+        written to sum to one recompute nothing, whatever their binary sum)."""
+        return max(0.0, round(1.0 - self.alpha_frac - self.keep_frac, FLOAT_DIGITS))
 
 
 KEEP = RoleAction(action="keep", keep_frac=1.0)
@@ -218,6 +220,12 @@ class LayerPlan(_Frozen):
 
     def action(self, role: str) -> RoleAction:
         return self.roles.get(role, KEEP)
+
+    @property
+    def recomputes_tokens(self) -> bool:
+        """Whether a role drops rows for MEMO's token-wise recompute (any ``recompute_frac``):
+        the executor then keeps the layer's whole input to recompute them from."""
+        return any(a.recompute_frac > 0 for a in self.roles.values())
 
     def tiers(self) -> set[str]:
         """Every tier this layer's decisions name."""

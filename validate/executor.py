@@ -206,10 +206,6 @@ def _split(action: RoleAction, tokens: int) -> tuple[int, int, int]:
     return n_off, n_keep, tokens - n_off - n_keep
 
 
-def _needs_recompute(lp: LayerPlan) -> bool:
-    return any(a.recompute_frac > 0 for a in lp.roles.values())
-
-
 def _uses_hooks(lp: LayerPlan) -> bool:
     if lp.checkpoint == "full":
         return lp.input == "offload"
@@ -527,7 +523,7 @@ class PlanExecutor:
         else:
             st = _LayerState(i, lp, rope=rope, input_requires_grad=x.requires_grad)
             self._states[i] = st
-            if lp.input == "offload" or _needs_recompute(lp) or lp.checkpoint == "full":
+            if lp.input == "offload" or lp.recomputes_tokens or lp.checkpoint == "full":
                 st.input_entry = self._entry(st, x)
             layer.tagger = lambda role, t: self._tag(st, role, t)
             try:

@@ -129,17 +129,19 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
         groups: list[tuple[tuple[int, ...], RoleAction]] = []
         inputs = lp.input_tids
         held: set[int] = set()
-        hold_frac = max((dec.action(r).recompute_frac for r in lp.role_tids), default=0.0)
-        if dec.checkpoint == "none" and lp.hold_bytes and hold_frac > 0:
-            # the recomputed tokens' rows of the input stay until the recompute op
+        if dec.checkpoint == "none" and lp.hold_bytes and dec.recomputes_tokens:
+            # The executor keeps the whole input of a layer that recomputes tokens (the rows it
+            # drops are recomputed from it) until the layer's backward is done, or offloads it
+            # whole; its prefetched copy leaves at the recompute op.
             held_inputs: list[int] = []
             for t in lp.hold_tids:
-                h = part(t, int(round(sizes[t] * hold_frac)), "held", prof.alloc_op[t], None)
-                sizes[t] -= sizes[h]
+                h = part(t, sizes[t], "held", prof.alloc_op[t], None if dec.input == "offload" else lp.last_bwd)
+                sizes[t] = 0
                 index[h] = extra[-1]
                 alloc_of[h] = prof.alloc_op[t]
                 held.add(h)
-                rec_frees.setdefault(i, []).append(h)
+                if dec.input == "offload":
+                    rec_frees.setdefault(i, []).append(h)
                 held_inputs.append(h)
             inputs = tuple(held_inputs)
         if dec.input == "offload":

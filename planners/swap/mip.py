@@ -125,8 +125,12 @@ class _SwapMip:
         self.full = [var(f"full_{i}", cat="Binary") for i in range(n)]
         self.o_in = [var(f"offload_input_{i}", cat="Binary") for i in range(n)]
         self.o_inf = [var(f"offload_checkpoint_input_{i}", cat="Binary") for i in range(n)]
-        # offloaded share of a held input: rec * o_in, linearised (McCormick, exact for a binary)
-        self.held_off = [var(f"held_input_offloaded_frac_{i}", 0, 1) for i in range(n)]
+        # a layer that recomputes tokens holds its whole input (the executor's), when the layer
+        # does not save it (hold_bytes > 0): hold >= rec; its offloaded share hold * o_in,
+        # linearised (McCormick, exact for binaries)
+        self.hold = [var(f"hold_input_{i}", cat="Binary") if lp.hold_bytes else None
+                     for i, lp in enumerate(self.L)]
+        self.held_off = [var(f"held_input_offloaded_{i}", 0, 1) for i in range(n)]
         self.o_at = [var(f"offload_attn_{i}", cat="Binary") for i in range(n)]
         self.keep = [var(f"keep_frac_{i}", 0, 1) for i in range(n)]
         self.off = [var(f"alpha_frac_{i}", 0, 1) for i in range(n)]
@@ -160,11 +164,16 @@ class _SwapMip:
             prob += o_at[i] + full[i] <= 1, f"attn_offload_without_checkpoint_{i}"
             prob += o_in[i] + full[i] <= 1, f"input_offload_without_checkpoint_{i}"
             prob += o_inf[i] <= full[i], f"checkpoint_input_offload_{i}"
-            # a token-wise recompute needs the recomputed tokens' input rows; a layer that does not
-            # save its input (hold_bytes > 0) holds them, or offloads them with the rest
-            prob += held_off[i] <= rec[i], f"held_input_offload_le_recompute_{i}"
-            prob += held_off[i] <= o_in[i], f"held_input_offload_le_offload_{i}"
-            prob += held_off[i] >= rec[i] + o_in[i] - 1, f"held_input_offload_ge_both_{i}"
+            # a token-wise recompute needs the layer's input; a layer that does not save it
+            # (hold_bytes > 0) holds it whole (the executor's), or offloads it with the rest
+            hold = self.hold[i]
+            if hold is None:
+                prob += held_off[i] == 0, f"no_held_input_{i}"
+            else:
+                prob += rec[i] <= hold, f"hold_input_when_recomputing_{i}"
+                prob += held_off[i] <= hold, f"held_input_offload_le_hold_{i}"
+                prob += held_off[i] <= o_in[i], f"held_input_offload_le_offload_{i}"
+                prob += held_off[i] >= hold + o_in[i] - 1, f"held_input_offload_ge_both_{i}"
             if lp.input_bytes == 0 and lp.hold_bytes == 0:
                 prob += o_in[i] == 0, f"no_input_to_offload_{i}"
             prob += off[i] <= u[i], f"other_offloads_{i}"
@@ -178,7 +187,8 @@ class _SwapMip:
                                + fp.input_bytes * o_inf[i] + lp.attn_bytes * o_at[i]
                                + lp.other_bytes * off[i]) / g)
             self.r_rec.append(((lp.saved_bytes - fp.input_bytes) * full[i]
-                               + lp.other_bytes * (rec[i] - self.rec_u[i]) - lp.hold_bytes * rec[i]) / g)
+                               + lp.other_bytes * (rec[i] - self.rec_u[i])
+                               - lp.hold_bytes * (0 if hold is None else hold)) / g)
             # token-wise recompute: the layer's per-token ops on the dropped rows, then those rows
             # copied into the full-size tensors (apply_plan's assembly)
             self.t_rec.append(fp.recompute_s * full[i] + (lp.other_fwd_s + copy_s * lp.other_bytes) * rec[i])

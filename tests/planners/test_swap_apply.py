@@ -140,7 +140,8 @@ def test_copies_of_gpus_behind_one_switch_share_its_uplink():
 
 def test_token_recompute_holds_an_input_the_layer_does_not_save(ctx):
     # Hugging Face layers save an fp32 copy of their input, not the input: recomputing the layer
-    # token-wise needs it, so the plan keeps it until the recompute op (and frees it there).
+    # token-wise needs it, so the plan keeps it, as the executor does, until the layer's backward
+    # is done (the executor drops the layer's saved state there).
     prof = ctx.profile("none")
     lp, nxt = prof.layers[1], prof.layers[2]
     assert lp.input_tids == () and len(lp.hold_tids) == 1 and lp.hold_bytes > 0
@@ -158,12 +159,14 @@ def test_token_recompute_holds_an_input_the_layer_does_not_save(ctx):
     assert new.timeline[k].live_bytes == base[k].live_bytes - dropped + allocator_rounded_bytes(lp.hold_bytes)
     (rec_op,) = [op for op in applied.workload.ops if op.phase == Phase.RECOMPUTE]
     new_index = applied.workload._by_id()
-    (held,) = [t for t in rec_op.frees if new_index[t].name == index[x].name + ".held"]
-    assert new_index[held].num_bytes == lp.hold_bytes  # every token is recomputed here
+    assert not [t for t in rec_op.frees if new_index[t].name == index[x].name + ".held"]
+    last_bwd = applied.workload.ops[applied.op_index[lp.last_bwd]]
+    (held,) = [t for t in last_bwd.frees if new_index[t].name == index[x].name + ".held"]
+    assert new_index[held].num_bytes == lp.hold_bytes
     assert new_index[x].num_bytes == 0
 
 
-def test_a_partial_token_recompute_holds_only_those_tokens_input(ctx):
+def test_a_partial_token_recompute_holds_the_whole_input(ctx):
     prof = ctx.profile("none")
     lp = prof.layers[1]
     layers = _keep(ctx.num_layers)
@@ -175,10 +178,11 @@ def test_a_partial_token_recompute_holds_only_those_tokens_input(ctx):
     (x,) = lp.hold_tids
     names = {index[t].name: index[t].num_bytes for t in index}
     base = index[x].name
-    # a quarter of the tokens are recomputed: their input rows are held, and offloaded with the rest
+    # a quarter of the tokens are recomputed: the executor keeps the whole input to recompute
+    # them from (its input entry), here offloaded with the rest
     assert names[base + ".held"] == 0
-    assert names[base + ".held.offloaded"] == names[base + ".held.prefetched"] == round(lp.hold_bytes / 4)
-    assert index[x].num_bytes == lp.hold_bytes - round(lp.hold_bytes / 4)
+    assert names[base + ".held.offloaded"] == names[base + ".held.prefetched"] == lp.hold_bytes
+    assert index[x].num_bytes == 0
     walk_memory(applied.workload)  # a consistent allocation sequence
 
 
