@@ -1,8 +1,7 @@
 """The whole Llama-3.1-8B with AdamW trained on the H200 from the whole-step search's plans
 (validate/measurements/h200/whole-model-2026-12-03/, plans in validate/plans/whole-model/),
-re-predicted by today's replay. Step time and host peak are held to the issue's bands; the HBM
-peak is a known miss (the replay is low by 5-9%), held to the band it was measured in, and
-the plans that ran out of memory for it are named."""
+re-predicted by today's replay. Step time, host and HBM peaks are held to the issue's bands;
+the plan that ran out of memory is named and its replay says it does not fit its budget."""
 
 import json
 from pathlib import Path
@@ -18,10 +17,14 @@ RUNS = ROOT / "validate" / "measurements" / "h200" / "whole-model-2026-12-03"
 PLANS = ROOT / "validate" / "plans" / "whole-model"
 
 TIMED = ["whole-8b-64k-120g", "whole-8b-128k-120g"]
-# The replay's HBM peak of these plans is low: measured 126.75 / 131.29 GiB where it says
-# 119.88 (the chunked loss's and the eager norms' temporaries, not yet found which); the
-# 132 GiB 128K plan therefore ran out of memory under its cap and on the whole card.
-HBM_LOW_BAND = (-0.10, -0.04)
+# Both peaks are in the chunked loss's forward. Measured 126.75 / 131.29 GiB where the replay
+# once said 119.88: it did not count torch.logsumexp's fp32 temporary of a chunk's logits beside
+# them and the previous chunk's bf16 gradient (3.91 GiB at 8K-token chunks), the last layer's
+# output the decoder's loop holds through the loss (0.5 / 1 GiB), nor the whole input that the
+# executor keeps for a layer recomputing tokens (the replay held the recomputed rows only:
+# 4.25 GiB at 128K). The 64K run's executor also held layer 8's whole input for a recompute
+# fraction of rounding noise (0.5 GiB; now none recomputes, and none is held).
+HBM_BAND = 0.03
 KNOWN_OOM = {"whole-8b-128k-oom-measured.json": "whole-8b-128k", "whole-8b-128k-nocap-oom-measured.json": "whole-8b-128k"}
 
 
@@ -42,18 +45,21 @@ def test_step_time_within_5pct_and_host_within_3pct(name):
 
 
 @pytest.mark.parametrize("name", TIMED)
-def test_hbm_peak_is_the_known_low_miss(name):
+def test_hbm_peak_within_3pct(name):
     case = _case(name)
     pred = repredict(PLANS / f"{name}.json")
     err = pred["peak_hbm_bytes"] / case["peak_allocated_bytes"] - 1
-    assert HBM_LOW_BAND[0] <= err <= HBM_LOW_BAND[1], f"{name}: HBM {err:+.1%}"
+    assert abs(err) <= HBM_BAND, f"{name}: HBM {err:+.1%}"
     assert case["peak_allocated_bytes"] < 140 * GiB  # ran on the whole card (--no-cap)
 
 
-def test_the_out_of_memory_runs_are_the_known_ones():
+def test_the_out_of_memory_runs_are_the_known_ones_and_do_not_fit():
     ooms = {}
     for path in sorted(RUNS.glob("*-measured.json")):
         for case in json.loads(path.read_text())["cases"]:
             if case["status"] == "oom":
                 ooms[path.name] = case["case"]
     assert ooms == KNOWN_OOM
+    for name in sorted(set(KNOWN_OOM.values())):
+        plan = json.loads((PLANS / f"{name}.json").read_text())
+        assert repredict(PLANS / f"{name}.json")["peak_hbm_bytes"] > plan["scenario"]["gpu_budget_bytes"]
