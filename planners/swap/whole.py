@@ -134,20 +134,60 @@ def combinations(ctx: PlanContext) -> list[Combination]:
     return [replace(k[4], time_bound_s=k[0]) for k in out]
 
 
-def states_over_tiers(ctx: PlanContext) -> str:
-    """Why the model states alone overflow a tier off HBM ("" when they fit): the host budget,
-    or the capacity of the node's CXL cards / drives."""
+@dataclass(frozen=True)
+class Miss:
+    """Why one combination does not fit: the constraint it breaks, in words, and by how much
+    (the need over the limit, a fraction; None where the search did not measure it)."""
+
+    label: str
+    why: str
+    over_frac: float | None = None
+
+    def line(self) -> str:
+        by = "" if self.over_frac is None else f", {self.over_frac:.1%} over"
+        return f"{self.label}: {self.why}{by}"
+
+
+def _over(need: int, limit: int) -> float:
+    return need / limit - 1 if limit > 0 else float("inf")
+
+
+def states_over_tiers(ctx: PlanContext) -> tuple[str, float] | None:
+    """Why the model states alone overflow a tier off HBM (None when they fit): the host
+    budget, or the capacity of the node's CXL cards / drives; with the need over the limit."""
     if not ctx.whole_step:
-        return ""
+        return None
     held = ctx.states_tier_bytes()
     host = ctx.states_host_bytes()
     if host > ctx.host_budget_bytes:
-        return f"model states need {format_bytes(host)} > {format_bytes(ctx.host_budget_bytes)} host budget"
+        return (f"model states need {format_bytes(host)} > {format_bytes(ctx.host_budget_bytes)} host budget",
+                _over(host, ctx.host_budget_bytes))
     for tier, items in (("cxl", ctx.node.cxl), ("nvme", ctx.node.nvme)):
         capacity = sum(d.capacity_bytes for d in items)
         if held.get(tier, 0) > capacity:
-            return f"model states need {format_bytes(held[tier])} > {format_bytes(capacity)} {tier} capacity"
-    return ""
+            return (f"model states need {format_bytes(held[tier])} > {format_bytes(capacity)} {tier} capacity",
+                    _over(held[tier], capacity))
+    return None
+
+
+def result_over_frac(ctx: PlanContext, res: StrategyResult) -> float | None:
+    """How far an infeasible plan's replayed peaks are over their budgets (the largest share;
+    None where it was not replayed)."""
+    over = [_over(peak, limit) for peak, limit in ((res.peak_hbm_bytes, ctx.gpu_budget_bytes),
+                                                   (res.peak_host_bytes, ctx.host_budget_bytes))
+            if peak is not None and peak > limit]
+    return max(over) if over else None
+
+
+def nearest_miss(misses: list[Miss]) -> str:
+    """One line: the miss least over its limit (the first of equals; those not measured last),
+    and how many others there were."""
+    if not misses:
+        return "none tried"
+    best = min(misses, key=lambda m: float("inf") if m.over_frac is None else m.over_frac)
+    rest = len(misses) - 1
+    return f"nearest miss {best.line()}" + (f" ({rest} other combination{'s' * (rest != 1)} further off)"
+                                             if rest else "")
 
 
 def floor_layers(ctx: PlanContext) -> list[LayerPlan]:
@@ -230,7 +270,8 @@ def plan_whole_step(ctx: PlanContext, *, time_limit_s: float, solver: str = "hig
     left = time_limit_s if deadline_s is None else max(0.0, deadline_s - t0)
     deadline = time.process_time() + left  # CPU time
     best: StrategyResult | None = None
-    why: list[str] = []
+    misses: list[Miss] = []
+    cut = False
     for norm in norms(ctx):
         solved: dict[tuple[int, int, str], StrategyResult] = {}
         base = ctx if norm == ctx.job.rmsnorm else replace(
@@ -244,26 +285,25 @@ def plan_whole_step(ctx: PlanContext, *, time_limit_s: float, solver: str = "hig
             if best is not None and best.step_time_s is not None and combo.time_bound_s >= best.step_time_s:
                 continue  # its bound: it cannot be faster
             if time.process_time() > deadline:
-                why.append("time limit: combinations left unsolved")
+                cut = True
                 break
-            skip = dominated(combo, solved)
-            if skip:
-                why.append(f"{label}: {skip}")
-                continue
+            if dominated(combo, solved):
+                continue  # a combination already solved fitted: no miss to report
             over = states_over_tiers(combo.ctx)
             if over:
-                why.append(f"{label}: {over}")
+                misses.append(Miss(label, *over))
                 continue
             key = (combo.lm_head_chunks, combo.mlp_chunks)
             floor = no_room[key] if key in no_room else hbm_floor_bytes(combo.ctx)
             if floor > combo.ctx.gpu_budget_bytes:
-                why.append(f"{label}: HBM at least {format_bytes(floor)} > "
-                           f"{format_bytes(combo.ctx.gpu_budget_bytes)} gpu budget")
+                misses.append(Miss(label, f"HBM at least {format_bytes(floor)} > "
+                                          f"{format_bytes(combo.ctx.gpu_budget_bytes)} gpu budget",
+                                   _over(floor, combo.ctx.gpu_budget_bytes)))
                 continue
             res = _combo_plans(combo, solver=solver, time_limit_s=time_limit_s, deadline=deadline)
             solved[(combo.lm_head_chunks, combo.mlp_chunks, combo.placement)] = res
             if not res.feasible:
-                why.append(f"{label}: {res.reason}")
+                misses.append(Miss(label, res.reason, result_over_frac(combo.ctx, res)))
             elif best is None or (res.step_time_s or 0.0) < (best.step_time_s or 0.0):
                 note = res.reason if res.reason.startswith("segments") else ""
                 best = replace(res, name="whole_step", reason=label + (f", {note}" if note else ""))
@@ -271,10 +311,8 @@ def plan_whole_step(ctx: PlanContext, *, time_limit_s: float, solver: str = "hig
             break  # the job's own norm first; the fused one only when nothing fits with it
     elapsed = time.perf_counter() - t0
     if best is None:
-        cut = [w for w in why if w.startswith("time limit")]
-        shown = [w for w in why if not w.startswith("time limit")][:3]
         reason = ("time limit: the search stopped before it found a plan (a longer --time-limit may "
-                  "find one); " if cut else "") + "no combination fits: " + ("; ".join(shown) if shown else "none tried")
+                  "find one); " if cut else "") + "no combination fits: " + nearest_miss(misses)
         return StrategyResult(name="whole_step", feasible=False, step_time_s=None, mfu=None, peak_hbm_bytes=None,
                               peak_host_bytes=None, reason=reason, solve_time_s=elapsed)
     assert best.plan is not None

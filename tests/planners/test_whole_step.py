@@ -8,7 +8,7 @@ from hwmodels.catalog import load_node
 from hwmodels.units import GiB
 from planners.plan import LayerPlan, ModelStatePlacement, RoleAction
 from planners.swap import PlanContext, evaluate
-from planners.swap.whole import plan_whole_step
+from planners.swap.whole import Miss, nearest_miss, plan_whole_step
 from simulator.job import TrainJob
 from simulator.model import get_model
 from simulator.templates import training_workload
@@ -44,9 +44,13 @@ def test_chunked_loss_holds_one_chunks_logits_dh_and_the_fp32_head_gradient():
     c = T // C
     wl = training_workload(m, TrainJob(seq_len=T, optimizer="none"), None, lm_head_chunks=C)
     before, during = _live_at(wl, "loss.fused_linear_ce")
-    # dh (bf16), dW (fp32), the loss scalar, and the larger of one chunk's bf16 + fp32 logits and
-    # the chunk's bf16 gradient beside dW's bf16 product and its fp32 copy
-    assert during - before == T * h * 2 + V * h * 4 + 4 + max(6 * c * V, 2 * c * V + 6 * V * h)
+    # dh (bf16), dW (fp32), the loss scalar, and the larger of a chunk's fp32 logits with
+    # logsumexp's fp32 temporary and the previous chunk's bf16 gradient, and the chunk's bf16
+    # gradient beside dW's bf16 product and its fp32 copy
+    assert during - before == T * h * 2 + V * h * 4 + 4 + max(10 * c * V, 2 * c * V + 6 * V * h)
+    long = training_workload(m, TrainJob(seq_len=16 * T, optimizer="none"), None, lm_head_chunks=C)
+    before, during = _live_at(long, "loss.fused_linear_ce")  # chunks of 8K tokens: the logits' term
+    assert during - before == 16 * T * h * 2 + V * h * 4 + 4 + 10 * (16 * c) * V
     logits = (Role.LOGITS, Role.LOGITS_FP32)
     assert not any(t.role in logits for t in wl.tensors)  # the logits never exist whole
     whole = training_workload(m, TrainJob(seq_len=T, optimizer="none"), None)
@@ -173,3 +177,17 @@ def test_activations_offloaded_to_nvme_cross_the_drive_and_share_it_with_the_sta
     assert write.bytes_moved == pytest.approx(off + states, rel=1e-6)
     assert res.plan.prediction.tier_peak_bytes["nvme"] == off + ctx.states_applied(["none"] * 4).tier_bytes["nvme"]
     assert not res.plan.unsupported() and res.plan.unexecuted().startswith("layers.0.")
+
+
+def test_nothing_fits_names_the_nearest_miss_and_its_constraint_in_one_line():
+    misses = [Miss("a", "HBM at least 90 GiB > 80 GiB gpu budget", 0.125),
+              Miss("b", "host 101 GiB > 100 GiB host budget", 0.01), Miss("c", "not replayed")]
+    assert nearest_miss(misses) == ("nearest miss b: host 101 GiB > 100 GiB host budget, 1.0% over "
+                                    "(2 other combinations further off)")
+    node = load_node(BOX)
+    ctx = PlanContext(model=_toy(), job=TrainJob(seq_len=T), node=node, gpu_budget_bytes=2 * GiB,
+                      host_budget_bytes=node.host_memory.capacity_bytes)
+    res = plan_whole_step(ctx, time_limit_s=30)
+    assert not res.feasible
+    assert "no combination fits: nearest miss " in res.reason and "over" in res.reason
+    assert "\n" not in res.reason
