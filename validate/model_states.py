@@ -544,6 +544,7 @@ class ModelStates:
                 m.grad = None
                 p.copy_(m)
                 del m
+            group["params"] = []  # else the group holds the last fp32 copy until the next step
 
     def finish_step(self) -> None:
         """After backward: wait for the CPU steps, step everything else on the device, and move

@@ -131,6 +131,17 @@ def test_resident_plan_with_adamw_equals_the_recipe_exactly():
     assert any(not torch.equal(r, p0) for r, p0 in zip(ref, init, strict=True))
 
 
+def test_the_device_step_keeps_no_fp32_copy_between_steps():
+    # without master weights the step makes one parameter's fp32 copy at a time; none may outlive
+    # it (the optimizer's group held the last one, the head's 1.96 GiB at 8B, into the next step)
+    spec = tiny_spec(layers=2)
+    plan = whole_plan(spec, [LayerPlan(layer=0), LayerPlan(layer=1)], master_weights=False)
+    _, ex = executed(spec, plan, steps=1, state_dir=None)
+    assert ex.states is not None and ex.states._gpu_opt is not None
+    kept = [t for g in ex.states._gpu_opt.param_groups for t in g["params"]]
+    assert not [t for t in kept if t.dtype == torch.float32 and t.numel()]
+
+
 def test_streamed_parameters_live_in_rotating_slots():
     spec = tiny_spec()
     layers = [LayerPlan(layer=i, model_states=HOST_CPU) for i in range(4)]
