@@ -4,9 +4,10 @@ activation MIP inside.
 Models: a decomposition. Outside, an enumeration of the step-level choices: the LM head's token
 chunks (``Plan.lm_head_chunks``), every layer's MLP chunks (``LayerPlan.mlp_chunks``) and one
 model-state placement for every layer (``LayerPlan.model_states``: resident; the optimizer step
-on the CPU with the gradients on the host and the states on the host or in NVMe files, the
-parameters resident or streamed from the host). Inside, for each combination, the activation
-MIP (`planners.swap.mip.plan_mip`) with the HBM and host that combination leaves (its profile is
+on the CPU with the gradients on the host and the states on the host, on the node's CXL card
+or in NVMe files, the parameters resident or streamed from the host). Inside, for each
+combination, the activation MIP (`planners.swap.mip.plan_mip`) with the HBM and host that
+combination leaves (its profile is
 built with it); when the layer inputs alone overflow what the states leave of the host, segment
 checkpoints instead (`segment_layers`: every layer checkpointed, one input kept or offloaded per
 segment of k layers, k = 1 .. ``MAX_SEGMENT_LAYERS``, the fastest replayed). Each plan is
@@ -62,7 +63,7 @@ def placements(ctx: PlanContext) -> list[tuple[str, ModelStatePlacement]]:
     out = [("resident", RESIDENT)]
     if ctx.job.optimizer == "none":
         return out
-    tiers = ["host"] + (["nvme"] if ctx.node.nvme else [])
+    tiers = ["host"] + (["cxl"] if ctx.node.cxl else []) + (["nvme"] if ctx.node.nvme else [])
     for tier in tiers:  # streamed before resident parameters, host before NVMe: see `dominated`
         off = dict(grads="host", optimizer_states=tier, master_weights=tier, optimizer_step="cpu")
         out.append((f"streamed_params_states_{tier}",

@@ -191,3 +191,18 @@ def test_nothing_fits_names_the_nearest_miss_and_its_constraint_in_one_line():
     assert not res.feasible
     assert "no combination fits: nearest miss " in res.reason and "over" in res.reason
     assert "\n" not in res.reason
+
+
+def test_the_search_places_the_states_on_a_cxl_card_where_the_node_has_one():
+    from planners.swap.whole import placements
+
+    def names(node):
+        ctx = PlanContext(model=_toy(), job=TrainJob(seq_len=T), node=node, gpu_budget_bytes=80 * GiB,
+                          host_budget_bytes=100 * GiB)
+        return [n for n, _ in placements(ctx)]
+
+    tiered = names(load_node("1xH200-tiered"))
+    assert tiered.index("streamed_params_states_host") < tiered.index("streamed_params_states_cxl") \
+        < tiered.index("streamed_params_states_nvme")
+    assert "cpu_step_states_cxl" in tiered
+    assert not any("cxl" in n for n in names(load_node(BOX)))
