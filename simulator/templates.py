@@ -1017,11 +1017,12 @@ class _Program:
 
         AdamW keeps two moments per parameter in ``optimizer_state_dtype`` (torch.optim.AdamW on
         bf16 weights keeps them in bf16: set the job's dtype accordingly) and, with master
-        weights, an fp32 copy; ZeRO-1+ shards both over data-parallel ranks. Its transient, on
-        one GPU with moments wider than the parameters (the executor's recipe,
+        weights, an fp32 copy; ZeRO-1+ shards both over data-parallel ranks. Its transient, where
+        a GPU steps the whole model (no tensor or context parallelism, no ZeRO: data-parallel
+        replicas step alike) with moments wider than the parameters (the executor's recipe,
         ``validate.model_states.ModelStates._gpu_step``, one parameter at a time): the largest
         parameter's fp32 gradient and, without master weights, its fp32 copy. Otherwise, as
-        before any multi-GPU step was measured: without master weights a temporary of every
+        before (no sharded step was measured): without master weights a temporary of every
         parameter at once in the moments' dtype (torch.optim.AdamW's foreach implementation on
         the parameters themselves: sqrt of the second moment), with them none.
         """
@@ -1044,8 +1045,8 @@ class _Program:
                 b.state(f"adamw.moment{j + 1}", int(n_opt * state_b), Role.OPTIMIZER_STATE)
             reads += int(n_opt * (2 * state_b + self.grad_elem_bytes + self.param_bytes))
             writes += int(n_opt * (2 * state_b + self.param_bytes))
-            one_gpu = self.tp * self.cp * self.dp == 1
-            if one_gpu and (state_b != self.param_bytes or job.master_weights):
+            whole_states = self.tp * self.cp == 1 and self.zero == 0  # each replica steps them all
+            if whole_states and (state_b != self.param_bytes or job.master_weights):
                 transient = self.max_param_numel * FP32_BYTES * (1 if job.master_weights else 2)
             elif not job.master_weights:
                 transient = int(n_opt * state_b)
