@@ -97,7 +97,7 @@ def traced_plan_steps(plan_path: Any, *, warmup: int, repeats: int, smoke: bool 
     from validate.model import build_model, make_batch
 
     plan = load_plan(plan_path)
-    device = torch.device("cpu" if smoke else "cuda", None if smoke else 0)
+    device = torch.device("cpu") if smoke else torch.device("cuda", 0)
     tracing = device.type == "cuda"
     spec = run_plan.spec_for_plan(plan, smoke)
     batch_size, seq_len = run_plan.tokens_for_plan(plan, smoke)
@@ -122,7 +122,7 @@ def traced_plan_steps(plan_path: Any, *, warmup: int, repeats: int, smoke: bool 
     except torch.OutOfMemoryError as err:
         status, message = "oom", (str(err).splitlines() or ["out of memory"])[0]
     snapshot: dict[str, Any] = {"segments": [], "device_traces": []}
-    peaks = {"peak_allocated_bytes": None, "peak_reserved_bytes": None}
+    peaks: dict[str, int | None] = {"peak_allocated_bytes": None, "peak_reserved_bytes": None}
     if tracing:
         torch.cuda.synchronize(device)
         snapshot = torch.cuda.memory._snapshot()
