@@ -62,14 +62,13 @@ is a deliberately cautious bound until multi-GPU runs calibrate it)."""
 
 def effective_model_output(model, job) -> str:
     """The loop form the templates model for ``model`` under ``job``: the job's ``model_output``
-    for a Hugging Face model (its forward returns the logits with the loss), "kept" for a bare
-    layer stack (its caller computes the loss from the output it holds, as the reference probe
-    does), "freed" for Megatron GPT (its loss never returns the logits)."""
-    base = code_base(model)
-    if base == "megatron":
+    for a Hugging Face model (its forward returns the logits with the loss) and for a bare layer
+    stack (``freed``: the loss is computed inside the forward, as the executor's ``Decoder``
+    does, and the stack output dies with it; ``kept``: the caller holds it through backward, as
+    the reference probe's ``x.float().pow(2).mean().backward()`` does), "freed" for Megatron GPT
+    (its loss never returns the logits)."""
+    if code_base(model) == "megatron":
         return "freed"
-    if base == "stack":
-        return "kept"
     return getattr(job, "model_output", "freed")
 
 
@@ -1143,7 +1142,8 @@ class _Program:
         else:
             n = s.norm_tokens * h
             x32 = self.act("loss.x_fp32", n, Role.LOGITS_FP32, None, FP32_BYTES)
-            b.hold(x)  # the caller's variable keeps the stack output alive through backward
+            if effective_model_output(m, job) == "kept":
+                b.hold(x)  # the caller's variable keeps the stack output alive through backward
             b.op("loss.to_fp32", "loss_to_copy", None, inputs=[x], outputs=[x32],
                  cost=self.cost(_mem("upcast", read_bytes=n * s.act_bytes, write_bytes=n * FP32_BYTES)),
                  bwd_cost=self.cost(_mem("downcast", read_bytes=n * FP32_BYTES, write_bytes=n * s.act_bytes)))
