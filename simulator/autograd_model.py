@@ -119,6 +119,9 @@ class ProgramBuilder:
     accumulate_time_s: Callable[[int], float] | None = None
     """Time of adding ``n`` gradient bytes into a gradient in place (``add_``: reads 2n, writes
     n), charged to the backward op whose input gradient is accumulated; None: not timed."""
+    leaf_grads: dict[int, list[int]] = field(default_factory=dict)
+    """After ``build``: for each leaf that requires grad (a weight), the tensors of its
+    gradient's size (``.grad``, ``.grad_tmp``) that backward allocated."""
 
     # ---- tensors -------------------------------------------------------------------------
     def tensor(
@@ -260,7 +263,10 @@ class ProgramBuilder:
     # ---- derivation ----------------------------------------------------------------------
     def build(self, meta: dict | None = None) -> Workload:
         """Derive forward frees, recompute and backward; return the Workload."""
-        return _Deriver(self).run(meta or {})
+        deriver = _Deriver(self)
+        wl = deriver.run(meta or {})
+        self.leaf_grads = deriver.leaf_grads
+        return wl
 
 
 class _Deriver:
@@ -271,6 +277,13 @@ class _Deriver:
         self.next_tid = len(b._tensors)
         self.extra: list[TensorSpec] = []
         self.view_of: dict[int, int] = {t.tid: t.view_of for t in b._tensors if t.view_of is not None}
+        self.leaf_grads: dict[int, list[int]] = {}
+
+    def _leaf_grad(self, leaf: _Tensor, suffix: str, role: Role, persistent: bool = False) -> int:
+        """A tensor of the size of ``leaf``'s gradient (its ``.grad`` or a temporary)."""
+        tid = self._new_tensor(f"{leaf.name}.{suffix}", _grad_bytes(leaf), role, leaf.layer, persistent=persistent)
+        self.leaf_grads.setdefault(leaf.tid, []).append(tid)
+        return tid
 
     def _new_tensor(self, name: str, num_bytes: int, role: Role, layer: int | None, persistent=False) -> int:
         tid = self.next_tid
@@ -397,7 +410,7 @@ class _Deriver:
         self.param_grad: dict[int, int] = {}
         for t in b._tensors:
             if t.leaf_grad and b.grads_persist:
-                gid = self._new_tensor(f"{t.name}.grad", _grad_bytes(t), Role.GRAD, t.layer, persistent=True)
+                gid = self._leaf_grad(t, "grad", Role.GRAD, persistent=True)
                 self.param_grad[t.tid] = gid
                 self.live.add(gid)
         initial = list(b._initial) + [self.param_grad[p] for p in sorted(self.param_grad)]
@@ -422,11 +435,11 @@ class _Deriver:
                 continue
             if tt.leaf_grad:
                 if t in param_grad:
-                    tmp = self._new_tensor(f"{tt.name}.grad_tmp", _grad_bytes(tt), Role.WORKSPACE, tt.layer)
+                    tmp = self._leaf_grad(tt, "grad_tmp", Role.WORKSPACE)
                     allocs.append(tmp)
                     frees.append(tmp)
                 else:
-                    gid = self._new_tensor(f"{tt.name}.grad", _grad_bytes(tt), Role.GRAD, tt.layer, persistent=True)
+                    gid = self._leaf_grad(tt, "grad", Role.GRAD, persistent=True)
                     param_grad[t] = gid
                     allocs.append(gid)
                 continue

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 from hwmodels.units import GiB, MiB, UserInputError
 from simulator.allocator import AllocatorOOM, predict_reserved, predict_workload_reserved
-from simulator.workload import Phase, Role, Workload, walk_memory
+from simulator.workload import Phase, ResizableWalk, Role, WalkPeak, Workload, walk_memory
 
 RUNTIME_WORKSPACE_BYTES = 2 * 32 * MiB
 """cuBLAS workspaces allocated through the caching allocator: 32 MiB per handle on Hopper
@@ -122,10 +122,13 @@ class _StepSums:
         self.phase_time: dict[str, float] = {}
         self.peak_at = 0.0
 
-    def add(self, ops, peak_oid: int) -> _StepSums:
+    def add(self, ops, peak_oid: int, *, starts_s: list[float] | None = None) -> _StepSums:
+        """Add ``ops``; ``starts_s`` (when given) receives each op's start time."""
         for op in ops:
             if op.oid == peak_oid:
                 self.peak_at = self.t
+            if starts_s is not None:
+                starts_s.append(self.t)
             dt = float(op.time_s or 0.0)
             self.t += dt
             if op.op_class == "comm":
@@ -138,21 +141,6 @@ class _StepSums:
         out = _StepSums()
         out.t, out.comm, out.phase_time, out.peak_at = self.t, self.comm, dict(self.phase_time), self.peak_at
         return out
-
-
-@dataclass(frozen=True)
-class _PeakOf:
-    """What an estimate reads of a `MemoryWalk` (its timeline is not kept)."""
-
-    peak_bytes: int
-    peak_oid: int
-    peak_op_name: str
-    peak_phase: Phase | None
-    peak_breakdown_bytes: dict[str, int]
-
-    @classmethod
-    def of(cls, walk) -> _PeakOf:
-        return cls(walk.peak_bytes, walk.peak_oid, walk.peak_op_name, walk.peak_phase, walk.peak_breakdown_bytes)
 
 
 def _flops(ops) -> tuple[float, float]:
@@ -190,13 +178,13 @@ def estimate_training(model, job, node, *, workload: Workload | None = None) -> 
 
     num_gpus = _check_training(model, job, node)
     wl = workload if workload is not None else training_workload(model, job, node=node)
-    walk = _PeakOf.of(walk_memory(wl))
+    walk = WalkPeak.of(walk_memory(wl))
     sums = _StepSums().add(wl.ops, walk.peak_oid)
     return _train_estimate(model, job, node, num_gpus=num_gpus, walk=walk, sums=sums,
                            flops=_flops(wl.ops), num_ops=len(wl.ops), fit=_allocator_fit(wl, job, node))
 
 
-def _train_estimate(model, job, node, *, num_gpus: int, walk: _PeakOf, sums: _StepSums,
+def _train_estimate(model, job, node, *, num_gpus: int, walk: WalkPeak, sums: _StepSums,
                     flops: tuple[float, float], num_ops: int, fit: tuple[bool, int] | None) -> TrainEstimate:
     """The estimate from a step's walk, its sums and its allocator fit (None: not replayed, the
     step's allocated peak is over the HBM already)."""
@@ -250,25 +238,24 @@ class TrainingEstimator:
     """`estimate_training` over the many configurations of a search, with what does not change
     between them computed once: equal results, field for field.
 
-    Per step shape (model and job; the data-parallel degree left out under ZeRO-0, where only
-    the gradient reduction after backward depends on it): the memory walk and the allocator
-    replay (neither depends on the node's speeds; the replay on its HBM capacity). Per shape
-    and node: the step's ops up to the end of backward and their time sums; a configuration
-    then adds its own optimizer tail (`simulator.templates.TrainingStepParts`). An op without
-    allocations or frees (the gradient reduction) never sets a new peak, so one walk serves
-    every ``dp``; the peak op after it (the optimizer step) moves one index on.
-    ``replay_over_capacity=False`` skips the allocator replay of a step whose allocated peak
-    is already over the HBM (it cannot fit): its ``peak_reserved_bytes`` is then None.
-    ``max_steps``: step shapes kept (least recently used dropped); a search visits its
-    configurations grouped by shape."""
+    Per step shape (model and job, the data-parallel degree and the ZeRO stage left out: they
+    only size the model states and set the ops after backward, `simulator.templates.
+    TrainingStepParts`): the memory walk's live intervals (`simulator.workload.ResizableWalk`:
+    a configuration walks them with its own model-state sizes). Per shape and node: the step's
+    ops up to the end of backward, their time sums and start times; a configuration then adds
+    its own optimizer tail. Per shape, stage, ``dp`` (ZeRO-0: any ``dp``) and HBM capacity: the
+    allocator replay. ``replay_over_capacity=False`` skips the replay of a step whose
+    allocated peak is already over the HBM (it cannot fit): its ``peak_reserved_bytes`` is
+    then None. ``max_steps``: step shapes kept (least recently used dropped); a search visits
+    its configurations grouped by shape."""
 
     def __init__(self, *, replay_over_capacity: bool = True, max_steps: int = 8) -> None:
         self.replay_over_capacity = replay_over_capacity
         self.max_steps = max_steps
         self._keys: dict[int, tuple[object, str]] = {}  # id -> (object kept alive, content key)
-        self._walks: dict[tuple, _PeakOf] = {}
+        self._walks: dict[tuple, ResizableWalk] = {}  # (shape, ops after backward)
         self._fits: dict[tuple, tuple[bool, int]] = {}
-        self._steps: dict[tuple, tuple] = {}  # (shape, node) -> (parts, head sums, flops)
+        self._steps: dict[tuple, tuple] = {}  # (shape, node) -> (parts, head sums, head op starts, flops)
 
     def _key(self, obj) -> str:
         hit = self._keys.get(id(obj))
@@ -279,45 +266,54 @@ class TrainingEstimator:
 
     @staticmethod
     def shape_job(job):
-        """The job as its step's memory sees it: ``dp`` 1 and ZeRO-0 when ZeRO shards nothing."""
+        """The job as its step's ops up to the end of backward see it: ``dp`` 1, ZeRO-0."""
         par = job.parallelism
-        if par.dp > 1 and par.zero_stage > 0:
+        if par.dp == 1 and par.zero_stage == 0:
             return job
         return job.model_copy(update={"parallelism": par.model_copy(update={"dp": 1, "zero_stage": 0})})
 
+    @staticmethod
+    def _lru_put(cache: dict, key, value, limit: int) -> None:
+        cache.pop(key, None)
+        while len(cache) >= limit:
+            cache.pop(next(iter(cache)))
+        cache[key] = value  # most recently used last
+
     def estimate(self, model, job, node) -> TrainEstimate:
-        from simulator.templates import training_step_parts
+        from simulator.templates import effective_zero_stage, training_step_parts
 
         num_gpus = _check_training(model, job, node)
+        par = job.parallelism
         shape = (self._key(model), self.shape_job(job))
         step_key = (shape, self._key(node))
-        hit = self._steps.pop(step_key, None)
+        hit = self._steps.get(step_key)
         if hit is None:
             parts = training_step_parts(model, shape[1], node)
-            walk = self._walks.get(shape)
-            if walk is None:
-                walk = self._walks[shape] = _PeakOf.of(walk_memory(parts.workload(shape[1].parallelism.dp)))
-            hit = (parts, _StepSums().add(parts.head.ops, walk.peak_oid), _flops(parts.head.ops))
-            while len(self._steps) >= self.max_steps:
-                self._steps.pop(next(iter(self._steps)))
-        self._steps[step_key] = hit  # most recently used last
-        parts, head_sums, flops = hit
-        walk = self._walks[shape]
-        tail = parts.tail_ops(job.parallelism.dp)
-        num_head = len(parts.head.ops)
-        if walk.peak_oid >= num_head:  # the optimizer step, behind the gradient reduction if any
-            walk = _PeakOf(walk.peak_bytes, num_head + len(tail) - 1, walk.peak_op_name, walk.peak_phase,
-                           walk.peak_breakdown_bytes)
-        sums = head_sums.copy().add(tail, walk.peak_oid)
+            starts: list[float] = []
+            hit = (parts, _StepSums().add(parts.head.ops, -2, starts_s=starts), starts, _flops(parts.head.ops))
+        self._lru_put(self._steps, step_key, hit, self.max_steps)
+        parts, head_sums, head_starts, flops = hit
+        zero = effective_zero_stage(par.zero_stage, par.dp)
+        sizes, tail = parts.at(zero, par.dp)
+        walk_key = (shape, len(tail))
+        rw = self._walks.get(walk_key)
+        if rw is None:
+            rw = ResizableWalk(parts.workload_at(zero, par.dp), sizes)
+        self._lru_put(self._walks, walk_key, rw, 2 * self.max_steps)
+        walk = rw.peak(sizes)
+        sums = head_sums.copy()
+        if 0 <= walk.peak_oid < len(head_starts):
+            sums.peak_at = head_starts[walk.peak_oid]
+        sums.add(tail, walk.peak_oid)
         capacity = node.gpu.hbm_capacity_bytes
         fit: tuple[bool, int] | None = None
         if self.replay_over_capacity or walk.peak_bytes + RUNTIME_WORKSPACE_BYTES <= capacity:
-            fit_key = (shape, capacity)
+            fit_key = (shape, zero, par.dp if zero else None, capacity)
             fit = self._fits.get(fit_key)
             if fit is None:
-                fit = self._fits[fit_key] = _allocator_fit(parts.workload(job.parallelism.dp), job, node)
+                fit = self._fits[fit_key] = _allocator_fit(parts.workload_at(zero, par.dp), job, node)
         return _train_estimate(model, job, node, num_gpus=num_gpus, walk=walk, sums=sums, flops=flops,
-                               num_ops=num_head + len(tail), fit=fit)
+                               num_ops=len(parts.head.ops) + len(tail), fit=fit)
 
 
 def caching_allocator_fit(wl: Workload, hbm_capacity_bytes: int) -> tuple[bool, int]:

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hwmodels.units import UserInputError
 from kernels.attention import attention_bwd_cost, attention_fwd_cost, attention_fwd_flops
@@ -79,6 +79,11 @@ def code_base(model) -> str:
     if model.family == "gpt":
         return "megatron"
     return "hf" if (model.has_embedding or model.has_lm_head) else "stack"
+
+
+def effective_zero_stage(zero_stage: int, dp: int) -> int:
+    """The ZeRO stage a job runs: none without data parallelism to shard over."""
+    return zero_stage if dp > 1 else 0
 
 
 def _round_up(x: int, m: int) -> int:
@@ -247,20 +252,30 @@ class _Program:
         self.grad_elem_bytes = dtype_bytes(grad_dtype)
         self.num_local_params = 0  # parameters this GPU holds (after tp, before ZeRO-3)
         self.dp = parallel.dp if parallel is not None else 1
-        self.zero = parallel.zero_stage if parallel is not None and self.dp > 1 else 0
+        self.zero = effective_zero_stage(parallel.zero_stage if parallel is not None else 0, self.dp)
+        self.param_numel: dict[int, int] = {}  # weight tid -> its elements on this GPU
+        self.state_tids: tuple[int, ...] = ()  # the optimizer's persistent states, in `_optimizer_plan` order
+
+    def param_shard_bytes(self, numel: int, *, zero: int, dp: int) -> tuple[int, int]:
+        """(weight bytes, gradient bytes) of a parameter of ``numel`` elements on this GPU under
+        ZeRO stage ``zero`` over ``dp`` replicas: ZeRO-2 shards the gradient, ZeRO-3 the weight."""
+        w_bytes = numel * self.param_bytes
+        g_bytes = int(numel * self.grad_elem_bytes)
+        if zero >= 3:
+            w_bytes = -(-w_bytes // dp)
+        if zero >= 2:
+            g_bytes = -(-g_bytes // dp)
+        return w_bytes, g_bytes
 
     def weight(self, name: str, numel: int, layer) -> int:
         """A parameter of ``numel`` elements on this GPU; ZeRO-2 shards its gradient and ZeRO-3
         the weight itself across data-parallel ranks (the walk counts the shard; ZeRO-3's
         gathered copies are the layer's transient all-gather buffer)."""
         self.num_local_params += numel
-        w_bytes = numel * self.param_bytes
-        g_bytes = int(numel * self.grad_elem_bytes)
-        if self.zero >= 3:
-            w_bytes = -(-w_bytes // self.dp)
-        if self.zero >= 2:
-            g_bytes = -(-g_bytes // self.dp)
-        return self.b.param(name, w_bytes, layer, grad_bytes=g_bytes)
+        w_bytes, g_bytes = self.param_shard_bytes(numel, zero=self.zero, dp=self.dp)
+        tid = self.b.param(name, w_bytes, layer, grad_bytes=g_bytes)
+        self.param_numel[tid] = numel
+        return tid
 
     @contextmanager
     def measured_group(self, variant: str, *, op: str, width: int, head_dim: int | None = None,
@@ -1015,23 +1030,33 @@ class _Program:
         implementation allocates one temporary per parameter (sqrt of the second moment);
         the fused one (and Megatron's distributed optimizer) none.
         """
+        states, step, transient = self.optimizer_at(zero=self.zero, dp=self.dp)
+        self.state_tids = tuple(self.b.state(name, num_bytes, role) for name, num_bytes, role in states)
+        if step is None:
+            return
+        ws = self.b.tensor("optimizer.workspace", transient, Role.WORKSPACE, None, requires_grad=False) if transient else None
+        self._optimizer_op = (step, self.dp_comm_time_s(self.dp), ws)
+
+    def optimizer_at(self, *, zero: int, dp: int) -> tuple[tuple[tuple[str, int, Role], ...], Cost | None, int]:
+        """The optimizer of this GPU under ZeRO stage ``zero`` over ``dp`` replicas: its persistent
+        states (name, bytes, role), its step's cost (None: no optimizer) and its transient bytes."""
         from simulator.job import dtype_bytes
 
         job = self.job
         n = self.num_local_params
-        shard = self.dp if self.zero >= 1 else 1
+        shard = dp if zero >= 1 else 1
         n_opt = -(-n // shard)
         state_b = dtype_bytes(job.optimizer_state_dtype)
-        b = self.b
+        states: list[tuple[str, int, Role]] = []
         reads = writes = 0
         if job.master_weights:
-            b.state("master_weights", int(n_opt * 4), Role.MASTER_WEIGHT)
+            states.append(("master_weights", int(n_opt * 4), Role.MASTER_WEIGHT))
             reads += n_opt * 4
             writes += n_opt * 4
         transient = 0
         if job.optimizer == "adamw":
             for j in range(2):
-                b.state(f"adamw.moment{j + 1}", int(n_opt * state_b), Role.OPTIMIZER_STATE)
+                states.append((f"adamw.moment{j + 1}", int(n_opt * state_b), Role.OPTIMIZER_STATE))
             reads += int(n_opt * (2 * state_b + self.grad_elem_bytes + self.param_bytes))
             writes += int(n_opt * (2 * state_b + self.param_bytes))
             transient = 0 if job.master_weights else int(n_opt * state_b)
@@ -1039,23 +1064,23 @@ class _Program:
             reads += int(n_opt * (self.grad_elem_bytes + self.param_bytes))
             writes += int(n_opt * self.param_bytes)
         if job.optimizer == "none":
-            return
-        step = self.cost(_mem("optimizer_step", read_bytes=reads, write_bytes=writes))
-        ws = self.b.tensor("optimizer.workspace", transient, Role.WORKSPACE, None, requires_grad=False) if transient else None
-        self._optimizer_op = (step, self.dp_comm_time_s(self.dp), ws)
+            return tuple(states), None, 0
+        return tuple(states), self.cost(_mem("optimizer_step", read_bytes=reads, write_bytes=writes)), transient
 
-    def dp_comm_time_s(self, dp: int) -> float:
+    def dp_comm_time_s(self, dp: int, *, zero: int | None = None) -> float:
         """The data-parallel gradient reduction before the optimizer step over ``dp`` replicas,
-        then (ZeRO-1/2) the all-gather of the updated parameter shards after it. Under ZeRO-0
-        nothing else of the step depends on ``dp``: `simulator.estimator.TrainingEstimator`
-        reuses one step for every ``dp`` through this."""
+        then (ZeRO-1/2) the all-gather of the updated parameter shards after it, under ZeRO stage
+        ``zero`` (None: the job's). Nothing else of the step's ops depends on ``dp`` or the
+        stage (they size the model states only, `TrainingStepParts.at`):
+        `simulator.estimator.TrainingEstimator` reuses one step for every ``dp`` and stage."""
         n = self.num_local_params
+        zero = self.zero if zero is None else effective_zero_stage(zero, dp)
         grad_bytes = int(n * self.grad_elem_bytes)
         multi_node = self.node is not None and self.tp * self.cp * dp > self.node.num_gpus
-        if self.zero == 0:
+        if zero == 0:
             return self.comm_time_s("all_reduce", grad_bytes, dp, network=multi_node)
         comm = self.comm_time_s("reduce_scatter", grad_bytes, dp, network=multi_node)
-        if self.zero in (1, 2):
+        if zero in (1, 2):
             comm += self.comm_time_s("all_gather", int(n * self.param_bytes), dp, network=multi_node)
         return comm
 
@@ -1166,10 +1191,30 @@ class _Program:
         wl = self.training_step()
         spec = getattr(self, "_optimizer_op", None)
         if spec is None:
-            return TrainingStepParts(wl, None, None, 0.0, self.dp_comm_time_s)
+            return TrainingStepParts(wl, None, 0.0, self.dp_comm_time_s, self.model_state_bytes)
         num_tail = 2 if spec[1] else 1
         head = Workload(tensors=wl.tensors, ops=wl.ops[:-num_tail], initial=wl.initial, meta=wl.meta)
-        return TrainingStepParts(head, spec[0], spec[2], _bwd_time_s(head.ops), self.dp_comm_time_s)
+        return TrainingStepParts(head, spec[2], _bwd_time_s(head.ops), self.dp_comm_time_s, self.model_state_bytes)
+
+    def model_state_bytes(self, zero_stage: int, dp: int) -> tuple[dict[int, int], Cost | None]:
+        """After the step is built: the bytes of every tensor whose size depends on the ZeRO stage
+        and the data-parallel degree (weights, their gradients, the optimizer's states and
+        transient) under ``zero_stage`` over ``dp`` replicas, by tid, and the optimizer step's
+        cost there (None: no optimizer)."""
+        zero = effective_zero_stage(zero_stage, dp)
+        out: dict[int, int] = {}
+        for tid, numel in self.param_numel.items():
+            out[tid], g_bytes = self.param_shard_bytes(numel, zero=zero, dp=dp)
+            for gid in self.b.leaf_grads.get(tid, ()):
+                out[gid] = g_bytes
+        states, step, transient = self.optimizer_at(zero=zero, dp=dp)
+        for tid, (_, num_bytes, _) in zip(self.state_tids, states, strict=True):
+            out[tid] = num_bytes
+        spec = getattr(self, "_optimizer_op", None)
+        if spec is not None and spec[2] is not None:
+            assert transient, "the optimizer's transient exists at every ZeRO stage and dp or at none"
+            out[spec[2]] = transient
+        return out, step
 
     def inference_step(self) -> Workload:
         """Prefill (``decode_context_len`` None) or one decode step, under torch.no_grad.
@@ -1274,27 +1319,35 @@ def optimizer_tail_ops(first_oid: int, *, step: Cost, workspace: int | None, com
 @dataclass(frozen=True)
 class TrainingStepParts:
     """One training step split before its optimizer tail: ``head`` (every op up to the end of
-    backward), the optimizer step's cost and workspace (``step`` None: no optimizer), the
-    backward compute time that hides the gradient reduction, and the reduction's time as a
-    function of the data-parallel degree. ``workload(dp)`` is `training_workload`'s result
-    for the job at that ``dp`` when nothing else depends on it (ZeRO-0)."""
+    backward), the optimizer's workspace tensor, the backward compute time that hides the
+    gradient reduction, the reduction's time as a function of the data-parallel degree and the
+    ZeRO stage, and the model states' sizes and the optimizer step's cost as a function of
+    both (`_Program.model_state_bytes`). The ops up to the end of backward depend on neither:
+    ``workload_at(zero_stage, dp)`` is `training_workload`'s result for the job at that stage
+    and ``dp`` (the head's tensors resized, its own tail)."""
 
     head: Workload
-    step: Cost | None
     workspace: int | None
     bwd_s: float
-    dp_comm_time_s: Callable[[int], float]
+    dp_comm_time_s: Callable[..., float]
+    model_state_bytes: Callable[[int, int], tuple[dict[int, int], Cost | None]]
 
-    def tail_ops(self, dp: int) -> tuple:
-        if self.step is None:
-            return ()
-        comm_s = self.dp_comm_time_s(dp)
-        return optimizer_tail_ops(len(self.head.ops), step=self.step, workspace=self.workspace,
-                                  comm_s=comm_s, bwd_s=self.bwd_s if comm_s else 0.0)
+    def at(self, zero_stage: int, dp: int) -> tuple[dict[int, int], tuple]:
+        """(the requested bytes of the tensors whose size depends on the ZeRO stage and ``dp``,
+        by tid; the ops after backward) of the job at ``zero_stage`` over ``dp`` replicas."""
+        sizes, step = self.model_state_bytes(zero_stage, dp)
+        if step is None:
+            return sizes, ()
+        comm_s = self.dp_comm_time_s(dp, zero=zero_stage)
+        return sizes, optimizer_tail_ops(len(self.head.ops), step=step, workspace=self.workspace,
+                                         comm_s=comm_s, bwd_s=self.bwd_s if comm_s else 0.0)
 
-    def workload(self, dp: int) -> Workload:
+    def workload_at(self, zero_stage: int, dp: int) -> Workload:
+        sizes, tail = self.at(zero_stage, dp)
         h = self.head
-        return Workload(tensors=h.tensors, ops=h.ops + self.tail_ops(dp), initial=h.initial, meta=h.meta)
+        tensors = tuple(t if sizes.get(t.tid, t.num_bytes) == t.num_bytes else replace(t, num_bytes=sizes[t.tid])
+                        for t in h.tensors)
+        return Workload(tensors=tensors, ops=h.ops + tail, initial=h.initial, meta=h.meta)
 
 
 def training_workload(model, job, node=None, *, layer_checkpointing=None, lm_head_chunks: int = 1,
