@@ -243,7 +243,8 @@ class TrainingEstimator:
     TrainingStepParts`): the memory walk's live intervals (`simulator.workload.ResizableWalk`:
     a configuration walks them with its own model-state sizes). Per shape and node: the step's
     ops up to the end of backward, their time sums and start times; a configuration then adds
-    its own optimizer tail. Per shape, stage, ``dp`` (ZeRO-0: any ``dp``) and HBM capacity: the
+    its own optimizer tail (a second node reuses the first's derivation of backward,
+    `simulator.autograd_model.ProgramBuilder.retimed`). Per shape, stage, ``dp`` (ZeRO-0: any ``dp``) and HBM capacity: the
     allocator replay. ``replay_over_capacity=False`` skips the replay of a step whose
     allocated peak is already over the HBM (it cannot fit): its ``peak_reserved_bytes`` is
     then None. ``max_steps``: step shapes kept (least recently used dropped); a search visits
@@ -287,8 +288,9 @@ class TrainingEstimator:
         shape = (self._key(model), self.shape_job(job))
         step_key = (shape, self._key(node))
         hit = self._steps.get(step_key)
-        if hit is None:
-            parts = training_step_parts(model, shape[1], node)
+        if hit is None:  # the derivation of the same shape on another node serves this node's ops
+            like = next((v[0] for k, v in self._steps.items() if k[0] == shape), None)
+            parts = training_step_parts(model, shape[1], node, like=like)
             starts: list[float] = []
             hit = (parts, _StepSums().add(parts.head.ops, -2, starts_s=starts), starts, _flops(parts.head.ops))
         self._lru_put(self._steps, step_key, hit, self.max_steps)

@@ -43,7 +43,7 @@ from kernels.cost import MATMUL_OP_CLASSES, KernelCost, combine
 from kernels.elementwise import embedding_backward_workspace_bytes, minimal_traffic_bytes
 from kernels.gemm import linear_bwd_costs, linear_fwd_cost
 from kernels.quant import KIVI_KV_DTYPES
-from simulator.autograd_model import ZERO_COST, Cost, ProgramBuilder, add_costs
+from simulator.autograd_model import ZERO_COST, Cost, Derivation, ProgramBuilder, add_costs
 from simulator.workload import Role, Workload
 
 FP32_BYTES = 4
@@ -254,7 +254,8 @@ class _Program:
         self.dp = parallel.dp if parallel is not None else 1
         self.zero = effective_zero_stage(parallel.zero_stage if parallel is not None else 0, self.dp)
         self.param_numel: dict[int, int] = {}  # weight tid -> its elements on this GPU
-        self.state_tids: tuple[int, ...] = ()  # the optimizer's persistent states, in `_optimizer_plan` order
+        self.state_tids: tuple[int, ...] = ()  # the optimizer's persistent states, in `optimizer_at`'s order
+        self.repeat_layers = not inference  # record a layer's program once, copy it to the others (`layers`)
 
     def param_shard_bytes(self, numel: int, *, zero: int, dp: int) -> tuple[int, int]:
         """(weight bytes, gradient bytes) of a parameter of ``numel`` elements on this GPU under
@@ -1124,18 +1125,59 @@ class _Program:
                                       requires_grad=False)
             self.b.op("create_mask", "mask", None, inputs=[], outputs=[self.mask], has_backward=False,
                       cost=self.cost(_mem("mask", read_bytes=0, write_bytes=s.batch * s.seq_len * s.seq_len)))
+        recorded: dict[tuple, tuple] = {}  # a layer's variant -> (layer, input, output, start, end)
         for i in range(self.m.num_layers):
-            full = self.layer_checkpointing.get(i, checkpointing) == "full"
-            if full:
+            ckpt = self.layer_checkpointing.get(i, checkpointing)
+            variant = (ckpt, self.mlp_chunks.get(i, 1))
+            if self.repeat_layers and variant in recorded:
+                copy = self._repeat_layer(i, x, *recorded[variant])
+                if copy is not None:
+                    x = copy
+                    continue
+            start, x_in = self.b.mark(), x
+            if ckpt == "full":
                 self.b.begin_checkpoint([x] + ([cos, sin] if cos is not None else []))
             x = self.decoder_layer(i, x, cos, sin)
-            if full:
+            if ckpt == "full":
                 self.b.end_checkpoint()
+            recorded.setdefault(variant, (i, x_in, x, start, self.b.mark()))
         if self.mask is not None:  # the model's forward drops its mask when it returns
             self.b.op("release_mask", "release", None, inputs=[self.mask], has_backward=False)
         return x
 
+    def _repeat_layer(self, i: int, x: int, j: int, x_in: int, x_out: int, start, end) -> int | None:
+        """Decoder layer ``i`` on ``x`` as a copy of layer ``j`` (recorded on ``x_in`` between the
+        marks ``start`` and ``end``, returning ``x_out``): every layer of a model runs the same
+        program on the same shapes (`_Program.decoder_layer` reads ``i`` only for names, the
+        layer index and the per-layer overrides, which the caller matched). Returns layer
+        ``i``'s output, or None (nothing recorded) when the block cannot be copied."""
+        b, prefix = self.b, f"layers.{j}."
+        t0, o0 = start.num_tensors, start.num_ops
+        if not all(t.name.startswith(prefix) for t in b._tensors[t0:end.num_tensors]) or \
+                not all(op.name.startswith(prefix) for op in b._ops[o0:end.num_ops]):
+            return None
+        new = f"layers.{i}."
+        tmap = b.repeat(start, end, inputs={x_in: x}, rename=lambda name: new + name[len(prefix):], layer=(j, i))
+        if tmap is None:
+            return None
+        for tid in range(t0, end.num_tensors):
+            numel = self.param_numel.get(tid)
+            if numel is not None:
+                self.num_local_params += numel
+                self.param_numel[tmap[tid]] = numel
+        return tmap.get(x_out, x if x_out == x_in else x_out)
+
     def training_step(self) -> Workload:
+        self.record_training_step()
+        wl = self.b.build(meta=self.meta)
+        return _append_optimizer(wl, getattr(self, "_optimizer_op", None))
+
+    @property
+    def meta(self) -> dict:
+        return {"producer": "templates", "model": self.m.name}
+
+    def record_training_step(self) -> None:
+        """Record the step's forward program, the optimizer's states and step (not derived)."""
         m, s, b, job = self.m, self.s, self.b, self.job
         T = s.tokens
         h = s.hidden
@@ -1156,8 +1198,7 @@ class _Program:
                 loss = self.fused_linear_cross_entropy(x, labels, emb_w if tied else None)
                 b.hold(loss)
                 self.optimizer()
-                wl = b.build(meta={"producer": "templates", "model": m.name})
-                return _append_optimizer(wl, getattr(self, "_optimizer_op", None))
+                return
             logits = self.linear("lm_head", x, h, s.vocab, None, tokens=T, role=Role.LOGITS,
                                  weight=emb_w if tied else None)
             tv = T * s.vocab
@@ -1183,18 +1224,21 @@ class _Program:
                  bwd_cost=self.cost(_mem("mean_bwd", read_bytes=0, write_bytes=n * FP32_BYTES)))
         b.hold(loss)
         self.optimizer()
-        wl = b.build(meta={"producer": "templates", "model": m.name})
-        return _append_optimizer(wl, getattr(self, "_optimizer_op", None))
 
-    def training_step_parts(self) -> TrainingStepParts:
-        """The step before its optimizer tail, and that tail's pieces (`TrainingStepParts`)."""
-        wl = self.training_step()
+    def training_step_parts(self, like: TrainingStepParts | None = None) -> TrainingStepParts:
+        """The step before its optimizer tail, and that tail's pieces (`TrainingStepParts`).
+        ``like``: the parts of the same model and job on another node: its derivation is
+        reused (`ProgramBuilder.retimed`) when the programs differ in their costs only."""
+        self.record_training_step()
+        head = None
+        if like is not None and like.derivation is not None:
+            head = self.b.retimed(like.head, like.derivation)
+        if head is None:
+            head = self.b.build(meta=self.meta)
         spec = getattr(self, "_optimizer_op", None)
-        if spec is None:
-            return TrainingStepParts(wl, None, 0.0, self.dp_comm_time_s, self.model_state_bytes)
-        num_tail = 2 if spec[1] else 1
-        head = Workload(tensors=wl.tensors, ops=wl.ops[:-num_tail], initial=wl.initial, meta=wl.meta)
-        return TrainingStepParts(head, spec[2], _bwd_time_s(head.ops), self.dp_comm_time_s, self.model_state_bytes)
+        workspace = None if spec is None else spec[2]
+        return TrainingStepParts(head, workspace, _bwd_time_s(head.ops) if spec is not None else 0.0,
+                                 self.dp_comm_time_s, self.model_state_bytes, self.b.derivation)
 
     def model_state_bytes(self, zero_stage: int, dp: int) -> tuple[dict[int, int], Cost | None]:
         """After the step is built: the bytes of every tensor whose size depends on the ZeRO stage
@@ -1331,6 +1375,7 @@ class TrainingStepParts:
     bwd_s: float
     dp_comm_time_s: Callable[..., float]
     model_state_bytes: Callable[[int, int], tuple[dict[int, int], Cost | None]]
+    derivation: Derivation | None = None
 
     def at(self, zero_stage: int, dp: int) -> tuple[dict[int, int], tuple]:
         """(the requested bytes of the tensors whose size depends on the ZeRO stage and ``dp``,
@@ -1367,9 +1412,10 @@ def training_workload(model, job, node=None, *, layer_checkpointing=None, lm_hea
     return prog.training_step()
 
 
-def training_step_parts(model, job, node=None) -> TrainingStepParts:
-    """`training_workload`'s step split before the optimizer tail (`TrainingStepParts`)."""
-    return _Program(model, job, job.parallelism, node, grads_persist=job.grads_persist).training_step_parts()
+def training_step_parts(model, job, node=None, *, like: TrainingStepParts | None = None) -> TrainingStepParts:
+    """`training_workload`'s step split before the optimizer tail (`TrainingStepParts`);
+    ``like``: the same model and job's parts on another node, to reuse its derivation."""
+    return _Program(model, job, job.parallelism, node, grads_persist=job.grads_persist).training_step_parts(like)
 
 
 def gpu_link(node, *, network: bool = False):
