@@ -165,10 +165,10 @@ def _check_training(model, job, node) -> int:
     return num_gpus
 
 
-def _allocator_fit(wl: Workload, job, node) -> tuple[bool, int]:
+def _allocator_fit(wl: Workload, job, node, *, uncapped_peak_bytes: int | None = None) -> tuple[bool, int]:
     """(whether the job's allocator serves every request, peak reserved bytes)."""
     if job.allocator == "caching":
-        return caching_allocator_fit(wl, node.gpu.hbm_capacity_bytes)
+        return caching_allocator_fit(wl, node.gpu.hbm_capacity_bytes, uncapped_peak_bytes=uncapped_peak_bytes)
     return True, predict_reserved(wl, allocator=job.allocator, capacity_bytes=node.gpu.hbm_capacity_bytes)[0]
 
 
@@ -244,11 +244,12 @@ class TrainingEstimator:
     a configuration walks them with its own model-state sizes). Per shape and node: the step's
     ops up to the end of backward, their time sums and start times; a configuration then adds
     its own optimizer tail (a second node reuses the first's derivation of backward,
-    `simulator.autograd_model.ProgramBuilder.retimed`). Per shape, stage, ``dp`` (ZeRO-0: any ``dp``) and HBM capacity: the
-    allocator replay. ``replay_over_capacity=False`` skips the replay of a step whose
-    allocated peak is already over the HBM (it cannot fit): its ``peak_reserved_bytes`` is
-    then None. ``max_steps``: step shapes kept (least recently used dropped); a search visits
-    its configurations grouped by shape."""
+    `simulator.autograd_model.ProgramBuilder.retimed`). Per shape, stage and ``dp`` (ZeRO-0:
+    any ``dp``): the native allocator's uncapped replay; per HBM capacity, its capped one
+    where the uncapped peak is over it. ``replay_over_capacity=False`` skips the replays of a
+    step whose allocated peak is already over the HBM (it cannot fit): its
+    ``peak_reserved_bytes`` is then None. ``max_steps``: step shapes kept (least recently used
+    dropped); a search visits its configurations grouped by shape."""
 
     def __init__(self, *, replay_over_capacity: bool = True, max_steps: int = 8) -> None:
         self.replay_over_capacity = replay_over_capacity
@@ -256,6 +257,7 @@ class TrainingEstimator:
         self._keys: dict[int, tuple[object, str]] = {}  # id -> (object kept alive, content key)
         self._walks: dict[tuple, ResizableWalk] = {}  # (shape, ops after backward)
         self._fits: dict[tuple, tuple[bool, int]] = {}
+        self._uncapped: dict[tuple, int] = {}  # the native allocator's uncapped peak reserved
         self._steps: dict[tuple, tuple] = {}  # (shape, node) -> (parts, head sums, head op starts, flops)
 
     def _key(self, obj) -> str:
@@ -310,15 +312,22 @@ class TrainingEstimator:
         capacity = node.gpu.hbm_capacity_bytes
         fit: tuple[bool, int] | None = None
         if self.replay_over_capacity or walk.peak_bytes + RUNTIME_WORKSPACE_BYTES <= capacity:
-            fit_key = (shape, zero, par.dp if zero else None, capacity)
-            fit = self._fits.get(fit_key)
+            states_key = (shape, zero, par.dp if zero else None)  # what the allocator's requests depend on
+            fit = self._fits.get((states_key, capacity))
             if fit is None:
-                fit = self._fits[fit_key] = _allocator_fit(parts.workload_at(zero, par.dp), job, node)
+                wl = parts.workload_at(zero, par.dp)
+                uncapped = None
+                if job.allocator == "caching":  # shared by every capacity
+                    uncapped = self._uncapped.get(states_key)
+                    if uncapped is None:
+                        uncapped = self._uncapped[states_key] = uncapped_reserved_bytes(wl)
+                fit = self._fits[(states_key, capacity)] = _allocator_fit(wl, job, node, uncapped_peak_bytes=uncapped)
         return _train_estimate(model, job, node, num_gpus=num_gpus, walk=walk, sums=sums, flops=flops,
                                num_ops=len(parts.head.ops) + len(tail), fit=fit)
 
 
-def caching_allocator_fit(wl: Workload, hbm_capacity_bytes: int) -> tuple[bool, int]:
+def caching_allocator_fit(wl: Workload, hbm_capacity_bytes: int, *,
+                          uncapped_peak_bytes: int | None = None) -> tuple[bool, int]:
     """Whether PyTorch's native caching allocator serves every request of two steps of ``wl``
     on a GPU of ``hbm_capacity_bytes``, and the peak reserved bytes.
 
@@ -329,16 +338,24 @@ def caching_allocator_fit(wl: Workload, hbm_capacity_bytes: int) -> tuple[bool, 
     ``optimizer.step``, as torch.optim does: they land in the blocks the first step's
     activations left cached and split them, which is what made the whole Llama-3.1-8B + fused
     AdamW + checkpointing at 48K run out of memory on the H200 in its second step (23.5 GiB of
-    fp32 logits asked, 23.4 GiB cached in fragments) while 128.9 GiB allocated fit. Uncapped,
-    the peak reserved of that sequence is reported."""
+    fp32 logits asked, 23.4 GiB cached in fragments) while 128.9 GiB allocated fit. The peak
+    reported is the uncapped replay's (``uncapped_peak_bytes``, when the caller has it): a
+    capped replay runs as the uncapped one until it would pass the cap, so it is needed only
+    when the uncapped peak is over the cap (and then it retries or runs out of memory)."""
     cap = hbm_capacity_bytes - NON_ALLOCATABLE_BYTES
+    peak = uncapped_peak_bytes if uncapped_peak_bytes is not None else uncapped_reserved_bytes(wl)
+    if peak <= cap:
+        return True, peak
     try:
-        rep = predict_workload_reserved(wl, num_steps=2, capacity_bytes=cap, lazy_optimizer_states=True)
+        predict_workload_reserved(wl, num_steps=2, capacity_bytes=cap, lazy_optimizer_states=True)
     except AllocatorOOM:
-        return False, predict_workload_reserved(wl, num_steps=2, lazy_optimizer_states=True).peak_reserved_bytes
-    if rep.num_alloc_retries:  # the capped peak is the cap's: report the uncapped one
-        return True, predict_workload_reserved(wl, num_steps=2, lazy_optimizer_states=True).peak_reserved_bytes
-    return True, rep.peak_reserved_bytes
+        return False, peak
+    return True, peak
+
+
+def uncapped_reserved_bytes(wl: Workload) -> int:
+    """Peak reserved bytes of two steps of ``wl`` under the native caching allocator, uncapped."""
+    return predict_workload_reserved(wl, num_steps=2, lazy_optimizer_states=True).peak_reserved_bytes
 
 
 @dataclass(frozen=True)
