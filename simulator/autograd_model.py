@@ -297,9 +297,10 @@ class ProgramBuilder:
             return None
         dt, do, dr = len(self._tensors) - t0, len(self._ops) - o0, len(self._regions) - r0
         tmap = {t: t + dt for t in inside}
+        get = {**inputs, **tmap}.get
 
         def m(ts):
-            return tuple(tmap.get(t, inputs.get(t, t)) for t in ts)
+            return tuple(map(get, ts, ts))
 
         def lay(x):
             return layer[1] if x == layer[0] else x

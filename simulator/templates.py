@@ -1240,6 +1240,18 @@ class _Program:
         return TrainingStepParts(head, workspace, _bwd_time_s(head.ops) if spec is not None else 0.0,
                                  self.dp_comm_time_s, self.model_state_bytes, self.b.derivation)
 
+    def _params_by_numel(self) -> dict[int, tuple[list[int], list[int]]]:
+        """numel -> (the weights of that many elements, their gradient-sized tensors), once built."""
+        hit = self.__dict__.get("_by_numel")
+        if hit is None:
+            hit = {}
+            for tid, numel in self.param_numel.items():
+                weights, grads = hit.setdefault(numel, ([], []))
+                weights.append(tid)
+                grads.extend(self.b.leaf_grads.get(tid, ()))
+            self._by_numel = hit
+        return hit
+
     def model_state_bytes(self, zero_stage: int, dp: int) -> tuple[dict[int, int], Cost | None]:
         """After the step is built: the bytes of every tensor whose size depends on the ZeRO stage
         and the data-parallel degree (weights, their gradients, the optimizer's states and
@@ -1247,10 +1259,10 @@ class _Program:
         cost there (None: no optimizer)."""
         zero = effective_zero_stage(zero_stage, dp)
         out: dict[int, int] = {}
-        for tid, numel in self.param_numel.items():
-            out[tid], g_bytes = self.param_shard_bytes(numel, zero=zero, dp=dp)
-            for gid in self.b.leaf_grads.get(tid, ()):
-                out[gid] = g_bytes
+        for numel, (weights, grads) in self._params_by_numel().items():  # a few sizes, many tensors
+            w_bytes, g_bytes = self.param_shard_bytes(numel, zero=zero, dp=dp)
+            out.update(dict.fromkeys(weights, w_bytes))
+            out.update(dict.fromkeys(grads, g_bytes))
         states, step, transient = self.optimizer_at(zero=zero, dp=dp)
         for tid, (_, num_bytes, _) in zip(self.state_tids, states, strict=True):
             out[tid] = num_bytes

@@ -273,13 +273,16 @@ class ResizableWalk:
         fixed = [iv for iv in intervals if iv[0] not in moving]
         resized = [iv for iv in intervals if iv[0] in moving]
 
+        role_code = {tid: code[t.role.value] for tid, t in index.items()}
+
         def arrays(ivs):
-            return (np.array([iv[1] for iv in ivs], dtype=np.int64), np.array([iv[2] for iv in ivs], dtype=np.int64),
-                    np.array([code[index[iv[0]].role.value] for iv in ivs], dtype=np.int64))
+            a = np.array(ivs, dtype=np.int64).reshape(-1, 3)
+            return a[:, 1], a[:, 2], np.fromiter(map(role_code.__getitem__, a[:, 0].tolist()), dtype=np.int64,
+                                                 count=len(a))
 
         self._fixed_start, self._fixed_end, self._fixed_role = arrays(fixed)
-        size = [index[iv[0]].num_bytes for iv in fixed]
-        self._fixed_size = np.array([allocator_rounded_bytes(b) for b in size] if rounded else size, dtype=np.int64)
+        size = np.fromiter((index[iv[0]].num_bytes for iv in fixed), dtype=np.int64, count=len(fixed))
+        self._fixed_size = _rounded(size) if rounded else size
         delta = np.zeros(n + 2, dtype=np.int64)
         np.add.at(delta, self._fixed_start, self._fixed_size)
         np.add.at(delta, self._fixed_end + 1, -self._fixed_size)
@@ -292,9 +295,9 @@ class ResizableWalk:
         """The walk's peak with the resizable tensors at ``sizes`` (requested bytes, by tid)."""
         import numpy as np
 
-        s = np.array([sizes[t] for t in self.resized_tids], dtype=np.int64)
+        s = np.fromiter(map(sizes.__getitem__, self.resized_tids), dtype=np.int64, count=len(self.resized_tids))
         if self.rounded:
-            s = np.where(s <= 0, 0, -(-s // ALLOCATOR_ROUND_BYTES) * ALLOCATOR_ROUND_BYTES)
+            s = _rounded(s)
         delta = np.zeros(len(self._fixed_total) + 1, dtype=np.int64)
         np.add.at(delta, self._start, s)
         np.add.at(delta, self._end + 1, -s)
@@ -314,6 +317,15 @@ class ResizableWalk:
             return WalkPeak(int(total[0]), -1, "<step start>", None, breakdown)
         op = self.ops[p - 1]
         return WalkPeak(int(total[p]), op.oid, op.name, op.phase, breakdown)
+
+
+def _rounded(num_bytes):
+    """`allocator_rounded_bytes` of each of a numpy array of sizes (few distinct ones)."""
+    import numpy as np
+
+    distinct, where = np.unique(num_bytes, return_inverse=True)
+    rounded = np.fromiter(map(allocator_rounded_bytes, distinct.tolist()), dtype=np.int64, count=len(distinct))
+    return rounded[where.reshape(-1)]
 
 
 def saved_bytes_by_layer(workload: Workload, *, phase: Phase = Phase.FWD) -> dict[int | None, int]:
