@@ -292,10 +292,10 @@ RAY_MISSING = ("--backend ray: the ray package is not installed; install the ext
 
 
 def chunks(configs: Sequence[dict[str, Any]], *, num_workers: int) -> list[list[dict[str, Any]]]:
-    """Consecutive runs of about ``len / (4 * workers)`` configurations, cut only where the step
+    """Consecutive runs of about ``len / (16 * workers)`` configurations, cut only where the step
     shape changes (neighbours that differ in node, GPU count or ZeRO stage stay in one worker's
     cache: `simulator.estimator.TrainingEstimator` builds a shape's step once for all of them)."""
-    target = max(1, math.ceil(len(configs) / (4 * max(1, num_workers))))
+    target = max(1, math.ceil(len(configs) / (16 * max(1, num_workers))))
     out: list[list[dict[str, Any]]] = []
     cur: list[dict[str, Any]] = []
     for c in configs:
