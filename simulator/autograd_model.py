@@ -309,9 +309,9 @@ class ProgramBuilder:
             view = None if t.view_of is None else m((t.view_of,))[0]
             self._tensors.append(_Tensor(tmap[t.tid], rename(t.name), t.num_bytes, t.role, lay(t.layer), t.requires_grad,
                                          t.is_param, t.persistent, t.leaf_grad, view, t.grad_bytes))
-        for t in initial:
-            self._initial.append(tmap[t])
-            self._held.add(tmap[t])
+        for tid in initial:
+            self._initial.append(tmap[tid])
+            self._held.add(tmap[tid])
         for r in self._regions[r0:r1]:
             self._regions.append(_Region(r.rid + dr, m(r.inputs), r.first_op + do, r.last_op + do))
         for op in block_ops:
