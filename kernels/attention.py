@@ -247,6 +247,28 @@ def _tiling(
     return tiling, work
 
 
+def _checked_tiling(
+    *, batch: int, seq_len_q: int, seq_len_kv: int, num_heads: int, num_kv_heads: int,
+    head_dim: int, sram_bytes: int | None, dtype: str, causal: bool, window: int | None,
+) -> tuple[FlashTiling, _BlockWork]:
+    """The checks and the per-head tiling that the forward and backward kernels share.
+
+    Checks ``batch`` and the head counts (the rest is `_tiling`'s), then tiles one head for
+    ``sram_bytes`` of SRAM (None: `DEFAULT_SRAM_BYTES`); the backward uses the forward's tiles.
+    """
+    require_positive("batch", batch)
+    _check_heads(num_heads, num_kv_heads)
+    return _tiling(
+        seq_len_q=seq_len_q,
+        seq_len_kv=seq_len_kv,
+        head_dim=head_dim,
+        sram_bytes=DEFAULT_SRAM_BYTES if sram_bytes is None else sram_bytes,
+        dtype=dtype,
+        causal=causal,
+        window=window,
+    )
+
+
 def _unmasked_area(*, seq_len_q: int, seq_len_kv: int, causal: bool, window: int | None) -> float:
     """Unmasked (query, key) pairs, each pair on the diagonal counted one half.
 
@@ -335,16 +357,10 @@ def attention_fwd_cost(
 
     FLOPs = B H x (per-head tile FLOPs); reads = B (H Q + KVH K,V passes); writes = B H (O + LSE).
     """
-    require_positive("batch", batch)
-    _check_heads(num_heads, num_kv_heads)
-    tiling, _ = _tiling(
-        seq_len_q=seq_len_q,
-        seq_len_kv=seq_len_kv,
-        head_dim=head_dim,
-        sram_bytes=DEFAULT_SRAM_BYTES if sram_bytes is None else sram_bytes,
-        dtype=dtype,
-        causal=causal,
-        window=window,
+    tiling, _ = _checked_tiling(
+        batch=batch, seq_len_q=seq_len_q, seq_len_kv=seq_len_kv, num_heads=num_heads,
+        num_kv_heads=num_kv_heads, head_dim=head_dim, sram_bytes=sram_bytes, dtype=dtype,
+        causal=causal, window=window,
     )
     return KernelCost(
         name="attention_fwd",
@@ -395,16 +411,10 @@ def attention_bwd_cost(
 
     Uses the forward's tile sizes (Dao et al. 2022, Algorithm 4 sets Br, Bc as Algorithm 1).
     """
-    require_positive("batch", batch)
-    _check_heads(num_heads, num_kv_heads)
-    tiling, work = _tiling(
-        seq_len_q=seq_len_q,
-        seq_len_kv=seq_len_kv,
-        head_dim=head_dim,
-        sram_bytes=DEFAULT_SRAM_BYTES if sram_bytes is None else sram_bytes,
-        dtype=dtype,
-        causal=causal,
-        window=window,
+    tiling, work = _checked_tiling(
+        batch=batch, seq_len_q=seq_len_q, seq_len_kv=seq_len_kv, num_heads=num_heads,
+        num_kv_heads=num_kv_heads, head_dim=head_dim, sram_bytes=sram_bytes, dtype=dtype,
+        causal=causal, window=window,
     )
     bh = batch * num_heads
     q_elems = seq_len_q * head_dim  # per head

@@ -64,6 +64,43 @@ def elementwise_cost(
     )
 
 
+def _norm_cost(
+    *, name: str, num_tokens: int, hidden_size: int, dtype: str, grad_dtype: str | None,
+    num_params: int, num_stats_per_row: int, fwd_flops_per_element: float,
+    bwd_flops_per_element: float,
+) -> FwdBwd:
+    """A norm over [T, H] with ``num_params`` H-vectors (w, or w and b) and
+    ``num_stats_per_row`` fp32 statistics per row kept for the backward.
+
+    fwd: read x and the params; write y and the statistics.
+    bwd: grad-input and grad-weight kernels each read dy and x, plus w and the statistics (b is
+    not read); write dx and one gradient per param in ``grad_dtype`` (default ``dtype``).
+    """
+    require_positive("num_tokens", num_tokens)
+    require_positive("hidden_size", hidden_size)
+    n = num_tokens * hidden_size
+    w_bytes = tensor_bytes(hidden_size, dtype)
+    stats_bytes = num_stats_per_row * FP32_BYTES * num_tokens
+    fwd = elementwise_cost(
+        num_elements=n,
+        dtype=dtype,
+        flops_per_element=fwd_flops_per_element,
+        extra_read_bytes=num_params * w_bytes,
+        extra_write_bytes=stats_bytes,
+        name=f"{name}_fwd",
+    )
+    bwd = elementwise_cost(
+        num_elements=n,
+        dtype=dtype,
+        num_inputs=4,  # dy, x by the grad-input kernel and again by the grad-weight kernel
+        flops_per_element=bwd_flops_per_element,
+        extra_read_bytes=w_bytes + stats_bytes,
+        extra_write_bytes=num_params * tensor_bytes(hidden_size, grad_dtype or dtype),
+        name=f"{name}_bwd",
+    )
+    return FwdBwd(fwd, bwd)
+
+
 def rmsnorm_cost(
     *, num_tokens: int, hidden_size: int, dtype: str = "bf16", grad_dtype: str | None = None
 ) -> FwdBwd:
@@ -73,29 +110,11 @@ def rmsnorm_cost(
     bwd: grad-input and grad-weight kernels each read dy and x (and w, 1/rms); write dx and dw in
     ``grad_dtype`` (8 FLOPs/element).
     """
-    require_positive("num_tokens", num_tokens)
-    require_positive("hidden_size", hidden_size)
-    n = num_tokens * hidden_size
-    w_bytes = tensor_bytes(hidden_size, dtype)
-    stats_bytes = FP32_BYTES * num_tokens
-    fwd = elementwise_cost(
-        num_elements=n,
-        dtype=dtype,
-        flops_per_element=4.0,
-        extra_read_bytes=w_bytes,
-        extra_write_bytes=stats_bytes,
-        name="rmsnorm_fwd",
+    return _norm_cost(
+        name="rmsnorm", num_tokens=num_tokens, hidden_size=hidden_size, dtype=dtype,
+        grad_dtype=grad_dtype, num_params=1, num_stats_per_row=1, fwd_flops_per_element=4.0,
+        bwd_flops_per_element=8.0,
     )
-    bwd = elementwise_cost(
-        num_elements=n,
-        dtype=dtype,
-        num_inputs=4,  # dy, x by the grad-input kernel and again by the grad-weight kernel
-        flops_per_element=8.0,
-        extra_read_bytes=w_bytes + stats_bytes,
-        extra_write_bytes=tensor_bytes(hidden_size, grad_dtype or dtype),
-        name="rmsnorm_bwd",
-    )
-    return FwdBwd(fwd, bwd)
 
 
 def layernorm_cost(
@@ -112,30 +131,11 @@ def layernorm_cost(
     bwd: grad-input and grad-weight kernels each read dy and x (and w, mean, 1/std); write dx,
     dw (, db) (11 FLOPs/element).
     """
-    require_positive("num_tokens", num_tokens)
-    require_positive("hidden_size", hidden_size)
-    n = num_tokens * hidden_size
-    num_params = 2 if bias else 1
-    params_bytes = num_params * tensor_bytes(hidden_size, dtype)
-    stats_bytes = 2 * FP32_BYTES * num_tokens
-    fwd = elementwise_cost(
-        num_elements=n,
-        dtype=dtype,
-        flops_per_element=8.0,
-        extra_read_bytes=params_bytes,
-        extra_write_bytes=stats_bytes,
-        name="layernorm_fwd",
+    return _norm_cost(
+        name="layernorm", num_tokens=num_tokens, hidden_size=hidden_size, dtype=dtype,
+        grad_dtype=grad_dtype, num_params=2 if bias else 1, num_stats_per_row=2,
+        fwd_flops_per_element=8.0, bwd_flops_per_element=11.0,
     )
-    bwd = elementwise_cost(
-        num_elements=n,
-        dtype=dtype,
-        num_inputs=4,  # dy, x by the grad-input kernel and again by the grad-weight kernel
-        flops_per_element=11.0,
-        extra_read_bytes=tensor_bytes(hidden_size, dtype) + stats_bytes,
-        extra_write_bytes=num_params * tensor_bytes(hidden_size, grad_dtype or dtype),
-        name="layernorm_bwd",
-    )
-    return FwdBwd(fwd, bwd)
 
 
 def rotary_cost(

@@ -94,6 +94,41 @@ def kv_quantized_bytes(
     )
 
 
+def _kv_convert_cost(
+    *, quantize: bool, num_tokens: int, num_kv_heads: int, head_dim: int, kv_dtype: str,
+    dtype: str, scale_axis: str, group_size: int | None, scale_dtype: str, zero_point: bool,
+) -> KernelCost:
+    """One memory-bound kernel between T KVH d elements of ``dtype`` and their packed form.
+
+    Quantize reads the model dtype and writes the packed bytes (`kv_quantized_bytes`),
+    dequantize the reverse; FLOPs per element are in the module docstring.
+    """
+    stored_bytes = kv_quantized_bytes(
+        num_tokens=num_tokens,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        kv_dtype=kv_dtype,
+        scale_axis=scale_axis,
+        group_size=group_size,
+        scale_dtype=scale_dtype,
+        zero_point=zero_point,
+    )
+    n = num_tokens * num_kv_heads * head_dim
+    model_bytes = tensor_bytes(n, dtype)
+    if quantize:
+        flops_per_element = 5.0 if zero_point else 4.0
+    else:
+        flops_per_element = 2.0 if zero_point else 1.0
+    return KernelCost(
+        name="kv_quantize" if quantize else "kv_dequantize",
+        op_class="memory",
+        flops=flops_per_element * n,
+        hbm_read_bytes=model_bytes if quantize else stored_bytes,
+        hbm_write_bytes=stored_bytes if quantize else model_bytes,
+        dtype=dtype,
+    )
+
+
 def kv_quantize_cost(
     *,
     num_tokens: int,
@@ -107,24 +142,10 @@ def kv_quantize_cost(
     zero_point: bool = False,
 ) -> KernelCost:
     """Quantize one K or V tensor: read T KVH d elements of ``dtype``, write the packed tensor."""
-    stored = kv_quantized_bytes(
-        num_tokens=num_tokens,
-        num_kv_heads=num_kv_heads,
-        head_dim=head_dim,
-        kv_dtype=kv_dtype,
-        scale_axis=scale_axis,
-        group_size=group_size,
-        scale_dtype=scale_dtype,
-        zero_point=zero_point,
-    )
-    n = num_tokens * num_kv_heads * head_dim
-    return KernelCost(
-        name="kv_quantize",
-        op_class="memory",
-        flops=(5.0 if zero_point else 4.0) * n,
-        hbm_read_bytes=tensor_bytes(n, dtype),
-        hbm_write_bytes=stored,
-        dtype=dtype,
+    return _kv_convert_cost(
+        quantize=True, num_tokens=num_tokens, num_kv_heads=num_kv_heads, head_dim=head_dim,
+        kv_dtype=kv_dtype, dtype=dtype, scale_axis=scale_axis, group_size=group_size,
+        scale_dtype=scale_dtype, zero_point=zero_point,
     )
 
 
@@ -141,24 +162,10 @@ def kv_dequantize_cost(
     zero_point: bool = False,
 ) -> KernelCost:
     """Dequantize one K or V tensor: read the packed tensor, write T KVH d elements of ``dtype``."""
-    stored = kv_quantized_bytes(
-        num_tokens=num_tokens,
-        num_kv_heads=num_kv_heads,
-        head_dim=head_dim,
-        kv_dtype=kv_dtype,
-        scale_axis=scale_axis,
-        group_size=group_size,
-        scale_dtype=scale_dtype,
-        zero_point=zero_point,
-    )
-    n = num_tokens * num_kv_heads * head_dim
-    return KernelCost(
-        name="kv_dequantize",
-        op_class="memory",
-        flops=(2.0 if zero_point else 1.0) * n,
-        hbm_read_bytes=stored,
-        hbm_write_bytes=tensor_bytes(n, dtype),
-        dtype=dtype,
+    return _kv_convert_cost(
+        quantize=False, num_tokens=num_tokens, num_kv_heads=num_kv_heads, head_dim=head_dim,
+        kv_dtype=kv_dtype, dtype=dtype, scale_axis=scale_axis, group_size=group_size,
+        scale_dtype=scale_dtype, zero_point=zero_point,
     )
 
 

@@ -10,28 +10,36 @@ or more than 1 MiB (large pool). A freed block merges with its free neighbours i
 segment and stays cached (reserved). When a new segment would exceed the device capacity, the
 allocator frees one cached unsplit segment large enough, then every cached unsplit segment,
 and retries (``num_alloc_retries``); if that fails too it is an out-of-memory error.
-With ``expandable_segments`` each (stream, pool) has one virtual segment that grows at its end
-instead of cudaMalloc'ing new segments; physical memory is mapped in pages of 2 MiB (small pool)
-or 20 MiB (large pool) under the blocks handed out, and reserved memory is the mapped pages. A
-page stays mapped after its blocks are freed (cached) until a request would exceed the device
-capacity: then every mapped page no live block touches is unmapped (``release_cached_blocks``
-unmapping the pages inside free blocks) and the request retried. So uncapped, reserved is the
-high-water mark of the pages ever touched; capped, what fits is the pages the live blocks touch.
+With ``expandable_segments`` each (stream, pool) has one virtual segment instead of cudaMalloc'ed
+ones; physical memory is mapped in pages of 2 MiB (small pool) or 20 MiB (large pool), and
+reserved memory is the mapped pages. A request first takes the best-fitting *mapped* free block
+(smallest, then lowest address), passing over a block followed by unmapped space when the next
+larger one has less room to grow (``get_free_block``'s ``expandable_size``); only when no mapped
+block fits does it map pages, at the lowest unmapped range that, with the free mapped block just
+before it, is large enough (``find_expandable_block``), mapping the request rounded up to pages
+and merging them with that free block. A block larger than the request is split when the rest is
+at least 512 B, in both pools (``should_split`` under expandable segments). Freed blocks merge
+with free neighbours of the same mapped state; a page stays mapped (cached) until a request would
+exceed the device capacity: then the whole pages inside every free block are unmapped
+(``release_cached_blocks``) and the request retried. So uncapped, reserved is the high-water mark
+of the pages ever mapped; capped, what fits is the pages the live blocks touch.
 Assumes: ``max_split_size`` unlimited (the default), no ``roundup_power2_divisions``, no
 garbage-collection threshold, frees complete immediately (no cross-stream events pending),
-a freshly emptied cache unless the caller pre-allocates.
-Ignores: CUDA graphs' private pools, ``cudaMallocAsync`` backend; with expandable segments, that
-PyTorch looks for a free mapped block before an unmapped range (here best fit runs over both). Segment addresses only break ties between equal-size
-free blocks: they grow from 0 unless the caller passes the device's (a snapshot has them).
+a freshly emptied cache unless the caller pre-allocates; one virtual segment per (stream, pool)
+never runs out of address space (PyTorch reserves 1.125x the device memory per segment).
+Ignores: CUDA graphs' private pools, ``cudaMallocAsync`` backend. Segment addresses only break
+ties between equal-size free blocks: they grow from 0 unless the caller passes the device's (a
+snapshot has them; expandable segments ignore them).
 Source: PyTorch c10/cuda/CUDACachingAllocator.cpp (kMinBlockSize 512, kSmallSize 1 MiB,
 kSmallBuffer 2 MiB, kLargeBuffer 20 MiB, kMinLargeAlloc 10 MiB, kRoundLarge 2 MiB;
 ``round_size``, ``get_allocation_size``, ``get_free_block`` on a set ordered by (stream, size,
 address), ``should_split``, ``free_block`` merging, ``release_available_cached_blocks``,
-``try_allocate_expandable_block``, ``ExpandableSegment`` map/unmap). Checked against the H200 runs
-with expandable segments under a 47 GiB cap (validate/measurements/h200/probe48-*-cap-expandable-*):
-two of the three plans that ran fit the capped replay, at reserved peaks within 1% of the measured
-ones; the third is refused because its modelled allocated peak is 0.9 GiB above what it allocated
-(tests/validate/test_probe48_measurements.py).
+``try_allocate_expandable_block``, ``find_expandable_block``, ``map_block``, ``unmap_block``).
+Checked against the H200 runs with expandable segments under a 47 GiB cap
+(validate/measurements/h200/probe48-*-cap-expandable-*), and against the executor's real
+allocation sequence of one torch.utils.checkpoint step (Mistral-7B stack, 64K,
+validate/measurements/h200/alloc-trace-*): fed that sequence, the replay maps the device's pages
+at the device's offsets, one for one (tests/validate/test_checkpoint_alloc_trace.py).
 """
 
 from __future__ import annotations
@@ -117,14 +125,21 @@ class AllocatorReplay:
         return 1.0 - self.peak_allocated_bytes / self.peak_reserved_bytes
 
 
-class _Block:
-    __slots__ = ("addr", "size", "pool", "allocated", "prev", "next")
+EXPANDABLE_SEGMENT_SPACING_BYTES = LARGE_SEGMENT_BYTES << 20
+"""Virtual addresses between two pools' expandable segments (20 TiB, each segment half of it): far
+apart, so that they never touch; a multiple of both page sizes, so that pages counted from address
+0 are the segment's; small enough that addresses stay exact in a double (memory_viz's JavaScript)."""
 
-    def __init__(self, addr: int, size: int, pool: tuple[int, bool]):
+
+class _Block:
+    __slots__ = ("addr", "size", "pool", "allocated", "mapped", "prev", "next")
+
+    def __init__(self, addr: int, size: int, pool: tuple[int, bool], *, mapped: bool = True):
         self.addr = addr
         self.size = size
         self.pool = pool  # (stream, is_small)
         self.allocated = False
+        self.mapped = mapped  # backed by physical pages (always, outside expandable segments)
         self.prev: _Block | None = None
         self.next: _Block | None = None
 
@@ -147,12 +162,11 @@ class CachingAllocator:
         self._segment_addresses = list(segment_addresses)
         self._num_new_segments = 0
         self.expandable_segments = expandable_segments
-        self._free: dict[tuple[int, bool], list[tuple[int, int]]] = {}  # pool -> sorted (size, addr)
+        self._free: dict[tuple[int, bool], list[tuple[int, int]]] = {}  # pool -> sorted (size, addr), mapped
+        self._unmapped: dict[tuple[int, bool], list[int]] = {}  # pool -> sorted addrs of unmapped blocks
         self._blocks: dict[int, _Block] = {}  # addr -> block (every block, free or not)
         self._live: dict[Hashable, _Block] = {}
         self._next_addr = 0
-        self._expandable_end: dict[tuple[int, bool], _Block] = {}  # pool -> last block of segment
-        self._page_refs: dict[tuple[tuple[int, bool], int], int] = {}  # mapped page -> live blocks on it
         self.reserved_bytes = 0
         self.allocated_bytes = 0
         self.peak_reserved_bytes = 0
@@ -225,68 +239,152 @@ class CachingAllocator:
             self._release_segment(b)
         return bool(whole)
 
-    def _grow_expandable(self, pool: tuple[int, bool], size: int) -> _Block:
-        """Extend the pool's one virtual segment at its end; returns a free block >= size.
-        Address space only: pages are mapped when a block on them is handed out (``_map``)."""
-        page = _page_bytes(pool)
-        last = self._expandable_end.get(pool)
-        tail_free = last.size if last is not None and not last.allocated else 0
-        grow = -(-(size - tail_free) // page) * page
-        if last is None:
-            # one virtual address range per pool: far apart so that pools never touch
-            base = (len(self._expandable_end) + 1) << 50
-            b = _Block(base, grow, pool)
-            self._blocks[b.addr] = b
-            self.num_segments += 1
-        elif tail_free:
-            self._remove_free(last)
-            del self._blocks[last.addr]
-            b = _Block(last.addr, last.size + grow, pool)
-            b.prev = last.prev
-            if b.prev is not None:
-                b.prev.next = b
-            self._blocks[b.addr] = b
+    # --- expandable segments ---
+    def _absorb(self, dst: _Block, src: _Block | None) -> None:
+        """``dst`` (in no list) takes over its neighbour ``src`` when that is free and mapped as
+        ``dst`` is (``try_merge_blocks``)."""
+        if src is None or src.allocated or src.mapped != dst.mapped:
+            return
+        if src.mapped:
+            self._remove_free(src)
         else:
-            b = _Block(last.addr + last.size, grow, pool)
-            b.prev = last
-            last.next = b
-            self._blocks[b.addr] = b
-        self._expandable_end[pool] = b
+            self._unmapped[src.pool].remove(src.addr)
+        del self._blocks[src.addr]
+        if src is dst.prev:
+            del self._blocks[dst.addr]
+            dst.addr = src.addr
+            dst.prev = src.prev
+            if dst.prev is not None:
+                dst.prev.next = dst
+            self._blocks[dst.addr] = dst
+        else:
+            dst.next = src.next
+            if dst.next is not None:
+                dst.next.prev = dst
+        dst.size += src.size
+
+    def _expandable_best_fit(self, pool: tuple[int, bool], size: int) -> _Block | None:
+        """The smallest mapped free block >= size, passing over one followed by unmapped space
+        while the next larger one can grow less (``get_free_block``)."""
+        lst = self._free.get(pool)
+        if not lst:
+            return None
+        i = bisect.bisect_left(lst, (size, -1))
+        if i == len(lst):
+            return None
+
+        def growable(b: _Block) -> int:
+            return b.size + (b.next.size if b.next is not None and not b.next.mapped else 0)
+
+        while i + 1 < len(lst) and growable(self._blocks[lst[i + 1][1]]) < growable(self._blocks[lst[i][1]]):
+            i += 1
+        _, addr = lst.pop(i)
+        return self._blocks[addr]
+
+    def _find_expandable(self, pool: tuple[int, bool], size: int) -> _Block:
+        """The lowest unmapped range (or the free mapped block just before it) that starts a run
+        of free blocks of at least ``size`` (``find_expandable_block``); the pool's segment is
+        reserved (address space only) on its first request."""
+        if pool not in self._unmapped:
+            base = (len(self._unmapped) + 1) * EXPANDABLE_SEGMENT_SPACING_BYTES
+            seg = _Block(base, EXPANDABLE_SEGMENT_SPACING_BYTES // 2, pool, mapped=False)
+            self._blocks[base] = seg
+            self._unmapped[pool] = [base]
+            self.num_segments += 1
+        for addr in self._unmapped[pool]:
+            c = self._blocks[addr]
+            if c.prev is not None and not c.prev.allocated:
+                c = c.prev
+            room = 0
+            run: _Block | None = c
+            while room < size and run is not None and not run.allocated:
+                room, run = room + run.size, run.next
+            if room >= size:
+                return c
+        raise AssertionError("an expandable segment ran out of address space")
+
+    def _map_block(self, b: _Block, size: int) -> _Block | None:
+        """Map whole pages from the start of unmapped block ``b`` to cover ``size``; the mapped
+        part merges with free mapped neighbours and is returned (``map_block``). None when the
+        pages do not fit the device capacity."""
+        page = _page_bytes(b.pool)
+        need = -(-size // page) * page
+        if not self._fits_device(need):
+            return None
+        self._unmapped[b.pool].remove(b.addr)
+        b.mapped = True
+        if need < b.size:
+            rest = _Block(b.addr + need, b.size - need, b.pool, mapped=False)
+            rest.prev, rest.next = b, b.next
+            if b.next is not None:
+                b.next.prev = rest
+            b.next = rest
+            b.size = need
+            self._blocks[rest.addr] = rest
+            bisect.insort(self._unmapped[b.pool], rest.addr)
+        self.reserved_bytes += need
+        self.num_segment_allocs += 1
+        if self.history is not None:
+            self.history.append(HistoryEntry("segment_map", b.addr, need, b.pool[0]))
+        if self.reserved_bytes > self.peak_reserved_bytes:
+            self.peak_reserved_bytes = self.reserved_bytes
+            self.peak_reserved_event = self.num_events
+        self._absorb(b, b.prev)
+        self._absorb(b, b.next)
+        self._insert_free(b)
         return b
 
-    def _pages(self, b: _Block) -> range:
-        page = _page_bytes(b.pool)
-        return range(b.addr // page, -(-(b.addr + b.size) // page))
+    def _allocate_expandable(self, pool: tuple[int, bool], size: int) -> _Block | None:
+        """Map pages for a request no mapped free block serves (``try_allocate_expandable_block``);
+        pages mapped before the capacity stopped it stay mapped, as on the device."""
+        c: _Block | None = self._find_expandable(pool, size)
+        assert c is not None
+        if not c.mapped:
+            c = self._map_block(c, min(c.size, size))
+        while c is not None and c.size < size:
+            nxt = c.next
+            assert nxt is not None and not nxt.mapped
+            c = self._map_block(nxt, min(size - c.size, nxt.size))
+        if c is not None:
+            self._remove_free(c)
+        return c
 
-    def _map(self, b: _Block) -> bool:
-        """Map the pages under block ``b`` that are not mapped yet; False (nothing mapped) when
-        they do not fit the capacity even after unmapping every page no live block touches."""
-        new = [p for p in self._pages(b) if (b.pool, p) not in self._page_refs]
-        need = len(new) * _page_bytes(b.pool)
-        if not self._fits_device(need):
-            self.num_alloc_retries += 1
-            for key in [k for k, n in self._page_refs.items() if n == 0]:
-                del self._page_refs[key]
-                self.reserved_bytes -= _page_bytes(key[0])
+    def _unmap_free_pages(self) -> None:
+        """Unmap the whole pages inside every free block (``release_cached_blocks``)."""
+        for pool, lst in self._free.items():
+            page = _page_bytes(pool)
+            for _, addr in list(lst):
+                b = self._blocks[addr]
+                lo = -(-b.addr // page) * page
+                hi = (b.addr + b.size) // page * page
+                if hi <= lo:
+                    continue
+                self._remove_free(b)
+                del self._blocks[b.addr]
+                if lo > b.addr:  # the partly used page before stays mapped, a free block
+                    before = _Block(b.addr, lo - b.addr, pool)
+                    before.prev, before.next = b.prev, b
+                    if b.prev is not None:
+                        b.prev.next = before
+                    b.prev = before
+                    self._blocks[before.addr] = before
+                    self._insert_free(before)
+                if hi < b.addr + b.size:  # and the one after
+                    after = _Block(hi, b.addr + b.size - hi, pool)
+                    after.prev, after.next = b, b.next
+                    if b.next is not None:
+                        b.next.prev = after
+                    b.next = after
+                    self._blocks[after.addr] = after
+                    self._insert_free(after)
+                b.addr, b.size, b.mapped = lo, hi - lo, False
+                self._blocks[lo] = b
+                self.reserved_bytes -= hi - lo
                 if self.history is not None:
-                    page = _page_bytes(key[0])
-                    self.history.append(HistoryEntry("segment_unmap", key[1] * page, page, key[0][0]))
-            if not self._fits_device(need):
-                return False
-        if new:
-            self.num_segment_allocs += 1
-            self.reserved_bytes += need
-            if self.history is not None:
-                page = _page_bytes(b.pool)
-                self.history.extend(HistoryEntry("segment_map", p * page, page, b.pool[0]) for p in new)
-        for p in self._pages(b):
-            key = (b.pool, p)
-            self._page_refs[key] = self._page_refs.get(key, 0) + 1
-        return True
-
-    def _unref(self, b: _Block) -> None:
-        for p in self._pages(b):
-            self._page_refs[(b.pool, p)] -= 1
+                    self.history.append(HistoryEntry("segment_unmap", lo, hi - lo, pool[0]))
+                self._absorb(b, b.prev)
+                self._absorb(b, b.next)
+                bisect.insort(self._unmapped[pool], b.addr)
 
     # --- the two calls ---
     def malloc(self, key: Hashable, num_bytes: int, stream: int = 0) -> None:
@@ -297,11 +395,21 @@ class CachingAllocator:
             return  # PyTorch returns a null pointer for an empty tensor
         small = size <= SMALL_REQUEST_MAX_BYTES
         pool = (stream, small)
-        block = self._best_fit(pool, size)
-        if block is None:
-            if self.expandable_segments:
-                block = self._grow_expandable(pool, size)
-            else:
+        if self.expandable_segments:
+            block = self._expandable_best_fit(pool, size)
+            if block is None:
+                block = self._allocate_expandable(pool, size)
+            if block is None:
+                self.num_alloc_retries += 1
+                self._unmap_free_pages()
+                block = self._allocate_expandable(pool, size)
+            if block is None:
+                raise AllocatorOOM(
+                    f"cannot allocate {size} B: {self.reserved_bytes} B reserved of "
+                    f"{self.capacity_bytes} B (expandable segments)")
+        else:
+            block = self._best_fit(pool, size)
+            if block is None:
                 seg = allocation_size(size)
                 block = self._new_segment(pool, seg)
                 if block is None and self._release_cached(seg):
@@ -315,7 +423,10 @@ class CachingAllocator:
                     f"cannot allocate {size} B: {self.reserved_bytes} B reserved of "
                     f"{self.capacity_bytes} B")
         remaining = block.size - size
-        split = remaining >= MIN_BLOCK_BYTES if small else remaining > SMALL_REQUEST_MAX_BYTES
+        if small or self.expandable_segments:
+            split = remaining >= MIN_BLOCK_BYTES
+        else:
+            split = remaining > SMALL_REQUEST_MAX_BYTES
         if split:
             rest = _Block(block.addr + size, remaining, pool)
             rest.prev, rest.next = block, block.next
@@ -325,12 +436,6 @@ class CachingAllocator:
             block.size = size
             self._blocks[rest.addr] = rest
             self._insert_free(rest)
-            if self._expandable_end.get(pool) is block:
-                self._expandable_end[pool] = rest
-        if self.expandable_segments and not self._map(block):
-            raise AllocatorOOM(
-                f"cannot allocate {size} B: {self.reserved_bytes} B reserved of "
-                f"{self.capacity_bytes} B (expandable segments)")
         block.allocated = True
         self._live[key] = block
         if self.history is not None:
@@ -356,30 +461,8 @@ class CachingAllocator:
             self.history.append(HistoryEntry("free_completed", block.addr, asked, block.pool[0], key))
         block.allocated = False
         self.allocated_bytes -= block.size
-        if self.expandable_segments:
-            self._unref(block)
-        for nb in (block.prev, block.next):
-            if nb is None or nb.allocated:
-                continue
-            self._remove_free(nb)
-            del self._blocks[nb.addr]
-            if nb is block.prev:
-                del self._blocks[block.addr]
-                nb.size += block.size
-                nb.next = block.next
-                if block.next is not None:
-                    block.next.prev = nb
-                if self._expandable_end.get(block.pool) is block:
-                    self._expandable_end[block.pool] = nb
-                self._blocks[nb.addr] = nb
-                block = nb
-            else:
-                block.size += nb.size
-                block.next = nb.next
-                if nb.next is not None:
-                    nb.next.prev = block
-                if self._expandable_end.get(block.pool) is nb:
-                    self._expandable_end[block.pool] = block
+        self._absorb(block, block.prev)
+        self._absorb(block, block.next)
         self._insert_free(block)
 
     def replay(self, events: Iterable[AllocEvent]) -> AllocatorReplay:
@@ -398,7 +481,8 @@ class CachingAllocator:
 
     def segments(self) -> list[tuple[tuple[int, bool], list[tuple[int, int, bool, Hashable]]]]:
         """Every segment now, by address: its pool (stream, small) and its blocks in address
-        order as (address, size, allocated, key of the live request or None)."""
+        order as (address, size, allocated, key of the live request or None). Of an expandable
+        segment, each run of mapped blocks is one segment, as in ``torch.cuda.memory_snapshot``."""
         keys = {id(b): k for k, b in self._live.items()}
         heads = sorted((b for b in self._blocks.values() if b.prev is None), key=lambda b: b.addr)
         out = []
@@ -406,9 +490,14 @@ class CachingAllocator:
             blocks: list[tuple[int, int, bool, Hashable]] = []
             b: _Block | None = head
             while b is not None:
-                blocks.append((b.addr, b.size, b.allocated, keys.get(id(b))))
+                if b.mapped:
+                    blocks.append((b.addr, b.size, b.allocated, keys.get(id(b))))
+                elif blocks:
+                    out.append((head.pool, blocks))
+                    blocks = []
                 b = b.next
-            out.append((head.pool, blocks))
+            if blocks:
+                out.append((head.pool, blocks))
         return out
 
     def result(self) -> AllocatorReplay:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from simulator.workload import OpSpec, Phase, Role, TensorSpec, Workload
 
@@ -102,6 +103,16 @@ class _Region:
     last_op: int = -1
 
 
+class BlockMark(NamedTuple):
+    """Counts of tensors, ops, checkpoint regions, initial and held tensors recorded so far."""
+
+    num_tensors: int
+    num_ops: int
+    num_regions: int
+    num_initial: int
+    num_held: int
+
+
 @dataclass
 class ProgramBuilder:
     """Write a forward program; ``build()`` derives backward and returns a Workload."""
@@ -119,6 +130,11 @@ class ProgramBuilder:
     accumulate_time_s: Callable[[int], float] | None = None
     """Time of adding ``n`` gradient bytes into a gradient in place (``add_``: reads 2n, writes
     n), charged to the backward op whose input gradient is accumulated; None: not timed."""
+    leaf_grads: dict[int, list[int]] = field(default_factory=dict)
+    """After ``build``: for each leaf that requires grad (a weight), the tensors of its
+    gradient's size (``.grad``, ``.grad_tmp``) that backward allocated."""
+    derivation: Derivation | None = None
+    """After ``build``: what it derived (``retimed`` reuses it)."""
 
     # ---- tensors -------------------------------------------------------------------------
     def tensor(
@@ -254,13 +270,100 @@ class ProgramBuilder:
     def end_checkpoint(self) -> None:
         self._open_region = None
 
+    def mark(self) -> BlockMark:
+        """Where the program stands: a block between two marks can be repeated (``repeat``)."""
+        if self._open_region is not None:
+            raise ValueError("mark: inside a checkpoint region")
+        return BlockMark(len(self._tensors), len(self._ops), len(self._regions), len(self._initial), len(self._held))
+
+    def repeat(self, start: BlockMark, end: BlockMark, *, inputs: dict[int, int],
+               rename: Callable[[str], str], layer: tuple[int, int]) -> dict[int, int] | None:
+        """Record again the tensors, ops and checkpoint regions recorded between ``start`` and
+        ``end`` (a decoder layer), on ``inputs`` (old tid -> new tid) instead of the block's
+        inputs, names through ``rename``, layer ``layer[0]`` as ``layer[1]``: what recording the
+        same program on those tensors gives, at the cost of copying it. Returns the map of the
+        block's tensors to their copies; None (nothing recorded) when the block touches a
+        tensor from before it other than by reading it (or holds one), which copying would
+        not repeat."""
+        t0, o0, r0, i0, _ = start
+        t1, o1, r1, i1, _ = end
+        block_ops = self._ops[o0:o1]
+        inside = range(t0, t1)
+        if any(o not in inside for op in block_ops for o in op.outputs):
+            return None
+        initial = self._initial[i0:i1]
+        held = [t for t in inside if t in self._held]
+        if end.num_held - start.num_held != len(held) or held != initial:
+            return None
+        dt, do, dr = len(self._tensors) - t0, len(self._ops) - o0, len(self._regions) - r0
+        tmap = {t: t + dt for t in inside}
+        get = {**inputs, **tmap}.get
+
+        def m(ts):
+            return tuple(map(get, ts, ts))
+
+        def lay(x):
+            return layer[1] if x == layer[0] else x
+
+        for t in self._tensors[t0:t1]:
+            view = None if t.view_of is None else m((t.view_of,))[0]
+            self._tensors.append(_Tensor(tmap[t.tid], rename(t.name), t.num_bytes, t.role, lay(t.layer), t.requires_grad,
+                                         t.is_param, t.persistent, t.leaf_grad, view, t.grad_bytes))
+        for tid in initial:
+            self._initial.append(tmap[tid])
+            self._held.add(tmap[tid])
+        for r in self._regions[r0:r1]:
+            self._regions.append(_Region(r.rid + dr, m(r.inputs), r.first_op + do, r.last_op + do))
+        for op in block_ops:
+            self._ops.append(_FwdOp(rename(op.name), op.kind, lay(op.layer), m(op.inputs), m(op.outputs), m(op.saves),
+                                    op.cost, op.has_backward, m(op.grad_inputs), m(op.passthrough), op.bwd_cost,
+                                    op.bwd_workspace_bytes, op.fwd_workspace_bytes,
+                                    None if op.region is None else op.region + dr, op.seq + do))
+        return tmap
+
     def set_loss_backward_cost(self, cost: Cost) -> None:
         self._loss_backward_cost = cost
 
     # ---- derivation ----------------------------------------------------------------------
     def build(self, meta: dict | None = None) -> Workload:
         """Derive forward frees, recompute and backward; return the Workload."""
-        return _Deriver(self).run(meta or {})
+        signature = self.signature()
+        deriver = _Deriver(self)
+        wl = deriver.run(meta or {})
+        self.leaf_grads = deriver.leaf_grads
+        self.derivation = Derivation(signature, tuple(deriver.sources), deriver.leaf_grads)
+        return wl
+
+    def signature(self) -> tuple:
+        """Everything of the recorded program that the derivation reads, but its costs."""
+        return (tuple((t.name, t.num_bytes, t.role, t.layer, t.requires_grad, t.is_param, t.persistent, t.leaf_grad,
+                       t.view_of, t.grad_bytes) for t in self._tensors),
+                tuple((op.name, op.kind, op.layer, op.inputs, op.outputs, op.saves, op.has_backward, op.grad_inputs,
+                       op.passthrough, op.bwd_workspace_bytes, op.fwd_workspace_bytes, op.region) for op in self._ops),
+                tuple(self._initial), frozenset(self._held), tuple((r.inputs, r.first_op, r.last_op) for r in self._regions),
+                self.grads_persist, self.no_grad)
+
+    def retimed(self, workload: Workload, derivation: Derivation) -> Workload | None:
+        """``workload`` (built from ``derivation``'s program) with the costs of this builder's
+        program: what ``build`` gives when the two programs differ in their costs only (the
+        same model and job timed on another node), without deriving backward again. None
+        when they differ in more."""
+        if self.signature() != derivation.signature or len(workload.ops) != len(derivation.sources):
+            return None
+        self.leaf_grads = derivation.leaf_grads
+        self.derivation = derivation
+        fwd = self._ops
+        ops = []
+        for op, (i, backward, accumulated) in zip(workload.ops, derivation.sources, strict=True):
+            if not backward:
+                cost = fwd[i].cost
+            elif i < 0:
+                cost = self._loss_backward_cost
+            else:
+                cost = _backward_cost(self, fwd[i], accumulated)
+            ops.append(OpSpec(op.oid, op.name, op.kind, op.phase, op.layer, cost.flops, cost.hbm_bytes, cost.op_class,
+                              op.allocs, op.frees, op.saves, cost.exec_flops, cost.time_s, cost.model_flops))
+        return Workload(tensors=workload.tensors, ops=tuple(ops), initial=workload.initial, meta=dict(workload.meta))
 
 
 class _Deriver:
@@ -271,6 +374,14 @@ class _Deriver:
         self.next_tid = len(b._tensors)
         self.extra: list[TensorSpec] = []
         self.view_of: dict[int, int] = {t.tid: t.view_of for t in b._tensors if t.view_of is not None}
+        self.leaf_grads: dict[int, list[int]] = {}
+        self.sources: list[tuple[int, bool, int]] = []  # per op: (forward op, its backward, accumulated bytes)
+
+    def _leaf_grad(self, leaf: _Tensor, suffix: str, role: Role, persistent: bool = False) -> int:
+        """A tensor of the size of ``leaf``'s gradient (its ``.grad`` or a temporary)."""
+        tid = self._new_tensor(f"{leaf.name}.{suffix}", _grad_bytes(leaf), role, leaf.layer, persistent=persistent)
+        self.leaf_grads.setdefault(leaf.tid, []).append(tid)
+        return tid
 
     def _new_tensor(self, name: str, num_bytes: int, role: Role, layer: int | None, persistent=False) -> int:
         tid = self.next_tid
@@ -278,7 +389,9 @@ class _Deriver:
         self.extra.append(TensorSpec(tid, name, int(num_bytes), role, layer, persistent))
         return tid
 
-    def _emit(self, name, kind, phase, layer, cost: Cost, allocs=(), frees=(), saves=()):
+    def _emit(self, name, kind, phase, layer, cost: Cost, allocs=(), frees=(), saves=(), *,
+              source: tuple[int, bool, int]):
+        self.sources.append(source)
         self.ops.append(
             OpSpec(
                 oid=len(self.ops),
@@ -387,7 +500,7 @@ class _Deriver:
                 saves = (tuple(t for t in self.ckpt_saved[op.region] if T[t].requires_grad)
                          if i == self.region_first[op.region] else ())
             phase = Phase.LOSS if op.kind.startswith("loss") else Phase.FWD
-            self._emit(op.name, op.kind, phase, op.layer, op.cost, allocs + ws, frees, saves)
+            self._emit(op.name, op.kind, phase, op.layer, op.cost, allocs + ws, frees, saves, source=(i, False, 0))
 
     def _start_backward(self) -> list[int]:
         """Persistent parameter gradients and the loss gradient; returns the initial tensors."""
@@ -397,7 +510,7 @@ class _Deriver:
         self.param_grad: dict[int, int] = {}
         for t in b._tensors:
             if t.leaf_grad and b.grads_persist:
-                gid = self._new_tensor(f"{t.name}.grad", _grad_bytes(t), Role.GRAD, t.layer, persistent=True)
+                gid = self._leaf_grad(t, "grad", Role.GRAD, persistent=True)
                 self.param_grad[t.tid] = gid
                 self.live.add(gid)
         initial = list(b._initial) + [self.param_grad[p] for p in sorted(self.param_grad)]
@@ -407,7 +520,8 @@ class _Deriver:
         if final_out is not None and not b.no_grad:
             gid = self._new_tensor("loss.grad", 4, Role.ACTIVATION_GRAD, None)
             self.grad_of[final_out] = gid
-            self._emit("backward.start", "ones_like", Phase.BWD, None, self.b._loss_backward_cost, [gid])
+            self._emit("backward.start", "ones_like", Phase.BWD, None, self.b._loss_backward_cost, [gid],
+                       source=(-1, True, 0))
             self.live.add(gid)
         return initial
 
@@ -422,11 +536,11 @@ class _Deriver:
                 continue
             if tt.leaf_grad:
                 if t in param_grad:
-                    tmp = self._new_tensor(f"{tt.name}.grad_tmp", _grad_bytes(tt), Role.WORKSPACE, tt.layer)
+                    tmp = self._leaf_grad(tt, "grad_tmp", Role.WORKSPACE)
                     allocs.append(tmp)
                     frees.append(tmp)
                 else:
-                    gid = self._new_tensor(f"{tt.name}.grad", _grad_bytes(tt), Role.GRAD, tt.layer, persistent=True)
+                    gid = self._leaf_grad(tt, "grad", Role.GRAD, persistent=True)
                     param_grad[t] = gid
                     allocs.append(gid)
                 continue
@@ -481,11 +595,8 @@ class _Deriver:
         self._release_saved(op, i, live, self.remaining_savers, b._held, frees)
         for t in frees:
             live.discard(t)
-        cost = op.bwd_cost
-        if accumulated_bytes and b.accumulate_time_s is not None and cost.time_s is not None:
-            cost = replace(cost, time_s=cost.time_s + b.accumulate_time_s(accumulated_bytes),
-                           hbm_bytes=cost.hbm_bytes + 3 * accumulated_bytes)
-        self._emit(f"{op.name}.backward", op.kind, Phase.BWD, op.layer, cost, allocs, frees)
+        self._emit(f"{op.name}.backward", op.kind, Phase.BWD, op.layer, _backward_cost(b, op, accumulated_bytes),
+                   allocs, frees, source=(i, True, accumulated_bytes))
 
     def _release_saved(self, op, i, live, remaining_savers, held, frees):
         """Free tensors whose last saving node is op ``i`` (or its checkpoint region)."""
@@ -561,9 +672,31 @@ class _Deriver:
                     frees.append(f)
                     live.discard(f)
             saves = tuple(fresh[t] for t in op.saves if t in first_saver) if op.has_backward else ()
-            self._emit(f"{op.name}.recompute", op.kind, Phase.RECOMPUTE, op.layer, op.cost, allocs, frees, saves)
+            self._emit(f"{op.name}.recompute", op.kind, Phase.RECOMPUTE, op.layer, op.cost, allocs, frees, saves,
+                       source=(j, False, 0))
         for t, j in first_saver.items():
             self._recompute_saves.setdefault(j, []).append(fresh[t])
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """What ``ProgramBuilder.build`` derived, beyond its Workload: the program it derived from
+    (``ProgramBuilder.signature``), the forward op each op came from (index, whether it is
+    that op's backward, the gradient bytes it accumulated; index -1: the loss's gradient), and
+    each leaf's gradient-sized tensors."""
+
+    signature: tuple
+    sources: tuple[tuple[int, bool, int], ...]
+    leaf_grads: dict[int, list[int]]
+
+
+def _backward_cost(b: ProgramBuilder, op: _FwdOp, accumulated_bytes: int) -> Cost:
+    """The cost of ``op``'s backward, with the in-place add of the gradients it accumulates."""
+    cost = op.bwd_cost
+    if accumulated_bytes and b.accumulate_time_s is not None and cost.time_s is not None:
+        cost = replace(cost, time_s=cost.time_s + b.accumulate_time_s(accumulated_bytes),
+                       hbm_bytes=cost.hbm_bytes + 3 * accumulated_bytes)
+    return cost
 
 
 def _grad_bytes(t: _Tensor) -> int:

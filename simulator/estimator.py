@@ -21,11 +21,14 @@ CublasHandlePool.cpp (32 MiB workspace per handle on Hopper), Megatron MFU conve
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from hwmodels.units import GiB, MiB, UserInputError
 from simulator.allocator import AllocatorOOM, predict_reserved, predict_workload_reserved
-from simulator.workload import Phase, Role, Workload, walk_memory
+from simulator.workload import Phase, ResizableWalk, Role, WalkPeak, Workload, walk_memory
 
 RUNTIME_WORKSPACE_BYTES = 2 * 32 * MiB
 """cuBLAS workspaces allocated through the caching allocator: 32 MiB per handle on Hopper
@@ -122,10 +125,13 @@ class _StepSums:
         self.phase_time: dict[str, float] = {}
         self.peak_at = 0.0
 
-    def add(self, ops, peak_oid: int) -> _StepSums:
+    def add(self, ops, peak_oid: int, *, starts_s: list[float] | None = None) -> _StepSums:
+        """Add ``ops``; ``starts_s`` (when given) receives each op's start time."""
         for op in ops:
             if op.oid == peak_oid:
                 self.peak_at = self.t
+            if starts_s is not None:
+                starts_s.append(self.t)
             dt = float(op.time_s or 0.0)
             self.t += dt
             if op.op_class == "comm":
@@ -138,21 +144,6 @@ class _StepSums:
         out = _StepSums()
         out.t, out.comm, out.phase_time, out.peak_at = self.t, self.comm, dict(self.phase_time), self.peak_at
         return out
-
-
-@dataclass(frozen=True)
-class _PeakOf:
-    """What an estimate reads of a `MemoryWalk` (its timeline is not kept)."""
-
-    peak_bytes: int
-    peak_oid: int
-    peak_op_name: str
-    peak_phase: Phase | None
-    peak_breakdown_bytes: dict[str, int]
-
-    @classmethod
-    def of(cls, walk) -> _PeakOf:
-        return cls(walk.peak_bytes, walk.peak_oid, walk.peak_op_name, walk.peak_phase, walk.peak_breakdown_bytes)
 
 
 def _flops(ops) -> tuple[float, float]:
@@ -177,10 +168,10 @@ def _check_training(model, job, node) -> int:
     return num_gpus
 
 
-def _allocator_fit(wl: Workload, job, node) -> tuple[bool, int]:
+def _allocator_fit(wl: Workload, job, node, *, uncapped_peak_bytes: int | None = None) -> tuple[bool, int]:
     """(whether the job's allocator serves every request, peak reserved bytes)."""
     if job.allocator == "caching":
-        return caching_allocator_fit(wl, node.gpu.hbm_capacity_bytes)
+        return caching_allocator_fit(wl, node.gpu.hbm_capacity_bytes, uncapped_peak_bytes=uncapped_peak_bytes)
     return True, predict_reserved(wl, allocator=job.allocator, capacity_bytes=node.gpu.hbm_capacity_bytes)[0]
 
 
@@ -190,13 +181,13 @@ def estimate_training(model, job, node, *, workload: Workload | None = None) -> 
 
     num_gpus = _check_training(model, job, node)
     wl = workload if workload is not None else training_workload(model, job, node=node)
-    walk = _PeakOf.of(walk_memory(wl))
+    walk = WalkPeak.of(walk_memory(wl))
     sums = _StepSums().add(wl.ops, walk.peak_oid)
     return _train_estimate(model, job, node, num_gpus=num_gpus, walk=walk, sums=sums,
                            flops=_flops(wl.ops), num_ops=len(wl.ops), fit=_allocator_fit(wl, job, node))
 
 
-def _train_estimate(model, job, node, *, num_gpus: int, walk: _PeakOf, sums: _StepSums,
+def _train_estimate(model, job, node, *, num_gpus: int, walk: WalkPeak, sums: _StepSums,
                     flops: tuple[float, float], num_ops: int, fit: tuple[bool, int] | None) -> TrainEstimate:
     """The estimate from a step's walk, its sums and its allocator fit (None: not replayed, the
     step's allocated peak is over the HBM already)."""
@@ -250,25 +241,27 @@ class TrainingEstimator:
     """`estimate_training` over the many configurations of a search, with what does not change
     between them computed once: equal results, field for field.
 
-    Per step shape (model and job; the data-parallel degree left out under ZeRO-0, where only
-    the gradient reduction after backward depends on it): the memory walk and the allocator
-    replay (neither depends on the node's speeds; the replay on its HBM capacity). Per shape
-    and node: the step's ops up to the end of backward and their time sums; a configuration
-    then adds its own optimizer tail (`simulator.templates.TrainingStepParts`). An op without
-    allocations or frees (the gradient reduction) never sets a new peak, so one walk serves
-    every ``dp``; the peak op after it (the optimizer step) moves one index on.
-    ``replay_over_capacity=False`` skips the allocator replay of a step whose allocated peak
-    is already over the HBM (it cannot fit): its ``peak_reserved_bytes`` is then None.
-    ``max_steps``: step shapes kept (least recently used dropped); a search visits its
-    configurations grouped by shape."""
+    Per step shape (model and job, the data-parallel degree and the ZeRO stage left out: they
+    only size the model states and set the ops after backward, `simulator.templates.
+    TrainingStepParts`): the memory walk's live intervals (`simulator.workload.ResizableWalk`:
+    a configuration walks them with its own model-state sizes). Per shape and node: the step's
+    ops up to the end of backward, their time sums and start times; a configuration then adds
+    its own optimizer tail (a second node reuses the first's derivation of backward,
+    `simulator.autograd_model.ProgramBuilder.retimed`). Per shape, stage and ``dp`` (ZeRO-0:
+    any ``dp``): the native allocator's uncapped replay; per HBM capacity, its capped one
+    where the uncapped peak is over it. ``replay_over_capacity=False`` skips the replays of a
+    step whose allocated peak is already over the HBM (it cannot fit): its
+    ``peak_reserved_bytes`` is then None. ``max_steps``: step shapes kept (least recently used
+    dropped); a search visits its configurations grouped by shape."""
 
     def __init__(self, *, replay_over_capacity: bool = True, max_steps: int = 8) -> None:
         self.replay_over_capacity = replay_over_capacity
         self.max_steps = max_steps
         self._keys: dict[int, tuple[object, str]] = {}  # id -> (object kept alive, content key)
-        self._walks: dict[tuple, _PeakOf] = {}
+        self._walks: dict[tuple, ResizableWalk] = {}  # (shape, ops after backward)
         self._fits: dict[tuple, tuple[bool, int]] = {}
-        self._steps: dict[tuple, tuple] = {}  # (shape, node) -> (parts, head sums, flops)
+        self._uncapped: dict[tuple, int] = {}  # the native allocator's uncapped peak reserved
+        self._steps: dict[tuple, tuple] = {}  # (shape, node) -> (parts, head sums, head op starts, flops)
 
     def _key(self, obj) -> str:
         hit = self._keys.get(id(obj))
@@ -279,48 +272,84 @@ class TrainingEstimator:
 
     @staticmethod
     def shape_job(job):
-        """The job as its step's memory sees it: ``dp`` 1 and ZeRO-0 when ZeRO shards nothing."""
+        """The job as its step's ops up to the end of backward see it: ``dp`` 1, ZeRO-0."""
         par = job.parallelism
-        if par.dp > 1 and par.zero_stage > 0:
+        if par.dp == 1 and par.zero_stage == 0:
             return job
         return job.model_copy(update={"parallelism": par.model_copy(update={"dp": 1, "zero_stage": 0})})
 
+    @staticmethod
+    def _lru_put(cache: dict, key, value, limit: int) -> None:
+        cache.pop(key, None)
+        while len(cache) >= limit:
+            cache.pop(next(iter(cache)))
+        cache[key] = value  # most recently used last
+
     def estimate(self, model, job, node) -> TrainEstimate:
-        from simulator.templates import training_step_parts
+        from simulator.templates import effective_zero_stage, training_step_parts
 
         num_gpus = _check_training(model, job, node)
+        par = job.parallelism
         shape = (self._key(model), self.shape_job(job))
         step_key = (shape, self._key(node))
-        hit = self._steps.pop(step_key, None)
-        if hit is None:
-            parts = training_step_parts(model, shape[1], node)
-            walk = self._walks.get(shape)
-            if walk is None:
-                walk = self._walks[shape] = _PeakOf.of(walk_memory(parts.workload(shape[1].parallelism.dp)))
-            hit = (parts, _StepSums().add(parts.head.ops, walk.peak_oid), _flops(parts.head.ops))
-            while len(self._steps) >= self.max_steps:
-                self._steps.pop(next(iter(self._steps)))
-        self._steps[step_key] = hit  # most recently used last
-        parts, head_sums, flops = hit
-        walk = self._walks[shape]
-        tail = parts.tail_ops(job.parallelism.dp)
-        num_head = len(parts.head.ops)
-        if walk.peak_oid >= num_head:  # the optimizer step, behind the gradient reduction if any
-            walk = _PeakOf(walk.peak_bytes, num_head + len(tail) - 1, walk.peak_op_name, walk.peak_phase,
-                           walk.peak_breakdown_bytes)
-        sums = head_sums.copy().add(tail, walk.peak_oid)
+        hit = self._steps.get(step_key)
+        if hit is None:  # the derivation of the same shape on another node serves this node's ops
+            like = next((v[0] for k, v in self._steps.items() if k[0] == shape), None)
+            with _collector_paused():
+                parts = training_step_parts(model, shape[1], node, like=like)
+            starts: list[float] = []
+            hit = (parts, _StepSums().add(parts.head.ops, -2, starts_s=starts), starts, _flops(parts.head.ops))
+        self._lru_put(self._steps, step_key, hit, self.max_steps)
+        parts, head_sums, head_starts, flops = hit
+        zero = effective_zero_stage(par.zero_stage, par.dp)
+        sizes, tail = parts.at(zero, par.dp)
+        walk_key = (shape, len(tail))
+        rw = self._walks.get(walk_key)
+        if rw is None:
+            with _collector_paused():
+                rw = ResizableWalk(parts.workload_at(zero, par.dp), sizes)
+        self._lru_put(self._walks, walk_key, rw, 2 * self.max_steps)
+        walk = rw.peak(sizes)
+        sums = head_sums.copy()
+        if 0 <= walk.peak_oid < len(head_starts):
+            sums.peak_at = head_starts[walk.peak_oid]
+        sums.add(tail, walk.peak_oid)
         capacity = node.gpu.hbm_capacity_bytes
         fit: tuple[bool, int] | None = None
         if self.replay_over_capacity or walk.peak_bytes + RUNTIME_WORKSPACE_BYTES <= capacity:
-            fit_key = (shape, capacity)
-            fit = self._fits.get(fit_key)
+            states_key = (shape, zero, par.dp if zero else None)  # what the allocator's requests depend on
+            fit = self._fits.get((states_key, capacity))
             if fit is None:
-                fit = self._fits[fit_key] = _allocator_fit(parts.workload(job.parallelism.dp), job, node)
+                wl = parts.workload_at(zero, par.dp)
+                uncapped = None
+                with _collector_paused():
+                    if job.allocator == "caching":  # shared by every capacity
+                        uncapped = self._uncapped.get(states_key)
+                        if uncapped is None:
+                            uncapped = self._uncapped[states_key] = uncapped_reserved_bytes(wl)
+                    fit = _allocator_fit(wl, job, node, uncapped_peak_bytes=uncapped)
+                self._fits[(states_key, capacity)] = fit
         return _train_estimate(model, job, node, num_gpus=num_gpus, walk=walk, sums=sums, flops=flops,
-                               num_ops=num_head + len(tail), fit=fit)
+                               num_ops=len(parts.head.ops) + len(tail), fit=fit)
 
 
-def caching_allocator_fit(wl: Workload, hbm_capacity_bytes: int) -> tuple[bool, int]:
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while a step is built, walked or replayed, as it
+    was before after: each of those makes tens of thousands of objects (ops, tensors, allocator
+    blocks), and every few hundred the collector would scan the steps already cached (it took
+    40% of a search's time). What they leave in cycles is collected once it is back on."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
+def caching_allocator_fit(wl: Workload, hbm_capacity_bytes: int, *,
+                          uncapped_peak_bytes: int | None = None) -> tuple[bool, int]:
     """Whether PyTorch's native caching allocator serves every request of two steps of ``wl``
     on a GPU of ``hbm_capacity_bytes``, and the peak reserved bytes.
 
@@ -331,16 +360,24 @@ def caching_allocator_fit(wl: Workload, hbm_capacity_bytes: int) -> tuple[bool, 
     ``optimizer.step``, as torch.optim does: they land in the blocks the first step's
     activations left cached and split them, which is what made the whole Llama-3.1-8B + fused
     AdamW + checkpointing at 48K run out of memory on the H200 in its second step (23.5 GiB of
-    fp32 logits asked, 23.4 GiB cached in fragments) while 128.9 GiB allocated fit. Uncapped,
-    the peak reserved of that sequence is reported."""
+    fp32 logits asked, 23.4 GiB cached in fragments) while 128.9 GiB allocated fit. The peak
+    reported is the uncapped replay's (``uncapped_peak_bytes``, when the caller has it): a
+    capped replay runs as the uncapped one until it would pass the cap, so it is needed only
+    when the uncapped peak is over the cap (and then it retries or runs out of memory)."""
     cap = hbm_capacity_bytes - NON_ALLOCATABLE_BYTES
+    peak = uncapped_peak_bytes if uncapped_peak_bytes is not None else uncapped_reserved_bytes(wl)
+    if peak <= cap:
+        return True, peak
     try:
-        rep = predict_workload_reserved(wl, num_steps=2, capacity_bytes=cap, lazy_optimizer_states=True)
+        predict_workload_reserved(wl, num_steps=2, capacity_bytes=cap, lazy_optimizer_states=True)
     except AllocatorOOM:
-        return False, predict_workload_reserved(wl, num_steps=2, lazy_optimizer_states=True).peak_reserved_bytes
-    if rep.num_alloc_retries:  # the capped peak is the cap's: report the uncapped one
-        return True, predict_workload_reserved(wl, num_steps=2, lazy_optimizer_states=True).peak_reserved_bytes
-    return True, rep.peak_reserved_bytes
+        return False, peak
+    return True, peak
+
+
+def uncapped_reserved_bytes(wl: Workload) -> int:
+    """Peak reserved bytes of two steps of ``wl`` under the native caching allocator, uncapped."""
+    return predict_workload_reserved(wl, num_steps=2, lazy_optimizer_states=True).peak_reserved_bytes
 
 
 @dataclass(frozen=True)

@@ -213,10 +213,11 @@ class TrainJob(_JobBase):
     ``freed``, ``loss = model(ids, labels=ids).loss; loss.backward()`` (Hugging Face Trainer's
     ``compute_loss``, torchtitan, Lightning), drops it when the forward returns, so the logits
     are gone before backward; ``kept``, ``out = model(ids, labels=ids); out.loss.backward()``,
-    holds ``out.logits`` through backward and the optimizer step. Only a model whose forward
-    computes the loss and returns the logits (Hugging Face) has such an object: the form of a
-    bare layer stack's loop (its caller keeps the stack output, as the reference probe does)
-    and of Megatron's (the loss never returns the logits) is fixed, whatever this says.
+    holds ``out.logits`` through backward and the optimizer step. For a bare layer stack the
+    object is the stack's output: ``freed`` when the loss is computed inside the forward (the
+    executor's ``validate.model.Decoder``), ``kept`` when the caller holds it (the reference
+    probe's ``x.float().pow(2).mean().backward()``). Megatron's form is fixed (its loss never
+    returns the logits), whatever this says.
     Omitted from dumps when ``freed``, so that files and content hashes written before the
     field existed read the same."""
 

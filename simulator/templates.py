@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hwmodels.units import UserInputError
 from kernels.attention import attention_bwd_cost, attention_fwd_cost, attention_fwd_flops
@@ -43,7 +43,7 @@ from kernels.cost import MATMUL_OP_CLASSES, KernelCost, combine
 from kernels.elementwise import embedding_backward_workspace_bytes, minimal_traffic_bytes
 from kernels.gemm import linear_bwd_costs, linear_fwd_cost
 from kernels.quant import KIVI_KV_DTYPES
-from simulator.autograd_model import ZERO_COST, Cost, ProgramBuilder, add_costs
+from simulator.autograd_model import ZERO_COST, Cost, Derivation, ProgramBuilder, add_costs
 from simulator.workload import Role, Workload
 
 FP32_BYTES = 4
@@ -62,14 +62,13 @@ is a deliberately cautious bound until multi-GPU runs calibrate it)."""
 
 def effective_model_output(model, job) -> str:
     """The loop form the templates model for ``model`` under ``job``: the job's ``model_output``
-    for a Hugging Face model (its forward returns the logits with the loss), "kept" for a bare
-    layer stack (its caller computes the loss from the output it holds, as the reference probe
-    does), "freed" for Megatron GPT (its loss never returns the logits)."""
-    base = code_base(model)
-    if base == "megatron":
+    for a Hugging Face model (its forward returns the logits with the loss) and for a bare layer
+    stack (``freed``: the loss is computed inside the forward, as the executor's ``Decoder``
+    does, and the stack output dies with it; ``kept``: the caller holds it through backward, as
+    the reference probe's ``x.float().pow(2).mean().backward()`` does), "freed" for Megatron GPT
+    (its loss never returns the logits)."""
+    if code_base(model) == "megatron":
         return "freed"
-    if base == "stack":
-        return "kept"
     return getattr(job, "model_output", "freed")
 
 
@@ -79,6 +78,11 @@ def code_base(model) -> str:
     if model.family == "gpt":
         return "megatron"
     return "hf" if (model.has_embedding or model.has_lm_head) else "stack"
+
+
+def effective_zero_stage(zero_stage: int, dp: int) -> int:
+    """The ZeRO stage a job runs: none without data parallelism to shard over."""
+    return zero_stage if dp > 1 else 0
 
 
 def _round_up(x: int, m: int) -> int:
@@ -248,7 +252,21 @@ class _Program:
         self.num_local_params = 0  # parameters this GPU holds (after tp, before ZeRO-3)
         self.max_param_numel = 0  # elements of the largest of them
         self.dp = parallel.dp if parallel is not None else 1
-        self.zero = parallel.zero_stage if parallel is not None and self.dp > 1 else 0
+        self.zero = effective_zero_stage(parallel.zero_stage if parallel is not None else 0, self.dp)
+        self.param_numel: dict[int, int] = {}  # weight tid -> its elements on this GPU
+        self.state_tids: tuple[int, ...] = ()  # the optimizer's persistent states, in `optimizer_at`'s order
+        self.repeat_layers = not inference  # record a layer's program once, copy it to the others (`layers`)
+
+    def param_shard_bytes(self, numel: int, *, zero: int, dp: int) -> tuple[int, int]:
+        """(weight bytes, gradient bytes) of a parameter of ``numel`` elements on this GPU under
+        ZeRO stage ``zero`` over ``dp`` replicas: ZeRO-2 shards the gradient, ZeRO-3 the weight."""
+        w_bytes = numel * self.param_bytes
+        g_bytes = int(numel * self.grad_elem_bytes)
+        if zero >= 3:
+            w_bytes = -(-w_bytes // dp)
+        if zero >= 2:
+            g_bytes = -(-g_bytes // dp)
+        return w_bytes, g_bytes
 
     def weight(self, name: str, numel: int, layer) -> int:
         """A parameter of ``numel`` elements on this GPU; ZeRO-2 shards its gradient and ZeRO-3
@@ -256,13 +274,10 @@ class _Program:
         gathered copies are the layer's transient all-gather buffer)."""
         self.num_local_params += numel
         self.max_param_numel = max(self.max_param_numel, numel)
-        w_bytes = numel * self.param_bytes
-        g_bytes = int(numel * self.grad_elem_bytes)
-        if self.zero >= 3:
-            w_bytes = -(-w_bytes // self.dp)
-        if self.zero >= 2:
-            g_bytes = -(-g_bytes // self.dp)
-        return self.b.param(name, w_bytes, layer, grad_bytes=g_bytes)
+        w_bytes, g_bytes = self.param_shard_bytes(numel, zero=self.zero, dp=self.dp)
+        tid = self.b.param(name, w_bytes, layer, grad_bytes=g_bytes)
+        self.param_numel[tid] = numel
+        return tid
 
     @contextmanager
     def measured_group(self, variant: str, *, op: str, width: int, head_dim: int | None = None,
@@ -1017,60 +1032,70 @@ class _Program:
 
         AdamW keeps two moments per parameter in ``optimizer_state_dtype`` (torch.optim.AdamW on
         bf16 weights keeps them in bf16: set the job's dtype accordingly) and, with master
-        weights, an fp32 copy; ZeRO-1+ shards both over data-parallel ranks. Its transient, where
-        a GPU steps the whole model (no tensor or context parallelism, no ZeRO: data-parallel
-        replicas step alike) with moments wider than the parameters (the executor's recipe,
-        ``validate.model_states.ModelStates._gpu_step``, one parameter at a time): the largest
-        parameter's fp32 gradient and, without master weights, its fp32 copy. Otherwise, as
-        before (no sharded step was measured): without master weights a temporary of every
-        parameter at once in the moments' dtype (torch.optim.AdamW's foreach implementation on
-        the parameters themselves: sqrt of the second moment), with them none.
+        weights, an fp32 copy; ZeRO-1+ shards both over data-parallel ranks. Its transient, without
+        tensor or context parallelism and with moments wider than the parameters (the executor's
+        recipe, ``validate.model_states.ModelStates._gpu_step``, one parameter at a time): the
+        largest parameter's fp32 gradient and, without master weights, its fp32 copy (of its
+        ZeRO shard). Otherwise, as before (no such step was measured): without master weights a
+        temporary of every parameter at once in the moments' dtype (torch.optim.AdamW's foreach
+        implementation on the parameters themselves: sqrt of the second moment), with them none.
+        (Whether it exists does not depend on the ZeRO stage: one step serves every stage.)
         """
+        states, step, transient = self.optimizer_at(zero=self.zero, dp=self.dp)
+        self.state_tids = tuple(self.b.state(name, num_bytes, role) for name, num_bytes, role in states)
+        if step is None:
+            return
+        ws = self.b.tensor("optimizer.workspace", transient, Role.WORKSPACE, None, requires_grad=False) if transient else None
+        self._optimizer_op = (step, self.dp_comm_time_s(self.dp), ws)
+
+    def optimizer_at(self, *, zero: int, dp: int) -> tuple[tuple[tuple[str, int, Role], ...], Cost | None, int]:
+        """The optimizer of this GPU under ZeRO stage ``zero`` over ``dp`` replicas: its persistent
+        states (name, bytes, role), its step's cost (None: no optimizer) and its transient bytes."""
         from simulator.job import dtype_bytes
 
         job = self.job
         n = self.num_local_params
-        shard = self.dp if self.zero >= 1 else 1
+        shard = dp if zero >= 1 else 1
         n_opt = -(-n // shard)
         state_b = dtype_bytes(job.optimizer_state_dtype)
-        b = self.b
+        states: list[tuple[str, int, Role]] = []
         reads = writes = 0
         if job.master_weights:
-            b.state("master_weights", int(n_opt * 4), Role.MASTER_WEIGHT)
+            states.append(("master_weights", int(n_opt * 4), Role.MASTER_WEIGHT))
             reads += n_opt * 4
             writes += n_opt * 4
         transient = 0
         if job.optimizer == "adamw":
             for j in range(2):
-                b.state(f"adamw.moment{j + 1}", int(n_opt * state_b), Role.OPTIMIZER_STATE)
+                states.append((f"adamw.moment{j + 1}", int(n_opt * state_b), Role.OPTIMIZER_STATE))
             reads += int(n_opt * (2 * state_b + self.grad_elem_bytes + self.param_bytes))
             writes += int(n_opt * (2 * state_b + self.param_bytes))
-            whole_states = self.tp * self.cp == 1 and self.zero == 0  # each replica steps them all
-            if whole_states and (state_b != self.param_bytes or job.master_weights):
-                transient = self.max_param_numel * FP32_BYTES * (1 if job.master_weights else 2)
+            whole_layers = self.tp * self.cp == 1  # the executor's: no tensor or context parallelism
+            if whole_layers and (state_b != self.param_bytes or job.master_weights):
+                transient = -(-self.max_param_numel // shard) * FP32_BYTES * (1 if job.master_weights else 2)
             elif not job.master_weights:
                 transient = int(n_opt * state_b)
         elif job.optimizer == "sgd":
             reads += int(n_opt * (self.grad_elem_bytes + self.param_bytes))
             writes += int(n_opt * self.param_bytes)
         if job.optimizer == "none":
-            return
-        step = self.cost(_mem("optimizer_step", read_bytes=reads, write_bytes=writes))
-        ws = self.b.tensor("optimizer.workspace", transient, Role.WORKSPACE, None, requires_grad=False) if transient else None
-        self._optimizer_op = (step, self.dp_comm_time_s(self.dp), ws)
+            return tuple(states), None, 0
+        return tuple(states), self.cost(_mem("optimizer_step", read_bytes=reads, write_bytes=writes)), transient
 
-    def dp_comm_time_s(self, dp: int) -> float:
+    def dp_comm_time_s(self, dp: int, *, zero: int | None = None) -> float:
         """The data-parallel gradient reduction before the optimizer step over ``dp`` replicas,
-        then (ZeRO-1/2) the all-gather of the updated parameter shards after it. Under ZeRO-0
-        nothing else of the step depends on ``dp``: `simulator.estimator.TrainingEstimator`
-        reuses one step for every ``dp`` through this."""
+        then (ZeRO-1/2) the all-gather of the updated parameter shards after it, under ZeRO stage
+        ``zero`` (None: the job's). Nothing else of the step's ops depends on ``dp`` or the
+        stage (they size the model states only, `TrainingStepParts.at`):
+        `simulator.estimator.TrainingEstimator` reuses one step for every ``dp`` and stage."""
         n = self.num_local_params
+        zero = self.zero if zero is None else effective_zero_stage(zero, dp)
         grad_bytes = int(n * self.grad_elem_bytes)
         multi_node = self.node is not None and self.tp * self.cp * dp > self.node.num_gpus
-        if self.zero == 0:
+        if zero == 0:
             return self.comm_time_s("all_reduce", grad_bytes, dp, network=multi_node)
         comm = self.comm_time_s("reduce_scatter", grad_bytes, dp, network=multi_node)
-        if self.zero in (1, 2):
+        if zero in (1, 2):
             comm += self.comm_time_s("all_gather", int(n * self.param_bytes), dp, network=multi_node)
         return comm
 
@@ -1114,18 +1139,62 @@ class _Program:
                                       requires_grad=False)
             self.b.op("create_mask", "mask", None, inputs=[], outputs=[self.mask], has_backward=False,
                       cost=self.cost(_mem("mask", read_bytes=0, write_bytes=s.batch * s.seq_len * s.seq_len)))
+        recorded: dict[tuple, tuple] = {}  # a layer's variant -> (layer, input, output, start, end)
         for i in range(self.m.num_layers):
-            full = self.layer_checkpointing.get(i, checkpointing) == "full"
-            if full:
+            ckpt = self.layer_checkpointing.get(i, checkpointing)
+            variant = (ckpt, self.mlp_chunks.get(i, 1))
+            if self.repeat_layers and variant in recorded:
+                copy = self._repeat_layer(i, x, *recorded[variant])
+                if copy is not None:
+                    x = copy
+                    continue
+            start, x_in = self.b.mark(), x
+            if ckpt == "full":
                 self.b.begin_checkpoint([x] + ([cos, sin] if cos is not None else []))
             x = self.decoder_layer(i, x, cos, sin)
-            if full:
+            if ckpt == "full":
                 self.b.end_checkpoint()
+            recorded.setdefault(variant, (i, x_in, x, start, self.b.mark()))
         if self.mask is not None:  # the model's forward drops its mask when it returns
             self.b.op("release_mask", "release", None, inputs=[self.mask], has_backward=False)
         return x
 
+    def _repeat_layer(self, i: int, x: int, j: int, x_in: int, x_out: int, start, end) -> int | None:
+        """Decoder layer ``i`` on ``x`` as a copy of layer ``j`` (recorded on ``x_in`` between the
+        marks ``start`` and ``end``, returning ``x_out``): every layer of a model runs the same
+        program on the same shapes (`_Program.decoder_layer` reads ``i`` only for names, the
+        layer index and the per-layer overrides, which the caller matched). Returns layer
+        ``i``'s output, or None (nothing recorded) when the block cannot be copied."""
+        b, prefix = self.b, f"layers.{j}."
+        t0, o0 = start.num_tensors, start.num_ops
+        if not all(t.name.startswith(prefix) for t in b._tensors[t0:end.num_tensors]) or \
+                not all(op.name.startswith(prefix) for op in b._ops[o0:end.num_ops]):
+            return None
+        new = f"layers.{i}."
+        tmap = b.repeat(start, end, inputs={x_in: x}, rename=lambda name: new + name[len(prefix):], layer=(j, i))
+        if tmap is None:
+            return None
+        for tid in range(t0, end.num_tensors):
+            numel = self.param_numel.get(tid)
+            if numel is not None:
+                self.num_local_params += numel
+                self.param_numel[tmap[tid]] = numel
+        return tmap.get(x_out, x if x_out == x_in else x_out)
+
     def training_step(self) -> Workload:
+        self.record_training_step()
+        wl = self.b.build(meta=self.meta)
+        return _append_optimizer(wl, getattr(self, "_optimizer_op", None))
+
+    @property
+    def meta(self) -> dict:
+        """The training Workload's meta: its producer and model, and the parameters' element bytes
+        and master-weight choice (what a CPU optimizer step's fp32 scratch follows from)."""
+        return {"producer": "templates", "model": self.m.name, "param_elem_bytes": self.param_bytes,
+                "master_weights": bool(getattr(self.job, "master_weights", False))}
+
+    def record_training_step(self) -> None:
+        """Record the step's forward program, the optimizer's states and step (not derived)."""
         m, s, b, job = self.m, self.s, self.b, self.job
         T = s.tokens
         h = s.hidden
@@ -1150,8 +1219,7 @@ class _Program:
                 b.op("final_norm.release_input", "release", None, inputs=[stack_out], has_backward=False)
                 b.hold(loss)
                 self.optimizer()
-                wl = b.build(meta=self.training_meta())
-                return _append_optimizer(wl, getattr(self, "_optimizer_op", None))
+                return
             logits = self.linear("lm_head", x, h, s.vocab, None, tokens=T, role=Role.LOGITS,
                                  weight=emb_w if tied else None)
             tv = T * s.vocab
@@ -1162,7 +1230,8 @@ class _Program:
         else:
             n = s.norm_tokens * h
             x32 = self.act("loss.x_fp32", n, Role.LOGITS_FP32, None, FP32_BYTES)
-            b.hold(x)  # the caller's variable keeps the stack output alive through backward
+            if effective_model_output(m, job) == "kept":
+                b.hold(x)  # the caller's variable keeps the stack output alive through backward
             b.op("loss.to_fp32", "loss_to_copy", None, inputs=[x], outputs=[x32],
                  cost=self.cost(_mem("upcast", read_bytes=n * s.act_bytes, write_bytes=n * FP32_BYTES)),
                  bwd_cost=self.cost(_mem("downcast", read_bytes=n * FP32_BYTES, write_bytes=n * s.act_bytes)))
@@ -1177,24 +1246,53 @@ class _Program:
                  bwd_cost=self.cost(_mem("mean_bwd", read_bytes=0, write_bytes=n * FP32_BYTES)))
         b.hold(loss)
         self.optimizer()
-        wl = b.build(meta=self.training_meta())
-        return _append_optimizer(wl, getattr(self, "_optimizer_op", None))
 
-    def training_meta(self) -> dict:
-        """The training Workload's meta: its producer and model, and the parameters' element bytes
-        and master-weight choice (what a CPU optimizer step's fp32 scratch follows from)."""
-        return {"producer": "templates", "model": self.m.name, "param_elem_bytes": self.param_bytes,
-                "master_weights": bool(getattr(self.job, "master_weights", False))}
-
-    def training_step_parts(self) -> TrainingStepParts:
-        """The step before its optimizer tail, and that tail's pieces (`TrainingStepParts`)."""
-        wl = self.training_step()
+    def training_step_parts(self, like: TrainingStepParts | None = None) -> TrainingStepParts:
+        """The step before its optimizer tail, and that tail's pieces (`TrainingStepParts`).
+        ``like``: the parts of the same model and job on another node: its derivation is
+        reused (`ProgramBuilder.retimed`) when the programs differ in their costs only."""
+        self.record_training_step()
+        head = None
+        if like is not None and like.derivation is not None:
+            head = self.b.retimed(like.head, like.derivation)
+        if head is None:
+            head = self.b.build(meta=self.meta)
         spec = getattr(self, "_optimizer_op", None)
-        if spec is None:
-            return TrainingStepParts(wl, None, None, 0.0, self.dp_comm_time_s)
-        num_tail = 2 if spec[1] else 1
-        head = Workload(tensors=wl.tensors, ops=wl.ops[:-num_tail], initial=wl.initial, meta=wl.meta)
-        return TrainingStepParts(head, spec[0], spec[2], _bwd_time_s(head.ops), self.dp_comm_time_s)
+        workspace = None if spec is None else spec[2]
+        return TrainingStepParts(head, workspace, _bwd_time_s(head.ops) if spec is not None else 0.0,
+                                 self.dp_comm_time_s, self.model_state_bytes, self.b.derivation)
+
+    def _params_by_numel(self) -> dict[int, tuple[list[int], list[int]]]:
+        """numel -> (the weights of that many elements, their gradient-sized tensors), once built."""
+        hit = self.__dict__.get("_by_numel")
+        if hit is None:
+            hit = {}
+            for tid, numel in self.param_numel.items():
+                weights, grads = hit.setdefault(numel, ([], []))
+                weights.append(tid)
+                grads.extend(self.b.leaf_grads.get(tid, ()))
+            self._by_numel = hit
+        return hit
+
+    def model_state_bytes(self, zero_stage: int, dp: int) -> tuple[dict[int, int], Cost | None]:
+        """After the step is built: the bytes of every tensor whose size depends on the ZeRO stage
+        and the data-parallel degree (weights, their gradients, the optimizer's states and
+        transient) under ``zero_stage`` over ``dp`` replicas, by tid, and the optimizer step's
+        cost there (None: no optimizer)."""
+        zero = effective_zero_stage(zero_stage, dp)
+        out: dict[int, int] = {}
+        for numel, (weights, grads) in self._params_by_numel().items():  # a few sizes, many tensors
+            w_bytes, g_bytes = self.param_shard_bytes(numel, zero=zero, dp=dp)
+            out.update(dict.fromkeys(weights, w_bytes))
+            out.update(dict.fromkeys(grads, g_bytes))
+        states, step, transient = self.optimizer_at(zero=zero, dp=dp)
+        for tid, (_, num_bytes, _) in zip(self.state_tids, states, strict=True):
+            out[tid] = num_bytes
+        spec = getattr(self, "_optimizer_op", None)
+        if spec is not None and spec[2] is not None:
+            assert transient, "the optimizer's transient exists at every ZeRO stage and dp or at none"
+            out[spec[2]] = transient
+        return out, step
 
     def inference_step(self) -> Workload:
         """Prefill (``decode_context_len`` None) or one decode step, under torch.no_grad.
@@ -1299,27 +1397,36 @@ def optimizer_tail_ops(first_oid: int, *, step: Cost, workspace: int | None, com
 @dataclass(frozen=True)
 class TrainingStepParts:
     """One training step split before its optimizer tail: ``head`` (every op up to the end of
-    backward), the optimizer step's cost and workspace (``step`` None: no optimizer), the
-    backward compute time that hides the gradient reduction, and the reduction's time as a
-    function of the data-parallel degree. ``workload(dp)`` is `training_workload`'s result
-    for the job at that ``dp`` when nothing else depends on it (ZeRO-0)."""
+    backward), the optimizer's workspace tensor, the backward compute time that hides the
+    gradient reduction, the reduction's time as a function of the data-parallel degree and the
+    ZeRO stage, and the model states' sizes and the optimizer step's cost as a function of
+    both (`_Program.model_state_bytes`). The ops up to the end of backward depend on neither:
+    ``workload_at(zero_stage, dp)`` is `training_workload`'s result for the job at that stage
+    and ``dp`` (the head's tensors resized, its own tail)."""
 
     head: Workload
-    step: Cost | None
     workspace: int | None
     bwd_s: float
-    dp_comm_time_s: Callable[[int], float]
+    dp_comm_time_s: Callable[..., float]
+    model_state_bytes: Callable[[int, int], tuple[dict[int, int], Cost | None]]
+    derivation: Derivation | None = None
 
-    def tail_ops(self, dp: int) -> tuple:
-        if self.step is None:
-            return ()
-        comm_s = self.dp_comm_time_s(dp)
-        return optimizer_tail_ops(len(self.head.ops), step=self.step, workspace=self.workspace,
-                                  comm_s=comm_s, bwd_s=self.bwd_s if comm_s else 0.0)
+    def at(self, zero_stage: int, dp: int) -> tuple[dict[int, int], tuple]:
+        """(the requested bytes of the tensors whose size depends on the ZeRO stage and ``dp``,
+        by tid; the ops after backward) of the job at ``zero_stage`` over ``dp`` replicas."""
+        sizes, step = self.model_state_bytes(zero_stage, dp)
+        if step is None:
+            return sizes, ()
+        comm_s = self.dp_comm_time_s(dp, zero=zero_stage)
+        return sizes, optimizer_tail_ops(len(self.head.ops), step=step, workspace=self.workspace,
+                                         comm_s=comm_s, bwd_s=self.bwd_s if comm_s else 0.0)
 
-    def workload(self, dp: int) -> Workload:
+    def workload_at(self, zero_stage: int, dp: int) -> Workload:
+        sizes, tail = self.at(zero_stage, dp)
         h = self.head
-        return Workload(tensors=h.tensors, ops=h.ops + self.tail_ops(dp), initial=h.initial, meta=h.meta)
+        tensors = tuple(t if sizes.get(t.tid, t.num_bytes) == t.num_bytes else replace(t, num_bytes=sizes[t.tid])
+                        for t in h.tensors)
+        return Workload(tensors=tensors, ops=h.ops + tail, initial=h.initial, meta=h.meta)
 
 
 def training_workload(model, job, node=None, *, layer_checkpointing=None, lm_head_chunks: int = 1,
@@ -1339,9 +1446,10 @@ def training_workload(model, job, node=None, *, layer_checkpointing=None, lm_hea
     return prog.training_step()
 
 
-def training_step_parts(model, job, node=None) -> TrainingStepParts:
-    """`training_workload`'s step split before the optimizer tail (`TrainingStepParts`)."""
-    return _Program(model, job, job.parallelism, node, grads_persist=job.grads_persist).training_step_parts()
+def training_step_parts(model, job, node=None, *, like: TrainingStepParts | None = None) -> TrainingStepParts:
+    """`training_workload`'s step split before the optimizer tail (`TrainingStepParts`);
+    ``like``: the same model and job's parts on another node, to reuse its derivation."""
+    return _Program(model, job, job.parallelism, node, grads_persist=job.grads_persist).training_step_parts(like)
 
 
 def gpu_link(node, *, network: bool = False):

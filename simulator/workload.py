@@ -17,8 +17,10 @@ allocator fragmentation (`reserved` > `allocated`), which the allocator model pr
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 ALLOCATOR_ROUND_BYTES = 512  # PyTorch CUDA caching allocator: every block is a multiple of 512 B
 
@@ -214,6 +216,116 @@ def walk_memory(workload: Workload, *, rounded: bool = True) -> MemoryWalk:
         final_bytes=total,
         timeline=tuple(timeline),
     )
+
+
+@dataclass(frozen=True)
+class WalkPeak:
+    """What an estimate reads of a walk: the peak, where it happens, and what is live then."""
+
+    peak_bytes: int
+    peak_oid: int  # -1 when the peak is the initial state
+    peak_op_name: str
+    peak_phase: Phase | None
+    peak_breakdown_bytes: dict[str, int]  # role -> live bytes at the peak (roles sorted, zeros left out)
+
+    @classmethod
+    def of(cls, walk: MemoryWalk) -> WalkPeak:
+        return cls(walk.peak_bytes, walk.peak_oid, walk.peak_op_name, walk.peak_phase, walk.peak_breakdown_bytes)
+
+
+class ResizableWalk:
+    """`walk_memory` of one Workload for many sizes of some of its tensors (``resizable``: the
+    model states, whose sizes the ZeRO stage and the data-parallel degree set while the ops stay
+    the same): each tensor's live interval is found once, then ``peak(sizes)`` gives the peak
+    that `walk_memory` gives on the workload with those sizes, in integer numpy arithmetic.
+
+    Positions: 0 is the step start, k + 1 is op k just after its allocations; a tensor is live
+    from the position of the op that allocates it (0: initial) to that of the op that frees it
+    (the last position: never freed). `walk_memory`'s strict ``>`` is numpy's first maximum."""
+
+    def __init__(self, workload: Workload, resizable: Iterable[int], *, rounded: bool = True):
+        import numpy as np
+
+        index = workload._by_id()
+        n = len(workload.ops)
+        opened: dict[int, int] = {}  # live tid -> its interval's index
+        intervals: list[list[int]] = []  # [tid, first position, last position]
+        for tid in workload.initial:
+            if tid in opened:
+                raise WorkloadError(f"tensor {index[tid].name} listed twice in initial")
+            opened[tid] = len(intervals)
+            intervals.append([tid, 0, n])
+        for k, op in enumerate(workload.ops):
+            for tid in op.allocs:
+                if tid in opened:
+                    raise WorkloadError(f"op {op.name} allocates {index[tid].name}, already live")
+                opened[tid] = len(intervals)
+                intervals.append([tid, k + 1, n])
+            for tid in op.frees:
+                if tid not in opened:
+                    raise WorkloadError(f"op {op.name} frees {index[tid].name}, which is not live")
+                intervals[opened.pop(tid)][2] = k + 1
+        self.rounded = rounded
+        self.ops = workload.ops
+        self.roles = tuple(sorted({t.role.value for t in index.values()}))
+        code = {r: i for i, r in enumerate(self.roles)}
+        moving = set(resizable)
+        fixed = [iv for iv in intervals if iv[0] not in moving]
+        resized = [iv for iv in intervals if iv[0] in moving]
+
+        role_code = {tid: code[t.role.value] for tid, t in index.items()}
+
+        def arrays(ivs):
+            a = np.array(ivs, dtype=np.int64).reshape(-1, 3)
+            return a[:, 1], a[:, 2], np.fromiter(map(role_code.__getitem__, a[:, 0].tolist()), dtype=np.int64,
+                                                 count=len(a))
+
+        self._fixed_start, self._fixed_end, self._fixed_role = arrays(fixed)
+        size = np.fromiter((index[iv[0]].num_bytes for iv in fixed), dtype=np.int64, count=len(fixed))
+        self._fixed_size = _rounded(size) if rounded else size
+        delta = np.zeros(n + 2, dtype=np.int64)
+        np.add.at(delta, self._fixed_start, self._fixed_size)
+        np.add.at(delta, self._fixed_end + 1, -self._fixed_size)
+        self._fixed_total = np.cumsum(delta)[: n + 1]
+        self.resized_tids = tuple(iv[0] for iv in resized)  # one per live interval
+        self._start, self._end, self._role = arrays(resized)
+        self._fixed_roles_at: dict[int, Any] = {}
+
+    def peak(self, sizes: dict[int, int]) -> WalkPeak:
+        """The walk's peak with the resizable tensors at ``sizes`` (requested bytes, by tid)."""
+        import numpy as np
+
+        s = np.fromiter(map(sizes.__getitem__, self.resized_tids), dtype=np.int64, count=len(self.resized_tids))
+        if self.rounded:
+            s = _rounded(s)
+        delta = np.zeros(len(self._fixed_total) + 1, dtype=np.int64)
+        np.add.at(delta, self._start, s)
+        np.add.at(delta, self._end + 1, -s)
+        total = self._fixed_total + np.cumsum(delta)[:-1]
+        p = int(np.argmax(total))
+        roles = self._fixed_roles_at.get(p)
+        if roles is None:
+            roles = np.zeros(len(self.roles), dtype=np.int64)
+            at = (self._fixed_start <= p) & (p <= self._fixed_end)
+            np.add.at(roles, self._fixed_role[at], self._fixed_size[at])
+            self._fixed_roles_at[p] = roles
+        roles = roles.copy()
+        at = (self._start <= p) & (p <= self._end)
+        np.add.at(roles, self._role[at], s[at])
+        breakdown = {r: int(v) for r, v in zip(self.roles, roles.tolist(), strict=True) if v}
+        if p == 0:
+            return WalkPeak(int(total[0]), -1, "<step start>", None, breakdown)
+        op = self.ops[p - 1]
+        return WalkPeak(int(total[p]), op.oid, op.name, op.phase, breakdown)
+
+
+def _rounded(num_bytes):
+    """`allocator_rounded_bytes` of each of a numpy array of sizes (few distinct ones)."""
+    import numpy as np
+
+    distinct, where = np.unique(num_bytes, return_inverse=True)
+    rounded = np.fromiter(map(allocator_rounded_bytes, distinct.tolist()), dtype=np.int64, count=len(distinct))
+    return rounded[where.reshape(-1)]
 
 
 def saved_bytes_by_layer(workload: Workload, *, phase: Phase = Phase.FWD) -> dict[int | None, int]:

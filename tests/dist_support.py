@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import os
 import socket
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch._dynamo  # noqa: F401  fully_shard imports it on first use: once here, not per rank
@@ -73,20 +73,38 @@ def _reference(layer, x, rope, w):
     return out.detach(), xr.grad, ref
 
 
+class LayerCase(NamedTuple):
+    """One dtype's inputs of a parallel-layer test and the one-process answers to compare with."""
+
+    layer: Any  # the seeded decoder layer (seed 3), whole: the parallel run shards it
+    x: torch.Tensor  # [B=2, T, h] input
+    w: torch.Tensor  # [B=2, T, h] fp32 weights of the loss sum(out * w)
+    rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin tables for T positions
+    out_ref: torch.Tensor  # the reference's output
+    gx_ref: torch.Tensor  # the reference's input gradient
+    ref: Any  # the reference copy of the layer (its parameters hold their gradients)
+
+
+def layer_case(spec: Any, name: str, seq_len: int) -> LayerCase:
+    """The layer, inputs (generator seed 5) and `_reference` answers of a ``name``-dtype case."""
+    from validate.model import build_model, rope_tables
+
+    dtype = DTYPES[name]
+    layer = build_model(spec, dtype=dtype, seed=3).layers[0]
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, seq_len, spec.hidden_size, generator=gen).to(dtype)
+    w = torch.randn(2, seq_len, spec.hidden_size, generator=gen)
+    rope = rope_tables(seq_len, spec.head_dim, device="cpu", dtype=dtype)
+    return LayerCase(layer, x, w, rope, *_reference(layer, x, rope, w))
+
+
 # ---- context parallel (validate.context_parallel) --------------------------------------------
 def cp_worker(rank: int, world: int, dtypes: list[str], seq_len: int) -> None:
     from validate.context_parallel import cp_layer_forward, zigzag_shard
-    from validate.model import build_model, rope_tables
 
     spec = tiny_layer_spec()
     for name in dtypes:
-        dtype = DTYPES[name]
-        layer = build_model(spec, dtype=dtype, seed=3).layers[0]
-        gen = torch.Generator().manual_seed(5)
-        x = torch.randn(2, seq_len, spec.hidden_size, generator=gen).to(dtype)
-        w = torch.randn(2, seq_len, spec.hidden_size, generator=gen)
-        rope = rope_tables(seq_len, spec.head_dim, device="cpu", dtype=dtype)
-        out_ref, gx_ref, ref = _reference(layer, x, rope, w)
+        layer, x, w, rope, out_ref, gx_ref, ref = layer_case(spec, name, seq_len)
         gp_ref = {n: p.grad for n, p in ref.named_parameters()}
 
         def shard(t, dim=1):
@@ -105,18 +123,11 @@ def cp_worker(rank: int, world: int, dtypes: list[str], seq_len: int) -> None:
 
 # ---- tensor + sequence parallel (validate.tensor_parallel) -----------------------------------
 def tp_worker(rank: int, world: int, dtypes: list[str], seq_len: int, over: dict) -> None:
-    from validate.model import build_model, rope_tables
     from validate.tensor_parallel import TensorParallelLayer, seq_shard
 
     spec = tiny_layer_spec(**over)
     for name in dtypes:
-        dtype = DTYPES[name]
-        layer = build_model(spec, dtype=dtype, seed=3).layers[0]
-        gen = torch.Generator().manual_seed(5)
-        x = torch.randn(2, seq_len, spec.hidden_size, generator=gen).to(dtype)
-        w = torch.randn(2, seq_len, spec.hidden_size, generator=gen)
-        rope = rope_tables(seq_len, spec.head_dim, device="cpu", dtype=dtype)
-        out_ref, gx_ref, ref = _reference(layer, x, rope, w)
+        layer, x, w, rope, out_ref, gx_ref, ref = layer_case(spec, name, seq_len)
 
         tpl = TensorParallelLayer(layer)
         xs = seq_shard(x, dim=1, tp=world, rank=rank).detach().requires_grad_(True)

@@ -117,8 +117,9 @@ def load_space(path: str) -> dict[str, Any]:
 
 # ---- the configurations ---------------------------------------------------------------------
 def configurations(space: SearchSpace) -> list[dict[str, Any]]:
-    """Every configuration of ``space`` in a fixed order: the step shape outermost, the node and
-    the GPU count innermost, so that neighbours share their step (what the estimator caches).
+    """Every configuration of ``space`` in a fixed order: the step shape outermost, the ZeRO
+    stage, the node and the GPU count innermost, so that neighbours share their step (what the
+    estimator caches).
     Combinations that mean the same job are listed once: a cp kind only with cp > 1, sequence
     parallelism only with tp > 1 (a ZeRO stage above 0 at dp 1 is listed, and skipped)."""
     out: list[dict[str, Any]] = []
@@ -291,9 +292,10 @@ RAY_MISSING = ("--backend ray: the ray package is not installed; install the ext
 
 
 def chunks(configs: Sequence[dict[str, Any]], *, num_workers: int) -> list[list[dict[str, Any]]]:
-    """Consecutive runs of about ``len / (4 * workers)`` configurations, cut only where the step
-    shape changes (neighbours that differ in node or GPU count stay in one worker's cache)."""
-    target = max(1, math.ceil(len(configs) / (4 * max(1, num_workers))))
+    """Consecutive runs of about ``len / (16 * workers)`` configurations, cut only where the step
+    shape changes (neighbours that differ in node, GPU count or ZeRO stage stay in one worker's
+    cache: `simulator.estimator.TrainingEstimator` builds a shape's step once for all of them)."""
+    target = max(1, math.ceil(len(configs) / (16 * max(1, num_workers))))
     out: list[list[dict[str, Any]]] = []
     cur: list[dict[str, Any]] = []
     for c in configs:
@@ -307,7 +309,7 @@ def chunks(configs: Sequence[dict[str, Any]], *, num_workers: int) -> list[list[
 
 
 def _shape(c: dict[str, Any]) -> tuple:
-    return tuple(v for k, v in c.items() if k not in ("hardware", "gpus", "dp"))
+    return tuple(v for k, v in c.items() if k not in ("hardware", "gpus", "dp", "zero"))
 
 
 def run_search(space: SearchSpace, *, backend: str = "pool", num_workers: int | None = None,

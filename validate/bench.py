@@ -767,6 +767,25 @@ def repredict(plan_path: Path) -> dict[str, Any]:
             "recompute_s": res.replay.recompute_s}
 
 
+def repredict_index(plans_dir: str | Path) -> list[tuple[str, str, Any, Any]]:
+    """Rewrite ``index.json``'s predicted figures of every planned cell and ideal with the current
+    cost model (the plans' decisions unchanged); returns (plan, figure, old, new) of each change."""
+    plans = Path(plans_dir)
+    index = load_index(plans)
+    changed: list[tuple[str, str, Any, Any]] = []
+    cache: dict[str, dict[str, Any]] = {}
+    for c in [*index["cells"], *index["ideal"]]:
+        if not c.get("plan") or not c.get("predicted"):
+            continue
+        pred = cache.setdefault(c["plan"], repredict(plans / c["plan"]))
+        for key, old in c["predicted"].items():
+            if pred[key] != old:
+                changed.append((c["plan"], key, old, pred[key]))
+                c["predicted"][key] = pred[key]
+    (plans / INDEX).write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+    return changed
+
+
 def _err(pred: float | None, meas: float | None) -> float | None:
     if pred is None or not meas:
         return None

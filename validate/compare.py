@@ -225,7 +225,8 @@ def predict_probe_case(seq_len: int, mode: str, hardware: str = "1xH200"):
     from simulator.model import get_model
 
     job = TrainJob(seq_len=seq_len, optimizer="none", loss="mean_square_fp32", grads_persist=True,
-                   checkpointing="full" if mode == "checkpoint" else "none")
+                   checkpointing="full" if mode == "checkpoint" else "none",
+                   model_output="kept")  # its step function's x holds the stack output
     return estimate_training(get_model("probe-llama7b-stack"), job, load_node(hardware))
 
 

@@ -60,8 +60,11 @@ def test_toy_step_trace_and_segments_exactly():
 def test_expandable_segments_map_pages():
     snap = memory_snapshot(_toy(), num_steps=1, preallocated_bytes=(), expandable_segments=True)
     actions = [e["action"] for e in snap["device_traces"][0]]
-    assert "segment_alloc" not in actions and actions.count("segment_map") == 2  # one 20 MiB page each
-    assert all(s["is_expandable"] for s in snap["segments"])
+    # w maps one 20 MiB page and takes its front; x and y fit the 8 MiB rest of it
+    assert actions == ["segment_map", "alloc", "alloc", "alloc"] + ["free_requested", "free_completed"] * 2
+    assert snap["device_traces"][0][0]["size"] == 20 * MiB
+    (seg,) = snap["segments"]
+    assert seg["is_expandable"] and [b["size"] for b in seg["blocks"]] == [12 * MiB, 8 * MiB]
 
 
 def test_simulate_writes_a_snapshot_memory_viz_reads(tmp_path, capsys):

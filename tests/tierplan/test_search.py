@@ -179,6 +179,47 @@ def test_cached_estimator_equals_estimate_training():
     assert n >= 60
 
 
+def test_search_estimator_equals_estimate_training_over_a_spread():
+    """The search's estimator (every shape's step built once, reused for every ZeRO stage, dp and
+    node) against `estimate_training` on each configuration: ZeRO 0-3, tp with and without
+    sequence parallelism, cp ring and Ulysses, no / selective / full checkpointing, micro-batch
+    1 and 2, configurations that fit and ones that do not (their replay skipped: reserved
+    None, the rest equal). Visited in the search's order, shapes interleaved across nodes."""
+    model = get_model("llama-3.1-8b").with_layers(3)
+    nodes = [load_node("8xH200"), load_node("8xH100")]
+    full, fast = TrainingEstimator(), TrainingEstimator(replay_over_capacity=False)
+    seen = {"fits": 0, "over": 0, "zero": set(), "ck": set(), "kind": set()}
+    axes = itertools.product((65536, 262144), (1, 2), ("none", "selective", "full"), ((1, False), (2, True), (4, False)),
+                             ((1, "ring"), (2, "ring"), (4, "ulysses")), (0, 1, 2, 3), nodes, (1, 2, 8))
+    for seq, mb, ck, (tp, sp), (cp, kind), zero, node, dp in axes:
+        if (seq, mb, zero, dp) not in ((65536, 1, 0, 1), (65536, 1, 1, 2), (65536, 2, 2, 8), (262144, 1, 3, 8),
+                                       (262144, 2, 0, 8), (65536, 1, 3, 2)):
+            continue  # a spread, not the whole product
+        job = TrainJob(seq_len=seq, micro_batch=mb, checkpointing=ck,
+                       parallelism=Parallelism(tp=tp, sequence_parallel=sp, cp=cp, cp_kind=kind, dp=dp,
+                                               zero_stage=zero))
+        try:
+            exact = estimate_training(model, job, node)
+        except UserInputError:
+            with pytest.raises(UserInputError):
+                fast.estimate(model, job, node)
+            continue
+        assert full.estimate(model, job, node) == exact
+        quick = fast.estimate(model, job, node)
+        if exact.peak_allocated_bytes <= exact.hbm_capacity_bytes:
+            assert quick == exact
+            seen["fits"] += exact.fits
+        else:
+            assert not exact.fits and quick.peak_reserved_bytes is None
+            assert quick == exact.__class__(**{**exact.__dict__, "peak_reserved_bytes": None})
+            seen["over"] += 1
+        seen["zero"].add(exact.zero_stage)
+        seen["ck"].add(ck)
+        seen["kind"].add((cp, kind))
+    assert seen["fits"] >= 20 and seen["over"] >= 20, seen
+    assert seen["zero"] == {0, 1, 2, 3} and len(seen["ck"]) == 3 and len(seen["kind"]) == 3
+
+
 def test_cached_estimator_skips_the_replay_only_over_capacity():
     model = get_model("llama-3.1-8b").with_layers(2)
     node = load_node("1xH200")

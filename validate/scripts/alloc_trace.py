@@ -23,11 +23,9 @@ Source: torch/cuda/memory.py (``_record_memory_history``, ``_snapshot``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # run as a script
     sys.path.insert(0, str(REPO))
 
-from validate.diagnostics import use_default_allocator  # noqa: E402
+from validate.diagnostics import plan_script_args, traced_plan_steps, use_default_allocator  # noqa: E402
 
 SCHEMA_VERSION = 1
 MAX_TRACE_ENTRIES = 4_000_000
@@ -63,52 +61,21 @@ def trace_plan(plan_path: Path, *, warmup: int, repeats: int, smoke: bool) -> di
     """Run the plan's steps and return the file's content (without provenance)."""
     import torch
 
-    from planners.plan import load_plan
-    from validate import run_plan
-    from validate.executor import PlanExecutor
-    from validate.model import build_model, make_batch
-
-    plan = load_plan(plan_path)
-    device = torch.device("cpu" if smoke else "cuda", None if smoke else 0)
-    tracing = device.type == "cuda"
-    spec = run_plan.spec_for_plan(plan, smoke)
-    batch_size, seq_len = run_plan.tokens_for_plan(plan, smoke)
-    dtype = torch.float32 if smoke else torch.bfloat16
     marks: list[dict[str, Any]] = []
-    if tracing:
-        torch.cuda.memory._record_memory_history(max_entries=MAX_TRACE_ENTRIES, context=None)
-    model = build_model(spec, device=device, dtype=dtype, seed=0)
-    batch = make_batch(spec, seq_len=seq_len, batch=batch_size, device=device, dtype=dtype)
-    ex = PlanExecutor(model, plan, device=device)
-    ex.size_pool(batch)
-    ex.prepare(batch)
-    marks.append(_mark(torch, device, "prepared", tracing))
-    times = run_plan.time_steps(
-        partial(ex.step, batch), model=model, batch=batch, device=device, warmup=warmup,
-        repeats=repeats,
-        after_step=lambda i, _s: marks.append(_mark(torch, device, f"after step {i}", tracing)),
-    )
-    snapshot: dict[str, Any] = {"segments": [], "device_traces": []}
-    if tracing:
-        snapshot = torch.cuda.memory._snapshot()
-        torch.cuda.memory._record_memory_history(enabled=None)
-    ex.close()
-    result = {"model": spec.name, "num_layers": spec.num_layers, "seq_len": seq_len,
-              "micro_batch": batch_size, "step_times_s": times,
-              "prediction": plan.prediction.model_dump() if plan.prediction else None}
-    return {"plan": str(plan_path), "marks": marks, "result": result, "snapshot": snapshot}
+    device = torch.device("cpu" if smoke else "cuda", None if smoke else 0)
+    run = traced_plan_steps(plan_path, warmup=warmup, repeats=repeats, smoke=smoke, max_entries=MAX_TRACE_ENTRIES,
+                            on_mark=lambda at, tracing: marks.append(_mark(torch, device, at, tracing)))
+    spec = run["spec"]
+    result = {"model": spec.name, "num_layers": spec.num_layers, "seq_len": run["seq_len"],
+              "micro_batch": run["micro_batch"], "step_times_s": run["step_times_s"],
+              "prediction": run["prediction"]}
+    if run["status"] != "ok":
+        result.update(status=run["status"], message=run["message"])
+    return {"plan": str(plan_path), "marks": marks, "result": result, "snapshot": run["snapshot"]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("plan", type=Path)
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--smoke", action="store_true", help="the plan's tiny model on the CPU")
-    args = ap.parse_args(argv)
-    if args.warmup < 0 or args.repeats < 1:
-        ap.error("--warmup must be at least 0 and --repeats at least 1")
+    args = plan_script_args(__doc__, argv, warmup=1, smoke=True)
     use_default_allocator()  # before CUDA initialises
     import torch
 

@@ -22,11 +22,9 @@ Source: torch/cuda/memory.py (``_record_memory_history``, ``_snapshot``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # run as a script
     sys.path.insert(0, str(REPO))
 
-from validate.diagnostics import use_default_allocator  # noqa: E402
+from validate.diagnostics import plan_script_args, traced_plan_steps, use_default_allocator  # noqa: E402
 
 SCHEMA_VERSION = 1
 MAX_TRACE_ENTRIES = 3_000_000
@@ -88,40 +86,11 @@ def peak_of(trace: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(plan_path: Path, *, warmup: int, repeats: int, state_dir: Path | None) -> dict[str, Any]:
-    import torch
-
-    from planners.plan import load_plan
-    from validate import run_plan
-    from validate.executor import PlanExecutor
-    from validate.model import build_model, make_batch
-
-    plan = load_plan(plan_path)
-    device = torch.device("cuda", 0)
-    spec = run_plan.spec_for_plan(plan, False)
-    batch_size, seq_len = run_plan.tokens_for_plan(plan, False)
-    torch.cuda.memory._record_memory_history(max_entries=MAX_TRACE_ENTRIES, context="alloc", stacks="python")
-    model = build_model(spec, device=device, dtype=torch.bfloat16, seed=0)
-    batch = make_batch(spec, seq_len=seq_len, batch=batch_size, device=device, dtype=torch.bfloat16)
-    if state_dir is not None:
-        state_dir.mkdir(parents=True, exist_ok=True)
-    ex = PlanExecutor(model, plan, device=device, state_dir=state_dir)
-    ex.size_pool(batch)
-    ex.prepare(batch)
-    status, message, times = "ok", "", []
-    try:
-        times = run_plan.time_steps(partial(ex.step, batch), model=model, batch=batch, device=device,
-                                    warmup=warmup, repeats=repeats)
-    except torch.OutOfMemoryError as err:
-        status, message = "oom", (str(err).splitlines() or ["out of memory"])[0]
-    torch.cuda.synchronize()
-    snapshot = torch.cuda.memory._snapshot()
-    torch.cuda.memory._record_memory_history(enabled=None)
-    result = {"status": status, "message": message, "step_times_s": times,
-              "peak_allocated_bytes": torch.cuda.max_memory_allocated(device),
-              "peak_reserved_bytes": torch.cuda.max_memory_reserved(device),
-              "prediction": plan.prediction.model_dump() if plan.prediction else None}
-    ex.close()
-    trace = (snapshot.get("device_traces") or [[]])[0]
+    r = traced_plan_steps(plan_path, warmup=warmup, repeats=repeats, frames=True, state_dir=state_dir,
+                          max_entries=MAX_TRACE_ENTRIES)
+    result = {k: r[k] for k in ("status", "message", "step_times_s", "peak_allocated_bytes",
+                                "peak_reserved_bytes", "prediction")}
+    trace = (r["snapshot"].get("device_traces") or [[]])[0]
     return {"plan": str(plan_path), "result": result, "peak": peak_of(trace)}
 
 
@@ -140,15 +109,7 @@ def as_text(out: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("plan", type=Path)
-    ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--warmup", type=int, default=0)
-    ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--state-dir", type=Path, default=None, help="where optimizer states on nvme live")
-    args = ap.parse_args(argv)
-    if args.warmup < 0 or args.repeats < 1:
-        ap.error("--warmup must be at least 0 and --repeats at least 1")
+    args = plan_script_args(__doc__, argv, warmup=0, state_dir=True)
     use_default_allocator()  # before CUDA initialises
     import torch
 
