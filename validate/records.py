@@ -479,6 +479,38 @@ class AllocTraceFile(RecordFile):
     ...}, ...]]}``."""
 
 
+class PeakBlocksRow(RecordModel):
+    """Blocks alive at the peak that one place allocated."""
+
+    where: str
+    """``path:line function`` of the innermost repository frame (or three of them, ``<-``-joined),
+    or ``<outside repo>``."""
+    bytes: int = Field(ge=0)
+    blocks: int = Field(ge=0)
+
+
+class PeakBlocks(RecordModel):
+    """The allocator trace's highest live point and what was alive there."""
+
+    trace_index: int
+    trace_entries: int = Field(ge=0)
+    live_bytes: int = Field(ge=0)
+    at: list[str]
+    """Repository frames of the allocation that made the peak, innermost first."""
+    by_line: list[PeakBlocksRow]
+    by_stack: list[PeakBlocksRow]
+
+
+class PeakBlocksFile(RecordFile):
+    """validate/scripts/peak_blocks.py: what is alive on the GPU at the peak of one plan's steps,
+    by the line that allocated it."""
+
+    plan: str
+    result: dict[str, Any]
+    """Status, the timed steps' seconds, the allocator's peaks and the plan's prediction."""
+    peak: PeakBlocks
+
+
 class SnapshotRecord(RecordModel):
     """One step's allocator snapshot, reduced to segments and a trace of (field...) rows."""
 
@@ -541,6 +573,7 @@ _BY_PREFIX: tuple[tuple[str, type[RecordModel]], ...] = (
     ("gemm-warm-cold-", OpRecordsFile),
     ("gemm-sweep-", OpRecordsFile),
     ("alloc-trace-", AllocTraceFile),
+    ("peak-blocks-", PeakBlocksFile),
     ("instep-", OpRecordsFile),
     ("steps-", StepsFile),
     ("bench-", BenchFile),
