@@ -40,6 +40,12 @@ Matrices (``--matrix``):
 
         python3 validate/measure_steps.py --matrix loopform --forms freed,kept \
             --out OUT/steps-loopform-h200-2026-12-02.json
+
+  * ``plain`` (about 2.5 min on an H200): the plain recipe for the whole Llama-3.1-8B (Hugging
+    Face model + checkpointing + fused AdamW, freed loop, the default caching allocator) at 44K,
+    46K and 48K, the lengths around its predicted longest (46K)::
+
+        python3 validate/measure_steps.py --matrix plain --forms freed --out OUT/steps-plain.json
 """
 
 from __future__ import annotations
@@ -105,7 +111,15 @@ LOOPFORM_CASES: tuple[Case, ...] = (
     ("llama-3.1-8b-adamw-fused-oom-pair", "llama-3.1-8b", {}, (48 * K,), (True,),
      "adamw_fused"),
 )
-MATRICES = {"default": FULL_CASES, "loopform": LOOPFORM_CASES}
+# The plain recipe for the whole Llama-3.1-8B (Hugging Face model + gradient checkpointing +
+# torch.optim.AdamW(fused=True), freed loop, the default caching allocator): its longest length
+# on one H200. `tierplan estimate` (caching, bf16 moments) says 44K and 46K fit (121.9 / 125.4 GiB
+# allocated, 129.0 / 134.1 GiB reserved) and 48K does not (the native allocator fragments).
+PLAIN_CASES: tuple[Case, ...] = (
+    ("llama-3.1-8b-adamw-fused-plain", "llama-3.1-8b", {}, (44 * K, 46 * K, 48 * K), (True,),
+     "adamw_fused"),
+)
+MATRICES = {"default": FULL_CASES, "loopform": LOOPFORM_CASES, "plain": PLAIN_CASES}
 FORMS = ("freed", "kept")
 
 SMOKE_SHRINK = {
