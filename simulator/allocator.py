@@ -442,11 +442,13 @@ class CachingAllocator:
             self.history.append(HistoryEntry("alloc", block.addr, num_bytes, stream, key))
             self.requested_bytes[key] = num_bytes
         self.allocated_bytes += block.size
-        self.peak_allocated_bytes = max(self.peak_allocated_bytes, self.allocated_bytes)
+        if self.allocated_bytes > self.peak_allocated_bytes:
+            self.peak_allocated_bytes = self.allocated_bytes
         if self.reserved_bytes > self.peak_reserved_bytes:
             self.peak_reserved_bytes = self.reserved_bytes
             self.peak_reserved_event = self.num_events
-        self.peak_num_segments = max(self.peak_num_segments, self.num_segments)
+        if self.num_segments > self.peak_num_segments:
+            self.peak_num_segments = self.num_segments
 
     def free(self, key: Hashable) -> None:
         block = self._live.pop(key, None)
@@ -461,21 +463,25 @@ class CachingAllocator:
             self.history.append(HistoryEntry("free_completed", block.addr, asked, block.pool[0], key))
         block.allocated = False
         self.allocated_bytes -= block.size
-        self._absorb(block, block.prev)
-        self._absorb(block, block.next)
+        prev, nxt = block.prev, block.next
+        if prev is not None and not prev.allocated:  # (_absorb checks the rest; most neighbours are in use)
+            self._absorb(block, prev)
+        if nxt is not None and not nxt.allocated:
+            self._absorb(block, nxt)
         self._insert_free(block)
 
     def replay(self, events: Iterable[AllocEvent]) -> AllocatorReplay:
-        for ev in events:
-            if ev.action == "alloc":
-                if allocator_rounded_bytes(ev.num_bytes) == 0:
-                    self._zero_keys.add(ev.key)
+        malloc, free, zero_keys = self.malloc, self.free, self._zero_keys
+        for action, key, num_bytes, stream in events:
+            if action == "alloc":
+                if allocator_rounded_bytes(num_bytes) == 0:
+                    zero_keys.add(key)
                 else:
-                    self.malloc(ev.key, ev.num_bytes, ev.stream)
-            elif ev.action == "free":
-                self.free(ev.key)
+                    malloc(key, num_bytes, stream)
+            elif action == "free":
+                free(key)
             else:
-                raise ValueError(f"unknown allocator action {ev.action!r}")
+                raise ValueError(f"unknown allocator action {action!r}")
             self.num_events += 1
         return self.result()
 
@@ -558,19 +564,20 @@ def workload_events(
     events += [AllocEvent("alloc", ("t", tid), index[tid].num_bytes) for tid in workload.initial
                if not (lazy and tid in states)]
     leftover: list[tuple] = []
+    append = events.append
     for step in range(num_steps):
         events += [AllocEvent("free", key) for key in leftover]
         live: dict[int, tuple] = {}
+        pop = live.pop
         for op in workload.ops:
             if lazy and step == 0 and op.oid == first_step_op:
                 events += _lazy_state_events(workload, states)
             for tid in op.allocs:
                 key = ("t", tid) if tid in initial else ("t", tid, step)
                 live[tid] = key
-                events.append(AllocEvent("alloc", key, index[tid].num_bytes))
+                append(AllocEvent("alloc", key, index[tid].num_bytes))
             for tid in op.frees:
-                key = live.pop(tid, ("t", tid))
-                events.append(AllocEvent("free", key))
+                append(AllocEvent("free", pop(tid, ("t", tid))))
         leftover = [key for tid, key in live.items() if tid not in initial]
     return events
 

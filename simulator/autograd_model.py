@@ -25,7 +25,7 @@ input_buffer.cpp (in-place accumulation), torch/utils/checkpoint.py (non-reentra
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from simulator.workload import OpSpec, Phase, Role, TensorSpec, Workload
@@ -694,8 +694,9 @@ def _backward_cost(b: ProgramBuilder, op: _FwdOp, accumulated_bytes: int) -> Cos
     """The cost of ``op``'s backward, with the in-place add of the gradients it accumulates."""
     cost = op.bwd_cost
     if accumulated_bytes and b.accumulate_time_s is not None and cost.time_s is not None:
-        cost = replace(cost, time_s=cost.time_s + b.accumulate_time_s(accumulated_bytes),
-                       hbm_bytes=cost.hbm_bytes + 3 * accumulated_bytes)
+        cost = Cost(flops=cost.flops, hbm_bytes=cost.hbm_bytes + 3 * accumulated_bytes, op_class=cost.op_class,
+                    exec_flops=cost.exec_flops, time_s=cost.time_s + b.accumulate_time_s(accumulated_bytes),
+                    model_flops=cost.model_flops)  # dataclasses.replace, without its field introspection
     return cost
 
 

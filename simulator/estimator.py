@@ -113,6 +113,9 @@ class TrainEstimate:
         return d
 
 
+_PHASE_VALUES = {p: p.value for p in Phase}
+
+
 class _StepSums:
     """Running sums of a step's ops in order (the step time's float additions in op order, so a
     step summed in two pieces equals the step summed at once)."""
@@ -127,17 +130,20 @@ class _StepSums:
 
     def add(self, ops, peak_oid: int, *, starts_s: list[float] | None = None) -> _StepSums:
         """Add ``ops``; ``starts_s`` (when given) receives each op's start time."""
+        t, comm, phase_time, peak_at = self.t, self.comm, self.phase_time, self.peak_at
         for op in ops:
             if op.oid == peak_oid:
-                self.peak_at = self.t
+                peak_at = t
             if starts_s is not None:
-                starts_s.append(self.t)
+                starts_s.append(t)
             dt = float(op.time_s or 0.0)
-            self.t += dt
+            t += dt
             if op.op_class == "comm":
-                self.comm += dt
+                comm += dt
             else:
-                self.phase_time[op.phase.value] = self.phase_time.get(op.phase.value, 0.0) + dt
+                phase = _PHASE_VALUES[op.phase]  # a dict lookup: Enum.value is a descriptor call
+                phase_time[phase] = phase_time.get(phase, 0.0) + dt
+        self.t, self.comm, self.peak_at = t, comm, peak_at
         return self
 
     def copy(self) -> _StepSums:

@@ -218,9 +218,16 @@ class _Program:
         self.dtype = job.param_dtype
         self.cost = _Timer(node, self.dtype)
         if node is not None:  # autograd's in-place add of a second gradient contribution
+            times_s: dict[int, float] = {}  # by gradient bytes: a step accumulates a few sizes many times
+            timer = self.cost  # not self: the builder keeps this function, and a cycle through the
+            # program would leave every evicted step of an estimator's cache to the cyclic collector
+
             def accumulate_time_s(n: int) -> float:
-                time_s = self.cost(_mem("grad_accumulate", read_bytes=2 * n, write_bytes=n)).time_s
-                assert time_s is not None  # the timer has a node
+                time_s = times_s.get(n)
+                if time_s is None:
+                    time_s = timer(_mem("grad_accumulate", read_bytes=2 * n, write_bytes=n)).time_s
+                    assert time_s is not None  # the timer has a node
+                    times_s[n] = time_s
                 return time_s
 
             self.b.accumulate_time_s = accumulate_time_s

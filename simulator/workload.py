@@ -249,46 +249,52 @@ class ResizableWalk:
         index = workload._by_id()
         n = len(workload.ops)
         opened: dict[int, int] = {}  # live tid -> its interval's index
-        intervals: list[list[int]] = []  # [tid, first position, last position]
+        tids: list[int] = []  # per live interval: its tensor, first position, last position
+        starts: list[int] = []
+        ends: list[int] = []
         for tid in workload.initial:
             if tid in opened:
                 raise WorkloadError(f"tensor {index[tid].name} listed twice in initial")
-            opened[tid] = len(intervals)
-            intervals.append([tid, 0, n])
-        for k, op in enumerate(workload.ops):
+            opened[tid] = len(tids)
+            tids.append(tid)
+            starts.append(0)
+            ends.append(n)
+        for k, op in enumerate(workload.ops, 1):
             for tid in op.allocs:
                 if tid in opened:
                     raise WorkloadError(f"op {op.name} allocates {index[tid].name}, already live")
-                opened[tid] = len(intervals)
-                intervals.append([tid, k + 1, n])
+                opened[tid] = len(tids)
+                tids.append(tid)
+                starts.append(k)
+                ends.append(n)
             for tid in op.frees:
-                if tid not in opened:
+                at = opened.pop(tid, None)
+                if at is None:
                     raise WorkloadError(f"op {op.name} frees {index[tid].name}, which is not live")
-                intervals[opened.pop(tid)][2] = k + 1
+                ends[at] = k
         self.rounded = rounded
         self.ops = workload.ops
-        self.roles = tuple(sorted({t.role.value for t in index.values()}))
-        code = {r: i for i, r in enumerate(self.roles)}
+        roles = sorted({t.role for t in index.values()})  # StrEnum members sort as their values
+        self.roles = tuple(r.value for r in roles)
+        code = {r: i for i, r in enumerate(roles)}
         moving = set(resizable)
-        fixed = [iv for iv in intervals if iv[0] not in moving]
-        resized = [iv for iv in intervals if iv[0] in moving]
-
-        role_code = {tid: code[t.role.value] for tid, t in index.items()}
-
-        def arrays(ivs):
-            a = np.array(ivs, dtype=np.int64).reshape(-1, 3)
-            return a[:, 1], a[:, 2], np.fromiter(map(role_code.__getitem__, a[:, 0].tolist()), dtype=np.int64,
-                                                 count=len(a))
-
-        self._fixed_start, self._fixed_end, self._fixed_role = arrays(fixed)
-        size = np.fromiter((index[iv[0]].num_bytes for iv in fixed), dtype=np.int64, count=len(fixed))
+        specs = list(map(index.__getitem__, tids))
+        tid_a = np.array(tids, dtype=np.int64)
+        start_a = np.array(starts, dtype=np.int64)
+        end_a = np.array(ends, dtype=np.int64)
+        role_a = np.fromiter((code[t.role] for t in specs), dtype=np.int64, count=len(specs))
+        size_a = np.fromiter((t.num_bytes for t in specs), dtype=np.int64, count=len(specs))
+        is_moving = np.fromiter((t in moving for t in tids), dtype=bool, count=len(tids))
+        fixed = ~is_moving
+        self._fixed_start, self._fixed_end, self._fixed_role = start_a[fixed], end_a[fixed], role_a[fixed]
+        size = size_a[fixed]
         self._fixed_size = _rounded(size) if rounded else size
         delta = np.zeros(n + 2, dtype=np.int64)
         np.add.at(delta, self._fixed_start, self._fixed_size)
         np.add.at(delta, self._fixed_end + 1, -self._fixed_size)
         self._fixed_total = np.cumsum(delta)[: n + 1]
-        self.resized_tids = tuple(iv[0] for iv in resized)  # one per live interval
-        self._start, self._end, self._role = arrays(resized)
+        self.resized_tids = tuple(tid_a[is_moving].tolist())  # one per live interval
+        self._start, self._end, self._role = start_a[is_moving], end_a[is_moving], role_a[is_moving]
         self._fixed_roles_at: dict[int, Any] = {}
 
     def peak(self, sizes: dict[int, int]) -> WalkPeak:

@@ -102,3 +102,34 @@ def test_parts_retimed_for_another_node_equal_the_parts_built_there(ck):
         assert retimed.workload_at(3, 8) == there.workload_at(3, 8)
     other = TrainJob(seq_len=8192, checkpointing=ck)  # another program: derived anew
     assert training_step_parts(model, other, h100, like=like).head == training_step_parts(model, other, h100).head
+
+
+def test_accumulation_time_once_per_size_equals_the_timer():
+    from simulator.templates import _mem
+
+    node = load_node("8xH200")
+    job = TrainJob(seq_len=8192)
+    prog = _Program(get_model("llama-3.1-8b").with_layers(2), job, job.parallelism, node)
+    for n in (512, 3 * 2**20, 512, 7 * 2**20 + 3):
+        direct = prog.cost(_mem("grad_accumulate", read_bytes=2 * n, write_bytes=n)).time_s
+        assert direct is not None and direct > 0.0
+        assert prog.b.accumulate_time_s(n) == direct
+
+
+def test_a_dropped_step_is_freed_without_the_cyclic_collector():
+    import gc
+    import weakref
+
+    node = load_node("8xH200")
+    job = TrainJob(seq_len=8192, parallelism=Parallelism(dp=2, zero_stage=1))
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        parts = training_step_parts(get_model("llama-3.1-8b").with_layers(2), job, node)
+        program = weakref.ref(parts.model_state_bytes.__self__)
+        builder = weakref.ref(parts.model_state_bytes.__self__.b)
+        del parts
+        assert program() is None and builder() is None
+    finally:
+        if was_on:
+            gc.enable()
