@@ -103,6 +103,19 @@ def _highs_class():
                 lp.solverModel.setSolution(sol)
             super().callSolver(lp)
 
+        def findSolutionValues(self, lp):  # noqa: N802 (PuLP's name)
+            """PuLP 3.3 has no status for a node limit's stop (kSolutionLimit): it raises
+            KeyError after reading the values in. Such a stop is read as a time limit's is
+            (`_highs_result` classifies it from highspy)."""
+            from pulp import constants
+
+            try:
+                return super().findSolutionValues(lp)
+            except KeyError:
+                if lp.solverModel.getInfo().primal_solution_status == 2:  # kSolutionStatusFeasible
+                    return constants.LpStatusOptimal, constants.LpSolutionIntegerFeasible
+                return constants.LpStatusNotSolved, constants.LpSolutionNoSolutionFound
+
     return _WarmHiGHS
 
 
@@ -134,12 +147,15 @@ def solve(
     solver: str = "highs",
     threads: int = 1,
     mip_rel_gap: float | None = None,
+    max_nodes: int | None = None,
     warm_start: bool = False,
     msg: bool = False,
     lp_path: str | None = None,
 ) -> SolveResult:
     """Solve ``prob`` (a minimization or maximization ``pulp.LpProblem``) and classify the outcome.
 
+    ``max_nodes`` stops the branch and bound after that many nodes: a work limit, so the incumbent
+    it returns does not depend on the machine's speed or load (a time limit's does).
     ``warm_start`` passes the variables' current values (set with ``var.setInitialValue``) as a
     starting solution. ``lp_path`` writes the model in LP format first (for debugging and for
     other solvers). Falls back to CBC when HiGHS is not installed.
@@ -155,14 +171,16 @@ def solve(
     t0 = time.perf_counter()
     if solver == "highs":
         cls = _highs_class()
-        s = cls(msg=msg, timeLimit=time_limit_s, threads=threads, gapRel=mip_rel_gap)
+        params = {} if max_nodes is None else {"mip_max_nodes": int(max_nodes)}
+        s = cls(msg=msg, timeLimit=time_limit_s, threads=threads, gapRel=mip_rel_gap, **params)
         s.warm_start = warm_start
         with _quiet_stdout(not msg):
             prob.solve(s)
         elapsed = time.perf_counter() - t0
         return _highs_result(prob, elapsed, time_limit_s)
+    options = [] if max_nodes is None else [f"maxNodes {int(max_nodes)}"]
     s = pulp.PULP_CBC_CMD(msg=msg, timeLimit=time_limit_s, threads=threads, gapRel=mip_rel_gap,
-                          warmStart=warm_start)
+                          warmStart=warm_start, options=options)
     with _quiet_stdout(not msg):
         prob.solve(s)
     elapsed = time.perf_counter() - t0

@@ -67,7 +67,8 @@ class MipSolution:
 
 
 def solve_mip(ctx: PlanContext, *, budget_bytes: int | None = None, host_budget_bytes: int | None = None,
-              time_limit_s: float = 10.0, solver: str = "highs", lp_path: str | None = None) -> MipSolution:
+              time_limit_s: float = 10.0, solver: str = "highs", lp_path: str | None = None,
+              max_nodes: int | None = None) -> MipSolution:
     """tierplan's MIP over the profile of the un-checkpointed step (see the module docstring):
     each constraint family is added by one method of `_SwapMip`, in this order."""
     from planners.solvers import solve
@@ -83,7 +84,7 @@ def solve_mip(ctx: PlanContext, *, budget_bytes: int | None = None, host_budget_
     # building the problem counts against the limit
     build_s = time.perf_counter() - t0
     limit = max(MIN_SOLVE_S, time_limit_s - build_s)
-    result = solve(mip.prob, time_limit_s=limit, solver=solver, lp_path=lp_path)
+    result = solve(mip.prob, time_limit_s=limit, solver=solver, lp_path=lp_path, max_nodes=max_nodes)
     elapsed = time.perf_counter() - t0
     if not result.has_solution:
         return MipSolution(layers=(), objective_s=None, status=result.status, solver=result.solver,
@@ -373,7 +374,8 @@ def _step_time_s(r: StrategyResult) -> float:
 
 def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "highs",
              fallbacks: Sequence[StrategyResult] = (),
-             deadline_s: float | None = None) -> tuple[StrategyResult, MipSolution | None]:
+             deadline_s: float | None = None,
+             max_nodes: int | None = None) -> tuple[StrategyResult, MipSolution | None]:
     """Solve, replay, and tighten the HBM budget by the replay's overshoot (allocated bytes) or
     by a growing step (the caching allocator's fragmentation) until the plan fits.
 
@@ -383,6 +385,7 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
     time, default: ``time_limit_s`` from now) is when no further solve starts: building,
     solving and replaying count against it. Stopped without any incumbent, it returns the
     fastest valid fallback with status ``time_limit:fallback:<name>``, never "infeasible".
+    ``max_nodes``: each solve's branch-and-bound node limit (`planners.solvers.solve`).
     """
     t0 = time.perf_counter()
     deadline = t0 + time_limit_s if deadline_s is None else deadline_s
@@ -395,7 +398,7 @@ def plan_mip(ctx: PlanContext, *, time_limit_s: float = 10.0, solver: str = "hig
     def attempt(budget_bytes: int) -> tuple[MipSolution, StrategyResult | None]:
         remaining = max(1e-3, deadline - time.perf_counter())
         s = solve_mip(ctx, budget_bytes=budget_bytes, host_budget_bytes=host_budget, time_limit_s=remaining,
-                      solver=solver)
+                      solver=solver, max_nodes=max_nodes)
         if not s.layers:
             return s, None
         return s, evaluate(ctx, "mip", s.layers, solver=s.solver, status=s.status, gap=s.gap,
