@@ -365,7 +365,7 @@ class _Program:
         instead of saving it (``silu_mul_recomputed``)."""
         b = self.b
         w = weight if weight is not None else self.weight(f"{name}.weight", in_f * out_f, layer)
-        inputs = [x, w]
+        inputs = [w, x]  # mm's backward computes the weight's gradient before the input's
         if bias:
             inputs.append(self.weight(f"{name}.bias", out_f, layer))
         y = self.act(f"{name}.out", tokens * out_f, role, layer)

@@ -153,5 +153,7 @@ def test_expandable_segments_model_against_the_runs_under_a_47g_cap(case, path):
     reserved, oom = predict_reserved(wl, allocator="expandable", capacity_bytes=cap)
     assert not oom and reserved <= cap
     assert reserved == pytest.approx(measured["peak_reserved_bytes"], rel=0.02)
-    # the native allocator's model needs far more than the cap for the same sequences
-    assert predict_workload_reserved(wl).peak_reserved_bytes > 1.05 * cap
+    # the native allocator's model needs more than the cap for the same sequences (for the
+    # 64K plan 2.7% more since a residual add's gradient is no longer copied for its second
+    # operand, 5.5% before)
+    assert predict_workload_reserved(wl).peak_reserved_bytes > cap
