@@ -30,6 +30,11 @@ from typing import NamedTuple
 
 from simulator.workload import OpSpec, Phase, Role, TensorSpec, Workload
 
+VIEW_GRAD_KINDS = frozenset({"linear"})
+"""Ops whose input gradients are views of a larger result: ``F.linear`` on a [B, T, in] input
+folds it to 2-D for ``mm``, and its backward hands back a view of the mm's gradient, which keeps
+that result as its base; autograd does not accumulate into such a gradient in place."""
+
 
 @dataclass(frozen=True, slots=True)
 class Cost:
@@ -506,6 +511,8 @@ class _Deriver:
         """Persistent parameter gradients and the loss gradient; returns the initial tensors."""
         b, ops = self.b, self.b._ops
         self.grad_of: dict[int, int] = {}  # activation tid -> its gradient tensor tid
+        self.holders: dict[int, int] = {}  # gradient tid -> tensors it is the gradient of (absent: one)
+        self.view_grads: set[int] = set()  # gradients that are views of a larger result
         self.remaining_savers: dict[int, int] = {t: len(v) for t, v in self.saved_by.items()}
         self.param_grad: dict[int, int] = {}
         for t in b._tensors:
@@ -545,28 +552,51 @@ class _Deriver:
                     allocs.append(gid)
                 continue
             if t in op.passthrough:
-                if t not in grad_of and not passed:
+                if t not in grad_of:
+                    # every pass-through input gets the output's gradient itself (AddBackward
+                    # returns ``grad`` for both operands): one more holder of that tensor
                     grad_of[t] = incoming
+                    self.holders[incoming] = self.holders.get(incoming, 1) + 1
                     passed = True
-                elif t not in grad_of:
-                    # Second pass-through of the same gradient (x + x): a new tensor.
-                    gid = self._new_tensor(f"{tt.name}.grad", _grad_bytes(tt), Role.ACTIVATION_GRAD, tt.layer)
-                    grad_of[t] = gid
-                    allocs.append(gid)
                 continue
             if t not in op.grad_inputs:
                 continue
-            if t in grad_of:
-                # Accumulate: compute into a temporary, add in place, free the temporary.
-                tmp = self._new_tensor(f"{tt.name}.grad_part", _grad_bytes(tt), Role.ACTIVATION_GRAD, tt.layer)
-                allocs.append(tmp)
-                frees.append(tmp)
-                accumulated_bytes += _grad_bytes(tt)
-            else:
-                gid = self._new_tensor(f"{tt.name}.grad", _grad_bytes(tt), Role.ACTIVATION_GRAD, tt.layer)
+            gid = self._new_tensor(f"{tt.name}.grad{'_part' if t in grad_of else ''}", _grad_bytes(tt),
+                                   Role.ACTIVATION_GRAD, tt.layer)
+            allocs.append(gid)
+            if op.kind in VIEW_GRAD_KINDS:
+                self.view_grads.add(gid)
+            if t not in grad_of:
                 grad_of[t] = gid
-                allocs.append(gid)
+                continue
+            accumulated_bytes += _grad_bytes(tt)
+            old = grad_of[t]
+            if self._accumulates_in_place(old):  # old.add_(new): the new one is a temporary
+                frees.append(gid)
+            elif self._accumulates_in_place(gid):  # new.add_(old)
+                grad_of[t] = gid
+                self._release_grad(old, frees)
+            else:  # old + new, a third tensor (InputBuffer::accumulate)
+                total = self._new_tensor(f"{tt.name}.grad_sum", _grad_bytes(tt), Role.ACTIVATION_GRAD, tt.layer)
+                allocs.append(total)
+                frees.append(gid)
+                grad_of[t] = total
+                self._release_grad(old, frees)
         return passed, accumulated_bytes
+
+    def _accumulates_in_place(self, gid: int) -> bool:
+        """Autograd adds a second gradient into ``gid`` in place only when it holds the last
+        reference to it and to its storage (input_buffer.cpp ``can_accumulate_inplace``): not
+        while another input still holds it, nor when it is a view of a larger result."""
+        return self.holders.get(gid, 1) == 1 and gid not in self.view_grads
+
+    def _release_grad(self, gid: int, frees: list[int]) -> None:
+        """One holder of gradient ``gid`` lets it go; the last one frees it."""
+        n = self.holders.pop(gid, 1) - 1
+        if n > 0:
+            self.holders[gid] = n
+        elif gid in self.live and gid not in frees:
+            frees.append(gid)
 
     def _backward_op(self, i: int, op) -> None:
         b, live = self.b, self.live
@@ -583,14 +613,10 @@ class _Deriver:
             ws = self._new_tensor(f"{op.name}.bwd_workspace", op.bwd_workspace_bytes, Role.WORKSPACE, op.layer)
             allocs.append(ws)
             frees.append(ws)
-        # Incoming gradients are consumed unless passed through to an input.
+        # Incoming gradients are consumed; one passed through to an input lives on in it.
         for g in out_grads:
-            if g is None:
-                continue
-            if passed and g == incoming:
-                continue
-            if g in live and g not in frees:
-                frees.append(g)
+            if g is not None:
+                self._release_grad(g, frees)
         live.update(a for a in allocs)
         self._release_saved(op, i, live, self.remaining_savers, b._held, frees)
         for t in frees:

@@ -16,7 +16,12 @@ Implementations modelled (they differ in what they save, and that is most of the
     (``out = model(...); out.loss.backward()``, ``"kept"``).
   * A bare stack of decoder layers (``has_embedding = has_lm_head = False``) with ``nn.RMSNorm``
     (``torch.rms_norm``: on CUDA the fused kernel, which saves its input and rstd), fused qkv
-    and gate/up projections, no rotary, and the loss ``x.float().pow(2).mean()``.
+    and gate/up projections, no rotary, and the loss ``x.float().pow(2).mean()``; with rope
+    positions (the bench's stacks) the reference decoder's (``validate.model``): its rotary
+    tables and eager rotate_half op by op, and the tensors its functions hold in variables
+    until they return (the norm's output in ``qkv``, q, k, v and the attention output in
+    ``_attention``, the MLP's projections and silu in ``_mlp``), which matter where nothing
+    saves them (inside ``torch.utils.checkpoint``).
   * GPT-2 / Megatron GPT: LayerNorm (fused, saves input, mean, rstd), GeLU MLP, learned
     positions, fused qkv; the same attention and loss paths.
 Parallelism: tensor parallel shards heads, the MLP width and the vocabulary; sequence parallel
@@ -372,7 +377,7 @@ class _Program:
         instead of saving it (``silu_mul_recomputed``)."""
         b = self.b
         w = weight if weight is not None else self.weight(f"{name}.weight", in_f * out_f, layer)
-        inputs = [x, w]
+        inputs = [w, x]  # mm's backward computes the weight's gradient before the input's
         if bias:
             inputs.append(self.weight(f"{name}.bias", out_f, layer))
         y = self.act(f"{name}.out", tokens * out_f, role, layer)
@@ -490,7 +495,7 @@ class _Program:
                 _mem("mul_bwd", read_bytes=3 * io, write_bytes=2 * io))
 
     def silu_mul(self, name: str, gate: int, up: int, layer, tokens: int, f: int, *,
-                 chunked: bool = False) -> int:
+                 chunked: bool = False, held: list[int] | None = None) -> int:
         """SwiGLU's activation as eager PyTorch runs it: silu(gate) (saves gate), then times up
         (saves both factors); timed as one measured composite. ``chunked``: gate and up are the
         halves of one fused projection, strided views that take the slower non-vectorized
@@ -499,6 +504,8 @@ class _Program:
         silu, mul, silu_bwd, mul_bwd = self._silu_mul_kernels(tokens * f * self.s.act_bytes)
         with self.measured_group(self._silu_mul_variant(chunked), op="silu_mul", width=f, num_tokens=tokens):
             act = self.act(f"{name}.silu", tokens * f, Role.MLP_HIDDEN, layer)
+            if held is not None:  # the caller's code keeps silu(gate) in a variable
+                held.append(act)
             self.b.op(f"{name}.silu", "silu", layer, inputs=[gate], outputs=[act], saves=[gate],
                       cost=self.cost(silu), bwd_cost=self.cost(silu_bwd))
             prod = self.act(f"{name}.mul", tokens * f, Role.MLP_HIDDEN, layer)
@@ -611,6 +618,50 @@ class _Program:
                   bwd_cost=self.cost(_mem(name, read_bytes=5 * io, write_bytes=4 * io)),
                   fwd_workspace_bytes=2 * io, bwd_workspace_bytes=2 * io)
         return y
+
+    def rotate_half_rotary(self, name: str, x: int, cos: int, sin: int, layer, tokens: int, width: int) -> int:
+        """The reference decoder's rotary for q or k (``validate.model.apply_rope``: eager
+        ``x * cos + rotate_half(x) * sin`` on the [B,H,T,D] view of the projection ``x`` of
+        ``tokens`` x ``width`` elements), op by op as autograd runs it.
+
+        Forward: x*cos, -x2 (half of x), cat(-x2, x1), its product with sin, the sum; -x2 and
+        the cat die at their last use, x (the caller's variable) once the sum is assigned.
+        Backward: the sum hands its gradient to both products; grad*sin, -grad of its first
+        half, the chunk's backward concatenating the halves' gradients, grad*cos added into
+        that in place; then the heads view's backward copies the transposed gradient
+        (reshape of a non-contiguous tensor) into the projection's layout.
+        """
+        b, s = self.b, self.s
+        n = tokens * width
+        io = n * s.act_bytes
+        half = width // 2
+        xh = b.view(f"{name}.heads", x, io, Role.ATTN_QKV, layer)
+        b.op(f"{name}.heads", "view", layer, inputs=[x], outputs=[xh], grad_inputs=[x],
+             bwd_cost=self.cost(_mem(f"{name}.heads", read_bytes=io, write_bytes=io)))
+        xc = self.act(f"{name}.mul_cos", n, Role.WORKSPACE, layer)
+        b.op(f"{name}.mul_cos", "mul", layer, inputs=[xh, cos], outputs=[xc], saves=[cos], grad_inputs=[xh],
+             cost=self.cost(_mem(name, read_bytes=io, write_bytes=io)),
+             bwd_cost=self.cost(_mem(name, read_bytes=io, write_bytes=io)))
+        x1, x2 = self.split(f"{name}.chunk", xh, [half, half], layer, tokens, Role.ATTN_QKV)
+        neg = self.act(f"{name}.neg", tokens * half, Role.WORKSPACE, layer)
+        b.op(f"{name}.neg", "neg", layer, inputs=[x2], outputs=[neg], grad_inputs=[x2],
+             cost=self.cost(_mem(name, read_bytes=io // 2, write_bytes=io // 2)),
+             bwd_cost=self.cost(_mem(name, read_bytes=io // 2, write_bytes=io // 2)))
+        rot = self.act(f"{name}.rotate_half", n, Role.WORKSPACE, layer)
+        b.op(f"{name}.cat", "cat", layer, inputs=[neg, x1], outputs=[rot], passthrough=[neg, x1],
+             cost=self.cost(_mem(name, read_bytes=io, write_bytes=io)))
+        rs = self.act(f"{name}.mul_sin", n, Role.WORKSPACE, layer)
+        b.op(f"{name}.mul_sin", "mul", layer, inputs=[rot, sin], outputs=[rs], saves=[sin], grad_inputs=[rot],
+             cost=self.cost(_mem(name, read_bytes=io, write_bytes=io)),
+             bwd_cost=self.cost(_mem(name, read_bytes=io, write_bytes=io)))
+        y = self.add(f"{name}.out", xc, rs, layer, n, Role.ATTN_QKV)
+        self.release(f"{name}.release_input", [xh], layer)
+        return y
+
+    def release(self, name: str, tensors: list[int], layer) -> None:
+        """Python variables that hold ``tensors`` until here (a function's locals until it
+        returns): nothing is freed before this point, whatever its last use."""
+        self.b.op(name, "release", layer, inputs=tensors, has_backward=False)
 
     def attention(self, name: str, q: int, k: int, v: int, layer) -> int:
         """FlashAttention-2 forward / backward, with context parallelism.
@@ -811,17 +862,26 @@ class _Program:
                             bias=m.qkv_bias, save_input=nrm_saved)
                 for n, size in (("q", q_size), ("k", kv_size), ("v", kv_size))
             )
+        stack = self.impl == "stack"
         if m.position == "rope" and cos is not None:
             assert sin is not None  # embed() makes cos and sin together
-            variant = "memory.rotary.hf_rotate_half" if self.hf else "memory.rotary.fused"
+            variant = "memory.rotary.hf_rotate_half" if self.hf or stack else "memory.rotary.fused"
             with self.measured_group(variant, op="rotary", width=q_size + kv_size, head_dim=s.head_dim,
                                      num_tokens=T):
-                q = self.rotary(f"layers.{i}.attn.rotary_q", q, cos, sin, i, T * q_size)
-                k = self.rotary(f"layers.{i}.attn.rotary_k", k, cos, sin, i, T * kv_size)
+                if stack:  # validate.model.DecoderLayer.qkv: q rotated, then k
+                    q = self.rotate_half_rotary(f"layers.{i}.attn.rotary_q", q, cos, sin, i, T, q_size)
+                    k = self.rotate_half_rotary(f"layers.{i}.attn.rotary_k", k, cos, sin, i, T, kv_size)
+                else:
+                    q = self.rotary(f"layers.{i}.attn.rotary_q", q, cos, sin, i, T * q_size)
+                    k = self.rotary(f"layers.{i}.attn.rotary_k", k, cos, sin, i, T * kv_size)
+        if stack:  # the executor's qkv() holds the norm's output until it returns
+            self.release(f"layers.{i}.attn.qkv_return", [nrm], i)
         if self.inference:
             k, v = self.kv_cache_store(i, k, v)
         a = self.attention(f"layers.{i}.attn.sdpa", q, k, v, i)
         o = self.linear(f"layers.{i}.attn.o_proj", a, q_size, h, i, tokens=T, role=Role.LAYER_INPUT, bias=m.o_bias)
+        if stack:  # _attention()'s locals: q, k, v and the attention output
+            self.release(f"layers.{i}.attn.return", [q, k, v, a], i)
         o = self.tp_exit(f"layers.{i}.attn.o_proj", o, i)
         o = self.dropout(f"layers.{i}.attn.resid_dropout", o, i, s.norm_tokens * h)
         x2 = self.add(f"layers.{i}.attn_residual", x, o, i, s.norm_tokens * h)
@@ -834,6 +894,7 @@ class _Program:
             nrm2, nrm2_saved = self.tp_enter(f"layers.{i}.mlp", nrm2, i)
         f = s.ffn
         down_rec = None
+        mlp_locals: list[int] = []  # the MLP's tensors its code holds in variables
         if num_chunks > 1:
             down = self.tiled_mlp(i, x2, num_chunks)
         elif m.mlp == "swiglu":
@@ -850,13 +911,15 @@ class _Program:
                                 bias=m.mlp_bias, save_input=nrm2_saved)
                     for n in ("gate", "up")
                 ]
+            mlp_locals.extend(acts)
             if recompute_act:
                 prod, rec_cost, rec_ws = self.silu_mul_recomputed(f"layers.{i}.mlp", acts, i, T, f,
                                                                   chunked=m.gate_up_fused)
                 down_rec = (rec_cost, rec_ws)
             else:
                 gate, up = acts  # saved: the gate and up projections as two tensors
-                prod = self.silu_mul(f"layers.{i}.mlp", gate, up, i, T, f, chunked=m.gate_up_fused)
+                prod = self.silu_mul(f"layers.{i}.mlp", gate, up, i, T, f, chunked=m.gate_up_fused,
+                                     held=mlp_locals)
         else:
             up = self.linear(f"layers.{i}.mlp.fc_in", nrm2, h, f, i, tokens=T, role=Role.MLP_HIDDEN,
                              bias=m.mlp_bias, save_input=nrm2_saved)
@@ -871,6 +934,8 @@ class _Program:
         if num_chunks == 1:
             down = self.linear(f"layers.{i}.mlp.down_proj", prod, f, h, i, tokens=T, role=Role.LAYER_INPUT,
                                bias=m.mlp_bias, input_recompute=down_rec)
+            if stack:  # _mlp()'s locals: the norm's output, the projections, silu(gate)
+                self.release(f"layers.{i}.mlp.return", [nrm2, *mlp_locals], i)
         down = self.tp_exit(f"layers.{i}.mlp.down_proj", down, i)
         down = self.dropout(f"layers.{i}.mlp.resid_dropout", down, i, s.norm_tokens * h)
         if selective:
@@ -1138,6 +1203,30 @@ class _Program:
             x = self.dropout("embed_dropout", x, None, s.norm_tokens * h)
         return x, cos, sin, ids, emb_w
 
+    def rope_tables(self) -> tuple[int, int]:
+        """cos and sin [T, D] in the model dtype as the reference decoder's stem builds them
+        (``validate.model.rope_tables``): fp32 angles [T, D/2], their concatenation [T, D], and
+        for each of cos and sin the fp32 value then its cast; the angles die when it returns."""
+        b, s = self.b, self.s
+        rows, d = s.seq_len, s.head_dim
+
+        def fp32(name: str, n: int) -> int:
+            return b.tensor(name, n * FP32_BYTES, Role.WORKSPACE, None, requires_grad=False)
+
+        angles = fp32("rotary.angles", rows * d // 2)
+        b.op("rotary.angles", "outer", None, inputs=[], outputs=[angles])
+        emb = fp32("rotary.emb", rows * d)
+        b.op("rotary.emb", "cat", None, inputs=[angles], outputs=[emb])
+        tables = []
+        for name in ("cos", "sin"):
+            v32 = fp32(f"rotary.{name}_fp32", rows * d)
+            b.op(f"rotary.{name}_fp32", name, None, inputs=[emb], outputs=[v32])
+            t = b.tensor(f"rotary.{name}", rows * d * s.act_bytes, Role.OTHER, None, requires_grad=False)
+            b.op(f"rotary.{name}", "to_copy", None, inputs=[v32], outputs=[t])
+            tables.append(t)
+        self.release("rotary.return", [angles, emb], None)
+        return tables[0], tables[1]
+
     def layers(self, x: int, cos, sin, checkpointing: str = "none") -> int:
         self.mask = None
         if self.needs_mask:
@@ -1211,6 +1300,8 @@ class _Program:
             labels = b.input("labels", T * INT64_BYTES)
         else:
             x = b.input("hidden_in", s.norm_tokens * h * s.act_bytes, Role.INPUT, requires_grad=True)
+            if m.position == "rope" and self.impl == "stack":
+                cos, sin = self.rope_tables()
         x = self.layers(x, cos, sin, job.checkpointing)
         if m.has_lm_head:
             stack_out = x

@@ -120,12 +120,13 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rope(
-    q: torch.Tensor, k: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """q and k [B,*,T,D] rotated by ``rope``'s (cos, sin) rows [T, D] (rotate_half form)."""
+def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """q or k [B,*,T,D] rotated by ``rope``'s (cos, sin) rows [T, D] (rotate_half form). Callers
+    rotate q and k in two statements (``q = apply_rope(q, rope)``, then k's), so that q's
+    unrotated storage is gone before k's rotation allocates (the H200 runs' order, which
+    ``simulator.templates`` models)."""
     cos, sin = rope
-    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+    return x * cos + _rotate_half(x) * sin
 
 
 def rope_tables(
@@ -211,7 +212,8 @@ class DecoderLayer(nn.Module):
             q, k = self.q_norm(q, self.tag), self.k_norm(k, self.tag)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # B H T D
         if rope is not None:
-            q, k = apply_rope(q, k, rope)
+            q = apply_rope(q, rope)
+            k = apply_rope(k, rope)
         return q, k, v
 
     def _attention(

@@ -172,7 +172,8 @@ class TensorParallelLayer(nn.Module):
             q, k = self._norm(self.q_norm, q), self._norm(self.k_norm, k)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # B H T D
         if rope is not None:
-            q, k = apply_rope(q, k, rope)
+            q = apply_rope(q, rope)
+            k = apply_rope(k, rope)
         a = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                            enable_gqa=self.num_kv_heads != self.num_heads)
         return self._row("o", a.transpose(1, 2).reshape(B, T, self.num_heads * s.head_dim))

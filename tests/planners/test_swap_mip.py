@@ -188,11 +188,13 @@ def test_caching_allocator_plans_leave_room_for_fragmentation():
     assert caching.step_time_s >= planned.step_time_s
 
 
-def test_prefetch_at_the_attention_block_gives_a_plan_where_the_layer_start_cannot():
-    """128K tokens, 48 GiB, PyTorch's caching allocator: with the prefetch starting at the
-    layer's backward, no MIP plan survives the fragmentation band and the MIP returns
-    checkpointing's plan; starting it at the attention block frees the MLP block's activations
-    first, and a MIP plan fits and beats checkpointing."""
+def test_prefetch_at_the_attention_block_gives_a_faster_plan_than_at_the_layer_start():
+    """128K tokens, 48 GiB, PyTorch's caching allocator: starting the prefetch at the attention
+    block frees the MLP block's activations first, and the MIP's plan beats both the one that
+    starts it at the layer's backward and checkpointing (predicted 9.51 s, 10.12 s and 12.07 s).
+    Until the stack's template held the tensors the executor's functions keep in variables to
+    their return, no layer-start plan survived the fragmentation band and the MIP fell back to
+    checkpointing's plan there."""
     from planners.swap import PlanContext, plan_mip
     from simulator.job import TrainJob
 
@@ -209,8 +211,8 @@ def test_prefetch_at_the_attention_block_gives_a_plan_where_the_layer_start_cann
     ctx = PlanContext(model=m, job=job, node=node, gpu_budget_bytes=budget,
                       host_budget_bytes=96 * GiB, allocator="caching")
     at_start, _ = plan_mip(ctx, fallbacks=[ckpt])
-    assert at_start.plan.provenance.status == "fallback:full_recompute"
-    assert mip.step_time_s < at_start.step_time_s
+    assert at_start.plan.prefetch_at == "layer"
+    assert mip.step_time_s < at_start.step_time_s < ckpt.step_time_s
 
 
 def test_unknown_allocator_is_one_line():

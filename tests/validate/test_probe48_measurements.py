@@ -143,7 +143,8 @@ def test_arena_reserved_memory_with_and_without_as_predicted():
 ])
 def test_expandable_segments_model_against_the_runs_under_a_47g_cap(case, path):
     """All three ran under the cap, and all three fit its replay, at reserved peaks within 2% of
-    the runs' (-1.9%, -1.1%, +1.1%)."""
+    the runs' (-1.9%, -0.3%, +0.7%; -1.9%, -1.1%, +1.1% while a residual add's second operand got
+    a copy of its gradient)."""
     from simulator.allocator import predict_reserved
 
     measured = _cases("probe48-h200-2026-11-28-cap-expandable-measured.json")[case]
@@ -153,5 +154,7 @@ def test_expandable_segments_model_against_the_runs_under_a_47g_cap(case, path):
     reserved, oom = predict_reserved(wl, allocator="expandable", capacity_bytes=cap)
     assert not oom and reserved <= cap
     assert reserved == pytest.approx(measured["peak_reserved_bytes"], rel=0.02)
-    # the native allocator's model needs far more than the cap for the same sequences
-    assert predict_workload_reserved(wl).peak_reserved_bytes > 1.05 * cap
+    # the native allocator's model needs more than the cap for the same sequences (for the
+    # 64K plan 2.7% more since a residual add's gradient is no longer copied for its second
+    # operand, 5.5% before)
+    assert predict_workload_reserved(wl).peak_reserved_bytes > cap
