@@ -99,41 +99,53 @@ BENCH_256K = ROOT / "validate" / "measurements" / "h200" / "bench-mistral-7b-sta
 BENCH_PLANS = ROOT / "validate" / "plans" / "bench-mistral-7b-stack"
 
 
-def ideal_256k_s() -> float:
-    """The whole Llama-3.1-8B's 256K step with no memory limit, its layers measured: the replay of
-    the plan with nothing recomputed or offloaded (`none`: embedding, 32 layers, the whole LM head
-    and loss, the GPU AdamW step) with its 32 layers' predicted time replaced by the measured one.
-    The layers are the Mistral-7B stack's (hidden 4096, GQA 32/8, intermediate 14336: the 8B's
-    layer shape; rope theta changes no cost), whose bench ideal ran two layers with nothing
-    recomputed on the same H200 the same day; its prediction is the same replay's."""
+def _none_step_s(ctx, num_layers: int) -> float:
+    """The replayed step of ``ctx``'s model with ``num_layers`` layers, nothing recomputed or
+    offloaded, no memory limit (the `none` strategy)."""
     from planners import baselines
-    from planners.plan import load_plan
     from planners.swap import PlanContext, evaluate
+
+    c = PlanContext(model=ctx.model.with_layers(num_layers), job=ctx.job.model_copy(update={"checkpointing": "none"}),
+                    node=ctx.node, gpu_budget_bytes=ctx.gpu_budget_bytes, host_budget_bytes=ctx.host_budget_bytes,
+                    allocator=ctx.allocator)
+    layers, _ = baselines.BASELINES["none"](c)
+    res = evaluate(c, "none", layers, short_of_time=True)
+    assert res.step_time_s is not None
+    return res.step_time_s
+
+
+def ideal_256k_s() -> tuple[float, float, float]:
+    """The whole Llama-3.1-8B's 256K step with no memory limit, its layers measured: (ideal,
+    measured seconds a layer, replayed rest). The rest (embedding, final norm, the whole LM head
+    and loss, the GPU AdamW step) is the replay of the plan with nothing recomputed or offloaded
+    (`none`) less its 32 layers, a layer being what one more layer adds to that replay (32 against
+    31). A layer is measured on the Mistral-7B stack (hidden 4096, GQA 32/8, intermediate 14336:
+    the 8B's layer shape; rope theta changes no cost), whose bench ideal ran two layers with
+    nothing recomputed on the same H200 the same day (the stack's own loss is a few milliseconds)."""
+    from planners.plan import load_plan
+    from planners.swap import PlanContext
 
     (ideal,) = [c for c in json.loads(BENCH_256K.read_text())["cells"]
                 if c["mode"] == "ideal" and c["status"] == "ok"]
-    (pred,) = [c for c in json.loads((BENCH_PLANS / "index.json").read_text())["ideal"]
-               if c["seq_len"] == 256 * 1024]
-    assert ideal["num_layers"] == pred["num_layers"]
     plan = load_plan(PLANS / "whole-8b-256k-120g-v3.json")
-    c0 = PlanContext.from_plan(plan, source="whole-8b-256k-120g-v3")
-    assert (c0.model.hidden_size, c0.model.intermediate_size, c0.model.num_heads, c0.model.num_kv_heads) == (
-        4096, 14336, 32, 8)
-    ctx = PlanContext(model=c0.model, job=c0.job.model_copy(update={"checkpointing": "none"}), node=c0.node,
-                      gpu_budget_bytes=c0.gpu_budget_bytes, host_budget_bytes=c0.host_budget_bytes,
-                      allocator=c0.allocator)
-    layers, _ = baselines.BASELINES["none"](ctx)
-    none = evaluate(ctx, "none", layers, short_of_time=True)
-    assert none.step_time_s is not None
-    per_layer_delta_s = (ideal["step_time_s"] - pred["predicted"]["step_time_s"]) / ideal["num_layers"]
-    return none.step_time_s + c0.model.num_layers * per_layer_delta_s
+    ctx = PlanContext.from_plan(plan, source="whole-8b-256k-120g-v3")
+    m = ctx.model
+    assert (m.hidden_size, m.intermediate_size, m.num_heads, m.num_kv_heads, m.num_layers) == (4096, 14336, 32, 8, 32)
+    whole_s = _none_step_s(ctx, 32)
+    layer_pred_s = whole_s - _none_step_s(ctx, 31)
+    rest_s = whole_s - 32 * layer_pred_s
+    layer_s = ideal["step_time_s"] / ideal["num_layers"]
+    return rest_s + 32 * layer_s, layer_s, rest_s
 
 
-def test_the_256k_steps_run_at_0_9x_the_ideal_of_measured_layers():
-    ideal_s = ideal_256k_s()
-    assert ideal_s == pytest.approx(144.88, abs=0.05)  # 141.90 s replayed + 32 x (4.363 - 4.270) s
-    for name in ("whole-8b-256k-120g-v2", "whole-8b-256k-120g-v3"):
-        assert ideal_s / _case(name)["step_time_s"] >= 0.9, name  # 0.911x, 0.919x
+def test_the_256k_steps_against_the_ideal_of_measured_layers():
+    ideal_s, layer_s, rest_s = ideal_256k_s()
+    # 32 x 4.363 s measured + 1.64 s replayed = 141.25 s (the replay's own ideal: 141.90 s)
+    assert layer_s == pytest.approx(4.3626, abs=1e-3) and rest_s == pytest.approx(1.64, abs=0.05)
+    ratios = {name: ideal_s / _case(name)["step_time_s"] for name in ("whole-8b-256k-120g-v2", "whole-8b-256k-120g-v3")}
+    # 0.888x and 0.896x: short of the issue's 0.9x (README says so); held so that it cannot slip
+    assert ratios["whole-8b-256k-120g-v3"] == pytest.approx(0.896, abs=0.002), ratios
+    assert ratios["whole-8b-256k-120g-v2"] == pytest.approx(0.888, abs=0.002), ratios
 
 
 @pytest.mark.parametrize("name", TIMED)
