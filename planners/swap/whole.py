@@ -49,6 +49,12 @@ LM_HEAD_CHUNKS = tuple(2**k for k in range(13))
 MLP_CHUNKS = tuple(2**k for k in range(9))
 MIN_SOLVE_S = 0.3
 """A combination's MIP is started only with at least this much of the time limit left."""
+MIP_MAX_NODES = 100
+"""Branch-and-bound nodes each activation solve of the search may take: a work limit, so that
+the search's plan does not depend on the machine's load (under a time limit a hard combination's
+solve, e.g. 256K with the MLP whole, ran to its limit and ended at another incumbent each time,
+and took the time the other combinations needed). 100 nodes take 3-8 s of CPU at 256K; the
+whole limit stays as each solve's wall-time guard."""
 MAX_SEGMENT_LAYERS = 8
 """Longest segment checkpoint tried (layers recomputed from one kept input)."""
 DOMINANCE_STALL_FRAC = 0.01
@@ -238,10 +244,10 @@ def _combo_plans(combo: Combination, *, solver: str, time_limit_s: float, deadli
     host_left = ctx.host_budget_bytes - (ctx.states_host_bytes() if ctx.whole_step else 0)
     all_inputs = sum(lp.input_bytes for lp in ctx.profile("full").layers)
     if all_inputs <= host_left and deadline - time.process_time() >= MIN_SOLVE_S:
-        # the solves' own limit is wall time: the whole limit (each solve of 32 layers takes a
-        # fraction of a second; on a loaded machine wall time runs far ahead of CPU time)
+        # each solve stops at MIP_MAX_NODES nodes (work, not time); the whole limit of wall time
+        # is only its guard (on a loaded machine wall time runs far ahead of CPU time)
         res, _ = plan_mip(ctx, time_limit_s=time_limit_s, solver=solver,
-                          deadline_s=time.perf_counter() + time_limit_s)
+                          deadline_s=time.perf_counter() + time_limit_s, max_nodes=MIP_MAX_NODES)
         if res.feasible:
             return res
         return evaluate(ctx, "whole_step", floor_layers(ctx), short_of_time=True)

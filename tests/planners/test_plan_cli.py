@@ -88,7 +88,7 @@ def _no_incumbent(monkeypatch, calls=None):
     import planners.solvers
     from planners.solvers import NO_SOLUTION, SolveResult
 
-    def solve(prob, *, time_limit_s, solver="highs", lp_path=None):
+    def solve(prob, *, time_limit_s, solver="highs", lp_path=None, max_nodes=None):
         if calls is not None:
             calls.append(time_limit_s)
         time.sleep(time_limit_s)
