@@ -413,16 +413,13 @@ class Plan(_Frozen):
         does not run, as "field: reason"; "" when it runs all of it. The executor's own check
         (``validate.executor.executor_unsupported``, which this package cannot import) refuses
         the same (tests/validate/test_plan_unexecuted.py holds them together); beyond it, the
-        replay also carries out segment checkpoints and the fused RMSNorm, which the executor
-        does not run yet. An inference plan: what its executors do not run (`not_executable`)."""
+        replay also carries out segment checkpoints, which the executor does not run yet. An inference plan: what its executors do not run (`not_executable`)."""
         if self.scenario.job.mode == "infer":
             return self.not_executable()
         why = self.unsupported()
         if why:
             return why
         job = self.scenario.job
-        if getattr(job, "rmsnorm", "eager") != "eager":
-            return "scenario.job.rmsnorm: the executor runs transformers' RMSNorm"
         if job.optimizer == "adamw" and job.optimizer_state_dtype != "fp32":
             return "scenario.job.optimizer_state_dtype: the executor keeps fp32 moments"
         for lp in self.layers:

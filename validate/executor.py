@@ -342,6 +342,7 @@ class PlanExecutor:
         if plan.lm_head_chunks > 1 and not model.spec.has_lm_head:
             raise UserInputError(f"lm_head_chunks: {plan.lm_head_chunks}, but {model.spec.name} has no LM head")
         model.lm_head_chunks = plan.lm_head_chunks
+        model.set_rmsnorm(getattr(plan.scenario.job, "rmsnorm", "eager"))
         for layer, lp in zip(model.layers, plan.layers, strict=True):
             cast("DecoderLayer", layer).mlp_chunks = lp.mlp_chunks
         self.model = model

@@ -33,10 +33,11 @@ def offload(alpha: float, keep: float = 0.0) -> RoleAction:
     return RoleAction(action="offload", alpha_frac=alpha, keep_frac=keep)
 
 
-def grads(spec: ModelSpec, plan: Plan | None, dtype=torch.bfloat16) -> list[torch.Tensor]:
+def grads(spec: ModelSpec, plan: Plan | None, dtype=torch.bfloat16, rmsnorm: str = "eager") -> list[torch.Tensor]:
     model = build_model(spec, dtype=dtype, seed=3)
     batch = make_batch(spec, seq_len=SEQ, dtype=dtype, seed=4)
     if plan is None:
+        model.set_rmsnorm(rmsnorm)
         model(batch).backward()
     else:
         ex = PlanExecutor(model, plan, device="cpu")
@@ -367,3 +368,36 @@ def test_token_wise_recompute_finds_the_rows_of_a_recomputed_mlp_activation(spec
     ex.step(batch)
     got = [p.grad.clone() for p in model.parameters()] + ([batch.grad] if batch.requires_grad else [])
     assert_bitwise(got, base)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_rmsnorm_gradients_equal_the_eager_norms_to_rounding(dtype):
+    spec = tiny("llama-3.2-1b")
+    eager, fused = grads(spec, None, dtype), grads(spec, None, dtype, rmsnorm="fused")
+    assert not all(torch.equal(a, b) for a, b in zip(eager, fused, strict=True))  # another kernel
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=0.02, atol=2e-3)
+    for a, b in zip(fused, eager, strict=True):
+        torch.testing.assert_close(a.float(), b.float(), **tol)
+
+
+def test_fused_rmsnorm_under_a_plan_is_bitwise_and_its_rstd_is_tagged():
+    """The plan's job says fused: the executor runs the fused norm (whose rstd it offloads as
+    norm_stat) and the gradients are the plain fused model's."""
+    spec = tiny("llama-3.2-1b")
+    base = grads(spec, None, rmsnorm="fused")
+    roles = {r: offload(1.0) for r in ROLES}
+    layers = [
+        LayerPlan(layer=0, input="offload", roles=roles),
+        LayerPlan(layer=1, roles={"norm_stat": offload(0.5, 0.5), "mlp_hidden": RoleAction(action="recompute")}),
+        LayerPlan(layer=2, checkpoint="full", input="offload"),
+    ]
+    plan = plan_for(layers, rmsnorm="fused")
+    assert plan.unexecuted() == ""
+    assert_bitwise(grads(spec, plan), base)
+    # only the rstd of layer 1's two norms leaves: fp32, one per token
+    only = [LayerPlan(layer=0), LayerPlan(layer=1, roles={"norm_stat": offload(1.0)}), LayerPlan(layer=2)]
+    model = build_model(spec, seed=3)
+    ex = PlanExecutor(model, plan_for(only, rmsnorm="fused"), device="cpu")
+    ex.step(make_batch(spec, seq_len=SEQ, seed=4))
+    assert all(m.fused for m in model.modules() if hasattr(m, "fused"))
+    assert ex.last_stats().d2h_bytes == 2 * SEQ * 4
