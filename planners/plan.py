@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+from collections.abc import Sequence
 from typing import Any, Final, Literal
 
 from pydantic import (
@@ -412,23 +413,21 @@ class Plan(_Frozen):
         """The first decision of a training plan that the training executor of this version
         does not run, as "field: reason"; "" when it runs all of it. The executor's own check
         (``validate.executor.executor_unsupported``, which this package cannot import) refuses
-        the same (tests/validate/test_plan_unexecuted.py holds them together); beyond it, the
-        replay also carries out segment checkpoints and the fused RMSNorm, which the executor
-        does not run yet. An inference plan: what its executors do not run (`not_executable`)."""
+        the same (tests/validate/test_plan_unexecuted.py holds them together). An inference
+        plan: what its executors do not run (`not_executable`)."""
         if self.scenario.job.mode == "infer":
             return self.not_executable()
         why = self.unsupported()
         if why:
             return why
         job = self.scenario.job
-        if getattr(job, "rmsnorm", "eager") != "eager":
-            return "scenario.job.rmsnorm: the executor runs transformers' RMSNorm"
         if job.optimizer == "adamw" and job.optimizer_state_dtype != "fp32":
             return "scenario.job.optimizer_state_dtype: the executor keeps fp32 moments"
+        for h in segments(self.layers):
+            if self.layers[h].checkpoint != "full":
+                return f"layers.{h}.checkpoint: a segment's head is fully checkpointed in this executor"
         for lp in self.layers:
             where = f"layers.{lp.layer}"
-            if lp.input == "recompute":
-                return f"{where}.input: segment checkpoints are not executed yet"
             for role, act in sorted(lp.roles.items()):
                 if act.action == "offload" and act.tier != "host":
                     return f"{where}.roles.{role}.tier: the executor offloads to host memory only"
@@ -514,6 +513,21 @@ class Plan(_Frozen):
         data = _rounded(data)
         data["scenario"] = scenario
         return json.dumps(data, sort_keys=True, indent=1) + "\n"
+
+
+def segments(layers: Sequence[LayerPlan]) -> dict[int, tuple[int, ...]]:
+    """Segment checkpoints: each segment's head (a layer whose input is kept or offloaded,
+    followed by layers whose input is ``recompute``) -> the layers whose inputs are recomputed
+    from the head's input, in order. The replay (`planners.swap.apply`) and the executor read
+    the segments from here."""
+    out: dict[int, list[int]] = {}
+    head = -1
+    for lp in layers:
+        if lp.input != "recompute":
+            head = lp.layer
+        elif head >= 0:
+            out.setdefault(head, []).append(lp.layer)
+    return {h: tuple(js) for h, js in out.items()}
 
 
 def _rounded(value: Any) -> Any:

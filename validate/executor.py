@@ -19,7 +19,15 @@ points are `simulator.movement`'s, the replay's own. The prefetch goes into tens
 saved tensor's own size and strides (so kernels see the same layout and the gradients stay bitwise equal), and
 moves the kept rows in; at the layer's first unpack the dropped rows are recomputed and moved
 in; the unpack hook makes the compute stream wait for that layer's H2D event. ``checkpoint: full`` with the input
-kept is ``torch.utils.checkpoint`` (non-reentrant); ``selective`` checkpoints the MLP block. With the
+kept is ``torch.utils.checkpoint`` (non-reentrant); ``selective`` checkpoints the MLP block.
+A fully checkpointed layer under the hooks (its input offloaded, a segment's head, a layer of a
+segment) holds no saved tensor but its input through its forward, and backward replays it whole.
+Segment checkpoints (``input: recompute``, `planners.plan.segments`): a layer of a segment saves
+no input; when backward first needs the input of the segment's last layer, the inputs of all
+its layers are recomputed from the head's input (kept, or fetched then where it was offloaded:
+the prefetch issued at the last layer's point) in one no-grad pass over the layers in between
+(their streamed parameters fetched into their slots for it), and each is let go at its layer's
+last unpack, as the replay's ``segment_recompute`` op has them. With the
 plan's ``mlp_activation: recomputed`` every layer's SwiGLU runs as ``validate.model.SwiGLUDown``
 (silu(gate) and the product recomputed in backward, not saved).
 Assumes: the model's control flow does not depend on data (recomputation replays the same
@@ -58,7 +66,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from hwmodels.units import UserInputError, format_bytes
-from planners.plan import RESIDENT, LayerPlan, Plan, RoleAction
+from planners.plan import RESIDENT, LayerPlan, Plan, RoleAction, segments
 from planners.solvers import pulp_available
 from simulator.movement import step_movements
 from simulator.workload import ATTN_ROLES, Role
@@ -206,9 +214,12 @@ def _split(action: RoleAction, tokens: int) -> tuple[int, int, int]:
     return n_off, n_keep, tokens - n_off - n_keep
 
 
-def _uses_hooks(lp: LayerPlan) -> bool:
+def _uses_hooks(lp: LayerPlan, *, head: bool = False) -> bool:
+    """Whether the layer runs under the executor's saved-tensor hooks (else plainly, or under
+    torch.utils.checkpoint); ``head``: its input is a segment's head (the segment's layers
+    are recomputed from it)."""
     if lp.checkpoint == "full":
-        return lp.input == "offload"
+        return lp.input != "keep" or head
     return lp.input == "offload" or any(a.action != "keep" for a in lp.roles.values())
 
 
@@ -275,7 +286,8 @@ def check_fits(
 def executor_unsupported(plan: Plan) -> str:
     """The first decision of a training plan this executor cannot carry out, as "field: reason";
     "" when it runs them all. It runs: the activation decisions offloading to host memory, the
-    chunked LM head (``lm_head_chunks``) and MLP (``mlp_chunks``), and per layer the model-state
+    chunked LM head (``lm_head_chunks``) and MLP (``mlp_chunks``), the fused RMSNorm, segment
+    checkpoints (heads fully checkpointed, as the planner makes them), and per layer the model-state
     placements of ``validate.model_states``: everything in HBM with the step on the GPU, or
     gradients on the host with the step on the CPU (moments and master weights on host or
     nvme), the parameters resident or streamed from the host. The embedding, final norm and LM
@@ -286,6 +298,9 @@ def executor_unsupported(plan: Plan) -> str:
     opt = getattr(job, "optimizer", "none")
     if opt == "adamw" and getattr(job, "optimizer_state_dtype", "fp32") != "fp32":
         return "scenario.job.optimizer_state_dtype: the executor keeps fp32 moments"
+    for h in segments(plan.layers):
+        if plan.layers[h].checkpoint != "full":
+            return f"layers.{h}.checkpoint: a segment's head is fully checkpointed in this executor"
     for lp in plan.layers:
         where = f"layers.{lp.layer}"
         if lp.attention_on != "gpu":
@@ -342,6 +357,7 @@ class PlanExecutor:
         if plan.lm_head_chunks > 1 and not model.spec.has_lm_head:
             raise UserInputError(f"lm_head_chunks: {plan.lm_head_chunks}, but {model.spec.name} has no LM head")
         model.lm_head_chunks = plan.lm_head_chunks
+        model.set_rmsnorm(getattr(plan.scenario.job, "rmsnorm", "eager"))
         for layer, lp in zip(model.layers, plan.layers, strict=True):
             cast("DecoderLayer", layer).mlp_chunks = lp.mlp_chunks
         self.model = model
@@ -361,10 +377,16 @@ class PlanExecutor:
         self.movements = step_movements(num_layers=len(plan.layers),
                                         lookahead=plan.prefetch_lookahead_layers,
                                         prefetch_at=plan.prefetch_at)
+        # segment checkpoints: head -> its recomputed layers; an offloaded head input is
+        # fetched where its segment's last layer is (the replay's `restore_of`)
+        self._segments = segments(plan.layers)
+        self._head_of = {j: h for h, js in self._segments.items() for j in js}
+        self._seg_inputs: dict[int, torch.Tensor] = {}  # layer -> its recomputed input
         self._prefetch_by: dict[tuple[int, str], list[int]] = {}
         for mv in self.movements:
-            hook = ((len(plan.layers) - 1, "layer") if mv.prefetch_layer is None
-                    else (mv.prefetch_layer, mv.prefetch_at))
+            at = self.movements[self._segments[mv.layer][-1]] if mv.layer in self._segments else mv
+            hook = ((len(plan.layers) - 1, "layer") if at.prefetch_layer is None
+                    else (at.prefetch_layer, at.prefetch_at))
             self._prefetch_by.setdefault(hook, []).append(mv.layer)
         self._states: dict[int, _LayerState] = {}
         self._counting = False
@@ -435,6 +457,7 @@ class PlanExecutor:
                 for e in st.entries:
                     self._free_buffer(e)
             self._states.clear()
+            self._seg_inputs.clear()
             assert self.pool is not None  # prepare() made it
             self.pool.reset()
         if self.arena is not None and not self.arena.planned:
@@ -516,16 +539,19 @@ class PlanExecutor:
         layer.attn_hook = None
         if self.plan.prefetch_at == "attention" and not self._counting:
             layer.attn_hook = lambda m=i: self._attention_reached(m)
-        if lp.checkpoint == "full" and lp.input == "keep":
+        head = i in self._segments
+        if lp.checkpoint == "full" and lp.input == "keep" and not head:
             y = checkpoint(layer, x, rope, use_reentrant=False)
-        elif not _uses_hooks(lp) or not torch.is_grad_enabled():
+        elif not _uses_hooks(lp, head=head) or not torch.is_grad_enabled():
             y = layer(x, rope)
         else:
             st = _LayerState(i, lp, rope=rope, input_requires_grad=x.requires_grad)
             self._states[i] = st
-            if lp.input == "offload" or lp.recomputes_tokens or lp.checkpoint == "full":
+            if lp.input != "keep" or lp.recomputes_tokens or lp.checkpoint == "full" or head:
                 st.input_entry = self._entry(st, x)
-            layer.tagger = lambda role, t: self._tag(st, role, t)
+            # a checkpointed layer recomputes every saved tensor whatever its role: no tags
+            # (a tag holds its tensor to the layer's end)
+            layer.tagger = None if lp.checkpoint == "full" else (lambda role, t: self._tag(st, role, t))
             try:
                 with torch.autograd.graph.saved_tensors_hooks(
                     lambda t: self._pack(st, t), self._unpack
@@ -581,10 +607,34 @@ class PlanExecutor:
             )
         return idx
 
+    def _dropped_entry(self, st: _LayerState, base: torch.Tensor) -> int:
+        """An entry of a fully checkpointed layer's saved tensor (not its input): described now
+        and not held, as torch.utils.checkpoint does, so that the layer's forward frees its
+        tensors as a checkpointed one does; one entry per save (without the tensor its storage
+        may be reused, so it cannot be matched by address), recomputed whole from the input."""
+        T = self._seq_len
+        dims = [d for d, n in enumerate(base.shape) if n == T]
+        if len(dims) > 1 and T > 1:
+            raise UserInputError(
+                f"plan.layers.{st.index}: saved tensor of shape {tuple(base.shape)} has more than one "
+                f"dimension of seq_len {T}; use another seq_len"
+            )
+        e = _Entry(tensor=None, shape=tuple(base.shape), stride=base.stride(), dtype=base.dtype)
+        if dims:
+            e.tdim, e.perm, e.n_rec = dims[0], _memory_order(base), T
+        else:
+            e.whole = base  # no token dimension (RNG state, scalars): kept
+        st.entries.append(e)
+        return len(st.entries) - 1
+
     def _pack(self, st: _LayerState, t: torch.Tensor) -> Any:
         if t.data_ptr() in self._param_ptrs or t.device != self.device:
             return t
-        idx = self._entry(st, t)
+        b = _base(t)
+        if st.plan.checkpoint == "full" and (b.data_ptr(), tuple(b.shape), b.stride(), b.dtype) not in st.keys:
+            idx = self._dropped_entry(st, b)
+        else:
+            idx = self._entry(st, t)
         st.order.append(idx)
         st.entries[idx].uses += 1
         rel = t.storage_offset() - _base(t).storage_offset()
@@ -594,7 +644,8 @@ class PlanExecutor:
         lp, T = st.plan, self._seq_len
         for idx, e in enumerate(st.entries):
             t = e.tensor
-            assert t is not None  # _entry set it; the loop below drops it
+            if t is None:  # described at its pack (_dropped_entry)
+                continue
             ptr = t.untyped_storage().data_ptr()
             role = st.tags.get(ptr, "other")
             e.role = INPUT_ROLE if idx == st.input_entry else role
@@ -612,6 +663,8 @@ class PlanExecutor:
                 e.perm = _memory_order(t)
             if e.tdim is None:
                 e.whole = t
+            elif e.role == INPUT_ROLE and lp.input == "recompute":
+                e.n_rec = T  # recomputed from the segment's head (_segment_inputs)
             elif e.role == INPUT_ROLE:
                 e.n_off = T if lp.input == "offload" else 0
                 e.n_keep = T - e.n_off
@@ -646,7 +699,8 @@ class PlanExecutor:
         # (after its D2H copy, in that stream's order) before the next one's copy is made.
         for e in st.entries:
             t, e.tensor = e.tensor, None
-            assert t is not None  # _entry set it; dropped here
+            if t is None:  # described at its pack (_dropped_entry)
+                continue
             if e.tdim is not None and 0 < e.n_keep < e.shape[e.tdim]:
                 e.kept = _rows(t, e, e.n_off, e.n_keep).clone()
             if e.n_off:
@@ -845,6 +899,11 @@ class PlanExecutor:
         """The whole layer forward again (dropped rows of the attention output, or a layer
         without ``attn_rows``), keeping only the dropped rows of each saved tensor."""
         assert st.input_entry is not None  # _layer makes it for every layer that recomputes
+        if st.plan.input == "recompute":
+            if st.index not in self._seg_inputs:
+                self._segment_inputs(self._segments[self._head_of[st.index]][-1])
+            # held as the input's saved tensor from here, let go at its last unpack
+            st.entries[st.input_entry].full = self._seg_inputs.pop(st.index)
         x = self._materialise(st, st.input_entry).detach().requires_grad_(st.input_requires_grad)
         calls = iter(st.order)
 
@@ -853,12 +912,34 @@ class PlanExecutor:
                 return None
             e = st.entries[next(calls)]
             t = _base(t)
-            if e.n_rec and e.rec is None:
+            if e.n_rec and e.rec is None and e.full is None:
                 if tuple(t.shape) != e.shape or t.dtype != e.dtype:
                     raise RuntimeError(f"layer {st.index}: recomputation diverged from the forward")
-                e.rec = _rows(t, e, e.n_off + e.n_keep, e.n_rec).clone()  # only the dropped rows
+                if e.tdim is not None and e.n_rec == e.shape[e.tdim]:  # all of it: the replay's own tensor
+                    e.full = t
+                else:
+                    e.rec = _rows(t, e, e.n_off + e.n_keep, e.n_rec).clone()  # only the dropped rows
             return None
 
         # the replay's graph is never backpropagated: its unpack hook returns nothing
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda h: None):  # type: ignore[arg-type, return-value]
             layer(x, st.rope)
+
+    def _segment_inputs(self, last: int) -> None:
+        """Backward first needs the input of ``last``, a segment's last layer: the inputs of
+        every layer of the segment again, from the head's input (fetched now where it was
+        offloaded), in one no-grad pass over the layers in between (the replay's
+        ``layers.{h}-{last - 1}.segment_recompute``, before ``last``'s backward stage). Each is
+        held until its layer's backward unpacks it for the last time."""
+        h = self._head_of[last]
+        head = self._states[h]
+        assert head.input_entry is not None  # _layer makes it for a head
+        x = self._materialise(head, head.input_entry)
+        with torch.no_grad():
+            for j in range(h, last):
+                if self.states is not None:
+                    self.states.params_ready(j)
+                x = cast("DecoderLayer", self.model.layers[j])(x, head.rope)
+                self._seg_inputs[j + 1] = x
+        if self.states is not None:
+            self.states.before_backward(last)  # its slot may have served the pass

@@ -42,15 +42,51 @@ ROPE_THETA = 10000.0
 Tagger = Callable[[str, torch.Tensor], None]
 
 
+class _FusedRMSNormOffCUDA(torch.autograd.Function):
+    """``aten._fused_rms_norm`` as autograd runs it on CUDA, for the CPU and meta (where torch
+    decomposes it into ops that save fp32 copies, and has no fused backward): the same
+    forward, saves exactly the input, the weight and the fp32 rstd [..., 1]; backward is the
+    kernel's math in fp32."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        y, rstd = torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], weight, eps)
+        ctx.save_for_backward(x, weight, rstd)
+        ctx.mark_non_differentiable(rstd)
+        return y, rstd
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor, _drstd: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        x, weight, rstd = ctx.saved_tensors
+        xhat = x.float() * rstd
+        g = dy.float() * weight.float()
+        dx = rstd * (g - xhat * (g * xhat).mean(-1, keepdim=True))
+        dw = (dy.float() * xhat).reshape(-1, x.shape[-1]).sum(0)
+        return dx.to(x.dtype), dw.to(weight.dtype), None
+
+
 class HFRMSNorm(nn.Module):
-    """transformers' LlamaRMSNorm: statistics in fp32, the scale applied in the input dtype."""
+    """transformers' LlamaRMSNorm: statistics in fp32, the scale applied in the input dtype.
+
+    ``fused = True`` runs torch's fused RMSNorm instead (``aten._fused_rms_norm``, what
+    ``F.rms_norm`` runs on CUDA: one kernel that saves the input, the weight and the fp32 rstd
+    per row, ``job.rmsnorm: fused``); the same weight, the output equal to rounding."""
 
     def __init__(self, dim: int, eps: float, *, device: Any, dtype: torch.dtype) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
         self.eps = eps
+        self.fused = False
 
     def forward(self, x: torch.Tensor, tag: Tagger) -> torch.Tensor:
+        if self.fused:
+            if x.device.type == "cuda":  # the fused kernel's own autograd node
+                y, rstd = torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], self.weight, self.eps)
+            else:
+                y, rstd = _FusedRMSNormOffCUDA.apply(x, self.weight, self.eps)
+            tag(Role.NORM_STAT, rstd)
+            tag(Role.NORM_OUT, y)
+            return y
         x32 = x.float()
         tag(Role.NORM_OUT, x32)
         rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -311,6 +347,13 @@ class Decoder(nn.Module):
             self.norm = HFRMSNorm(spec.hidden_size, spec.norm_eps, **lin)
             if not (spec.tie_word_embeddings and spec.has_embedding):
                 self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False, **lin)
+
+    def set_rmsnorm(self, kind: str) -> None:
+        """Every Hugging Face RMSNorm of the model (layers, q/k norms, final norm) as ``kind``:
+        ``eager`` (transformers' LlamaRMSNorm) or ``fused`` (``job.rmsnorm``)."""
+        for m in self.modules():
+            if isinstance(m, HFRMSNorm):
+                m.fused = kind == "fused"
 
     def stem(
         self, batch: torch.Tensor

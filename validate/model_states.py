@@ -408,6 +408,15 @@ class ModelStates:
             self._fetch(r)
         self._wait(q)
 
+    def params_ready(self, i: int) -> None:
+        """Layer i's parameters in its slot now, for a forward inside backward (a segment's
+        recompute); nothing fetched ahead."""
+        q = self.layers[i].stream_pos
+        if q is None or not self.allocated:
+            return
+        self._fetch(q)
+        self._wait(q)
+
     def before_backward(self, i: int) -> None:
         q = self.layers[i].stream_pos
         if q is None or not self.allocated:

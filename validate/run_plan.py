@@ -342,6 +342,7 @@ def check_grads(plan: Plan, *, device: torch.device, seq_len: int, smoke: bool) 
     spec = spec_for_plan(plan, smoke)
     dtype = torch.float32 if smoke else torch.bfloat16
     model = build_model(spec, device=device, dtype=dtype, seed=0)
+    model.set_rmsnorm(getattr(plan.scenario.job, "rmsnorm", "eager"))  # the plan's own norm
     batch = make_batch(spec, seq_len=seq_len, device=device, dtype=dtype)
 
     def grads() -> list[torch.Tensor]:

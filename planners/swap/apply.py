@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hwmodels.units import UserInputError
-from planners.plan import LayerPlan, RoleAction
+from planners.plan import LayerPlan, RoleAction, segments
 from planners.swap.profile import StepProfile
 from simulator.movement import PREFETCH_POINTS, LayerMovement, step_movements
 from simulator.workload import ATTN_ROLES, OpSpec, Phase, TensorSpec, Workload
@@ -96,13 +96,9 @@ def apply_plan(prof: StepProfile, layers: Sequence[LayerPlan], *, lookahead: int
     # head (the nearest earlier layer whose input is kept or offloaded) by one op that re-runs
     # the forward of the layers in between, placed before the backward stage of the segment's
     # last layer; an offloaded head input is fetched for that op, not for the head's own stage.
-    head_of: dict[int, int] = {}
-    for dec in layers:
-        if dec.input == "recompute":
-            head_of[dec.layer] = head_of.get(dec.layer - 1, dec.layer - 1)
-    seg_last: dict[int, int] = {}
-    for j, h in head_of.items():
-        seg_last[h] = max(seg_last.get(h, h), j)
+    segs = segments(layers)
+    head_of = {j: h for h, js in segs.items() for j in js}
+    seg_last = {h: js[-1] for h, js in segs.items()}
     seg_allocs: dict[int, list[int]] = {}  # segment's last layer -> recomputed inputs
 
     def restore_of(i: int, stream: str) -> tuple[int, int]:

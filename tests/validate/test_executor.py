@@ -5,8 +5,10 @@ import pytest
 import torch
 from plan_support import plan_for
 
+from hwmodels.catalog import load_node
 from hwmodels.units import UserInputError
-from planners.plan import LayerPlan, Plan, RoleAction
+from planners.plan import LayerPlan, Plan, Provenance, RoleAction
+from simulator.job import TrainJob
 from simulator.model import ModelSpec, get_model
 from simulator.workload import Role
 from validate.executor import PlanExecutor, check_fits
@@ -33,10 +35,11 @@ def offload(alpha: float, keep: float = 0.0) -> RoleAction:
     return RoleAction(action="offload", alpha_frac=alpha, keep_frac=keep)
 
 
-def grads(spec: ModelSpec, plan: Plan | None, dtype=torch.bfloat16) -> list[torch.Tensor]:
+def grads(spec: ModelSpec, plan: Plan | None, dtype=torch.bfloat16, rmsnorm: str = "eager") -> list[torch.Tensor]:
     model = build_model(spec, dtype=dtype, seed=3)
     batch = make_batch(spec, seq_len=SEQ, dtype=dtype, seed=4)
     if plan is None:
+        model.set_rmsnorm(rmsnorm)
         model(batch).backward()
     else:
         ex = PlanExecutor(model, plan, device="cpu")
@@ -367,3 +370,113 @@ def test_token_wise_recompute_finds_the_rows_of_a_recomputed_mlp_activation(spec
     ex.step(batch)
     got = [p.grad.clone() for p in model.parameters()] + ([batch.grad] if batch.requires_grad else [])
     assert_bitwise(got, base)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_rmsnorm_gradients_equal_the_eager_norms_to_rounding(dtype):
+    spec = tiny("llama-3.2-1b")
+    eager, fused = grads(spec, None, dtype), grads(spec, None, dtype, rmsnorm="fused")
+    assert not all(torch.equal(a, b) for a, b in zip(eager, fused, strict=True))  # another kernel
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=0.02, atol=2e-3)
+    for a, b in zip(fused, eager, strict=True):
+        torch.testing.assert_close(a.float(), b.float(), **tol)
+
+
+def test_fused_rmsnorm_under_a_plan_is_bitwise_and_its_rstd_is_tagged():
+    """The plan's job says fused: the executor runs the fused norm (whose rstd it offloads as
+    norm_stat) and the gradients are the plain fused model's."""
+    spec = tiny("llama-3.2-1b")
+    base = grads(spec, None, rmsnorm="fused")
+    roles = {r: offload(1.0) for r in ROLES}
+    layers = [
+        LayerPlan(layer=0, input="offload", roles=roles),
+        LayerPlan(layer=1, roles={"norm_stat": offload(0.5, 0.5), "mlp_hidden": RoleAction(action="recompute")}),
+        LayerPlan(layer=2, checkpoint="full", input="offload"),
+    ]
+    plan = plan_for(layers, rmsnorm="fused")
+    assert plan.unexecuted() == ""
+    assert_bitwise(grads(spec, plan), base)
+    # only the rstd of layer 1's two norms leaves: fp32, one per token
+    only = [LayerPlan(layer=0), LayerPlan(layer=1, roles={"norm_stat": offload(1.0)}), LayerPlan(layer=2)]
+    model = build_model(spec, seed=3)
+    ex = PlanExecutor(model, plan_for(only, rmsnorm="fused"), device="cpu")
+    ex.step(make_batch(spec, seq_len=SEQ, seed=4))
+    assert all(m.fused for m in model.modules() if hasattr(m, "fused"))
+    assert ex.last_stats().d2h_bytes == 2 * SEQ * 4
+
+
+SEGMENTS = [  # head 0 (kept) with 1, 2; head 3 (offloaded) with 4
+    LayerPlan(layer=0, checkpoint="full"),
+    LayerPlan(layer=1, checkpoint="full", input="recompute"),
+    LayerPlan(layer=2, checkpoint="full", input="recompute"),
+    LayerPlan(layer=3, checkpoint="full", input="offload"),
+    LayerPlan(layer=4, checkpoint="full", input="recompute"),
+]
+
+
+@pytest.mark.parametrize("preset", ["probe-llama7b-stack", "llama-3.2-1b"])
+def test_segment_checkpoints_are_bitwise(preset):
+    spec = tiny(preset, layers=5)
+    base = grads(spec, None)
+    assert_bitwise(grads(spec, plan_of(SEGMENTS)), base)
+    after_a_plain_layer = [LayerPlan(layer=0), LayerPlan(layer=1, checkpoint="full", input="offload"),
+                           *(LayerPlan(layer=i, checkpoint="full", input="recompute") for i in (2, 3, 4))]
+    assert_bitwise(grads(spec, plan_of(after_a_plain_layer, lookahead=2)), base)
+
+
+def test_segment_inputs_live_where_the_replay_has_them():
+    """Forward: a layer of a segment holds no input (the replay drops it at the layer's end);
+    backward: at the first need of a segment's last layer the inputs of all its layers come
+    back at once (the replay's segment_recompute op allocates exactly those bytes) and each is
+    gone once its layer's backward is done (where the replay frees it)."""
+    import weakref
+
+    from planners.swap.context import PlanContext
+    from planners.swap.evaluate import evaluate
+    from simulator.scenario import Scenario
+
+    spec = tiny("llama-3.2-1b", layers=5)
+    node = load_node("1xH200")
+    scenario = Scenario.build(spec, TrainJob(seq_len=SEQ, optimizer="none"), node, gpu_budget_bytes=1 << 30,
+                              host_budget_bytes=1 << 30)
+    plan = Plan.for_scenario(scenario, layers=SEGMENTS, provenance=Provenance(tierplan_version="t", planner="t"))
+    res = evaluate(PlanContext.from_plan(plan), "segments", SEGMENTS)
+    wl = res.applied.workload
+    index = wl._by_id()
+    frees = {t: op.layer for op in wl.ops for t in op.frees}
+    replay = {}  # segment's last layer -> {layer whose input is recomputed: bytes}
+    for op in wl.ops:
+        if op.name.endswith("segment_recompute"):
+            replay[op.layer] = {frees[t]: index[t].num_bytes for t in op.allocs}
+    assert replay == {2: {1: SEQ * spec.hidden_size * 2, 2: SEQ * spec.hidden_size * 2},
+                      4: {4: SEQ * spec.hidden_size * 2}}
+
+    model = build_model(spec, seed=3)
+    ex = PlanExecutor(model, plan, device="cpu")
+    inputs: dict[int, weakref.ref] = {}
+    layer_fn, reached, seg = ex._layer, ex._reached, ex._segment_inputs
+    live_at: dict[int, set[int]] = {}  # backward reaches layer m (m+1's is done): inputs alive
+    made: dict[int, dict[int, int]] = {}
+
+    def spy_layer(i, layer, x, rope):
+        inputs[i] = weakref.ref(x)
+        return layer_fn(i, layer, x, rope)
+
+    def spy_reached(m):  # layer m+1's tensors are let go here
+        reached(m)
+        live_at[m] = {i for i, r in inputs.items() if r() is not None}
+
+    def spy_seg(last):
+        seg(last)
+        made[last] = {j: x.untyped_storage().nbytes() for j, x in ex._seg_inputs.items()}
+        inputs.update({j: weakref.ref(x) for j, x in ex._seg_inputs.items()})
+
+    ex._layer, ex._reached, ex._segment_inputs = spy_layer, spy_reached, spy_seg
+    ex.step(make_batch(spec, seq_len=SEQ, seed=4))
+    assert made == replay
+    # start of backward: only the kept head's input (the offloaded one is on the host)
+    assert live_at[4] == {0}
+    assert live_at[3] == {0}  # layer 4's recomputed input went with its backward
+    assert live_at[2] == {0}
+    assert live_at[1] == {0, 1}  # layer 2's gone, layer 1's until its own backward
+    assert live_at[0] == {0}

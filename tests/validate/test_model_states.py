@@ -34,8 +34,8 @@ def tiny_spec(layers: int = 4) -> ModelSpec:
 
 
 def whole_plan(spec: ModelSpec, layers: list[LayerPlan], *, master_weights: bool = True,
-               optimizer: str = "adamw", lm_head_chunks: int = 1) -> Plan:
-    job = TrainJob(seq_len=SEQ, optimizer=optimizer, master_weights=master_weights)
+               optimizer: str = "adamw", lm_head_chunks: int = 1, rmsnorm: str = "eager") -> Plan:
+    job = TrainJob(seq_len=SEQ, optimizer=optimizer, master_weights=master_weights, rmsnorm=rmsnorm)
     scenario = Scenario.build(spec, job, load_node("1xH200-tiered"), gpu_budget_bytes=1 << 30,
                               host_budget_bytes=1 << 30)
     return Plan.for_scenario(scenario, layers=layers, lm_head_chunks=lm_head_chunks,
@@ -50,9 +50,10 @@ def every_mechanism(spec: ModelSpec) -> list[LayerPlan]:
             LayerPlan(layer=3, model_states=RESIDENT_CPU, checkpoint="full")][: spec.num_layers]
 
 
-def reference(spec: ModelSpec, *, steps: int, master_weights: bool) -> list[torch.Tensor]:
+def reference(spec: ModelSpec, *, steps: int, master_weights: bool, rmsnorm: str = "eager") -> list[torch.Tensor]:
     """The plain recipe: the unchunked decoder, torch.optim.AdamW over fp32 copies."""
     model = build_model(spec, seed=3)
+    model.set_rmsnorm(rmsnorm)
     batch = make_batch(spec, seq_len=SEQ, seed=4)
     params = list(model.parameters())
     masters = [p.detach().float() for p in params]
@@ -118,6 +119,48 @@ def test_every_mechanism_gives_the_plain_recipes_parameters(tmp_path, master_wei
     copies = 2 + master_weights
     assert (tmp_path / "layer0001.states").stat().st_size == -(-copies * 4 * n1 // 4096) * 4096
     assert sorted(f.name for f in tmp_path.iterdir()) == ["layer0001.states", "layer0003.states"]
+
+
+def test_segments_with_streamed_parameters_and_the_fused_norm_give_the_recipes_parameters(tmp_path):
+    """The whole-step planner's 1M combination, small: segment checkpoints (a kept and an
+    offloaded head), parameters streamed through two slots (the segment's recompute runs
+    layers whose slot holds the last layer's weights, fetched again after it), CPU AdamW with
+    states on the host and in files, the tiled MLP, the chunked head, the fused norm."""
+    spec = tiny_spec(layers=5)
+    init = [p.detach().clone() for p in build_model(spec, seed=3).parameters()]
+    full = dict(checkpoint="full", mlp_chunks=2)
+    layers = [LayerPlan(layer=0, model_states=HOST_CPU, **full),
+              LayerPlan(layer=1, model_states=NVME_CPU, input="recompute", **full),
+              LayerPlan(layer=2, model_states=NVME_CPU, input="recompute", **full),
+              LayerPlan(layer=3, model_states=NVME_CPU, input="offload", **full),
+              LayerPlan(layer=4, model_states=HOST_CPU, input="recompute", **full)]
+    plan = whole_plan(spec, layers, lm_head_chunks=3, rmsnorm="fused")
+    assert executor_unsupported(plan) == "" and plan.unexecuted() == ""
+    # the recomputed inputs are the forward's, bitwise (the step's tolerance would not tell:
+    # Adam moves a parameter by about lr whatever its gradient)
+    model = build_model(spec, seed=3)
+    ex = PlanExecutor(model, plan, device="cpu", state_dir=tmp_path / "check")
+    (tmp_path / "check").mkdir()
+    seen: dict[int, torch.Tensor] = {}
+    same: list[tuple[int, bool]] = []
+    layer_fn, seg = ex._layer, ex._segment_inputs
+
+    def spy_layer(i, layer, x, rope):
+        seen[i] = x.detach().clone()
+        return layer_fn(i, layer, x, rope)
+
+    def spy_seg(last):
+        seg(last)
+        same.extend((j, torch.equal(x, seen[j])) for j, x in ex._seg_inputs.items())
+
+    ex._layer, ex._segment_inputs = spy_layer, spy_seg
+    ex.step(make_batch(spec, seq_len=SEQ, seed=4))
+    ex.close()
+    assert same == [(4, True), (1, True), (2, True)]
+    got, ex = executed(spec, plan, steps=2, state_dir=tmp_path)
+    assert ex.states.num_slots == 2
+    ref = reference(spec, steps=2, master_weights=True, rmsnorm="fused")
+    assert_step_close(got, ref, init, steps=2)
 
 
 def test_resident_plan_with_adamw_equals_the_recipe_exactly():
