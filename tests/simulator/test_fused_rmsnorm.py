@@ -6,30 +6,15 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from trace_support import saved_bytes_per_layer  # noqa: E402
+
 from simulator.job import TrainJob  # noqa: E402
 from simulator.model import get_model  # noqa: E402
 from simulator.templates import training_workload  # noqa: E402
 from simulator.trace import trace_training_step  # noqa: E402
-from simulator.workload import Phase  # noqa: E402
 from validate.model import Decoder  # noqa: E402
 
 SEQ_LEN = 8192
-
-
-def _saved_bytes_per_layer(workload) -> dict:
-    """Bytes of distinct storages saved in the forward per decoder layer (views count their base)."""
-    index = {t.tid: t for t in workload.tensors}
-    out: dict = {}
-    seen = set()
-    for op in workload.ops:
-        if op.phase != Phase.FWD or op.layer is None:
-            continue
-        for tid in op.saves:
-            t = index[tid]
-            if tid not in seen and not t.persistent:
-                seen.add(tid)
-                out[op.layer] = out.get(op.layer, 0) + t.num_bytes
-    return out
 
 
 def _traced(spec, norm: str):
@@ -42,8 +27,8 @@ def _traced(spec, norm: str):
 
 def test_template_saves_what_the_traced_fused_norm_saves():
     spec = get_model("llama-3.2-1b").with_layers(2)
-    traced = {n: _saved_bytes_per_layer(_traced(spec, n)) for n in ("eager", "fused")}
-    templ = {n: _saved_bytes_per_layer(training_workload(spec, TrainJob(seq_len=SEQ_LEN, optimizer="none",
+    traced = {n: saved_bytes_per_layer(_traced(spec, n)) for n in ("eager", "fused")}
+    templ = {n: saved_bytes_per_layer(training_workload(spec, TrainJob(seq_len=SEQ_LEN, optimizer="none",
                                                                          rmsnorm=n)))
              for n in ("eager", "fused")}
     assert templ == traced

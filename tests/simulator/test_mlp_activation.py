@@ -6,32 +6,18 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from trace_support import saved_bytes_per_layer  # noqa: E402
+
 from hwmodels.catalog import load_node  # noqa: E402
 from hwmodels.units import UserInputError  # noqa: E402
 from simulator.job import TrainJob  # noqa: E402
 from simulator.model import get_model  # noqa: E402
 from simulator.templates import training_workload  # noqa: E402
 from simulator.trace import trace_training_step  # noqa: E402
-from simulator.workload import Phase, walk_memory  # noqa: E402
+from simulator.workload import walk_memory  # noqa: E402
 from validate.model import Decoder  # noqa: E402
 
 SEQ_LEN = 32768
-
-
-def _saved_bytes_per_layer(workload) -> dict:
-    """Bytes of distinct storages saved in the forward per decoder layer (views count their base)."""
-    index = {t.tid: t for t in workload.tensors}
-    out: dict = {}
-    seen = set()
-    for op in workload.ops:
-        if op.phase != Phase.FWD or op.layer is None:
-            continue
-        for tid in op.saves:
-            t = index[tid]
-            if tid not in seen and not t.persistent:
-                seen.add(tid)
-                out[op.layer] = out.get(op.layer, 0) + t.num_bytes
-    return out
 
 
 def _traced(spec, recompute: bool):
@@ -60,11 +46,11 @@ def test_template_drops_what_the_traced_decoder_drops(name):
     traced = {act: _traced(spec, act == "recomputed") for act in ("saved", "recomputed")}
     templ = {act: training_workload(spec, _job(spec, act)) for act in ("saved", "recomputed")}
     for layer in range(spec.num_layers):
-        t_saved = _saved_bytes_per_layer(traced["saved"])[layer]
-        t_rec = _saved_bytes_per_layer(traced["recomputed"])[layer]
+        t_saved = saved_bytes_per_layer(traced["saved"])[layer]
+        t_rec = saved_bytes_per_layer(traced["recomputed"])[layer]
         assert t_saved - t_rec == 2 * io
     if not spec.gate_up_fused:  # the templates save the very same bytes as the trace
-        assert _saved_bytes_per_layer(templ["recomputed"]) == _saved_bytes_per_layer(traced["recomputed"])
+        assert saved_bytes_per_layer(templ["recomputed"]) == saved_bytes_per_layer(traced["recomputed"])
     drop_traced = walk_memory(traced["saved"]).peak_bytes - walk_memory(traced["recomputed"]).peak_bytes
     drop_templ = walk_memory(templ["saved"]).peak_bytes - walk_memory(templ["recomputed"]).peak_bytes
     assert drop_templ == drop_traced > 0
