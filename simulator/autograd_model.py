@@ -757,6 +757,7 @@ class _Trace:
     exit: list[tuple[bool, int | None, int | None]] = field(default_factory=list)
     used: list[int | None] = field(default_factory=list)
     alive: list[tuple[int, bool]] = field(default_factory=list)
+    ops: list[tuple] = field(default_factory=list)
 
 
 class _Blocks:
@@ -863,6 +864,15 @@ class _Blocks:
               and all(src is not None and (block.o0 <= src[1] < block.o1 if src[0] else known(src[1]))
                       for src in srcs))
         self.traces[block.cls] = tr if ok else None
+        if ok:  # each op's tensors as indices into a copy's table (`copy`): its tensors, its new ones, its interface
+            # (an exported tensor is both its own and in its interface: the same tensor in a copy)
+            index = {t: k for k, t in enumerate((*range(block.t0, block.t1), *range(tr.n0, tr.n1),
+                                                 *block.interface, *tr.grads))}
+            at = index.__getitem__
+            tr.ops = [(i - block.o0, backward, accumulated, spec, tuple(map(at, spec.allocs)),
+                       tuple(map(at, spec.frees)), tuple(map(at, spec.saves)))
+                      for spec, (i, backward, accumulated) in zip(d.ops[tr.k0:tr.k1], d.sources[tr.k0:tr.k1],
+                                                                  strict=True)]
 
     def copy(self, block: _Block) -> bool:
         """Emit ``block``'s backward as a copy of its class's trace; False (nothing emitted) when
@@ -891,13 +901,16 @@ class _Blocks:
         def m(t: int) -> int:
             return t + d_t if t0 <= t < t1 else t + d_n if n0 <= t < n1 else ext[t]
 
-        for spec_, (i, backward, accumulated) in zip(d.ops[tr.k0:tr.k1], d.sources[tr.k0:tr.k1], strict=True):
-            op = fwd[i + d_o]
-            d.ops.append(OpSpec(len(d.ops), op.name + (".backward" if backward else ".recompute"), spec_.kind,
-                                spec_.phase, op.layer, spec_.flops, spec_.hbm_bytes, spec_.op_class,
-                                tuple(map(m, spec_.allocs)), tuple(map(m, spec_.frees)), tuple(map(m, spec_.saves)),
-                                spec_.exec_flops, spec_.time_s, spec_.model_flops_))
-            d.sources.append((i + d_o, backward, accumulated))
+        table = [*range(block.t0, block.t1), *range(d.next_tid, d.next_tid + n1 - n0), *block.interface, *grads]
+        at = table.__getitem__
+        out_ops, sources, o0 = d.ops, d.sources, block.o0
+        for i, backward, accumulated, spec_, allocs, frees, saves in tr.ops:
+            op = fwd[o0 + i]
+            out_ops.append(OpSpec(len(out_ops), op.name + (".backward" if backward else ".recompute"), spec_.kind,
+                                  spec_.phase, op.layer, spec_.flops, spec_.hbm_bytes, spec_.op_class,
+                                  tuple(map(at, allocs)), tuple(map(at, frees)), tuple(map(at, saves)),
+                                  spec_.exec_flops, spec_.time_s, spec_.model_flops_))
+            sources.append((o0 + i, backward, accumulated))
         view_of = d.view_of
         for tid in range(n0, n1):
             spec = d.extra[tid - num_program]
