@@ -140,6 +140,13 @@ class ProgramBuilder:
     gradient's size (``.grad``, ``.grad_tmp``) that backward allocated."""
     derivation: Derivation | None = None
     """After ``build``: what it derived (``retimed`` reuses it)."""
+    repeat_backward: bool = True
+    """Derive a repeated block's backward once and copy it to the block's other copies whose
+    state at their backward is the same (False: derive every block; the copies are equal)."""
+    num_copied_blocks: int = 0
+    """After ``build``: how many blocks' backward was copied rather than derived."""
+    _copies: list[tuple[BlockMark, BlockMark, int, int, int, dict[int, int]]] = field(default_factory=list)
+    _edited: list[int] = field(default_factory=list)  # tensors re-labelled or held after their creation
 
     # ---- tensors -------------------------------------------------------------------------
     def tensor(
@@ -199,10 +206,12 @@ class ProgramBuilder:
     def set_role(self, tid: int, role: Role) -> None:
         """Re-label a tensor (e.g. a key projection that becomes the KV cache)."""
         self._tensors[tid].role = role
+        self._edited.append(tid)
 
     def hold(self, tid: int) -> None:
         """The caller keeps a reference to ``tid`` until the step ends (e.g. HF outputs.logits)."""
         self._held.add(tid)
+        self._edited.append(tid)
 
     # ---- ops -----------------------------------------------------------------------------
     def op(
@@ -324,6 +333,7 @@ class ProgramBuilder:
                                     op.cost, op.has_backward, m(op.grad_inputs), m(op.passthrough), op.bwd_cost,
                                     op.bwd_workspace_bytes, op.fwd_workspace_bytes,
                                     None if op.region is None else op.region + dr, op.seq + do))
+        self._copies.append((start, end, dt, do, dr, dict(inputs)))
         return tmap
 
     def set_loss_backward_cost(self, cost: Cost) -> None:
@@ -336,6 +346,7 @@ class ProgramBuilder:
         deriver = _Deriver(self)
         wl = deriver.run(meta or {})
         self.leaf_grads = deriver.leaf_grads
+        self.num_copied_blocks = deriver.num_copied
         self.derivation = Derivation(signature, tuple(deriver.sources), deriver.leaf_grads)
         return wl
 
@@ -381,17 +392,27 @@ class _Deriver:
         self.view_of: dict[int, int] = {t.tid: t.view_of for t in b._tensors if t.view_of is not None}
         self.leaf_grads: dict[int, list[int]] = {}
         self.sources: list[tuple[int, bool, int]] = []  # per op: (forward op, its backward, accumulated bytes)
+        # per derived tensor: what its name and layer come from (an op's index, or a tensor's tid)
+        self.extra_src: list[tuple[bool, int] | None] = []
+        self.leaf_log: list[tuple[int, int]] = []  # (leaf, its new gradient-sized tensor), in order
+        self.num_copied = 0
 
     def _leaf_grad(self, leaf: _Tensor, suffix: str, role: Role, persistent: bool = False) -> int:
         """A tensor of the size of ``leaf``'s gradient (its ``.grad`` or a temporary)."""
-        tid = self._new_tensor(f"{leaf.name}.{suffix}", _grad_bytes(leaf), role, leaf.layer, persistent=persistent)
+        tid = self._new_tensor(f"{leaf.name}.{suffix}", _grad_bytes(leaf), role, leaf.layer, persistent=persistent,
+                               src=(False, leaf.tid))
         self.leaf_grads.setdefault(leaf.tid, []).append(tid)
+        self.leaf_log.append((leaf.tid, tid))
         return tid
 
-    def _new_tensor(self, name: str, num_bytes: int, role: Role, layer: int | None, persistent=False) -> int:
+    def _new_tensor(self, name: str, num_bytes: int, role: Role, layer: int | None, persistent=False, *,
+                    src: tuple[bool, int] | None) -> int:
+        """A tensor the derivation adds, named and layered after ``src``: (True, an op's index) or
+        (False, a tensor's tid); None: neither."""
         tid = self.next_tid
         self.next_tid += 1
         self.extra.append(TensorSpec(tid, name, int(num_bytes), role, layer, persistent))
+        self.extra_src.append(src)
         return tid
 
     def _emit(self, name, kind, phase, layer, cost: Cost, allocs=(), frees=(), saves=(), *,
@@ -422,24 +443,40 @@ class _Deriver:
         self.live: set[int] = set(self.b._initial)
         self._forward()
         initial = self._start_backward()
-        recomputed: set[int] = set()
-        ops = self.b._ops
-        for i in range(len(ops) - 1, -1, -1):
-            op = ops[i]
-            if not op.has_backward:
+        self.recomputed: set[int] = set()
+        blocks = _Blocks(self) if self.b.repeat_backward and self.b._copies else None
+        i = len(self.b._ops) - 1
+        while i >= 0:
+            block = None if blocks is None else blocks.ending_at.get(i)
+            if blocks is None or block is None:
+                self._backward_at(i)
+                i -= 1
                 continue
-            rid = op.region
-            if rid is not None and rid not in recomputed:
-                recomputed.add(rid)
-                self._recompute(self.b._regions[rid], ops, self.live, self.saved_by,
-                                self.remaining_savers, self.b._held)
-            self._backward_op(i, op)
+            if not blocks.copy(block):
+                trace = blocks.start_trace(block)
+                for j in range(block.o1 - 1, block.o0 - 1, -1):
+                    self._backward_at(j)
+                if trace is not None:
+                    blocks.end_trace(trace)
+            i = block.o0 - 1
         # Gradients of held inputs that require grad (e.g. the input of a bare stack) stay.
         tensors = tuple(
             TensorSpec(t.tid, t.name, t.num_bytes, t.role, t.layer, t.persistent) for t in self.b._tensors
         ) + tuple(self.extra)
         ops_out = _extend_base_lifetimes(self.ops, self.view_of)
         return Workload(tensors=tensors, ops=tuple(ops_out), initial=tuple(initial), meta=dict(meta))
+
+    def _backward_at(self, i: int) -> None:
+        """The backward of forward op ``i`` (after its checkpoint region's recompute, if first)."""
+        op = self.b._ops[i]
+        if not op.has_backward:
+            return
+        rid = op.region
+        if rid is not None and rid not in self.recomputed:
+            self.recomputed.add(rid)
+            self._recompute(self.b._regions[rid], self.b._ops, self.live, self.saved_by,
+                            self.remaining_savers, self.b._held)
+        self._backward_op(i, op)
 
     def _plan_saves(self) -> None:
         """What each region saves, each tensor's last forward use, and which ops save it."""
@@ -493,7 +530,8 @@ class _Deriver:
             live.update(allocs)
             ws = []
             if op.fwd_workspace_bytes:
-                ws = [self._new_tensor(f"{op.name}.workspace", op.fwd_workspace_bytes, Role.WORKSPACE, op.layer)]
+                ws = [self._new_tensor(f"{op.name}.workspace", op.fwd_workspace_bytes, Role.WORKSPACE, op.layer,
+                                        src=(True, i))]
             frees = list(ws) + self._forward_frees(i, op)
             for t in frees:
                 live.discard(t)
@@ -525,7 +563,7 @@ class _Deriver:
         # output of the last op that has one (ops after it only release what the caller drops).
         final_out = next((op.outputs[0] for op in reversed(ops) if op.outputs), None)
         if final_out is not None and not b.no_grad:
-            gid = self._new_tensor("loss.grad", 4, Role.ACTIVATION_GRAD, None)
+            gid = self._new_tensor("loss.grad", 4, Role.ACTIVATION_GRAD, None, src=None)
             self.grad_of[final_out] = gid
             self._emit("backward.start", "ones_like", Phase.BWD, None, self.b._loss_backward_cost, [gid],
                        source=(-1, True, 0))
@@ -562,7 +600,7 @@ class _Deriver:
             if t not in op.grad_inputs:
                 continue
             gid = self._new_tensor(f"{tt.name}.grad{'_part' if t in grad_of else ''}", _grad_bytes(tt),
-                                   Role.ACTIVATION_GRAD, tt.layer)
+                                   Role.ACTIVATION_GRAD, tt.layer, src=(False, t))
             allocs.append(gid)
             if op.kind in VIEW_GRAD_KINDS:
                 self.view_grads.add(gid)
@@ -577,7 +615,8 @@ class _Deriver:
                 grad_of[t] = gid
                 self._release_grad(old, frees)
             else:  # old + new, a third tensor (InputBuffer::accumulate)
-                total = self._new_tensor(f"{tt.name}.grad_sum", _grad_bytes(tt), Role.ACTIVATION_GRAD, tt.layer)
+                total = self._new_tensor(f"{tt.name}.grad_sum", _grad_bytes(tt), Role.ACTIVATION_GRAD, tt.layer,
+                                         src=(False, t))
                 allocs.append(total)
                 frees.append(gid)
                 grad_of[t] = total
@@ -610,7 +649,8 @@ class _Deriver:
         incoming = next(g for g in out_grads if g is not None)
         passed, accumulated_bytes = self._input_grads(op, incoming, allocs, frees)
         if op.bwd_workspace_bytes:
-            ws = self._new_tensor(f"{op.name}.bwd_workspace", op.bwd_workspace_bytes, Role.WORKSPACE, op.layer)
+            ws = self._new_tensor(f"{op.name}.bwd_workspace", op.bwd_workspace_bytes, Role.WORKSPACE, op.layer,
+                                  src=(True, i))
             allocs.append(ws)
             frees.append(ws)
         # Incoming gradients are consumed; one passed through to an input lives on in it.
@@ -684,7 +724,8 @@ class _Deriver:
                 if o in fresh:
                     continue  # in-place style op re-emitting a tensor
                 src = T[o]
-                fresh[o] = self._new_tensor(f"{src.name}.recomputed", src.num_bytes, src.role, src.layer)
+                fresh[o] = self._new_tensor(f"{src.name}.recomputed", src.num_bytes, src.role, src.layer,
+                                            src=(False, o))
                 if src.view_of is not None:
                     self.view_of[fresh[o]] = fresh.get(src.view_of, src.view_of)
                 allocs.append(fresh[o])
@@ -702,6 +743,253 @@ class _Deriver:
                        source=(j, False, 0))
         for t, j in first_saver.items():
             self._recompute_saves.setdefault(j, []).append(fresh[t])
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    """A repeated block (`ProgramBuilder.repeat`) or its template: tensors [t0, t1), ops [o0, o1),
+    checkpoint regions [r0, r1); ``interface``: the tensors from before it that it reads (in its
+    class's order), then its own tensors that ops outside it use, whose template-relative
+    offsets are ``exported``. Its backward reads and changes no other tensor's state."""
+
+    cls: int
+    t0: int
+    t1: int
+    o0: int
+    o1: int
+    r0: int
+    r1: int
+    interface: tuple[int, ...]
+    exported: tuple[int, ...]
+
+
+@dataclass
+class _Trace:
+    """A block's backward as derived, to copy to the other blocks of its class: the ops it emitted
+    from ``k0``, the tensors it derived from tid ``n0``, its leaf-gradient log from ``l0``, and the
+    state of its interface before (``entry``, ``savers``, the incoming gradients ``grads``) and
+    after (``exit``, ``used``: savers it released, ``alive``: those gradients' liveness,
+    ``holders`` / ``views``: their holder counts and view marks)."""
+
+    block: _Block
+    k0: int
+    n0: int
+    l0: int
+    entry: tuple
+    savers: list[int | None]
+    grads: list[int]
+    k1: int = 0
+    n1: int = 0
+    l1: int = 0
+    exit: list[tuple[bool, int | None, int | None]] = field(default_factory=list)
+    used: list[int | None] = field(default_factory=list)
+    alive: list[tuple[int, bool]] = field(default_factory=list)
+    holders: list[tuple[int, int]] = field(default_factory=list)  # gradients held more than once, after
+    views: list[int] = field(default_factory=list)  # derived gradients that are views of a larger result
+    ops: list[tuple] = field(default_factory=list)
+
+
+class _Blocks:
+    """The backward of a repeated block, derived once and copied to the class's other blocks.
+
+    A block's backward (its ops' backward and its regions' recompute, a contiguous run of the
+    derivation) reads the state of its own tensors, which is the same in every copy (they are
+    recorded alike and only the block's ops touch them), and of its interface: a block whose
+    interface state equals the traced block's, up to saver counts that neither brings to zero
+    within the block, derives the same ops on tensor ids shifted by the copy's offsets. Any
+    other block (the first layer, whose backward frees the rotary tables) is derived in full."""
+
+    def __init__(self, d: _Deriver):
+        self.d = d
+        b = d.b
+        T, ops = b._tensors, b._ops
+        lo: dict[int, int] = {}  # first and last op that reads, writes or saves each tensor
+        hi: dict[int, int] = {}
+        for i, op in enumerate(ops):
+            for t in (*op.inputs, *op.outputs, *op.saves):
+                lo.setdefault(t, i)
+                hi[t] = i
+        for r in b._regions:
+            for t in r.inputs:
+                lo[t] = min(lo.get(t, r.first_op), r.first_op)
+                hi[t] = max(hi.get(t, r.first_op), r.first_op)
+        classes: dict[tuple[BlockMark, BlockMark], list[tuple[int, int, int, dict[int, int]]]] = {}
+        for start, end, dt, do, dr, inputs in b._copies:
+            classes.setdefault((start, end), [(0, 0, 0, {})]).append((dt, do, dr, inputs))
+        edited = set(b._edited)
+        self.ending_at: dict[int, _Block] = {}
+        self.traces: dict[int, _Trace | None] = {}  # None: its block cannot be copied
+        for (start, end), members in classes.items():
+            t0, t1, o0, o1 = start.num_tensors, end.num_tensors, start.num_ops, end.num_ops
+            if o1 <= o0:
+                continue
+            refs: set[int] = set()
+            for op in ops[o0:o1]:
+                refs.update(op.inputs, op.outputs, op.saves)
+            for r in b._regions[start.num_regions:end.num_regions]:
+                refs.update(r.inputs)
+            refs.update(t.view_of for t in T[t0:t1] if t.view_of is not None)
+            externals = sorted(t for t in refs if not t0 <= t < t1)
+            for dt, do, dr, inputs in members:
+                bt0, bo0, bo1 = t0 + dt, o0 + do, o1 + do
+                exported = tuple(k for k in range(t1 - t0)
+                                 if lo.get(bt0 + k, bo0) < bo0 or hi.get(bt0 + k, bo0) >= bo1)
+                if any(bt0 <= t < t1 + dt and t - bt0 not in exported for t in edited):
+                    continue  # re-labelled or held after the copy: not the template's program
+                interface = tuple(inputs.get(e, e) for e in externals) + tuple(bt0 + k for k in exported)
+                if len(set(interface)) != len(interface) or any(e >= bt0 for e in interface[:len(externals)]):
+                    continue
+                self.ending_at[bo1 - 1] = _Block(o0, bt0, t1 + dt, bo0, bo1, start.num_regions + dr,
+                                                 end.num_regions + dr, interface, exported)
+
+    def _state(self, block: _Block) -> tuple[tuple, list[int | None], list[int]]:
+        """What the backward of ``block`` reads of its interface, but saver counts; the counts;
+        the interface's gradients, in order."""
+        d = self.d
+        T, live, grad_of, param_grad, held = d.b._tensors, d.live, d.grad_of, d.param_grad, d.b._held
+        grads: dict[int, int] = {}
+        state = []
+        for t in block.interface:
+            tt = T[t]
+            g = grad_of.get(t)
+            state.append((tt.num_bytes, tt.role, tt.requires_grad, tt.leaf_grad, tt.is_param, tt.grad_bytes,
+                          t in live, t in held, t in param_grad,
+                          None if g is None else (grads.setdefault(g, len(grads)), g in live,
+                                                  d.holders.get(g, 1), g in d.view_grads)))
+        savers = [d.remaining_savers.get(t) for t in block.interface]
+        return (block.exported, tuple(state)), savers, list(grads)
+
+    def start_trace(self, block: _Block) -> _Trace | None:
+        """Start tracing ``block``'s backward, unless its class has a trace (or cannot have one)."""
+        if block.cls in self.traces:
+            return None
+        d = self.d
+        entry, savers, grads = self._state(block)
+        return _Trace(block, len(d.ops), d.next_tid, len(d.leaf_log), entry, savers, grads)
+
+    def end_trace(self, tr: _Trace) -> None:
+        d, block = self.d, tr.block
+        tr.k1, tr.n1, tr.l1 = len(d.ops), d.next_tid, len(d.leaf_log)
+        live = d.live
+        tr.exit = [(t in live, d.grad_of.get(t), d.param_grad.get(t)) for t in block.interface]
+        saved = {t for op in d.b._ops[block.o0:block.o1] for t in op.saves}
+        saved.update(t for r in d.b._regions[block.r0:block.r1] for t in r.inputs)
+        # how many times the block released each saved tensor (None: unknown, it had no count)
+        tr.used = [r - d.remaining_savers[t] if r is not None else None if t in saved else 0
+                   for t, r in zip(block.interface, tr.savers, strict=True)]
+        after = dict.fromkeys(tr.grads + [g for _, g, _ in tr.exit if g is not None])
+        tr.alive = [(g, g in live) for g in after]
+        # the gradients' holder counts and view marks the block leaves (`_Deriver.holders`)
+        tr.holders = [(g, d.holders[g]) for g in (*after, *range(tr.n0, tr.n1)) if g in d.holders]
+        tr.views = [g for g in range(tr.n0, tr.n1) if g in d.view_grads]
+        allowed = set(block.interface) | set(tr.grads)
+
+        def known(t: int | None) -> bool:
+            return t is None or block.t0 <= t < block.t1 or tr.n0 <= t < tr.n1 or t in allowed
+
+        num_program = len(d.b._tensors)
+        srcs = d.extra_src[tr.n0 - num_program:tr.n1 - num_program]
+        ok = (all(known(t) for op in d.ops[tr.k0:tr.k1] for ts in (op.allocs, op.frees, op.saves) for t in ts)
+              and all(block.o0 <= i < block.o1 for i, _, _ in d.sources[tr.k0:tr.k1])
+              and all(known(d.view_of.get(t)) for t in range(tr.n0, tr.n1))
+              and all(known(g) and known(p) for _, g, p in tr.exit)
+              and all(known(leaf) for leaf, _ in d.leaf_log[tr.l0:tr.l1])
+              and all(src is not None and (block.o0 <= src[1] < block.o1 if src[0] else known(src[1]))
+                      for src in srcs))
+        self.traces[block.cls] = tr if ok else None
+        if ok:  # each op's tensors as indices into a copy's table (`copy`): its tensors, its new ones, its interface
+            # (an exported tensor is both its own and in its interface: the same tensor in a copy)
+            index = {t: k for k, t in enumerate((*range(block.t0, block.t1), *range(tr.n0, tr.n1),
+                                                 *block.interface, *tr.grads))}
+            at = index.__getitem__
+            tr.ops = [(i - block.o0, backward, accumulated, spec, tuple(map(at, spec.allocs)),
+                       tuple(map(at, spec.frees)), tuple(map(at, spec.saves)))
+                      for spec, (i, backward, accumulated) in zip(d.ops[tr.k0:tr.k1], d.sources[tr.k0:tr.k1],
+                                                                  strict=True)]
+
+    def copy(self, block: _Block) -> bool:
+        """Emit ``block``'s backward as a copy of its class's trace; False (nothing emitted) when
+        there is none or the block's interface state differs from the traced block's."""
+        tr = self.traces.get(block.cls)
+        if tr is None or tr.block is block:
+            return False
+        entry, savers, grads = self._state(block)
+        if entry != tr.entry:
+            return False
+        for r, r_traced, used in zip(savers, tr.savers, tr.used, strict=True):
+            # the block releases a saved tensor ``used`` times: counts it may bring to zero must agree
+            if used is None:
+                if r != r_traced:
+                    return False
+            elif used and r != r_traced and ((r is not None and r <= used) or
+                                             (r_traced is not None and r_traced <= used)):
+                return False
+        d, src_block = self.d, tr.block
+        T, fwd, num_program = d.b._tensors, d.b._ops, len(d.b._tensors)
+        d_t, d_o, d_n = block.t0 - src_block.t0, block.o0 - src_block.o0, d.next_tid - tr.n0
+        t0, t1, n0, n1 = src_block.t0, src_block.t1, tr.n0, tr.n1
+        ext = dict(zip(src_block.interface, block.interface, strict=True))
+        ext.update(zip(tr.grads, grads, strict=True))
+
+        def m(t: int) -> int:
+            return t + d_t if t0 <= t < t1 else t + d_n if n0 <= t < n1 else ext[t]
+
+        table = [*range(block.t0, block.t1), *range(d.next_tid, d.next_tid + n1 - n0), *block.interface, *grads]
+        at = table.__getitem__
+        out_ops, sources, o0 = d.ops, d.sources, block.o0
+        for i, backward, accumulated, spec_, allocs, frees, saves in tr.ops:
+            op = fwd[o0 + i]
+            out_ops.append(OpSpec(len(out_ops), op.name + (".backward" if backward else ".recompute"), spec_.kind,
+                                  spec_.phase, op.layer, spec_.flops, spec_.hbm_bytes, spec_.op_class,
+                                  tuple(map(at, allocs)), tuple(map(at, frees)), tuple(map(at, saves)),
+                                  spec_.exec_flops, spec_.time_s, spec_.model_flops_))
+            sources.append((o0 + i, backward, accumulated))
+        view_of = d.view_of
+        for tid in range(n0, n1):
+            spec = d.extra[tid - num_program]
+            is_op, sid = d.extra_src[tid - num_program]  # type: ignore[misc]
+            if is_op:
+                src_name, new_name, new_layer, new_src = fwd[sid].name, fwd[sid + d_o].name, fwd[sid + d_o].layer, \
+                    (True, sid + d_o)
+            else:
+                src_name, new_name, new_layer, new_src = T[sid].name, T[m(sid)].name, T[m(sid)].layer, (False, m(sid))
+            d.extra.append(TensorSpec(tid + d_n, new_name + spec.name[len(src_name):], spec.num_bytes, spec.role,
+                                      new_layer, spec.persistent))
+            d.extra_src.append(new_src)
+            base = view_of.get(tid)
+            if base is not None:
+                view_of[tid + d_n] = m(base)
+        d.next_tid += n1 - n0
+        for leaf, gid in d.leaf_log[tr.l0:tr.l1]:
+            leaf, gid = m(leaf), gid + d_n
+            d.leaf_grads.setdefault(leaf, []).append(gid)
+            d.leaf_log.append((leaf, gid))
+        live = d.live
+        for t, (alive, g, p), r, used in zip(block.interface, tr.exit, savers, tr.used, strict=True):
+            if alive:
+                live.add(t)
+            else:
+                live.discard(t)
+            if r is not None and used:
+                d.remaining_savers[t] = r - used
+            if g is not None:
+                d.grad_of[t] = m(g)
+            if p is not None:
+                d.param_grad[t] = m(p)
+        for g, alive in tr.alive:
+            if alive:
+                live.add(m(g))
+            else:
+                live.discard(m(g))
+        holders = d.holders
+        for g, _ in tr.alive:
+            holders.pop(m(g), None)
+        for g, n in tr.holders:
+            holders[m(g)] = n
+        d.view_grads.update(m(g) for g in tr.views)
+        d.recomputed.update(range(block.r0, block.r1))
+        d.num_copied += 1
+        return True
 
 
 @dataclass(frozen=True)

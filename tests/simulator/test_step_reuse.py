@@ -133,3 +133,52 @@ def test_a_dropped_step_is_freed_without_the_cyclic_collector():
     finally:
         if was_on:
             gc.enable()
+
+
+def _derived(model, job, node, *, copy: bool, mlp_chunks=None, layer_checkpointing=None, lm_head_chunks=1):
+    prog = _Program(model, job, job.parallelism, node, grads_persist=job.grads_persist)
+    prog.b.repeat_backward = copy
+    prog.mlp_chunks = dict(mlp_chunks or {})
+    prog.layer_checkpointing = dict(layer_checkpointing or {})
+    prog.lm_head_chunks = lm_head_chunks
+    wl = prog.training_step()
+    return wl, prog.b
+
+
+def _assert_same_derivation(model, job, node, **kw):
+    (a, ba), (b, bb) = _derived(model, job, node, copy=True, **kw), _derived(model, job, node, copy=False, **kw)
+    assert len(a.ops) == len(b.ops) and len(a.tensors) == len(b.tensors)
+    for x, y in zip(a.ops, b.ops, strict=True):
+        assert x == y, (x.name, y.name)
+    for x, y in zip(a.tensors, b.tensors, strict=True):
+        assert x == y
+    assert a == b
+    assert ba.leaf_grads == bb.leaf_grads and list(ba.leaf_grads) == list(bb.leaf_grads)
+    assert ba.derivation == bb.derivation
+    assert bb.num_copied_blocks == 0
+    return ba.num_copied_blocks
+
+
+@pytest.mark.parametrize("name", ["llama-3.1-8b", "gpt2", "llama-3-8b-stack", "qwen3-8b", "mistral-7b"])
+def test_copied_backward_equals_the_derived_backward(name):
+    model = get_model(name).with_layers(4)
+    node = load_node("8xH200")
+    copied = 0
+    for ck, (tp, sp), (cp, kind), persist in itertools.product(
+            ("none", "selective", "full"), ((1, False), (2, False), (2, True)), ((1, "ring"), (2, "ring"), (2, "ulysses")),
+            (False, True)):
+        job = TrainJob(seq_len=8192, checkpointing=ck, grads_persist=persist,
+                       parallelism=Parallelism(tp=tp, sequence_parallel=sp, cp=cp, cp_kind=kind, dp=2,
+                                               zero_stage=3 if persist else 1))
+        copied += _assert_same_derivation(model, job, node)
+    assert copied >= 2 * 54  # the middle layers at least, in every case
+
+
+def test_copied_backward_follows_per_layer_plans_and_the_head():
+    model = get_model("llama-3.1-8b").with_layers(6)
+    node = load_node("8xH200")
+    job = TrainJob(seq_len=16384, checkpointing="selective")
+    n = _assert_same_derivation(model, job, node, mlp_chunks={1: 4, 2: 4, 3: 4, 5: 2},
+                                layer_checkpointing={0: "full", 3: "full", 4: "full", 5: "none"})
+    assert n >= 1
+    assert _assert_same_derivation(model, job, node, mlp_chunks=dict.fromkeys(range(6), 4), lm_head_chunks=4) >= 4
