@@ -147,14 +147,25 @@ class MemoryPoint:
 
 
 @dataclass(frozen=True)
-class MemoryWalk:
-    """Result of walking a Workload: peak, where it happens, and what is live then."""
+class WalkPeak:
+    """What an estimate reads of a walk: the peak, where it happens, and what is live then."""
 
     peak_bytes: int
     peak_oid: int  # -1 when the peak is the initial state
     peak_op_name: str
     peak_phase: Phase | None
-    peak_breakdown_bytes: dict[str, int]  # role -> live bytes at the peak
+    peak_breakdown_bytes: dict[str, int]  # role -> live bytes at the peak (roles sorted, zeros left out)
+
+    @classmethod
+    def of(cls, walk: MemoryWalk) -> WalkPeak:
+        return cls(walk.peak_bytes, walk.peak_oid, walk.peak_op_name, walk.peak_phase, walk.peak_breakdown_bytes)
+
+
+@dataclass(frozen=True)
+class MemoryWalk(WalkPeak):
+    """Result of walking a Workload: its peak (`WalkPeak`), the live bytes at the start and end,
+    and the live bytes after every op."""
+
     initial_bytes: int
     final_bytes: int
     timeline: tuple[MemoryPoint, ...]
@@ -216,21 +227,6 @@ def walk_memory(workload: Workload, *, rounded: bool = True) -> MemoryWalk:
         final_bytes=total,
         timeline=tuple(timeline),
     )
-
-
-@dataclass(frozen=True)
-class WalkPeak:
-    """What an estimate reads of a walk: the peak, where it happens, and what is live then."""
-
-    peak_bytes: int
-    peak_oid: int  # -1 when the peak is the initial state
-    peak_op_name: str
-    peak_phase: Phase | None
-    peak_breakdown_bytes: dict[str, int]  # role -> live bytes at the peak (roles sorted, zeros left out)
-
-    @classmethod
-    def of(cls, walk: MemoryWalk) -> WalkPeak:
-        return cls(walk.peak_bytes, walk.peak_oid, walk.peak_op_name, walk.peak_phase, walk.peak_breakdown_bytes)
 
 
 class ResizableWalk:
