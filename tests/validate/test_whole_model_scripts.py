@@ -100,7 +100,17 @@ def test_the_run_is_refused_in_one_line_when_the_held_bytes_do_not_fit(tmp_path,
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert err.startswith("error: host: held ") and "exceeds available host memory 1.00 MiB" in err
-    assert not (tmp_path / "out" / "whole-1m-fewer.json").exists()
+    assert not (tmp_path / "out").exists()  # nothing made before the refusal, the state dir neither
+
+
+@pytest.mark.parametrize("flag, value", [("--repeats", "0"), ("--warmup", "-1")])
+def test_bad_step_counts_are_refused_in_one_line(tmp_path, capsys, flag, value):
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(small_whole_step_plan().to_json())
+    rc = whole_model_1m.main(["--plan", str(plan_path), "--out", str(tmp_path / "out"), "--smoke", flag, value])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err == f"error: {flag}: {value} (warm-up steps >= 0, timed steps >= 1)"
+    assert not (tmp_path / "out").exists()
 
 
 def test_smoke_run_holds_the_bytes_and_reports_against_the_replay(tmp_path, capsys):

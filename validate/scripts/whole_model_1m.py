@@ -172,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--smoke", action="store_true", help="tiny copy of the k-layer plan on the CPU")
     args = ap.parse_args(argv)
+    if args.warmup < 0 or args.repeats < 1:
+        bad = "--warmup" if args.warmup < 0 else "--repeats"
+        print(f"error: {bad}: {getattr(args, bad[2:])} (warm-up steps >= 0, timed steps >= 1)", file=sys.stderr)
+        return 2
     out = Path(args.out)
     state_dir = Path(args.state_dir) if args.state_dir else out / "states"
     held_dir = state_dir / "held"
@@ -190,9 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         held = held_bytes(whole.prediction, fewer.prediction)
         import validate.run_plan as run_plan
 
-        state_dir.mkdir(parents=True, exist_ok=True)
+        existing = state_dir  # the free space where the state dir will be: nothing made before the check
+        while not existing.exists():
+            existing = existing.parent
         check_room(fewer.prediction, held, host_available_bytes=run_plan.host_memory_bytes(),
-                   disk_free_bytes=shutil.disk_usage(state_dir).free)
+                   disk_free_bytes=shutil.disk_usage(existing).free)
+        state_dir.mkdir(parents=True, exist_ok=True)
         out.mkdir(parents=True, exist_ok=True)
         sub_path = out / f"first-{k}-layers.json"
         sub_path.write_text(fewer.to_json())
