@@ -41,7 +41,7 @@ Matrices (``--matrix``):
         python3 validate/measure_steps.py --matrix loopform --forms freed,kept \
             --out OUT/steps-loopform-h200-2026-12-02.json
 
-  * ``plain`` (about 2.5 min on an H200): the plain recipe for the whole Llama-3.1-8B (Hugging
+  * ``plain`` (99 s on the H200, 2026-12-03): the plain recipe for the whole Llama-3.1-8B (Hugging
     Face model + checkpointing + fused AdamW, freed loop, the default caching allocator) at 44K,
     46K and 48K, the lengths around its predicted longest (46K)::
 
