@@ -330,7 +330,16 @@ def executor_unsupported(plan: Plan) -> str:
 
 
 def host_memory_bytes() -> int:
-    """Host memory available now (Linux sysconf)."""
+    """Host memory available now: the kernel's MemAvailable (free pages plus the page cache and
+    slab it can reclaim: files just written stay cached but do not hold memory), or the free
+    pages where /proc/meminfo has no such line."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 

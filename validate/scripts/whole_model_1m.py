@@ -108,10 +108,13 @@ def check_room(fewer: Prediction, held: dict[str, int], *, host_available_bytes:
 
 
 def hold_host(num_bytes: int) -> mmap.mmap | None:
-    """``num_bytes`` of anonymous host memory with every page written (resident, not just mapped)."""
+    """``num_bytes`` of private anonymous host memory with every page written (resident, not just
+    mapped; populated by the kernel up front where it can, which is several times faster than
+    faulting each page in from Python)."""
     if num_bytes <= 0:
         return None
-    buf = mmap.mmap(-1, num_bytes)
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
+    buf = mmap.mmap(-1, num_bytes, flags=flags)
     chunk = b"\x01" * min(num_bytes, WRITE_CHUNK_BYTES)
     for start in range(0, num_bytes, len(chunk)):
         n = min(len(chunk), num_bytes - start)
