@@ -506,8 +506,10 @@ class ModelStates:
         return out
 
     def _load_states(self, ls: _Layer, where: str) -> dict[str, list[torch.Tensor]]:
-        """The layer's state file read into the staging buffer (nothing on its first step), its
-        moments bound to their sections; master weights on nvme start from the parameters."""
+        """The layer's state file read into the staging buffer, its moments bound to their
+        sections; on its first step (no file yet) the moments start there as zeros, as AdamW's
+        own first step makes them (so that no second copy of them is ever held), and master
+        weights on nvme start from the parameters."""
         assert ls.state_file is not None and self._staging is not None
         views = self._state_views(ls)
         first = not ls.state_file.path.exists()
@@ -516,8 +518,13 @@ class ModelStates:
         for k, st in enumerate(ls.states):
             if "master" in views and first:
                 views["master"][k].copy_(ls.host_params[k])
-            if st and "exp_avg" in views:  # AdamW makes the moments on its first step
-                st["exp_avg"], st["exp_avg_sq"] = views["exp_avg"][k], views["exp_avg_sq"][k]
+            if "exp_avg" not in views:
+                continue
+            if not st:  # torch.optim.AdamW's initial state: step 0 (an fp32 scalar), zero moments
+                views["exp_avg"][k].zero_()
+                views["exp_avg_sq"][k].zero_()
+                st["step"] = torch.zeros((), dtype=torch.float32)
+            st["exp_avg"], st["exp_avg_sq"] = views["exp_avg"][k], views["exp_avg_sq"][k]
         return views
 
     def _store_states(self, ls: _Layer, views: dict[str, list[torch.Tensor]], where: str) -> None:

@@ -26,7 +26,7 @@ their gradients and states (this version's contract); a CPU step needs the layer
 on the host and its states off HBM (`Plan.unsupported` refuses the rest); one GPU per host.
 Ignores: page-cache effects of the NVMe files (direct IO), the CPU time of the copies' own
 launches, the write-back of stepped parameters that stream from CXL / NVMe (`Plan.unsupported`
-refuses parameters there; the host's staging buffers for states there are counted, two layers').
+refuses parameters there; the host's staging buffer for states there is counted, one layer's).
 Source: ZeRO-Offload (Ren et al., USENIX ATC 2021, arXiv 2101.06840): gradients D2H as they are
 produced, CPU Adam overlapped with backward, parameters back H2D; ZeRO-Infinity (arXiv
 2104.07857) for states on NVMe; ALST (arXiv 2506.13996) for the whole step at long context.
@@ -42,9 +42,11 @@ from planners.plan import RESIDENT, ModelStatePlacement
 from simulator.templates import FP32_BYTES
 from simulator.workload import OpSpec, Phase, Role, TensorSpec, Workload
 
-STATE_STAGING_LAYERS = 2
-"""Host buffers a CXL / NVMe state read goes through: two layers' states (read one while the
-CPU steps the other)."""
+STATE_STAGING_LAYERS = 1
+"""Host buffers a CXL / NVMe state read goes through, a layer's states each: one, as the
+executor (validate.model_states) reads a layer's states into it, steps them there in place (its
+first step makes the moments there, zeroed) and writes them back, one layer at a time on its
+one optimizer thread."""
 
 
 @dataclass(frozen=True)

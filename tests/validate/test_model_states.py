@@ -268,9 +268,9 @@ def test_run_plan_refuses_a_host_too_small_before_a_step(tmp_path, monkeypatch):
 @pytest.mark.parametrize("master_weights", [True, False])
 def test_the_executors_state_bytes_are_what_the_planner_counts(tmp_path, master_weights):
     """The host and disk bytes the executor holds for CPU-stepped layers (its sizing, which
-    check_fits certifies) are the planner's (planners.swap.states), but for the planner's second
-    staging buffer: fp32 master weights only when the job keeps them, one layer's fp32 scratch."""
-    from planners.swap.states import STATE_STAGING_LAYERS, apply_model_states
+    check_fits certifies) are the planner's (planners.swap.states): fp32 master weights only when
+    the job keeps them, one staging buffer, one layer's fp32 scratch."""
+    from planners.swap.states import apply_model_states
     from simulator.templates import training_workload
 
     spec = tiny_spec(layers=3)
@@ -280,10 +280,29 @@ def test_the_executors_state_bytes_are_what_the_planner_counts(tmp_path, master_
     st = ModelStates(build_model(spec), plan, device=torch.device("cpu"), state_dir=tmp_path)
     sc = plan.scenario
     applied = apply_model_states(training_workload(sc.model, sc.job, sc.node), [lp.model_states for lp in layers])
-    staging = applied.by_kind["host"]["state_staging"]
-    want_host = applied.tier_bytes["host"] - staging + staging // STATE_STAGING_LAYERS
+    want_host = applied.tier_bytes["host"]
     slack = 512 * sum(1 for _ in build_model(spec).layers[0].parameters()) * 3 * 2  # executor's alignment
     assert abs(st.host_bytes() - want_host) <= slack
     assert abs(st.disk_bytes() - applied.tier_bytes["nvme"]) <= 2 * 4096
     n = sum(p.numel() for p in build_model(spec).layers[1].parameters())
     assert st.disk_bytes() == 2 * (-(-(2 + master_weights) * 4 * n // 4096) * 4096)
+
+
+def test_the_first_cpu_step_makes_its_moments_in_the_staging_buffer(tmp_path, monkeypatch):
+    """The one staging buffer the planner counts is all a layer's states on nvme ever take on the
+    host: on the first step too, AdamW steps moments that already live there (zeros) rather
+    than making its own and copying them in."""
+    spec = tiny_spec(layers=2)
+    plan = whole_plan(spec, [LayerPlan(layer=0, model_states=NVME_CPU), LayerPlan(layer=1, model_states=NVME_CPU)])
+    seen: list[bool] = []
+    store = ModelStates._store_states
+
+    def checked(self, ls, views, where):
+        seen.extend(st[name].data_ptr() == views[name][k].data_ptr()
+                    for k, st in enumerate(ls.states) for name in ("exp_avg", "exp_avg_sq"))
+        return store(self, ls, views, where)
+
+    monkeypatch.setattr(ModelStates, "_store_states", checked)
+    executed(spec, plan, steps=2, state_dir=tmp_path)
+    n = sum(1 for _ in build_model(spec).layers[0].parameters())
+    assert len(seen) == 2 * 2 * 2 * n and all(seen)  # two steps, two layers, two moments each
