@@ -152,6 +152,21 @@ class Scenario(_Frozen):
         plan was validated); no preset or file is looked up."""
         return plan.scenario
 
+    def with_current_profile(self) -> Scenario:
+        """This scenario with its node's measured profile replaced by today's preset of that
+        name (its achieved rates are refitted as measurements are added; a plan embeds the ones
+        it was made with); unchanged when the node has no profile or the preset is gone."""
+        from hwmodels.catalog import get_profile
+
+        prof = self.node.profile
+        if prof is None:
+            return self
+        try:
+            now = get_profile(prof.name)
+        except UserInputError:
+            return self
+        return self.model_copy(update={"node": self.node.model_copy(update={"profile": now})})
+
 
 def request_scenario(*, scenario_path: str | None = None, model: str | None = None,
                      mode: str | None = None, job_fields: Mapping[str, Any] | None = None,

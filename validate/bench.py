@@ -754,11 +754,13 @@ def run_bench(run: BenchRun) -> dict[str, Any]:
 
 # ---- report ------------------------------------------------------------------------------------
 def repredict(plan_path: Path) -> dict[str, Any]:
-    """Replay a committed plan's layers with the current cost model."""
+    """Replay a committed plan's layers with the current cost model and the current measured
+    profile of its node (``Scenario.with_current_profile``)."""
     from planners.plan import load_plan
     from planners.swap import PlanContext, evaluate
 
     plan = load_plan(plan_path)
+    plan = plan.model_copy(update={"scenario": plan.scenario.with_current_profile()})
     ctx = PlanContext.from_plan(plan, source=str(plan_path))
     res = evaluate(ctx, plan.provenance.planner, plan.layers)
     predicted = _predicted(res)
