@@ -164,7 +164,8 @@ class NotMeasured(RecordModel):
     case: str
     status: str
     message: str | None
-    predicted_feasible: bool
+    predicted_feasible: bool | None
+    """The plan's replayed verdict; None when the case was refused before it was replayed."""
 
 
 class ComparisonFile(RecordFile):

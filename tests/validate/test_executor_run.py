@@ -155,3 +155,15 @@ def test_the_measured_file_records_the_whole_command(tmp_path, capsys):
     assert main(argv) == 0
     prov = json.loads(capsys.readouterr().out)["measured"]["provenance"]
     assert prov["argv"] == ["tierplan", *argv]
+
+
+def test_a_plan_the_replay_cannot_carry_out_is_reported_not_a_records_error(tmp_path):
+    """A case refused before its plan is replayed has no verdict to compare: the comparison file
+    says so (``predicted_feasible`` None) and keeps the refusal's reason."""
+    plan = PLANS / "whole-model" / "whole-8b-4l.json"  # MLP chunk counts differ between layers
+    res = run_plan.run([str(plan)], out_dir=str(tmp_path), smoke=True)
+    (case,) = res["measured"]["cases"]
+    assert case["status"] == "refused" and "layers.mlp_chunks" in case["message"]
+    (nm,) = res["comparison"]["not_measured"]
+    assert nm["predicted_feasible"] is None and "layers.mlp_chunks" in nm["message"]
+    assert json.loads((tmp_path / "comparison.json").read_text())["not_measured"] == [nm]
