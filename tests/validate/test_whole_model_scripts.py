@@ -31,7 +31,7 @@ def test_whole_model_plan_uses_every_mechanism():
     assert [m.params for m in ms] == ["host", "host", "hbm", "hbm"]
     assert [m.optimizer_states for m in ms] == ["host", "nvme", "host", "hbm"]
     assert ms[3] == RESIDENT and plan.lm_head_chunks == 8
-    assert [lp.mlp_chunks for lp in plan.layers] == [4, 4, 1, 1]
+    assert [lp.mlp_chunks for lp in plan.layers] == [4, 4, 4, 4] and plan.unsupported() == ""
     assert plan.scenario.model.vocab_size == 128256 and plan.scenario.model.hidden_size == 4096
 
 

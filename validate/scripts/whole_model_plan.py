@@ -58,9 +58,9 @@ def layer_plan(i: int) -> LayerPlan:
         return LayerPlan(layer=i, model_states=ms, mlp_chunks=4)
     if row == 2:
         ms = ModelStatePlacement(grads="host", optimizer_states="host", master_weights="host", optimizer_step="cpu")
-        return LayerPlan(layer=i, model_states=ms, checkpoint="full")
+        return LayerPlan(layer=i, model_states=ms, checkpoint="full", mlp_chunks=4)
     half = RoleAction(action="offload", alpha_frac=0.5, keep_frac=0.5)
-    return LayerPlan(layer=i, roles={"mlp_hidden": half})
+    return LayerPlan(layer=i, roles={"mlp_hidden": half}, mlp_chunks=4)  # the replay takes one count
 
 
 def whole_model_plan(*, num_layers: int, seq_len: int, lm_head_chunks: int) -> Plan:
