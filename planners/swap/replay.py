@@ -176,24 +176,28 @@ def _add_states(states: StatesApplied, node, sched, tasks: list, extra: dict[int
                                      route.links, route.latency_s, deps, layer=c.layer))
             if c.needed_op >= 0:
                 extra.setdefault(ctids[c.needed_op], []).append(tid)
+        # one optimizer thread steps the layers in the order their gradients arrive, each once its
+        # gradients are on the host and the previous layer is done: states off the host are read
+        # into the one staging buffer, stepped there and written back before the next layer starts
         step_tid: dict[int, int] = {}
         steps = sorted(states.cpu_steps, key=lambda s: grad_tid.get(s.layer, -1))
-        for j, st in enumerate(steps):
-            step_deps: tuple[int, ...] = (grad_tid[st.layer],) if st.layer in grad_tid else ()
+        done: int | None = None  # the thread's last task
+        for st in steps:
+            deps: tuple[int, ...] = (grad_tid[st.layer],) if st.layer in grad_tid else ()
+            deps += (done,) if done is not None else ()
             state_dev = offload_device(node, st.state_tier, g) if st.state_tier != "host" else None
-            if state_dev is not None:  # read the layer's states into a host buffer, two layers ahead
-                before = steps[j - 2].layer if j >= 2 else None
+            if state_dev is not None:
                 rid = len(tasks)
                 tasks.append(DesTransfer(rid, f"read states layers.{st.layer}", "cpu.read", st.state_bytes,
-                                         state_dev, "host", (f"{state_dev}.read",), 0.0,
-                                         (step_tid[before],) if before is not None else (), layer=st.layer))
-                step_deps = step_deps + (rid,)
+                                         state_dev, "host", (f"{state_dev}.read",), 0.0, deps, layer=st.layer))
+                deps = (rid,)
             sid = len(tasks)
-            tasks.append(Op(sid, f"cpu_adamw layers.{st.layer}", "cpu.optimizer", st.step_bytes / rate, step_deps,
+            tasks.append(Op(sid, f"cpu_adamw layers.{st.layer}", "cpu.optimizer", st.step_bytes / rate, deps,
                             phase="optim", layer=st.layer))
-            step_tid[st.layer] = sid
+            step_tid[st.layer] = done = sid
             if state_dev is not None:
-                tasks.append(DesTransfer(len(tasks), f"write states layers.{st.layer}", "cpu.write",
+                done = len(tasks)
+                tasks.append(DesTransfer(done, f"write states layers.{st.layer}", "cpu.write",
                                          st.state_bytes, "host", state_dev, (f"{state_dev}.write",), 0.0, (sid,),
                                          layer=st.layer))
         for c in sorted(updated, key=lambda c: step_tid[c.layer]):  # in the order the CPU steps them

@@ -68,7 +68,7 @@ class CpuStep:
 
     layer: int
     step_bytes: int  # optimizer traffic (params, grads, moments, master weights read and written)
-    state_bytes: int  # moments + master weights of the layer
+    state_bytes: int  # the layer's moments and master weights that are off the host
     state_tier: str  # where those live (host, cxl, nvme)
     params_tier: str  # where the updated parameters go (hbm: copied H2D)
     param_bytes: int
@@ -221,9 +221,12 @@ def apply_model_states(wl: Workload, states: Sequence[ModelStatePlacement]) -> S
                                  "gradients on the host")
         if step_k is None:
             raise UserInputError(f"layers.{i}.model_states.optimizer_step: the job has no optimizer step")
-        state = sum(total * weight_bytes[i] // max(1, total_weight_bytes) for total in (
-            sum(x.num_bytes for x in wl.tensors if x.role == r and x.persistent)
-            for r in (Role.OPTIMIZER_STATE, Role.MASTER_WEIGHT)))
+        # the states off the host: read before the layer's step, written after (those on the host
+        # are stepped where they are; the executor's state file holds only the others)
+        state = sum(total * weight_bytes[i] // max(1, total_weight_bytes) for total, tier in (
+            (sum(x.num_bytes for x in wl.tensors if x.role == r and x.persistent), getattr(ms, f))
+            for r, f in ((Role.OPTIMIZER_STATE, "optimizer_states"), (Role.MASTER_WEIGHT, "master_weights")))
+            if tier != "host")
         tiers = {ms.optimizer_states, ms.master_weights}
         state_tier = next((t for t in ("nvme", "cxl") if t in tiers), "host")
         cpu_steps.append(CpuStep(i, int(step_bytes_per_weight_byte * weight_bytes[i]), state,
