@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from hwmodels.records import OpRecordsFile, RecordFile, RecordModel
+from hwmodels.records import OpRecordsFile, Provenance, RecordFile, RecordModel
 from hwmodels.units import UserInputError, validation_error_line
 from hwmodels.userfile import read_user_json
 
@@ -382,6 +382,29 @@ class CpuAdamFile(RecordFile):
     """Per (size, direction): median seconds of one pinned copy and its bytes/s."""
 
 
+class FewerLayersFile(RecordModel):
+    """validate/scripts/whole_model_1m.py's whole-1m-fewer.json: the first layers of a whole-step
+    plan run while the other layers' host and disk bytes are held."""
+
+    provenance: Provenance | None = None
+    """Device, torch, date and command; absent in the 2026-12-03 run, whose provenance is in
+    the README beside it."""
+    plan: str
+    """The whole-step plan of all the model's layers."""
+    num_layers: int = Field(gt=0)
+    layers_run: int = Field(gt=0)
+    smoke: bool
+    held_bytes: dict[str, int]
+    """Bytes held meanwhile per tier (host, nvme): the difference of the two replays' peaks."""
+    held_files: int = Field(ge=0)
+    prediction_fewer: dict[str, Any]
+    prediction_whole: dict[str, Any]
+    prediction_whole_committed: dict[str, Any] | None
+    case: PlanCase
+    comparison: list[dict[str, Scalar]]
+    """Per figure: predicted, measured, rel_error (predicted / measured - 1)."""
+
+
 class CollectiveRecord(RecordModel):
     """One collective at one size on ``num_gpus`` ranks (validate/scripts/nccl_sweep.py)."""
 
@@ -563,6 +586,7 @@ class ReferenceProbe(RecordModel):
 
 _BY_NAME: tuple[tuple[str, type[RecordModel]], ...] = (
     ("bench-measured.json", BenchFile),  # bench.py run's own name for its file
+    ("-fewer.json", FewerLayersFile),
     ("-comparison.json", ComparisonFile),
     ("comparison.json", ComparisonFile),
     ("-measured.json", PlanRunFile),

@@ -183,16 +183,16 @@ def _add_states(states: StatesApplied, node, sched, tasks: list, extra: dict[int
         steps = sorted(states.cpu_steps, key=lambda s: grad_tid.get(s.layer, -1))
         done: int | None = None  # the thread's last task
         for st in steps:
-            deps: tuple[int, ...] = (grad_tid[st.layer],) if st.layer in grad_tid else ()
-            deps += (done,) if done is not None else ()
+            after: tuple[int, ...] = (grad_tid[st.layer],) if st.layer in grad_tid else ()
+            after += (done,) if done is not None else ()
             state_dev = offload_device(node, st.state_tier, g) if st.state_tier != "host" else None
             if state_dev is not None:
                 rid = len(tasks)
                 tasks.append(DesTransfer(rid, f"read states layers.{st.layer}", "cpu.read", st.state_bytes,
-                                         state_dev, "host", (f"{state_dev}.read",), 0.0, deps, layer=st.layer))
-                deps = (rid,)
+                                         state_dev, "host", (f"{state_dev}.read",), 0.0, after, layer=st.layer))
+                after = (rid,)
             sid = len(tasks)
-            tasks.append(Op(sid, f"cpu_adamw layers.{st.layer}", "cpu.optimizer", st.step_bytes / rate, deps,
+            tasks.append(Op(sid, f"cpu_adamw layers.{st.layer}", "cpu.optimizer", st.step_bytes / rate, after,
                             phase="optim", layer=st.layer))
             step_tid[st.layer] = done = sid
             if state_dev is not None:

@@ -219,7 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserInputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    import torch
+
+    from kernels.microbench import provenance
+    from validate.records import FewerLayersFile
+
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     report = {
+        "provenance": provenance(sys.argv if argv is None else [sys.argv[0], *argv], device),
         "plan": str(args.plan), "num_layers": n, "layers_run": k, "smoke": args.smoke,
         "held_bytes": held, "held_files": len(files),
         "prediction_fewer": fewer.prediction.model_dump(), "prediction_whole": whole.prediction.model_dump(),
@@ -227,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "case": case,
         "comparison": rows(case, fewer.prediction, whole.prediction, num_layers=n, k=k),
     }
+    FewerLayersFile.model_validate(report)  # what is written is a valid measurement file
     (out / "whole-1m-fewer.json").write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
     status = case.get("status")
     print(f"{k} of {n} layers: {status}; held host {held['host'] / GiB:.2f} GiB, disk {held['nvme'] / GiB:.2f} GiB")
