@@ -301,7 +301,7 @@ class TrainingEstimator:
         hit = self._steps.get(step_key)
         if hit is None:  # the derivation of the same shape on another node serves this node's ops
             like = next((v[0] for k, v in self._steps.items() if k[0] == shape), None)
-            with _collector_paused():
+            with collector_paused():
                 parts = training_step_parts(model, shape[1], node, like=like)
             starts: list[float] = []
             hit = (parts, _StepSums().add(parts.head.ops, -2, starts_s=starts), starts, _flops(parts.head.ops))
@@ -312,7 +312,7 @@ class TrainingEstimator:
         walk_key = (shape, len(tail))
         rw = self._walks.get(walk_key)
         if rw is None:
-            with _collector_paused():
+            with collector_paused():
                 rw = ResizableWalk(parts.workload_at(zero, par.dp), sizes)
         self._lru_put(self._walks, walk_key, rw, 2 * self.max_steps)
         walk = rw.peak(sizes)
@@ -328,7 +328,7 @@ class TrainingEstimator:
             if fit is None:
                 wl = parts.workload_at(zero, par.dp)
                 uncapped = None
-                with _collector_paused():
+                with collector_paused():
                     if job.allocator == "caching":  # shared by every capacity
                         uncapped = self._uncapped.get(states_key)
                         if uncapped is None:
@@ -340,11 +340,13 @@ class TrainingEstimator:
 
 
 @contextmanager
-def _collector_paused() -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
     """Python's cyclic garbage collector off while a step is built, walked or replayed, as it
     was before after: each of those makes tens of thousands of objects (ops, tensors, allocator
     blocks), and every few hundred the collector would scan the steps already cached (it took
-    40% of a search's time). What they leave in cycles is collected once it is back on."""
+    40% of a search's time). What they leave in cycles is collected once it is back on. A
+    search's worker pauses it over a whole chunk of configurations (`tierplan.search.
+    evaluate_chunk`): the pauses nested in it then change nothing."""
     was_on = gc.isenabled()
     gc.disable()
     try:
