@@ -219,7 +219,9 @@ def evaluate_chunk(space_json: str, configs: Sequence[dict[str, Any]]) -> list[d
     ctx = _context(space_json)
     with collector_paused():
         records = [evaluate(ctx, c) for c in configs]
-    gc.collect(1)  # the chunk's cycles (an allocator replay's linked blocks); survivors to the old generation
+        # the chunk's cycles (an allocator replay's linked blocks), and its survivors to the old
+        # generation: before the collector is back on, whose first allocation would scan them first
+        gc.collect(1)
     return records
 
 
