@@ -269,6 +269,12 @@ class TrainingEstimator:
         self._uncapped: dict[tuple, int] = {}  # the native allocator's uncapped peak reserved
         self._steps: dict[tuple, tuple] = {}  # (shape, node) -> (parts, head sums, head op starts, flops)
 
+    def clear(self) -> None:
+        """Forget every step, walk and replay kept (a search's chunk holds whole step shapes:
+        nothing it kept serves the next, `tierplan.search.evaluate_chunk`)."""
+        for cache in (self._keys, self._walks, self._fits, self._uncapped, self._steps):
+            cache.clear()
+
     def _key(self, obj) -> str:
         hit = self._keys.get(id(obj))
         if hit is None or hit[0] is not obj:

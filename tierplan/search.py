@@ -193,6 +193,7 @@ def _context(space_json: str) -> _Context:
             model = model.with_layers(space.num_layers)
         # configurations come grouped by step shape (`configurations`), its nodes interleaved:
         # a step is not needed again once its shape's run ends, so the cache holds one per node
+        # (and is emptied after each chunk, `evaluate_chunk`)
         hit = _Context(space, model, nodes, load_price_catalog(space.prices),
                        TrainingEstimator(replay_over_capacity=False, max_steps=len(nodes)))
         _CONTEXT.clear()  # one search at a time per process
@@ -209,9 +210,10 @@ def evaluate_chunk(space_json: str, configs: Sequence[dict[str, Any]]) -> list[d
     """Each configuration's record (`evaluate`), in order. The unit of work of every backend.
 
     The cyclic garbage collector is off over the chunk (`simulator.estimator.collector_paused`)
-    and run once on the young generations after it: what the chunk made and dropped (its steps'
-    programs, walks and allocator replays) is never scanned, and what it keeps (the last steps)
-    is scanned once; collecting after every step build instead took a fifth of a search."""
+    and run once on the young generations after it, once the estimator has dropped its steps (a
+    chunk holds whole step shapes, `chunks`: none of them serves the next chunk): what the chunk
+    made (its steps' programs, walks and allocator replays) is never scanned but for what it left
+    in cycles; collecting after every step build instead took a fifth of a search."""
     import gc
 
     from simulator.estimator import collector_paused
@@ -219,6 +221,7 @@ def evaluate_chunk(space_json: str, configs: Sequence[dict[str, Any]]) -> list[d
     ctx = _context(space_json)
     with collector_paused():
         records = [evaluate(ctx, c) for c in configs]
+        ctx.estimator.clear()
         # the chunk's cycles (an allocator replay's linked blocks), and its survivors to the old
         # generation: before the collector is back on, whose first allocation would scan them first
         gc.collect(1)
