@@ -269,6 +269,12 @@ class TrainingEstimator:
         self._uncapped: dict[tuple, int] = {}  # the native allocator's uncapped peak reserved
         self._steps: dict[tuple, tuple] = {}  # (shape, node) -> (parts, head sums, head op starts, flops)
 
+    def clear(self) -> None:
+        """Forget every step, walk and replay kept (a search's chunk holds whole step shapes:
+        nothing it kept serves the next, `tierplan.search.evaluate_chunk`)."""
+        for cache in (self._keys, self._walks, self._fits, self._uncapped, self._steps):
+            cache.clear()
+
     def _key(self, obj) -> str:
         hit = self._keys.get(id(obj))
         if hit is None or hit[0] is not obj:
@@ -301,7 +307,7 @@ class TrainingEstimator:
         hit = self._steps.get(step_key)
         if hit is None:  # the derivation of the same shape on another node serves this node's ops
             like = next((v[0] for k, v in self._steps.items() if k[0] == shape), None)
-            with _collector_paused():
+            with collector_paused():
                 parts = training_step_parts(model, shape[1], node, like=like)
             starts: list[float] = []
             hit = (parts, _StepSums().add(parts.head.ops, -2, starts_s=starts), starts, _flops(parts.head.ops))
@@ -312,7 +318,7 @@ class TrainingEstimator:
         walk_key = (shape, len(tail))
         rw = self._walks.get(walk_key)
         if rw is None:
-            with _collector_paused():
+            with collector_paused():
                 rw = ResizableWalk(parts.workload_at(zero, par.dp), sizes)
         self._lru_put(self._walks, walk_key, rw, 2 * self.max_steps)
         walk = rw.peak(sizes)
@@ -328,7 +334,7 @@ class TrainingEstimator:
             if fit is None:
                 wl = parts.workload_at(zero, par.dp)
                 uncapped = None
-                with _collector_paused():
+                with collector_paused():
                     if job.allocator == "caching":  # shared by every capacity
                         uncapped = self._uncapped.get(states_key)
                         if uncapped is None:
@@ -340,11 +346,13 @@ class TrainingEstimator:
 
 
 @contextmanager
-def _collector_paused() -> Iterator[None]:
+def collector_paused() -> Iterator[None]:
     """Python's cyclic garbage collector off while a step is built, walked or replayed, as it
     was before after: each of those makes tens of thousands of objects (ops, tensors, allocator
     blocks), and every few hundred the collector would scan the steps already cached (it took
-    40% of a search's time). What they leave in cycles is collected once it is back on."""
+    40% of a search's time). What they leave in cycles is collected once it is back on. A
+    search's worker pauses it over a whole chunk of configurations (`tierplan.search.
+    evaluate_chunk`): the pauses nested in it then change nothing."""
     was_on = gc.isenabled()
     gc.disable()
     try:
