@@ -359,17 +359,16 @@ class ProgramBuilder:
                 tuple(self._initial), frozenset(self._held), tuple((r.inputs, r.first_op, r.last_op) for r in self._regions),
                 self.grads_persist, self.no_grad)
 
-    def retimed(self, workload: Workload, derivation: Derivation) -> Workload | None:
-        """``workload`` (built from ``derivation``'s program) with the costs of this builder's
-        program: what ``build`` gives when the two programs differ in their costs only (the
-        same model and job timed on another node), without deriving backward again. None
-        when they differ in more."""
+    def retimed_times_s(self, workload: Workload, derivation: Derivation) -> tuple[float | None, ...] | None:
+        """The durations of ``workload``'s ops (built from ``derivation``'s program) under this
+        builder's costs: what ``build`` gives when the two programs differ in their ops'
+        durations only (the same model and job timed on another node), without deriving
+        backward again or making the ops anew. None when they differ in more: the recorded
+        program, or any op's FLOPs, bytes or class."""
         if self.signature() != derivation.signature or len(workload.ops) != len(derivation.sources):
             return None
-        self.leaf_grads = derivation.leaf_grads
-        self.derivation = derivation
         fwd = self._ops
-        ops = []
+        times_s: list[float | None] = []
         for op, (i, backward, accumulated) in zip(workload.ops, derivation.sources, strict=True):
             if not backward:
                 cost = fwd[i].cost
@@ -377,9 +376,27 @@ class ProgramBuilder:
                 cost = self._loss_backward_cost
             else:
                 cost = _backward_cost(self, fwd[i], accumulated)
-            ops.append(OpSpec(op.oid, op.name, op.kind, op.phase, op.layer, cost.flops, cost.hbm_bytes, cost.op_class,
-                              op.allocs, op.frees, op.saves, cost.exec_flops, cost.time_s, cost.model_flops))
-        return Workload(tensors=workload.tensors, ops=tuple(ops), initial=workload.initial, meta=dict(workload.meta))
+            if (cost.flops != op.flops or cost.hbm_bytes != op.hbm_bytes or cost.op_class != op.op_class
+                    or cost.exec_flops != op.exec_flops or cost.model_flops != op.model_flops_):
+                return None
+            times_s.append(cost.time_s)
+        self.leaf_grads = derivation.leaf_grads
+        self.derivation = derivation
+        return tuple(times_s)
+
+    def retimed(self, workload: Workload, derivation: Derivation) -> Workload | None:
+        """``workload`` with the durations of ``retimed_times_s``: what ``build`` gives when the
+        programs differ in their durations only; None when they differ in more."""
+        times_s = self.retimed_times_s(workload, derivation)
+        return None if times_s is None else with_times_s(workload, times_s)
+
+
+def with_times_s(workload: Workload, times_s: tuple[float | None, ...]) -> Workload:
+    """``workload`` with its ops' durations replaced by ``times_s`` (one per op)."""
+    ops = tuple(OpSpec(op.oid, op.name, op.kind, op.phase, op.layer, op.flops, op.hbm_bytes, op.op_class, op.allocs,
+                       op.frees, op.saves, op.exec_flops, t, op.model_flops_)
+                for op, t in zip(workload.ops, times_s, strict=True))
+    return Workload(tensors=workload.tensors, ops=ops, initial=workload.initial, meta=dict(workload.meta))
 
 
 class _Deriver:

@@ -128,15 +128,19 @@ class _StepSums:
         self.phase_time: dict[str, float] = {}
         self.peak_at = 0.0
 
-    def add(self, ops, peak_oid: int, *, starts_s: list[float] | None = None) -> _StepSums:
-        """Add ``ops``; ``starts_s`` (when given) receives each op's start time."""
+    def add(self, ops, peak_oid: int, *, starts_s: list[float] | None = None,
+            times_s: tuple[float | None, ...] | None = None) -> _StepSums:
+        """Add ``ops``, with the durations ``times_s`` when given (one per op) in place of their
+        own; ``starts_s`` (when given) receives each op's start time."""
         t, comm, phase_time, peak_at = self.t, self.comm, self.phase_time, self.peak_at
-        for op in ops:
+        if times_s is None:
+            times_s = tuple(op.time_s for op in ops)
+        for op, time_s in zip(ops, times_s, strict=True):
             if op.oid == peak_oid:
                 peak_at = t
             if starts_s is not None:
                 starts_s.append(t)
-            dt = float(op.time_s or 0.0)
+            dt = float(time_s or 0.0)
             t += dt
             if op.op_class == "comm":
                 comm += dt
@@ -252,9 +256,10 @@ class TrainingEstimator:
     TrainingStepParts`): the memory walk's live intervals (`simulator.workload.ResizableWalk`:
     a configuration walks them with its own model-state sizes). Per shape and node: the step's
     ops up to the end of backward, their time sums and start times; a configuration then adds
-    its own optimizer tail (a second node reuses the first's derivation of backward,
-    `simulator.autograd_model.ProgramBuilder.retimed`). Per shape, stage and ``dp`` (ZeRO-0:
-    any ``dp``): the native allocator's uncapped replay; per HBM capacity, its capped one
+    its own optimizer tail (a second node reuses the first's derivation of backward and its
+    ops, with its own durations: `simulator.autograd_model.ProgramBuilder.retimed_times_s`).
+    Per shape, stage and ``dp`` (ZeRO-0: any ``dp``): the native allocator's uncapped replay;
+    per HBM capacity, its capped one
     where the uncapped peak is over it. ``replay_over_capacity=False`` skips the replays of a
     step whose allocated peak is already over the HBM (it cannot fit): its
     ``peak_reserved_bytes`` is then None. ``max_steps``: step shapes kept (least recently used
@@ -310,7 +315,8 @@ class TrainingEstimator:
             with collector_paused():
                 parts = training_step_parts(model, shape[1], node, like=like)
             starts: list[float] = []
-            hit = (parts, _StepSums().add(parts.head.ops, -2, starts_s=starts), starts, _flops(parts.head.ops))
+            base = parts.base.ops  # this node's ops but for their durations, parts.times_s (`TrainingStepParts`)
+            hit = (parts, _StepSums().add(base, -2, starts_s=starts, times_s=parts.times_s), starts, _flops(base))
         self._lru_put(self._steps, step_key, hit, self.max_steps)
         parts, head_sums, head_starts, flops = hit
         zero = effective_zero_stage(par.zero_stage, par.dp)
@@ -342,7 +348,7 @@ class TrainingEstimator:
                     fit = _allocator_fit(wl, job, node, uncapped_peak_bytes=uncapped)
                 self._fits[(states_key, capacity)] = fit
         return _train_estimate(model, job, node, num_gpus=num_gpus, walk=walk, sums=sums, flops=flops,
-                               num_ops=len(parts.head.ops) + len(tail), fit=fit)
+                               num_ops=len(parts.base.ops) + len(tail), fit=fit)
 
 
 @contextmanager

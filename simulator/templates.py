@@ -41,6 +41,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 from hwmodels.units import UserInputError
 from kernels.attention import attention_bwd_cost, attention_fwd_cost, attention_fwd_flops
@@ -48,7 +49,14 @@ from kernels.cost import MATMUL_OP_CLASSES, KernelCost, combine
 from kernels.elementwise import embedding_backward_workspace_bytes, minimal_traffic_bytes
 from kernels.gemm import linear_bwd_costs, linear_fwd_cost
 from kernels.quant import KIVI_KV_DTYPES
-from simulator.autograd_model import ZERO_COST, Cost, Derivation, ProgramBuilder, add_costs
+from simulator.autograd_model import (
+    ZERO_COST,
+    Cost,
+    Derivation,
+    ProgramBuilder,
+    add_costs,
+    with_times_s,
+)
 from simulator.workload import Role, Workload
 
 FP32_BYTES = 4
@@ -1350,15 +1358,17 @@ class _Program:
         ``like``: the parts of the same model and job on another node: its derivation is
         reused (`ProgramBuilder.retimed`) when the programs differ in their costs only."""
         self.record_training_step()
-        head = None
+        base, times_s = None, None
         if like is not None and like.derivation is not None:
-            head = self.b.retimed(like.head, like.derivation)
-        if head is None:
-            head = self.b.build(meta=self.meta)
+            times_s = self.b.retimed_times_s(like.base, like.derivation)
+            if times_s is not None:
+                base = like.base
+        if base is None:
+            base = self.b.build(meta=self.meta)
         spec = getattr(self, "_optimizer_op", None)
         workspace = None if spec is None else spec[2]
-        return TrainingStepParts(head, workspace, _bwd_time_s(head.ops) if spec is not None else 0.0,
-                                 self.dp_comm_time_s, self.model_state_bytes, self.b.derivation)
+        return TrainingStepParts(base, workspace, _bwd_time_s(base.ops, times_s) if spec is not None else 0.0,
+                                 self.dp_comm_time_s, self.model_state_bytes, self.b.derivation, times_s)
 
     def _params_by_numel(self) -> dict[int, tuple[list[int], list[int]]]:
         """numel -> (the weights of that many elements, their gradient-sized tensors), once built."""
@@ -1466,10 +1476,13 @@ def _append_optimizer(wl: Workload, spec) -> Workload:
     return Workload(tensors=wl.tensors, ops=wl.ops + tail, initial=wl.initial, meta=wl.meta)
 
 
-def _bwd_time_s(ops) -> float:
+def _bwd_time_s(ops, times_s: tuple[float | None, ...] | None = None) -> float:
+    """Backward's compute time: the durations of ``ops`` (``times_s``, when given, in their place)."""
     from simulator.workload import Phase
 
-    return sum(op.time_s or 0.0 for op in ops if op.phase == Phase.BWD)
+    if times_s is None:
+        times_s = tuple(op.time_s for op in ops)
+    return sum(t or 0.0 for op, t in zip(ops, times_s, strict=True) if op.phase == Phase.BWD)
 
 
 def optimizer_tail_ops(first_oid: int, *, step: Cost, workspace: int | None, comm_s: float,
@@ -1500,14 +1513,28 @@ class TrainingStepParts:
     ZeRO stage, and the model states' sizes and the optimizer step's cost as a function of
     both (`_Program.model_state_bytes`). The ops up to the end of backward depend on neither:
     ``workload_at(zero_stage, dp)`` is `training_workload`'s result for the job at that stage
-    and ``dp`` (the head's tensors resized, its own tail)."""
+    and ``dp`` (the head's tensors resized, its own tail).
 
-    head: Workload
+    Parts re-timed for a second node (`_Program.training_step_parts` with ``like``) keep the
+    first node's ``base`` and this node's durations of its ops, ``times_s``: the ops differ
+    in nothing else (`ProgramBuilder.retimed_times_s` checks it), and ``head``, this node's
+    ops, is made from the two only when asked for (a search sums the durations and reads the
+    FLOPs and the memory of ``base``, `simulator.estimator.TrainingEstimator`)."""
+
+    base: Workload
+    """The head's tensors and ops; their durations are this node's unless ``times_s`` is given."""
     workspace: int | None
     bwd_s: float
     dp_comm_time_s: Callable[..., float]
     model_state_bytes: Callable[[int, int], tuple[dict[int, int], Cost | None]]
     derivation: Derivation | None = None
+    times_s: tuple[float | None, ...] | None = None
+    """This node's duration of each of ``base``'s ops; None: ``base``'s own."""
+
+    @cached_property
+    def head(self) -> Workload:
+        """Every op up to the end of backward, with this node's durations."""
+        return self.base if self.times_s is None else with_times_s(self.base, self.times_s)
 
     def at(self, zero_stage: int, dp: int) -> tuple[dict[int, int], tuple]:
         """(the requested bytes of the tensors whose size depends on the ZeRO stage and ``dp``,
@@ -1516,7 +1543,7 @@ class TrainingStepParts:
         if step is None:
             return sizes, ()
         comm_s = self.dp_comm_time_s(dp, zero=zero_stage)
-        return sizes, optimizer_tail_ops(len(self.head.ops), step=step, workspace=self.workspace,
+        return sizes, optimizer_tail_ops(len(self.base.ops), step=step, workspace=self.workspace,
                                          comm_s=comm_s, bwd_s=self.bwd_s if comm_s else 0.0)
 
     def workload_at(self, zero_stage: int, dp: int) -> Workload:

@@ -97,7 +97,11 @@ def test_parts_retimed_for_another_node_equal_the_parts_built_there(ck):
         there = training_step_parts(model, job, h100)
         like = training_step_parts(model, job, h200)
         retimed = training_step_parts(model, job, h100, like=like)
+        assert retimed.base is like.base and retimed.times_s is not None  # not derived, not made anew
         assert retimed.head == there.head and retimed.bwd_s == there.bwd_s
+        assert len(retimed.head.ops) == len(there.head.ops) == len(retimed.times_s)
+        for a, b, t in zip(retimed.head.ops, there.head.ops, retimed.times_s, strict=True):
+            assert a == b and a.time_s == t
         assert retimed.derivation is like.derivation and retimed.head != like.head
         assert retimed.workload_at(3, 8) == there.workload_at(3, 8)
     other = TrainJob(seq_len=8192, checkpointing=ck)  # another program: derived anew
