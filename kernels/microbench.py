@@ -778,6 +778,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     backends = tuple(args.sdpa_backends.split(","))
+    if bad := [b for b in backends if b not in ("flash", "cudnn")]:
+        print(f"error: --sdpa-backends: {bad[0]!r} (give flash, cudnn or both)", file=sys.stderr)
+        return 2
     l2 = _DEFAULT_L2_BYTES
     if device.type == "cuda":
         l2 = int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0)) or l2
