@@ -73,7 +73,7 @@ def _plan(prompt_len: int, gen_len: int, *, smoke: bool = False) -> Any:
 
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
-        _sync(dev)
+        torch.cuda.synchronize(dev)
 
 
 def host_probe(engine: HFDecodeEngine, prompt_len: int) -> dict[str, Any]:
