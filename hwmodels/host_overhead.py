@@ -171,16 +171,20 @@ class CpuAttentionRate:
 
 
 H200_HOST_CPU_ATTENTION = CpuAttentionRate(
-    kv_bytes_per_s=36.2e9,
+    kv_bytes_per_s=11.3e9,
     flops_per_s=0.5e12,
-    latency_s=50e-6,
-    source="assumed until validate/scripts/cpu_attention_bench.py runs on the H200 host: K and V read at the "
-           "read half of the host's measured DRAM copy rate (72.4 GB/s read+write, 16 threads, "
-           "validate/measurements/reference/h200-host-probe-2026-11-28.json; a read-only stream moves at least "
-           "that); FLOPs at a quarter of 8 Sapphire Rapids class cores' fp32 AVX-512 peak (8 x 2 FMA x 16 x 2 x "
-           "~2 GHz = 1.0 TFLOP/s, halved again for the bf16 -> fp32 conversion); 50 us per call for the "
-           "synchronize on the query's D2H copy, the dispatch and the OpenMP pool's wake-up",
+    latency_s=0.0,
+    source="validate/measurements/h200/cpu-attention-h200-2026-12-03.json (validate/scripts/cpu_attention_bench.py "
+           "on the H200 host, 16 threads, 2026-12-03): torch's CPU SDPA of one bf16 query token over a bf16 K,V "
+           "in pinned host memory, 8K-128K keys, batch 1 and 4: 5.6-19.1 GB/s of K and V, 11.3 GB/s the "
+           "least-squares rate through the origin of its six points (the line with an intercept came out at "
+           "11.0 GB/s and -3.8 ms: no fixed cost per call is resolved, so none is charged); a plain fp32 read "
+           "moves 75.4 GB/s with the same threads, so the SDPA's bf16 arithmetic, not DRAM, binds. FLOPs: a "
+           "quarter of 8 Sapphire Rapids class cores' fp32 AVX-512 peak, assumed (they never bind at "
+           "decode's GQA groups). The same file's decode (every fourth layer of the 128K batch-1 cell on the "
+           "CPU, 56.6 ms a layer beside the other layers' H2D copies) is held out",
 )
+"""The H200 host's decode-attention rate (measured)."""
 
 
 def cpu_attention_rate(node) -> CpuAttentionRate:

@@ -35,8 +35,9 @@ def test_the_mip_attends_on_the_cpu_when_the_link_is_slow_against_it():
     assert rep.best == "mip" and mip.feasible and kv_host.feasible  # 8 GiB: the KV must leave HBM
     on_cpu = [lp.layer for lp in mip.plan.layers if lp.attention_on == "cpu"]
     assert on_cpu and all(mip.plan.layers[i].kv_cache.tier == "host" for i in on_cpu)
-    # the link moves 6.9 GB/s, the CPU reads its DRAM at 36 GB/s: over 4x faster than fetching
-    assert mip.replay.decode_step_time_s < kv_host.replay.decode_step_time_s / 4
+    # the link moves 6.9 GB/s, the H200 host's CPU attends over 11.3 GB/s of K,V (measured): sharing
+    # the layers between the two beats fetching them all by over 1.5x
+    assert mip.replay.decode_step_time_s < kv_host.replay.decode_step_time_s / 1.5
     assert mip.plan.unsupported() == "" and mip.plan.not_executable() == ""
     assert replay_plan(mip.plan).decode_step_time_s == pytest.approx(mip.plan.prediction.decode_step_time_s,
                                                                     rel=1e-6)
@@ -112,9 +113,10 @@ def test_the_tier_table_shares_the_nvme_layers_with_the_csd_and_its_attention():
 
 @pytest.mark.parametrize(("gpu", "expect"), [(8.0, "cpu"), (8.4, "hbm:int8")])
 def test_a_job_accepting_int8_chooses_between_cpu_attention_and_quantized_kv(gpu, expect):
-    """Over the slow link, int8 accepted: at 8 GiB the KV must leave HBM and the CPU attends it
-    (bf16: attention off the GPU reads unquantized KV); at 8.4 GiB int8 keeps it all in HBM,
-    attended on the GPU. The MIP over both kinds of choice equals the best count enumeration."""
+    """Over the slow link, int8 accepted: at 8 GiB the KV must leave HBM and the CPU attends most
+    of it (bf16: attention off the GPU reads unquantized KV; the CPU's 11.3 GB/s beats the link's
+    6.9, the rest shares the link); at 8.4 GiB int8 keeps it all in HBM, attended on the GPU. The
+    MIP over both kinds of choice equals the best count enumeration."""
     from planners.infer.mip import coefficients, enumerate_counts, solve_placement
 
     job = JOB.model_copy(update={"kv_quant": "int8"})
@@ -123,12 +125,17 @@ def test_a_job_accepting_int8_chooses_between_cpu_attention_and_quantized_kv(gpu
     best, counts = enumerate_counts(c, objective="throughput")
     sol = solve_placement(sc, time_limit_s=10)
     assert sol.status == "optimal" and sol.objective == pytest.approx(best, rel=1e-6)
-    assert counts[expect] == MODEL.num_layers and sol.counts[expect] == MODEL.num_layers
+    if expect == "cpu":
+        assert MODEL.num_layers > counts["cpu"] >= MODEL.num_layers // 2 and sol.counts["cpu"] == counts["cpu"]
+    else:
+        assert counts[expect] == MODEL.num_layers and sol.counts[expect] == MODEL.num_layers
     mip = plan_inference(sc, time_limit_s=10).result("mip")
     assert mip.feasible and mip.plan.unsupported() == ""
+    on_cpu = [lp for lp in mip.plan.layers if lp.attention_on == "cpu"]
+    assert len(on_cpu) == (counts["cpu"] if expect == "cpu" else 0)
     for lp in mip.plan.layers:
-        assert lp.attention_on == ("cpu" if expect == "cpu" else "gpu")
-        assert lp.kv_cache.dtype == ("bf16" if expect == "cpu" else "int8")
+        assert lp.kv_cache.dtype == ("int8" if expect != "cpu" else lp.kv_cache.dtype)
+    assert all(lp.kv_cache.dtype == "bf16" for lp in on_cpu)
     assert replay_plan(mip.plan).decode_step_time_s == pytest.approx(mip.plan.prediction.decode_step_time_s,
                                                                     rel=1e-6)
 

@@ -54,7 +54,10 @@ def test_cpu_attention_of_one_layer_overlaps_the_next_layers_fetch():
     cpu_s = off_gpu_attention(MODEL, JOB, NODE, context_len=ctx + 1, batch=B).cpu.time_s
     # layer 1's fetch runs while the CPU attends layer 0, layer 3's while it attends layer 2
     assert mixed.decode_step_time_s == pytest.approx(2 * max(cpu_s, fetch_s), rel=0.05)
-    assert mixed.decode_step_time_s < 0.8 * gpu.decode_step_time_s
+    assert mixed.decode_step_time_s < 0.9 * 2 * (cpu_s + fetch_s)  # overlapped, not one after the other
+    # the H200 host's CPU attends 11.3 GB/s of K,V (measured), a fifth of the link's 55 GB/s: the
+    # fetches alone are faster here
+    assert cpu_s > 3 * fetch_s and gpu.decode_step_time_s < mixed.decode_step_time_s
 
 
 def test_csd_attention_reads_the_kv_at_the_drives_internal_rate():
