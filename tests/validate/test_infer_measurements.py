@@ -38,7 +38,13 @@ HF_OFFLOADED_128K = ("DynamicCache offloading at 128K: medians 780 ms (2026-12-0
                      "last steps ran 620-650 and 520-570 ms, still 1.4-1.7x the replay's 379 ms (16 GiB each "
                      "way overlapped at 93 GB/s, host_overhead.py's 64 MiB chunks). Its host copies are pinned "
                      "(`.to('cpu', non_blocking=True)` pins its output: 64 GiB pinned peak), so not a pageable "
-                     "copy; what slows the steady steps is not known yet")
+                     "copy. validate/scripts/hf_offload_diag.py (2026-12-03, a third instance, 24 steps) shows why: "
+                     "each step's D2H asks torch's pinned allocator for 512 MiB blocks (a 256 MiB + 2 KiB layer "
+                     "rounds up to a power of two) that cudaHostAlloc makes at ~1.9 GB/s (0.29 s a block) until the "
+                     "cache holds enough: steps ran 13.8, 1.9, 0.97, 0.74 ... 0.55 s and settled at 0.42-0.47 s from "
+                     "the 13th; profiled, H2D and D2H ran 48 and 51.5 GB/s, overlapped for 0.66 of their 0.72 s "
+                     "(the replay's 97 GB/s both ways holds), the steady step 438 ms is +16% over the replay's, "
+                     "and the allocation transient is not modelled")
 B128_0312 = "infer-bench-h200-2026-12-03-llama-3.1-8b-128k-b1.json"
 B4 = "infer-bench-h200-llama-3.1-8b-128k-b4.json"
 HOLDOUT = "infer-bench-h200-2026-12-03-hf-holdout-resident.json"
