@@ -327,6 +327,30 @@ class InferDiagFile(RecordFile):
     results: dict[str, Any]
 
 
+class CpuAttentionFile(RecordFile):
+    """validate/scripts/cpu_attention_bench.py: torch's CPU decode SDPA rates, their fits, a plain
+    read's rate, and the 128K decode with some layers attended on the CPU."""
+
+    micro: list[dict[str, Any]]
+    fits: dict[str, dict[str, Any]]
+    read_bytes_per_s: float
+    read_threads: int
+    decode: list[dict[str, Any]]
+    cpu_attention_threads: int
+    wall_s: float
+
+
+class HfOffloadDiagFile(RecordFile):
+    """validate/scripts/hf_offload_diag.py: the HF host probe, the offloaded cache's copy pattern,
+    and profiles of HF offloaded and resident decode steps."""
+
+    host_probe: dict[str, Any]
+    copies: list[dict[str, Any]] = []
+    hf_offloaded: dict[str, Any] = {}
+    hf_resident: dict[str, Any]
+    elapsed_s: float
+
+
 class KvQuantCheckFile(RecordFile):
     """validate/scripts/kv_quant_check.py: the Triton KV dequantization against the torch path,
     and both timed against the replay's price."""
@@ -605,6 +629,8 @@ _BY_PREFIX: tuple[tuple[str, type[RecordModel]], ...] = (
     ("infer-bench-", InferBenchFile),
     ("infer-smoke-", InferSmokeFile),
     ("infer-diag-", InferDiagFile),
+    ("cpu-attention-", CpuAttentionFile),
+    ("hf-offload-diag-", HfOffloadDiagFile),
     ("kv-quant-check-", KvQuantCheckFile),
     ("arena-replay-", ArenaReplayFile),
     ("snapshots-", SnapshotsFile),

@@ -166,7 +166,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(0)
     prov = provenance(sys.argv if argv is None else ["validate/scripts/cpu_attention_bench.py", *argv], device)
     all_threads = cpu_attention_threads()
-    prov["cpu_attention_threads"] = all_threads
     t0 = time.perf_counter()
     threads = sorted({1, max(1, all_threads // 2), all_threads})
     micro = micro_records(contexts=(64, 256) if args.smoke else CONTEXTS, batches=(1,) if args.smoke else BATCHES,
@@ -174,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     read = read_bytes_per_s((16 << 20) if args.smoke else 2 * GiB, all_threads, 2 if args.smoke else REPEATS)
     decode = decode_records(smoke=args.smoke)
     torch.set_num_threads(all_threads)
-    data = {"provenance": {**prov, "wall_s": time.perf_counter() - t0}, "micro": micro, "fits": fits(micro),
+    data = {"provenance": prov, "wall_s": time.perf_counter() - t0, "cpu_attention_threads": all_threads,
+            "micro": micro, "fits": fits(micro),
             "read_bytes_per_s": read, "read_threads": all_threads, "decode": decode}
     Path(args.out).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     for name, f in data["fits"].items():
